@@ -1,0 +1,43 @@
+# Everything runs from a project-local virtualenv; `make test` or `make serve` on a fresh
+# machine creates it first.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install serve emulator test lint types imports check bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/controlplane serve
+
+emulator: $(STAMP)
+	$(BIN)/controlplane emulator
+
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+imports: $(STAMP)
+	$(BIN)/lint-imports
+
+check: lint types imports test
+
+bench: $(STAMP)
+	$(BIN)/python loadtest/bench_emulator_idle.py --sessions 2000
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Sessions: session model, wire dialects (sans-I/O), registry backends, version log."""

@@ -1,0 +1,44 @@
+"""Injected time. Logic that reads time takes a Clock; tests pass a FakeClock."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+__all__ = ["Clock", "FakeClock", "SystemClock"]
+
+
+class Clock(Protocol):
+    def now(self) -> float:
+        """Wall-clock seconds since the epoch (for timestamps that users read)."""
+        ...
+
+    def monotonic(self) -> float:
+        """Monotonic seconds (for timeouts, TTLs and latencies)."""
+        ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class FakeClock:
+    """A clock that moves only when told to."""
+
+    def __init__(self, start: float = 1_790_000_000.0) -> None:
+        self._wall = start
+        self._mono = 1000.0
+
+    def now(self) -> float:
+        return self._wall
+
+    def monotonic(self) -> float:
+        return self._mono
+
+    def advance(self, seconds: float) -> None:
+        self._wall += seconds
+        self._mono += seconds

@@ -1,0 +1,64 @@
+"""Errors raised by the sessions layer.
+
+Tree::
+
+    SessionError                    root
+    ├── UnknownSession              no such session id (permanent)
+    ├── DialectError                a wire message cannot be parsed or encoded (permanent)
+    │   └── WireLimitError          a value exceeds the dialect's limit (names field and limit)
+    ├── VersionLogError             the log cannot be appended or read
+    │   └── ChainBroken             verify() found tampering (names the first bad seq)
+    └── BackendUnavailable          Redis or disk failed; retryable
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "BackendUnavailable",
+    "ChainBroken",
+    "DialectError",
+    "SessionError",
+    "UnknownSession",
+    "VersionLogError",
+    "WireLimitError",
+]
+
+
+class SessionError(Exception):
+    retryable = False
+
+
+class UnknownSession(SessionError):
+    def __init__(self, session_id: str) -> None:
+        super().__init__(f"unknown session {session_id!r}")
+        self.session_id = session_id
+
+
+class DialectError(SessionError):
+    def __init__(self, message: str, *, dialect: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.dialect = dialect
+        self.field = field
+
+
+class WireLimitError(DialectError):
+    def __init__(self, message: str, *, dialect: str, field: str, limit: Any) -> None:
+        super().__init__(message, dialect=dialect, field=field)
+        self.limit = limit
+
+
+class VersionLogError(SessionError):
+    pass
+
+
+class ChainBroken(VersionLogError):
+    def __init__(self, message: str, *, session_id: str, seq: int | None) -> None:
+        super().__init__(message)
+        self.session_id = session_id
+        self.seq = seq
+
+
+class BackendUnavailable(SessionError):
+    retryable = True

@@ -1,0 +1,3 @@
+"""Placeholder; see docs/architecture.md."""
+
+__all__: list[str] = []
