@@ -1,0 +1,79 @@
+"""Prometheus metrics (DESIGN.md §4). One ``Metrics`` object per app, on its own registry.
+
+No per-session labels: label values are kinds, results, codes, policy ids and versions.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["LATENCY_BUCKETS", "Metrics"]
+
+# from 1 ms to 30 s
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry(auto_describe=True)
+        r = self.registry
+        p = "controlplane_"
+        self.sessions = Gauge(
+            p + "sessions", "Live sessions by kind and state", ["kind", "state"], registry=r
+        )
+        self.policy_events = Counter(
+            p + "policy_events_total",
+            "Policy events by type and result",
+            ["type", "result"],
+            registry=r,
+        )
+        self.pushes = Counter(
+            p + "pushes_total", "Pushes by session kind and result", ["kind", "result"], registry=r
+        )
+        self.push_latency = Histogram(
+            p + "push_latency_seconds",
+            "Policy event received to frame written",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.apply_latency = Histogram(
+            p + "apply_latency_seconds",
+            "Frame written to acknowledgement",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.convergence = Histogram(
+            p + "convergence_seconds",
+            "Policy event to last targeted session written",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.sessions_at_version = Gauge(
+            p + "sessions_at_version",
+            "Sessions whose effective config includes a policy version",
+            ["policy", "version"],
+            registry=r,
+        )
+        self.coalesced = Counter(
+            p + "coalesced_total", "Superseded versions never sent", registry=r
+        )
+        self.rejects = Counter(
+            p + "rejects_total", "Rejections by kind and code", ["kind", "code"], registry=r
+        )
+        self.audit_appends = Counter(
+            p + "audit_appends_total", "Version-log entries appended", registry=r
+        )
+        self.audit_append_failures = Counter(
+            p + "audit_append_failures_total", "Version-log appends that failed", registry=r
+        )
+        self.audit_verify_failures = Counter(
+            p + "audit_verify_failures_total",
+            "Audit verifications that found tampering",
+            registry=r,
+        )
+        self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
