@@ -10,6 +10,7 @@ from aiohttp import web
 
 from controlplane.app import build_app
 from controlplane.config import Settings, parse_listen
+from emulator.cli import register as register_emulator
 
 __all__ = ["main"]
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--node-id", help="this replica's id (env CONTROLPLANE_NODE_ID)")
     serve.set_defaults(func=_serve)
+    register_emulator(sub)
     return parser
 
 
