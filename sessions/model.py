@@ -1,3 +1,146 @@
-"""Placeholder; see docs/architecture.md."""
+"""The session record: one live (or recently ended) voice session and the versions it runs.
 
-__all__: list[str] = []
+A ``Session`` is plain mutable data with no behaviour that reads time or does I/O; the push
+engine mutates it and hands it to a ``Registry`` to store. ``to_dict()`` is its JSON shape
+(the REST API's session object, and what the Redis registry stores); ``from_dict()`` inverts
+it exactly (lists come back as tuples, provenance as ``PolicyRef``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final
+
+from policies.fields import Config
+from policies.provenance import PolicyRef
+
+__all__ = ["SESSION_KINDS", "Session", "SessionState"]
+
+SESSION_KINDS: Final = ("streaming-v3", "voice-agent-v1")
+
+
+class SessionState(StrEnum):
+    """Where a session stands relative to its desired config version."""
+
+    SYNCED = "synced"  # the desired version is applied (acked, or sent where no ack exists)
+    PENDING = "pending"  # a newer version is desired or in flight
+    UNVERIFIED = "unverified"  # sent, and the upstream gives no way to confirm it
+    REJECTED = "rejected"  # the upstream refused the desired version; last good config kept
+    ENDED = "ended"  # terminal
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    kind: str
+    model: str
+    labels: dict[str, str] = field(default_factory=dict)
+    node: str = ""
+    client_config: Config = field(default_factory=dict)
+    effective_config: Config = field(default_factory=dict)
+    provenance: dict[str, PolicyRef] = field(default_factory=dict)
+    applied: tuple[PolicyRef, ...] = ()
+    desired_version: int = 0
+    sent_version: int = 0
+    acked_version: int = 0
+    state: SessionState = SessionState.SYNCED
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    ended_at: float | None = None
+    end_cause: str | None = None
+    upstream_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SESSION_KINDS:
+            raise ValueError(f"unknown session kind {self.kind!r} (known: {SESSION_KINDS})")
+        self.state = SessionState(self.state)
+
+    @property
+    def live(self) -> bool:
+        return self.state is not SessionState.ENDED
+
+    def copy(self) -> Session:
+        """An independent copy (config values are immutable, so one level deep suffices)."""
+        return Session(
+            id=self.id,
+            kind=self.kind,
+            model=self.model,
+            labels=dict(self.labels),
+            node=self.node,
+            client_config=dict(self.client_config),
+            effective_config=dict(self.effective_config),
+            provenance=dict(self.provenance),
+            applied=self.applied,
+            desired_version=self.desired_version,
+            sent_version=self.sent_version,
+            acked_version=self.acked_version,
+            state=self.state,
+            created_at=self.created_at,
+            updated_at=self.updated_at,
+            ended_at=self.ended_at,
+            end_cause=self.end_cause,
+            upstream_id=self.upstream_id,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able shape: tuples become lists, versions nest under ``versions``."""
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "model": self.model,
+            "labels": dict(self.labels),
+            "node": self.node,
+            "state": str(self.state),
+            "client_config": _config_out(self.client_config),
+            "effective_config": _config_out(self.effective_config),
+            "provenance": {name: ref.as_dict() for name, ref in self.provenance.items()},
+            "applied": [ref.as_dict() for ref in self.applied],
+            "versions": {
+                "desired": self.desired_version,
+                "sent": self.sent_version,
+                "acked": self.acked_version,
+            },
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "ended_at": self.ended_at,
+            "end_cause": self.end_cause,
+            "upstream_id": self.upstream_id,
+        }
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> Session:
+        """Inverse of ``to_dict()``; raises ``KeyError`` / ``ValueError`` on a bad record."""
+        versions = raw["versions"]
+        return cls(
+            id=str(raw["id"]),
+            kind=str(raw["kind"]),
+            model=str(raw["model"]),
+            labels={str(k): str(v) for k, v in raw.get("labels", {}).items()},
+            node=str(raw.get("node", "")),
+            client_config=_config_in(raw.get("client_config", {})),
+            effective_config=_config_in(raw.get("effective_config", {})),
+            provenance={
+                str(name): PolicyRef.from_dict(ref)
+                for name, ref in raw.get("provenance", {}).items()
+            },
+            applied=tuple(PolicyRef.from_dict(ref) for ref in raw.get("applied", ())),
+            desired_version=int(versions["desired"]),
+            sent_version=int(versions["sent"]),
+            acked_version=int(versions["acked"]),
+            state=SessionState(raw["state"]),
+            created_at=float(raw.get("created_at", 0.0)),
+            updated_at=float(raw.get("updated_at", 0.0)),
+            ended_at=None if raw.get("ended_at") is None else float(raw["ended_at"]),
+            end_cause=raw.get("end_cause"),
+            upstream_id=raw.get("upstream_id"),
+        )
+
+
+def _config_out(config: Config) -> dict[str, Any]:
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in config.items()}
+
+
+def _config_in(raw: Mapping[str, Any]) -> Config:
+    return {str(name): tuple(v) if isinstance(v, list) else v for name, v in raw.items()}

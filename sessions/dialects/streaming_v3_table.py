@@ -16,14 +16,17 @@ __all__ = [
     "CANONICAL_TO_WIRE",
     "CLOSE",
     "CONNECT_ONLY_PARAMS",
+    "DEFAULT_MODE",
     "DEFAULT_SPEECH_MODEL",
     "DIALECT",
     "LIMITS",
     "MODE_PRESETS",
+    "PARAM_ALIASES",
     "U3_ONLY_PARAMS",
     "U3_PRO_MODELS",
     "UNIVERSAL_STREAMING_MODELS",
     "UPDATABLE_PARAMS",
+    "US_DEFAULTS",
     "is_u3_pro",
 ]
 
@@ -118,6 +121,11 @@ CANONICAL_TO_WIRE: Final[Mapping[str, tuple[str, frozenset[str] | None]]] = Mapp
     }
 )
 
+# deprecated param -> current param (the SDKs rewrite it; PROTOCOLS.md §1.4)
+PARAM_ALIASES: Final[Mapping[str, str]] = MappingProxyType(
+    {"min_end_of_turn_silence_when_confident": "min_turn_silence"}
+)
+
 LIMITS: Final[Mapping[str, int | float]] = MappingProxyType(
     {
         "prompt_max_chars": 1750,  # 1500 in older docs: a setting in the emulator
@@ -160,6 +168,9 @@ CLOSE: Final[Mapping[str, int]] = MappingProxyType(
         "too_many_sessions": 3009,
     }
 )
+
+# The preset a U3-Pro session runs when the client names no `mode` (Begin echoes it; SKILL-S).
+DEFAULT_MODE: Final = "balanced"
 
 # U3-Pro mode presets (SKILL-S): min_turn_silence, max_turn_silence, interruption_delay
 MODE_PRESETS: Final[Mapping[str, Mapping[str, int | float]]] = MappingProxyType(

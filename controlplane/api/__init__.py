@@ -1,0 +1,1 @@
+"""REST API: routes, bearer-token auth with roles, one error middleware, OpenAPI document."""

@@ -1,0 +1,221 @@
+"""Bearer-token authentication and role checks for the REST API.
+
+Tokens come from ``Settings.all_tokens()`` ({token: role}: ``CONTROLPLANE_TOKENS`` plus the
+tokens file). A :class:`TokenStore` keeps only SHA-256 digests of them and re-reads the file
+when its ``stat`` signature changes (checked at most every ``ttl_s`` seconds), so a mounted
+Kubernetes secret can rotate without a restart. A presented token is hashed and compared with
+``hmac.compare_digest`` against *every* configured digest, never looked up by value.
+
+Routes declare their minimum role in the route table (``controlplane.api.routes.ROUTES``);
+:func:`require` wraps a handler with the check. The audit actor is ``"<role>:<sha256[:6]>"``:
+the token itself never leaves this module, in a response or in a log line.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from controlplane.config import Settings
+from controlplane.errors import Forbidden, Unauthorized
+from sessions.clock import Clock, SystemClock
+
+__all__ = [
+    "PRINCIPAL",
+    "TOKENS",
+    "Principal",
+    "Role",
+    "TokenStore",
+    "actor_for",
+    "check_publish_allowed",
+    "generate_admin_token",
+    "install_tokens",
+    "require",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_TOKEN_CHARS: Final = 4096
+
+
+class Role(IntEnum):
+    """viewer < experimenter < compliance < admin; compare with ``>=``."""
+
+    VIEWER = 1
+    EXPERIMENTER = 2
+    COMPLIANCE = 3
+    ADMIN = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    def __str__(self) -> str:
+        return self.label
+
+    @classmethod
+    def parse(cls, name: str) -> Role:
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            roles = ", ".join(r.label for r in cls)
+            raise ValueError(f"unknown role {name!r} (roles: {roles})") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who made the request: a role and the audit actor string (never the token)."""
+
+    role: Role
+    actor: str
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "replace")).digest()
+
+
+def actor_for(role: Role, token: str) -> str:
+    """``"<role>:<first 6 hex chars of sha256(token)>"`` — stable, and safe to log."""
+    return f"{role.label}:{_digest(token).hex()[:6]}"
+
+
+def generate_admin_token() -> str:
+    """A fresh random token (256 bits, URL-safe) for ``CONTROLPLANE_TOKENS=admin:<token>``."""
+    return secrets.token_urlsafe(32)
+
+
+_FileSignature = tuple[int, int, int] | None
+
+
+class TokenStore:
+    """Configured tokens as (digest, role) pairs, refreshed when the tokens file changes."""
+
+    def __init__(self, settings: Settings, *, ttl_s: float = 2.0, clock: Clock | None = None):
+        self._settings = settings
+        self._ttl_s = ttl_s
+        self._clock = clock or SystemClock()
+        self._entries: tuple[tuple[bytes, Role], ...] = ()
+        self._signature: _FileSignature = None
+        self._checked_at: float | None = None
+        self._refresh(force=True)
+
+    def _file_signature(self) -> _FileSignature:
+        path = self._settings.tokens_file
+        if path is None:
+            return None
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _refresh(self, *, force: bool = False) -> None:
+        now = self._clock.monotonic()
+        if not force and self._checked_at is not None and now - self._checked_at < self._ttl_s:
+            return
+        self._checked_at = now
+        signature = self._file_signature()
+        if not force and signature == self._signature:
+            return
+        try:
+            tokens = self._load(signature)
+        except (OSError, ValueError) as exc:
+            # a half-written file: keep the last good set, try again after the TTL
+            path = self._settings.tokens_file
+            log.warning("tokens file %s unreadable, keeping the previous tokens: %s", path, exc)
+            return
+        self._signature = signature
+        self._entries = tuple((_digest(token), Role.parse(role)) for token, role in tokens.items())
+
+    def _load(self, signature: _FileSignature) -> Mapping[str, str]:
+        if signature is None:  # no file configured, or removed: only the environment's tokens
+            if self._settings.tokens_file is not None:
+                log.warning("tokens file %s is missing", self._settings.tokens_file)
+            return dict(self._settings.tokens)
+        return self._settings.all_tokens()
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        """The principal for an ``Authorization`` header value; raises Unauthorized."""
+        if not authorization:
+            raise Unauthorized(
+                "missing bearer token: send 'Authorization: Bearer <token>'",
+                details={"reason": "missing_token"},
+            )
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthorized(
+                "the Authorization header must be 'Bearer <token>'",
+                details={"reason": "malformed_header"},
+            )
+        self._refresh()
+        presented = _digest(token[:MAX_TOKEN_CHARS])
+        found: Role | None = None
+        for digest, role in self._entries:  # no early exit: every entry is compared
+            if hmac.compare_digest(presented, digest):
+                found = role
+        if found is None or len(token) > MAX_TOKEN_CHARS:
+            raise Unauthorized("unknown or revoked token", details={"reason": "invalid_token"})
+        return Principal(found, actor_for(found, token))
+
+
+TOKENS: Final = web.AppKey("controlplane.api.tokens", TokenStore)
+PRINCIPAL: Final = web.RequestKey("controlplane.api.principal", Principal)
+
+
+def install_tokens(app: web.Application, settings: Settings) -> TokenStore:
+    """Put a TokenStore on the app (once); handlers wrapped by :func:`require` use it."""
+    if TOKENS not in app:
+        app[TOKENS] = TokenStore(settings)
+    return app[TOKENS]
+
+
+def require(role: Role, handler: Handler) -> Handler:
+    """Wrap ``handler``: authenticate the bearer token and demand at least ``role``.
+
+    The principal is stored on the request under :data:`PRINCIPAL`.
+    """
+
+    @functools.wraps(handler)
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        principal = request.config_dict[TOKENS].authenticate(request.headers.get("Authorization"))
+        if principal.role < role:
+            raise Forbidden(
+                f"{request.method} {request.path} requires role {role.label} or higher; "
+                f"this token has role {principal.role.label}",
+                details={"required_role": role.label, "role": principal.role.label},
+            )
+        request[PRINCIPAL] = principal
+        return await handler(request)
+
+    guarded.min_role = role  # type: ignore[attr-defined]
+    return guarded
+
+
+def check_publish_allowed(principal: Principal, doc: Mapping[str, Any]) -> None:
+    """Experimenters may publish only experiment policies without a lock (else Forbidden)."""
+    if principal.role >= Role.COMPLIANCE:
+        return
+    experiment = doc.get("experiment")
+    reason: str | None = None
+    if not isinstance(experiment, Mapping) or not experiment:
+        reason = "this document has no 'experiment' block"
+    elif doc.get("lock"):
+        reason = "this document has a 'lock'"
+    if reason is not None:
+        raise Forbidden(
+            "experimenters may publish only experiment policies without a lock: "
+            f"{reason}; publishing it requires role compliance",
+            details={"required_role": Role.COMPLIANCE.label, "role": principal.role.label},
+        )

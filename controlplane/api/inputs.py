@@ -1,0 +1,332 @@
+"""Request input parsing and validation for the REST API.
+
+Every function either returns a clean, typed value or raises ``BadRequest`` (or
+``PayloadTooLarge``) with a message that names the parameter and the rule it broke, so that a
+bad request is refused before anything reaches the service (no partial writes).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import yaml
+from aiohttp import web
+from multidict import MultiMapping
+
+from controlplane.errors import BadRequest, PayloadTooLarge
+
+__all__ = [
+    "KINDS",
+    "MAX_BODY_BYTES",
+    "YAML_TYPES",
+    "check_fields",
+    "check_query",
+    "parse_bool",
+    "parse_cursor",
+    "parse_document",
+    "parse_json",
+    "parse_kind",
+    "parse_limit",
+    "parse_rollback",
+    "parse_state",
+    "parse_yaml",
+    "path_param",
+    "read_body",
+    "read_document",
+    "read_json_object",
+    "single",
+    "tname",
+]
+
+MAX_BODY_BYTES: Final = 1024 * 1024
+KINDS: Final = ("streaming-v3", "voice-agent-v1")
+YAML_TYPES: Final = frozenset(
+    {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
+)
+MAX_LIST_LIMIT: Final = 1000
+DEFAULT_LIST_LIMIT: Final = 100
+
+_POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,255}")
+_OPAQUE_ID = re.compile(r"[^\s/\x00-\x1f\x7f]{1,256}")
+_CURSOR = re.compile(r"[\x21-\x7e]{1,1024}")
+_STATE = re.compile(r"[a-z][a-z_-]{0,31}")
+_TRUE: Final = frozenset({"", "1", "true", "yes", "on"})
+_FALSE: Final = frozenset({"0", "false", "no", "off"})
+
+
+# -- bodies ------------------------------------------------------------------------------------
+
+
+async def read_body(request: web.Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
+
+    def too_large() -> PayloadTooLarge:
+        return PayloadTooLarge(
+            f"request body is over the {limit}-byte limit", details={"limit_bytes": limit}
+        )
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise too_large()
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _decode(raw: bytes, code: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(f"request body is not UTF-8 (byte {exc.start})", code=code) from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_json(raw: bytes) -> Any:
+    """JSON text -> value; 400 ``bad_json`` naming the position (no NaN, no duplicate keys)."""
+    text = _decode(raw, "bad_json")
+    if not text.strip():
+        raise BadRequest("request body is empty; expected a JSON object", code="bad_json")
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+            code="bad_json",
+        ) from None
+    except ValueError as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", code="bad_json") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """Safe YAML without aliases (no billion laughs), duplicate keys or implicit timestamps."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _check_json_ready(value: Any, path: str = "") -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                where = path or "the document"
+                raise BadRequest(f"{where}: key {key!r} must be a string", code="bad_yaml")
+            _check_json_ready(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json_ready(item, f"{path}[{i}]")
+    elif not isinstance(value, str | int | float | bool) and value is not None:
+        raise BadRequest(
+            f"{path or 'the document'}: YAML type {type(value).__name__} is not allowed",
+            code="bad_yaml",
+        )
+
+
+def parse_yaml(raw: bytes) -> Any:
+    """YAML text -> JSON-compatible value; 400 ``bad_yaml`` naming line and column."""
+    text = _decode(raw, "bad_yaml")
+    if not text.strip():
+        raise BadRequest("request body is empty; expected a YAML mapping", code="bad_yaml")
+    try:
+        value = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        raise BadRequest(
+            f"request body is not valid YAML: {exc.problem}{where}", code="bad_yaml"
+        ) from None
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise BadRequest(
+            f"request body is not valid YAML: {type(exc).__name__}", code="bad_yaml"
+        ) from None
+    _check_json_ready(value)
+    return value
+
+
+def parse_document(raw: bytes, content_type: str) -> dict[str, Any]:
+    """A policy document from JSON or (by content type) YAML; must be an object."""
+    is_yaml = content_type in YAML_TYPES
+    value = parse_yaml(raw) if is_yaml else parse_json(raw)
+    if not isinstance(value, dict):
+        what = "a YAML mapping" if is_yaml else "a JSON object"
+        raise BadRequest(
+            f"request body must be {what} (the policy document), got {tname(value)}",
+            code="bad_yaml" if is_yaml else "bad_json",
+        )
+    return value
+
+
+async def read_document(request: web.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    """A policy document: JSON, or YAML with ``Content-Type: application/yaml``/``text/yaml``."""
+    return parse_document(await read_body(request, limit), request.content_type)
+
+
+async def read_json_object(request: web.Request, limit: int = MAX_BODY_BYTES) -> dict[str, Any]:
+    value = parse_json(await read_body(request, limit))
+    if not isinstance(value, dict):
+        raise BadRequest(f"request body must be a JSON object, got {tname(value)}")
+    return value
+
+
+def tname(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return {dict: "object", list: "array", str: "string", int: "integer", float: "number"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def check_fields(body: Mapping[str, Any], allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    unknown = sorted(set(body) - set(allowed))
+    if unknown:
+        raise BadRequest(
+            f"unknown field(s) {', '.join(map(repr, unknown))} (allowed: {', '.join(allowed)})"
+        )
+
+
+def parse_rollback(body: Mapping[str, Any]) -> int:
+    """``{"to": N}`` (or ``{"version": N}``) -> N, an integer >= 1."""
+    check_fields(body, ("to", "version"))
+    values = {name: body[name] for name in ("to", "version") if name in body}
+    if not values:
+        raise BadRequest('body must be {"to": <version>}: field "to" is required')
+    if len(values) == 2 and values["to"] != values["version"]:
+        raise BadRequest('"to" and "version" disagree; send only "to"')
+    name, value = next(iter(values.items()))
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadRequest(f'"{name}" must be an integer >= 1, got {value!r:.40}')
+    return value
+
+
+# -- query and path ----------------------------------------------------------------------------
+
+
+def check_query(query: MultiMapping[str], allowed: Iterable[str]) -> None:
+    """Refuse unknown query parameters (a typo must not silently widen a listing)."""
+    allowed = tuple(allowed)
+    unknown = sorted(set(query) - set(allowed))
+    if unknown:
+        hint = f"allowed: {', '.join(allowed)}" if allowed else "this endpoint takes none"
+        raise BadRequest(
+            f"unknown query parameter(s) {', '.join(map(repr, unknown))} ({hint})",
+            details={"unknown": unknown},
+        )
+
+
+def single(query: MultiMapping[str], name: str) -> str | None:
+    """A query parameter given at most once."""
+    values = query.getall(name, [])
+    if len(values) > 1:
+        raise BadRequest(f"query parameter {name!r} may be given only once")
+    return values[0] if values else None
+
+
+def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
+    if value is None:
+        return default
+    lowered = value.strip().lower()
+    if lowered in _TRUE:
+        return True
+    if lowered in _FALSE:
+        return False
+    raise BadRequest(f"query parameter {name!r} must be true or false, got {value!r:.40}")
+
+
+def parse_limit(value: str | None) -> int:
+    if value is None:
+        return DEFAULT_LIST_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+        raise BadRequest(
+            f"query parameter 'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, "
+            f"got {value!r:.40}"
+        )
+    return int(value)
+
+
+def parse_cursor(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _CURSOR.fullmatch(value):
+        raise BadRequest("query parameter 'cursor' is not a cursor returned by this endpoint")
+    return value
+
+
+def parse_kind(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in KINDS:
+        raise BadRequest(
+            f"query parameter 'kind' must be one of {', '.join(KINDS)}, got {value!r:.40}"
+        )
+    return value
+
+
+def parse_state(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _STATE.fullmatch(value):
+        raise BadRequest(
+            f"query parameter 'state' must be a session state such as 'active', got {value!r:.40}"
+        )
+    return value
+
+
+def path_param(request: web.Request, name: str) -> str:
+    """A path parameter: policy ids match [a-z0-9][a-z0-9-]*, others are opaque ids."""
+    value = request.match_info[name]
+    if name == "policy_id":
+        if not _POLICY_ID.fullmatch(value):
+            raise BadRequest(
+                f"policy id {value!r:.80} must match [a-z0-9][a-z0-9-]* (at most 256 chars)"
+            )
+    elif not _OPAQUE_ID.fullmatch(value):
+        raise BadRequest(
+            f"{name.replace('_', ' ')} must be 1-256 characters without spaces, '/' or "
+            "control characters"
+        )
+    return value

@@ -1,0 +1,352 @@
+"""Components of the OpenAPI document: schemas (the policy document, sessions, errors, ...),
+reusable parameters and error responses. Assembled into paths by ``controlplane.api.openapi``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from policies.fields import (
+    MAX_KEYTERM_CHARS,
+    MAX_KEYTERMS,
+    MAX_PROMPT_CHARS,
+    MAX_SYSTEM_PROMPT_CHARS,
+    MAX_TURN_SILENCE_MS,
+    MIN_TURN_SILENCE_MS,
+)
+
+__all__ = ["JSON", "OBJ", "PARAMETERS", "RESPONSES", "SCHEMAS", "json_content", "ref"]
+
+JSON: Final = "application/json"
+
+
+def ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def json_content(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": schema}}}
+
+
+def _list_of(name: str) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["items", "next"],
+        "properties": {
+            "items": {"type": "array", "items": ref(name)},
+            "next": {"type": ["string", "null"], "description": "cursor of the next page"},
+        },
+    }
+
+
+_STR_LIST = {"type": "array", "items": {"type": "string"}}
+_STR_OR_LIST = {"oneOf": [{"type": "string"}, _STR_LIST]}
+_LABEL_MATCH = {"type": "object", "additionalProperties": _STR_OR_LIST}
+
+_SILENCE = {"type": "integer", "minimum": MIN_TURN_SILENCE_MS, "maximum": MAX_TURN_SILENCE_MS}
+
+_CONFIG = {
+    "type": "object",
+    "description": "Canonical fields (DESIGN.md §3); limits are checked at publish time.",
+    "additionalProperties": False,
+    "properties": {
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "system_prompt": {"type": "string", "maxLength": MAX_SYSTEM_PROMPT_CHARS},
+        "agent_context": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "keyterms": {
+            "type": "array",
+            "maxItems": MAX_KEYTERMS,
+            "items": {"type": "string", "maxLength": MAX_KEYTERM_CHARS},
+        },
+        "min_turn_silence_ms": _SILENCE,
+        "max_turn_silence_ms": _SILENCE,
+        "vad_threshold": {"type": "number", "minimum": 0, "maximum": 1},
+    },
+}
+
+_POLICY = {
+    "type": "object",
+    "required": ["id"],
+    "additionalProperties": False,
+    "properties": {
+        "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+        "version": {"type": "integer", "minimum": 1, "description": "must exceed the current"},
+        "priority": {"type": "integer", "description": "higher wins on the same field"},
+        "description": {"type": "string"},
+        "match": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "all conditions must hold; lists mean any-of",
+            "properties": {
+                "kind": {
+                    "oneOf": [
+                        {"enum": ["streaming-v3", "voice-agent-v1"]},
+                        {"type": "array", "items": {"enum": ["streaming-v3", "voice-agent-v1"]}},
+                    ]
+                },
+                "model": _STR_OR_LIST,
+                "labels": _LABEL_MATCH,
+                "labels_absent": _STR_LIST,
+                "labels_not": _LABEL_MATCH,
+            },
+        },
+        "set": ref("Config"),
+        "lock": {"type": "array", "items": {"type": "string"}},
+        "rollout": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "percent": {"type": "number", "minimum": 0, "maximum": 100},
+                "salt": {"type": "string"},
+            },
+        },
+        "experiment": {
+            "type": "object",
+            "required": ["key", "variants"],
+            "additionalProperties": False,
+            "properties": {
+                "key": {"type": "string"},
+                "bucket_by": {"type": "string", "description": "session_id or a label name"},
+                "salt": {"type": "string"},
+                "variants": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "weight"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string"},
+                            "weight": {"type": "number", "minimum": 0},
+                            "set": ref("Config"),
+                        },
+                    },
+                },
+            },
+        },
+        "apply": {"enum": ["immediate", "next_turn"], "default": "immediate"},
+        "apply_deadline_s": {"type": "number", "exclusiveMinimum": 0},
+    },
+}
+
+OBJ: dict[str, Any] = {"type": "object", "additionalProperties": True}
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message", "details"],
+                "properties": {
+                    "code": {"type": "string", "description": "stable machine-readable code"},
+                    "message": {"type": "string"},
+                    "details": {"type": "object"},
+                },
+            }
+        },
+    },
+    "Violation": {
+        "type": "object",
+        "required": ["field", "rule", "message"],
+        "properties": {
+            "field": {"type": "string"},
+            "rule": {"type": "string"},
+            "message": {"type": "string"},
+            "limit": {},
+        },
+    },
+    "Config": _CONFIG,
+    "PolicyDocument": _POLICY,
+    "Policy": {**OBJ, "description": "the stored policy document plus its state"},
+    "PolicyVersion": {**OBJ, "required": ["version"]},
+    "Published": {
+        **OBJ,
+        "required": ["id", "version"],
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "integer"},
+            "event_id": {"type": "string"},
+        },
+    },
+    "Preview": {
+        **OBJ,
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "integer"},
+            "targeted": {"type": "integer"},
+            "changed": {"type": "integer"},
+            "by_kind": {"type": "object"},
+            "by_variant": {"type": "object"},
+            "samples": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "Rollout": {
+        **OBJ,
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "integer"},
+            "versions": {"type": "array", "items": {"type": "object"}},
+            "totals": {"type": "object"},
+        },
+    },
+    "Session": {
+        **OBJ,
+        "required": ["id", "kind", "model", "labels", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"enum": ["streaming-v3", "voice-agent-v1"]},
+            "model": {"type": ["string", "null"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "state": {"type": "string"},
+            "node": {"type": ["string", "null"]},
+            "effective_config": {"type": "object"},
+            "versions": {"type": "object"},
+        },
+    },
+    "LogEntry": {**OBJ, "description": "a version log entry (DESIGN.md §4)"},
+    "Assignment": {**OBJ, "required": ["session_id", "variant"]},
+    "VerifyReport": {
+        "type": "object",
+        "required": ["session_id", "ok"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "first_bad_seq": {"type": ["integer", "null"]},
+            "problem": {"type": ["string", "null"]},
+        },
+    },
+    "VerifyResult": {
+        "type": "object",
+        "required": ["items", "next", "ok"],
+        "properties": {
+            "items": {"type": "array", "items": ref("VerifyReport")},
+            "next": {"type": "null"},
+            "ok": {"type": "boolean", "description": "false when any chain is broken"},
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["ready", "checks"],
+        "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
+    },
+    "LabelsPatch": {
+        "type": "object",
+        "required": ["labels"],
+        "additionalProperties": False,
+        "properties": {
+            "labels": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 64,
+                "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,63}$"},
+                "additionalProperties": {
+                    "oneOf": [{"type": "string", "maxLength": 256}, {"type": "null"}]
+                },
+                "description": "a string sets the label, null removes it",
+            }
+        },
+    },
+    "Rollback": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "to": {"type": "integer", "minimum": 1},
+            "version": {"type": "integer", "minimum": 1, "description": "alias of to"},
+        },
+    },
+}
+SCHEMAS["SessionList"] = _list_of("Session")
+SCHEMAS["PolicyList"] = _list_of("Policy")
+SCHEMAS["VersionList"] = _list_of("PolicyVersion")
+SCHEMAS["LogList"] = _list_of("LogEntry")
+SCHEMAS["AssignmentList"] = _list_of("Assignment")
+
+
+def _param(name: str, where: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": where,
+        "required": where == "path",
+        "schema": schema,
+        "description": description,
+    }
+
+
+PARAMETERS: dict[str, Any] = {
+    "SessionId": _param("session_id", "path", {"type": "string", "maxLength": 256}, "session"),
+    "PolicyId": _param(
+        "policy_id", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}, "policy"
+    ),
+    "ExperimentKey": _param("key", "path", {"type": "string", "maxLength": 256}, "experiment"),
+    "Selector": {
+        **_param(
+            "selector",
+            "query",
+            {"type": "string", "maxLength": 4096},
+            "labels: k=v,k=v2 (repeated key = any of) or k in (a,b)",
+        ),
+        "example": "region in (eu-west-1,eu-central-1),tenant=acme",
+    },
+    "Kind": _param("kind", "query", {"enum": ["streaming-v3", "voice-agent-v1"]}, "kind"),
+    "State": _param("state", "query", {"type": "string"}, "session state"),
+    "Limit": _param(
+        "limit",
+        "query",
+        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+        "page size",
+    ),
+    "Cursor": _param("cursor", "query", {"type": "string"}, "the previous page's next"),
+    "IncludeRetired": _param(
+        "include_retired", "query", {"type": "boolean", "default": False}, "list retired too"
+    ),
+    "Format": _param(
+        "format", "query", {"enum": ["json", "csv"]}, "csv (or Accept: text/csv) for CSV"
+    ),
+    "AuditSession": _param("session", "query", {"type": "string"}, "verify one session only"),
+}
+
+
+def _response(description: str) -> dict[str, Any]:
+    return json_content(ref("Error"), description)
+
+
+RESPONSES: dict[str, Any] = {
+    "BadRequest": _response("bad_request, bad_json or bad_yaml: the message names the input"),
+    "Unauthorized": {
+        **_response("unauthorized: missing, malformed or unknown bearer token"),
+        "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
+    },
+    "Forbidden": _response("forbidden: the token's role is too low; details.required_role"),
+    "NotFound": _response("not_found"),
+    "Conflict": _response("version_conflict: version regression or duplicate"),
+    "PayloadTooLarge": _response("payload_too_large: details.limit_bytes"),
+    "InvalidPolicy": json_content(
+        {
+            "allOf": [
+                ref("Error"),
+                {
+                    "properties": {
+                        "error": {
+                            "properties": {
+                                "details": {
+                                    "properties": {
+                                        "violations": {
+                                            "type": "array",
+                                            "items": ref("Violation"),
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            ]
+        },
+        "invalid_policy: details.violations names every broken rule",
+    ),
+    "Internal": _response("internal: generic message and details.ref; see the server log"),
+    "Unavailable": _response("unavailable: not ready or a backend is down; retry"),
+}

@@ -1,0 +1,78 @@
+"""What the REST API needs from the service. The API depends on this protocol only;
+``controlplane.service.ControlPlane`` implements it and app.py wires the two.
+
+Every method returns JSON-ready values and raises ``controlplane.errors`` types.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+__all__ = ["ControlPlaneAPI"]
+
+
+class ControlPlaneAPI(Protocol):
+    node_id: str
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, named checks) for /readyz."""
+        ...
+
+    async def publish_policy(self, doc: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+        """Validate, version, publish; answers {"id", "version", "event_id"} once stored.
+
+        Raises ValidationFailed (details.violations) or Conflict (version regression/duplicate).
+        """
+        ...
+
+    async def preview_policy(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        """Which live sessions would change: {"id", "version", "targeted", "changed",
+        "by_kind": {...}, "by_variant": {...}, "samples": [{"session_id", "delta", "wire"}]}."""
+        ...
+
+    async def retire_policy(self, policy_id: str, *, actor: str) -> dict[str, Any]: ...
+
+    async def rollback_policy(
+        self, policy_id: str, to_version: int, *, actor: str
+    ) -> dict[str, Any]: ...
+
+    def list_policies(self, *, include_retired: bool = False) -> list[dict[str, Any]]: ...
+
+    def get_policy(self, policy_id: str) -> dict[str, Any]: ...
+
+    def policy_versions(self, policy_id: str) -> list[dict[str, Any]]: ...
+
+    async def rollout_status(self, policy_id: str) -> dict[str, Any]:
+        """{"id", "version", "versions": [{"version", "variant", "targeted", "sent", "acked",
+        "unverified", "rejected", "pending"}], "totals": {...}}."""
+        ...
+
+    async def list_sessions(
+        self,
+        *,
+        selector: Mapping[str, list[str]] | None = None,
+        kind: str | None = None,
+        state: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    async def get_session(self, session_id: str) -> dict[str, Any]: ...
+
+    async def relabel_session(
+        self, session_id: str, labels: Mapping[str, str | None], *, actor: str
+    ) -> dict[str, Any]:
+        """Set (str) or remove (None) labels, re-resolve and push; answers the session."""
+        ...
+
+    async def session_log(self, session_id: str) -> list[dict[str, Any]]: ...
+
+    async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
+        """[{"session_id", "policy", "version", "variant", "bucket_by", "bucket_value",
+        "kind", "model", "assigned_at", "state"}]."""
+        ...
+
+    async def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """[{"session_id", "ok", "count", "first_bad_seq", "problem"}]."""
+        ...

@@ -1,0 +1,273 @@
+"""REST routes (DESIGN.md §4): one table, ``ROUTES``, declares path, method and minimum role.
+
+:func:`add_routes` mounts them on an app together with the error middleware and the token
+store. Handlers parse and validate every input first (``controlplane.api.inputs``), then call
+the service through the :class:`~controlplane.api.ports.ControlPlaneAPI` protocol only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from aiohttp import web
+
+from controlplane.api.auth import PRINCIPAL, Role, check_publish_allowed, install_tokens, require
+from controlplane.api.errors import error_middleware
+from controlplane.api.inputs import (
+    MAX_BODY_BYTES,
+    check_query,
+    parse_bool,
+    parse_cursor,
+    parse_kind,
+    parse_limit,
+    parse_rollback,
+    parse_state,
+    path_param,
+    read_document,
+    read_json_object,
+    single,
+)
+from controlplane.api.labels import parse_labels_patch, parse_selector
+from controlplane.api.openapi import openapi_document
+from controlplane.api.ports import ControlPlaneAPI
+from controlplane.config import Settings
+from controlplane.errors import BadRequest
+
+__all__ = ["ASSIGNMENT_COLUMNS", "ROUTES", "RouteSpec", "add_routes", "assignments_csv"]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSpec:
+    """One REST route; ``role`` None means no authentication."""
+
+    method: str
+    path: str
+    handler: str  # method name on the handler object; also the OpenAPI operationId
+    role: Role | None
+
+
+ROUTES: Final[tuple[RouteSpec, ...]] = (
+    RouteSpec("GET", "/v1/sessions", "list_sessions", Role.VIEWER),
+    RouteSpec("GET", "/v1/sessions/{session_id}", "get_session", Role.VIEWER),
+    RouteSpec("PATCH", "/v1/sessions/{session_id}/labels", "relabel_session", Role.COMPLIANCE),
+    RouteSpec("GET", "/v1/sessions/{session_id}/log", "session_log", Role.VIEWER),
+    RouteSpec("POST", "/v1/policies", "publish_policy", Role.EXPERIMENTER),
+    RouteSpec("POST", "/v1/policies/preview", "preview_policy", Role.EXPERIMENTER),
+    RouteSpec("GET", "/v1/policies", "list_policies", Role.VIEWER),
+    RouteSpec("GET", "/v1/policies/{policy_id}", "get_policy", Role.VIEWER),
+    RouteSpec("DELETE", "/v1/policies/{policy_id}", "retire_policy", Role.COMPLIANCE),
+    RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
+    RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),
+    RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.COMPLIANCE),
+    RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
+    RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
+    RouteSpec("GET", "/readyz", "readyz", None),
+    RouteSpec("GET", "/openapi.json", "openapi", None),
+)
+
+ASSIGNMENT_COLUMNS: Final = (
+    "session_id",
+    "policy",
+    "version",
+    "variant",
+    "bucket_by",
+    "bucket_value",
+    "kind",
+    "model",
+    "assigned_at",
+    "state",
+)
+
+
+def _items(items: list[dict[str, Any]], next_cursor: str | None = None) -> web.Response:
+    return web.json_response({"items": items, "next": next_cursor})
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def assignments_csv(rows: list[Mapping[str, Any]]) -> str:
+    """CSV with a header row: the documented columns first, then any extra keys, sorted."""
+    extra = sorted({key for row in rows for key in row} - set(ASSIGNMENT_COLUMNS))
+    columns = [*ASSIGNMENT_COLUMNS, *extra]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return out.getvalue()
+
+
+def _wants_csv(request: web.Request) -> bool:
+    fmt = single(request.query, "format")
+    if fmt is not None:
+        if fmt not in ("json", "csv"):
+            raise BadRequest(f"query parameter 'format' must be json or csv, got {fmt!r:.40}")
+        return fmt == "csv"
+    accept = request.headers.get("Accept", "")
+    return any(part.split(";")[0].strip() == "text/csv" for part in accept.split(","))
+
+
+class _Handlers:
+    """Route handlers bound to one service."""
+
+    def __init__(self, service: ControlPlaneAPI, max_body_bytes: int) -> None:
+        self._service = service
+        self._max_body = max_body_bytes
+        self._openapi = openapi_document()
+
+    # -- sessions ------------------------------------------------------------------------------
+
+    async def list_sessions(self, request: web.Request) -> web.StreamResponse:
+        q = request.query
+        check_query(q, ("selector", "kind", "state", "limit", "cursor"))
+        selector = parse_selector(q.getall("selector", []))
+        kind = parse_kind(single(q, "kind"))
+        state = parse_state(single(q, "state"))
+        limit = parse_limit(single(q, "limit"))
+        cursor = parse_cursor(single(q, "cursor"))
+        items, next_cursor = await self._service.list_sessions(
+            selector=selector, kind=kind, state=state, limit=limit, cursor=cursor
+        )
+        return _items(items, next_cursor)
+
+    async def get_session(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        session_id = path_param(request, "session_id")
+        return web.json_response(await self._service.get_session(session_id))
+
+    async def relabel_session(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        session_id = path_param(request, "session_id")
+        labels = parse_labels_patch(await read_json_object(request, self._max_body))
+        actor = request[PRINCIPAL].actor
+        return web.json_response(
+            await self._service.relabel_session(session_id, labels, actor=actor)
+        )
+
+    async def session_log(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        session_id = path_param(request, "session_id")
+        return _items(await self._service.session_log(session_id))
+
+    # -- policies ------------------------------------------------------------------------------
+
+    async def publish_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        doc = await read_document(request, self._max_body)
+        principal = request[PRINCIPAL]
+        check_publish_allowed(principal, doc)
+        result = await self._service.publish_policy(doc, actor=principal.actor)
+        headers = {}
+        if isinstance(result.get("id"), str):
+            headers["Location"] = f"/v1/policies/{result['id']}"
+        return web.json_response(result, status=201, headers=headers)
+
+    async def preview_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        doc = await read_document(request, self._max_body)
+        return web.json_response(await self._service.preview_policy(doc))
+
+    async def list_policies(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ("include_retired",))
+        include = parse_bool("include_retired", single(request.query, "include_retired"))
+        return _items(self._service.list_policies(include_retired=include))
+
+    async def get_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        return web.json_response(self._service.get_policy(path_param(request, "policy_id")))
+
+    async def retire_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        policy_id = path_param(request, "policy_id")
+        actor = request[PRINCIPAL].actor
+        return web.json_response(await self._service.retire_policy(policy_id, actor=actor))
+
+    async def policy_versions(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        return _items(self._service.policy_versions(path_param(request, "policy_id")))
+
+    async def rollout_status(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        policy_id = path_param(request, "policy_id")
+        return web.json_response(await self._service.rollout_status(policy_id))
+
+    async def rollback_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        policy_id = path_param(request, "policy_id")
+        to_version = parse_rollback(await read_json_object(request, self._max_body))
+        actor = request[PRINCIPAL].actor
+        return web.json_response(
+            await self._service.rollback_policy(policy_id, to_version, actor=actor)
+        )
+
+    # -- experiments, audit, probes ------------------------------------------------------------
+
+    async def experiment_assignments(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ("format",))
+        key = path_param(request, "key")
+        as_csv = _wants_csv(request)
+        rows = await self._service.experiment_assignments(key)
+        if not as_csv:
+            return _items(rows)
+        filename = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+        return web.Response(
+            text=assignments_csv(list(rows)),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": f'attachment; filename="assignments-{filename}.csv"'},
+        )
+
+    async def verify_audit(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ("session",))
+        session_id = single(request.query, "session") or None
+        if session_id is not None and len(session_id) > 256:
+            raise BadRequest("query parameter 'session' must be at most 256 characters")
+        reports = await self._service.verify_audit(session_id)
+        ok = all(bool(report.get("ok")) for report in reports)
+        return web.json_response({"items": reports, "next": None, "ok": ok})
+
+    async def readyz(self, request: web.Request) -> web.StreamResponse:
+        ready, checks = self._service.readiness()
+        return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response(self._openapi)
+
+
+def add_routes(
+    app: web.Application,
+    service: ControlPlaneAPI,
+    settings: Settings,
+    *,
+    max_body_bytes: int = MAX_BODY_BYTES,
+) -> None:
+    """Mount every route of :data:`ROUTES` on ``app``.
+
+    Also installs, once each, :func:`~controlplane.api.errors.error_middleware` (outermost) and
+    the token store built from ``settings``. Call before the app starts.
+    """
+    if error_middleware not in app.middlewares:
+        app.middlewares.insert(0, error_middleware)
+    install_tokens(app, settings)
+    handlers = _Handlers(service, max_body_bytes)
+    for spec in ROUTES:
+        handler = getattr(handlers, spec.handler)
+        if spec.role is not None:
+            handler = require(spec.role, handler)
+        app.router.add_route(spec.method, spec.path, handler, name="api." + spec.handler)

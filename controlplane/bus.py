@@ -1,0 +1,110 @@
+"""Policy events and the bus that carries them (DESIGN.md §4 NATS contract).
+
+The in-process bus is the embedded default; the NATS JetStream bus (distributed mode) keeps
+the same interface. ``publish`` returns once the event is stored (in-process: once handled).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+__all__ = ["EventHandler", "InProcessBus", "PolicyBus", "PolicyEvent", "rfc3339"]
+
+EventType = Literal["policy.published", "policy.retired"]
+EventHandler = Callable[["PolicyEvent"], Awaitable[None]]
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class PolicyEvent:
+    """One message on ``cp.policy.<policy_id>``; ``msg_id`` is the ``Nats-Msg-Id`` header."""
+
+    type: EventType
+    policy: Mapping[str, Any]
+    actor: str
+    published_at: str
+    event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    cause: str = "policy"  # policy | rollback | retire (our extension, optional on the wire)
+
+    @property
+    def policy_id(self) -> str:
+        return str(self.policy["id"])
+
+    @property
+    def version(self) -> int:
+        return int(self.policy["version"])
+
+    @property
+    def msg_id(self) -> str:
+        return f"{self.policy_id}:{self.version}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": self.type,
+            "policy": dict(self.policy),
+            "actor": self.actor,
+            "published_at": self.published_at,
+            "event_id": self.event_id,
+            "cause": self.cause,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> PolicyEvent:
+        """Decode a wire event; raises ValueError naming the offending field."""
+        if not isinstance(raw, Mapping):
+            raise ValueError("event must be a JSON object")
+        kind = raw.get("type")
+        if kind not in ("policy.published", "policy.retired"):
+            raise ValueError(f"type must be policy.published or policy.retired, got {kind!r}")
+        policy = raw.get("policy")
+        if not isinstance(policy, Mapping):
+            raise ValueError("policy must be an object")
+        if not isinstance(policy.get("id"), str):
+            raise ValueError("policy.id must be a string")
+        version = policy.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError("policy.version must be an integer >= 1")
+        actor = raw.get("actor", "unknown")
+        published_at = raw.get("published_at", "")
+        event_id = raw.get("event_id") or uuid.uuid4().hex
+        cause = raw.get("cause", "retire" if kind == "policy.retired" else "policy")
+        if cause not in ("policy", "rollback", "retire"):
+            raise ValueError(f"cause must be policy, rollback or retire, got {cause!r}")
+        return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause))
+
+
+class PolicyBus(Protocol):
+    def subscribe(self, handler: EventHandler) -> None: ...
+
+    async def publish(self, event: PolicyEvent) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class InProcessBus:
+    """Delivers each event to every subscriber before ``publish`` returns."""
+
+    def __init__(self) -> None:
+        self._handlers: list[EventHandler] = []
+
+    def subscribe(self, handler: EventHandler) -> None:
+        self._handlers.append(handler)
+
+    async def publish(self, event: PolicyEvent) -> None:
+        for handler in self._handlers:
+            await handler(event)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        self._handlers.clear()

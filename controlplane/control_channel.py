@@ -1,0 +1,258 @@
+"""Control channel ``GET /v1/control``: for apps that keep their own upstream socket.
+
+One session per socket. JSON text frames (documented in docs/control-channel.md):
+
+app → control plane
+  ``{"type": "register", "session_id"?, "kind", "model", "labels"?, "config"?}``  (first)
+  ``{"type": "applied", "version": N}`` / ``{"type": "failed", "version": N, "error": "..."}``
+  ``{"type": "update", "config": {canonical delta}}``  the app's own change; locked fields refused
+  ``{"type": "turn_boundary"}``                        releases ``next_turn`` pushes
+  ``{"type": "heartbeat"}``
+control plane → app
+  ``{"type": "registered", "session_id", "version", "effective_config", "locks"}``
+  ``{"type": "push", "session_id", "version", "message": {wire message}}``
+  ``{"type": "update_result", "accepted": [...], "rejected": {field: reason}}``
+  ``{"type": "heartbeat", "at": <unix s>}``
+  ``{"type": "error", "code", "message"}``  (the socket stays open unless registration failed)
+
+Authenticated with a bearer token of any role (``Authorization`` header or ``?token=``).
+Streaming-v3 sessions report ``applied`` when they wrote the message to their upstream; since
+Streaming v3 has no acknowledgement such pushes end ``unverified``, never ``acked``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from controlplane.api.auth import TOKENS
+from controlplane.errors import ControlPlaneError
+from controlplane.push.engine import LiveSession
+from controlplane.push.protocol import Push
+from controlplane.service import ControlPlane
+from policies.errors import PolicyValidationError
+from policies.fields import Config, check_value
+from sessions.dialects.base import dialect_for
+from sessions.model import SESSION_KINDS
+
+__all__ = ["ControlChannel", "ControlTransport"]
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 256 * 1024
+CONGESTED_BYTES = 256 * 1024
+ID_MAX = 128
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class ControlTransport:
+    acknowledging = True
+
+    def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
+        self.ws = ws
+        self._prefix = '{"type":"push","session_id":' + json.dumps(session_id) + ',"version":'
+
+    def congested(self) -> bool:
+        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
+        return transport is not None and transport.get_write_buffer_size() > CONGESTED_BYTES
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        if self.ws.closed:
+            raise ConnectionError("control channel is closed")
+        await self.ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
+
+
+class ControlChannel:
+    def __init__(self, service: ControlPlane) -> None:
+        self.service = service
+        self.connections: set[web.WebSocketResponse] = set()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v1/control", self.handle)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        header = request.headers.get("Authorization")
+        if header is None and "token" in request.query:
+            header = "Bearer " + request.query["token"]
+        request.config_dict[TOKENS].authenticate(header)  # raises Unauthorized (401)
+        if self.service.draining:
+            raise ControlPlaneError("shutting down", code="draining")
+        ws = web.WebSocketResponse(
+            compress=self.service.settings.websocket_compression,
+            max_msg_size=MAX_FRAME_BYTES,
+            heartbeat=None,
+        )
+        await ws.prepare(request)
+        self.connections.add(ws)
+        ls: LiveSession | None = None
+        try:
+            ls = await self._register(ws)
+            if ls is None:
+                return ws
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    await _send_error(ws, "invalid_frame", "only JSON text frames are accepted")
+                    continue
+                try:
+                    await self._on_message(ws, ls, msg.data)
+                except ProtocolError as exc:
+                    await _send_error(ws, exc.code, exc.message)
+        finally:
+            self.connections.discard(ws)
+            if ls is not None:
+                await self.service.detach(ls, "control_closed")
+        return ws
+
+    async def _register(self, ws: web.WebSocketResponse) -> LiveSession | None:
+        msg = await ws.receive()
+        if msg.type != WSMsgType.TEXT:
+            await ws.close(code=1008, message=b"first frame must be a register message")
+            return None
+        try:
+            raw = _decode(msg.data)
+            if raw.get("type") != "register":
+                raise ProtocolError("register_first", "the first message must be register")
+            kind, model, labels, config, session_id = _registration(raw)
+            session, effective = self.service.new_session(
+                kind=kind, model=model, labels=labels, client_config=config,
+                session_id=session_id,
+            )  # fmt: skip
+            transport = ControlTransport(ws, session.id)
+            ls = await self.service.attach(
+                session, effective, transport=transport, dialect=dialect_for(kind),
+                running=config, connect_wire=None,
+            )  # fmt: skip
+        except ProtocolError as exc:
+            await _send_error(ws, exc.code, exc.message)
+            await ws.close(code=1008, message=exc.message.encode()[:120])
+            return None
+        except ControlPlaneError as exc:
+            await _send_error(ws, exc.code, exc.message)
+            await ws.close(code=1008, message=exc.message.encode()[:120])
+            return None
+        await ws.send_str(json.dumps({
+            "type": "registered", "session_id": session.id, "version": ls.push.desired_version,
+            "effective_config": _jsonable(session.effective_config),
+            "locks": {f: r.as_dict() for f, r in ls.locks.items()},
+        }))  # fmt: skip
+        self.service.engine.mark_ready(ls)
+        await self.service.engine.kick(ls)
+        return ls
+
+    async def _on_message(self, ws: web.WebSocketResponse, ls: LiveSession, data: str) -> None:
+        raw = _decode(data)
+        kind = raw.get("type")
+        engine = self.service.engine
+        if kind == "heartbeat":
+            await ws.send_str(json.dumps({"type": "heartbeat", "at": self.service.clock.now()}))
+        elif kind in ("applied", "failed"):
+            version = raw.get("version")
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ProtocolError("bad_version", f"{kind}.version must be an integer")
+            in_flight = ls.push.in_flight
+            if in_flight is None or in_flight.version != version:
+                raise ProtocolError(
+                    "unknown_version", f"version {version} is not awaiting a report"
+                )
+            if kind == "applied":
+                status = "acked" if ls.session.kind == "voice-agent-v1" else "unverified"
+                await engine.upstream_acked(ls, status=status)
+            else:
+                error = str(raw.get("error", "failed"))[:500]
+                await engine.upstream_rejected(ls, "app_failed", error)
+        elif kind == "turn_boundary":
+            await engine.turn_boundary(ls)
+        elif kind == "update":
+            await self._client_update(ws, ls, raw.get("config"))
+        else:
+            raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
+
+    async def _client_update(self, ws: web.WebSocketResponse, ls: LiveSession, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            raise ProtocolError("bad_config", "update.config must be an object")
+        delta, rejected = {}, {}
+        for name, value in raw.items():
+            if name in ls.locks:
+                ref = ls.locks[name]
+                rejected[name] = f"locked by policy {ref.id} v{ref.version}"
+                continue
+            if value is None:
+                delta[name] = None
+                continue
+            normalised, problems = check_value(name, value, f"config.{name}")
+            if problems:
+                rejected[name] = problems[0].message
+            else:
+                delta[name] = normalised
+        engine = self.service.engine
+        if rejected:
+            engine.record(ls, cause="client", status="rejected",
+                          delta={k: raw[k] for k in rejected if k in raw and k in ls.locks},
+                          wire={"type": "update", "config": raw},
+                          error="; ".join(f"{k}: {v}" for k, v in rejected.items()))  # fmt: skip
+        if delta:
+            await engine.client_update(ls, delta, self.service.store.active())
+            engine.record(ls, cause="client", status="sent", delta=delta,
+                          wire={"type": "update", "config": raw})  # fmt: skip
+        await ws.send_str(json.dumps(
+            {"type": "update_result", "accepted": sorted(delta), "rejected": rejected}
+        ))  # fmt: skip
+
+
+def _decode(data: str) -> dict[str, Any]:
+    try:
+        raw = json.loads(data)
+    except ValueError as exc:
+        raise ProtocolError("bad_json", f"invalid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ProtocolError("bad_message", "a message must be a JSON object")
+    return raw
+
+
+def _registration(raw: dict[str, Any]) -> tuple[str, str, dict[str, str], Config, str | None]:
+    kind = raw.get("kind")
+    if kind not in SESSION_KINDS:
+        raise ProtocolError("bad_kind", f"kind must be one of {', '.join(SESSION_KINDS)}")
+    model = raw.get("model")
+    if not isinstance(model, str) or not model or len(model) > ID_MAX:
+        raise ProtocolError("bad_model", f"model must be a non-empty string ≤ {ID_MAX} chars")
+    session_id = raw.get("session_id")
+    if session_id is not None and (
+        not isinstance(session_id, str) or not session_id or len(session_id) > ID_MAX
+    ):
+        raise ProtocolError("bad_session_id", f"session_id must be a string ≤ {ID_MAX} chars")
+    labels = raw.get("labels") or {}
+    if not isinstance(labels, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and len(k) <= 63 and len(v) <= 256
+        for k, v in labels.items()
+    ):
+        raise ProtocolError("bad_labels", "labels must map strings (≤63) to strings (≤256)")
+    config_raw = raw.get("config") or {}
+    if not isinstance(config_raw, dict):
+        raise ProtocolError("bad_config", "config must be an object of canonical fields")
+    config: Config = {}
+    for name, value in config_raw.items():
+        normalised, problems = check_value(name, value, f"config.{name}")
+        if problems:
+            raise ProtocolError("bad_config", str(PolicyValidationError(problems)))
+        config[name] = normalised
+    return kind, model, dict(labels), config, session_id
+
+
+async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
+
+
+def _jsonable(config: Config) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -1,0 +1,406 @@
+"""Gateway: ``GET /v3/ws`` and ``GET /v1/ws`` proxied to the configured upstream.
+
+Wire-compatible (official SDKs only change the host). Each session is registered on connect
+and starts on its effective configuration (late joiners: policy fields merged into the
+streaming connect query or the agent's first ``session.update``). Audio passes through
+untouched; client updates are forwarded except fields locked by an applying policy, which
+are stripped and logged. Pushes go to the upstream socket; on the Voice Agent API the
+acknowledgements of our pushes are consumed here, not forwarded (the client did not send
+those updates). Client credentials are forwarded and never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.protocol import Push
+from controlplane.service import ControlPlane
+from policies.fields import Delta
+from sessions.dialects.base import (
+    Acked,
+    Dialect,
+    Ready,
+    Rejected,
+    TurnBoundary,
+)
+from sessions.dialects.streaming_v3 import STREAMING_V3
+from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
+from sessions.errors import DialectError
+
+__all__ = ["Gateway", "parse_labels"]
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADERS = ("Authorization", "AssemblyAI-Version", "User-Agent")
+LABELS_HEADER = "X-Session-Labels"
+LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
+SECRET_QUERY = frozenset({"token"})
+MAX_PENDING_ACKS = 64
+AUDIO_ONLY_ERRORS = frozenset({"invalid_audio", "audio_rate_violation"})
+CONGESTED_BYTES = 256 * 1024
+MAX_LABELS = 32
+
+
+def parse_labels(raw: str) -> dict[str, str]:
+    """``k=v,k=v`` -> dict; raises ValueError naming the bad item."""
+    labels: dict[str, str] = {}
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or len(key) > 63 or len(value) > 256:
+            raise ValueError(f"label {item[:80]!r} must be key=value (key ≤ 63, value ≤ 256)")
+        labels[key] = value
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"{len(labels)} labels, limit is {MAX_LABELS}")
+    return labels
+
+
+class UpstreamTransport:
+    """Writes pushes to the upstream socket; remembers which acks are ours (Voice Agent)."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, acknowledging: bool) -> None:
+        self.ws = ws
+        self.acknowledging = acknowledging
+        # "client" or a push version, in the order updates went upstream
+        self.pending: deque[int | str] = deque(maxlen=MAX_PENDING_ACKS)
+
+    def congested(self) -> bool:
+        return _buffered(self.ws) > CONGESTED_BYTES
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        if self.ws.closed:
+            raise ConnectionError("upstream socket is closed")
+        if self.acknowledging:
+            self.pending.append(push.version)
+        await self.ws.send_str(text)
+
+
+def _buffered(ws: Any) -> int:
+    writer = getattr(ws, "_writer", None)
+    transport = getattr(writer, "transport", None)
+    if transport is None:
+        return 0
+    try:
+        return int(transport.get_write_buffer_size())
+    except (AttributeError, RuntimeError):
+        return 0
+
+
+class Gateway:
+    def __init__(self, service: ControlPlane, http: aiohttp.ClientSession) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.http = http
+        self.connections: set[web.WebSocketResponse] = set()
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_get("/v3/ws", self.streaming)
+        app.router.add_get("/v1/ws", self.agent)
+
+    def _labels(self, request: web.Request) -> dict[str, str]:
+        raw = request.headers.get(LABELS_HEADER, "")
+        labels = parse_labels(raw)
+        labels.update(parse_labels(request.query.get(LABELS_QUERY, "")))
+        return labels
+
+    def _client_ws(self) -> web.WebSocketResponse:
+        return web.WebSocketResponse(
+            compress=self.settings.websocket_compression,
+            max_msg_size=self.settings.max_client_message_bytes,
+        )
+
+    async def _connect_upstream(
+        self, url: str, request: web.Request
+    ) -> aiohttp.ClientWebSocketResponse:
+        headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        return await self.http.ws_connect(
+            url, headers=headers, autoclose=False, max_msg_size=0, compress=0,
+            timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
+        )  # fmt: skip
+
+    # -- streaming v3 --------------------------------------------------------------------
+    async def streaming(self, request: web.Request) -> web.StreamResponse:
+        if self.service.draining:
+            return _http_error(503, "draining", "the control plane is shutting down")
+        try:
+            labels = self._labels(request)
+            query = {k: v for k, v in request.query.items() if k != LABELS_QUERY}
+            info = STREAMING_V3.parse_connect_query(query)
+        except (ValueError, DialectError) as exc:
+            return _http_error(400, "bad_connect_parameters", str(exc))
+        session, effective = self.service.new_session(
+            kind=STREAMING_V3.name, model=info.model, labels=labels,
+            client_config=info.client_config,
+        )  # fmt: skip
+        merged, skipped = STREAMING_V3.merge_connect_query(query, effective.config, info.model)
+        url = self.settings.upstream_streaming_url + "?" + urlencode(merged)
+        try:
+            upstream = await self._connect_upstream(url, request)
+        except aiohttp.WSServerHandshakeError as exc:
+            return _http_error(exc.status, "upstream_rejected",
+                               f"upstream refused the connection (HTTP {exc.status})")  # fmt: skip
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("streaming upstream unreachable: %s", exc)
+            return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
+        ws = self._client_ws()
+        await ws.prepare(request)
+        transport = UpstreamTransport(upstream, acknowledging=False)
+        wire = {"connect": {k: v for k, v in merged.items() if k not in SECRET_QUERY}}
+        if skipped:
+            wire["skipped"] = dict(skipped)
+        ls = await self.service.attach(
+            session, effective, transport=transport, dialect=STREAMING_V3,
+            running=effective.config, connect_wire=wire,
+        )  # fmt: skip
+        await self._proxy(ws, upstream, ls, transport, STREAMING_V3)
+        return ws
+
+    # -- voice agent ---------------------------------------------------------------------
+    async def agent(self, request: web.Request) -> web.StreamResponse:
+        if self.service.draining:
+            return _http_error(503, "draining", "the control plane is shutting down")
+        try:
+            labels = self._labels(request)
+        except ValueError as exc:
+            return _http_error(400, "bad_labels", str(exc))
+        ws = self._client_ws()
+        await ws.prepare(request)
+        self.connections.add(ws)
+        try:
+            first = await ws.receive()
+            if first.type != WSMsgType.TEXT:
+                await ws.close(code=1008, message=b"first message must be session.update")
+                return ws
+            try:
+                message = json.loads(first.data)
+            except ValueError:
+                message = None
+            if not isinstance(message, dict):
+                await _agent_error(ws, "invalid_format", "first message must be a JSON object")
+                await ws.close(code=1008, message=b"invalid first message")
+                return ws
+            resume = message.get("type") == "session.resume"
+            if resume:
+                model, client_config, forward = VOICE_AGENT_V1.name, {}, message
+                model = "voice-agent"
+            else:
+                info = VOICE_AGENT_V1.parse_first_update(message)
+                model, client_config = info.model, dict(info.client_config)
+            session, effective = self.service.new_session(
+                kind=VOICE_AGENT_V1.name, model=model, labels=labels,
+                client_config=client_config,
+            )  # fmt: skip
+            skipped: Mapping[str, str] = {}
+            if not resume:
+                forward, skipped = VOICE_AGENT_V1.merge_first_update(message, effective.config)
+            try:
+                upstream = await self._connect_upstream(self.settings.upstream_agent_url, request)
+            except aiohttp.WSServerHandshakeError as exc:
+                code = "unauthorized" if exc.status in (401, 403) else "internal_error"
+                await _agent_error(ws, code, f"upstream refused the connection (HTTP {exc.status})")
+                await ws.close(code=1008 if code == "unauthorized" else 1011)
+                return ws
+            except (aiohttp.ClientError, OSError):
+                await _agent_error(ws, "internal_error", "cannot reach the upstream")
+                await ws.close(code=1011)
+                return ws
+            transport = UpstreamTransport(upstream, acknowledging=True)
+            await upstream.send_str(json.dumps(forward))
+            wire: dict[str, Any] = {"first_message": forward}
+            if skipped:
+                wire["skipped"] = dict(skipped)
+            running = {} if resume else effective.config
+            ls = await self.service.attach(
+                session, effective, transport=transport, dialect=VOICE_AGENT_V1,
+                running=running, connect_wire=wire,
+            )  # fmt: skip
+            await self._proxy(ws, upstream, ls, transport, VOICE_AGENT_V1)
+        except DialectError as exc:
+            await _agent_error(ws, "invalid_config", str(exc))
+            await ws.close(code=1008)
+        finally:
+            self.connections.discard(ws)
+        return ws
+
+    # -- both ----------------------------------------------------------------------------
+    async def _proxy(
+        self,
+        ws: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        transport: UpstreamTransport,
+        dialect: Dialect,
+    ) -> None:
+        self.connections.add(ws)
+        cause = "client_closed"
+        reader = asyncio.get_running_loop().create_task(
+            self._from_upstream(ws, upstream, ls, transport, dialect),
+            name=f"gateway-upstream-{ls.session.id}",
+        )
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    await upstream.send_bytes(msg.data)
+                elif msg.type == WSMsgType.TEXT:
+                    await self._from_client(msg.data, upstream, ls, transport, dialect)
+            if reader.done():
+                cause = "upstream_closed"
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            cause = f"proxy_error: {type(exc).__name__}"
+        finally:
+            if not upstream.closed:
+                code = ws.close_code if ws.close_code and ws.close_code != 1006 else 1000
+                with contextlib.suppress(Exception):
+                    await upstream.close(code=code)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if reader.done() and not reader.cancelled() and cause == "client_closed":
+                cause = "upstream_closed"
+            self.connections.discard(ws)
+            await self.service.detach(ls, cause)
+
+    async def _from_client(
+        self,
+        data: str,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        transport: UpstreamTransport,
+        dialect: Dialect,
+    ) -> None:
+        try:
+            message = json.loads(data)
+        except ValueError:
+            message = None
+        try:
+            delta = dialect.parse_client_update(message) if isinstance(message, dict) else None
+        except DialectError:
+            delta = None  # a malformed value: forwarded untouched, the upstream answers it
+        if delta is None or not isinstance(message, dict):
+            await upstream.send_str(data)  # not an update: untouched (upstream judges it)
+            return
+        locked = sorted(set(delta) & set(ls.locks))
+        forward_text = data
+        forwarded: Delta = delta
+        if locked:
+            stripped_msg, stripped = dialect.strip_locked(message, locked)
+            forwarded = {k: v for k, v in delta.items() if k not in stripped}
+            owners = ", ".join(
+                f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
+            )
+            self.service.engine.record(
+                ls, cause="client", status="rejected",
+                delta={k: delta[k] for k in stripped}, wire=message, error=owners,
+            )  # fmt: skip
+            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
+            if stripped_msg is None:
+                return
+            forward_text = json.dumps(stripped_msg)
+        if transport.acknowledging:
+            transport.pending.append("client")
+        await upstream.send_str(forward_text)
+        if forwarded:
+            await self.service.engine.client_update(ls, forwarded, self.service.store.active())
+            self.service.engine.record(
+                ls, cause="client", status="sent", delta=forwarded,
+                wire=json.loads(forward_text),
+            )  # fmt: skip
+
+    async def _from_upstream(
+        self,
+        ws: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        transport: UpstreamTransport,
+        dialect: Dialect,
+    ) -> None:
+        engine = self.service.engine
+        close_code, close_reason = 1011, "upstream connection lost"
+        try:
+            while True:
+                msg = await upstream.receive()
+                if msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+                    continue
+                if msg.type == WSMsgType.CLOSE:
+                    close_code, close_reason = int(msg.data), str(msg.extra or "")
+                    break
+                if msg.type != WSMsgType.TEXT:
+                    break
+                await self._upstream_text(msg.data, ws, ls, transport, dialect, engine)
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass
+        finally:
+            if not upstream.closed:
+                with contextlib.suppress(Exception):
+                    await upstream.close()
+            if not ws.closed:
+                code = close_code if close_code not in (1005, 1006) else 1011
+                with contextlib.suppress(Exception):
+                    await ws.close(code=code, message=close_reason.encode()[:120])
+
+    async def _upstream_text(
+        self,
+        data: str,
+        ws: web.WebSocketResponse,
+        ls: LiveSession,
+        transport: UpstreamTransport,
+        dialect: Dialect,
+        engine: PushEngine,
+    ) -> None:
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            await ws.send_str(data)
+            return
+        event = dialect.parse_upstream(parsed) if isinstance(parsed, dict) else None
+        if isinstance(event, Ready):
+            ls.session.upstream_id = event.upstream_id
+            engine.mark_ready(ls)
+            if transport.acknowledging and ls.push.acked_version < 1:
+                ls.push.acked_version = 1
+                engine.record(ls, cause="connect", status="acked", delta={}, wire=None,
+                              version=1)  # fmt: skip
+            await ws.send_str(data)
+            await engine.kick(ls)
+            return
+        if isinstance(event, TurnBoundary):
+            await ws.send_str(data)
+            await engine.turn_boundary(ls)
+            return
+        if (
+            isinstance(event, Acked | Rejected)
+            and transport.pending
+            and not (isinstance(event, Rejected) and event.code in AUDIO_ONLY_ERRORS)
+        ):
+            owner = transport.pending.popleft()
+            if isinstance(owner, int):  # the answer to our push: consumed, not forwarded
+                if isinstance(event, Acked):
+                    await engine.upstream_acked(ls)
+                else:
+                    await engine.upstream_rejected(ls, event.code, event.message)
+                return
+        await ws.send_str(data)
+
+
+async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+    with contextlib.suppress(Exception):
+        await ws.send_str(json.dumps({"type": "session.error", "code": code, "message": message}))
+
+
+def _http_error(status: int, code: str, message: str) -> web.Response:
+    body = {"error": {"code": code, "message": message, "details": {}}}
+    return web.json_response(body, status=status)

@@ -1,0 +1,1 @@
+"""Push engine: sans-I/O per-session state (protocol) and its asyncio driver (engine)."""

@@ -1,0 +1,445 @@
+"""The push engine: resolves effective configs, drives each session's PushState, writes
+frames, records every push in the version log, exports metrics.
+
+Hot path (DESIGN.md §6): one plain loop over the targeted sessions; a frame is written inline
+when the session's socket is not congested (no task per session per push). A congested or
+slow session gets an on-demand worker (bounded by a global concurrency cap) and latest-wins
+coalescing. One sweeper task handles acknowledgement timeouts and next-turn deadlines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from controlplane.config import Settings
+from controlplane.metrics import Metrics
+from controlplane.push.protocol import Outcome, Push, PushState
+from policies.fields import Config, Delta
+from policies.model import Policy
+from policies.provenance import PolicyRef
+from policies.resolve import Effective, resolve
+from policies.selectors import Target
+from sessions.clock import Clock
+from sessions.dialects.base import Dialect, Encoded
+from sessions.model import Session, SessionState
+from sessions.registry import Registry
+from sessions.versionlog import VersionLog
+
+__all__ = ["LiveSession", "PushEngine", "Transport"]
+
+log = logging.getLogger(__name__)
+
+SWEEP_INTERVAL_S = 0.05
+REGISTRY_SYNC_INTERVAL_S = 0.25
+
+
+class Transport(Protocol):
+    """Where a session's pushes are written (the upstream socket, or a control channel)."""
+
+    acknowledging: bool
+
+    def congested(self) -> bool: ...
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        """Write one frame; raises ConnectionError when the socket is gone."""
+        ...
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """A session held by this replica: its record, push state, socket and dialect."""
+
+    session: Session
+    push: PushState
+    transport: Transport
+    dialect: Dialect
+    locks: dict[str, PolicyRef] = field(default_factory=dict)
+    # rollout bookkeeping: policy id -> (version, variant, status)
+    policy_status: dict[str, tuple[int, str | None, str]] = field(default_factory=dict)
+    worker: asyncio.Task[None] | None = None
+
+    @property
+    def target(self) -> Target:
+        s = self.session
+        return Target(s.id, s.kind, s.model, s.labels)
+
+
+class PushEngine:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        versionlog: VersionLog,
+        registry: Registry,
+        metrics: Metrics,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._log = versionlog
+        self._registry = registry
+        self._metrics = metrics
+        self.live: dict[str, LiveSession] = {}
+        self._watch: set[LiveSession] = set()
+        self._dirty: set[LiveSession] = set()
+        self._workers = asyncio.Semaphore(settings.push_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        for coro, name in ((self._sweep(), "push-sweeper"), (self._sync(), "registry-sync")):
+            task = asyncio.get_running_loop().create_task(coro, name=name)
+            self._tasks.add(task)
+
+    async def close(self) -> None:
+        self._closing = True
+        tasks = list(self._tasks) + [ls.worker for ls in self.live.values() if ls.worker]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        await self._flush_registry()
+
+    # -- sessions ------------------------------------------------------------------------
+    def resolve(self, session: Session, policies: Iterable[Policy]) -> Effective:
+        return resolve(
+            session.client_config,
+            policies,
+            Target(session.id, session.kind, session.model, session.labels),
+        )
+
+    def attach(self, ls: LiveSession, effective: Effective) -> None:
+        self.live[ls.session.id] = ls
+        self._apply_effective(ls, effective)
+        for ref in effective.applied:
+            ls.policy_status[ref.id] = (ref.version, ref.variant, "unchanged")
+
+    def detach(self, session_id: str) -> LiveSession | None:
+        ls = self.live.pop(session_id, None)
+        if ls is not None:
+            self._watch.discard(ls)
+            self._dirty.discard(ls)
+            if ls.worker is not None:
+                ls.worker.cancel()
+        return ls
+
+    def mark_ready(self, ls: LiveSession) -> None:
+        ls.push.ready = True
+
+    def record(
+        self,
+        ls: LiveSession,
+        *,
+        cause: str,
+        status: str,
+        delta: Delta,
+        wire: dict[str, Any] | None,
+        error: str | None = None,
+        version: int | None = None,
+        refs: tuple[PolicyRef, ...] | None = None,
+        config: Config | None = None,
+    ) -> None:
+        """Append one version-log entry for this session (buffered; never awaits I/O)."""
+        try:
+            self._log.append(
+                ls.session.id,
+                version=ls.push.desired_version if version is None else version,
+                cause=cause,
+                policies=tuple(r.as_dict() for r in (ls.session.applied if refs is None else refs)),
+                delta=delta,
+                wire=wire,
+                status=status,
+                error=error,
+                config=ls.session.effective_config if config is None else config,
+            )
+        except Exception:
+            self._metrics.audit_append_failures.inc()
+            log.exception("version-log append failed for session %s", ls.session.id)
+            raise
+        self._metrics.audit_appends.inc()
+
+    # -- policy changes ------------------------------------------------------------------
+    async def reconcile(
+        self,
+        sessions: Iterable[LiveSession],
+        policies: list[Policy],
+        *,
+        cause: str,
+        event_at: float | None = None,
+        next_turn: tuple[str, float] | None = None,
+    ) -> int:
+        """Re-resolve ``sessions`` against ``policies`` and push what changed.
+
+        ``next_turn=(policy_id, deadline_s)`` holds the push of sessions that policy targets
+        until their next turn boundary. Returns how many sessions got a new version.
+        """
+        changed = 0
+        cache: dict[tuple[Any, ...], tuple[Encoded, str | None]] = {}
+        now = self._clock.monotonic()
+        for ls in list(sessions):
+            effective = self.resolve(ls.session, policies)
+            hold = None
+            if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
+                hold = now + next_turn[1]
+            elif next_turn is not None and next_turn[0] in ls.policy_status:
+                hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
+            version = ls.push.want(
+                effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
+            )
+            self._apply_effective(ls, effective)
+            self._update_policy_status(ls, effective, pending=version is not None)
+            if version is None:
+                continue
+            changed += 1
+            await self._drive(ls, cache)
+        if event_at is not None and changed:
+            self._metrics.convergence.observe(self._clock.monotonic() - event_at)
+        return changed
+
+    async def client_update(
+        self, ls: LiveSession, forwarded: Delta, policies: list[Policy]
+    ) -> None:
+        """The client's own update went upstream: adopt it into client and upstream config."""
+        session = ls.session
+        for key, value in forwarded.items():
+            if value is None:
+                session.client_config.pop(key, None)
+            else:
+                session.client_config[key] = value
+        effective = self.resolve(session, policies)
+        ls.push.client_changed(forwarded, effective.config)
+        self._apply_effective(ls, effective)
+
+    async def upstream_acked(self, ls: LiveSession, *, status: str = "acked") -> None:
+        """The in-flight push was acknowledged (``status="unverified"`` when a control-channel
+        app confirms a streaming push it forwarded: applied, but not acknowledgeable)."""
+        outcome = ls.push.acked(
+            self._clock.monotonic(), "acked" if status == "acked" else "unverified"
+        )
+        if outcome is not None:
+            self._finish(ls, outcome)
+            await self._drive(ls, {})
+
+    async def upstream_rejected(self, ls: LiveSession, code: str, message: str) -> None:
+        outcome = ls.push.rejected(code, message, self._clock.monotonic())
+        if outcome is not None:
+            self._metrics.rejects.labels(ls.session.kind, code).inc()
+            self._finish(ls, outcome)
+            await self._drive(ls, {})
+
+    async def turn_boundary(self, ls: LiveSession) -> None:
+        ls.push.turn_boundary()
+        await self._drive(ls, {})
+
+    async def kick(self, ls: LiveSession) -> None:
+        """Send whatever is pending (e.g. once the upstream session is ready)."""
+        await self._drive(ls, {})
+
+    # -- internals -----------------------------------------------------------------------
+    def _apply_effective(self, ls: LiveSession, effective: Effective) -> None:
+        s = ls.session
+        s.effective_config = dict(effective.config)
+        s.provenance = dict(effective.provenance)
+        s.applied = tuple(effective.applied)
+        ls.locks = dict(effective.locks)
+        self._sync_session(ls)
+
+    def _sync_session(self, ls: LiveSession) -> None:
+        s, p = ls.session, ls.push
+        s.desired_version = p.desired_version
+        s.sent_version = p.sent_version
+        s.acked_version = p.acked_version
+        s.state = SessionState(p.state)
+        s.updated_at = self._clock.now()
+        self._dirty.add(ls)
+        deadline = p.next_deadline(self._settings.ack_timeout_s)
+        if deadline is None:
+            self._watch.discard(ls)
+        else:
+            self._watch.add(ls)
+
+    def _update_policy_status(self, ls: LiveSession, effective: Effective, pending: bool) -> None:
+        current = {ref.id: ref for ref in effective.applied}
+        for policy_id in list(ls.policy_status):
+            if policy_id not in current:
+                del ls.policy_status[policy_id]
+        for ref in effective.applied:
+            old = ls.policy_status.get(ref.id)
+            if old is not None and old[0] == ref.version and old[1] == ref.variant:
+                if pending and old[2] != "pending":
+                    ls.policy_status[ref.id] = (ref.version, ref.variant, "pending")
+                continue
+            status = "pending" if pending else "unchanged"
+            ls.policy_status[ref.id] = (ref.version, ref.variant, status)
+
+    async def _drive(
+        self, ls: LiveSession, cache: dict[tuple[Any, ...], tuple[Encoded, str | None]]
+    ) -> None:
+        if ls.worker is not None or self._closing:
+            return
+        if ls.transport.congested():
+            self._start_worker(ls)
+            return
+        push = ls.push.take(self._clock.monotonic())
+        if push is not None:
+            await self._write(ls, push, cache)
+
+    def _start_worker(self, ls: LiveSession) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._worker(ls), name=f"push-worker-{ls.session.id}"
+        )
+        ls.worker = task
+
+    async def _worker(self, ls: LiveSession) -> None:
+        try:
+            while ls.session.id in self.live:
+                async with self._workers:
+                    push = ls.push.take(self._clock.monotonic())
+                    if push is None:
+                        return
+                    try:
+                        await asyncio.wait_for(
+                            self._write(ls, push, {}), self._settings.send_timeout_s
+                        )
+                    except TimeoutError:
+                        self._finish(ls, ls.push.wire_failed(push, "send timed out"))
+                        return
+        finally:
+            ls.worker = None
+
+    async def _write(
+        self,
+        ls: LiveSession,
+        push: Push,
+        cache: dict[tuple[Any, ...], tuple[Encoded, str | None]],
+    ) -> None:
+        self._metrics.coalesced.inc(len(push.superseded))
+        if not push.delta:
+            self._sync_session(ls)
+            self._mark_policies(ls, push, "unchanged")
+            return
+        key = (ls.dialect.name, ls.session.model, _delta_key(push.delta))
+        cached = cache.get(key)
+        if cached is None:
+            encoded = ls.dialect.encode(push.delta, ls.session.model)
+            text = None if encoded.message is None else json.dumps(encoded.message)
+            cached = cache[key] = (encoded, text)
+        encoded, text = cached
+        if encoded.message is None or text is None:
+            outcome = ls.push.nothing_to_send(push)
+            self._finish(ls, outcome, skipped=dict(encoded.skipped))
+            return
+        try:
+            await ls.transport.write(push, encoded.message, text)
+        except (ConnectionError, RuntimeError, OSError) as exc:
+            self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
+            return
+        now = self._clock.monotonic()
+        if push.event_at is not None:
+            self._metrics.push_latency.observe(now - push.event_at)
+        error = _skipped_note(encoded.skipped)
+        if ls.transport.acknowledging:
+            self.record(ls, cause=push.cause, status="sent", delta=push.delta,
+                        wire=encoded.message, error=error, version=push.version,
+                        refs=push.refs, config=push.config)  # fmt: skip
+            self._mark_policies(ls, push, "sent")
+            self._sync_session(ls)
+        else:
+            # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
+            self.record(ls, cause=push.cause, status="sent", delta=push.delta,
+                        wire=encoded.message, error=error, version=push.version,
+                        refs=push.refs, config=push.config)  # fmt: skip
+            self._metrics.pushes.labels(ls.session.kind, "sent").inc()
+            self._mark_policies(ls, push, "unverified")
+            self._sync_session(ls)
+
+    def _finish(
+        self, ls: LiveSession, outcome: Outcome, skipped: dict[str, str] | None = None
+    ) -> None:
+        push = outcome.push
+        if outcome.status == "acked" and outcome.latency is not None:
+            self._metrics.apply_latency.observe(outcome.latency)
+        error = outcome.error
+        if skipped:
+            error = _skipped_note(skipped)
+        self.record(ls, cause=push.cause, status=outcome.status, delta=push.delta,
+                    wire=None, error=error, version=push.version, refs=push.refs,
+                    config=push.config)  # fmt: skip
+        self._metrics.pushes.labels(ls.session.kind, outcome.status).inc()
+        self._mark_policies(ls, push, outcome.status)
+        self._sync_session(ls)
+
+    def _mark_policies(self, ls: LiveSession, push: Push, status: str) -> None:
+        for ref in push.refs:
+            current = ls.policy_status.get(ref.id)
+            if current is not None and current[0] == ref.version:
+                ls.policy_status[ref.id] = (ref.version, ref.variant, status)
+
+    async def _sweep(self) -> None:
+        timeout = self._settings.ack_timeout_s
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = self._clock.monotonic()
+            for ls in list(self._watch):
+                outcome = ls.push.timed_out(now, timeout)
+                if outcome is not None:
+                    self._finish(ls, outcome)
+                    await self._drive(ls, {})
+                elif ls.push.can_send(now):
+                    await self._drive(ls, {})
+                else:
+                    self._sync_session(ls)
+
+    async def _sync(self) -> None:
+        while True:
+            await asyncio.sleep(REGISTRY_SYNC_INTERVAL_S)
+            await self._flush_registry()
+            self._export_gauges()
+
+    async def _flush_registry(self) -> None:
+        if not self._dirty:
+            return
+        batch = [ls.session for ls in self._dirty]
+        self._dirty.clear()
+        try:
+            await self._registry.update_many(batch)
+        except Exception:
+            log.exception("registry update of %d sessions failed; will retry", len(batch))
+            for ls in self.live.values():
+                if ls.session in batch:
+                    self._dirty.add(ls)
+
+    def _export_gauges(self) -> None:
+        counts: dict[tuple[str, str], int] = {}
+        versions: dict[tuple[str, str], int] = {}
+        for ls in self.live.values():
+            key = (ls.session.kind, ls.session.state.value)
+            counts[key] = counts.get(key, 0) + 1
+            for ref in ls.session.applied:
+                vkey = (ref.id, str(ref.version))
+                versions[vkey] = versions.get(vkey, 0) + 1
+        self._metrics.sessions.clear()
+        for (kind, state), n in counts.items():
+            self._metrics.sessions.labels(kind, state).set(n)
+        self._metrics.sessions_at_version.clear()
+        for (policy, version), n in versions.items():
+            self._metrics.sessions_at_version.labels(policy, version).set(n)
+
+
+def _delta_key(delta: Delta) -> tuple[Any, ...]:
+    return tuple(sorted(delta.items(), key=lambda kv: kv[0]))
+
+
+def _skipped_note(skipped: Any) -> str | None:
+    if not skipped:
+        return None
+    return "skipped " + "; ".join(f"{k}: {v}" for k, v in sorted(dict(skipped).items()))

@@ -1,0 +1,233 @@
+"""Per-session push state, sans-I/O: drive it step by step in a unit test.
+
+Model (after envoy's go-control-plane): ``base`` is the configuration the upstream runs as far
+as we know (last acknowledged, or last sent on a dialect without acknowledgements), ``desired``
+is the session's effective configuration. A push carries ``diff(base, desired)``.
+
+- Latest wins: ``want()`` only replaces ``desired``; versions superseded before they were
+  sent are reported in ``Push.superseded`` and never sent.
+- At most one unacknowledged push in flight on acknowledging dialects.
+- A rejected version is quarantined: it is never pushed again (only a newer version is).
+- ``next_turn`` holds a push until a turn boundary or its deadline.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from policies.delta import apply as _apply
+from policies.delta import diff
+from policies.fields import Config, Delta
+from policies.provenance import PolicyRef
+
+__all__ = ["Outcome", "Push", "PushState", "Status"]
+
+Status = Literal["sent", "acked", "rejected", "skipped", "unverified"]
+
+
+@dataclass(frozen=True, slots=True)
+class Push:
+    version: int
+    delta: Delta
+    config: Config
+    refs: tuple[PolicyRef, ...]
+    cause: str
+    superseded: tuple[int, ...]
+    event_at: float | None  # monotonic time the triggering event was received
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    push: Push
+    status: Status
+    error: str | None = None
+    latency: float | None = None  # frame written -> acknowledgement
+
+
+@dataclass(slots=True)
+class PushState:
+    acknowledging: bool
+    base: Config
+    desired: Config = field(default_factory=dict)
+    desired_refs: tuple[PolicyRef, ...] = ()
+    desired_cause: str = "connect"
+    desired_version: int = 0
+    sent_version: int = 0
+    acked_version: int = 0
+    ready: bool = False
+    in_flight: Push | None = None
+    in_flight_at: float = 0.0
+    hold_deadline: float | None = None
+    last_status: Status | None = None
+    quarantined: set[int] = field(default_factory=set)
+    _unsent: list[int] = field(default_factory=list)
+    _event_at: float | None = None
+
+    @classmethod
+    def start(
+        cls, *, acknowledging: bool, config: Config, refs: tuple[PolicyRef, ...], version: int
+    ) -> PushState:
+        """A session that connected running ``config`` (its version ``version``)."""
+        return cls(
+            acknowledging=acknowledging,
+            base=dict(config),
+            desired=dict(config),
+            desired_refs=refs,
+            desired_version=version,
+            sent_version=version,
+            acked_version=version,
+        )
+
+    # -- inputs --------------------------------------------------------------------------
+    def want(
+        self,
+        config: Config,
+        refs: tuple[PolicyRef, ...],
+        cause: str,
+        *,
+        hold_until: float | None = None,
+        event_at: float | None = None,
+    ) -> int | None:
+        """A new effective configuration; returns its version, or None when unchanged.
+
+        ``hold_until`` (monotonic) asks for next-turn application with that deadline; an
+        immediate want releases any hold, since its push carries the held change too.
+        """
+        if config == self.desired:
+            self.desired_refs = refs
+            return None
+        self.desired = dict(config)
+        self.desired_refs = refs
+        self.desired_cause = cause
+        self.desired_version += 1
+        self._unsent.append(self.desired_version)
+        if event_at is not None and self._event_at is None:
+            self._event_at = event_at
+        if hold_until is None:
+            self.hold_deadline = None
+        elif self.hold_deadline is None:
+            self.hold_deadline = hold_until
+        return self.desired_version
+
+    def client_changed(self, forwarded: Delta, effective: Config) -> None:
+        """The client's own update was forwarded upstream: the upstream now runs it."""
+        self.base = _apply(self.base, forwarded)
+        if self.desired_version == self.sent_version and self.in_flight is None:
+            self.desired = dict(effective)
+        else:
+            self.desired = _apply(self.desired, forwarded) | {
+                k: v for k, v in effective.items() if k not in forwarded
+            }
+
+    def turn_boundary(self) -> None:
+        self.hold_deadline = None
+
+    # -- decisions -----------------------------------------------------------------------
+    def can_send(self, now: float) -> bool:
+        return (
+            self.ready
+            and self.in_flight is None
+            and self.desired_version > self.sent_version
+            and (self.hold_deadline is None or now >= self.hold_deadline)
+        )
+
+    def take(self, now: float) -> Push | None:
+        """The push to write now, or None. Marks it sent (and in flight when acknowledging)."""
+        if not self.can_send(now):
+            return None
+        version = self.desired_version
+        superseded = tuple(v for v in self._unsent if v != version)
+        self._unsent.clear()
+        push = Push(
+            version=version,
+            delta=diff(self.base, self.desired),
+            config=dict(self.desired),
+            refs=self.desired_refs,
+            cause=self.desired_cause,
+            superseded=superseded,
+            event_at=self._event_at,
+        )
+        self._event_at = None
+        self.hold_deadline = None
+        self.sent_version = version
+        if not push.delta:
+            self.acked_version = version
+            self.last_status = "skipped"
+            return push
+        if self.acknowledging:
+            self.in_flight = push
+            self.in_flight_at = now
+        else:
+            self.base = dict(push.config)
+            self.last_status = "unverified"
+        return push
+
+    def wire_failed(self, push: Push, error: str) -> Outcome:
+        """Writing the frame failed (socket gone): nothing reached the upstream."""
+        if self.in_flight is push:
+            self.in_flight = None
+        self.quarantined.add(push.version)
+        self.last_status = "rejected"
+        return Outcome(push, "rejected", error)
+
+    def nothing_to_send(self, push: Push) -> Outcome:
+        """Every field of the push was skipped by the dialect (model cannot take them)."""
+        if self.in_flight is push:
+            self.in_flight = None
+        self.base = dict(push.config)
+        self.last_status = "skipped"
+        return Outcome(push, "skipped")
+
+    def acked(self, now: float, status: Status = "acked") -> Outcome | None:
+        """The in-flight push was applied. ``status="unverified"`` when it was confirmed only
+        as forwarded (a control-channel app on Streaming v3, which cannot acknowledge)."""
+        push = self.in_flight
+        if push is None:
+            return None
+        self.in_flight = None
+        self.base = dict(push.config)
+        if status == "acked":
+            self.acked_version = push.version
+        self.last_status = status
+        return Outcome(push, status, None, now - self.in_flight_at)
+
+    def rejected(self, code: str, message: str, now: float) -> Outcome | None:
+        push = self.in_flight
+        if push is None:
+            return None
+        self.in_flight = None
+        self.quarantined.add(push.version)
+        self.last_status = "rejected"
+        return Outcome(push, "rejected", f"{code}: {message}", now - self.in_flight_at)
+
+    def timed_out(self, now: float, timeout: float) -> Outcome | None:
+        """No acknowledgement within ``timeout``: the push ends ``unverified``.
+
+        The base is left unchanged, so the next version re-sends those fields (idempotent)
+        rather than assuming an unconfirmed change took effect.
+        """
+        push = self.in_flight
+        if push is None or now - self.in_flight_at < timeout:
+            return None
+        self.in_flight = None
+        self.last_status = "unverified"
+        return Outcome(push, "unverified", f"no acknowledgement within {timeout:g}s")
+
+    @property
+    def state(self) -> str:
+        if self.in_flight is not None or self.desired_version > self.sent_version:
+            return "pending"
+        if self.last_status == "rejected":
+            return "rejected"
+        if self.last_status == "unverified":
+            return "unverified"
+        return "synced"
+
+    def next_deadline(self, ack_timeout: float) -> float | None:
+        """The monotonic time this state next needs a timer (hold deadline or ack timeout)."""
+        if self.in_flight is not None:
+            return self.in_flight_at + ack_timeout
+        if self.hold_deadline is not None and self.desired_version > self.sent_version:
+            return self.hold_deadline
+        return None

@@ -1,0 +1,478 @@
+"""The policy document (DESIGN §4): models, parsing, canonical form.
+
+A :class:`Policy` is immutable. It is built only through :func:`parse_policy` (a mapping) or
+:func:`load_policy_text` (YAML or JSON text); both raise
+:class:`policies.errors.PolicyValidationError` whose ``violations`` name every broken rule by
+dotted path, rule code and limit (the translation lives in :mod:`policies.violations`).
+
+Values are stored normalised: ``set`` configs via :func:`policies.fields.validate_config`
+(lists as tuples), scalar-or-list selectors as tuples, ``lock`` in canonical field order,
+percentages and weights as :class:`~decimal.Decimal` with at most three decimals.
+:meth:`Policy.document` gives the canonical JSON-able form, which parses back to an equal policy.
+
+Each policy also carries a :class:`PolicyPlan`, computed once at construction, that the
+resolver's hot loop reads instead of the pydantic model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Annotated, Any, Final, Literal
+
+from annotated_types import Len
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    PrivateAttr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from policies.bucketing import percent_to_units
+from policies.documents import load_document
+from policies.errors import PolicyValidationError, Violation
+from policies.fields import FIELD_NAMES, FIELDS, Config, Value, validate_config
+from policies.provenance import PolicyRef
+from policies.selectors import Target, matches
+from policies.violations import rule_error, translate, violations_error
+
+__all__ = [
+    "BUCKET_BY_SESSION",
+    "ID_MAX_CHARS",
+    "ID_PATTERN",
+    "KINDS",
+    "LABEL_PATTERN",
+    "MAX_PRIORITY",
+    "MAX_VARIANTS",
+    "MIN_PRIORITY",
+    "Experiment",
+    "Match",
+    "Policy",
+    "PolicyPlan",
+    "Rollout",
+    "Variant",
+    "load_policy_text",
+    "parse_policy",
+]
+
+ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]*$"
+ID_MAX_CHARS: Final = 63
+VARIANT_PATTERN: Final = r"^[a-z0-9][a-z0-9_-]*$"
+LABEL_PATTERN: Final = r"^[A-Za-z0-9_][A-Za-z0-9_.:/-]*$"
+LABEL_MAX_CHARS: Final = 128
+LABEL_VALUE_MAX_CHARS: Final = 256
+SALT_MAX_CHARS: Final = 128
+DESCRIPTION_MAX_CHARS: Final = 2000
+MAX_SELECTOR_VALUES: Final = 100
+MAX_VARIANTS: Final = 20
+MIN_PRIORITY: Final = -1_000_000
+MAX_PRIORITY: Final = 1_000_000
+MAX_APPLY_DEADLINE_S: Final = 300.0
+BUCKET_BY_SESSION: Final = "session_id"
+KINDS: Final = ("streaming-v3", "voice-agent-v1")
+
+_PATTERN_HINTS: Final = {
+    ID_PATTERN: "lowercase letters, digits and '-', starting with a letter or digit",
+    VARIANT_PATTERN: "lowercase letters, digits, '-' and '_', starting with a letter or digit",
+    LABEL_PATTERN: "letters, digits and _ . : / -, starting with a letter, digit or _",
+}
+
+Kind = Literal["streaming-v3", "voice-agent-v1"]
+ApplyMode = Literal["immediate", "next_turn"]
+
+Identifier = Annotated[
+    str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=ID_MAX_CHARS)
+]
+VariantName = Annotated[
+    str, StringConstraints(pattern=VARIANT_PATTERN, min_length=1, max_length=ID_MAX_CHARS)
+]
+LabelName = Annotated[
+    str, StringConstraints(pattern=LABEL_PATTERN, min_length=1, max_length=LABEL_MAX_CHARS)
+]
+LabelValue = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_VALUE_MAX_CHARS)]
+LabelValues = Annotated[tuple[LabelValue, ...], Len(1, MAX_SELECTOR_VALUES)]
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX_CHARS)]
+Salt = Annotated[str, StringConstraints(min_length=1, max_length=SALT_MAX_CHARS)]
+Percent = Annotated[Decimal, Field(ge=0, le=100, decimal_places=3)]
+
+
+def _validate_set(raw: Any) -> Config:
+    """``set`` / ``variants[i].set``: canonical fields, normalised; min ≤ max silence."""
+    if not isinstance(raw, Mapping):
+        raise rule_error("type", f"must be a mapping of canonical fields, got {_tname(raw)}")
+    try:
+        config = validate_config(raw, path="")
+    except PolicyValidationError as exc:
+        raise violations_error(exc.violations) from None
+    problem = _silence_order(config)
+    if problem is not None:
+        raise violations_error([problem])
+    return config
+
+
+def _silence_order(config: Mapping[str, Value], where: str = "") -> Violation | None:
+    low, high = config.get("min_turn_silence_ms"), config.get("max_turn_silence_ms")
+    if isinstance(low, int) and isinstance(high, int) and low > high:
+        return Violation(
+            f"{where}.min_turn_silence_ms",
+            "min_le_max",
+            f"is {low}, must not exceed max_turn_silence_ms ({high})",
+            high,
+        )
+    return None
+
+
+def _check_field_name(name: str) -> str:
+    if name not in FIELD_NAMES:
+        known = ", ".join(FIELDS)
+        raise rule_error("unknown_field", f"unknown field {name!r} (known: {known})")
+    return name
+
+
+def _check_bucket_by(name: str) -> str:
+    if name != BUCKET_BY_SESSION and len(name) > LABEL_MAX_CHARS:
+        raise rule_error("max_length", f"label name is over {LABEL_MAX_CHARS} characters")
+    return name
+
+
+ConfigSet = Annotated[Config, PlainValidator(_validate_set)]
+LockField = Annotated[str, AfterValidator(_check_field_name)]
+BucketBy = Annotated[
+    str, StringConstraints(pattern=LABEL_PATTERN, min_length=1), AfterValidator(_check_bucket_by)
+]
+
+_MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid")
+
+
+def _as_list(value: Any) -> Any:
+    """A scalar selector value means a one-item list."""
+    return value if isinstance(value, list | tuple) else [value]
+
+
+def _dedupe(values: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(values))
+
+
+class Match(BaseModel):
+    """Which sessions a policy targets; every given condition must hold (empty matches all).
+
+    ``kind``, ``model`` and each ``labels`` entry are "any of" lists; ``labels_absent`` names
+    labels the session must not carry; ``labels_not`` maps a label to values it must not have
+    (a session without that label satisfies it).
+    """
+
+    model_config = _MODEL_CONFIG
+
+    kind: Annotated[tuple[Kind, ...], Len(1, len(KINDS))] = ()
+    model: Annotated[tuple[ModelName, ...], Len(1, MAX_SELECTOR_VALUES)] = ()
+    labels: dict[LabelName, LabelValues] = Field(default_factory=dict)
+    labels_absent: Annotated[tuple[LabelName, ...], Len(1, MAX_SELECTOR_VALUES)] = ()
+    labels_not: dict[LabelName, LabelValues] = Field(default_factory=dict)
+
+    @field_validator("kind", "model", "labels_absent", mode="before")
+    @classmethod
+    def _scalar_to_list(cls, value: Any) -> Any:
+        return _as_list(value)
+
+    @field_validator("labels", "labels_not", mode="before")
+    @classmethod
+    def _label_scalars(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {name: _as_list(v) for name, v in value.items()}
+        return value
+
+    @field_validator("kind", "model", "labels_absent")
+    @classmethod
+    def _unique(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _dedupe(value)
+
+    @field_validator("labels", "labels_not")
+    @classmethod
+    def _unique_values(cls, value: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+        return {name: _dedupe(values) for name, values in value.items()}
+
+    @model_validator(mode="after")
+    def _satisfiable(self) -> Match:
+        both = sorted(set(self.labels) & set(self.labels_absent))
+        if both:
+            raise rule_error(
+                "conflict",
+                f"label(s) {', '.join(both)} both required (labels) and forbidden "
+                "(labels_absent): the match could never hold",
+            )
+        return self
+
+    def matches(self, target: Target) -> bool:
+        """Whether ``target`` satisfies every condition (see :func:`policies.selectors.matches`)."""
+        return matches(self, target)
+
+    def document(self) -> dict[str, Any]:
+        """Canonical JSON-able form; empty conditions are omitted."""
+        out: dict[str, Any] = {}
+        if self.kind:
+            out["kind"] = list(self.kind)
+        if self.model:
+            out["model"] = list(self.model)
+        if self.labels:
+            out["labels"] = {k: list(v) for k, v in sorted(self.labels.items())}
+        if self.labels_absent:
+            out["labels_absent"] = list(self.labels_absent)
+        if self.labels_not:
+            out["labels_not"] = {k: list(v) for k, v in sorted(self.labels_not.items())}
+        return out
+
+
+class Rollout(BaseModel):
+    """Sticky percentage gate: ``bucket(policy id, salt, value) < percent / 100``."""
+
+    model_config = _MODEL_CONFIG
+
+    percent: Percent
+    salt: Salt | None = None
+    bucket_by: BucketBy = BUCKET_BY_SESSION
+
+    @property
+    def effective_salt(self) -> str:
+        return self.salt if self.salt is not None else "rollout"
+
+    def document(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"percent": _number(self.percent), "bucket_by": self.bucket_by}
+        if self.salt is not None:
+            out["salt"] = self.salt
+        return out
+
+
+class Variant(BaseModel):
+    """One arm of an experiment: its share of sessions and the fields it sets."""
+
+    model_config = _MODEL_CONFIG
+
+    name: VariantName
+    weight: Percent
+    set: ConfigSet = Field(default_factory=dict)
+
+    def document(self) -> dict[str, Any]:
+        return {"name": self.name, "weight": _number(self.weight), "set": _config_doc(self.set)}
+
+
+class Experiment(BaseModel):
+    """A/B split of the policy's sessions, LaunchDarkly-compatible (``policies.bucketing``)."""
+
+    model_config = _MODEL_CONFIG
+
+    key: Identifier
+    bucket_by: BucketBy = BUCKET_BY_SESSION
+    salt: Salt | None = None
+    variants: Annotated[tuple[Variant, ...], Len(1, MAX_VARIANTS)]
+
+    @field_validator("variants")
+    @classmethod
+    def _weights_and_names(cls, variants: tuple[Variant, ...]) -> tuple[Variant, ...]:
+        seen: dict[str, int] = {}
+        for index, variant in enumerate(variants):
+            if variant.name in seen:
+                raise rule_error(
+                    "unique",
+                    f"variant name {variant.name!r} is used twice "
+                    f"(variants[{seen[variant.name]}] and variants[{index}])",
+                )
+            seen[variant.name] = index
+        total = sum((v.weight for v in variants), Decimal(0))
+        if total != 100:
+            raise rule_error(
+                "weights_sum", f"variant weights sum to {_number(total)}, must be exactly 100", 100
+            )
+        return variants
+
+    @property
+    def effective_salt(self) -> str:
+        return self.salt if self.salt is not None else self.key
+
+    def document(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"key": self.key, "bucket_by": self.bucket_by}
+        if self.salt is not None:
+            out["salt"] = self.salt
+        out["variants"] = [v.document() for v in self.variants]
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyPlan:
+    """What the resolver needs from a policy, precomputed once (no pydantic in the hot loop).
+
+    ``refs[i]`` / ``configs[i]`` belong to variant ``i`` (``configs`` already merge the
+    policy's ``set`` under the variant's); without an experiment both hold one entry.
+    ``version`` is ``None`` for an unpublished document, which the resolver refuses.
+    """
+
+    id: str
+    version: int | None
+    precedence: tuple[int, str]
+    match: Match
+    lock: tuple[str, ...]
+    rollout_units: int | None
+    rollout_bucket_by: str
+    rollout_salt: str
+    experiment_key: str | None
+    experiment_bucket_by: str
+    experiment_salt: str
+    weights: tuple[int, ...]
+    refs: tuple[PolicyRef, ...]
+    configs: tuple[Mapping[str, Value], ...]
+
+
+class Policy(BaseModel):
+    """One version of a policy document (DESIGN §4 plus ``apply`` / ``apply_deadline_s``)."""
+
+    model_config = _MODEL_CONFIG
+
+    id: Identifier
+    version: int | None = Field(default=None, ge=1, strict=True)
+    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
+    match: Match = Field(default_factory=Match)
+    set: ConfigSet = Field(default_factory=dict)
+    lock: tuple[LockField, ...] = ()
+    rollout: Rollout | None = None
+    experiment: Experiment | None = None
+    apply: ApplyMode = "immediate"
+    apply_deadline_s: float = Field(default=10.0, gt=0, le=MAX_APPLY_DEADLINE_S, strict=True)
+
+    _plan: PolicyPlan = PrivateAttr()
+
+    @field_validator("lock")
+    @classmethod
+    def _canonical_lock(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        chosen = frozenset(value)
+        return tuple(name for name in FIELDS if name in chosen)
+
+    @model_validator(mode="after")
+    def _variant_silence_order(self) -> Policy:
+        if self.experiment is None:
+            return self
+        problems = []
+        for index, variant in enumerate(self.experiment.variants):
+            merged = {**self.set, **variant.set}
+            problem = _silence_order(merged, f"experiment.variants[{index}].set")
+            if problem is not None:
+                problems.append(problem)
+        if problems:
+            raise violations_error(problems)
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        self._plan = _make_plan(self)
+
+    @property
+    def plan(self) -> PolicyPlan:
+        """The resolver's precomputed view of this policy."""
+        return self._plan
+
+    def with_version(self, version: int) -> Policy:
+        """This policy as version ``version`` (≥ 1); everything else unchanged."""
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise PolicyValidationError(
+                [Violation("version", "min", f"must be a whole number ≥ 1, got {version!r}", 1)],
+                policy_id=self.id,
+            )
+        copy = self.model_copy(update={"version": version})
+        copy._plan = _make_plan(copy)
+        return copy
+
+    def document(self) -> dict[str, Any]:
+        """Canonical JSON-able form: defaults spelled out, ``None`` omitted, lists for tuples."""
+        out: dict[str, Any] = {"id": self.id}
+        if self.version is not None:
+            out["version"] = self.version
+        out["priority"] = self.priority
+        if self.description is not None:
+            out["description"] = self.description
+        out["match"] = self.match.document()
+        out["set"] = _config_doc(self.set)
+        out["lock"] = list(self.lock)
+        if self.rollout is not None:
+            out["rollout"] = self.rollout.document()
+        if self.experiment is not None:
+            out["experiment"] = self.experiment.document()
+        out["apply"] = self.apply
+        out["apply_deadline_s"] = self.apply_deadline_s
+        return out
+
+
+def _make_plan(policy: Policy) -> PolicyPlan:
+    version = policy.version if policy.version is not None else 0
+    rollout, experiment = policy.rollout, policy.experiment
+    if experiment is None:
+        refs: tuple[PolicyRef, ...] = (PolicyRef(policy.id, version),)
+        configs: tuple[Mapping[str, Value], ...] = (dict(policy.set),)
+        weights: tuple[int, ...] = ()
+    else:
+        refs = tuple(PolicyRef(policy.id, version, v.name) for v in experiment.variants)
+        configs = tuple({**policy.set, **v.set} for v in experiment.variants)
+        weights = tuple(percent_to_units(v.weight) for v in experiment.variants)
+    return PolicyPlan(
+        id=policy.id,
+        version=policy.version,
+        precedence=(-policy.priority, policy.id),
+        match=policy.match,
+        lock=policy.lock,
+        rollout_units=None if rollout is None else percent_to_units(rollout.percent),
+        rollout_bucket_by=BUCKET_BY_SESSION if rollout is None else rollout.bucket_by,
+        rollout_salt="rollout" if rollout is None else rollout.effective_salt,
+        experiment_key=None if experiment is None else experiment.key,
+        experiment_bucket_by=BUCKET_BY_SESSION if experiment is None else experiment.bucket_by,
+        experiment_salt="" if experiment is None else experiment.effective_salt,
+        weights=weights,
+        refs=refs,
+        configs=configs,
+    )
+
+
+def parse_policy(doc: Mapping[str, Any]) -> Policy:
+    """Validate a policy document; raises PolicyValidationError naming every violation."""
+    if not isinstance(doc, Mapping):
+        raise PolicyValidationError(
+            [Violation("<document>", "type", f"a policy must be a mapping, got {_tname(doc)}")]
+        )
+    raw_id = doc.get("id")
+    policy_id = raw_id if isinstance(raw_id, str) else None
+    try:
+        return Policy.model_validate(dict(doc))
+    except ValidationError as exc:
+        violations = translate(exc, Policy, _PATTERN_HINTS)
+        raise PolicyValidationError(violations, policy_id=policy_id) from exc
+
+
+def load_policy_text(text: str) -> Policy:
+    """Parse a policy from YAML or JSON text (see :func:`policies.documents.load_document`)."""
+    return parse_policy(load_document(text))
+
+
+def _number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def _config_doc(config: Mapping[str, Value]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in FIELDS:
+        if name in config:
+            value = config[name]
+            out[name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _tname(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return "a string"
+    return type(value).__name__

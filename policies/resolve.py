@@ -1,0 +1,123 @@
+"""Resolution: the effective config of one session under a set of policies.
+
+``effective = client config`` overlaid by every policy that *applies* to the session:
+
+1. its ``match`` holds (:func:`policies.selectors.matches`);
+2. if it has a ``rollout``, the session's bucket is inside the percentage;
+3. if it has an ``experiment``, the session is assigned a variant; the variant's ``set``
+   overrides the policy's ``set``.
+
+A policy whose rollout or experiment buckets by a label (``bucket_by``) does not apply to a
+session lacking that label (or carrying it empty): such a session cannot be assigned stickily.
+
+Precedence: applying policies are ordered by ``priority`` descending, ties broken by policy ``id``
+ascending (byte order; ids are ASCII). The first policy in that order that sets a field owns it
+(``provenance``); the first that locks a field owns the lock (``locks``).
+
+Only published policies (with a ``version``) resolve; an unversioned one raises ``ValueError``.
+The hot path reads each policy's precomputed :class:`policies.model.PolicyPlan`; nothing here
+calls pydantic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from policies.bucketing import bucket, pick_variant, units_in_rollout
+from policies.fields import Config, Value
+from policies.model import BUCKET_BY_SESSION, Policy, PolicyPlan
+from policies.provenance import PolicyRef
+from policies.selectors import Target, matches
+
+__all__ = ["Effective", "applies", "precedence_key", "resolve"]
+
+
+@dataclass(frozen=True, slots=True)
+class Effective:
+    """A session's resolved configuration and where each part of it came from.
+
+    - ``config``: client config overlaid by the applying policies;
+    - ``provenance``: field → the policy (version, variant) that set it; client-owned fields
+      are absent;
+    - ``locks``: locked field → the highest-precedence applying policy that locks it;
+    - ``applied``: every applying policy, in precedence order.
+    """
+
+    config: Config
+    provenance: Mapping[str, PolicyRef]
+    locks: Mapping[str, PolicyRef]
+    applied: tuple[PolicyRef, ...]
+
+
+def precedence_key(policy: Policy) -> tuple[int, str]:
+    """Sort key putting the winning policy first: ``(-priority, id)``."""
+    return policy.plan.precedence
+
+
+def applies(policy: Policy, target: Target) -> PolicyRef | None:
+    """The policy's reference (with the session's variant) if it applies to ``target``."""
+    hit = _applies(policy.plan, target)
+    return None if hit is None else hit[0]
+
+
+def resolve(client_config: Config, policies: Iterable[Policy], target: Target) -> Effective:
+    """Effective config of ``target`` whose client asked for ``client_config``.
+
+    ``policies`` holds at most one version per policy id (``ValueError`` otherwise).
+    """
+    hits: list[tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
+    seen: set[str] = set()
+    for policy in policies:
+        plan = policy.plan
+        if plan.id in seen:
+            raise ValueError(f"policy {plan.id!r} given twice; resolve takes one version per id")
+        seen.add(plan.id)
+        hit = _applies(plan, target)
+        if hit is not None:
+            hits.append((plan.precedence, plan.lock, hit[0], hit[1]))
+    hits.sort(key=_first)
+    config = dict(client_config)
+    provenance: dict[str, PolicyRef] = {}
+    locks: dict[str, PolicyRef] = {}
+    for _, lock, ref, values in hits:
+        for name, value in values.items():
+            if name not in provenance:
+                provenance[name] = ref
+                config[name] = value
+        for name in lock:
+            if name not in locks:
+                locks[name] = ref
+    return Effective(config, provenance, locks, tuple(hit[2] for hit in hits))
+
+
+def _first(
+    hit: tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]],
+) -> tuple[int, str]:
+    return hit[0]
+
+
+def _applies(plan: PolicyPlan, target: Target) -> tuple[PolicyRef, Mapping[str, Value]] | None:
+    if plan.version is None:
+        raise ValueError(f"policy {plan.id!r} has no version; only published versions resolve")
+    if not matches(plan.match, target):
+        return None
+    if plan.rollout_units is not None:
+        value = _bucket_value(plan.rollout_bucket_by, target)
+        if value is None:
+            return None
+        if not units_in_rollout(bucket(plan.id, plan.rollout_salt, value), plan.rollout_units):
+            return None
+    if plan.experiment_key is None:
+        return plan.refs[0], plan.configs[0]
+    value = _bucket_value(plan.experiment_bucket_by, target)
+    if value is None:
+        return None
+    index = pick_variant(plan.weights, bucket(plan.experiment_key, plan.experiment_salt, value))
+    return plan.refs[index], plan.configs[index]
+
+
+def _bucket_value(bucket_by: str, target: Target) -> str | None:
+    if bucket_by == BUCKET_BY_SESSION:
+        return target.id
+    return target.labels.get(bucket_by) or None

@@ -1,0 +1,58 @@
+"""Selectors: which live sessions a policy's ``match`` targets.
+
+A :class:`Target` is what the resolver knows about a session. :func:`matches` is pure and cheap
+(tuple membership, no allocation); it runs for every session on every policy event.
+
+Rules (all given conditions must hold; an empty match targets every session):
+
+- ``kind`` / ``model``: the session's value is one of the listed values;
+- ``labels``: for every listed label, the session carries it with one of the listed values;
+- ``labels_absent``: the session carries none of these labels;
+- ``labels_not``: for every listed label, the session's value is not one of the listed values
+  (a session without the label satisfies this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policies.model import Match
+
+__all__ = ["Target", "matches"]
+
+_NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """A session as the resolver sees it: ``id`` (the session id), ``kind``, ``model``, labels."""
+
+    id: str
+    kind: str
+    model: str
+    labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
+
+
+def matches(match: Match, target: Target) -> bool:
+    """Whether ``target`` satisfies every condition of ``match``."""
+    if match.kind and target.kind not in match.kind:
+        return False
+    if match.model and target.model not in match.model:
+        return False
+    labels = target.labels
+    for name, allowed in match.labels.items():
+        value = labels.get(name)
+        if value is None or value not in allowed:
+            return False
+    for name in match.labels_absent:
+        if name in labels:
+            return False
+    for name, banned in match.labels_not.items():
+        value = labels.get(name)
+        if value is not None and value in banned:
+            return False
+    return True

@@ -1,0 +1,323 @@
+"""Redis backend of the session registry (shared across replicas).
+
+Key layout (``p`` = prefix, default ``cp:``)::
+
+    p session:<id>            live session, JSON of Session.to_dict()
+    p session-ended:<id>      ended session, JSON (kept for inspection, at most max_ended)
+    p sessions:live           zset, score 0: live ids in byte order (list pages via ZRANGEBYLEX)
+    p sessions:all            zset, score 0: live + retained ended ids (include_ended listing)
+    p sessions:ended          zset scored by ended_at: trim order for retained ended sessions
+    p sessions:owner          hash: live id -> owner node
+    p nodes                   set of nodes that own (or owned) sessions or sent heartbeats
+    p node:<node>:alive       heartbeat, SET ... PX ttl (Redis is the one clock for liveness)
+    p node:<node>:sessions    set of live ids the node owns
+
+Costs: ``update`` is one ``SET ... XX`` (fails on unknown and ended ids alike, so an update can
+never resurrect an ended session); ``update_many`` is one pipeline of those; ``register`` one
+MULTI/EXEC; ``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions,
+batched 500 sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
+The two small Lua scripts build key names from the prefix, so all keys must live on one
+Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, WatchError
+
+from sessions.clock import Clock
+from sessions.errors import BackendUnavailable, UnknownSession
+from sessions.model import Session
+from sessions.registry import (
+    DEFAULT_MAX_ENDED,
+    NODE_LOST,
+    Page,
+    Predicate,
+    check_limit,
+    check_storable,
+    mark_ended,
+)
+
+__all__ = ["RedisRegistry"]
+
+_END_BATCH: Final = 500
+_WATCH_RETRIES: Final = 8
+
+# KEYS: ended zset, all zset. ARGV: max_ended, ended-key prefix, live-key prefix.
+_TRIM_LUA: Final = """
+local n = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
+if n <= 0 then return 0 end
+local old = redis.call('ZRANGE', KEYS[1], 0, n - 1)
+for _, id in ipairs(old) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DEL', ARGV[2] .. id)
+  if redis.call('EXISTS', ARGV[3] .. id) == 0 then redis.call('ZREM', KEYS[2], id) end
+end
+return n
+"""
+
+# KEYS: node alive key, node sessions set, nodes set. ARGV: node.
+_PRUNE_NODE_LUA: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
+  return redis.call('SREM', KEYS[3], ARGV[1])
+end
+return 0
+"""
+
+
+@contextmanager
+def _translate(what: str) -> Iterator[None]:
+    try:
+        yield
+    except RedisError as exc:
+        raise BackendUnavailable(f"redis registry: {what} failed: {exc}") from exc
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _dump(session: Session) -> str:
+    return json.dumps(session.to_dict(), separators=(",", ":"), ensure_ascii=False)
+
+
+def _load(raw: bytes | str) -> Session:
+    return Session.from_dict(json.loads(raw))
+
+
+class RedisRegistry:
+    """Registry in Redis. ``url_or_client``: a URL (the registry owns and closes the client)
+    or a ``redis.asyncio.Redis`` (the caller owns it)."""
+
+    def __init__(
+        self,
+        url_or_client: str | Redis,
+        clock: Clock,
+        *,
+        ttl_s: float = 30.0,
+        prefix: str = "cp:",
+        max_ended: int = DEFAULT_MAX_ENDED,
+    ) -> None:
+        if isinstance(url_or_client, str):
+            self._client = Redis.from_url(url_or_client)
+            self._owns_client = True
+        else:
+            self._client = url_or_client
+            self._owns_client = False
+        self._clock = clock
+        self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._max_ended = max_ended
+        self._p = prefix
+        self._live_z = f"{prefix}sessions:live"
+        self._all_z = f"{prefix}sessions:all"
+        self._ended_z = f"{prefix}sessions:ended"
+        self._owner_h = f"{prefix}sessions:owner"
+        self._nodes = f"{prefix}nodes"
+        self._trim_script = self._client.register_script(_TRIM_LUA)
+        self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
+
+    def _live_key(self, session_id: str) -> str:
+        return f"{self._p}session:{session_id}"
+
+    def _ended_key(self, session_id: str) -> str:
+        return f"{self._p}session-ended:{session_id}"
+
+    def _alive_key(self, node: str) -> str:
+        return f"{self._p}node:{node}:alive"
+
+    def _owned_key(self, node: str) -> str:
+        return f"{self._p}node:{node}:sessions"
+
+    async def register(self, session: Session) -> None:
+        check_storable(session)
+        sid, node = session.id, session.node
+        with _translate("register"):
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(self._live_key(sid), _dump(session))
+                pipe.delete(self._ended_key(sid))
+                pipe.zrem(self._ended_z, sid)
+                pipe.zadd(self._live_z, {sid: 0})
+                pipe.zadd(self._all_z, {sid: 0})
+                pipe.hset(self._owner_h, sid, node)
+                pipe.sadd(self._owned_key(node), sid)
+                pipe.sadd(self._nodes, node)
+                pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
+                await pipe.execute()
+
+    async def update(self, session: Session) -> None:
+        check_storable(session)
+        with _translate("update"):
+            stored = await self._client.set(self._live_key(session.id), _dump(session), xx=True)
+        if not stored:
+            raise UnknownSession(session.id)
+
+    async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        batch = list(sessions)
+        if not batch:
+            return []
+        for session in batch:
+            check_storable(session)
+        with _translate("update_many"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session in batch:
+                    pipe.set(self._live_key(session.id), _dump(session), xx=True)
+                results = await pipe.execute()
+        return [s.id for s, ok in zip(batch, results, strict=True) if not ok]
+
+    async def end(self, session_id: str, *, cause: str, at: float) -> Session:
+        with _translate("end"):
+            ended = await self._end_batch([session_id], cause=cause, at=at, only_node=None)
+            if ended:
+                await self._trim()
+                return ended[0]
+            raw = await self._client.get(self._ended_key(session_id))
+        if raw is None:
+            raise UnknownSession(session_id)
+        return _load(raw)
+
+    async def get(self, session_id: str) -> Session:
+        with _translate("get"):
+            live, ended = await self._client.mget(
+                [self._live_key(session_id), self._ended_key(session_id)]
+            )
+        raw = live if live is not None else ended
+        if raw is None:
+            raise UnknownSession(session_id)
+        return _load(raw)
+
+    async def list(
+        self,
+        predicate: Predicate | None = None,
+        *,
+        include_ended: bool = False,
+        limit: int = 100,
+        cursor: str | None = None,
+    ) -> Page:
+        check_limit(limit)
+        index = self._all_z if include_ended else self._live_z
+        low = "-" if cursor is None else "(" + cursor
+        batch = limit + 1 if predicate is None else max(limit + 1, 256)
+        found: builtins.list[Session] = []
+        with _translate("list"):
+            while True:
+                ids = [
+                    _text(i)
+                    for i in await self._client.zrangebylex(index, low, "+", start=0, num=batch)
+                ]
+                if not ids:
+                    return Page(found, None)
+                for raw in await self._fetch(ids, include_ended):
+                    if raw is None:  # ended or trimmed between the two reads
+                        continue
+                    session = _load(raw)
+                    if predicate is None or predicate(session):
+                        if len(found) == limit:
+                            return Page(found, found[-1].id)
+                        found.append(session)
+                if len(ids) < batch:
+                    return Page(found, None)
+                low = "(" + ids[-1]
+
+    async def _fetch(
+        self, ids: builtins.list[str], include_ended: bool
+    ) -> builtins.list[bytes | str | None]:
+        if not include_ended:
+            return await self._client.mget([self._live_key(i) for i in ids])
+        keys = [k for i in ids for k in (self._live_key(i), self._ended_key(i))]
+        raws = await self._client.mget(keys)
+        return [live if live is not None else ended for live, ended in zip(*[iter(raws)] * 2)]
+
+    async def owner(self, session_id: str) -> str | None:
+        with _translate("owner"):
+            node = await self._client.hget(self._owner_h, session_id)
+        return None if node is None else _text(node)
+
+    async def heartbeat(self, node: str) -> None:
+        with _translate("heartbeat"):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
+                pipe.sadd(self._nodes, node)
+                await pipe.execute()
+
+    async def expire_dead_nodes(self) -> builtins.list[str]:
+        with _translate("expire_dead_nodes"):
+            nodes = sorted(_text(n) for n in await self._client.smembers(self._nodes))
+            if not nodes:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for node in nodes:
+                    pipe.exists(self._alive_key(node))
+                alive = await pipe.execute()
+            dead = [node for node, up in zip(nodes, alive, strict=True) if not up]
+            if not dead:
+                return []
+            async with self._client.pipeline(transaction=False) as pipe:
+                for node in dead:
+                    pipe.smembers(self._owned_key(node))
+                owned = await pipe.execute()
+            at = self._clock.now()
+            expired: builtins.list[str] = []
+            for node, members in zip(dead, owned, strict=True):
+                ids = sorted(_text(m) for m in members)
+                for i in range(0, len(ids), _END_BATCH):
+                    chunk = ids[i : i + _END_BATCH]
+                    ended = await self._end_batch(chunk, cause=NODE_LOST, at=at, only_node=node)
+                    expired.extend(s.id for s in ended)
+                await self._prune_script(
+                    keys=[self._alive_key(node), self._owned_key(node), self._nodes], args=[node]
+                )
+            if expired:
+                await self._trim()
+        return sorted(expired)
+
+    async def close(self) -> None:
+        if self._owns_client:
+            with _translate("close"):
+                await self._client.aclose()
+
+    async def _end_batch(
+        self, ids: builtins.list[str], *, cause: str, at: float, only_node: str | None
+    ) -> builtins.list[Session]:
+        """End the live sessions among ``ids`` (owned by ``only_node`` if given) atomically."""
+        live_keys = [self._live_key(i) for i in ids]
+        for _ in range(_WATCH_RETRIES):
+            try:
+                async with self._client.pipeline(transaction=True) as pipe:
+                    await pipe.watch(*live_keys)
+                    raws = await pipe.mget(live_keys)
+                    owners = await pipe.hmget(self._owner_h, ids)
+                    pipe.multi()  # type: ignore[no-untyped-call]
+                    ended: builtins.list[Session] = []
+                    for sid, raw, owner in zip(ids, raws, owners, strict=True):
+                        node = None if owner is None else _text(owner)
+                        if raw is None or (only_node is not None and node != only_node):
+                            if only_node is not None:  # stale membership: drop it
+                                pipe.srem(self._owned_key(only_node), sid)
+                            continue
+                        session = _load(raw)
+                        mark_ended(session, cause=cause, at=at)
+                        pipe.set(self._ended_key(sid), _dump(session))
+                        pipe.delete(self._live_key(sid))
+                        pipe.zrem(self._live_z, sid)
+                        pipe.zadd(self._ended_z, {sid: at})
+                        pipe.hdel(self._owner_h, sid)
+                        if node is not None:
+                            pipe.srem(self._owned_key(node), sid)
+                        ended.append(session)
+                    await pipe.execute()
+                    return ended
+            except WatchError:
+                continue  # a concurrent write touched one of the sessions: read again
+        raise BackendUnavailable(f"redis registry: end of {len(ids)} session(s) kept conflicting")
+
+    async def _trim(self) -> None:
+        await self._trim_script(
+            keys=[self._ended_z, self._all_z],
+            args=[self._max_ended, f"{self._p}session-ended:", f"{self._p}session:"],
+        )
