@@ -1,18 +1,53 @@
-"""Composition root: builds the service from one frozen Settings object."""
+"""Composition root: builds the whole service from one frozen Settings object.
+
+Embedded defaults (no NATS/Redis URL): in-memory registry, in-process policy bus, JSONL audit
+files under ``<data_dir>/audit``. Nothing here is a module-level global.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+from typing import Final
+
+import aiohttp
 from aiohttp import web
 
+from controlplane.api.routes import add_routes
+from controlplane.bus import InProcessBus
 from controlplane.config import Settings
+from controlplane.control_channel import ControlChannel
+from controlplane.gateway import Gateway
 from controlplane.metrics import Metrics
+from controlplane.service import ControlPlane
+from sessions.clock import Clock, SystemClock
+from sessions.registry import MemoryRegistry
+from sessions.versionlog import FileVersionLog
 
-__all__ = ["build_app"]
+__all__ = ["SERVICE", "build_app"]
+
+log = logging.getLogger(__name__)
+
+SERVICE: Final = web.AppKey("controlplane.service", ControlPlane)
+GATEWAY: Final = web.AppKey("controlplane.gateway", Gateway)
+CONTROL: Final = web.AppKey("controlplane.control", ControlChannel)
+DRAIN_POLL_S = 0.1
+RESTART_CLOSE_CODE = 1012
 
 
-def build_app(settings: Settings) -> web.Application:
-    app = web.Application()
+def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    clock = clock or SystemClock()
+    app = web.Application(client_max_size=2 * 1024 * 1024)
     metrics = Metrics()
+    registry = MemoryRegistry(clock, ttl_s=settings.session_ttl_s)
+    versionlog = FileVersionLog(settings.data_dir / "audit", clock)
+    service = ControlPlane(
+        settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
+        bus=InProcessBus(),
+    )  # fmt: skip
+    app[SERVICE] = service
+    add_routes(app, service, settings)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": settings.node_id})
@@ -22,4 +57,51 @@ def build_app(settings: Settings) -> web.Application:
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+
+    http_holder: list[aiohttp.ClientSession] = []
+    gateway = Gateway(service, http=None)  # its HTTP client is created on startup
+    control = ControlChannel(service)
+    gateway.add_routes(app)
+    control.add_routes(app)
+    app[GATEWAY] = gateway
+    app[CONTROL] = control
+
+    async def on_startup(_: web.Application) -> None:
+        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+        http_holder.append(http)
+        gateway.http = http
+        await service.start()
+
+    async def on_shutdown(_: web.Application) -> None:
+        await drain(service, gateway, control, settings.shutdown_grace_s)
+
+    async def on_cleanup(_: web.Application) -> None:
+        await service.close()
+        for http in http_holder:
+            await http.close()
+
+    app.on_startup.append(on_startup)
+    app.on_shutdown.append(on_shutdown)
+    app.on_cleanup.append(on_cleanup)
     return app
+
+
+async def drain(
+    service: ControlPlane, gateway: Gateway, control: ControlChannel, grace_s: float
+) -> None:
+    """Not ready, accept no new sessions, let live ones finish up to ``grace_s``, then close
+    the rest with 1012 (service restart). The audit log is flushed on close."""
+    service.draining = True
+    service.metrics.ready.set(0)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace_s
+    while service.engine.live and loop.time() < deadline:
+        await asyncio.sleep(DRAIN_POLL_S)
+    remaining = list(gateway.connections) + list(control.connections)
+    if remaining:
+        log.info("closing %d sessions still open after the %.0fs grace", len(remaining), grace_s)
+    for ws in remaining:
+        with contextlib.suppress(Exception):
+            await ws.close(code=RESTART_CLOSE_CODE, message=b"control plane restarting")
+    with contextlib.suppress(Exception):
+        await service.versionlog.flush()

@@ -1,18 +1,32 @@
-"""``controlplane`` console script."""
+"""``controlplane`` console script: ``serve``, ``emulator``, and the commands that talk to a
+running control plane over its REST API (``policy``, ``sessions``, ``experiments``, ``audit``).
+
+Client commands take ``--url`` (env ``CONTROLPLANE_URL``, default ``http://127.0.0.1:8080``),
+``--token`` (env ``CONTROLPLANE_TOKEN``) and ``--json``. Exit codes: 0 ok, 1 failure (server
+error, unreachable server, broken audit chain), 2 usage error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import datetime as dt
+import json
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
 from controlplane.app import build_app
+from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.config import Settings, parse_listen
 from emulator.cli import register as register_emulator
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "verify_local"]
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -21,6 +35,404 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"controlplane serving on http://{host}:{port} (node {settings.node_id})", flush=True)
     web.run_app(build_app(settings), host=host, port=port, print=None)
     return 0
+
+
+# -- client commands -------------------------------------------------------------------------
+
+Handler = Callable[[argparse.Namespace, ControlPlaneClient], int]
+
+
+def _print_error(exc: CliError) -> None:
+    print(f"controlplane: {exc.message}", file=sys.stderr)
+    if isinstance(exc, ApiError):
+        for violation in exc.details.get("violations", []):
+            if isinstance(violation, dict):
+                where, text = violation.get("field", "?"), violation.get("message", "")
+                print(f"  - {where}: {text}", file=sys.stderr)
+        if exc.status == 401:
+            print("  (pass --token or set CONTROLPLANE_TOKEN)", file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> ControlPlaneClient:
+    url = args.url or os.environ.get("CONTROLPLANE_URL") or DEFAULT_URL
+    token = args.token or os.environ.get("CONTROLPLANE_TOKEN") or None
+    return ControlPlaneClient(url, token, timeout_s=args.timeout)
+
+
+def _with_client(handler: Handler) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return handler(args, _client(args))
+
+    return run
+
+
+def _out(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    if args.as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        text = human()
+        if text:
+            print(text)
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; cells are shortened to 60 characters."""
+    cells = [[_short(c) for c in row] for row in rows]
+    if not cells:
+        return "(none)"
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
+
+
+def _short(value: Any, width: int = 60) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        stamp = dt.datetime.fromtimestamp(value, dt.UTC)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return _short(value)
+
+
+def _labels(labels: Any) -> str:
+    if not isinstance(labels, dict) or not labels:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+def _read_document(path: str) -> tuple[bytes, str]:
+    """(bytes, content type) of a policy file; ``-`` reads stdin."""
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    suffix = Path(path).suffix.lower()
+    if suffix == ".json" or (suffix not in (".yaml", ".yml") and data.lstrip()[:1] == b"{"):
+        return data, "application/json"
+    return data, "application/yaml"
+
+
+Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+
+
+def _listing(args: argparse.Namespace, items: list[dict[str, Any]], cols: Sequence[Column]) -> None:
+    def cell(item: dict[str, Any], get: str | Callable[[dict[str, Any]], Any]) -> Any:
+        return item.get(get) if isinstance(get, str) else get(item)
+
+    rows = [[cell(item, get) for _, get in cols] for item in items]
+    _out(args, items, lambda: _table([header for header, _ in cols], rows))
+
+
+def _refs(entry: dict[str, Any]) -> str:
+    refs = entry.get("policies") or []
+    return ",".join(
+        f"{r.get('id')}@{r.get('version')}" + (f"/{r['variant']}" if r.get("variant") else "")
+        for r in refs
+    )
+
+
+def _versions(session: dict[str, Any]) -> str:
+    v = session.get("versions") or {}
+    return f"{v.get('desired', '-')}/{v.get('sent', '-')}/{v.get('acked', '-')}"
+
+
+_POLICY_COLUMNS: Sequence[Column] = (
+    ("ID", "id"),
+    ("VERSION", "version"),
+    ("STATUS", "status"),
+    ("PRIORITY", lambda p: (p.get("policy") or {}).get("priority")),
+    ("PUBLISHED", lambda p: _when(p.get("published_at"))),
+    ("ACTOR", "actor"),
+)
+_SESSION_COLUMNS: Sequence[Column] = (
+    ("ID", "id"),
+    ("KIND", "kind"),
+    ("MODEL", "model"),
+    ("STATE", "state"),
+    ("DESIRED/SENT/ACKED", _versions),
+    ("NODE", "node"),
+    ("LABELS", lambda s: _labels(s.get("labels"))),
+)
+_LOG_COLUMNS: Sequence[Column] = (
+    ("SEQ", "seq"),
+    ("AT", lambda e: _when(e.get("at"))),
+    ("CAUSE", "cause"),
+    ("VERSION", "version"),
+    ("STATUS", "status"),
+    ("POLICIES", _refs),
+    ("DELTA/ERROR", lambda e: e.get("error") or e.get("delta")),
+)
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip()
+
+
+# policy
+
+
+def _policy_apply(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    result = client.apply_policy(*_read_document(args.file))
+    event = f" (event {result['event_id']})" if result.get("event_id") else ""
+    _out(
+        args,
+        result,
+        lambda: f"published policy {result.get('id')} version {result.get('version')}{event}",
+    )
+    return 0
+
+
+def _policy_ls(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    _listing(args, client.list_policies(include_retired=args.all), _POLICY_COLUMNS)
+    return 0
+
+
+def _policy_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    policy = client.get_policy(args.id)
+    _out(args, policy, lambda: _yaml(policy))
+    return 0
+
+
+def _policy_preview(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    p = client.preview_policy(*_read_document(args.file))
+
+    def human() -> str:
+        lines = [
+            f"policy {p.get('id')} version {p.get('version')} would change "
+            f"{p.get('changed')} of {p.get('targeted')} targeted session(s)"
+        ]
+        for name in ("by_kind", "by_variant"):
+            if p.get(name):
+                lines.append(f"{name.replace('_', ' ')}: {_short(p[name], 200)}")
+        samples = p.get("samples") or []
+        if samples:
+            rows = [(s.get("session_id"), s.get("delta")) for s in samples]
+            lines += ["", _table(("SESSION", "DELTA"), rows)]
+        return "\n".join(lines)
+
+    _out(args, p, human)
+    return 0
+
+
+def _policy_rollback(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    result = client.rollback_policy(args.id, args.to)
+    _out(
+        args,
+        result,
+        lambda: (
+            f"rolled back policy {args.id} to the content of version "
+            f"{args.to}: now version {result.get('version')}"
+        ),
+    )
+    return 0
+
+
+def _policy_retire(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    result = client.retire_policy(args.id)
+    _out(args, result, lambda: f"retired policy {args.id}")
+    return 0
+
+
+def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    r = client.rollout_status(args.id)
+
+    def human() -> str:
+        counters = ("targeted", "sent", "acked", "unverified", "rejected", "pending")
+        rows = [
+            (v.get("version"), v.get("variant"), *(v.get(c, 0) for c in counters))
+            for v in r.get("versions", [])
+        ]
+        totals = r.get("totals") or {}
+        rows.append(("total", "", *(totals.get(c, 0) for c in counters)))
+        head = f"policy {r.get('id')} version {r.get('version')} ({r.get('status', '?')})"
+        return head + "\n" + _table(("VERSION", "VARIANT", *map(str.upper, counters)), rows)
+
+    _out(args, r, human)
+    return 0
+
+
+# sessions
+
+
+def _sessions_ls(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    items = client.list_sessions(
+        selector=args.selector or (), kind=args.kind, state=args.state, limit=args.limit
+    )
+    _listing(args, items, _SESSION_COLUMNS)
+    return 0
+
+
+def _sessions_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    session = client.get_session(args.id)
+    _out(args, session, lambda: _yaml(session))
+    return 0
+
+
+def _sessions_log(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    _listing(args, client.session_log(args.id), _LOG_COLUMNS)
+    return 0
+
+
+def _parse_relabel(changes: Sequence[str]) -> dict[str, str | None]:
+    labels: dict[str, str | None] = {}
+    for change in changes:
+        key, sep, value = change.partition("=")
+        if sep and key:
+            labels[key] = value
+        elif not sep and change.endswith("-") and len(change) > 1:
+            labels[change[:-1]] = None
+        else:
+            raise CliError(f"label change {change!r} must be key=value or key- (remove)", 2)
+    return labels
+
+
+def _sessions_relabel(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    session = client.relabel_session(args.id, _parse_relabel(args.changes))
+    _out(args, session, lambda: f"session {args.id} labels: {_labels(session.get('labels'))}")
+    return 0
+
+
+# experiments, audit
+
+
+def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    if args.csv:
+        sys.stdout.write(client.assignments_csv(args.key))
+        return 0
+    keys = ("session_id", "policy", "version", "variant", "bucket_by", "bucket_value", "state")
+    _listing(args, client.assignments(args.key), [(k.upper(), k) for k in keys])
+    return 0
+
+
+def verify_local(data_dir: Path, session_id: str | None) -> list[dict[str, Any]]:
+    """Recompute the hash chains of the file version log under ``<data_dir>/audit`` offline."""
+    try:
+        from sessions.clock import SystemClock
+        from sessions.versionlog import FileVersionLog
+    except ImportError as exc:
+        raise CliError(
+            f"local audit verification is unavailable in this build ({exc}); "
+            "verify through a server instead (without --data-dir)"
+        ) from None
+    directory = data_dir / "audit"
+    if not directory.is_dir():
+        raise CliError(f"no audit log at {directory} (expected <data-dir>/audit/*.jsonl)")
+
+    async def run() -> list[Any]:
+        return list(await FileVersionLog(directory, SystemClock()).verify(session_id))
+
+    keys = ("session_id", "ok", "count", "first_bad_seq", "problem")
+    return [{k: getattr(report, k) for k in keys} for report in asyncio.run(run())]
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    if args.data_dir is not None:
+        reports = verify_local(args.data_dir, args.id)
+    else:
+        reports = _client(args).verify_audit(args.id)
+    if args.id is not None and not reports:
+        raise CliError(f"no version log for session {args.id}")
+    broken = [r for r in reports if not r.get("ok")]
+
+    def human() -> str:
+        lines = []
+        for r in reports:
+            if r.get("ok"):
+                lines.append(f"ok      {r.get('session_id')}  {r.get('count')} entries")
+            else:
+                lines.append(
+                    f"BROKEN  {r.get('session_id')}  first bad seq "
+                    f"{r.get('first_bad_seq')}: {r.get('problem')}"
+                )
+        lines.append(f"{len(reports)} chain(s) verified, {len(broken)} broken")
+        return "\n".join(lines)
+
+    _out(args, reports, human)
+    return 1 if broken else 0
+
+
+def _client_options() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("server")
+    group.add_argument("--url", help=f"base URL (env CONTROLPLANE_URL, default {DEFAULT_URL})")
+    group.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN, preferred)")
+    group.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    group.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
+    return common
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _register_client_commands(sub: Any) -> None:
+    common = [_client_options()]
+
+    def add(group: Any, name: str, handler: Handler | None, text: str) -> Any:
+        parser = group.add_parser(name, parents=common, help=text, description=text)
+        if handler is not None:
+            parser.set_defaults(func=_with_client(handler))
+        return parser
+
+    policy = sub.add_parser("policy", help="publish and inspect policies").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(policy, "apply", _policy_apply, "publish a policy version from a YAML/JSON file")
+    p.add_argument("-f", "--file", required=True, help="policy file, or - for stdin")
+    p = add(policy, "ls", _policy_ls, "list policies")
+    p.add_argument("--all", action="store_true", help="include retired policies")
+    add(policy, "show", _policy_show, "show a policy").add_argument("id")
+    p = add(policy, "preview", _policy_preview, "which live sessions a policy file would change")
+    p.add_argument("-f", "--file", required=True, help="policy file, or - for stdin")
+    p = add(policy, "rollback", _policy_rollback, "republish an earlier version as the newest")
+    p.add_argument("id")
+    p.add_argument("--to", type=_positive, required=True, help="the version to go back to")
+    add(policy, "retire", _policy_retire, "retire a policy").add_argument("id")
+    add(policy, "rollout", _policy_rollout, "delivery status per version and variant").add_argument(
+        "id"
+    )
+
+    sessions = sub.add_parser("sessions", help="inspect live sessions").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(sessions, "ls", _sessions_ls, "list live sessions")
+    p.add_argument("--selector", action="append", help="k=v,k=v2 or 'k in (a,b)'; repeatable")
+    p.add_argument("--kind", choices=("streaming-v3", "voice-agent-v1"))
+    p.add_argument("--state", help="synced, pending, unverified, rejected, ended")
+    p.add_argument("--limit", type=_positive, help="show at most this many")
+    add(sessions, "show", _sessions_show, "show a session").add_argument("id")
+    add(sessions, "log", _sessions_log, "a session's version log").add_argument("id")
+    p = add(sessions, "relabel", _sessions_relabel, "set (k=v) or remove (k-) labels")
+    p.add_argument("id")
+    p.add_argument("changes", nargs="+", metavar="k=v|k-")
+
+    experiments = sub.add_parser("experiments", help="A/B experiments").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(experiments, "assignments", _assignments, "sticky variant assignments")
+    p.add_argument("key")
+    p.add_argument("--csv", action="store_true", help="CSV with a header row")
+
+    audit = sub.add_parser("audit", help="the per-session version log").add_subparsers(
+        dest="action", required=True
+    )
+    p = add(audit, "verify", None, "recompute hash chains; exit 1 if any is broken")
+    p.add_argument("id", nargs="?", help="one session (default: every session)")
+    p.add_argument("--data-dir", type=Path, help="verify local files, without a server")
+    p.set_defaults(func=_audit_verify)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +445,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--node-id", help="this replica's id (env CONTROLPLANE_NODE_ID)")
     serve.set_defaults(func=_serve)
     register_emulator(sub)
+    _register_client_commands(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or a usage error (2)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         code: int = args.func(args)
+    except CliError as exc:
+        _print_error(exc)
+        return exc.exit_code
     except ValueError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2

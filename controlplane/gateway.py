@@ -100,7 +100,7 @@ def _buffered(ws: Any) -> int:
 
 
 class Gateway:
-    def __init__(self, service: ControlPlane, http: aiohttp.ClientSession) -> None:
+    def __init__(self, service: ControlPlane, http: aiohttp.ClientSession | None) -> None:
         self.service = service
         self.settings = service.settings
         self.http = http
@@ -126,6 +126,8 @@ class Gateway:
         self, url: str, request: web.Request
     ) -> aiohttp.ClientWebSocketResponse:
         headers = {h: request.headers[h] for h in FORWARDED_HEADERS if h in request.headers}
+        if self.http is None:
+            raise aiohttp.ClientConnectionError("gateway HTTP client is not started")
         return await self.http.ws_connect(
             url, headers=headers, autoclose=False, max_msg_size=0, compress=0,
             timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),

@@ -96,11 +96,10 @@ def parse_faults(doc: object, base: FaultSpec | None = None) -> FaultSpec:
         if not isinstance(raw, Mapping):
             raise InvalidFaults("fail_fields", "must be an object {field: code} or a list")
         fields: dict[str, str | int] = {}
-        for name, code in raw.items():
+        for name, given in raw.items():
             if not isinstance(name, str) or not name:
                 raise InvalidFaults("fail_fields", "field names must be non-empty strings")
-            if code is None:
-                code = "invalid_value"
+            code = "invalid_value" if given is None else given
             if isinstance(code, bool) or not isinstance(code, str | int):
                 raise InvalidFaults(f"fail_fields.{name}", "code must be a string or integer")
             fields[name] = code

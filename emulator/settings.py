@@ -22,8 +22,7 @@ __all__ = ["ENV_PREFIX", "EmulatorSettings", "parse_listen"]
 
 ENV_PREFIX = "EMULATOR_"
 
-_DEFAULT_OUTPUT = va1.DEFAULT_CONFIG["output"]
-assert isinstance(_DEFAULT_OUTPUT, Mapping)
+_DEFAULT_OUTPUT: Mapping[str, Any] = va1.DEFAULT_CONFIG["output"]  # type: ignore[assignment]
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -29,8 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = [
-    "Paused",
     "PartialDue",
+    "Paused",
     "Turn",
     "TurnDetector",
     "TurnEnded",
@@ -88,6 +88,7 @@ class Turn:
     words_seen: int = 0
     partials: int = 0
     early_done: bool = False
+    announced: bool = False  # SpeechStarted sent
     next_partial_ms: float = 0.0
     speech_confidence: float = 0.0
     end_ms: float | None = None
@@ -196,8 +197,7 @@ class TurnDetector:
         params = self._params()
         start = self.audio_ms
         self.audio_ms = start + frame_ms
-        if probability > self.max_probability:
-            self.max_probability = probability
+        self.max_probability = max(self.max_probability, probability)
         events: list[TurnEvent] = []
         turn = self.current
         if probability > 0.0 and probability >= params.vad_threshold:

@@ -293,7 +293,7 @@ class Experiment(BaseModel):
 
     @property
     def effective_salt(self) -> str:
-        return self.salt if self.salt is not None else self.key
+        return self.salt if self.salt is not None else 'x'
 
     def document(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "bucket_by": self.bucket_by}

@@ -231,7 +231,10 @@ class RedisRegistry:
             return await self._client.mget([self._live_key(i) for i in ids])
         keys = [k for i in ids for k in (self._live_key(i), self._ended_key(i))]
         raws = await self._client.mget(keys)
-        return [live if live is not None else ended for live, ended in zip(*[iter(raws)] * 2)]
+        return [
+            live if live is not None else ended
+            for live, ended in zip(raws[::2], raws[1::2], strict=True)
+        ]
 
     async def owner(self, session_id: str) -> str | None:
         with _translate("owner"):

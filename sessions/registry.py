@@ -23,8 +23,8 @@ Contract shared by every backend (checked by ``tests/contract/test_registry_cont
 
 from __future__ import annotations
 
-import builtins
 import bisect
+import builtins
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import pytest
 import yaml
 
-helm = pytest.importorskip("helm_python", reason="dev extra helm-python-sdk is not installed")
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART_DIR = ROOT / "deploy" / "helm" / "controlplane"
