@@ -1,9 +1,9 @@
-"""``controlplane`` console script: ``serve``, ``emulator``, and the commands that talk to a
-running control plane over its REST API (``policy``, ``sessions``, ``experiments``, ``audit``).
+"""controlplane console script: serve, emulator, and the commands that talk to a running
+control plane over its REST API (policy, sessions, experiments, audit).
 
-Client commands take ``--url`` (env ``CONTROLPLANE_URL``, default ``http://127.0.0.1:8080``),
-``--token`` (env ``CONTROLPLANE_TOKEN``) and ``--json``. Exit codes: 0 ok, 1 failure (server
-error, unreachable server, broken audit chain), 2 usage error.
+Client commands take --url (env CONTROLPLANE_URL, default http://127.0.0.1:8080), --token
+(env CONTROLPLANE_TOKEN) and --json. Exit codes: 0 ok, 1 failure (an error answer, an
+unreachable server, a broken audit chain), 2 usage error.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def _refs(entry: dict[str, Any]) -> str:
 
 def _versions(session: dict[str, Any]) -> str:
     v = session.get("versions") or {}
-    return f"{v.get('desired', '-')}/{v.get('sent', '-')}/{v.get('acked', '-')}"
+    return "/".join(_short(v.get(k)) for k in ("desired", "sent", "acked"))
 
 
 _POLICY_COLUMNS: Sequence[Column] = (
@@ -341,8 +341,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
         reports = verify_local(args.data_dir, args.id)
     else:
         reports = _client(args).verify_audit(args.id)
-    if args.id is not None and not reports:
-        raise CliError(f"no version log for session {args.id}")
+    if args.id is not None and not any(r.get("count") for r in reports):
+        raise CliError(f"no version log entries for session {args.id}")
     broken = [r for r in reports if not r.get("ok")]
 
     def human() -> str:

@@ -1,16 +1,161 @@
-"""``controlplane emulator`` subcommand (registered by controlplane.cli). Placeholder."""
+"""``controlplane emulator`` (registered by controlplane.cli) and ``python -m emulator``.
+
+Settings: defaults < ``EMULATOR_*`` environment variables < flags. Every setting has an
+``EMULATOR_<NAME>`` variable and can be given as ``--set name=value``; the common ones also
+have their own flags.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import json
+import resource
+import signal
+import sys
+from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["register"]
+from aiohttp import web
+
+from emulator.errors import EmulatorError, InvalidSetting
+from emulator.faults import parse_faults
+from emulator.server import build_app
+from emulator.settings import EmulatorSettings, convert_setting, parse_listen
+
+__all__ = ["main", "raise_nofile_limit", "register", "run"]
+
+
+_FLAGGED = (
+    "listen",
+    "require_speech_model",
+    "default_speech_model",
+    "prompt_max_chars",
+    "agent_context_max_chars",
+    "carryover_depth",
+    "streaming_bearer",
+    "agent_accept_raw_key",
+    "auth_rejection",
+    "config_rejection",
+    "warning_code",
+    "pacing_tolerance_ms",
+    "max_concurrent_sessions",
+    "resume_mode",
+    "resume_window_s",
+    "immutable_policy",
+    "turn_complete_ratio",
+    "transcript_seed",
+)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = subparsers.add_parser(
-        "emulator", help="run the local AssemblyAI stand-in upstream"
+        "emulator",
+        help="run the local AssemblyAI stand-in upstream (streaming v3 + voice agent)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--listen", default="127.0.0.1:8090", help="host:port")
+    add = parser.add_argument
+    add("--listen", help="host:port (env EMULATOR_LISTEN, default 127.0.0.1:8090)")
+    add("--api-key", action="append", dest="api_keys", metavar="KEY",
+        help="accept only these keys (repeatable); default: any non-empty key")  # fmt: skip
+    add("--require-speech-model", action="store_true", default=None)
+    add("--default-speech-model", metavar="MODEL")
+    add("--prompt-max-chars", type=int, metavar="N", help="prompt cap (1750; older docs 1500)")
+    add("--agent-context-max-chars", type=int, metavar="N")
+    add("--carryover-depth", type=int, metavar="N", help="previous_context_n_turns default")
+    add("--streaming-bearer", choices=("reject", "accept"))
+    add("--agent-accept-raw-key", action="store_true", default=None)
+    add("--auth-rejection", choices=("close", "http"))
+    add("--config-rejection", choices=("close", "http"))
+    add("--warning-code", type=int, metavar="CODE")
+    add("--pacing-tolerance-ms", type=float, metavar="MS")
+    add("--max-concurrent-sessions", type=int, metavar="N")
+    add("--resume-mode", choices=("works", "always_not_found"))
+    add("--resume-window-s", type=float, metavar="S")
+    add("--immutable-policy", choices=("reject_message", "apply_rest"))
+    add("--turn-complete-ratio", type=float, metavar="R")
+    add("--transcript-seed", type=int, metavar="SEED")
+    add("--faults", metavar="JSON", help="fault document applied to every new session")
+    add("--set", action="append", default=[], metavar="NAME=VALUE",
+        help="any other setting, e.g. --set word_ms=300 (see docs/emulator.md)")  # fmt: skip
+    parser.set_defaults(func=_run)
     return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidSetting(item, "--set expects name=value")
+        overrides[name.strip()] = convert_setting(name.strip(), value)
+    for name in _FLAGGED:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    if args.api_keys:
+        overrides["api_keys"] = frozenset(args.api_keys)
+    if args.faults:
+        overrides["faults"] = parse_faults(json.loads(args.faults))
+    try:
+        return EmulatorSettings.from_env(**overrides)
+    except TypeError as exc:  # unknown --set name
+        raise InvalidSetting("--set", str(exc)) from exc
+
+
+def raise_nofile_limit() -> int:
+    """Raise the soft open-files limit to the hard limit; returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+    return soft
+
+
+async def run(settings: EmulatorSettings, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGINT / SIGTERM (or cancellation)."""
+    host, port = parse_listen(settings.listen)
+    runner = web.AppRunner(build_app(settings), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=settings.backlog)
+    await site.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"emulator listening on http://{host}:{port} (/v3/ws, /v1/ws)", flush=True)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = settings_from_args(args)
+    except (EmulatorError, ValueError) as exc:
+        print(f"emulator: {exc}", file=sys.stderr)
+        return 2
+    raise_nofile_limit()
+    try:
+        import uvloop
+
+        uvloop.run(run(settings))
+    except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+        asyncio.run(run(settings))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m emulator")
+    sub = parser.add_subparsers(dest="command")
+    register(sub)
+    args = parser.parse_args(["emulator", *(sys.argv[1:] if argv is None else argv)])
+    code: int = args.func(args)
+    return code

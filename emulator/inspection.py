@@ -108,7 +108,7 @@ class SessionRecord:
         at: float,
         monotonic: float,
         message: Any,
-        config: dict[str, Any],
+        config: dict[str, Any] | None,
         audio_ms: float,
         sent: list[dict[str, Any]],
         **extra: Any,

@@ -18,7 +18,7 @@ from emulator.faults import FaultSpec
 from sessions.dialects import streaming_v3_table as sv3
 from sessions.dialects import voice_agent_v1_table as va1
 
-__all__ = ["ENV_PREFIX", "EmulatorSettings", "parse_listen"]
+__all__ = ["ENV_PREFIX", "EmulatorSettings", "convert_setting", "parse_listen"]
 
 ENV_PREFIX = "EMULATOR_"
 
@@ -121,7 +121,7 @@ class EmulatorSettings:
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is None or raw == "" or f.name in ("agents", "faults"):
                 continue
-            values[f.name] = _convert(f.name, raw)
+            values[f.name] = convert_setting(f.name, raw)
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
@@ -214,7 +214,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
 }
 
 
-def _convert(name: str, raw: str) -> Any:
+def convert_setting(name: str, raw: str) -> Any:
     convert = _CONVERTERS.get(name, str)
     try:
         return convert(raw)

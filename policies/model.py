@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import cached_property
 from typing import Annotated, Any, Final, Literal
 
 from annotated_types import Len
@@ -28,7 +29,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
-    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -148,8 +148,6 @@ BucketBy = Annotated[
     str, StringConstraints(pattern=LABEL_PATTERN, min_length=1), AfterValidator(_check_bucket_by)
 ]
 
-_MODEL_CONFIG: Final = ConfigDict(frozen=True, extra="forbid")
-
 
 def _as_list(value: Any) -> Any:
     """A scalar selector value means a one-item list."""
@@ -168,7 +166,7 @@ class Match(BaseModel):
     (a session without that label satisfies it).
     """
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Annotated[tuple[Kind, ...], Len(1, len(KINDS))] = ()
     model: Annotated[tuple[ModelName, ...], Len(1, MAX_SELECTOR_VALUES)] = ()
@@ -232,7 +230,7 @@ class Match(BaseModel):
 class Rollout(BaseModel):
     """Sticky percentage gate: ``bucket(policy id, salt, value) < percent / 100``."""
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     percent: Percent
     salt: Salt | None = None
@@ -252,7 +250,7 @@ class Rollout(BaseModel):
 class Variant(BaseModel):
     """One arm of an experiment: its share of sessions and the fields it sets."""
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: VariantName
     weight: Percent
@@ -265,7 +263,7 @@ class Variant(BaseModel):
 class Experiment(BaseModel):
     """A/B split of the policy's sessions, LaunchDarkly-compatible (``policies.bucketing``)."""
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     key: Identifier
     bucket_by: BucketBy = BUCKET_BY_SESSION
@@ -293,7 +291,7 @@ class Experiment(BaseModel):
 
     @property
     def effective_salt(self) -> str:
-        return self.salt if self.salt is not None else 'x'
+        return self.salt if self.salt is not None else self.key
 
     def document(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "bucket_by": self.bucket_by}
@@ -331,7 +329,7 @@ class PolicyPlan:
 class Policy(BaseModel):
     """One version of a policy document (DESIGN §4 plus ``apply`` / ``apply_deadline_s``)."""
 
-    model_config = _MODEL_CONFIG
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: Identifier
     version: int | None = Field(default=None, ge=1, strict=True)
@@ -344,8 +342,6 @@ class Policy(BaseModel):
     experiment: Experiment | None = None
     apply: ApplyMode = "immediate"
     apply_deadline_s: float = Field(default=10.0, gt=0, le=MAX_APPLY_DEADLINE_S, strict=True)
-
-    _plan: PolicyPlan = PrivateAttr()
 
     @field_validator("lock")
     @classmethod
@@ -367,13 +363,10 @@ class Policy(BaseModel):
             raise violations_error(problems)
         return self
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._plan = _make_plan(self)
-
-    @property
+    @cached_property
     def plan(self) -> PolicyPlan:
-        """The resolver's precomputed view of this policy."""
-        return self._plan
+        """The resolver's precomputed view of this policy (computed once, then a dict lookup)."""
+        return _make_plan(self)
 
     def with_version(self, version: int) -> Policy:
         """This policy as version ``version`` (≥ 1); everything else unchanged."""
@@ -383,7 +376,7 @@ class Policy(BaseModel):
                 policy_id=self.id,
             )
         copy = self.model_copy(update={"version": version})
-        copy._plan = _make_plan(copy)
+        copy.__dict__.pop("plan", None)  # cached for the old version
         return copy
 
     def document(self) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from policies.model import BUCKET_BY_SESSION, Policy, PolicyPlan
 from policies.provenance import PolicyRef
 from policies.selectors import Target, matches
 
-__all__ = ["Effective", "applies", "precedence_key", "resolve"]
+__all__ = ["Effective", "PolicyRef", "applies", "precedence_key", "resolve"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,11 +14,14 @@ runs a background flusher (every ``flush_interval_s``); ``close()`` stops it and
 
 ``FileVersionLog`` layout: ``<directory>/versionlog-YYYY-MM-DD.jsonl``, one file per UTC day
 of the *flush* (never going back to an earlier day, so file-name order is write order),
-every session in the same files; one line per entry, the entry's canonical JSON (with
-``hash``). A flush is one ``write`` of all buffered lines plus one ``fdatasync``. ``start()``
-reads every file to rebuild the tails, so chains continue across restarts; a torn last line
-(a crash in the middle of a write, never acknowledged) is cut off, saved next to the file as
-``<file>.torn`` and reported in ``problems``.
+every session in the same files. One line per entry: the canonical JSON of the entry without
+``hash`` with ``"hash":"<hex>"`` appended as its last member, so the hashed bytes are the line
+minus that member (the Redis backend stores the same line). A flush is one ``write`` of all
+buffered lines plus one ``fdatasync``, in a worker thread; a failed write is truncated away
+so the retry never duplicates lines. ``start()`` reads every file to rebuild the tails, so
+chains continue across restarts (cost: one pass over all files). A torn last line (a crash
+in the middle of a write, never acknowledged) is cut off, saved next to the file as
+``<file>.torn`` and reported in ``problems``. Readers skip (and log) lines that are not JSON.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ __all__ = [
     "VersionLog",
     "canonical_json",
     "config_hash",
+    "parse_entries",
+    "reseal",
     "verify_entries",
 ]
 
@@ -128,11 +133,11 @@ _ENTRY_KEYS: Final = frozenset(f.name for f in fields(LogEntry))
 
 def _seal(body: dict[str, Any]) -> tuple[LogEntry, bytes]:
     """Hash a chained body (every field but ``hash``); returns the entry and its JSONL line."""
-    digest = hashlib.sha256(body["prev_hash"].encode() + canonical_json(body)).hexdigest()
+    hashed = canonical_json(body)
+    digest = hashlib.sha256(body["prev_hash"].encode() + hashed).hexdigest()
     body["hash"] = digest
-    line = canonical_json(body) + b"\n"
     body["policies"] = tuple(body["policies"])
-    return LogEntry(**body), line
+    return LogEntry(**body), b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:
@@ -302,14 +307,20 @@ class Pending:
     line: bytes  # canonical JSON + "\n"
 
 
+_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+
+
 def _plain(value: Any) -> Any:
-    """A JSON-native deep copy: tuples become lists, mappings dicts."""
-    if value is None or isinstance(value, str | int | float):
+    """A JSON-native deep copy: tuples become lists, mappings dicts (hot path: kept lean)."""
+    if type(value) in _SCALARS:
         return value
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [v if type(v) in _SCALARS else _plain(v) for v in value]
     if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): v if type(v) in _SCALARS else _plain(v) for k, v in value.items()}
+    for base in (str, int, float):  # subclasses (StrEnum, IntEnum): store the plain value
+        if isinstance(value, base):
+            return base(value)
     raise TypeError(f"not JSON-able in a log entry: {type(value).__name__}")
 
 
@@ -478,7 +489,7 @@ def _consume(task: asyncio.Task[None]) -> None:
         task.exception()  # retrieved here too, so an unawaited failure is never reported twice
 
 
-def _parse_rows(session_id: str, rows: Sequence[Mapping[str, Any]]) -> list[LogEntry]:
+def parse_entries(session_id: str, rows: Sequence[Mapping[str, Any]]) -> list[LogEntry]:
     try:
         return [LogEntry.from_dict(row) for row in rows]
     except VersionLogError as exc:
@@ -499,7 +510,7 @@ class MemoryVersionLog(BufferedVersionLog):
 
     async def entries(self, session_id: str) -> list[LogEntry]:
         await self.flush()
-        return _parse_rows(session_id, self.storage.get(session_id, []))
+        return parse_entries(session_id, self.storage.get(session_id, []))
 
     async def verify(self, session_id: str | None = None) -> list[VerifyReport]:
         await self.flush()
@@ -664,7 +675,7 @@ class FileVersionLog(BufferedVersionLog):
 
     async def entries(self, session_id: str) -> list[LogEntry]:
         await self.flush()
-        return _parse_rows(session_id, await self._rows(session_id))
+        return parse_entries(session_id, await self._rows(session_id))
 
     async def verify(self, session_id: str | None = None) -> list[VerifyReport]:
         await self.flush()

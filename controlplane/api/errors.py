@@ -109,24 +109,34 @@ def _from_http(request: web.Request, exc: web.HTTPException) -> web.Response:
     return error_response(status, code, message, details, headers or None)
 
 
+def _internal(request: web.Request) -> web.Response:
+    ref = secrets.token_hex(4)
+    log.exception("unhandled error in %s %s (ref %s)", request.method, request.path, ref)
+    return error_response(
+        500, "internal", f"internal error (ref {ref}); see the server log", {"ref": ref}
+    )
+
+
+def _to_response(request: web.Request, exc: Exception) -> web.Response:
+    if isinstance(exc, ControlPlaneError):
+        if exc.status >= 500 and not isinstance(exc, Unavailable):
+            log.error("%s %s failed: %s (%s)", request.method, request.path, exc.code, exc.message)
+        return _from_control_plane(exc)
+    if isinstance(exc, PolicyValidationError):
+        return _from_policy(exc)
+    if isinstance(exc, web.HTTPException):
+        return _from_http(request, exc)
+    return _internal(request)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Map every exception raised below it to the JSON error shape (see the module table)."""
     try:
         return await handler(request)
-    except ControlPlaneError as exc:
-        if exc.status >= 500 and not isinstance(exc, Unavailable):
-            log.error("%s %s failed: %s (%s)", request.method, request.path, exc.code, exc.message)
-        return _from_control_plane(exc)
-    except PolicyValidationError as exc:
-        return _from_policy(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:  # redirects and the like are answers, not errors
-            raise
-        return _from_http(request, exc)
-    except Exception:
-        ref = secrets.token_hex(4)
-        log.exception("unhandled error in %s %s (ref %s)", request.method, request.path, ref)
-        return error_response(
-            500, "internal", f"internal error (ref {ref}); see the server log", {"ref": ref}
-        )
+    except Exception as exc:
+        if isinstance(exc, web.HTTPException) and exc.status < 400:
+            raise  # redirects and the like are answers, not errors
+        if request.writer.output_size > 0:
+            raise  # a response (a WebSocket, a stream) is already on the wire: too late for JSON
+        return _to_response(request, exc)

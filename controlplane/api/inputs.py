@@ -24,6 +24,7 @@ __all__ = [
     "YAML_TYPES",
     "check_fields",
     "check_query",
+    "opaque_id",
     "parse_bool",
     "parse_cursor",
     "parse_document",
@@ -175,12 +176,12 @@ def parse_yaml(raw: bytes) -> Any:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         raise BadRequest(
-            f"request body is not valid YAML: {exc.problem}{where}", code="bad_yaml"
+            f"request body is not valid YAML: {exc.problem or exc.context}{where}", code="bad_yaml"
         ) from None
-    except (yaml.YAMLError, RecursionError) as exc:
-        raise BadRequest(
-            f"request body is not valid YAML: {type(exc).__name__}", code="bad_yaml"
-        ) from None
+    except yaml.YAMLError as exc:
+        raise BadRequest(f"request body is not valid YAML: {exc}", code="bad_yaml") from None
+    except RecursionError:
+        raise BadRequest("request body is nested too deeply", code="bad_yaml") from None
     _check_json_ready(value)
     return value
 
@@ -316,17 +317,22 @@ def parse_state(value: str | None) -> str | None:
     return value
 
 
+def opaque_id(what: str, value: str) -> str:
+    """A session id or experiment key: 1-256 characters, no whitespace, '/' or controls."""
+    if not _OPAQUE_ID.fullmatch(value):
+        raise BadRequest(
+            f"{what} must be 1-256 characters without spaces, '/' or control characters"
+        )
+    return value
+
+
 def path_param(request: web.Request, name: str) -> str:
     """A path parameter: policy ids match [a-z0-9][a-z0-9-]*, others are opaque ids."""
     value = request.match_info[name]
-    if name == "policy_id":
-        if not _POLICY_ID.fullmatch(value):
-            raise BadRequest(
-                f"policy id {value!r:.80} must match [a-z0-9][a-z0-9-]* (at most 256 chars)"
-            )
-    elif not _OPAQUE_ID.fullmatch(value):
+    if name != "policy_id":
+        return opaque_id(name.replace("_", " "), value)
+    if not _POLICY_ID.fullmatch(value):
         raise BadRequest(
-            f"{name.replace('_', ' ')} must be 1-256 characters without spaces, '/' or "
-            "control characters"
+            f"policy id {value!r:.80} must match [a-z0-9][a-z0-9-]* (at most 256 chars)"
         )
     return value

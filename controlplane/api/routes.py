@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from controlplane.api.errors import error_middleware
 from controlplane.api.inputs import (
     MAX_BODY_BYTES,
     check_query,
+    opaque_id,
     parse_bool,
     parse_cursor,
     parse_kind,
@@ -40,6 +42,8 @@ from controlplane.config import Settings
 from controlplane.errors import BadRequest
 
 __all__ = ["ASSIGNMENT_COLUMNS", "ROUTES", "RouteSpec", "add_routes", "assignments_csv"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,14 +240,18 @@ class _Handlers:
     async def verify_audit(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("session",))
         session_id = single(request.query, "session") or None
-        if session_id is not None and len(session_id) > 256:
-            raise BadRequest("query parameter 'session' must be at most 256 characters")
+        if session_id is not None:
+            opaque_id("query parameter 'session'", session_id)
         reports = await self._service.verify_audit(session_id)
         ok = all(bool(report.get("ok")) for report in reports)
         return web.json_response({"items": reports, "next": None, "ok": ok})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
-        ready, checks = self._service.readiness()
+        try:
+            ready, checks = self._service.readiness()
+        except Exception:  # a probe answers 503, not 500, when the check itself breaks
+            log.exception("readiness check failed")
+            ready, checks = False, {"readiness": "check failed; see the server log"}
         return web.json_response({"ready": ready, "checks": checks}, status=200 if ready else 503)
 
     async def openapi(self, request: web.Request) -> web.StreamResponse:

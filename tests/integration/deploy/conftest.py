@@ -15,7 +15,6 @@ import helm_python as helm
 import pytest
 import yaml
 
-
 ROOT = Path(__file__).resolve().parents[3]
 CHART_DIR = ROOT / "deploy" / "helm" / "controlplane"
 PRODUCTION_VALUES = CHART_DIR / "ci" / "production-values.yaml"

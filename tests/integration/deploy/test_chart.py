@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def configmap_env(objects: list[Manifest]) -> dict[str, str]:
 
 def test_helm_sdk_is_helm_v4_go_library() -> None:
     assert helm.helm_sdk_version().startswith("v4."), helm.helm_sdk_version()
-    assert Path(helm.library_path()).name.startswith("libhelm_c")
+    assert Path(helm.library_path).name.startswith("libhelm_c")  # bundled in the wheel
 
 
 def test_chart_declares_optional_nats_and_redis_dependencies(chart: Any) -> None:
@@ -303,9 +304,7 @@ def test_settings_wiring_parses_with_the_real_settings(
         if var.startswith("CONTROLPLANE_"):
             assert var in SETTINGS_ENV, f"{var} is not a setting the service reads"
     # node id from the pod name (downward API)
-    assert env["CONTROLPLANE_NODE_ID"]["valueFrom"] == {
-        "fieldRef": {"fieldPath": "metadata.name"}
-    }
+    assert env["CONTROLPLANE_NODE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     # feed the rendered plain settings to the real Settings parser
     plain = {k: v for k, v in data.items()}
     plain["CONTROLPLANE_NODE_ID"] = f"{FULLNAME}-7d9c-abcde"
@@ -395,9 +394,9 @@ def test_production_scaling_and_policies(production_objects: list[Manifest]) -> 
 
     monitor = one(production_objects, "ServiceMonitor")
     service = one(production_objects, "Service")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"][
-        "labels"
-    ].items()
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     [endpoint] = monitor["spec"]["endpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("http", "/metrics")
@@ -496,9 +495,7 @@ def test_external_urls_from_secrets_and_plain_values(chart: Any) -> None:
     assert data["CONTROLPLANE_REDIS_URL"] == "redis://redis.data.svc:6379/0"
     assert one(objects, "Deployment")["spec"]["replicas"] == 2
     secret = one(objects, "Secret")
-    assert parse_tokens(base64.b64decode(secret["data"]["tokens"]).decode()) == {
-        "v" * 24: "viewer"
-    }
+    assert parse_tokens(base64.b64decode(secret["data"]["tokens"]).decode()) == {"v" * 24: "viewer"}
 
 
 def test_notes_tell_how_to_reach_the_service(
@@ -522,3 +519,37 @@ def test_production_values_file_is_the_documented_shape() -> None:
     assert values["externalNats"]["url"].startswith("nats://")
     for feature in ("serviceMonitor", "autoscaling", "podDisruptionBudget", "networkPolicy"):
         assert values[feature]["enabled"] is True, feature
+
+
+def test_subchart_wiring_when_nats_and_redis_are_vendored(tmp_path: Path) -> None:
+    """With the subcharts present (stand-ins here: the real ones need `helm dependency
+    update` and network), the service is pointed at the release's NATS and Redis."""
+    copy = tmp_path / "controlplane"
+    shutil.copytree(CHART_DIR, copy)
+    for name, version in (("nats", "1.0.0"), ("redis", "21.0.0")):
+        sub = copy / "charts" / name
+        sub.mkdir(parents=True)
+        (sub / "Chart.yaml").write_text(
+            f"apiVersion: v2\nname: {name}\nversion: {version}\n", encoding="utf-8"
+        )
+    with helm.Chart.load(copy) as vendored:
+        assert {d["name"] for d in vendored.dependencies} == {"nats", "redis"}
+        rendered = vendored.render(
+            {"replicaCount": 3, "nats": {"enabled": True}, "redis": {"enabled": True}},
+            name=RELEASE,
+            namespace=NAMESPACE,
+        )
+    objects = parse_manifests(rendered)
+    data = configmap_env(objects)
+    env = container_env(objects)
+    assert data["CONTROLPLANE_NATS_URL"] == f"nats://{RELEASE}-nats:4222"
+    assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": f"{RELEASE}-redis",
+        "key": "redis-password",
+    }
+    names = list(env)
+    assert names.index("REDIS_PASSWORD") < names.index("CONTROLPLANE_REDIS_URL")
+    assert env["CONTROLPLANE_REDIS_URL"]["value"] == (
+        f"redis://:$(REDIS_PASSWORD)@{RELEASE}-redis-master:6379/0"
+    )
+    assert one(objects, "Deployment")["spec"]["replicas"] == 3

@@ -14,7 +14,9 @@ from tests.integration.deploy.conftest import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-PINNED_PYTHON = re.compile(r"^(docker\.io/library/)?python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$")
+PINNED_PYTHON = re.compile(
+    r"^(docker\.io/library/)?python:3\.11\.\d+-slim(-[a-z]+)?(@sha256:[0-9a-f]{64})?$"
+)
 BUILD_TOOLS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|make|cmake|python3?-dev|libc6-dev)\b")
 
 
@@ -129,8 +131,7 @@ def _pattern_matches(pattern: str, path: str) -> bool:
             fnmatch.fnmatchcase(c, tail) for c in candidates
         )
     return any(
-        fnmatch.fnmatchcase(c, pattern) and c.count("/") == pattern.count("/")
-        for c in candidates
+        fnmatch.fnmatchcase(c, pattern) and c.count("/") == pattern.count("/") for c in candidates
     )
 
 

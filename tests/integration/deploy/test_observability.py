@@ -57,7 +57,12 @@ def exposition(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_port(port, timeout=20, proc=proc)
+        try:
+            wait_port(port, timeout=20, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            proc.kill()
+            output = proc.communicate(timeout=5)[0].decode(errors="replace")
+            raise AssertionError(f"controlplane serve did not start: {exc}\n{output}") from exc
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -202,9 +207,9 @@ def test_alert_rules_are_complete() -> None:
     failures = by_name["ControlplaneAuditAppendFailures"]
     assert "controlplane_audit_append_failures_total" in failures["expr"]
     assert failures["labels"]["severity"] == "critical"
-    assert "controlplane_convergence_seconds_bucket" in by_name["ControlplaneSlowConvergence"][
-        "expr"
-    ]
+    assert (
+        "controlplane_convergence_seconds_bucket" in by_name["ControlplaneSlowConvergence"]["expr"]
+    )
     assert "controlplane_rejects_total" in by_name["ControlplaneHighRejectRate"]["expr"]
 
 

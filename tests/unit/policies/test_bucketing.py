@@ -79,6 +79,15 @@ def test_last_variant_when_bucket_is_past_every_boundary() -> None:
     assert pick_variant([10, 20, 30], 0.99) == 2
 
 
+@pytest.mark.parametrize(
+    ("point", "index"),
+    [(0.0, 0), (0.2499999, 0), (0.25, 1), (0.5, 1), (0.75, 2), (0.9999999, 2)],
+)
+def test_pick_variant_boundaries_belong_to_the_next_variant(point: float, index: int) -> None:
+    """LaunchDarkly compares ``bucket < cumulative / 100000``: a boundary opens the next arm."""
+    assert pick_variant([25_000, 50_000, 25_000], point) == index
+
+
 def test_pick_variant_needs_weights() -> None:
     with pytest.raises(ValueError, match="at least one weight"):
         pick_variant([], 0.5)
@@ -86,7 +95,14 @@ def test_pick_variant_needs_weights() -> None:
 
 @pytest.mark.parametrize(
     ("percent", "units"),
-    [(0, 0), (25, 25_000), (Decimal("12.345"), 12_345), (0.001, 1), ("99.999", 99_999), (100, 100_000)],
+    [
+        (0, 0),
+        (25, 25_000),
+        (Decimal("12.345"), 12_345),
+        (0.001, 1),
+        ("99.999", 99_999),
+        (100, 100_000),
+    ],
 )
 def test_percent_to_units(percent: Decimal | float | int | str, units: int) -> None:
     assert percent_to_units(percent) == units  # type: ignore[arg-type]
@@ -136,7 +152,7 @@ def test_raising_rollout_percent_never_removes_a_session(
 def _weights(n: int) -> st.SearchStrategy[list[int]]:
     """``n`` weights in LD units summing to exactly 100 %."""
     cuts = st.lists(st.integers(0, WEIGHT_SCALE), min_size=n - 1, max_size=n - 1).map(sorted)
-    return cuts.map(lambda c: [b - a for a, b in zip([0, *c], [*c, WEIGHT_SCALE])])
+    return cuts.map(lambda c: [b - a for a, b in zip([0, *c], [*c, WEIGHT_SCALE], strict=True)])
 
 
 weight_pairs = st.integers(2, 6).flatmap(lambda n: st.tuples(_weights(n), _weights(n)))
@@ -150,7 +166,8 @@ def test_variants_before_the_first_changed_weight_never_move(
 ) -> None:
     """E.g. shrinking only variant k (growing the last): sessions in variants < k stay put."""
     old, new = pair
-    first_changed = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), len(old))
+    changed = [i for i, (a, b) in enumerate(zip(old, new, strict=True)) if a != b]
+    first_changed = changed[0] if changed else len(old)
     before = pick_variant(old, point)
     if before < first_changed:
         assert pick_variant(new, point) == before

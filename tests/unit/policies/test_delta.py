@@ -15,9 +15,7 @@ VALUES: dict[str, st.SearchStrategy[Any]] = {
     "prompt": text,
     "system_prompt": text,
     "agent_context": text,
-    "keyterms": st.lists(st.text(min_size=1, max_size=10).filter(str.strip), max_size=4).map(
-        tuple
-    ),
+    "keyterms": st.lists(st.text(min_size=1, max_size=10).filter(str.strip), max_size=4).map(tuple),
     "min_turn_silence_ms": st.integers(50, 10_000),
     "max_turn_silence_ms": st.integers(50, 10_000),
     "vad_threshold": st.floats(0.0, 1.0),

@@ -40,7 +40,8 @@ def _doc(**changes: Any) -> dict[str, Any]:
 
 def _experiment(*weights: Any, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     names = names or tuple(f"v{i}" for i in range(len(weights)))
-    return {"key": "exp", "variants": [{"name": n, "weight": w} for n, w in zip(names, weights)]}
+    variants = [{"name": n, "weight": w} for n, w in zip(names, weights, strict=True)]
+    return {"key": "exp", "variants": variants}
 
 
 def _violations(doc: Any) -> list[Violation]:
@@ -52,8 +53,13 @@ def _violations(doc: Any) -> list[Violation]:
 # (case id, document, expected field, expected rule, expected limit)
 INVALID: list[tuple[str, Any, str, str, Any]] = [
     ("unknown top-level field", _doc(prio=1), "prio", "unknown_field", None),
-    ("unknown nested field", _doc(rollout={"percent": 5, "pct": 5}), "rollout.pct",
-     "unknown_field", None),
+    (
+        "unknown nested field",
+        _doc(rollout={"percent": 5, "pct": 5}),
+        "rollout.pct",
+        "unknown_field",
+        None,
+    ),
     ("id missing", {"version": 1}, "id", "required", None),
     ("id uppercase", _doc(id="EU"), "id", "pattern", "^[a-z0-9][a-z0-9-]*$"),
     ("id leading hyphen", _doc(id="-eu"), "id", "pattern", "^[a-z0-9][a-z0-9-]*$"),
@@ -65,73 +71,194 @@ INVALID: list[tuple[str, Any, str, str, Any]] = [
     ("priority too high", _doc(priority=1_000_001), "priority", "max", 1_000_000),
     ("priority too low", _doc(priority=-1_000_001), "priority", "min", -1_000_000),
     ("priority float", _doc(priority=1.5), "priority", "type", None),
-    ("weights sum 90", _doc(experiment=_experiment(50, 40)), "experiment.variants",
-     "weights_sum", 100),
-    ("weights sum 100.001", _doc(experiment=_experiment("50.001", 50)), "experiment.variants",
-     "weights_sum", 100),
-    ("weight over 100", _doc(experiment=_experiment(50, 150)), "experiment.variants[1].weight",
-     "max", 100),
-    ("weight negative", _doc(experiment=_experiment(-10, 110)), "experiment.variants[0].weight",
-     "min", 0),
-    ("weight 4 decimals", _doc(experiment=_experiment("49.9995", "50.0005")),
-     "experiment.variants[0].weight", "max_decimals", 3),
-    ("variant names repeat", _doc(experiment=_experiment(50, 50, names=("a", "a"))),
-     "experiment.variants", "unique", None),
-    ("no variants", _doc(experiment={"key": "exp", "variants": []}), "experiment.variants",
-     "min_items", 1),
-    ("experiment key pattern", _doc(experiment={**_experiment(100), "key": "Up Sell"}),
-     "experiment.key", "pattern", "^[a-z0-9][a-z0-9-]*$"),
-    ("rollout percent 4 decimals", _doc(rollout={"percent": 12.3456}), "rollout.percent",
-     "max_decimals", 3),
+    (
+        "weights sum 90",
+        _doc(experiment=_experiment(50, 40)),
+        "experiment.variants",
+        "weights_sum",
+        100,
+    ),
+    (
+        "weights sum 100.001",
+        _doc(experiment=_experiment("50.001", 50)),
+        "experiment.variants",
+        "weights_sum",
+        100,
+    ),
+    (
+        "weight over 100",
+        _doc(experiment=_experiment(50, 150)),
+        "experiment.variants[1].weight",
+        "max",
+        100,
+    ),
+    (
+        "weight negative",
+        _doc(experiment=_experiment(-10, 110)),
+        "experiment.variants[0].weight",
+        "min",
+        0,
+    ),
+    (
+        "weight 4 decimals",
+        _doc(experiment=_experiment("49.9995", "50.0005")),
+        "experiment.variants[0].weight",
+        "max_decimals",
+        3,
+    ),
+    (
+        "variant names repeat",
+        _doc(experiment=_experiment(50, 50, names=("a", "a"))),
+        "experiment.variants",
+        "unique",
+        None,
+    ),
+    (
+        "no variants",
+        _doc(experiment={"key": "exp", "variants": []}),
+        "experiment.variants",
+        "min_items",
+        1,
+    ),
+    (
+        "experiment key pattern",
+        _doc(experiment={**_experiment(100), "key": "Up Sell"}),
+        "experiment.key",
+        "pattern",
+        "^[a-z0-9][a-z0-9-]*$",
+    ),
+    (
+        "rollout percent 4 decimals",
+        _doc(rollout={"percent": 12.3456}),
+        "rollout.percent",
+        "max_decimals",
+        3,
+    ),
     ("rollout percent over 100", _doc(rollout={"percent": 100.5}), "rollout.percent", "max", 100),
     ("rollout percent missing", _doc(rollout={}), "rollout.percent", "required", None),
     ("rollout percent text", _doc(rollout={"percent": "lots"}), "rollout.percent", "type", None),
     ("prompt 1751 chars", _doc(set={"prompt": "x" * 1751}), "set.prompt", "max_chars", 1750),
-    ("101 keyterms", _doc(set={"keyterms": [f"t{i}" for i in range(101)]}), "set.keyterms",
-     "max_items", 100),
-    ("keyterm 51 chars", _doc(set={"keyterms": ["a", "b", "c", "k" * 51]}), "set.keyterms[3]",
-     "max_item_chars", 50),
+    (
+        "101 keyterms",
+        _doc(set={"keyterms": [f"t{i}" for i in range(101)]}),
+        "set.keyterms",
+        "max_items",
+        100,
+    ),
+    (
+        "keyterm 51 chars",
+        _doc(set={"keyterms": ["a", "b", "c", "k" * 51]}),
+        "set.keyterms[3]",
+        "max_item_chars",
+        50,
+    ),
     ("keyterms not a list", _doc(set={"keyterms": "acme"}), "set.keyterms", "type", None),
     ("keyterm not a string", _doc(set={"keyterms": ["a", 7]}), "set.keyterms[1]", "type", None),
-    ("silence as text", _doc(set={"max_turn_silence_ms": "2s"}), "set.max_turn_silence_ms",
-     "type", None),
-    ("silence over max", _doc(set={"max_turn_silence_ms": 10_001}), "set.max_turn_silence_ms",
-     "max", 10_000),
+    (
+        "silence as text",
+        _doc(set={"max_turn_silence_ms": "2s"}),
+        "set.max_turn_silence_ms",
+        "type",
+        None,
+    ),
+    (
+        "silence over max",
+        _doc(set={"max_turn_silence_ms": 10_001}),
+        "set.max_turn_silence_ms",
+        "max",
+        10_000,
+    ),
     ("vad threshold bool", _doc(set={"vad_threshold": True}), "set.vad_threshold", "type", None),
     ("unknown set field", _doc(set={"temperature": 1}), "set.temperature", "unknown_field", None),
     ("set not a mapping", _doc(set=["prompt"]), "set", "type", None),
-    ("min above max silence", _doc(set={"min_turn_silence_ms": 900, "max_turn_silence_ms": 800}),
-     "set.min_turn_silence_ms", "min_le_max", 800),
-    ("variant set over limit",
-     _doc(experiment={"key": "e", "variants": [{"name": "a", "weight": 100,
-                                                 "set": {"agent_context": "x" * 1751}}]}),
-     "experiment.variants[0].set.agent_context", "max_chars", 1750),
-    ("variant min above policy max",
-     _doc(set={"max_turn_silence_ms": 500},
-          experiment={"key": "e", "variants": [{"name": "a", "weight": 100,
-                                                "set": {"min_turn_silence_ms": 600}}]}),
-     "experiment.variants[0].set.min_turn_silence_ms", "min_le_max", 500),
+    (
+        "min above max silence",
+        _doc(set={"min_turn_silence_ms": 900, "max_turn_silence_ms": 800}),
+        "set.min_turn_silence_ms",
+        "min_le_max",
+        800,
+    ),
+    (
+        "variant set over limit",
+        _doc(
+            experiment={
+                "key": "e",
+                "variants": [{"name": "a", "weight": 100, "set": {"agent_context": "x" * 1751}}],
+            }
+        ),
+        "experiment.variants[0].set.agent_context",
+        "max_chars",
+        1750,
+    ),
+    (
+        "variant min above policy max",
+        _doc(
+            set={"max_turn_silence_ms": 500},
+            experiment={
+                "key": "e",
+                "variants": [{"name": "a", "weight": 100, "set": {"min_turn_silence_ms": 600}}],
+            },
+        ),
+        "experiment.variants[0].set.min_turn_silence_ms",
+        "min_le_max",
+        500,
+    ),
     ("unknown lock field", _doc(lock=["prompt", "promt"]), "lock[1]", "unknown_field", None),
     ("lock not a list", _doc(lock="prompt"), "lock", "type", None),
     ("apply unknown", _doc(apply="later"), "apply", "enum", ["immediate", "next_turn"]),
     ("deadline zero", _doc(apply_deadline_s=0), "apply_deadline_s", "min", 0),
     ("deadline over 300", _doc(apply_deadline_s=301), "apply_deadline_s", "max", 300),
-    ("kind unknown", _doc(match={"kind": "streaming-v2"}), "match.kind[0]", "enum",
-     ["streaming-v3", "voice-agent-v1"]),
+    (
+        "kind unknown",
+        _doc(match={"kind": "streaming-v2"}),
+        "match.kind[0]",
+        "enum",
+        ["streaming-v3", "voice-agent-v1"],
+    ),
     ("match kind empty list", _doc(match={"kind": []}), "match.kind", "min_items", 1),
-    ("label value number", _doc(match={"labels": {"tenant": 42}}), "match.labels.tenant[0]",
-     "type", None),
-    ("label value empty list", _doc(match={"labels": {"tenant": []}}), "match.labels.tenant",
-     "min_items", 1),
-    ("label name with space", _doc(match={"labels": {"a b": "x"}}), "match.labels.a b",
-     "pattern", None),
-    ("labels_not unknown shape", _doc(match={"labels_not": "eu"}), "match.labels_not", "type",
-     None),
-    ("required and absent label", _doc(match={"labels": {"r": "x"}, "labels_absent": ["r"]}),
-     "match", "conflict", None),
+    (
+        "label value number",
+        _doc(match={"labels": {"tenant": 42}}),
+        "match.labels.tenant[0]",
+        "type",
+        None,
+    ),
+    (
+        "label value empty list",
+        _doc(match={"labels": {"tenant": []}}),
+        "match.labels.tenant",
+        "min_items",
+        1,
+    ),
+    (
+        "label name with space",
+        _doc(match={"labels": {"a b": "x"}}),
+        "match.labels.a b",
+        "pattern",
+        None,
+    ),
+    (
+        "labels_not unknown shape",
+        _doc(match={"labels_not": "eu"}),
+        "match.labels_not",
+        "type",
+        None,
+    ),
+    (
+        "required and absent label",
+        _doc(match={"labels": {"r": "x"}, "labels_absent": ["r"]}),
+        "match",
+        "conflict",
+        None,
+    ),
     ("match not a mapping", _doc(match="everything"), "match", "type", None),
-    ("bucket_by bad label", _doc(experiment={**_experiment(100), "bucket_by": "caller id"}),
-     "experiment.bucket_by", "pattern", None),
+    (
+        "bucket_by bad label",
+        _doc(experiment={**_experiment(100), "bucket_by": "caller id"}),
+        "experiment.bucket_by",
+        "pattern",
+        None,
+    ),
     ("description too long", _doc(description="d" * 2001), "description", "max_length", 2000),
 ]
 
@@ -168,6 +295,11 @@ def test_messages_read_as_sentences() -> None:
     assert "allowed: id, version, priority" in unknown.message
     (pattern,) = _violations(_doc(id="EU"))
     assert "lowercase letters" in pattern.message
+
+
+def test_an_invalid_only_item_is_reported_once() -> None:
+    found = _violations(_doc(match={"kind": "streaming-v2"}))
+    assert [(v.field, v.rule) for v in found] == [("match.kind[0]", "enum")]
 
 
 def test_every_violation_is_reported_at_once() -> None:
@@ -313,6 +445,7 @@ def test_policy_is_frozen() -> None:
 
 def test_with_version() -> None:
     policy = parse_policy({"id": "p", "experiment": _experiment(50, 50)})
+    assert {ref.version for ref in policy.plan.refs} == {0}  # computed, then cached
     v7 = policy.with_version(7)
     assert v7.version == 7 and policy.version is None
     assert {ref.version for ref in v7.plan.refs} == {7}
