@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import MultiMapping
 
 from controlplane.errors import BadRequest, PayloadTooLarge
+from policies.errors import PolicyValidationError, Violation
 
 __all__ = [
     "KINDS",
@@ -187,14 +188,15 @@ def parse_yaml(raw: bytes) -> Any:
 
 
 def parse_document(raw: bytes, content_type: str) -> dict[str, Any]:
-    """A policy document from JSON or (by content type) YAML; must be an object."""
-    is_yaml = content_type in YAML_TYPES
-    value = parse_yaml(raw) if is_yaml else parse_json(raw)
+    """A policy document from JSON or (by content type) YAML.
+
+    Text that does not parse is 400 (``bad_json``/``bad_yaml``); parsed text that is not a
+    mapping is an invalid policy (422, like ``policies.model.parse_policy`` answers it).
+    """
+    value = parse_yaml(raw) if content_type in YAML_TYPES else parse_json(raw)
     if not isinstance(value, dict):
-        what = "a YAML mapping" if is_yaml else "a JSON object"
-        raise BadRequest(
-            f"request body must be {what} (the policy document), got {tname(value)}",
-            code="bad_yaml" if is_yaml else "bad_json",
+        raise PolicyValidationError(
+            [Violation("<document>", "type", f"a policy must be a mapping, got {tname(value)}")]
         )
     return value
 

@@ -124,23 +124,15 @@ async def test_update_replaces_the_record(backend: Backend) -> None:
 async def test_update_cannot_end_or_resurrect(backend: Backend) -> None:
     reg = backend.registry
     await reg.register(session("s1"))
+    ending = session("s1")
+    ending.state = SessionState.ENDED
     with pytest.raises(ValueError, match="end"):
-        await reg.update(session("s1") | _ended())
+        await reg.update(ending)
     await reg.end("s1", cause="client_closed", at=2000.0)
     stale = session("s1")
     with pytest.raises(UnknownSession):
         await reg.update(stale)
     assert (await reg.get("s1")).state is SessionState.ENDED
-
-
-def _ended() -> _EndedMarker:
-    return _EndedMarker()
-
-
-class _EndedMarker:
-    def __ror__(self, s: Session) -> Session:
-        s.state = SessionState.ENDED
-        return s
 
 
 async def test_update_many_in_one_batch_reports_skipped_ids(backend: Backend) -> None:
@@ -246,6 +238,8 @@ async def test_dead_node_sessions_end_as_node_lost(backend: Backend) -> None:
     await reg.register(session("a1", node="node-a"))
     await reg.register(session("a2", node="node-a"))
     await reg.register(session("b1", node="node-b"))
+    await reg.register(session("moved", node="node-a"))
+    await reg.register(session("moved", node="node-b"))  # re-registered: node-b owns it now
     await reg.heartbeat("node-c")
     assert await reg.expire_dead_nodes() == []  # everyone is within the TTL
 
@@ -260,6 +254,7 @@ async def test_dead_node_sessions_end_as_node_lost(backend: Backend) -> None:
     assert await reg.owner("a1") is None
     assert (await reg.get("b1")).state is SessionState.UNVERIFIED
     assert await reg.owner("b1") == "node-b"
+    assert (await reg.get("moved")).state is SessionState.UNVERIFIED
     assert await reg.expire_dead_nodes() == []  # nothing left to expire
 
 

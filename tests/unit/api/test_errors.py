@@ -62,14 +62,25 @@ async def test_malformed_json_is_400_bad_json(
 
 
 @pytest.mark.parametrize(
-    ("body", "fragment"),
-    [("[1, 2]", "must be a JSON object"), ('"x"', "got string"), ("null", "got null")],
+    ("body", "content_type", "got"),
+    [
+        ("[1, 2]", "application/json", "array"),
+        ('"x"', "application/json", "string"),
+        ("null", "application/json", "null"),
+        ("- a\n- b\n", "application/yaml", "array"),
+        ("just text\n", "text/yaml", "string"),
+    ],
 )
-async def test_policy_body_must_be_an_object(client: Client, body: str, fragment: str) -> None:
-    headers = {**ADMIN, "Content-Type": "application/json"}
+async def test_policy_body_that_is_not_a_mapping_is_an_invalid_policy(
+    client: Client, fake: FakeControlPlane, body: str, content_type: str, got: str
+) -> None:
+    headers = {**ADMIN, "Content-Type": content_type}
     resp = await client.post("/v1/policies", data=body, headers=headers)
-    error = await error_of(resp, 400, "bad_json")
-    assert fragment in error["message"]
+    error = await error_of(resp, 422, "invalid_policy")
+    assert error["details"]["violations"] == [
+        {"field": "<document>", "rule": "type", "message": f"a policy must be a mapping, got {got}"}
+    ]
+    assert fake.calls == []
 
 
 async def test_yaml_policy_is_accepted(client: Client, fake: FakeControlPlane) -> None:
@@ -92,7 +103,6 @@ async def test_yaml_policy_is_accepted(client: Client, fake: FakeControlPlane) -
         ("a: &x [1]\nb: *x\n", "aliases"),
         ("id: a\nid: b\n", "duplicate key"),
         ("1: a\n", "must be a string"),
-        ("- a\n- b\n", "must be a YAML mapping"),
         ("id: a\n---\nid: b\n", "not valid YAML"),
         ("id: !!python/object:os.system x\n", "not valid YAML"),
         ("[" * 5000, "nested too deeply"),

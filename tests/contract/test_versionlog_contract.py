@@ -1,0 +1,421 @@
+"""One version log contract, run against memory, JSONL files and a real redis-server.
+
+Tampering goes through each backend's own storage (the memory rows, the JSONL lines, the
+Redis list), never through the log's API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from policies.provenance import PolicyRef
+from sessions.clock import FakeClock
+from sessions.errors import BackendUnavailable, VersionLogError
+from sessions.redis_versionlog import RedisVersionLog
+from sessions.versionlog import (
+    BufferedVersionLog,
+    FileVersionLog,
+    LogEntry,
+    MemoryVersionLog,
+)
+from tests.support.servers import redis_server
+
+GENESIS = "0" * 64
+CONFIG = {"prompt": "Always disclose.", "keyterms": ("acme", "gdpr"), "vad_threshold": 0.5}
+
+
+class Storage:
+    """Direct access to what a backend stored: rows in order, and ways to tamper with them."""
+
+    async def rows(self, sid: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    async def replace(self, sid: str, rows: list[dict[str, Any]]) -> None:
+        raise NotImplementedError
+
+
+class MemoryStorage(Storage):
+    def __init__(self, log: MemoryVersionLog) -> None:
+        self.log = log
+
+    async def rows(self, sid: str) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.log.storage.get(sid, [])]
+
+    async def replace(self, sid: str, rows: list[dict[str, Any]]) -> None:
+        self.log.storage[sid][:] = rows  # the very list the log reads
+
+
+class FileStorage(Storage):
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("versionlog-*.jsonl"))
+
+    async def rows(self, sid: str) -> list[dict[str, Any]]:
+        out = []
+        for path in self.files():
+            for line in path.read_bytes().splitlines():
+                row = json.loads(line)
+                if row["session_id"] == sid:
+                    out.append(row)
+        return out
+
+    async def replace(self, sid: str, rows: list[dict[str, Any]]) -> None:
+        (path,) = self.files()  # one UTC day in these tests
+        lines = path.read_bytes().splitlines(keepends=True)
+        positions = [i for i, line in enumerate(lines) if json.loads(line)["session_id"] == sid]
+        others = [line for i, line in enumerate(lines) if i not in positions]
+        mine = [json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in rows]
+        at = positions[0] if positions else len(others)
+        path.write_bytes(b"".join(others[:at] + mine + others[at:]))
+
+
+class RedisStorage(Storage):
+    """Tampers with LSET / LREM / LINSERT so the list is edited in place, as an intruder would."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, sid: str) -> str:
+        return f"{self.prefix}log:{sid}"
+
+    async def rows(self, sid: str) -> list[dict[str, Any]]:
+        return [json.loads(raw) for raw in await self.client.lrange(self.key(sid), 0, -1)]
+
+    async def replace(self, sid: str, rows: list[dict[str, Any]]) -> None:
+        key = self.key(sid)
+        old = await self.client.lrange(key, 0, -1)
+        new = [json.dumps(r, separators=(",", ":")).encode() for r in rows]
+        if len(new) == len(old):
+            for i, (a, b) in enumerate(zip(old, new, strict=True)):
+                if a != b:
+                    await self.client.lset(key, i, b)
+        elif len(new) == len(old) - 1:
+            (gone,) = [raw for raw in old if raw not in new]
+            assert await self.client.lrem(key, 1, gone) == 1
+        elif len(new) == len(old) + 1:
+            i = next(i for i, raw in enumerate(new) if i >= len(old) or raw != old[i])
+            assert i < len(old), "only inserts before an existing entry are supported"
+            assert await self.client.linsert(key, "BEFORE", old[i], new[i]) > 0
+        else:
+            raise AssertionError("one change at a time")
+
+
+@dataclass
+class Backend:
+    name: str
+    log: BufferedVersionLog
+    clock: FakeClock
+    storage: Storage
+    reopen: Callable[[], Awaitable[BufferedVersionLog]]  # a new instance on the same storage
+
+
+@pytest.fixture(params=["memory", "file", "redis"])
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    clock = FakeClock()
+    opened: list[BufferedVersionLog] = []
+    client: aioredis.Redis | None = None
+
+    async def start(log: BufferedVersionLog) -> BufferedVersionLog:
+        opened.append(log)
+        await log.start()
+        return log
+
+    if request.param == "memory":
+        memory = MemoryVersionLog(clock)
+
+        async def reopen_memory() -> BufferedVersionLog:
+            pytest.skip("memory storage does not outlive its log")
+
+        backend = Backend("memory", await start(memory), clock, MemoryStorage(memory), reopen_memory)
+    elif request.param == "file":
+        directory = tmp_path / "audit"
+
+        async def reopen_file() -> BufferedVersionLog:
+            return await start(FileVersionLog(directory, clock, fsync=False))
+
+        backend = Backend("file", await reopen_file(), clock, FileStorage(directory), reopen_file)
+    else:
+        url: str = request.getfixturevalue("redis_url")
+        prefix = f"t{uuid.uuid4().hex[:10]}:"
+        client = aioredis.from_url(url)
+
+        async def reopen_redis() -> BufferedVersionLog:
+            return await start(RedisVersionLog(url, clock, prefix=prefix))
+
+        storage = RedisStorage(client, prefix)
+        backend = Backend("redis", await reopen_redis(), clock, storage, reopen_redis)
+    try:
+        yield backend
+    finally:
+        for log in opened:
+            await log.close()
+        if client is not None:
+            await client.aclose()
+
+
+def append(log: BufferedVersionLog, sid: str, version: int, **overrides: Any) -> LogEntry:
+    fields: dict[str, Any] = {
+        "version": version,
+        "cause": "policy",
+        "policies": [PolicyRef("eu-disclosure", version, None), {"id": "ab", "version": 1}],
+        "delta": {"prompt": f"v{version}", "vad_threshold": None, "keyterms": ("a", "b")},
+        "wire": {"type": "UpdateConfiguration", "prompt": f"v{version}"},
+        "status": "sent",
+        "error": None,
+        "config": CONFIG,
+    }
+    fields.update(overrides)
+    return log.append(sid, **fields)
+
+
+def expected_hash(row: dict[str, Any]) -> str:
+    """The DESIGN §4 formula, computed independently of the code under test."""
+    body = {k: v for k, v in row.items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256((row["prev_hash"] + canonical).encode()).hexdigest()
+
+
+async def test_append_flush_entries_round_trip(backend: Backend) -> None:
+    log = backend.log
+    appended = [append(log, "s1", v) for v in (1, 2)]
+    appended.append(
+        append(log, "s1", 2, cause="client", status="rejected", error="bad", delta=None, wire=None)
+    )
+    assert log.pending == 3
+    await log.flush()
+    assert log.pending == 0
+    assert await log.entries("s1") == appended
+    first = appended[0]
+    assert first.policies == (
+        {"id": "eu-disclosure", "version": 1, "variant": None},
+        {"id": "ab", "version": 1, "variant": None},
+    )
+    assert first.delta == {"prompt": "v1", "vad_threshold": None, "keyterms": ["a", "b"]}
+    assert first.at == backend.clock.now()
+    config_json = json.dumps(CONFIG, sort_keys=True, separators=(",", ":")).encode()
+    assert first.config_hash == hashlib.sha256(config_json).hexdigest()
+    assert await log.entries("never-seen") == []
+
+
+async def test_chains_are_per_session_and_interleave(backend: Backend) -> None:
+    log = backend.log
+    for v in range(1, 4):
+        append(log, "a", v)
+        backend.clock.advance(0.5)
+        append(log, "b", v)
+        if v == 2:
+            await log.flush()  # chains span flushes
+    await log.flush()
+    for sid in ("a", "b"):
+        rows = await backend.storage.rows(sid)
+        assert [r["seq"] for r in rows] == [1, 2, 3]
+        assert rows[0]["prev_hash"] == GENESIS
+        for prev, row in zip([None, *rows], rows, strict=False):
+            if prev is not None:
+                assert row["prev_hash"] == prev["hash"]
+            assert row["hash"] == expected_hash(row)
+            assert row["session_id"] == sid
+    assert await log.session_ids() == ["a", "b"]
+    reports = await log.verify()
+    assert [(r.session_id, r.ok, r.count) for r in reports] == [("a", True, 3), ("b", True, 3)]
+    (single,) = await log.verify("b")
+    assert single.ok and single.first_bad_seq is None and single.problem is None
+
+
+def rehash(row: dict[str, Any]) -> dict[str, Any]:
+    row["hash"] = expected_hash(row)
+    return row
+
+
+def forge_twin(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert a forged, correctly hashed entry claiming seq 3 right before the real seq 3."""
+    forged = rehash({**rows[2], "status": "acked", "wire": {"type": "Forged"}})
+    return [*rows[:2], forged, *rows[2:]]
+
+
+TAMPERING: dict[str, tuple[Callable[[list[dict[str, Any]]], list[dict[str, Any]]], str, int]] = {
+    "edit": (lambda r: [*r[:2], {**r[2], "status": "acked"}, *r[3:]], "edited", 3),
+    "edit-and-rehash": (
+        lambda r: [*r[:2], rehash({**r[2], "error": "hidden"}), *r[3:]],
+        "edited",
+        3,
+    ),
+    "delete": (lambda r: [*r[:2], *r[3:]], "deleted", 3),
+    "delete-first": (lambda r: r[1:], "deleted", 1),
+    "delete-last": (lambda r: r[:-1], "truncated", 5),
+    "insert": (forge_twin, "inserted", 3),
+    "insert-copy": (lambda r: [*r[:3], dict(r[1]), *r[3:]], "inserted", 2),
+    "reorder": (lambda r: [*r[:2], r[3], r[2], r[4]], "reordered", 3),
+}
+
+
+@pytest.mark.parametrize("tampering", list(TAMPERING))
+async def test_tampering_is_detected_and_located(backend: Backend, tampering: str) -> None:
+    change, kind, first_bad = TAMPERING[tampering]
+    log = backend.log
+    for v in range(1, 6):
+        append(log, "victim", v)
+        append(log, "bystander", v)
+    await log.flush()
+    assert all(r.ok for r in await log.verify())
+    await backend.storage.replace("victim", change(await backend.storage.rows("victim")))
+
+    (report,) = await log.verify("victim")
+    assert not report.ok
+    assert (report.kind, report.first_bad_seq) == (kind, first_bad), report.problem
+    assert report.problem is not None and report.problem.startswith(f"{kind}: ")
+    everyone = {r.session_id: r for r in await log.verify()}
+    assert everyone["victim"] == report
+    assert everyone["bystander"].ok
+
+
+async def test_appends_are_validated(backend: Backend) -> None:
+    with pytest.raises(ValueError, match="cause"):
+        append(backend.log, "s1", 1, cause="whim")
+    with pytest.raises(ValueError, match="status"):
+        append(backend.log, "s1", 1, status="applied")
+    assert backend.log.pending == 0
+
+
+async def test_background_flusher_makes_appends_durable(backend: Backend) -> None:
+    append(backend.log, "s1", 1)
+    for _ in range(100):
+        if await backend.storage.rows("s1"):
+            break
+        await asyncio.sleep(0.01)
+    assert [r["seq"] for r in await backend.storage.rows("s1")] == [1]
+
+
+async def test_chain_continues_in_a_new_instance(backend: Backend) -> None:
+    for v in (1, 2, 3):
+        append(backend.log, "s1", v)
+    await backend.log.close()
+    again = await backend.reopen()
+    entry = append(again, "s1", 4)
+    await again.flush()
+    stored = await again.entries("s1")
+    assert [e.seq for e in stored] == [1, 2, 3, 4]
+    assert stored[3].prev_hash == stored[2].hash
+    if backend.name != "redis":  # redis re-chains lazily at flush unless prepared (below)
+        assert stored[3] == entry
+    (report,) = await again.verify("s1")
+    assert report.ok, report.problem
+
+
+async def test_redis_prepare_loads_tails_before_append(redis_url: str) -> None:
+    clock = FakeClock()
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    first = RedisVersionLog(redis_url, clock, prefix=prefix, flush_interval_s=None)
+    append(first, "s1", 1)
+    append(first, "s1", 2)
+    await first.close()
+    second = RedisVersionLog(redis_url, clock, prefix=prefix, flush_interval_s=None)
+    try:
+        await second.prepare(["s1", "brand-new"])
+        entry = append(second, "s1", 3)
+        assert entry.seq == 3
+        assert append(second, "brand-new", 1).seq == 1
+        assert (await second.entries("s1"))[-1] == entry
+    finally:
+        await second.close()
+
+
+async def test_redis_flush_failure_keeps_entries_for_retry() -> None:
+    clock = FakeClock()
+    with redis_server() as server:
+        log = RedisVersionLog(server.url, clock, flush_interval_s=None)
+        try:
+            kept = [append(log, "s1", v) for v in (1, 2)]
+            server.stop()
+            with pytest.raises(BackendUnavailable):
+                await log.flush()
+            assert log.pending == 2
+            appended_later = append(log, "s1", 3)
+            server.start()
+            await log.flush()
+            assert await log.entries("s1") == [*kept, appended_later]
+            assert (await log.verify("s1"))[0].ok
+        finally:
+            await log.close()
+
+
+async def test_file_flush_failure_keeps_entries_for_retry(tmp_path: Path) -> None:
+    directory = tmp_path / "audit"
+    log = FileVersionLog(directory, FakeClock(), fsync=True, flush_interval_s=None)
+    await log.start()
+    try:
+        kept = [append(log, "s1", v) for v in (1, 2)]
+        directory.rmdir()
+        directory.write_text("not a directory")  # the disk "fails"
+        with pytest.raises(BackendUnavailable):
+            await log.flush()
+        assert log.pending == 2
+        directory.unlink()
+        directory.mkdir()
+        await log.flush()
+        assert await log.entries("s1") == kept
+    finally:
+        await log.close()
+
+
+async def test_file_append_requires_start(tmp_path: Path) -> None:
+    log = FileVersionLog(tmp_path, FakeClock())
+    with pytest.raises(VersionLogError, match="start"):
+        append(log, "s1", 1)
+
+
+async def test_file_torn_last_line_is_cut_reported_and_the_chain_continues(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    log = FileVersionLog(tmp_path, clock, fsync=False, flush_interval_s=None)
+    await log.start()
+    for v in (1, 2):
+        append(log, "s1", v)
+    await log.close()
+    (path,) = sorted(tmp_path.glob("versionlog-*.jsonl"))
+    whole = path.read_bytes()
+    torn = b'{"at":1790000000.0,"cause":"policy","config_ha'
+    path.write_bytes(whole + torn)  # a crash in the middle of the next write
+
+    reader = FileVersionLog(tmp_path, clock, fsync=False, flush_interval_s=None)
+    assert [e.seq for e in await reader.entries("s1")] == [1, 2]  # reading alone tolerates it
+
+    again = FileVersionLog(tmp_path, clock, fsync=False, flush_interval_s=None)
+    await again.start()
+    try:
+        assert len(again.problems) == 1 and "torn last line" in again.problems[0]
+        assert path.read_bytes() == whole
+        assert path.with_name(path.name + ".torn").read_bytes() == torn + b"\n"
+        assert append(again, "s1", 3).seq == 3
+        await again.flush()
+        assert [e.seq for e in await again.entries("s1")] == [1, 2, 3]
+        assert all(r.ok for r in await again.verify())
+    finally:
+        await again.close()
+
+
+async def test_file_layout_is_one_canonical_line_per_entry(tmp_path: Path) -> None:
+    log = FileVersionLog(tmp_path, FakeClock(), fsync=False, flush_interval_s=None)
+    await log.start()
+    entry = append(log, "s1", 1)
+    await log.close()
+    (path,) = sorted(tmp_path.glob("versionlog-*.jsonl"))
+    assert path.name == "versionlog-2026-09-21.jsonl"  # FakeClock's UTC day
+    (line,) = path.read_bytes().splitlines()
+    body = {k: v for k, v in entry.to_dict().items() if k != "hash"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert line == f'{canonical[:-1]},"hash":"{entry.hash}"}}'.encode()
