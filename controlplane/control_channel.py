@@ -35,7 +35,7 @@ from controlplane.push.engine import LiveSession
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
 from policies.errors import PolicyValidationError
-from policies.fields import Config, check_value
+from policies.fields import Config, Delta, check_value
 from sessions.dialects.base import dialect_for
 from sessions.model import SESSION_KINDS
 
@@ -180,7 +180,8 @@ class ControlChannel:
     async def _client_update(self, ws: web.WebSocketResponse, ls: LiveSession, raw: Any) -> None:
         if not isinstance(raw, dict):
             raise ProtocolError("bad_config", "update.config must be an object")
-        delta, rejected = {}, {}
+        delta: Delta = {}
+        rejected: dict[str, str] = {}
         for name, value in raw.items():
             if name in ls.locks:
                 ref = ls.locks[name]

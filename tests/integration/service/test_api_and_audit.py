@@ -91,7 +91,7 @@ async def test_audit_verify_passes_after_a_run_and_fails_after_an_edited_line(
     code = await asyncio.to_thread(cli.main, ["audit", "verify", "--data-dir", data_dir, sid])
     assert code == 0
     server = await asyncio.to_thread(
-        cli.main, ["--url", cp.base, "--token", ADMIN, "audit", "verify", sid]
+        cli.main, ["audit", "verify", "--url", cp.base, "--token", ADMIN, sid]
     )
     assert server == 0
 

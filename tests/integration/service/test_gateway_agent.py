@@ -47,7 +47,7 @@ async def test_agent_push_is_acked_and_a_rejected_version_is_not_repushed(
         assert session["versions"]["acked"] == 2
         assert session["state"] == "synced"
 
-        await emulator.faults(upstream_id, {"reject_next_update": "invalid_config"})
+        await emulator.faults(upstream_id, {"reject_next_update": {"code": "invalid_config"}})
         await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
                           "set": {"system_prompt": "Be brief."}})  # fmt: skip
 

@@ -23,7 +23,8 @@ CONNECT = "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro"
 
 
 def run_cli(cp: ControlPlaneUnderTest, *args: str) -> int:
-    return cli.main(["--url", cp.base, "--token", ADMIN, *args])
+    """``controlplane <group> <command> --url … --token … <rest>``."""
+    return cli.main([*args[:2], "--url", cp.base, "--token", ADMIN, *args[2:]])
 
 
 async def test_sdk_session_gets_exact_delta_logged_and_reverted_on_retire(
@@ -61,7 +62,7 @@ async def test_sdk_session_gets_exact_delta_logged_and_reverted_on_retire(
         ]  # fmt: skip
 
         capsys.readouterr()
-        assert await asyncio.to_thread(run_cli, cp, "--json", "sessions", "log", session_id) == 0
+        assert await asyncio.to_thread(run_cli, cp, "sessions", "log", "--json", session_id) == 0
         printed = json.loads(capsys.readouterr().out)
         entries = printed["items"] if isinstance(printed, dict) else printed
         pushed = [e for e in entries if e["cause"] == "policy"]
