@@ -95,7 +95,7 @@ async def drain(
     service.metrics.ready.set(0)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace_s
-    while service.engine.live and loop.time() < deadline:
+    while service.engine.live and loop.time() < deadline:  # noqa: ASYNC110 (bounded poll)
         await asyncio.sleep(DRAIN_POLL_S)
     remaining = list(gateway.connections) + list(control.connections)
     if remaining:

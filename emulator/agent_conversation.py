@@ -8,7 +8,7 @@ Deterministic rules (documented in docs/emulator.md):
 - A reply to a user turn says ``"You said: <transcript>"``; ``reply.create`` says its
   ``instructions`` (or ``"How can I help you?"``); a greeting says the greeting. Each word is
   ``agent_word_ms`` of tone audio in the output encoding, sent as one ``reply.audio`` and one
-  ``transcript.agent.delta`` per word right after ``reply.started``.
+  ``transcript.agent.delta`` per word, streamed up to 1 s ahead of the emulated playback.
 - A reply is "playing" until the input audio clock or the wall clock has advanced by its
   duration; then ``transcript.agent`` and ``reply.done{status:"completed"}`` follow. User speech
   starting while a reply plays interrupts it (unless ``interrupt_response`` is false):
@@ -30,6 +30,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from emulator.audio import Pacer, SpeechMeter, chunk_duration_ms, tone
@@ -43,6 +44,12 @@ __all__ = ["Conversation", "session_error"]
 
 Payload = dict[str, Any]
 MAX_TURN_MS = 60_000.0
+AUDIO_LEAD_MS = 1000.0  # reply audio is sent this far ahead of (emulated) playback
+
+
+@lru_cache(maxsize=64)
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 def _id(prefix: str) -> str:
@@ -69,6 +76,7 @@ class Reply:
     started_mono: float
     trigger: str
     tool_calls: list[str] = field(default_factory=list)
+    sent: int = 0  # words whose audio and delta went out
 
 
 @dataclass
@@ -223,48 +231,62 @@ class Conversation:
             self._queue.append((text, trigger))
             return []
         reply_id, item_id = _id("reply"), _id("item")
-        out: list[Payload] = [{"type": "reply.started", "reply_id": reply_id, "item_id": item_id}]
-        output = self._config()["output"]
-        encoding = str(output["format"]["encoding"])
-        rate = int(output["format"]["sample_rate"])
         step = self._settings.agent_word_ms
-        chunk = base64.b64encode(tone(encoding, rate, step, int(output.get("volume", 100))))
-        data = chunk.decode()
-        words: list[tuple[str, int, int]] = []
-        for i, word in enumerate(text.split()):
-            start, end = i * step, (i + 1) * step
-            words.append((word, start, end))
-            out.append({"type": "reply.audio", "reply_id": reply_id, "data": data})
-            out.append(
-                {
-                    "type": "transcript.agent.delta",
-                    "reply_id": reply_id,
-                    "item_id": item_id,
-                    "delta": word + " ",
-                    "start_ms": start,
-                    "end_ms": end,
-                }
-            )
+        words = [(w, i * step, (i + 1) * step) for i, w in enumerate(text.split())]
         self.reply = Reply(
             reply_id, item_id, text, words, float(len(words) * step), self.audio_ms, now, trigger
         )
         self.history.append({"role": "assistant", "content": text})
+        out: list[Payload] = [{"type": "reply.started", "reply_id": reply_id, "item_id": item_id}]
+        out.extend(self._progress(now))
         return out
 
+    def _played(self, reply: Reply, now: float) -> float:
+        return max(self.audio_ms - reply.started_audio_ms, (now - reply.started_mono) * 1000.0)
+
     def _progress(self, now: float) -> list[Payload]:
+        """Send the words due (``AUDIO_LEAD_MS`` ahead of playback); finish when played."""
         reply = self.reply
         if reply is None:
             return []
-        played = max(self.audio_ms - reply.started_audio_ms, (now - reply.started_mono) * 1000.0)
+        played = self._played(reply, now)
+        out: list[Payload] = []
+        while (
+            reply.sent < len(reply.words) and reply.words[reply.sent][1] <= played + AUDIO_LEAD_MS
+        ):
+            out.extend(self._word(reply, reply.sent))
+            reply.sent += 1
         if played >= reply.duration_ms:
-            return self._finish(now, "completed")
-        return []
+            out.extend(self._finish(now, "completed"))
+        return out
+
+    def _word(self, reply: Reply, index: int) -> list[Payload]:
+        output = self._config()["output"]
+        fmt = output["format"]
+        pcm = tone(
+            str(fmt["encoding"]),
+            int(fmt["sample_rate"]),
+            self._settings.agent_word_ms,
+            int(output.get("volume", 100)),
+        )
+        word, start, end = reply.words[index]
+        return [
+            {"type": "reply.audio", "reply_id": reply.reply_id, "data": _b64(pcm)},
+            {
+                "type": "transcript.agent.delta",
+                "reply_id": reply.reply_id,
+                "item_id": reply.item_id,
+                "delta": word + " ",
+                "start_ms": start,
+                "end_ms": end,
+            },
+        ]
 
     def _finish(self, now: float, status: str) -> list[Payload]:
         reply = self.reply
         assert reply is not None
         self.reply = None
-        played = max(self.audio_ms - reply.started_audio_ms, (now - reply.started_mono) * 1000.0)
+        played = self._played(reply, now)
         interrupted = status != "completed"
         text = reply.text
         if interrupted:
@@ -368,8 +390,12 @@ class Conversation:
 
     def next_deadline(self) -> float | None:
         deadlines = [p.deadline for p in self._pending.values()]
-        if self.reply is not None:
-            deadlines.append(self.reply.started_mono + self.reply.duration_ms / 1000.0)
+        reply = self.reply
+        if reply is not None:
+            due_ms = reply.duration_ms
+            if reply.sent < len(reply.words):
+                due_ms = min(due_ms, max(0.0, reply.words[reply.sent][1] - AUDIO_LEAD_MS))
+            deadlines.append(reply.started_mono + due_ms / 1000.0)
         return min(deadlines) if deadlines else None
 
     def on_timer(self, now: float) -> list[Payload]:

@@ -106,12 +106,22 @@ def _dumps(payload: Mapping[str, Any]) -> str:
 
 
 async def _execute(ws: web.WebSocketResponse, request: web.Request, actions: list[Action]) -> bool:
-    """Run actions in order; False once the connection is finished."""
+    """Run actions in order; False once the connection is finished.
+
+    A peer that stops reading cannot stall the session forever: a send that does not complete
+    within ``send_timeout_s`` aborts the connection.
+    """
+    send_timeout = request.app[STATE].settings.send_timeout_s
     for action in actions:
         if isinstance(action, Send):
             try:
-                await ws.send_str(_dumps(action.payload))
+                async with asyncio.timeout(send_timeout):
+                    await ws.send_str(_dumps(action.payload))
             except ConnectionResetError:
+                return False
+            except TimeoutError:
+                if request.transport is not None:
+                    request.transport.abort()
                 return False
         elif isinstance(action, Close):
             await ws.close(code=action.code, message=action.reason.encode())

@@ -41,6 +41,7 @@ class EmulatorSettings:
     listen: str = "127.0.0.1:8090"
     websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
     backlog: int = 2048
+    send_timeout_s: float = 10.0  # a send blocked this long (peer not reading) drops the socket
     # --- auth (both APIs) ---------------------------------------------------------------------
     api_keys: frozenset[str] | None = None  # None: any non-empty key is accepted
     streaming_bearer: Literal["reject", "accept"] = "reject"  # "Bearer <key>" on /v3/ws
@@ -180,6 +181,7 @@ def _words(raw: str) -> frozenset[str]:
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "websocket_compression": _bool,
     "backlog": int,
+    "send_timeout_s": float,
     "api_keys": _keys,
     "agent_accept_raw_key": _bool,
     "require_speech_model": _bool,

@@ -139,7 +139,9 @@ async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         async def reopen_memory() -> BufferedVersionLog:
             pytest.skip("memory storage does not outlive its log")
 
-        backend = Backend("memory", await start(memory), clock, MemoryStorage(memory), reopen_memory)
+        backend = Backend(
+            "memory", await start(memory), clock, MemoryStorage(memory), reopen_memory
+        )
     elif request.param == "file":
         directory = tmp_path / "audit"
 
@@ -419,3 +421,81 @@ async def test_file_layout_is_one_canonical_line_per_entry(tmp_path: Path) -> No
     body = {k: v for k, v in entry.to_dict().items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     assert line == f'{canonical[:-1]},"hash":"{entry.hash}"}}'.encode()
+
+
+class ReplyDropper:
+    """A TCP relay in front of the real redis-server that can lose one reply to an EVALSHA:
+    the request reaches Redis and runs, the client sees the connection drop (and redis-py
+    re-sends the pipeline on a new connection)."""
+
+    def __init__(self, url: str) -> None:
+        host_port = url.split("//", 1)[1].split("/", 1)[0]
+        self.host, port = host_port.rsplit(":", 1)
+        self.port = int(port)
+        self.drop_evalsha_replies = 0
+        self.dropped = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        await self._server.wait_closed()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        server_r, server_w = await asyncio.open_connection(self.host, self.port)
+        self._writers += [client_w, server_w]
+        evalsha_pending = False
+
+        async def requests() -> None:
+            nonlocal evalsha_pending
+            while data := await client_r.read(65536):
+                evalsha_pending = evalsha_pending or b"EVALSHA" in data
+                server_w.write(data)
+                await server_w.drain()
+            server_w.close()
+
+        async def replies() -> None:
+            nonlocal evalsha_pending
+            while data := await server_r.read(65536):
+                if evalsha_pending and self.drop_evalsha_replies:
+                    self.drop_evalsha_replies -= 1
+                    self.dropped += 1
+                    break  # swallow the reply and hang up on the client
+                evalsha_pending = False
+                client_w.write(data)
+                await client_w.drain()
+            client_w.close()
+            server_w.close()
+
+        try:
+            await asyncio.gather(requests(), replies(), return_exceptions=True)
+        finally:
+            self._tasks.discard(task)
+
+
+async def test_redis_flush_whose_reply_was_lost_is_not_written_twice(redis_url: str) -> None:
+    clock = FakeClock()
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    relay = ReplyDropper(redis_url)
+    async with relay as relayed_url:
+        log = RedisVersionLog(relayed_url, clock, prefix=prefix, flush_interval_s=None)
+        try:
+            appended = [append(log, "s1", v) for v in (1, 2, 3)]
+            relay.drop_evalsha_replies = 1
+            await log.flush()  # redis-py re-sends the pipeline after the lost reply
+            assert relay.dropped == 1
+            assert await log.entries("s1") == appended
+            assert (await log.verify("s1"))[0].ok
+        finally:
+            await log.close()

@@ -49,6 +49,8 @@ async def until(
 def audio_frames(pcm: bytes, frame_bytes: int = 4800) -> list[str]:
     """``input.audio`` messages (100 ms each at 24 kHz s16le by default)."""
     return [
-        json.dumps({"type": "input.audio", "audio": base64.b64encode(pcm[i : i + frame_bytes]).decode()})
+        json.dumps(
+            {"type": "input.audio", "audio": base64.b64encode(pcm[i : i + frame_bytes]).decode()}
+        )
         for i in range(0, len(pcm), frame_bytes)
     ]

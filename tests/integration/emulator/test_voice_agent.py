@@ -262,7 +262,7 @@ async def test_barge_in_interrupts_the_reply(fast_emulator: Emulator) -> None:
     assert done["status"] == "interrupted"
     agent = before[-1]
     assert agent["type"] == "transcript.agent" and agent["interrupted"] is True
-    assert len(agent["text"]) < len("You said: ")  + 5  # trimmed to what was played
+    assert len(agent["text"]) < len("You said: ") + 5  # trimmed to what was played
     assert before.count({"type": "input.speech.started", "timestamp": 1.6}) == 1
 
 
@@ -285,7 +285,9 @@ async def test_tool_call_when_the_user_mentions_the_tool(fast_emulator: Emulator
         assert set(call["arguments"]) == {"order_id"}
         done = await expect(ws)
         assert (done["type"], done["status"]) == ("reply.done", "completed")
-        await send(ws, {"type": "tool.result", "call_id": call["call_id"], "result": '{"eta":"2d"}'})
+        await send(
+            ws, {"type": "tool.result", "call_id": call["call_id"], "result": '{"eta":"2d"}'}
+        )
         _, agent = await until(ws, "transcript.agent")
         assert agent["text"] == 'The lookup_order result is {"eta":"2d"}.'
         await send(ws, {"type": "tool.result", "call_id": "call_unknown", "result": "{}"})

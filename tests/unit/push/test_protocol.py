@@ -1,0 +1,129 @@
+"""The sans-I/O push state, step by step: coalescing, one in flight, quarantine, holds."""
+
+from __future__ import annotations
+
+from controlplane.push.protocol import PushState
+from policies.provenance import PolicyRef
+
+REF = (PolicyRef("p", 1),)
+
+
+def agent(config: dict[str, object] | None = None) -> PushState:
+    state = PushState.start(acknowledging=True, config=dict(config or {}), refs=(), version=1)
+    state.ready = True
+    return state
+
+
+def streaming() -> PushState:
+    state = PushState.start(acknowledging=False, config={}, refs=(), version=1)
+    state.ready = True
+    return state
+
+
+def test_unchanged_config_is_not_a_new_version() -> None:
+    s = agent({"prompt": "a"})
+    assert s.want({"prompt": "a"}, REF, "policy") is None
+    assert s.take(0.0) is None
+
+
+def test_push_carries_the_diff_from_what_the_upstream_runs() -> None:
+    s = agent({"prompt": "a", "keyterms": ("x",)})
+    assert s.want({"prompt": "b"}, REF, "policy") == 2
+    push = s.take(0.0)
+    assert push is not None
+    assert push.delta == {"prompt": "b", "keyterms": None}
+    assert s.state == "pending"
+
+
+def test_one_in_flight_and_latest_wins_after_the_ack() -> None:
+    s = agent()
+    s.want({"prompt": "v1"}, REF, "policy")
+    first = s.take(0.0)
+    assert first is not None and first.version == 2
+    for n in range(2, 11):
+        s.want({"prompt": f"v{n}"}, REF, "policy")
+        assert s.take(0.1) is None  # one unacknowledged push at a time
+    outcome = s.acked(0.5)
+    assert outcome is not None and outcome.status == "acked" and outcome.latency == 0.5
+    second = s.take(0.6)
+    assert second is not None
+    assert second.delta == {"prompt": "v10"}
+    assert second.superseded == tuple(range(3, 11))  # versions 3..10 minus the sent one
+    assert second.version == 11
+    assert s.take(0.7) is None
+
+
+def test_rejected_version_is_quarantined_and_never_repushed() -> None:
+    s = agent({"prompt": "old"})
+    s.want({"prompt": "bad"}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None
+    outcome = s.rejected("invalid_config", "no", 0.2)
+    assert outcome is not None and outcome.status == "rejected"
+    assert push.version in s.quarantined
+    assert s.state == "rejected"
+    assert s.take(1.0) is None and s.take(100.0) is None
+    assert s.base == {"prompt": "old"}  # the upstream kept its config
+    # a newer version is pushed, diffed against the last acknowledged config
+    s.want({"prompt": "good"}, REF, "policy")
+    again = s.take(2.0)
+    assert again is not None and again.delta == {"prompt": "good"}
+
+
+def test_timeout_ends_unverified_and_keeps_the_base() -> None:
+    s = agent()
+    s.want({"prompt": "x"}, REF, "policy")
+    assert s.take(0.0) is not None
+    assert s.timed_out(4.9, 5.0) is None
+    outcome = s.timed_out(5.0, 5.0)
+    assert outcome is not None and outcome.status == "unverified"
+    assert s.base == {} and s.state == "unverified"
+    assert s.acked(6.0) is None  # a late acknowledgement changes nothing
+
+
+def test_streaming_has_no_acknowledgement_and_never_claims_acked() -> None:
+    s = streaming()
+    s.want({"prompt": "x"}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None
+    assert s.in_flight is None and s.base == {"prompt": "x"}
+    assert s.acked_version == 1 and s.sent_version == 2
+    assert s.state == "unverified"
+    s.want({"prompt": "y"}, REF, "policy")
+    assert s.take(0.1) is not None  # no waiting on a dialect without acknowledgements
+
+
+def test_next_turn_holds_until_the_boundary_or_the_deadline() -> None:
+    s = agent()
+    s.want({"prompt": "x"}, REF, "policy", hold_until=10.0)
+    assert s.take(1.0) is None
+    s.turn_boundary()
+    assert s.take(1.1) is not None
+    s.acked(1.2)
+    s.want({"prompt": "y"}, REF, "policy", hold_until=10.0)
+    assert s.take(9.9) is None
+    assert s.next_deadline(5.0) == 10.0
+    assert s.take(10.0) is not None  # deadline reached
+
+
+def test_an_immediate_change_releases_a_held_one() -> None:
+    s = agent()
+    s.want({"prompt": "x"}, REF, "policy", hold_until=10.0)
+    s.want({"prompt": "x", "keyterms": ("k",)}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None and push.delta == {"prompt": "x", "keyterms": ("k",)}
+
+
+def test_nothing_is_sent_before_the_upstream_is_ready() -> None:
+    s = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+    s.want({"prompt": "x"}, REF, "connect")
+    assert s.take(0.0) is None
+    s.ready = True
+    assert s.take(0.0) is not None
+
+
+def test_client_change_moves_the_base_without_a_push() -> None:
+    s = agent({"prompt": "p"})
+    s.client_changed({"keyterms": ("a",)}, {"prompt": "p", "keyterms": ("a",)})
+    assert s.base == {"prompt": "p", "keyterms": ("a",)}
+    assert s.take(0.0) is None
