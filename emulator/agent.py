@@ -128,6 +128,8 @@ class AgentDirectory(Protocol):
 
     def expire(self, session: AgentSession) -> None: ...
 
+    def attach(self, session_id: str, connection: AgentConnection) -> None: ...
+
 
 class AgentConnection:
     """One ``/v1/ws`` socket."""
@@ -154,6 +156,9 @@ class AgentConnection:
         self._pre_log: list[dict[str, Any]] = []
         self.session: AgentSession | None = None
         self.closed = False
+        self.closed_by = "client"
+        self.close_code: int | None = None
+        self.close_reason = ""
         self.ended = False  # session.end / fatal: the session is over, not resumable
 
     @property
@@ -183,6 +188,16 @@ class AgentConnection:
 
     def peer_closed(self, code: int | None) -> None:
         self.closed = True
+
+    def server_close(self, code: int, reason: str) -> list[Action]:
+        """Operator-injected failure: ``session.error`` then close; the session ends."""
+        if self.closed:
+            return []
+        error_code = "internal_error" if code == table.CLOSE["internal"] else "server_error"
+        payload = session_error(_case(error_code, self._s), reason, timestamp=self._clock.now())
+        self._stats.inc(table.DIALECT, "errors")
+        self._mark_closed(ended=True)
+        return [Send(payload), self._close(code, reason)]
 
     def receive_text(self, text: str, now: float) -> list[Action]:
         if self.closed:
@@ -289,6 +304,7 @@ class AgentConnection:
         )
         self.session = session
         self._directory.create(session)
+        self._directory.attach(session.id, self)
         out = [session.ready()]
         greeting = config.get("greeting")
         if isinstance(greeting, str) and greeting:
@@ -321,6 +337,7 @@ class AgentConnection:
         found.record.counters["connections"] += 1
         found.resume_token = "rt-" + secrets.token_urlsafe(24)
         self.session = found
+        self._directory.attach(found.id, self)
         return [found.ready()]
 
     def _audio(self, session: AgentSession, message: dict[str, Any], now: float) -> list[Payload]:
@@ -401,12 +418,12 @@ class AgentConnection:
                     payload["code"] = _case(code, self._s)
                 actions.append(Send(payload))
                 if code not in table.NON_FATAL_ERROR_CODES:
-                    actions.append(Close(table.CLOSE["policy"], payload["message"][:120]))
+                    actions.append(self._close(table.CLOSE["policy"], payload["message"]))
                     self._mark_closed(ended=code not in ("session_not_found", "session_forbidden"))
                     break
             elif kind == "session.ended":
                 actions.append(Send(payload))
-                actions.append(Close(table.CLOSE["normal"], ""))
+                actions.append(self._close(table.CLOSE["normal"], ""))
                 self._mark_closed(ended=True)
                 break
             else:
@@ -418,12 +435,17 @@ class AgentConnection:
         assert session is not None
         ended = self._session_end(session, self._clock.monotonic())
         actions: list[Action] = [Send(p) for p in payloads]
-        actions += [Send(ended[0]), Close(code, reason)]
+        actions += [Send(ended[0]), self._close(code, reason)]
         self._mark_closed(ended=True)
         return actions
 
+    def _close(self, code: int, reason: str) -> Close:
+        self.close_code, self.close_reason = code, reason[:120]
+        return Close(code, self.close_reason)
+
     def _mark_closed(self, ended: bool) -> None:
         self.closed = True
+        self.closed_by = "server"
         if ended and self.session is not None:
             self.ended = True
             self.session.state = "ended"
@@ -455,6 +477,9 @@ class AgentConnection:
         for early in self._pre_log:
             session.record.log(config=None, audio_ms=0.0, **early)
         self._pre_log.clear()
+        extra: dict[str, Any] = {}
+        if isinstance(message, dict) and message.get("type") == "session.update":
+            extra["applies_from"] = session.conversation.position()
         session.record.log(
             at=at,
             monotonic=now,
@@ -462,6 +487,7 @@ class AgentConnection:
             config=session.config,
             audio_ms=session.conversation.audio_ms,
             sent=sent,
+            **extra,
         )
 
 

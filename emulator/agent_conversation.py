@@ -408,6 +408,15 @@ class Conversation:
                 )
         return out
 
+    def position(self) -> dict[str, Any]:
+        """Where in the input a change lands: audio offset and the next user turn."""
+        current = self._detector.current
+        return {
+            "audio_ms": round(self.audio_ms, 1),
+            "turn_order": self._detector.next_order,
+            "open_turn": current.order if current else None,
+        }
+
     def snapshot(self) -> dict[str, Any]:
         return {
             "audio_ms": round(self.audio_ms, 1),

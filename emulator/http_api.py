@@ -6,6 +6,9 @@ Inspection (shapes in docs/emulator.md):
   -> ``{"items": [summary...], "next": null}`` (live sessions first, then closed, newest first)
 - ``GET /_emulator/sessions/{id}`` -> summary + ``config``, ``timeline``, ``turns``, counters...
 - ``POST /_emulator/sessions/{id}/faults`` (fault document) -> ``{"id", "faults"}``
+- ``POST /_emulator/sessions/{id}/close`` ``{"code"?, "reason"?}`` -> server-side failure now
+  (streaming default 3005 "Session Cancelled: An error occurred", voice agent 1011 with
+  ``session.error internal_error``; the session ends)
 - ``GET|POST /_emulator/faults`` -> defaults applied to sessions opened afterwards
 - ``GET /_emulator/stats`` -> aggregate counters per kind and in total
 - ``GET /_emulator/settings`` -> the effective settings (API keys redacted)
@@ -148,6 +151,29 @@ def add_routes(router: web.UrlDispatcher, key: web.AppKey[EmulatorState]) -> Non
         record.faults.set(spec)
         return _json({"id": record.id, "faults": record.faults.to_dict()})
 
+    async def close_session(request: web.Request) -> web.Response:
+        st = state(request)
+        record = st.registry.get(request.match_info["id"])
+        if record is None:
+            return _error(404, "session_not_found", "no such session", id=request.match_info["id"])
+        body = await request.json() if request.can_read_body else {}
+        if not isinstance(body, dict):
+            return _error(400, "invalid_body", "the body must be a JSON object")
+        if record.kind == sv3.DIALECT:
+            default_code, default_reason = (
+                sv3.CLOSE["cancelled"],
+                "Session Cancelled: An error occurred",
+            )
+        else:
+            default_code, default_reason = va1.CLOSE["internal"], "Internal server error"
+        code = body.get("code", default_code)
+        reason = body.get("reason", default_reason)
+        if isinstance(code, bool) or not isinstance(code, int) or not isinstance(reason, str):
+            return _error(400, "invalid_body", "code must be an integer and reason a string")
+        if not await st.close_session(record.id, code, reason):
+            return _error(409, "session_not_live", "the session has no open socket", id=record.id)
+        return _json({"id": record.id, "closed": {"code": code, "reason": reason}})
+
     async def get_faults(request: web.Request) -> web.Response:
         return _json({"faults": state(request).registry.default_faults.to_dict()})
 
@@ -175,8 +201,8 @@ def add_routes(router: web.UrlDispatcher, key: web.AppKey[EmulatorState]) -> Non
     router.add_delete("/_emulator/sessions", forget_sessions)
     router.add_get("/_emulator/sessions/{id}", get_session)
     router.add_post("/_emulator/sessions/{id}/faults", session_faults)
+    router.add_post("/_emulator/sessions/{id}/close", close_session)
     router.add_get("/_emulator/faults", get_faults)
     router.add_post("/_emulator/faults", set_faults)
     router.add_get("/_emulator/stats", stats)
     router.add_get("/_emulator/settings", settings)
-    assert va1.DIALECT and sv3.DIALECT

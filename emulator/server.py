@@ -41,6 +41,15 @@ AGENT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # base64 JSON audio frames; no docume
 _GOING_AWAY = 1001
 
 
+@dataclass
+class _Live:
+    """A live socket and the machine behind it (for operator-injected closes)."""
+
+    ws: web.WebSocketResponse
+    request: web.Request
+    machine: Any
+
+
 class EmulatorState:
     """Everything the emulator knows; one per application (no module globals)."""
 
@@ -51,6 +60,8 @@ class EmulatorState:
         self.tokens = TokenStore(clock)
         self.agent_sessions: dict[str, AgentSession] = {}
         self.sockets: weakref.WeakSet[web.WebSocketResponse] = weakref.WeakSet()
+        self.live: dict[str, _Live] = {}  # session id -> its current socket
+        self.connections: dict[AgentConnection, _Live] = {}
 
     # AgentDirectory
     def create(self, session: AgentSession) -> None:
@@ -65,6 +76,19 @@ class EmulatorState:
         self.agent_sessions.pop(session.id, None)
         record = session.record
         self.registry.close(record, record.close_code or 1006, "resume window expired", "client")
+
+    def attach(self, session_id: str, connection: AgentConnection) -> None:
+        live = self.connections.get(connection)
+        if live is not None:
+            self.live[session_id] = live
+
+    async def close_session(self, session_id: str, code: int, reason: str) -> bool:
+        """Server-side failure injection; False when the session has no live socket."""
+        live = self.live.get(session_id)
+        if live is None:
+            return False
+        outcome = await _execute(live.ws, live.request, live.machine.server_close(code, reason))
+        return outcome is not None
 
     def sweep(self) -> None:
         """Forget suspended voice-agent sessions whose resume window has passed."""
@@ -105,8 +129,10 @@ def _dumps(payload: Mapping[str, Any]) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
 
-async def _execute(ws: web.WebSocketResponse, request: web.Request, actions: list[Action]) -> bool:
-    """Run actions in order; False once the connection is finished.
+async def _execute(
+    ws: web.WebSocketResponse, request: web.Request, actions: list[Action]
+) -> _Outcome | None:
+    """Run actions in order; an outcome once the connection is finished, else None.
 
     A peer that stops reading cannot stall the session forever: a send that does not complete
     within ``send_timeout_s`` aborts the connection.
@@ -118,19 +144,19 @@ async def _execute(ws: web.WebSocketResponse, request: web.Request, actions: lis
                 async with asyncio.timeout(send_timeout):
                     await ws.send_str(_dumps(action.payload))
             except ConnectionResetError:
-                return False
+                return _Outcome(None, "connection lost", "client")
             except TimeoutError:
                 if request.transport is not None:
                     request.transport.abort()
-                return False
+                return _Outcome(None, "send timed out (peer not reading)", "server")
         elif isinstance(action, Close):
             await ws.close(code=action.code, message=action.reason.encode())
-            return False
+            return _Outcome(action.code, action.reason, "server")
         elif isinstance(action, Drop):
             if request.transport is not None:
                 request.transport.abort()
-            return False
-    return True
+            return _Outcome(None, "fault: drop_after_messages", "server")
+    return None
 
 
 async def _pump(
@@ -146,8 +172,9 @@ async def _pump(
         now = clock.monotonic()
         deadline = machine.next_deadline()
         if deadline is not None and deadline <= now:
-            if not await _execute(ws, request, machine.on_timer(now)):
-                return _Outcome(None, "", "server")
+            outcome = await _execute(ws, request, machine.on_timer(now))
+            if outcome is not None:
+                return outcome
             continue
         timeout = None if deadline is None else max(deadline - now, 0.001)
         try:
@@ -169,8 +196,9 @@ async def _pump(
         else:  # CLOSE / CLOSING / CLOSED
             machine.peer_closed(ws.close_code)
             return _Outcome(ws.close_code, "client closed", "client")
-        if not await _execute(ws, request, actions):
-            return _Outcome(None, "", "server")
+        outcome = await _execute(ws, request, actions)
+        if outcome is not None:
+            return outcome
 
 
 _NO_FAULTS = FaultState(FaultSpec())
@@ -242,25 +270,25 @@ async def streaming_ws(request: web.Request) -> web.StreamResponse:
     )
     state.registry.add(session.record)
     ws = await _open(request, max_bytes)
-    outcome = _Outcome(None, "", "server")
+    state.live[session.id] = _Live(ws, request, session)
+    outcome = _Outcome(None, "connection lost", "client")
     try:
-        if await _execute(ws, request, session.begin()):
-            outcome = await _pump(
-                ws, request, session, session.record.faults, state.clock, session.receive_audio
-            )
+        outcome = await _execute(ws, request, session.begin()) or await _pump(
+            ws, request, session, session.record.faults, state.clock, session.receive_audio
+        )
     finally:
         state.sockets.discard(ws)
+        state.live.pop(session.id, None)
         record = session.record
-        if outcome.by == "server" and session.closed_by == "server":
-            code = record.close_code if record.close_code is not None else 1006
-            state.registry.close(record, code, record.close_reason or "", "server")
-        elif outcome.by == "server":
+        if session.closed_by == "server":
+            server_code = record.close_code if record.close_code is not None else 1006
+            state.registry.close(record, server_code, record.close_reason or "", "server")
+        else:
             if outcome.code == sv3.CLOSE["too_big"]:
                 stats.inc(sv3.DIALECT, "errors")
                 record.counters["errors"] += 1
-            state.registry.close(record, outcome.code or ws.close_code, outcome.reason, "server")
-        else:
-            state.registry.close(record, outcome.code, outcome.reason, "client")
+            code = outcome.code if outcome.code is not None else ws.close_code
+            state.registry.close(record, code, outcome.reason, outcome.by)
     return ws
 
 
@@ -295,19 +323,28 @@ async def agent_ws(request: web.Request) -> web.StreamResponse:
         default_faults=state.registry.default_faults,
     )
     ws = await _open(request, AGENT_MAX_MESSAGE_BYTES)
-    outcome = _Outcome(None, "", "server")
+    state.connections[conn] = _Live(ws, request, conn)
+    outcome = _Outcome(None, "connection lost", "client")
     try:
         outcome = await _pump(ws, request, conn, None, state.clock)
     finally:
         state.sockets.discard(ws)
+        state.connections.pop(conn, None)
         session = conn.session
         if session is not None:
+            live = state.live.get(session.id)
+            if live is not None and live.machine is conn:
+                del state.live[session.id]
             record = session.record
-            code = outcome.code if outcome.code is not None else ws.close_code
             if conn.ended:
                 state.agent_sessions.pop(session.id, None)
-                state.registry.close(record, code, outcome.reason or "session ended", outcome.by)
+                if conn.closed_by == "server":
+                    code, reason, by = conn.close_code, conn.close_reason, "server"
+                else:
+                    code, reason, by = outcome.code, outcome.reason, outcome.by
+                state.registry.close(record, code, reason or "session ended", by)
             else:
+                code = outcome.code if outcome.code is not None else ws.close_code
                 record.close_code = code if code is not None else 1006
                 record.close_reason = outcome.reason or "connection lost"
                 session.suspend(state.clock.monotonic())

@@ -224,6 +224,12 @@ class StreamingSession:
         )
         return out
 
+    def server_close(self, code: int, reason: str) -> list[Action]:
+        """Operator-injected failure (``POST /_emulator/sessions/{id}/close``)."""
+        if self.closed:
+            return []
+        return self._fail(code, reason)
+
     def peer_closed(self, code: int | None) -> None:
         """The client closed (or the connection dropped) first."""
         if not self.closed:

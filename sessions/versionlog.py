@@ -252,16 +252,20 @@ def verify_entries(
         if row.seq > expected and len(chain) > pos:
             return bad("inserted", row.seq, f"unexpected seq {row.seq} before seq {expected}")
         if row.seq > expected:
-            gap = f"seq {expected}" if row.seq == expected + 1 else f"seqs {expected}-{row.seq - 1}"
+            gap = _seqs(expected, row.seq - 1)
             return bad("deleted", expected, f"{gap} missing before seq {row.seq}")
         return bad("inserted", row.seq, f"unexpected seq {row.seq} after seq {pos}")
     if tail is not None:
         last_seq, last_hash = tail
         if count < last_seq:
-            return bad("truncated", count + 1, f"seqs {count + 1}-{last_seq} missing at the end")
+            return bad("truncated", count + 1, f"{_seqs(count + 1, last_seq)} missing at the end")
         if count == last_seq and count and rows[-1].hash != last_hash:
             return bad("edited", count, f"seq {count} differs from what was appended")
     return VerifyReport(True, session_id, count)
+
+
+def _seqs(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seqs {first}-{last}"
 
 
 class VersionLog(Protocol):
@@ -421,10 +425,11 @@ class BufferedVersionLog:
 
     async def _settle(self) -> None:
         """Wait for a write that a cancelled flush left running (it requeues on failure)."""
-        task, self._inflight = self._inflight, None
+        task = self._inflight
         if task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
+            self._inflight = None
 
     async def _commit(self, batch: list[Pending]) -> None:
         try:
@@ -531,6 +536,7 @@ class _Scan:
     rows: list[dict[str, Any]]
     files_of: dict[str, set[str]]
     problems: list[str]
+    last_day: str | None = None
 
 
 class FileVersionLog(BufferedVersionLog):
@@ -564,8 +570,7 @@ class FileVersionLog(BufferedVersionLog):
                 self._tails[row["session_id"]] = (row["seq"], row["hash"])
             self._files_of = scan.files_of
             self.problems.extend(scan.problems)
-            files = self._files()
-            self._day = files[-1].name[len(_FILE_PREFIX) : -len(_FILE_SUFFIX)] if files else None
+            self._day = scan.last_day
             self._loaded = True
         await super().start()
 
@@ -584,6 +589,7 @@ class FileVersionLog(BufferedVersionLog):
             self._dir.mkdir(parents=True, exist_ok=True)
         scan = _Scan([], {}, [])
         for path in self._files():
+            scan.last_day = path.name[len(_FILE_PREFIX) : -len(_FILE_SUFFIX)]
             if only is not None and path.name not in only:
                 continue
             data = path.read_bytes()
@@ -667,7 +673,8 @@ class FileVersionLog(BufferedVersionLog):
         self._files_of.pop(session_id, None)
 
     async def _rows(self, session_id: str | None) -> list[dict[str, Any]]:
-        only = None if session_id is None else self._files_of.get(session_id)
+        known = None if session_id is None else self._files_of.get(session_id)
+        only = None if known is None else set(known)  # a copy: the worker thread reads it
         scan = await asyncio.to_thread(self._scan, only=only)
         if session_id is None:
             return scan.rows

@@ -199,7 +199,6 @@ def require(role: Role, handler: Handler) -> Handler:
         request[PRINCIPAL] = principal
         return await handler(request)
 
-    guarded.min_role = role  # type: ignore[attr-defined]
     return guarded
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Final
 
 import yaml
@@ -22,6 +22,7 @@ from policies.errors import PolicyValidationError, Violation
 __all__ = [
     "KINDS",
     "MAX_BODY_BYTES",
+    "MAX_DEPTH",
     "YAML_TYPES",
     "check_fields",
     "check_query",
@@ -49,6 +50,7 @@ YAML_TYPES: Final = frozenset(
     {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 )
 MAX_LIST_LIMIT: Final = 1000
+MAX_DEPTH: Final = 32
 DEFAULT_LIST_LIMIT: Final = 100
 
 _POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,255}")
@@ -108,7 +110,7 @@ def parse_json(raw: bytes) -> Any:
     if not text.strip():
         raise BadRequest("request body is empty; expected a JSON object", code="bad_json")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except json.JSONDecodeError as exc:
         raise BadRequest(
             f"request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
@@ -118,6 +120,8 @@ def parse_json(raw: bytes) -> Any:
         raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply", code="bad_json") from None
+    _check_tree(value, "bad_json")
+    return value
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -135,6 +139,8 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, Hashable):
+                break  # SafeLoader refuses it with its own message
             if key in seen:
                 raise yaml.constructor.ConstructorError(
                     None, None, f"duplicate key {key!r}", key_node.start_mark
@@ -149,21 +155,21 @@ _StrictLoader.yaml_implicit_resolvers = {
 }
 
 
-def _check_json_ready(value: Any, path: str = "") -> None:
+def _check_tree(value: Any, code: str, path: str = "", depth: int = 0) -> None:
+    """JSON types only (YAML may build others), string keys, at most MAX_DEPTH levels."""
+    where = path or "the document"
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels", code=code)
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
-                where = path or "the document"
-                raise BadRequest(f"{where}: key {key!r} must be a string", code="bad_yaml")
-            _check_json_ready(item, f"{path}.{key}" if path else key)
+                raise BadRequest(f"{where}: key {key!r:.40} must be a string", code=code)
+            _check_tree(item, code, f"{path}.{key}" if path else key, depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            _check_json_ready(item, f"{path}[{i}]")
+            _check_tree(item, code, f"{path}[{i}]", depth + 1)
     elif not isinstance(value, str | int | float | bool) and value is not None:
-        raise BadRequest(
-            f"{path or 'the document'}: YAML type {type(value).__name__} is not allowed",
-            code="bad_yaml",
-        )
+        raise BadRequest(f"{where}: type {type(value).__name__} is not allowed", code=code)
 
 
 def parse_yaml(raw: bytes) -> Any:
@@ -183,7 +189,7 @@ def parse_yaml(raw: bytes) -> Any:
         raise BadRequest(f"request body is not valid YAML: {exc}", code="bad_yaml") from None
     except RecursionError:
         raise BadRequest("request body is nested too deeply", code="bad_yaml") from None
-    _check_json_ready(value)
+    _check_tree(value, "bad_yaml")
     return value
 
 

@@ -425,8 +425,7 @@ async def test_file_layout_is_one_canonical_line_per_entry(tmp_path: Path) -> No
 
 class ReplyDropper:
     """A TCP relay in front of the real redis-server that can lose one reply to an EVALSHA:
-    the request reaches Redis and runs, the client sees the connection drop (and redis-py
-    re-sends the pipeline on a new connection)."""
+    the request reaches Redis and runs, the client only sees the connection drop."""
 
     def __init__(self, url: str) -> None:
         host_port = url.split("//", 1)[1].split("/", 1)[0]
@@ -493,7 +492,11 @@ async def test_redis_flush_whose_reply_was_lost_is_not_written_twice(redis_url: 
         try:
             appended = [append(log, "s1", v) for v in (1, 2, 3)]
             relay.drop_evalsha_replies = 1
-            await log.flush()  # redis-py re-sends the pipeline after the lost reply
+            try:
+                await log.flush()  # if redis-py re-sends the pipeline itself
+            except BackendUnavailable:
+                assert log.pending == 3  # the log kept the batch ...
+                await log.flush()  # ... and re-sends it
             assert relay.dropped == 1
             assert await log.entries("s1") == appended
             assert (await log.verify("s1"))[0].ok

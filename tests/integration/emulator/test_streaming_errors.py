@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+import aiohttp
 import pytest
 from websockets.exceptions import InvalidStatus
 
@@ -46,10 +47,8 @@ async def test_bad_auth_can_be_an_http_401(start_emulator: StartEmulator) -> Non
 async def test_raw_key_and_single_use_token_are_accepted(emulator: Emulator) -> None:
     async with open_stream(emulator.ws) as ws:
         assert json.loads(await ws.recv())["type"] == "Begin"
-    status, body = await emulator.request("GET", "/v3/token?expires_in_seconds=60")
+    status, _ = await emulator.request("GET", "/v3/token?expires_in_seconds=60")
     assert status == 401  # the token endpoint wants the key too
-    import aiohttp
-
     async with (
         aiohttp.ClientSession(headers={"Authorization": "test-key"}) as client,
         client.get(emulator.http + "/v3/token?expires_in_seconds=60") as resp,

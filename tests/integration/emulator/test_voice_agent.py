@@ -227,7 +227,7 @@ async def test_conversation_turn_reply_and_audio(fast_emulator: Emulator) -> Non
         await send(ws, {"type": "session.update", "session": {**QUICK, "greeting": "Hello there"}})
         assert (await expect(ws))["type"] == "session.ready"
         greeting, done = await until(ws, "reply.done", timeout=5)  # greeting plays (wall clock)
-        assert [m["type"] for m in greeting][0] == "reply.started"
+        assert greeting[0]["type"] == "reply.started"
         assert greeting[-1] == {
             "type": "transcript.agent",
             "reply_id": done["reply_id"],
@@ -256,14 +256,19 @@ async def test_barge_in_interrupts_the_reply(fast_emulator: Emulator) -> None:
     async with open_agent(fast_emulator.ws) as ws:
         await send(ws, {"type": "session.update", "session": QUICK})
         await expect(ws)
-        for frame in audio_frames(TALK + TALK):  # the user talks again while the agent speaks
+        gap = pattern_audio([("silence", 400)], sample_rate=24_000)
+        for frame in audio_frames(TALK + gap + TALK):  # the user talks while the agent speaks
             await ws.send(frame)
         before, done = await until(ws, "reply.done")
+        await send(ws, {"type": "session.end"})
+        assert (await _closed(ws))[0] == CLOSE["normal"]
     assert done["status"] == "interrupted"
     agent = before[-1]
     assert agent["type"] == "transcript.agent" and agent["interrupted"] is True
-    assert len(agent["text"]) < len("You said: ") + 5  # trimmed to what was played
-    assert before.count({"type": "input.speech.started", "timestamp": 1.6}) == 1
+    # the reply started at 1.4 s of input audio (900 ms speech + 500 ms max_silence) and the
+    # user spoke again at 2.0 s: 600 ms played = the first two 300 ms words
+    assert agent["text"] == "You said:"
+    assert before.count({"type": "input.speech.started", "timestamp": 2.0}) == 1
 
 
 async def test_tool_call_when_the_user_mentions_the_tool(fast_emulator: Emulator) -> None:

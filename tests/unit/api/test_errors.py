@@ -49,6 +49,7 @@ async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
         ('{"id": NaN}', "NaN"),
         (b"\xff\xfe{}", "not UTF-8"),
         ("[" * 100_000, "nested too deeply"),
+        ('{"a": ' + "[" * 40 + "]" * 40 + "}", "deeper than 32 levels"),
     ],
 )
 async def test_malformed_json_is_400_bad_json(
@@ -106,6 +107,9 @@ async def test_yaml_policy_is_accepted(client: Client, fake: FakeControlPlane) -
         ("id: a\n---\nid: b\n", "not valid YAML"),
         ("id: !!python/object:os.system x\n", "not valid YAML"),
         ("[" * 5000, "nested too deeply"),
+        ("a: " + "[" * 40 + "]" * 40 + "\n", "deeper than 32 levels"),
+        ("? [a, b]\n: c\n", "unhashable key"),
+        ("{[a]: b}\n", "unhashable key"),
     ],
 )
 async def test_bad_yaml_is_400_bad_yaml(
