@@ -19,22 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from aiohttp import web
 
-from controlplane.app import build_app
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
-from controlplane.config import Settings, parse_listen
+from controlplane.serve import register as register_serve
 from emulator.cli import register as register_emulator
 
 __all__ = ["build_parser", "main", "verify_local"]
-
-
-def _serve(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(listen=args.listen, node_id=args.node_id)
-    host, port = parse_listen(settings.listen)
-    print(f"controlplane serving on http://{host}:{port} (node {settings.node_id})", flush=True)
-    web.run_app(build_app(settings), host=host, port=port, print=None)
-    return 0
 
 
 # -- client commands -------------------------------------------------------------------------
@@ -438,12 +428,7 @@ def _register_client_commands(sub: Any) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the control plane (embedded defaults without URLs)")
-    serve.add_argument(
-        "--listen", help="host:port (env CONTROLPLANE_LISTEN, default 127.0.0.1:8080)"
-    )
-    serve.add_argument("--node-id", help="this replica's id (env CONTROLPLANE_NODE_ID)")
-    serve.set_defaults(func=_serve)
+    register_serve(sub)
     register_emulator(sub)
     _register_client_commands(sub)
     return parser

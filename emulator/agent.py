@@ -1,5 +1,6 @@
-"""Voice Agent session state machine (sans-I/O): ``AgentConnection`` per socket, ``AgentSession``
-per session (it outlives a dropped socket for ``resume_window_s`` so ``session.resume`` works).
+"""Voice Agent socket state machine (sans-I/O): one ``AgentConnection`` per socket, driving an
+``AgentSession`` (``emulator.agent_session``), which outlives a dropped socket for
+``resume_window_s`` so ``session.resume`` works.
 
 Connection states: *awaiting first message* (``session.update`` creates a session and answers
 ``session.ready``; ``session.resume`` re-attaches one; anything else -> ``session.error
@@ -14,7 +15,7 @@ import binascii
 import json
 import secrets
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any
 
 from emulator.actions import Action, Close, Drop, Send
 from emulator.agent_config import (
@@ -26,109 +27,19 @@ from emulator.agent_config import (
     touched_paths,
     validate,
 )
-from emulator.agent_conversation import Conversation, session_error
+from emulator.agent_conversation import session_error
+from emulator.agent_session import AgentDirectory, AgentSession
 from emulator.auth import Credential
 from emulator.faults import FaultSpec, FaultState
-from emulator.inspection import SessionRecord, Stats
+from emulator.inspection import Stats
 from emulator.settings import EmulatorSettings
 from sessions.clock import Clock
 from sessions.dialects import voice_agent_v1_table as table
 
-__all__ = ["AgentConnection", "AgentDirectory", "AgentSession"]
+__all__ = ["AgentConnection"]
 
 Payload = dict[str, Any]
 _PRE_SESSION_LOG = 50
-
-
-class AgentSession:
-    """State that survives reconnects: config, conversation, timeline."""
-
-    def __init__(
-        self,
-        *,
-        settings: EmulatorSettings,
-        clock: Clock,
-        stats: Stats,
-        owner: str,
-        config: dict[str, Any],
-        connect: dict[str, Any],
-        faults: FaultSpec,
-        session_cap_s: float | None,
-    ) -> None:
-        self.id = "sess_" + secrets.token_hex(16)
-        self.owner = owner
-        self.settings = settings
-        self.clock = clock
-        self.stats = stats
-        self.config = config
-        self.resume_token = "rt-" + secrets.token_urlsafe(24)
-        self.state = "active"  # active | suspended | ended
-        self.suspended_at: float | None = None
-        self.started = clock.monotonic()
-        duration = settings.agent_session_seconds
-        if session_cap_s is not None:
-            duration = min(duration, session_cap_s)
-        self.expires = self.started + duration
-        self.expires_wall = int(clock.now() + duration)
-        self.record = SessionRecord(
-            session_id=self.id,
-            kind=table.DIALECT,
-            model=table.MODEL,
-            clock=clock,
-            connect=connect,
-            config=config,
-            faults=faults,
-            timeline_max=settings.timeline_max_entries,
-            turns_max=settings.turns_max_entries,
-        )
-        self.conversation = Conversation(settings, lambda: self.config, self.record, stats)
-        self.record.extra = self._extra
-
-    def _extra(self) -> dict[str, Any]:
-        return {
-            "session_state": self.state,
-            "expires_at": self.expires_wall,
-            "conversation": self.conversation.snapshot(),
-        }
-
-    def set_config(self, config: dict[str, Any]) -> None:
-        self.config = config
-        self.record.config = config
-        self.conversation.config_changed()
-
-    def ready(self) -> Payload:
-        return {
-            "type": "session.ready",
-            "session_id": self.id,
-            "expires_at": self.expires_wall,
-            "resume_token": self.resume_token,
-            "config": self.config,
-            "timestamp": self.clock.now(),
-        }
-
-    def suspend(self, now: float) -> None:
-        self.state = "suspended"
-        self.suspended_at = now
-        self.record.state = "suspended"
-
-    def resumable(self, now: float) -> bool:
-        return (
-            self.state == "suspended"
-            and self.suspended_at is not None
-            and now - self.suspended_at <= self.settings.resume_window_s
-        )
-
-
-class AgentDirectory(Protocol):
-    """Where sessions live between sockets (implemented by the server state)."""
-
-    def create(self, session: AgentSession) -> None: ...
-
-    def find(self, session_id: str) -> AgentSession | None: ...
-
-    def expire(self, session: AgentSession) -> None: ...
-
-    def attach(self, session_id: str, connection: AgentConnection) -> None: ...
 
 
 class AgentConnection:

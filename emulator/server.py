@@ -22,8 +22,9 @@ from aiohttp import WSMsgType, web
 
 from emulator import http_api
 from emulator.actions import Action, Close, Drop, Send
-from emulator.agent import AgentConnection, AgentSession
+from emulator.agent import AgentConnection
 from emulator.agent_conversation import session_error
+from emulator.agent_session import AgentSession
 from emulator.auth import TokenStore, agent_credential, streaming_credential
 from emulator.faults import FaultSpec, FaultState
 from emulator.inspection import Registry

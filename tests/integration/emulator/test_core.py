@@ -130,3 +130,31 @@ def test_chunk_duration_math() -> None:
     assert chunk_duration_ms(400, "pcm_mulaw", 8000) == 50
     assert chunk_duration_ms(4800, "audio/pcm", 24_000) == 100
     assert chunk_duration_ms(100, "opus", 48_000) is None
+
+
+def test_terminate_finalises_the_open_turn_then_termination_then_1000() -> None:
+    from emulator.assets import speech
+
+    clock = FakeClock()
+    session = _session({"sample_rate": "16000"}, clock, pacing_tolerance_ms=float("inf"))
+    session.receive_audio(speech(800), clock.monotonic())
+    actions = session.receive_text(json.dumps({"type": "Terminate"}), clock.monotonic())
+    sends = [a.payload for a in actions if isinstance(a, Send)]
+    assert [p["type"] for p in sends][-2:] == ["Turn", "Termination"]
+    assert sends[-2]["end_of_turn"] is True
+    assert actions[-1] == Close(CLOSE["normal"], "")
+
+
+def test_carryover_fifo_and_zero_depth_discards_agent_context() -> None:
+    clock = FakeClock()
+    session = _session(
+        {"sample_rate": "16000", "previous_context_n_turns": "2", "agent_context": "hello"}, clock
+    )
+    for text in ("one", "two", "three"):
+        message = {"type": "UpdateConfiguration", "agent_context": text}
+        session.receive_text(json.dumps(message), clock.monotonic())
+    assert [e["text"] for e in session.carryover] == ["two", "three"]
+    off = _session(
+        {"sample_rate": "16000", "previous_context_n_turns": "0", "agent_context": "hello"}, clock
+    )
+    assert list(off.carryover) == []

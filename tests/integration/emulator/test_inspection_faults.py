@@ -118,6 +118,7 @@ async def test_streaming_reject_next_update_styles(emulator: Emulator) -> None:
         await emulator.post(path, {"reject_next_update": {"message": "Invalid Message: boom"}})
         await ws.send(json.dumps({"type": "UpdateConfiguration", "max_turn_silence": 700}))
         messages, code, reason = await drain(ws)
+    assert messages[-1]["type"] == "Error"
     assert code == SV3_CLOSE["invalid_message"] and reason == "Invalid Message: boom"
     detail = await emulator.session(begin["id"])
     assert detail["config"]["max_turn_silence"] == 800  # the warned update kept the rest

@@ -298,3 +298,24 @@ async def test_tool_call_when_the_user_mentions_the_tool(fast_emulator: Emulator
         await send(ws, {"type": "tool.result", "call_id": "call_unknown", "result": "{}"})
         _, error = await until(ws, "session.error")
         assert (error["code"], error["param"]) == ("invalid_value", "call_id")
+
+
+async def test_agent_token_is_single_use_query_credential(emulator: Emulator) -> None:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "Bearer test-key"}) as client,
+        client.get(emulator.http + "/v1/token?expires_in_seconds=60") as resp,
+    ):
+        body = await resp.json()
+    assert body["expires_in_seconds"] == 60
+    url_base = emulator.ws
+    async with open_agent(url_base, {}) as ws:  # no header: refused
+        assert (await expect(ws))["code"] == "unauthorized"
+    from websockets.asyncio.client import connect
+
+    async with connect(f"{url_base}/v1/ws?token={body['token']}", compression=None) as ws:
+        await send(ws, FIRST)
+        assert (await expect(ws))["type"] == "session.ready"
+    async with connect(f"{url_base}/v1/ws?token={body['token']}", compression=None) as ws:
+        assert (await expect(ws))["code"] == "unauthorized"  # single use
