@@ -12,11 +12,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from emulator.server import build_app as build_emulator
 
 from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
 from controlplane.service import ControlPlane
+from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 
 TOKENS = {
