@@ -14,11 +14,10 @@ from typing import Any
 
 from emulator.faults import FaultSpec, FaultState
 from sessions.clock import Clock
-
-__all__ = ["KINDS", "Registry", "SessionRecord", "Stats"]
-
 from sessions.dialects.streaming_v3_table import DIALECT as STREAMING
 from sessions.dialects.voice_agent_v1_table import DIALECT as AGENT
+
+__all__ = ["KINDS", "Registry", "SessionRecord", "Stats"]
 
 KINDS = (STREAMING, AGENT)
 

@@ -199,7 +199,7 @@ class StreamingSession:
         except ValueError:
             out = self._fail(table.CLOSE["invalid_message"], f"Invalid JSON: {text}")
         else:
-            if not isinstance(message, dict):
+            if not isinstance(message, dict) or "type" not in message:
                 out = self._fail(table.CLOSE["invalid_message"], f"Invalid Message: {text}")
             else:
                 out = self._dispatch(message, now, extra)
@@ -259,8 +259,6 @@ class StreamingSession:
             out.append(Close(table.CLOSE["normal"], ""))
             self._closed_locally(table.CLOSE["normal"], "terminated")
             return out
-        if "type" not in message:
-            return self._fail(table.CLOSE["invalid_message"], f"Invalid Message: {message}")
         return self._fail(table.CLOSE["invalid_message"], f"Invalid Message Type: {kind}")
 
     def _update(self, message: dict[str, Any], extra: dict[str, Any]) -> list[Action]:

@@ -64,7 +64,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20.0) -
 def process_usage(pid: int) -> tuple[float, float]:
     """(RSS in MiB, CPU seconds user+system) of ``pid``."""
     try:
-        import psutil
+        import psutil  # type: ignore[import-untyped]
 
         proc = psutil.Process(pid)
         cpu = proc.cpu_times()

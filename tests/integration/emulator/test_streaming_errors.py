@@ -59,6 +59,14 @@ async def test_raw_key_and_single_use_token_are_accepted(emulator: Emulator) -> 
     async with open_stream(emulator.ws, f"sample_rate=16000&token={token}", headers={}) as ws:
         _, code, _ = await drain(ws)  # single use
     assert code == CLOSE["unauthorized"]
+    async with (
+        aiohttp.ClientSession(headers={"Authorization": "test-key"}) as client,
+        client.get(emulator.http + "/v3/token?expires_in_seconds=60") as resp,
+    ):
+        token = (await resp.json())["token"]
+    async with open_stream(emulator.ws, headers={"Authorization": token}) as ws:  # Python SDK
+        begin = json.loads(await ws.recv())
+    assert (await emulator.session(begin["id"]))["connect"]["auth"] == "token"
 
 
 async def test_agent_context_on_non_u3_model_at_connect_is_rejected(emulator: Emulator) -> None:

@@ -219,7 +219,7 @@ async def test_resume_can_be_configured_to_always_fail(start_emulator: StartEmul
 
 
 TALK = pattern_audio([("speech", 900), ("silence", 700)], sample_rate=24_000)
-QUICK = {"input": {"turn_detection": {"min_silence": 300, "max_silence": 500}}}
+QUICK: dict[str, Any] = {"input": {"turn_detection": {"min_silence": 300, "max_silence": 500}}}
 
 
 async def test_conversation_turn_reply_and_audio(fast_emulator: Emulator) -> None:
@@ -277,7 +277,7 @@ async def test_tool_call_when_the_user_mentions_the_tool(fast_emulator: Emulator
         "name": "lookup_order",
         "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}},
     }
-    session = {**QUICK, "tools": [tool]}
+    session: dict[str, Any] = {**QUICK, "tools": [tool]}
     session["input"] = {**QUICK["input"], "keyterms": ["lookup_order"]}
     async with open_agent(fast_emulator.ws) as ws:
         await send(ws, {"type": "session.update", "session": session})
