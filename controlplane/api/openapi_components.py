@@ -7,12 +7,30 @@ from __future__ import annotations
 from typing import Any, Final
 
 from policies.fields import (
+    FIELDS,
     MAX_KEYTERM_CHARS,
     MAX_KEYTERMS,
     MAX_PROMPT_CHARS,
     MAX_SYSTEM_PROMPT_CHARS,
     MAX_TURN_SILENCE_MS,
     MIN_TURN_SILENCE_MS,
+)
+from policies.model import (
+    BUCKET_BY_SESSION,
+    DESCRIPTION_MAX_CHARS,
+    ID_MAX_CHARS,
+    ID_PATTERN,
+    KINDS,
+    LABEL_MAX_CHARS,
+    LABEL_PATTERN,
+    LABEL_VALUE_MAX_CHARS,
+    MAX_APPLY_DEADLINE_S,
+    MAX_PRIORITY,
+    MAX_SELECTOR_VALUES,
+    MAX_VARIANTS,
+    MIN_PRIORITY,
+    SALT_MAX_CHARS,
+    VARIANT_PATTERN,
 )
 
 __all__ = ["JSON", "OBJ", "PARAMETERS", "RESPONSES", "SCHEMAS", "json_content", "ref"]
@@ -39,15 +57,18 @@ def _list_of(name: str) -> dict[str, Any]:
     }
 
 
-_STR_LIST = {"type": "array", "items": {"type": "string"}}
-_STR_OR_LIST = {"oneOf": [{"type": "string"}, _STR_LIST]}
-_LABEL_MATCH = {"type": "object", "additionalProperties": _STR_OR_LIST}
+# a character that is not whitespace in Python's sense (str.isspace, what the model strips),
+# spelled out because regex dialects disagree on what \s covers
+_NOT_BLANK: Final = r"[^\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
 
 _SILENCE = {"type": "integer", "minimum": MIN_TURN_SILENCE_MS, "maximum": MAX_TURN_SILENCE_MS}
 
 _CONFIG = {
     "type": "object",
-    "description": "Canonical fields (DESIGN.md §3); limits are checked at publish time.",
+    "description": (
+        "Canonical fields (DESIGN.md §3); limits are checked at publish time. "
+        "min_turn_silence_ms must not exceed max_turn_silence_ms."
+    ),
     "additionalProperties": False,
     "properties": {
         "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
@@ -56,7 +77,12 @@ _CONFIG = {
         "keyterms": {
             "type": "array",
             "maxItems": MAX_KEYTERMS,
-            "items": {"type": "string", "maxLength": MAX_KEYTERM_CHARS},
+            "items": {
+                "type": "string",
+                "maxLength": MAX_KEYTERM_CHARS,
+                "pattern": _NOT_BLANK,
+                "description": "not blank: at least one non-whitespace character",
+            },
         },
         "min_turn_silence_ms": _SILENCE,
         "max_turn_silence_ms": _SILENCE,
@@ -64,60 +90,107 @@ _CONFIG = {
     },
 }
 
+
+def _one_or_many(item: dict[str, Any], max_items: int) -> dict[str, Any]:
+    """A selector value: one item, or a non-empty list of them (any of)."""
+    return {"oneOf": [item, {"type": "array", "minItems": 1, "maxItems": max_items, "items": item}]}
+
+
+_ID = {"type": "string", "pattern": ID_PATTERN, "maxLength": ID_MAX_CHARS}
+_LABEL_NAME = {"type": "string", "pattern": LABEL_PATTERN, "maxLength": LABEL_MAX_CHARS}
+_LABEL_VALUES = _one_or_many(
+    {"type": "string", "minLength": 1, "maxLength": LABEL_VALUE_MAX_CHARS}, MAX_SELECTOR_VALUES
+)
+_LABEL_MATCH = {
+    "type": "object",
+    "propertyNames": _LABEL_NAME,
+    "additionalProperties": _LABEL_VALUES,
+}
+_SALT = {"type": ["string", "null"], "minLength": 1, "maxLength": SALT_MAX_CHARS}
+_BUCKET_BY = {
+    **_LABEL_NAME,
+    "default": BUCKET_BY_SESSION,
+    "description": f"{BUCKET_BY_SESSION} or a label name",
+}
+# at most three decimals; the value 12.345 is a multiple of 0.001 (JSON Schema compares
+# numbers, not binary floats: a validator computing 12.345 / 0.001 in floats may disagree)
+_PERCENT = {"type": "number", "minimum": 0, "maximum": 100, "multipleOf": 0.001}
+
 _POLICY = {
     "type": "object",
+    "description": (
+        "A policy document (docs/policies.md). Beyond this schema: a label may not be both in "
+        "match.labels and match.labels_absent; experiment variant names are unique and their "
+        "weights sum to exactly 100; min_turn_silence_ms ≤ max_turn_silence_ms in set and in "
+        "each variant's set merged over it."
+    ),
     "required": ["id"],
     "additionalProperties": False,
     "properties": {
-        "id": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
-        "version": {"type": "integer", "minimum": 1, "description": "must exceed the current"},
-        "priority": {"type": "integer", "description": "higher wins on the same field"},
-        "description": {"type": "string"},
+        "id": _ID,
+        "version": {
+            "type": ["integer", "null"],
+            "minimum": 1,
+            "description": "must exceed the current; omitted or null: current + 1",
+        },
+        "priority": {
+            "type": "integer",
+            "minimum": MIN_PRIORITY,
+            "maximum": MAX_PRIORITY,
+            "default": 0,
+            "description": "higher wins on the same field",
+        },
+        "description": {"type": ["string", "null"], "maxLength": DESCRIPTION_MAX_CHARS},
         "match": {
             "type": "object",
             "additionalProperties": False,
             "description": "all conditions must hold; lists mean any-of",
             "properties": {
-                "kind": {
-                    "oneOf": [
-                        {"enum": ["streaming-v3", "voice-agent-v1"]},
-                        {"type": "array", "items": {"enum": ["streaming-v3", "voice-agent-v1"]}},
-                    ]
-                },
-                "model": _STR_OR_LIST,
+                "kind": _one_or_many({"enum": list(KINDS)}, len(KINDS)),
+                "model": _one_or_many(
+                    {"type": "string", "minLength": 1, "maxLength": LABEL_MAX_CHARS},
+                    MAX_SELECTOR_VALUES,
+                ),
                 "labels": _LABEL_MATCH,
-                "labels_absent": _STR_LIST,
+                "labels_absent": _one_or_many(_LABEL_NAME, MAX_SELECTOR_VALUES),
                 "labels_not": _LABEL_MATCH,
             },
         },
         "set": ref("Config"),
-        "lock": {"type": "array", "items": {"type": "string"}},
+        "lock": {"type": "array", "items": {"enum": list(FIELDS)}},
         "rollout": {
-            "type": "object",
+            "type": ["object", "null"],
+            "required": ["percent"],
             "additionalProperties": False,
             "properties": {
-                "percent": {"type": "number", "minimum": 0, "maximum": 100},
-                "salt": {"type": "string"},
+                "percent": _PERCENT,
+                "salt": {**_SALT, "description": 'default "rollout"'},
+                "bucket_by": _BUCKET_BY,
             },
         },
         "experiment": {
-            "type": "object",
+            "type": ["object", "null"],
             "required": ["key", "variants"],
             "additionalProperties": False,
             "properties": {
-                "key": {"type": "string"},
-                "bucket_by": {"type": "string", "description": "session_id or a label name"},
-                "salt": {"type": "string"},
+                "key": _ID,
+                "bucket_by": _BUCKET_BY,
+                "salt": {**_SALT, "description": "default the experiment key"},
                 "variants": {
                     "type": "array",
                     "minItems": 1,
+                    "maxItems": MAX_VARIANTS,
                     "items": {
                         "type": "object",
                         "required": ["name", "weight"],
                         "additionalProperties": False,
                         "properties": {
-                            "name": {"type": "string"},
-                            "weight": {"type": "number", "minimum": 0},
+                            "name": {
+                                "type": "string",
+                                "pattern": VARIANT_PATTERN,
+                                "maxLength": ID_MAX_CHARS,
+                            },
+                            "weight": _PERCENT,
                             "set": ref("Config"),
                         },
                     },
@@ -125,7 +198,12 @@ _POLICY = {
             },
         },
         "apply": {"enum": ["immediate", "next_turn"], "default": "immediate"},
-        "apply_deadline_s": {"type": "number", "exclusiveMinimum": 0},
+        "apply_deadline_s": {
+            "type": "number",
+            "exclusiveMinimum": 0,
+            "maximum": MAX_APPLY_DEADLINE_S,
+            "default": 10,
+        },
     },
 }
 

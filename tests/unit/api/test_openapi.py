@@ -137,7 +137,7 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "max_turn_silence_ms",
         "vad_threshold",
     }
-    assert set(policy["rollout"]["properties"]) == {"percent", "salt"}
+    assert set(policy["rollout"]["properties"]) == {"percent", "salt", "bucket_by"}
     assert set(policy["experiment"]["properties"]) == {"key", "bucket_by", "salt", "variants"}
     assert policy["apply"]["enum"] == ["immediate", "next_turn"]
     error = schemas["Error"]["properties"]["error"]
