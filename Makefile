@@ -36,8 +36,15 @@ imports: $(STAMP)
 
 check: lint types imports test
 
+# A few minutes on 2 cores; docs/benchmarks.md has the full sizes and the recorded figures.
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_emulator_idle.py --sessions 2000
+	$(BIN)/python loadtest/bench_propagation.py --variant control --sessions 5000 --runs 3
+	$(BIN)/python loadtest/bench_propagation.py --variant gateway --sessions 1000 --runs 3
+	$(BIN)/python loadtest/bench_reconfigure.py --sessions 2000 --runs 1
+	$(BIN)/python loadtest/bench_audit.py --sessions 10000 --per-session 10 --runs 3
+	$(BIN)/python loadtest/bench_memory.py --variant both --sessions 2000 --runs 1
+	$(BIN)/python loadtest/bench_audio_latency.py --sessions 100 --seconds 10 --runs 1
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

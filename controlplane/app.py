@@ -1,7 +1,9 @@
 """Composition root: builds the whole service from one frozen Settings object.
 
 Embedded defaults (no NATS/Redis URL): in-memory registry, in-process policy bus, JSONL audit
-files under ``<data_dir>/audit``. Nothing here is a module-level global.
+files under ``<data_dir>/audit``. Distributed mode (``nats_url``, optionally ``redis_url``;
+``controlplane.distributed``): JetStream policy bus, the same JSONL files as write-ahead log
+shipped to ``CP_AUDIT``, Redis registry, owner routing. Nothing here is a module-level global.
 """
 
 from __future__ import annotations
@@ -15,14 +17,14 @@ import aiohttp
 from aiohttp import web
 
 from controlplane.api.routes import add_routes
-from controlplane.bus import InProcessBus
+from controlplane.bus import InProcessBus, PolicyBus
 from controlplane.config import Settings
 from controlplane.control_channel import ControlChannel
+from controlplane.distributed import Distributed, build_registry
 from controlplane.gateway import Gateway
 from controlplane.metrics import Metrics
 from controlplane.service import ControlPlane
 from sessions.clock import Clock, SystemClock
-from sessions.registry import MemoryRegistry
 from sessions.versionlog import FileVersionLog
 
 __all__ = ["SERVICE", "build_app"]
@@ -37,15 +39,27 @@ RESTART_CLOSE_CODE = 1012
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
+    """Raises ``SettingsError`` for a combination of settings that cannot work."""
+    settings.check()
     clock = clock or SystemClock()
     app = web.Application(client_max_size=2 * 1024 * 1024)
     metrics = Metrics()
-    registry = MemoryRegistry(clock, ttl_s=settings.session_ttl_s)
+    registry = build_registry(settings, clock)
     versionlog = FileVersionLog(settings.data_dir / "audit", clock)
+    dist = None
+    bus: PolicyBus = InProcessBus()
+    if settings.nats_url:
+        dist = Distributed.build(
+            settings, clock=clock, metrics=metrics, versionlog=versionlog, registry=registry
+        )
+        bus = dist.bus
     service = ControlPlane(
         settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
-        bus=InProcessBus(),
+        bus=bus, cluster=dist.ports if dist else None,
     )  # fmt: skip
+    if dist is not None and dist.upkeep is not None:
+        dist.upkeep.counts = service.rollout_counts
+        dist.upkeep.on_rejoin = service.engine.resync_registry
     app[SERVICE] = service
     add_routes(app, service, settings)
 
@@ -59,6 +73,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     app.router.add_get("/metrics", metrics_view)
 
     http_holder: list[aiohttp.ClientSession] = []
+    closed: list[bool] = []
     gateway = Gateway(service, http=None)  # its HTTP client is created on startup
     control = ControlChannel(service)
     gateway.add_routes(app)
@@ -67,18 +82,35 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     app[CONTROL] = control
 
     async def on_startup(_: web.Application) -> None:
-        http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
-        http_holder.append(http)
-        gateway.http = http
-        await service.start()
+        try:
+            http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+            http_holder.append(http)
+            gateway.http = http
+            if dist is not None:
+                await dist.connect()  # the bus replays CP_POLICY in service.start()
+            await service.start()
+            if dist is not None:
+                await dist.start()
+        except BaseException:
+            await on_cleanup(app)  # aiohttp does not clean up after a failed start
+            raise
 
     async def on_shutdown(_: web.Application) -> None:
         await drain(service, gateway, control, settings.shutdown_grace_s)
 
     async def on_cleanup(_: web.Application) -> None:
-        await service.close()
-        for http in http_holder:
-            await http.close()
+        if closed:
+            return
+        closed.append(True)
+        try:
+            if dist is not None:
+                await dist.stop_serving()
+            await service.close()
+        finally:
+            if dist is not None:
+                await dist.close()  # after the log's last flush: the last ship
+            for http in http_holder:
+                await http.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from policies.documents import text_violations
+
 __all__ = ["EventHandler", "InProcessBus", "PolicyBus", "PolicyEvent", "rfc3339"]
 
 EventType = Literal["policy.published", "policy.retired"]
@@ -57,9 +59,16 @@ class PolicyEvent:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> PolicyEvent:
-        """Decode a wire event; raises ValueError naming the offending field."""
+        """Decode a wire event; raises ValueError naming the offending field.
+
+        Text that cannot be written back as UTF-8 (a lone surrogate spelled ``"\\ud800"``) is
+        refused here: an event must re-encode exactly as it was published.
+        """
         if not isinstance(raw, Mapping):
             raise ValueError("event must be a JSON object")
+        unencodable = text_violations(raw)
+        if unencodable:
+            raise ValueError(f"{unencodable[0].field}: {unencodable[0].message}")
         kind = raw.get("type")
         if kind not in ("policy.published", "policy.retired"):
             raise ValueError(f"type must be policy.published or policy.retired, got {kind!r}")

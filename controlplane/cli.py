@@ -1,5 +1,7 @@
 """controlplane console script: serve, emulator, and the commands that talk to a running
-control plane over its REST API (policy, sessions, experiments, audit).
+control plane over its REST API (policy, sessions, experiments, audit), and the auditor's
+commands that read the durable audit stream straight from NATS (audit verify/export
+--nats-url).
 
 Client commands take --url (env CONTROLPLANE_URL, default http://127.0.0.1:8080), --token
 (env CONTROLPLANE_TOKEN) and --json. Exit codes: 0 ok, 1 failure (an error answer, an
@@ -20,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from controlplane import audit_cli
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
 from emulator.cli import register as register_emulator
@@ -327,8 +330,12 @@ def verify_local(data_dir: Path, session_id: str | None) -> list[dict[str, Any]]
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
+    if args.data_dir is not None and args.nats_url is not None:
+        raise CliError("pass either --data-dir or --nats-url", 2)
     if args.data_dir is not None:
         reports = verify_local(args.data_dir, args.id)
+    elif args.nats_url is not None:
+        reports = audit_cli.verify_nats(audit_cli.nats_settings(args), args.id)
     else:
         reports = _client(args).verify_audit(args.id)
     if args.id is not None and not any(r.get("count") for r in reports):
@@ -422,7 +429,9 @@ def _register_client_commands(sub: Any) -> None:
     p = add(audit, "verify", None, "recompute hash chains; exit 1 if any is broken")
     p.add_argument("id", nargs="?", help="one session (default: every session)")
     p.add_argument("--data-dir", type=Path, help="verify local files, without a server")
+    audit_cli.add_nats_options(p)
     p.set_defaults(func=_audit_verify)
+    audit_cli.add_export(audit)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,6 +1,12 @@
 """Settings: one frozen object built from flags and ``CONTROLPLANE_*`` environment variables.
 
 Flags win over the environment; the environment wins over defaults (DESIGN.md §4).
+Deployment modes (``Settings.check``; docs/distributed.md):
+
+- no URL: embedded (memory registry, in-process bus, local JSONL audit);
+- ``nats_url``: policies and durable audit through JetStream, each replica its own registry;
+- ``nats_url`` + ``redis_url``: the full distributed mode (shared registry, owner routing);
+- ``redis_url`` alone is refused: policies would not reach the other replicas.
 """
 
 from __future__ import annotations
@@ -11,10 +17,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["ENV_PREFIX", "Settings", "parse_listen", "parse_tokens"]
+__all__ = ["ENV_PREFIX", "Settings", "SettingsError", "parse_listen", "parse_tokens"]
 
 ENV_PREFIX = "CONTROLPLANE_"
 ROLES = ("viewer", "experimenter", "compliance", "admin")
+
+
+class SettingsError(ValueError):
+    """A combination of settings that cannot work; the message says what to change."""
+
+
+def _flag(raw: str) -> bool:
+    return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -71,9 +85,52 @@ class Settings:
     # sockets
     websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
     max_client_message_bytes: int = 1024 * 1024
-    # registry
+    # registry (Redis in distributed mode): a replica heartbeats every heartbeat_interval_s;
+    # its sessions end with cause node_lost once no heartbeat came for session_ttl_s
     heartbeat_interval_s: float = 5.0
     session_ttl_s: float = 30.0
+    redis_prefix: str = "cp:"
+    # NATS (distributed mode); credentials files are paths, never inline secrets
+    nats_creds: Path | None = None  # a .creds file (user JWT + nkey seed)
+    nats_nkey: Path | None = None  # an nkey seed file
+    nats_connect_timeout_s: float = 30.0  # give up starting when NATS is not reachable
+    nats_request_timeout_s: float = 5.0  # JetStream API calls, publishes, owner requests
+    nats_subject_prefix: str = "cp"  # subjects <prefix>.policy.<id>, <prefix>.audit.<sid>
+    nats_policy_stream: str = "CP_POLICY"
+    nats_audit_stream: str = "CP_AUDIT"
+    nats_replicas: int = 1  # replicas of the streams this service creates (1, 3 or 5)
+    policy_ack_wait_s: float = 30.0  # a policy event must be handled (all pushes) in this
+    policy_max_deliver: int = 5
+    publish_apply_wait_s: float = 2.0  # POST /v1/policies waits this long for the local apply
+    audit_max_age_days: float = 400.0  # CP_AUDIT retention
+    audit_ship_interval_s: float = 0.2
+    rollout_sync_interval_s: float = 1.0  # how often a replica publishes its rollout counts
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work (SettingsError names the fix)."""
+        if self.redis_url and not self.nats_url:
+            raise SettingsError(
+                "--redis-url needs --nats-url: with a shared registry but an in-process policy "
+                "bus, a policy published on one replica would never reach the others"
+            )
+        if not 0 < self.heartbeat_interval_s < self.session_ttl_s:
+            raise SettingsError(
+                f"heartbeat interval ({self.heartbeat_interval_s}s) must be positive and below "
+                f"the session TTL ({self.session_ttl_s}s)"
+            )
+        if self.nats_creds is not None and self.nats_nkey is not None:
+            raise SettingsError("use either --nats-creds or --nats-nkey, not both")
+        if self.policy_max_deliver < 2:
+            raise SettingsError("policy max deliver must be at least 2")
+        if self.nats_replicas not in (1, 3, 5):
+            raise SettingsError(f"NATS stream replicas must be 1, 3 or 5, not {self.nats_replicas}")
+        for name in ("nats_policy_stream", "nats_audit_stream"):
+            value = getattr(self, name)
+            if not value or any(c in value for c in " .*>/\\"):
+                raise SettingsError(f"{name} {value!r} is not a valid JetStream stream name")
+        prefix = self.nats_subject_prefix
+        if not prefix or any(c in prefix for c in " *>") or prefix[0] == "." or prefix[-1] == ".":
+            raise SettingsError(f"NATS subject prefix {prefix!r} is not a valid subject prefix")
 
     def all_tokens(self) -> dict[str, str]:
         """Tokens from CONTROLPLANE_TOKENS plus the tokens file (re-read on each call)."""
@@ -91,30 +148,57 @@ class Settings:
         def pick(name: str, convert: type | None = None) -> None:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
-                values[name] = convert(raw) if convert else raw
+                try:
+                    values[name] = convert(raw) if convert else raw
+                except ValueError:
+                    raise ValueError(
+                        f"{ENV_PREFIX}{name.upper()}={raw!r} is not a valid "
+                        f"{getattr(convert, '__name__', 'value')}"
+                    ) from None
 
-        for name in (
-            "listen",
-            "upstream_streaming_url",
-            "upstream_agent_url",
-            "nats_url",
-            "redis_url",
-            "node_id",
-        ):
-            pick(name)
-        pick("data_dir", Path)
-        pick("tokens_file", Path)
-        pick("shutdown_grace_s", float)
-        pick("ack_timeout_s", float)
+        for name, convert in _ENV_SETTINGS:
+            pick(name, convert)
         raw_tokens = env.get(ENV_PREFIX + "TOKENS")
         if raw_tokens:
             values["tokens"] = parse_tokens(raw_tokens)
         compression = env.get(ENV_PREFIX + "WEBSOCKET_COMPRESSION")
         if compression:
-            values["websocket_compression"] = compression.lower() in ("1", "true", "yes", "on")
+            values["websocket_compression"] = _flag(compression)
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
         settings = cls(**values)  # type: ignore[arg-type]
         parse_listen(settings.listen)
         return settings
+
+
+# Settings read from CONTROLPLANE_<NAME> (besides TOKENS and WEBSOCKET_COMPRESSION).
+_ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
+    ("listen", None),
+    ("upstream_streaming_url", None),
+    ("upstream_agent_url", None),
+    ("nats_url", None),
+    ("redis_url", None),
+    ("node_id", None),
+    ("data_dir", Path),
+    ("tokens_file", Path),
+    ("shutdown_grace_s", float),
+    ("ack_timeout_s", float),
+    ("heartbeat_interval_s", float),
+    ("session_ttl_s", float),
+    ("redis_prefix", None),
+    ("nats_creds", Path),
+    ("nats_nkey", Path),
+    ("nats_connect_timeout_s", float),
+    ("nats_request_timeout_s", float),
+    ("nats_subject_prefix", None),
+    ("nats_policy_stream", None),
+    ("nats_audit_stream", None),
+    ("nats_replicas", int),
+    ("policy_ack_wait_s", float),
+    ("policy_max_deliver", int),
+    ("publish_apply_wait_s", float),
+    ("audit_max_age_days", float),
+    ("audit_ship_interval_s", float),
+    ("rollout_sync_interval_s", float),
+)

@@ -15,6 +15,11 @@ control plane → app
   ``{"type": "heartbeat", "at": <unix s>}``
   ``{"type": "error", "code", "message"}``  (the socket stays open unless registration failed)
 
+Frames are held to the REST body rules (``controlplane.api.inputs.parse_frame``): no duplicate
+keys, ``NaN`` or lone surrogates, at most 32 levels; a frame that breaks them gets an ``error``.
+Close codes: 1008 registration refused; 1009 a frame over 256 KiB; 1011 an unexpected failure
+of ours (logged with the session id; the session ends, the process carries on).
+
 Authenticated with a bearer token of any role (``Authorization`` header or ``?token=``).
 Streaming-v3 sessions report ``applied`` when they wrote the message to their upstream; since
 Streaming v3 has no acknowledgement such pushes end ``unverified``, never ``acked``.
@@ -25,11 +30,13 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from controlplane.api.auth import TOKENS
+from controlplane.api.inputs import parse_frame
 from controlplane.errors import ControlPlaneError
 from controlplane.push.engine import LiveSession
 from controlplane.push.protocol import Push
@@ -39,13 +46,16 @@ from policies.fields import Config, Delta, check_value
 from sessions.dialects.base import dialect_for
 from sessions.model import SESSION_KINDS
 
-__all__ = ["ControlChannel", "ControlTransport"]
+__all__ = ["ControlChannel", "ControlTransport", "close_reason"]
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 256 * 1024
 CONGESTED_BYTES = 256 * 1024
 ID_MAX = 128
+INTERNAL_ERROR_CLOSE = 1011
+# what the REST API can address: no whitespace, '/' or control characters (docs/api.md)
+_SESSION_ID = re.compile(rf"[^\s/\x00-\x1f\x7f]{{1,{ID_MAX}}}")
 
 
 class ProtocolError(Exception):
@@ -99,6 +109,7 @@ class ControlChannel:
             ls = await self._register(ws)
             if ls is None:
                 return ws
+            await self._welcome(ws, ls)
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
                     await _send_error(ws, "invalid_frame", "only JSON text frames are accepted")
@@ -107,6 +118,11 @@ class ControlChannel:
                     await self._on_message(ws, ls, msg.data)
                 except ProtocolError as exc:
                     await _send_error(ws, exc.code, exc.message)
+        except Exception:  # a bug of ours: end this session, keep serving the others
+            sid = ls.session.id if ls is not None else None
+            log.exception("control channel failed (session %s); closing it", sid)
+            with contextlib.suppress(Exception):
+                await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
         finally:
             self.connections.discard(ws)
             if ls is not None:
@@ -114,9 +130,12 @@ class ControlChannel:
         return ws
 
     async def _register(self, ws: web.WebSocketResponse) -> LiveSession | None:
+        """The attached session, or None when registration was refused (closed with 1008, or
+        by aiohttp with 1009 for an oversize frame)."""
         msg = await ws.receive()
         if msg.type != WSMsgType.TEXT:
-            await ws.close(code=1008, message=b"first frame must be a register message")
+            if not ws.closed:
+                await ws.close(code=1008, message=b"first frame must be a register message")
             return None
         try:
             raw = _decode(msg.data)
@@ -134,12 +153,17 @@ class ControlChannel:
             )  # fmt: skip
         except ProtocolError as exc:
             await _send_error(ws, exc.code, exc.message)
-            await ws.close(code=1008, message=exc.message.encode()[:120])
+            await ws.close(code=1008, message=close_reason(exc.message))
             return None
         except ControlPlaneError as exc:
             await _send_error(ws, exc.code, exc.message)
-            await ws.close(code=1008, message=exc.message.encode()[:120])
+            await ws.close(code=1008, message=close_reason(exc.message))
             return None
+        return ls
+
+    async def _welcome(self, ws: web.WebSocketResponse, ls: LiveSession) -> None:
+        """``registered``, then the first push when the app's config is not the effective one."""
+        session = ls.session
         await ws.send_str(json.dumps({
             "type": "registered", "session_id": session.id, "version": ls.push.desired_version,
             "effective_config": _jsonable(session.effective_config),
@@ -147,7 +171,6 @@ class ControlChannel:
         }))  # fmt: skip
         self.service.engine.mark_ready(ls)
         await self.service.engine.kick(ls)
-        return ls
 
     async def _on_message(self, ws: web.WebSocketResponse, ls: LiveSession, data: str) -> None:
         raw = _decode(data)
@@ -212,9 +235,9 @@ class ControlChannel:
 
 def _decode(data: str) -> dict[str, Any]:
     try:
-        raw = json.loads(data)
+        raw = parse_frame(data)
     except ValueError as exc:
-        raise ProtocolError("bad_json", f"invalid JSON: {exc}") from exc
+        raise ProtocolError("bad_json", str(exc)) from None
     if not isinstance(raw, dict):
         raise ProtocolError("bad_message", "a message must be a JSON object")
     return raw
@@ -229,9 +252,13 @@ def _registration(raw: dict[str, Any]) -> tuple[str, str, dict[str, str], Config
         raise ProtocolError("bad_model", f"model must be a non-empty string ≤ {ID_MAX} chars")
     session_id = raw.get("session_id")
     if session_id is not None and (
-        not isinstance(session_id, str) or not session_id or len(session_id) > ID_MAX
+        not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id)
     ):
-        raise ProtocolError("bad_session_id", f"session_id must be a string ≤ {ID_MAX} chars")
+        raise ProtocolError(
+            "bad_session_id",
+            f"session_id must be 1-{ID_MAX} characters without whitespace, '/' or control "
+            "characters",
+        )
     labels = raw.get("labels") or {}
     if not isinstance(labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) and len(k) <= 63 and len(v) <= 256
@@ -248,6 +275,11 @@ def _registration(raw: dict[str, Any]) -> tuple[str, str, dict[str, str], Config
             raise ProtocolError("bad_config", str(PolicyValidationError(problems)))
         config[name] = normalised
     return kind, model, dict(labels), config, session_id
+
+
+def close_reason(text: str) -> bytes:
+    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
+    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

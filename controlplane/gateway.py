@@ -7,6 +7,15 @@ untouched; client updates are forwarded except fields locked by an applying poli
 are stripped and logged. Pushes go to the upstream socket; on the Voice Agent API the
 acknowledgements of our pushes are consumed here, not forwarded (the client did not send
 those updates). Client credentials are forwarded and never logged.
+
+Client text frames are parsed under the REST body rules (``controlplane.api.inputs
+.parse_frame``). Text that is not JSON is forwarded untouched (the upstream answers it). JSON
+that cannot be recorded faithfully — a duplicate key (the upstream's parser may pick the other
+one: a lock bypass), ``NaN``, a lone surrogate, too deep — is refused the upstream's way:
+Streaming v3 ``Error`` 3006 and close 3006, Voice Agent ``session.error`` ``invalid_format``
+(the session stays open). An update with a malformed value is forwarded for the upstream to
+judge, but never with a locked field. An unexpected failure of ours closes that session with
+1011 and is logged; the gateway carries on.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -23,10 +33,11 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
 from controlplane.push.engine import LiveSession, PushEngine
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
-from policies.fields import Delta
+from policies.fields import Delta, utf8_problem
 from sessions.dialects.base import (
     Acked,
     Dialect,
@@ -35,6 +46,7 @@ from sessions.dialects.base import (
     TurnBoundary,
 )
 from sessions.dialects.streaming_v3 import STREAMING_V3
+from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
@@ -50,6 +62,10 @@ MAX_PENDING_ACKS = 64
 AUDIO_ONLY_ERRORS = frozenset({"invalid_audio", "audio_rate_violation"})
 CONGESTED_BYTES = 256 * 1024
 MAX_LABELS = 32
+INTERNAL_ERROR_CLOSE = 1011
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def parse_labels(raw: str) -> dict[str, str]:
@@ -61,7 +77,11 @@ def parse_labels(raw: str) -> dict[str, str]:
         key, sep, value = item.partition("=")
         key, value = key.strip(), value.strip()
         if not sep or not key or len(key) > 63 or len(value) > 256:
-            raise ValueError(f"label {item[:80]!r} must be key=value (key ≤ 63, value ≤ 256)")
+            shown = item[:80].encode("utf-8", "backslashreplace").decode()
+            raise ValueError(f"label {shown!r} must be key=value (key ≤ 63, value ≤ 256)")
+        # header bytes that are not UTF-8 arrive as lone surrogates: no log or hash takes them
+        if utf8_problem(item) is not None or _CONTROL.search(item):
+            raise ValueError("labels must be UTF-8 text without control characters")
         labels[key] = value
     if len(labels) > MAX_LABELS:
         raise ValueError(f"{len(labels)} labels, limit is {MAX_LABELS}")
@@ -257,11 +277,16 @@ class Gateway:
                 if msg.type == WSMsgType.BINARY:
                     await upstream.send_bytes(msg.data)
                 elif msg.type == WSMsgType.TEXT:
-                    await self._from_client(msg.data, upstream, ls, transport, dialect)
+                    await self._from_client(msg.data, ws, upstream, ls, transport, dialect)
             if reader.done():
                 cause = "upstream_closed"
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             cause = f"proxy_error: {type(exc).__name__}"
+        except Exception:  # a bug of ours: end this session, keep serving the others
+            cause = "internal_error"
+            log.exception("gateway session %s failed; closing it", ls.session.id)
+            with contextlib.suppress(Exception):
+                await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
         finally:
             if not upstream.closed:
                 code = ws.close_code if ws.close_code and ws.close_code != 1006 else 1000
@@ -278,20 +303,28 @@ class Gateway:
     async def _from_client(
         self,
         data: str,
+        ws: web.WebSocketResponse,
         upstream: aiohttp.ClientWebSocketResponse,
         ls: LiveSession,
         transport: UpstreamTransport,
         dialect: Dialect,
     ) -> None:
         try:
-            message = json.loads(data)
-        except ValueError:
-            message = None
+            message = parse_frame(data)
+        except FrameNotJson:
+            message = None  # not JSON: forwarded untouched, the upstream answers it
+        except UnsafeFrame as exc:
+            await self._refuse(ws, ls, dialect, str(exc))
+            return
+        if not isinstance(message, dict):
+            await upstream.send_str(data)
+            return
         try:
-            delta = dialect.parse_client_update(message) if isinstance(message, dict) else None
-        except DialectError:
-            delta = None  # a malformed value: forwarded untouched, the upstream answers it
-        if delta is None or not isinstance(message, dict):
+            delta = dialect.parse_client_update(message)
+        except DialectError as exc:  # a malformed value: the upstream judges it, locks hold
+            await self._forward_malformed(message, data, exc, upstream, ls, transport, dialect)
+            return
+        if delta is None:
             await upstream.send_str(data)  # not an update: untouched (upstream judges it)
             return
         locked = sorted(set(delta) & set(ls.locks))
@@ -321,6 +354,54 @@ class Gateway:
                 wire=json.loads(forward_text),
             )  # fmt: skip
 
+    async def _forward_malformed(
+        self,
+        message: dict[str, Any],
+        data: str,
+        error: DialectError,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        transport: UpstreamTransport,
+        dialect: Dialect,
+    ) -> None:
+        """An update with a wrongly-typed canonical value goes to the upstream, which answers
+        it — but without locked fields: an upstream that applies the valid rest of a message
+        must not receive a locked value next to a malformed one."""
+        stripped_msg, stripped = dialect.strip_locked(message, sorted(ls.locks))
+        forward_text = data
+        if stripped:
+            owners = ", ".join(
+                f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
+            )
+            self.service.engine.record(
+                ls, cause="client", status="rejected", delta={}, wire=message,
+                error=f"{owners} (malformed update: {error})",
+            )  # fmt: skip
+            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
+            if stripped_msg is None:
+                return
+            forward_text = json.dumps(stripped_msg)
+        if transport.acknowledging:
+            transport.pending.append("client")
+        await upstream.send_str(forward_text)
+
+    async def _refuse(
+        self, ws: web.WebSocketResponse, ls: LiveSession, dialect: Dialect, problem: str
+    ) -> None:
+        """A client frame we cannot record faithfully: refused the way the upstream refuses
+        bad JSON (Streaming v3: ``Error`` + close 3006; Voice Agent: ``session.error``
+        ``invalid_format``, the session stays open). Nothing reaches the upstream."""
+        self.service.metrics.rejects.labels(ls.session.kind, "invalid_frame").inc()
+        log.info("session %s: client frame refused: %s", ls.session.id, problem)
+        if dialect.acknowledges:
+            await _agent_error(ws, "invalid_format", f"message refused: {problem}")
+            return
+        code = STREAMING_CLOSE["invalid_message"]
+        reason = f"Invalid JSON: {problem}"
+        with contextlib.suppress(Exception):
+            await ws.send_str(json.dumps({"type": "Error", "error_code": code, "error": reason}))
+        await ws.close(code=code, message=_close_reason(reason))
+
     async def _from_upstream(
         self,
         ws: web.WebSocketResponse,
@@ -345,6 +426,9 @@ class Gateway:
                 await self._upstream_text(msg.data, ws, ls, transport, dialect, engine)
         except (ConnectionError, aiohttp.ClientError, RuntimeError):
             pass
+        except Exception:  # a bug of ours: logged; the client sees 1011
+            log.exception("gateway session %s: upstream message handling failed", ls.session.id)
+            close_code, close_reason = INTERNAL_ERROR_CLOSE, "internal error"
         finally:
             if not upstream.closed:
                 with contextlib.suppress(Exception):
@@ -352,7 +436,7 @@ class Gateway:
             if not ws.closed:
                 code = close_code if close_code not in (1005, 1006) else 1011
                 with contextlib.suppress(Exception):
-                    await ws.close(code=code, message=close_reason.encode()[:120])
+                    await ws.close(code=code, message=_close_reason(close_reason))
 
     async def _upstream_text(
         self,
@@ -401,6 +485,11 @@ class Gateway:
 async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_str(json.dumps({"type": "session.error", "code": code, "message": message}))
+
+
+def _close_reason(text: str) -> bytes:
+    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
+    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")
 
 
 def _http_error(status: int, code: str, message: str) -> web.Response:

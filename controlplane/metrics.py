@@ -68,6 +68,16 @@ class Metrics:
         self.audit_append_failures = Counter(
             p + "audit_append_failures_total", "Version-log appends that failed", registry=r
         )
+        self.audit_shipped = Counter(
+            p + "audit_shipped_total",
+            "Version-log entries stored in the durable audit stream (distributed mode)",
+            registry=r,
+        )
+        self.audit_ship_backlog = Gauge(
+            p + "audit_ship_backlog_bytes",
+            "Bytes of local version log not yet in the durable audit stream",
+            registry=r,
+        )
         self.audit_verify_failures = Counter(
             p + "audit_verify_failures_total",
             "Audit verifications that found tampering",

@@ -2,6 +2,8 @@
 
 With no API token configured anywhere, a fresh admin token is generated, printed once, and
 the service binds to 127.0.0.1 only, so a quick start is never an open door.
+``--nats-url`` (optionally with ``--redis-url``) runs the distributed mode
+(docs/distributed.md); ``--redis-url`` alone is refused with the reason.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from aiohttp import web
 
 from controlplane.api.auth import generate_admin_token
 from controlplane.app import build_app
-from controlplane.config import Settings, parse_listen
+from controlplane.config import Settings, SettingsError, parse_listen
+from controlplane.errors import ControlPlaneError
+from controlplane.nats_bus import redact
 
 __all__ = ["register", "run", "settings_from_args"]
 
@@ -33,7 +37,18 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--tokens-file", "tokens_file", Path, "file of role:token lines"),
     ("--shutdown-grace-s", "shutdown_grace_s", float, "seconds live sessions may finish"),
     ("--ack-timeout-s", "ack_timeout_s", float, "Voice Agent acknowledgement timeout"),
-)
+    ("--nats-creds", "nats_creds", Path, "NATS .creds file (JWT + nkey seed)"),
+    ("--nats-nkey", "nats_nkey", Path, "NATS nkey seed file"),
+    ("--heartbeat-interval-s", "heartbeat_interval_s", float, "replica heartbeat period"),
+    ("--session-ttl-s", "session_ttl_s", float,
+     "a replica silent this long is lost; its sessions end (node_lost)"),
+    ("--redis-prefix", "redis_prefix", str, "Redis key prefix (default cp:)"),
+    ("--nats-subject-prefix", "nats_subject_prefix", str, "NATS subject prefix (default cp)"),
+    ("--nats-policy-stream", "nats_policy_stream", str, "policy stream (default CP_POLICY)"),
+    ("--nats-audit-stream", "nats_audit_stream", str, "audit stream (default CP_AUDIT)"),
+    ("--nats-replicas", "nats_replicas", int, "replicas of created streams (default 1)"),
+    ("--audit-max-age-days", "audit_max_age_days", float, "CP_AUDIT retention (default 400)"),
+)  # fmt: skip
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -71,12 +86,10 @@ def _loopback(host: str) -> bool:
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    if settings.nats_url or settings.redis_url:
-        print(
-            "controlplane: distributed mode (--nats-url / --redis-url) is not available in "
-            "this build yet; run without them for the embedded defaults",
-            file=sys.stderr,
-        )
+    try:
+        settings.check()
+    except SettingsError as exc:
+        print(f"controlplane: {exc}", file=sys.stderr)
         return 2
     host, port = parse_listen(settings.listen)
     if not settings.all_tokens():
@@ -91,12 +104,25 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _install_uvloop()
     print(f"controlplane serving on http://{host}:{port} (node {settings.node_id}, "
-          f"data {settings.data_dir})", flush=True)  # fmt: skip
-    web.run_app(
-        build_app(settings), host=host, port=port, print=None,
-        shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
-    )  # fmt: skip
+          f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
+    try:
+        web.run_app(
+            build_app(settings), host=host, port=port, print=None,
+            shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
+        )  # fmt: skip
+    except ControlPlaneError as exc:  # e.g. NATS unreachable at start: say so, no traceback
+        print(f"controlplane: cannot start: {exc.message}", file=sys.stderr, flush=True)
+        return 1
     return 0
+
+
+def _mode(settings: Settings) -> str:
+    if not settings.nats_url:
+        return "embedded mode"
+    where = f"NATS {redact(settings.nats_url)}"
+    if settings.redis_url:
+        return f"distributed mode: {where}, Redis {redact(settings.redis_url)}"
+    return f"distributed mode: {where}, registry local to this replica"
 
 
 def _install_uvloop() -> None:

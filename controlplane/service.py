@@ -2,24 +2,32 @@
 
 Implements ``controlplane.api.ports.ControlPlaneAPI``; the gateway and the control channel
 open and close sessions through it. Built only by ``controlplane.app``.
+
+Distributed mode adds optional ``ClusterPorts`` (controlplane.cluster): policy versions are
+checked against the policy stream, per-session actions for sessions another replica holds
+are routed to it, their logs come from it (or from the durable audit stream once it is
+gone), and rollout status adds the counts the other replicas publish.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+from controlplane.assignments import AssignmentBook
 from controlplane.bus import PolicyBus, PolicyEvent, rfc3339
+from controlplane.cluster import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
 from controlplane.metrics import Metrics
 from controlplane.policy_store import Change, PolicyStore
+from controlplane.preview import preview
 from controlplane.push.engine import LiveSession, PushEngine, Transport
 from controlplane.push.protocol import PushState
-from policies.bucketing import bucket
+from controlplane.rollout import local_counts, rollout_body
 from policies.delta import diff
 from policies.errors import PolicyValidationError
 from policies.fields import Config
@@ -27,17 +35,14 @@ from policies.model import Policy, parse_policy
 from policies.resolve import Effective
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect
-from sessions.errors import UnknownSession
+from sessions.errors import SessionError, UnknownSession, VersionLogError
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
-from sessions.versionlog import VersionLog
+from sessions.versionlog import LogEntry, VersionLog, verify_entries
 
 __all__ = ["ControlPlane"]
 
 log = logging.getLogger(__name__)
-
-MAX_ENDED_ASSIGNMENTS = 100_000
-PREVIEW_SAMPLES = 5
 
 
 class ControlPlane:
@@ -50,6 +55,7 @@ class ControlPlane:
         registry: Registry,
         versionlog: VersionLog,
         bus: PolicyBus,
+        cluster: ClusterPorts | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -63,11 +69,15 @@ class ControlPlane:
             settings=settings, clock=clock, versionlog=versionlog, registry=registry,
             metrics=metrics,
         )  # fmt: skip
-        # experiment key -> session id -> assignment, for sessions that have ended
-        self._ended_assignments: OrderedDict[tuple[str, str], dict[str, Any]] = OrderedDict()
+        self.assignments = AssignmentBook()
         self._started = False
         self.draining = False
+        self.cluster = cluster or ClusterPorts()
+        self._waiters = VersionWaiters()  # publishes waiting for this replica to apply
         bus.subscribe(self._on_event)
+        if self.cluster.router is not None:
+            self.cluster.router.handle("relabel", self._rpc_relabel)
+            self.cluster.router.handle("log", self._rpc_log)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -85,14 +95,33 @@ class ControlPlane:
         await self.registry.close()
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
-        checks = {"started": self._started, "draining": self.draining}
+        checks: dict[str, Any] = {"started": self._started, "draining": self.draining}
         ready = self._started and not self.draining
+        for name, gate in self.cluster.checks.items():
+            ok = bool(gate())
+            checks[name] = ok
+            ready = ready and ok
+        for name, fact in self.cluster.facts.items():
+            checks[name] = fact()
+        if self._started:
+            self.metrics.ready.set(1 if ready else 0)
         return ready, checks
 
     # -- policy intake -------------------------------------------------------------------
     async def publish_policy(self, doc: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
         self._require_accepting()
-        policy = self.store.prepare(parse_policy(doc))
+        parsed = parse_policy(doc)
+        policy = self.store.prepare(parsed)
+        assert policy.version is not None
+        stored = await self._stored_version(policy.id)
+        if stored >= policy.version:  # this replica has not applied the latest version yet
+            if parsed.version is not None:
+                raise Conflict(
+                    f"policy {policy.id!r} version {policy.version} is not above the current "
+                    f"version {stored}; publish version {stored + 1} or omit version",
+                    details={"id": policy.id, "version": policy.version, "current": stored},
+                )
+            policy = policy.with_version(stored + 1)
         return await self._publish(policy, "policy.published", actor, "policy")
 
     async def retire_policy(self, policy_id: str, *, actor: str) -> dict[str, Any]:
@@ -100,7 +129,8 @@ class ControlPlane:
         latest = self.store.latest(policy_id)
         if latest.retired:
             raise Conflict(f"policy {policy_id!r} is already retired", code="already_retired")
-        policy = latest.policy.with_version(latest.version + 1)
+        version = max(latest.version, await self._stored_version(policy_id)) + 1
+        policy = latest.policy.with_version(version)
         return await self._publish(policy, "policy.retired", actor, "retire")
 
     async def rollback_policy(
@@ -114,7 +144,7 @@ class ControlPlane:
                 "published version",
                 code="not_a_published_version",
             )
-        current = self.store.current_version(policy_id)
+        current = max(self.store.current_version(policy_id), await self._stored_version(policy_id))
         policy = target.policy.with_version(current + 1)
         result = await self._publish(policy, "policy.published", actor, "rollback")
         result["rolled_back_to"] = to_version
@@ -129,8 +159,24 @@ class ControlPlane:
             cause=cause,
         )
         await self.bus.publish(event)
+        assert policy.version is not None
+        await self._applied_here(policy.id, policy.version)
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
                 "type": kind}  # fmt: skip
+
+    async def _stored_version(self, policy_id: str) -> int:
+        """The last version any replica stored (0 without a shared policy stream)."""
+        if self.cluster.versions is None:
+            return 0
+        return await self.cluster.versions.last_version(policy_id) or 0
+
+    async def _applied_here(self, policy_id: str, version: int) -> None:
+        """Read-your-writes: wait (bounded) until this replica applied what it published."""
+        if self.store.current_version(policy_id) < version:
+            wait_s = self.settings.publish_apply_wait_s
+            if not await self._waiters.wait(policy_id, version, wait_s):
+                log.info("policy %s v%d stored but not applied here within %.1fs",
+                         policy_id, version, wait_s)  # fmt: skip
 
     async def _on_event(self, event: PolicyEvent) -> None:
         received = self.clock.monotonic()
@@ -143,9 +189,13 @@ class ControlPlane:
         if change is None:
             self.metrics.policy_events.labels(event.type, "ignored").inc()
             log.info("policy event %s ignored (duplicate or older version)", event.msg_id)
+            self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
             return
         self.metrics.policy_events.labels(event.type, "applied").inc()
-        await self._reconcile_change(change, event.cause, received)
+        try:
+            await self._reconcile_change(change, event.cause, received)
+        finally:
+            self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
 
     async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
         relevant = [p for p in (change.before, change.after) if p is not None]
@@ -180,101 +230,28 @@ class ControlPlane:
         policy = parse_policy(doc)
         policy = policy.with_version(self.store.current_version(policy.id) + 1)
         policies = [p for p in self.store.active() if p.id != policy.id] + [policy]
-        by_kind: dict[str, dict[str, int]] = {}
-        by_variant: dict[str, int] = {}
-        samples: list[dict[str, Any]] = []
-        targeted = changed = 0
-        for ls in self.engine.live.values():
-            if not policy.match.matches(ls.target):
-                continue
-            effective = self.engine.resolve(ls.session, policies)
-            ref = next((r for r in effective.applied if r.id == policy.id), None)
-            if ref is None:
-                continue
-            targeted += 1
-            delta = diff(ls.session.effective_config, effective.config)
-            counts = by_kind.setdefault(ls.session.kind, {"targeted": 0, "changed": 0})
-            counts["targeted"] += 1
-            if ref.variant is not None:
-                by_variant[ref.variant] = by_variant.get(ref.variant, 0) + 1
-            if delta:
-                changed += 1
-                counts["changed"] += 1
-                if len(samples) < PREVIEW_SAMPLES:
-                    encoded = ls.dialect.encode(delta, ls.session.model)
-                    samples.append({
-                        "session_id": ls.session.id, "kind": ls.session.kind,
-                        "delta": _jsonable(delta), "wire": encoded.message,
-                        "skipped": dict(encoded.skipped),
-                    })  # fmt: skip
-        return {"id": policy.id, "version": policy.version, "targeted": targeted,
-                "changed": changed, "by_kind": by_kind, "by_variant": by_variant,
-                "samples": samples}  # fmt: skip
+        return preview(policy, policies, self.engine.live.values(), self.engine.resolve)
 
     async def rollout_status(self, policy_id: str) -> dict[str, Any]:
         latest = self.store.latest(policy_id)
-        rows: dict[tuple[int, str | None], dict[str, Any]] = {}
-        for ls in self.engine.live.values():
-            entry = ls.policy_status.get(policy_id)
-            if entry is None:
-                continue
-            version, variant, status = entry
-            row = rows.setdefault((version, variant), _rollout_row(version, variant))
-            row["targeted"] += 1
-            row[_ROLLOUT_COLUMN.get(status, "pending")] += 1
-        totals = _rollout_row(latest.version, None)
-        del totals["version"], totals["variant"]
-        for row in rows.values():
-            for key in totals:
-                totals[key] += row[key]
-        ordered = [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1] or ""))]
-        return {"id": policy_id, "version": latest.version,
-                "status": "retired" if latest.retired else "active",
-                "versions": ordered, "totals": totals}  # fmt: skip
+        parts = list(local_counts(self.engine.live.values(), only=policy_id).values())
+        if self.cluster.peers is not None:
+            with _backend("rollout counts of the other replicas"):
+                parts += await self.cluster.peers.rollout_rows(policy_id)
+        return rollout_body(policy_id, latest.version, latest.retired, parts)
+
+    def rollout_counts(self) -> dict[str, list[dict[str, Any]]]:
+        """This replica's rollout rows per policy (what it publishes for the others)."""
+        return local_counts(self.engine.live.values())
 
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
-        policies = {p.id: p for p in self.store.active()}
-        found = False
-        for record in self.store.records():
-            exp = record.policy.experiment
-            if exp is not None and exp.key == key:
-                found = True
-        if not found:
+        if not any(
+            r.policy.experiment is not None and r.policy.experiment.key == key
+            for r in self.store.records()
+        ):
             raise NotFound(f"no experiment {key!r}", code="experiment_not_found")
-        out: dict[str, dict[str, Any]] = {}
-        for (exp_key, session_id), row in self._ended_assignments.items():
-            if exp_key == key:
-                out[session_id] = row
-        for ls in self.engine.live.values():
-            for row in self._assignments_of(ls, policies):
-                if row["experiment"] == key:
-                    out[ls.session.id] = row
-        return [out[k] for k in sorted(out)]
-
-    def _assignments_of(
-        self, ls: LiveSession, policies: Mapping[str, Policy]
-    ) -> list[dict[str, Any]]:
-        rows = []
-        for ref in ls.session.applied:
-            policy = policies.get(ref.id)
-            if ref.variant is None or policy is None or policy.experiment is None:
-                continue
-            exp = policy.experiment
-            value = (
-                ls.session.id
-                if exp.bucket_by == "session_id"
-                else ls.session.labels.get(exp.bucket_by, "")
-            )
-            rows.append({
-                "experiment": exp.key, "session_id": ls.session.id, "policy": ref.id,
-                "version": ref.version, "variant": ref.variant, "bucket_by": exp.bucket_by,
-                "bucket_value": value,
-                "bucket": round(bucket(exp.key, exp.effective_salt, value), 8),
-                "kind": ls.session.kind, "model": ls.session.model,
-                "assigned_at": rfc3339(ls.session.created_at),
-                "state": ls.session.state.value,
-            })  # fmt: skip
-        return rows
+        policies = {p.id: p for p in self.store.active()}
+        return self.assignments.rows(key, self.engine.live.values(), policies)
 
     # -- sessions: queries ---------------------------------------------------------------
     async def list_sessions(
@@ -297,9 +274,10 @@ class ControlPlane:
                         return False
             return True
 
-        page = await self.registry.list(
-            keep, include_ended=state == "ended", limit=limit, cursor=cursor
-        )
+        with _backend("listing sessions"):
+            page = await self.registry.list(
+                keep, include_ended=state == "ended", limit=limit, cursor=cursor
+            )
         items = []
         for s in page.items:
             live = self.engine.live.get(s.id)
@@ -310,21 +288,79 @@ class ControlPlane:
         live = self.engine.live.get(session_id)
         if live is not None:
             return live.session.to_dict()
-        try:
-            return (await self.registry.get(session_id)).to_dict()
-        except UnknownSession as exc:
-            raise NotFound(f"no session {session_id!r}", code="session_not_found") from exc
+        session = await self._recorded(session_id)
+        if session is None:
+            raise NotFound(f"no session {session_id!r}", code="session_not_found")
+        return session.to_dict()
 
-    async def session_log(self, session_id: str) -> list[dict[str, Any]]:
+    async def _recorded(self, session_id: str) -> Session | None:
+        """The registry's record (None: unknown); registry failures answer 503."""
+        with _backend("reading the session registry"):
+            try:
+                return await self.registry.get(session_id)
+            except UnknownSession:
+                return None
+
+    async def _owner_elsewhere(self, session_id: str) -> str | None:
+        """The replica holding this session's socket, if another one and routing is on."""
+        if self.cluster.router is None or session_id in self.engine.live:
+            return None
+        with _backend("reading the session owner"):
+            owner = await self.registry.owner(session_id)
+        return owner if owner is not None and owner != self.node_id else None
+
+    async def session_log(
+        self, session_id: str, *, local_only: bool = False
+    ) -> list[dict[str, Any]]:
+        if not local_only and session_id not in self.engine.live:
+            remote = await self._remote_log(session_id)
+            if remote is not None:
+                return remote
         await self.versionlog.flush()
         entries = await self.versionlog.entries(session_id)
         if not entries and session_id not in self.engine.live:
             await self.get_session(session_id)  # 404 when unknown
         return [e.to_dict() for e in entries]
 
+    async def _remote_log(self, session_id: str) -> list[dict[str, Any]] | None:
+        """A log kept by another replica: from its owner while live, else from the durable
+        audit stream. None when the local log is the one to read."""
+        session = await self._recorded(session_id) if self.cluster.audit else None
+        if session is not None and session.node == self.node_id:
+            return None
+        owner = await self._owner_elsewhere(session_id)
+        if owner is not None and self.cluster.router is not None:
+            with contextlib.suppress(Unavailable):  # gone: its shipped entries remain
+                return list(await self.cluster.router.call(owner, "log",
+                                                           {"session_id": session_id}))  # fmt: skip
+        if self.cluster.audit is None:
+            return None
+        with _backend("reading the durable audit stream"):
+            rows = await self.cluster.audit.session_rows(session_id)
+        if not rows:
+            return [] if session is not None else None
+        out = []
+        for row in rows:
+            try:
+                out.append(LogEntry.from_dict(row).to_dict())
+            except VersionLogError:
+                log.warning("session %s: a stored audit entry is malformed", session_id)
+        return out
+
     async def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
-        await self.versionlog.flush()
-        reports = await self.versionlog.verify(session_id)
+        reports = None
+        if session_id is not None and self.cluster.audit is not None:
+            session = await self._recorded(session_id)
+            if session_id not in self.engine.live and (session is None or (
+                session.node != self.node_id
+            )):  # fmt: skip
+                with _backend("reading the durable audit stream"):
+                    rows = await self.cluster.audit.session_rows(session_id)
+                if rows:
+                    reports = [verify_entries(session_id, rows)]
+        if reports is None:
+            await self.versionlog.flush()
+            reports = await self.versionlog.verify(session_id)
         out = []
         for r in reports:
             if not r.ok:
@@ -334,10 +370,19 @@ class ControlPlane:
         return out
 
     async def relabel_session(
-        self, session_id: str, labels: Mapping[str, str | None], *, actor: str
+        self,
+        session_id: str,
+        labels: Mapping[str, str | None],
+        *,
+        actor: str,
+        local_only: bool = False,
     ) -> dict[str, Any]:
         ls = self.engine.live.get(session_id)
         if ls is None:
+            owner = None if local_only else await self._owner_elsewhere(session_id)
+            if owner is not None and self.cluster.router is not None:
+                payload = {"session_id": session_id, "labels": dict(labels), "actor": actor}
+                return dict(await self.cluster.router.call(owner, "relabel", payload))
             await self.get_session(session_id)
             raise Conflict(
                 f"session {session_id!r} is not live on this node", code="session_not_live"
@@ -350,6 +395,17 @@ class ControlPlane:
         await self.engine.reconcile([ls], self.store.active(), cause="relabel",
                                     event_at=self.clock.monotonic())  # fmt: skip
         return ls.session.to_dict()
+
+    async def _rpc_relabel(self, payload: dict[str, Any]) -> dict[str, Any]:
+        labels = payload["labels"]
+        if not isinstance(labels, dict):
+            raise BadRequest("labels must be an object")
+        return await self.relabel_session(str(payload["session_id"]), labels,
+                                          actor=str(payload.get("actor", "")),
+                                          local_only=True)  # fmt: skip
+
+    async def _rpc_log(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.session_log(str(payload["session_id"]), local_only=True)
 
     # -- sessions: lifecycle (gateway and control channel) -------------------------------
     def new_session(
@@ -389,7 +445,12 @@ class ControlPlane:
         )  # fmt: skip
         ls = LiveSession(session=session, push=push, transport=transport, dialect=dialect)
         self.engine.attach(ls, effective)
-        await self.registry.register(session)
+        try:
+            with _backend("registering the session"):
+                await self.registry.register(session)
+        except BaseException:
+            self.engine.detach(session.id)
+            raise
         delta = diff(session.client_config, running)
         self.engine.record(ls, cause="connect", status="sent", delta=delta, wire=connect_wire,
                            version=1, config=running)  # fmt: skip
@@ -402,37 +463,24 @@ class ControlPlane:
     async def detach(self, ls: LiveSession, cause: str) -> None:
         if self.engine.detach(ls.session.id) is None:
             return
-        policies = {p.id: p for p in self.store.active()}
-        for row in self._assignments_of(ls, policies):
-            row["state"] = "ended"
-            self._ended_assignments[(row["experiment"], ls.session.id)] = row
-        while len(self._ended_assignments) > MAX_ENDED_ASSIGNMENTS:
-            self._ended_assignments.popitem(last=False)
+        self.assignments.ended(ls, {p.id: p for p in self.store.active()})
         now = self.clock.now()
         ls.session.state = SessionState.ENDED
         ls.session.ended_at = now
         ls.session.end_cause = cause
         try:
             await self.registry.end(ls.session.id, cause=cause, at=now)
-        except Exception:
-            log.exception("registry end failed for session %s", ls.session.id)
+        except Exception as exc:
+            log.warning("registry end of session %s failed, will retry: %s", ls.session.id, exc)
+            self.engine.end_later(ls.session.id, cause, now)
 
 
-_ROLLOUT_COLUMN = {
-    "pending": "pending",
-    "sent": "sent",
-    "acked": "acknowledged",
-    "unverified": "unverified",
-    "rejected": "rejected",
-    "skipped": "unchanged",
-    "unchanged": "unchanged",
-}
-
-
-def _rollout_row(version: int, variant: str | None) -> dict[str, Any]:
-    return {"version": version, "variant": variant, "targeted": 0, "pending": 0, "sent": 0,
-            "acknowledged": 0, "unverified": 0, "rejected": 0, "unchanged": 0}  # fmt: skip
-
-
-def _jsonable(delta: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in delta.items()}
+@contextlib.contextmanager
+def _backend(what: str) -> Iterator[None]:
+    """A shared backend (registry, audit stream) failing answers 503, retryable."""
+    try:
+        yield
+    except SessionError as exc:
+        if not exc.retryable:
+            raise
+        raise Unavailable(f"{what}: {exc}", code="backend_unavailable") from exc

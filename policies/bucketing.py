@@ -61,10 +61,11 @@ def bucket(key: str, salt: str, value: str, *, seed: int | None = None) -> float
     """Return the LaunchDarkly bucket of ``value`` in ``[0, 1)``.
 
     ``seed`` replaces ``key`` and ``salt`` in the hash input, as LaunchDarkly's experiment seed
-    does; policies never set it.
+    does; policies never set it. Total: a lone surrogate (a label no boundary should have let
+    in) hashes as its code point instead of failing every resolve that reads it.
     """
     text = f"{seed}.{value}" if seed is not None else f"{key}.{salt}.{value}"
-    digest = _SHA1(text.encode("utf-8"), usedforsecurity=False).hexdigest()
+    digest = _SHA1(text.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
     return int(digest[:15], 16) / LONG_SCALE
 
 

@@ -4,6 +4,10 @@ Text whose first non-blank character is ``{`` is read as JSON, anything else as 
 loader). Both refuse duplicate keys, which YAML and JSON parsers otherwise resolve silently by
 keeping the last one. Problems raise :class:`policies.errors.PolicyValidationError` with field
 ``<document>`` and rule ``syntax``, ``duplicate_key`` or ``type`` (the document is not a mapping).
+
+:func:`text_violations` is the one check every document passes before schema validation: text
+that cannot be written as UTF-8 (JSON may spell a lone surrogate, ``"\\ud800"``) is refused with
+rule ``encoding``, naming where it is.
 """
 
 from __future__ import annotations
@@ -15,8 +19,11 @@ from typing import Any
 import yaml
 
 from policies.errors import PolicyValidationError, Violation
+from policies.fields import printable, utf8_problem
 
-__all__ = ["load_document"]
+__all__ = ["load_document", "text_violations"]
+
+MAX_TEXT_VIOLATIONS = 20
 
 
 def load_document(text: str) -> Mapping[str, Any]:
@@ -95,3 +102,26 @@ def _kind(value: Any) -> str:
     if isinstance(value, str):
         return "a string"
     return type(value).__name__
+
+
+def text_violations(doc: Any) -> list[Violation]:
+    """A violation (rule ``encoding``) for each key or string in ``doc`` that is not valid
+    Unicode text, at most ``MAX_TEXT_VIOLATIONS``. Iterative: any nesting depth is fine."""
+    found: list[Violation] = []
+    stack: list[tuple[str, Any]] = [("", doc)]
+    while stack and len(found) < MAX_TEXT_VIOLATIONS:
+        path, value = stack.pop()
+        if isinstance(value, str):
+            problem = utf8_problem(value)
+            if problem is not None:
+                found.append(Violation(path or "<document>", "encoding", problem))
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                name = printable(key) if isinstance(key, str) else repr(key)
+                where = f"{path}.{name}" if path else name
+                if isinstance(key, str) and (problem := utf8_problem(key)) is not None:
+                    found.append(Violation(where, "encoding", f"key {problem}"))
+                stack.append((where, item))
+        elif isinstance(value, list | tuple):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return found

@@ -30,6 +30,8 @@ __all__ = [
     "FieldSpec",
     "Value",
     "check_value",
+    "printable",
+    "utf8_problem",
     "validate_config",
 ]
 
@@ -92,12 +94,35 @@ FIELDS: Final[Mapping[str, FieldSpec]] = {
 FIELD_NAMES: Final = frozenset(FIELDS)
 
 
+def utf8_problem(text: str) -> str | None:
+    """Why ``text`` cannot be written as UTF-8, or ``None``.
+
+    JSON may spell a lone surrogate (``"\\ud800"``); Python then holds a string that no UTF-8
+    writer (the version log, NATS, a WebSocket frame) can encode. Such text is refused at the
+    boundary instead of failing later, half-way through a push.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"is not valid Unicode text: lone surrogate U+{ord(text[exc.start]):04X} "
+            f"at index {exc.start}"
+        )
+    return None
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates escaped (``\\ud800``): safe in a message or a path."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def check_value(name: str, value: Any, path: str | None = None) -> tuple[Value, list[Violation]]:
     """Normalise one canonical value; returns (normalised, violations).
 
-    Lists become tuples (hashable, immutable). ``bool`` is refused where a number is expected.
+    Lists become tuples (hashable, immutable). ``bool`` is refused where a number is expected,
+    text that is not valid Unicode (a lone surrogate) with rule ``encoding``.
     """
-    where = path or name
+    where = printable(str(path or name))
     spec = FIELDS.get(name)
     if spec is None:
         known = ", ".join(sorted(FIELDS))
@@ -106,6 +131,9 @@ def check_value(name: str, value: Any, path: str | None = None) -> tuple[Value, 
     if spec.kind == "str":
         if not isinstance(value, str):
             return value, [Violation(where, "type", f"must be a string, got {_tname(value)}")]
+        bad = utf8_problem(value)
+        if bad is not None:
+            return value, [Violation(where, "encoding", bad)]
         if spec.max_chars is not None and len(value) > spec.max_chars:
             problems.append(
                 Violation(
@@ -133,6 +161,8 @@ def check_value(name: str, value: Any, path: str | None = None) -> tuple[Value, 
         for i, item in enumerate(value):
             if not isinstance(item, str):
                 problems.append(Violation(f"{where}[{i}]", "type", "must be a string"))
+            elif (bad := utf8_problem(item)) is not None:
+                problems.append(Violation(f"{where}[{i}]", "encoding", bad))
             elif not item.strip():
                 problems.append(Violation(f"{where}[{i}]", "empty", "must not be empty"))
             elif spec.max_item_chars is not None and len(item) > spec.max_item_chars:
@@ -154,9 +184,15 @@ def check_value(name: str, value: Any, path: str | None = None) -> tuple[Value, 
                 return value, [Violation(where, "type", "must be a whole number of milliseconds")]
             value = int(value)
     else:
-        if not math.isfinite(value):
+        try:
+            as_float = float(value)
+        except OverflowError:  # an integer beyond any float: out of every range
+            rule, limit = ("max", spec.max_value) if value > 0 else ("min", spec.min_value)
+            return value, [Violation(where, rule, f"is out of range ({rule}imum is {limit:g})",
+                                     limit)]  # fmt: skip
+        if not math.isfinite(as_float):
             return value, [Violation(where, "type", "must be a finite number")]
-        value = float(value)
+        value = as_float
     if spec.min_value is not None and value < spec.min_value:
         problems.append(
             Violation(where, "min", f"is {value}, minimum is {spec.min_value:g}", spec.min_value)

@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from policies.bucketing import percent_to_units
-from policies.documents import load_document
+from policies.documents import load_document, text_violations
 from policies.errors import PolicyValidationError, Violation
 from policies.fields import FIELD_NAMES, FIELDS, Config, Value, validate_config
 from policies.provenance import PolicyRef
@@ -435,7 +435,10 @@ def parse_policy(doc: Mapping[str, Any]) -> Policy:
             [Violation("<document>", "type", f"a policy must be a mapping, got {_tname(doc)}")]
         )
     raw_id = doc.get("id")
-    policy_id = raw_id if isinstance(raw_id, str) else None
+    policy_id = raw_id if isinstance(raw_id, str) and raw_id.isascii() else None
+    unencodable = text_violations(doc)
+    if unencodable:
+        raise PolicyValidationError(unencodable, policy_id=policy_id)
     try:
         return Policy.model_validate(dict(doc))
     except ValidationError as exc:

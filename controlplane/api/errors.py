@@ -13,6 +13,13 @@ anything else                               500     ``internal`` (generic messag
 
 Unexpected exceptions are logged here, once, with their traceback and a short reference that
 the response also carries; their text never reaches the client.
+
+Requests that aiohttp refuses before any route runs (a request line or header over 8190 bytes,
+malformed HTTP) never reach the middleware: aiohttp answers a plain-text 400 and logs the
+exception at ERROR, whose message quotes the first 100 bytes of the offending line — a
+``?token=`` or an ``Authorization`` value included. :class:`ProtocolErrorRedaction` (installed
+on the ``aiohttp.server`` logger by :func:`install_log_redaction`) logs those as one INFO line
+naming the error type only: no request bytes in the log, and no ERROR flood a client can cause.
 """
 
 from __future__ import annotations
@@ -22,12 +29,20 @@ import secrets
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
 from controlplane.errors import ControlPlaneError, Unauthorized, Unavailable
 from policies.errors import PolicyValidationError
 
-__all__ = ["HTTP_CODES", "WWW_AUTHENTICATE", "error_middleware", "error_response"]
+__all__ = [
+    "HTTP_CODES",
+    "WWW_AUTHENTICATE",
+    "ProtocolErrorRedaction",
+    "error_middleware",
+    "error_response",
+    "install_log_redaction",
+]
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +155,26 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if request.writer.output_size > 0:
             raise  # a response (a WebSocket, a stream) is already on the wire: too late for JSON
         return _to_response(request, exc)
+
+
+class ProtocolErrorRedaction(logging.Filter):
+    """Rewrites aiohttp's log record of a refused malformed request: INFO, error type and peer
+    only (the exception's message quotes request bytes, secrets included)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "refused a malformed HTTP request from %s: %s (HTTP %s)"
+            record.args = (peer, type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install_log_redaction(logger: logging.Logger | None = None) -> None:
+    """Install :class:`ProtocolErrorRedaction` on ``aiohttp.server`` (once; idempotent)."""
+    target = logger or logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, ProtocolErrorRedaction) for f in target.filters):
+        target.addFilter(ProtocolErrorRedaction())

@@ -8,6 +8,7 @@ bad request is refused before anything reaches the service (no partial writes).
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Final
@@ -18,18 +19,22 @@ from multidict import MultiMapping
 
 from controlplane.errors import BadRequest, PayloadTooLarge
 from policies.errors import PolicyValidationError, Violation
+from policies.fields import printable, utf8_problem
 
 __all__ = [
     "KINDS",
     "MAX_BODY_BYTES",
     "MAX_DEPTH",
     "YAML_TYPES",
+    "FrameNotJson",
+    "UnsafeFrame",
     "check_fields",
     "check_query",
     "opaque_id",
     "parse_bool",
     "parse_cursor",
     "parse_document",
+    "parse_frame",
     "parse_json",
     "parse_kind",
     "parse_limit",
@@ -57,8 +62,9 @@ _POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,255}")
 _OPAQUE_ID = re.compile(r"[^\s/\x00-\x1f\x7f]{1,256}")
 _CURSOR = re.compile(r"[\x21-\x7e]{1,1024}")
 _STATE = re.compile(r"[a-z][a-z_-]{0,31}")
-_TRUE: Final = frozenset({"", "1", "true", "yes", "on"})
-_FALSE: Final = frozenset({"0", "false", "no", "off"})
+# the OpenAPI document says boolean: exactly "true" or "false" (an empty value is not one)
+_TRUE: Final = frozenset({"true"})
+_FALSE: Final = frozenset({"false"})
 
 
 # -- bodies ------------------------------------------------------------------------------------
@@ -156,7 +162,9 @@ _StrictLoader.yaml_implicit_resolvers = {
 
 
 def _check_tree(value: Any, code: str, path: str = "", depth: int = 0) -> None:
-    """JSON types only (YAML may build others), string keys, at most MAX_DEPTH levels."""
+    """JSON types only (YAML may build others), string keys, at most MAX_DEPTH levels, text
+    that can be written as UTF-8 (JSON and YAML may spell a lone surrogate, ``"\\ud800"``,
+    which the version log, NATS and Redis could never store), finite numbers."""
     where = path or "the document"
     if depth > MAX_DEPTH:
         raise BadRequest(f"request body is nested deeper than {MAX_DEPTH} levels", code=code)
@@ -164,12 +172,52 @@ def _check_tree(value: Any, code: str, path: str = "", depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise BadRequest(f"{where}: key {key!r:.40} must be a string", code=code)
-            _check_tree(item, code, f"{path}.{key}" if path else key, depth + 1)
+            name = printable(key)
+            if (problem := utf8_problem(key)) is not None:
+                raise BadRequest(f"{where}: key {name[:40]!r} {problem}", code=code)
+            _check_tree(item, code, f"{path}.{name}" if path else name, depth + 1)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             _check_tree(item, code, f"{path}[{i}]", depth + 1)
-    elif not isinstance(value, str | int | float | bool) and value is not None:
+    elif isinstance(value, str):
+        if (problem := utf8_problem(value)) is not None:
+            raise BadRequest(f"{where}: {problem}", code=code)
+    elif isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+        raise BadRequest(f"{where}: {value} is not a finite number", code=code)
+    elif not isinstance(value, int | float | bool) and value is not None:
         raise BadRequest(f"{where}: type {type(value).__name__} is not allowed", code=code)
+
+
+class FrameNotJson(ValueError):
+    """A WebSocket text frame that is not JSON at all (a syntax error)."""
+
+
+class UnsafeFrame(ValueError):
+    """JSON that cannot be recorded faithfully: a duplicate key (parsers disagree on which one
+    wins), ``NaN``/``Infinity``, a lone surrogate, more than ``MAX_DEPTH`` levels."""
+
+
+def parse_frame(text: str) -> Any:
+    """A WebSocket text frame's JSON under the rules of a REST body (see :func:`parse_json`).
+
+    Raises :class:`FrameNotJson` or :class:`UnsafeFrame`, both ``ValueError`` with a message
+    that names the problem (and the line/column of a syntax error).
+    """
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except json.JSONDecodeError as exc:
+        raise FrameNotJson(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise UnsafeFrame(f"JSON nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # a hook's refusal, or an integer over the digit limit
+        raise UnsafeFrame(f"invalid JSON: {exc}") from None
+    try:
+        _check_tree(value, "bad_json")
+    except BadRequest as exc:
+        raise UnsafeFrame(exc.message.replace("request body", "JSON", 1)) from None
+    return value
 
 
 def parse_yaml(raw: bytes) -> Any:
@@ -278,10 +326,9 @@ def single(query: MultiMapping[str], name: str) -> str | None:
 def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
     if value is None:
         return default
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
+    if value in _TRUE:
         return True
-    if lowered in _FALSE:
+    if value in _FALSE:
         return False
     raise BadRequest(f"query parameter {name!r} must be true or false, got {value!r:.40}")
 
@@ -306,9 +353,9 @@ def parse_cursor(value: str | None) -> str | None:
 
 
 def parse_kind(value: str | None) -> str | None:
-    if value is None or value == "":
+    if value is None:
         return None
-    if value not in KINDS:
+    if value not in KINDS:  # an empty value is not a kind either (the document's enum)
         raise BadRequest(
             f"query parameter 'kind' must be one of {', '.join(KINDS)}, got {value!r:.40}"
         )

@@ -391,8 +391,17 @@ def _response(description: str) -> dict[str, Any]:
     return json_content(ref("Error"), description)
 
 
+# a request the HTTP layer refuses before any route runs (request line or a header over 8190
+# bytes, malformed HTTP): aiohttp answers 400 in plain text
+_PROTOCOL_ERROR: Final = {
+    "schema": {"type": "string", "description": "aiohttp's own refusal of a malformed request"}
+}
+
 RESPONSES: dict[str, Any] = {
-    "BadRequest": _response("bad_request, bad_json or bad_yaml: the message names the input"),
+    "BadRequest": {
+        **_response("bad_request, bad_json or bad_yaml: the message names the input"),
+        "content": {JSON: {"schema": ref("Error")}, "text/plain": _PROTOCOL_ERROR},
+    },
     "Unauthorized": {
         **_response("unauthorized: missing, malformed or unknown bearer token"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},

@@ -19,7 +19,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from controlplane.api.auth import PRINCIPAL, Role, check_publish_allowed, install_tokens, require
-from controlplane.api.errors import error_middleware
+from controlplane.api.errors import error_middleware, install_log_redaction
 from controlplane.api.inputs import (
     MAX_BODY_BYTES,
     check_query,
@@ -267,9 +267,12 @@ def add_routes(
 ) -> None:
     """Mount every route of :data:`ROUTES` on ``app``.
 
-    Also installs, once each, :func:`~controlplane.api.errors.error_middleware` (outermost) and
-    the token store built from ``settings``. Call before the app starts.
+    Also installs, once each, :func:`~controlplane.api.errors.error_middleware` (outermost),
+    the token store built from ``settings`` and the redaction of aiohttp's own protocol-error
+    log records (:func:`~controlplane.api.errors.install_log_redaction`; process-wide, as
+    logging is). Call before the app starts.
     """
+    install_log_redaction()
     if error_middleware not in app.middlewares:
         app.middlewares.insert(0, error_middleware)
     install_tokens(app, settings)

@@ -27,6 +27,7 @@ from policies.resolve import Effective, resolve
 from policies.selectors import Target
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect, Encoded
+from sessions.errors import UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
 from sessions.versionlog import VersionLog
@@ -88,6 +89,8 @@ class PushEngine:
         self.live: dict[str, LiveSession] = {}
         self._watch: set[LiveSession] = set()
         self._dirty: set[LiveSession] = set()
+        self._ends: dict[str, tuple[str, float]] = {}  # registry ends to retry: id -> cause, at
+        self._sync_failing = False
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -131,6 +134,15 @@ class PushEngine:
             if ls.worker is not None:
                 ls.worker.cancel()
         return ls
+
+    def resync_registry(self) -> None:
+        """Write every live session on the next sync, re-registering any the registry lost
+        or ended meanwhile (a Redis restart, or this replica declared lost while cut off)."""
+        self._dirty.update(self.live.values())
+
+    def end_later(self, session_id: str, cause: str, at: float) -> None:
+        """A registry ``end`` that failed: retried by the registry sync until it lands."""
+        self._ends[session_id] = (cause, at)
 
     def mark_ready(self, ls: LiveSession) -> None:
         ls.push.ready = True
@@ -406,17 +418,40 @@ class PushEngine:
             self._export_gauges()
 
     async def _flush_registry(self) -> None:
+        await self._flush_dirty()
+        for session_id, (cause, at) in list(self._ends.items()):
+            try:
+                await self._registry.end(session_id, cause=cause, at=at)
+            except UnknownSession:
+                pass  # the registry lost it meanwhile: nothing left to end
+            except Exception:
+                return  # still failing: the next sync tries again
+            self._ends.pop(session_id, None)
+
+    async def _flush_dirty(self) -> None:
         if not self._dirty:
             return
         batch = [ls.session for ls in self._dirty]
         self._dirty.clear()
         try:
-            await self._registry.update_many(batch)
-        except Exception:
-            log.exception("registry update of %d sessions failed; will retry", len(batch))
+            skipped = await self._registry.update_many(batch)
+            lost = [self.live[sid] for sid in skipped if sid in self.live]
+            for ls in lost:  # still held here: the registry's record is what is wrong
+                await self._registry.register(ls.session)
+            if lost:
+                log.warning("re-registered %d live session(s) the registry had lost or ended",
+                            len(lost))  # fmt: skip
+        except Exception as exc:
+            if not self._sync_failing:  # once per outage, not every sync
+                log.warning("registry update of %d sessions failed; retrying: %s", len(batch), exc)
+            self._sync_failing = True
             for ls in self.live.values():
                 if ls.session in batch:
                     self._dirty.add(ls)
+        else:
+            if self._sync_failing:
+                log.info("registry sync recovered")
+            self._sync_failing = False
 
     def _export_gauges(self) -> None:
         counts: dict[tuple[str, str], int] = {}

@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
+_MALFORMED = frozenset({"type", "encoding"})  # value rules that make a wire value unreadable
 
 
 def _empty() -> Mapping[str, str]:
@@ -229,14 +230,15 @@ def to_canonical(dialect: str, name: str, wire: str, raw: Any) -> Value | None:
     """A client's wire value for canonical field ``name`` (sent as ``wire``), normalised.
 
     A clearing value (``""`` for a string field, ``[]`` for a list field) becomes ``None``.
-    Only type errors raise (``DialectError`` naming ``wire``); limits are not checked here, a
-    client's over-limit value is the upstream's business.
+    Only type errors and text that is not valid Unicode (a lone surrogate, which no log can
+    record) raise (``DialectError`` naming ``wire``); limits are not checked here, a client's
+    over-limit value is the upstream's business.
     """
     kind = FIELDS[name].kind
     if (kind == "str" and raw == "") or (kind == "str_list" and isinstance(raw, list) and not raw):
         return None
     value, problems = check_value(name, raw, wire)
     for problem in problems:
-        if problem.rule == "type":
+        if problem.rule in _MALFORMED:
             raise DialectError(f"{problem.field}: {problem.message}", dialect=dialect, field=wire)
     return value

@@ -1,0 +1,193 @@
+"""Benchmark: latency the gateway adds to the real-time audio path.
+
+N streaming v3 sessions send real-time 50 ms PCM frames (``--tone-ms`` of tone, then
+``--silence-ms`` of silence, repeated) for ``--seconds``. The emulator ends each turn when
+the silence reaches ``max_turn_silence`` (``--max-silence-ms``) and sends the final ``Turn``
+while handling the frame that crossed it. Per turn:
+
+    latency = final Turn read by the client − that frame sent by the client
+
+(``perf_counter`` in the client process; the frame is found from the emulator's
+``turns[].end_ms``). This is the round trip client → upstream → client plus the emulator's
+work, identical in both variants, measured in the same run:
+
+* ``direct`` — clients connect straight to the emulator (``/v3/ws``);
+* ``gateway`` — the same clients through ``controlplane serve`` (``/v3/ws``).
+
+Added latency = gateway − direct (p50, p99). The gateway's CPU use is reported too.
+
+    .venv/bin/python loadtest/bench_audio_latency.py --sessions 200 --seconds 20 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import ClientPool, ws_url
+from common import (
+    FRAME_MS,
+    STREAMING_MODEL,
+    Proc,
+    http_json,
+    median_of,
+    new_token,
+    print_header,
+    process_usage,
+    raise_nofile,
+    start_controlplane,
+    start_emulator,
+    summary_ms,
+    workdir,
+)
+
+
+def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], int]:
+    """(per-turn latencies in seconds, turns without a match) from the emulator's turn log."""
+
+    def one(s: dict[str, Any]) -> tuple[list[float], int]:
+        _, body = http_json(f"{emu.http}/_emulator/sessions/{s['id']}")
+        received = dict((int(order), t) for order, t in s["turns"])
+        out, unmatched = [], 0
+        for turn in body.get("turns", []):
+            if turn.get("reason") not in ("max_silence", "min_silence"):
+                continue
+            index = math.ceil(float(turn["end_ms"]) / FRAME_MS) - 1
+            got = received.get(int(turn["turn_order"]))
+            if got is None or not 0 <= index < len(s["frames"]):
+                unmatched += 1
+                continue
+            out.append(got - s["frames"][index])
+        return out, unmatched
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(one, sessions))
+    return [x for r in results for x in r[0]], sum(r[1] for r in results)
+
+
+def variant_run(
+    args: argparse.Namespace, pool: ClientPool, tmp: Path, gateway: bool
+) -> dict[str, Any]:
+    emu = start_emulator(tmp, settings={"max_closed_sessions": args.sessions + 100})
+    cp = None
+    try:
+        target = emu
+        if gateway:
+            cp = start_controlplane(
+                tmp, new_token(), emulator_port=emu.port, lift_upstream_limit=True
+            )
+            target = cp
+        query = (
+            f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
+            f"&max_turn_silence={args.max_silence_ms}&min_turn_silence=100"
+        )
+        counts = pool.split(args.sessions)
+        opened = pool.call(
+            "open",
+            [
+                {
+                    "url": ws_url(target.ws, query),
+                    "expect": "Begin",
+                    "count": c,
+                    "concurrency": 50,
+                    "headers": {"Authorization": "bench-key"},
+                }
+                for c in counts
+            ],
+        )
+        if sum(a["errors"] for a in opened):
+            raise RuntimeError(f"open failed: {[a['error_samples'] for a in opened]}")
+        cpu0 = process_usage(target.pid)[1]
+        started = time.monotonic()
+        answers = pool.call(
+            "audio",
+            {
+                "seconds": args.seconds,
+                "tone_ms": args.tone_ms,
+                "silence_ms": args.silence_ms,
+                "drain_s": 1.5,
+            },
+            timeout=args.seconds + 120,
+        )
+        cpu = (process_usage(target.pid)[1] - cpu0) / (time.monotonic() - started)
+        sessions = [s for a in answers for s in a["sessions"]]
+        lat, unmatched = latencies(emu, sessions)
+        pool.call("close", {})
+        return {
+            **summary_ms(lat),
+            "turns": len(lat),
+            "unmatched": unmatched,
+            "send_errors": sum(a["errors"] for a in answers),
+            "closed": sum(a["closed"] for a in answers),
+            "server_cpu_pct": round(cpu * 100, 1),
+        }
+    finally:
+        if cp is not None:
+            cp.stop()
+        emu.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--tone-ms", type=int, default=1000)
+    parser.add_argument("--silence-ms", type=int, default=1000)
+    parser.add_argument("--max-silence-ms", type=int, default=400)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--client-procs", type=int, default=1)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    raise_nofile()
+    print_header(f"bench_audio_latency sessions={args.sessions} seconds={args.seconds}", sys.argv)
+    runs = []
+    with ClientPool(args.client_procs) as pool:
+        for run in range(1, args.runs + 1):
+            with workdir() as tmp:
+                direct = variant_run(args, pool, tmp, gateway=False)
+                via = variant_run(args, pool, tmp, gateway=True)
+            row = {
+                "run": run,
+                "sessions": args.sessions,
+                **{f"direct_{k}": v for k, v in direct.items()},
+                **{f"gateway_{k}": v for k, v in via.items()},
+            }
+            row["added_p50_ms"] = round(via["p50_ms"] - direct["p50_ms"], 2)
+            row["added_p99_ms"] = round(via["p99_ms"] - direct["p99_ms"], 2)
+            runs.append(row)
+            print(json.dumps(row), flush=True)
+    keys = [
+        "direct_p50_ms",
+        "direct_p99_ms",
+        "gateway_p50_ms",
+        "gateway_p99_ms",
+        "added_p50_ms",
+        "added_p99_ms",
+        "gateway_server_cpu_pct",
+        "direct_server_cpu_pct",
+        "direct_turns",
+        "gateway_turns",
+    ]
+    summary = {"sessions": args.sessions, **median_of(runs, keys)}
+    print(f"median: {json.dumps(summary)}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
+    bad = any(
+        r["direct_turns"] == 0
+        or r["gateway_turns"] == 0
+        or r["gateway_send_errors"]
+        or r["direct_send_errors"]
+        for r in runs
+    )
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

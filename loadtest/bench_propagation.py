@@ -1,0 +1,364 @@
+"""Benchmark: policy propagation to N live sessions, against the WebSocket fan-out floor.
+
+One command starts everything on 127.0.0.1 (``controlplane serve`` with a generated token in
+CONTROLPLANE_TOKENS, the emulator for the gateway variant, the bare ``websockets`` broadcast
+server of ``baseline_server.py``), opens N sessions from ``--client-procs`` client processes,
+publishes one policy version and measures, per session, publish → frame received:
+
+* ``--variant control``: control-channel sessions (``/v1/control``); the receipt is the
+  ``push`` frame read by the client (``time.time()`` in the client process).
+* ``--variant gateway``: streaming v3 sessions through the gateway (``/v3/ws``); the receipt
+  is the emulator's timeline ``at`` of the ``UpdateConfiguration`` (the upstream received it).
+
+The publish time is ``time.time()`` just before ``POST /v1/policies`` (the in-process bus
+answers after the fan-out). Then, with the same client processes and the same N, the floor:
+the bare server broadcasts the same bytes to N connections (``websockets.broadcast``); its
+"publish" is the moment the trigger frame is sent. Reports p50 / p99 / max (= convergence)
+for both and the ratios, per run and as the median of ``--runs`` fresh runs.
+
+    .venv/bin/python loadtest/bench_propagation.py --sessions 1000 --variant control --runs 3
+
+Exit status 0 when every session of every run received its frame.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import ClientPool, ws_url
+from common import (
+    STREAMING_MODEL,
+    emulator_receipts,
+    http_json,
+    marker,
+    median_of,
+    new_token,
+    policy_doc,
+    print_header,
+    process_usage,
+    raise_nofile,
+    scrape,
+    start_baseline,
+    start_controlplane,
+    start_emulator,
+    start_pyspy,
+    stop_pyspy,
+    summarize_collapsed,
+    summary_ms,
+    workdir,
+)
+
+STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
+API_KEY = "bench-key"
+
+
+def open_sessions(
+    pool: ClientPool,
+    variant: str,
+    cp_ws: str,
+    n: int,
+    label: str,
+    concurrency: int,
+    token: str,
+    auto_ack: bool,
+) -> dict[str, Any]:
+    counts = pool.split(n)
+    if variant == "control":
+        register = json.dumps(
+            {
+                "type": "register",
+                "kind": "streaming-v3",
+                "model": STREAMING_MODEL,
+                "labels": {"bench": label},
+                "config": {},
+            }
+        )
+        spec = {
+            "url": ws_url(cp_ws, "/v1/control"),
+            "first": register,
+            "expect": "registered",
+            "auto_ack": auto_ack,
+            "headers": {"Authorization": f"Bearer {token}"},
+        }
+    else:
+        spec = {
+            "url": ws_url(cp_ws, STREAMING_QUERY),
+            "expect": "Begin",
+            "headers": {"X-Session-Labels": f"bench={label}", "Authorization": API_KEY},
+        }
+    return _open(pool, spec, counts, concurrency)
+
+
+def _open(
+    pool: ClientPool, spec: dict[str, Any], counts: list[int], concurrency: int
+) -> dict[str, Any]:
+    args = [
+        {**spec, "count": c, "concurrency": concurrency, "base": sum(counts[:i])}
+        for i, c in enumerate(counts)
+    ]
+    started = time.perf_counter()
+    answers = pool.call("open", args)
+    return {
+        "opened": sum(a["opened"] for a in answers),
+        "errors": sum(a["errors"] for a in answers),
+        "error_samples": [s for a in answers for s in a["error_samples"]][:3],
+        "ids": [i for a in answers for i in a["ids"]],
+        "open_s": time.perf_counter() - started,
+    }
+
+
+def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> dict[str, Any]:
+    token = new_token()
+    label = uuid.uuid4().hex[:12]
+    emu = (
+        start_emulator(tmp, settings={"max_closed_sessions": 10})
+        if args.variant == "gateway"
+        else None
+    )
+    cp = start_controlplane(
+        tmp,
+        token,
+        emulator_port=emu.port if emu else None,
+        lift_upstream_limit=args.variant == "gateway" and args.lift_upstream_limit,
+        gc_mode=args.gc,
+    )
+    out: dict[str, Any] = {"run": run, "variant": args.variant, "sessions": args.sessions}
+    try:
+        opened = open_sessions(
+            pool,
+            args.variant,
+            cp.ws,
+            args.sessions,
+            label,
+            args.concurrency,
+            token,
+            auto_ack=args.publishes > 1,  # answer pushes only when another one follows
+        )
+        out.update(
+            opened=opened["opened"], open_errors=opened["errors"], open_s=round(opened["open_s"], 2)
+        )
+        if opened["errors"]:
+            out["open_error_samples"] = opened["error_samples"]
+        time.sleep(args.settle)
+        if args.gc == "freeze":
+            os.kill(cp.pid, signal.SIGUSR1)  # warm-up over: gc.collect() + gc.freeze()
+            time.sleep(1.0)
+        out["cp_rss_mib"] = round(process_usage(cp.pid)[0] / 1024, 1)
+        samples = []
+        profiles: list[Path] = []
+        for k in range(args.publishes):
+            policy_id = "bench-propagation"
+            mark = marker(policy_id, k + 1)
+            pool.call("arm", {"marker": mark})
+            doc = policy_doc(
+                policy_id, k + 1, labels={"bench": label}, prompt_chars=args.prompt_chars
+            )
+            before = scrape(cp.http)
+            spy = None
+            if args.profile and run == 1:  # the fan-out only: publish until the POST answers
+                profiles.append(
+                    args.profile / f"propagation-{args.variant}-{args.sessions}-{k}.txt"
+                )
+                spy = start_pyspy(cp.pid, profiles[-1])
+            cpu0 = process_usage(cp.pid)[1]
+            published = time.time()
+            status, body = http_json(cp.http + "/v1/policies", method="POST", body=doc, token=token)
+            answered = time.time()
+            stop_pyspy(spy)
+            if status != 201:
+                raise RuntimeError(f"publish failed: {status} {body}")
+            if args.variant == "control":
+                got = pool.call("collect", {"timeout": args.timeout})
+                times = [t for g in got for t in g["times"]]
+                sample = next((g["sample"] for g in got if g["sample"]), None)
+            else:
+                times = emulator_receipts(
+                    emu.http,
+                    opened["ids"],
+                    mark,  # type: ignore[union-attr]
+                    expected=(k + 1) * opened["opened"],
+                    timeout=args.timeout,
+                )
+                sample = json.dumps({"type": "UpdateConfiguration", "prompt": doc["set"]["prompt"]})
+            after = scrape(cp.http)
+            lat = [t - published for t in times]
+            conv_sum = after.get("controlplane_convergence_seconds_sum", 0.0) - before.get(
+                "controlplane_convergence_seconds_sum", 0.0
+            )
+            samples.append(
+                {
+                    **summary_ms(lat),
+                    "received": len(lat),
+                    "post_ms": round((answered - published) * 1000, 1),
+                    "server_convergence_ms": round(conv_sum * 1000, 1),
+                    "cp_cpu_s": round(process_usage(cp.pid)[1] - cpu0, 3),
+                    "frame_bytes": len(sample or ""),
+                    "sample": sample,
+                }
+            )
+            time.sleep(args.gap)
+        if profiles:
+            print(f"# profile of the control plane from publish to answer ({profiles[0].parent}):")
+            print(summarize_collapsed(profiles), flush=True)
+        out["publishes"] = samples
+        pool.call("close", {})
+    finally:
+        cp.stop()
+        if emu:
+            emu.stop()
+    return out
+
+
+def floor_run(
+    args: argparse.Namespace, pool: ClientPool, tmp: Path, frames: list[str]
+) -> list[dict[str, Any]]:
+    from websockets.sync.client import connect
+
+    floor = start_baseline(tmp, "broadcast")
+    try:
+        counts = pool.split(args.sessions)
+        opened = _open(pool, {"url": ws_url(floor.ws, "/floor")}, counts, args.concurrency)
+        if opened["errors"]:
+            raise RuntimeError(
+                f"floor: {opened['errors']} connections failed: {opened['error_samples']}"
+            )
+        time.sleep(args.settle)
+        samples = []
+        with connect(ws_url(floor.ws, "/trigger"), compression=None) as trigger:
+            for k, frame in enumerate(frames):
+                mark = marker("bench-propagation", k + 1)
+                pool.call("arm", {"marker": mark})
+                published = time.time()
+                trigger.send(frame)
+                server = json.loads(trigger.recv(timeout=args.timeout))
+                got = pool.call("collect", {"timeout": args.timeout})
+                lat = [t - published for g in got for t in g["times"]]
+                samples.append(
+                    {
+                        **summary_ms(lat),
+                        "received": len(lat),
+                        "server_broadcast_ms": round(server["elapsed_s"] * 1000, 1),
+                    }
+                )
+                time.sleep(args.gap)
+        pool.call("close", {})
+        return samples
+    finally:
+        floor.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, default=1000)
+    parser.add_argument("--variant", choices=("control", "gateway"), default="control")
+    parser.add_argument("--runs", type=int, default=3, help="fresh stack per run; median reported")
+    parser.add_argument("--publishes", type=int, default=1, help="policy versions per run")
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="client processes (0: 1 per 2,500 sessions, at least 1, at most 4)",
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=100, help="handshakes in flight per process"
+    )
+    parser.add_argument("--prompt-chars", type=int, default=165, help="≈300-byte push frame")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds idle before publishing")
+    parser.add_argument("--gap", type=float, default=1.0, help="seconds between publishes")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument(
+        "--gc",
+        choices=("default", "off", "freeze"),
+        default="default",
+        help="experiment: serve with gc disabled, or gc.freeze() after warm-up",
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="py-spy the control plane during run 1's publishes into this dir",
+    )
+    parser.add_argument(
+        "--no-lift-upstream-limit",
+        dest="lift_upstream_limit",
+        action="store_false",
+        help="gateway: run serve as built (its upstream client holds ≤100 sockets)",
+    )
+    args = parser.parse_args()
+    limit = raise_nofile()
+    need = args.sessions * (2 if args.variant == "gateway" else 1) + 200
+    if limit < need:
+        print(f"warning: open-files limit {limit} < {need} needed by the server", file=sys.stderr)
+    procs = args.client_procs or min(4, max(1, args.sessions // 2500))
+    print_header(
+        f"bench_propagation variant={args.variant} sessions={args.sessions} client_procs={procs}"
+        f" gc={args.gc}",
+        sys.argv,
+    )
+    runs = []
+    failures = 0
+    with ClientPool(procs) as pool:
+        for run in range(1, args.runs + 1):
+            with workdir() as tmp:
+                real = real_run(args, pool, tmp, run)
+                frames = [p.pop("sample") or "" for p in real["publishes"]]
+                floor = floor_run(args, pool, tmp, frames)
+            for i, (r, f) in enumerate(zip(real["publishes"], floor, strict=True)):
+                row = {
+                    "run": run,
+                    "publish": i + 1,
+                    "opened": real["opened"],
+                    "open_errors": real["open_errors"],
+                    "open_s": real["open_s"],
+                    "cp_rss_mib": real["cp_rss_mib"],
+                    **{f"real_{k}": v for k, v in r.items()},
+                    **{f"floor_{k}": v for k, v in f.items()},
+                }
+                for key in ("p50_ms", "p99_ms", "max_ms"):
+                    row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
+                failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
+                failures += real["open_errors"]
+                runs.append(row)
+                print(json.dumps(row), flush=True)
+    keys = [
+        "real_p50_ms",
+        "real_p99_ms",
+        "real_max_ms",
+        "real_post_ms",
+        "real_server_convergence_ms",
+        "real_cp_cpu_s",
+        "floor_p50_ms",
+        "floor_p99_ms",
+        "floor_max_ms",
+        "floor_server_broadcast_ms",
+        "ratio_p50",
+        "ratio_p99",
+        "ratio_max",
+        "open_s",
+        "cp_rss_mib",
+    ]
+    summary = {
+        "variant": args.variant,
+        "sessions": args.sessions,
+        "samples": len(runs),
+        "client_procs": procs,
+        **median_of(runs, keys),
+        "failures": failures,
+    }
+    print(f"median: {json.dumps(summary)}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
