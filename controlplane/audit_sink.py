@@ -23,7 +23,6 @@ canonical JSON entry per line) is the one documented in ``sessions.file_versionl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from controlplane.metrics import Metrics
+from controlplane.tasks import raise_if_cancelled, stop_task
 
 __all__ = ["AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
 
@@ -122,9 +122,7 @@ class AuditShipper:
         task, self._task = self._task, None
         if task is None:
             return  # never started: nothing of ours to finish
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_task(task)
         try:
             async with asyncio.timeout(final_timeout_s):
                 await self.ship_pending()
@@ -139,6 +137,7 @@ class AuditShipper:
             try:
                 await self.ship_pending()
             except Exception as exc:
+                raise_if_cancelled()
                 first = delay == self._interval  # say it once per outage, then quietly
                 delay = min(max(delay * 2, 0.5), RETRY_MAX_S)
                 log.log(logging.WARNING if first else logging.DEBUG,

@@ -29,6 +29,7 @@ from typing import Any, Final, Protocol
 from controlplane.audit_sink import AuditReader
 from controlplane.rollout import RolloutPeers
 from controlplane.routing import OwnerRouter
+from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock
 from sessions.registry import Registry
 
@@ -162,10 +163,7 @@ class ClusterUpkeep:
 
     async def close(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(task)
         if self._stats is not None:
             with contextlib.suppress(Exception):
                 await self._stats.publish(self._node, {})  # our counts leave with us
@@ -196,6 +194,7 @@ class ClusterUpkeep:
             if self._stats is not None and self.counts is not None and now >= next_rollout:
                 next_rollout = now + self._rollout_every
                 await self._publish_counts()
+            raise_if_cancelled()
             await asyncio.sleep(tick)
 
     async def _beat(self) -> bool:

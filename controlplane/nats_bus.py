@@ -40,6 +40,7 @@ from controlplane.bus import EventHandler, PolicyEvent
 from controlplane.config import Settings
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
 from controlplane.metrics import Metrics
+from controlplane.tasks import raise_if_cancelled, stop_task
 
 __all__ = [
     "NatsConnection",
@@ -315,11 +316,8 @@ class NatsPolicyBus:
         )
 
     async def close(self) -> None:
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await stop_task(self._task)
+        self._task = None
         await self._drop_consumer()
         self._handlers.clear()
 
@@ -400,6 +398,7 @@ class NatsPolicyBus:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the connection or the consumer: rebuild and go on
+                raise_if_cancelled()
                 log.warning("policy consumer: %s; retrying in %.1fs", exc, delay)
                 if self._conn.connected:
                     await asyncio.sleep(delay)

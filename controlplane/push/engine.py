@@ -20,6 +20,7 @@ from typing import Any, Protocol
 from controlplane.config import Settings
 from controlplane.metrics import Metrics
 from controlplane.push.protocol import Outcome, Push, PushState
+from controlplane.tasks import raise_if_cancelled
 from policies.fields import Config, Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
@@ -415,6 +416,7 @@ class PushEngine:
         while True:
             await asyncio.sleep(REGISTRY_SYNC_INTERVAL_S)
             await self._flush_registry()
+            raise_if_cancelled()  # a backend may have turned our cancellation into an error
             self._export_gauges()
 
     async def _flush_registry(self) -> None:
