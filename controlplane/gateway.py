@@ -183,10 +183,14 @@ class Gateway:
         wire = {"connect": {k: v for k, v in merged.items() if k not in SECRET_QUERY}}
         if skipped:
             wire["skipped"] = dict(skipped)
-        ls = await self.service.attach(
-            session, effective, transport=transport, dialect=STREAMING_V3,
-            running=effective.config, connect_wire=wire,
-        )  # fmt: skip
+        try:
+            ls = await self.service.attach(
+                session, effective, transport=transport, dialect=STREAMING_V3,
+                running=effective.config, connect_wire=wire,
+            )  # fmt: skip
+        except Exception:
+            await _abort(ws, upstream, session.id)
+            return ws
         await self._proxy(ws, upstream, ls, transport, STREAMING_V3)
         return ws
 
@@ -207,11 +211,12 @@ class Gateway:
                 await ws.close(code=1008, message=b"first message must be session.update")
                 return ws
             try:
-                message = json.loads(first.data)
-            except ValueError:
-                message = None
+                message = parse_frame(first.data)
+                problem = "first message must be a JSON object"
+            except ValueError as exc:  # not JSON, or JSON we could not record faithfully
+                message, problem = None, f"invalid first message: {exc}"
             if not isinstance(message, dict):
-                await _agent_error(ws, "invalid_format", "first message must be a JSON object")
+                await _agent_error(ws, "invalid_format", problem)
                 await ws.close(code=1008, message=b"invalid first message")
                 return ws
             resume = message.get("type") == "session.resume"
@@ -240,15 +245,19 @@ class Gateway:
                 await ws.close(code=1011)
                 return ws
             transport = UpstreamTransport(upstream, acknowledging=True)
-            await upstream.send_str(json.dumps(forward))
             wire: dict[str, Any] = {"first_message": forward}
             if skipped:
                 wire["skipped"] = dict(skipped)
             running = {} if resume else effective.config
-            ls = await self.service.attach(
-                session, effective, transport=transport, dialect=VOICE_AGENT_V1,
-                running=running, connect_wire=wire,
-            )  # fmt: skip
+            try:
+                await upstream.send_str(json.dumps(forward))
+                ls = await self.service.attach(
+                    session, effective, transport=transport, dialect=VOICE_AGENT_V1,
+                    running=running, connect_wire=wire,
+                )  # fmt: skip
+            except Exception:
+                await _abort(ws, upstream, session.id)
+                return ws
             await self._proxy(ws, upstream, ls, transport, VOICE_AGENT_V1)
         except DialectError as exc:
             await _agent_error(ws, "invalid_config", str(exc))
@@ -480,6 +489,18 @@ class Gateway:
                     await engine.upstream_rejected(ls, event.code, event.message)
                 return
         await ws.send_str(data)
+
+
+async def _abort(
+    ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, session_id: str
+) -> None:
+    """A session that could not start (a bug of ours, or the registry down): logged, both
+    legs closed (1011 to the client), nothing left open."""
+    log.exception("gateway session %s could not start; closing it", session_id)
+    with contextlib.suppress(Exception):
+        await upstream.close()
+    with contextlib.suppress(Exception):
+        await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
 
 
 async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

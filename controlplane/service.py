@@ -451,13 +451,20 @@ class ControlPlane:
         except BaseException:
             self.engine.detach(session.id)
             raise
-        delta = diff(session.client_config, running)
-        self.engine.record(ls, cause="connect", status="sent", delta=delta, wire=connect_wire,
-                           version=1, config=running)  # fmt: skip
-        if not starts_effective:
-            ls.push.want(effective.config, effective.applied, "connect",
-                         event_at=self.clock.monotonic())  # fmt: skip
-            self.engine._sync_session(ls)
+        try:
+            delta = diff(session.client_config, running)
+            self.engine.record(ls, cause="connect", status="sent", delta=delta,
+                               wire=connect_wire, version=1, config=running)  # fmt: skip
+            if not starts_effective:
+                ls.push.want(effective.config, effective.applied, "connect",
+                             event_at=self.clock.monotonic())  # fmt: skip
+                self.engine._sync_session(ls)
+        except BaseException:
+            # nothing of a session that could not be recorded stays live or registered
+            self.engine.detach(session.id)
+            with contextlib.suppress(Exception):
+                await self.registry.end(session.id, cause="attach_failed", at=self.clock.now())
+            raise
         return ls
 
     async def detach(self, ls: LiveSession, cause: str) -> None:

@@ -1,0 +1,1 @@
+"""Property-based fuzzing of every input boundary (bad input)."""

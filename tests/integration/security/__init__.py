@@ -1,0 +1,1 @@
+"""Security: oversize input, policy-event bursts, secret leaks."""
