@@ -12,9 +12,12 @@ while handling the frame that crossed it. Per turn:
 work, identical in both variants, measured in the same run:
 
 * ``direct`` — clients connect straight to the emulator (``/v3/ws``);
-* ``gateway`` — the same clients through ``controlplane serve`` (``/v3/ws``).
+* ``relay`` — through ``baseline_server.py --mode proxy`` (a bare aiohttp relay, no logic);
+* ``gateway`` — through ``controlplane serve`` (``/v3/ws``).
 
-Added latency = gateway − direct (p50, p99). The gateway's CPU use is reported too.
+Added latency = gateway − direct (p50, p99); the relay shows what any aiohttp hop costs.
+``server_cpu_pct`` is the CPU of the process the clients talk to (emulator, relay, gateway)
+over the audio phase, in % of one core. ``--profile DIR`` py-spies the gateway in run 1.
 
     .venv/bin/python loadtest/bench_audio_latency.py --sessions 200 --seconds 20 --runs 3
 """
@@ -36,15 +39,21 @@ from common import (
     FRAME_MS,
     STREAMING_MODEL,
     Proc,
+    add_quiet_arg,
     http_json,
     median_of,
     new_token,
     print_header,
     process_usage,
     raise_nofile,
+    start_baseline,
     start_controlplane,
     start_emulator,
+    start_pyspy,
+    stop_pyspy,
+    summarize_collapsed,
     summary_ms,
+    wait_quiet,
     workdir,
 )
 
@@ -73,16 +82,19 @@ def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], i
 
 
 def variant_run(
-    args: argparse.Namespace, pool: ClientPool, tmp: Path, gateway: bool
+    args: argparse.Namespace, pool: ClientPool, tmp: Path, via: str, profile: Path | None = None
 ) -> dict[str, Any]:
     emu = start_emulator(tmp, settings={"max_closed_sessions": args.sessions + 100})
     cp = None
     try:
         target = emu
-        if gateway:
+        if via == "gateway":
             cp = start_controlplane(
                 tmp, new_token(), emulator_port=emu.port, lift_upstream_limit=True
             )
+            target = cp
+        elif via == "relay":
+            cp = start_baseline(tmp, "proxy", upstream=emu.ws)
             target = cp
         query = (
             f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
@@ -104,6 +116,7 @@ def variant_run(
         )
         if sum(a["errors"] for a in opened):
             raise RuntimeError(f"open failed: {[a['error_samples'] for a in opened]}")
+        spy = start_pyspy(target.pid, profile) if profile is not None else None
         cpu0 = process_usage(target.pid)[1]
         started = time.monotonic()
         answers = pool.call(
@@ -117,6 +130,7 @@ def variant_run(
             timeout=args.seconds + 120,
         )
         cpu = (process_usage(target.pid)[1] - cpu0) / (time.monotonic() - started)
+        stop_pyspy(spy)
         sessions = [s for a in answers for s in a["sessions"]]
         lat, unmatched = latencies(emu, sessions)
         pool.call("close", {})
@@ -144,23 +158,36 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--client-procs", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--profile", type=Path, help="py-spy the gateway in run 1 into this dir")
+    add_quiet_arg(parser)
     args = parser.parse_args()
     raise_nofile()
     print_header(f"bench_audio_latency sessions={args.sessions} seconds={args.seconds}", sys.argv)
     runs = []
     with ClientPool(args.client_procs) as pool:
         for run in range(1, args.runs + 1):
+            profile = args.profile / "gateway-audio.txt" if args.profile and run == 1 else None
+            busy = wait_quiet(args.quiet_wait)
             with workdir() as tmp:
-                direct = variant_run(args, pool, tmp, gateway=False)
-                via = variant_run(args, pool, tmp, gateway=True)
+                direct = variant_run(args, pool, tmp, "direct")
+                relay = variant_run(args, pool, tmp, "relay")
+                via = variant_run(args, pool, tmp, "gateway", profile)
             row = {
                 "run": run,
                 "sessions": args.sessions,
+                "machine_busy_before": busy,
                 **{f"direct_{k}": v for k, v in direct.items()},
+                **{f"relay_{k}": v for k, v in relay.items()},
                 **{f"gateway_{k}": v for k, v in via.items()},
             }
             row["added_p50_ms"] = round(via["p50_ms"] - direct["p50_ms"], 2)
             row["added_p99_ms"] = round(via["p99_ms"] - direct["p99_ms"], 2)
+            row["relay_added_p50_ms"] = round(relay["p50_ms"] - direct["p50_ms"], 2)
+            row["relay_added_p99_ms"] = round(relay["p99_ms"] - direct["p99_ms"], 2)
+            row["cpu_ratio"] = round(via["server_cpu_pct"] / max(0.1, relay["server_cpu_pct"]), 2)
+            if profile is not None:
+                print(f"# profile of the gateway during the audio phase ({profile}):")
+                print(summarize_collapsed([profile]), flush=True)
             runs.append(row)
             print(json.dumps(row), flush=True)
     keys = [
@@ -170,8 +197,14 @@ def main() -> int:
         "gateway_p99_ms",
         "added_p50_ms",
         "added_p99_ms",
+        "relay_p50_ms",
+        "relay_p99_ms",
+        "relay_added_p50_ms",
+        "relay_added_p99_ms",
         "gateway_server_cpu_pct",
+        "relay_server_cpu_pct",
         "direct_server_cpu_pct",
+        "cpu_ratio",
         "direct_turns",
         "gateway_turns",
     ]
@@ -180,10 +213,8 @@ def main() -> int:
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
     bad = any(
-        r["direct_turns"] == 0
-        or r["gateway_turns"] == 0
-        or r["gateway_send_errors"]
-        or r["direct_send_errors"]
+        r[f"{v}_turns"] == 0 or r[f"{v}_send_errors"]
+        for v in ("direct", "relay", "gateway")
         for r in runs
     )
     return 1 if bad else 0

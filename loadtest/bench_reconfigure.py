@@ -5,7 +5,9 @@ emulator as upstream, started here on 127.0.0.1):
 
 * **push** — one ``POST /v1/policies`` (new ``prompt`` and ``max_turn_silence_ms``); the time
   until the emulator has received the ``UpdateConfiguration`` of the last session (its
-  timeline ``at``), i.e. the convergence of a mid-session reconfiguration.
+  timeline ``at``), i.e. the convergence of a mid-session reconfiguration. Also reported:
+  the service's own convergence (``controlplane_convergence_seconds``: event → last frame
+  written), which leaves out the single emulator process working through N updates.
 * **reconnect** — the baseline without mid-session updates: at one instant every client
   closes its socket and reconnects with the new config in the connect query, through the same
   gateway; the time until the last session has its new ``Begin``.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
 from common import (
     STREAMING_MODEL,
+    add_quiet_arg,
     emulator_receipts,
     http_json,
     marker,
@@ -40,9 +43,11 @@ from common import (
     policy_doc,
     print_header,
     raise_nofile,
+    scrape,
     start_controlplane,
     start_emulator,
     summary_ms,
+    wait_quiet,
     workdir,
 )
 
@@ -81,8 +86,10 @@ def one_run(args: argparse.Namespace, pool: ClientPool, run: int) -> dict[str, A
                 "bench-reconfigure", 1, labels={"tenant": "acme"}, prompt_chars=args.prompt_chars
             )
             doc["set"]["max_turn_silence_ms"] = 2400
+            before = scrape(cp.http)
             published = time.time()
             status, body = http_json(cp.http + "/v1/policies", method="POST", body=doc, token=token)
+            post_ms = (time.time() - published) * 1000
             if status != 201:
                 raise RuntimeError(f"publish failed: {status} {body}")
             got = emulator_receipts(
@@ -93,6 +100,8 @@ def one_run(args: argparse.Namespace, pool: ClientPool, run: int) -> dict[str, A
                 timeout=args.timeout,
             )
             push = [t - published for t in got]
+            key = "controlplane_convergence_seconds_sum"
+            written_ms = (scrape(cp.http).get(key, 0.0) - before.get(key, 0.0)) * 1000
             time.sleep(args.settle)
 
             # reconnect: every session closes and reopens with the new config at connect
@@ -127,6 +136,9 @@ def one_run(args: argparse.Namespace, pool: ClientPool, run: int) -> dict[str, A
         **{f"push_{k}": v for k, v in p.items()},
         **{f"reconnect_{k}": v for k, v in r.items()},
     }
+    row["push_post_ms"] = round(post_ms, 1)
+    row["push_written_ms"] = round(written_ms, 1)  # server: event → last frame written
+    row["speedup_written"] = round(r["max_ms"] / written_ms, 1) if written_ms else None
     row["speedup_max"] = round(r["max_ms"] / p["max_ms"], 1) if p["max_ms"] else None
     row["speedup_p50"] = round(r["p50_ms"] / p["p50_ms"], 1) if p["p50_ms"] else None
     return row
@@ -147,6 +159,7 @@ def main() -> int:
     parser.add_argument("--settle", type=float, default=2.0)
     parser.add_argument("--timeout", type=float, default=120.0)
     parser.add_argument("--json", type=Path)
+    add_quiet_arg(parser)
     args = parser.parse_args()
     raise_nofile()
     procs = args.client_procs or min(4, max(1, args.sessions // 2500))
@@ -154,7 +167,9 @@ def main() -> int:
     runs = []
     with ClientPool(procs) as pool:
         for run in range(1, args.runs + 1):
+            busy = wait_quiet(args.quiet_wait)
             row = one_run(args, pool, run)
+            row["machine_busy_before"] = busy
             runs.append(row)
             print(json.dumps(row), flush=True)
     keys = [
@@ -166,6 +181,9 @@ def main() -> int:
         "reconnect_max_ms",
         "speedup_max",
         "speedup_p50",
+        "push_post_ms",
+        "push_written_ms",
+        "speedup_written",
     ]
     summary = {"sessions": args.sessions, **median_of(runs, keys)}
     summary["meets_target_20x"] = summary["speedup_max"] >= 20

@@ -310,6 +310,40 @@ def process_usage(pid: int) -> tuple[float, float]:
     return rss_kib, (int(fields[11]) + int(fields[12])) / ticks
 
 
+# -- a quiet machine ---------------------------------------------------------------------------
+def cpu_busy(sample_s: float = 1.0) -> float:
+    """Share of all CPUs busy (any process) over ``sample_s`` seconds, from /proc/stat."""
+
+    def snap() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return sum(fields[:8]), idle
+
+    total0, idle0 = snap()
+    time.sleep(sample_s)
+    total1, idle1 = snap()
+    return 1.0 - (idle1 - idle0) / max(1, total1 - total0)
+
+
+def add_quiet_arg(parser: Any) -> None:
+    parser.add_argument(
+        "--quiet-wait", type=float, default=30.0,
+        help="before each run, wait up to this many seconds for other load to drop below 15%%",
+    )  # fmt: skip
+
+
+def wait_quiet(max_wait_s: float = 120.0, threshold: float = 0.15) -> float:
+    """Wait (bounded) until other work on the machine is below ``threshold`` of all CPUs, so a
+    shared machine does not skew a run; returns the last busy share (recorded with the run)."""
+    deadline = time.monotonic() + max_wait_s
+    busy = cpu_busy()
+    while busy > threshold and time.monotonic() < deadline:
+        print(f"# machine busy ({busy:.0%} of all CPUs): waiting for it to quiet down", flush=True)
+        time.sleep(4.0)
+        busy = cpu_busy()
+    return round(busy, 3)
+
+
 # -- statistics ------------------------------------------------------------------------------
 def percentile(values: Sequence[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100); NaN for no values."""

@@ -1,0 +1,67 @@
+"""Every benchmark script runs end to end at a tiny size and exits 0 (they stay runnable).
+
+Each starts its own servers (``controlplane serve``, the emulator, the baseline servers,
+redis-server) as subprocesses on 127.0.0.1 and prints one ``median: {...}`` JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def _run(script: str, *args: str, timeout: float = 50) -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / script), *args, "--quiet-wait", "0"],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    medians = [ln for ln in done.stdout.splitlines() if ln.startswith("median: ")]
+    assert medians, out[-4000:]
+    return dict(json.loads(medians[-1].split(": ", 1)[1]))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("variant", ["control", "gateway"])
+def test_propagation_bench_small(variant: str) -> None:
+    m = _run("bench_propagation.py", "--sessions", "20", "--runs", "1", "--variant", variant,
+             "--settle", "0.3", "--gap", "0.1")  # fmt: skip
+    assert m["failures"] == 0
+    assert 0 < m["real_max_ms"] < 5000 and 0 < m["floor_max_ms"] < 5000
+    assert m["ratio_max"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_reconfigure_bench_small() -> None:
+    m = _run("bench_reconfigure.py", "--sessions", "20", "--runs", "1", "--settle", "0.3")
+    assert m["push_max_ms"] > 0 and m["reconnect_max_ms"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_memory_bench_small() -> None:
+    m = _run("bench_memory.py", "--variant", "control", "--sessions", "50", "--warmup", "10",
+             "--runs", "1", "--settle", "0.3")  # fmt: skip
+    assert m["variant"] == "control" and m["target_kib"] == 24
+
+
+@pytest.mark.timeout(60)
+def test_audit_bench_small() -> None:
+    m = _run("bench_audit.py", "--sessions", "50", "--per-session", "4", "--runs", "1")
+    for key in ("memory_entries_per_s", "file_entries_per_s", "redis_entries_per_s",
+                "file_baseline_entries_per_s", "redis_baseline_entries_per_s"):  # fmt: skip
+        assert m[key] > 0, (key, m)
+
+
+@pytest.mark.timeout(60)
+def test_audio_latency_bench_small() -> None:
+    m = _run("bench_audio_latency.py", "--sessions", "4", "--seconds", "3", "--runs", "1",
+             "--tone-ms", "500", "--silence-ms", "500")  # fmt: skip
+    assert m["direct_turns"] > 0 and m["gateway_turns"] > 0

@@ -1,0 +1,106 @@
+"""The locust load test runs headless against a real control plane and emulator.
+
+Both servers run in the test's event loop on free ports; locust runs as a subprocess (gevent
+monkey-patches the whole interpreter, so it cannot share the test's process). A handful of
+users of every class for a few seconds: the run must make requests, measure propagation and
+convergence, report no failures and exit 0 (the SLO check passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from controlplane.app import build_app
+from controlplane.config import Settings
+from emulator.server import build_app as build_emulator
+from emulator.settings import EmulatorSettings
+
+# never import locust here: it monkey-patches the interpreter (gevent) on import.
+# `make install` installs the load extra; without it this suite fails loudly, never skips.
+assert importlib.util.find_spec("locust") is not None, "pip install -e '.[dev,load]'"
+
+ROOT = Path(__file__).resolve().parents[3]
+LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+LOCUST = Path(sys.executable).parent / "locust"
+TOKEN = "smoke-admin-token"
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(app, shutdown_timeout=2)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    server = site._server
+    assert server is not None and server.sockets  # type: ignore[union-attr]
+    return runner, int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+
+
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
+    emu_runner, emu_port = await _serve(build_emulator(EmulatorSettings()))
+    settings = Settings(
+        listen="127.0.0.1:0",
+        upstream_streaming_url=f"ws://127.0.0.1:{emu_port}/v3/ws",
+        upstream_agent_url=f"ws://127.0.0.1:{emu_port}/v1/ws",
+        data_dir=tmp_path / "data",
+        node_id="smoke",
+        tokens={TOKEN: "admin"},
+        shutdown_grace_s=0.5,
+    )
+    cp_runner, cp_port = await _serve(build_app(settings))
+    try:
+        yield cp_port, emu_port
+    finally:
+        await cp_runner.cleanup()
+        await emu_runner.cleanup()
+
+
+@pytest.mark.timeout(45)
+async def test_locust_headless_run_measures_propagation_and_exits_0(
+    stack: tuple[int, int],
+) -> None:
+    cp_port, emu_port = stack
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LT_")}
+    env.update(
+        LT_TOKEN=TOKEN,
+        LT_EMULATOR_URL=f"http://127.0.0.1:{emu_port}",
+        LT_SCENARIO="steady",
+        LT_PUBLISH_RATE="2",
+        LT_WEIGHTS="streaming=1,agent=1,control=2",
+        LT_SLO_MIN_PROPAGATIONS="3",
+        LT_SLO_FAIL_RATIO="0",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "-u", "5", "-r", "5", "-t", "5s",
+        "--host", f"http://127.0.0.1:{cp_port}", "--only-summary", "--stop-timeout", "5",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 35)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    text = out.decode(errors="replace")
+    assert proc.returncode == 0, text[-4000:]
+    assert "all SLOs hold" in text
+
+    line = next(ln for ln in text.splitlines() if "loadtest summary: " in ln)
+    rows = json.loads(line.split("loadtest summary: ", 1)[1])
+    for name in ("connect streaming", "connect agent", "connect control", "propagation control",
+                 "propagation streaming", "propagation agent", "convergence control",
+                 "convergence rollout"):  # fmt: skip
+        assert rows.get(name, {}).get("n", 0) > 0, (name, rows)
+        assert rows[name]["fail"] == 0, (name, rows)
+    total = re.search(r"^\s+Aggregated\s+(\d+)\s+(\d+)\(", text, re.MULTILINE)
+    assert total is not None and int(total.group(1)) > 0 and int(total.group(2)) == 0, text[-3000:]
