@@ -84,7 +84,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
 
     async def on_startup(_: web.Application) -> None:
         try:
-            http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, connect=10))
+            # one upstream socket per gateway session: no pool limit (the default is 100)
+            http = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, connect=10),
+            )
             http_holder.append(http)
             gateway.http = http
             if dist is not None:

@@ -103,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             host = "127.0.0.1"
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _install_uvloop()
+    _raise_open_files_limit()
     print(f"controlplane serving on http://{host}:{port} (node {settings.node_id}, "
           f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
     try:
@@ -123,6 +124,21 @@ def _mode(settings: Settings) -> str:
     if settings.redis_url:
         return f"distributed mode: {where}, Redis {redact(settings.redis_url)}"
     return f"distributed mode: {where}, registry local to this replica"
+
+
+def _raise_open_files_limit() -> None:
+    """Two sockets per gateway session: lift the soft RLIMIT_NOFILE to the hard limit."""
+    try:
+        import resource
+    except ImportError:  # not on every platform
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1_048_576)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            logging.getLogger(__name__).warning("could not raise the open-files limit")
 
 
 def _install_uvloop() -> None:

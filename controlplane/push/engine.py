@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 from collections.abc import Iterable
@@ -198,22 +199,31 @@ class PushEngine:
         changed = 0
         cache: dict[tuple[Any, ...], tuple[Encoded, str | None]] = {}
         now = self._clock.monotonic()
-        for ls in list(sessions):
-            effective = self.resolve(ls.session, policies)
-            hold = None
-            if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
-                hold = now + next_turn[1]
-            elif next_turn is not None and next_turn[0] in ls.policy_status:
-                hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
-            version = ls.push.want(
-                effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
-            )
-            self._apply_effective(ls, effective)
-            self._update_policy_status(ls, effective, pending=version is not None)
-            if version is None:
-                continue
-            changed += 1
-            await self._drive(ls, cache)
+        # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
+        # of the fan-out time in profiles (docs/benchmarks.md). Collect after, not during.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for ls in list(sessions):
+                effective = self.resolve(ls.session, policies)
+                hold = None
+                if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
+                    hold = now + next_turn[1]
+                elif next_turn is not None and next_turn[0] in ls.policy_status:
+                    hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
+                version = ls.push.want(
+                    effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
+                )
+                self._apply_effective(ls, effective)
+                self._update_policy_status(ls, effective, pending=version is not None)
+                if version is None:
+                    continue
+                changed += 1
+                await self._drive(ls, cache)
+        finally:
+            if collecting:
+                gc.enable()
+
         if event_at is not None and changed:
             self._metrics.convergence.observe(self._clock.monotonic() - event_at)
         return changed

@@ -164,3 +164,27 @@ async def test_next_turn_policy_waits_for_the_turn_boundary(
         assert await eventually(released) == [
             {"type": "UpdateConfiguration", "max_turn_silence": 2000}
         ]
+
+
+async def test_more_than_a_hundred_gateway_sessions_reach_the_upstream(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """aiohttp's default connector pools 100 connections: session 101 used to get a 502."""
+    sessions = 120
+
+    async def one(stack: list[Any]) -> str:
+        ws = await websockets.connect(
+            cp.ws_base + CONNECT, additional_headers={"Authorization": "test-key"}
+        )
+        stack.append(ws)
+        begin = json.loads(await asyncio.wait_for(ws.recv(), 8))
+        assert begin["type"] == "Begin"
+        return str(begin["id"])
+
+    opened: list[Any] = []
+    try:
+        ids = await asyncio.gather(*(one(opened) for _ in range(sessions)))
+        assert len(set(ids)) == sessions
+        assert len(cp.service.engine.live) == sessions
+    finally:
+        await asyncio.gather(*(ws.close() for ws in opened))
