@@ -38,11 +38,11 @@ from aiohttp import WSMsgType, web
 from controlplane.api.auth import TOKENS
 from controlplane.api.inputs import parse_frame
 from controlplane.errors import ControlPlaneError
-from controlplane.push.engine import LiveSession
+from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
 from policies.errors import PolicyValidationError
-from policies.fields import Config, Delta, check_value
+from policies.fields import Config, Delta, check_value, to_json
 from sessions.dialects.base import dialect_for
 from sessions.model import SESSION_KINDS
 
@@ -51,7 +51,6 @@ __all__ = ["ControlChannel", "ControlTransport", "close_reason"]
 log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 256 * 1024
-CONGESTED_BYTES = 256 * 1024
 ID_MAX = 128
 INTERNAL_ERROR_CLOSE = 1011
 # what the REST API can address: no whitespace, '/' or control characters (docs/api.md)
@@ -73,8 +72,7 @@ class ControlTransport:
         self._prefix = '{"type":"push","session_id":' + json.dumps(session_id) + ',"version":'
 
     def congested(self) -> bool:
-        transport = getattr(getattr(self.ws, "_writer", None), "transport", None)
-        return transport is not None and transport.get_write_buffer_size() > CONGESTED_BYTES
+        return write_buffer_size(self.ws) > CONGESTED_BYTES
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
         if self.ws.closed:
@@ -166,7 +164,7 @@ class ControlChannel:
         session = ls.session
         await ws.send_str(json.dumps({
             "type": "registered", "session_id": session.id, "version": ls.push.desired_version,
-            "effective_config": _jsonable(session.effective_config),
+            "effective_config": to_json(session.effective_config),
             "locks": {f: r.as_dict() for f, r in ls.locks.items()},
         }))  # fmt: skip
         self.service.engine.mark_ready(ls)
@@ -285,7 +283,3 @@ def close_reason(text: str) -> bytes:
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
-
-
-def _jsonable(config: Config) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

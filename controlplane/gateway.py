@@ -34,7 +34,7 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.engine import CONGESTED_BYTES, LiveSession, PushEngine, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
 from policies.fields import Delta, utf8_problem
@@ -60,7 +60,6 @@ LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never
 SECRET_QUERY = frozenset({"token"})
 MAX_PENDING_ACKS = 64
 AUDIO_ONLY_ERRORS = frozenset({"invalid_audio", "audio_rate_violation"})
-CONGESTED_BYTES = 256 * 1024
 MAX_LABELS = 32
 INTERNAL_ERROR_CLOSE = 1011
 
@@ -98,7 +97,7 @@ class UpstreamTransport:
         self.pending: deque[int | str] = deque(maxlen=MAX_PENDING_ACKS)
 
     def congested(self) -> bool:
-        return _buffered(self.ws) > CONGESTED_BYTES
+        return write_buffer_size(self.ws) > CONGESTED_BYTES
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
         if self.ws.closed:
@@ -106,17 +105,6 @@ class UpstreamTransport:
         if self.acknowledging:
             self.pending.append(push.version)
         await self.ws.send_str(text)
-
-
-def _buffered(ws: Any) -> int:
-    writer = getattr(ws, "_writer", None)
-    transport = getattr(writer, "transport", None)
-    if transport is None:
-        return 0
-    try:
-        return int(transport.get_write_buffer_size())
-    except (AttributeError, RuntimeError):
-        return 0
 
 
 class Gateway:
@@ -336,23 +324,12 @@ class Gateway:
         if delta is None:
             await upstream.send_str(data)  # not an update: untouched (upstream judges it)
             return
-        locked = sorted(set(delta) & set(ls.locks))
-        forward_text = data
-        forwarded: Delta = delta
-        if locked:
-            stripped_msg, stripped = dialect.strip_locked(message, locked)
-            forwarded = {k: v for k, v in delta.items() if k not in stripped}
-            owners = ", ".join(
-                f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
-            )
-            self.service.engine.record(
-                ls, cause="client", status="rejected",
-                delta={k: delta[k] for k in stripped}, wire=message, error=owners,
-            )  # fmt: skip
-            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
-            if stripped_msg is None:
-                return
-            forward_text = json.dumps(stripped_msg)
+        forward_text, stripped = self._without_locked(
+            ls, dialect, message, data, sorted(set(delta) & set(ls.locks)), delta=delta
+        )
+        forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
+        if forward_text is None:
+            return
         if transport.acknowledging:
             transport.pending.append("client")
         await upstream.send_str(forward_text)
@@ -362,6 +339,34 @@ class Gateway:
                 ls, cause="client", status="sent", delta=forwarded,
                 wire=json.loads(forward_text),
             )  # fmt: skip
+
+    def _without_locked(
+        self,
+        ls: LiveSession,
+        dialect: Dialect,
+        message: dict[str, Any],
+        data: str,
+        locked: list[str],
+        *,
+        delta: Delta | None = None,
+        note: str = "",
+    ) -> tuple[str | None, tuple[str, ...]]:
+        """The client frame to forward without the ``locked`` fields it carries (None when
+        nothing is left), and the fields stripped; each refusal is logged and counted."""
+        if not locked:
+            return data, ()
+        stripped_msg, stripped = dialect.strip_locked(message, locked)
+        if not stripped:
+            return data, ()
+        owners = ", ".join(
+            f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
+        )
+        self.service.engine.record(
+            ls, cause="client", status="rejected", wire=message, error=owners + note,
+            delta={k: delta[k] for k in stripped} if delta is not None else {},
+        )  # fmt: skip
+        self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
+        return (None if stripped_msg is None else json.dumps(stripped_msg)), stripped
 
     async def _forward_malformed(
         self,
@@ -376,20 +381,11 @@ class Gateway:
         """An update with a wrongly-typed canonical value goes to the upstream, which answers
         it — but without locked fields: an upstream that applies the valid rest of a message
         must not receive a locked value next to a malformed one."""
-        stripped_msg, stripped = dialect.strip_locked(message, sorted(ls.locks))
-        forward_text = data
-        if stripped:
-            owners = ", ".join(
-                f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
-            )
-            self.service.engine.record(
-                ls, cause="client", status="rejected", delta={}, wire=message,
-                error=f"{owners} (malformed update: {error})",
-            )  # fmt: skip
-            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
-            if stripped_msg is None:
-                return
-            forward_text = json.dumps(stripped_msg)
+        forward_text, _ = self._without_locked(
+            ls, dialect, message, data, sorted(ls.locks), note=f" (malformed update: {error})"
+        )
+        if forward_text is None:
+            return
         if transport.acknowledging:
             transport.pending.append("client")
         await upstream.send_str(forward_text)

@@ -3,11 +3,12 @@ how much, and sample wire messages (``POST /v1/policies/preview``). Nothing is p
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from controlplane.push.engine import LiveSession
 from policies.delta import diff
+from policies.fields import to_json
 from policies.model import Policy
 from policies.resolve import Effective
 from sessions.model import Session
@@ -48,13 +49,9 @@ def preview(
                 encoded = ls.dialect.encode(delta, ls.session.model)
                 samples.append({
                     "session_id": ls.session.id, "kind": ls.session.kind,
-                    "delta": _jsonable(delta), "wire": encoded.message,
+                    "delta": to_json(delta), "wire": encoded.message,
                     "skipped": dict(encoded.skipped),
                 })  # fmt: skip
     return {"id": policy.id, "version": policy.version, "targeted": targeted,
             "changed": changed, "by_kind": by_kind, "by_variant": by_variant,
             "samples": samples}  # fmt: skip
-
-
-def _jsonable(delta: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in delta.items()}

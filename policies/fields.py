@@ -31,6 +31,7 @@ __all__ = [
     "Value",
     "check_value",
     "printable",
+    "to_json",
     "utf8_problem",
     "validate_config",
 ]
@@ -220,3 +221,8 @@ def validate_config(raw: Mapping[str, Any], path: str = "set") -> Config:
 
 def _tname(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def to_json(config: Mapping[str, Value | None]) -> dict[str, Any]:
+    """A config or delta as plain JSON values (tuples become lists; order kept)."""
+    return {name: list(v) if isinstance(v, tuple) else v for name, v in config.items()}

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from policies.fields import Config
+from policies.fields import Config, to_json
 from policies.provenance import PolicyRef
 
 __all__ = ["SESSION_KINDS", "Session", "SessionState"]
@@ -93,8 +93,8 @@ class Session:
             "labels": dict(self.labels),
             "node": self.node,
             "state": str(self.state),
-            "client_config": _config_out(self.client_config),
-            "effective_config": _config_out(self.effective_config),
+            "client_config": to_json(self.client_config),
+            "effective_config": to_json(self.effective_config),
             "provenance": {name: ref.as_dict() for name, ref in self.provenance.items()},
             "applied": [ref.as_dict() for ref in self.applied],
             "versions": {
@@ -136,10 +136,6 @@ class Session:
             end_cause=raw.get("end_cause"),
             upstream_id=raw.get("upstream_id"),
         )
-
-
-def _config_out(config: Config) -> dict[str, Any]:
-    return {name: list(v) if isinstance(v, tuple) else v for name, v in config.items()}
 
 
 def _config_in(raw: Mapping[str, Any]) -> Config:

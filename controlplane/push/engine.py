@@ -34,12 +34,29 @@ from sessions.model import Session, SessionState
 from sessions.registry import Registry
 from sessions.versionlog import VersionLog
 
-__all__ = ["LiveSession", "PushEngine", "Transport"]
+__all__ = ["CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "write_buffer_size"]
 
 log = logging.getLogger(__name__)
 
 SWEEP_INTERVAL_S = 0.05
 REGISTRY_SYNC_INTERVAL_S = 0.25
+
+
+CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, not inline writes
+
+
+def write_buffer_size(ws: Any) -> int:
+    """Unsent bytes buffered for an aiohttp WebSocket (server or client); 0 when unknown.
+
+    aiohttp exposes no public accessor on client sockets, so this reads the writer's transport.
+    """
+    transport = getattr(getattr(ws, "_writer", None), "transport", None)
+    if transport is None:
+        return 0
+    try:
+        return int(transport.get_write_buffer_size())
+    except (AttributeError, RuntimeError):
+        return 0
 
 
 class Transport(Protocol):
