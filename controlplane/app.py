@@ -68,6 +68,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
         return web.json_response({"status": "ok", "node": settings.node_id})
 
     async def metrics_view(_: web.Request) -> web.Response:
+        service.engine.flush_metrics()
         return web.Response(body=metrics.render(), content_type="text/plain", charset="utf-8")
 
     app.router.add_get("/healthz", healthz)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from controlplane.config import Settings
-from controlplane.metrics import Metrics
+from controlplane.metrics import Metrics, observe_many
 from controlplane.push.protocol import Outcome, Push, PushState
 from controlplane.tasks import raise_if_cancelled
 from policies.fields import Config, Delta
@@ -113,6 +113,11 @@ class PushEngine:
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
+        # not one per session (a per-session Histogram.observe was a fifth of a fan-out).
+        self._latencies: list[float] = []
+        self._pushed: dict[tuple[str, str], int] = {}
+        self._appended = 0
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -196,7 +201,7 @@ class PushEngine:
             self._metrics.audit_append_failures.inc()
             log.exception("version-log append failed for session %s", ls.session.id)
             raise
-        self._metrics.audit_appends.inc()
+        self._appended += 1
 
     # -- policy changes ------------------------------------------------------------------
     async def reconcile(
@@ -240,6 +245,7 @@ class PushEngine:
         finally:
             if collecting:
                 gc.enable()
+            self.flush_metrics()
 
         if event_at is not None and changed:
             self._metrics.convergence.observe(self._clock.monotonic() - event_at)
@@ -385,7 +391,7 @@ class PushEngine:
             return
         now = self._clock.monotonic()
         if push.event_at is not None:
-            self._metrics.push_latency.observe(now - push.event_at)
+            self._latencies.append(now - push.event_at)
         error = _skipped_note(encoded.skipped)
         if ls.transport.acknowledging:
             self.record(ls, cause=push.cause, status="sent", delta=push.delta,
@@ -398,7 +404,7 @@ class PushEngine:
             self.record(ls, cause=push.cause, status="sent", delta=push.delta,
                         wire=encoded.message, error=error, version=push.version,
                         refs=push.refs, config=push.config)  # fmt: skip
-            self._metrics.pushes.labels(ls.session.kind, "sent").inc()
+            self._count_push(ls.session.kind, "sent")
             self._mark_policies(ls, push, "unverified")
             self._sync_session(ls)
 
@@ -414,9 +420,27 @@ class PushEngine:
         self.record(ls, cause=push.cause, status=outcome.status, delta=push.delta,
                     wire=None, error=error, version=push.version, refs=push.refs,
                     config=push.config)  # fmt: skip
-        self._metrics.pushes.labels(ls.session.kind, outcome.status).inc()
+        self._count_push(ls.session.kind, outcome.status)
         self._mark_policies(ls, push, outcome.status)
         self._sync_session(ls)
+
+    def _count_push(self, kind: str, result: str) -> None:
+        key = (kind, result)
+        self._pushed[key] = self._pushed.get(key, 0) + 1
+
+    def flush_metrics(self) -> None:
+        """Hand the batched per-push counts to prometheus_client (after a fan-out, on every
+        sweep, and before ``/metrics`` renders)."""
+        if self._latencies:
+            latencies, self._latencies = self._latencies, []
+            observe_many(self._metrics.push_latency, latencies)
+        if self._pushed:
+            pushed, self._pushed = self._pushed, {}
+            for (kind, result), n in pushed.items():
+                self._metrics.pushes.labels(kind, result).inc(n)
+        if self._appended:
+            self._metrics.audit_appends.inc(self._appended)
+            self._appended = 0
 
     def _mark_policies(self, ls: LiveSession, push: Push, status: str) -> None:
         for ref in push.refs:
@@ -428,6 +452,7 @@ class PushEngine:
         timeout = self._settings.ack_timeout_s
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
+            self.flush_metrics()
             now = self._clock.monotonic()
             for ls in list(self._watch):
                 outcome = ls.push.timed_out(now, timeout)
