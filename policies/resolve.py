@@ -17,6 +17,11 @@ ascending (byte order; ids are ASCII). The first policy in that order that sets 
 Only published policies (with a ``version``) resolve; an unversioned one raises ``ValueError``.
 The hot path reads each policy's precomputed :class:`policies.model.PolicyPlan`; nothing here
 calls pydantic.
+
+A fan-out resolves thousands of sessions against one policy set: :class:`Resolver` computes
+the policies' part (the :class:`Overlay`: values, provenance, locks, applied) once per distinct
+``(kind, model, labels, decisions of the policies that bucket by session id)`` and merges it
+over each session's client config. Its results equal :func:`resolve`'s (property-tested).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from policies.model import BUCKET_BY_SESSION, Policy, PolicyPlan
 from policies.provenance import PolicyRef
 from policies.selectors import Target, matches
 
-__all__ = ["Effective", "PolicyRef", "applies", "precedence_key", "resolve"]
+__all__ = ["Effective", "Overlay", "PolicyRef", "Resolver", "applies", "precedence_key", "resolve"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,34 +66,111 @@ def applies(policy: Policy, target: Target) -> PolicyRef | None:
     return None if hit is None else hit[0]
 
 
+@dataclass(frozen=True, slots=True)
+class Overlay:
+    """What the applying policies contribute to a target, before the client config.
+
+    Shared between sessions by :class:`Resolver`: treat every mapping as read-only.
+    """
+
+    values: Mapping[str, Value]
+    provenance: Mapping[str, PolicyRef]
+    locks: Mapping[str, PolicyRef]
+    applied: tuple[PolicyRef, ...]
+
+    def over(self, client_config: Config) -> Effective:
+        """The effective config of a session whose client asked for ``client_config``."""
+        config = dict(client_config)
+        config.update(self.values)
+        return Effective(config, self.provenance, self.locks, self.applied)
+
+
 def resolve(client_config: Config, policies: Iterable[Policy], target: Target) -> Effective:
     """Effective config of ``target`` whose client asked for ``client_config``.
 
     ``policies`` holds at most one version per policy id (``ValueError`` otherwise).
     """
-    hits: list[tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
+    return overlay(_unique_plans(policies), target).over(client_config)
+
+
+def _unique_plans(policies: Iterable[Policy]) -> list[PolicyPlan]:
+    plans: list[PolicyPlan] = []
     seen: set[str] = set()
     for policy in policies:
         plan = policy.plan
         if plan.id in seen:
             raise ValueError(f"policy {plan.id!r} given twice; resolve takes one version per id")
         seen.add(plan.id)
+        plans.append(plan)
+    return plans
+
+
+def overlay(plans: Iterable[PolicyPlan], target: Target) -> Overlay:
+    """The applying policies' values, provenance, locks and references for ``target``."""
+    hits: list[tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
+    for plan in plans:
         hit = _applies(plan, target)
         if hit is not None:
             hits.append((plan.precedence, plan.lock, hit[0], hit[1]))
     hits.sort(key=_first)
-    config = dict(client_config)
+    values: dict[str, Value] = {}
     provenance: dict[str, PolicyRef] = {}
     locks: dict[str, PolicyRef] = {}
-    for _, lock, ref, values in hits:
-        for name, value in values.items():
+    for _, lock, ref, set_values in hits:
+        for name, value in set_values.items():
             if name not in provenance:
                 provenance[name] = ref
-                config[name] = value
+                values[name] = value
         for name in lock:
             if name not in locks:
                 locks[name] = ref
-    return Effective(config, provenance, locks, tuple(hit[2] for hit in hits))
+    return Overlay(values, provenance, locks, tuple(hit[2] for hit in hits))
+
+
+class Resolver:
+    """Resolve many targets against one policy set, reusing overlays.
+
+    A target's overlay depends on its kind, model and labels, and on its session id only
+    through the policies that bucket by session id (their rollout or experiment decision).
+    So the cache key is those three plus each such policy's decision for the target; the
+    decisions are computed per target (one hash each), everything else once per key.
+    """
+
+    __slots__ = ("_by_session", "_cache", "_plans")
+
+    def __init__(self, policies: Iterable[Policy]) -> None:
+        self._plans = _unique_plans(policies)
+        for plan in self._plans:
+            if plan.version is None:
+                raise ValueError(
+                    f"policy {plan.id!r} has no version; only published versions resolve"
+                )
+        self._by_session = [
+            plan
+            for plan in self._plans
+            if (plan.rollout_units is not None and plan.rollout_bucket_by == BUCKET_BY_SESSION)
+            or (plan.experiment_key is not None and plan.experiment_bucket_by == BUCKET_BY_SESSION)
+        ]
+        self._cache: dict[tuple[object, ...], Overlay] = {}
+
+    def resolve(self, client_config: Config, target: Target) -> Effective:
+        labels = target.labels
+        key: tuple[object, ...] = (
+            target.kind,
+            target.model,
+            tuple(sorted(labels.items())) if labels else (),
+        )
+        if self._by_session:
+            key += tuple(_decision(plan, target) for plan in self._by_session)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = overlay(self._plans, target)
+        return found.over(client_config)
+
+
+def _decision(plan: PolicyPlan, target: Target) -> PolicyRef | None:
+    hit = _applies(plan, target)
+    return None if hit is None else hit[0]
 
 
 def _first(

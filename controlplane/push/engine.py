@@ -14,7 +14,7 @@ import contextlib
 import gc
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -25,7 +25,7 @@ from controlplane.tasks import raise_if_cancelled
 from policies.fields import Config, Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
-from policies.resolve import Effective, resolve
+from policies.resolve import Effective, Resolver, resolve
 from policies.selectors import Target
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect, Encoded
@@ -116,6 +116,7 @@ class PushEngine:
         # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
         # not one per session (a per-session Histogram.observe was a fifth of a fan-out).
         self._latencies: list[float] = []
+        self._superseded = 0
         self._pushed: dict[tuple[str, str], int] = {}
         self._appended = 0
 
@@ -190,12 +191,14 @@ class PushEngine:
                 ls.session.id,
                 version=ls.push.desired_version if version is None else version,
                 cause=cause,
-                policies=tuple(r.as_dict() for r in (ls.session.applied if refs is None else refs)),
+                policies=ls.session.applied if refs is None else refs,
                 delta=delta,
                 wire=wire,
                 status=status,
                 error=error,
-                config=ls.session.effective_config if config is None else config,
+                # config_hash: what the upstream runs once this entry takes effect (default:
+                # the push state's base, e.g. after a client's own update; `audit at` checks it)
+                config=ls.push.base if config is None else config,
             )
         except Exception:
             self._metrics.audit_append_failures.inc()
@@ -212,14 +215,19 @@ class PushEngine:
         cause: str,
         event_at: float | None = None,
         next_turn: tuple[str, float] | None = None,
+        relevant: Iterable[Policy] | None = None,
     ) -> int:
         """Re-resolve ``sessions`` against ``policies`` and push what changed.
 
-        ``next_turn=(policy_id, deadline_s)`` holds the push of sessions that policy targets
-        until their next turn boundary. Returns how many sessions got a new version.
+        ``relevant``: only sessions that one of these policies' ``match`` selects (the policy
+        versions before and after a change). ``next_turn=(policy_id, deadline_s)`` holds the
+        push of sessions that policy targets until their next turn boundary. Returns how many
+        sessions got a new version.
         """
         changed = 0
-        cache: dict[tuple[Any, ...], tuple[Encoded, str | None]] = {}
+        cache: dict[tuple[Any, ...], _Frame] = {}
+        resolver = Resolver(policies)
+        selects = None if relevant is None else tuple(p.match.matches for p in relevant)
         now = self._clock.monotonic()
         # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
         # of the fan-out time in profiles (docs/benchmarks.md). Collect after, not during.
@@ -227,7 +235,11 @@ class PushEngine:
         gc.disable()
         try:
             for ls in list(sessions):
-                effective = self.resolve(ls.session, policies)
+                s = ls.session
+                target = Target(s.id, s.kind, s.model, s.labels)
+                if selects is not None and not any(m(target) for m in selects):
+                    continue
+                effective = resolver.resolve(s.client_config, target)
                 hold = None
                 if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
                     hold = now + next_turn[1]
@@ -327,9 +339,7 @@ class PushEngine:
             status = "pending" if pending else "unchanged"
             ls.policy_status[ref.id] = (ref.version, ref.variant, status)
 
-    async def _drive(
-        self, ls: LiveSession, cache: dict[tuple[Any, ...], tuple[Encoded, str | None]]
-    ) -> None:
+    async def _drive(self, ls: LiveSession, cache: dict[tuple[Any, ...], _Frame]) -> None:
         if ls.worker is not None or self._closing:
             return
         if ls.transport.congested():
@@ -366,47 +376,40 @@ class PushEngine:
         self,
         ls: LiveSession,
         push: Push,
-        cache: dict[tuple[Any, ...], tuple[Encoded, str | None]],
+        cache: dict[tuple[Any, ...], _Frame],
     ) -> None:
-        self._metrics.coalesced.inc(len(push.superseded))
+        if push.superseded:
+            self._superseded += len(push.superseded)
         if not push.delta:
             self._sync_session(ls)
             self._mark_policies(ls, push, "unchanged")
             return
         key = (ls.dialect.name, ls.session.model, _delta_key(push.delta))
-        cached = cache.get(key)
-        if cached is None:
-            encoded = ls.dialect.encode(push.delta, ls.session.model)
-            text = None if encoded.message is None else json.dumps(encoded.message)
-            cached = cache[key] = (encoded, text)
-        encoded, text = cached
-        if encoded.message is None or text is None:
+        frame = cache.get(key)
+        if frame is None:
+            frame = cache[key] = _Frame.encode(ls.dialect, push.delta, ls.session.model)
+        if frame.text is None or frame.message is None:
             outcome = ls.push.nothing_to_send(push)
-            self._finish(ls, outcome, skipped=dict(encoded.skipped))
+            self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))
             return
         try:
-            await ls.transport.write(push, encoded.message, text)
+            await ls.transport.write(push, frame.message, frame.text)
         except (ConnectionError, RuntimeError, OSError) as exc:
             self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
             return
-        now = self._clock.monotonic()
         if push.event_at is not None:
-            self._latencies.append(now - push.event_at)
-        error = _skipped_note(encoded.skipped)
+            self._latencies.append(self._clock.monotonic() - push.event_at)
+        # frame.delta equals push.delta; the shared object lets the log reuse its encoding
+        self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.message,
+                    error=frame.note, version=push.version, refs=push.refs,
+                    config=push.config)  # fmt: skip
         if ls.transport.acknowledging:
-            self.record(ls, cause=push.cause, status="sent", delta=push.delta,
-                        wire=encoded.message, error=error, version=push.version,
-                        refs=push.refs, config=push.config)  # fmt: skip
             self._mark_policies(ls, push, "sent")
-            self._sync_session(ls)
         else:
             # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
-            self.record(ls, cause=push.cause, status="sent", delta=push.delta,
-                        wire=encoded.message, error=error, version=push.version,
-                        refs=push.refs, config=push.config)  # fmt: skip
             self._count_push(ls.session.kind, "sent")
             self._mark_policies(ls, push, "unverified")
-            self._sync_session(ls)
+        self._sync_session(ls)
 
     def _finish(
         self, ls: LiveSession, outcome: Outcome, skipped: dict[str, str] | None = None
@@ -441,6 +444,9 @@ class PushEngine:
         if self._appended:
             self._metrics.audit_appends.inc(self._appended)
             self._appended = 0
+        if self._superseded:
+            self._metrics.coalesced.inc(self._superseded)
+            self._superseded = 0
 
     def _mark_policies(self, ls: LiveSession, push: Push, status: str) -> None:
         for ref in push.refs:
@@ -522,6 +528,25 @@ class PushEngine:
         self._metrics.sessions_at_version.clear()
         for (policy, version), n in versions.items():
             self._metrics.sessions_at_version.labels(policy, version).set(n)
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    """One encoded push, shared by every session of a fan-out with the same dialect, model
+    and delta: the message, its JSON text, the skipped-fields note and the delta itself."""
+
+    encoded: Encoded
+    message: dict[str, Any] | None
+    text: str | None
+    note: str | None
+    delta: Delta
+
+    @classmethod
+    def encode(cls, dialect: Dialect, delta: Delta, model: str) -> _Frame:
+        encoded = dialect.encode(delta, model)
+        message = encoded.message
+        text = None if message is None else json.dumps(message)
+        return cls(encoded, message, text, _skipped_note(encoded.skipped), delta)
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

@@ -1,0 +1,124 @@
+"""``Resolver`` (one policy set, many sessions, overlays cached) must equal ``resolve``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.model import Policy, parse_policy
+from policies.resolve import Resolver, resolve
+from policies.selectors import Target
+
+KINDS = ("streaming-v3", "voice-agent-v1")
+MODELS = ("u3-rt-pro", "universal-3-5-pro")
+REGIONS = ("eu", "us", "ap")
+
+
+def _policies() -> st.SearchStrategy[list[Policy]]:
+    def one(i: int) -> st.SearchStrategy[Policy]:
+        doc: dict[str, Any] = {"id": f"p{i}", "version": i + 1}
+        return st.builds(
+            lambda priority, region, kind, prompt, lock, rollout, experiment, by: parse_policy(
+                {
+                    **doc,
+                    "priority": priority,
+                    "match": {
+                        **({"labels": {"region": [region]}} if region else {}),
+                        **({"kind": [kind]} if kind else {}),
+                    },
+                    "set": {"prompt": prompt, "max_turn_silence_ms": 500 + i},
+                    "lock": ["prompt"] if lock else [],
+                    **({"rollout": {"percent": rollout, "bucket_by": by}} if rollout else {}),
+                    **(
+                        {
+                            "experiment": {
+                                "key": f"exp{i}",
+                                "bucket_by": by,
+                                "variants": [
+                                    {"name": "a", "weight": 50, "set": {}},
+                                    {"name": "b", "weight": 50, "set": {"prompt": f"B{i}"}},
+                                ],
+                            }
+                        }
+                        if experiment
+                        else {}
+                    ),
+                }
+            ),
+            st.integers(-2, 2),
+            st.sampled_from((None, *REGIONS)),
+            st.sampled_from((None, *KINDS)),
+            st.sampled_from(("x", "y", "z")),
+            st.booleans(),
+            st.sampled_from((None, 10, 50, 90)),
+            st.booleans(),
+            st.sampled_from(("session_id", "caller")),
+        )
+
+    return st.integers(0, 4).flatmap(lambda n: st.tuples(*(one(i) for i in range(n))).map(list))
+
+
+TARGETS = st.lists(
+    st.builds(
+        lambda i, kind, model, region, caller: Target(
+            f"s{i}",
+            kind,
+            model,
+            {**({"region": region} if region else {}), **({"caller": caller} if caller else {})},
+        ),
+        st.integers(0, 40),
+        st.sampled_from(KINDS),
+        st.sampled_from(MODELS),
+        st.sampled_from((None, *REGIONS)),
+        st.sampled_from((None, "c1", "c2", "c3")),
+    ),
+    min_size=1,
+    max_size=30,
+)
+CLIENTS = st.sampled_from(
+    ({}, {"prompt": "client"}, {"keyterms": ("a", "b"), "vad_threshold": 0.4})
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_policies(), TARGETS, st.lists(CLIENTS, min_size=30, max_size=30))
+def test_resolver_equals_resolve_for_every_target(
+    policies: list[Policy], targets: list[Target], clients: list[dict[str, Any]]
+) -> None:
+    resolver = Resolver(policies)
+    for target, client in zip(targets, clients, strict=False):
+        assert resolver.resolve(client, target) == resolve(client, policies, target)
+
+
+def test_sessions_in_different_rollout_buckets_do_not_share_an_overlay() -> None:
+    half = parse_policy(
+        {"id": "half", "version": 1, "set": {"prompt": "new"}, "rollout": {"percent": 50}}
+    )
+    resolver = Resolver([half])
+    got = {
+        resolver.resolve({}, Target(f"s{i}", "streaming-v3", "u3-rt-pro")).config.get("prompt")
+        for i in range(200)
+    }
+    assert got == {"new", None}
+
+
+def test_effective_configs_are_not_shared_between_sessions() -> None:
+    p = parse_policy({"id": "p", "version": 1, "set": {"prompt": "x"}})
+    resolver = Resolver([p])
+    a = resolver.resolve({"vad_threshold": 0.1}, Target("a", "streaming-v3", "u3-rt-pro"))
+    b = resolver.resolve({"vad_threshold": 0.9}, Target("b", "streaming-v3", "u3-rt-pro"))
+    assert a.config == {"vad_threshold": 0.1, "prompt": "x"}
+    assert b.config == {"vad_threshold": 0.9, "prompt": "x"}
+    assert a.config is not b.config
+
+
+def test_resolver_refuses_what_resolve_refuses() -> None:
+    p = parse_policy({"id": "p", "set": {"prompt": "x"}})
+    with pytest.raises(ValueError, match="no version"):
+        Resolver([p])
+    v = p.with_version(1)
+    with pytest.raises(ValueError, match="given twice"):
+        Resolver([v, v])
