@@ -18,11 +18,14 @@ import aiohttp
 from aiohttp import web
 
 from controlplane.api.routes import add_routes
+from controlplane.audit_keys import checkpointing
 from controlplane.bus import InProcessBus, PolicyBus
+from controlplane.cluster import ClusterPorts
 from controlplane.config import Settings
 from controlplane.control_channel import ControlChannel
 from controlplane.distributed import Distributed, build_registry
 from controlplane.gateway import Gateway
+from controlplane.health import versionlog_problem
 from controlplane.metrics import Metrics
 from controlplane.service import ControlPlane
 from sessions.clock import Clock, SystemClock
@@ -46,7 +49,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     app = web.Application(client_max_size=2 * 1024 * 1024)
     metrics = Metrics()
     registry = build_registry(settings, clock)
-    versionlog = FileVersionLog(settings.data_dir / "audit", clock)
+    versionlog = FileVersionLog(
+        settings.data_dir / "audit", clock, checkpointing=checkpointing(settings)
+    )
     dist = None
     bus: PolicyBus = InProcessBus()
     if settings.nats_url:
@@ -54,9 +59,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
             settings, clock=clock, metrics=metrics, versionlog=versionlog, registry=registry
         )
         bus = dist.bus
+    elif settings.policy_signing_key is not None or settings.policy_signing_key_file is not None:
+        log.warning("policy signing key set without --nats-url: nothing to verify (policies "
+                    "come only from this replica's REST API)")  # fmt: skip
+    ports = dist.ports if dist is not None else ClusterPorts()
+    ports.probes["audit_log"] = lambda: versionlog_problem(versionlog, clock)
     service = ControlPlane(
         settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
-        bus=bus, cluster=dist.ports if dist else None,
+        bus=bus, cluster=ports,
     )  # fmt: skip
     if dist is not None and dist.upkeep is not None:
         dist.upkeep.counts = service.rollout_counts

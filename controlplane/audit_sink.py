@@ -18,6 +18,11 @@ A crash between an acknowledged batch and the cursor write re-ships at most that
 transport deduplicates by key and readers drop exact duplicates (``dedupe``).
 The file layout it tails (``versionlog-YYYY-MM-DD.jsonl``, name order = write order, one
 canonical JSON entry per line) is the one documented in ``sessions.file_versionlog``.
+
+Signed checkpoints (``checkpoints-YYYY-MM-DD.jsonl`` next to them, ``sessions.checkpoints``)
+are shipped the same way with a cursor of their own, after the entries of the same pass: their
+sizes are taken before the entries' sizes, so a shipped checkpoint never commits to an entry
+that is not shipped yet. A checkpoint line is an ``AuditLine`` with ``node`` set.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from typing import Any, Final, Protocol
 
 from controlplane.metrics import Metrics
 from controlplane.tasks import raise_if_cancelled, stop_task
+from sessions.clock import Clock, SystemClock
 
 __all__ = ["AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
 
 log = logging.getLogger(__name__)
 
 FILE_GLOB: Final = "versionlog-*.jsonl"
+CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
 BATCH_LINES: Final = 500
 READ_BYTES: Final = 4 * 1024 * 1024
 RETRY_MAX_S: Final = 2.0
@@ -46,11 +53,13 @@ RETRY_MAX_S: Final = 2.0
 
 @dataclass(frozen=True, slots=True)
 class AuditLine:
-    """One version-log entry as stored locally (``data`` without the newline)."""
+    """One version-log entry as stored locally (``data`` without the newline); or, with
+    ``node`` set, one signed checkpoint of that node (``seq`` its checkpoint seq)."""
 
     session_id: str
     seq: int
     data: bytes
+    node: str | None = None
 
 
 class AuditTransport(Protocol):
@@ -62,6 +71,10 @@ class AuditTransport(Protocol):
 class AuditReader(Protocol):
     async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
         """One session's stored entries in order (exact duplicates dropped)."""
+        ...
+
+    async def checkpoint_rows(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint record, in order."""
         ...
 
 
@@ -98,7 +111,9 @@ class AuditShipper:
         metrics: Metrics,
         interval_s: float = 0.2,
         batch_lines: int = BATCH_LINES,
+        clock: Clock | None = None,
     ) -> None:
+        self._clock = clock or SystemClock()
         self._dir = directory
         self._cursor_path = cursor_path
         self._transport = transport
@@ -107,14 +122,16 @@ class AuditShipper:
         self._interval = interval_s
         self._batch = batch_lines
         self._cursor = _Cursor()
+        self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.shipped = 0
         self.backlog_bytes = 0
         self.healthy = True  # the last attempt succeeded
+        self.failing_since: float | None = None  # clock.monotonic() of the first failed pass
 
     async def start(self) -> None:
-        self._cursor = await asyncio.to_thread(self._load_cursor)
+        self._cursor, self._ck_cursor = await asyncio.to_thread(self._load_cursor)
         self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-shipper")
 
     async def close(self, *, final_timeout_s: float = 5.0) -> None:
@@ -138,12 +155,15 @@ class AuditShipper:
                 await self.ship_pending()
             except Exception as exc:
                 raise_if_cancelled()
+                if self.failing_since is None:
+                    self.failing_since = self._clock.monotonic()
                 first = delay == self._interval  # say it once per outage, then quietly
                 delay = min(max(delay * 2, 0.5), RETRY_MAX_S)
                 log.log(logging.WARNING if first else logging.DEBUG,
                         "audit shipping failed (%d bytes waiting, kept on disk), retrying: %s",
                         self.backlog_bytes, exc)  # fmt: skip
             else:
+                self.failing_since = None
                 if delay != self._interval:
                     log.info("audit shipping resumed (%d entries shipped so far)", self.shipped)
                 delay = self._interval
@@ -152,24 +172,35 @@ class AuditShipper:
         """Ship every durable entry not shipped yet; returns how many were shipped."""
         async with self._lock:
             await self._flush()
-            sizes = self._durable_sizes()  # right after the flush, before anything awaits
+            # right after the flush, before anything awaits; checkpoints first (docstring)
+            ck_sizes = self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor)
+            sizes = self._durable_sizes(FILE_GLOB, self._cursor)
             shipped = 0
             try:
-                while True:
-                    chunk = await asyncio.to_thread(self._read, sizes)
-                    if chunk is None:
-                        break
-                    name, end, lines = chunk
-                    for i in range(0, len(lines), self._batch):
-                        part = lines[i : i + self._batch]
-                        await self._ship(part)
-                        shipped += len(part)
-                    self._cursor = _Cursor(name, end)
-                    await asyncio.to_thread(self._save_cursor)
+                shipped += await self._ship_files(sizes, checkpoints=False)
+                shipped += await self._ship_files(ck_sizes, checkpoints=True)
             finally:
-                self._update_backlog(sizes)
+                self._update_backlog(sizes, ck_sizes)
             self.healthy = True
             return shipped
+
+    async def _ship_files(self, sizes: Mapping[str, int], *, checkpoints: bool) -> int:
+        shipped = 0
+        while True:
+            cursor = self._ck_cursor if checkpoints else self._cursor
+            chunk = await asyncio.to_thread(self._read, sizes, cursor)
+            if chunk is None:
+                return shipped
+            name, end, lines = chunk
+            for i in range(0, len(lines), self._batch):
+                part = lines[i : i + self._batch]
+                await self._ship(part)
+                shipped += len(part)
+            if checkpoints:
+                self._ck_cursor = _Cursor(name, end)
+            else:
+                self._cursor = _Cursor(name, end)
+            await asyncio.to_thread(self._save_cursor)
 
     async def _ship(self, lines: Sequence[AuditLine]) -> None:
         if not lines:
@@ -184,18 +215,19 @@ class AuditShipper:
         self._metrics.audit_shipped.inc(len(lines))
 
     # -- files (worker thread) -----------------------------------------------------------
-    def _durable_sizes(self) -> dict[str, int]:
+    def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:
         """Sizes of the files not fully shipped yet (the cursor's file and later ones)."""
         if not self._dir.is_dir():
             return {}
-        first = self._cursor.file or ""
-        names = sorted(p.name for p in self._dir.glob(FILE_GLOB))
+        first = cursor.file or ""
+        names = sorted(p.name for p in self._dir.glob(glob))
         return {n: (self._dir / n).stat().st_size for n in names if n >= first}
 
-    def _read(self, sizes: Mapping[str, int]) -> tuple[str, int, list[AuditLine]] | None:
+    def _read(
+        self, sizes: Mapping[str, int], cur: _Cursor
+    ) -> tuple[str, int, list[AuditLine]] | None:
         """The next complete lines after the cursor (at most READ_BYTES), or None when done.
         The cursor moves on to the next file once a file is shipped to its durable size."""
-        cur = self._cursor
         for name in sorted(sizes):
             if cur.file is not None and name < cur.file:
                 continue
@@ -220,37 +252,49 @@ class AuditShipper:
         for raw in data.splitlines():
             try:
                 row = json.loads(raw)
-                lines.append(AuditLine(str(row["session_id"]), int(row["seq"]), raw))
-            except (ValueError, KeyError, TypeError):
+                if row.get("type") == "checkpoint":
+                    lines.append(AuditLine("", int(row["seq"]), raw, node=str(row["node"])))
+                else:
+                    lines.append(AuditLine(str(row["session_id"]), int(row["seq"]), raw))
+            except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("audit: %s (from byte %d): skipping a line that is not an entry",
                             name, start)  # fmt: skip
         return lines
 
-    def _update_backlog(self, sizes: Mapping[str, int]) -> None:
-        cur = self._cursor
+    def _update_backlog(self, sizes: Mapping[str, int], ck_sizes: Mapping[str, int]) -> None:
         backlog = 0
-        for name, size in sizes.items():
-            if cur.file is None or name > cur.file:
-                backlog += size
-            elif name == cur.file:
-                backlog += max(0, size - cur.offset)
+        for cur, track in ((self._cursor, sizes), (self._ck_cursor, ck_sizes)):
+            for name, size in track.items():
+                if cur.file is None or name > cur.file:
+                    backlog += size
+                elif name == cur.file:
+                    backlog += max(0, size - cur.offset)
         self.backlog_bytes = backlog
         self._metrics.audit_ship_backlog.set(backlog)
 
-    def _load_cursor(self) -> _Cursor:
+    def _load_cursor(self) -> tuple[_Cursor, _Cursor]:
         try:
             raw = json.loads(self._cursor_path.read_text(encoding="utf-8"))
-            return _Cursor(str(raw["file"]), int(raw["offset"]))
+            ck = raw.get("checkpoints") or {}  # absent in cursors written before checkpoints
+            name = raw["file"]
+            return _Cursor(None if name is None else str(name), int(raw["offset"])), _Cursor(
+                None if ck.get("file") is None else str(ck["file"]), int(ck.get("offset", 0))
+            )
         except FileNotFoundError:
-            return _Cursor()
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return _Cursor(), _Cursor()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.warning("audit: cursor %s unreadable (%s); shipping from the first file "
                         "(duplicates are dropped by key)", self._cursor_path, exc)  # fmt: skip
-            return _Cursor()
+            return _Cursor(), _Cursor()
 
     def _save_cursor(self) -> None:
         tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
         self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
-        body = {"file": self._cursor.file, "offset": self._cursor.offset}
+        ck = self._ck_cursor
+        body = {
+            "file": self._cursor.file,
+            "offset": self._cursor.offset,
+            "checkpoints": {"file": ck.file, "offset": ck.offset},
+        }
         tmp.write_text(json.dumps(body), encoding="utf-8")
         os.replace(tmp, self._cursor_path)

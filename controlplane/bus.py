@@ -2,6 +2,10 @@
 
 The in-process bus is the embedded default; the NATS JetStream bus (distributed mode) keeps
 the same interface. ``publish`` returns once the event is stored (in-process: once handled).
+
+Contract addition (issue #8): ``policy.halted`` events (cause ``guard``, ``Nats-Msg-Id:
+<id>:<version>:halted``) say the rollout guard stopped that version; they carry the halted
+version's document and a ``halt`` object with the reason (docs/policies.md#guard).
 """
 
 from __future__ import annotations
@@ -14,9 +18,19 @@ from typing import Any, Literal, Protocol
 
 from policies.documents import text_violations
 
-__all__ = ["EventHandler", "InProcessBus", "PolicyBus", "PolicyEvent", "rfc3339"]
+__all__ = [
+    "CAUSES",
+    "EVENT_TYPES",
+    "EventHandler",
+    "InProcessBus",
+    "PolicyBus",
+    "PolicyEvent",
+    "rfc3339",
+]
 
-EventType = Literal["policy.published", "policy.retired"]
+EventType = Literal["policy.published", "policy.retired", "policy.halted"]
+EVENT_TYPES: tuple[str, ...] = ("policy.published", "policy.retired", "policy.halted")
+CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard")
 EventHandler = Callable[["PolicyEvent"], Awaitable[None]]
 
 
@@ -33,7 +47,9 @@ class PolicyEvent:
     actor: str
     published_at: str
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    cause: str = "policy"  # policy | rollback | retire (our extension, optional on the wire)
+    cause: str = "policy"  # policy | rollback | retire | guard (our extension, optional)
+    # policy.halted only: why the rollout guard stopped this version (docs/policies.md#guard)
+    halt: Mapping[str, Any] | None = None
 
     @property
     def policy_id(self) -> str:
@@ -45,10 +61,12 @@ class PolicyEvent:
 
     @property
     def msg_id(self) -> str:
-        return f"{self.policy_id}:{self.version}"
+        """``<id>:<version>``; a halt of that version is ``<id>:<version>:halted``."""
+        suffix = ":halted" if self.type == "policy.halted" else ""
+        return f"{self.policy_id}:{self.version}{suffix}"
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": self.type,
             "policy": dict(self.policy),
             "actor": self.actor,
@@ -56,6 +74,9 @@ class PolicyEvent:
             "event_id": self.event_id,
             "cause": self.cause,
         }
+        if self.halt is not None:
+            out["halt"] = dict(self.halt)
+        return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> PolicyEvent:
@@ -70,8 +91,8 @@ class PolicyEvent:
         if unencodable:
             raise ValueError(f"{unencodable[0].field}: {unencodable[0].message}")
         kind = raw.get("type")
-        if kind not in ("policy.published", "policy.retired"):
-            raise ValueError(f"type must be policy.published or policy.retired, got {kind!r}")
+        if kind not in EVENT_TYPES:
+            raise ValueError(f"type must be one of {', '.join(EVENT_TYPES)}, got {kind!r}")
         policy = raw.get("policy")
         if not isinstance(policy, Mapping):
             raise ValueError("policy must be an object")
@@ -83,10 +104,15 @@ class PolicyEvent:
         actor = raw.get("actor", "unknown")
         published_at = raw.get("published_at", "")
         event_id = raw.get("event_id") or uuid.uuid4().hex
-        cause = raw.get("cause", "retire" if kind == "policy.retired" else "policy")
-        if cause not in ("policy", "rollback", "retire"):
-            raise ValueError(f"cause must be policy, rollback or retire, got {cause!r}")
-        return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause))
+        default = {"policy.retired": "retire", "policy.halted": "guard"}.get(kind, "policy")
+        cause = raw.get("cause", default)
+        if cause not in CAUSES:
+            raise ValueError(f"cause must be one of {', '.join(CAUSES)}, got {cause!r}")
+        halt = raw.get("halt")
+        if halt is not None and not isinstance(halt, Mapping):
+            raise ValueError("halt must be an object")
+        return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
+                   None if halt is None else dict(halt))  # fmt: skip
 
 
 class PolicyBus(Protocol):

@@ -11,7 +11,6 @@ unreachable server, a broken audit chain), 2 usage error.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import os
@@ -25,9 +24,10 @@ import yaml
 from controlplane import audit_cli
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
+from controlplane.signing import add_sign_command
 from emulator.cli import register as register_emulator
 
-__all__ = ["build_parser", "main", "verify_local"]
+__all__ = ["build_parser", "main"]
 
 
 # -- client commands -------------------------------------------------------------------------
@@ -237,19 +237,54 @@ def _policy_retire(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     return 0
 
 
+_ROLLOUT_COLUMNS = (
+    ("TARGETED", "targeted"), ("SENT", "sent"), ("ACKED", "acknowledged"),
+    ("UNVERIFIED", "unverified"), ("REJECTED", "rejected"), ("PENDING", "pending"),
+    ("FAILURES", "guard_failures"),
+)  # fmt: skip
+
+
+def _guard_lines(guard: Any, halt: Any) -> list[str]:
+    """The rollout guard in one line, and the halt (if any) in another (docs/cli.md)."""
+    lines = []
+    if isinstance(guard, dict):
+        if guard.get("enabled"):
+            lines.append(
+                f"guard: more than {guard.get('max_failure_ratio', 0):.2%} failed of at least "
+                f"{guard.get('min_sessions')} sessions within {guard.get('window_s', 0):g}s "
+                f"-> {guard.get('on_breach')}"
+            )
+        else:
+            lines.append("guard: off")
+    if isinstance(halt, dict):
+        line = (
+            f"HALTED version {halt.get('version')} at {_when(halt.get('at'))}: "
+            f"{halt.get('failed')} of {halt.get('targeted')} targeted sessions failed "
+            f"({float(halt.get('ratio') or 0):.2%}), decided by {halt.get('decided_by')}"
+        )
+        if halt.get("rollback_to") is not None:
+            line += f"; rolled back to the content of version {halt['rollback_to']}"
+        elif halt.get("on_breach") == "rollback":
+            line += "; no earlier version: retired"
+        lines.append(line)
+    return lines
+
+
 def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     r = client.rollout_status(args.id)
 
     def human() -> str:
-        counters = ("targeted", "sent", "acked", "unverified", "rejected", "pending")
         rows = [
-            (v.get("version"), v.get("variant"), *(v.get(c, 0) for c in counters))
+            (v.get("version"), v.get("variant"), *(v.get(c, 0) for _, c in _ROLLOUT_COLUMNS))
             for v in r.get("versions", [])
         ]
         totals = r.get("totals") or {}
-        rows.append(("total", "", *(totals.get(c, 0) for c in counters)))
-        head = f"policy {r.get('id')} version {r.get('version')} ({r.get('status', '?')})"
-        return head + "\n" + _table(("VERSION", "VARIANT", *map(str.upper, counters)), rows)
+        rows.append(("total", "", *(totals.get(c, 0) for _, c in _ROLLOUT_COLUMNS)))
+        state = r.get("state") or r.get("status", "?")
+        lines = [f"policy {r.get('id')} version {r.get('version')} ({state})"]
+        lines += _guard_lines(r.get("guard"), r.get("halt"))
+        headers = ("VERSION", "VARIANT", *(h for h, _ in _ROLLOUT_COLUMNS))
+        return "\n".join(lines) + "\n" + _table(headers, rows)
 
     _out(args, r, human)
     return 0
@@ -308,55 +343,18 @@ def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     return 0
 
 
-def verify_local(data_dir: Path, session_id: str | None) -> list[dict[str, Any]]:
-    """Recompute the hash chains of the file version log under ``<data_dir>/audit`` offline."""
-    try:
-        from sessions.clock import SystemClock
-        from sessions.versionlog import FileVersionLog
-    except ImportError as exc:
-        raise CliError(
-            f"local audit verification is unavailable in this build ({exc}); "
-            "verify through a server instead (without --data-dir)"
-        ) from None
-    directory = data_dir / "audit"
-    if not directory.is_dir():
-        raise CliError(f"no audit log at {directory} (expected <data-dir>/audit/*.jsonl)")
-
-    async def run() -> list[Any]:
-        return list(await FileVersionLog(directory, SystemClock()).verify(session_id))
-
-    keys = ("session_id", "ok", "count", "first_bad_seq", "problem")
-    return [{k: getattr(report, k) for k in keys} for report in asyncio.run(run())]
-
-
 def _audit_verify(args: argparse.Namespace) -> int:
-    if args.data_dir is not None and args.nats_url is not None:
-        raise CliError("pass either --data-dir or --nats-url", 2)
-    if args.data_dir is not None:
-        reports = verify_local(args.data_dir, args.id)
-    elif args.nats_url is not None:
-        reports = audit_cli.verify_nats(audit_cli.nats_settings(args), args.id)
-    else:
-        reports = _client(args).verify_audit(args.id)
-    if args.id is not None and not any(r.get("count") for r in reports):
+    answer = audit_cli.verify_command(args, _client)
+    if args.id is not None and not any(r.get("count") for r in answer.get("items", [])):
         raise CliError(f"no version log entries for session {args.id}")
-    broken = [r for r in reports if not r.get("ok")]
+    _out(args, answer, lambda: audit_cli.verify_text(answer))
+    return 0 if answer.get("ok") else 1
 
-    def human() -> str:
-        lines = []
-        for r in reports:
-            if r.get("ok"):
-                lines.append(f"ok      {r.get('session_id')}  {r.get('count')} entries")
-            else:
-                lines.append(
-                    f"BROKEN  {r.get('session_id')}  first bad seq "
-                    f"{r.get('first_bad_seq')}: {r.get('problem')}"
-                )
-        lines.append(f"{len(reports)} chain(s) verified, {len(broken)} broken")
-        return "\n".join(lines)
 
-    _out(args, reports, human)
-    return 1 if broken else 0
+def _audit_at(args: argparse.Namespace) -> int:
+    answer = audit_cli.at_command(args, _client)
+    _out(args, answer, lambda: audit_cli.at_text(answer))
+    return 0 if answer.get("verified") else 1
 
 
 def _client_options() -> argparse.ArgumentParser:
@@ -401,6 +399,7 @@ def _register_client_commands(sub: Any) -> None:
     add(policy, "rollout", _policy_rollout, "delivery status per version and variant").add_argument(
         "id"
     )
+    add_sign_command(policy)  # offline: signs an event for a raw NATS publisher
 
     sessions = sub.add_parser("sessions", help="inspect live sessions").add_subparsers(
         dest="action", required=True
@@ -426,11 +425,17 @@ def _register_client_commands(sub: Any) -> None:
     audit = sub.add_parser("audit", help="the per-session version log").add_subparsers(
         dest="action", required=True
     )
-    p = add(audit, "verify", None, "recompute hash chains; exit 1 if any is broken")
+    p = add(audit, "verify", None, "recompute hash chains and check signed checkpoints; exit 1 "
+            "if any is broken")  # fmt: skip
     p.add_argument("id", nargs="?", help="one session (default: every session)")
-    p.add_argument("--data-dir", type=Path, help="verify local files, without a server")
-    audit_cli.add_nats_options(p)
+    audit_cli.add_audit_options(p)
     p.set_defaults(func=_audit_verify)
+    p = add(audit, "at", None, "the configuration in effect for a session at an instant, with "
+            "its evidence; exit 1 unless it verifies")  # fmt: skip
+    p.add_argument("session")
+    p.add_argument("time", type=audit_cli.parse_time, help="RFC 3339 or Unix seconds")
+    audit_cli.add_audit_options(p)
+    p.set_defaults(func=_audit_at)
     audit_cli.add_export(audit)
 
 

@@ -240,10 +240,21 @@ class ControlPlaneClient:
         path = ("v1", "experiments", key, "assignments")
         return self.request("GET", path, query={"format": "csv"}, accept="text/csv").text()
 
-    def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
-        result = self._json("GET", "v1", "audit", "verify", query={"session": session_id})
-        items: list[dict[str, Any]] = result.get("items", [])
-        return items
+    def verify_audit(
+        self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The server's answer: {"items", "ok", "checkpoints", "source", "next"}."""
+        query = {"session": session_id, "public_key": list(public_keys) or None}
+        result: dict[str, Any] = self._json("GET", "v1", "audit", "verify", query=query)
+        return result
+
+    def config_at(
+        self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        query = {"at": repr(at), "public_key": list(public_keys) or None}
+        path = ("v1", "sessions", session_id, "config-at")
+        result: dict[str, Any] = self._json("GET", *path, query=query)
+        return result
 
 
 def _api_error(exc: urllib.error.HTTPError) -> ApiError:

@@ -73,6 +73,8 @@ class ClusterPorts:
     audit: AuditReader | None = None
     peers: RolloutPeers | None = None
     checks: dict[str, Callable[[], bool]] = field(default_factory=dict)  # gate readiness
+    # gate readiness with a reason: None when healthy, else why (controlplane.health)
+    probes: dict[str, Callable[[], str | None]] = field(default_factory=dict)
     facts: dict[str, Callable[[], Any]] = field(default_factory=dict)  # shown, not gating
 
 

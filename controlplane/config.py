@@ -17,6 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.signing import SigningKeys
+from sessions.checkpoints import load_private_key
+
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "parse_listen", "parse_tokens"]
 
 ENV_PREFIX = "CONTROLPLANE_"
@@ -104,7 +107,26 @@ class Settings:
     publish_apply_wait_s: float = 2.0  # POST /v1/policies waits this long for the local apply
     audit_max_age_days: float = 400.0  # CP_AUDIT retention
     audit_ship_interval_s: float = 0.2
+    # signed audit checkpoints (docs/audit.md): key file (default <data-dir>/keys/, created)
+    audit_signing_key_file: Path | None = None
+    audit_checkpoint_entries: int = 1000  # a checkpoint every N durable entries ...
+    audit_checkpoint_interval_s: float = 10.0  # ... or T seconds, whichever comes first
     rollout_sync_interval_s: float = 1.0  # how often a replica publishes its rollout counts
+    # guarded rollouts: what a policy's omitted guard fields mean (docs/policies.md#guard)
+    guard_enabled: bool = True
+    guard_max_failure_ratio: float = 0.01  # halt when failures exceed this share of targeted
+    guard_min_sessions: int = 50  # ... and at least this many sessions are targeted
+    guard_window_s: float = 300.0  # failures older than this are forgotten
+    guard_on_breach: str = "halt"  # or "rollback"
+    # signed policy events (controlplane.signing): inline keys (env only, never a flag, never
+    # printed: SigningKeys hides them) or a key file re-read when it changes; not both
+    policy_signing_key: SigningKeys | None = field(default=None, repr=False)
+    policy_signing_key_file: Path | None = None
+    # events stored before signing was turned on (stream sequence <= this) apply unsigned
+    policy_unsigned_through_seq: int = 0
+    # /readyz turns 503 when the policy consumer made no progress, or audit shipping kept
+    # failing, for this long (docs/distributed.md, readiness)
+    readiness_stall_s: float = 6.0
 
     def check(self) -> None:
         """Refuse combinations that cannot work (SettingsError names the fix)."""
@@ -128,6 +150,34 @@ class Settings:
             value = getattr(self, name)
             if not value or any(c in value for c in " .*>/\\"):
                 raise SettingsError(f"{name} {value!r} is not a valid JetStream stream name")
+        if self.policy_signing_key is not None and self.policy_signing_key_file is not None:
+            raise SettingsError(
+                "set either CONTROLPLANE_POLICY_SIGNING_KEY or --policy-signing-key-file, not both"
+            )
+        if self.policy_signing_key_file is not None:
+            try:
+                SigningKeys.read(self.policy_signing_key_file)
+            except ValueError as exc:  # names the file and the entry, never a key
+                raise SettingsError(str(exc)) from None
+        if self.readiness_stall_s < 3.0:
+            raise SettingsError(
+                f"readiness stall ({self.readiness_stall_s}s) must be at least 3s: the policy "
+                "consumer completes a fetch every 2s when idle"
+            )
+        if not 0 <= self.guard_max_failure_ratio < 1 or self.guard_min_sessions < 1:
+            raise SettingsError("guard max failure ratio must be in [0, 1), min sessions >= 1")
+        if not self.guard_window_s > 0 or self.guard_on_breach not in ("halt", "rollback"):
+            raise SettingsError("guard window must be positive, on_breach halt or rollback")
+        if self.audit_checkpoint_entries < 1 or not self.audit_checkpoint_interval_s > 0:
+            raise SettingsError("audit checkpoint entries must be >= 1 and interval positive")
+        if self.audit_signing_key_file is not None:  # readable and a key (never quoted)
+            path = self.audit_signing_key_file
+            try:
+                load_private_key(path.read_bytes())
+            except OSError as exc:
+                raise SettingsError(f"audit signing key {path}: {exc.strerror or exc}") from None
+            except ValueError as exc:
+                raise SettingsError(f"audit signing key {path}: {exc}") from None
         prefix = self.nats_subject_prefix
         if not prefix or any(c in prefix for c in " *>") or prefix[0] == "." or prefix[-1] == ".":
             raise SettingsError(f"NATS subject prefix {prefix!r} is not a valid subject prefix")
@@ -161,9 +211,17 @@ class Settings:
         raw_tokens = env.get(ENV_PREFIX + "TOKENS")
         if raw_tokens:
             values["tokens"] = parse_tokens(raw_tokens)
+        raw_key = env.get(ENV_PREFIX + "POLICY_SIGNING_KEY")
+        if raw_key:  # parsed here, not by pick(): its error would quote the value
+            values["policy_signing_key"] = SigningKeys.parse(
+                raw_key, source=ENV_PREFIX + "POLICY_SIGNING_KEY"
+            )
         compression = env.get(ENV_PREFIX + "WEBSOCKET_COMPRESSION")
         if compression:
             values["websocket_compression"] = _flag(compression)
+        guard = env.get(ENV_PREFIX + "GUARD_ENABLED")
+        if guard:
+            values["guard_enabled"] = _flag(guard)
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
@@ -172,7 +230,8 @@ class Settings:
         return settings
 
 
-# Settings read from CONTROLPLANE_<NAME> (besides TOKENS and WEBSOCKET_COMPRESSION).
+# Settings read from CONTROLPLANE_<NAME> (besides TOKENS, WEBSOCKET_COMPRESSION,
+# GUARD_ENABLED and POLICY_SIGNING_KEY).
 _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("listen", None),
     ("upstream_streaming_url", None),
@@ -200,5 +259,15 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("publish_apply_wait_s", float),
     ("audit_max_age_days", float),
     ("audit_ship_interval_s", float),
+    ("audit_signing_key_file", Path),
+    ("audit_checkpoint_entries", int),
+    ("audit_checkpoint_interval_s", float),
     ("rollout_sync_interval_s", float),
+    ("guard_max_failure_ratio", float),
+    ("guard_min_sessions", int),
+    ("guard_window_s", float),
+    ("guard_on_breach", None),
+    ("policy_signing_key_file", Path),
+    ("policy_unsigned_through_seq", int),
+    ("readiness_stall_s", float),
 )

@@ -223,7 +223,7 @@ class ControlChannel:
                           wire={"type": "update", "config": raw},
                           error="; ".join(f"{k}: {v}" for k, v in rejected.items()))  # fmt: skip
         if delta:
-            await engine.client_update(ls, delta, self.service.store.active())
+            await engine.client_update(ls, delta, self.service.policies_for(ls))
             engine.record(ls, cause="client", status="sent", delta=delta,
                           wire={"type": "update", "config": raw})  # fmt: skip
         await ws.send_str(json.dumps(

@@ -21,6 +21,7 @@ from pathlib import Path
 from controlplane.audit_sink import AuditShipper
 from controlplane.cluster import ClusterPorts, ClusterUpkeep, StatsRollout
 from controlplane.config import Settings
+from controlplane.health import ShippingWatch
 from controlplane.metrics import Metrics
 from controlplane.nats_audit import NatsAuditStream
 from controlplane.nats_bus import NatsConnection, NatsPolicyBus
@@ -74,14 +75,19 @@ class Distributed:
         exists (app.py)."""
         node = settings.node_id
         nats = NatsConnection(settings, name=f"controlplane {node}")
-        bus = NatsPolicyBus(nats, node_id=node, metrics=metrics)
+        bus = NatsPolicyBus(nats, node_id=node, metrics=metrics, clock=clock)
         audit = NatsAuditStream(nats)
         shipper = AuditShipper(
             settings.data_dir / "audit", cursor_path(settings), audit,
             flush=versionlog.flush, metrics=metrics, interval_s=settings.audit_ship_interval_s,
+            clock=clock,
         )  # fmt: skip
         ports = ClusterPorts(versions=bus, audit=audit)
         ports.checks["policies_replayed"] = lambda: bus.replayed
+        ports.probes["policy_feed"] = bus.problem
+        ports.probes["audit_shipping"] = ShippingWatch(
+            shipper, clock, settings.readiness_stall_s
+        ).problem
         ports.facts["nats_connected"] = lambda: nats.connected
         ports.facts["audit_backlog_bytes"] = lambda: shipper.backlog_bytes
         router = upkeep = None

@@ -334,7 +334,7 @@ class Gateway:
             transport.pending.append("client")
         await upstream.send_str(forward_text)
         if forwarded:
-            await self.service.engine.client_update(ls, forwarded, self.service.store.active())
+            await self.service.engine.client_update(ls, forwarded, self.service.policies_for(ls))
             self.service.engine.record(
                 ls, cause="client", status="sent", delta=forwarded,
                 wire=json.loads(forward_text),
@@ -479,6 +479,12 @@ class Gateway:
         ):
             owner = transport.pending.popleft()
             if isinstance(owner, int):  # the answer to our push: consumed, not forwarded
+                in_flight = ls.push.in_flight
+                if in_flight is None or in_flight.version != owner:
+                    # a late answer to a push that already ended (ack timeout: unverified):
+                    # never credited to the push in flight now, never logged a second time
+                    log.info("session %s: late answer to push v%d ignored", ls.session.id, owner)
+                    return
                 if isinstance(event, Acked):
                     await engine.upstream_acked(ls)
                 else:

@@ -113,6 +113,12 @@ class Metrics:
             "Audit verifications that found tampering",
             registry=r,
         )
+        self.rollout_halts = Counter(
+            p + "rollout_halts_total",
+            "Policy versions the rollout guard halted, counted by the replica that decided",
+            ["policy", "action"],
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
 
     def render(self) -> bytes:

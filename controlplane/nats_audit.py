@@ -11,6 +11,11 @@ discard old. Each message is one version-log line exactly as the local JSONL fil
 batch is deduplicated by JetStream inside the duplicate window, and readers drop any exact
 duplicate (same seq and hash) that arrives later than that, so a re-shipped entry never
 looks like tampering.
+
+Signed checkpoints (``sessions.checkpoints``) go to ``<prefix>.audit._checkpoint.<node token>``
+with ``Nats-Msg-Id: checkpoint/<node>/<seq>``: four tokens, so no session subject (three
+tokens, a session id never splits) can collide with them, and ``/`` never occurs in a session
+id, so neither can the message ids. ``checkpoint_rows`` reads them back.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ __all__ = ["NatsAuditStream"]
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_TOKEN: Final = "_checkpoint"
 DAY_S: Final = 86_400.0
 DUPLICATE_WINDOW_S: Final = 600.0
 MAX_ENTRY_BYTES: Final = 1024 * 1024
@@ -55,6 +61,9 @@ class NatsAuditStream:
 
     def subject(self, session_id: str) -> str:
         return self._prefix + subject_token(session_id)
+
+    def checkpoint_subject(self, node: str) -> str:
+        return f"{self._prefix}{CHECKPOINT_TOKEN}.{subject_token(node)}"
 
     def stream_config(self) -> api.StreamConfig:
         s = self._conn.settings
@@ -92,9 +101,14 @@ class NatsAuditStream:
         futures: list[asyncio.Future[api.PubAck]] = []
         try:
             for line in lines:
-                headers = {"Nats-Msg-Id": f"{line.session_id}:{line.seq}"}
+                if line.node is None:
+                    subject = self.subject(line.session_id)
+                    headers = {"Nats-Msg-Id": f"{line.session_id}:{line.seq}"}
+                else:
+                    subject = self.checkpoint_subject(line.node)
+                    headers = {"Nats-Msg-Id": f"checkpoint/{line.node}/{line.seq}"}
                 futures.append(await js.publish_async(
-                    self.subject(line.session_id), line.data, headers=headers, stream=self.stream,
+                    subject, line.data, headers=headers, stream=self.stream,
                     wait_stall=self._conn.settings.nats_request_timeout_s,
                 ))  # fmt: skip
             async with asyncio.timeout(self._conn.settings.nats_request_timeout_s):
@@ -119,10 +133,15 @@ class NatsAuditStream:
         *,
         session_id: str | None = None,
         since: float | None = None,
+        checkpoints: bool = False,
     ) -> int:
-        """Feed every stored line (of one session, or all; from ``since`` on by stream time)
-        to ``sink``, in stream order; returns how many. A temporary consumer, deleted after."""
-        subject = self._prefix + ">" if session_id is None else self.subject(session_id)
+        """Feed every stored line (of one session, or all, or with ``checkpoints`` every
+        checkpoint; from ``since`` on by stream time) to ``sink``, in stream order; returns how
+        many. A temporary consumer, deleted after."""
+        if checkpoints:
+            subject = f"{self._prefix}{CHECKPOINT_TOKEN}.>"
+        else:
+            subject = self._prefix + ">" if session_id is None else self.subject(session_id)
         config = api.ConsumerConfig(
             name=f"cp-audit-read-{uuid.uuid4().hex[:16]}",
             deliver_policy=(
@@ -171,6 +190,13 @@ class NatsAuditStream:
         rows: list[dict[str, Any]] = []
         await self.read(lambda data: rows.append(_row(data)), session_id=session_id)
         return dedupe(rows)
+
+    async def checkpoint_rows(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint record of every node, in stream order (a line that is not
+        a JSON object is kept as ``{}`` so verification names it)."""
+        rows: list[dict[str, Any]] = []
+        await self.read(lambda data: rows.append(_row(data)), checkpoints=True)
+        return rows
 
 
 def _row(data: bytes) -> dict[str, Any]:

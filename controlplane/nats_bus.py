@@ -17,6 +17,13 @@ are counted, logged with their reason and acked: they are never redelivered fore
 If the consumer disappears (NATS restarted, or it idled past its inactivity threshold while
 disconnected) it is recreated from the next stream sequence, so nothing is skipped.
 
+Signed events (optional, ``controlplane.signing``): with a key set, ``publish`` adds
+``Cp-Signature`` and the consumer acks, counts (``result="unsigned"|"bad_signature"``) and
+logs, but never applies, an event without a valid one. Liveness (``problem()``, for
+``/readyz``): a fetch that returned events, or an empty one followed by an answered PING,
+is progress; a server that answers nothing (stopped, unreachable) makes none
+(``controlplane.health.FeedWatch``).
+
 """
 
 from __future__ import annotations
@@ -36,11 +43,14 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from controlplane.bus import EventHandler, PolicyEvent
+from controlplane.bus import EVENT_TYPES, EventHandler, PolicyEvent
 from controlplane.config import Settings
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
+from controlplane.health import FeedWatch
 from controlplane.metrics import Metrics
+from controlplane.signing import EventSigner, Refusal
 from controlplane.tasks import raise_if_cancelled, stop_task
+from sessions.clock import Clock, SystemClock
 
 __all__ = [
     "NatsConnection",
@@ -56,10 +66,15 @@ log = logging.getLogger(__name__)
 WRONG_LAST_SEQUENCE: Final = 10071  # JetStream error code for Nats-Expected-Last-*-Sequence
 FETCH_BATCH: Final = 64
 FETCH_WAIT_S: Final = 2.0  # also bounds how long a lost pull request goes unnoticed
+PING_WAIT_S: Final = 2  # after an empty fetch: is NATS answering at all? (whole seconds)
 CONSUMER_IDLE_S: Final = 3600.0  # an ephemeral consumer outlives an hour-long disconnection
 RETRY_MAX_S: Final = 10.0
 POLICY_DUPLICATE_WINDOW_S: Final = 24 * 3600.0
 MAX_POLICY_BYTES: Final = 1024 * 1024
+_REFUSED: Final[dict[Refusal, str]] = {
+    "unsigned": "no Cp-Signature header (policy signing is on)",
+    "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
+}
 _SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:")
 
 
@@ -227,7 +242,9 @@ def translate(what: str, exc: Exception) -> ControlPlaneError:
 class NatsPolicyBus:
     """``controlplane.bus.PolicyBus`` over JetStream (see the module docstring)."""
 
-    def __init__(self, conn: NatsConnection, *, node_id: str, metrics: Metrics) -> None:
+    def __init__(
+        self, conn: NatsConnection, *, node_id: str, metrics: Metrics, clock: Clock | None = None
+    ) -> None:
         s = conn.settings
         self._conn = conn
         self._node = node_id
@@ -240,6 +257,9 @@ class NatsPolicyBus:
         self._task: asyncio.Task[None] | None = None
         self._last_seq = 0  # stream sequence of the last event handled
         self.replayed = False  # the stream as it was at start has been applied
+        self._signer = EventSigner(s.policy_signing_key, s.policy_signing_key_file)
+        self._unsigned_through = s.policy_unsigned_through_seq  # stored before signing began
+        self.watch = FeedWatch(clock or SystemClock(), s.readiness_stall_s, lambda: conn.connected)
 
     def subject(self, policy_id: str) -> str:
         return self._prefix + subject_token(policy_id)
@@ -298,6 +318,9 @@ class NatsPolicyBus:
         except nats.errors.Error as exc:
             raise translate(f"setting up stream {self.stream}", exc) from exc
         target = info.state.last_seq
+        if self._signer.enabled:
+            log.info("policy events are signed, and refused unless validly signed (%d key(s))",
+                     len(self._signer.current()))  # fmt: skip
         log.info("replaying %s up to sequence %d", self.stream, target)
         try:
             while self._last_seq < target:
@@ -310,10 +333,15 @@ class NatsPolicyBus:
         except nats.errors.Error as exc:
             raise translate(f"replaying stream {self.stream}", exc) from exc
         self.replayed = True
+        self.watch.progress()
         log.info("policy replay done (%d events in the stream)", info.state.messages)
         self._task = asyncio.get_running_loop().create_task(
             self._consume(), name="nats-policy-consumer"
         )
+
+    def problem(self) -> str | None:
+        """Why policy intake is stalled (None: healthy, or still replaying)."""
+        return self.watch.problem() if self.replayed else None
 
     async def close(self) -> None:
         await stop_task(self._task)
@@ -330,13 +358,17 @@ class NatsPolicyBus:
         subject = self.subject(event.policy_id)
         try:
             last_seq, last_version = await self._last(subject)
-            if last_version is not None and last_version >= event.version:
+            if event.type == "policy.halted":  # only the version stored last can be halted
+                if last_version != event.version:
+                    raise _conflict(event, last_version or 0)
+            elif last_version is not None and last_version >= event.version:
                 raise _conflict(event, last_version)
             headers = {
                 "Nats-Msg-Id": event.msg_id,
                 "Nats-Expected-Last-Subject-Sequence": str(last_seq),
             }
             data = json.dumps(event.to_json(), separators=(",", ":")).encode()
+            headers.update(self._signer.headers(event.msg_id, data))
             ack = await js.publish(subject, data, headers=headers, stream=self.stream)
         except nats.js.errors.APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
@@ -365,11 +397,14 @@ class NatsPolicyBus:
             msg = await self._conn.js.get_last_msg(self.stream, subject)
         except nats.js.errors.NotFoundError:
             return 0, None
+        seq = int(msg.seq or 0)
+        if seq > self._unsigned_through and self._signer.check(msg.headers, msg.data or b""):
+            return seq, None  # not ours to trust: the local store decides
         try:
             version = PolicyEvent.from_json(json.loads(msg.data or b"")).version
         except ValueError:
             version = None  # malformed last event: the local store decides
-        return int(msg.seq or 0), version
+        return seq, version
 
     # -- consumer ------------------------------------------------------------------------
     async def _subscribe(self, start_seq: int | None) -> None:
@@ -425,16 +460,35 @@ class NatsPolicyBus:
         """Fetch and handle one batch; False when there was nothing to read."""
         if self._sub is None:
             raise Unavailable("policy consumer is not subscribed", code="nats_unavailable")
+        wait = 1.0 if replaying else FETCH_WAIT_S
         try:
-            msgs = await self._sub.fetch(FETCH_BATCH, timeout=1.0 if replaying else FETCH_WAIT_S)
+            msgs = await self._sub.fetch(FETCH_BATCH, timeout=wait)
         except nats.errors.TimeoutError:
+            # nothing to read, or nobody answering: a PING tells them apart (a stopped server
+            # keeps its socket open and answers nothing; FeedWatch then sees no progress)
+            with contextlib.suppress(nats.errors.TimeoutError):
+                await self._conn.client.flush(timeout=PING_WAIT_S)
+                if self._conn.connected:  # a flush while reconnecting returns at once
+                    self.watch.progress()
             return False
+        self.watch.progress()
         for msg in msgs:
             await self._handle(msg)
         return bool(msgs)
 
     async def _handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
+        refusal = (
+            None if seq <= self._unsigned_through else self._signer.check(msg.headers, msg.data)
+        )
+        if refusal is not None:  # acked: a forged or unsigned event is never redelivered
+            self._metrics.policy_events.labels(_event_type(msg.data), refusal).inc()
+            msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")[:200]
+            log.warning("policy event at %s seq %d (Nats-Msg-Id %r) refused: %s",
+                        msg.subject, seq, msg_id, _REFUSED[refusal])  # fmt: skip
+            await msg.ack()
+            self._last_seq = max(self._last_seq, seq)
+            return
         try:
             event = self._decode(msg)
         except ValueError as exc:
@@ -444,6 +498,7 @@ class NatsPolicyBus:
             await msg.ack()
             self._last_seq = max(self._last_seq, seq)
             return
+        self.watch.begin(f"{msg.subject} seq {seq}")
         try:
             for handler in self._handlers:
                 await handler(event)
@@ -453,6 +508,8 @@ class NatsPolicyBus:
             await msg.term()
         else:
             await msg.ack()
+        finally:
+            self.watch.end()
         self._last_seq = max(self._last_seq, seq)
 
     def _decode(self, msg: Msg) -> PolicyEvent:
@@ -473,7 +530,7 @@ def _event_type(data: bytes) -> str:
         kind = json.loads(data).get("type")
     except (ValueError, AttributeError):
         return "unknown"
-    return kind if kind in ("policy.published", "policy.retired") else "unknown"
+    return kind if kind in EVENT_TYPES else "unknown"
 
 
 def _conflict(event: PolicyEvent, current: int) -> Conflict:

@@ -2,19 +2,28 @@
 
 Idempotent: an event whose ``(id, version)`` was seen, or whose version is not above the
 policy's current version, changes nothing (duplicates and regressions from the bus).
+
+Halts (``policy.halted``, docs/policies.md#guard): a halted version stays the policy's
+current version, but resolution for a session not already running it uses the policy's
+*fallback* instead: the latest earlier version that was published and not halted, or nothing
+when the policy was retired (or did not exist) before it. ``active()`` is that set for new
+sessions; ``resolution_set(pins)`` the set for a session pinned to halted versions it runs.
+Publishing a newer version (or retiring) ends the halt.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, NotFound
 from policies.model import Policy, parse_policy
 
-__all__ = ["Change", "PolicyRecord", "PolicyStore"]
+__all__ = ["Change", "Halt", "PolicyRecord", "PolicyStore", "RolloutState"]
+
+RolloutState = Literal["active", "halted", "rolled_back", "retired"]
 
 
 @dataclass(frozen=True)
@@ -44,23 +53,101 @@ class PolicyRecord:
 
 
 @dataclass(frozen=True)
+class Halt:
+    """A version the rollout guard stopped: the event that said so and its reason."""
+
+    policy_id: str
+    version: int
+    event: PolicyEvent
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "at": self.event.published_at,
+                "actor": self.event.actor, **dict(self.event.halt or {})}  # fmt: skip
+
+
+@dataclass(frozen=True)
 class Change:
-    """What an accepted event changed: the policy before and after (None = not active)."""
+    """What an accepted event changed: the policy before and after (None = not active).
+
+    ``fallback``: what sessions not pinned to a halted ``before`` were resolved with.
+    """
 
     policy_id: str
     before: Policy | None
     after: Policy | None
     record: PolicyRecord
+    fallback: Policy | None = None
 
 
 class PolicyStore:
     def __init__(self) -> None:
         self._history: dict[str, list[PolicyRecord]] = {}
         self._active: dict[str, Policy] = {}
+        self._halts: dict[tuple[str, int], Halt] = {}  # every halt ever applied
+        self._halted: dict[str, Policy | None] = {}  # halted active policy id -> fallback
 
     # -- reads ---------------------------------------------------------------------------
     def active(self) -> list[Policy]:
-        return list(self._active.values())
+        """What resolution uses for a session not pinned to any halted version."""
+        if not self._halted:
+            return list(self._active.values())
+        return self.resolution_set(())
+
+    def resolution_set(self, pins: Collection[tuple[str, int]]) -> list[Policy]:
+        """The active set for a session running the halted ``(id, version)`` pairs ``pins``:
+        those stay, every other halted version is replaced by its fallback (or left out)."""
+        out = []
+        for policy_id, policy in self._active.items():
+            if policy_id in self._halted and (policy_id, policy.version) not in pins:
+                fallback = self._halted[policy_id]
+                if fallback is not None:
+                    out.append(fallback)
+            else:
+                out.append(policy)
+        return out
+
+    @property
+    def has_halts(self) -> bool:
+        """Whether any active version is halted (else every session resolves alike)."""
+        return bool(self._halted)
+
+    def halted(self, policy_id: str) -> Halt | None:
+        """The halt of the policy's active version, if it is halted."""
+        policy = self._active.get(policy_id)
+        if policy is None or policy_id not in self._halted:
+            return None
+        assert policy.version is not None
+        return self._halts.get((policy_id, policy.version))
+
+    def is_halted(self, policy_id: str, version: int) -> bool:
+        halt = self.halted(policy_id)
+        return halt is not None and halt.version == version
+
+    def fallback(self, policy_id: str) -> PolicyRecord | None:
+        """The latest version before the current one that was published and not halted;
+        None when a retirement (or the start of the history) comes first."""
+        for record in reversed(self._history.get(policy_id, [])[:-1]):
+            if record.retired:
+                return None
+            if (policy_id, record.version) not in self._halts:
+                return record
+        return None
+
+    def rollout_state(self, policy_id: str) -> tuple[RolloutState, Halt | None]:
+        """``active``, ``halted`` (the current version), ``rolled_back`` (the current version
+        is a rollback published right after a halted one) or ``retired``; with the halt that
+        explains it (a retirement right after a halted version keeps it too)."""
+        history = self.history(policy_id)
+        latest = history[-1]
+        halt = self._halts.get((policy_id, latest.version))
+        before = self._halts.get((policy_id, history[-2].version)) if len(history) > 1 else None
+        if latest.retired:
+            return "retired", before
+        if halt is not None:
+            return "halted", halt
+        if latest.event.cause == "rollback" and before is not None:
+            return "rolled_back", before
+        return "active", None
 
     def active_policy(self, policy_id: str) -> Policy | None:
         return self._active.get(policy_id)
@@ -111,13 +198,26 @@ class PolicyStore:
         record = PolicyRecord(policy, event, retired)
         self._history.setdefault(policy.id, []).append(record)
         before = self._active.get(policy.id)
+        fallback = self._halted.pop(policy.id, None)  # a new version ends the halt
         if retired:
             self._active.pop(policy.id, None)
             after = None
         else:
             self._active[policy.id] = policy
             after = policy
-        return Change(policy.id, before, after, record)
+        return Change(policy.id, before, after, record, fallback)
+
+    def halt(self, event: PolicyEvent) -> Halt | None:
+        """Apply a ``policy.halted`` event; None unless it names the active version and that
+        version is not halted yet (duplicates, and halts overtaken by a newer version)."""
+        policy_id, version = event.policy_id, event.version
+        policy = self._active.get(policy_id)
+        if policy is None or policy.version != version or policy_id in self._halted:
+            return None
+        halt = self._halts[(policy_id, version)] = Halt(policy_id, version, event)
+        fallback = self.fallback(policy_id)
+        self._halted[policy_id] = None if fallback is None else fallback.policy
+        return halt
 
     @staticmethod
     def parse(doc: Mapping[str, Any]) -> Policy:

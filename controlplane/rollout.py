@@ -4,7 +4,9 @@ over replicas (each replica publishes its counts; ``GET /v1/policies/{id}/rollou
 
 Counts document (what a replica publishes, JSON): ``{policy_id: [row, ...]}`` where a row is
 ``{"version", "variant", "targeted", "pending", "sent", "acknowledged", "unverified",
-"rejected", "unchanged"}``.
+"rejected", "unchanged", "guard_failures"}``. ``guard_failures`` are the rejections and
+acknowledgement timeouts the rollout guard counts in its window (``controlplane.guard``); a
+row may carry only them (its sessions ended). The guard's decision reads the same sum.
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from typing import Any, Protocol
 
 from controlplane.push.engine import LiveSession
 
-__all__ = ["COUNTERS", "RolloutPeers", "local_counts", "rollout_body"]
+__all__ = ["COUNTERS", "RolloutPeers", "local_counts", "rollout_body", "version_totals"]
 
-COUNTERS = ("targeted", "pending", "sent", "acknowledged", "unverified", "rejected", "unchanged")
+COUNTERS = (
+    "targeted", "pending", "sent", "acknowledged", "unverified", "rejected", "unchanged",
+    "guard_failures",
+)  # fmt: skip
 
 _COLUMN = {
     "pending": "pending",
@@ -82,3 +87,14 @@ def rollout_body(
     ordered = [merged[k] for k in sorted(merged, key=lambda k: (k[0], k[1] or ""))]
     return {"id": policy_id, "version": version, "status": "retired" if retired else "active",
             "versions": ordered, "totals": totals}  # fmt: skip
+
+
+def version_totals(parts: Sequence[Sequence[Mapping[str, Any]]], version: int) -> tuple[int, int]:
+    """(targeted, guard_failures) of one version, summed over variants and replicas."""
+    targeted = failures = 0
+    for rows in parts:
+        for raw in rows:
+            if int(raw["version"]) == version:
+                targeted += int(raw.get("targeted", 0))
+                failures += int(raw.get("guard_failures", 0))
+    return targeted, failures

@@ -48,6 +48,20 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--nats-audit-stream", "nats_audit_stream", str, "audit stream (default CP_AUDIT)"),
     ("--nats-replicas", "nats_replicas", int, "replicas of created streams (default 1)"),
     ("--audit-max-age-days", "audit_max_age_days", float, "CP_AUDIT retention (default 400)"),
+    ("--audit-signing-key", "audit_signing_key_file", Path,
+     "Ed25519 key (PEM or base64) signing audit checkpoints (default: created under "
+     "DATA_DIR/keys/)"),
+    ("--audit-checkpoint-entries", "audit_checkpoint_entries", int,
+     "a signed audit checkpoint every N entries (default 1000)"),
+    ("--audit-checkpoint-interval-s", "audit_checkpoint_interval_s", float,
+     "... or every T seconds (default 10)"),
+    ("--policy-signing-key-file", "policy_signing_key_file", Path,
+     "HMAC keys (comma/newline-separated; first signs) that policy events must be signed "
+     "with; or the keys in CONTROLPLANE_POLICY_SIGNING_KEY"),
+    ("--policy-unsigned-through-seq", "policy_unsigned_through_seq", int,
+     "policy events up to this stream sequence predate signing and apply unsigned"),
+    ("--readiness-stall-s", "readiness_stall_s", float,
+     "/readyz is 503 when policy intake or audit shipping is stuck this long (default 6)"),
 )  # fmt: skip
 
 
@@ -56,7 +70,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "serve",
         help="run the control plane (embedded defaults without --nats-url/--redis-url)",
         description="Each flag also reads CONTROLPLANE_<NAME> (e.g. CONTROLPLANE_LISTEN); "
-        "flags win. CONTROLPLANE_TOKENS holds comma-separated role:token pairs.",
+        "flags win. CONTROLPLANE_TOKENS holds comma-separated role:token pairs; "
+        "CONTROLPLANE_POLICY_SIGNING_KEY comma-separated policy signing keys.",
     )
     for flag, dest, kind, text in FLAGS:
         env = "CONTROLPLANE_" + dest.upper()

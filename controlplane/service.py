@@ -14,14 +14,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from controlplane.assignments import AssignmentBook
+from controlplane.audit_sources import (
+    Trail,
+    config_at_answer,
+    parse_public_keys,
+    read_trail,
+    verify_answer,
+)
 from controlplane.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.cluster import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
+from controlplane.halts import Halts
 from controlplane.metrics import Metrics
 from controlplane.policy_store import Change, PolicyStore
 from controlplane.preview import preview
@@ -38,7 +46,7 @@ from sessions.dialects.base import Dialect
 from sessions.errors import SessionError, UnknownSession, VersionLogError
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
-from sessions.versionlog import LogEntry, VersionLog, verify_entries
+from sessions.versionlog import LogEntry, VersionLog
 
 __all__ = ["ControlPlane"]
 
@@ -74,6 +82,10 @@ class ControlPlane:
         self.draining = False
         self.cluster = cluster or ClusterPorts()
         self._waiters = VersionWaiters()  # publishes waiting for this replica to apply
+        # guarded rollouts: failure counting, halts, per-session policy sets (halts.py)
+        self.halts = Halts(settings, clock=clock, metrics=metrics, store=self.store,
+                           engine=self.engine, bus=bus, cluster=self.cluster,
+                           rollback=self._guard_rollback)  # fmt: skip
         bus.subscribe(self._on_event)
         if self.cluster.router is not None:
             self.cluster.router.handle("relabel", self._rpc_relabel)
@@ -84,11 +96,13 @@ class ControlPlane:
         await self.versionlog.start()
         await self.engine.start()
         await self.bus.start()
+        await self.halts.start()
         self._started = True
         self.metrics.ready.set(1)
 
     async def close(self) -> None:
         self.metrics.ready.set(0)
+        await self.halts.close()
         await self.bus.close()
         await self.engine.close()
         await self.versionlog.close()
@@ -97,12 +111,23 @@ class ControlPlane:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"started": self._started, "draining": self.draining}
         ready = self._started and not self.draining
+        failing: dict[str, str] = {}
         for name, gate in self.cluster.checks.items():
             ok = bool(gate())
             checks[name] = ok
             ready = ready and ok
+            if not ok:
+                failing[name] = "not ok"
+        for name, probe in self.cluster.probes.items():  # gates that say why (health.py)
+            reason = probe()
+            checks[name] = reason is None
+            if reason is not None:
+                ready = False
+                failing[name] = reason
         for name, fact in self.cluster.facts.items():
             checks[name] = fact()
+        if failing:
+            checks["failing"] = failing
         if self._started:
             self.metrics.ready.set(1 if ready else 0)
         return ready, checks
@@ -180,6 +205,9 @@ class ControlPlane:
 
     async def _on_event(self, event: PolicyEvent) -> None:
         received = self.clock.monotonic()
+        if event.type == "policy.halted":
+            await self.halts.apply(event, received)
+            return
         try:
             change = self.store.apply(event)
         except PolicyValidationError as exc:
@@ -198,19 +226,15 @@ class ControlPlane:
             self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
 
     async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
-        relevant = [p for p in (change.before, change.after) if p is not None]
-        candidates = [
-            ls
-            for ls in self.engine.live.values()
-            if any(p.match.matches(ls.target) for p in relevant)
-        ]
+        relevant = [p for p in (change.before, change.after, change.fallback) if p is not None]
         mode_policy = change.after or change.before
         next_turn = None
         if mode_policy is not None and mode_policy.apply == "next_turn":
             next_turn = (mode_policy.id, mode_policy.apply_deadline_s)
-        await self.engine.reconcile(
-            candidates, self.store.active(), cause=cause, event_at=received, next_turn=next_turn
-        )
+        await self.halts.reconcile(
+            self.engine.live.values(), cause=cause, event_at=received,
+            next_turn=next_turn, relevant=relevant,
+        )  # fmt: skip
 
     def _require_accepting(self) -> None:
         if self.draining:
@@ -234,15 +258,29 @@ class ControlPlane:
 
     async def rollout_status(self, policy_id: str) -> dict[str, Any]:
         latest = self.store.latest(policy_id)
-        parts = list(local_counts(self.engine.live.values(), only=policy_id).values())
+        parts = self.halts.local_rows(policy_id)
         if self.cluster.peers is not None:
             with _backend("rollout counts of the other replicas"):
                 parts += await self.cluster.peers.rollout_rows(policy_id)
-        return rollout_body(policy_id, latest.version, latest.retired, parts)
+        body = rollout_body(policy_id, latest.version, latest.retired, parts)
+        body.update(self.halts.status(policy_id))  # state, halt, guard (issue #8)
+        return body
 
     def rollout_counts(self) -> dict[str, list[dict[str, Any]]]:
         """This replica's rollout rows per policy (what it publishes for the others)."""
-        return local_counts(self.engine.live.values())
+        return self.halts.with_failures(local_counts(self.engine.live.values()))
+
+    def policies_for(self, ls: LiveSession) -> list[Policy]:
+        """The policy set this session resolves with (``store.active()`` unless a version it
+        runs, or would get, is halted: controlplane.halts)."""
+        return self.halts.policies_for(ls)
+
+    async def _guard_rollback(self, policy_id: str, to_version: int | None) -> None:
+        actor = f"guard:{self.node_id}"
+        if to_version is None:  # no earlier good version: the policy stops applying
+            await self.retire_policy(policy_id, actor=actor)
+        else:
+            await self.rollback_policy(policy_id, to_version, actor=actor)
 
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         if not any(
@@ -347,27 +385,34 @@ class ControlPlane:
                 log.warning("session %s: a stored audit entry is malformed", session_id)
         return out
 
-    async def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
-        reports = None
+    async def verify_audit(
+        self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        trusted = parse_public_keys(public_keys)  # a bad key is 400 before any reading
+        answer = verify_answer(await self._audit_trail(session_id), session_id, trusted)
+        broken = sum(1 for r in answer["items"] if not r["ok"])
+        broken += 0 if answer["checkpoints"]["ok"] else 1
+        if broken:
+            self.metrics.audit_verify_failures.inc(broken)
+        return answer
+
+    async def config_at(
+        self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        trusted = parse_public_keys(public_keys)
+        return config_at_answer(await self._audit_trail(session_id), session_id, at, trusted)
+
+    async def _audit_trail(self, session_id: str | None) -> Trail:
+        """Another replica's session from the durable audit stream, else the local log."""
+        remote = False
         if session_id is not None and self.cluster.audit is not None:
             session = await self._recorded(session_id)
-            if session_id not in self.engine.live and (session is None or (
-                session.node != self.node_id
-            )):  # fmt: skip
-                with _backend("reading the durable audit stream"):
-                    rows = await self.cluster.audit.session_rows(session_id)
-                if rows:
-                    reports = [verify_entries(session_id, rows)]
-        if reports is None:
-            await self.versionlog.flush()
-            reports = await self.versionlog.verify(session_id)
-        out = []
-        for r in reports:
-            if not r.ok:
-                self.metrics.audit_verify_failures.inc()
-            out.append({"session_id": r.session_id, "ok": r.ok, "count": r.count,
-                        "first_bad_seq": r.first_bad_seq, "problem": r.problem})  # fmt: skip
-        return out
+            remote = session_id not in self.engine.live and (
+                session is None or session.node != self.node_id
+            )
+        with _backend("reading the audit trail"):
+            return await read_trail(self.versionlog, self.cluster.audit, session_id,
+                                    remote=remote)  # fmt: skip
 
     async def relabel_session(
         self,
@@ -392,7 +437,7 @@ class ControlPlane:
                 ls.session.labels.pop(key, None)
             else:
                 ls.session.labels[key] = value
-        await self.engine.reconcile([ls], self.store.active(), cause="relabel",
+        await self.engine.reconcile([ls], self.policies_for(ls), cause="relabel",
                                     event_at=self.clock.monotonic())  # fmt: skip
         return ls.session.to_dict()
 
@@ -470,7 +515,7 @@ class ControlPlane:
     async def detach(self, ls: LiveSession, cause: str) -> None:
         if self.engine.detach(ls.session.id) is None:
             return
-        self.assignments.ended(ls, {p.id: p for p in self.store.active()})
+        self.assignments.ended(ls, {p.id: p for p in self.policies_for(ls)})
         now = self.clock.now()
         ls.session.state = SessionState.ENDED
         ls.session.ended_at = now

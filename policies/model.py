@@ -53,6 +53,7 @@ __all__ = [
     "MAX_VARIANTS",
     "MIN_PRIORITY",
     "Experiment",
+    "Guard",
     "Match",
     "Policy",
     "PolicyPlan",
@@ -75,6 +76,8 @@ MAX_VARIANTS: Final = 20
 MIN_PRIORITY: Final = -1_000_000
 MAX_PRIORITY: Final = 1_000_000
 MAX_APPLY_DEADLINE_S: Final = 300.0
+MAX_GUARD_MIN_SESSIONS: Final = 1_000_000
+MAX_GUARD_WINDOW_S: Final = 86_400.0
 BUCKET_BY_SESSION: Final = "session_id"
 KINDS: Final = ("streaming-v3", "voice-agent-v1")
 
@@ -86,6 +89,7 @@ _PATTERN_HINTS: Final = {
 
 Kind = Literal["streaming-v3", "voice-agent-v1"]
 ApplyMode = Literal["immediate", "next_turn"]
+OnBreach = Literal["halt", "rollback"]
 
 Identifier = Annotated[
     str, StringConstraints(pattern=ID_PATTERN, min_length=1, max_length=ID_MAX_CHARS)
@@ -301,6 +305,33 @@ class Experiment(BaseModel):
         return out
 
 
+class Guard(BaseModel):
+    """Guarded rollout: halt (or roll back) a version whose pushes fail too often.
+
+    A field left out (or ``null``) takes the deployment's default (``CONTROLPLANE_GUARD_*``,
+    applied by the service, not here: this package knows no settings), ``enabled`` included:
+    ``enabled: false`` opts the policy out, ``enabled: true`` in even where the deployment's
+    default is off. The decision itself lives in ``controlplane.guard``.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool | None = Field(default=None, strict=True)
+    max_failure_ratio: float | None = Field(default=None, ge=0, lt=1, strict=True)
+    min_sessions: int | None = Field(default=None, ge=1, le=MAX_GUARD_MIN_SESSIONS, strict=True)
+    window_s: float | None = Field(default=None, gt=0, le=MAX_GUARD_WINDOW_S, strict=True)
+    on_breach: OnBreach | None = None
+
+    def document(self) -> dict[str, Any]:
+        """The fields given; an omitted one means the deployment's default."""
+        out: dict[str, Any] = {}
+        for name in ("enabled", "max_failure_ratio", "min_sessions", "window_s", "on_breach"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyPlan:
     """What the resolver needs from a policy, precomputed once (no pydantic in the hot loop).
@@ -327,7 +358,8 @@ class PolicyPlan:
 
 
 class Policy(BaseModel):
-    """One version of a policy document (DESIGN §4 plus ``apply`` / ``apply_deadline_s``)."""
+    """One version of a policy document (DESIGN §4 plus ``apply`` / ``apply_deadline_s`` /
+    ``guard``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -342,6 +374,7 @@ class Policy(BaseModel):
     experiment: Experiment | None = None
     apply: ApplyMode = "immediate"
     apply_deadline_s: float = Field(default=10.0, gt=0, le=MAX_APPLY_DEADLINE_S, strict=True)
+    guard: Guard | None = None
 
     @field_validator("lock")
     @classmethod
@@ -396,6 +429,8 @@ class Policy(BaseModel):
             out["experiment"] = self.experiment.document()
         out["apply"] = self.apply
         out["apply_deadline_s"] = self.apply_deadline_s
+        if self.guard is not None:
+            out["guard"] = self.guard.document()
         return out
 
 

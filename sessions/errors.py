@@ -7,7 +7,9 @@ Tree::
     ├── DialectError                a wire message cannot be parsed or encoded (permanent)
     │   └── WireLimitError          a value exceeds the dialect's limit (names field and limit)
     ├── VersionLogError             the log cannot be appended or read
-    │   └── ChainBroken             verify() found tampering (names the first bad seq)
+    │   ├── ChainBroken             verify() found tampering (names the first bad seq)
+    │   └── NotRebuildable          no config at that instant (before the session, or no
+    │                               connect config in its log: `audit at`)
     └── BackendUnavailable          Redis or disk failed; retryable
 """
 
@@ -19,6 +21,7 @@ __all__ = [
     "BackendUnavailable",
     "ChainBroken",
     "DialectError",
+    "NotRebuildable",
     "SessionError",
     "UnknownSession",
     "VersionLogError",
@@ -58,6 +61,12 @@ class ChainBroken(VersionLogError):
         super().__init__(message)
         self.session_id = session_id
         self.seq = seq
+
+
+class NotRebuildable(VersionLogError):
+    def __init__(self, message: str, *, session_id: str) -> None:
+        super().__init__(message)
+        self.session_id = session_id
 
 
 class BackendUnavailable(SessionError):

@@ -10,6 +10,15 @@ retry never duplicates lines. ``start()`` reads every file to rebuild the tails,
 continue across restarts (cost: one pass over all files). A torn last line (a crash in the
 middle of a write, never acknowledged) is cut off, saved next to the file as
 ``<file>.torn`` and reported in ``problems``. Readers skip (and log) lines that are not JSON.
+
+Checkpoints (``sessions.checkpoints``; on when a ``Checkpointing`` is given): every
+``every_entries`` durable entries or ``interval_s`` seconds, and at ``close()``, a background
+task signs the heads of the sessions changed since the previous checkpoint and appends the
+records to ``checkpoints-YYYY-MM-DD.jsonl`` (write + ``fdatasync``), after their entries are
+durable and never on the append or flush path. ``start()`` continues the checkpoint chain of
+this node and key from the files and queues the heads of entries no checkpoint covers yet
+(written just before a crash). The public key is published next to the files as
+``signing-key-<key id prefix>.pub`` (PEM); the private key never comes here.
 """
 
 from __future__ import annotations
@@ -20,22 +29,38 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sessions.audit_trail import TrailReport, verify_trail
+from sessions.checkpoints import CheckpointSigner, make_checkpoints, public_key_pem
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable, VersionLogError
-from sessions.versionchain import LogEntry, VerifyReport, verify_entries
+from sessions.versionchain import GENESIS, LogEntry, VerifyReport
 from sessions.versionlog import BufferedVersionLog, Pending, parse_entries
 
-__all__ = ["FileVersionLog"]
+__all__ = ["Checkpointing", "FileVersionLog"]
 
 # the logger this backend has always used (it lived in sessions.versionlog)
 log = logging.getLogger("sessions.versionlog")
 
 _FILE_PREFIX: Final = "versionlog-"
 _FILE_SUFFIX: Final = ".jsonl"
+CHECKPOINT_PREFIX: Final = "checkpoints-"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointing:
+    """Who signs checkpoints, as which node, and how often (module docstring)."""
+
+    signer: CheckpointSigner
+    node: str
+    every_entries: int = 1000
+    interval_s: float = 10.0
 
 
 @dataclass
@@ -60,6 +85,7 @@ class FileVersionLog(BufferedVersionLog):
         *,
         fsync: bool = True,
         flush_interval_s: float | None = 0.05,
+        checkpointing: Checkpointing | None = None,
     ) -> None:
         super().__init__(clock, flush_interval_s=flush_interval_s)
         self._dir = Path(directory)
@@ -69,6 +95,17 @@ class FileVersionLog(BufferedVersionLog):
         self._fd: int | None = None
         self._files_of: dict[str, set[str]] = {}  # session -> files holding its entries
         self.problems: list[str] = []  # what start() found and repaired (torn lines)
+        # checkpoints: heads of durable entries not yet committed, this node's chain
+        self._ck = checkpointing
+        self._ck_changed: dict[str, tuple[int, str]] = {}
+        self._ck_since = 0
+        self._ck_prev: tuple[int, str] = (0, GENESIS)
+        self._ck_day: str | None = None
+        self._ck_lock = asyncio.Lock()
+        self._ck_due = asyncio.Event()
+        self._ck_stopping = False
+        self._ck_task: asyncio.Task[None] | None = None
+        self.checkpoint_failures = 0
 
     async def start(self) -> None:
         if not self._loaded:
@@ -78,8 +115,32 @@ class FileVersionLog(BufferedVersionLog):
             self._files_of = scan.files_of
             self.problems.extend(scan.problems)
             self._day = scan.last_day
+            if self._ck is not None:
+                await asyncio.to_thread(self._load_checkpoints, self._ck)
             self._loaded = True
         await super().start()
+        if self._ck is not None and self._ck_task is None:
+            self._ck_stopping = False
+            self._ck_task = asyncio.create_task(
+                self._run_checkpoints(self._ck.interval_s), name="FileVersionLog.checkpoints"
+            )
+
+    async def flush(self) -> None:
+        """``BufferedVersionLog.flush``, then wait for a checkpoint being written: whoever
+        reads the files after a flush (the shipper) never sees a record before its fsync."""
+        await super().flush()
+        if self._ck is not None and self._ck_lock.locked():
+            async with self._ck_lock:
+                pass
+
+    async def close(self) -> None:
+        """Stop the checkpoint task, then flush and write the last checkpoint (``close``)."""
+        task, self._ck_task = self._ck_task, None
+        if task is not None:
+            self._ck_stopping = True
+            self._ck_due.set()
+            await task
+        await super().close()
 
     def _check_appendable(self) -> None:
         if not self._loaded:
@@ -134,8 +195,16 @@ class FileVersionLog(BufferedVersionLog):
         except OSError as exc:
             raise BackendUnavailable(f"version log: write to {self._dir} failed: {exc}") from exc
         name = self._path(day).name
+        changed = self._ck_changed if self._ck is not None else None
         for item in batch:
-            self._files_of.setdefault(item.entry.session_id, set()).add(name)
+            entry = item.entry
+            self._files_of.setdefault(entry.session_id, set()).add(name)
+            if changed is not None:
+                changed[entry.session_id] = (entry.seq, entry.hash)
+        if self._ck is not None:
+            self._ck_since += len(batch)
+            if self._ck_since >= self._ck.every_entries:
+                self._ck_due.set()
 
     def _path(self, day: str) -> Path:
         return self._dir / f"{_FILE_PREFIX}{day}{_FILE_SUFFIX}"
@@ -173,7 +242,137 @@ class FileVersionLog(BufferedVersionLog):
             os.close(fd)
 
     async def _close_storage(self) -> None:
-        self._close_fd()
+        try:
+            if self._ck is not None and self._loaded:
+                await self.checkpoint()  # the last entries are covered before we stop
+        except Exception as exc:
+            log.warning("version log: last checkpoint not written: %s", exc)
+        finally:
+            self._close_fd()
+
+    # -- checkpoints (sessions.checkpoints) -----------------------------------------------
+    async def _run_checkpoints(self, interval_s: float) -> None:
+        while not self._ck_stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._ck_due.wait()
+            self._ck_due.clear()
+            if self._ck_stopping:
+                return
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # the heads wait for the next attempt
+                self.checkpoint_failures += 1
+                log.warning("version log: checkpoint failed (%d heads waiting): %s",
+                            len(self._ck_changed), exc)  # fmt: skip
+
+    async def checkpoint(self) -> int:
+        """Sign and write a checkpoint of every head changed since the last one (now, not
+        waiting for the schedule); returns how many records were written."""
+        ck = self._ck
+        if ck is None:
+            return 0
+        async with self._ck_lock:
+            if not self._ck_changed:
+                return 0
+            heads, self._ck_changed = self._ck_changed, {}
+            since, self._ck_since = self._ck_since, 0
+            now = float(self._clock.now())
+            day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+            if self._ck_day is not None and day < self._ck_day:
+                day = self._ck_day
+            try:
+                count, self._ck_prev = await asyncio.to_thread(
+                    self._write_checkpoints, ck, heads, now, day
+                )
+            except BaseException:
+                for sid, head in heads.items():  # a newer head appended meanwhile wins
+                    self._ck_changed.setdefault(sid, head)
+                self._ck_since += since
+                raise
+            self._ck_day = day
+            return count
+
+    def _write_checkpoints(
+        self, ck: Checkpointing, heads: dict[str, tuple[int, str]], at: float, day: str
+    ) -> tuple[int, tuple[int, str]]:
+        lines, prev = make_checkpoints(ck.signer, node=ck.node, at=at, prev=self._ck_prev,
+                                       heads=heads)  # fmt: skip
+        path = self._dir / f"{CHECKPOINT_PREFIX}{day}{_FILE_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise BackendUnavailable(f"checkpoints: cannot open {path}: {exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(b"".join(lines))
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self._fsync:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise BackendUnavailable(f"checkpoints: write to {path} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+        return len(lines), prev
+
+    def _checkpoint_files(self) -> list[Path]:
+        if not self._dir.is_dir():
+            return []
+        return sorted(self._dir.glob(f"{CHECKPOINT_PREFIX}*{_FILE_SUFFIX}"))
+
+    def _read_checkpoints(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """Every checkpoint line in write order; a line that is not a JSON object is kept as
+        ``{}`` so verification names it. A torn last line is cut off (``repair``) or skipped."""
+        rows: list[dict[str, Any]] = []
+        for path in self._checkpoint_files():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                log.warning("checkpoints: %s: torn last line (%d bytes)", path.name,
+                            len(data) - cut)  # fmt: skip
+                if repair:
+                    with path.with_name(path.name + ".torn").open("ab") as torn:
+                        torn.write(data[cut:] + b"\n")
+                    os.truncate(path, cut)
+                    self.problems.append(f"{path.name}: torn last line moved to .torn")
+                data = data[:cut]
+            for line in data.splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                rows.append(row if isinstance(row, dict) else {})
+        return rows
+
+    def _load_checkpoints(self, ck: Checkpointing) -> None:
+        """Continue this node's chain; queue heads no checkpoint committed (worker thread)."""
+        committed: dict[str, int] = {}
+        for row in self._read_checkpoints(repair=True):
+            heads = row.get("heads")
+            mine = row.get("node") == ck.node and row.get("key_id") == ck.signer.key_id
+            if mine and isinstance(row.get("seq"), int):  # a new key starts a new chain
+                self._ck_prev = (int(row["seq"]), str(row.get("hash")))
+            if isinstance(heads, dict):
+                for sid, head in heads.items():
+                    if isinstance(head, list) and head and isinstance(head[0], int):
+                        committed[sid] = max(committed.get(sid, 0), head[0])
+        files = self._checkpoint_files()
+        if files:
+            self._ck_day = files[-1].name[len(CHECKPOINT_PREFIX) : -len(_FILE_SUFFIX)]
+        for sid, (seq, digest) in self._tails.items():
+            if seq > committed.get(sid, 0):
+                self._ck_changed[sid] = (seq, digest)
+        self._ck_since = len(self._ck_changed)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        pub = self._dir / f"signing-key-{ck.signer.key_id[:16]}.pub"
+        if not pub.exists():
+            tmp = pub.with_name(pub.name + ".tmp")
+            tmp.write_bytes(public_key_pem(ck.signer.public_key))
+            os.replace(tmp, pub)
 
     def forget(self, session_id: str) -> None:
         super().forget(session_id)
@@ -192,7 +391,20 @@ class FileVersionLog(BufferedVersionLog):
         return parse_entries(session_id, await self._rows(session_id))
 
     async def verify(self, session_id: str | None = None) -> list[VerifyReport]:
+        """Chains, checked against the checkpoints' heads too (``verify_trail`` for all)."""
+        return (await self.verify_trail(session_id)).sessions
+
+    async def verify_trail(
+        self,
+        session_id: str | None = None,
+        *,
+        trusted: Sequence[Ed25519PublicKey] | None = None,
+    ) -> TrailReport:
+        """Every chain (or one) and every checkpoint; ``trusted`` pins the signing keys."""
         await self.flush()
+        # checkpoints first: every entry a checkpoint read here commits to is already durable,
+        # so the entries read next include it (no false "truncated" while writing goes on)
+        checkpoints = await self.checkpoint_rows()
         grouped: dict[str, list[dict[str, Any]]] = {}
         if session_id is not None:
             grouped[session_id] = await self._rows(session_id)
@@ -201,10 +413,20 @@ class FileVersionLog(BufferedVersionLog):
                 grouped[sid] = []
             for row in await self._rows(None):
                 grouped.setdefault(row["session_id"], []).append(row)
-        return [
-            verify_entries(sid, rows, tail=self._tails.get(sid))
-            for sid, rows in sorted(grouped.items())
-        ]
+        return verify_trail(grouped, checkpoints, trusted=trusted, tails=self._tails,
+                            session_id=session_id)  # fmt: skip
+
+    async def checkpoint_rows(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint record, in write order (``StoredTrail``)."""
+        return await asyncio.to_thread(self._read_checkpoints)
+
+    async def stored_rows(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The stored entries (of one session, or all) as read from the files."""
+        await self.flush()
+        return await self._rows(session_id)
+
+    def tail(self, session_id: str) -> tuple[int, str] | None:
+        return self._tails.get(session_id)
 
     async def session_ids(self) -> list[str]:
         await self.flush()

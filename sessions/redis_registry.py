@@ -14,8 +14,9 @@ Key layout (``p`` = prefix, default ``cp:``)::
 
 Costs: ``update`` is one ``SET ... XX`` (fails on unknown and ended ids alike, so an update can
 never resurrect an ended session); ``update_many`` is one pipeline of those; ``register`` one
-MULTI/EXEC; ``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions,
-batched 500 sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
+MULTI/EXEC, ``register_many`` one per 500 sessions (a replica writing back what Redis lost);
+``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions, batched 500
+sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
 The two small Lua scripts build key names from the prefix, so all keys must live on one
 Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and nowhere else.
 """
@@ -29,6 +30,7 @@ from contextlib import contextmanager
 from typing import Final
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from sessions.clock import Clock
@@ -47,6 +49,7 @@ from sessions.registry import (
 __all__ = ["RedisRegistry"]
 
 _END_BATCH: Final = 500
+_REGISTER_BATCH: Final = 500
 _WATCH_RETRIES: Final = 8
 
 # KEYS: ended zset, all zset. ARGV: max_ended, ended-key prefix, live-key prefix.
@@ -135,20 +138,30 @@ class RedisRegistry:
         return f"{self._p}node:{node}:sessions"
 
     async def register(self, session: Session) -> None:
-        check_storable(session)
-        sid, node = session.id, session.node
+        await self.register_many([session])
+
+    async def register_many(self, sessions: Iterable[Session]) -> None:
+        batch = list(sessions)
+        for session in batch:
+            check_storable(session)
         with _translate("register"):
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.set(self._live_key(sid), _dump(session))
-                pipe.delete(self._ended_key(sid))
-                pipe.zrem(self._ended_z, sid)
-                pipe.zadd(self._live_z, {sid: 0})
-                pipe.zadd(self._all_z, {sid: 0})
-                pipe.hset(self._owner_h, sid, node)
-                pipe.sadd(self._owned_key(node), sid)
-                pipe.sadd(self._nodes, node)
-                pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
-                await pipe.execute()
+            for i in range(0, len(batch), _REGISTER_BATCH):
+                async with self._client.pipeline(transaction=True) as pipe:
+                    for session in batch[i : i + _REGISTER_BATCH]:
+                        self._queue_register(pipe, session)
+                    await pipe.execute()
+
+    def _queue_register(self, pipe: Pipeline, session: Session) -> None:
+        sid, node = session.id, session.node
+        pipe.set(self._live_key(sid), _dump(session))
+        pipe.delete(self._ended_key(sid))
+        pipe.zrem(self._ended_z, sid)
+        pipe.zadd(self._live_z, {sid: 0})
+        pipe.zadd(self._all_z, {sid: 0})
+        pipe.hset(self._owner_h, sid, node)
+        pipe.sadd(self._owned_key(node), sid)
+        pipe.sadd(self._nodes, node)
+        pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
 
     async def update(self, session: Session) -> None:
         check_storable(session)

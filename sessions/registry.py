@@ -5,6 +5,8 @@ Contract shared by every backend (checked by ``tests/contract/test_registry_cont
 - ``register(session)`` stores a session as live and makes ``session.node`` its owner; it is an
   upsert (re-registering an id, even an ended one, replaces the record and makes it live). It
   also counts as a heartbeat of ``session.node`` (a node that registers a session is alive).
+  ``register_many(sessions)`` does the same for a batch (pipelined on Redis: a replica
+  writing back its live sessions after Redis lost them).
 - ``update(session)`` replaces the record of a *live* session; it raises ``UnknownSession``
   when the id is unknown or already ended (ended is terminal). It never changes the owner.
   ``update_many(sessions)`` does the same as one batch (one pipeline on Redis) and returns the
@@ -62,6 +64,8 @@ class Page:
 
 class Registry(Protocol):
     async def register(self, session: Session) -> None: ...
+
+    async def register_many(self, sessions: Iterable[Session]) -> None: ...
 
     async def update(self, session: Session) -> None: ...
 
@@ -130,6 +134,10 @@ class MemoryRegistry:
         self._by_node.setdefault(session.node, set()).add(session.id)
         self._beats[session.node] = self._clock.monotonic()
         self._sorted.clear()
+
+    async def register_many(self, sessions: Iterable[Session]) -> None:
+        for session in sessions:
+            await self.register(session)
 
     async def update(self, session: Session) -> None:
         if not self._store_live(session):

@@ -10,12 +10,19 @@ A stored entry is one line: the canonical JSON of the entry without ``hash`` wit
 ``"hash":"<hex>"`` appended as its last member, so the hashed bytes are the line minus that
 member (``seal`` builds it; the file and Redis backends store the same line).
 ``verify_entries`` checks one session's stored entries against the chain. Pure: no I/O.
+
+The entry that starts a session (``cause="connect"``, ``version=1``, ``status="sent"``) also
+carries ``config``, the full configuration the upstream starts on, so the configuration at any
+later instant can be rebuilt from the log (``sessions.config_at``). It is hashed like every
+other member; entries without it (every other entry, and connect entries written before it
+existed) are stored and hashed without the key, so they verify as they always did.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
@@ -24,11 +31,13 @@ from sessions.errors import VersionLogError
 
 __all__ = [
     "GENESIS",
+    "Canonical",
     "LogEntry",
     "VerifyReport",
     "canonical_json",
     "config_hash",
     "seal",
+    "seal_members",
     "verify_entries",
 ]
 
@@ -37,6 +46,10 @@ GENESIS: Final = "0" * 64
 _encode_canonical = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 ).encode
+
+
+# what the canonical encoder does with a str (ensure_ascii=False)
+_encode_text: Final = json.encoder.encode_basestring
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -66,10 +79,13 @@ class LogEntry:
     config_hash: str
     prev_hash: str
     hash: str
+    config: dict[str, Any] | None = None  # connect entries only: the full starting config
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         out["policies"] = list(self.policies)
+        if self.config is None:
+            del out["config"]  # absent, not null: exactly the members that were hashed
         return out
 
     @classmethod
@@ -89,12 +105,14 @@ class LogEntry:
                 config_hash=str(raw["config_hash"]),
                 prev_hash=str(raw["prev_hash"]),
                 hash=str(raw["hash"]),
+                config=None if raw.get("config") is None else dict(raw["config"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise VersionLogError(f"malformed log entry: {exc!r}") from exc
 
 
-_ENTRY_KEYS: Final = frozenset(f.name for f in fields(LogEntry))
+_OPTIONAL_KEYS: Final = frozenset({"config"})
+_ENTRY_KEYS: Final = frozenset(f.name for f in fields(LogEntry)) - _OPTIONAL_KEYS
 
 
 def seal(body: dict[str, Any]) -> tuple[LogEntry, bytes]:
@@ -104,6 +122,78 @@ def seal(body: dict[str, Any]) -> tuple[LogEntry, bytes]:
     body["hash"] = digest
     body["policies"] = tuple(body["policies"])
     return LogEntry(**body), b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
+
+
+@dataclass(frozen=True, slots=True)
+class Canonical:
+    """A JSON-native value with its canonical JSON text, encoded once.
+
+    A fan-out logs the same delta, wire message and policy list for thousands of sessions;
+    wrapping them once lets every entry reuse the text. Immutable by contract: nothing may
+    change ``value`` after it is wrapped (``sessions.versionlog.canonical`` wraps a copy).
+    """
+
+    value: Any
+    text: str
+
+    @classmethod
+    def of_plain(cls, value: Any) -> Canonical:
+        """Wrap a JSON-native value (dicts, lists, scalars) the caller will not change."""
+        return cls(value, _encode_canonical(value))
+
+
+_NULL: Final = Canonical(None, "null")
+
+
+def seal_members(
+    *,
+    at: float,
+    cause: str,
+    config: Canonical | None,
+    config_hash: str,
+    delta: Canonical | None,
+    error: str | None,
+    policies: Canonical,
+    prev_hash: str,
+    seq: int,
+    session_id: str,
+    status: str,
+    version: int,
+    wire: Canonical | None,
+) -> tuple[LogEntry, bytes]:
+    """``seal`` for members given one by one, nested ones pre-encoded: the same entry and
+    the same bytes as ``seal`` of the equivalent body (property-tested), without encoding
+    the shared members again. ``cause``/``status`` must be known (ASCII) words, ``prev_hash``
+    and ``config_hash`` hex digests; ``config`` is the connect entry's optional member."""
+    if not math.isfinite(at):
+        raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
+    delta = delta or _NULL
+    wire = wire or _NULL
+    parts = ['{"at":', float.__repr__(float(at)), ',"cause":"', cause, '"']
+    if config is not None:
+        parts += (',"config":', config.text)
+    parts += (
+        ',"config_hash":"', config_hash,
+        '","delta":', delta.text,
+        ',"error":', "null" if error is None else _encode_text(error),
+        ',"policies":', policies.text,
+        ',"prev_hash":"', prev_hash,
+        '","seq":', int.__repr__(seq),
+        ',"session_id":', _encode_text(session_id),
+        ',"status":"', status,
+        '","version":', int.__repr__(version),
+        ',"wire":', wire.text,
+        "}",
+    )  # fmt: skip
+    hashed = "".join(parts).encode()
+    digest = hashlib.sha256(prev_hash.encode() + hashed).hexdigest()
+    entry = LogEntry(
+        seq=seq, at=float(at), session_id=session_id, version=version, cause=cause,
+        policies=tuple(policies.value), delta=delta.value, wire=wire.value, status=status,
+        error=error, config_hash=config_hash, prev_hash=prev_hash, hash=digest,
+        config=None if config is None else config.value,
+    )  # fmt: skip
+    return entry, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:
@@ -117,7 +207,9 @@ def _hash_of(row: Mapping[str, Any]) -> str | None:
 @dataclass(frozen=True, slots=True)
 class VerifyReport:
     """Result of checking one session's chain. ``kind`` is edited, deleted, inserted,
-    reordered, truncated or malformed; ``problem`` starts with it and names the seqs."""
+    reordered, truncated, rewritten or malformed; ``problem`` starts with it and names the
+    seqs. ``covered_seq``: the highest seq a valid signed checkpoint commits to and the log
+    matches (``sessions.checkpoints``), None when no checkpoint covers the session."""
 
     ok: bool
     session_id: str
@@ -125,6 +217,7 @@ class VerifyReport:
     first_bad_seq: int | None = None
     problem: str | None = None
     kind: str | None = None
+    covered_seq: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
@@ -28,11 +29,13 @@ from sessions.clock import Clock
 from sessions.errors import VersionLogError
 from sessions.versionchain import (
     GENESIS,
+    Canonical,
     LogEntry,
     VerifyReport,
     canonical_json,
     config_hash,
     seal,
+    seal_members,
     verify_entries,
 )
 
@@ -44,12 +47,14 @@ __all__ = [
     "GENESIS",
     "STATUSES",
     "BufferedVersionLog",
+    "Canonical",
     "FileVersionLog",
     "LogEntry",
     "MemoryVersionLog",
     "Pending",
     "VerifyReport",
     "VersionLog",
+    "canonical",
     "canonical_json",
     "config_hash",
     "parse_entries",
@@ -84,11 +89,11 @@ class VersionLog(Protocol):
         version: int,
         cause: str,
         policies: Iterable[PolicyRef | Mapping[str, Any]] = (),
-        delta: Mapping[str, Any] | None = None,
-        wire: Mapping[str, Any] | None = None,
+        delta: Mapping[str, Any] | Canonical | None = None,
+        wire: Mapping[str, Any] | Canonical | None = None,
         status: str,
         error: str | None = None,
-        config: Mapping[str, Any],
+        config: Mapping[str, Any] | Canonical,
     ) -> LogEntry: ...
 
     @property
@@ -136,6 +141,18 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"not JSON-able in a log entry: {type(value).__name__}")
 
 
+def canonical(value: Mapping[str, Any] | Sequence[Any]) -> Canonical:
+    """A JSON-native copy of ``value`` with its canonical JSON, to log many times."""
+    return Canonical.of_plain(_plain(value))
+
+
+def _canonical(value: Mapping[str, Any] | Canonical) -> Canonical:
+    return value if isinstance(value, Canonical) else canonical(value)
+
+
+_POLICY_MEMO: Final = 256
+
+
 def _policy(ref: PolicyRef | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(ref, PolicyRef):
         return ref.as_dict()
@@ -170,6 +187,10 @@ class BufferedVersionLog:
         self._flusher: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self.flush_failures = 0
+        self._policy_texts: dict[tuple[PolicyRef, ...], Canonical] = {}
+        # health for /readyz: set while writes fail, cleared by the next successful write
+        self.write_failing_since: float | None = None  # clock.monotonic() of the first failure
+        self.last_write_error: str | None = None
 
     def append(
         self,
@@ -178,38 +199,58 @@ class BufferedVersionLog:
         version: int,
         cause: str,
         policies: Iterable[PolicyRef | Mapping[str, Any]] = (),
-        delta: Mapping[str, Any] | None = None,
-        wire: Mapping[str, Any] | None = None,
+        delta: Mapping[str, Any] | Canonical | None = None,
+        wire: Mapping[str, Any] | Canonical | None = None,
         status: str,
         error: str | None = None,
-        config: Mapping[str, Any],
+        config: Mapping[str, Any] | Canonical,
     ) -> LogEntry:
-        """Chain and buffer one entry (no I/O); it is durable after the next ``flush()``."""
+        """Chain and buffer one entry (no I/O); it is durable after the next ``flush()``.
+
+        ``delta``, ``wire`` and ``config`` may come pre-encoded (:func:`canonical`): a fan-out
+        wraps its shared delta and message once for every session it logs.
+        """
         if cause not in _CAUSE_SET:
             raise ValueError(f"unknown cause {cause!r} (known: {', '.join(CAUSES)})")
         if status not in _STATUS_SET:
             raise ValueError(f"unknown status {status!r} (known: {', '.join(STATUSES)})")
+        if error is not None and not isinstance(error, str):
+            raise TypeError(f"error must be text or None, not {type(error).__name__}")
         self._check_appendable()
         seq, prev = self._tails.get(session_id, (0, GENESIS))
-        entry, line = seal(
-            {
-                "at": float(self._clock.now()),
-                "cause": cause,
-                "config_hash": config_hash(config),
-                "delta": None if delta is None else _plain(delta),
-                "error": error,
-                "policies": [_policy(p) for p in policies],
-                "prev_hash": prev,
-                "seq": seq + 1,
-                "session_id": session_id,
-                "status": status,
-                "version": int(version),
-                "wire": None if wire is None else _plain(wire),
-            }
+        conf = config if isinstance(config, Canonical) else canonical(config)
+        entry, line = seal_members(
+            at=float(self._clock.now()),
+            cause=cause,
+            # the starting config: `audit at` rebuilds from it
+            config=conf if cause == "connect" and version == 1 and status == "sent" else None,
+            config_hash=hashlib.sha256(conf.text.encode()).hexdigest(),
+            delta=None if delta is None else _canonical(delta),
+            error=error,
+            policies=self._policies(policies),
+            prev_hash=prev,
+            seq=seq + 1,
+            session_id=str(session_id),
+            status=status,
+            version=int(version),
+            wire=None if wire is None else _canonical(wire),
         )
         self._tails[session_id] = (entry.seq, entry.hash)
         self._buffer.append(Pending(entry, line))
         return entry
+
+    def _policies(self, policies: Iterable[PolicyRef | Mapping[str, Any]]) -> Canonical:
+        """The policies member, encoded once per distinct tuple of ``PolicyRef`` (a fan-out
+        passes the same few tuples for thousands of sessions)."""
+        if type(policies) is tuple and all(type(p) is PolicyRef for p in policies):
+            found = self._policy_texts.get(policies)
+            if found is None:
+                if len(self._policy_texts) >= _POLICY_MEMO:
+                    self._policy_texts.clear()
+                found = Canonical.of_plain([p.as_dict() for p in policies])
+                self._policy_texts[policies] = found
+            return found
+        return Canonical.of_plain([_policy(p) for p in policies])
 
     @property
     def pending(self) -> int:
@@ -242,9 +283,15 @@ class BufferedVersionLog:
     async def _commit(self, batch: list[Pending]) -> None:
         try:
             await self._write(batch)
-        except BaseException:
+        except BaseException as exc:
             self._buffer[:0] = batch  # keep order: the failed batch goes before newer appends
+            if isinstance(exc, Exception):
+                if self.write_failing_since is None:
+                    self.write_failing_since = self._clock.monotonic()
+                self.last_write_error = str(exc) or type(exc).__name__
             raise
+        else:
+            self.write_failing_since = self.last_write_error = None
         finally:
             self._inflight_batch = []
 

@@ -128,6 +128,16 @@ _PATHS: dict[str, Any] = {
             params=_S,
         )
     },
+    "/v1/sessions/{session_id}/config-at": {
+        "get": _op(
+            "config_at",
+            "The configuration in effect at an instant, rebuilt from the log, with evidence",
+            _C,
+            json_content(ref("ConfigAt"), "the configuration and its evidence"),
+            errors=(400, 404, 409, 503),
+            params=(*_S, "At", "PublicKey"),
+        )
+    },
     "/v1/policies": {
         "post": _op(
             "publish_policy",
@@ -225,11 +235,11 @@ _PATHS: dict[str, Any] = {
     "/v1/audit/verify": {
         "get": _op(
             "verify_audit",
-            "Recompute the version-log hash chains (every session, or one)",
+            "Recompute the hash chains (every session, or one) and the signed checkpoints",
             _C,
-            json_content(ref("VerifyResult"), "one report per session"),
-            errors=(400, 404),
-            params=("AuditSession",),
+            json_content(ref("VerifyResult"), "one report per session, and the checkpoints"),
+            errors=(400, 404, 503),
+            params=("AuditSession", "PublicKey"),
         )
     },
     "/readyz": {

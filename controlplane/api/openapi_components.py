@@ -25,6 +25,8 @@ from policies.model import (
     LABEL_PATTERN,
     LABEL_VALUE_MAX_CHARS,
     MAX_APPLY_DEADLINE_S,
+    MAX_GUARD_MIN_SESSIONS,
+    MAX_GUARD_WINDOW_S,
     MAX_PRIORITY,
     MAX_SELECTOR_VALUES,
     MAX_VARIANTS,
@@ -204,8 +206,42 @@ _POLICY = {
             "maximum": MAX_APPLY_DEADLINE_S,
             "default": 10,
         },
+        "guard": {
+            "type": ["object", "null"],
+            "additionalProperties": False,
+            "description": (
+                "guarded rollout (docs/policies.md#guard): halt (or roll back) this version "
+                "when more than max_failure_ratio of at least min_sessions targeted sessions "
+                "failed it within window_s; an omitted or null field takes the deployment's "
+                "CONTROLPLANE_GUARD_* default (on by default: 0.01, 50, 300, halt)"
+            ),
+            "properties": {
+                "enabled": {"type": ["boolean", "null"]},
+                "max_failure_ratio": {
+                    "type": ["number", "null"],
+                    "minimum": 0,
+                    "exclusiveMaximum": 1,
+                },
+                "min_sessions": {
+                    "type": ["integer", "null"],
+                    "minimum": 1,
+                    "maximum": MAX_GUARD_MIN_SESSIONS,
+                },
+                "window_s": {
+                    "type": ["number", "null"],
+                    "exclusiveMinimum": 0,
+                    "maximum": MAX_GUARD_WINDOW_S,
+                },
+                "on_breach": {"enum": ["halt", "rollback", None]},
+            },
+        },
     },
 }
+
+# the counters of a rollout row (controlplane.rollout.COUNTERS)
+_COUNTERS = "targeted pending sent acknowledged unverified rejected unchanged guard_failures"
+_COUNTS: dict[str, Any] = {name: {"type": "integer", "minimum": 0} for name in _COUNTERS.split()}
+_ROLLOUT_COUNTS = {"type": "object", "properties": _COUNTS}
 
 OBJ: dict[str, Any] = {"type": "object", "additionalProperties": True}
 
@@ -262,11 +298,59 @@ SCHEMAS: dict[str, Any] = {
     },
     "Rollout": {
         **OBJ,
+        "required": ["id", "version", "status", "state", "versions", "totals", "halt", "guard"],
         "properties": {
             "id": {"type": "string"},
-            "version": {"type": "integer"},
-            "versions": {"type": "array", "items": {"type": "object"}},
-            "totals": {"type": "object"},
+            "version": {"type": "integer", "description": "the policy's current version"},
+            "status": {"enum": ["active", "retired"]},
+            "state": {
+                "enum": ["active", "halted", "rolled_back", "retired"],
+                "description": "halted: the rollout guard stopped the current version; "
+                "rolled_back: the current version is a rollback published after a halt",
+            },
+            "versions": {
+                "type": "array",
+                "items": {
+                    **_ROLLOUT_COUNTS,
+                    "properties": {
+                        "version": {"type": "integer"},
+                        "variant": {"type": ["string", "null"]},
+                        **_COUNTS,
+                    },
+                },
+            },
+            "totals": _ROLLOUT_COUNTS,
+            "halt": {
+                "type": ["object", "null"],
+                "description": "why the guard halted the current (or, rolled back or "
+                "retired, the previous) version",
+                "properties": {
+                    "version": {"type": "integer"},
+                    "at": {"type": "string"},
+                    "actor": {"type": "string"},
+                    "reason": {"type": "string"},
+                    "failed": {"type": "integer"},
+                    "targeted": {"type": "integer"},
+                    "ratio": {"type": "number"},
+                    "max_failure_ratio": {"type": "number"},
+                    "min_sessions": {"type": "integer"},
+                    "window_s": {"type": "number"},
+                    "on_breach": {"enum": ["halt", "rollback"]},
+                    "decided_by": {"type": "string"},
+                    "rollback_to": {"type": ["integer", "null"]},
+                },
+            },
+            "guard": {
+                "type": "object",
+                "description": "the current version's guard, defaults resolved",
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "max_failure_ratio": {"type": "number"},
+                    "min_sessions": {"type": "integer"},
+                    "window_s": {"type": "number"},
+                    "on_breach": {"enum": ["halt", "rollback"]},
+                },
+            },
         },
     },
     "Session": {
@@ -294,21 +378,82 @@ SCHEMAS: dict[str, Any] = {
             "count": {"type": "integer"},
             "first_bad_seq": {"type": ["integer", "null"]},
             "problem": {"type": ["string", "null"]},
+            "covered_seq": {
+                "type": ["integer", "null"],
+                "description": "highest seq a valid signed checkpoint commits to",
+            },
+        },
+    },
+    "CheckpointSummary": {
+        "type": "object",
+        "required": ["ok", "count", "trust", "trusted_keys", "first_bad"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "trust": {
+                "enum": ["pinned", "trail"],
+                "description": "pinned: the public_key values; trail: the keys it publishes",
+            },
+            "trusted_keys": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+            "nodes": {"type": "object"},
+            "first_bad": {"type": ["object", "null"]},
+            "problems": {"type": "array", "items": {"type": "object"}},
         },
     },
     "VerifyResult": {
         "type": "object",
-        "required": ["items", "next", "ok"],
+        "required": ["items", "next", "ok", "checkpoints"],
         "properties": {
             "items": {"type": "array", "items": ref("VerifyReport")},
             "next": {"type": "null"},
-            "ok": {"type": "boolean", "description": "false when any chain is broken"},
+            "ok": {
+                "type": "boolean",
+                "description": "false when any chain is broken or any checkpoint is bad",
+            },
+            "checkpoints": ref("CheckpointSummary"),
+            "source": {"enum": ["local", "CP_AUDIT"]},
+        },
+    },
+    "ConfigAt": {
+        "type": "object",
+        "required": ["session_id", "at", "config", "policies", "established_by", "verified"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "at": {"type": "number"},
+            "config": {"type": "object", "description": "canonical fields"},
+            "policies": {"type": "array", "items": {"type": "object"}},
+            "established_by": {
+                "type": "object",
+                "description": "the entry (seq, at, cause, status, hash, ...) and its meaning",
+            },
+            "sent_by": {"type": ["object", "null"]},
+            "pending": {"type": "array", "items": {"type": "object"}},
+            "rebuild": {"type": "object", "description": "config_hash checks of every step"},
+            "notes": {"type": "array", "items": {"type": "string"}},
+            "chain": {"type": "object"},
+            "checkpoint": {"type": "object"},
+            "verified": {
+                "type": "boolean",
+                "description": "every config_hash check passed, the chain verifies and every "
+                "checkpoint is valid (coverage: checkpoint.covered)",
+            },
+            "source": {"enum": ["local", "CP_AUDIT"]},
         },
     },
     "Readiness": {
         "type": "object",
         "required": ["ready", "checks"],
-        "properties": {"ready": {"type": "boolean"}, "checks": {"type": "object"}},
+        "properties": {
+            "ready": {"type": "boolean"},
+            "checks": {
+                "type": "object",
+                "description": "each check by name (true when it passes) and facts such as "
+                "nats_connected; when not ready, failing maps each failed check to why",
+            },
+        },
     },
     "LabelsPatch": {
         "type": "object",
@@ -384,6 +529,21 @@ PARAMETERS: dict[str, Any] = {
         "format", "query", {"enum": ["json", "csv"]}, "csv (or Accept: text/csv) for CSV"
     ),
     "AuditSession": _param("session", "query", {"type": "string"}, "verify one session only"),
+    "At": {
+        **_param("at", "query", {"type": "string"}, "instant: RFC 3339 or Unix seconds"),
+        "required": True,
+        "example": "2026-01-31T12:00:00Z",
+    },
+    "PublicKey": {
+        **_param(
+            "public_key",
+            "query",
+            {"type": "array", "items": {"type": "string"}},
+            "trusted checkpoint key(s): base64 of the raw 32-byte Ed25519 public key",
+        ),
+        "style": "form",
+        "explode": True,
+    },
 }
 
 

@@ -6,7 +6,7 @@ Every method returns JSON-ready values and raises ``controlplane.errors`` types.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 __all__ = ["ControlPlaneAPI"]
@@ -73,6 +73,18 @@ class ControlPlaneAPI(Protocol):
         "kind", "model", "assigned_at", "state"}]."""
         ...
 
-    async def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
-        """[{"session_id", "ok", "count", "first_bad_seq", "problem"}]."""
+    async def verify_audit(
+        self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """{"items": [{"session_id", "ok", "count", "first_bad_seq", "problem",
+        "covered_seq"}], "ok", "checkpoints": {...}, "source"}; ``public_keys`` (base64 or
+        PEM Ed25519) pin the checkpoint signers (docs/audit.md)."""
+        ...
+
+    async def config_at(
+        self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        """The configuration in effect at ``at`` (Unix seconds) rebuilt from the log, with its
+        evidence (docs/audit.md). NotFound (unknown session, or before it), Conflict (a log
+        without the connect config)."""
         ...

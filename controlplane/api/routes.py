@@ -38,6 +38,7 @@ from controlplane.api.inputs import (
 from controlplane.api.labels import parse_labels_patch, parse_selector
 from controlplane.api.openapi import openapi_document
 from controlplane.api.ports import ControlPlaneAPI
+from controlplane.audit_sources import parse_instant
 from controlplane.config import Settings
 from controlplane.errors import BadRequest
 
@@ -61,6 +62,7 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("GET", "/v1/sessions/{session_id}", "get_session", Role.VIEWER),
     RouteSpec("PATCH", "/v1/sessions/{session_id}/labels", "relabel_session", Role.COMPLIANCE),
     RouteSpec("GET", "/v1/sessions/{session_id}/log", "session_log", Role.VIEWER),
+    RouteSpec("GET", "/v1/sessions/{session_id}/config-at", "config_at", Role.COMPLIANCE),
     RouteSpec("POST", "/v1/policies", "publish_policy", Role.EXPERIMENTER),
     RouteSpec("POST", "/v1/policies/preview", "preview_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies", "list_policies", Role.VIEWER),
@@ -169,6 +171,19 @@ class _Handlers:
         session_id = path_param(request, "session_id")
         return _items(await self._service.session_log(session_id))
 
+    async def config_at(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ("at", "public_key"))
+        session_id = path_param(request, "session_id")
+        raw = single(request.query, "at")
+        if raw is None:
+            raise BadRequest("query parameter 'at' is required (RFC 3339 or Unix seconds)")
+        try:
+            at = parse_instant(raw)
+        except ValueError as exc:
+            raise BadRequest(f"query parameter 'at': {exc}") from None
+        keys = request.query.getall("public_key", [])
+        return web.json_response(await self._service.config_at(session_id, at, public_keys=keys))
+
     # -- policies ------------------------------------------------------------------------------
 
     async def publish_policy(self, request: web.Request) -> web.StreamResponse:
@@ -238,13 +253,13 @@ class _Handlers:
         )
 
     async def verify_audit(self, request: web.Request) -> web.StreamResponse:
-        check_query(request.query, ("session",))
+        check_query(request.query, ("session", "public_key"))
         session_id = single(request.query, "session") or None
         if session_id is not None:
             opaque_id("query parameter 'session'", session_id)
-        reports = await self._service.verify_audit(session_id)
-        ok = all(bool(report.get("ok")) for report in reports)
-        return web.json_response({"items": reports, "next": None, "ok": ok})
+        keys = request.query.getall("public_key", [])
+        answer = await self._service.verify_audit(session_id, public_keys=keys)
+        return web.json_response({**answer, "next": None})
 
     async def readyz(self, request: web.Request) -> web.StreamResponse:
         try:

@@ -32,7 +32,7 @@ from sessions.dialects.base import Dialect, Encoded
 from sessions.errors import UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
-from sessions.versionlog import VersionLog
+from sessions.versionlog import Canonical, VersionLog, canonical
 
 __all__ = ["CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "write_buffer_size"]
 
@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 SWEEP_INTERVAL_S = 0.05
 REGISTRY_SYNC_INTERVAL_S = 0.25
 
+
+_STATES = {state.value: state for state in SessionState}
 
 CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, not inline writes
 
@@ -83,6 +85,10 @@ class LiveSession:
     # rollout bookkeeping: policy id -> (version, variant, status)
     policy_status: dict[str, tuple[int, str | None, str]] = field(default_factory=dict)
     worker: asyncio.Task[None] | None = None
+    # the last config logged and its encoding (configs are replaced, never changed in place)
+    logged_config: tuple[Config, Canonical] | None = None
+    # a push written in the current fan-out whose `sent` entry is not appended yet
+    unlogged: tuple[Push, _Frame] | None = None
 
     @property
     def target(self) -> Target:
@@ -113,6 +119,9 @@ class PushEngine:
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
+        # set by the service (controlplane.halts): a push the upstream refused ("rejected") or
+        # did not acknowledge in time ("timeout"); called synchronously, must not raise
+        self.on_failure: Callable[[LiveSession, Push, str], None] | None = None
         # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
         # not one per session (a per-session Histogram.observe was a fifth of a fan-out).
         self._latencies: list[float] = []
@@ -154,6 +163,10 @@ class PushEngine:
     def detach(self, session_id: str) -> LiveSession | None:
         ls = self.live.pop(session_id, None)
         if ls is not None:
+            outcome = ls.push.abandoned("session ended before the upstream answered")
+            if outcome is not None:  # its answer can no longer come: still one terminal entry
+                with contextlib.suppress(Exception):  # record() logs and counts a failure
+                    self._finish(ls, outcome)
             self._watch.discard(ls)
             self._dirty.discard(ls)
             if ls.worker is not None:
@@ -171,6 +184,7 @@ class PushEngine:
 
     def mark_ready(self, ls: LiveSession) -> None:
         ls.push.ready = True
+        self._dirty.add(ls)  # the registry learns what readiness brought (the upstream id)
 
     def record(
         self,
@@ -178,14 +192,30 @@ class PushEngine:
         *,
         cause: str,
         status: str,
-        delta: Delta,
-        wire: dict[str, Any] | None,
+        delta: Delta | Canonical,
+        wire: dict[str, Any] | Canonical | None,
         error: str | None = None,
         version: int | None = None,
         refs: tuple[PolicyRef, ...] | None = None,
         config: Config | None = None,
     ) -> None:
         """Append one version-log entry for this session (buffered; never awaits I/O)."""
+        if ls.unlogged is not None:  # a frame written earlier in this turn: its entry first
+            self._log_written(ls)
+        # config_hash: what the upstream runs once this entry takes effect (default: the push
+        # state's base, e.g. after a client's own update; `audit at` checks it)
+        cfg = ls.push.base if config is None else config
+        memo = ls.logged_config
+        if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
+            conf = memo[1]
+        else:
+            try:
+                conf = canonical(cfg)
+            except Exception:
+                self._metrics.audit_append_failures.inc()
+                log.exception("version-log append failed for session %s", ls.session.id)
+                raise
+            ls.logged_config = (cfg, conf)
         try:
             self._log.append(
                 ls.session.id,
@@ -196,9 +226,7 @@ class PushEngine:
                 wire=wire,
                 status=status,
                 error=error,
-                # config_hash: what the upstream runs once this entry takes effect (default:
-                # the push state's base, e.g. after a client's own update; `audit at` checks it)
-                config=ls.push.base if config is None else config,
+                config=conf,
             )
         except Exception:
             self._metrics.audit_append_failures.inc()
@@ -226,6 +254,11 @@ class PushEngine:
         """
         changed = 0
         cache: dict[tuple[Any, ...], _Frame] = {}
+        # Sessions whose frame went out in this loop but whose `sent` entry is not appended
+        # yet: frames first, then the entries, in the same event-loop turn (nothing flushes
+        # in between; a session's own later entry appends its pending one first).
+        written: list[LiveSession] = []
+        written_at = None
         resolver = Resolver(policies)
         selects = None if relevant is None else tuple(p.match.matches for p in relevant)
         now = self._clock.monotonic()
@@ -248,19 +281,26 @@ class PushEngine:
                 version = ls.push.want(
                     effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
                 )
-                self._apply_effective(ls, effective)
+                # a session that gets a push is synced once, by the push (not twice)
+                self._apply_effective(ls, effective, sync=version is None)
                 self._update_policy_status(ls, effective, pending=version is not None)
                 if version is None:
                     continue
                 changed += 1
-                await self._drive(ls, cache)
+                if not await self._drive(ls, cache, written):
+                    self._sync_session(ls)
+            written_at = self._clock.monotonic()
         finally:
-            if collecting:
-                gc.enable()
-            self.flush_metrics()
+            try:
+                for ls in written:
+                    self._log_written(ls)
+            finally:
+                if collecting:
+                    gc.enable()
+                self.flush_metrics()
 
-        if event_at is not None and changed:
-            self._metrics.convergence.observe(self._clock.monotonic() - event_at)
+        if event_at is not None and written_at is not None and changed:
+            self._metrics.convergence.observe(written_at - event_at)
         return changed
 
     async def client_update(
@@ -292,6 +332,8 @@ class PushEngine:
         if outcome is not None:
             self._metrics.rejects.labels(ls.session.kind, code).inc()
             self._finish(ls, outcome)
+            if self.on_failure is not None:
+                self.on_failure(ls, outcome.push, "rejected")
             await self._drive(ls, {})
 
     async def turn_boundary(self, ls: LiveSession) -> None:
@@ -303,20 +345,21 @@ class PushEngine:
         await self._drive(ls, {})
 
     # -- internals -----------------------------------------------------------------------
-    def _apply_effective(self, ls: LiveSession, effective: Effective) -> None:
+    def _apply_effective(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
         s = ls.session
         s.effective_config = dict(effective.config)
         s.provenance = dict(effective.provenance)
         s.applied = tuple(effective.applied)
         ls.locks = dict(effective.locks)
-        self._sync_session(ls)
+        if sync:
+            self._sync_session(ls)
 
     def _sync_session(self, ls: LiveSession) -> None:
         s, p = ls.session, ls.push
         s.desired_version = p.desired_version
         s.sent_version = p.sent_version
         s.acked_version = p.acked_version
-        s.state = SessionState(p.state)
+        s.state = _STATES[p.state]
         s.updated_at = self._clock.now()
         self._dirty.add(ls)
         deadline = p.next_deadline(self._settings.ack_timeout_s)
@@ -339,15 +382,25 @@ class PushEngine:
             status = "pending" if pending else "unchanged"
             ls.policy_status[ref.id] = (ref.version, ref.variant, status)
 
-    async def _drive(self, ls: LiveSession, cache: dict[tuple[Any, ...], _Frame]) -> None:
+    async def _drive(
+        self,
+        ls: LiveSession,
+        cache: dict[tuple[Any, ...], _Frame],
+        written: list[LiveSession] | None = None,
+    ) -> bool:
+        """Write what is due now (or hand the session to a worker); True when a push was
+        taken and written here (``_write`` then synced the session, or queued it on
+        ``written`` for the caller to log)."""
         if ls.worker is not None or self._closing:
-            return
+            return False
         if ls.transport.congested():
             self._start_worker(ls)
-            return
+            return False
         push = ls.push.take(self._clock.monotonic())
-        if push is not None:
-            await self._write(ls, push, cache)
+        if push is None:
+            return False
+        await self._write(ls, push, cache, written)
+        return True
 
     def _start_worker(self, ls: LiveSession) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -377,6 +430,7 @@ class PushEngine:
         ls: LiveSession,
         push: Push,
         cache: dict[tuple[Any, ...], _Frame],
+        written: list[LiveSession] | None = None,
     ) -> None:
         if push.superseded:
             self._superseded += len(push.superseded)
@@ -399,8 +453,20 @@ class PushEngine:
             return
         if push.event_at is not None:
             self._latencies.append(self._clock.monotonic() - push.event_at)
-        # frame.delta equals push.delta; the shared object lets the log reuse its encoding
-        self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.message,
+        ls.unlogged = (push, frame)
+        if written is not None:
+            written.append(ls)
+        else:
+            self._log_written(ls)
+
+    def _log_written(self, ls: LiveSession) -> None:
+        """Append the `sent` entry of the frame ``_write`` wrote, and account for it."""
+        if ls.unlogged is None:
+            return  # already appended (a later entry of the session did it first)
+        push, frame = ls.unlogged
+        ls.unlogged = None
+        # frame.delta equals push.delta, already encoded for the log (as is the message)
+        self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.wire,
                     error=frame.note, version=push.version, refs=push.refs,
                     config=push.config)  # fmt: skip
         if ls.transport.acknowledging:
@@ -464,6 +530,8 @@ class PushEngine:
                 outcome = ls.push.timed_out(now, timeout)
                 if outcome is not None:
                     self._finish(ls, outcome)
+                    if self.on_failure is not None:
+                        self.on_failure(ls, outcome.push, "timeout")
                     await self._drive(ls, {})
                 elif ls.push.can_send(now):
                     await self._drive(ls, {})
@@ -496,8 +564,8 @@ class PushEngine:
         try:
             skipped = await self._registry.update_many(batch)
             lost = [self.live[sid] for sid in skipped if sid in self.live]
-            for ls in lost:  # still held here: the registry's record is what is wrong
-                await self._registry.register(ls.session)
+            if lost:  # still held here: the registry's record is what is wrong
+                await self._registry.register_many([ls.session for ls in lost])
             if lost:
                 log.warning("re-registered %d live session(s) the registry had lost or ended",
                             len(lost))  # fmt: skip
@@ -539,14 +607,17 @@ class _Frame:
     message: dict[str, Any] | None
     text: str | None
     note: str | None
-    delta: Delta
+    delta: Canonical  # what the version log records, encoded once for every session
+    wire: Canonical | None
 
     @classmethod
     def encode(cls, dialect: Dialect, delta: Delta, model: str) -> _Frame:
         encoded = dialect.encode(delta, model)
         message = encoded.message
         text = None if message is None else json.dumps(message)
-        return cls(encoded, message, text, _skipped_note(encoded.skipped), delta)
+        wire = None if message is None else canonical(message)
+        note = _skipped_note(encoded.skipped)
+        return cls(encoded, message, text, note, canonical(delta), wire)
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

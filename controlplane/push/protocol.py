@@ -201,6 +201,16 @@ class PushState:
         self.last_status = "rejected"
         return Outcome(push, "rejected", f"{code}: {message}", now - self.in_flight_at)
 
+    def abandoned(self, error: str) -> Outcome | None:
+        """The session ended with a push in flight: it ends ``unverified`` (it may or may not
+        have been applied; no answer can come any more)."""
+        push = self.in_flight
+        if push is None:
+            return None
+        self.in_flight = None
+        self.last_status = "unverified"
+        return Outcome(push, "unverified", error)
+
     def timed_out(self, now: float, timeout: float) -> Outcome | None:
         """No acknowledgement within ``timeout``: the push ends ``unverified``.
 

@@ -119,6 +119,19 @@ def valid_policies(draw: st.DrawFn) -> dict[str, Any]:
         }
     if draw(st.booleans()):
         doc["apply"] = draw(st.sampled_from(["immediate", "next_turn"]))
+    if draw(st.booleans()):
+        doc["guard"] = draw(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "enabled": st.booleans(),
+                    "max_failure_ratio": st.floats(0, 1, exclude_max=True),
+                    "min_sessions": st.integers(1, 1_000_000),
+                    "window_s": st.floats(0, 86_400, exclude_min=True),
+                    "on_breach": st.sampled_from(["halt", "rollback"]),
+                },
+            )
+        )
     return doc
 
 

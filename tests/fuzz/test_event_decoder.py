@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from controlplane.bus import PolicyEvent
+from controlplane.bus import CAUSES, EVENT_TYPES, PolicyEvent
 from tests.fuzz.strategies import HOSTILE_TEXT, HUGE_INTS, json_values, text, valid_policies
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -25,11 +25,13 @@ def _decode(raw: Any) -> PolicyEvent | None:
     except ValueError as exc:
         assert str(exc), "a refused event must say why"
         return None
-    assert event.type in ("policy.published", "policy.retired")
-    assert event.cause in ("policy", "rollback", "retire")
+    assert event.type in EVENT_TYPES
+    assert event.cause in CAUSES
     assert isinstance(event.policy_id, str)
     assert isinstance(event.version, int) and event.version >= 1
-    assert event.msg_id == f"{event.policy_id}:{event.version}"
+    suffix = ":halted" if event.type == "policy.halted" else ""
+    assert event.msg_id == f"{event.policy_id}:{event.version}{suffix}"
+    assert event.halt is None or isinstance(event.halt, dict)
     for value in (event.actor, event.published_at, event.event_id):
         assert isinstance(value, str)
     wire = json.dumps(event.to_json(), ensure_ascii=False, allow_nan=False).encode("utf-8")
@@ -37,7 +39,7 @@ def _decode(raw: Any) -> PolicyEvent | None:
     return event
 
 
-_FIELD = st.sampled_from(["type", "policy", "actor", "published_at", "event_id", "cause"])
+_FIELD = st.sampled_from(["type", "policy", "actor", "published_at", "event_id", "cause", "halt"])
 
 
 @st.composite
@@ -46,12 +48,14 @@ def _events(draw: st.DrawFn) -> dict[str, Any]:
     policy = draw(valid_policies())
     policy.setdefault("version", draw(st.integers(1, 100)))
     event: dict[str, Any] = {
-        "type": draw(st.sampled_from(["policy.published", "policy.retired"])),
+        "type": draw(st.sampled_from(EVENT_TYPES)),
         "policy": policy,
         "actor": "compliance:3f9a1c",
         "published_at": "2026-11-20T10:00:00Z",
         "event_id": "e1",
     }
+    if event["type"] == "policy.halted":
+        event["halt"] = {"failed": 2, "targeted": 60, "ratio": 0.033333, "on_breach": "halt"}
     for _ in range(draw(st.integers(0, 3))):
         field = draw(_FIELD)
         choice = draw(st.sampled_from(["replace", "delete", "policy.id", "policy.version"]))

@@ -224,7 +224,9 @@ async def test_relabel_show_log_rollback_rollout(
     assert await cli("policy", "rollout", "eu-disclosure", *auth) == 0
     rollout = capsys.readouterr().out.splitlines()
     assert rollout[0] == "policy eu-disclosure version 3 (active)"
-    assert rollout[-1].split() == ["total", "3", "2", "1", "0", "0", "1"]
+    assert rollout[1] == "guard: more than 1.00% failed of at least 50 sessions within 300s -> halt"
+    assert rollout[2].split()[-2:] == ["PENDING", "FAILURES"]
+    assert rollout[-1].split() == ["total", "3", "2", "1", "0", "0", "1", "0"]
     assert await cli("policy", "show", "nope", *auth) == 1
     assert "not_found (HTTP 404)" in capsys.readouterr().err
 
@@ -256,7 +258,7 @@ async def test_audit_verify_server_mode(server: Server, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "BROKEN  s-2  first bad seq 2: hash mismatch" in out
     assert await cli("audit", "verify", "s-2", "--json", *auth) == 1
-    assert json.loads(capsys.readouterr().out)[0]["first_bad_seq"] == 2
+    assert json.loads(capsys.readouterr().out)["items"][0]["first_bad_seq"] == 2
 
 
 async def test_audit_verify_local_mode_without_audit_dir(
@@ -304,4 +306,4 @@ async def test_audit_verify_local_mode_detects_tampering(
     assert "ok      call-a" in out
     assert "BROKEN  call-b  first bad seq 2" in out
     assert await cli("audit", "verify", "call-a", "--data-dir", str(tmp_path), "--json") == 0
-    assert json.loads(capsys.readouterr().out)[0]["count"] == 3
+    assert json.loads(capsys.readouterr().out)["items"][0]["count"] == 3

@@ -129,8 +129,11 @@ class Cluster:
         self.replicas.append(replica)
         return replica
 
-    def spawn(self, node: str) -> tuple[subprocess.Popen[str], str]:
-        """``controlplane serve`` as a process (same cluster settings); returns it and its URL."""
+    def spawn(
+        self, node: str, env_extra: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[str], str]:
+        """``controlplane serve`` as a process (same cluster settings, plus ``env_extra``
+        ``CONTROLPLANE_*`` variables); returns it and its URL."""
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
         s = self.settings(node)
@@ -148,7 +151,9 @@ class Cluster:
             "CONTROLPLANE_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
             "CONTROLPLANE_SESSION_TTL_S": str(TTL_S),
             "CONTROLPLANE_UPSTREAM_AGENT_URL": s.upstream_agent_url,
+            "CONTROLPLANE_UPSTREAM_STREAMING_URL": s.upstream_streaming_url,
         })  # fmt: skip
+        env.update(env_extra or {})
         log = (self.root / f"{node}.log").open("w")
         proc = subprocess.Popen([EXE, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 text=True)  # fmt: skip

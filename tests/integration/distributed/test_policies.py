@@ -158,7 +158,7 @@ async def test_malformed_events_are_refused_with_a_reason_and_the_consumer_goes_
         ) == 2  # fmt: skip
         text = caplog.text
         assert "not JSON" in text
-        assert "type must be policy.published or policy.retired" in text
+        assert "type must be one of policy.published, policy.retired, policy.halted" in text
         assert "keyterms" in text
         assert "does not match subject" in text
         assert [p["id"] for p in (await a.call("GET", "/v1/policies"))["items"]] == ["good"]

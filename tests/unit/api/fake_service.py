@@ -7,7 +7,7 @@ call, so tests can assert that a refused request reached nothing.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -193,18 +193,29 @@ class FakeControlPlane:
             "variant": None,
             "targeted": 3,
             "sent": 2,
-            "acked": 1,
+            "acknowledged": 1,
             "unverified": 0,
             "rejected": 0,
             "pending": 1,
+            "unchanged": 0,
+            "guard_failures": 0,
         }
         totals = {k: v for k, v in row.items() if k not in ("version", "variant")}
         return {
             "id": policy_id,
             "version": latest["version"],
             "status": "active",
+            "state": "active",
             "versions": [row],
             "totals": totals,
+            "halt": None,
+            "guard": {
+                "enabled": True,
+                "max_failure_ratio": 0.01,
+                "min_sessions": 50,
+                "window_s": 300.0,
+                "on_breach": "halt",
+            },
         }
 
     async def list_sessions(
@@ -319,10 +330,12 @@ class FakeControlPlane:
             },
         ]
 
-    async def verify_audit(self, session_id: str | None = None) -> list[dict[str, Any]]:
+    async def verify_audit(
+        self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
         self._record("verify_audit", session_id)
         ids = sorted(self.sessions) if session_id is None else [session_id]
-        return [
+        items = [
             {
                 "session_id": sid,
                 "ok": sid not in self.broken_sessions,
@@ -332,6 +345,21 @@ class FakeControlPlane:
             }
             for sid in ids
         ]
+        checkpoints = {"ok": True, "count": 0, "trust": "trail", "trusted_keys": {},
+                       "nodes": {}, "first_bad": None, "problems": []}  # fmt: skip
+        ok = all(item["ok"] for item in items)
+        return {"items": items, "ok": ok, "checkpoints": checkpoints, "source": "local"}
+
+    async def config_at(
+        self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
+    ) -> dict[str, Any]:
+        self._record("config_at", session_id)
+        await self.get_session(session_id)
+        entry = {"seq": 1, "at": 1_790_000_000.0, "cause": "connect", "status": "sent",
+                 "version": 1, "hash": "a" * 64, "config_hash": "c" * 64, "error": None,
+                 "meaning": "connect parameters; sent, not acknowledged"}  # fmt: skip
+        return {"session_id": session_id, "at": at, "config": {"prompt": "a"}, "policies": [],
+                "established_by": entry, "verified": True}  # fmt: skip
 
 
 def _typecheck(fake: FakeControlPlane) -> ControlPlaneAPI:

@@ -25,6 +25,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "get_session": ("/v1/sessions/s-1", None),
     "relabel_session": ("/v1/sessions/s-1/labels", {"labels": {"tier": "gold"}}),
     "session_log": ("/v1/sessions/s-1/log", None),
+    "config_at": ("/v1/sessions/s-1/config-at?at=2026-01-31T12:00:00Z", None),
     "publish_policy": ("/v1/policies", EXPERIMENT_DOC),
     "preview_policy": ("/v1/policies/preview", {"id": "eu-disclosure", "set": {"prompt": "x"}}),
     "list_policies": ("/v1/policies", None),

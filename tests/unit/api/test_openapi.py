@@ -11,6 +11,8 @@ from aiohttp import web
 
 from controlplane.api.openapi import EXTERNAL_PATHS, openapi_document
 from controlplane.api.routes import ROUTES, add_routes
+from controlplane.rollout import COUNTERS
+from policies.model import Guard
 from tests.unit.api.fake_service import FakeControlPlane, serve_fake, settings_with_tokens
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -120,6 +122,7 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "experiment",
         "apply",
         "apply_deadline_s",
+        "guard",
     }
     assert set(policy["match"]["properties"]) == {
         "kind",
@@ -140,6 +143,10 @@ def test_policy_schema_covers_the_documented_fields() -> None:
     assert set(policy["rollout"]["properties"]) == {"percent", "salt", "bucket_by"}
     assert set(policy["experiment"]["properties"]) == {"key", "bucket_by", "salt", "variants"}
     assert policy["apply"]["enum"] == ["immediate", "next_turn"]
+    assert set(policy["guard"]["properties"]) == set(Guard.model_fields)
+    rollout = schemas["Rollout"]["properties"]
+    assert rollout["state"]["enum"] == ["active", "halted", "rolled_back", "retired"]
+    assert set(rollout["totals"]["properties"]) == set(COUNTERS)
     error = schemas["Error"]["properties"]["error"]
     assert error["required"] == ["code", "message", "details"]
 

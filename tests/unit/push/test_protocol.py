@@ -81,6 +81,18 @@ def test_timeout_ends_unverified_and_keeps_the_base() -> None:
     assert s.acked(6.0) is None  # a late acknowledgement changes nothing
 
 
+def test_a_push_in_flight_when_the_session_ends_is_unverified_once() -> None:
+    s = agent()
+    assert s.abandoned("gone") is None  # nothing in flight: nothing to end
+    s.want({"prompt": "x"}, REF, "policy")
+    push = s.take(0.0)
+    outcome = s.abandoned("gone")
+    assert outcome is not None and outcome.push is push
+    assert (outcome.status, outcome.error) == ("unverified", "gone")
+    assert s.in_flight is None and s.base == {} and s.state == "unverified"
+    assert s.abandoned("gone") is None and s.acked(1.0) is None
+
+
 def test_streaming_has_no_acknowledgement_and_never_claims_acked() -> None:
     s = streaming()
     s.want({"prompt": "x"}, REF, "policy")

@@ -1,0 +1,143 @@
+"""Where ``audit verify`` and ``audit at`` read the trail from, and their JSON answers.
+
+Three sources, one verification (``sessions.audit_trail``): the local JSONL files of a
+``FileVersionLog`` (the server, or ``--data-dir`` offline), and the durable stream
+``CP_AUDIT`` (another replica's session on the server, or ``--nats-url`` offline). Checkpoint
+records are always read *before* the entries, so every head a checkpoint commits to is already
+stored when the entries are read (no false "truncated" while the writer runs).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from controlplane.audit_sink import AuditReader
+from controlplane.errors import BadRequest, Conflict, NotFound
+from sessions.audit_trail import StoredTrail, config_at_report, verify_trail
+from sessions.checkpoints import load_public_key
+from sessions.errors import NotRebuildable, UnknownSession
+from sessions.versionlog import VersionLog
+
+__all__ = [
+    "Trail",
+    "config_at_answer",
+    "parse_instant",
+    "parse_public_keys",
+    "read_trail",
+    "verify_answer",
+]
+
+
+@dataclass
+class Trail:
+    """Stored rows, grouped per session, and checkpoint records, as read from one source."""
+
+    source: str  # "local" or "CP_AUDIT" (said in answers)
+    groups: dict[str, list[dict[str, Any]]]
+    checkpoints: list[dict[str, Any]]
+    tails: Mapping[str, tuple[int, str]] = field(default_factory=dict)
+
+
+async def read_trail(
+    versionlog: VersionLog,
+    stream: AuditReader | None,
+    session_id: str | None,
+    *,
+    remote: bool,
+) -> Trail:
+    """``remote``: the session is another replica's (read ``stream``; the local log when the
+    stream holds nothing of it). Backends that keep no checkpoints give an empty list."""
+    if remote and stream is not None and session_id is not None:
+        checkpoints = await stream.checkpoint_rows()
+        rows = await stream.session_rows(session_id)
+        if rows:
+            return Trail("CP_AUDIT", {session_id: rows}, checkpoints)
+    if isinstance(versionlog, StoredTrail):
+        checkpoints = await versionlog.checkpoint_rows()
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in await versionlog.stored_rows(session_id):
+            groups.setdefault(str(row.get("session_id")), []).append(row)
+        tails = {}
+        for sid in groups if session_id is None else [session_id]:
+            tail = versionlog.tail(sid)
+            if tail is not None:
+                tails[sid] = tail
+        if session_id is not None:
+            groups.setdefault(session_id, [])
+        return Trail("local", groups, checkpoints, tails)
+    # a backend without stored rows (memory, Redis): its entries, no checkpoints
+    ids = [session_id] if session_id is not None else await versionlog.session_ids()
+    groups = {sid: [e.to_dict() for e in await versionlog.entries(sid)] for sid in ids}
+    return Trail("local", groups, [])
+
+
+def parse_instant(value: str) -> float:
+    """RFC 3339 (``2026-01-31T12:00:00Z``; no zone means UTC) or Unix seconds; ValueError
+    names the input."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"not an RFC 3339 time or Unix seconds: {value!r:.60}") from None
+        if stamp.tzinfo is None:
+            stamp = stamp.replace(tzinfo=dt.UTC)
+        try:
+            return stamp.timestamp()
+        except (OverflowError, ValueError):
+            raise ValueError(f"time out of range: {value!r:.60}") from None
+    if not math.isfinite(seconds):
+        raise ValueError(f"not an RFC 3339 time or Unix seconds: {value!r:.60}")
+    return seconds
+
+
+def parse_public_keys(values: Sequence[str | bytes]) -> list[Ed25519PublicKey] | None:
+    """Pinned checkpoint keys (PEM or base64 of the raw 32 bytes); None when none given."""
+    keys = []
+    for i, value in enumerate(values):
+        try:
+            keys.append(load_public_key(value.encode() if isinstance(value, str) else value))
+        except ValueError as exc:
+            raise BadRequest(f"public key {i + 1}: {exc}", code="bad_public_key") from None
+    return keys or None
+
+
+def verify_answer(
+    trail: Trail, session_id: str | None, trusted: Sequence[Ed25519PublicKey] | None
+) -> dict[str, Any]:
+    """``{"items": [one report per session], "ok", "checkpoints": {...}, "source"}``."""
+    report = verify_trail(trail.groups, trail.checkpoints, trusted=trusted, tails=trail.tails,
+                          session_id=session_id)  # fmt: skip
+    return {**report.to_dict(), "source": trail.source}
+
+
+def config_at_answer(
+    trail: Trail, session_id: str, at: float, trusted: Sequence[Ed25519PublicKey] | None
+) -> dict[str, Any]:
+    """The config in effect at ``at`` with its evidence (``sessions.audit_trail``). 404
+    ``session_not_found`` without entries; 404 ``before_session`` for an instant before the
+    first entry; 409 ``not_rebuildable`` for a log written before connect configs were kept."""
+    rows = trail.groups.get(session_id) or []
+    try:
+        answer = config_at_report(session_id, rows, trail.checkpoints, at, trusted=trusted,
+                                  tail=trail.tails.get(session_id))  # fmt: skip
+    except UnknownSession:
+        raise NotFound(f"no version log entries for session {session_id!r}",
+                       code="session_not_found") from None  # fmt: skip
+    except NotRebuildable as exc:
+        if rows and at < _first_at(rows):
+            raise NotFound(str(exc), code="before_session") from None
+        raise Conflict(str(exc), code="not_rebuildable") from None
+    return {**answer, "source": trail.source}
+
+
+def _first_at(rows: Sequence[Mapping[str, Any]]) -> float:
+    stamps = [float(r["at"]) for r in rows if isinstance(r.get("at"), int | float)]
+    return min(stamps) if stamps else float("inf")

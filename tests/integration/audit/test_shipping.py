@@ -1,0 +1,100 @@
+"""The audit shipper and signed checkpoints over real JSONL files (a recording transport we
+own stands in for CP_AUDIT): checkpoints ship after their entries, with their own cursor;
+the file log keeps its checkpoint chain across a restart."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane.audit_sink import AuditShipper
+from controlplane.metrics import Metrics
+from sessions.checkpoints import CheckpointSigner, verify_checkpoints
+from sessions.clock import FakeClock
+from sessions.file_versionlog import Checkpointing, FileVersionLog
+from tests.integration.distributed.test_pieces import Recorder
+from tests.integration.service.conftest import eventually
+
+SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
+
+
+def _log(root: Path, clock: FakeClock, every: int = 10**6) -> FileVersionLog:
+    return FileVersionLog(root, clock, fsync=False, flush_interval_s=None,
+                          checkpointing=Checkpointing(SIGNER, "n1", every_entries=every,
+                                                      interval_s=3600))  # fmt: skip
+
+
+def _append(log: FileVersionLog, sid: str, versions: range) -> None:
+    for v in versions:
+        log.append(sid, version=v, cause="connect" if v == 1 else "policy", status="sent",
+                   delta={"prompt": f"v{v}"}, config={"prompt": f"v{v}"})  # fmt: skip
+
+
+async def test_checkpoints_ship_after_their_entries_with_a_cursor_of_their_own(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(1_790_000_000.0)
+    log = _log(tmp_path / "audit", clock)
+    await log.start()
+    transport = Recorder()
+    cursor = tmp_path / "cursor.json"
+    shipper = AuditShipper(tmp_path / "audit", cursor, transport, flush=log.flush,
+                           metrics=Metrics())  # fmt: skip
+    _append(log, "s1", range(1, 3))
+    await log.flush()
+    await log.checkpoint()
+    _append(log, "s1", range(3, 4))
+    await log.flush()
+    await log.checkpoint()
+    assert await shipper.ship_pending() == 5
+    kinds = [(x.node, x.session_id, x.seq) for x in transport.stored]
+    assert kinds == [(None, "s1", 1), (None, "s1", 2), (None, "s1", 3), ("n1", "", 1),
+                     ("n1", "", 2)]  # fmt: skip
+    saved = json.loads(cursor.read_text())
+    assert saved["checkpoints"]["file"].startswith("checkpoints-")
+    assert saved["file"].startswith("versionlog-")
+    records = [json.loads(x.data) for x in transport.stored if x.node is not None]
+    assert verify_checkpoints(records).ok
+
+    # nothing twice; a cursor written before checkpoints existed ships them from the start
+    assert await shipper.ship_pending() == 0
+    cursor.write_text(json.dumps({"file": saved["file"], "offset": saved["offset"]}))
+    again = AuditShipper(tmp_path / "audit", cursor, transport, flush=log.flush,
+                         metrics=Metrics())  # fmt: skip
+    await again.start()
+    await again.close(final_timeout_s=5)
+    assert [(x.node, x.seq) for x in transport.stored[5:]] == [("n1", 1), ("n1", 2)]
+    await log.close()
+
+
+async def test_the_checkpoint_chain_continues_across_a_restart_and_covers_crash_leftovers(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock(1_790_000_000.0)
+    root = tmp_path / "audit"
+    log = _log(root, clock, every=2)
+    await log.start()
+    _append(log, "s1", range(1, 3))
+    await log.flush()  # two entries: due, written by the background task (interval: 1 h)
+    await eventually(lambda: len(list(root.glob("checkpoints-*"))) == 1)
+    await log.close()  # and nothing left for the last one
+    first = [json.loads(line) for p in sorted(root.glob("checkpoints-*")) for line in
+             p.read_text().splitlines()]  # fmt: skip
+    assert [r["seq"] for r in first] == [1]
+
+    # entries written by a process that died before its next checkpoint
+    crashed = FileVersionLog(root, clock, fsync=False, flush_interval_s=None)
+    await crashed.start()
+    _append(crashed, "s2", range(1, 2))
+    await crashed.close()
+
+    again = _log(root, clock)
+    await again.start()
+    await again.close()  # the leftover head is committed at the next checkpoint
+    rows = await again.checkpoint_rows()
+    assert [r["seq"] for r in rows] == [1, 2] and rows[1]["prev"] == rows[0]["hash"]
+    assert rows[1]["heads"] == {"s2": [1, (await again.stored_rows("s2"))[0]["hash"]]}
+    trail = await again.verify_trail()
+    assert trail.ok and {r.session_id: r.covered_seq for r in trail.sessions} == {"s1": 2, "s2": 1}
