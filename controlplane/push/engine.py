@@ -1,10 +1,13 @@
 """The push engine: resolves effective configs, drives each session's PushState, writes
 frames, records every push in the version log, exports metrics.
 
-Hot path (DESIGN.md §6): one plain loop over the targeted sessions; a frame is written inline
-when the session's socket is not congested (no task per session per push). A congested or
-slow session gets an on-demand worker (bounded by a global concurrency cap) and latest-wins
-coalescing. One sweeper task handles acknowledgement timeouts and next-turn deadlines.
+Hot path (DESIGN.md §6): one plain loop over the targeted sessions resolves, diffs, encodes
+(once per distinct frame) and appends each session's ``sent`` entry; one group commit makes
+the entries durable; a second plain loop writes the frames (write-ahead: a replica killed
+mid-push has logged every frame it may have sent). No task per session per push: a congested
+or slow session gets an on-demand worker (bounded by a global concurrency cap) and
+latest-wins coalescing. One sweeper task handles acknowledgement timeouts and next-turn
+deadlines.
 """
 
 from __future__ import annotations
@@ -87,8 +90,6 @@ class LiveSession:
     worker: asyncio.Task[None] | None = None
     # the last config logged and its encoding (configs are replaced, never changed in place)
     logged_config: tuple[Config, Canonical] | None = None
-    # a push written in the current fan-out whose `sent` entry is not appended yet
-    unlogged: tuple[Push, _Frame] | None = None
 
     @property
     def target(self) -> Target:
@@ -200,8 +201,6 @@ class PushEngine:
         config: Config | None = None,
     ) -> None:
         """Append one version-log entry for this session (buffered; never awaits I/O)."""
-        if ls.unlogged is not None:  # a frame written earlier in this turn: its entry first
-            self._log_written(ls)
         # config_hash: what the upstream runs once this entry takes effect (default: the push
         # state's base, e.g. after a client's own update; `audit at` checks it)
         cfg = ls.push.base if config is None else config
@@ -254,10 +253,7 @@ class PushEngine:
         """
         changed = 0
         cache: dict[tuple[Any, ...], _Frame] = {}
-        # Sessions whose frame went out in this loop but whose `sent` entry is not appended
-        # yet: frames first, then the entries, in the same event-loop turn (nothing flushes
-        # in between; a session's own later entry appends its pending one first).
-        written: list[LiveSession] = []
+        outgoing: list[_Outgoing] = []  # logged; sent after one flush (write-ahead)
         written_at = None
         resolver = Resolver(policies)
         selects = None if relevant is None else tuple(p.match.matches for p in relevant)
@@ -287,13 +283,12 @@ class PushEngine:
                 if version is None:
                     continue
                 changed += 1
-                if not await self._drive(ls, cache, written):
+                if not await self._drive(ls, cache, outgoing):
                     self._sync_session(ls)
-            written_at = self._clock.monotonic()
         finally:
             try:
-                for ls in written:
-                    self._log_written(ls)
+                await self._send_all(outgoing)
+                written_at = self._clock.monotonic()
             finally:
                 if collecting:
                     gc.enable()
@@ -386,11 +381,11 @@ class PushEngine:
         self,
         ls: LiveSession,
         cache: dict[tuple[Any, ...], _Frame],
-        written: list[LiveSession] | None = None,
+        outgoing: list[_Outgoing] | None = None,
     ) -> bool:
         """Write what is due now (or hand the session to a worker); True when a push was
-        taken and written here (``_write`` then synced the session, or queued it on
-        ``written`` for the caller to log)."""
+        taken here (``_write`` logged it and synced the session; its frame is sent, or
+        queued on ``outgoing`` for the caller's ``_send_all``)."""
         if ls.worker is not None or self._closing:
             return False
         if ls.transport.congested():
@@ -399,7 +394,7 @@ class PushEngine:
         push = ls.push.take(self._clock.monotonic())
         if push is None:
             return False
-        await self._write(ls, push, cache, written)
+        await self._write(ls, push, cache, outgoing)
         return True
 
     def _start_worker(self, ls: LiveSession) -> None:
@@ -430,8 +425,11 @@ class PushEngine:
         ls: LiveSession,
         push: Push,
         cache: dict[tuple[Any, ...], _Frame],
-        written: list[LiveSession] | None = None,
+        outgoing: list[_Outgoing] | None = None,
     ) -> None:
+        """Log the push's ``sent`` entry, then send its frame (write-ahead). With ``outgoing``
+        (a fan-out, a sweep) the frame is queued: the caller makes the whole batch's entries
+        durable with one flush, then sends every frame (``_send_all``)."""
         if push.superseded:
             self._superseded += len(push.superseded)
         if not push.delta:
@@ -446,25 +444,6 @@ class PushEngine:
             outcome = ls.push.nothing_to_send(push)
             self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))
             return
-        try:
-            await ls.transport.write(push, frame.message, frame.text)
-        except (ConnectionError, RuntimeError, OSError) as exc:
-            self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
-            return
-        if push.event_at is not None:
-            self._latencies.append(self._clock.monotonic() - push.event_at)
-        ls.unlogged = (push, frame)
-        if written is not None:
-            written.append(ls)
-        else:
-            self._log_written(ls)
-
-    def _log_written(self, ls: LiveSession) -> None:
-        """Append the `sent` entry of the frame ``_write`` wrote, and account for it."""
-        if ls.unlogged is None:
-            return  # already appended (a later entry of the session did it first)
-        push, frame = ls.unlogged
-        ls.unlogged = None
         # frame.delta equals push.delta, already encoded for the log (as is the message)
         self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.wire,
                     error=frame.note, version=push.version, refs=push.refs,
@@ -476,6 +455,43 @@ class PushEngine:
             self._count_push(ls.session.kind, "sent")
             self._mark_policies(ls, push, "unverified")
         self._sync_session(ls)
+        if outgoing is not None:
+            outgoing.append((ls, push, frame))
+        else:
+            await self._send_all([(ls, push, frame)])
+
+    async def _send_all(self, outgoing: list[_Outgoing]) -> None:
+        """Make the entries of ``outgoing`` durable (one group commit), then write its frames.
+
+        Write-ahead (DESIGN.md §6, "write it locally first"): a replica killed mid-push has
+        logged every frame it may have sent. If the log cannot be written the frames still
+        go: the entries stay buffered and are retried, the failure is logged and counted and
+        ``/readyz`` reports it; a policy push is not held hostage by the audit disk.
+        """
+        if not outgoing:
+            return
+        try:
+            await self._log.flush()
+        except Exception as exc:
+            log.warning(
+                "version log not durable before %d push frame(s); sending them, the entries "
+                "stay buffered and are retried: %s", len(outgoing), exc,
+            )  # fmt: skip
+        for ls, push, frame in outgoing:
+            assert frame.message is not None and frame.text is not None
+            if self.live.get(ls.session.id) is not ls:
+                if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
+                    self._finish(ls, ls.push.wire_failed(push, "session ended before the write"))
+                continue
+            if ls.transport.acknowledging and ls.push.in_flight is not push:
+                continue  # its outcome was recorded meanwhile (ack timeout)
+            try:
+                await ls.transport.write(push, frame.message, frame.text)
+            except (ConnectionError, RuntimeError, OSError) as exc:
+                self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
+                continue
+            if push.event_at is not None:
+                self._latencies.append(self._clock.monotonic() - push.event_at)
 
     def _finish(
         self, ls: LiveSession, outcome: Outcome, skipped: dict[str, str] | None = None
@@ -526,17 +542,21 @@ class PushEngine:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             self.flush_metrics()
             now = self._clock.monotonic()
-            for ls in list(self._watch):
-                outcome = ls.push.timed_out(now, timeout)
-                if outcome is not None:
-                    self._finish(ls, outcome)
-                    if self.on_failure is not None:
-                        self.on_failure(ls, outcome.push, "timeout")
-                    await self._drive(ls, {})
-                elif ls.push.can_send(now):
-                    await self._drive(ls, {})
-                else:
-                    self._sync_session(ls)
+            outgoing: list[_Outgoing] = []
+            try:
+                for ls in list(self._watch):
+                    outcome = ls.push.timed_out(now, timeout)
+                    if outcome is not None:
+                        self._finish(ls, outcome)
+                        if self.on_failure is not None:
+                            self.on_failure(ls, outcome.push, "timeout")
+                        await self._drive(ls, {}, outgoing)
+                    elif ls.push.can_send(now):
+                        await self._drive(ls, {}, outgoing)
+                    else:
+                        self._sync_session(ls)
+            finally:
+                await self._send_all(outgoing)
 
     async def _sync(self) -> None:
         while True:
@@ -618,6 +638,9 @@ class _Frame:
         wire = None if message is None else canonical(message)
         note = _skipped_note(encoded.skipped)
         return cls(encoded, message, text, note, canonical(delta), wire)
+
+
+_Outgoing = tuple[LiveSession, Push, _Frame]  # a logged push whose frame is still to send
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

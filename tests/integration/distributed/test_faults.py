@@ -317,9 +317,13 @@ async def test_a_replica_killed_mid_push_its_clients_resume_on_the_other_on_the_
     local = local_rows(cluster.root / "node-a")
     for record in old.values():
         sid = record["id"]
-        # every entry A made durable before it died is in CP_AUDIT, chain intact. (Entries
-        # still in A's group-commit buffer, <= 50 ms of pushes, died with it: docs/reliability.md)
+        # every entry A made durable before it died is in CP_AUDIT, chain intact
         assert durable[sid] == local[sid], sid
+        # write-ahead: the push A was making when it died is in its log (its frame left only
+        # after its `sent` entry was durable); its outcome is unknown, so nothing follows it
+        v2 = [{"id": "greeting", "version": 2, "variant": None}]
+        pushed = [e for e in local[sid] if e["policies"] == v2 and e["cause"] == "policy"]
+        assert [e["status"] for e in pushed] == ["sent"], (sid, local[sid])
         assert local[sid][: len(shipped_before.get(sid, []))] == shipped_before.get(sid, [])
         assert local[sid][0]["cause"] == "connect"
         assert verify_entries(sid, durable[sid]).ok

@@ -217,7 +217,9 @@ async def test_ten_thousand_random_and_hostile_events_are_all_accounted_for(
             assert (await cp.call("GET", "/healthz", token=None, expect=200))["status"] == "ok"
             assert "burst-app" in cp.service.engine.live, "the live session survived the burst"
             before = len(pushes)
-            assert before > 10, "the session received pushes during the burst"
+            # each push waits for its acknowledgement and, write-ahead, for its log entry to be
+            # durable (a thread hop the burst loop only yields to every 20 events): a handful
+            assert before >= 2, "the session received pushes during the burst"
 
             await cp.publish(
                 {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import json
 from typing import Any
 
 from controlplane.client import ControlClient
@@ -110,3 +111,39 @@ async def test_experiment_split_is_sticky_across_a_ramp_and_exported(
         assert {r["session_id"]: r["variant"] for r in rows} == after
     finally:
         await asyncio.gather(*(c.close() for c in clients))
+
+
+async def test_a_push_frame_leaves_only_after_its_log_entry_is_on_disk(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """Write-ahead: when an app reads a pushed frame, its `sent` entry is already in the
+    JSONL file (not only in the group-commit buffer), so a replica killed mid-push has
+    logged every frame it may have sent."""
+
+    def on_disk(session_id: str, version: int) -> bool:
+        for path in (cp.data_dir / "audit").glob("versionlog-*.jsonl"):
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                if (row["session_id"], row["version"], row["status"]) == (
+                    session_id, version, "sent"
+                ):  # fmt: skip
+                    return True
+        return False
+
+    apps = [_client(cp, labels={"wal": "yes"}, session_id=f"wal-{i}") for i in range(20)]
+    for app in apps:
+        await app.__aenter__()
+    try:
+        await cp.publish({"id": "wal", "match": {"labels": {"wal": "yes"}},
+                          "set": {"system_prompt": "durable first"}})  # fmt: skip
+
+        async def first_push(app: ControlClient) -> tuple[str, int, bool]:
+            push = await asyncio.wait_for(anext(app.pushes()), 5)
+            assert app.session_id is not None
+            return app.session_id, push.version, on_disk(app.session_id, push.version)
+
+        seen = await asyncio.gather(*(first_push(app) for app in apps))
+        assert [ok for _, _, ok in seen] == [True] * len(apps), seen
+    finally:
+        for app in apps:
+            await app.__aexit__(None, None, None)
