@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from tests.integration.service.conftest import (
     Emulator,
     _serve,
 )
-from tests.support.servers import free_port, wait_port
+from tests.support.servers import ServerProcess, free_port, nats_server, redis_server, wait_port
 
 EXE = str(Path(sys.executable).parent / "controlplane")
 TTL_S = 1.5
@@ -230,6 +230,34 @@ async def cluster(
 ) -> AsyncIterator[Cluster]:
     async with aiohttp.ClientSession() as http:
         c = Cluster(nats_url, redis_url, emulator, tmp_path, http)
+        try:
+            yield c
+        finally:
+            await c.close()
+
+
+@pytest.fixture
+def own_nats() -> Iterator[ServerProcess]:
+    """A nats-server of this test's own, so it can be stopped, paused or restarted without
+    touching the one the rest of the suite shares."""
+    with nats_server() as server:
+        yield server
+
+
+@pytest.fixture
+def own_redis() -> Iterator[ServerProcess]:
+    """A redis-server of this test's own (no persistence: a restart comes back empty)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+async def own_cluster(
+    own_nats: ServerProcess, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Replicas on this test's own NATS and Redis."""
+    async with aiohttp.ClientSession() as http:
+        c = Cluster(own_nats.url, own_redis.url, emulator, tmp_path, http)
         try:
             yield c
         finally:

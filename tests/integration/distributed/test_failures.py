@@ -4,42 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from controlplane import cli
 from tests.integration.distributed.conftest import Cluster
-from tests.integration.service.conftest import Emulator, eventually
-from tests.support.servers import ServerProcess, nats_server, redis_server
-
-
-@pytest.fixture
-def own_nats() -> Iterator[ServerProcess]:
-    """A NATS server of this test's own, so it can be restarted."""
-    with nats_server() as server:
-        yield server
-
-
-@pytest.fixture
-def own_redis() -> Iterator[ServerProcess]:
-    with redis_server() as server:
-        yield server
-
-
-@pytest.fixture
-async def own_cluster(
-    own_nats: ServerProcess, own_redis: ServerProcess, emulator: Emulator, tmp_path: Any
-) -> AsyncIterator[Cluster]:
-    import aiohttp
-
-    async with aiohttp.ClientSession() as http:
-        c = Cluster(own_nats.url, own_redis.url, emulator, tmp_path, http)
-        try:
-            yield c
-        finally:
-            await c.close()
+from tests.integration.service.conftest import eventually
+from tests.support.servers import ServerProcess
 
 
 async def test_nats_restart_loses_no_policy_event_and_no_audit_entry(

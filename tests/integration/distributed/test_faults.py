@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from controlplane.nats_audit import NatsAuditStream
 from sessions.versionchain import verify_entries
 from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
 from tests.integration.service.conftest import ADMIN, Emulator, eventually
-from tests.support.servers import ServerProcess, redis_server
+from tests.support.servers import ServerProcess
 
 STREAMING = "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro"
 AGENT_KEY = {"Authorization": "Bearer test-key"}
@@ -335,13 +335,6 @@ async def test_a_replica_killed_mid_push_its_clients_resume_on_the_other_on_the_
 
 
 # -- 2. redis-server restarted (empty) while sessions register, end and get pushes --------
-@pytest.fixture
-def own_redis() -> Iterator[ServerProcess]:
-    """A redis-server of this test's own (no persistence: a restart comes back empty)."""
-    with redis_server() as server:
-        yield server
-
-
 @pytest.fixture
 async def redis_cluster(
     nats_url: str, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
