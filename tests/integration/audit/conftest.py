@@ -13,6 +13,7 @@ from aiohttp import web
 
 from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
+from tests.integration.distributed.conftest import cluster  # noqa: F401  (fixture)
 from tests.integration.service.conftest import (  # noqa: F401  (fixtures used here)
     ControlPlaneUnderTest,
     _serve,

@@ -7,33 +7,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import nats
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane import cli
 from sessions.checkpoints import CheckpointSigner, make_checkpoints
 from tests.integration.distributed.conftest import Cluster
-from tests.integration.service.conftest import Emulator, eventually
+from tests.integration.service.conftest import eventually
 
 Message = tuple[str, dict[str, Any]]  # subject without the prefix, row
-
-
-@pytest.fixture
-async def cluster(
-    nats_url: str, redis_url: str, emulator: Emulator, tmp_path: Path
-) -> AsyncIterator[Cluster]:
-    async with aiohttp.ClientSession() as http:
-        c = Cluster(nats_url, redis_url, emulator, tmp_path, http)
-        try:
-            yield c
-        finally:
-            await c.close()
 
 
 async def read_stream(c: Cluster) -> list[Message]:
