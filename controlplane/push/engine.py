@@ -204,18 +204,13 @@ class PushEngine:
         # config_hash: what the upstream runs once this entry takes effect (default: the push
         # state's base, e.g. after a client's own update; `audit at` checks it)
         cfg = ls.push.base if config is None else config
-        memo = ls.logged_config
-        if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
-            conf = memo[1]
-        else:
-            try:
-                conf = canonical(cfg)
-            except Exception:
-                self._metrics.audit_append_failures.inc()
-                log.exception("version-log append failed for session %s", ls.session.id)
-                raise
-            ls.logged_config = (cfg, conf)
         try:
+            memo = ls.logged_config
+            if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
+                conf = memo[1]
+            else:
+                conf = canonical(cfg)
+                ls.logged_config = (cfg, conf)
             self._log.append(
                 ls.session.id,
                 version=ls.push.desired_version if version is None else version,
