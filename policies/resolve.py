@@ -134,9 +134,14 @@ class Resolver:
     through the policies that bucket by session id (their rollout or experiment decision).
     So the cache key is those three plus each such policy's decision for the target; the
     decisions are computed per target (one hash each), everything else once per key.
+
+    Targets with the same key and equal client configs (no config, or only hashable values
+    equal in order and type) get the very same :class:`Effective`: its ``config`` is shared
+    and must be treated as a value (never changed in place); the push engine then encodes
+    it once per fan-out. Other client configs get their own merge.
     """
 
-    __slots__ = ("_by_session", "_cache", "_plans")
+    __slots__ = ("_by_session", "_cache", "_effective", "_plans")
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._plans = _unique_plans(policies)
@@ -152,6 +157,7 @@ class Resolver:
             or (plan.experiment_key is not None and plan.experiment_bucket_by == BUCKET_BY_SESSION)
         ]
         self._cache: dict[tuple[object, ...], Overlay] = {}
+        self._effective: dict[tuple[object, ...], Effective] = {}
 
     def resolve(self, client_config: Config, target: Target) -> Effective:
         labels = target.labels
@@ -162,10 +168,31 @@ class Resolver:
         )
         if self._by_session:
             key += tuple(_decision(plan, target) for plan in self._by_session)
+        client = _client_key(client_config)
+        if client is not None:
+            shared = self._effective.get((key, client))
+            if shared is not None:
+                return shared
         found = self._cache.get(key)
         if found is None:
             found = self._cache[key] = overlay(self._plans, target)
-        return found.over(client_config)
+        effective = found.over(client_config)
+        if client is not None:
+            self._effective[(key, client)] = effective
+        return effective
+
+
+def _client_key(config: Config) -> tuple[object, ...] | None:
+    """A key equal only for client configs that merge to equal configs (types included:
+    ``True == 1`` but they encode differently), or None when a value is not hashable."""
+    if not config:
+        return ()
+    key = tuple((name, type(value), value) for name, value in config.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def _decision(plan: PolicyPlan, target: Target) -> PolicyRef | None:

@@ -4,12 +4,16 @@ Layout: ``<directory>/versionlog-YYYY-MM-DD.jsonl``, one file per UTC day of the
 (never going back to an earlier day, so file-name order is write order), every session in
 the same files. One line per entry: the canonical JSON of the entry without ``hash`` with
 ``"hash":"<hex>"`` appended as its last member, so the hashed bytes are the line minus that
-member (the Redis backend stores the same line). A flush is one ``write`` of all buffered
-lines plus one ``fdatasync``, in a worker thread; a failed write is truncated away so the
-retry never duplicates lines. ``start()`` reads every file to rebuild the tails, so chains
-continue across restarts (cost: one pass over all files). A torn last line (a crash in the
-middle of a write, never acknowledged) is cut off, saved next to the file as
-``<file>.torn`` and reported in ``problems``. Readers skip (and log) lines that are not JSON.
+member (the Redis backend stores the same line). A write is one ``write`` of a batch of
+lines plus one ``fdatasync`` on this log's single writer thread, so writes land in the order
+they were started: ``submit()`` starts one without waiting (a fan-out pipelines its chunks
+through it), ``flush()`` starts one for the rest and waits for all. A failed write is
+truncated away so the retry never duplicates lines; the writes queued behind it are not
+attempted, and all their entries go back to the buffer, in order. ``start()`` reads every
+file to rebuild the tails, so chains continue across restarts (cost: one pass over all
+files). A torn last line (a crash in the middle of a write, never acknowledged) is cut off,
+saved next to the file as ``<file>.torn`` and reported in ``problems``. Readers skip (and
+log) lines that are not JSON.
 
 Checkpoints (``sessions.checkpoints``; on when a ``Checkpointing`` is given): every
 ``every_entries`` durable entries or ``interval_s`` seconds, and at ``close()``, a background
@@ -24,6 +28,8 @@ this node and key from the files and queues the heads of entries no checkpoint c
 from __future__ import annotations
 
 import asyncio
+import collections
+import concurrent.futures
 import contextlib
 import datetime as dt
 import json
@@ -41,7 +47,7 @@ from sessions.checkpoints import CheckpointSigner, make_checkpoints, public_key_
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable, VersionLogError
 from sessions.versionchain import GENESIS, LogEntry, VerifyReport
-from sessions.versionlog import BufferedVersionLog, Pending, parse_entries
+from sessions.versionlog import BufferedVersionLog, Pending, Submitted, parse_entries
 
 __all__ = ["Checkpointing", "FileVersionLog"]
 
@@ -61,6 +67,22 @@ class Checkpointing:
     node: str
     every_entries: int = 1000
     interval_s: float = 10.0
+
+
+class _Skipped(Exception):
+    """A write not attempted because the one before it failed (retried after it, in order)."""
+
+
+@dataclass(slots=True)
+class _Submission:
+    batch: list[Pending]
+    day: str
+    future: concurrent.futures.Future[None]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # read by _drain from the thread's future; not reported twice
 
 
 @dataclass
@@ -94,6 +116,10 @@ class FileVersionLog(BufferedVersionLog):
         self._day: str | None = None  # UTC day of the file being written
         self._fd: int | None = None
         self._files_of: dict[str, set[str]] = {}  # session -> files holding its entries
+        # writes started and not yet accounted for, oldest first (one writer thread: in order)
+        self._submitted: collections.deque[_Submission] = collections.deque()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_day: str | None = None  # UTC day of the newest write started
         self.problems: list[str] = []  # what start() found and repaired (torn lines)
         # checkpoints: heads of durable entries not yet committed, this node's chain
         self._ck = checkpointing
@@ -114,7 +140,7 @@ class FileVersionLog(BufferedVersionLog):
                 self._tails[row["session_id"]] = (row["seq"], row["hash"])
             self._files_of = scan.files_of
             self.problems.extend(scan.problems)
-            self._day = scan.last_day
+            self._day = self._write_day = scan.last_day
             if self._ck is not None:
                 await asyncio.to_thread(self._load_checkpoints, self._ck)
             self._loaded = True
@@ -125,10 +151,42 @@ class FileVersionLog(BufferedVersionLog):
                 self._run_checkpoints(self._ck.interval_s), name="FileVersionLog.checkpoints"
             )
 
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + sum(len(s.batch) for s in self._submitted)
+
+    def submit(self) -> Submitted:
+        """Hand every entry appended so far to the writer thread and return at once (the
+        write and its ``fdatasync`` run while the caller goes on); the future is done when
+        they are durable, or failed. ``flush()`` accounts for it."""
+        if not self._buffer:
+            if self._submitted:
+                return self._submitted[-1].future
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        batch, self._buffer = self._buffer, []
+        day = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC).strftime("%Y-%m-%d")
+        if self._write_day is not None and day < self._write_day:
+            day = self._write_day  # the clock went back: never write to an earlier file
+        self._write_day = day
+        data = b"".join(item.line for item in batch)
+        before = self._submitted[-1].future if self._submitted else None
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="versionlog-writer"
+            )
+        future = self._writer.submit(self._write_after, before, day, data)
+        self._submitted.append(_Submission(batch, day, future))
+        return future
+
     async def flush(self) -> None:
-        """``BufferedVersionLog.flush``, then wait for a checkpoint being written: whoever
+        """Write everything appended so far and wait for every write started before (raise,
+        keeping the entries, on failure); then wait for a checkpoint being written: whoever
         reads the files after a flush (the shipper) never sees a record before its fsync."""
-        await super().flush()
+        async with self._lock:
+            self.submit()
+            await self._drain()
         if self._ck is not None and self._ck_lock.locked():
             async with self._ck_lock:
                 pass
@@ -185,15 +243,51 @@ class FileVersionLog(BufferedVersionLog):
                 scan.files_of.setdefault(row["session_id"], set()).add(path.name)
         return scan
 
-    async def _write(self, batch: list[Pending]) -> None:
-        day = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC).strftime("%Y-%m-%d")
-        if self._day is not None and day < self._day:
-            day = self._day  # the clock went back: never write to an earlier file
-        data = b"".join(item.line for item in batch)
-        try:
-            await asyncio.to_thread(self._write_sync, day, data)
-        except OSError as exc:
-            raise BackendUnavailable(f"version log: write to {self._dir} failed: {exc}") from exc
+    async def _drain(self) -> None:
+        """Account for every started write, oldest first: the successful ones' bookkeeping;
+        the failed ones' entries (and those of the writes skipped behind them) back to the
+        front of the buffer, in order, and the first failure raised. A cancelled caller
+        leaves the rest queued for the next flush."""
+        failed: list[Pending] = []
+        error: BaseException | None = None
+        accounted = False
+        while self._submitted:
+            head = self._submitted[0]
+            if not head.future.done():
+                waiter = asyncio.wrap_future(head.future)
+                waiter.add_done_callback(_retrieve)
+                await asyncio.wait([waiter])
+                continue
+            self._submitted.popleft()
+            accounted = True
+            exc = head.future.exception()
+            if exc is None:
+                self._written(head.batch, head.day)
+            else:
+                failed.extend(head.batch)
+                error = error or exc
+        if error is None:
+            if accounted:
+                self.write_failing_since = self.last_write_error = None
+            return
+        self._buffer[:0] = failed  # before anything appended since: order kept
+        if self.write_failing_since is None:
+            self.write_failing_since = self._clock.monotonic()
+        self.last_write_error = str(error) or type(error).__name__
+        if isinstance(error, OSError):
+            problem = f"version log: write to {self._dir} failed: {error}"
+            raise BackendUnavailable(problem) from error
+        raise error
+
+    def _write_after(
+        self, before: concurrent.futures.Future[None] | None, day: str, data: bytes
+    ) -> None:
+        """On the writer thread (``before`` has finished: one thread, in order)."""
+        if before is not None and (before.cancelled() or before.exception() is not None):
+            raise _Skipped("not attempted: an earlier write failed")
+        self._write_sync(day, data)
+
+    def _written(self, batch: list[Pending], day: str) -> None:
         name = self._path(day).name
         changed = self._ck_changed if self._ck is not None else None
         for item in batch:
@@ -248,6 +342,9 @@ class FileVersionLog(BufferedVersionLog):
         except Exception as exc:
             log.warning("version log: last checkpoint not written: %s", exc)
         finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.shutdown(wait=True)  # idle: close() flushed every write
             self._close_fd()
 
     # -- checkpoints (sessions.checkpoints) -----------------------------------------------

@@ -16,13 +16,14 @@ runs a background flusher (every ``flush_interval_s``); ``close()`` stops it and
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias
 
 from policies.provenance import PolicyRef
 from sessions.clock import Clock
@@ -52,6 +53,7 @@ __all__ = [
     "LogEntry",
     "MemoryVersionLog",
     "Pending",
+    "Submitted",
     "VerifyReport",
     "VersionLog",
     "canonical",
@@ -63,6 +65,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# A write started by ``VersionLog.submit``: ``done()`` can be polled from the event loop
+# without yielding to it (the write runs on a thread), ``asyncio.wrap_future`` awaits it.
+Submitted: TypeAlias = concurrent.futures.Future[None]
 
 CAUSES: Final = ("connect", "policy", "relabel", "client", "rollback", "retire")
 STATUSES: Final = ("sent", "acked", "rejected", "skipped", "unverified")
@@ -100,6 +106,8 @@ class VersionLog(Protocol):
     def pending(self) -> int: ...
 
     async def flush(self) -> None: ...
+
+    def submit(self) -> Submitted | None: ...
 
     async def entries(self, session_id: str) -> list[LogEntry]: ...
 
@@ -188,6 +196,7 @@ class BufferedVersionLog:
         self._stopping = asyncio.Event()
         self.flush_failures = 0
         self._policy_texts: dict[tuple[PolicyRef, ...], Canonical] = {}
+        self._last_hash: tuple[Canonical, str] | None = None
         # health for /readyz: set while writes fail, cleared by the next successful write
         self.write_failing_since: float | None = None  # clock.monotonic() of the first failure
         self.last_write_error: str | None = None
@@ -224,7 +233,7 @@ class BufferedVersionLog:
             cause=cause,
             # the starting config: `audit at` rebuilds from it
             config=conf if cause == "connect" and version == 1 and status == "sent" else None,
-            config_hash=hashlib.sha256(conf.text.encode()).hexdigest(),
+            config_hash=self._config_hash(conf),
             delta=None if delta is None else _canonical(delta),
             error=error,
             policies=self._policies(policies),
@@ -238,6 +247,14 @@ class BufferedVersionLog:
         self._tails[session_id] = (entry.seq, entry.hash)
         self._buffer.append(Pending(entry, line))
         return entry
+
+    def _config_hash(self, conf: Canonical) -> str:
+        last = self._last_hash  # consecutive appends of a fan-out often share the config
+        if last is not None and last[0] is conf:
+            return last[1]
+        digest = hashlib.sha256(conf.text.encode()).hexdigest()
+        self._last_hash = (conf, digest)
+        return digest
 
     def _policies(self, policies: Iterable[PolicyRef | Mapping[str, Any]]) -> Canonical:
         """The policies member, encoded once per distinct tuple of ``PolicyRef`` (a fan-out
@@ -256,6 +273,17 @@ class BufferedVersionLog:
     def pending(self) -> int:
         """Entries appended but not yet durable."""
         return len(self._buffer) + (len(self._inflight_batch) if self._inflight else 0)
+
+    def submit(self) -> Submitted | None:
+        """Start making every entry appended so far durable, without waiting for it.
+
+        A fan-out hands each chunk of entries to the writer while it computes the next, and
+        sends a chunk's frames once its write is ``done()``. ``None`` when this backend cannot
+        start a write without yielding to the event loop (then ``flush()`` writes
+        everything, as it always does). ``flush()`` also waits for submitted writes and
+        raises their failure; a failed write's entries stay buffered, in order.
+        """
+        return None
 
     async def flush(self) -> None:
         """Write everything appended so far in one batch; raise (keeping it) on failure."""
@@ -310,7 +338,7 @@ class BufferedVersionLog:
                     await self._stopping.wait()
             if self._stopping.is_set():
                 return
-            if self._buffer:
+            if self.pending:
                 try:
                     await self.flush()
                 except Exception as exc:  # kept for the next tick; the error is visible here

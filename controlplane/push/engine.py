@@ -2,12 +2,13 @@
 frames, records every push in the version log, exports metrics.
 
 Hot path (DESIGN.md §6): one plain loop over the targeted sessions resolves, diffs, encodes
-(once per distinct frame) and appends each session's ``sent`` entry; one group commit makes
-the entries durable; a second plain loop writes the frames (write-ahead: a replica killed
-mid-push has logged every frame it may have sent). No task per session per push: a congested
-or slow session gets an on-demand worker (bounded by a global concurrency cap) and
-latest-wins coalescing. One sweeper task handles acknowledgement timeouts and next-turn
-deadlines.
+(once per distinct frame) and appends each session's ``sent`` entry. Write-ahead (a replica
+killed mid-push has logged every frame it may have sent), pipelined: every ``CHUNK`` pushes
+the log starts a group commit on its writer thread (``VersionLog.submit``) while the loop
+goes on, and a chunk's frames are written as soon as its commit is done. No task per
+session per push: a congested or slow session gets an on-demand worker (bounded by a global
+concurrency cap) and latest-wins coalescing. One sweeper task handles acknowledgement
+timeouts and next-turn deadlines.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import contextlib
 import gc
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,7 +37,7 @@ from sessions.dialects.base import Dialect, Encoded
 from sessions.errors import UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
-from sessions.versionlog import Canonical, VersionLog, canonical
+from sessions.versionlog import Canonical, Submitted, VersionLog, canonical
 
 __all__ = ["CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "write_buffer_size"]
 
@@ -48,6 +50,11 @@ REGISTRY_SYNC_INTERVAL_S = 0.25
 _STATES = {state.value: state for state in SessionState}
 
 CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, not inline writes
+# Write-ahead pipelining: a fan-out hands its entries to the log's writer at least this many
+# pushes at a time (more when the writer is still busy: a group commit per idle moment), and
+# polls for finished commits every POLL pushes.
+CHUNK = 256
+POLL = 32
 
 
 def write_buffer_size(ws: Any) -> int:
@@ -129,6 +136,7 @@ class PushEngine:
         self._superseded = 0
         self._pushed: dict[tuple[str, str], int] = {}
         self._appended = 0
+        self._last_config: tuple[Config, Canonical] | None = None  # the last config encoded
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -209,7 +217,12 @@ class PushEngine:
             if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
                 conf = memo[1]
             else:
-                conf = canonical(cfg)
+                last = self._last_config  # the sessions of a fan-out share configs (Resolver)
+                if last is not None and last[0] is cfg:
+                    conf = last[1]
+                else:
+                    conf = canonical(cfg)
+                    self._last_config = (cfg, conf)
                 ls.logged_config = (cfg, conf)
             self._log.append(
                 ls.session.id,
@@ -248,7 +261,8 @@ class PushEngine:
         """
         changed = 0
         cache: dict[tuple[Any, ...], _Frame] = {}
-        outgoing: list[_Outgoing] = []  # logged; sent after one flush (write-ahead)
+        ahead = _WriteAhead(self._log, self._send_frames)
+        outgoing = ahead.outgoing  # logged; each sent once its entry is durable
         written_at = None
         resolver = Resolver(policies)
         selects = None if relevant is None else tuple(p.match.matches for p in relevant)
@@ -260,6 +274,8 @@ class PushEngine:
         try:
             for ls in list(sessions):
                 s = ls.session
+                if self.live.get(s.id) is not ls:
+                    continue  # ended while an earlier chunk's frames were written
                 target = Target(s.id, s.kind, s.model, s.labels)
                 if selects is not None and not any(m(target) for m in selects):
                     continue
@@ -280,9 +296,11 @@ class PushEngine:
                 changed += 1
                 if not await self._drive(ls, cache, outgoing):
                     self._sync_session(ls)
+                elif len(outgoing) % POLL == 0:
+                    await ahead.step()
         finally:
             try:
-                await self._send_all(outgoing)
+                await ahead.finish()
                 written_at = self._clock.monotonic()
             finally:
                 if collecting:
@@ -465,13 +483,11 @@ class PushEngine:
         """
         if not outgoing:
             return
-        try:
-            await self._log.flush()
-        except Exception as exc:
-            log.warning(
-                "version log not durable before %d push frame(s); sending them, the entries "
-                "stay buffered and are retried: %s", len(outgoing), exc,
-            )  # fmt: skip
+        await _flush_before_frames(self._log, len(outgoing))
+        await self._send_frames(outgoing)
+
+    async def _send_frames(self, outgoing: list[_Outgoing]) -> None:
+        """Write the frames of logged pushes (whose entries the caller made durable)."""
         for ls, push, frame in outgoing:
             assert frame.message is not None and frame.text is not None
             if self.live.get(ls.session.id) is not ls:
@@ -548,8 +564,8 @@ class PushEngine:
                         await self._drive(ls, {}, outgoing)
                     elif ls.push.can_send(now):
                         await self._drive(ls, {}, outgoing)
-                    else:
-                        self._sync_session(ls)
+                    elif ls.push.next_deadline(timeout) is None:
+                        self._watch.discard(ls)  # nothing to wait for (its state is synced)
             finally:
                 await self._send_all(outgoing)
 
@@ -636,6 +652,72 @@ class _Frame:
 
 
 _Outgoing = tuple[LiveSession, Push, _Frame]  # a logged push whose frame is still to send
+
+
+async def _flush_before_frames(versionlog: VersionLog, frames: int) -> None:
+    try:
+        await versionlog.flush()
+    except Exception as exc:
+        log.warning(
+            "version log write failed; the %d push frame(s) waiting on it go regardless, "
+            "the entries stay buffered and are retried: %s", frames, exc,
+        )  # fmt: skip
+
+
+class _WriteAhead:
+    """A fan-out's write-ahead, pipelined. ``outgoing`` fills with logged pushes; ``step()``
+    (every ``POLL`` pushes) starts a write of the entries appended so far once ``CHUNK``
+    are waiting and the writer is idle, and sends the frames of every chunk whose write is
+    done; ``finish()`` writes the rest and sends every frame, each chunk once durable.
+
+    A write that fails still lets its frames go (``PushEngine._send_all``); ``finish()``'s
+    flush reports it and keeps the entries for the retry. A backend whose ``submit()`` is
+    None gets one flush before all frames, as without pipelining.
+    """
+
+    __slots__ = ("_log", "_send", "_sent", "_started", "_writes", "outgoing")
+
+    def __init__(
+        self, versionlog: VersionLog, send: Callable[[list[_Outgoing]], Awaitable[None]]
+    ) -> None:
+        self.outgoing: list[_Outgoing] = []
+        self._log = versionlog
+        self._send = send
+        self._writes: deque[tuple[int, Submitted]] = deque()  # (outgoing it covers, write)
+        self._started = 0  # outgoing[:_started] have their write started
+        self._sent = 0  # outgoing[:_sent] had their frames written
+        # (no write was started while this batch is pipelining: a submit() of None stops it)
+
+    async def step(self) -> None:
+        n = len(self.outgoing)
+        if n - self._started >= CHUNK and (not self._writes or self._writes[-1][1].done()):
+            write = self._log.submit()
+            if write is not None:
+                self._writes.append((n, write))
+                self._started = n
+        while self._writes and self._writes[0][1].done():
+            await self._send_upto(self._writes.popleft()[0])
+
+    async def finish(self) -> None:
+        n = len(self.outgoing)
+        if self._writes and n > self._started:
+            write = self._log.submit()
+            if write is not None:
+                self._writes.append((n, write))
+                self._started = n
+        while self._writes:
+            upto, write = self._writes.popleft()
+            if not write.done():
+                await asyncio.wait([asyncio.wrap_future(write)])
+            await self._send_upto(upto)
+        if n > self._sent or self._log.pending:
+            await _flush_before_frames(self._log, n)  # accounts for (and reports) the writes
+        await self._send_upto(n)
+
+    async def _send_upto(self, upto: int) -> None:
+        if upto > self._sent:
+            chunk, self._sent = self.outgoing[self._sent : upto], upto
+            await self._send(chunk)
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

@@ -9,6 +9,10 @@ is the session's effective configuration. A push carries ``diff(base, desired)``
 - At most one unacknowledged push in flight on acknowledging dialects.
 - A rejected version is quarantined: it is never pushed again (only a newer version is).
 - ``next_turn`` holds a push until a turn boundary or its deadline.
+
+Configs are values: once given to ``want()`` (or carried by a ``Push``) a config is never
+changed in place, only replaced, so sessions of one fan-out share their config objects (and
+the engine encodes each shared config once).
 """
 
 from __future__ import annotations
@@ -97,7 +101,7 @@ class PushState:
         if config == self.desired:
             self.desired_refs = refs
             return None
-        self.desired = dict(config)
+        self.desired = config
         self.desired_refs = refs
         self.desired_cause = cause
         self.desired_version += 1
@@ -142,7 +146,7 @@ class PushState:
         push = Push(
             version=version,
             delta=diff(self.base, self.desired),
-            config=dict(self.desired),
+            config=self.desired,
             refs=self.desired_refs,
             cause=self.desired_cause,
             superseded=superseded,
@@ -159,7 +163,7 @@ class PushState:
             self.in_flight = push
             self.in_flight_at = now
         else:
-            self.base = dict(push.config)
+            self.base = push.config
             self.last_status = "unverified"
         return push
 
@@ -175,7 +179,7 @@ class PushState:
         """Every field of the push was skipped by the dialect (model cannot take them)."""
         if self.in_flight is push:
             self.in_flight = None
-        self.base = dict(push.config)
+        self.base = push.config
         self.last_status = "skipped"
         return Outcome(push, "skipped")
 
@@ -186,7 +190,7 @@ class PushState:
         if push is None:
             return None
         self.in_flight = None
-        self.base = dict(push.config)
+        self.base = push.config
         if status == "acked":
             self.acked_version = push.version
         self.last_status = status

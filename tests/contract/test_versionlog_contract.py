@@ -375,6 +375,87 @@ async def test_file_flush_failure_keeps_entries_for_retry(tmp_path: Path) -> Non
         await log.close()
 
 
+def _lines(directory: Path) -> list[dict[str, Any]]:
+    return [
+        json.loads(line)
+        for path in sorted(directory.glob("versionlog-*.jsonl"))
+        for line in path.read_bytes().splitlines()
+    ]
+
+
+async def test_file_submit_makes_entries_durable_without_a_flush_and_in_order(
+    tmp_path: Path,
+) -> None:
+    """``submit()`` hands the entries to the writer thread and returns at once; when its
+    future is done they are on disk. Writes land in the order they were started."""
+    log = FileVersionLog(tmp_path, FakeClock(), fsync=True, flush_interval_s=None)
+    await log.start()
+    try:
+        first = [append(log, f"s{i}", 1) for i in range(3)]
+        write = log.submit()
+        second = [append(log, "s0", 2), append(log, "s1", 2)]
+        later = log.submit()
+        assert log.pending == 5  # started, not yet accounted for by a flush
+        later.result(timeout=10)
+        assert write.done() and write.exception() is None
+        rows = _lines(tmp_path)  # no flush ran: the writer thread wrote them
+        assert [(r["session_id"], r["seq"]) for r in rows] == [
+            (e.session_id, e.seq) for e in first + second
+        ]
+        assert log.submit() is later  # nothing new: the newest write stands for all
+        await log.flush()
+        assert log.pending == 0
+        assert await log.entries("s0") == [first[0], second[0]]
+        assert all(r.ok for r in await log.verify())
+    finally:
+        await log.close()
+
+
+class _FullDisk(FileVersionLog):
+    """The first ``failures`` writes fail as a full disk would (before any byte lands)."""
+
+    failures = 1
+
+    def _write_sync(self, day: str, data: bytes) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise OSError(28, "No space left on device")
+        super()._write_sync(day, data)
+
+
+async def test_file_a_failed_write_holds_back_the_writes_queued_behind_it(
+    tmp_path: Path,
+) -> None:
+    """A write that fails leaves no line, and the writes started after it are not attempted
+    even though the disk is back (they would put later entries of a chain before earlier
+    ones); flush() puts all their entries back in order and names the failure; the retry
+    writes everything once, in order."""
+    log = _FullDisk(tmp_path, FakeClock(), fsync=True, flush_interval_s=None)
+    await log.start()
+    try:
+        a = [append(log, "s1", 1), append(log, "s2", 1)]
+        failing = log.submit()
+        b = [append(log, "s1", 2)]
+        held = log.submit()
+        c = [append(log, "s2", 2)]  # appended, not started
+        assert isinstance(failing.exception(timeout=10), OSError)
+        assert isinstance(held.exception(timeout=10), Exception)
+        assert _lines(tmp_path) == []  # the disk works again, yet nothing jumped the queue
+        with pytest.raises(BackendUnavailable, match="No space left on device"):
+            await log.flush()
+        assert log.pending == 4
+        assert log.write_failing_since is not None
+        assert _lines(tmp_path) == []
+        await log.flush()
+        assert [(r["session_id"], r["seq"]) for r in _lines(tmp_path)] == [
+            (e.session_id, e.seq) for e in a + b + c
+        ]
+        assert log.pending == 0 and log.write_failing_since is None
+        assert all(r.ok for r in await log.verify())
+    finally:
+        await log.close()
+
+
 async def test_file_append_requires_start(tmp_path: Path) -> None:
     log = FileVersionLog(tmp_path, FakeClock())
     with pytest.raises(VersionLogError, match="start"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -79,7 +80,16 @@ TARGETS = st.lists(
     max_size=30,
 )
 CLIENTS = st.sampled_from(
-    ({}, {"prompt": "client"}, {"keyterms": ("a", "b"), "vad_threshold": 0.4})
+    (
+        {},
+        {"prompt": "client"},
+        {"keyterms": ("a", "b"), "vad_threshold": 0.4},
+        {"keyterms": ["a", "b"]},  # unhashable: merged per session
+        {"format_turns": True},
+        {"format_turns": 1},  # equal to True, encodes differently: never shared with it
+        {"vad_threshold": 1.0},
+        {"vad_threshold": 1},
+    )
 )
 
 
@@ -90,7 +100,10 @@ def test_resolver_equals_resolve_for_every_target(
 ) -> None:
     resolver = Resolver(policies)
     for target, client in zip(targets, clients, strict=False):
-        assert resolver.resolve(client, target) == resolve(client, policies, target)
+        got, want = resolver.resolve(client, target), resolve(client, policies, target)
+        assert got == want
+        # equal is not enough when configs are shared: True == 1 but encodes as "true"
+        assert json.dumps(got.config, sort_keys=True) == json.dumps(want.config, sort_keys=True)
 
 
 def test_sessions_in_different_rollout_buckets_do_not_share_an_overlay() -> None:
@@ -105,14 +118,30 @@ def test_sessions_in_different_rollout_buckets_do_not_share_an_overlay() -> None
     assert got == {"new", None}
 
 
-def test_effective_configs_are_not_shared_between_sessions() -> None:
+def test_only_sessions_with_equal_client_configs_share_an_effective_config() -> None:
     p = parse_policy({"id": "p", "version": 1, "set": {"prompt": "x"}})
     resolver = Resolver([p])
+
+    def config(client: dict[str, Any], sid: str) -> dict[str, Any]:
+        return dict(resolver.resolve(client, Target(sid, "streaming-v3", "u3-rt-pro")).config)
+
     a = resolver.resolve({"vad_threshold": 0.1}, Target("a", "streaming-v3", "u3-rt-pro"))
     b = resolver.resolve({"vad_threshold": 0.9}, Target("b", "streaming-v3", "u3-rt-pro"))
     assert a.config == {"vad_threshold": 0.1, "prompt": "x"}
     assert b.config == {"vad_threshold": 0.9, "prompt": "x"}
     assert a.config is not b.config
+    # equal client configs (a fan-out's common case: none at all) share one merge
+    c = resolver.resolve({"vad_threshold": 0.1}, Target("c", "streaming-v3", "u3-rt-pro"))
+    assert c.config is a.config
+    e1 = resolver.resolve({}, Target("e1", "streaming-v3", "u3-rt-pro"))
+    assert resolver.resolve({}, Target("e2", "streaming-v3", "u3-rt-pro")) is e1
+    # equal but differently typed values are not shared
+    assert config({"format_turns": True}, "t") == {"format_turns": True, "prompt": "x"}
+    assert json.dumps(config({"format_turns": 1}, "u")) == '{"format_turns": 1, "prompt": "x"}'
+    # unhashable values: merged per session, still right
+    k1 = resolver.resolve({"keyterms": ["a"]}, Target("k1", "streaming-v3", "u3-rt-pro"))
+    k2 = resolver.resolve({"keyterms": ["a"]}, Target("k2", "streaming-v3", "u3-rt-pro"))
+    assert k1.config == k2.config == {"keyterms": ["a"], "prompt": "x"}
 
 
 def test_resolver_refuses_what_resolve_refuses() -> None:

@@ -1,0 +1,124 @@
+"""A large fan-out pipelines its write-ahead: frames of the first chunk leave while later
+chunks are still being written, and still no frame leaves before its own entry is on disk.
+
+A real ``ControlPlane`` on a real ``FileVersionLog`` (JSONL files under tmp), the in-process
+bus and registry; the sessions' transports are in-process recorders (the engine's own
+``Transport`` seam), so the test sees the exact moment each frame is handed over.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from controlplane.bus import InProcessBus
+from controlplane.config import Settings
+from controlplane.metrics import Metrics
+from controlplane.push.engine import CHUNK
+from controlplane.push.protocol import Push
+from controlplane.service import ControlPlane
+from sessions.clock import FakeClock
+from sessions.dialects.base import dialect_for
+from sessions.registry import MemoryRegistry
+from sessions.versionlog import FileVersionLog
+
+SESSIONS = 4 * CHUNK + 37  # several chunks, the last one partial
+
+
+class _HeldSecondWrite(FileVersionLog):
+    """Once armed, a slow disk (each write takes 20 ms more, so a frame sent before its
+    write finished would see the file without its entry), and the second write waits until
+    ``release`` is set (by the first frame): the first frame must leave before it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = False
+        self.writes = 0
+        self.release = threading.Event()
+
+    def _write_sync(self, day: str, data: bytes) -> None:
+        if self.armed:
+            self.writes += 1
+            time.sleep(0.02)
+            if self.writes == 2:
+                assert self.release.wait(10), "the first frame never left"
+        super()._write_sync(day, data)
+
+
+class _Recorder:
+    """A control-channel-like transport that notes the log file's size at each frame."""
+
+    acknowledging = True
+
+    def __init__(self, session_id: str, log: _HeldSecondWrite, seen: list[tuple[str, int]]):
+        self.session_id = session_id
+        self.log = log
+        self.seen = seen
+
+    def congested(self) -> bool:
+        return False
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        (path,) = self.log_files()
+        self.seen.append((self.session_id, path.stat().st_size))
+        self.log.release.set()
+
+    def log_files(self) -> list[Path]:
+        return sorted(self.log._dir.glob("versionlog-*.jsonl"))
+
+
+async def test_a_large_fan_out_sends_early_chunks_before_later_ones_are_written(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    settings = Settings.from_env({}, data_dir=tmp_path)
+    versionlog = _HeldSecondWrite(tmp_path / "audit", clock, flush_interval_s=None)
+    cp = ControlPlane(settings, clock=clock, metrics=Metrics(), registry=MemoryRegistry(clock),
+                      versionlog=versionlog, bus=InProcessBus())  # fmt: skip
+    await cp.start()
+    seen: list[tuple[str, int]] = []
+    try:
+        for i in range(SESSIONS):
+            session, effective = cp.new_session(
+                kind="streaming-v3", model="u3-rt-pro", labels={"team": "a"}, client_config={},
+                session_id=f"s{i:04d}",
+            )  # fmt: skip
+            ls = await cp.attach(
+                session, effective, transport=_Recorder(session.id, versionlog, seen),
+                dialect=dialect_for("streaming-v3"), running={}, connect_wire=None,
+            )  # fmt: skip
+            cp.engine.mark_ready(ls)
+        await versionlog.flush()  # the connect entries
+        versionlog.armed = True
+
+        await cp.publish_policy(
+            {"id": "p", "match": {"labels": {"team": "a"}}, "set": {"prompt": "v2 prompt"}},
+            actor="test",
+        )
+        await versionlog.flush()
+
+        assert sorted(sid for sid, _ in seen) == [f"s{i:04d}" for i in range(SESSIONS)]
+        assert versionlog.writes >= 2  # pipelined: more than one write for the fan-out
+        # byte offset just past each session's `sent` policy entry
+        (path,) = sorted((tmp_path / "audit").glob("versionlog-*.jsonl"))
+        data = path.read_bytes()
+        end_of: dict[str, int] = {}
+        offset = 0
+        for line in data.splitlines(keepends=True):
+            offset += len(line)
+            row = json.loads(line)
+            if row["cause"] == "policy" and row["status"] == "sent":
+                end_of[row["session_id"]] = offset
+        assert len(end_of) == SESSIONS
+        # write-ahead: every frame left after its own entry was in the file
+        late = [(sid, size, end_of[sid]) for sid, size in seen if size < end_of[sid]]
+        assert late == []
+        # pipelined: the first frame left before the fan-out's last entries were written
+        assert seen[0][1] < max(end_of.values())
+        assert all(r.ok for r in await versionlog.verify())
+    finally:
+        versionlog.release.set()
+        await cp.close()
