@@ -14,6 +14,7 @@ timeouts and next-turn deadlines.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import json
@@ -55,6 +56,7 @@ CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, 
 # polls for finished commits every POLL pushes.
 CHUNK = 256
 POLL = 32
+BLOCK_S = 0.05  # the longest a fan-out blocks the loop waiting for its last commits
 
 
 def write_buffer_size(ws: Any) -> int:
@@ -707,6 +709,13 @@ class _WriteAhead:
                 self._started = n
         while self._writes:
             upto, write = self._writes.popleft()
+            if not write.done():
+                # Block briefly instead of yielding: a yield lets the loop first run every
+                # handler that became ready meanwhile (the acknowledgements of the frames
+                # just sent, tens of µs each) before the rest of the frames go, and the
+                # writer thread has the GIL to itself while we wait. A disk slower than
+                # BLOCK_S gets the ordinary asynchronous wait.
+                concurrent.futures.wait([write], timeout=BLOCK_S)
             if not write.done():
                 await asyncio.wait([asyncio.wrap_future(write)])
             await self._send_upto(upto)
