@@ -692,25 +692,18 @@ class _WriteAhead:
         self._writes: deque[tuple[int, Submitted]] = deque()  # (outgoing it covers, write)
         self._started = 0  # outgoing[:_started] have their write started
         self._sent = 0  # outgoing[:_sent] had their frames written
-        # (no write was started while this batch is pipelining: a submit() of None stops it)
 
     async def step(self) -> None:
         n = len(self.outgoing)
         if n - self._started >= CHUNK and (not self._writes or self._writes[-1][1].done()):
-            write = self._log.submit()
-            if write is not None:
-                self._writes.append((n, write))
-                self._started = n
+            self._start(n)
         while self._writes and self._writes[0][1].done():
             await self._send_upto(self._writes.popleft()[0])
 
     async def finish(self) -> None:
         n = len(self.outgoing)
         if self._writes and n > self._started:
-            write = self._log.submit()
-            if write is not None:
-                self._writes.append((n, write))
-                self._started = n
+            self._start(n)
         while self._writes:
             upto, write = self._writes.popleft()
             if not write.done():
@@ -726,6 +719,12 @@ class _WriteAhead:
         if n > self._sent or self._log.pending:
             await _flush_before_frames(self._log, n)  # accounts for (and reports) the writes
         await self._send_upto(n)
+
+    def _start(self, n: int) -> None:
+        write = self._log.submit()
+        if write is not None:  # else the backend writes on flush(), in finish()
+            self._writes.append((n, write))
+            self._started = n
 
     async def _send_upto(self, upto: int) -> None:
         if upto > self._sent:
