@@ -38,6 +38,7 @@ from tests.integration.service.conftest import (
     Emulator,
     _serve,
 )
+from tests.integration.service.fleet import metric_sum
 from tests.support.servers import ServerProcess, free_port, nats_server, redis_server, wait_port
 
 EXE = str(Path(sys.executable).parent / "controlplane")
@@ -63,14 +64,7 @@ class Replica(ControlPlaneUnderTest):
 
     async def metric(self, name: str, **labels: str) -> float:
         """Sum of the samples of ``name`` whose labels include ``labels``."""
-        total = 0.0
-        for line in str(await self.call("GET", "/metrics", token=None)).splitlines():
-            head, _, value = line.rpartition(" ")
-            if line.startswith("#") or head.split("{", 1)[0] != name:
-                continue
-            if all(f'{k}="{v}"' in head for k, v in labels.items()):
-                total += float(value)
-        return total
+        return metric_sum(str(await self.call("GET", "/metrics", token=None)), name, **labels)
 
 
 @dataclass
@@ -129,12 +123,9 @@ class Cluster:
         self.replicas.append(replica)
         return replica
 
-    def spawn(
-        self, node: str, env_extra: dict[str, str] | None = None
-    ) -> tuple[subprocess.Popen[str], str]:
-        """``controlplane serve`` as a process (same cluster settings, plus ``env_extra``
-        ``CONTROLPLANE_*`` variables); returns it and its URL."""
-        port = free_port()
+    def serve_env(self, node: str, port: int) -> dict[str, str]:
+        """This process's environment without ``CONTROLPLANE_*``, plus what ``controlplane
+        serve`` needs to run as ``node`` on ``port`` in this cluster."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
         s = self.settings(node)
         env.update({
@@ -153,6 +144,15 @@ class Cluster:
             "CONTROLPLANE_UPSTREAM_AGENT_URL": s.upstream_agent_url,
             "CONTROLPLANE_UPSTREAM_STREAMING_URL": s.upstream_streaming_url,
         })  # fmt: skip
+        return env
+
+    def spawn(
+        self, node: str, env_extra: dict[str, str] | None = None
+    ) -> tuple[subprocess.Popen[str], str]:
+        """``controlplane serve`` as a process (same cluster settings, plus ``env_extra``
+        ``CONTROLPLANE_*`` variables); returns it and its URL."""
+        port = free_port()
+        env = self.serve_env(node, port)
         env.update(env_extra or {})
         log = (self.root / f"{node}.log").open("w")
         proc = subprocess.Popen([EXE, "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,

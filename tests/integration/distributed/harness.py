@@ -6,7 +6,6 @@ cannot break its logging), signed raw publishing, reads of a whole stream, ``/re
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 import time
@@ -19,8 +18,7 @@ import aiohttp
 import nats
 
 from controlplane.signing import SIGNATURE_HEADER, signature
-from tests.integration.distributed.conftest import EXE, HEARTBEAT_S, TTL_S, Cluster
-from tests.integration.service.conftest import TOKENS
+from tests.integration.distributed.conftest import EXE, Cluster
 from tests.support.servers import free_port, wait_port
 
 __all__ = [
@@ -126,23 +124,8 @@ def spawn(cluster: Cluster, node: str, *args: str, env: dict[str, str] | None = 
     """``controlplane serve`` on the cluster's NATS, Redis and streams, with extra flags and
     environment. Its output is pumped from a pipe into ``<root>/<node>.log`` by this process."""
     port = free_port()
-    s = cluster.settings(node)
-    full = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    full = cluster.serve_env(node, port)
     full.update({
-        "CONTROLPLANE_LISTEN": f"127.0.0.1:{port}",
-        "CONTROLPLANE_TOKENS": ",".join(f"{r}:{t}" for t, r in TOKENS.items()),
-        "CONTROLPLANE_DATA_DIR": str(s.data_dir),
-        "CONTROLPLANE_NODE_ID": node,
-        "CONTROLPLANE_NATS_URL": cluster.nats_url,
-        "CONTROLPLANE_REDIS_URL": cluster.redis_url,
-        "CONTROLPLANE_REDIS_PREFIX": s.redis_prefix,
-        "CONTROLPLANE_NATS_SUBJECT_PREFIX": s.nats_subject_prefix,
-        "CONTROLPLANE_NATS_POLICY_STREAM": s.nats_policy_stream,
-        "CONTROLPLANE_NATS_AUDIT_STREAM": s.nats_audit_stream,
-        "CONTROLPLANE_HEARTBEAT_INTERVAL_S": str(HEARTBEAT_S),
-        "CONTROLPLANE_SESSION_TTL_S": str(TTL_S),
-        "CONTROLPLANE_UPSTREAM_AGENT_URL": s.upstream_agent_url,
-        "CONTROLPLANE_UPSTREAM_STREAMING_URL": s.upstream_streaming_url,
         "CONTROLPLANE_AUDIT_SHIP_INTERVAL_S": "0.1",
         "CONTROLPLANE_SHUTDOWN_GRACE_S": "0.2",
     })  # fmt: skip
@@ -178,4 +161,5 @@ def spawn(cluster: Cluster, node: str, *args: str, env: dict[str, str] | None = 
                     break
         except OSError:
             time.sleep(0.1)
-    return Spawned(proc, f"http://127.0.0.1:{port}", log_path, s.data_dir, thread)
+    data_dir = cluster.settings(node).data_dir
+    return Spawned(proc, f"http://127.0.0.1:{port}", log_path, data_dir, thread)

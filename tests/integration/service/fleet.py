@@ -121,7 +121,11 @@ class Fleet:
 async def metric(http: Any, base: str, name: str, **labels: str) -> float:
     """Sum of the samples of ``name`` whose labels include ``labels`` (GET /metrics)."""
     async with http.get(base + "/metrics") as resp:
-        text = await resp.text()
+        return metric_sum(await resp.text(), name, **labels)
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels`` in a /metrics text."""
     total = 0.0
     for line in text.splitlines():
         head, _, value = line.rpartition(" ")
