@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from emulator.cli import register, settings_from_args
+from emulator.cli import FULL_COLLECTION_EVERY, register, settings_from_args, tune_collector
 from emulator.errors import InvalidSetting
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,3 +66,17 @@ def test_idle_bench_small() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     run = json.loads(done.stdout.splitlines()[0].split(": ", 1)[1])
     assert run["began"] == 30 and run["errors"] == 0 and run["emulator_sessions_current"] == 30
+
+
+def test_cli_collector_policy_freezes_start_up_and_makes_full_passes_rare() -> None:
+    """The served emulator's collector policy (full collections dominated a burst of updates
+    at 5,000 sessions); restored afterwards, it is process-wide."""
+    before = gc.get_threshold()
+    try:
+        tune_collector()
+        assert gc.get_threshold() == (before[0], before[1], FULL_COLLECTION_EVERY)
+        assert FULL_COLLECTION_EVERY > before[2]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
