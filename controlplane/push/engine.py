@@ -300,7 +300,7 @@ class PushEngine:
                 if version is None:
                     continue
                 changed += 1
-                if not await self._drive(ls, cache, outgoing):
+                if not self._queue(ls, cache, outgoing):
                     self._sync_session(ls)
                 elif len(outgoing) % POLL == 0:
                     await ahead.step()
@@ -339,7 +339,7 @@ class PushEngine:
         )
         if outcome is not None:
             self._finish(ls, outcome)
-            await self._drive(ls, {})
+            await self._drive(ls)
 
     async def upstream_rejected(self, ls: LiveSession, code: str, message: str) -> None:
         outcome = ls.push.rejected(code, message, self._clock.monotonic())
@@ -348,15 +348,15 @@ class PushEngine:
             self._finish(ls, outcome)
             if self.on_failure is not None:
                 self.on_failure(ls, outcome.push, "rejected")
-            await self._drive(ls, {})
+            await self._drive(ls)
 
     async def turn_boundary(self, ls: LiveSession) -> None:
         ls.push.turn_boundary()
-        await self._drive(ls, {})
+        await self._drive(ls)
 
     async def kick(self, ls: LiveSession) -> None:
         """Send whatever is pending (e.g. once the upstream session is ready)."""
-        await self._drive(ls, {})
+        await self._drive(ls)
 
     # -- internals -----------------------------------------------------------------------
     def _apply_effective(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
@@ -396,15 +396,19 @@ class PushEngine:
             status = "pending" if pending else "unchanged"
             ls.policy_status[ref.id] = (ref.version, ref.variant, status)
 
-    async def _drive(
-        self,
-        ls: LiveSession,
-        cache: dict[tuple[Any, ...], _Frame],
-        outgoing: list[_Outgoing] | None = None,
+    async def _drive(self, ls: LiveSession) -> None:
+        """Write what is due now (logged, then sent), or hand the session to a worker."""
+        outgoing: list[_Outgoing] = []
+        self._queue(ls, {}, outgoing)
+        await self._send_all(outgoing)
+
+    def _queue(
+        self, ls: LiveSession, cache: dict[tuple[Any, ...], _Frame], outgoing: list[_Outgoing]
     ) -> bool:
-        """Write what is due now (or hand the session to a worker); True when a push was
-        taken here (``_write`` logged it and synced the session; its frame is sent, or
-        queued on ``outgoing`` for the caller's ``_send_all``)."""
+        """Take what is due now and log it, its frame queued on ``outgoing`` for the caller
+        (a fan-out's ``_WriteAhead``, a sweep's ``_send_all``), or hand the session to a
+        worker; True when a push was taken here (``_log_push`` synced the session). No
+        await: a fan-out calls it for every session."""
         if ls.worker is not None or self._closing:
             return False
         if ls.transport.congested():
@@ -413,7 +417,9 @@ class PushEngine:
         push = ls.push.take(self._clock.monotonic())
         if push is None:
             return False
-        await self._write(ls, push, cache, outgoing)
+        frame = self._log_push(ls, push, cache)
+        if frame is not None:
+            outgoing.append((ls, push, frame))
         return True
 
     def _start_worker(self, ls: LiveSession) -> None:
@@ -431,7 +437,7 @@ class PushEngine:
                         return
                     try:
                         await asyncio.wait_for(
-                            self._write(ls, push, {}), self._settings.send_timeout_s
+                            self._write(ls, push), self._settings.send_timeout_s
                         )
                     except TimeoutError:
                         self._finish(ls, ls.push.wire_failed(push, "send timed out"))
@@ -439,22 +445,24 @@ class PushEngine:
         finally:
             ls.worker = None
 
-    async def _write(
-        self,
-        ls: LiveSession,
-        push: Push,
-        cache: dict[tuple[Any, ...], _Frame],
-        outgoing: list[_Outgoing] | None = None,
-    ) -> None:
-        """Log the push's ``sent`` entry, then send its frame (write-ahead). With ``outgoing``
-        (a fan-out, a sweep) the frame is queued: the caller makes the whole batch's entries
-        durable with one flush, then sends every frame (``_send_all``)."""
+    async def _write(self, ls: LiveSession, push: Push) -> None:
+        """Log the push's ``sent`` entry, make it durable, then send its frame (a worker)."""
+        frame = self._log_push(ls, push, {})
+        if frame is not None:
+            await self._send_all([(ls, push, frame)])
+
+    def _log_push(
+        self, ls: LiveSession, push: Push, cache: dict[tuple[Any, ...], _Frame]
+    ) -> _Frame | None:
+        """Append the push's ``sent`` entry and sync the session; the frame to send after the
+        entry is durable (write-ahead), or None when there is nothing to send (no delta, or
+        every field skipped by the dialect: recorded here)."""
         if push.superseded:
             self._superseded += len(push.superseded)
         if not push.delta:
             self._sync_session(ls)
             self._mark_policies(ls, push, "unchanged")
-            return
+            return None
         key = (ls.dialect.name, ls.session.model, _delta_key(push.delta))
         frame = cache.get(key)
         if frame is None:
@@ -462,7 +470,7 @@ class PushEngine:
         if frame.text is None or frame.message is None:
             outcome = ls.push.nothing_to_send(push)
             self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))
-            return
+            return None
         # frame.delta equals push.delta, already encoded for the log (as is the message)
         self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.wire,
                     error=frame.note, version=push.version, refs=push.refs,
@@ -474,10 +482,7 @@ class PushEngine:
             self._count_push(ls.session.kind, "sent")
             self._mark_policies(ls, push, "unverified")
         self._sync_session(ls)
-        if outgoing is not None:
-            outgoing.append((ls, push, frame))
-        else:
-            await self._send_all([(ls, push, frame)])
+        return frame
 
     async def _send_all(self, outgoing: list[_Outgoing]) -> None:
         """Make the entries of ``outgoing`` durable (one group commit), then write its frames.
@@ -567,9 +572,9 @@ class PushEngine:
                         self._finish(ls, outcome)
                         if self.on_failure is not None:
                             self.on_failure(ls, outcome.push, "timeout")
-                        await self._drive(ls, {}, outgoing)
+                        self._queue(ls, {}, outgoing)
                     elif ls.push.can_send(now):
-                        await self._drive(ls, {}, outgoing)
+                        self._queue(ls, {}, outgoing)
                     elif ls.push.next_deadline(timeout) is None:
                         self._watch.discard(ls)  # nothing to wait for (its state is synced)
             finally:
