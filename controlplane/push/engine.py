@@ -436,9 +436,7 @@ class PushEngine:
                     if push is None:
                         return
                     try:
-                        await asyncio.wait_for(
-                            self._write(ls, push), self._settings.send_timeout_s
-                        )
+                        await asyncio.wait_for(self._write(ls, push), self._settings.send_timeout_s)
                     except TimeoutError:
                         self._finish(ls, ls.push.wire_failed(push, "send timed out"))
                         return
