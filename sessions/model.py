@@ -40,7 +40,7 @@ class Session:
     node: str = ""
     client_config: Config = field(default_factory=dict)
     effective_config: Config = field(default_factory=dict)
-    provenance: dict[str, PolicyRef] = field(default_factory=dict)
+    provenance: Mapping[str, PolicyRef] = field(default_factory=dict)
     applied: tuple[PolicyRef, ...] = ()
     desired_version: int = 0
     sent_version: int = 0

@@ -20,7 +20,7 @@ import gc
 import json
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -93,7 +93,7 @@ class LiveSession:
     push: PushState
     transport: Transport
     dialect: Dialect
-    locks: dict[str, PolicyRef] = field(default_factory=dict)
+    locks: Mapping[str, PolicyRef] = field(default_factory=dict)
     # rollout bookkeeping: policy id -> (version, variant, status)
     policy_status: dict[str, tuple[int, str | None, str]] = field(default_factory=dict)
     worker: asyncio.Task[None] | None = None
@@ -361,10 +361,12 @@ class PushEngine:
     # -- internals -----------------------------------------------------------------------
     def _apply_effective(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
         s = ls.session
-        s.effective_config = dict(effective.config)
-        s.provenance = dict(effective.provenance)
-        s.applied = tuple(effective.applied)
-        ls.locks = dict(effective.locks)
+        # shared, never changed in place (an Effective is a value; a fan-out's sessions with
+        # equal inputs share one)
+        s.effective_config = effective.config
+        s.provenance = effective.provenance
+        s.applied = effective.applied
+        ls.locks = effective.locks
         if sync:
             self._sync_session(ls)
 
