@@ -139,6 +139,8 @@ class PushEngine:
         self._pushed: dict[tuple[str, str], int] = {}
         self._appended = 0
         self._last_config: tuple[Config, Canonical] | None = None  # the last config encoded
+        # the last delta encoded, by identity (deltas are values: PushState shares them)
+        self._last_frame: tuple[Delta, Dialect, str, _Frame] | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -463,10 +465,21 @@ class PushEngine:
             self._sync_session(ls)
             self._mark_policies(ls, push, "unchanged")
             return None
-        key = (ls.dialect.name, ls.session.model, _delta_key(push.delta))
-        frame = cache.get(key)
-        if frame is None:
-            frame = cache[key] = _Frame.encode(ls.dialect, push.delta, ls.session.model)
+        last = self._last_frame  # consecutive pushes of a fan-out often share the delta
+        if (
+            last is not None
+            and last[0] is push.delta
+            and last[1] is ls.dialect
+            and last[2] == ls.session.model
+        ):
+            frame = last[3]
+        else:
+            key = (ls.dialect.name, ls.session.model, _delta_key(push.delta))
+            found = cache.get(key)
+            if found is None:
+                found = cache[key] = _Frame.encode(ls.dialect, push.delta, ls.session.model)
+            frame = found
+            self._last_frame = (push.delta, ls.dialect, ls.session.model, frame)
         if frame.text is None or frame.message is None:
             outcome = ls.push.nothing_to_send(push)
             self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))

@@ -30,6 +30,28 @@ __all__ = ["Outcome", "Push", "PushState", "Status"]
 Status = Literal["sent", "acked", "rejected", "skipped", "unverified"]
 
 
+class _LastDiff:
+    """The last ``diff`` taken, by identity of its configs: a fan-out's sessions share their
+    config objects (values), so consecutive takes often diff the very same pair and share
+    the delta (a value too)."""
+
+    __slots__ = ("base", "delta", "desired")
+
+    def __init__(self) -> None:
+        self.base: Config | None = None
+        self.desired: Config | None = None
+        self.delta: Delta = {}
+
+    def __call__(self, base: Config, desired: Config) -> Delta:
+        if base is not self.base or desired is not self.desired:
+            self.delta = diff(base, desired)
+            self.base, self.desired = base, desired
+        return self.delta
+
+
+_diff = _LastDiff()
+
+
 @dataclass(frozen=True, slots=True)
 class Push:
     version: int
@@ -145,7 +167,7 @@ class PushState:
         self._unsent.clear()
         push = Push(
             version=version,
-            delta=diff(self.base, self.desired),
+            delta=_diff(self.base, self.desired),
             config=self.desired,
             refs=self.desired_refs,
             cause=self.desired_cause,

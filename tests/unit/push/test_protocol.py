@@ -139,3 +139,22 @@ def test_client_change_moves_the_base_without_a_push() -> None:
     s.client_changed({"keyterms": ("a",)}, {"prompt": "p", "keyterms": ("a",)})
     assert s.base == {"prompt": "p", "keyterms": ("a",)}
     assert s.take(0.0) is None
+
+
+def test_sessions_sharing_their_configs_share_the_delta_and_others_get_their_own() -> None:
+    """Configs are values: takes diffing the very same pair reuse one delta; a different
+    base (same desired object) gets its own, correct delta."""
+    shared_base: dict[str, object] = {"prompt": "a"}
+    shared_desired: dict[str, object] = {"prompt": "b", "keyterms": ("x",)}
+    pushes = []
+    for base in (shared_base, shared_base, {"prompt": "b"}, shared_base):
+        s = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+        s.base, s.desired, s.ready = base, {}, True
+        s.want(shared_desired, REF, "policy")
+        push = s.take(0.0)
+        assert push is not None
+        pushes.append(push)
+    assert pushes[0].delta == {"prompt": "b", "keyterms": ("x",)}
+    assert pushes[1].delta is pushes[0].delta
+    assert pushes[2].delta == {"keyterms": ("x",)}
+    assert pushes[3].delta == pushes[0].delta
