@@ -15,9 +15,11 @@ Rules (all given conditions must hold; an empty match targets every session):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import TYPE_CHECKING
+
+from policies.values import value
 
 if TYPE_CHECKING:
     from policies.model import Match
@@ -27,7 +29,7 @@ __all__ = ["Target", "matches"]
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Target:
     """A session as the resolver sees it: ``id`` (the session id), ``kind``, ``model``, labels."""
 

@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any, Final
 
+from policies.values import value
 from sessions.errors import VersionLogError
 
 __all__ = [
@@ -62,7 +63,7 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(config)).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class LogEntry:
     """One version log entry (DESIGN §4 plus ``version``). JSON-native values throughout."""
 

@@ -24,6 +24,7 @@ from policies.delta import apply as _apply
 from policies.delta import diff
 from policies.fields import Config, Delta
 from policies.provenance import PolicyRef
+from policies.values import value
 
 __all__ = ["Outcome", "Push", "PushState", "Status"]
 
@@ -52,7 +53,7 @@ class _LastDiff:
 _diff = _LastDiff()
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Push:
     version: int
     delta: Delta
@@ -63,7 +64,7 @@ class Push:
     event_at: float | None  # monotonic time the triggering event was received
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outcome:
     push: Push
     status: Status
