@@ -491,7 +491,7 @@ def start_pyspy(pid: int, output: Path, rate: int = 1000) -> subprocess.Popen[by
     output.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
         [str(exe), "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-         "--nonblocking", "--output", str(output)],
+         "--nonblocking", *os.environ.get("CP_PYSPY_ARGS", "").split(), "--output", str(output)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     time.sleep(0.5)  # attached before the measured work starts

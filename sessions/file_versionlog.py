@@ -170,13 +170,13 @@ class FileVersionLog(BufferedVersionLog):
         if self._write_day is not None and day < self._write_day:
             day = self._write_day  # the clock went back: never write to an earlier file
         self._write_day = day
-        data = b"".join(item.line for item in batch)
+        lines = [item.line for item in batch]  # joined by the kernel (writev), off the loop
         before = self._submitted[-1].future if self._submitted else None
         if self._writer is None:
             self._writer = concurrent.futures.ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix="versionlog-writer"
             )
-        future = self._writer.submit(self._write_after, before, day, data)
+        future = self._writer.submit(self._write_after, before, day, lines)
         self._submitted.append(_Submission(batch, day, future))
         return future
 
@@ -280,12 +280,12 @@ class FileVersionLog(BufferedVersionLog):
         raise error
 
     def _write_after(
-        self, before: concurrent.futures.Future[None] | None, day: str, data: bytes
+        self, before: concurrent.futures.Future[None] | None, day: str, lines: list[bytes]
     ) -> None:
         """On the writer thread (``before`` has finished: one thread, in order)."""
         if before is not None and (before.cancelled() or before.exception() is not None):
             raise _Skipped("not attempted: an earlier write failed")
-        self._write_sync(day, data)
+        self._write_sync(day, lines)
 
     def _written(self, batch: list[Pending], day: str) -> None:
         name = self._path(day).name
@@ -303,7 +303,7 @@ class FileVersionLog(BufferedVersionLog):
     def _path(self, day: str) -> Path:
         return self._dir / f"{_FILE_PREFIX}{day}{_FILE_SUFFIX}"
 
-    def _write_sync(self, day: str, data: bytes) -> None:
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
         if self._fd is None or self._day != day:
             self._close_fd()
             path = self._path(day)
@@ -319,9 +319,7 @@ class FileVersionLog(BufferedVersionLog):
         fd = self._fd
         size = os.fstat(fd).st_size
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            _write_lines(fd, lines)
             if self._fsync:
                 os.fdatasync(fd)
         except OSError:
@@ -528,3 +526,18 @@ class FileVersionLog(BufferedVersionLog):
     async def session_ids(self) -> list[str]:
         await self.flush()
         return sorted({row["session_id"] for row in await self._rows(None)})
+
+
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
+
+
+def _write_lines(fd: int, lines: list[bytes]) -> None:
+    """Write every line, in order, with as few system calls as the kernel allows."""
+    for start in range(0, len(lines), _IOV_MAX):
+        chunk = lines[start : start + _IOV_MAX]
+        written = os.writev(fd, chunk)
+        size = sum(map(len, chunk))
+        if written < size:  # a short write (signal, quota): the rest of this chunk by hand
+            view = memoryview(b"".join(chunk))[written:]
+            while view:
+                view = view[os.write(fd, view) :]

@@ -164,8 +164,12 @@ class PushState:
         if not self.can_send(now):
             return None
         version = self.desired_version
-        superseded = tuple(v for v in self._unsent if v != version)
-        self._unsent.clear()
+        unsent = self._unsent
+        if len(unsent) == 1 and unsent[0] == version:
+            superseded: tuple[int, ...] = ()  # the common case, without a generator
+        else:
+            superseded = tuple(v for v in unsent if v != version)
+        unsent.clear()
         push = Push(
             version=version,
             delta=_diff(self.base, self.desired),

@@ -416,11 +416,11 @@ class _FullDisk(FileVersionLog):
 
     failures = 1
 
-    def _write_sync(self, day: str, data: bytes) -> None:
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
         if self.failures:
             self.failures -= 1
             raise OSError(28, "No space left on device")
-        super()._write_sync(day, data)
+        super()._write_sync(day, lines)
 
 
 async def test_file_a_failed_write_holds_back_the_writes_queued_behind_it(

@@ -39,13 +39,13 @@ class _HeldSecondWrite(FileVersionLog):
         self.writes = 0
         self.release = threading.Event()
 
-    def _write_sync(self, day: str, data: bytes) -> None:
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
         if self.armed:
             self.writes += 1
             time.sleep(0.02)
             if self.writes == 2:
                 assert self.release.wait(10), "the first frame never left"
-        super()._write_sync(day, data)
+        super()._write_sync(day, lines)
 
 
 class _Recorder:
