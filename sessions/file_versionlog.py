@@ -290,9 +290,14 @@ class FileVersionLog(BufferedVersionLog):
     def _written(self, batch: list[Pending], day: str) -> None:
         name = self._path(day).name
         changed = self._ck_changed if self._ck is not None else None
+        files_of = self._files_of
         for item in batch:
             entry = item.entry
-            self._files_of.setdefault(entry.session_id, set()).add(name)
+            files = files_of.get(entry.session_id)
+            if files is None:
+                files_of[entry.session_id] = {name}
+            elif name not in files:
+                files.add(name)
             if changed is not None:
                 changed[entry.session_id] = (entry.seq, entry.hash)
         if self._ck is not None:

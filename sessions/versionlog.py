@@ -196,6 +196,7 @@ class BufferedVersionLog:
         self._stopping = asyncio.Event()
         self.flush_failures = 0
         self._policy_texts: dict[tuple[PolicyRef, ...], Canonical] = {}
+        self._last_policies: tuple[tuple[PolicyRef, ...], Canonical] | None = None
         self._last_hash: tuple[Canonical, str] | None = None
         # health for /readyz: set while writes fail, cleared by the next successful write
         self.write_failing_since: float | None = None  # clock.monotonic() of the first failure
@@ -259,6 +260,9 @@ class BufferedVersionLog:
     def _policies(self, policies: Iterable[PolicyRef | Mapping[str, Any]]) -> Canonical:
         """The policies member, encoded once per distinct tuple of ``PolicyRef`` (a fan-out
         passes the same few tuples for thousands of sessions)."""
+        last = self._last_policies  # a fan-out passes its sessions the same tuple object
+        if last is not None and last[0] is policies:
+            return last[1]
         if type(policies) is tuple and all(type(p) is PolicyRef for p in policies):
             found = self._policy_texts.get(policies)
             if found is None:
@@ -266,6 +270,7 @@ class BufferedVersionLog:
                     self._policy_texts.clear()
                 found = Canonical.of_plain([p.as_dict() for p in policies])
                 self._policy_texts[policies] = found
+            self._last_policies = (policies, found)
             return found
         return Canonical.of_plain([_policy(p) for p in policies])
 
