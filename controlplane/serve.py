@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _install_uvloop()
     _raise_open_files_limit()
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     print(f"controlplane serving on http://{host}:{port} (node {settings.node_id}, "
           f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
     try:
@@ -130,6 +131,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"controlplane: cannot start: {exc.message}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+# The version log's writer thread needs the GIL back after each system call (write,
+# fdatasync) of a group commit; with the default 5 ms interval the event loop, busy with a
+# fan-out, kept it waiting ~5 ms each time: a 0.3 ms commit took ~20 ms, and the frames
+# waiting on it as long (docs/benchmarks.md). Only threads waiting for the GIL are affected.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 def _mode(settings: Settings) -> str:

@@ -720,7 +720,9 @@ class _WriteAhead:
 
     async def finish(self) -> None:
         n = len(self.outgoing)
-        if self._writes and n > self._started:
+        if n > self._started:
+            # even when every earlier write is done: flush() below would yield to the loop,
+            # which first runs the acknowledgements of every frame already sent
             self._start(n)
         while self._writes:
             upto, write = self._writes.popleft()

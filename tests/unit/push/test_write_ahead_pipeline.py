@@ -8,6 +8,8 @@ bus and registry; the sessions' transports are in-process recorders (the engine'
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import json
 import threading
 import time
@@ -17,7 +19,7 @@ from typing import Any
 from controlplane.bus import InProcessBus
 from controlplane.config import Settings
 from controlplane.metrics import Metrics
-from controlplane.push.engine import CHUNK
+from controlplane.push.engine import CHUNK, _WriteAhead
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
 from sessions.clock import FakeClock
@@ -122,3 +124,36 @@ async def test_a_large_fan_out_sends_early_chunks_before_later_ones_are_written(
     finally:
         versionlog.release.set()
         await cp.close()
+
+
+async def test_finish_sends_the_last_frames_before_anything_else_runs(tmp_path: Path) -> None:
+    """When every earlier write is already done, the last chunk still gets its own write,
+    waited for without yielding: a yield would first run whatever the loop has ready (in a
+    real fan-out, the acknowledgements of every frame already sent)."""
+    versionlog = FileVersionLog(tmp_path / "audit", FakeClock(), flush_interval_s=None)
+    await versionlog.start()
+    order: list[str] = []
+
+    async def send(chunk: list[Any]) -> None:
+        order.extend(f"frame {item}" for item in chunk)
+
+    def queue(ahead: _WriteAhead, n: int) -> None:
+        for _ in range(n):
+            i = len(ahead.outgoing)
+            versionlog.append(f"s{i}", version=1, cause="connect", status="sent", config={})
+            ahead.outgoing.append(i)  # type: ignore[arg-type]  # send() only names them
+
+    try:
+        ahead = _WriteAhead(versionlog, send)
+        queue(ahead, CHUNK)
+        await ahead.step()  # starts the first write
+        concurrent.futures.wait([versionlog._submitted[-1].future], timeout=5)
+        await ahead.step()  # its frames go; no write is left in flight
+        assert len(order) == CHUNK
+        queue(ahead, 5)
+        asyncio.get_running_loop().call_soon(order.append, "other work")
+        await ahead.finish()
+        assert order[CHUNK : CHUNK + 5] == [f"frame {i}" for i in range(CHUNK, CHUNK + 5)]
+        assert versionlog.pending == 0
+    finally:
+        await versionlog.close()
