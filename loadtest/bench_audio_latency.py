@@ -16,6 +16,8 @@ work, identical in both variants, measured in the same run:
 * ``gateway`` — through ``controlplane serve`` (``/v3/ws``).
 
 Added latency = gateway − direct (p50, p99); the relay shows what any aiohttp hop costs.
+Dropped frames = frames the clients sent − ``audio_messages`` the emulator counted, per
+session (the exit status is 1 when any variant dropped one).
 ``server_cpu_pct`` is the CPU of the process the clients talk to (emulator, relay, gateway)
 over the audio phase, in % of one core. ``--profile DIR`` py-spies the gateway in run 1.
 
@@ -58,11 +60,14 @@ from common import (
 )
 
 
-def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], int]:
-    """(per-turn latencies in seconds, turns without a match) from the emulator's turn log."""
+def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], int, int]:
+    """(per-turn latencies in seconds, turns without a match, frames dropped) from the
+    emulator's turn log and counters: a frame is dropped when the client sent it and the
+    emulator never received it (its ``audio_messages`` per session)."""
 
-    def one(s: dict[str, Any]) -> tuple[list[float], int]:
+    def one(s: dict[str, Any]) -> tuple[list[float], int, int]:
         _, body = http_json(f"{emu.http}/_emulator/sessions/{s['id']}")
+        dropped = len(s["frames"]) - int(body.get("counters", {}).get("audio_messages", 0))
         received = dict((int(order), t) for order, t in s["turns"])
         out, unmatched = [], 0
         for turn in body.get("turns", []):
@@ -74,11 +79,15 @@ def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], i
                 unmatched += 1
                 continue
             out.append(got - s["frames"][index])
-        return out, unmatched
+        return out, unmatched, dropped
 
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, sessions))
-    return [x for r in results for x in r[0]], sum(r[1] for r in results)
+    return (
+        [x for r in results for x in r[0]],
+        sum(r[1] for r in results),
+        sum(r[2] for r in results),
+    )
 
 
 def variant_run(
@@ -132,12 +141,14 @@ def variant_run(
         cpu = (process_usage(target.pid)[1] - cpu0) / (time.monotonic() - started)
         stop_pyspy(spy)
         sessions = [s for a in answers for s in a["sessions"]]
-        lat, unmatched = latencies(emu, sessions)
+        lat, unmatched, dropped = latencies(emu, sessions)
         pool.call("close", {})
         return {
             **summary_ms(lat),
             "turns": len(lat),
             "unmatched": unmatched,
+            "frames_sent": sum(len(s["frames"]) for s in sessions),
+            "frames_dropped": dropped,
             "send_errors": sum(a["errors"] for a in answers),
             "closed": sum(a["closed"] for a in answers),
             "server_cpu_pct": round(cpu * 100, 1),
@@ -207,13 +218,16 @@ def main() -> int:
         "cpu_ratio",
         "direct_turns",
         "gateway_turns",
+        "gateway_frames_sent",
+        "gateway_frames_dropped",
+        "direct_frames_dropped",
     ]
     summary = {"sessions": args.sessions, **median_of(runs, keys)}
     print(f"median: {json.dumps(summary)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
     bad = any(
-        r[f"{v}_turns"] == 0 or r[f"{v}_send_errors"]
+        r[f"{v}_turns"] == 0 or r[f"{v}_send_errors"] or r[f"{v}_frames_dropped"]
         for v in ("direct", "relay", "gateway")
         for r in runs
     )

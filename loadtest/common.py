@@ -214,9 +214,10 @@ def start_emulator(workdir: Path, *, settings: Mapping[str, Any] | None = None) 
 # aiohttp's default connector allows 100 connections per ClientSession, and a WebSocket holds
 # its slot for its whole life: the gateway (controlplane/app.py, ``aiohttp.ClientSession()``
 # with the default connector) cannot hold more than 100 upstream sockets; the 101st waits and
-# fails after the 10 s connect timeout (HTTP 502). Until app.py passes
-# ``aiohttp.TCPConnector(limit=0)``, gateway benchmarks start serve through this launcher, which
-# only changes that default (an explicit ``limit=`` in the service still wins).
+# fails after the 10 s connect timeout (HTTP 502). app.py passes ``aiohttp.TCPConnector(limit=0)``
+# since that finding; gateway benchmarks still start serve through this launcher so that older
+# commits can be measured too (it only changes the default: the service's explicit ``limit=``
+# wins).
 LIFT_UPSTREAM_LIMIT = (
     "import aiohttp\n"
     "_init = aiohttp.TCPConnector.__init__\n"

@@ -65,3 +65,5 @@ def test_audio_latency_bench_small() -> None:
     m = _run("bench_audio_latency.py", "--sessions", "4", "--seconds", "3", "--runs", "1",
              "--tone-ms", "500", "--silence-ms", "500")  # fmt: skip
     assert m["direct_turns"] > 0 and m["gateway_turns"] > 0
+    # every frame the clients sent reached the emulator (4 sessions x 3 s of 50 ms frames)
+    assert m["gateway_frames_sent"] >= 4 * 50 and m["gateway_frames_dropped"] == 0
