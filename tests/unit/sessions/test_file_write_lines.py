@@ -15,15 +15,18 @@ def _lines(n: int) -> list[bytes]:
     return [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * (i % 7)) for i in range(n)]
 
 
-def test_more_lines_than_one_writev_takes_land_whole_and_in_order(tmp_path: Path) -> None:
-    lines = _lines(2 * file_versionlog._IOV_MAX + 5)
-    path = tmp_path / "log"
+def _written(path: Path, lines: list[bytes]) -> bytes:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         _write_lines(fd, lines)
     finally:
         os.close(fd)
-    assert path.read_bytes() == b"".join(lines)
+    return path.read_bytes()
+
+
+def test_more_lines_than_one_writev_takes_land_whole_and_in_order(tmp_path: Path) -> None:
+    lines = _lines(2 * file_versionlog._IOV_MAX + 5)
+    assert _written(tmp_path / "log", lines) == b"".join(lines)
 
 
 def test_a_short_writev_is_completed_by_hand(
@@ -41,11 +44,5 @@ def test_a_short_writev_is_completed_by_hand(
 
     monkeypatch.setattr(file_versionlog.os, "writev", short_writev)
     lines = _lines(file_versionlog._IOV_MAX + 10)
-    path = tmp_path / "log"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-    try:
-        _write_lines(fd, lines)
-    finally:
-        os.close(fd)
+    assert _written(tmp_path / "log", lines) == b"".join(lines)
     assert calls == [file_versionlog._IOV_MAX, 10]
-    assert path.read_bytes() == b"".join(lines)
