@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from controlplane.push.protocol import PushState
+from policies.fields import Config
 from policies.provenance import PolicyRef
 
 REF = (PolicyRef("p", 1),)
 
 
-def agent(config: dict[str, object] | None = None) -> PushState:
+def agent(config: Config | None = None) -> PushState:
     state = PushState.start(acknowledging=True, config=dict(config or {}), refs=(), version=1)
     state.ready = True
     return state
@@ -144,10 +145,11 @@ def test_client_change_moves_the_base_without_a_push() -> None:
 def test_sessions_sharing_their_configs_share_the_delta_and_others_get_their_own() -> None:
     """Configs are values: takes diffing the very same pair reuse one delta; a different
     base (same desired object) gets its own, correct delta."""
-    shared_base: dict[str, object] = {"prompt": "a"}
-    shared_desired: dict[str, object] = {"prompt": "b", "keyterms": ("x",)}
+    shared_base: Config = {"prompt": "a"}
+    shared_desired: Config = {"prompt": "b", "keyterms": ("x",)}
+    other_base: Config = {"prompt": "b"}
     pushes = []
-    for base in (shared_base, shared_base, {"prompt": "b"}, shared_base):
+    for base in (shared_base, shared_base, other_base, shared_base):
         s = PushState.start(acknowledging=True, config={}, refs=(), version=1)
         s.base, s.desired, s.ready = base, {}, True
         s.want(shared_desired, REF, "policy")

@@ -42,7 +42,7 @@ def test_a_short_writev_is_completed_by_hand(
         calls.append(len(buffers))
         return real_write(fd, data[: len(data) // 3])
 
-    monkeypatch.setattr(file_versionlog.os, "writev", short_writev)
+    monkeypatch.setattr(os, "writev", short_writev)
     lines = _lines(file_versionlog._IOV_MAX + 10)
     assert _written(tmp_path / "log", lines) == b"".join(lines)
     assert calls == [file_versionlog._IOV_MAX, 10]
