@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import stat
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,6 +28,18 @@ async def _recv_type(ws: Any, kind: str, timeout: float = 5.0) -> dict[str, Any]
         msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
         if msg.get("type") == kind:
             return dict(msg)
+
+
+@contextlib.asynccontextmanager
+async def _agent_session(cp: ControlPlaneUnderTest) -> AsyncIterator[str]:
+    """A Voice Agent session through the gateway (prompt "Hi."), open while inside: its
+    control-plane session id."""
+    async with websockets.connect(
+        cp.ws_base + "/v1/ws", additional_headers={"Authorization": "Bearer test-key"}
+    ) as ws:
+        await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Hi."}}))
+        upstream_id = (await _recv_type(ws, "session.ready"))["session_id"]
+        yield cp.live_by_upstream(upstream_id)
 
 
 async def _entries(cp: ControlPlaneUnderTest, sid: str, status: str, cause: str) -> list[Any]:
@@ -134,12 +148,8 @@ async def test_audit_at_answers_what_the_upstream_ran_at_each_instant(
 
 async def test_config_at_errors_are_clear(stack: Stack, capsys: Any) -> None:
     cp = await stack.start()
-    async with websockets.connect(
-        cp.ws_base + "/v1/ws", additional_headers={"Authorization": "Bearer test-key"}
-    ) as ws:
-        await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Hi."}}))
-        upstream_id = (await _recv_type(ws, "session.ready"))["session_id"]
-        sid = cp.live_by_upstream(upstream_id)
+    async with _agent_session(cp) as sid:
+        pass
     first = (await cp.log(sid))[0]["at"]
     unknown = await _config_at(cp, "nope", first, expect=404)
     assert unknown["error"]["code"] == "session_not_found"
@@ -231,12 +241,7 @@ def _pushed(cp: ControlPlaneUnderTest, sid: str) -> list[Any]:
 @pytest.mark.parametrize("where", ["server", "offline"])
 async def test_verify_names_a_bad_checkpoint(stack: Stack, where: str, capsys: Any) -> None:
     cp = await stack.start()
-    async with websockets.connect(
-        cp.ws_base + "/v1/ws", additional_headers={"Authorization": "Bearer test-key"}
-    ) as ws:
-        await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Hi."}}))
-        upstream_id = (await _recv_type(ws, "session.ready"))["session_id"]
-        sid = cp.live_by_upstream(upstream_id)
+    async with _agent_session(cp) as sid:
         assert len(await cp.log(sid)) == 1
     await stack.stop(cp)
     (path,) = (cp.data_dir / "audit").glob("checkpoints-*.jsonl")
