@@ -46,9 +46,13 @@ class FeedWatch:
 
     def problem(self) -> str | None:
         now = self._clock.monotonic()
-        if self._busy is not None and now - self._busy[1] > self._stall_s:
+        if self._busy is not None:
+            # the loop is in our handler, not waiting on NATS: the silence is the handler's
+            # (its clock starts a little after the fetch that delivered the event)
             what, since = self._busy
-            return f"policy event handler busy for {now - since:.1f}s ({what})"
+            if now - since > self._stall_s:
+                return f"policy event handler busy for {now - since:.1f}s ({what})"
+            return None
         idle = now - self._at
         if idle <= self._stall_s:
             return None

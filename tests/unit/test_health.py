@@ -39,6 +39,20 @@ def test_feed_watch_names_a_stuck_handler() -> None:
     assert watch.problem() is None
 
 
+def test_feed_watch_blames_a_busy_handler_not_nats_for_the_silence() -> None:
+    """The fetch that delivered the event completed a little before its handler began:
+    while the handler runs, the feed's silence is never reported as NATS not answering."""
+    clock = FakeClock()
+    watch = FeedWatch(clock, 6.0, lambda: True)
+    watch.progress()  # the fetch returned the event
+    clock.advance(0.5)  # decoding, signature check
+    watch.begin("cp.policy.slow seq 1")
+    clock.advance(5.8)  # 6.3 s since the fetch, 5.8 s in the handler
+    assert watch.problem() is None
+    clock.advance(0.5)
+    assert watch.problem() == "policy event handler busy for 6.3s (cp.policy.slow seq 1)"
+
+
 class _Shipper:
     failing_since: float | None = None
     backlog_bytes = 1234
