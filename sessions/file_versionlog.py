@@ -292,14 +292,14 @@ class FileVersionLog(BufferedVersionLog):
         changed = self._ck_changed if self._ck is not None else None
         files_of = self._files_of
         for item in batch:
-            entry = item.entry
-            files = files_of.get(entry.session_id)
+            sid = item.session_id
+            files = files_of.get(sid)
             if files is None:
-                files_of[entry.session_id] = {name}
+                files_of[sid] = {name}
             elif name not in files:
                 files.add(name)
             if changed is not None:
-                changed[entry.session_id] = (entry.seq, entry.hash)
+                changed[sid] = (item.seq, item.hash)
         if self._ck is not None:
             self._ck_since += len(batch)
             if self._ck_since >= self._ck.every_entries:

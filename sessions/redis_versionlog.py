@@ -134,7 +134,7 @@ class RedisVersionLog(BufferedVersionLog):
     async def _write(self, batch: list[Pending]) -> None:
         groups: dict[str, list[Pending]] = {}
         for item in batch:
-            groups.setdefault(item.entry.session_id, []).append(item)
+            groups.setdefault(item.session_id, []).append(item)
         with _translate("flush"):
             unknown = [sid for sid in groups if sid not in self._confirmed]
             if unknown:
@@ -144,7 +144,7 @@ class RedisVersionLog(BufferedVersionLog):
                 args: list[Any] = []
                 for sid, items in groups.items():
                     keys.append(self._key(sid))
-                    args += [sid, items[0].entry.seq, len(items)]
+                    args += [sid, items[0].seq, len(items)]
                     args += [item.line[:-1] for item in items]
                     if len(args) >= _SCRIPT_ENTRIES:
                         await self._append_script(keys=keys, args=args, client=pipe)

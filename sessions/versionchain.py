@@ -38,7 +38,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "seal",
-    "seal_members",
+    "seal_line",
     "verify_entries",
 ]
 
@@ -143,10 +143,7 @@ class Canonical:
         return cls(value, _encode_canonical(value))
 
 
-_NULL: Final = Canonical(None, "null")
-
-
-def seal_members(
+def seal_line(
     *,
     at: float,
     cause: str,
@@ -161,21 +158,20 @@ def seal_members(
     status: str,
     version: int,
     wire: Canonical | None,
-) -> tuple[LogEntry, bytes]:
-    """``seal`` for members given one by one, nested ones pre-encoded: the same entry and
-    the same bytes as ``seal`` of the equivalent body (property-tested), without encoding
-    the shared members again. ``cause``/``status`` must be known (ASCII) words, ``prev_hash``
-    and ``config_hash`` hex digests; ``config`` is the connect entry's optional member."""
+) -> tuple[str, bytes]:
+    """The hash and the stored line of an entry whose members are given one by one, the
+    nested ones pre-encoded: the same bytes as ``seal`` of the equivalent body
+    (property-tested), without encoding the shared members again and without building a
+    ``LogEntry`` (a fan-out never reads it back). ``cause``/``status`` must be known (ASCII)
+    words, ``prev_hash`` and ``config_hash`` hex digests; ``config`` is the connect entry's
+    optional member."""
     if not math.isfinite(at):
         raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
-    delta = delta or _NULL
-    wire = wire or _NULL
-    parts = ['{"at":', float.__repr__(float(at)), ',"cause":"', cause, '"']
-    if config is not None:
-        parts += (',"config":', config.text)
-    parts += (
-        ',"config_hash":"', config_hash,
-        '","delta":', delta.text,
+    hashed = "".join((
+        '{"at":', float.__repr__(float(at)), ',"cause":"', cause,
+        '","config_hash":"' if config is None else '","config":' + config.text + ',"config_hash":"',
+        config_hash,
+        '","delta":', "null" if delta is None else delta.text,
         ',"error":', "null" if error is None else _encode_text(error),
         ',"policies":', policies.text,
         ',"prev_hash":"', prev_hash,
@@ -183,18 +179,11 @@ def seal_members(
         ',"session_id":', _encode_text(session_id),
         ',"status":"', status,
         '","version":', int.__repr__(version),
-        ',"wire":', wire.text,
+        ',"wire":', "null" if wire is None else wire.text,
         "}",
-    )  # fmt: skip
-    hashed = "".join(parts).encode()
+    )).encode()  # fmt: skip
     digest = hashlib.sha256(prev_hash.encode() + hashed).hexdigest()
-    entry = LogEntry(
-        seq=seq, at=float(at), session_id=session_id, version=version, cause=cause,
-        policies=tuple(policies.value), delta=delta.value, wire=wire.value, status=status,
-        error=error, config_hash=config_hash, prev_hash=prev_hash, hash=digest,
-        config=None if config is None else config.value,
-    )  # fmt: skip
-    return entry, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
+    return digest, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:

@@ -228,7 +228,7 @@ class PushEngine:
                     conf = canonical(cfg)
                     self._last_config = (cfg, conf)
                 ls.logged_config = (cfg, conf)
-            self._log.append(
+            self._log.add(
                 ls.session.id,
                 version=ls.push.desired_version if version is None else version,
                 cause=cause,

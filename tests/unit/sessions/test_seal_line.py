@@ -1,5 +1,6 @@
-"""``seal_members`` (members pre-encoded, the append hot path) must produce exactly the entry
-and the bytes of ``seal`` over the whole body, which the chain's definition is written in."""
+"""``seal_line`` (members pre-encoded, the append hot path) must produce exactly the hash and
+the bytes of ``seal`` over the whole body, which the chain's definition is written in, and the
+entry a ``Pending`` rebuilds from those bytes must be the one ``seal`` built."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sessions.versionchain import Canonical, canonical_json, seal, seal_members
-from sessions.versionlog import CAUSES, STATUSES, canonical
+from sessions.versionchain import Canonical, canonical_json, seal, seal_line
+from sessions.versionlog import CAUSES, STATUSES, Pending, canonical
 
 TEXT = st.text(max_size=12)  # includes lone surrogates: both paths must refuse them alike
 SCALAR = st.one_of(
@@ -64,8 +65,8 @@ def _body(**m: Any) -> dict[str, Any]:
     seq=1, session_id="s/ü", status="sent", version=2, wire={"a": {"b": [None, -0.0]}},
 )  # fmt: skip
 def test_same_entry_and_bytes_as_seal(**m: Any) -> None:
-    def fast() -> tuple[Any, bytes]:
-        return seal_members(
+    def fast() -> tuple[str, bytes]:
+        return seal_line(
             **{
                 **m,
                 "config": None if m["config"] is None else canonical(m["config"]),
@@ -81,7 +82,10 @@ def test_same_entry_and_bytes_as_seal(**m: Any) -> None:
         with pytest.raises(type(exc)):
             fast()
         return
-    assert fast() == want
+    entry, line = want
+    digest, fast_line = fast()
+    assert (digest, fast_line) == (entry.hash, line)
+    assert Pending(entry.session_id, entry.seq, digest, fast_line).entry == entry
 
 
 def test_non_finite_times_are_refused_like_the_encoder() -> None:
@@ -89,7 +93,7 @@ def test_non_finite_times_are_refused_like_the_encoder() -> None:
         with pytest.raises(ValueError):
             canonical_json({"at": bad})
         with pytest.raises(ValueError):
-            seal_members(
+            seal_line(
                 at=bad, cause="policy", config=None, config_hash="0" * 64, delta=None,
                 error=None, policies=Canonical.of_plain([]), prev_hash="0" * 64, seq=1,
                 session_id="s", status="sent", version=1, wire=None,
