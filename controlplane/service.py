@@ -432,11 +432,13 @@ class ControlPlane:
             raise Conflict(
                 f"session {session_id!r} is not live on this node", code="session_not_live"
             )
+        merged = dict(ls.session.labels)  # replaced, not changed in place (LiveSession.inputs)
         for key, value in labels.items():
             if value is None:
-                ls.session.labels.pop(key, None)
+                merged.pop(key, None)
             else:
-                ls.session.labels[key] = value
+                merged[key] = value
+        ls.session.labels = merged
         await self.engine.reconcile([ls], self.policies_for(ls), cause="relabel",
                                     event_at=self.clock.monotonic())  # fmt: skip
         return ls.session.to_dict()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from policies.bucketing import bucket, pick_variant, units_in_rollout
 from policies.fields import Config, Value
@@ -35,7 +36,16 @@ from policies.model import BUCKET_BY_SESSION, Policy, PolicyPlan
 from policies.provenance import PolicyRef
 from policies.selectors import Target, matches
 
-__all__ = ["Effective", "Overlay", "PolicyRef", "Resolver", "applies", "precedence_key", "resolve"]
+__all__ = [
+    "Effective",
+    "Inputs",
+    "Overlay",
+    "PolicyRef",
+    "Resolver",
+    "applies",
+    "precedence_key",
+    "resolve",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,14 +88,16 @@ class Overlay:
     locks: Mapping[str, PolicyRef]
     applied: tuple[PolicyRef, ...]
 
-    def over(self, client_config: Config) -> Effective:
+    def over(self, client_config: Mapping[str, Value]) -> Effective:
         """The effective config of a session whose client asked for ``client_config``."""
         config = dict(client_config)
         config.update(self.values)
         return Effective(config, self.provenance, self.locks, self.applied)
 
 
-def resolve(client_config: Config, policies: Iterable[Policy], target: Target) -> Effective:
+def resolve(
+    client_config: Mapping[str, Value], policies: Iterable[Policy], target: Target
+) -> Effective:
     """Effective config of ``target`` whose client asked for ``client_config``.
 
     ``policies`` holds at most one version per policy id (``ValueError`` otherwise).
@@ -159,16 +171,15 @@ class Resolver:
         self._cache: dict[tuple[object, ...], Overlay] = {}
         self._effective: dict[tuple[object, ...], Effective] = {}
 
-    def resolve(self, client_config: Config, target: Target) -> Effective:
-        labels = target.labels
-        key: tuple[object, ...] = (
-            target.kind,
-            target.model,
-            tuple(sorted(labels.items())) if labels else (),
-        )
+    def resolve(self, client_config: Mapping[str, Value], target: Target) -> Effective:
+        return self.resolve_inputs(Inputs.of(target, client_config))
+
+    def resolve_inputs(self, inputs: Inputs) -> Effective:
+        """``resolve`` with the session's inputs keyed once (a session keeps its ``Inputs``
+        while its labels and client config stay the same objects)."""
+        target, client_config, key, client = inputs
         if self._by_session:
             key += tuple(_decision(plan, target) for plan in self._by_session)
-        client = _client_key(client_config)
         if client is not None:
             shared = self._effective.get((key, client))
             if shared is not None:
@@ -182,7 +193,25 @@ class Resolver:
         return effective
 
 
-def _client_key(config: Config) -> tuple[object, ...] | None:
+class Inputs(NamedTuple):
+    """What a session's resolution depends on, with its keys computed once: the ``Target``,
+    the client config, ``(kind, model, sorted labels)`` and :func:`client_key` of the config.
+    Valid while the labels and the client config are not changed in place (the session
+    record replaces them)."""
+
+    target: Target
+    client_config: Mapping[str, Value]
+    key: tuple[object, ...]
+    client: tuple[object, ...] | None
+
+    @classmethod
+    def of(cls, target: Target, client_config: Mapping[str, Value]) -> Inputs:
+        labels = target.labels
+        key = (target.kind, target.model, tuple(sorted(labels.items())) if labels else ())
+        return cls(target, client_config, key, client_key(client_config))
+
+
+def client_key(config: Mapping[str, Value]) -> tuple[object, ...] | None:
     """A key equal only for client configs that merge to equal configs (types included:
     ``True == 1`` but they encode differently), or None when a value is not hashable."""
     if not config:

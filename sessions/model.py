@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final
 
-from policies.fields import Config, to_json
+from policies.fields import Config, Value, to_json
 from policies.provenance import PolicyRef
 
 __all__ = ["SESSION_KINDS", "Session", "SessionState"]
@@ -36,9 +36,9 @@ class Session:
     id: str
     kind: str
     model: str
-    labels: dict[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # replaced, never changed in place
     node: str = ""
-    client_config: Config = field(default_factory=dict)
+    client_config: Mapping[str, Value] = field(default_factory=dict)  # replaced, likewise
     effective_config: Config = field(default_factory=dict)
     provenance: Mapping[str, PolicyRef] = field(default_factory=dict)
     applied: tuple[PolicyRef, ...] = ()

@@ -22,6 +22,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 from controlplane.config import Settings
@@ -31,8 +32,8 @@ from controlplane.tasks import raise_if_cancelled
 from policies.fields import Config, Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
-from policies.resolve import Effective, Resolver, resolve
-from policies.selectors import Target
+from policies.resolve import Effective, Inputs, Resolver, resolve
+from policies.selectors import Target, matches
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect, Encoded
 from sessions.errors import UnknownSession
@@ -99,11 +100,25 @@ class LiveSession:
     worker: asyncio.Task[None] | None = None
     # the last config logged and its encoding (configs are replaced, never changed in place)
     logged_config: tuple[Config, Canonical] | None = None
+    # what the session resolves from, keyed once (labels and client config are replaced on
+    # change, never changed in place: `inputs()` compares them by identity)
+    resolved_from: Inputs | None = None
 
     @property
     def target(self) -> Target:
-        s = self.session
-        return Target(s.id, s.kind, s.model, s.labels)
+        return self.inputs().target
+
+    def inputs(self) -> Inputs:
+        s, memo = self.session, self.resolved_from
+        if (
+            memo is None
+            or memo.target.labels is not s.labels
+            or memo.client_config is not (s.client_config)
+        ):
+            memo = self.resolved_from = Inputs.of(
+                Target(s.id, s.kind, s.model, s.labels), s.client_config
+            )
+        return memo
 
 
 class PushEngine:
@@ -269,7 +284,7 @@ class PushEngine:
         outgoing = ahead.outgoing  # logged; each sent once its entry is durable
         written_at = None
         resolver = Resolver(policies)
-        selects = None if relevant is None else tuple(p.match.matches for p in relevant)
+        selects = None if relevant is None else tuple(partial(matches, p.match) for p in relevant)
         select_one = selects[0] if selects is not None and len(selects) == 1 else None
         now = self._clock.monotonic()
         # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
@@ -281,13 +296,13 @@ class PushEngine:
                 s = ls.session
                 if self.live.get(s.id) is not ls:
                     continue  # ended while an earlier chunk's frames were written
-                target = Target(s.id, s.kind, s.model, s.labels)
+                inputs = ls.inputs()
                 if select_one is not None:
-                    if not select_one(target):
+                    if not select_one(inputs.target):
                         continue
-                elif selects is not None and not any(m(target) for m in selects):
+                elif selects is not None and not any(m(inputs.target) for m in selects):
                     continue
-                effective = resolver.resolve(s.client_config, target)
+                effective = resolver.resolve_inputs(inputs)
                 hold = None
                 if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
                     hold = now + next_turn[1]
@@ -324,11 +339,13 @@ class PushEngine:
     ) -> None:
         """The client's own update went upstream: adopt it into client and upstream config."""
         session = ls.session
+        merged = dict(session.client_config)  # replaced, not changed in place (inputs())
         for key, value in forwarded.items():
             if value is None:
-                session.client_config.pop(key, None)
+                merged.pop(key, None)
             else:
-                session.client_config[key] = value
+                merged[key] = value
+        session.client_config = merged
         effective = self.resolve(session, policies)
         ls.push.client_changed(forwarded, effective.config)
         self._apply_effective(ls, effective)

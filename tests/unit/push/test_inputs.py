@@ -1,0 +1,63 @@
+"""``LiveSession.inputs()``: a session's resolution keys are computed once and reused while
+its labels and client config are the same objects, and recomputed when either is replaced
+(relabel, a client's own update), so a fan-out never resolves a session from stale inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.push.engine import LiveSession
+from controlplane.push.protocol import Push, PushState
+from policies.resolve import Inputs, client_key
+from sessions.dialects.base import dialect_for
+from sessions.model import Session
+
+
+class _Transport:
+    acknowledging = True
+
+    def congested(self) -> bool:
+        return False
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        raise AssertionError("not written in these tests")
+
+
+def _live(labels: dict[str, str], client_config: dict[str, Any]) -> LiveSession:
+    session = Session(
+        id="s1", kind="streaming-v3", model="u3-rt-pro", labels=labels,
+        client_config=client_config,
+    )  # fmt: skip
+    push = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+    return LiveSession(session=session, push=push, transport=_Transport(),
+                       dialect=dialect_for("streaming-v3"))  # fmt: skip
+
+
+def test_inputs_are_reused_while_labels_and_client_config_are_the_same_objects() -> None:
+    ls = _live({"tenant": "acme"}, {"prompt": "hi"})
+    first = ls.inputs()
+    assert ls.inputs() is first
+    assert first.key == ("streaming-v3", "u3-rt-pro", (("tenant", "acme"),))
+    assert first.client == client_key({"prompt": "hi"})
+    assert ls.target is first.target
+
+
+def test_replaced_labels_give_new_inputs() -> None:
+    ls = _live({"tenant": "acme"}, {})
+    before = ls.inputs()
+    ls.session.labels = {"tenant": "globex"}
+    after = ls.inputs()
+    assert after is not before
+    assert after.target.labels == {"tenant": "globex"}
+    assert after == Inputs.of(after.target, {})
+    assert after.key == ("streaming-v3", "u3-rt-pro", (("tenant", "globex"),))
+
+
+def test_a_replaced_client_config_gives_new_inputs() -> None:
+    ls = _live({}, {"prompt": "hi"})
+    before = ls.inputs()
+    ls.session.client_config = {"prompt": "bye"}
+    after = ls.inputs()
+    assert after is not before
+    assert after.client_config == {"prompt": "bye"}
+    assert after.client == client_key({"prompt": "bye"})
