@@ -30,7 +30,7 @@ from controlplane.metrics import Metrics, observe_many
 from controlplane.push.protocol import Outcome, Push, PushState
 from controlplane.tasks import raise_if_cancelled
 from policies.fields import Config, Delta
-from policies.model import Policy
+from policies.model import Match, Policy
 from policies.provenance import PolicyRef
 from policies.resolve import Effective, Inputs, Resolver, resolve
 from policies.selectors import Target, matches
@@ -284,7 +284,13 @@ class PushEngine:
         outgoing = ahead.outgoing  # logged; each sent once its entry is durable
         written_at = None
         resolver = Resolver(policies)
-        selects = None if relevant is None else tuple(partial(matches, p.match) for p in relevant)
+        selects = None
+        if relevant is not None:
+            distinct: list[Match] = []  # a new version usually keeps its predecessor's match
+            for p in relevant:
+                if p.match not in distinct:
+                    distinct.append(p.match)
+            selects = tuple(partial(matches, m) for m in distinct)
         select_one = selects[0] if selects is not None and len(selects) == 1 else None
         now = self._clock.monotonic()
         # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
@@ -404,18 +410,22 @@ class PushEngine:
             self._watch.add(ls)
 
     def _update_policy_status(self, ls: LiveSession, effective: Effective, pending: bool) -> None:
-        current = {ref.id: ref for ref in effective.applied}
-        for policy_id in list(ls.policy_status):
-            if policy_id not in current:
-                del ls.policy_status[policy_id]
-        for ref in effective.applied:
-            old = ls.policy_status.get(ref.id)
+        statuses, applied = ls.policy_status, effective.applied
+        if len(statuses) == 1 and len(applied) == 1:  # the common case, without a set
+            if applied[0].id not in statuses:
+                statuses.clear()
+        elif statuses:
+            current = {ref.id for ref in applied}
+            for policy_id in [p for p in statuses if p not in current]:
+                del statuses[policy_id]
+        status = "pending" if pending else "unchanged"
+        for ref in applied:
+            old = statuses.get(ref.id)
             if old is not None and old[0] == ref.version and old[1] == ref.variant:
                 if pending and old[2] != "pending":
-                    ls.policy_status[ref.id] = (ref.version, ref.variant, "pending")
+                    statuses[ref.id] = (ref.version, ref.variant, "pending")
                 continue
-            status = "pending" if pending else "unchanged"
-            ls.policy_status[ref.id] = (ref.version, ref.variant, status)
+            statuses[ref.id] = (ref.version, ref.variant, status)
 
     async def _drive(self, ls: LiveSession) -> None:
         """Write what is due now (logged, then sent), or hand the session to a worker."""

@@ -1,14 +1,16 @@
 """``LiveSession.inputs()``: a session's resolution keys are computed once and reused while
 its labels and client config are the same objects, and recomputed when either is replaced
-(relabel, a client's own update), so a fan-out never resolves a session from stale inputs."""
+(relabel, a client's own update), so a fan-out never resolves a session from stale inputs.
+And the rollout bookkeeping a fan-out updates from each resolution."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
-from controlplane.push.engine import LiveSession
+from controlplane.push.engine import LiveSession, PushEngine
 from controlplane.push.protocol import Push, PushState
-from policies.resolve import Inputs, client_key
+from policies.provenance import PolicyRef
+from policies.resolve import Effective, Inputs, client_key
 from sessions.dialects.base import dialect_for
 from sessions.model import Session
 
@@ -61,3 +63,44 @@ def test_a_replaced_client_config_gives_new_inputs() -> None:
     assert after is not before
     assert after.client_config == {"prompt": "bye"}
     assert after.client == client_key({"prompt": "bye"})
+
+
+# -- rollout bookkeeping (LiveSession.policy_status) after a resolution ---------------------
+def _status_after(
+    before: dict[str, tuple[int, str | None, str]], applied: tuple[PolicyRef, ...], pending: bool
+) -> dict[str, tuple[int, str | None, str]]:
+    ls = _live({}, {})
+    ls.policy_status = dict(before)
+    effective = Effective({}, {}, {}, applied)
+    PushEngine._update_policy_status(cast(PushEngine, None), ls, effective, pending)
+    return ls.policy_status
+
+
+def test_policy_status_of_one_policy_version_to_the_next() -> None:
+    a1, a2 = PolicyRef("a", 1), PolicyRef("a", 2)
+    assert _status_after({"a": (1, None, "acked")}, (a1,), pending=False) == {
+        "a": (1, None, "acked")
+    }
+    assert _status_after({"a": (1, None, "acked")}, (a1,), pending=True) == {
+        "a": (1, None, "pending")
+    }
+    assert _status_after({"a": (1, None, "acked")}, (a2,), pending=True) == {
+        "a": (2, None, "pending")
+    }
+    assert _status_after({"a": (1, None, "acked")}, (a2,), pending=False) == {
+        "a": (2, None, "unchanged")
+    }
+
+
+def test_policy_status_drops_policies_that_no_longer_apply() -> None:
+    a, b = PolicyRef("a", 1), PolicyRef("b", 3, "treatment")
+    assert _status_after({"a": (1, None, "acked")}, (b,), pending=True) == {
+        "b": (3, "treatment", "pending")
+    }
+    both = {"a": (1, None, "acked"), "b": (3, "treatment", "acked")}
+    assert _status_after(both, (b,), pending=False) == {"b": (3, "treatment", "acked")}
+    assert _status_after(both, (), pending=False) == {}
+    assert _status_after({"a": (1, None, "acked")}, (a, b), pending=True) == {
+        "a": (1, None, "pending"),
+        "b": (3, "treatment", "pending"),
+    }
