@@ -65,6 +65,7 @@ class ProtocolError(Exception):
 
 
 class ControlTransport:
+    __slots__ = ("_prefix", "ws")
     acknowledging = True
 
     def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:

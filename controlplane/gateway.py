@@ -90,6 +90,8 @@ def parse_labels(raw: str) -> dict[str, str]:
 class UpstreamTransport:
     """Writes pushes to the upstream socket; remembers which acks are ours (Voice Agent)."""
 
+    __slots__ = ("acknowledging", "pending", "ws")
+
     def __init__(self, ws: aiohttp.ClientWebSocketResponse, acknowledging: bool) -> None:
         self.ws = ws
         self.acknowledging = acknowledging

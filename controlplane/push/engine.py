@@ -86,7 +86,7 @@ class Transport(Protocol):
         ...
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class LiveSession:
     """A session held by this replica: its record, push state, socket and dialect."""
 
@@ -184,6 +184,7 @@ class PushEngine:
 
     def attach(self, ls: LiveSession, effective: Effective) -> None:
         self.live[ls.session.id] = ls
+        ls.inputs()  # keyed now, not in the first fan-out that reaches the session
         self._apply_effective(ls, effective)
         for ref in effective.applied:
             ls.policy_status[ref.id] = (ref.version, ref.variant, "unchanged")
