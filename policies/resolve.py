@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Final, NamedTuple
 
 from policies.bucketing import bucket, pick_variant, units_in_rollout
 from policies.fields import Config, Value
@@ -153,7 +153,7 @@ class Resolver:
     it once per fan-out. Other client configs get their own merge.
     """
 
-    __slots__ = ("_by_session", "_cache", "_effective", "_plans")
+    __slots__ = ("_by_session", "_cache", "_effective", "_last", "_plans")
 
     def __init__(self, policies: Iterable[Policy]) -> None:
         self._plans = _unique_plans(policies)
@@ -170,6 +170,7 @@ class Resolver:
         ]
         self._cache: dict[tuple[object, ...], Overlay] = {}
         self._effective: dict[tuple[object, ...], Effective] = {}
+        self._last: tuple[tuple[object, ...], tuple[object, ...], Effective] | None = None
 
     def resolve(self, client_config: Mapping[str, Value], target: Target) -> Effective:
         return self.resolve_inputs(Inputs.of(target, client_config))
@@ -178,11 +179,17 @@ class Resolver:
         """``resolve`` with the session's inputs keyed once (a session keeps its ``Inputs``
         while its labels and client config stay the same objects)."""
         target, client_config, key, client = inputs
+        last = self._last  # consecutive sessions of a fan-out often share interned keys
+        if last is not None and last[0] is key and last[1] is client:
+            return last[2]
+        shareable = client is not None and not self._by_session
         if self._by_session:
             key += tuple(_decision(plan, target) for plan in self._by_session)
         if client is not None:
             shared = self._effective.get((key, client))
             if shared is not None:
+                if shareable:
+                    self._last = (inputs.key, client, shared)
                 return shared
         found = self._cache.get(key)
         if found is None:
@@ -190,6 +197,8 @@ class Resolver:
         effective = found.over(client_config)
         if client is not None:
             self._effective[(key, client)] = effective
+            if shareable:
+                self._last = (inputs.key, client, effective)
         return effective
 
 
@@ -208,7 +217,23 @@ class Inputs(NamedTuple):
     def of(cls, target: Target, client_config: Mapping[str, Value]) -> Inputs:
         labels = target.labels
         key = (target.kind, target.model, tuple(sorted(labels.items())) if labels else ())
-        return cls(target, client_config, key, client_key(client_config))
+        client = client_key(client_config)
+        return cls(target, client_config, _interned(key), client and _interned(client))
+
+
+# Equal keys as one object, so that a Resolver recognises a run of sessions with the same
+# inputs by identity (no hashing). Bounded: cleared when full (a miss only costs a lookup).
+_INTERNED: dict[tuple[object, ...], tuple[object, ...]] = {}
+_INTERNED_MAX: Final = 4096
+
+
+def _interned(key: tuple[object, ...]) -> tuple[object, ...]:
+    found = _INTERNED.get(key)
+    if found is None:
+        if len(_INTERNED) >= _INTERNED_MAX:
+            _INTERNED.clear()
+        found = _INTERNED[key] = key
+    return found
 
 
 def client_key(config: Mapping[str, Value]) -> tuple[object, ...] | None:

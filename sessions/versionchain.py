@@ -33,6 +33,7 @@ from sessions.errors import VersionLogError
 __all__ = [
     "GENESIS",
     "Canonical",
+    "EntryTemplate",
     "LogEntry",
     "VerifyReport",
     "canonical_json",
@@ -143,6 +144,55 @@ class Canonical:
         return cls(value, _encode_canonical(value))
 
 
+class EntryTemplate:
+    """The members a run of entries shares, encoded and joined once: a fan-out logs one
+    policy version for thousands of sessions, whose entries differ only in ``at``,
+    ``prev_hash``, ``seq``, ``session_id`` and ``version``. ``seal`` fills those in.
+    ``cause``/``status`` must be known (ASCII) words and ``config_hash`` a hex digest;
+    ``config`` is the connect entry's optional member."""
+
+    __slots__ = ("_head", "_status", "_tail")
+
+    def __init__(
+        self,
+        *,
+        cause: str,
+        config: Canonical | None,
+        config_hash: str,
+        delta: Canonical | None,
+        error: str | None,
+        policies: Canonical,
+        status: str,
+        wire: Canonical | None,
+    ) -> None:
+        starting = '"' if config is None else '","config":' + config.text
+        self._head = "".join((
+            ',"cause":"', cause, starting, ',"config_hash":"', config_hash,
+            '","delta":', "null" if delta is None else delta.text,
+            ',"error":', "null" if error is None else _encode_text(error),
+            ',"policies":', policies.text,
+            ',"prev_hash":"',
+        ))  # fmt: skip
+        self._status = ',"status":"' + status + '","version":'
+        self._tail = ',"wire":' + ("null" if wire is None else wire.text) + "}"
+
+    def seal(
+        self, at: float, prev_hash: str, seq: int, session_id: str, version: int
+    ) -> tuple[str, bytes]:
+        """The hash and the stored line of this template's entry for one session: the same
+        bytes as ``seal`` of the equivalent body (property-tested, via ``seal_line``)."""
+        if not math.isfinite(at):
+            raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
+        hashed = "".join((
+            '{"at":', float.__repr__(at), self._head, prev_hash,
+            '","seq":', int.__repr__(seq),
+            ',"session_id":', _encode_text(session_id),
+            self._status, int.__repr__(version), self._tail,
+        )).encode()  # fmt: skip
+        digest = hashlib.sha256(prev_hash.encode() + hashed).hexdigest()
+        return digest, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
+
+
 def seal_line(
     *,
     at: float,
@@ -159,31 +209,13 @@ def seal_line(
     version: int,
     wire: Canonical | None,
 ) -> tuple[str, bytes]:
-    """The hash and the stored line of an entry whose members are given one by one, the
-    nested ones pre-encoded: the same bytes as ``seal`` of the equivalent body
-    (property-tested), without encoding the shared members again and without building a
-    ``LogEntry`` (a fan-out never reads it back). ``cause``/``status`` must be known (ASCII)
-    words, ``prev_hash`` and ``config_hash`` hex digests; ``config`` is the connect entry's
-    optional member."""
-    if not math.isfinite(at):
-        raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
-    hashed = "".join((
-        '{"at":', float.__repr__(float(at)), ',"cause":"', cause,
-        '","config_hash":"' if config is None else '","config":' + config.text + ',"config_hash":"',
-        config_hash,
-        '","delta":', "null" if delta is None else delta.text,
-        ',"error":', "null" if error is None else _encode_text(error),
-        ',"policies":', policies.text,
-        ',"prev_hash":"', prev_hash,
-        '","seq":', int.__repr__(seq),
-        ',"session_id":', _encode_text(session_id),
-        ',"status":"', status,
-        '","version":', int.__repr__(version),
-        ',"wire":', "null" if wire is None else wire.text,
-        "}",
-    )).encode()  # fmt: skip
-    digest = hashlib.sha256(prev_hash.encode() + hashed).hexdigest()
-    return digest, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
+    """The hash and the stored line of one entry whose members are given one by one, the
+    nested ones pre-encoded (an ``EntryTemplate`` used once); ``prev_hash`` a hex digest."""
+    template = EntryTemplate(
+        cause=cause, config=config, config_hash=config_hash, delta=delta, error=error,
+        policies=policies, status=status, wire=wire,
+    )  # fmt: skip
+    return template.seal(float(at), prev_hash, seq, session_id, version)
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:

@@ -30,12 +30,12 @@ from sessions.errors import VersionLogError
 from sessions.versionchain import (
     GENESIS,
     Canonical,
+    EntryTemplate,
     LogEntry,
     VerifyReport,
     canonical_json,
     config_hash,
     seal,
-    seal_line,
     verify_entries,
 )
 
@@ -233,6 +233,7 @@ class BufferedVersionLog:
         self._policy_texts: dict[tuple[PolicyRef, ...], Canonical] = {}
         self._last_policies: tuple[tuple[PolicyRef, ...], Canonical] | None = None
         self._last_hash: tuple[Canonical, str] | None = None
+        self._template: tuple[Any, ...] | None = None  # add()'s last reusable EntryTemplate
         # health for /readyz: set while writes fail, cleared by the next successful write
         self.write_failing_since: float | None = None  # clock.monotonic() of the first failure
         self.last_write_error: str | None = None
@@ -275,36 +276,79 @@ class BufferedVersionLog:
         config: Mapping[str, Any] | Canonical,
     ) -> None:
         """``append`` without returning the entry: the push engine's path, which never reads
-        it back (building a ``LogEntry`` per session was a tenth of a fan-out's cost)."""
+        it back (building a ``LogEntry`` per session was a tenth of a fan-out's cost).
+
+        Consecutive calls with the same pre-encoded members (the same ``Canonical`` delta,
+        wire and config objects, the same tuple of ``PolicyRef``: a fan-out's sessions)
+        reuse one ``EntryTemplate``, checked and encoded once.
+        """
+        memo = self._template
+        if (
+            memo is not None
+            and memo[0] is config
+            and memo[1] is delta
+            and memo[2] is wire
+            and memo[3] is policies
+            and memo[4] == cause
+            and memo[5] == status
+            and memo[6] == error
+        ):
+            template = memo[7]
+        else:
+            template = self._new_template(cause, policies, delta, wire, status, error, config,
+                                          version)  # fmt: skip
+        self._check_appendable()
+        seq, prev = self._tails.get(session_id, (0, GENESIS))
+        seq += 1
+        sid = str(session_id)
+        digest, line = template.seal(float(self._clock.now()), prev, seq, sid, int(version))
+        self._tails[session_id] = (seq, digest)
+        self._buffer.append(Pending(sid, seq, digest, line))
+
+    def _new_template(
+        self,
+        cause: str,
+        policies: Iterable[PolicyRef | Mapping[str, Any]],
+        delta: Mapping[str, Any] | Canonical | None,
+        wire: Mapping[str, Any] | Canonical | None,
+        status: str,
+        error: str | None,
+        config: Mapping[str, Any] | Canonical,
+        version: int,
+    ) -> EntryTemplate:
         if cause not in _CAUSE_SET:
             raise ValueError(f"unknown cause {cause!r} (known: {', '.join(CAUSES)})")
         if status not in _STATUS_SET:
             raise ValueError(f"unknown status {status!r} (known: {', '.join(STATUSES)})")
         if error is not None and not isinstance(error, str):
             raise TypeError(f"error must be text or None, not {type(error).__name__}")
-        self._check_appendable()
-        seq, prev = self._tails.get(session_id, (0, GENESIS))
         conf = config if isinstance(config, Canonical) else canonical(config)
-        seq += 1
-        sid = str(session_id)
-        digest, line = seal_line(
-            at=float(self._clock.now()),
+        # the starting config: `audit at` rebuilds from it
+        starting = cause == "connect" and version == 1 and status == "sent"
+        template = EntryTemplate(
             cause=cause,
-            # the starting config: `audit at` rebuilds from it
-            config=conf if cause == "connect" and version == 1 and status == "sent" else None,
+            config=conf if starting else None,
             config_hash=self._config_hash(conf),
             delta=None if delta is None else _canonical(delta),
             error=error,
             policies=self._policies(policies),
-            prev_hash=prev,
-            seq=seq,
-            session_id=sid,
             status=status,
-            version=int(version),
             wire=None if wire is None else _canonical(wire),
         )
-        self._tails[session_id] = (seq, digest)
-        self._buffer.append(Pending(sid, seq, digest, line))
+        # reused only for values that cannot change: Canonical members, PolicyRef tuples
+        # (and never for connect entries, whose config member depends on the version)
+        reusable = (
+            cause != "connect"
+            and type(config) is Canonical
+            and (delta is None or type(delta) is Canonical)
+            and (wire is None or type(wire) is Canonical)
+            and type(policies) is tuple
+            and all(type(p) is PolicyRef for p in policies)
+        )
+        self._template = (
+            (config, delta, wire, policies, cause, status, error, template) if reusable else None
+        )
+        return template
 
     def _config_hash(self, conf: Canonical) -> str:
         last = self._last_hash  # consecutive appends of a fan-out often share the config

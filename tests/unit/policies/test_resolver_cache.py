@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.model import Policy, parse_policy
-from policies.resolve import Resolver, resolve
+from policies.resolve import Inputs, Resolver, resolve
 from policies.selectors import Target
 
 KINDS = ("streaming-v3", "voice-agent-v1")
@@ -151,3 +151,26 @@ def test_resolver_refuses_what_resolve_refuses() -> None:
     v = p.with_version(1)
     with pytest.raises(ValueError, match="given twice"):
         Resolver([v, v])
+
+
+def test_equal_inputs_are_interned_and_a_run_of_them_resolves_once() -> None:
+    eu = parse_policy(
+        {"id": "eu", "version": 1, "match": {"labels": {"region": ["eu"]}}, "set": {"prompt": "e"}}
+    )
+    resolver = Resolver([eu])
+    a = Inputs.of(Target("a", "streaming-v3", "u3-rt-pro", {"region": "eu"}), {})
+    b = Inputs.of(Target("b", "streaming-v3", "u3-rt-pro", {"region": "eu"}), {})
+    us = Inputs.of(Target("c", "streaming-v3", "u3-rt-pro", {"region": "us"}), {})
+    assert a.key is b.key  # separate label dicts, one key object
+    first = resolver.resolve_inputs(a)
+    assert resolver.resolve_inputs(b) is first
+    other = resolver.resolve_inputs(us)
+    assert other.config == {} and first.config == {"prompt": "e"}
+    assert resolver.resolve_inputs(a) is first
+    # client configs take part: the same labels with another config is another resolution
+    mine = Inputs.of(Target("d", "streaming-v3", "u3-rt-pro", {"region": "eu"}), {"prompt": "m"})
+    assert resolver.resolve_inputs(mine).config == {"prompt": "e"}
+    kept = Inputs.of(
+        Target("e", "streaming-v3", "u3-rt-pro", {"region": "eu"}), {"speech_model": "x"}
+    )
+    assert resolver.resolve_inputs(kept).config == {"speech_model": "x", "prompt": "e"}

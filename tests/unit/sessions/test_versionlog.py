@@ -10,11 +10,13 @@ from typing import Any
 
 import pytest
 
+from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
 from sessions.versionlog import (
     GENESIS,
     MemoryVersionLog,
     Pending,
+    canonical,
     canonical_json,
     config_hash,
     verify_entries,
@@ -188,3 +190,32 @@ async def test_close_flushes_what_is_left() -> None:
     add(log, 1)
     await log.close()
     assert len(log.storage["s"]) == 1
+
+
+async def test_add_reuses_a_template_only_for_members_that_cannot_change() -> None:
+    log = MemoryVersionLog(FakeClock())
+    delta = canonical({"prompt": "p2"})
+    config = canonical({"prompt": "p2"})
+    refs = (PolicyRef("pol", 2),)
+    for sid in ("a", "b"):  # a fan-out: the same Canonical members for every session
+        log.add(sid, version=2, cause="policy", policies=refs, delta=delta, wire=delta,
+                status="sent", config=config)  # fmt: skip
+    plain = {"prompt": "p3"}  # a plain mapping may change between calls: encoded every time
+    log.add("a", version=3, cause="policy", policies=refs, delta=plain, status="sent",
+            config=config)  # fmt: skip
+    plain["prompt"] = "p4"
+    log.add("b", version=3, cause="policy", policies=refs, delta=plain, status="sent",
+            config=config)  # fmt: skip
+    # a connect entry carries the starting config only at version 1
+    for version in (1, 2):
+        log.add("c", version=version, cause="connect", status="sent", config=config)
+    await log.flush()
+    a, b, c = [await log.entries(sid) for sid in "abc"]
+    assert [(e.seq, e.session_id, e.delta, e.wire) for e in a + b] == [
+        (1, "a", {"prompt": "p2"}, {"prompt": "p2"}),
+        (2, "a", {"prompt": "p3"}, None),
+        (1, "b", {"prompt": "p2"}, {"prompt": "p2"}),
+        (2, "b", {"prompt": "p4"}, None),
+    ]
+    assert [e.config for e in c] == [{"prompt": "p2"}, None]
+    assert all(report.ok for report in await log.verify())
