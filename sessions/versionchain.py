@@ -39,7 +39,6 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "seal",
-    "seal_line",
     "verify_entries",
 ]
 
@@ -180,7 +179,7 @@ class EntryTemplate:
         self, at: float, prev_hash: str, seq: int, session_id: str, version: int
     ) -> tuple[str, bytes]:
         """The hash and the stored line of this template's entry for one session: the same
-        bytes as ``seal`` of the equivalent body (property-tested, via ``seal_line``)."""
+        bytes as ``seal`` of the equivalent body (property-tested)."""
         if not math.isfinite(at):
             raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
         hashed = "".join((
@@ -191,31 +190,6 @@ class EntryTemplate:
         )).encode()  # fmt: skip
         digest = hashlib.sha256(prev_hash.encode() + hashed).hexdigest()
         return digest, b'%s,"hash":"%s"}\n' % (hashed[:-1], digest.encode())
-
-
-def seal_line(
-    *,
-    at: float,
-    cause: str,
-    config: Canonical | None,
-    config_hash: str,
-    delta: Canonical | None,
-    error: str | None,
-    policies: Canonical,
-    prev_hash: str,
-    seq: int,
-    session_id: str,
-    status: str,
-    version: int,
-    wire: Canonical | None,
-) -> tuple[str, bytes]:
-    """The hash and the stored line of one entry whose members are given one by one, the
-    nested ones pre-encoded (an ``EntryTemplate`` used once); ``prev_hash`` a hex digest."""
-    template = EntryTemplate(
-        cause=cause, config=config, config_hash=config_hash, delta=delta, error=error,
-        policies=policies, status=status, wire=wire,
-    )  # fmt: skip
-    return template.seal(float(at), prev_hash, seq, session_id, version)
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:

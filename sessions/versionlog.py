@@ -87,19 +87,8 @@ def __getattr__(name: str) -> Any:
 
 
 class VersionLog(Protocol):
-    def append(
-        self,
-        session_id: str,
-        *,
-        version: int,
-        cause: str,
-        policies: Iterable[PolicyRef | Mapping[str, Any]] = (),
-        delta: Mapping[str, Any] | Canonical | None = None,
-        wire: Mapping[str, Any] | Canonical | None = None,
-        status: str,
-        error: str | None = None,
-        config: Mapping[str, Any] | Canonical,
-    ) -> LogEntry: ...
+    """What the push engine needs of a version log (``BufferedVersionLog`` adds ``append``,
+    which also returns the entry)."""
 
     def add(
         self,

@@ -1,6 +1,7 @@
-"""``seal_line`` (members pre-encoded, the append hot path) must produce exactly the hash and
-the bytes of ``seal`` over the whole body, which the chain's definition is written in, and the
-entry a ``Pending`` rebuilds from those bytes must be the one ``seal`` built."""
+"""``EntryTemplate.seal`` (members pre-encoded, the append hot path) must produce exactly
+the hash and the bytes of ``seal`` over the whole body, which the chain's definition is
+written in, and the entry a ``Pending`` rebuilds from those bytes must be the one ``seal``
+built."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from sessions.versionchain import Canonical, canonical_json, seal, seal_line
+from sessions.versionchain import Canonical, EntryTemplate, canonical_json, seal
 from sessions.versionlog import CAUSES, STATUSES, Pending, canonical
 
 TEXT = st.text(max_size=12)  # includes lone surrogates: both paths must refuse them alike
@@ -66,15 +67,17 @@ def _body(**m: Any) -> dict[str, Any]:
 )  # fmt: skip
 def test_same_entry_and_bytes_as_seal(**m: Any) -> None:
     def fast() -> tuple[str, bytes]:
-        return seal_line(
-            **{
-                **m,
-                "config": None if m["config"] is None else canonical(m["config"]),
-                "delta": None if m["delta"] is None else canonical(m["delta"]),
-                "wire": None if m["wire"] is None else canonical(m["wire"]),
-                "policies": canonical(m["policies"]),
-            }
+        template = EntryTemplate(
+            cause=m["cause"],
+            config=None if m["config"] is None else canonical(m["config"]),
+            config_hash=m["config_hash"],
+            delta=None if m["delta"] is None else canonical(m["delta"]),
+            error=m["error"],
+            policies=canonical(m["policies"]),
+            status=m["status"],
+            wire=None if m["wire"] is None else canonical(m["wire"]),
         )
+        return template.seal(m["at"], m["prev_hash"], m["seq"], m["session_id"], m["version"])
 
     try:
         want = seal(_body(**m))
@@ -93,8 +96,7 @@ def test_non_finite_times_are_refused_like_the_encoder() -> None:
         with pytest.raises(ValueError):
             canonical_json({"at": bad})
         with pytest.raises(ValueError):
-            seal_line(
-                at=bad, cause="policy", config=None, config_hash="0" * 64, delta=None,
-                error=None, policies=Canonical.of_plain([]), prev_hash="0" * 64, seq=1,
-                session_id="s", status="sent", version=1, wire=None,
-            )  # fmt: skip
+            EntryTemplate(
+                cause="policy", config=None, config_hash="0" * 64, delta=None, error=None,
+                policies=Canonical.of_plain([]), status="sent", wire=None,
+            ).seal(bad, "0" * 64, 1, "s", 1)  # fmt: skip
