@@ -36,6 +36,7 @@ from controlplane.preview import preview
 from controlplane.push.engine import LiveSession, PushEngine, Transport
 from controlplane.push.protocol import PushState
 from controlplane.rollout import local_counts, rollout_body
+from policies.delta import apply as apply_delta
 from policies.delta import diff
 from policies.errors import PolicyValidationError
 from policies.fields import Config
@@ -432,13 +433,8 @@ class ControlPlane:
             raise Conflict(
                 f"session {session_id!r} is not live on this node", code="session_not_live"
             )
-        merged = dict(ls.session.labels)  # replaced, not changed in place (LiveSession.inputs)
-        for key, value in labels.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        ls.session.labels = merged
+        # replaced, not changed in place (LiveSession.inputs)
+        ls.session.labels = apply_delta(ls.session.labels, labels)
         await self.engine.reconcile([ls], self.policies_for(ls), cause="relabel",
                                     event_at=self.clock.monotonic())  # fmt: skip
         return ls.session.to_dict()

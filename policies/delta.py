@@ -8,8 +8,11 @@ Law (property-tested): ``apply(old, diff(old, new)) == new``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TypeVar
 
-from policies.fields import Config, Delta, Value
+from policies.fields import Delta, Value
+
+V = TypeVar("V")
 
 __all__ = ["apply", "diff", "is_empty"]
 
@@ -23,8 +26,9 @@ def diff(old: Mapping[str, Value], new: Mapping[str, Value]) -> Delta:
     return delta
 
 
-def apply(config: Mapping[str, Value], delta: Mapping[str, Value | None]) -> Config:
-    """A new config: ``config`` with ``delta`` applied (``None`` removes the field)."""
+def apply(config: Mapping[str, V], delta: Mapping[str, V | None]) -> dict[str, V]:
+    """A new config: ``config`` with ``delta`` applied (``None`` removes the field). Works
+    for any such mapping (a session's labels are patched the same way)."""
     out = dict(config)
     for name, value in delta.items():
         if value is None:

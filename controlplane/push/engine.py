@@ -29,6 +29,7 @@ from controlplane.config import Settings
 from controlplane.metrics import Metrics, observe_many
 from controlplane.push.protocol import Outcome, Push, PushState
 from controlplane.tasks import raise_if_cancelled
+from policies.delta import apply as apply_delta
 from policies.fields import Config, Delta
 from policies.model import Match, Policy
 from policies.provenance import PolicyRef
@@ -110,14 +111,9 @@ class LiveSession:
 
     def inputs(self) -> Inputs:
         s, memo = self.session, self.resolved_from
-        if (
-            memo is None
-            or memo.target.labels is not s.labels
-            or memo.client_config is not (s.client_config)
-        ):
-            memo = self.resolved_from = Inputs.of(
-                Target(s.id, s.kind, s.model, s.labels), s.client_config
-            )
+        labels, client = s.labels, s.client_config
+        if memo is None or memo.target.labels is not labels or memo.client_config is not client:
+            memo = self.resolved_from = Inputs.of(Target(s.id, s.kind, s.model, labels), client)
         return memo
 
 
@@ -346,13 +342,8 @@ class PushEngine:
     ) -> None:
         """The client's own update went upstream: adopt it into client and upstream config."""
         session = ls.session
-        merged = dict(session.client_config)  # replaced, not changed in place (inputs())
-        for key, value in forwarded.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        session.client_config = merged
+        # replaced, not changed in place (LiveSession.inputs)
+        session.client_config = apply_delta(session.client_config, forwarded)
         effective = self.resolve(session, policies)
         ls.push.client_changed(forwarded, effective.config)
         self._apply_effective(ls, effective)
