@@ -226,12 +226,7 @@ def test_tampered_entries_are_named(
     name: str, tamper: Callable[[Lines], Lines], named: str, pristine: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    root = tmp_path / name
-    shutil.copytree(pristine, root)
-    path = entry_file(root)
-    write(path, tamper(read(path)))
-    code, out = verify(root, capsys)
-    assert code == 1, out
+    out = _verify_tampered(pristine, tmp_path / name, entry_file, tamper, capsys)
     assert named in out, out
 
 
@@ -242,14 +237,22 @@ def test_tampered_checkpoints_are_named(
     name: str, tamper: Callable[[Lines], Lines], named: str, pristine: Path, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
-    root = tmp_path / name
+    out = _verify_tampered(pristine, tmp_path / name, checkpoint_file, tamper, capsys)
+    assert named in out, out
+    assert "0 bad" not in out.splitlines()[-1]
+
+
+def _verify_tampered(
+    pristine: Path, root: Path, file_of: Callable[[Path], Path],
+    tamper: Callable[[Lines], Lines], capsys: pytest.CaptureFixture[str],
+) -> str:  # fmt: skip
+    """Verify a copy of the pristine trail with one of its files tampered: must fail (1)."""
     shutil.copytree(pristine, root)
-    path = checkpoint_file(root)
+    path = file_of(root)
     write(path, tamper(read(path)))
     code, out = verify(root, capsys)
     assert code == 1, out
-    assert named in out, out
-    assert "0 bad" not in out.splitlines()[-1]
+    return out
 
 
 def test_a_trail_signed_by_another_key_fails_when_the_key_is_pinned(
