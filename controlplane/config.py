@@ -17,7 +17,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from controlplane.gateway_labels import parse_credential_labels
 from controlplane.signing import SigningKeys
+from controlplane.tls import tls_context
 from sessions.checkpoints import load_private_key
 
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "parse_listen", "parse_tokens"]
@@ -77,6 +79,11 @@ class Settings:
     data_dir: Path = Path("./data")
     tokens_file: Path | None = None
     tokens: Mapping[str, str] = field(default_factory=dict)  # token -> role
+    # gateway: API key digests -> session labels (controlplane.gateway_labels)
+    credential_labels_file: Path | None = None
+    # TLS for every listener of ``serve`` (both or neither; PEM files)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     # push engine
     push_queue_size: int = 8
     push_concurrency: int = 256
@@ -178,9 +185,27 @@ class Settings:
                 raise SettingsError(f"audit signing key {path}: {exc.strerror or exc}") from None
             except ValueError as exc:
                 raise SettingsError(f"audit signing key {path}: {exc}") from None
+        self._check_files()
         prefix = self.nats_subject_prefix
         if not prefix or any(c in prefix for c in " *>") or prefix[0] == "." or prefix[-1] == ".":
             raise SettingsError(f"NATS subject prefix {prefix!r} is not a valid subject prefix")
+
+    def _check_files(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise SettingsError("TLS needs both --tls-cert and --tls-key (PEM files)")
+        if self.tls_cert is not None and self.tls_key is not None:
+            try:
+                tls_context(self.tls_cert, self.tls_key)
+            except ValueError as exc:
+                raise SettingsError(str(exc)) from None
+        if self.credential_labels_file is not None:
+            path = self.credential_labels_file
+            try:
+                parse_credential_labels(path.read_text(encoding="utf-8"), source=str(path))
+            except OSError as exc:
+                raise SettingsError(f"credential labels {path}: {exc.strerror or exc}") from None
+            except ValueError as exc:  # names the line, never a key
+                raise SettingsError(str(exc)) from None
 
     def all_tokens(self) -> dict[str, str]:
         """Tokens from CONTROLPLANE_TOKENS plus the tokens file (re-read on each call)."""
@@ -241,6 +266,9 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("node_id", None),
     ("data_dir", Path),
     ("tokens_file", Path),
+    ("credential_labels_file", Path),
+    ("tls_cert", Path),
+    ("tls_key", Path),
     ("shutdown_grace_s", float),
     ("ack_timeout_s", float),
     ("heartbeat_interval_s", float),

@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 from collections import deque
 from collections.abc import Mapping
 from typing import Any
@@ -34,10 +33,18 @@ import aiohttp
 from aiohttp import WSMsgType, web
 
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
+from controlplane.gateway_labels import (
+    CredentialLabels,
+    LabelConflict,
+    credential_of,
+    merge_labels,
+    parse_labels,
+    parse_path_labels,
+)
 from controlplane.push.engine import CONGESTED_BYTES, LiveSession, PushEngine, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
-from policies.fields import Delta, utf8_problem
+from policies.fields import Delta
 from sessions.dialects.base import (
     Acked,
     Dialect,
@@ -60,31 +67,7 @@ LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never
 SECRET_QUERY = frozenset({"token"})
 MAX_PENDING_ACKS = 64
 AUDIO_ONLY_ERRORS = frozenset({"invalid_audio", "audio_rate_violation"})
-MAX_LABELS = 32
 INTERNAL_ERROR_CLOSE = 1011
-
-
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-
-
-def parse_labels(raw: str) -> dict[str, str]:
-    """``k=v,k=v`` -> dict; raises ValueError naming the bad item."""
-    labels: dict[str, str] = {}
-    for item in (part.strip() for part in raw.split(",")):
-        if not item:
-            continue
-        key, sep, value = item.partition("=")
-        key, value = key.strip(), value.strip()
-        if not sep or not key or len(key) > 63 or len(value) > 256:
-            shown = item[:80].encode("utf-8", "backslashreplace").decode()
-            raise ValueError(f"label {shown!r} must be key=value (key ≤ 63, value ≤ 256)")
-        # header bytes that are not UTF-8 arrive as lone surrogates: no log or hash takes them
-        if utf8_problem(item) is not None or _CONTROL.search(item):
-            raise ValueError("labels must be UTF-8 text without control characters")
-        labels[key] = value
-    if len(labels) > MAX_LABELS:
-        raise ValueError(f"{len(labels)} labels, limit is {MAX_LABELS}")
-    return labels
 
 
 class UpstreamTransport:
@@ -115,16 +98,27 @@ class Gateway:
         self.settings = service.settings
         self.http = http
         self.connections: set[web.WebSocketResponse] = set()
+        self.credential_labels = CredentialLabels(self.settings.credential_labels_file)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v3/ws", self.streaming)
         app.router.add_get("/v1/ws", self.agent)
+        app.router.add_get("/labels/{labels}/v3/ws", self.streaming)
+        app.router.add_get("/labels/{labels}/v1/ws", self.agent)
 
     def _labels(self, request: web.Request) -> dict[str, str]:
-        raw = request.headers.get(LABELS_HEADER, "")
-        labels = parse_labels(raw)
-        labels.update(parse_labels(request.query.get(LABELS_QUERY, "")))
-        return labels
+        """All label sources merged (controlplane.gateway_labels); ValueError when one is
+        malformed, LabelConflict when two disagree."""
+        path = ""
+        if "labels" in request.match_info:  # the raw segment: split before URL-decoding
+            path = request.raw_path.partition("?")[0].split("/")[2]
+        credential = credential_of(request.headers.get("Authorization"))
+        return merge_labels({
+            "credential": self.credential_labels.for_credential(credential),
+            "path": parse_path_labels(path),
+            "header": parse_labels(request.headers.get(LABELS_HEADER, "")),
+            "query": parse_labels(request.query.get(LABELS_QUERY, "")),
+        })  # fmt: skip
 
     def _client_ws(self) -> web.WebSocketResponse:
         return web.WebSocketResponse(
@@ -151,6 +145,8 @@ class Gateway:
             labels = self._labels(request)
             query = {k: v for k, v in request.query.items() if k != LABELS_QUERY}
             info = STREAMING_V3.parse_connect_query(query)
+        except LabelConflict as exc:
+            return _http_error(400, "label_conflict", str(exc))
         except (ValueError, DialectError) as exc:
             return _http_error(400, "bad_connect_parameters", str(exc))
         session, effective = self.service.new_session(
@@ -190,6 +186,8 @@ class Gateway:
             return _http_error(503, "draining", "the control plane is shutting down")
         try:
             labels = self._labels(request)
+        except LabelConflict as exc:
+            return _http_error(400, "label_conflict", str(exc))
         except ValueError as exc:
             return _http_error(400, "bad_labels", str(exc))
         ws = self._client_ws()

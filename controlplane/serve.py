@@ -23,6 +23,7 @@ from controlplane.app import build_app
 from controlplane.config import Settings, SettingsError, parse_listen
 from controlplane.errors import ControlPlaneError
 from controlplane.nats_bus import redact
+from controlplane.tls import tls_context
 
 __all__ = ["register", "run", "settings_from_args"]
 
@@ -35,6 +36,10 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--node-id", "node_id", str, "this replica's id (default: hostname)"),
     ("--data-dir", "data_dir", Path, "audit JSONL files go under DATA_DIR/audit"),
     ("--tokens-file", "tokens_file", Path, "file of role:token lines"),
+    ("--credential-labels-file", "credential_labels_file", Path,
+     "lines '<sha256 of an API key> k=v,k=v': labels for the gateway sessions of that key"),
+    ("--tls-cert", "tls_cert", Path, "PEM certificate (chain): serve https:// and wss://"),
+    ("--tls-key", "tls_key", Path, "PEM private key of --tls-cert"),
     ("--shutdown-grace-s", "shutdown_grace_s", float, "seconds live sessions may finish"),
     ("--ack-timeout-s", "ack_timeout_s", float, "Voice Agent acknowledgement timeout"),
     ("--nats-creds", "nats_creds", Path, "NATS .creds file (JWT + nkey seed)"),
@@ -120,11 +125,15 @@ def run(args: argparse.Namespace) -> int:
     _install_uvloop()
     _raise_open_files_limit()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    print(f"controlplane serving on http://{host}:{port} (node {settings.node_id}, "
+    tls = None
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        tls = tls_context(settings.tls_cert, settings.tls_key)  # checked above
+    scheme = "https" if tls is not None else "http"
+    print(f"controlplane serving on {scheme}://{host}:{port} (node {settings.node_id}, "
           f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
     try:
         web.run_app(
-            build_app(settings), host=host, port=port, print=None,
+            build_app(settings), host=host, port=port, print=None, ssl_context=tls,
             shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
         )  # fmt: skip
     except ControlPlaneError as exc:  # e.g. NATS unreachable at start: say so, no traceback
