@@ -3,6 +3,12 @@
 The in-process bus is the embedded default; the NATS JetStream bus (distributed mode) keeps
 the same interface. ``publish`` returns once the event is stored (in-process: once handled).
 
+Decoding (issue #19): ``decode_event`` turns the bytes of one message into an event or raises
+``UndecodableEvent`` (a ``ValueError`` carrying the event type when it could be read, and the
+reason) for ANY input: not JSON, bad UTF-8, nested deeper than ``MAX_EVENT_DEPTH`` (a
+5,000-deep array made ``json`` raise ``RecursionError``), larger than ``MAX_EVENT_BYTES``, or a
+wrong shape. Consumers count such an event ``invalid``, acknowledge it and go on.
+
 Contract addition (issue #8): ``policy.halted`` events (cause ``guard``, ``Nats-Msg-Id:
 <id>:<version>:halted``) say the rollout guard stopped that version; they carry the halted
 version's document and a ``halt`` object with the reason (docs/policies.md#guard).
@@ -10,6 +16,7 @@ version's document and a ``halt`` object with the reason (docs/policies.md#guard
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,10 +28,14 @@ from policies.documents import text_violations
 __all__ = [
     "CAUSES",
     "EVENT_TYPES",
+    "MAX_EVENT_BYTES",
+    "MAX_EVENT_DEPTH",
     "EventHandler",
     "InProcessBus",
     "PolicyBus",
     "PolicyEvent",
+    "UndecodableEvent",
+    "decode_event",
     "rfc3339",
 ]
 
@@ -32,6 +43,10 @@ EventType = Literal["policy.published", "policy.retired", "policy.halted"]
 EVENT_TYPES: tuple[str, ...] = ("policy.published", "policy.retired", "policy.halted")
 CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard")
 EventHandler = Callable[["PolicyEvent"], Awaitable[None]]
+MAX_EVENT_BYTES = 1024 * 1024  # the policy stream's max_msg_size
+# a policy event is an object holding the policy document (a few levels deep at most: match
+# labels, experiment variants); anything deeper is not ours
+MAX_EVENT_DEPTH = 32
 
 
 def rfc3339(ts: float) -> str:
@@ -113,6 +128,52 @@ class PolicyEvent:
             raise ValueError("halt must be an object")
         return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
                    None if halt is None else dict(halt))  # fmt: skip
+
+
+class UndecodableEvent(ValueError):
+    """An event that cannot be decoded; ``type`` is its ``type`` field when that could be read
+    (one of ``EVENT_TYPES``), else ``"unknown"``."""
+
+    def __init__(self, reason: str, type: str = "unknown") -> None:
+        super().__init__(reason)
+        self.type = type
+
+
+def decode_event(data: bytes) -> PolicyEvent:
+    """Decode one message body; raises ``UndecodableEvent`` for any input it cannot decode
+    (module docstring), never another exception."""
+    if len(data) > MAX_EVENT_BYTES:
+        raise UndecodableEvent(f"event of {len(data)} bytes is over {MAX_EVENT_BYTES} bytes")
+    try:
+        raw = json.loads(data)
+    except RecursionError:  # the C decoder recurses once per level
+        raise UndecodableEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels") from None
+    except ValueError as exc:  # includes bad UTF-8
+        raise UndecodableEvent(f"not JSON: {exc}"[:300]) from None
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    kind = kind if isinstance(kind, str) and kind in EVENT_TYPES else "unknown"
+    if _deeper_than(raw, MAX_EVENT_DEPTH):
+        raise UndecodableEvent(f"nested deeper than {MAX_EVENT_DEPTH} levels", kind)
+    try:
+        return PolicyEvent.from_json(raw)
+    except ValueError as exc:
+        raise UndecodableEvent(str(exc)[:300], kind) from None
+    except Exception as exc:  # never a crash of the consumer: name it and refuse the event
+        raise UndecodableEvent(f"undecodable event ({type(exc).__name__})", kind) from None
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether JSON containers nest more than ``limit`` levels (iterative: no recursion)."""
+    stack: list[tuple[dict[str, object] | list[object], int]] = []
+    if isinstance(value, dict | list):
+        stack.append((value, 1))
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return False
 
 
 class PolicyBus(Protocol):

@@ -134,6 +134,8 @@ class Settings:
     # /readyz turns 503 when the policy consumer made no progress, or audit shipping kept
     # failing, for this long (docs/distributed.md, readiness)
     readiness_stall_s: float = 6.0
+    # ... or when policy events stayed pending (the consumer not keeping up) for this long
+    readiness_lag_s: float = 10.0
 
     def check(self) -> None:
         """Refuse combinations that cannot work (SettingsError names the fix)."""
@@ -171,6 +173,8 @@ class Settings:
                 f"readiness stall ({self.readiness_stall_s}s) must be at least 3s: the policy "
                 "consumer completes a fetch every 2s when idle"
             )
+        if not self.readiness_lag_s > 0:
+            raise SettingsError(f"readiness lag ({self.readiness_lag_s}s) must be positive")
         if not 0 <= self.guard_max_failure_ratio < 1 or self.guard_min_sessions < 1:
             raise SettingsError("guard max failure ratio must be in [0, 1), min sessions >= 1")
         if not self.guard_window_s > 0 or self.guard_on_breach not in ("halt", "rollback"):
@@ -298,4 +302,5 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("policy_signing_key_file", Path),
     ("policy_unsigned_through_seq", int),
     ("readiness_stall_s", float),
+    ("readiness_lag_s", float),
 )

@@ -90,6 +90,7 @@ class Distributed:
         ).problem
         ports.facts["nats_connected"] = lambda: nats.connected
         ports.facts["audit_backlog_bytes"] = lambda: shipper.backlog_bytes
+        ports.facts["policy_events_pending"] = lambda: bus.watch.pending
         router = upkeep = None
         if settings.redis_url:
             router = ports.router = OwnerRouter(NatsRpc(nats), node)

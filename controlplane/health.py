@@ -8,6 +8,9 @@ Reasons name components and durations, never a URL, credential or key.
   progress whenever NATS answered a fetch (messages, or the idle heartbeats of an empty
   one) and after every event it handled; no progress for ``stall_s`` means NATS is down,
   stalled (a stopped server keeps its sockets open and answers nothing) or a handler is stuck.
+  It also watches lag: after each fetch the loop reports how many events the consumer still
+  has pending; events pending continuously for ``lag_s`` (the loop is not catching up, e.g.
+  a burst it chews through slowly) is a problem too, cleared once it has caught up.
 - ``versionlog_problem``: the local version log's last write failed and no write has
   succeeded since (entries wait in memory; none is dropped).
 - ``ShippingWatch``: the audit shipper to ``CP_AUDIT`` has been failing for ``grace_s``.
@@ -26,12 +29,29 @@ __all__ = ["FeedWatch", "ShippingWatch", "WriteHealth", "versionlog_problem"]
 class FeedWatch:
     """Progress of one consumer loop, read with an injected clock (module docstring)."""
 
-    def __init__(self, clock: Clock, stall_s: float, connected: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        stall_s: float,
+        connected: Callable[[], bool],
+        lag_s: float | None = None,
+    ) -> None:
         self._clock = clock
         self._stall_s = stall_s
+        self._lag_s = stall_s if lag_s is None else lag_s
         self._connected = connected
         self._at = clock.monotonic()
         self._busy: tuple[str, float] | None = None
+        self.pending = 0  # events the consumer had still to read after its last fetch
+        self._behind_since: float | None = None
+
+    def behind(self, pending: int) -> None:
+        """After a fetch: ``pending`` events are still waiting in the consumer."""
+        self.pending = max(pending, 0)
+        if self.pending == 0:
+            self._behind_since = None
+        elif self._behind_since is None:
+            self._behind_since = self._clock.monotonic()
 
     def progress(self) -> None:
         self._at = self._clock.monotonic()
@@ -55,6 +75,12 @@ class FeedWatch:
             return None
         idle = now - self._at
         if idle <= self._stall_s:
+            behind = self._behind_since
+            if behind is not None and now - behind > self._lag_s:
+                return (
+                    f"policy consumer not keeping up: {self.pending} events pending, "
+                    f"behind for {now - behind:.1f}s"
+                )
             return None
         if not self._connected():
             return f"NATS disconnected; no policy fetch completed for {idle:.1f}s"

@@ -43,7 +43,13 @@ from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
-from controlplane.bus import EVENT_TYPES, EventHandler, PolicyEvent
+from controlplane.bus import (
+    MAX_EVENT_BYTES,
+    EventHandler,
+    PolicyEvent,
+    UndecodableEvent,
+    decode_event,
+)
 from controlplane.config import Settings
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
 from controlplane.health import FeedWatch
@@ -70,7 +76,8 @@ PING_WAIT_S: Final = 2  # after an empty fetch: is NATS answering at all? (whole
 CONSUMER_IDLE_S: Final = 3600.0  # an ephemeral consumer outlives an hour-long disconnection
 RETRY_MAX_S: Final = 10.0
 POLICY_DUPLICATE_WINDOW_S: Final = 24 * 3600.0
-MAX_POLICY_BYTES: Final = 1024 * 1024
+MAX_POLICY_BYTES: Final = MAX_EVENT_BYTES
+DECODE_INLINE_BYTES: Final = 64 * 1024  # larger event bodies are decoded in a thread
 _REFUSED: Final[dict[Refusal, str]] = {
     "unsigned": "no Cp-Signature header (policy signing is on)",
     "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
@@ -259,7 +266,10 @@ class NatsPolicyBus:
         self.replayed = False  # the stream as it was at start has been applied
         self._signer = EventSigner(s.policy_signing_key, s.policy_signing_key_file)
         self._unsigned_through = s.policy_unsigned_through_seq  # stored before signing began
-        self.watch = FeedWatch(clock or SystemClock(), s.readiness_stall_s, lambda: conn.connected)
+        self.watch = FeedWatch(
+            clock or SystemClock(), s.readiness_stall_s, lambda: conn.connected,
+            lag_s=s.readiness_lag_s,
+        )  # fmt: skip
 
     def subject(self, policy_id: str) -> str:
         return self._prefix + subject_token(policy_id)
@@ -401,8 +411,8 @@ class NatsPolicyBus:
         if seq > self._unsigned_through and self._signer.check(msg.headers, msg.data or b""):
             return seq, None  # not ours to trust: the local store decides
         try:
-            version = PolicyEvent.from_json(json.loads(msg.data or b"")).version
-        except ValueError:
+            version = decode_event(msg.data or b"").version
+        except UndecodableEvent:
             version = None  # malformed last event: the local store decides
         return seq, version
 
@@ -470,34 +480,41 @@ class NatsPolicyBus:
                 await self._conn.client.flush(timeout=PING_WAIT_S)
                 if self._conn.connected:  # a flush while reconnecting returns at once
                     self.watch.progress()
+                    self.watch.behind(0)  # an answered empty fetch: nothing is pending
             return False
         self.watch.progress()
         for msg in msgs:
             await self._handle(msg)
+        if msgs:
+            self.watch.behind(msgs[-1].metadata.num_pending)
         return bool(msgs)
 
     async def _handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        refusal = (
-            None if seq <= self._unsigned_through else self._signer.check(msg.headers, msg.data)
-        )
+        data = msg.data or b""
+        refusal = None if seq <= self._unsigned_through else self._signer.check(msg.headers, data)
+        problem: str | None = None
+        kind: str
+        try:
+            event = await self._decode(msg.subject, data)
+            kind = event.type
+        except UndecodableEvent as exc:  # acked: counted once, never redelivered
+            kind, problem = exc.type, str(exc)
         if refusal is not None:  # acked: a forged or unsigned event is never redelivered
-            self._metrics.policy_events.labels(_event_type(msg.data), refusal).inc()
+            self._metrics.policy_events.labels(kind, refusal).inc()
             msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")[:200]
             log.warning("policy event at %s seq %d (Nats-Msg-Id %r) refused: %s",
                         msg.subject, seq, msg_id, _REFUSED[refusal])  # fmt: skip
-            await msg.ack()
-            self._last_seq = max(self._last_seq, seq)
-            return
-        try:
-            event = self._decode(msg)
-        except ValueError as exc:
-            kind = _event_type(msg.data)
+        elif problem is not None:
             self._metrics.policy_events.labels(kind, "invalid").inc()
-            log.warning("policy event at %s seq %d refused: %s", msg.subject, seq, exc)
-            await msg.ack()
-            self._last_seq = max(self._last_seq, seq)
+            log.warning("policy event at %s seq %d refused: %s", msg.subject, seq, problem)
+        else:
+            await self._apply(msg, event, seq)
             return
+        await msg.ack()
+        self._last_seq = max(self._last_seq, seq)
+
+    async def _apply(self, msg: Msg, event: PolicyEvent, seq: int) -> None:
         self.watch.begin(f"{msg.subject} seq {seq}")
         try:
             for handler in self._handlers:
@@ -512,25 +529,19 @@ class NatsPolicyBus:
             self.watch.end()
         self._last_seq = max(self._last_seq, seq)
 
-    def _decode(self, msg: Msg) -> PolicyEvent:
-        try:
-            raw = json.loads(msg.data)
-        except ValueError as exc:  # includes bad UTF-8
-            raise ValueError(f"not JSON: {exc}") from None
-        event = PolicyEvent.from_json(raw)
-        if msg.subject != self.subject(event.policy_id):
-            raise ValueError(
-                f"policy id {event.policy_id!r} does not match subject {msg.subject!r}"
+    async def _decode(self, subject: str, data: bytes) -> PolicyEvent:
+        """``decode_event`` (large bodies in a thread: the loop keeps serving meanwhile),
+        plus the subject check."""
+        if len(data) > DECODE_INLINE_BYTES:
+            event = await asyncio.to_thread(decode_event, data)
+        else:
+            event = decode_event(data)
+        if subject != self.subject(event.policy_id):
+            raise UndecodableEvent(
+                f"policy id {event.policy_id[:100]!r} does not match subject {subject!r}",
+                event.type,
             )
         return event
-
-
-def _event_type(data: bytes) -> str:
-    try:
-        kind = json.loads(data).get("type")
-    except (ValueError, AttributeError):
-        return "unknown"
-    return kind if kind in EVENT_TYPES else "unknown"
 
 
 def _conflict(event: PolicyEvent, current: int) -> Conflict:

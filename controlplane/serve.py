@@ -67,6 +67,8 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "policy events up to this stream sequence predate signing and apply unsigned"),
     ("--readiness-stall-s", "readiness_stall_s", float,
      "/readyz is 503 when policy intake or audit shipping is stuck this long (default 6)"),
+    ("--readiness-lag-s", "readiness_lag_s", float,
+     "/readyz is 503 when policy events stay pending this long (default 10)"),
 )  # fmt: skip
 
 

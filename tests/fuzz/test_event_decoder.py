@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from controlplane.bus import CAUSES, EVENT_TYPES, PolicyEvent
+from controlplane.bus import CAUSES, EVENT_TYPES, PolicyEvent, UndecodableEvent, decode_event
 from tests.fuzz.strategies import HOSTILE_TEXT, HUGE_INTS, json_values, text, valid_policies
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,12 +83,23 @@ def test_mutated_events_decode_or_raise_value_error(raw: dict[str, Any]) -> None
     _decode(raw)
 
 
+_NESTED = st.integers(1, 6000).map(lambda n: b"[" * n + b"]" * n) | st.integers(1, 6000).map(
+    lambda n: b'{"type":"policy.published","policy":' + b'{"a":' * n + b"1" + b"}" * (n + 1)
+)
+
+
 @FUZZ
-@given(st.binary(max_size=200) | json_values().map(lambda v: json.dumps(v).encode()))
+@example(b"[" * 5000 + b"]" * 5000)  # json raised RecursionError here (issue #19)
+@example(b'{"type": "policy.published", "policy": {"version": ' + b"9" * 5000 + b"}}")
+@given(st.binary(max_size=200) | json_values().map(lambda v: json.dumps(v).encode()) | _NESTED)
 def test_raw_bytes_through_the_wire_decoder(data: bytes) -> None:
-    """What a consumer does with a message body: JSON (UTF-8) first, then ``from_json``."""
+    """What a consumer does with a message body (``decode_event``): an event, or
+    ``UndecodableEvent`` with a reason and a type from EVENT_TYPES or "unknown"; never another
+    exception (one would stop the consumer, or ``serve`` on its start-up replay)."""
     try:
-        raw = json.loads(data)
-    except ValueError:  # includes bad UTF-8: the NATS consumer counts it as invalid
+        event = decode_event(data)
+    except UndecodableEvent as exc:
+        assert str(exc)
+        assert exc.type in (*EVENT_TYPES, "unknown")
         return
-    _decode(raw)
+    assert _decode(json.loads(data)) == event

@@ -27,6 +27,30 @@ def test_feed_watch_is_healthy_while_the_loop_makes_progress() -> None:
     assert watch.problem() is None
 
 
+def test_feed_watch_reports_a_consumer_that_stays_behind_until_it_catches_up() -> None:
+    clock = FakeClock()
+    watch = FeedWatch(clock, 6.0, lambda: True, lag_s=10.0)
+    for pending in (900, 700, 400):  # fetches complete (progress) but events stay pending
+        clock.advance(4.0)
+        watch.progress()
+        watch.behind(pending)
+        assert watch.problem() is None
+    for _ in range(3):
+        clock.advance(4.0)
+        watch.progress()
+        watch.behind(200)
+    assert watch.problem() == (
+        "policy consumer not keeping up: 200 events pending, behind for 20.0s"
+    )
+    assert watch.pending == 200
+    watch.behind(0)  # caught up
+    assert watch.problem() is None
+    watch.behind(5)  # a new backlog starts its own clock
+    clock.advance(9.0)
+    watch.progress()
+    assert watch.problem() is None
+
+
 def test_feed_watch_names_a_stuck_handler() -> None:
     clock = FakeClock()
     watch = FeedWatch(clock, 6.0, lambda: True)
