@@ -27,6 +27,7 @@ from controlplane.distributed import Distributed, build_registry
 from controlplane.gateway import Gateway
 from controlplane.health import versionlog_problem
 from controlplane.metrics import Metrics
+from controlplane.policy_files import PolicyFiles
 from controlplane.service import ControlPlane
 from sessions.clock import Clock, SystemClock
 from sessions.versionlog import FileVersionLog
@@ -64,9 +65,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
                     "come only from this replica's REST API)")  # fmt: skip
     ports = dist.ports if dist is not None else ClusterPorts()
     ports.probes["audit_log"] = lambda: versionlog_problem(versionlog, clock)
+    # embedded mode keeps policies under the data directory (CP_POLICY does it with NATS)
+    files = None if dist is not None else PolicyFiles(settings.data_dir / "policies")
     service = ControlPlane(
         settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
-        bus=bus, cluster=ports,
+        bus=bus, cluster=ports, policy_files=files,
     )  # fmt: skip
     if dist is not None and dist.upkeep is not None:
         dist.upkeep.counts = service.rollout_counts

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from policies.documents import text_violations
+from policies.model import MAX_VERSION
 
 __all__ = [
     "CAUSES",
@@ -114,8 +115,9 @@ class PolicyEvent:
         if not isinstance(policy.get("id"), str):
             raise ValueError("policy.id must be a string")
         version = policy.get("version")
-        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-            raise ValueError("policy.version must be an integer >= 1")
+        if (isinstance(version, bool) or not isinstance(version, int)
+                or not 1 <= version <= MAX_VERSION):  # fmt: skip
+            raise ValueError(f"policy.version must be an integer from 1 to {MAX_VERSION}")
         actor = raw.get("actor", "unknown")
         published_at = raw.get("published_at", "")
         event_id = raw.get("event_id") or uuid.uuid4().hex

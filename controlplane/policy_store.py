@@ -48,6 +48,7 @@ class PolicyRecord:
             "actor": self.event.actor,
             "published_at": self.event.published_at,
             "event_id": self.event.event_id,
+            "digest": self.policy.digest,
             "policy": self.policy.document(),
         }
 

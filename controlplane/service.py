@@ -11,6 +11,7 @@ gone), and rollout status adds the counts the other replicas publish.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -31,6 +32,7 @@ from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
 from controlplane.halts import Halts
 from controlplane.metrics import Metrics
+from controlplane.policy_files import PolicyFiles
 from controlplane.policy_store import Change, PolicyStore
 from controlplane.preview import preview
 from controlplane.push.engine import LiveSession, PushEngine, Transport
@@ -65,6 +67,7 @@ class ControlPlane:
         versionlog: VersionLog,
         bus: PolicyBus,
         cluster: ClusterPorts | None = None,
+        policy_files: PolicyFiles | None = None,
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -74,6 +77,9 @@ class ControlPlane:
         self.versionlog = versionlog
         self.bus = bus
         self.store = PolicyStore()
+        # embedded mode: accepted policy events persist here before they act (policy_files)
+        self.policy_files = policy_files
+        self._intake = asyncio.Lock()
         self.engine = PushEngine(
             settings=settings, clock=clock, versionlog=versionlog, registry=registry,
             metrics=metrics,
@@ -94,12 +100,25 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
+        if self.policy_files is not None:
+            self._replay(await asyncio.to_thread(self.policy_files.load))
         await self.versionlog.start()
         await self.engine.start()
         await self.bus.start()
         await self.halts.start()
         self._started = True
         self.metrics.ready.set(1)
+
+    def _replay(self, events: Sequence[PolicyEvent]) -> None:
+        """Rebuild the store from the policy files (no session is live yet)."""
+        for event in events:
+            if event.type == "policy.halted":
+                self.store.halt(event)
+            else:
+                self.store.apply(event)
+        if events:
+            log.info("policy store: replayed %d stored events of %d policies", len(events),
+                     len(self.store.records()))  # fmt: skip
 
     async def close(self) -> None:
         self.metrics.ready.set(0)
@@ -207,10 +226,12 @@ class ControlPlane:
     async def _on_event(self, event: PolicyEvent) -> None:
         received = self.clock.monotonic()
         if event.type == "policy.halted":
+            if self.policy_files is not None and self._halts_now(event):
+                await asyncio.to_thread(self.policy_files.write, event)
             await self.halts.apply(event, received)
             return
         try:
-            change = self.store.apply(event)
+            change = await self._accept(event)
         except PolicyValidationError as exc:
             self.metrics.policy_events.labels(event.type, "invalid").inc()
             log.warning("policy event %s refused: %s", event.msg_id, exc)
@@ -225,6 +246,24 @@ class ControlPlane:
             await self._reconcile_change(change, event.cause, received)
         finally:
             self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
+
+    async def _accept(self, event: PolicyEvent) -> Change | None:
+        """Apply a published/retired event to the store; with policy files, only once it is
+        stored durably (a failed write raises Unavailable and changes nothing)."""
+        if self.policy_files is None:
+            return self.store.apply(event)
+        async with self._intake:  # one write-then-apply at a time: versions stay in order
+            policy = parse_policy(event.policy)
+            if policy.version is None or policy.version <= self.store.current_version(policy.id):
+                return None
+            await asyncio.to_thread(self.policy_files.write, event)
+            return self.store.apply(event)
+
+    def _halts_now(self, event: PolicyEvent) -> bool:
+        """Whether ``store.halt`` will accept this ``policy.halted`` event."""
+        policy = self.store.active_policy(event.policy_id)
+        return (policy is not None and policy.version == event.version
+                and self.store.halted(event.policy_id) is None)  # fmt: skip
 
     async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
         relevant = [p for p in (change.before, change.after, change.fallback) if p is not None]

@@ -39,7 +39,7 @@ from policies.bucketing import percent_to_units
 from policies.documents import load_document, text_violations
 from policies.errors import PolicyValidationError, Violation
 from policies.fields import FIELD_NAMES, FIELDS, Config, Value, validate_config
-from policies.provenance import PolicyRef
+from policies.provenance import PolicyRef, document_digest
 from policies.selectors import Target, matches
 from policies.violations import rule_error, translate, violations_error
 
@@ -51,6 +51,7 @@ __all__ = [
     "LABEL_PATTERN",
     "MAX_PRIORITY",
     "MAX_VARIANTS",
+    "MAX_VERSION",
     "MIN_PRIORITY",
     "Experiment",
     "Guard",
@@ -71,6 +72,8 @@ LABEL_MAX_CHARS: Final = 128
 LABEL_VALUE_MAX_CHARS: Final = 256
 SALT_MAX_CHARS: Final = 128
 DESCRIPTION_MAX_CHARS: Final = 2000
+REASON_MAX_CHARS: Final = 2000
+MAX_VERSION: Final = 2**53 - 1  # exact in every JSON reader (IEEE double integers)
 MAX_SELECTOR_VALUES: Final = 100
 MAX_VARIANTS: Final = 20
 MIN_PRIORITY: Final = -1_000_000
@@ -364,7 +367,7 @@ class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: Identifier
-    version: int | None = Field(default=None, ge=1, strict=True)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION, strict=True)
     priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     match: Match = Field(default_factory=Match)
@@ -375,6 +378,8 @@ class Policy(BaseModel):
     apply: ApplyMode = "immediate"
     apply_deadline_s: float = Field(default=10.0, gt=0, le=MAX_APPLY_DEADLINE_S, strict=True)
     guard: Guard | None = None
+    # why this version was published: per-version metadata, never part of the config
+    reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
 
     @field_validator("lock")
     @classmethod
@@ -401,22 +406,58 @@ class Policy(BaseModel):
         """The resolver's precomputed view of this policy (computed once, then a dict lookup)."""
         return _make_plan(self)
 
+    @cached_property
+    def digest(self) -> str:
+        """sha256 hex of :meth:`document` (canonical JSON): names this version's content."""
+        return document_digest(self.document())
+
     def with_version(self, version: int) -> Policy:
-        """This policy as version ``version`` (≥ 1); everything else unchanged."""
+        """This policy as version ``version`` (1 to ``MAX_VERSION``); everything else unchanged."""
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise PolicyValidationError(
                 [Violation("version", "min", f"must be a whole number ≥ 1, got {version!r}", 1)],
                 policy_id=self.id,
             )
-        copy = self.model_copy(update={"version": version})
-        copy.__dict__.pop("plan", None)  # cached for the old version
+        if version > MAX_VERSION:
+            raise PolicyValidationError(
+                [Violation("version", "max", f"would be {version}, over the highest version "
+                           f"{MAX_VERSION} (2^53 - 1): this policy id has no versions left",
+                           MAX_VERSION)],
+                policy_id=self.id,
+            )  # fmt: skip
+        return self._copy(version=version)
+
+    def with_reason(self, reason: str | None) -> Policy:
+        """This policy with ``reason`` (``None``: none); everything else unchanged."""
+        if reason is not None and len(reason) > REASON_MAX_CHARS:
+            raise PolicyValidationError(
+                [Violation("reason", "max_length", f"is {len(reason)} characters, over "
+                           f"{REASON_MAX_CHARS}", REASON_MAX_CHARS)],
+                policy_id=self.id,
+            )  # fmt: skip
+        return self._copy(reason=reason)
+
+    def _copy(self, **update: Any) -> Policy:
+        copy = self.model_copy(update=update)
+        copy.__dict__.pop("plan", None)  # cached for the old document
+        copy.__dict__.pop("digest", None)
         return copy
+
+    def content(self) -> dict[str, Any]:
+        """:meth:`document` without ``version`` and ``reason``: what two versions compare by
+        to tell whether a publish changes anything."""
+        out = self.document()
+        out.pop("version", None)
+        out.pop("reason", None)
+        return out
 
     def document(self) -> dict[str, Any]:
         """Canonical JSON-able form: defaults spelled out, ``None`` omitted, lists for tuples."""
         out: dict[str, Any] = {"id": self.id}
         if self.version is not None:
             out["version"] = self.version
+        if self.reason is not None:
+            out["reason"] = self.reason
         out["priority"] = self.priority
         if self.description is not None:
             out["description"] = self.description
@@ -438,11 +479,13 @@ def _make_plan(policy: Policy) -> PolicyPlan:
     version = policy.version if policy.version is not None else 0
     rollout, experiment = policy.rollout, policy.experiment
     if experiment is None:
-        refs: tuple[PolicyRef, ...] = (PolicyRef(policy.id, version),)
+        refs: tuple[PolicyRef, ...] = (PolicyRef(policy.id, version, None, policy.digest),)
         configs: tuple[Mapping[str, Value], ...] = (dict(policy.set),)
         weights: tuple[int, ...] = ()
     else:
-        refs = tuple(PolicyRef(policy.id, version, v.name) for v in experiment.variants)
+        refs = tuple(
+            PolicyRef(policy.id, version, v.name, policy.digest) for v in experiment.variants
+        )
         configs = tuple({**policy.set, **v.set} for v in experiment.variants)
         weights = tuple(percent_to_units(v.weight) for v in experiment.variants)
     return PolicyPlan(

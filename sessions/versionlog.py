@@ -188,7 +188,10 @@ _POLICY_MEMO: Final = 256
 def _policy(ref: PolicyRef | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(ref, PolicyRef):
         return ref.as_dict()
-    return {"id": str(ref["id"]), "version": int(ref["version"]), "variant": ref.get("variant")}
+    out = {"id": str(ref["id"]), "version": int(ref["version"]), "variant": ref.get("variant")}
+    if ref.get("digest") is not None:
+        out["digest"] = str(ref["digest"])
+    return out
 
 
 def reseal(items: Iterable[Pending], session_id: str, tail: tuple[int, str]) -> tuple[int, str]:

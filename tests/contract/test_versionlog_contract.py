@@ -31,6 +31,7 @@ from sessions.versionlog import (
 from tests.support.servers import redis_server
 
 GENESIS = "0" * 64
+DIGEST, DIGEST_AB = "d" * 64, "a" * 64  # the versions' content digests ride along
 CONFIG = {"prompt": "Always disclose.", "keyterms": ("acme", "gdpr"), "vad_threshold": 0.5}
 
 
@@ -172,7 +173,10 @@ def append(log: BufferedVersionLog, sid: str, version: int, **overrides: Any) ->
     fields: dict[str, Any] = {
         "version": version,
         "cause": "policy",
-        "policies": [PolicyRef("eu-disclosure", version, None), {"id": "ab", "version": 1}],
+        "policies": [
+            PolicyRef("eu-disclosure", version, None, DIGEST),
+            {"id": "ab", "version": 1, "digest": DIGEST_AB},
+        ],
         "delta": {"prompt": f"v{version}", "vad_threshold": None, "keyterms": ("a", "b")},
         "wire": {"type": "UpdateConfiguration", "prompt": f"v{version}"},
         "status": "sent",
@@ -202,8 +206,8 @@ async def test_append_flush_entries_round_trip(backend: Backend) -> None:
     assert await log.entries("s1") == appended
     first = appended[0]
     assert first.policies == (
-        {"id": "eu-disclosure", "version": 1, "variant": None},
-        {"id": "ab", "version": 1, "variant": None},
+        {"id": "eu-disclosure", "version": 1, "variant": None, "digest": DIGEST},
+        {"id": "ab", "version": 1, "variant": None, "digest": DIGEST_AB},
     )
     assert first.delta == {"prompt": "v1", "vad_threshold": None, "keyterms": ["a", "b"]}
     assert first.at == backend.clock.now()

@@ -121,7 +121,7 @@ async def test_audit_at_answers_what_the_upstream_ran_at_each_instant(
             assert answer["established_by"]["meaning"].startswith("connect parameters")
         elif what in ("acked", "rejected"):
             assert (established["cause"], established["status"]) == ("policy", "acked")
-            assert answer["policies"] == [{"id": "tone", "version": 1, "variant": None}]
+            assert answer["policies"] == [await cp.ref("tone", 1)]
             assert answer["sent_by"]["status"] == "sent"
         else:
             assert (established["cause"], established["status"]) == ("client", "sent")

@@ -281,9 +281,9 @@ async def test_a_replica_killed_mid_push_its_clients_resume_on_the_other_on_the_
                                                        "session_id": c.upstream_id}  # fmt: skip
             pushed = [e for e in log if e["version"] == 2]
             assert [e["status"] for e in pushed] == ["sent", "acked"], log
-            assert pushed[0]["policies"] == [{"id": "greeting", "version": 3, "variant": None}]
+            assert pushed[0]["policies"] == [await b.ref("greeting", 3)]
         else:
-            assert log[0]["policies"] == [{"id": "greeting", "version": 3, "variant": None}]
+            assert log[0]["policies"] == [await b.ref("greeting", 3)]
             assert log[0]["wire"]["connect"]["keyterms_prompt"] == '["three"]'
         # linked to the killed replica's record of the same call by the upstream session id
         assert (await b.session(sid))["upstream_id"] == c.upstream_id
@@ -321,7 +321,7 @@ async def test_a_replica_killed_mid_push_its_clients_resume_on_the_other_on_the_
         assert durable[sid] == local[sid], sid
         # write-ahead: the push A was making when it died is in its log (its frame left only
         # after its `sent` entry was durable); its outcome is unknown, so nothing follows it
-        v2 = [{"id": "greeting", "version": 2, "variant": None}]
+        v2 = [await b.ref("greeting", 2)]
         pushed = [e for e in local[sid] if e["policies"] == v2 and e["cause"] == "policy"]
         assert [e["status"] for e in pushed] == ["sent"], (sid, local[sid])
         assert local[sid][: len(shipped_before.get(sid, []))] == shipped_before.get(sid, [])

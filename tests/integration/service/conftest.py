@@ -93,6 +93,13 @@ class ControlPlaneUnderTest:
     async def publish(self, doc: dict[str, Any], token: str = ADMIN) -> dict[str, Any]:
         return dict(await self.call("POST", "/v1/policies", body=doc, token=token, expect=201))
 
+    async def ref(self, policy_id: str, version: int, variant: str | None = None) -> dict[str, Any]:
+        """A log entry's ``policies`` item for that version, its digest as the API lists it."""
+        body = await self.call("GET", f"/v1/policies/{policy_id}/versions", expect=200)
+        (record,) = [v for v in body["items"] if v["version"] == version]
+        return {"id": policy_id, "version": version, "variant": variant,
+                "digest": record["digest"]}  # fmt: skip
+
     async def log(self, session_id: str) -> list[dict[str, Any]]:
         body = await self.call("GET", f"/v1/sessions/{session_id}/log", expect=200)
         return list(body["items"])

@@ -70,7 +70,7 @@ async def test_sdk_session_gets_exact_delta_logged_and_reverted_on_retire(
         assert pushed[0]["status"] == "sent"  # streaming v3 is never "acked"
         assert pushed[0]["delta"] == {"prompt": "This call is recorded.",
                                       "max_turn_silence_ms": 2500}  # fmt: skip
-        assert pushed[0]["policies"] == [{"id": "eu-disclosure", "version": 1, "variant": None}]
+        assert pushed[0]["policies"] == [await cp.ref("eu-disclosure", 1)]
 
         assert await asyncio.to_thread(run_cli, cp, "policy", "retire", "eu-disclosure") == 0
 

@@ -202,7 +202,7 @@ async def test_on_breach_rollback_pushes_the_previous_version_back(
 
     entry = (await eventually(rolled_back_entry))[0]
     assert entry["delta"] == {"system_prompt": "v1"}
-    assert entry["policies"] == [{"id": "greeting", "version": 3, "variant": None}]
+    assert entry["policies"] == [await cp.ref("greeting", 3)]
 
 
 async def test_failures_below_the_ratio_or_among_too_few_sessions_do_not_halt(

@@ -48,9 +48,12 @@ async def test_rollback_republishes_an_old_version_as_the_next_one(
         assert app.session_id is not None
         entries = await cp.log(app.session_id)
         assert entries[-1]["cause"] == "rollback" and entries[-1]["status"] == "acked"
-        assert entries[-1]["policies"] == [{"id": "tone", "version": 3, "variant": None}]
         versions = await cp.call("GET", "/v1/policies/tone/versions", expect=200)
         assert [v["version"] for v in versions["items"]] == [1, 2, 3]
+        digest = versions["items"][2]["digest"]
+        assert entries[-1]["policies"] == [
+            {"id": "tone", "version": 3, "variant": None, "digest": digest}
+        ]
 
 
 async def test_relabel_re_resolves_and_pushes_the_delta(cp: ControlPlaneUnderTest) -> None:

@@ -1,0 +1,151 @@
+"""The embedded mode's durable policy store: every accepted policy event, one file each.
+
+Distributed mode keeps policy events in the ``CP_POLICY`` stream; without NATS the in-process
+bus forgets them on exit, so ``serve`` writes each event it accepts here before anything acts
+on it (no session is pushed, no answer given, until the file and its directory are synced)
+and replays them at start. Layout under ``<data-dir>/policies/``::
+
+    <policy id>/<version>.json          a policy.published / policy.retired event (to_json)
+    <policy id>/<version>.halted.json   the policy.halted event of that version, if any
+
+A file is written once: to a temporary name, fsync'd, hard-linked to its final name (which
+fails if the name exists: a version is never written twice) and the directory fsync'd, so a
+crash (``kill -9``, power loss) leaves either the whole event or nothing. Replay order is per
+policy, by version, a halt right after its version. A file that does not parse back to the
+event its name promises stops the start (``policy_store_corrupt``): replaying around a lost
+version could hand its number to different content.
+
+Writes are blocking file I/O: the service runs them in a worker thread (``asyncio.to_thread``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Final
+
+from controlplane.bus import PolicyEvent
+from controlplane.errors import Conflict, ControlPlaneError, Unavailable
+
+__all__ = ["PolicyFiles", "PolicyFilesCorrupt"]
+
+_NAME: Final = re.compile(r"^([1-9][0-9]{0,15})(\.halted)?\.json$")
+_POLICY_ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_TMP_PREFIX: Final = ".tmp-"
+
+
+class PolicyFilesCorrupt(ControlPlaneError):
+    """A stored policy file cannot be replayed; the message names the file."""
+
+    status = 500
+    default_code = "policy_store_corrupt"
+
+
+class PolicyFiles:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, event: PolicyEvent) -> Path:
+        suffix = ".halted.json" if event.type == "policy.halted" else ".json"
+        return self.root / event.policy_id / f"{event.version}{suffix}"
+
+    # -- write -----------------------------------------------------------------------------
+    def write(self, event: PolicyEvent) -> None:
+        """Store one accepted event durably; Unavailable (503) when the disk refuses."""
+        try:
+            self._write(event)
+        except OSError as exc:
+            raise Unavailable(
+                f"cannot store policy {event.policy_id!r} version {event.version} under "
+                f"{self.root}: {exc.strerror or exc}",
+                code="policy_store_unavailable",
+                details={"id": event.policy_id, "version": event.version},
+            ) from exc
+
+    def _write(self, event: PolicyEvent) -> None:
+        target = self.path(event)
+        folder = target.parent
+        if not folder.is_dir():
+            if not self.root.is_dir():
+                self.root.mkdir(parents=True, exist_ok=True)
+                _fsync_dir(self.root.parent)
+            folder.mkdir(exist_ok=True)
+            _fsync_dir(self.root)
+        data = json.dumps(event.to_json(), ensure_ascii=False, sort_keys=True).encode()
+        tmp = folder / f"{_TMP_PREFIX}{target.name}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, target)  # no-clobber: FileExistsError if this version was stored
+        except FileExistsError:  # another process on this data directory took the number
+            raise Conflict(
+                f"policy {event.policy_id!r} version {event.version} is already stored "
+                f"({target}): refusing to reuse a version number",
+                code="policy_store_conflict",
+                details={"id": event.policy_id, "version": event.version},
+            ) from None
+        finally:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        _fsync_dir(folder)
+
+    # -- replay ----------------------------------------------------------------------------
+    def load(self) -> list[PolicyEvent]:
+        """Every stored event in replay order; PolicyFilesCorrupt names a bad file."""
+        if not self.root.is_dir():
+            return []
+        events: list[PolicyEvent] = []
+        for folder in sorted(self.root.iterdir()):
+            if not folder.is_dir() or not _POLICY_ID.match(folder.name):
+                continue
+            events.extend(self._load_policy(folder))
+        return events
+
+    def _load_policy(self, folder: Path) -> Iterator[PolicyEvent]:
+        named: list[tuple[int, bool, Path]] = []
+        for path in folder.iterdir():
+            if path.name.startswith(_TMP_PREFIX):  # a write a crash interrupted
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                continue
+            found = _NAME.match(path.name)
+            if found is None:
+                raise PolicyFilesCorrupt(f"unexpected file {path} in the policy store")
+            named.append((int(found.group(1)), found.group(2) is not None, path))
+        for version, halted, path in sorted(named):
+            yield self._read(path, folder.name, version, halted)
+
+    @staticmethod
+    def _read(path: Path, policy_id: str, version: int, halted: bool) -> PolicyEvent:
+        try:
+            event = PolicyEvent.from_json(json.loads(path.read_bytes()))
+        except (OSError, ValueError) as exc:
+            raise PolicyFilesCorrupt(f"policy store file {path} cannot be read: {exc}") from exc
+        if (
+            event.policy_id != policy_id
+            or event.version != version
+            or (event.type == "policy.halted") != halted
+        ):
+            raise PolicyFilesCorrupt(
+                f"policy store file {path} holds {event.type} of {event.policy_id!r} "
+                f"version {event.version}, not what its name says"
+            )
+        return event
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
