@@ -53,7 +53,9 @@ from sessions.dialects.base import (
     TurnBoundary,
 )
 from sessions.dialects.streaming_v3 import STREAMING_V3
+from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
 from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
+from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
@@ -73,11 +75,17 @@ INTERNAL_ERROR_CLOSE = 1011
 class UpstreamTransport:
     """Writes pushes to the upstream socket; remembers which acks are ours (Voice Agent)."""
 
-    __slots__ = ("acknowledging", "pending", "ws")
+    __slots__ = ("acknowledging", "model", "pending", "ws")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, acknowledging: bool) -> None:
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        acknowledging: bool,
+        model: StreamingUpstream | None = None,
+    ) -> None:
         self.ws = ws
         self.acknowledging = acknowledging
+        self.model = model  # Streaming v3: what the upstream runs, frame by frame
         # "client" or a push version, in the order updates went upstream
         self.pending: deque[int | str] = deque(maxlen=MAX_PENDING_ACKS)
 
@@ -89,6 +97,8 @@ class UpstreamTransport:
             raise ConnectionError("upstream socket is closed")
         if self.acknowledging:
             self.pending.append(push.version)
+        if self.model is not None:
+            self.model.pushed(wire)
         await self.ws.send_str(text)
 
 
@@ -165,7 +175,7 @@ class Gateway:
             return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
         ws = self._client_ws()
         await ws.prepare(request)
-        transport = UpstreamTransport(upstream, acknowledging=False)
+        transport = UpstreamTransport(upstream, False, StreamingUpstream(merged))
         wire = {"connect": {k: v for k, v in merged.items() if k not in SECRET_QUERY}}
         if skipped:
             wire["skipped"] = dict(skipped)
@@ -316,10 +326,13 @@ class Gateway:
         if not isinstance(message, dict):
             await upstream.send_str(data)
             return
+        if transport.model is not None and message.get("type") == STREAMING_UPDATE:
+            await self._streaming_update(message, data, ws, upstream, ls, transport.model)
+            return
         try:
             delta = dialect.parse_client_update(message)
         except DialectError as exc:  # a malformed value: the upstream judges it, locks hold
-            await self._forward_malformed(message, data, exc, upstream, ls, transport, dialect)
+            await self._forward_malformed(message, data, exc, ws, upstream, ls, transport, dialect)
             return
         if delta is None:
             await upstream.send_str(data)  # not an update: untouched (upstream judges it)
@@ -327,6 +340,8 @@ class Gateway:
         forward_text, stripped = self._without_locked(
             ls, dialect, message, data, sorted(set(delta) & set(ls.locks)), delta=delta
         )
+        if stripped and dialect.acknowledges:  # the client learns why, in its own protocol
+            await _locked_error(ws, ls, stripped)
         forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
         if forward_text is None:
             return
@@ -339,6 +354,40 @@ class Gateway:
                 ls, cause="client", status="sent", delta=forwarded,
                 wire=json.loads(forward_text),
             )  # fmt: skip
+
+    async def _streaming_update(
+        self,
+        message: dict[str, Any],
+        data: str,
+        ws: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        model: StreamingUpstream,
+    ) -> None:
+        """A client's ``UpdateConfiguration``, judged on its effect by the upstream's own
+        config model: what would change a locked field is stripped (the client gets a
+        ``Warning`` naming it), the rest goes upstream and is logged with its effective delta
+        (presets, clamps and dropped keyterms included)."""
+        locks = {f: f"policy {ref.id} v{ref.version}" for f, ref in ls.locks.items()}
+        effect = model.client_update(message, locks)
+        if effect.stripped:
+            self.service.engine.record(
+                ls, cause="client", status="rejected", wire=message,
+                error="; ".join(effect.stripped.values()),
+                delta=dict(effect.refused),
+            )  # fmt: skip
+            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
+            if effect.warning is not None:
+                with contextlib.suppress(Exception):
+                    await ws.send_str(json.dumps(effect.warning))
+        if effect.forward is None:
+            return
+        await upstream.send_str(data if not effect.stripped else json.dumps(effect.forward))
+        if effect.delta:
+            await self.service.engine.client_update(ls, effect.delta, self.service.policies_for(ls))
+            self.service.engine.record(
+                ls, cause="client", status="sent", delta=effect.delta, wire=effect.forward
+            )
 
     def _without_locked(
         self,
@@ -373,6 +422,7 @@ class Gateway:
         message: dict[str, Any],
         data: str,
         error: DialectError,
+        ws: web.WebSocketResponse,
         upstream: aiohttp.ClientWebSocketResponse,
         ls: LiveSession,
         transport: UpstreamTransport,
@@ -381,9 +431,11 @@ class Gateway:
         """An update with a wrongly-typed canonical value goes to the upstream, which answers
         it — but without locked fields: an upstream that applies the valid rest of a message
         must not receive a locked value next to a malformed one."""
-        forward_text, _ = self._without_locked(
+        forward_text, stripped = self._without_locked(
             ls, dialect, message, data, sorted(ls.locks), note=f" (malformed update: {error})"
         )
+        if stripped and dialect.acknowledges:
+            await _locked_error(ws, ls, stripped)
         if forward_text is None:
             return
         if transport.acknowledging:
@@ -505,9 +557,28 @@ async def _abort(
         await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
 
 
-async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
+async def _agent_error(
+    ws: web.WebSocketResponse, code: str, message: str, param: str | None = None
+) -> None:
+    body = {"type": "session.error", "code": code, "message": message}
+    if param is not None:
+        body["param"] = param
     with contextlib.suppress(Exception):
-        await ws.send_str(json.dumps({"type": "session.error", "code": code, "message": message}))
+        await ws.send_str(json.dumps(body))
+
+
+async def _locked_error(
+    ws: web.WebSocketResponse, ls: LiveSession, fields: tuple[str, ...]
+) -> None:
+    """Voice Agent: the locked fields stripped from a client's ``session.update`` are refused
+    with a ``session.error`` ``immutable_field`` (the code clients already treat as "change
+    dropped, session open"), ``param`` the first field's path, the message naming them all."""
+    paths = [VOICE_AGENT_V1.wire_path(f) for f in fields]
+    owners = "; ".join(
+        f"{path} ({f}) is locked by policy {ls.locks[f].id} v{ls.locks[f].version}"
+        for f, path in zip(fields, paths, strict=True)
+    )
+    await _agent_error(ws, "immutable_field", f"refused by the control plane: {owners}", paths[0])
 
 
 def _close_reason(text: str) -> bytes:

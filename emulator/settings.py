@@ -57,7 +57,7 @@ class EmulatorSettings:
     connect_error_close_code: int = sv3.CLOSE["invalid_message"]
     update_error_close_code: int = sv3.CLOSE["invalid_message"]  # oversize mid-stream etc.
     strict_u3_params_at_connect: bool = False  # reject every U3-only param on other models
-    warning_code: int = 3010  # no source documents the real code (PROTOCOLS Part 7.1)
+    warning_code: int = sv3.WARNING_CODE  # no source documents the real code (PROTOCOLS Part 7.1)
     error_frame_before_close: bool = True  # send {"type":"Error"} before an error close
     enforce_chunk_duration: bool = True
     pacing_tolerance_ms: float = 1500.0  # audio may run this far ahead of wall time

@@ -27,6 +27,7 @@ __all__ = [
     "UNIVERSAL_STREAMING_MODELS",
     "UPDATABLE_PARAMS",
     "US_DEFAULTS",
+    "WARNING_CODE",
     "is_u3_pro",
 ]
 
@@ -168,6 +169,10 @@ CLOSE: Final[Mapping[str, int]] = MappingProxyType(
         "too_many_sessions": 3009,
     }
 )
+
+# The `Warning` code for a field stripped from an update: no source documents the real code
+# (PROTOCOLS.md Part 7.1); the emulator's default, and what the gateway sends for a locked field.
+WARNING_CODE: Final = 3010
 
 # The preset a U3-Pro session runs when the client names no `mode` (Begin echoes it; SKILL-S).
 DEFAULT_MODE: Final = "balanced"

@@ -70,6 +70,11 @@ class VoiceAgentV1Dialect:
             return f"{name}: {DIALECT} has no {name} (streaming U3-Pro only)"
         return None
 
+    def wire_path(self, name: str) -> str:
+        """Canonical field ``name``'s dotted path in the ``session`` object (as ``param`` of a
+        ``session.error`` names it: ``input.turn_detection.max_silence``)."""
+        return ".".join(CANONICAL_TO_WIRE[name])
+
     def default_for(self, name: str) -> Any:
         """The wire value that stands for "unset" of canonical field ``name``."""
         value = _get_path(DEFAULT_CONFIG, CANONICAL_TO_WIRE[name])

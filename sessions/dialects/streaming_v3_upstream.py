@@ -1,0 +1,180 @@
+"""What a Streaming v3 upstream runs, message by message; locks enforced on effect (sans-I/O).
+
+``StreamingUpstream`` keeps the upstream's full configuration in the protocol's own names,
+computed by the very code the emulator runs (``streaming_v3_config``): the connect query,
+then every ``UpdateConfiguration`` (ours and the client's) in the order they went upstream.
+A ``mode`` re-applies its whole preset, ``min_turn_silence`` is clamped, over-long keyterms
+are dropped, U3-only fields are stripped on other models: all of it shows in the model.
+
+``client_update`` decides what of a client's update may go upstream. Locks hold on the
+*effect* of the message, not on its field names: a locked field named in the message is
+stripped, and so is a field that would change a locked field implicitly (``mode``, whose
+preset sets the turn parameters). It returns the frame to forward, the effective canonical
+delta (every canonical field the message changes or sets, with the value the upstream then
+runs) and a ``Warning`` for the client naming what was stripped and why.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from policies.fields import Config, Delta, Value
+from sessions.dialects.base import ordered_fields
+from sessions.dialects.streaming_v3_config import (
+    TABLE_SETTINGS,
+    Rejection,
+    StreamingSettings,
+    apply_update,
+    parse_connect,
+)
+from sessions.dialects.streaming_v3_table import (
+    CANONICAL_TO_WIRE,
+    PARAM_ALIASES,
+    WARNING_CODE,
+)
+
+__all__ = ["IMPLICIT_PARAMS", "ClientEffect", "StreamingUpstream", "canonical_view"]
+
+# Update parameters that change canonical fields they do not name (a preset).
+IMPLICIT_PARAMS: Final = ("mode",)
+
+
+def canonical_view(config: Mapping[str, Any]) -> Config:
+    """The canonical fields of a full wire config (clearing values read as unset)."""
+    view: Config = {}
+    for name, (wire, _) in CANONICAL_TO_WIRE.items():
+        raw = config.get(wire)
+        if raw is None or raw in ("", []):
+            continue
+        view[name] = tuple(raw) if isinstance(raw, list) else raw
+    return view
+
+
+def _wire_names(name: str) -> tuple[str, ...]:
+    wire = CANONICAL_TO_WIRE[name][0]
+    return (wire, *(alias for alias, target in PARAM_ALIASES.items() if target == wire))
+
+
+def _named(applied: Mapping[str, Any]) -> list[str]:
+    """Canonical fields an applied update names (aliases already rewritten)."""
+    return [name for name, (wire, _) in CANONICAL_TO_WIRE.items() if wire in applied]
+
+
+@dataclass(frozen=True)
+class ClientEffect:
+    """What to do with one client ``UpdateConfiguration``.
+
+    ``forward``: the frame for the upstream (``None``: nothing is left to send). ``delta``:
+    the effective canonical delta of ``forward`` (``None`` values: the field is now unset).
+    ``stripped``: wire parameter -> reason, for each parameter removed because of a lock;
+    ``locked``: the locked canonical fields involved; ``refused``: what the client's message
+    would have set them to (``None``: unset; empty when the message is malformed).
+    ``warning``: the ``Warning`` frame for the client (``None`` when nothing was stripped).
+    ``rejected``: the upstream will refuse ``forward`` (an ``Error`` and close): it changes
+    nothing.
+    """
+
+    forward: dict[str, Any] | None
+    delta: Delta = field(default_factory=dict)
+    stripped: Mapping[str, str] = field(default_factory=dict)
+    locked: tuple[str, ...] = ()
+    warning: dict[str, Any] | None = None
+    rejected: bool = False
+    refused: Delta = field(default_factory=dict)
+
+
+class StreamingUpstream:
+    """The configuration one Streaming v3 upstream session runs (``config``, wire names).
+
+    ``config`` is ``None`` when the connect query is one the upstream refuses (the session
+    never starts); updates then change nothing here.
+    """
+
+    __slots__ = ("config", "settings")
+
+    def __init__(
+        self, query: Mapping[str, str], settings: StreamingSettings = TABLE_SETTINGS
+    ) -> None:
+        self.settings = settings
+        parsed = parse_connect(query, settings)
+        self.config: dict[str, Any] | None = None if isinstance(parsed, Rejection) else parsed[0]
+
+    def view(self) -> Config:
+        """The canonical fields the upstream runs now."""
+        return {} if self.config is None else canonical_view(self.config)
+
+    def pushed(self, message: Mapping[str, Any]) -> None:
+        """One of our ``UpdateConfiguration`` frames went upstream."""
+        if self.config is None:
+            return
+        result = apply_update(self.config, message, self.settings)
+        if result.rejection is None:
+            self.config = result.config
+
+    def client_update(self, message: Mapping[str, Any], locks: Mapping[str, str]) -> ClientEffect:
+        """Decide a client's update. ``locks``: locked canonical field -> who locked it
+        (shown to the client). Commits the forwarded frame's effect to ``config``."""
+        if self.config is None:
+            return ClientEffect(dict(message))
+        out = copy.deepcopy(dict(message))
+        stripped: dict[str, str] = {}
+        involved: list[str] = []
+        for name in locks:
+            if name not in CANONICAL_TO_WIRE:
+                continue
+            for wire in _wire_names(name):
+                if wire in out:
+                    del out[wire]
+                    stripped[wire] = f"{name} locked by {locks[name]}"
+                    if name not in involved:
+                        involved.append(name)
+        before = canonical_view(self.config)
+        asked = apply_update(self.config, message, self.settings)
+        asked_view = canonical_view(asked.config) if asked.rejection is None else None
+        result = apply_update(self.config, out, self.settings)
+        for param in IMPLICIT_PARAMS:
+            if result.rejection is not None:
+                break
+            after = canonical_view(result.config)
+            hit = [n for n in locks if after.get(n) != before.get(n)]
+            if not hit or param not in out:
+                continue
+            del out[param]
+            stripped[param] = f"{param} would change " + ", ".join(
+                f"{n} locked by {locks[n]}" for n in hit
+            )
+            involved.extend(n for n in hit if n not in involved)
+            result = apply_update(self.config, out, self.settings)
+        if result.rejection is None:
+            after = canonical_view(result.config)
+            if any(after.get(n) != before.get(n) for n in locks):
+                # nothing left to strip that explains it: refuse the whole message
+                stripped.update((k, f"{k} would change a locked field") for k in out if k != "type")
+                out = {"type": out.get("type")}
+        warning = None
+        if stripped:
+            text = "; ".join(f"{k} ({why})" for k, why in stripped.items())
+            warning = {
+                "type": "Warning",
+                "warning_code": WARNING_CODE,
+                "warning": f"ignored by the control plane: {text}",
+            }
+        refused: Delta = {}
+        if asked_view is not None:
+            refused = {n: asked_view.get(n) for n in ordered_fields(involved)}
+        locked = tuple(ordered_fields(involved))
+        forward: dict[str, Any] | None = out if set(out) - {"type"} else None
+        if forward is None:
+            return ClientEffect(None, {}, stripped, locked, warning, refused=refused)
+        if result.rejection is not None:
+            return ClientEffect(forward, {}, stripped, locked, warning, True, refused)
+        after = canonical_view(result.config)
+        names = set(_named(result.applied)) | {
+            n for n in CANONICAL_TO_WIRE if after.get(n) != before.get(n)
+        }
+        delta: dict[str, Value | None] = {n: after.get(n) for n in ordered_fields(names)}
+        self.config = result.config
+        return ClientEffect(forward, delta, stripped, locked, warning, refused=refused)
