@@ -340,6 +340,7 @@ class ControlPlane:
         state: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        upstream_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         def keep(s: Session) -> bool:
             if kind is not None and s.kind != kind:
@@ -352,6 +353,10 @@ class ControlPlane:
                         return False
             return True
 
+        if upstream_id is not None:  # at most one session: found by its index, not a scan
+            found = await self._find(await self.resolve_session_id(upstream_id))
+            match = found is not None and found.upstream_id == upstream_id and keep(found)
+            return ([found.to_dict()] if match and found is not None else []), None
         with _backend("listing sessions"):
             page = await self.registry.list(
                 keep, include_ended=state == "ended", limit=limit, cursor=cursor
@@ -363,13 +368,29 @@ class ControlPlane:
         return items, page.next
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
-        live = self.engine.live.get(session_id)
-        if live is not None:
-            return live.session.to_dict()
-        session = await self._recorded(session_id)
+        session = await self._find(await self.resolve_session_id(session_id))
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="session_not_found")
         return session.to_dict()
+
+    async def _find(self, session_id: str) -> Session | None:
+        live = self.engine.live.get(session_id)
+        return live.session if live is not None else await self._recorded(session_id)
+
+    async def resolve_session_id(self, ref: str) -> str:
+        """A control plane session id, or the upstream's id of a session (``Begin.id``, the
+        Voice Agent's ``session_id``) -> the control plane id. Unknown: ``ref`` unchanged
+        (the caller answers 404)."""
+        if ref in self.engine.live:
+            return ref
+        if await self._recorded(ref) is not None:
+            return ref
+        for ls in self.engine.live.values():  # a REST lookup, not a hot path
+            if ls.session.upstream_id == ref:
+                return ls.session.id
+        with _backend("reading the session registry"):
+            found = await self.registry.find_upstream(ref)
+        return ref if found is None else found
 
     async def _recorded(self, session_id: str) -> Session | None:
         """The registry's record (None: unknown); registry failures answer 503."""
@@ -390,6 +411,7 @@ class ControlPlane:
     async def session_log(
         self, session_id: str, *, local_only: bool = False
     ) -> list[dict[str, Any]]:
+        session_id = await self.resolve_session_id(session_id)
         if not local_only and session_id not in self.engine.live:
             remote = await self._remote_log(session_id)
             if remote is not None:
@@ -429,6 +451,8 @@ class ControlPlane:
         self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
     ) -> dict[str, Any]:
         trusted = parse_public_keys(public_keys)  # a bad key is 400 before any reading
+        if session_id is not None:
+            session_id = await self.resolve_session_id(session_id)
         answer = verify_answer(await self._audit_trail(session_id), session_id, trusted)
         broken = sum(1 for r in answer["items"] if not r["ok"])
         broken += 0 if answer["checkpoints"]["ok"] else 1
@@ -440,6 +464,7 @@ class ControlPlane:
         self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
     ) -> dict[str, Any]:
         trusted = parse_public_keys(public_keys)
+        session_id = await self.resolve_session_id(session_id)
         return config_at_answer(await self._audit_trail(session_id), session_id, at, trusted)
 
     async def _audit_trail(self, session_id: str | None) -> Trail:
@@ -462,6 +487,7 @@ class ControlPlane:
         actor: str,
         local_only: bool = False,
     ) -> dict[str, Any]:
+        session_id = await self.resolve_session_id(session_id)
         ls = self.engine.live.get(session_id)
         if ls is None:
             owner = None if local_only else await self._owner_elsewhere(session_id)
@@ -550,10 +576,17 @@ class ControlPlane:
         return ls
 
     async def detach(self, ls: LiveSession, cause: str) -> None:
+        unsynced = self.engine.unsynced(ls)
         if self.engine.detach(ls.session.id) is None:
             return
         self.assignments.ended(ls, {p.id: p for p in self.policies_for(ls)})
         now = self.clock.now()
+        try:
+            if unsynced:  # e.g. the upstream id of a short session: kept in its ended record
+                with contextlib.suppress(UnknownSession):
+                    await self.registry.update(ls.session)
+        except Exception as exc:
+            log.warning("registry update of ending session %s failed: %s", ls.session.id, exc)
         ls.session.state = SessionState.ENDED
         ls.session.ended_at = now
         ls.session.end_cause = cause

@@ -8,6 +8,7 @@ Key layout (``p`` = prefix, default ``cp:``)::
     p sessions:all            zset, score 0: live + retained ended ids (include_ended listing)
     p sessions:ended          zset scored by ended_at: trim order for retained ended sessions
     p sessions:owner          hash: live id -> owner node
+    p sessions:upstream       hash: upstream id -> session id (live + retained ended)
     p nodes                   set of nodes that own (or owned) sessions or sent heartbeats
     p node:<node>:alive       heartbeat, SET ... PX ttl (Redis is the one clock for liveness)
     p node:<node>:sessions    set of live ids the node owns
@@ -52,13 +53,21 @@ _END_BATCH: Final = 500
 _REGISTER_BATCH: Final = 500
 _WATCH_RETRIES: Final = 8
 
-# KEYS: ended zset, all zset. ARGV: max_ended, ended-key prefix, live-key prefix.
+# KEYS: ended zset, all zset, upstream hash. ARGV: max_ended, ended-key prefix, live-key prefix.
 _TRIM_LUA: Final = """
 local n = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
 if n <= 0 then return 0 end
 local old = redis.call('ZRANGE', KEYS[1], 0, n - 1)
 for _, id in ipairs(old) do
   redis.call('ZREM', KEYS[1], id)
+  local raw = redis.call('GET', ARGV[2] .. id)
+  if raw then
+    local ok, s = pcall(cjson.decode, raw)
+    local up = ok and type(s) == 'table' and s['upstream_id']
+    if type(up) == 'string' and redis.call('HGET', KEYS[3], up) == id then
+      redis.call('HDEL', KEYS[3], up)
+    end
+  end
   redis.call('DEL', ARGV[2] .. id)
   if redis.call('EXISTS', ARGV[3] .. id) == 0 then redis.call('ZREM', KEYS[2], id) end
 end
@@ -121,6 +130,7 @@ class RedisRegistry:
         self._all_z = f"{prefix}sessions:all"
         self._ended_z = f"{prefix}sessions:ended"
         self._owner_h = f"{prefix}sessions:owner"
+        self._upstream_h = f"{prefix}sessions:upstream"
         self._nodes = f"{prefix}nodes"
         self._trim_script = self._client.register_script(_TRIM_LUA)
         self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
@@ -159,15 +169,14 @@ class RedisRegistry:
         pipe.zadd(self._live_z, {sid: 0})
         pipe.zadd(self._all_z, {sid: 0})
         pipe.hset(self._owner_h, sid, node)
+        if session.upstream_id:
+            pipe.hset(self._upstream_h, session.upstream_id, sid)
         pipe.sadd(self._owned_key(node), sid)
         pipe.sadd(self._nodes, node)
         pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
 
     async def update(self, session: Session) -> None:
-        check_storable(session)
-        with _translate("update"):
-            stored = await self._client.set(self._live_key(session.id), _dump(session), xx=True)
-        if not stored:
+        if await self.update_many([session]):
             raise UnknownSession(session.id)
 
     async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
@@ -180,8 +189,12 @@ class RedisRegistry:
             async with self._client.pipeline(transaction=False) as pipe:
                 for session in batch:
                     pipe.set(self._live_key(session.id), _dump(session), xx=True)
+                indexed = [s for s in batch if s.upstream_id]
+                for session in indexed:  # an id learnt after register (Begin, session.ready)
+                    pipe.hset(self._upstream_h, str(session.upstream_id), session.id)
                 results = await pipe.execute()
-        return [s.id for s, ok in zip(batch, results, strict=True) if not ok]
+        stored = results[: len(batch)]
+        return [s.id for s, ok in zip(batch, stored, strict=True) if not ok]
 
     async def end(self, session_id: str, *, cause: str, at: float) -> Session:
         with _translate("end"):
@@ -253,6 +266,11 @@ class RedisRegistry:
         with _translate("owner"):
             node = await self._client.hget(self._owner_h, session_id)
         return None if node is None else _text(node)
+
+    async def find_upstream(self, upstream_id: str) -> str | None:
+        with _translate("find_upstream"):
+            found = await self._client.hget(self._upstream_h, upstream_id)
+        return None if found is None else _text(found)
 
     async def heartbeat(self, node: str) -> None:
         with _translate("heartbeat"):
@@ -334,6 +352,6 @@ class RedisRegistry:
 
     async def _trim(self) -> None:
         await self._trim_script(
-            keys=[self._ended_z, self._all_z],
+            keys=[self._ended_z, self._all_z, self._upstream_h],
             args=[self._max_ended, f"{self._p}session-ended:", f"{self._p}session:"],
         )

@@ -86,6 +86,10 @@ class Registry(Protocol):
 
     async def owner(self, session_id: str) -> str | None: ...
 
+    async def find_upstream(self, upstream_id: str) -> str | None:
+        """The id of the live or retained ended session whose upstream id this is."""
+        ...
+
     async def heartbeat(self, node: str) -> None: ...
 
     async def expire_dead_nodes(self) -> builtins.list[str]: ...
@@ -124,12 +128,14 @@ class MemoryRegistry:
         self._by_node: dict[str, set[str]] = {}
         self._beats: dict[str, float] = {}  # node -> clock.monotonic() of its last heartbeat
         self._sorted: dict[bool, builtins.list[str]] = {}  # include_ended -> sorted ids
+        self._by_upstream: dict[str, str] = {}  # upstream id -> session id (live + ended)
 
     async def register(self, session: Session) -> None:
         check_storable(session)
         self._disown(session.id)
         self._ended.pop(session.id, None)
         self._live[session.id] = session.copy()
+        self._index_upstream(session)
         self._owners[session.id] = session.node
         self._by_node.setdefault(session.node, set()).add(session.id)
         self._beats[session.node] = self._clock.monotonic()
@@ -157,7 +163,9 @@ class MemoryRegistry:
         mark_ended(session, cause=cause, at=at)
         self._ended[session_id] = session
         while len(self._ended) > self._max_ended:
-            self._ended.popitem(last=False)
+            _, dropped = self._ended.popitem(last=False)
+            if dropped.upstream_id and self._by_upstream.get(dropped.upstream_id) == dropped.id:
+                del self._by_upstream[dropped.upstream_id]
         self._sorted.clear()
         return session.copy()
 
@@ -190,6 +198,9 @@ class MemoryRegistry:
     async def owner(self, session_id: str) -> str | None:
         return self._owners.get(session_id)
 
+    async def find_upstream(self, upstream_id: str) -> str | None:
+        return self._by_upstream.get(upstream_id)
+
     async def heartbeat(self, node: str) -> None:
         self._beats[node] = self._clock.monotonic()
 
@@ -215,7 +226,12 @@ class MemoryRegistry:
         if session.id not in self._live:
             return False
         self._live[session.id] = session.copy()
+        self._index_upstream(session)
         return True
+
+    def _index_upstream(self, session: Session) -> None:
+        if session.upstream_id:
+            self._by_upstream[session.upstream_id] = session.id
 
     def _disown(self, session_id: str) -> None:
         node = self._owners.pop(session_id, None)

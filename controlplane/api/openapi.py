@@ -94,7 +94,7 @@ _PATHS: dict[str, Any] = {
             _V,
             json_content(ref("SessionList"), "a page of sessions"),
             errors=(400,),
-            params=("Selector", "Kind", "State", "Limit", "Cursor"),
+            params=("Selector", "Kind", "State", "Limit", "Cursor", "UpstreamId"),
         )
     },
     "/v1/sessions/{session_id}": {

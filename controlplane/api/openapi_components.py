@@ -365,6 +365,11 @@ SCHEMAS: dict[str, Any] = {
             "node": {"type": ["string", "null"]},
             "effective_config": {"type": "object"},
             "versions": {"type": "object"},
+            "upstream_id": {
+                "type": ["string", "null"],
+                "description": "the upstream's session id (Begin.id, Voice Agent session_id), "
+                "once the upstream answered; accepted wherever a session id is",
+            },
         },
     },
     "LogEntry": {**OBJ, "description": "a version log entry (DESIGN.md §4)"},
@@ -499,7 +504,18 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str) -> d
 
 
 PARAMETERS: dict[str, Any] = {
-    "SessionId": _param("session_id", "path", {"type": "string", "maxLength": 256}, "session"),
+    "SessionId": _param(
+        "session_id",
+        "path",
+        {"type": "string", "maxLength": 256},
+        "session: the control plane's id or the upstream's (Begin.id, Voice Agent session_id)",
+    ),
+    "UpstreamId": _param(
+        "upstream_id",
+        "query",
+        {"type": "string", "maxLength": 256},
+        "only the session with this upstream id (Begin.id, Voice Agent session_id)",
+    ),
     "PolicyId": _param(
         "policy_id", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}, "policy"
     ),

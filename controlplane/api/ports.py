@@ -56,6 +56,7 @@ class ControlPlaneAPI(Protocol):
         state: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        upstream_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]: ...
 
     async def get_session(self, session_id: str) -> dict[str, Any]: ...

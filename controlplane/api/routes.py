@@ -141,15 +141,19 @@ class _Handlers:
 
     async def list_sessions(self, request: web.Request) -> web.StreamResponse:
         q = request.query
-        check_query(q, ("selector", "kind", "state", "limit", "cursor"))
+        check_query(q, ("selector", "kind", "state", "limit", "cursor", "upstream_id"))
         selector = parse_selector(q.getall("selector", []))
         kind = parse_kind(single(q, "kind"))
         state = parse_state(single(q, "state"))
         limit = parse_limit(single(q, "limit"))
         cursor = parse_cursor(single(q, "cursor"))
+        upstream_id = single(q, "upstream_id")
+        if upstream_id is not None:
+            upstream_id = opaque_id("query parameter 'upstream_id'", upstream_id)
         items, next_cursor = await self._service.list_sessions(
-            selector=selector, kind=kind, state=state, limit=limit, cursor=cursor
-        )
+            selector=selector, kind=kind, state=state, limit=limit, cursor=cursor,
+            upstream_id=upstream_id,
+        )  # fmt: skip
         return _items(items, next_cursor)
 
     async def get_session(self, request: web.Request) -> web.StreamResponse:

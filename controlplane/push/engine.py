@@ -185,6 +185,10 @@ class PushEngine:
         for ref in effective.applied:
             ls.policy_status[ref.id] = (ref.version, ref.variant, "unchanged")
 
+    def unsynced(self, ls: LiveSession) -> bool:
+        """Whether the registry has yet to learn a change of this session."""
+        return ls in self._dirty
+
     def detach(self, session_id: str) -> LiveSession | None:
         ls = self.live.pop(session_id, None)
         if ls is not None:

@@ -205,6 +205,27 @@ async def test_ended_sessions_are_bounded_oldest_dropped_first(backend: Backend)
     assert [s.id for s in (await reg.list(include_ended=True)).items] == ["s2", "s3"]
 
 
+async def test_find_upstream_indexes_ids_learnt_by_update_until_the_record_is_dropped(
+    backend: Backend,
+) -> None:
+    reg = backend.make(1)
+    first = session("s1")
+    await reg.register(first)
+    assert await reg.find_upstream("up-1") is None  # not known before the upstream said it
+    first.upstream_id = "up-1"  # Begin / session.ready arrives after register
+    await reg.update(first)
+    second = session("s2")
+    second.upstream_id = "up-2"
+    await reg.register(second)
+    assert await reg.find_upstream("up-1") == "s1"
+    assert await reg.find_upstream("up-2") == "s2"
+    await reg.end("s1", cause="client_closed", at=2000.0)
+    assert await reg.find_upstream("up-1") == "s1"  # ended sessions stay findable ...
+    await reg.end("s2", cause="client_closed", at=2001.0)
+    assert await reg.find_upstream("up-1") is None  # ... until their record is dropped
+    assert await reg.find_upstream("up-2") == "s2"
+
+
 async def test_list_pages_in_id_order_with_a_cursor(backend: Backend) -> None:
     reg = backend.registry
     ids = [f"s{i:02d}" for i in range(25)]

@@ -226,10 +226,13 @@ class FakeControlPlane:
         state: str | None = None,
         limit: int = 100,
         cursor: str | None = None,
+        upstream_id: str | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
         self._record("list_sessions", selector, kind, state, limit, cursor)
 
         def keep(s: dict[str, Any]) -> bool:
+            if upstream_id is not None and s.get("upstream_id") != upstream_id:
+                return False
             if kind and s["kind"] != kind:
                 return False
             if state and s["state"] != state:
