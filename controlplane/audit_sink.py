@@ -16,6 +16,12 @@ files like a log shipper, off the critical path:
 
 A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
 transport deduplicates by key and readers drop exact duplicates (``dedupe``).
+
+Fencing (distributed mode): one session's trail has one writer, the node holding the id's
+claim in the registry (``sessions.registry``). Before each batch the shipper asks an
+``AuditFence`` which of the batch's sessions another node holds; their lines are withheld
+(kept in the local log, counted in ``audit_fenced_total``, logged), so two nodes never
+interleave two chains in one ``cp.audit.<id>``.
 The file layout it tails (``versionlog-YYYY-MM-DD.jsonl``, name order = write order, one
 canonical JSON entry per line) is the one documented in ``sessions.file_versionlog``.
 
@@ -31,7 +37,7 @@ import asyncio
 import json
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -40,7 +46,7 @@ from controlplane.metrics import Metrics
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
 
-__all__ = ["AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
+__all__ = ["AuditFence", "AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
 BATCH_LINES: Final = 500
 READ_BYTES: Final = 4 * 1024 * 1024
 RETRY_MAX_S: Final = 2.0
+FENCED_KEPT: Final = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +75,17 @@ class AuditTransport(Protocol):
         ...
 
 
+class AuditFence(Protocol):
+    async def foreign(self, session_ids: Collection[str]) -> set[str]:
+        """The ids among these whose trail another node holds (their lines are withheld)."""
+        ...
+
+
 class AuditReader(Protocol):
+    async def has_trail(self, session_id: str) -> bool:
+        """Whether any entry of this session is stored."""
+        ...
+
     async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
         """One session's stored entries in order (exact duplicates dropped)."""
         ...
@@ -112,8 +129,11 @@ class AuditShipper:
         interval_s: float = 0.2,
         batch_lines: int = BATCH_LINES,
         clock: Clock | None = None,
+        fence: AuditFence | None = None,
     ) -> None:
         self._clock = clock or SystemClock()
+        self._fence = fence
+        self.fenced: set[str] = set()  # session ids whose lines were withheld (bounded)
         self._dir = directory
         self._cursor_path = cursor_path
         self._transport = transport
@@ -203,6 +223,8 @@ class AuditShipper:
             await asyncio.to_thread(self._save_cursor)
 
     async def _ship(self, lines: Sequence[AuditLine]) -> None:
+        if self._fence is not None and lines:
+            lines = await self._fenced(lines)
         if not lines:
             return
         try:
@@ -213,6 +235,27 @@ class AuditShipper:
             raise
         self.shipped += len(lines)
         self._metrics.audit_shipped.inc(len(lines))
+
+    async def _fenced(self, lines: Sequence[AuditLine]) -> Sequence[AuditLine]:
+        """The lines this node may ship: those of sessions another node holds are withheld."""
+        assert self._fence is not None
+        try:
+            foreign = await self._fence.foreign({ln.session_id for ln in lines if ln.node is None})
+        except Exception:
+            self.healthy = False
+            raise  # the batch is retried whole, as for a transport failure
+        if not foreign:
+            return lines
+        withheld = [ln for ln in lines if ln.node is None and ln.session_id in foreign]
+        self._metrics.audit_fenced.inc(len(withheld))
+        new = foreign - self.fenced
+        if new:
+            log.error("audit: %d entries of session(s) %s not shipped: another node holds "
+                      "their trail (they stay in the local log)", len(withheld),
+                      ", ".join(sorted(new)[:20]))  # fmt: skip
+            if len(self.fenced) < FENCED_KEPT:
+                self.fenced |= new
+        return [ln for ln in lines if ln.node is not None or ln.session_id not in foreign]
 
     # -- files (worker thread) -----------------------------------------------------------
     def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:

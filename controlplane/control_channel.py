@@ -148,7 +148,7 @@ class ControlChannel:
             transport = ControlTransport(ws, session.id)
             ls = await self.service.attach(
                 session, effective, transport=transport, dialect=dialect_for(kind),
-                running=config, connect_wire=None,
+                running=config, connect_wire=None, chosen_id=session_id is not None,
             )  # fmt: skip
         except ProtocolError as exc:
             await _send_error(ws, exc.code, exc.message)

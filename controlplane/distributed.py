@@ -15,6 +15,7 @@ Lifecycle, driven by app.py around ``ControlPlane.start/close``::
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,17 +34,34 @@ from sessions.redis_registry import RedisRegistry
 from sessions.registry import MemoryRegistry, Registry
 from sessions.versionlog import VersionLog
 
-__all__ = ["Distributed", "build_registry", "cursor_path"]
+__all__ = ["ClaimFence", "Distributed", "build_registry", "cursor_path"]
 
 CURSOR_FILE = "audit-shipped.json"
+DAY_S = 86_400.0
 
 
 def build_registry(settings: Settings, clock: Clock) -> Registry:
     if settings.redis_url:
         return RedisRegistry(
-            settings.redis_url, clock, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix
-        )
+            settings.redis_url, clock, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix,
+            claim_ttl_s=settings.audit_max_age_days * DAY_S,  # the trail's lifetime
+        )  # fmt: skip
     return MemoryRegistry(clock, ttl_s=settings.session_ttl_s)
+
+
+class ClaimFence:
+    """The audit shipper's fence (``audit_sink.AuditFence``): the ids whose claim another
+    node holds in the registry. Asked once per shipped batch (one MGET); a registry failure
+    fails the batch, which is retried (the lines wait on disk)."""
+
+    def __init__(self, registry: Registry, node: str) -> None:
+        self._registry = registry
+        self._node = node
+
+    async def foreign(self, session_ids: Collection[str]) -> set[str]:
+        ids = list(session_ids)
+        holders = await self._registry.holders(ids)
+        return {sid for sid, h in zip(ids, holders, strict=True) if h not in (None, self._node)}
 
 
 def cursor_path(settings: Settings) -> Path:
@@ -80,7 +98,7 @@ class Distributed:
         shipper = AuditShipper(
             settings.data_dir / "audit", cursor_path(settings), audit,
             flush=versionlog.flush, metrics=metrics, interval_s=settings.audit_ship_interval_s,
-            clock=clock,
+            clock=clock, fence=ClaimFence(registry, node) if settings.redis_url else None,
         )  # fmt: skip
         ports = ClusterPorts(versions=bus, audit=audit)
         ports.checks["policies_replayed"] = lambda: bus.replayed

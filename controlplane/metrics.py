@@ -103,6 +103,11 @@ class Metrics:
             "Version-log entries stored in the durable audit stream (distributed mode)",
             registry=r,
         )
+        self.audit_fenced = Counter(
+            p + "audit_fenced_total",
+            "Local version-log entries not shipped: another node holds the session id's trail",
+            registry=r,
+        )
         self.audit_ship_backlog = Gauge(
             p + "audit_ship_backlog_bytes",
             "Bytes of local version log not yet in the durable audit stream",

@@ -127,6 +127,16 @@ class NatsAuditStream:
             )
 
     # -- readers -------------------------------------------------------------------------
+    async def has_trail(self, session_id: str) -> bool:
+        """Whether the stream holds any entry of this session (one request: its last one)."""
+        try:
+            await self._conn.js.get_last_msg(self.stream, self.subject(session_id))
+        except nats.js.errors.NotFoundError:
+            return False  # no such message (or no stream yet: no trail either)
+        except nats.errors.Error as exc:
+            raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+        return True
+
     async def read(
         self,
         sink: Callable[[bytes], None],

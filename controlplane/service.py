@@ -46,7 +46,7 @@ from policies.model import Policy, parse_policy
 from policies.resolve import Effective
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect
-from sessions.errors import SessionError, UnknownSession, VersionLogError
+from sessions.errors import SessionError, SessionIdTaken, UnknownSession, VersionLogError
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
 from sessions.versionlog import LogEntry, VersionLog
@@ -539,13 +539,16 @@ class ControlPlane:
         dialect: Dialect,
         running: Config,
         connect_wire: dict[str, Any] | None,
+        chosen_id: bool = False,
     ) -> LiveSession:
         """Hold a new live session. ``running`` is the config its upstream starts on: the
         effective config for a gateway late joiner (merged into the connect), the app's own
-        config on the control channel (which then gets a ``connect`` push)."""
-        if session.id in self.engine.live:
-            raise Conflict(f"session {session.id!r} is already registered",
-                           code="session_exists")  # fmt: skip
+        config on the control channel (which then gets a ``connect`` push). ``chosen_id``: the
+        client chose the id (not generated), so it may name an earlier session's trail."""
+        self._refuse_live(session.id)
+        if chosen_id:
+            await self._refuse_foreign_trail(session.id)
+            self._refuse_live(session.id)  # registered here while we waited
         starts_effective = running == effective.config
         push = PushState.start(
             acknowledging=transport.acknowledging, config=running,
@@ -555,7 +558,11 @@ class ControlPlane:
         self.engine.attach(ls, effective)
         try:
             with _backend("registering the session"):
-                await self.registry.register(session)
+                await self.registry.register(session)  # the cluster-wide claim of the id
+        except SessionIdTaken as exc:
+            self.engine.detach(session.id)
+            raise Conflict(str(exc), code="session_exists",
+                           details={"session_id": session.id}) from exc  # fmt: skip
         except BaseException:
             self.engine.detach(session.id)
             raise
@@ -574,6 +581,26 @@ class ControlPlane:
                 await self.registry.end(session.id, cause="attach_failed", at=self.clock.now())
             raise
         return ls
+
+    def _refuse_live(self, session_id: str) -> None:
+        if session_id in self.engine.live:
+            raise Conflict(f"session {session_id!r} is already registered",
+                           code="session_exists", details={"session_id": session_id})  # fmt: skip
+
+    async def _refuse_foreign_trail(self, session_id: str) -> None:
+        """An id nobody holds in the registry whose durable trail has entries (the registry
+        lost the claim, or it expired) is refused: a second chain would break the trail."""
+        if self.cluster.audit is None:
+            return
+        with _backend("checking the session id"):
+            [holder] = await self.registry.holders([session_id])
+            if holder is not None:  # ours (an ended id of this node continues its chain), or
+                return  # another node's: register() refuses it atomically
+            taken = await self.cluster.audit.has_trail(session_id)
+        if taken:
+            raise Conflict(f"session id {session_id!r} already has a durable audit trail; "
+                           "a session id is used once", code="session_exists",
+                           details={"session_id": session_id})  # fmt: skip
 
     async def detach(self, ls: LiveSession, cause: str) -> None:
         unsynced = self.engine.unsynced(ls)

@@ -4,6 +4,7 @@ Tree::
 
     SessionError                    root
     ├── UnknownSession              no such session id (permanent)
+    ├── SessionIdTaken              the id is live, or its trail belongs to another node
     ├── DialectError                a wire message cannot be parsed or encoded (permanent)
     │   └── WireLimitError          a value exceeds the dialect's limit (names field and limit)
     ├── VersionLogError             the log cannot be appended or read
@@ -23,6 +24,7 @@ __all__ = [
     "DialectError",
     "NotRebuildable",
     "SessionError",
+    "SessionIdTaken",
     "UnknownSession",
     "VersionLogError",
     "WireLimitError",
@@ -37,6 +39,17 @@ class UnknownSession(SessionError):
     def __init__(self, session_id: str) -> None:
         super().__init__(f"unknown session {session_id!r}")
         self.session_id = session_id
+
+
+class SessionIdTaken(SessionError):
+    """A session id is claimed cluster-wide: it is live (on any node), or another node holds
+    its durable trail (``cp.audit.<id>``, one writer per trail). Permanent: use another id."""
+
+    def __init__(self, session_id: str, *, holder: str | None) -> None:
+        where = "is live" if holder is None else f"is held by node {holder!r}"
+        super().__init__(f"session id {session_id!r} {where}; a session id is used once")
+        self.session_id = session_id
+        self.holder = holder
 
 
 class DialectError(SessionError):

@@ -12,10 +12,13 @@ Key layout (``p`` = prefix, default ``cp:``)::
     p nodes                   set of nodes that own (or owned) sessions or sent heartbeats
     p node:<node>:alive       heartbeat, SET ... PX ttl (Redis is the one clock for liveness)
     p node:<node>:sessions    set of live ids the node owns
+    p claim:<id>              the node holding the id (its trail's one writer), PX claim_ttl
 
 Costs: ``update`` is one ``SET ... XX`` (fails on unknown and ended ids alike, so an update can
 never resurrect an ended session); ``update_many`` is one pipeline of those; ``register`` one
-MULTI/EXEC, ``register_many`` one per 500 sessions (a replica writing back what Redis lost);
+claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC,
+``register_many`` one pipeline of claims and one MULTI/EXEC per 500 sessions (a replica
+writing back what Redis lost);
 ``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions, batched 500
 sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
 The two small Lua scripts build key names from the prefix, so all keys must live on one
@@ -35,7 +38,7 @@ from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
 from sessions.clock import Clock
-from sessions.errors import BackendUnavailable, UnknownSession
+from sessions.errors import BackendUnavailable, SessionIdTaken, UnknownSession
 from sessions.model import Session
 from sessions.registry import (
     DEFAULT_MAX_ENDED,
@@ -52,6 +55,7 @@ __all__ = ["RedisRegistry"]
 _END_BATCH: Final = 500
 _REGISTER_BATCH: Final = 500
 _WATCH_RETRIES: Final = 8
+DEFAULT_CLAIM_TTL_S: Final = 400 * 86_400.0  # the default CP_AUDIT retention
 
 # KEYS: ended zset, all zset, upstream hash. ARGV: max_ended, ended-key prefix, live-key prefix.
 _TRIM_LUA: Final = """
@@ -72,6 +76,17 @@ for _, id in ipairs(old) do
   if redis.call('EXISTS', ARGV[3] .. id) == 0 then redis.call('ZREM', KEYS[2], id) end
 end
 return n
+"""
+
+# KEYS: claim key, owner hash. ARGV: node, claim TTL ms, session id, strict ('1': a live id
+# is refused even on its own node). Returns the holder that refuses the claim, or nil (claimed).
+_CLAIM_LUA: Final = """
+local holder = redis.call('GET', KEYS[1])
+if holder and holder ~= ARGV[1] then return holder end
+local owner = redis.call('HGET', KEYS[2], ARGV[3])
+if owner and (owner ~= ARGV[1] or ARGV[4] == '1') then return owner end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
 """
 
 # KEYS: node alive key, node sessions set, nodes set. ARGV: node.
@@ -115,6 +130,7 @@ class RedisRegistry:
         ttl_s: float = 30.0,
         prefix: str = "cp:",
         max_ended: int = DEFAULT_MAX_ENDED,
+        claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
     ) -> None:
         if isinstance(url_or_client, str):
             self._client = Redis.from_url(url_or_client)
@@ -124,6 +140,7 @@ class RedisRegistry:
             self._owns_client = False
         self._clock = clock
         self._ttl_ms = max(1, round(ttl_s * 1000))
+        self._claim_ms = max(1, round(claim_ttl_s * 1000))
         self._max_ended = max_ended
         self._p = prefix
         self._live_z = f"{prefix}sessions:live"
@@ -134,12 +151,16 @@ class RedisRegistry:
         self._nodes = f"{prefix}nodes"
         self._trim_script = self._client.register_script(_TRIM_LUA)
         self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
+        self._claim_script = self._client.register_script(_CLAIM_LUA)
 
     def _live_key(self, session_id: str) -> str:
         return f"{self._p}session:{session_id}"
 
     def _ended_key(self, session_id: str) -> str:
         return f"{self._p}session-ended:{session_id}"
+
+    def _claim_key(self, session_id: str) -> str:
+        return f"{self._p}claim:{session_id}"
 
     def _alive_key(self, node: str) -> str:
         return f"{self._p}node:{node}:alive"
@@ -148,18 +169,50 @@ class RedisRegistry:
         return f"{self._p}node:{node}:sessions"
 
     async def register(self, session: Session) -> None:
-        await self.register_many([session])
+        check_storable(session)
+        with _translate("register"):
+            holder = await self._claim_script(
+                keys=[self._claim_key(session.id), self._owner_h],
+                args=[session.node, self._claim_ms, session.id, "1"],
+            )
+            if holder is not None:
+                raise SessionIdTaken(session.id, holder=_text(holder))
+            await self._store([session])
 
-    async def register_many(self, sessions: Iterable[Session]) -> None:
+    async def register_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
         batch = list(sessions)
         for session in batch:
             check_storable(session)
+        refused: builtins.list[str] = []
         with _translate("register"):
             for i in range(0, len(batch), _REGISTER_BATCH):
-                async with self._client.pipeline(transaction=True) as pipe:
-                    for session in batch[i : i + _REGISTER_BATCH]:
-                        self._queue_register(pipe, session)
-                    await pipe.execute()
+                chunk = batch[i : i + _REGISTER_BATCH]
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for session in chunk:
+                        await self._claim_script(
+                            keys=[self._claim_key(session.id), self._owner_h],
+                            args=[session.node, self._claim_ms, session.id, "0"],
+                            client=pipe,
+                        )
+                    holders = await pipe.execute()
+                refused += [s.id for s, h in zip(chunk, holders, strict=True) if h is not None]
+                await self._store([s for s, h in zip(chunk, holders, strict=True) if h is None])
+        return refused
+
+    async def holders(self, session_ids: Iterable[str]) -> builtins.list[str | None]:
+        ids = list(session_ids)
+        if not ids:
+            return []
+        with _translate("holders"):
+            raws = await self._client.mget([self._claim_key(i) for i in ids])
+        return [None if raw is None else _text(raw) for raw in raws]
+
+    async def _store(self, sessions: builtins.list[Session]) -> None:
+        if sessions:
+            async with self._client.pipeline(transaction=True) as pipe:
+                for session in sessions:
+                    self._queue_register(pipe, session)
+                await pipe.execute()
 
     def _queue_register(self, pipe: Pipeline, session: Session) -> None:
         sid, node = session.id, session.node

@@ -2,11 +2,17 @@
 
 Contract shared by every backend (checked by ``tests/contract/test_registry_contract.py``):
 
-- ``register(session)`` stores a session as live and makes ``session.node`` its owner; it is an
-  upsert (re-registering an id, even an ended one, replaces the record and makes it live). It
-  also counts as a heartbeat of ``session.node`` (a node that registers a session is alive).
-  ``register_many(sessions)`` does the same for a batch (pipelined on Redis: a replica
-  writing back its live sessions after Redis lost them).
+- ``register(session)`` *claims* the id cluster-wide, stores the session as live and makes
+  ``session.node`` its owner. The claim is atomic: it raises ``SessionIdTaken`` (permanent)
+  when the id is live (on any node) or held by another node, which keeps the id's durable
+  trail (``cp.audit.<id>``): one writer per trail. A node may re-register an ended id it
+  holds (its local chain continues). Redis keeps a claim ``claim_ttl_s`` after the last
+  registration (default: the audit retention, the trail's lifetime); memory keeps it while the
+  ended record is retained. It also counts as a heartbeat of ``session.node``.
+  ``register_many(sessions)`` is the write-back of a node's own live sessions after the
+  backend lost or ended them (pipelined on Redis): an upsert, except for ids another node
+  holds, which it skips and returns. ``holders(ids)`` answers the node holding each id's
+  claim, or None (the audit shipper's fence).
 - ``update(session)`` replaces the record of a *live* session; it raises ``UnknownSession``
   when the id is unknown or already ended (ended is terminal). It never changes the owner.
   ``update_many(sessions)`` does the same as one batch (one pipeline on Redis) and returns the
@@ -33,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from sessions.clock import Clock
-from sessions.errors import UnknownSession
+from sessions.errors import SessionIdTaken, UnknownSession
 from sessions.model import Session, SessionState
 
 __all__ = [
@@ -65,7 +71,9 @@ class Page:
 class Registry(Protocol):
     async def register(self, session: Session) -> None: ...
 
-    async def register_many(self, sessions: Iterable[Session]) -> None: ...
+    async def register_many(self, sessions: Iterable[Session]) -> builtins.list[str]: ...
+
+    async def holders(self, session_ids: Iterable[str]) -> builtins.list[str | None]: ...
 
     async def update(self, session: Session) -> None: ...
 
@@ -132,6 +140,16 @@ class MemoryRegistry:
 
     async def register(self, session: Session) -> None:
         check_storable(session)
+        holder = self._holder(session.id)
+        if session.id in self._live or (holder is not None and holder != session.node):
+            raise SessionIdTaken(session.id, holder=holder)
+        self._store(session)
+
+    def _holder(self, session_id: str) -> str | None:
+        held = self._live.get(session_id) or self._ended.get(session_id)
+        return None if held is None else held.node
+
+    def _store(self, session: Session) -> None:
         self._disown(session.id)
         self._ended.pop(session.id, None)
         self._live[session.id] = session.copy()
@@ -141,9 +159,19 @@ class MemoryRegistry:
         self._beats[session.node] = self._clock.monotonic()
         self._sorted.clear()
 
-    async def register_many(self, sessions: Iterable[Session]) -> None:
+    async def register_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        refused: builtins.list[str] = []
         for session in sessions:
-            await self.register(session)
+            check_storable(session)
+            holder = self._holder(session.id)
+            if holder is not None and holder != session.node:
+                refused.append(session.id)
+            else:
+                self._store(session)
+        return refused
+
+    async def holders(self, session_ids: Iterable[str]) -> builtins.list[str | None]:
+        return [self._holder(sid) for sid in session_ids]
 
     async def update(self, session: Session) -> None:
         if not self._store_live(session):

@@ -643,10 +643,12 @@ class PushEngine:
             skipped = await self._registry.update_many(batch)
             lost = [self.live[sid] for sid in skipped if sid in self.live]
             if lost:  # still held here: the registry's record is what is wrong
-                await self._registry.register_many([ls.session for ls in lost])
-            if lost:
+                taken = await self._registry.register_many([ls.session for ls in lost])
                 log.warning("re-registered %d live session(s) the registry had lost or ended",
-                            len(lost))  # fmt: skip
+                            len(lost) - len(taken))  # fmt: skip
+                if taken:  # another node claimed the id meanwhile: it holds the trail now
+                    log.error("session id(s) now held by another node, not re-registered: %s",
+                              ", ".join(taken[:20]))  # fmt: skip
         except Exception as exc:
             if not self._sync_failing:  # once per outage, not every sync
                 log.warning("registry update of %d sessions failed; retrying: %s", len(batch), exc)

@@ -11,7 +11,7 @@ import pytest
 
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
-from sessions.errors import BackendUnavailable, UnknownSession
+from sessions.errors import BackendUnavailable, SessionIdTaken, UnknownSession
 from sessions.model import Session, SessionState
 from sessions.redis_registry import RedisRegistry
 from sessions.registry import MemoryRegistry, Registry
@@ -167,30 +167,68 @@ async def test_end_marks_ended_keeps_it_for_inspection_and_is_idempotent(
     assert again == ended  # first end wins
 
 
-async def test_register_again_after_end_makes_it_live(backend: Backend) -> None:
+async def test_register_again_after_end_on_its_node_makes_it_live(backend: Backend) -> None:
     reg = backend.registry
     await reg.register(session("s1"))
     await reg.end("s1", cause="client_closed", at=2000.0)
-    await reg.register(session("s1", node="node-b"))
+    await reg.register(session("s1", tenant="other"))  # the node holding the id: allowed
     assert (await reg.get("s1")).state is SessionState.UNVERIFIED
-    assert await reg.owner("s1") == "node-b"
+    assert (await reg.get("s1")).labels["tenant"] == "other"
+    assert await reg.owner("s1") == "node-a"
     assert [s.id for s in (await reg.list()).items] == ["s1"]
 
 
-async def test_register_many_is_register_for_each(backend: Backend) -> None:
+async def test_a_claimed_id_is_refused_live_or_held_by_another_node(backend: Backend) -> None:
     reg = backend.registry
-    await reg.register(session("s0"))
+    await reg.register(session("s1"))
+    for node in ("node-a", "node-b"):  # live: refused on any node, the record untouched
+        with pytest.raises(SessionIdTaken) as info:
+            await reg.register(session("s1", node=node, tenant="intruder"))
+        assert info.value.session_id == "s1" and info.value.holder == "node-a"
+        assert not info.value.retryable
+    assert (await reg.get("s1")).labels["tenant"] == "acme"
+    await reg.end("s1", cause="client_closed", at=2000.0)
+    with pytest.raises(SessionIdTaken):  # ended: node-a still holds its trail
+        await reg.register(session("s1", node="node-b"))
+    assert (await reg.get("s1")).state is SessionState.ENDED
+    assert await reg.owner("s1") is None
+    assert await reg.holders(["s1", "nobody"]) == ["node-a", None]
+
+
+async def test_concurrent_registrations_of_one_id_claim_it_once(backend: Backend) -> None:
+    reg = backend.registry
+    other = backend.make(10_000) if isinstance(reg, RedisRegistry) else reg
+    results = await asyncio.gather(
+        *(r.register(session("race", node=f"node-{i}")) for i, r in enumerate([reg, other] * 4)),
+        return_exceptions=True,
+    )
+    winners = [i for i, r in enumerate(results) if r is None]
+    assert len(winners) == 1, results
+    assert all(isinstance(r, SessionIdTaken) for r in results if r is not None)
+    assert await reg.owner("race") == f"node-{winners[0]}"
+    assert await other.holders(["race"]) == [f"node-{winners[0]}"]
+
+
+async def test_register_many_writes_back_a_nodes_own_sessions(backend: Backend) -> None:
+    reg = backend.registry
+    await reg.register(session("s0", node="node-b"))
     await reg.end("s0", cause="client_closed", at=2000.0)
+    await reg.register(session("taken", node="node-a"))
     batch = [session(f"s{i}", node="node-b") for i in range(1203)]  # several batches
-    await reg.register_many(batch)
+    batch.append(session("taken", node="node-b", tenant="intruder"))
+    assert await reg.register_many(batch) == ["taken"]  # held by node-a: skipped
     # it counts as a heartbeat: checked at once (Redis expires it after TTL_S of real time,
     # which listing 1,203 sessions on a loaded machine can take)
+    await reg.heartbeat("node-a")
     assert await reg.expire_dead_nodes() == []
-    await reg.register_many([])
+    assert await reg.register_many([]) == []
     page = await reg.list(limit=2000)
-    assert [s.id for s in page.items] == sorted(s.id for s in batch)
-    assert await reg.get("s0") == batch[0]  # an ended id is live again, like register
+    assert [s.id for s in page.items] == sorted([s.id for s in batch[:-1]] + ["taken"])
+    assert await reg.get("s0") == batch[0]  # an ended id of its own is live again
     assert await reg.owner("s1202") == "node-b"
+    assert await reg.owner("taken") == "node-a"
+    assert (await reg.get("taken")).labels["tenant"] == "acme"
+    assert await reg.register_many([batch[5]]) == []  # a live one of its own: an upsert
 
 
 async def test_ended_sessions_are_bounded_oldest_dropped_first(backend: Backend) -> None:
@@ -275,8 +313,7 @@ async def test_dead_node_sessions_end_as_node_lost(backend: Backend) -> None:
     await reg.register(session("a1", node="node-a"))
     await reg.register(session("a2", node="node-a"))
     await reg.register(session("b1", node="node-b"))
-    await reg.register(session("moved", node="node-a"))
-    await reg.register(session("moved", node="node-b"))  # re-registered: node-b owns it now
+    await reg.register(session("moved", node="node-b"))
     await reg.heartbeat("node-c")
     assert await reg.expire_dead_nodes() == []  # everyone is within the TTL
 
