@@ -298,6 +298,11 @@ def at_text(a: dict[str, Any]) -> str:
     sent = a.get("sent_by")
     if sent:
         lines.append(f"  sent at seq {sent.get('seq')} ({_when(sent.get('at'))})")
+    named = a.get("policies_by")
+    if named:
+        lines.append(f"policies named by seq {named.get('seq')} at {_when(named.get('at'))}: "
+                     f"{named.get('cause')}/unchanged, version {named.get('version')} (nothing "
+                     "sent: the configuration already matched)")  # fmt: skip
     for p in a.get("pending") or []:
         answer = p.get("answer")
         then = "no answer recorded" if not answer else (
@@ -313,7 +318,8 @@ def at_text(a: dict[str, Any]) -> str:
     lines.append("chain: " + ("ok" if chain.get("ok") else f"BROKEN at seq "
                  f"{chain.get('first_bad_seq')}: {chain.get('problem')}"))  # fmt: skip
     if ck.get("covered"):
-        lines.append(f"checkpoint: seq {est.get('seq')} is covered by checkpoint {ck.get('node')} "
+        lines.append(f"checkpoint: seq {(named or est).get('seq')} is covered by checkpoint "
+                     f"{ck.get('node')} "
                      f"#{ck.get('seq')} (commits to seq {ck.get('committed_seq')})")  # fmt: skip
     else:
         lines.append("checkpoint: NOT covered by a checkpoint yet")

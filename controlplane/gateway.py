@@ -41,7 +41,13 @@ from controlplane.gateway_labels import (
     parse_labels,
     parse_path_labels,
 )
-from controlplane.push.engine import CONGESTED_BYTES, LiveSession, PushEngine, write_buffer_size
+from controlplane.push.engine import (
+    CONGESTED_BYTES,
+    LiveSession,
+    PushEngine,
+    param_fields,
+    write_buffer_size,
+)
 from controlplane.push.protocol import Push
 from controlplane.service import ControlPlane
 from policies.fields import Delta
@@ -540,7 +546,8 @@ class Gateway:
                 if isinstance(event, Acked):
                     await engine.upstream_acked(ls)
                 else:
-                    await engine.upstream_rejected(ls, event.code, event.message)
+                    await engine.upstream_rejected(ls, event.code, event.message,
+                                                   fields=param_fields(event.param))  # fmt: skip
                 return
         await ws.send_str(data)
 

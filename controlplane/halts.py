@@ -3,8 +3,10 @@
 ``Halts`` is built by ``ControlPlane`` and owns the rollout guard (``controlplane.guard``):
 
 - **Counting.** ``push_failed`` (the push engine's ``on_failure``) charges a failure to the
-  policy versions that set a field the failed push carried (a stable policy riding along in
-  the same push is not charged). Refusals count on any session; acknowledgement timeouts
+  policy versions that owned a field that failed: of a refusal, only the fields refused (the
+  ones the upstream names, else every field of the push: ``PushState.rejected``); of a
+  timeout, every field the push carried. A policy riding along in the same push is not
+  charged. Refusals count on any session; acknowledgement timeouts
   only on Voice Agent sessions: Streaming v3 has no acknowledgement.
 - **Deciding** (``GuardPorts``): the version guarded is the policy's active, unhalted one;
   the totals are this replica's live rollout rows and failure window plus the rows the other
@@ -88,13 +90,17 @@ class Halts:
         await self.guard.close()
 
     # -- counting ------------------------------------------------------------------------
-    def push_failed(self, ls: LiveSession, push: Push, reason: str) -> None:
+    def push_failed(
+        self, ls: LiveSession, push: Push, reason: str, fields: tuple[str, ...] = ()
+    ) -> None:
+        """``fields``: what failed (a refusal: the fields refused; a timeout: every field of the
+        push), charged to the policy versions that owned them when the push was taken."""
         if reason == "timeout" and ls.session.kind != "voice-agent-v1":
             return  # Streaming v3 cannot acknowledge: silence is not a failure
         try:
-            provenance = ls.session.provenance
-            carried = {provenance[f] for f in push.delta if f in provenance}
-            self.guard.failed(carried.intersection(push.refs))
+            owners = push.owners or ls.session.provenance
+            charged = {owners[f] for f in fields or push.delta if f in owners}
+            self.guard.failed(charged.intersection(push.refs))
         except Exception:  # the push path must never fail because of the guard
             log.exception("rollout guard: counting a failure of session %s", ls.session.id)
 

@@ -115,6 +115,8 @@ def config_at_report(
     )  # fmt: skip
     chain = trail.sessions[0]
     seq = found.established_by.get("seq")
+    if found.policies_by is not None:  # the newer entry naming the policies: covered too
+        seq = found.policies_by.get("seq")
     commit = next(
         (c for c in trail.checkpoints.commits.get(session_id, ()) if isinstance(seq, int)
          and c.seq >= seq),

@@ -18,6 +18,10 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
   the fields as applied, so the rebuild does too, and says so.
 - ``client`` ``sent``: the client's own update went upstream: ``apply(config, delta)``.
   ``client`` ``rejected``: nothing changed.
+- ``unchanged``: the policy versions of the session's config version ``version`` changed, the
+  configuration did not (nothing sent). The config stays; the entry's ``policies`` are the
+  answer's policies whenever that config version is (or later becomes) the one in effect and
+  the entry is newer than the one that established it (``policies_by``).
 
 ``config_hash`` records the config the upstream runs once the entry takes effect (the pushed
 config for pushes; for client updates and the Voice Agent ``connect`` acknowledgement the
@@ -51,6 +55,7 @@ class ConfigAt:
     established_by: dict[str, Any]  # the entry at which this config took effect
     status: str  # what that entry means, honestly (no acknowledgement claimed that was not)
     sent_by: dict[str, Any] | None = None  # the push's `sent` entry, when acknowledged later
+    policies_by: dict[str, Any] | None = None  # the `unchanged` entry naming the policies
     checked: int = 0
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "problem"}
     pending: list[dict[str, Any]] = field(default_factory=list)  # sent, answered after `at`
@@ -70,6 +75,7 @@ class ConfigAt:
             "policies": self.policies,
             "established_by": {**self.established_by, "meaning": self.status},
             "sent_by": self.sent_by,
+            "policies_by": self.policies_by,
             "pending": self.pending,
             "rebuild": {
                 "verified": self.verified,
@@ -138,6 +144,7 @@ class _Rebuild:
         self.established: Mapping[str, Any] = first
         self.sent: Mapping[str, Any] | None = None
         self.meaning = ""
+        self.named: dict[Any, Mapping[str, Any]] = {}  # config version -> last `unchanged`
 
     def check(self, row: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         self.result.checked += 1
@@ -169,7 +176,12 @@ class _Rebuild:
             )
         res = self.result
         res.config = self.config
-        res.policies = [dict(p) for p in self.established.get("policies") or ()]
+        named = self.named.get(self.established.get("version"))
+        if named is not None and int(named["seq"]) > int(self.established["seq"]):
+            res.policies_by = _entry(named)
+        else:
+            named = self.established
+        res.policies = [dict(p) for p in named.get("policies") or ()]
         res.established_by = _entry(self.established)
         res.status = self.meaning
         res.sent_by = None if self.sent is None else _entry(self.sent)
@@ -212,6 +224,11 @@ class _Rebuild:
             self.check(row, candidate)
             self.note(row, f"version {version} was rejected ({row.get('error')}): the previous "
                       "config stayed in effect")  # fmt: skip
+        elif status == "unchanged":
+            self.check(row, self.config)
+            self.named[version] = row
+            if row.get("error"):
+                self.note(row, f"version {version}: nothing sent: {row['error']}")
         elif status == "skipped":
             self.config = apply(self.config, delta)
             self.check(row, self.config)

@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 Submitted: TypeAlias = concurrent.futures.Future[None]
 
 CAUSES: Final = ("connect", "policy", "relabel", "client", "rollback", "retire")
-STATUSES: Final = ("sent", "acked", "rejected", "skipped", "unverified")
+STATUSES: Final = ("sent", "acked", "rejected", "skipped", "unverified", "unchanged")
 _CAUSE_SET: Final = frozenset(CAUSES)
 _STATUS_SET: Final = frozenset(STATUSES)
 

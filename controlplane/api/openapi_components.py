@@ -435,6 +435,10 @@ SCHEMAS: dict[str, Any] = {
                 "description": "the entry (seq, at, cause, status, hash, ...) and its meaning",
             },
             "sent_by": {"type": ["object", "null"]},
+            "policies_by": {
+                "type": ["object", "null"],
+                "description": "the newer `unchanged` entry naming the policies, if any",
+            },
             "pending": {"type": "array", "items": {"type": "object"}},
             "rebuild": {"type": "object", "description": "config_hash checks of every step"},
             "notes": {"type": "array", "items": {"type": "string"}},

@@ -37,12 +37,16 @@ from policies.resolve import Effective, Inputs, Resolver, resolve
 from policies.selectors import Target, matches
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect, Encoded
+from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE as VOICE_AGENT_WIRE
 from sessions.errors import UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
 from sessions.versionlog import Canonical, Submitted, VersionLog, canonical
 
-__all__ = ["CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "write_buffer_size"]
+__all__ = [
+    "CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "param_fields",
+    "write_buffer_size",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +55,11 @@ REGISTRY_SYNC_INTERVAL_S = 0.25
 
 
 _STATES = {state.value: state for state in SessionState}
+# rollout statuses of a policy version that the session's upstream runs (sessions_at_version):
+# acknowledged, nothing to send, or fields the model cannot take; also "unverified" on a
+# dialect without acknowledgements (sent is all there is). Not pending, sent and unanswered,
+# rejected, or unverified on an acknowledging dialect (no answer in time).
+_RUNNING = frozenset({"acked", "unchanged", "skipped"})
 
 CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, not inline writes
 # Write-ahead pipelining: a fan-out hands its entries to the log's writer at least this many
@@ -98,6 +107,8 @@ class LiveSession:
     locks: Mapping[str, PolicyRef] = field(default_factory=dict)
     # rollout bookkeeping: policy id -> (version, variant, status)
     policy_status: dict[str, tuple[int, str | None, str]] = field(default_factory=dict)
+    # a version's status before a push made it pending again (restored if that is refused)
+    prior_status: dict[str, str] = field(default_factory=dict)
     worker: asyncio.Task[None] | None = None
     # the last config logged and its encoding (configs are replaced, never changed in place)
     logged_config: tuple[Config, Canonical] | None = None
@@ -140,9 +151,10 @@ class PushEngine:
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        # set by the service (controlplane.halts): a push the upstream refused ("rejected") or
-        # did not acknowledge in time ("timeout"); called synchronously, must not raise
-        self.on_failure: Callable[[LiveSession, Push, str], None] | None = None
+        # set by the service (controlplane.halts): a push the upstream refused ("rejected",
+        # with the fields it refused) or did not acknowledge in time ("timeout", with every
+        # field of the push); called synchronously, must not raise
+        self.on_failure: Callable[[LiveSession, Push, str, tuple[str, ...]], None] | None = None
         # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
         # not one per session (a per-session Histogram.observe was a fifth of a fan-out).
         self._latencies: list[float] = []
@@ -261,6 +273,23 @@ class PushEngine:
             raise
         self._appended += 1
 
+    def _record_unchanged(
+        self,
+        ls: LiveSession,
+        cause: str,
+        refs: tuple[PolicyRef, ...],
+        push: Push | None = None,
+    ) -> None:
+        """An ``unchanged`` entry: the policy versions now in effect (``refs``) changed, the
+        configuration the upstream runs did not (nothing to send: an experiment's control arm,
+        a value the session already had, or every changed value quarantined). It names the
+        session's current config version and the upstream's config (``base``)."""
+        note = None
+        if push is not None and push.held:
+            note = "held back (refused earlier by the upstream): " + ", ".join(push.held)
+        self.record(ls, cause=cause, status="unchanged", delta=_NO_DELTA, wire=None, error=note,
+                    version=None if push is None else push.version, refs=refs)  # fmt: skip
+
     # -- policy changes ------------------------------------------------------------------
     async def reconcile(
         self,
@@ -318,10 +347,13 @@ class PushEngine:
                 version = ls.push.want(
                     effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
                 )
+                before = s.applied
                 # a session that gets a push is synced once, by the push (not twice)
                 self._apply_effective(ls, effective, sync=version is None)
                 self._update_policy_status(ls, effective, pending=version is not None)
                 if version is None:
+                    if effective.applied is not before and effective.applied != before:
+                        self._record_unchanged(ls, cause, effective.applied)
                     continue
                 changed += 1
                 if not self._queue(ls, cache, outgoing):
@@ -362,13 +394,19 @@ class PushEngine:
             self._finish(ls, outcome)
             await self._drive(ls)
 
-    async def upstream_rejected(self, ls: LiveSession, code: str, message: str) -> None:
-        outcome = ls.push.rejected(code, message, self._clock.monotonic())
+    async def upstream_rejected(
+        self, ls: LiveSession, code: str, message: str, *, fields: Iterable[str] | None = None
+    ) -> None:
+        """The in-flight push was refused. ``fields``: the canonical fields the refusal names
+        (e.g. from a Voice Agent ``param``), whose values are quarantined; None or empty: every
+        (field, value) of the push is (``PushState.rejected``)."""
+        named = None if fields is None else frozenset(fields)
+        outcome = ls.push.rejected(code, message, self._clock.monotonic(), named)
         if outcome is not None:
             self._metrics.rejects.labels(ls.session.kind, code).inc()
             self._finish(ls, outcome)
             if self.on_failure is not None:
-                self.on_failure(ls, outcome.push, "rejected")
+                self.on_failure(ls, outcome.push, "rejected", outcome.fields)
             await self._drive(ls)
 
     async def turn_boundary(self, ls: LiveSession) -> None:
@@ -388,6 +426,7 @@ class PushEngine:
         s.provenance = effective.provenance
         s.applied = effective.applied
         ls.locks = effective.locks
+        ls.push.desired_owners = effective.provenance  # who owns each field of a push
         if sync:
             self._sync_session(ls)
 
@@ -419,6 +458,7 @@ class PushEngine:
             old = statuses.get(ref.id)
             if old is not None and old[0] == ref.version and old[1] == ref.variant:
                 if pending and old[2] != "pending":
+                    ls.prior_status[ref.id] = old[2]  # restored if the push is refused
                     statuses[ref.id] = (ref.version, ref.variant, "pending")
                 continue
             statuses[ref.id] = (ref.version, ref.variant, status)
@@ -484,7 +524,8 @@ class PushEngine:
         every field skipped by the dialect: recorded here)."""
         if push.superseded:
             self._superseded += len(push.superseded)
-        if not push.delta:
+        if not push.delta:  # nothing to send (what remains is quarantined, or reverted)
+            self._record_unchanged(ls, push.cause, push.refs, push)
             self._sync_session(ls)
             self._mark_policies(ls, push, "unchanged")
             return None
@@ -564,7 +605,7 @@ class PushEngine:
                     wire=None, error=error, version=push.version, refs=push.refs,
                     config=push.config)  # fmt: skip
         self._count_push(ls.session.kind, outcome.status)
-        self._mark_policies(ls, push, outcome.status)
+        self._mark_policies(ls, push, outcome.status, outcome.fields)
         self._sync_session(ls)
 
     def _count_push(self, kind: str, result: str) -> None:
@@ -588,11 +629,30 @@ class PushEngine:
             self._metrics.coalesced.inc(self._superseded)
             self._superseded = 0
 
-    def _mark_policies(self, ls: LiveSession, push: Push, status: str) -> None:
+    def _mark_policies(
+        self, ls: LiveSession, push: Push, status: str, refused: tuple[str, ...] = ()
+    ) -> None:
+        """The rollout status of the push's policy versions. A refusal (or a quarantined value
+        held back) counts only against the policy versions owning the refused fields; the
+        others of a rejected push are pending again when the rest is queued, else back to
+        what they were before the push (their values did not change)."""
+        statuses, blocked = ls.policy_status, push.held + refused
+        owners = {push.owners[f].id for f in blocked if f in push.owners} if blocked else ()
         for ref in push.refs:
-            current = ls.policy_status.get(ref.id)
-            if current is not None and current[0] == ref.version:
-                ls.policy_status[ref.id] = (ref.version, ref.variant, status)
+            current = statuses.get(ref.id)
+            if current is None or current[0] != ref.version:
+                continue
+            if ref.id in owners:
+                mark = "rejected"
+            elif status != "rejected":
+                mark = status
+            elif ls.push.state == "pending":
+                mark = "pending"  # the rest of the refused push is queued again
+            else:
+                mark = ls.prior_status.get(ref.id, "unchanged")
+            statuses[ref.id] = (ref.version, ref.variant, mark)
+            if mark != "pending":
+                ls.prior_status.pop(ref.id, None)
 
     async def _sweep(self) -> None:
         timeout = self._settings.ack_timeout_s
@@ -607,7 +667,7 @@ class PushEngine:
                     if outcome is not None:
                         self._finish(ls, outcome)
                         if self.on_failure is not None:
-                            self.on_failure(ls, outcome.push, "timeout")
+                            self.on_failure(ls, outcome.push, "timeout", tuple(outcome.push.delta))
                         self._queue(ls, {}, outgoing)
                     elif ls.push.can_send(now):
                         self._queue(ls, {}, outgoing)
@@ -667,9 +727,11 @@ class PushEngine:
         for ls in self.live.values():
             key = (ls.session.kind, ls.session.state.value)
             counts[key] = counts.get(key, 0) + 1
-            for ref in ls.session.applied:
-                vkey = (ref.id, str(ref.version))
-                versions[vkey] = versions.get(vkey, 0) + 1
+            acknowledging = ls.transport.acknowledging
+            for policy_id, (number, _, status) in ls.policy_status.items():
+                if status in _RUNNING or (status == "unverified" and not acknowledging):
+                    vkey = (policy_id, str(number))
+                    versions[vkey] = versions.get(vkey, 0) + 1
         self._metrics.sessions.clear()
         for (kind, state), n in counts.items():
             self._metrics.sessions.labels(kind, state).set(n)
@@ -700,6 +762,7 @@ class _Frame:
         return cls(encoded, message, text, note, canonical(delta), wire)
 
 
+_NO_DELTA = canonical({})  # shared by every unchanged entry (one EntryTemplate per fan-out)
 _Outgoing = tuple[LiveSession, Push, _Frame]  # a logged push whose frame is still to send
 
 
@@ -775,6 +838,21 @@ class _WriteAhead:
         if upto > self._sent:
             chunk, self._sent = self.outgoing[self._sent : upto], upto
             await self._send(chunk)
+
+
+def param_fields(param: str | None) -> frozenset[str] | None:
+    """The canonical fields a Voice Agent ``session.error`` ``param`` names (a dotted path
+    such as ``system_prompt`` or ``input.turn_detection.min_silence``; a prefix such as
+    ``input.turn_detection`` covers its children); None when it names none of ours."""
+    if not param:
+        return None
+    path = tuple(param.split("."))
+    named = frozenset(
+        name
+        for name, wire in VOICE_AGENT_WIRE.items()
+        if wire[: len(path)] == path or path[: len(wire)] == wire
+    )
+    return named or None
 
 
 def _delta_key(delta: Delta) -> tuple[Any, ...]:

@@ -7,7 +7,11 @@ is the session's effective configuration. A push carries ``diff(base, desired)``
 - Latest wins: ``want()`` only replaces ``desired``; versions superseded before they were
   sent are reported in ``Push.superseded`` and never sent.
 - At most one unacknowledged push in flight on acknowledging dialects.
-- A rejected version is quarantined: it is never pushed again (only a newer version is).
+- A rejection quarantines *content*: the (field, value) pairs the upstream refused (the fields
+  its answer names, else every pair of the refused delta) are never sent to that session
+  again, whatever policy wants them later; every later push still carries every other field
+  (``Push.held`` names the fields held back). A rejection that names fields queues the rest of
+  the refused delta again as a new version. The rejected version itself is never re-pushed.
 - ``next_turn`` holds a push until a turn boundary or its deadline.
 
 Configs are values: once given to ``want()`` (or carried by a ``Push``) a config is never
@@ -17,8 +21,9 @@ the engine encodes each shared config once).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from policies.delta import apply as _apply
 from policies.delta import diff
@@ -53,6 +58,9 @@ class _LastDiff:
 _diff = _LastDiff()
 
 
+Quarantined = tuple[str, Any]  # (canonical field, value) the upstream refused
+
+
 @value
 class Push:
     version: int
@@ -62,6 +70,9 @@ class Push:
     cause: str
     superseded: tuple[int, ...]
     event_at: float | None  # monotonic time the triggering event was received
+    # field -> the policy version that owned it when the push was taken (provenance)
+    owners: Mapping[str, PolicyRef]
+    held: tuple[str, ...] = ()  # fields whose desired value is quarantined: not sent
 
 
 @value
@@ -70,6 +81,7 @@ class Outcome:
     status: Status
     error: str | None = None
     latency: float | None = None  # frame written -> acknowledgement
+    fields: tuple[str, ...] = ()  # rejected: the fields it quarantined (their values refused)
 
 
 @dataclass(slots=True)
@@ -87,7 +99,12 @@ class PushState:
     in_flight_at: float = 0.0
     hold_deadline: float | None = None
     last_status: Status | None = None
-    quarantined: set[int] = field(default_factory=set)
+    quarantined: set[int] = field(default_factory=set)  # rejected versions (never re-pushed)
+    # (field, value) pairs the upstream refused: never sent to this session again
+    quarantine: set[Quarantined] = field(default_factory=set)
+    held: tuple[str, ...] = ()  # the last push's held-back fields (quarantined values)
+    # field -> owning policy version of ``desired`` (set by the engine with each resolution)
+    desired_owners: Mapping[str, PolicyRef] = field(default_factory=dict)
     _unsent: list[int] = field(default_factory=list)
     _event_at: float | None = None
 
@@ -170,21 +187,28 @@ class PushState:
         else:
             superseded = tuple(v for v in unsent if v != version)
         unsent.clear()
+        delta, config = _diff(self.base, self.desired), self.desired
+        held: tuple[str, ...] = ()
+        if self.quarantine and delta:
+            delta, config, held = self._without_quarantined(delta)
         push = Push(
             version=version,
-            delta=_diff(self.base, self.desired),
-            config=self.desired,
+            delta=delta,
+            config=config,
             refs=self.desired_refs,
             cause=self.desired_cause,
             superseded=superseded,
             event_at=self._event_at,
+            owners=self.desired_owners,
+            held=held,
         )
         self._event_at = None
         self.hold_deadline = None
         self.sent_version = version
+        self.held = held
         if not push.delta:
             self.acked_version = version
-            self.last_status = "skipped"
+            self.last_status = "rejected" if held else "skipped"
             return push
         if self.acknowledging:
             self.in_flight = push
@@ -193,6 +217,21 @@ class PushState:
             self.base = push.config
             self.last_status = "unverified"
         return push
+
+    def _without_quarantined(self, delta: Delta) -> tuple[Delta, Config, tuple[str, ...]]:
+        """``delta`` without its quarantined pairs, the config the upstream runs after the
+        rest, and the fields held back."""
+        quarantine = self.quarantine
+        kept = {f: v for f, v in delta.items() if (f, v) not in quarantine}
+        if len(kept) == len(delta):
+            return delta, self.desired, ()
+        held = tuple(sorted(f for f in delta if f not in kept))
+        return kept, _apply(self.base, kept), held
+
+    def _sendable(self) -> bool:
+        """Whether ``diff(base, desired)`` has a pair that is not quarantined."""
+        quarantine = self.quarantine
+        return any((f, v) not in quarantine for f, v in diff(self.base, self.desired).items())
 
     def wire_failed(self, push: Push, error: str) -> Outcome:
         """Writing the frame failed (socket gone): nothing reached the upstream."""
@@ -223,14 +262,29 @@ class PushState:
         self.last_status = status
         return Outcome(push, status, None, now - self.in_flight_at)
 
-    def rejected(self, code: str, message: str, now: float) -> Outcome | None:
+    def rejected(
+        self, code: str, message: str, now: float, fields: frozenset[str] | None = None
+    ) -> Outcome | None:
+        """The in-flight push was refused. ``fields``: the canonical fields the answer names
+        (Voice Agent ``param``); their values are quarantined, else (none named, or none of
+        them in the push) every (field, value) of the push's delta is. When fields were named
+        and the rest of the delta is still wanted, it is queued again as a new version."""
         push = self.in_flight
         if push is None:
             return None
         self.in_flight = None
+        named = sorted(f for f in fields or () if f in push.delta)
+        refused = tuple(named) if named else tuple(sorted(push.delta))
+        for name in refused:
+            self.quarantine.add((name, push.delta[name]))
         self.quarantined.add(push.version)
         self.last_status = "rejected"
-        return Outcome(push, "rejected", f"{code}: {message}", now - self.in_flight_at)
+        if named and self.desired_version == self.sent_version and self._sendable():
+            self.desired_version += 1  # the rest of the refused delta, without the refused
+            self._unsent.append(self.desired_version)
+        return Outcome(
+            push, "rejected", f"{code}: {message}", now - self.in_flight_at, fields=refused
+        )
 
     def abandoned(self, error: str) -> Outcome | None:
         """The session ended with a push in flight: it ends ``unverified`` (it may or may not
@@ -259,8 +313,8 @@ class PushState:
     def state(self) -> str:
         if self.in_flight is not None or self.desired_version > self.sent_version:
             return "pending"
-        if self.last_status == "rejected":
-            return "rejected"
+        if self.last_status == "rejected" or self.held:
+            return "rejected"  # (or a quarantined value is held back: desired is not running)
         if self.last_status == "unverified":
             return "unverified"
         return "synced"

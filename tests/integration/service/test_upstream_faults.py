@@ -171,7 +171,10 @@ def _settled(cp: ControlPlaneUnderTest, all_cases: list[Case]) -> bool:
             continue
         p = ls.push
         assert p.in_flight is None, f"{case.name}: v{p.in_flight and p.in_flight.version} in flight"
-        assert p.sent_version == p.desired_version == 3, (
+        # a refusal naming system_prompt quarantines it and pushes the rest (keyterms) again
+        # as a new version: two more per policy version
+        expected = 5 if case.name == "agent-fail-field" else 3
+        assert p.sent_version == p.desired_version == expected, (
             f"{case.name}: desired {p.desired_version}, sent {p.sent_version}"
         )
     return True

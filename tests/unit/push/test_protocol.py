@@ -160,3 +160,60 @@ def test_sessions_sharing_their_configs_share_the_delta_and_others_get_their_own
     assert pushes[1].delta is pushes[0].delta
     assert pushes[2].delta == {"keyterms": ("x",)}
     assert pushes[3].delta == pushes[0].delta
+
+
+OWNERS = {"prompt": PolicyRef("p", 1), "keyterms": PolicyRef("k", 1)}
+
+
+def test_a_refused_value_is_never_sent_again_whatever_wants_it() -> None:
+    s = agent({"prompt": "old"})
+    s.desired_owners = OWNERS
+    s.want({"prompt": "bad"}, REF, "policy")
+    assert s.take(0.0) is not None
+    outcome = s.rejected("invalid_value", "no", 0.1)
+    assert outcome is not None and outcome.fields == ("prompt",)
+    assert ("prompt", "bad") in s.quarantine
+    # another policy's change: delivered without the refused pair, which is held back
+    s.want({"prompt": "bad", "keyterms": ("x",)}, REF, "policy")
+    push = s.take(1.0)
+    assert push is not None
+    assert push.delta == {"keyterms": ("x",)} and push.held == ("prompt",)
+    assert push.config == {"prompt": "old", "keyterms": ("x",)}  # what the upstream runs after
+    assert s.acked(1.1) is not None
+    assert s.base == {"prompt": "old", "keyterms": ("x",)} and s.state == "rejected"
+    # a different value of the same field is not quarantined
+    s.want({"prompt": "fine", "keyterms": ("x",)}, REF, "policy")
+    again = s.take(2.0)
+    assert again is not None and again.delta == {"prompt": "fine"} and again.held == ()
+    s.acked(2.1)
+    assert s.state == "synced"
+
+
+def test_a_refusal_naming_a_field_queues_the_rest_again() -> None:
+    s = agent({})
+    s.want({"prompt": "bad", "keyterms": ("x",)}, REF, "policy")
+    first = s.take(0.0)
+    assert first is not None
+    outcome = s.rejected("invalid_value", "no", 0.1, frozenset({"prompt", "vad_threshold"}))
+    assert outcome is not None and outcome.fields == ("prompt",)
+    assert s.quarantine == {("prompt", "bad")}
+    retry = s.take(0.2)
+    assert retry is not None and retry.version == first.version + 1
+    assert retry.delta == {"keyterms": ("x",)} and retry.held == ("prompt",)
+    # refused again without a field named: the rest is quarantined too, nothing queued
+    s.rejected("invalid_config", "no", 0.3)
+    assert s.quarantine == {("prompt", "bad"), ("keyterms", ("x",))}
+    assert s.take(0.4) is None and s.state == "rejected"
+
+
+def test_nothing_left_to_send_after_the_quarantine_is_an_empty_push() -> None:
+    s = agent({})
+    s.want({"prompt": "bad"}, REF, "policy")
+    s.take(0.0)
+    s.rejected("invalid_config", "no", 0.1)
+    s.want({"prompt": "bad", "keyterms": ("x",)}, REF, "policy")
+    s.want({"prompt": "bad"}, REF, "policy")  # reverted before it was sent
+    push = s.take(1.0)
+    assert push is not None and push.delta == {} and push.held == ("prompt",)
+    assert push.superseded == (push.version - 1,)
+    assert s.in_flight is None and s.state == "rejected"
