@@ -12,6 +12,11 @@ wrong shape. Consumers count such an event ``invalid``, acknowledge it and go on
 Contract addition (issue #8): ``policy.halted`` events (cause ``guard``, ``Nats-Msg-Id:
 <id>:<version>:halted``) say the rollout guard stopped that version; they carry the halted
 version's document and a ``halt`` object with the reason (docs/policies.md#guard).
+
+Contract addition (issue #18): ``role``, the publisher's role name (``viewer`` … ``admin``,
+controlplane.roles); the rollout guard's events carry the policy's owner role. Every replica's
+store derives a policy's owner role from it (docs/policies.md#ownership). Optional on the
+wire: events without it are attributed to the role prefix of ``actor``.
 """
 
 from __future__ import annotations
@@ -66,6 +71,8 @@ class PolicyEvent:
     cause: str = "policy"  # policy | rollback | retire | guard (our extension, optional)
     # policy.halted only: why the rollout guard stopped this version (docs/policies.md#guard)
     halt: Mapping[str, Any] | None = None
+    # the publisher's role name (issue #18); None on events published before the field
+    role: str | None = None
 
     @property
     def policy_id(self) -> str:
@@ -92,6 +99,8 @@ class PolicyEvent:
         }
         if self.halt is not None:
             out["halt"] = dict(self.halt)
+        if self.role is not None:
+            out["role"] = self.role
         return out
 
     @classmethod
@@ -128,8 +137,12 @@ class PolicyEvent:
         halt = raw.get("halt")
         if halt is not None and not isinstance(halt, Mapping):
             raise ValueError("halt must be an object")
+        role = raw.get("role")
+        if role is not None and not (isinstance(role, str) and role.isascii() and role.isalpha()
+                                     and len(role) <= 32):  # fmt: skip
+            raise ValueError("role must be a role name")
         return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
-                   None if halt is None else dict(halt))  # fmt: skip
+                   None if halt is None else dict(halt), role)  # fmt: skip
 
 
 class UndecodableEvent(ValueError):

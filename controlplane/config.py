@@ -25,7 +25,7 @@ from sessions.checkpoints import load_private_key
 __all__ = ["ENV_PREFIX", "Settings", "SettingsError", "parse_listen", "parse_tokens"]
 
 ENV_PREFIX = "CONTROLPLANE_"
-ROLES = ("viewer", "experimenter", "compliance", "admin")
+ROLES = ("viewer", "app", "experimenter", "compliance", "admin")
 
 
 class SettingsError(ValueError):

@@ -20,7 +20,11 @@ keys, ``NaN`` or lone surrogates, at most 32 levels; a frame that breaks them ge
 Close codes: 1008 registration refused; 1009 a frame over 256 KiB; 1011 an unexpected failure
 of ours (logged with the session id; the session ends, the process carries on).
 
-Authenticated with a bearer token of any role (``Authorization`` header or ``?token=``).
+Authenticated with a bearer token (``Authorization`` header or ``?token=``) whose role may
+register and report sessions: ``app`` or higher (controlplane.roles); a ``viewer`` token is
+refused with 403 before the upgrade. A report (``applied``, ``failed``, ``update``,
+``turn_boundary``) is always about the session this connection registered; one naming another
+``session_id`` gets an ``error`` (``not_your_session``) and changes nothing.
 Streaming-v3 sessions report ``applied`` when they wrote the message to their upstream; since
 Streaming v3 has no acknowledgement such pushes end ``unverified``, never ``acked``.
 """
@@ -37,9 +41,10 @@ from aiohttp import WSMsgType, web
 
 from controlplane.api.auth import TOKENS
 from controlplane.api.inputs import parse_frame
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, Forbidden
 from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
+from controlplane.roles import Role
 from controlplane.service import ControlPlane
 from policies.errors import PolicyValidationError
 from policies.fields import Config, Delta, check_value, to_json
@@ -53,6 +58,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 256 * 1024
 ID_MAX = 128
 INTERNAL_ERROR_CLOSE = 1011
+REGISTER_ROLE = Role.APP  # the lowest role that may register and report sessions
 # what the REST API can address: no whitespace, '/' or control characters (docs/api.md)
 _SESSION_ID = re.compile(rf"[^\s/\x00-\x1f\x7f]{{1,{ID_MAX}}}")
 
@@ -93,7 +99,13 @@ class ControlChannel:
         header = request.headers.get("Authorization")
         if header is None and "token" in request.query:
             header = "Bearer " + request.query["token"]
-        request.config_dict[TOKENS].authenticate(header)  # raises Unauthorized (401)
+        principal = request.config_dict[TOKENS].authenticate(header)  # Unauthorized (401)
+        if principal.role < REGISTER_ROLE:
+            raise Forbidden(
+                f"the control channel requires role {REGISTER_ROLE.label} or higher to register "
+                f"and report sessions; this token has role {principal.role.label}",
+                details={"required_role": REGISTER_ROLE.label, "role": principal.role.label},
+            )
         if self.service.draining:
             raise ControlPlaneError("shutting down", code="draining")
         ws = web.WebSocketResponse(
@@ -175,6 +187,13 @@ class ControlChannel:
         raw = _decode(data)
         kind = raw.get("type")
         engine = self.service.engine
+        named = raw.get("session_id")
+        if named is not None and named != ls.session.id:
+            raise ProtocolError(
+                "not_your_session",
+                "this connection registered session "
+                f"{ls.session.id!r}; it may report only about that session",
+            )
         if kind == "heartbeat":
             await ws.send_str(json.dumps({"type": "heartbeat", "at": self.service.clock.now()}))
         elif kind in ("applied", "failed"):

@@ -9,21 +9,30 @@ current version, but resolution for a session not already running it uses the po
 when the policy was retired (or did not exist) before it. ``active()`` is that set for new
 sessions; ``resolution_set(pins)`` the set for a session pinned to halted versions it runs.
 Publishing a newer version (or retiring) ends the halt.
+
+Ownership (docs/policies.md#ownership): each event names its publisher's role; a policy's owner
+role is the highest role among its events (its creator's, raised by a higher role's publish).
+An event from a role below the owner changes nothing (every replica refuses it alike). Each
+stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, NotFound
+from controlplane.roles import Role, event_role
 from policies.model import Policy, parse_policy
 
 __all__ = ["Change", "Halt", "PolicyRecord", "PolicyStore", "RolloutState"]
 
 RolloutState = Literal["active", "halted", "rolled_back", "retired"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,16 @@ class PolicyRecord:
         assert self.policy.version is not None
         return self.policy.version
 
+    @property
+    def role(self) -> Role:
+        """The role that published this version."""
+        return event_role(self.event.role, self.event.actor)
+
+    @property
+    def owner_role(self) -> Role:
+        """The policy's owner role as of this version."""
+        return Role(self.policy.rank)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.policy.id,
@@ -46,6 +65,8 @@ class PolicyRecord:
             "status": "retired" if self.retired else "active",
             "cause": self.event.cause,
             "actor": self.event.actor,
+            "role": self.role.label,
+            "owner_role": self.owner_role.label,
             "published_at": self.event.published_at,
             "event_id": self.event.event_id,
             "digest": self.policy.digest,
@@ -150,6 +171,11 @@ class PolicyStore:
             return "rolled_back", before
         return "active", None
 
+    def owner_role(self, policy_id: str) -> Role | None:
+        """The role owning ``policy_id`` (None: no such policy)."""
+        history = self._history.get(policy_id)
+        return history[-1].owner_role if history else None
+
     def active_policy(self, policy_id: str) -> Policy | None:
         return self._active.get(policy_id)
 
@@ -195,6 +221,12 @@ class PolicyStore:
         policy = parse_policy(event.policy)
         if policy.version is None or policy.version <= self.current_version(policy.id):
             return None
+        role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
+        if owner is not None and role < owner:
+            log.warning("policy event %s refused: role %s is below the owner role %s",
+                        event.msg_id, role.label, owner.label)  # fmt: skip
+            return None
+        policy = policy.with_rank(int(max(role, owner or role)))
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired)
         self._history.setdefault(policy.id, []).append(record)

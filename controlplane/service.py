@@ -26,6 +26,7 @@ from controlplane.audit_sources import (
     read_trail,
     verify_answer,
 )
+from controlplane.authority import acting_role, check_locks, check_owner
 from controlplane.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.cluster import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
@@ -37,6 +38,7 @@ from controlplane.policy_store import Change, PolicyStore
 from controlplane.preview import preview
 from controlplane.push.engine import LiveSession, PushEngine, Transport
 from controlplane.push.protocol import PushState
+from controlplane.roles import Role
 from controlplane.rollout import local_counts, rollout_body
 from policies.delta import apply as apply_delta
 from policies.delta import diff
@@ -153,9 +155,14 @@ class ControlPlane:
         return ready, checks
 
     # -- policy intake -------------------------------------------------------------------
-    async def publish_policy(self, doc: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+    # ``role`` is the caller's (the REST token's); internal callers act as admin. Ownership
+    # and lock checks: docs/policies.md#ownership, #locks.
+    async def publish_policy(
+        self, doc: Mapping[str, Any], *, actor: str, role: Role = Role.ADMIN
+    ) -> dict[str, Any]:
         self._require_accepting()
         parsed = parse_policy(doc)
+        check_owner(self.store, parsed.id, role, "publish")
         policy = self.store.prepare(parsed)
         assert policy.version is not None
         stored = await self._stored_version(policy.id)
@@ -167,22 +174,32 @@ class ControlPlane:
                     details={"id": policy.id, "version": policy.version, "current": stored},
                 )
             policy = policy.with_version(stored + 1)
-        return await self._publish(policy, "policy.published", actor, "policy")
+        warnings = check_locks(self.store, policy, role)
+        result = await self._publish(policy, "policy.published", actor, "policy", role)
+        result["warnings"] = warnings
+        return result
 
-    async def retire_policy(self, policy_id: str, *, actor: str) -> dict[str, Any]:
+    async def retire_policy(
+        self, policy_id: str, *, actor: str, role: Role | None = Role.ADMIN
+    ) -> dict[str, Any]:
+        """``role`` None: the rollout guard, acting for the policy's owner."""
         self._require_accepting()
         latest = self.store.latest(policy_id)
+        role = acting_role(self.store, policy_id, role, "retire", latest.policy)
         if latest.retired:
             raise Conflict(f"policy {policy_id!r} is already retired", code="already_retired")
         version = max(latest.version, await self._stored_version(policy_id)) + 1
         policy = latest.policy.with_version(version)
-        return await self._publish(policy, "policy.retired", actor, "retire")
+        return await self._publish(policy, "policy.retired", actor, "retire", role)
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str
+        self, policy_id: str, to_version: int, *, actor: str, role: Role | None = Role.ADMIN
     ) -> dict[str, Any]:
+        """``role`` None: the rollout guard, acting for the policy's owner (no lock check)."""
         self._require_accepting()
         target = self.store.version(policy_id, to_version)
+        guard = role is None
+        role = acting_role(self.store, policy_id, role, "roll back", target.policy)
         if target.retired:
             raise BadRequest(
                 f"version {to_version} of {policy_id!r} is a retirement; roll back to a "
@@ -191,17 +208,22 @@ class ControlPlane:
             )
         current = max(self.store.current_version(policy_id), await self._stored_version(policy_id))
         policy = target.policy.with_version(current + 1)
-        result = await self._publish(policy, "policy.published", actor, "rollback")
+        warnings = [] if guard else check_locks(self.store, policy, role)
+        result = await self._publish(policy, "policy.published", actor, "rollback", role)
         result["rolled_back_to"] = to_version
+        result["warnings"] = warnings
         return result
 
-    async def _publish(self, policy: Policy, kind: str, actor: str, cause: str) -> dict[str, Any]:
+    async def _publish(
+        self, policy: Policy, kind: str, actor: str, cause: str, role: Role
+    ) -> dict[str, Any]:
         event = PolicyEvent(
             kind,  # type: ignore[arg-type]
             policy.document(),
             actor,
             rfc3339(self.clock.now()),
             cause=cause,
+            role=role.label,
         )
         await self.bus.publish(event)
         assert policy.version is not None
@@ -290,11 +312,20 @@ class ControlPlane:
     def policy_versions(self, policy_id: str) -> list[dict[str, Any]]:
         return [r.as_dict() for r in self.store.history(policy_id)]
 
-    async def preview_policy(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+    async def preview_policy(
+        self, doc: Mapping[str, Any], *, role: Role = Role.ADMIN
+    ) -> dict[str, Any]:
+        """What publishing ``doc`` as ``role`` would do: the same ownership (403) and lock
+        (409) checks, then the live sessions it would change, locks winning."""
         policy = parse_policy(doc)
+        check_owner(self.store, policy.id, role, "publish")
         policy = policy.with_version(self.store.current_version(policy.id) + 1)
+        warnings = check_locks(self.store, policy, role)
+        policy = policy.with_rank(int(max(role, self.store.owner_role(policy.id) or role)))
         policies = [p for p in self.store.active() if p.id != policy.id] + [policy]
-        return preview(policy, policies, self.engine.live.values(), self.engine.resolve)
+        answer = preview(policy, policies, self.engine.live.values(), self.engine.resolve)
+        answer["warnings"] = warnings
+        return answer
 
     async def rollout_status(self, policy_id: str) -> dict[str, Any]:
         latest = self.store.latest(policy_id)
@@ -318,9 +349,9 @@ class ControlPlane:
     async def _guard_rollback(self, policy_id: str, to_version: int | None) -> None:
         actor = f"guard:{self.node_id}"
         if to_version is None:  # no earlier good version: the policy stops applying
-            await self.retire_policy(policy_id, actor=actor)
+            await self.retire_policy(policy_id, actor=actor, role=None)
         else:
-            await self.rollback_policy(policy_id, to_version, actor=actor)
+            await self.rollback_policy(policy_id, to_version, actor=actor, role=None)
 
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         if not any(

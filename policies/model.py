@@ -29,6 +29,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainValidator,
+    PrivateAttr,
     StringConstraints,
     ValidationError,
     field_validator,
@@ -342,11 +343,14 @@ class PolicyPlan:
     ``refs[i]`` / ``configs[i]`` belong to variant ``i`` (``configs`` already merge the
     policy's ``set`` under the variant's); without an experiment both hold one entry.
     ``version`` is ``None`` for an unpublished document, which the resolver refuses.
+    ``rank``: the authority of the role that owns the policy (:meth:`Policy.with_rank`); a
+    lock holds against every policy of a lower rank (docs/policies.md#locks).
     """
 
     id: str
     version: int | None
     precedence: tuple[int, str]
+    rank: int
     match: Match
     lock: tuple[str, ...]
     rollout_units: int | None
@@ -380,6 +384,9 @@ class Policy(BaseModel):
     guard: Guard | None = None
     # why this version was published: per-version metadata, never part of the config
     reason: str | None = Field(default=None, max_length=REASON_MAX_CHARS)
+    # the owning role's authority: not part of the document (a publisher cannot claim it);
+    # set by the policy store from the policy event (docs/policies.md#locks)
+    _rank: int = PrivateAttr(default=0)
 
     @field_validator("lock")
     @classmethod
@@ -450,6 +457,19 @@ class Policy(BaseModel):
         out.pop("version", None)
         out.pop("reason", None)
         return out
+    @property
+    def rank(self) -> int:
+        """The owning role's authority (0 unless set by :meth:`with_rank`)."""
+        return self._rank
+
+    def with_rank(self, rank: int) -> Policy:
+        """This policy owned by a role of authority ``rank``; the document is unchanged."""
+        if rank == self._rank:
+            return self
+        copy = self.model_copy()
+        copy._rank = rank
+        copy.__dict__.pop("plan", None)
+        return copy
 
     def document(self) -> dict[str, Any]:
         """Canonical JSON-able form: defaults spelled out, ``None`` omitted, lists for tuples."""
@@ -492,6 +512,7 @@ def _make_plan(policy: Policy) -> PolicyPlan:
         id=policy.id,
         version=policy.version,
         precedence=(-policy.priority, policy.id),
+        rank=policy.rank,
         match=policy.match,
         lock=policy.lock,
         rollout_units=None if rollout is None else percent_to_units(rollout.percent),

@@ -12,7 +12,11 @@ session lacking that label (or carrying it empty): such a session cannot be assi
 
 Precedence: applying policies are ordered by ``priority`` descending, ties broken by policy ``id``
 ascending (byte order; ids are ASCII). The first policy in that order that sets a field owns it
-(``provenance``); the first that locks a field owns the lock (``locks``).
+(``provenance``), except that locks are a ceiling: a field locked by an applying policy of
+owner rank ``r`` (``PolicyPlan.rank``, the authority of the role that owns it) cannot be set by
+an applying policy of a lower rank, whatever its priority. Between locks on one field the
+higher rank wins, then priority, then id (``locks``); the field then goes to the first policy,
+in priority order, among those of at least the lock's rank (docs/policies.md#locks).
 
 Only published policies (with a ``version``) resolve; an unversioned one raises ``ValueError``.
 The hot path reads each policy's precomputed :class:`policies.model.PolicyPlan`; nothing here
@@ -119,24 +123,37 @@ def _unique_plans(policies: Iterable[Policy]) -> list[PolicyPlan]:
 
 def overlay(plans: Iterable[PolicyPlan], target: Target) -> Overlay:
     """The applying policies' values, provenance, locks and references for ``target``."""
-    hits: list[tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
+    hits: list[tuple[tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
+    locking = False
     for plan in plans:
         hit = _applies(plan, target)
         if hit is not None:
-            hits.append((plan.precedence, plan.lock, hit[0], hit[1]))
+            hits.append((plan.precedence, plan.rank, plan.lock, hit[0], hit[1]))
+            locking = locking or bool(plan.lock)
     hits.sort(key=_first)
     values: dict[str, Value] = {}
     provenance: dict[str, PolicyRef] = {}
     locks: dict[str, PolicyRef] = {}
-    for _, lock, ref, set_values in hits:
+    if not locking:
+        for _, _, _, ref, set_values in hits:
+            for name, value in set_values.items():
+                if name not in provenance:
+                    provenance[name] = ref
+                    values[name] = value
+        return Overlay(values, provenance, locks, tuple(hit[3] for hit in hits))
+    # locks first: per field the highest rank, then (hits being in precedence order) priority
+    ceiling: dict[str, int] = {}
+    for _, rank, lock, ref, _ in hits:
+        for name in lock:
+            if rank > ceiling.get(name, -1):
+                ceiling[name] = rank
+                locks[name] = ref
+    for _, rank, _, ref, set_values in hits:
         for name, value in set_values.items():
-            if name not in provenance:
+            if name not in provenance and rank >= ceiling.get(name, rank):
                 provenance[name] = ref
                 values[name] = value
-        for name in lock:
-            if name not in locks:
-                locks[name] = ref
-    return Overlay(values, provenance, locks, tuple(hit[2] for hit in hits))
+    return Overlay(values, provenance, locks, tuple(hit[3] for hit in hits))
 
 
 class Resolver:
@@ -255,7 +272,7 @@ def _decision(plan: PolicyPlan, target: Target) -> PolicyRef | None:
 
 
 def _first(
-    hit: tuple[tuple[int, str], tuple[str, ...], PolicyRef, Mapping[str, Value]],
+    hit: tuple[tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value]],
 ) -> tuple[int, str]:
     return hit[0]
 

@@ -21,7 +21,6 @@ import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Final
 
 from aiohttp import web
@@ -29,6 +28,7 @@ from aiohttp.typedefs import Handler
 
 from controlplane.config import Settings
 from controlplane.errors import Forbidden, Unauthorized
+from controlplane.roles import Role, publish_refusal
 from sessions.clock import Clock, SystemClock
 
 __all__ = [
@@ -47,30 +47,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_TOKEN_CHARS: Final = 4096
-
-
-class Role(IntEnum):
-    """viewer < experimenter < compliance < admin; compare with ``>=``."""
-
-    VIEWER = 1
-    EXPERIMENTER = 2
-    COMPLIANCE = 3
-    ADMIN = 4
-
-    @property
-    def label(self) -> str:
-        return self.name.lower()
-
-    def __str__(self) -> str:
-        return self.label
-
-    @classmethod
-    def parse(cls, name: str) -> Role:
-        try:
-            return cls[name.strip().upper()]
-        except KeyError:
-            roles = ", ".join(r.label for r in cls)
-            raise ValueError(f"unknown role {name!r} (roles: {roles})") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,14 +180,7 @@ def require(role: Role, handler: Handler) -> Handler:
 
 def check_publish_allowed(principal: Principal, doc: Mapping[str, Any]) -> None:
     """Experimenters may publish only experiment policies without a lock (else Forbidden)."""
-    if principal.role >= Role.COMPLIANCE:
-        return
-    experiment = doc.get("experiment")
-    reason: str | None = None
-    if not isinstance(experiment, Mapping) or not experiment:
-        reason = "this document has no 'experiment' block"
-    elif doc.get("lock"):
-        reason = "this document has a 'lock'"
+    reason = publish_refusal(principal.role, doc)
     if reason is not None:
         raise Forbidden(
             "experimenters may publish only experiment policies without a lock: "

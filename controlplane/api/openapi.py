@@ -160,10 +160,11 @@ _PATHS: dict[str, Any] = {
     "/v1/policies/preview": {
         "post": _op(
             "preview_policy",
-            "Which live sessions a document would change (nothing is published)",
+            "Which live sessions a document would change (nothing is published); refused like "
+            "a publish (403 policy_owned, 409 field_locked)",
             _E,
             json_content(ref("Preview"), "the preview"),
-            errors=(400, 413, 422),
+            errors=(400, 409, 413, 422),
             body=_policy_body("the policy document, JSON or YAML"),
         )
     },
@@ -178,8 +179,8 @@ _PATHS: dict[str, Any] = {
         ),
         "delete": _op(
             "retire_policy",
-            "Retire a policy",
-            _C,
+            "Retire a policy (experimenters: experiment policies they own)",
+            _E,
             json_content(OBJ, "retired"),
             errors=(400, 404, 409, 503),
             params=_P,
@@ -208,8 +209,9 @@ _PATHS: dict[str, Any] = {
     "/v1/policies/{policy_id}/rollback": {
         "post": _op(
             "rollback_policy",
-            "Republish an earlier version's content as a new version",
-            _C,
+            "Republish an earlier version's content as a new version (experimenters: "
+            "experiment policies they own)",
+            _E,
             json_content(OBJ, "rolled back"),
             errors=(400, 404, 409, 413, 503),
             params=_P,
@@ -291,8 +293,9 @@ _DOCUMENT: Final[dict[str, Any]] = {
         "version": controlplane.__version__,
         "description": (
             "Push versioned configuration policies into live AssemblyAI voice sessions. "
-            "Bearer tokens carry a role: viewer < experimenter < compliance < admin; "
-            "x-required-role on each operation is the minimum."
+            "Bearer tokens carry a role: viewer < app < experimenter < compliance < admin; "
+            "x-required-role on each operation is the minimum. A policy id is owned by the "
+            "role that created it: a lower role gets 403 policy_owned."
         ),
     },
     "security": [{"bearerAuth": []}],

@@ -282,6 +282,25 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "version": {"type": "integer"},
             "event_id": {"type": "string"},
+            "warnings": {
+                "type": "array",
+                "items": ref("LockWarning"),
+                "description": "locks of a higher role this version crosses only on sessions "
+                "carrying both policies' labels; the lock wins there",
+            },
+        },
+    },
+    "LockWarning": {
+        **OBJ,
+        "required": ["code", "field", "policy", "version", "owner_role", "message"],
+        "properties": {
+            "code": {"const": "locked_field"},
+            "field": {"type": "string"},
+            "policy": {"type": "string"},
+            "version": {"type": "integer"},
+            "owner_role": {"type": "string"},
+            "certain": {"type": "boolean"},
+            "message": {"type": "string"},
         },
     },
     "Preview": {
@@ -294,6 +313,7 @@ SCHEMAS: dict[str, Any] = {
             "by_kind": {"type": "object"},
             "by_variant": {"type": "object"},
             "samples": {"type": "array", "items": {"type": "object"}},
+            "warnings": {"type": "array", "items": ref("LockWarning")},
         },
     },
     "Rollout": {
@@ -586,9 +606,15 @@ RESPONSES: dict[str, Any] = {
         **_response("unauthorized: missing, malformed or unknown bearer token"),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
-    "Forbidden": _response("forbidden: the token's role is too low; details.required_role"),
+    "Forbidden": _response(
+        "forbidden: the token's role is too low; policy_owned: a higher role owns this policy "
+        "id; details.required_role"
+    ),
     "NotFound": _response("not_found"),
-    "Conflict": _response("version_conflict: version regression or duplicate"),
+    "Conflict": _response(
+        "version_conflict: version regression or duplicate; field_locked: a higher role's "
+        "policy locks a field this version sets (details.field, policy, version)"
+    ),
     "PayloadTooLarge": _response("payload_too_large: details.limit_bytes"),
     "InvalidPolicy": json_content(
         {

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from controlplane.roles import Role
+
 __all__ = ["ControlPlaneAPI"]
 
 
@@ -19,22 +21,29 @@ class ControlPlaneAPI(Protocol):
         """(ready, named checks) for /readyz."""
         ...
 
-    async def publish_policy(self, doc: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
-        """Validate, version, publish; answers {"id", "version", "event_id"} once stored.
+    # ``role``: the caller's token role; ownership and lock checks use it
+    # (docs/policies.md#ownership, #locks)
+    async def publish_policy(
+        self, doc: Mapping[str, Any], *, actor: str, role: Role
+    ) -> dict[str, Any]:
+        """Validate, version, publish; answers {"id", "version", "event_id", "warnings"} once
+        stored.
 
-        Raises ValidationFailed (details.violations) or Conflict (version regression/duplicate).
+        Raises ValidationFailed (details.violations), Forbidden (``policy_owned``) or Conflict
+        (version regression/duplicate; ``field_locked``).
         """
         ...
 
-    async def preview_policy(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+    async def preview_policy(self, doc: Mapping[str, Any], *, role: Role) -> dict[str, Any]:
         """Which live sessions would change: {"id", "version", "targeted", "changed",
-        "by_kind": {...}, "by_variant": {...}, "samples": [{"session_id", "delta", "wire"}]}."""
+        "by_kind": {...}, "by_variant": {...}, "samples": [{"session_id", "delta", "wire"}],
+        "warnings": [...]}; the same ownership and lock refusals as publishing."""
         ...
 
-    async def retire_policy(self, policy_id: str, *, actor: str) -> dict[str, Any]: ...
+    async def retire_policy(self, policy_id: str, *, actor: str, role: Role) -> dict[str, Any]: ...
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str
+        self, policy_id: str, to_version: int, *, actor: str, role: Role
     ) -> dict[str, Any]: ...
 
     def list_policies(self, *, include_retired: bool = False) -> list[dict[str, Any]]: ...

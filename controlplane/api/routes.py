@@ -67,10 +67,11 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("POST", "/v1/policies/preview", "preview_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies", "list_policies", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}", "get_policy", Role.VIEWER),
-    RouteSpec("DELETE", "/v1/policies/{policy_id}", "retire_policy", Role.COMPLIANCE),
+    # experimenters may retire / roll back experiment policies they own (controlplane.authority)
+    RouteSpec("DELETE", "/v1/policies/{policy_id}", "retire_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),
-    RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.COMPLIANCE),
+    RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
     RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
     RouteSpec("GET", "/readyz", "readyz", None),
@@ -195,7 +196,7 @@ class _Handlers:
         doc = await read_document(request, self._max_body)
         principal = request[PRINCIPAL]
         check_publish_allowed(principal, doc)
-        result = await self._service.publish_policy(doc, actor=principal.actor)
+        result = await self._service.publish_policy(doc, actor=principal.actor, role=principal.role)
         headers = {}
         if isinstance(result.get("id"), str):
             headers["Location"] = f"/v1/policies/{result['id']}"
@@ -204,7 +205,8 @@ class _Handlers:
     async def preview_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         doc = await read_document(request, self._max_body)
-        return web.json_response(await self._service.preview_policy(doc))
+        role = request[PRINCIPAL].role
+        return web.json_response(await self._service.preview_policy(doc, role=role))
 
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("include_retired",))
@@ -218,8 +220,10 @@ class _Handlers:
     async def retire_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         policy_id = path_param(request, "policy_id")
-        actor = request[PRINCIPAL].actor
-        return web.json_response(await self._service.retire_policy(policy_id, actor=actor))
+        principal = request[PRINCIPAL]
+        return web.json_response(
+            await self._service.retire_policy(policy_id, actor=principal.actor, role=principal.role)
+        )
 
     async def policy_versions(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
@@ -234,9 +238,11 @@ class _Handlers:
         check_query(request.query, ())
         policy_id = path_param(request, "policy_id")
         to_version = parse_rollback(await read_json_object(request, self._max_body))
-        actor = request[PRINCIPAL].actor
+        principal = request[PRINCIPAL]
         return web.json_response(
-            await self._service.rollback_policy(policy_id, to_version, actor=actor)
+            await self._service.rollback_policy(
+                policy_id, to_version, actor=principal.actor, role=principal.role
+            )
         )
 
     # -- experiments, audit, probes ------------------------------------------------------------

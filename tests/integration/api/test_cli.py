@@ -179,7 +179,7 @@ async def test_forbidden_and_unauthorized(
     )
     err = capsys.readouterr().err
     assert code == 1
-    assert "forbidden (HTTP 403)" in err and "requires role compliance" in err
+    assert "forbidden (HTTP 403)" in err and "requires role experimenter" in err
     code = await cli("policy", "ls", "--url", server.url)
     err = capsys.readouterr().err
     assert code == 1

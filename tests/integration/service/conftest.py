@@ -21,6 +21,7 @@ from emulator.settings import EmulatorSettings
 
 TOKENS = {
     "tok-viewer": "viewer",
+    "tok-app": "app",
     "tok-experimenter": "experimenter",
     "tok-compliance": "compliance",
     "tok-admin": "admin",

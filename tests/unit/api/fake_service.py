@@ -17,6 +17,7 @@ from controlplane.api.ports import ControlPlaneAPI
 from controlplane.api.routes import add_routes
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound
+from controlplane.roles import Role
 from policies.errors import PolicyValidationError, Violation
 
 __all__ = ["TOKENS", "FakeControlPlane", "serve_fake", "session", "settings_with_tokens"]
@@ -24,6 +25,7 @@ __all__ = ["TOKENS", "FakeControlPlane", "serve_fake", "session", "settings_with
 # role -> token; deliberately recognisable so a leak is easy to spot
 TOKENS = {
     "viewer": "tok-viewer-SECRET-1111111111",
+    "app": "tok-app-SECRET-5555555555555555",
     "experimenter": "tok-experimenter-SECRET-2222",
     "compliance": "tok-compliance-SECRET-333333",
     "admin": "tok-admin-SECRET-44444444444444",
@@ -101,7 +103,9 @@ class FakeControlPlane:
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return self.ready, {"bus": "ok" if self.ready else "down", "registry": "ok"}
 
-    async def publish_policy(self, doc: Mapping[str, Any], *, actor: str) -> dict[str, Any]:
+    async def publish_policy(
+        self, doc: Mapping[str, Any], *, actor: str, role: Role
+    ) -> dict[str, Any]:
         self._record("publish_policy", dict(doc), actor)
         policy_id = doc.get("id")
         violations = []
@@ -129,7 +133,7 @@ class FakeControlPlane:
         self.retired.discard(policy_id)
         return {"id": policy_id, "version": version, "event_id": f"{policy_id}:{version}"}
 
-    async def preview_policy(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+    async def preview_policy(self, doc: Mapping[str, Any], *, role: Role) -> dict[str, Any]:
         self._record("preview_policy", dict(doc))
         return {
             "id": doc.get("id"),
@@ -141,14 +145,14 @@ class FakeControlPlane:
             "samples": [{"session_id": "s-1", "delta": {"prompt": "x"}, "wire": {}}],
         }
 
-    async def retire_policy(self, policy_id: str, *, actor: str) -> dict[str, Any]:
+    async def retire_policy(self, policy_id: str, *, actor: str, role: Role) -> dict[str, Any]:
         self._record("retire_policy", policy_id, actor)
         latest = self._latest(policy_id)
         self.retired.add(policy_id)
         return {"id": policy_id, "version": latest["version"], "event_id": "retire-1"}
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str
+        self, policy_id: str, to_version: int, *, actor: str, role: Role
     ) -> dict[str, Any]:
         self._record("rollback_policy", policy_id, to_version, actor)
         history = self.versions.get(policy_id)

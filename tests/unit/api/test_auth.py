@@ -24,7 +24,7 @@ from tests.unit.api.fake_service import TOKENS, FakeControlPlane, serve_fake
 
 
 def test_roles_are_ordered() -> None:
-    assert Role.VIEWER < Role.EXPERIMENTER < Role.COMPLIANCE < Role.ADMIN
+    assert Role.VIEWER < Role.APP < Role.EXPERIMENTER < Role.COMPLIANCE < Role.ADMIN
     assert Role.parse(" Admin ") is Role.ADMIN
     with pytest.raises(ValueError, match="unknown role 'root'"):
         Role.parse("root")

@@ -1,4 +1,7 @@
-"""Every route × {no token, bad token, viewer, experimenter, compliance, admin}."""
+"""Every route × {no token, bad token, viewer, app, experimenter, compliance, admin}.
+
+Ownership and locks (which need the real policy store) are the second matrix, in
+tests/integration/service/test_authority_matrix.py."""
 
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "openapi": ("/openapi.json", None),
 }
 
-CALLERS = ("none", "bad", "viewer", "experimenter", "compliance", "admin")
+CALLERS = ("none", "bad", "viewer", "app", "experimenter", "compliance", "admin")
 
 
 def test_every_route_has_a_sample() -> None:
