@@ -216,16 +216,25 @@ class PolicyStore:
             )
         return policy
 
-    def apply(self, event: PolicyEvent) -> Change | None:
-        """Apply a validated event; None when it is a duplicate or a regression."""
-        policy = parse_policy(event.policy)
-        if policy.version is None or policy.version <= self.current_version(policy.id):
-            return None
-        role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
+    def accepts(self, event: PolicyEvent) -> bool:
+        """Whether :meth:`apply` would store this published/retired event: its version is
+        above the current one and its role is not below the policy's owner role."""
+        if event.version <= self.current_version(event.policy_id):
+            return False
+        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
         if owner is not None and role < owner:
             log.warning("policy event %s refused: role %s is below the owner role %s",
                         event.msg_id, role.label, owner.label)  # fmt: skip
+            return False
+        return True
+
+    def apply(self, event: PolicyEvent) -> Change | None:
+        """Apply a validated event; None when it is a duplicate, a regression or comes from a
+        role below the owner's."""
+        policy = parse_policy(event.policy)
+        if policy.version is None or not self.accepts(event):
             return None
+        role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
         policy = policy.with_rank(int(max(role, owner or role)))
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired)

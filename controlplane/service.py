@@ -276,7 +276,7 @@ class ControlPlane:
             return self.store.apply(event)
         async with self._intake:  # one write-then-apply at a time: versions stay in order
             policy = parse_policy(event.policy)
-            if policy.version is None or policy.version <= self.store.current_version(policy.id):
+            if policy.version is None or not self.store.accepts(event):  # version, owner role
                 return None
             await asyncio.to_thread(self.policy_files.write, event)
             return self.store.apply(event)

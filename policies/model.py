@@ -457,6 +457,7 @@ class Policy(BaseModel):
         out.pop("version", None)
         out.pop("reason", None)
         return out
+
     @property
     def rank(self) -> int:
         """The owning role's authority (0 unless set by :meth:`with_rank`)."""
