@@ -186,3 +186,31 @@ async def test_a_report_naming_another_session_is_refused_and_changes_nothing(
         assert not [e for e in log if e["status"] == "rejected"]
         rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
         assert rollout["state"] == "active"
+
+
+async def test_the_guard_rolls_back_as_the_owner_so_the_experimenter_keeps_its_policy(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    guard = {"enabled": True, "min_sessions": 1, "max_failure_ratio": 0.0,
+             "on_breach": "rollback"}  # fmt: skip
+    doc = {**PITCH, "match": {"labels": {"tier": "gold"}}, "guard": guard}
+    await cp.publish(doc, token=EXPERIMENTER)
+    async with _app(cp, tier="gold") as app:
+        first = await asyncio.wait_for(anext(app.pushes()), 5)
+        await app.applied(first.version)
+        v2 = {"name": "pitch", "weight": 100, "set": {"prompt": "v2"}}
+        await cp.publish({**doc, "experiment": {**doc["experiment"], "variants": [v2]}},
+                         token=EXPERIMENTER)  # fmt: skip
+        push = await asyncio.wait_for(anext(app.pushes()), 5)
+        await app.failed(push.version, "upstream refused")
+
+        async def rolled_back() -> list[Any]:
+            body = await cp.call("GET", "/v1/policies/upsell/versions", expect=200)
+            items = list(body["items"])
+            return items if len(items) == 3 else []
+
+        versions = await eventually(rolled_back)
+        assert versions[-1]["cause"] == "rollback"
+        assert versions[-1]["actor"] == "guard:node-a"
+        assert (versions[-1]["role"], versions[-1]["owner_role"]) == ("experimenter",) * 2
+    await cp.call("DELETE", "/v1/policies/upsell", token=EXPERIMENTER, expect=200)
