@@ -1,0 +1,166 @@
+"""Push paths no other test reaches (issue 17), through real sockets (gateway + emulator,
+control channel): a congested upstream socket gets an on-demand worker; a ``next_turn`` push
+without a turn boundary goes out at its deadline; the values of the push and apply latency
+histograms and of ``sessions_at_version`` as scraped from ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+
+from controlplane.push.engine import LiveSession
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from tests.integration.service.fleet import Fleet, metric
+
+STREAMING = "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro"
+PAD = "A" * 300_000  # one padded Voice Agent frame: larger than CONGESTED_BYTES with the rest
+
+
+@pytest.fixture
+async def fleet(cp: ControlPlaneUnderTest) -> AsyncIterator[Fleet]:
+    f = Fleet(cp.ws_base)
+    try:
+        yield f
+    finally:
+        await f.close()
+
+
+def live(cp: ControlPlaneUnderTest, session_id: str) -> LiveSession:
+    return cp.service.engine.live[session_id]
+
+
+async def entries(cp: ControlPlaneUnderTest, session_id: str, **match: Any) -> list[dict[str, Any]]:
+    return [e for e in await cp.log(session_id) if all(e.get(k) == v for k, v in match.items())]
+
+
+async def test_a_congested_upstream_socket_gets_a_worker_and_the_push_still_lands(
+    cp: ControlPlaneUnderTest, emulator: Emulator, fleet: Fleet
+) -> None:
+    agent = await fleet.agent("team=slow")
+    sid = cp.live_by_upstream(agent.upstream_id)
+    ls = live(cp, sid)
+    # the upstream reads slowly (it waits before each text frame): what the client sends
+    # piles up in the gateway's upstream socket
+    await emulator.faults(agent.upstream_id, {"latency_ms": 60})
+    answers: list[dict[str, Any]] = []
+
+    async def drain_client() -> None:  # the client keeps reading its answers
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in agent.ws:
+                answers.append(json.loads(raw))
+
+    reader = asyncio.get_running_loop().create_task(drain_client(), name="reader-slow")
+    bad_audio = json.dumps({"type": "input.audio", "audio": "!" + PAD})  # invalid_audio
+    try:
+        for _ in range(200):  # bounded: loopback buffers hold a few MB before backpressure
+            if ls.transport.congested():
+                break
+            await agent.ws.send(bad_audio)
+        assert ls.transport.congested(), "the upstream socket never congested"
+
+        await cp.publish({"id": "tone", "match": {"labels": {"team": ["slow"]}},
+                          "set": {"system_prompt": "Be patient."}})  # fmt: skip
+        # not written inline: a worker waits for the socket on the session's behalf
+        worker = await eventually(lambda: ls.worker, timeout=5, interval=0.005)
+        assert worker.get_name() == f"push-worker-{sid}"
+        acked = await eventually(lambda: entries(cp, sid, status="acked", cause="policy"),
+                                 timeout=20)  # fmt: skip
+        assert acked[0]["version"] == 2
+        sent = await entries(cp, sid, status="sent", cause="policy")
+        assert [e["wire"] for e in sent] == [
+            {"type": "session.update", "session": {"system_prompt": "Be patient."}}
+        ]
+        upstream = await emulator.session(agent.upstream_id)
+        assert upstream["config"]["system_prompt"] == "Be patient."
+        await eventually(lambda: ls.worker is None)
+        assert not any(a.get("type") == "session.updated" for a in answers)  # ours: consumed
+    finally:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+
+async def test_a_next_turn_push_without_a_turn_boundary_goes_out_at_its_deadline(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    deadline_s = 0.8
+    async with websockets.connect(
+        cp.ws_base + STREAMING + "&prompt=x", additional_headers={"Authorization": "test-key"}
+    ) as ws:
+        begin = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        assert begin["type"] == "Begin"
+        sid = cp.live_by_upstream(begin["id"])
+        loop = asyncio.get_running_loop()
+        published = loop.time()
+        await cp.publish({"id": "turns", "apply": "next_turn", "apply_deadline_s": deadline_s,
+                          "set": {"max_turn_silence_ms": 2100}})  # fmt: skip
+        assert live(cp, sid).push.hold_deadline is not None  # held: no audio, no turn ends
+
+        async def arrived() -> list[Any]:
+            return await emulator.updates(begin["id"])
+
+        await asyncio.sleep(deadline_s / 2)
+        assert await arrived() == []  # still held
+        updates = await eventually(arrived, timeout=5, interval=0.02)
+        waited = loop.time() - published
+        assert updates == [{"type": "UpdateConfiguration", "max_turn_silence": 2100}]
+        assert waited >= deadline_s, f"sent after {waited:.3f}s, before the deadline"
+        assert waited < deadline_s + 2.0
+        sent = await entries(cp, sid, status="sent", cause="policy")
+        assert [e["wire"] for e in sent] == updates
+
+
+async def test_latency_histograms_and_sessions_at_version_have_the_true_values(
+    cp: ControlPlaneUnderTest, fleet: Fleet
+) -> None:
+    """One push, answered after a known delay: push latency counts it once (event to frame
+    written, well under that delay), apply latency once (frame written to answer, at least
+    the delay); sessions_at_version counts the session only once it runs the version."""
+    app = await fleet.app("hold", labels={"team": "m"})
+    delay = 0.3
+
+    async def scrape(name: str, **labels: str) -> float:
+        return await metric(cp.http, cp.base, "controlplane_" + name, **labels)
+
+    async def at_version(version: int) -> float:
+        cp.service.engine._export_gauges()  # the registry-sync cadence, without waiting
+        return await scrape("sessions_at_version", policy="mark", version=str(version))
+
+    assert await scrape("push_latency_seconds_count") == 0
+    await cp.publish({"id": "mark", "match": {"labels": {"team": ["m"]}},
+                      "set": {"keyterms": ["one"]}})  # fmt: skip
+    push = await app.next_push(5)
+    assert push is not None
+    cp.service.engine.flush_metrics()
+    assert await scrape("push_latency_seconds_count") == 1
+    pushed = await scrape("push_latency_seconds_sum")
+    assert 0 < pushed < delay
+    assert await scrape("push_latency_seconds_bucket", le="+Inf") == 1
+    assert await at_version(1) == 0  # in flight: not running it yet
+    assert await scrape("apply_latency_seconds_count") == 0
+
+    await asyncio.sleep(delay)
+    await app.client.applied(push.version)
+    await eventually(lambda: entries(cp, app.session_id, status="acked"))
+    assert await scrape("apply_latency_seconds_count") == 1
+    applied = await scrape("apply_latency_seconds_sum")
+    assert delay <= applied < delay + 2.0
+    assert await scrape("apply_latency_seconds_bucket", le="0.1") == 0
+    assert await at_version(1) == 1
+
+    # a refused version is not counted; the session still runs nothing of it
+    await cp.publish({"id": "mark", "match": {"labels": {"team": ["m"]}},
+                      "set": {"keyterms": ["two"]}})  # fmt: skip
+    second = await app.next_push(5)
+    assert second is not None
+    await app.client.failed(second.version, "refused")
+    await eventually(lambda: entries(cp, app.session_id, status="rejected"))
+    assert await at_version(2) == 0
+    assert await at_version(1) == 0  # the session moved on to version 2 (which it refused)
+    assert await scrape("apply_latency_seconds_count") == 1  # a refusal is no application
