@@ -29,6 +29,7 @@ from controlplane.health import versionlog_problem
 from controlplane.metrics import Metrics
 from controlplane.policy_files import PolicyFiles
 from controlplane.service import ControlPlane
+from controlplane.token_proxy import TokenProxy
 from sessions.clock import Clock, SystemClock
 from sessions.versionlog import FileVersionLog
 
@@ -92,6 +93,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     gateway = Gateway(service, http=None)  # its HTTP client is created on startup
     control = ControlChannel(service)
     gateway.add_routes(app)
+    TokenProxy(gateway).add_routes(app)
     control.add_routes(app)
     app[GATEWAY] = gateway
     app[CONTROL] = control

@@ -114,7 +114,9 @@ class Gateway:
         self.settings = service.settings
         self.http = http
         self.connections: set[web.WebSocketResponse] = set()
-        self.credential_labels = CredentialLabels(self.settings.credential_labels_file)
+        self.credential_labels = CredentialLabels(
+            self.settings.credential_labels_file, clock=service.clock.monotonic
+        )
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v3/ws", self.streaming)
@@ -129,6 +131,7 @@ class Gateway:
         if "labels" in request.match_info:  # the raw segment: split before URL-decoding
             path = request.raw_path.partition("?")[0].split("/")[2]
         credential = credential_of(request.headers.get("Authorization"))
+        credential = request.query.get("token") or credential  # a temporary token
         return merge_labels({
             "credential": self.credential_labels.for_credential(credential),
             "path": parse_path_labels(path),

@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Final
 from urllib.parse import unquote
@@ -169,14 +169,21 @@ def parse_credential_labels(
 class CredentialLabels:
     """The credential-labels file, re-read when it changes (mtime and size). A file that
     turns unreadable or malformed while serving keeps the last good table (logged): labels
-    that target compliance policies must not silently vanish."""
+    that target compliance policies must not silently vanish.
 
-    __slots__ = ("_path", "_stamp", "_table")
+    Temporary tokens minted through this gateway (``GET /v3/token``, ``/v1/token``) with a
+    mapped key carry that key's labels until they expire (``remember_token``; digests only,
+    at most ``MAX_TOKENS``, this replica only)."""
 
-    def __init__(self, path: Path | None) -> None:
+    __slots__ = ("_clock", "_path", "_stamp", "_table", "_tokens")
+    MAX_TOKENS: Final = 100_000
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None) -> None:
         self._path = path
+        self._clock = clock
         self._stamp: tuple[int, int] | None = None
         self._table: dict[str, dict[str, str]] = {}
+        self._tokens: dict[str, tuple[float, dict[str, str]]] = {}  # digest -> (until, labels)
         if path is not None:
             self._table = parse_credential_labels(path.read_text(encoding="utf-8"),
                                                   source=str(path))  # fmt: skip
@@ -200,10 +207,30 @@ class CredentialLabels:
         return self._table
 
     def for_credential(self, credential: str | None) -> dict[str, str]:
-        """The labels of an API key (empty when unmapped or no credential)."""
+        """The labels of an API key, or of a token minted with one (empty when unmapped)."""
         if credential is None:
             return {}
         table = self._current()
         if not table:
             return {}
-        return dict(table.get(key_digest(credential), {}))
+        digest = key_digest(credential)
+        found = table.get(digest)
+        if found is None and self._tokens and self._clock is not None:
+            until, labels = self._tokens.get(digest, (0.0, {}))
+            found = labels if until > self._clock() else None
+        return dict(found or {})
+
+    def remember_token(self, key: str, token: str, expires_in_s: float) -> bool:
+        """A token minted with ``key``: it carries the key's labels for ``expires_in_s``
+        (its redemption window). False when the key has no labels (nothing kept)."""
+        labels = self.for_credential(key)
+        if not labels or self._clock is None:
+            return False
+        now = self._clock()
+        if len(self._tokens) >= self.MAX_TOKENS:
+            for digest in [d for d, (until, _) in self._tokens.items() if until <= now]:
+                del self._tokens[digest]
+            while len(self._tokens) >= self.MAX_TOKENS:  # oldest first
+                del self._tokens[next(iter(self._tokens))]
+        self._tokens[key_digest(token)] = (now + expires_in_s, labels)
+        return True

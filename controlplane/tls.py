@@ -21,11 +21,11 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
         context.load_cert_chain(certfile=cert, keyfile=key)
     except FileNotFoundError as exc:
         raise ValueError(f"TLS file {exc.filename} does not exist") from None
-    except OSError as exc:
-        raise ValueError(f"TLS files {cert} / {key}: {exc.strerror or exc}") from None
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # before OSError, its base class
         raise ValueError(
             f"TLS files {cert} / {key} are not a PEM certificate and its private key "
             f"({exc.reason or exc})"
         ) from None
+    except OSError as exc:
+        raise ValueError(f"TLS files {cert} / {key}: {exc.strerror or exc}") from None
     return context

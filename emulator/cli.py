@@ -2,7 +2,8 @@
 
 Settings: defaults < ``EMULATOR_*`` environment variables < flags. Every setting has an
 ``EMULATOR_<NAME>`` variable and can be given as ``--set name=value``; the common ones also
-have their own flags.
+have their own flags. ``--tls-cert`` / ``--tls-key`` (or ``EMULATOR_TLS_*``, else
+``CONTROLPLANE_TLS_*``) serve ``wss://`` and ``https://`` (the JavaScript SDK needs ``wss:``).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import asyncio
 import contextlib
 import gc
 import json
+import os
 import resource
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -23,13 +26,15 @@ from aiohttp import web
 from emulator.errors import EmulatorError, InvalidSetting
 from emulator.faults import parse_faults
 from emulator.server import build_app
-from emulator.settings import EmulatorSettings, convert_setting, parse_listen
+from emulator.settings import ENV_PREFIX, EmulatorSettings, convert_setting, parse_listen
 
-__all__ = ["main", "raise_nofile_limit", "register", "run"]
+__all__ = ["main", "raise_nofile_limit", "register", "run", "tls_context"]
 
 
 _FLAGGED = (
     "listen",
+    "tls_cert",
+    "tls_key",
     "require_speech_model",
     "default_speech_model",
     "prompt_max_chars",
@@ -59,6 +64,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     add = parser.add_argument
     add("--listen", help="host:port (env EMULATOR_LISTEN, default 127.0.0.1:8090)")
+    add("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
+    add("--tls-key", metavar="PEM", help="the private key of --tls-cert")
     add("--api-key", action="append", dest="api_keys", metavar="KEY",
         help="accept only these keys (repeatable); default: any non-empty key")  # fmt: skip
     add("--require-speech-model", action="store_true", default=None)
@@ -96,6 +103,10 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         value = getattr(args, name, None)
         if value is not None:
             overrides[name] = value
+    for name in ("tls_cert", "tls_key"):  # the service's variables serve the emulator too
+        shared = os.environ.get("CONTROLPLANE_" + name.upper())
+        if name not in overrides and not os.environ.get(ENV_PREFIX + name.upper()) and shared:
+            overrides[name] = shared
     if args.api_keys:
         overrides["api_keys"] = frozenset(args.api_keys)
     if args.faults:
@@ -136,16 +147,18 @@ def tune_collector() -> None:
 async def run(settings: EmulatorSettings, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGINT / SIGTERM (or cancellation)."""
     host, port = parse_listen(settings.listen)
+    tls = tls_context(settings)
     runner = web.AppRunner(build_app(settings), handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=settings.backlog)
+    site = web.TCPSite(runner, host, port, backlog=settings.backlog, ssl_context=tls)
     await site.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    print(f"emulator listening on http://{host}:{port} (/v3/ws, /v1/ws)", flush=True)
+    scheme = "https" if tls is not None else "http"
+    print(f"emulator listening on {scheme}://{host}:{port} (/v3/ws, /v1/ws)", flush=True)
     if ready is not None:
         ready.set()
     try:
@@ -154,9 +167,26 @@ async def run(settings: EmulatorSettings, ready: asyncio.Event | None = None) ->
         await runner.cleanup()
 
 
+def tls_context(settings: EmulatorSettings) -> ssl.SSLContext | None:
+    """The server TLS context of ``tls_cert`` / ``tls_key`` (None without); InvalidSetting
+    names the file and the problem."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(certfile=settings.tls_cert, keyfile=settings.tls_key)
+    except OSError as exc:  # ssl.SSLError included
+        problem = getattr(exc, "reason", None) or exc.strerror or exc
+        raise InvalidSetting(
+            "tls_cert", f"{settings.tls_cert} / {settings.tls_key}: {problem}"
+        ) from None
+    return context
+
+
 def _run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args)
+        tls_context(settings)  # a bad file is refused before serving
     except (EmulatorError, ValueError) as exc:
         print(f"emulator: {exc}", file=sys.stderr)
         return 2

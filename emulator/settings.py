@@ -42,6 +42,8 @@ class EmulatorSettings:
     websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
     backlog: int = 2048
     send_timeout_s: float = 10.0  # a send blocked this long (peer not reading) drops the socket
+    tls_cert: str | None = None  # PEM certificate (chain): serve https:// and wss://
+    tls_key: str | None = None  # its PEM private key (both or neither)
     # --- auth (both APIs) ---------------------------------------------------------------------
     api_keys: frozenset[str] | None = None  # None: any non-empty key is accepted
     streaming_bearer: Literal["reject", "accept"] = "reject"  # "Bearer <key>" on /v3/ws
@@ -94,6 +96,8 @@ class EmulatorSettings:
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise InvalidSetting("tls_cert", "TLS needs both --tls-cert and --tls-key")
         if self.default_speech_model not in sv3.ALL_MODELS:
             raise InvalidSetting(
                 "default_speech_model", f"{self.default_speech_model!r} is not a known model"

@@ -88,3 +88,23 @@ def test_credential_file_errors_name_the_line_never_the_key() -> None:
         parse_credential_labels(digest)
     with pytest.raises(ValueError, match="line 2: digest repeated"):
         parse_credential_labels(f"{digest} a=1\n{digest} a=2\n")
+
+
+def test_settings_refuse_bad_tls_and_credential_files_naming_the_problem(tmp_path: Path) -> None:
+    from controlplane.config import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="both --tls-cert and --tls-key"):
+        Settings(tls_cert=tmp_path / "cert.pem").check()
+    with pytest.raises(SettingsError, match="does not exist"):
+        Settings(tls_cert=tmp_path / "cert.pem", tls_key=tmp_path / "key.pem").check()
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not pem")
+    with pytest.raises(SettingsError, match="not a PEM certificate"):
+        Settings(tls_cert=garbage, tls_key=garbage).check()
+    labels = tmp_path / "labels"
+    labels.write_text("sk-live-secret tenant=acme\n")
+    with pytest.raises(SettingsError, match="line 1") as err:
+        Settings(credential_labels_file=labels).check()
+    assert "sk-live-secret" not in str(err.value)
+    with pytest.raises(SettingsError, match=r"credential labels .*missing"):
+        Settings(credential_labels_file=tmp_path / "missing").check()
