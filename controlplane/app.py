@@ -17,6 +17,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
+from controlplane.admission import ConnectionSlots
 from controlplane.api.routes import add_routes
 from controlplane.audit_keys import checkpointing
 from controlplane.bus import InProcessBus, PolicyBus
@@ -90,8 +91,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
 
     http_holder: list[aiohttp.ClientSession] = []
     closed: list[bool] = []
-    gateway = Gateway(service, http=None)  # its HTTP client is created on startup
-    control = ControlChannel(service)
+    slots = ConnectionSlots(settings.max_connections)  # one cap over both kinds of socket
+    gateway = Gateway(service, http=None, slots=slots)  # its HTTP client is created on startup
+    control = ControlChannel(service, slots)
     gateway.add_routes(app)
     TokenProxy(gateway).add_routes(app)
     control.add_routes(app)

@@ -95,6 +95,11 @@ class Settings:
     # sockets
     websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
     max_client_message_bytes: int = 1024 * 1024
+    # admission (controlplane.admission, docs/reliability.md#connection-limits)
+    first_message_timeout_s: float = 10.0  # first frame / register within this of the upgrade
+    max_connections: int = 20_000  # gateway + control sockets per replica; more get 503
+    client_update_burst: int = 10  # client configuration updates per session at once ...
+    client_update_rate_per_s: float = 1.0  # ... and sustained
     # registry (Redis in distributed mode): a replica heartbeats every heartbeat_interval_s;
     # its sessions end with cause node_lost once no heartbeat came for session_ttl_s
     heartbeat_interval_s: float = 5.0
@@ -190,6 +195,10 @@ class Settings:
             except ValueError as exc:
                 raise SettingsError(f"audit signing key {path}: {exc}") from None
         self._check_files()
+        if not 0 < self.first_message_timeout_s <= 60 or self.max_connections < 1:
+            raise SettingsError("first message timeout must be in (0, 60]s, max connections >= 1")
+        if self.client_update_burst < 1 or not self.client_update_rate_per_s > 0:
+            raise SettingsError("client update burst must be >= 1 and the rate positive")
         prefix = self.nats_subject_prefix
         if not prefix or any(c in prefix for c in " *>") or prefix[0] == "." or prefix[-1] == ".":
             raise SettingsError(f"NATS subject prefix {prefix!r} is not a valid subject prefix")
@@ -303,4 +312,8 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("policy_unsigned_through_seq", int),
     ("readiness_stall_s", float),
     ("readiness_lag_s", float),
+    ("first_message_timeout_s", float),
+    ("max_connections", int),
+    ("client_update_burst", int),
+    ("client_update_rate_per_s", float),
 )

@@ -14,10 +14,13 @@ control plane → app
   ``{"type": "update_result", "accepted": [...], "rejected": {field: reason}}``
   ``{"type": "heartbeat", "at": <unix s>}``
   ``{"type": "error", "code", "message"}``  (the socket stays open unless registration failed)
+  (``rate_limited``: an ``update`` over the session's rate, dropped and not logged;
+  docs/reliability.md#connection-limits)
 
 Frames are held to the REST body rules (``controlplane.api.inputs.parse_frame``): no duplicate
 keys, ``NaN`` or lone surrogates, at most 32 levels; a frame that breaks them gets an ``error``.
-Close codes: 1008 registration refused; 1009 a frame over 256 KiB; 1011 an unexpected failure
+Close codes: 1008 registration refused, or no ``register`` within the first-message timeout
+(``error`` ``register_timeout`` first); 1009 a frame over 256 KiB; 1011 an unexpected failure
 of ours (logged with the session id; the session ends, the process carries on).
 
 Authenticated with a bearer token (``Authorization`` header or ``?token=``) whose role may
@@ -39,6 +42,13 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from controlplane.admission import (
+    FIRST_MESSAGE_CLOSE,
+    ConnectionSlots,
+    UpdateRates,
+    first_frame,
+    refuse_over_rate,
+)
 from controlplane.api.auth import TOKENS
 from controlplane.api.inputs import parse_frame
 from controlplane.errors import ControlPlaneError, Forbidden
@@ -88,12 +98,18 @@ class ControlTransport:
 
 
 class ControlChannel:
-    def __init__(self, service: ControlPlane) -> None:
+    def __init__(self, service: ControlPlane, slots: ConnectionSlots | None = None) -> None:
         self.service = service
         self.connections: set[web.WebSocketResponse] = set()
+        settings = service.settings
+        self.slots = slots or ConnectionSlots(settings.max_connections)
+        self.update_rates = UpdateRates(
+            service.clock, burst=settings.client_update_burst,
+            rate_per_s=settings.client_update_rate_per_s,
+        )  # fmt: skip
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/v1/control", self.handle)
+        app.router.add_get("/v1/control", self.slots.guard(self.handle))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         header = request.headers.get("Authorization")
@@ -137,13 +153,19 @@ class ControlChannel:
         finally:
             self.connections.discard(ws)
             if ls is not None:
+                self.update_rates.forget(ls.session.id)
                 await self.service.detach(ls, "control_closed")
         return ws
 
     async def _register(self, ws: web.WebSocketResponse) -> LiveSession | None:
         """The attached session, or None when registration was refused (closed with 1008, or
         by aiohttp with 1009 for an oversize frame)."""
-        msg = await ws.receive()
+        timeout = self.service.settings.first_message_timeout_s
+        msg = await first_frame(ws, timeout, close_code=FIRST_MESSAGE_CLOSE, error=json.dumps(
+            {"type": "error", "code": "register_timeout",
+             "message": f"no register message within {timeout:g}s"}))  # fmt: skip
+        if msg is None:
+            return None
         if msg.type != WSMsgType.TEXT:
             if not ws.closed:
                 await ws.close(code=1008, message=b"first frame must be a register message")
@@ -221,6 +243,12 @@ class ControlChannel:
     async def _client_update(self, ws: web.WebSocketResponse, ls: LiveSession, raw: Any) -> None:
         if not isinstance(raw, dict):
             raise ProtocolError("bad_config", "update.config must be an object")
+        if not self.update_rates.allow(ls.session.id):  # dropped, not logged
+            self.service.metrics.rejects.labels(ls.session.kind, "rate_limited").inc()
+            problem = self.update_rates.problem()
+            error = json.dumps({"type": "error", "code": "rate_limited", "message": problem})
+            await refuse_over_rate(ws, problem, error_frame=error)
+            return
         delta: Delta = {}
         rejected: dict[str, str] = {}
         for name, value in raw.items():

@@ -32,6 +32,15 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import WSMsgType, web
 
+from controlplane.admission import (
+    FIRST_MESSAGE_CLOSE,
+    ConnectionSlots,
+    FirstFrames,
+    UpdateRates,
+    first_frame,
+    refuse_over_rate,
+    streaming_silence_error,
+)
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
 from controlplane.gateway_labels import (
     CredentialLabels,
@@ -109,7 +118,12 @@ class UpstreamTransport:
 
 
 class Gateway:
-    def __init__(self, service: ControlPlane, http: aiohttp.ClientSession | None) -> None:
+    def __init__(
+        self,
+        service: ControlPlane,
+        http: aiohttp.ClientSession | None,
+        slots: ConnectionSlots | None = None,
+    ) -> None:
         self.service = service
         self.settings = service.settings
         self.http = http
@@ -117,12 +131,18 @@ class Gateway:
         self.credential_labels = CredentialLabels(
             self.settings.credential_labels_file, clock=service.clock.monotonic
         )
+        self.slots = slots or ConnectionSlots(self.settings.max_connections)
+        self.update_rates = UpdateRates(
+            service.clock, burst=self.settings.client_update_burst,
+            rate_per_s=self.settings.client_update_rate_per_s,
+        )  # fmt: skip
 
     def add_routes(self, app: web.Application) -> None:
-        app.router.add_get("/v3/ws", self.streaming)
-        app.router.add_get("/v1/ws", self.agent)
-        app.router.add_get("/labels/{labels}/v3/ws", self.streaming)
-        app.router.add_get("/labels/{labels}/v1/ws", self.agent)
+        streaming, agent = self.slots.guard(self.streaming), self.slots.guard(self.agent)
+        app.router.add_get("/v3/ws", streaming)
+        app.router.add_get("/v1/ws", agent)
+        app.router.add_get("/labels/{labels}/v3/ws", streaming)
+        app.router.add_get("/labels/{labels}/v1/ws", agent)
 
     def _labels(self, request: web.Request) -> dict[str, str]:
         """All label sources merged (controlplane.gateway_labels); ValueError when one is
@@ -196,7 +216,7 @@ class Gateway:
         except Exception:
             await _abort(ws, upstream, session.id)
             return ws
-        await self._proxy(ws, upstream, ls, transport, STREAMING_V3)
+        await self._proxy(ws, upstream, ls, transport, STREAMING_V3, first_deadline=True)
         return ws
 
     # -- voice agent ---------------------------------------------------------------------
@@ -213,7 +233,13 @@ class Gateway:
         await ws.prepare(request)
         self.connections.add(ws)
         try:
-            first = await ws.receive()
+            first = await first_frame(
+                ws, self.settings.first_message_timeout_s, close_code=FIRST_MESSAGE_CLOSE,
+                error=_agent_error_text("timeout", "no session.update within "
+                                        f"{self.settings.first_message_timeout_s:g}s"),
+            )  # fmt: skip
+            if first is None:
+                return ws
             if first.type != WSMsgType.TEXT:
                 await ws.close(code=1008, message=b"first message must be session.update")
                 return ws
@@ -281,7 +307,11 @@ class Gateway:
         ls: LiveSession,
         transport: UpstreamTransport,
         dialect: Dialect,
+        *,
+        first_deadline: bool = False,
     ) -> None:
+        """Relays until either side closes; with ``first_deadline`` (``/v3/ws``) the client's
+        first frame, audio included, must come within the first-message timeout."""
         self.connections.add(ws)
         cause = "client_closed"
         reader = asyncio.get_running_loop().create_task(
@@ -289,12 +319,17 @@ class Gateway:
             name=f"gateway-upstream-{ls.session.id}",
         )
         try:
-            async for msg in ws:
+            timeout = self.settings.first_message_timeout_s if first_deadline else None
+            frames = FirstFrames(ws, timeout, close_code=STREAMING_CLOSE["invalid_message"],
+                                 error=streaming_silence_error(timeout or 0))  # fmt: skip
+            async for msg in frames:
                 if msg.type == WSMsgType.BINARY:
                     await upstream.send_bytes(msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     await self._from_client(msg.data, ws, upstream, ls, transport, dialect)
-            if reader.done():
+            if frames.silent:
+                cause = "first_message_timeout"
+            elif reader.done():
                 cause = "upstream_closed"
         except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
             cause = f"proxy_error: {type(exc).__name__}"
@@ -314,6 +349,7 @@ class Gateway:
             if reader.done() and not reader.cancelled() and cause == "client_closed":
                 cause = "upstream_closed"
             self.connections.discard(ws)
+            self.update_rates.forget(ls.session.id)
             await self.service.detach(ls, cause)
 
     async def _from_client(
@@ -336,15 +372,20 @@ class Gateway:
             await upstream.send_str(data)
             return
         if transport.model is not None and message.get("type") == STREAMING_UPDATE:
-            await self._streaming_update(message, data, ws, upstream, ls, transport.model)
+            if not await self._over_update_rate(ws, ls, dialect):
+                await self._streaming_update(message, data, ws, upstream, ls, transport.model)
             return
         try:
             delta = dialect.parse_client_update(message)
         except DialectError as exc:  # a malformed value: the upstream judges it, locks hold
+            if await self._over_update_rate(ws, ls, dialect):
+                return
             await self._forward_malformed(message, data, exc, ws, upstream, ls, transport, dialect)
             return
         if delta is None:
             await upstream.send_str(data)  # not an update: untouched (upstream judges it)
+            return
+        if await self._over_update_rate(ws, ls, dialect):
             return
         forward_text, stripped = self._without_locked(
             ls, dialect, message, data, sorted(set(delta) & set(ls.locks)), delta=delta
@@ -397,6 +438,19 @@ class Gateway:
             self.service.engine.record(
                 ls, cause="client", status="sent", delta=effect.delta, wire=effect.forward
             )
+
+    async def _over_update_rate(
+        self, ws: web.WebSocketResponse, ls: LiveSession, dialect: Dialect
+    ) -> bool:
+        """True when this client update is over the session's rate: dropped, neither forwarded
+        nor logged (docs/reliability.md#connection-limits)."""
+        if self.update_rates.allow(ls.session.id):
+            return False
+        self.service.metrics.rejects.labels(ls.session.kind, "rate_limited").inc()
+        problem = self.update_rates.problem()
+        frame = _agent_error_text("rate_limited", problem) if dialect.acknowledges else None
+        await refuse_over_rate(ws, problem, error_frame=frame)
+        return True
 
     def _without_locked(
         self,
@@ -589,6 +643,10 @@ async def _locked_error(
         for f, path in zip(fields, paths, strict=True)
     )
     await _agent_error(ws, "immutable_field", f"refused by the control plane: {owners}", paths[0])
+
+
+def _agent_error_text(code: str, message: str) -> str:
+    return json.dumps({"type": "session.error", "code": code, "message": message})
 
 
 def _close_reason(text: str) -> bytes:

@@ -69,6 +69,15 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
      "/readyz is 503 when policy intake or audit shipping is stuck this long (default 6)"),
     ("--readiness-lag-s", "readiness_lag_s", float,
      "/readyz is 503 when policy events stay pending this long (default 10)"),
+    ("--first-message-timeout-s", "first_message_timeout_s", float,
+     "a socket's first frame (register, session.update, audio) must come within this "
+     "(default 10)"),
+    ("--max-connections", "max_connections", int,
+     "gateway + control sockets per replica; more are refused 503 (default 20000)"),
+    ("--client-update-burst", "client_update_burst", int,
+     "client configuration updates a session may send at once (default 10)"),
+    ("--client-update-rate-per-s", "client_update_rate_per_s", float,
+     "... and per second sustained (default 1)"),
 )  # fmt: skip
 
 
