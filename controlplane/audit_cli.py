@@ -34,8 +34,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from controlplane.audit_sink import dedupe
 from controlplane.audit_sources import (
     Trail,
+    checkpoint_evidence,
     config_at_answer,
     parse_instant,
+    require_checkpoints,
     verify_answer,
 )
 from controlplane.cliclient import CliError, ControlPlaneClient
@@ -200,8 +202,11 @@ def verify_command(
         return answer
     if source == "local":
         trail = local_trail(args.data_dir, args.id)
-    else:
-        trail = nats_trail(nats_settings(args), args.id)
+        answer = verify_answer(trail, args.id, pinned)
+        if getattr(args, "allow_missing_checkpoints", False):
+            return answer
+        return require_checkpoints(answer, checkpoint_evidence(args.data_dir))
+    trail = nats_trail(nats_settings(args), args.id)
     return verify_answer(trail, args.id, pinned)
 
 

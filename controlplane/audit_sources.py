@@ -13,6 +13,7 @@ import datetime as dt
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -26,10 +27,12 @@ from sessions.versionlog import VersionLog
 
 __all__ = [
     "Trail",
+    "checkpoint_evidence",
     "config_at_answer",
     "parse_instant",
     "parse_public_keys",
     "read_trail",
+    "require_checkpoints",
     "verify_answer",
 ]
 
@@ -79,7 +82,9 @@ async def read_trail(
 
 def parse_instant(value: str) -> float:
     """RFC 3339 (``2026-01-31T12:00:00Z``; no zone means UTC) or Unix seconds; ValueError
-    names the input."""
+    names the input. ASCII only: ``float`` would also read full-width digits and ``1_0``."""
+    if not value.isascii() or "_" in value:
+        raise ValueError(f"not an RFC 3339 time or Unix seconds (ASCII): {value!r:.60}")
     try:
         seconds = float(value)
     except ValueError:
@@ -116,6 +121,40 @@ def verify_answer(
     report = verify_trail(trail.groups, trail.checkpoints, trusted=trusted, tails=trail.tails,
                           session_id=session_id)  # fmt: skip
     return {**report.to_dict(), "source": trail.source}
+
+
+def checkpoint_evidence(data_dir: Path) -> list[str]:
+    """What in a data directory shows its writer was signing checkpoints: the node's key
+    (``keys/audit-signing.key``, created by ``serve``) and the public keys the log publishes
+    next to its files (``audit/signing-key-*.pub``)."""
+    found = []
+    key = data_dir / "keys" / "audit-signing.key"
+    if key.is_file():
+        found.append(f"the node's signing key {key} is present")
+    published = sorted(p.name for p in (data_dir / "audit").glob("signing-key-*.pub"))
+    if published:
+        found.append(f"the log publishes {', '.join(published)}")
+    return found
+
+
+def require_checkpoints(answer: dict[str, Any], evidence: Sequence[str]) -> dict[str, Any]:
+    """``answer`` failed (``ok`` false, a ``missing`` checkpoint problem) when it verified
+    entries without a single checkpoint although ``evidence`` shows checkpoints were being
+    written: someone deleted them, and with them the proof of the sessions' newest entries."""
+    checkpoints = answer.get("checkpoints") or {}
+    entries = any(r.get("count") for r in answer.get("items") or [])
+    if checkpoints.get("count") or not entries or not evidence:
+        return answer
+    problem = (
+        "missing: no checkpoint records, but " + "; ".join(evidence) + ": checkpoints were "
+        "being written and have been removed (or the writer stopped before its first one); "
+        "the newest entries of any session could be missing unnoticed. Pass "
+        "--allow-missing-checkpoints to accept a trail without checkpoints"
+    )
+    bad = {"node": None, "seq": None, "kind": "missing", "problem": problem}
+    checkpoints = {**checkpoints, "ok": False, "first_bad": checkpoints.get("first_bad") or bad,
+                   "problems": [*(checkpoints.get("problems") or []), bad]}  # fmt: skip
+    return {**answer, "ok": False, "checkpoints": checkpoints}
 
 
 def config_at_answer(

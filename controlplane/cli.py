@@ -368,7 +368,7 @@ def _client_options() -> argparse.ArgumentParser:
 
 
 def _positive(value: str) -> int:
-    if not value.isdigit() or int(value) < 1:
+    if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
     return int(value)
 
@@ -429,6 +429,11 @@ def _register_client_commands(sub: Any) -> None:
             "if any is broken")  # fmt: skip
     p.add_argument("id", nargs="?", help="one session (default: every session)")
     audit_cli.add_audit_options(p)
+    p.add_argument(
+        "--allow-missing-checkpoints", action="store_true",
+        help="with --data-dir: accept a trail without checkpoint records although its data "
+        "dir shows they were being written (by default that fails: they were deleted)",
+    )  # fmt: skip
     p.set_defaults(func=_audit_verify)
     p = add(audit, "at", None, "the configuration in effect for a session at an instant, with "
             "its evidence; exit 1 unless it verifies")  # fmt: skip

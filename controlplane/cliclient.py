@@ -221,8 +221,9 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._json("GET", "v1", "sessions", session_id)
         return result
 
-    def session_log(self, session_id: str) -> list[dict[str, Any]]:
-        return self._pages(("v1", "sessions", session_id, "log"), {}, None)
+    def session_log(self, session_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
+        """Every entry, following the log's pages (``page`` entries per request)."""
+        return self._pages(("v1", "sessions", session_id, "log"), {"limit": str(page)}, None)
 
     def relabel_session(self, session_id: str, labels: Mapping[str, str | None]) -> dict[str, Any]:
         body = json.dumps({"labels": dict(labels)}).encode()

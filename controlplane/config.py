@@ -39,7 +39,7 @@ def _flag(raw: str) -> bool:
 def parse_listen(value: str) -> tuple[str, int]:
     """``host:port`` (``[::1]:port`` for IPv6) -> (host, port); ValueError names the input."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError(f"listen address {value!r} must be host:port, e.g. 127.0.0.1:8080")
     number = int(port)
     if not 0 <= number <= 65535:

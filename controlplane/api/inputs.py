@@ -336,7 +336,7 @@ def parse_bool(name: str, value: str | None, default: bool = False) -> bool:
 def parse_limit(value: str | None) -> int:
     if value is None:
         return DEFAULT_LIST_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIST_LIMIT:
+    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= MAX_LIST_LIMIT:
         raise BadRequest(
             f"query parameter 'limit' must be an integer from 1 to {MAX_LIST_LIMIT}, "
             f"got {value!r:.40}"

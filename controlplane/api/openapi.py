@@ -121,11 +121,11 @@ _PATHS: dict[str, Any] = {
     "/v1/sessions/{session_id}/log": {
         "get": _op(
             "session_log",
-            "The session's version log",
+            "The session's version log, in seq order, paginated (next: seq-N)",
             _V,
             json_content(ref("LogList"), "entries"),
             errors=(400, 404),
-            params=_S,
+            params=(*_S, "Limit", "Cursor"),
         )
     },
     "/v1/sessions/{session_id}/config-at": {

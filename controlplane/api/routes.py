@@ -120,6 +120,24 @@ def assignments_csv(rows: list[Mapping[str, Any]]) -> str:
     return out.getvalue()
 
 
+_LOG_CURSOR = re.compile(r"seq-([0-9]{1,18})")
+
+
+def _log_cursor(cursor: str | None) -> int:
+    """The seq a session log page starts after (0 for the first page)."""
+    if cursor is None:
+        return 0
+    found = _LOG_CURSOR.fullmatch(cursor)
+    if found is None:
+        raise BadRequest("query parameter 'cursor' is not a cursor returned by this endpoint")
+    return int(found.group(1))
+
+
+def _seq(entry: Mapping[str, Any]) -> int:
+    seq = entry.get("seq")
+    return seq if isinstance(seq, int) else 0
+
+
 def _wants_csv(request: web.Request) -> bool:
     fmt = single(request.query, "format")
     if fmt is not None:
@@ -172,9 +190,16 @@ class _Handlers:
         )
 
     async def session_log(self, request: web.Request) -> web.StreamResponse:
-        check_query(request.query, ())
+        """Entries in seq order, ``limit`` per page; ``next`` is ``seq-N`` (entries after N)."""
+        check_query(request.query, ("limit", "cursor"))
         session_id = path_param(request, "session_id")
-        return _items(await self._service.session_log(session_id))
+        limit = parse_limit(single(request.query, "limit"))
+        after = _log_cursor(parse_cursor(single(request.query, "cursor")))
+        entries = await self._service.session_log(session_id)
+        page = [e for e in entries if _seq(e) > after][: limit + 1]
+        more = len(page) > limit
+        page = page[:limit]
+        return _items(page, f"seq-{_seq(page[-1])}" if more else None)
 
     async def config_at(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("at", "public_key"))

@@ -102,8 +102,15 @@ class ControlPlaneUnderTest:
                 "digest": record["digest"]}  # fmt: skip
 
     async def log(self, session_id: str) -> list[dict[str, Any]]:
-        body = await self.call("GET", f"/v1/sessions/{session_id}/log", expect=200)
-        return list(body["items"])
+        """Every entry: the log's pages followed to the end."""
+        items: list[dict[str, Any]] = []
+        query = "?limit=1000"
+        while True:
+            body = await self.call("GET", f"/v1/sessions/{session_id}/log{query}", expect=200)
+            items.extend(body["items"])
+            if body["next"] is None:
+                return items
+            query = f"?limit=1000&cursor={body['next']}"
 
     async def session(self, session_id: str) -> dict[str, Any]:
         return dict(await self.call("GET", f"/v1/sessions/{session_id}", expect=200))

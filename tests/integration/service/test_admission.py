@@ -15,6 +15,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from controlplane.app import SERVICE, build_app
+from controlplane.cliclient import ControlPlaneClient
 from controlplane.config import Settings
 from tests.integration.service.audio import silence_chunk
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve, eventually
@@ -60,8 +61,9 @@ async def test_silent_sockets_are_closed_after_the_first_message_timeout(
         loop = asyncio.get_running_loop()
         async with (
             websockets.connect(cp.ws_base + "/v1/ws", additional_headers=AUTH) as agent,
-            websockets.connect(cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH)
-            as control,
+            websockets.connect(
+                cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH
+            ) as control,
             websockets.connect(cp.ws_base + CONNECT, additional_headers=STREAM_AUTH) as streaming,
             websockets.connect(cp.ws_base + CONNECT, additional_headers=STREAM_AUTH) as talker,
         ):
@@ -94,8 +96,9 @@ async def test_connection_cap_refuses_with_503_before_the_upgrade(
     async with running(cp_settings(max_connections=2, first_message_timeout_s=30)) as cp:
         async with (
             websockets.connect(cp.ws_base + "/v1/ws", additional_headers=AUTH),
-            websockets.connect(cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH)
-            as control,
+            websockets.connect(
+                cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH
+            ) as control,
         ):
             for path, headers in (("/v1/ws", AUTH), ("/v1/control", CONTROL_AUTH),
                                   (CONNECT, STREAM_AUTH)):  # fmt: skip
@@ -187,3 +190,40 @@ async def test_control_updates_over_the_rate_get_an_error_and_the_socket_stays(
         assert (await _recv_type(ws, "heartbeat"))["type"] == "heartbeat"
         entries = await cp.log(sid)
         assert len([e for e in entries if e["cause"] == "client"]) == 2
+
+
+async def test_session_log_is_paginated_and_the_cli_client_follows_pages(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    async with websockets.connect(
+        cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH
+    ) as ws:
+        await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                  "model": "voice-agent"}))  # fmt: skip
+        sid = (await _recv_type(ws, "registered"))["session_id"]
+        for n in range(6):
+            await ws.send(json.dumps({"type": "update", "config": {"vad_threshold": n / 10}}))
+            await _recv_type(ws, "update_result")
+    everything = await cp.log(sid)
+    assert len(everything) >= 7
+    seen: list[dict[str, Any]] = []
+    query = "?limit=3"
+    pages = 0
+    while True:
+        body = await cp.call("GET", f"/v1/sessions/{sid}/log{query}", expect=200)
+        assert set(body) == {"items", "next"}
+        assert len(body["items"]) <= 3
+        seen.extend(body["items"])
+        pages += 1
+        if body["next"] is None:
+            break
+        query = f"?limit=3&cursor={body['next']}"
+    assert seen == everything
+    assert pages == -(-len(everything) // 3)
+    assert [e["seq"] for e in seen] == sorted(e["seq"] for e in seen)
+    for bad in ("?cursor=seq-x", "?cursor=1", "?limit=0", "?limit=%EF%BC%91", "?limit=1001",
+                "?after=3"):  # fmt: skip
+        refused = await cp.call("GET", f"/v1/sessions/{sid}/log{bad}", expect=400)
+        assert refused["error"]["code"] == "bad_request", bad
+    client = ControlPlaneClient(cp.base, token=ADMIN)
+    assert await asyncio.to_thread(client.session_log, sid, page=2) == everything
