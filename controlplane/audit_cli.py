@@ -23,6 +23,7 @@ import base64
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -33,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from controlplane.audit_sink import dedupe
 from controlplane.audit_sources import (
+    CHECKPOINT_GRACE_S,
     Trail,
     checkpoint_evidence,
     config_at_answer,
@@ -205,7 +207,10 @@ def verify_command(
         answer = verify_answer(trail, args.id, pinned)
         if getattr(args, "allow_missing_checkpoints", False):
             return answer
-        return require_checkpoints(answer, checkpoint_evidence(args.data_dir))
+        grace = getattr(args, "checkpoint_grace_s", None)
+        grace = CHECKPOINT_GRACE_S if grace is None else grace
+        evidence = checkpoint_evidence(args.data_dir)
+        return require_checkpoints(answer, trail, evidence, now=time.time(), grace_s=grace)
     trail = nats_trail(nats_settings(args), args.id)
     return verify_answer(trail, args.id, pinned)
 

@@ -14,7 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -26,6 +26,7 @@ from sessions.errors import NotRebuildable, UnknownSession
 from sessions.versionlog import VersionLog
 
 __all__ = [
+    "CHECKPOINT_GRACE_S",
     "Trail",
     "checkpoint_evidence",
     "config_at_answer",
@@ -35,6 +36,10 @@ __all__ = [
     "require_checkpoints",
     "verify_answer",
 ]
+
+
+# entries younger than this may still await their checkpoint (default interval 10 s)
+CHECKPOINT_GRACE_S: Final = 60.0
 
 
 @dataclass
@@ -137,19 +142,40 @@ def checkpoint_evidence(data_dir: Path) -> list[str]:
     return found
 
 
-def require_checkpoints(answer: dict[str, Any], evidence: Sequence[str]) -> dict[str, Any]:
-    """``answer`` failed (``ok`` false, a ``missing`` checkpoint problem) when it verified
-    entries without a single checkpoint although ``evidence`` shows checkpoints were being
-    written: someone deleted them, and with them the proof of the sessions' newest entries."""
-    checkpoints = answer.get("checkpoints") or {}
-    entries = any(r.get("count") for r in answer.get("items") or [])
-    if checkpoints.get("count") or not entries or not evidence:
+def require_checkpoints(
+    answer: dict[str, Any],
+    trail: Trail,
+    evidence: Sequence[str],
+    *,
+    now: float,
+    grace_s: float = CHECKPOINT_GRACE_S,
+) -> dict[str, Any]:
+    """``answer`` failed (``ok`` false, a checkpoint problem of kind ``missing``) when
+    ``evidence`` shows checkpoints were being written but entries older than ``grace_s``
+    (at ``now``) are covered by none: their checkpoints were deleted, and with them the proof
+    of those sessions' newest entries. Younger entries may simply await the writer's next
+    checkpoint (every 10 s by default)."""
+    if not evidence:
         return answer
+    overdue: list[tuple[float, str, int]] = []
+    for report in answer.get("items") or []:
+        sid, covered = report.get("session_id"), report.get("covered_seq") or 0
+        for row in trail.groups.get(str(sid)) or ():
+            seq, at = row.get("seq"), row.get("at")
+            if (isinstance(seq, int) and seq > covered and isinstance(at, int | float)
+                    and now - at > grace_s):  # fmt: skip
+                overdue.append((float(at), str(sid), seq))
+    if not overdue:
+        return answer
+    checkpoints = answer.get("checkpoints") or {}
+    at, sid, seq = min(overdue)
+    none = "no checkpoint records, but " if not checkpoints.get("count") else ""
     problem = (
-        "missing: no checkpoint records, but " + "; ".join(evidence) + ": checkpoints were "
-        "being written and have been removed (or the writer stopped before its first one); "
-        "the newest entries of any session could be missing unnoticed. Pass "
-        "--allow-missing-checkpoints to accept a trail without checkpoints"
+        f"missing: {none}{len(overdue)} entries older than {grace_s:g}s are covered by no "
+        f"checkpoint (oldest: session {sid} seq {seq}), while " + "; ".join(evidence) + ": "
+        "checkpoints were being written and have been removed (or the writer died before "
+        "writing them); the newest entries of a session could be missing unnoticed. Pass "
+        "--allow-missing-checkpoints to accept this trail"
     )
     bad = {"node": None, "seq": None, "kind": "missing", "problem": problem}
     checkpoints = {**checkpoints, "ok": False, "first_bad": checkpoints.get("first_bad") or bad,

@@ -431,8 +431,13 @@ def _register_client_commands(sub: Any) -> None:
     audit_cli.add_audit_options(p)
     p.add_argument(
         "--allow-missing-checkpoints", action="store_true",
-        help="with --data-dir: accept a trail without checkpoint records although its data "
-        "dir shows they were being written (by default that fails: they were deleted)",
+        help="with --data-dir: accept entries no checkpoint covers although the data dir "
+        "shows checkpoints were being written (by default that fails: they were deleted)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-grace-s", type=float, metavar="S",
+        help="with --data-dir: entries younger than this may await their checkpoint "
+        "(default 60; the writer checkpoints every 10 s by default)",
     )  # fmt: skip
     p.set_defaults(func=_audit_verify)
     p = add(audit, "at", None, "the configuration in effect for a session at an instant, with "

@@ -7,14 +7,29 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import websockets
 
 from controlplane import cli
-from tests.integration.audit.conftest import Stack
-from tests.integration.service.conftest import ADMIN
+from controlplane.app import build_app
+from controlplane.config import Settings
+from tests.integration.service.conftest import ADMIN, _serve
+
+HOUR = 3600.0
+
+
+class HourAgoClock:
+    """Wall time one hour back (entries stamped as if written an hour ago); real monotonic."""
+
+    def now(self) -> float:
+        return time.time() - HOUR
+
+    def monotonic(self) -> float:
+        return time.monotonic()
 
 
 def _verify(root: Path, capsys: Any, *extra: str) -> tuple[int, str]:
@@ -23,21 +38,33 @@ def _verify(root: Path, capsys: Any, *extra: str) -> tuple[int, str]:
     return code, capsys.readouterr().out
 
 
+async def _run_a_session(settings: Settings) -> str:
+    """A real control plane writes a session (register + 3 updates), then stops (its log's
+    close writes the last checkpoint); the session id."""
+    app = build_app(settings, clock=HourAgoClock())
+    runner, port = await _serve(app)
+    try:
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}/v1/control",
+            additional_headers={"Authorization": f"Bearer {ADMIN}"},
+        ) as ws:
+            await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                      "model": "voice-agent"}))  # fmt: skip
+            sid = str(json.loads(await asyncio.wait_for(ws.recv(), 5))["session_id"])
+            for n in range(3):
+                await ws.send(json.dumps({"type": "update", "config": {"vad_threshold": n / 10}}))
+                assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "update_result"
+    finally:
+        await runner.cleanup()
+    return sid
+
+
 async def test_deleted_checkpoints_fail_verify_unless_explicitly_allowed(
-    stack: Stack, tmp_path: Path, capsys: Any
+    cp_settings: Callable[..., Settings], tmp_path: Path, capsys: Any
 ) -> None:
-    cp = await stack.start()
-    async with websockets.connect(
-        cp.ws_base + "/v1/control", additional_headers={"Authorization": f"Bearer {ADMIN}"}
-    ) as ws:
-        await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
-                                  "model": "voice-agent"}))  # fmt: skip
-        sid = json.loads(await asyncio.wait_for(ws.recv(), 5))["session_id"]
-        for n in range(3):
-            await ws.send(json.dumps({"type": "update", "config": {"vad_threshold": n / 10}}))
-            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "update_result"
-    await stack.stop(cp)  # closing the log writes the last checkpoint
-    data = cp.data_dir
+    settings = cp_settings()
+    sid = await _run_a_session(settings)
+    data = settings.data_dir
     assert list((data / "audit").glob("checkpoints-*.jsonl"))
     code, out = await asyncio.to_thread(_verify, data, capsys)
     assert code == 0, out
@@ -48,7 +75,9 @@ async def test_deleted_checkpoints_fail_verify_unless_explicitly_allowed(
         path.unlink()
     code, out = await asyncio.to_thread(_verify, tampered, capsys)
     assert code == 1, out
-    assert "BAD CHECKPOINT  missing: no checkpoint records, but the node's signing key" in out
+    assert (f"BAD CHECKPOINT  missing: no checkpoint records, but 4 entries older than 60s are "
+            f"covered by no checkpoint (oldest: session {sid} seq 1), while the node's signing "
+            "key") in out  # fmt: skip
     assert "signing-key-" in out and "--allow-missing-checkpoints" in out
     code, out = await asyncio.to_thread(_verify, tampered, capsys, sid, "--json")
     answer = json.loads(out)
@@ -58,6 +87,11 @@ async def test_deleted_checkpoints_fail_verify_unless_explicitly_allowed(
     code, out = await asyncio.to_thread(_verify, tampered, capsys, "--allow-missing-checkpoints")
     assert code == 0, out
     assert "no checkpoints: deletion of a session's newest entries is not detectable" in out
+    # entries younger than the grace may await their checkpoint (a writer still running)
+    code, out = await asyncio.to_thread(
+        _verify, tampered, capsys, "--checkpoint-grace-s", str(2 * HOUR)
+    )
+    assert code == 0, out
 
     # the key alone is evidence enough (the published .pub deleted as well)
     for path in (tampered / "audit").glob("signing-key-*.pub"):
