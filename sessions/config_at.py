@@ -17,7 +17,9 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
 - ``skipped``: the dialect sent nothing (the model does not take the fields); the engine counts
   the fields as applied, so the rebuild does too, and says so.
 - ``client`` ``sent``: the client's own update went upstream: ``apply(config, delta)``.
-  ``client`` ``rejected``: nothing changed.
+  ``client`` ``acked`` (Voice Agent: logged when the upstream's ``session.updated`` is
+  attributed to it, ``delta`` its effect): the same. ``client`` ``rejected`` / ``unverified``:
+  nothing changed.
 - ``unchanged``: the policy versions of the session's config version ``version`` changed, the
   configuration did not (nothing sent). The config stays; the entry's ``policies`` are the
   answer's policies whenever that config version is (or later becomes) the one in effect and
@@ -199,10 +201,12 @@ class _Rebuild:
             else:
                 self.establish(row, self._unanswered("connect parameters"))
         elif cause == "client":
-            if status == "sent":
+            if status in ("sent", "acked"):
                 self.config = apply(self.config, delta)
                 self.check(row, self.config)
-                self.establish(row, "the client's own update, forwarded to the upstream")
+                self.establish(row, "the client's own update, forwarded to the upstream"
+                               if status == "sent" else
+                               "the client's own update, acknowledged by the upstream")  # fmt: skip
             else:
                 self.check(row, self.config)
                 self.note(row, "the client's update was refused; nothing changed")

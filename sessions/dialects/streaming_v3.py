@@ -132,7 +132,8 @@ class StreamingV3Dialect:
 
         ``speech_model`` defaults to the table's ``DEFAULT_SPEECH_MODEL``; the deprecated
         ``min_end_of_turn_silence_when_confident`` is read when ``min_turn_silence`` is absent;
-        clearing values (``""``, ``[]``) mean unset. Fields the model cannot take are kept (the
+        clearing values (``""``, ``[]``) mean unset. Values are what the upstream then runs
+        (its own config model): a ``mode`` preset adds the turn parameters it changes. Fields the model cannot take are kept (the
         client asked for them); encoding skips them. Raises ``DialectError`` naming the
         parameter on invalid JSON or a value of the wrong type.
         """
@@ -147,7 +148,7 @@ class StreamingV3Dialect:
             value = to_canonical(DIALECT, name, source, raw)
             if value is not None:
                 config[name] = value
-        return ConnectInfo(model=model, client_config=config)
+        return ConnectInfo(model=model, client_config=_as_upstream_runs(query, config))
 
     def merge_connect_query(
         self, query: Mapping[str, str], config: Config, model: str
@@ -230,6 +231,26 @@ class StreamingV3Dialect:
 
 
 STREAMING_V3: Final = StreamingV3Dialect()
+
+
+def _as_upstream_runs(query: Mapping[str, str], config: Config) -> Config:
+    """The client's connect config as the upstream runs it (``streaming_v3_upstream``): a
+    ``mode`` preset's turn parameters where they differ from the default preset's, the
+    ``min_turn_silence`` clamp, over-long keyterms dropped. ``config`` itself when the
+    upstream would refuse the query (the session never starts)."""
+    from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+
+    runs = StreamingUpstream(query)
+    if runs.config is None:
+        return config
+    plain = {k: query[k] for k in ("speech_model", "sample_rate", "encoding") if k in query}
+    default = StreamingUpstream(plain).view()
+    view = runs.view()
+    return {
+        name: view[name]
+        for name in ordered_fields(view)
+        if name in config or view[name] != default.get(name)
+    }
 
 
 def _aliases(wire: str) -> tuple[str, ...]:

@@ -76,3 +76,15 @@ def test_canonical_view_reads_clearing_values_as_unset() -> None:
     assert canonical_view({"prompt": "", "keyterms_prompt": [], "max_turn_silence": 9}) == {
         "max_turn_silence_ms": 9
     }
+
+
+def test_a_connect_mode_is_part_of_the_clients_config() -> None:
+    from sessions.dialects.streaming_v3 import STREAMING_V3
+
+    info = STREAMING_V3.parse_connect_query(
+        {**U3, "mode": "min_latency", "min_turn_silence": "20", "vad_threshold": "0.3"}
+    )
+    assert info.client_config == {
+        "min_turn_silence_ms": 50, "max_turn_silence_ms": 640, "vad_threshold": 0.3,
+    }  # fmt: skip
+    assert STREAMING_V3.parse_connect_query(U3).client_config == {}

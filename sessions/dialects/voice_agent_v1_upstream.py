@@ -1,0 +1,323 @@
+"""Which message a Voice Agent answer belongs to, without guessing (sans-I/O).
+
+The Voice Agent API has no correlation id. What it does give: the upstream processes one
+socket's messages in order; ``session.updated`` echoes the full resolved configuration;
+``session.error`` carries a ``code`` and usually a ``param`` (the offending path). So:
+
+- **One ``session.update`` outstanding per session**, ours and the client's alike; the others
+  wait in ``queue`` (first come, first sent). The first message (``session.update`` or
+  ``session.resume``) is outstanding until ``session.ready``.
+- Each update, when it goes upstream, gets its **expectation** from the upstream's own model
+  (``voice_agent_v1_config``, the code the emulator runs): the validation error it will draw,
+  or the immutable paths it will be refused on, or the full configuration it should echo.
+- ``session.updated``: it belongs to the outstanding update when the echo matches what that
+  update expects (every canonical path and every path it touches). Otherwise it may be a late
+  answer to an update that already ended (a timeout, a partly refused update whose rest was
+  applied): matched the same way against those. An echo that matches nothing while an update
+  is outstanding is that update's answer by elimination, ``unverified`` with the mismatch as
+  the reason (the configuration is taken from the echo either way: it is the truth).
+- ``session.error``: audio codes never answer an update; with a ``param`` the error belongs to
+  the update that touches that path (outstanding, else a recently ended one), else to no update
+  (a ``tool.result`` with an unknown ``call_id``…). Without a ``param`` it belongs to the
+  outstanding update only when no other client message could have drawn it (none sent since
+  the last answered update went upstream: the upstream answers in order); otherwise the
+  outstanding update ends ``unverified`` with that reason, and the error goes to the client.
+- The client receives exactly the answers to its own messages: ``Verdict.forward``.
+
+The gateway does the I/O: it sends what ``next_to_send`` hands out, passes every answer in,
+and records verdicts (ours to the push engine, the client's as ``client`` log entries).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from policies.fields import Config
+from sessions.dialects.voice_agent_v1_config import (
+    TABLE_SETTINGS,
+    AgentSettings,
+    immutable_changes,
+    merge,
+    resolve_formats,
+    touched_paths,
+    validate,
+)
+from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
+
+__all__ = [
+    "AUDIO_ONLY_ERRORS",
+    "AgentUpstream",
+    "Owner",
+    "Update",
+    "Verdict",
+    "canonical_view",
+]
+
+AUDIO_ONLY_ERRORS: Final = frozenset({"invalid_audio", "audio_rate_violation"})
+NOT_AN_UPDATE_ERRORS: Final = AUDIO_ONLY_ERRORS | {"invalid_format"}
+RECENT: Final = 4  # ended updates kept for late answers
+MAX_QUEUED: Final = 64
+
+Owner = Literal["first", "ours", "client"]
+Status = Literal["acked", "rejected", "unverified"]
+_CANONICAL_PATHS: Final = tuple(".".join(p) for p in CANONICAL_TO_WIRE.values())
+
+
+def canonical_view(config: Mapping[str, Any]) -> Config:
+    """The canonical fields of a full ``session`` config (clearing values read as unset)."""
+    view: Config = {}
+    for name, path in CANONICAL_TO_WIRE.items():
+        raw = _get(config, ".".join(path))
+        if raw is _MISSING or raw is None or raw in ("", []):
+            continue
+        view[name] = tuple(raw) if isinstance(raw, list) else raw
+    return view
+
+
+@dataclass(eq=False)
+class Update:
+    """One ``session.update`` (or the first message) on its way to or at the upstream."""
+
+    owner: Owner
+    message: dict[str, Any]
+    version: int | None = None  # our push's version
+    token: Any = None  # the caller's own handle (the push)
+    touched: tuple[str, ...] = ()
+    before: dict[str, Any] | None = None  # the upstream's config when it went
+    expected: dict[str, Any] | None = None  # the config it should echo (None: refused)
+    refused: tuple[str, ...] = ()  # paths it will be refused on
+    after_seq: int = 0  # client messages sent before it
+    errors: list[tuple[str, str | None, str]] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return json.dumps(self.message)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one upstream answer is. ``update``: the update it answers (``None``: not an
+    update's answer); ``status``: that update's outcome when this answer ends it (``None``:
+    not the end, or a late answer to an update already recorded); ``reason`` for a status
+    other than ``acked``; ``params``: the refused paths; ``forward``: the client gets it."""
+
+    forward: bool
+    update: Update | None = None
+    status: Status | None = None
+    reason: str | None = None
+    params: tuple[str, ...] = ()
+    late: bool = False
+
+
+class AgentUpstream:
+    """One Voice Agent session's outstanding update, queue, and known configuration."""
+
+    def __init__(self, settings: AgentSettings = TABLE_SETTINGS) -> None:
+        self.settings = settings
+        self.config: dict[str, Any] | None = None  # as last echoed (session.ready / updated)
+        self.outstanding: Update | None = None
+        self.queue: deque[Update] = deque()
+        self.ended: deque[Update] = deque(maxlen=RECENT)
+        self.client_seq = 0  # client messages (not updates, not audio) sent upstream
+        self.answered_seq = 0  # every client message up to this one has been answered
+
+    # -- what goes upstream ---------------------------------------------------------------
+    def first(self, message: dict[str, Any]) -> Update:
+        """The session's first message went upstream (answered by ``session.ready``)."""
+        update = Update("first", message)
+        self.outstanding = update
+        return update
+
+    def submit(self, update: Update) -> bool:
+        """Queue ``update``; False when the queue is full (refuse it)."""
+        if len(self.queue) >= MAX_QUEUED:
+            return False
+        self.queue.append(update)
+        return True
+
+    def next_to_send(self) -> Update | None:
+        """The queued update to send now (it becomes outstanding), or None."""
+        if self.outstanding is not None or not self.queue or self.config is None:
+            return None
+        update = self.queue.popleft()
+        self._expect(update)
+        self.outstanding = update
+        return update
+
+    def withdraw(self, update: Update) -> None:
+        """An update handed out but not sent after all (our push ended meanwhile)."""
+        if self.outstanding is update:
+            self.outstanding = None
+
+    def client_other(self) -> None:
+        """The client sent another message that may draw a ``session.error``."""
+        self.client_seq += 1
+
+    def expire(self, update: Update) -> bool:
+        """``update`` got no answer in time: it ends (a late answer is still recognised).
+        False when it had ended already."""
+        if self.outstanding is not update:
+            return False
+        self.outstanding = None
+        self.ended.append(update)
+        return True
+
+    # -- answers ----------------------------------------------------------------------------
+    def on_ready(self, config: Mapping[str, Any]) -> Verdict:
+        self.config = copy.deepcopy(dict(config))
+        update = self.outstanding
+        if update is not None and update.owner == "first":
+            self._end(update)
+            return Verdict(True, update, "acked")
+        return Verdict(True)
+
+    def on_updated(self, config: Mapping[str, Any]) -> Verdict:
+        echo = copy.deepcopy(dict(config))
+        self.config = echo
+        update = self.outstanding
+        if update is not None and update.owner != "first" and _mismatch(update, echo) is None:
+            return self._answered(update, echo)
+        for old in reversed(self.ended):
+            if _mismatch(old, echo) is None:
+                if update is not None and update.owner != "first":
+                    self._expect(update, keep_seq=True)  # it goes on from the echoed config
+                return Verdict(old.owner != "ours", old, "acked", late=True)
+        if update is None or update.owner == "first":
+            return Verdict(True)  # nothing could have asked for it: not ours to keep
+        reason = (
+            f"session.updated does not echo what this update expects ({_mismatch(update, echo)})"
+            "; attributed only because it was the one update outstanding"
+        )
+        self._end(update)
+        return Verdict(update.owner != "ours", update, "unverified", reason)
+
+    def on_error(self, code: str, param: str | None, message: str) -> Verdict:
+        if code in NOT_AN_UPDATE_ERRORS:
+            return Verdict(True)
+        update = self.outstanding
+        if param is not None:
+            if update is not None and _related(param, update):
+                return self._refused(update, code, param, message)
+            for old in reversed(self.ended):
+                if _related(param, old):
+                    return Verdict(old.owner != "ours", old, late=True)
+            return Verdict(True)
+        if update is None:
+            return Verdict(True)
+        if update.owner == "first" or self.client_seq <= self.answered_seq:
+            return self._refused(update, code, None, message)
+        # another client message may have drawn it: it is the client's either way
+        unanswered = self.client_seq - self.answered_seq
+        reason = (
+            f"session.error {code} ({message}) has no param and {unanswered} client "
+            "message(s) not yet answered could have drawn it: cannot tell which it answers"
+        )
+        self._end(update, answered=False)
+        return Verdict(True, update, "unverified", reason)
+
+    # -- internals --------------------------------------------------------------------------
+    def _expect(self, update: Update, *, keep_seq: bool = False) -> None:
+        assert self.config is not None
+        body = update.message.get("session", {})
+        update.before = self.config
+        if not keep_seq:
+            update.after_seq = self.client_seq
+        if not isinstance(body, Mapping):
+            return
+        update.touched = tuple(touched_paths(body))
+        if validate(body, self.settings) is not None or "agent_id" in body:
+            return  # refused whole: expected stays None
+        refused = immutable_changes(self.config, body)
+        update.refused = tuple(refused)
+        rest = _without(body, refused)
+        update.expected = resolve_formats(merge(self.config, rest))
+
+    def _answered(self, update: Update, echo: dict[str, Any]) -> Verdict:
+        self._end(update)
+        if update.errors:  # refused in part, the rest applied
+            params = tuple(p for _, p, _ in update.errors if p is not None)
+            reason = "; ".join(f"{c}: {m}" for c, _, m in update.errors)
+            return Verdict(update.owner != "ours", update, "rejected", reason, params)
+        return Verdict(update.owner != "ours", update, "acked")
+
+    def _refused(self, update: Update, code: str, param: str | None, message: str) -> Verdict:
+        """An error for ``update``. It ends the update unless more errors are predicted for
+        it (one per immutable path); a ``session.updated`` for the rest of it may still come
+        (an upstream that applies the rest): matched as a late answer."""
+        update.errors.append((code, param, message))
+        params = tuple(p for _, p, _ in update.errors if p is not None)
+        if param is not None and set(update.refused) - set(params):
+            return Verdict(update.owner != "ours", update)  # more errors to come
+        if update.before is not None and update.expected is not None and param is not None:
+            body = update.message.get("session", {})
+            rest = _without(body, [*update.refused, *params])
+            update.expected = resolve_formats(merge(update.before, rest))
+            update.refused = tuple(dict.fromkeys((*update.refused, *params)))
+        self._end(update)
+        reason = "; ".join(f"{c}: {m}" for c, _, m in update.errors)
+        return Verdict(update.owner != "ours", update, "rejected", reason, params)
+
+    def _end(self, update: Update, *, answered: bool = True) -> None:
+        if self.outstanding is update:
+            self.outstanding = None
+        if answered:  # the upstream answers in order: every message before it was answered
+            self.answered_seq = max(self.answered_seq, update.after_seq)
+        if update not in self.ended:
+            self.ended.append(update)
+
+
+_MISSING: Final = object()
+
+
+def _get(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for key in dotted.split("."):
+        if not isinstance(node, Mapping) or key not in node:
+            return _MISSING
+        node = node[key]
+    return node
+
+
+def _mismatch(update: Update, echo: Mapping[str, Any]) -> str | None:
+    """Why ``echo`` is not what ``update`` expects (None: it is)."""
+    if update.expected is None:
+        return "it should have been refused"
+    paths = [p for p in update.touched if p not in update.refused]
+    for path in (*_CANONICAL_PATHS, *paths):
+        got, want = _get(echo, path), _get(update.expected, path)
+        if got != want:
+            shown = "absent" if got is _MISSING else json.dumps(got)[:80]
+            return f"{path} is {shown}, expected {json.dumps(want)[:80]}"
+    return None
+
+
+def _related(param: str, update: Update) -> bool:
+    """Whether an error ``param`` names a path ``update`` touches (``session``: any update)."""
+    if update.owner == "first":
+        return True
+    param = param.removeprefix("session.")
+    if param == "session":
+        return True
+    for path in update.touched:
+        if param == path or param.startswith((path + ".", path + "[")):
+            return True
+        if path.startswith(param + "."):
+            return True
+    return False
+
+
+def _without(body: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = copy.deepcopy(dict(body))
+    for path in paths:
+        keys = path.split(".")
+        node: Any = out
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(keys[-1], None)
+    return out
