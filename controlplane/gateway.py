@@ -24,7 +24,6 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections import deque
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -42,6 +41,7 @@ from controlplane.admission import (
     streaming_silence_error,
 )
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
+from controlplane.gateway_acks import AgentLink
 from controlplane.gateway_labels import (
     CredentialLabels,
     LabelConflict,
@@ -54,7 +54,6 @@ from controlplane.push.engine import (
     CONGESTED_BYTES,
     LiveSession,
     PushEngine,
-    param_fields,
     write_buffer_size,
 )
 from controlplane.push.protocol import Push
@@ -82,27 +81,25 @@ FORWARDED_HEADERS = ("Authorization", "AssemblyAI-Version", "User-Agent")
 LABELS_HEADER = "X-Session-Labels"
 LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
 SECRET_QUERY = frozenset({"token"})
-MAX_PENDING_ACKS = 64
-AUDIO_ONLY_ERRORS = frozenset({"invalid_audio", "audio_rate_violation"})
 INTERNAL_ERROR_CLOSE = 1011
 
 
 class UpstreamTransport:
     """Writes pushes to the upstream socket; remembers which acks are ours (Voice Agent)."""
 
-    __slots__ = ("acknowledging", "model", "pending", "ws")
+    __slots__ = ("acknowledging", "link", "model", "ws")
 
     def __init__(
         self,
         ws: aiohttp.ClientWebSocketResponse,
         acknowledging: bool,
         model: StreamingUpstream | None = None,
+        link: AgentLink | None = None,
     ) -> None:
         self.ws = ws
         self.acknowledging = acknowledging
         self.model = model  # Streaming v3: what the upstream runs, frame by frame
-        # "client" or a push version, in the order updates went upstream
-        self.pending: deque[int | str] = deque(maxlen=MAX_PENDING_ACKS)
+        self.link = link  # Voice Agent: one update outstanding, answers attributed
 
     def congested(self) -> bool:
         return write_buffer_size(self.ws) > CONGESTED_BYTES
@@ -110,8 +107,9 @@ class UpstreamTransport:
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
         if self.ws.closed:
             raise ConnectionError("upstream socket is closed")
-        if self.acknowledging:
-            self.pending.append(push.version)
+        if self.link is not None:  # sent when no other session.update is outstanding
+            await self.link.push(push, wire)
+            return
         if self.model is not None:
             self.model.pushed(wire)
         await self.ws.send_str(text)
@@ -277,18 +275,21 @@ class Gateway:
                 await _agent_error(ws, "internal_error", "cannot reach the upstream")
                 await ws.close(code=1011)
                 return ws
-            transport = UpstreamTransport(upstream, acknowledging=True)
+            link = AgentLink(self.service, upstream, ws)
+            transport = UpstreamTransport(upstream, True, link=link)
             wire: dict[str, Any] = {"first_message": forward}
             if skipped:
                 wire["skipped"] = dict(skipped)
             running = {} if resume else effective.config
             try:
-                await upstream.send_str(json.dumps(forward))
+                await link.send_first(forward)
                 ls = await self.service.attach(
                     session, effective, transport=transport, dialect=VOICE_AGENT_V1,
                     running=running, connect_wire=wire,
                 )  # fmt: skip
+                link.ls = ls
             except Exception:
+                await link.close()
                 await _abort(ws, upstream, session.id)
                 return ws
             await self._proxy(ws, upstream, ls, transport, VOICE_AGENT_V1)
@@ -346,6 +347,8 @@ class Gateway:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            if transport.link is not None:
+                await transport.link.close()
             if reader.done() and not reader.cancelled() and cause == "client_closed":
                 cause = "upstream_closed"
             self.connections.discard(ws)
@@ -368,8 +371,9 @@ class Gateway:
         except UnsafeFrame as exc:
             await self._refuse(ws, ls, dialect, str(exc))
             return
+        link = transport.link
         if not isinstance(message, dict):
-            await upstream.send_str(data)
+            await (upstream.send_str(data) if link is None else link.client_other(data))
             return
         if transport.model is not None and message.get("type") == STREAMING_UPDATE:
             if not await self._over_update_rate(ws, ls, dialect):
@@ -382,8 +386,11 @@ class Gateway:
                 return
             await self._forward_malformed(message, data, exc, ws, upstream, ls, transport, dialect)
             return
-        if delta is None:
-            await upstream.send_str(data)  # not an update: untouched (upstream judges it)
+        if delta is None:  # not an update: untouched (upstream judges it)
+            if link is None or message.get("type") == "input.audio":
+                await upstream.send_str(data)
+            else:
+                await link.client_other(data)
             return
         if await self._over_update_rate(ws, ls, dialect):
             return
@@ -392,13 +399,14 @@ class Gateway:
         )
         if stripped and dialect.acknowledges:  # the client learns why, in its own protocol
             await _locked_error(ws, ls, stripped)
-        forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
         if forward_text is None:
             return
-        if transport.acknowledging:
-            transport.pending.append("client")
+        if link is not None:  # logged when its answer comes (AgentLink)
+            await link.client_update(json.loads(forward_text))
+            return
         await upstream.send_str(forward_text)
-        if forwarded:
+        forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
+        if forwarded:  # (a control-plane dialect without its own update handling)
             await self.service.engine.client_update(ls, forwarded, self.service.policies_for(ls))
             self.service.engine.record(
                 ls, cause="client", status="sent", delta=forwarded,
@@ -501,8 +509,9 @@ class Gateway:
             await _locked_error(ws, ls, stripped)
         if forward_text is None:
             return
-        if transport.acknowledging:
-            transport.pending.append("client")
+        if transport.link is not None:
+            await transport.link.client_update(json.loads(forward_text))
+            return
         await upstream.send_str(forward_text)
 
     async def _refuse(
@@ -581,31 +590,18 @@ class Gateway:
                 engine.record(ls, cause="connect", status="acked", delta={}, wire=None,
                               version=1)  # fmt: skip
             await ws.send_str(data)
+            if transport.link is not None and isinstance(parsed, dict):
+                await transport.link.ready(parsed)
             await engine.kick(ls)
             return
         if isinstance(event, TurnBoundary):
             await ws.send_str(data)
             await engine.turn_boundary(ls)
             return
-        if (
-            isinstance(event, Acked | Rejected)
-            and transport.pending
-            and not (isinstance(event, Rejected) and event.code in AUDIO_ONLY_ERRORS)
-        ):
-            owner = transport.pending.popleft()
-            if isinstance(owner, int):  # the answer to our push: consumed, not forwarded
-                in_flight = ls.push.in_flight
-                if in_flight is None or in_flight.version != owner:
-                    # a late answer to a push that already ended (ack timeout: unverified):
-                    # never credited to the push in flight now, never logged a second time
-                    log.info("session %s: late answer to push v%d ignored", ls.session.id, owner)
-                    return
-                if isinstance(event, Acked):
-                    await engine.upstream_acked(ls)
-                else:
-                    await engine.upstream_rejected(ls, event.code, event.message,
-                                                   fields=param_fields(event.param))  # fmt: skip
-                return
+        if isinstance(event, Acked | Rejected) and transport.link is not None:
+            assert isinstance(parsed, dict)
+            await transport.link.answer(parsed, data)  # attributed: forwarded or consumed
+            return
         await ws.send_str(data)
 
 

@@ -409,6 +409,14 @@ class PushEngine:
                 self.on_failure(ls, outcome.push, "rejected", outcome.fields)
             await self._drive(ls)
 
+    async def upstream_unverified(self, ls: LiveSession, reason: str) -> None:
+        """An answer that cannot be attributed to the in-flight push with certainty: the push
+        ends ``unverified`` with ``reason`` (never a guessed ``acked`` or ``rejected``)."""
+        outcome = ls.push.unattributed(reason)
+        if outcome is not None:
+            self._finish(ls, outcome)
+            await self._drive(ls)
+
     async def turn_boundary(self, ls: LiveSession) -> None:
         ls.push.turn_boundary()
         await self._drive(ls)

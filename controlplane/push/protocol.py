@@ -296,6 +296,16 @@ class PushState:
         self.last_status = "unverified"
         return Outcome(push, "unverified", error)
 
+    def unattributed(self, reason: str) -> Outcome | None:
+        """An answer came that cannot be attributed to the in-flight push with certainty: it
+        ends ``unverified`` with ``reason``; the base is left unchanged (as after a timeout)."""
+        push = self.in_flight
+        if push is None:
+            return None
+        self.in_flight = None
+        self.last_status = "unverified"
+        return Outcome(push, "unverified", reason)
+
     def timed_out(self, now: float, timeout: float) -> Outcome | None:
         """No acknowledgement within ``timeout``: the push ends ``unverified``.
 

@@ -133,8 +133,9 @@ class StreamingV3Dialect:
         ``speech_model`` defaults to the table's ``DEFAULT_SPEECH_MODEL``; the deprecated
         ``min_end_of_turn_silence_when_confident`` is read when ``min_turn_silence`` is absent;
         clearing values (``""``, ``[]``) mean unset. Values are what the upstream then runs
-        (its own config model): a ``mode`` preset adds the turn parameters it changes. Fields the model cannot take are kept (the
-        client asked for them); encoding skips them. Raises ``DialectError`` naming the
+        (its own config model): a ``mode`` preset adds the turn parameters it changes.
+        Fields the model cannot take are kept (the client asked for them); encoding skips
+        them. Raises ``DialectError`` naming the
         parameter on invalid JSON or a value of the wrong type.
         """
         model = query.get("speech_model") or DEFAULT_SPEECH_MODEL

@@ -16,12 +16,14 @@ socket's messages in order; ``session.updated`` echoes the full resolved configu
   applied): matched the same way against those. An echo that matches nothing while an update
   is outstanding is that update's answer by elimination, ``unverified`` with the mismatch as
   the reason (the configuration is taken from the echo either way: it is the truth).
-- ``session.error``: audio codes never answer an update; with a ``param`` the error belongs to
-  the update that touches that path (outstanding, else a recently ended one), else to no update
-  (a ``tool.result`` with an unknown ``call_id``…). Without a ``param`` it belongs to the
-  outstanding update only when no other client message could have drawn it (none sent since
-  the last answered update went upstream: the upstream answers in order); otherwise the
-  outstanding update ends ``unverified`` with that reason, and the error goes to the client.
+- ``session.error``: audio codes and ``invalid_format`` never answer an update; with a
+  ``param`` the error belongs to the update that touches that path (outstanding, else a
+  recently ended one), else to no update (a ``tool.result`` with an unknown ``call_id``…).
+  Without a ``param`` it belongs to the outstanding update only when no other client message
+  could have drawn it (none sent since the last answered update went upstream: the upstream
+  answers in order). Otherwise it goes to the client, and the update stays outstanding: a
+  matching ``session.updated`` proves it applied; none within the timeout ends it
+  ``unverified``, the doubt in the reason.
 - The client receives exactly the answers to its own messages: ``Verdict.forward``.
 
 The gateway does the I/O: it sends what ``next_to_send`` hands out, passes every answer in,
@@ -93,6 +95,7 @@ class Update:
     refused: tuple[str, ...] = ()  # paths it will be refused on
     after_seq: int = 0  # client messages sent before it
     errors: list[tuple[str, str | None, str]] = field(default_factory=list)
+    doubts: list[str] = field(default_factory=list)  # answers that may have been its own
 
     @property
     def text(self) -> str:
@@ -211,14 +214,15 @@ class AgentUpstream:
             return Verdict(True)
         if update.owner == "first" or self.client_seq <= self.answered_seq:
             return self._refused(update, code, None, message)
-        # another client message may have drawn it: it is the client's either way
+        # another client message may have drawn it: it goes to the client either way, and
+        # the update stays outstanding: its session.updated proves the error was not its
+        # answer; none within the timeout leaves it unverified, with this doubt as the reason
         unanswered = self.client_seq - self.answered_seq
-        reason = (
-            f"session.error {code} ({message}) has no param and {unanswered} client "
-            "message(s) not yet answered could have drawn it: cannot tell which it answers"
+        update.doubts.append(
+            f"session.error {code} ({message}) without a param came while {unanswered} other "
+            "client message(s) were unanswered: it may have answered this update"
         )
-        self._end(update, answered=False)
-        return Verdict(True, update, "unverified", reason)
+        return Verdict(True, update)
 
     # -- internals --------------------------------------------------------------------------
     def _expect(self, update: Update, *, keep_seq: bool = False) -> None:
@@ -267,7 +271,7 @@ class AgentUpstream:
             self.outstanding = None
         if answered:  # the upstream answers in order: every message before it was answered
             self.answered_seq = max(self.answered_seq, update.after_seq)
-        if update not in self.ended:
+        if update.owner != "first" and update not in self.ended:
             self.ended.append(update)
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import websockets
 
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
 
 HEADERS = {"Authorization": "Bearer test-key"}
 LOCK = {
@@ -65,5 +66,115 @@ async def test_an_update_of_locked_fields_only_is_answered_with_a_session_error(
         updated = await _recv_type(ws, "session.updated")
         assert updated["config"]["output"]["volume"] == 40
         assert updated["config"]["system_prompt"] == "Be kind."
+    finally:
+        await ws.close()
+
+
+async def _answers(ws: Any, quiet: float = 0.6) -> list[dict[str, Any]]:
+    """Every message the client receives until ``quiet`` seconds pass without one."""
+    got: list[dict[str, Any]] = []
+    while True:
+        try:
+            got.append(json.loads(await asyncio.wait_for(ws.recv(), quiet)))
+        except TimeoutError:
+            return got
+
+
+async def _policy_entries(cp: ControlPlaneUnderTest, session_id: str) -> list[Any]:
+    entries = [e for e in await cp.log(session_id) if e["cause"] == "policy"]
+    return entries if any(e["status"] != "sent" for e in entries) else []
+
+
+async def test_a_tool_result_error_is_the_clients_and_our_push_is_acked(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, upstream_id, session_id = await _open(cp)
+    try:
+        await emulator.faults(upstream_id, {"latency_ms": 300})
+        await ws.send(json.dumps({"type": "tool.result", "call_id": "nope", "result": "{}"}))
+        await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"system_prompt": "Be concise."}})  # fmt: skip
+        entries = await eventually(lambda: _policy_entries(cp, session_id), timeout=8)
+        assert [e["status"] for e in entries] == ["sent", "acked"]
+        received = await _answers(ws)
+        assert [(m["type"], m.get("param")) for m in received] == [("session.error", "call_id")]
+    finally:
+        await ws.close()
+
+
+async def test_a_two_field_immutable_error_stays_with_the_clients_update(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, upstream_id, session_id = await _open(cp)
+    try:
+        await emulator.faults(upstream_id, {"latency_ms": 300})
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "greeting": "Hello!", "output": {"voice": "james"},
+        }}))  # fmt: skip
+        await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"system_prompt": "Be concise."}})  # fmt: skip
+        entries = await eventually(lambda: _policy_entries(cp, session_id), timeout=8)
+        assert [e["status"] for e in entries] == ["sent", "acked"]
+        received = await _answers(ws)
+        assert sorted((m["type"], m.get("param")) for m in received) == [
+            ("session.error", "greeting"), ("session.error", "output.voice"),
+        ]  # fmt: skip
+        client = [e for e in await cp.log(session_id) if e["cause"] == "client"]
+        assert [e["status"] for e in client] == ["rejected"]
+        assert "immutable_field" in client[0]["error"]
+        # one session.update upstream at a time: ours went after the client's was answered
+        timeline = (await emulator.session(upstream_id))["timeline"]
+        updates = [t for t in timeline if t["message"].get("type") == "session.update"]
+        assert [u["message"]["session"] for u in updates[1:]] == [
+            {"greeting": "Hello!", "output": {"voice": "james"}},
+            {"system_prompt": "Be concise."},
+        ]
+    finally:
+        await ws.close()
+
+
+async def test_an_error_without_param_is_never_pinned_on_our_push(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, upstream_id, session_id = await _open(cp)
+    try:
+        await emulator.faults(upstream_id, {"latency_ms": 300})
+        # conversation.message with a bad role draws invalid_value without a param
+        await ws.send(json.dumps({"type": "conversation.message", "role": "x", "content": 1}))
+        await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"system_prompt": "Be concise."}})  # fmt: skip
+        entries = await eventually(lambda: _policy_entries(cp, session_id), timeout=8)
+        assert [e["status"] for e in entries] == ["sent", "acked"]
+        received = await _answers(ws)
+        assert [(m["type"], m.get("code")) for m in received] == [
+            ("session.error", "invalid_value")
+        ]
+    finally:
+        await ws.close()
+
+
+async def test_the_clients_own_update_is_logged_with_the_echoed_effect(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, _, session_id = await _open(cp)
+    try:
+        await ws.send(json.dumps({"type": "session.update", "session": {
+            "input": {"turn_detection": {"min_silence": 700}}, "output": {"volume": 30},
+        }}))  # fmt: skip
+        updated = await _recv_type(ws, "session.updated")
+        assert updated["config"]["input"]["turn_detection"]["min_silence"] == 700
+
+        async def acked() -> list[Any]:
+            return [e for e in await cp.log(session_id) if e["cause"] == "client"]
+
+        client = await eventually(acked)
+        assert [(e["status"], e["delta"]) for e in client] == [
+            ("acked", {"min_turn_silence_ms": 700})
+        ]
+        answer = await cp.call(
+            "GET", f"/v1/sessions/{session_id}/config-at?at={time.time():.6f}", expect=200
+        )
+        assert answer["rebuild"]["verified"] is True, answer
+        assert answer["config"] == {"system_prompt": "Hi.", "min_turn_silence_ms": 700}
     finally:
         await ws.close()

@@ -218,7 +218,10 @@ async def _check_case(cp: ControlPlaneUnderTest, emulator: Emulator, case: Case)
     if ls is not None:  # still open: nothing waits for an answer any more
         transport = ls.transport
         assert isinstance(transport, UpstreamTransport)
-        await eventually(lambda: not transport.pending, timeout=5)
+        link = transport.link
+        if link is not None:  # no update outstanding or queued
+            await eventually(lambda: link.model.outstanding is None and not link.model.queue,
+                             timeout=5)  # fmt: skip
     entries = await cp.log(case.session_id)
     timeline = (await emulator.session(case.upstream_id))["timeline"]
     _check_log(case, entries, timeline)

@@ -1,0 +1,112 @@
+"""AgentUpstream: one update outstanding, answers attributed by echo and param, never guessed."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config
+from sessions.dialects.voice_agent_v1_upstream import AgentUpstream, Update
+
+START = default_config(TABLE_SETTINGS)
+
+
+def _ready() -> AgentUpstream:
+    up = AgentUpstream()
+    up.first({"type": "session.update", "session": {}})
+    verdict = up.on_ready(START)
+    assert verdict.forward and verdict.status == "acked"
+    return up
+
+
+def _update(owner: str, session: dict[str, Any]) -> Update:
+    return Update(owner, {"type": "session.update", "session": session})  # type: ignore[arg-type]
+
+
+def _echo(up: AgentUpstream, **changes: Any) -> dict[str, Any]:
+    config = copy.deepcopy(up.config or {})
+    config.update(changes)
+    return config
+
+
+def test_one_update_outstanding_the_other_queued() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    client = _update("client", {"output": {"volume": 10}})
+    up.submit(ours)
+    up.submit(client)
+    assert up.next_to_send() is ours
+    assert up.next_to_send() is None  # the client's waits
+    verdict = up.on_updated(_echo(up, system_prompt="A"))
+    assert (verdict.update, verdict.status, verdict.forward) == (ours, "acked", False)
+    assert up.next_to_send() is client
+
+
+def test_an_error_for_another_path_is_not_the_outstanding_updates() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    verdict = up.on_error("invalid_value", "call_id", "unknown call_id")
+    assert verdict.forward and verdict.update is None
+    assert up.outstanding is ours
+    assert up.on_error("invalid_value", "system_prompt", "bad").status == "rejected"
+
+
+def test_a_no_param_error_is_attributed_only_when_nothing_else_could_have_drawn_it() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    verdict = up.on_error("invalid_config", None, "rejected (fault)")
+    assert (verdict.update, verdict.status, verdict.forward) == (ours, "rejected", False)
+
+    up.client_other()  # e.g. a conversation.message
+    again = _update("ours", {"system_prompt": "B"})
+    up.submit(again)
+    up.next_to_send()
+    doubt = up.on_error("invalid_value", None, "role must be user|system")
+    assert doubt.forward and doubt.status is None and up.outstanding is again
+    assert again.doubts
+    assert up.on_updated(_echo(up, system_prompt="B")).status == "acked"
+
+
+def test_predicted_immutable_errors_keep_the_update_until_the_last_one() -> None:
+    up = _ready()
+    client = _update("client", {"greeting": "Hi", "output": {"voice": "james"}})
+    up.submit(client)
+    up.next_to_send()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    first = up.on_error("immutable_field", "greeting", "cannot change")
+    assert first.forward and first.status is None and up.next_to_send() is None
+    second = up.on_error("immutable_field", "output.voice", "cannot change")
+    assert second.status == "rejected" and second.params == ("greeting", "output.voice")
+    assert up.next_to_send() is ours
+
+
+def test_an_echo_that_matches_nothing_is_unverified_never_acked() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    verdict = up.on_updated(_echo(up, system_prompt="something else"))
+    assert verdict.update is ours and verdict.status == "unverified"
+    assert verdict.reason is not None and "system_prompt" in verdict.reason
+    assert up.config is not None and up.config["system_prompt"] == "something else"
+
+
+def test_a_late_echo_after_a_timeout_goes_to_its_owner() -> None:
+    up = _ready()
+    client = _update("client", {"output": {"volume": 10}})
+    up.submit(client)
+    up.next_to_send()
+    assert up.expire(client)
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    echo = copy.deepcopy(up.config or {})
+    echo["output"] = {**echo["output"], "volume": 10}
+    late = up.on_updated(echo)
+    assert late.update is client and late.late and late.forward
+    assert up.outstanding is ours
