@@ -328,7 +328,8 @@ def at_text(a: dict[str, Any]) -> str:
     lines.append("chain: " + ("ok" if chain.get("ok") else f"BROKEN at seq "
                  f"{chain.get('first_bad_seq')}: {chain.get('problem')}"))  # fmt: skip
     if ck.get("covered"):
-        lines.append(f"checkpoint: seq {(named or est).get('seq')} is covered by checkpoint "
+        seq = max(int(est.get("seq") or 0), int((named or {}).get("seq") or 0))
+        lines.append(f"checkpoint: seq {seq} is covered by checkpoint "
                      f"{ck.get('node')} "
                      f"#{ck.get('seq')} (commits to seq {ck.get('committed_seq')})")  # fmt: skip
     else:

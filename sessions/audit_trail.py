@@ -115,8 +115,9 @@ def config_at_report(
     )  # fmt: skip
     chain = trail.sessions[0]
     seq = found.established_by.get("seq")
-    if found.policies_by is not None:  # the newer entry naming the policies: covered too
-        seq = found.policies_by.get("seq")
+    named = None if found.policies_by is None else found.policies_by.get("seq")
+    if isinstance(named, int) and isinstance(seq, int):  # the entry naming the policies too
+        seq = max(seq, named)
     commit = next(
         (c for c in trail.checkpoints.commits.get(session_id, ()) if isinstance(seq, int)
          and c.seq >= seq),

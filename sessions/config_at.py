@@ -23,7 +23,8 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
 - ``unchanged``: the policy versions of the session's config version ``version`` changed, the
   configuration did not (nothing sent). The config stays; the entry's ``policies`` are the
   answer's policies whenever that config version is (or later becomes) the one in effect and
-  the entry is newer than the one that established it (``policies_by``).
+  the entry is newer than the one whose policies it would replace: the push's ``sent`` entry
+  when an answer established the config, else the establishing entry (``policies_by``).
 
 ``config_hash`` records the config the upstream runs once the entry takes effect (the pushed
 config for pushes; for client updates and the Voice Agent ``connect`` acknowledgement the
@@ -179,7 +180,8 @@ class _Rebuild:
         res = self.result
         res.config = self.config
         named = self.named.get(self.established.get("version"))
-        if named is not None and int(named["seq"]) > int(self.established["seq"]):
+        pushed = self.sent if self.sent is not None else self.established  # took its refs
+        if named is not None and int(named["seq"]) > int(pushed["seq"]):
             res.policies_by = _entry(named)
         else:
             named = self.established

@@ -194,8 +194,10 @@ class PushEngine:
         self.live[ls.session.id] = ls
         ls.inputs()  # keyed now, not in the first fan-out that reaches the session
         self._apply_effective(ls, effective)
+        # runs them from the start (merged into the connect), or gets a connect push
+        status = "unchanged" if ls.push.base == effective.config else "pending"
         for ref in effective.applied:
-            ls.policy_status[ref.id] = (ref.version, ref.variant, "unchanged")
+            ls.policy_status[ref.id] = (ref.version, ref.variant, status)
 
     def unsynced(self, ls: LiveSession) -> bool:
         """Whether the registry has yet to learn a change of this session."""

@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from controlplane import cli
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
 from tests.integration.service.fleet import Fleet, metric
 
 AT_VERSION = "controlplane_sessions_at_version"
@@ -118,7 +119,7 @@ async def test_a_failed_report_without_a_field_quarantines_every_pair_of_that_pu
 
 
 async def test_a_version_that_changes_nothing_is_recorded_and_listed_by_config_at(
-    cp: ControlPlaneUnderTest, emulator: Emulator, fleet: Fleet
+    cp: ControlPlaneUnderTest, emulator: Emulator, fleet: Fleet, capsys: Any
 ) -> None:
     agent = await fleet.agent("team=c")
     sid = cp.live_by_upstream(agent.upstream_id)
@@ -157,3 +158,15 @@ async def test_a_version_that_changes_nothing_is_recorded_and_listed_by_config_a
     assert answer["policies_by"]["seq"] == last["seq"]
     assert answer["config"]["system_prompt"] == "Be kind."
     assert answer["established_by"]["status"] == "acked"
+    # the same through `controlplane audit at` against the server
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli.main, ["audit", "at", sid, str(answer["at"]), "--url",
+                                              cp.base, "--token", ADMIN])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out
+    listed = next(line for line in out.splitlines() if line.startswith("policies: "))
+    assert set(listed.removeprefix("policies: ").split(", ")) == {
+        "tone@1", "trial@1/control", "same@1"
+    }  # fmt: skip
+    assert f"policies named by seq {last['seq']}" in out
+    assert out.rstrip().endswith("VERIFIED")

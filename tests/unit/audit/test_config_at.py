@@ -170,3 +170,59 @@ async def test_the_report_adds_chain_and_checkpoint_evidence(rec: Recorder) -> N
     assert report["chain"]["first_bad_seq"] == 1
     assert report["rebuild"]["failures"][0]["seq"] == 1
     assert canonical_json(report)  # JSON-ready
+
+
+TRIAL = {"id": "trial", "version": 1, "variant": "control"}
+
+
+async def test_an_unchanged_entry_names_the_policies_of_the_config_in_effect(
+    rec: Recorder,
+) -> None:
+    start = {"system_prompt": "kind"}
+    rec.add(version=1, cause="connect", status="sent", config=start)
+    rec.add(version=1, cause="connect", status="acked", config=start)
+    concise = {"system_prompt": "concise"}
+    rec.add(version=2, cause="policy", status="sent", delta=concise, config=concise,
+            policies=[EU])  # fmt: skip
+    acked = rec.add(version=2, cause="policy", status="acked", delta=concise, config=concise,
+                    policies=[EU])  # fmt: skip
+    # an experiment's control arm: nothing sent, the versions in effect recorded
+    same = rec.add(version=2, cause="policy", status="unchanged", config=concise,
+                   policies=[EU, TRIAL])  # fmt: skip
+    rows = await rec.rows()
+
+    before = config_at("s", rows, acked + 0.5)
+    assert before.policies == [EU] and before.policies_by is None
+    after = config_at("s", rows, same + 0.5)
+    assert after.config == concise and after.verified and after.checked == 5
+    assert after.policies == [EU, TRIAL]
+    assert after.policies_by is not None and after.policies_by["seq"] == 5
+    assert after.established_by["seq"] == 4  # the config itself came from the ack
+    report = config_at_report("s", rows, [], same + 0.5)
+    assert report["policies_by"]["status"] == "unchanged" and report["verified"]
+
+
+async def test_an_unchanged_entry_of_a_version_in_flight_waits_for_its_answer(
+    rec: Recorder,
+) -> None:
+    start = {"system_prompt": "kind"}
+    rec.add(version=1, cause="connect", status="sent", config=start)
+    concise = {"system_prompt": "concise"}
+    rec.add(version=2, cause="policy", status="sent", delta=concise, config=concise,
+            policies=[EU])  # fmt: skip
+    # a policy that changes nothing while version 2 is in flight: the upstream still runs
+    # version 1, so its hash is version 1's config and it names version 2's policies
+    named = rec.add(version=2, cause="policy", status="unchanged", config=start,
+                    policies=[EU, TRIAL])  # fmt: skip
+    acked = rec.add(version=2, cause="policy", status="acked", delta=concise, config=concise,
+                    policies=[EU])  # fmt: skip
+    rows = await rec.rows()
+
+    during = config_at("s", rows, named + 0.5)
+    assert during.config == start and during.policies == [] and during.verified
+    assert during.policies_by is None
+    later = config_at("s", rows, acked + 0.5)
+    assert later.config == concise and later.verified
+    # named after version 2 was sent: its policies are version 2's once it is acknowledged
+    assert later.policies == [EU, TRIAL]
+    assert later.policies_by is not None and later.policies_by["seq"] == 3
