@@ -16,7 +16,8 @@ version's document and a ``halt`` object with the reason (docs/policies.md#guard
 Contract addition (issue #18): ``role``, the publisher's role name (``viewer`` … ``admin``,
 controlplane.roles); the rollout guard's events carry the policy's owner role. Every replica's
 store derives a policy's owner role from it (docs/policies.md#ownership). Optional on the
-wire: events without it are attributed to the role prefix of ``actor``.
+wire: events without it are attributed to the role prefix of ``actor``, else (an operator's
+tool) keep the policy's owner (controlplane.roles.event_role).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Publishing a newer version (or retiring) ends the halt.
 
 Ownership (docs/policies.md#ownership): each event names its publisher's role; a policy's owner
 role is the highest role among its events (its creator's, raised by a higher role's publish).
-An event from a role below the owner changes nothing (every replica refuses it alike). Each
+An event from a role below the owner changes nothing (every replica refuses it alike); one
+without a role (an operator's tool on the stream) keeps the owner (compliance for a new id). Each
 stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
 """
 
@@ -50,8 +51,8 @@ class PolicyRecord:
 
     @property
     def role(self) -> Role:
-        """The role that published this version."""
-        return event_role(self.event.role, self.event.actor)
+        """The role that published this version (an operator's tool: the owner's)."""
+        return event_role(self.event.role, self.event.actor) or self.owner_role
 
     @property
     def owner_role(self) -> Role:
@@ -222,7 +223,7 @@ class PolicyStore:
         if event.version <= self.current_version(event.policy_id):
             return False
         role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
-        if owner is not None and role < owner:
+        if role is not None and owner is not None and role < owner:
             log.warning("policy event %s refused: role %s is below the owner role %s",
                         event.msg_id, role.label, owner.label)  # fmt: skip
             return False
@@ -235,6 +236,8 @@ class PolicyStore:
         if policy.version is None or not self.accepts(event):
             return None
         role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
+        if role is None:  # an operator's tool: the owner stays (compliance for a new id)
+            role = owner or Role.COMPLIANCE
         policy = policy.with_rank(int(max(role, owner or role)))
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired)

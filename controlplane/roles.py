@@ -12,7 +12,8 @@ Roles are ordered ``viewer < app < experimenter < compliance < admin``; compare 
 Ownership: a policy id is owned by the role that created it; a higher role that publishes a
 version of it (or rolls it back, or retires it) takes it over, so the owner role only rises.
 A lower role than the owner may not publish, roll back or retire it. Each policy event carries
-its publisher's role (``role``), so every replica's store derives the same owner.
+its publisher's role (``role``), so every replica's store derives the same owner; an event
+without one (an operator's tool on the policy stream) keeps the owner (compliance for a new id).
 
 A policy's *rank* (``Policy.rank``, used by resolution for locks) is its owner role's value.
 """
@@ -54,9 +55,11 @@ class Role(IntEnum):
 ROLE_NAMES: tuple[str, ...] = tuple(r.label for r in Role)
 
 
-def event_role(role: str | None, actor: str) -> Role:
+def event_role(role: str | None, actor: str) -> Role | None:
     """The publisher's role of a policy event: its ``role``; for events published before that
-    field existed, the role prefix of its ``actor`` (``experimenter:1a2b3c``); else compliance.
+    field existed, the role prefix of its ``actor`` (``experimenter:1a2b3c``). None for an
+    event with neither (an operator's tool writing to the policy stream, DESIGN.md §4): it is
+    trusted like the stream itself and leaves the owner as it is (compliance for a new id).
     """
     for name in (role, actor.partition(":")[0]):
         if name:
@@ -64,7 +67,7 @@ def event_role(role: str | None, actor: str) -> Role:
                 return Role.parse(name)
             except ValueError:
                 continue
-    return Role.COMPLIANCE
+    return None
 
 
 def publish_refusal(role: Role, doc: Mapping[str, Any]) -> str | None:

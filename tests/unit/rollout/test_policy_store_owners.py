@@ -34,12 +34,19 @@ def test_an_event_from_a_role_below_the_owner_changes_nothing() -> None:
     assert store.active()[0].lock == ("prompt",)
 
 
-def test_events_without_a_role_are_attributed_to_the_actor_prefix_else_compliance() -> None:
+def test_events_without_a_role_use_the_actor_prefix_else_keep_the_owner() -> None:
     store = PolicyStore()
-    store.apply(event(1, None, actor="experimenter:1a2b3c"))
+    store.apply(event(1, None, actor="experimenter:1a2b3c"))  # published before `role`
     assert store.owner_role("p") is Role.EXPERIMENTER
-    store.apply(event(2, None, actor="guard:node-a"))
-    assert store.owner_role("p") is Role.COMPLIANCE
+    store.apply(event(2, None, actor="ops-tool"))  # an operator's tool on the stream
+    assert store.owner_role("p") is Role.EXPERIMENTER
+    assert store.latest("p").role is Role.EXPERIMENTER
+    store.apply(event(3, "admin"))
+    assert store.apply(event(4, None, actor="ops-tool")) is not None  # trusted, not refused
+    assert store.owner_role("p") is Role.ADMIN
+    fresh = PolicyStore()
+    fresh.apply(event(1, None, actor="ops-tool"))
+    assert fresh.owner_role("p") is Role.COMPLIANCE
 
 
 def test_the_role_round_trips_on_the_wire() -> None:
