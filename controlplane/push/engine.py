@@ -472,6 +472,11 @@ class PushEngine:
                     statuses[ref.id] = (ref.version, ref.variant, "pending")
                 continue
             statuses[ref.id] = (ref.version, ref.variant, status)
+            if ls.prior_status:
+                ls.prior_status.pop(ref.id, None)  # another version: nothing to restore
+        if ls.prior_status:  # stashes of versions no longer in effect go
+            for policy_id in [p for p, _ in ls.prior_status.items() if p not in statuses]:
+                del ls.prior_status[policy_id]
 
     async def _drive(self, ls: LiveSession) -> None:
         """Write what is due now (logged, then sent), or hand the session to a worker."""

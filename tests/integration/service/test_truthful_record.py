@@ -170,3 +170,43 @@ async def test_a_version_that_changes_nothing_is_recorded_and_listed_by_config_a
     }  # fmt: skip
     assert f"policies named by seq {last['seq']}" in out
     assert out.rstrip().endswith("VERIFIED")
+
+
+async def test_a_refusal_naming_one_field_of_a_shared_push_charges_only_its_owner(
+    cp: ControlPlaneUnderTest, emulator: Emulator, fleet: Fleet
+) -> None:
+    """Two policies' fields in one push (coalesced while an earlier push was in flight); the
+    upstream refuses one field by name: only its policy is charged (rollout and guard), the
+    other's field is pushed again at once and applied."""
+    agent = await fleet.agent("team=d")
+    sid = cp.live_by_upstream(agent.upstream_id)
+    await emulator.faults(agent.upstream_id, {
+        "latency_ms": 400, "fail_fields": {"system_prompt": "invalid_value"},
+    })  # fmt: skip
+    match = {"labels": {"team": ["d"]}}
+    await cp.publish({"id": "calm", "match": match, "set": {"vad_threshold": 0.4}})
+    await eventually(lambda: live_push(cp, sid).in_flight is not None)
+    # published while calm's push waits for its answer: one push carries both
+    await cp.publish({"id": "persona", "priority": 20, "match": match,
+                      "set": {"system_prompt": "Pitch hard."}})  # fmt: skip
+    await cp.publish({"id": "terms", "match": match, "set": {"keyterms": ["gamma"]}})
+    rejected = await eventually(lambda: entries(cp, sid, status="rejected"), timeout=10)
+    assert rejected[0]["delta"] == {"system_prompt": "Pitch hard.", "keyterms": ["gamma"]}
+
+    async def terms_applied() -> bool:
+        config = (await emulator.session(agent.upstream_id))["config"]
+        return bool(config["input"].get("keyterms") == ["gamma"])
+
+    await eventually(terms_applied, timeout=10)
+    await eventually(lambda: live_push(cp, sid).state != "pending")
+    terms = (await rollout(cp, "terms"))["totals"]
+    assert (terms["rejected"], terms["guard_failures"]) == (0, 0)
+    assert terms["acknowledged"] == 1
+    persona = (await rollout(cp, "persona"))["totals"]
+    assert (persona["rejected"], persona["guard_failures"]) == (1, 1)
+    calm = (await rollout(cp, "calm"))["totals"]
+    assert (calm["rejected"], calm["guard_failures"]) == (0, 0)
+
+
+def live_push(cp: ControlPlaneUnderTest, session_id: str) -> Any:
+    return cp.service.engine.live[session_id].push

@@ -104,3 +104,27 @@ def test_policy_status_drops_policies_that_no_longer_apply() -> None:
         "a": (1, None, "pending"),
         "b": (3, "treatment", "pending"),
     }
+
+
+def test_a_refusal_is_marked_only_on_the_policy_owning_the_refused_field() -> None:
+    a, b = PolicyRef("a", 1), PolicyRef("b", 2)
+    ls = _live({}, {})
+    ls.policy_status = {"a": (1, None, "acked")}
+    effective = Effective({"prompt": "p", "keyterms": ("x",)}, {"prompt": a, "keyterms": b},
+                          {}, (a, b))  # fmt: skip
+    engine = cast(PushEngine, None)
+    PushEngine._update_policy_status(engine, ls, effective, True)
+    assert ls.policy_status == {"a": (1, None, "pending"), "b": (2, None, "pending")}
+    push = Push(version=3, delta={"keyterms": ("x",)}, config=effective.config, refs=(a, b),
+                cause="policy", superseded=(), event_at=None,
+                owners=effective.provenance)  # fmt: skip
+    # refused for keyterms (b's field): a rode along and keeps what it had
+    PushEngine._mark_policies(engine, ls, push, "rejected", ("keyterms",))
+    assert ls.policy_status == {"a": (1, None, "acked"), "b": (2, None, "rejected")}
+    assert ls.prior_status == {}
+    # a later push that holds back b's quarantined value: b stays rejected, a is acked
+    held = Push(version=4, delta={"prompt": "q"}, config=effective.config, refs=(a, b),
+                cause="policy", superseded=(), event_at=None, owners=effective.provenance,
+                held=("keyterms",))  # fmt: skip
+    PushEngine._mark_policies(engine, ls, held, "acked")
+    assert ls.policy_status == {"a": (1, None, "acked"), "b": (2, None, "rejected")}
