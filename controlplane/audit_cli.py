@@ -293,7 +293,9 @@ def at_text(a: dict[str, Any]) -> str:
     chain = a.get("chain") or {}
     ck = a.get("checkpoint") or {}
     refs = ", ".join(
-        f"{p.get('id')}@{p.get('version')}" + (f"/{p['variant']}" if p.get("variant") else "")
+        f"{p.get('id')}@{p.get('version')}"
+        + (f"/{p['variant']}" if p.get("variant") else "")
+        + (f" (sha256 {str(p['digest'])[:12]})" if p.get("digest") else "")
         for p in a.get("policies") or []
     )
     config = yaml.safe_dump(a.get("config") or {}, sort_keys=True, allow_unicode=True).rstrip()

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controlplane import audit_cli
+from controlplane import audit_cli, policy_history
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
 from controlplane.signing import add_sign_command
@@ -178,11 +178,35 @@ def _yaml(value: Any) -> str:
 def _policy_apply(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     result = client.apply_policy(*_read_document(args.file))
     event = f" (event {result['event_id']})" if result.get("event_id") else ""
-    _out(
-        args,
-        result,
-        lambda: f"published policy {result.get('id')} version {result.get('version')}{event}",
-    )
+    if result.get("unchanged"):
+        text = (f"policy {result.get('id')} unchanged: identical to the current version "
+                f"{result.get('version')}; no version created")  # fmt: skip
+    else:
+        text = f"published policy {result.get('id')} version {result.get('version')}{event}"
+    _out(args, result, lambda: text)
+    return 0
+
+
+def _policy_history(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    records = client.policy_versions(args.id)
+    rows = [policy_history.history_row(r) for r in records]
+    _out(args, records, lambda: _table(policy_history.HISTORY_HEADERS, rows))
+    return 0
+
+
+def _policy_diff(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    records = client.policy_versions(args.id)
+    a, b = (policy_history.pick_version(records, args.id, v) for v in (args.a, args.b))
+    changes = policy_history.diff_documents(a.get("policy") or {}, b.get("policy") or {})
+    data = {"id": args.id, "from": args.a, "to": args.b, "changes": changes}
+
+    def human() -> str:
+        if not changes:
+            return f"policy {args.id}: versions {args.a} and {args.b} are identical"
+        rows = [(c["path"], c["from"], c["to"]) for c in changes]
+        return _table(("FIELD", f"VERSION {args.a}", f"VERSION {args.b}"), rows)
+
+    _out(args, data, human)
     return 0
 
 
@@ -219,7 +243,7 @@ def _policy_preview(args: argparse.Namespace, client: ControlPlaneClient) -> int
 
 
 def _policy_rollback(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    result = client.rollback_policy(args.id, args.to)
+    result = client.rollback_policy(args.id, args.to, reason=args.reason)
     _out(
         args,
         result,
@@ -232,7 +256,7 @@ def _policy_rollback(args: argparse.Namespace, client: ControlPlaneClient) -> in
 
 
 def _policy_retire(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    result = client.retire_policy(args.id)
+    result = client.retire_policy(args.id, reason=args.reason)
     _out(args, result, lambda: f"retired policy {args.id}")
     return 0
 
@@ -395,7 +419,16 @@ def _register_client_commands(sub: Any) -> None:
     p = add(policy, "rollback", _policy_rollback, "republish an earlier version as the newest")
     p.add_argument("id")
     p.add_argument("--to", type=_positive, required=True, help="the version to go back to")
-    add(policy, "retire", _policy_retire, "retire a policy").add_argument("id")
+    p.add_argument("--reason", help="why: kept in the change record")
+    p = add(policy, "retire", _policy_retire, "retire a policy")
+    p.add_argument("id")
+    p.add_argument("--reason", help="why: kept in the change record")
+    p = add(policy, "history", _policy_history, "every version's change record")
+    p.add_argument("id")
+    p = add(policy, "diff", _policy_diff, "what changed between two versions")
+    p.add_argument("id")
+    p.add_argument("a", type=_positive, help="a version")
+    p.add_argument("b", type=_positive, help="another version")
     add(policy, "rollout", _policy_rollout, "delivery status per version and variant").add_argument(
         "id"
     )

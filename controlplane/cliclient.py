@@ -187,15 +187,21 @@ class ControlPlaneClient:
     def policy_versions(self, policy_id: str) -> list[dict[str, Any]]:
         return self._pages(("v1", "policies", policy_id, "versions"), {}, None)
 
-    def rollback_policy(self, policy_id: str, to_version: int) -> dict[str, Any]:
-        body = json.dumps({"to": to_version}).encode()
+    def rollback_policy(
+        self, policy_id: str, to_version: int, *, reason: str | None = None
+    ) -> dict[str, Any]:
+        fields: dict[str, Any] = {"to": to_version}
+        if reason is not None:
+            fields["reason"] = reason
+        body = json.dumps(fields).encode()
         result: dict[str, Any] = self._json(
             "POST", "v1", "policies", policy_id, "rollback", body=body
         )
         return result
 
-    def retire_policy(self, policy_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._json("DELETE", "v1", "policies", policy_id)
+    def retire_policy(self, policy_id: str, *, reason: str | None = None) -> dict[str, Any]:
+        query = {} if reason is None else {"reason": reason}
+        result: dict[str, Any] = self._json("DELETE", "v1", "policies", policy_id, query=query)
         return result
 
     def rollout_status(self, policy_id: str) -> dict[str, Any]:

@@ -126,6 +126,8 @@ class Settings:
     rollout_sync_interval_s: float = 1.0  # how often a replica publishes its rollout counts
     # guarded rollouts: what a policy's omitted guard fields mean (docs/policies.md#guard)
     guard_enabled: bool = True
+    # change records: publish / rollback / retire of a policy with `lock` needs a reason
+    require_reason_for_locks: bool = False
     guard_max_failure_ratio: float = 0.01  # halt when failures exceed this share of targeted
     guard_min_sessions: int = 50  # ... and at least this many sessions are targeted
     guard_window_s: float = 300.0  # failures older than this are forgotten
@@ -260,6 +262,9 @@ class Settings:
         guard = env.get(ENV_PREFIX + "GUARD_ENABLED")
         if guard:
             values["guard_enabled"] = _flag(guard)
+        reasons = env.get(ENV_PREFIX + "REQUIRE_REASON_FOR_LOCKS")
+        if reasons:
+            values["require_reason_for_locks"] = _flag(reasons)
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
@@ -269,7 +274,7 @@ class Settings:
 
 
 # Settings read from CONTROLPLANE_<NAME> (besides TOKENS, WEBSOCKET_COMPRESSION,
-# GUARD_ENABLED and POLICY_SIGNING_KEY).
+# GUARD_ENABLED, REQUIRE_REASON_FOR_LOCKS and POLICY_SIGNING_KEY).
 _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("listen", None),
     ("upstream_streaming_url", None),

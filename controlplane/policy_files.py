@@ -20,8 +20,10 @@ Writes are blocking file I/O: the service runs them in a worker thread (``asynci
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -30,8 +32,12 @@ from typing import Final
 
 from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
+from controlplane.policy_store import Change, PolicyStore
+from policies.model import parse_policy
 
-__all__ = ["PolicyFiles", "PolicyFilesCorrupt"]
+__all__ = ["DurableIntake", "PolicyFiles", "PolicyFilesCorrupt"]
+
+log = logging.getLogger(__name__)
 
 _NAME: Final = re.compile(r"^([1-9][0-9]{0,15})(\.halted)?\.json$")
 _POLICY_ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
@@ -141,6 +147,53 @@ class PolicyFiles:
                 f"version {event.version}, not what its name says"
             )
         return event
+
+
+class DurableIntake:
+    """The service's way into the policy store: with policy files (embedded mode) an event
+    is stored durably before the store applies it; without (NATS keeps them), it applies."""
+
+    def __init__(self, store: PolicyStore, files: PolicyFiles | None) -> None:
+        self.store = store
+        self.files = files
+        self._lock = asyncio.Lock()  # one write-then-apply at a time: versions stay in order
+
+    async def replay(self) -> None:
+        """Rebuild the store from the files (at start, before any session is live)."""
+        if self.files is None:
+            return
+        events = await asyncio.to_thread(self.files.load)
+        for event in events:
+            if event.type == "policy.halted":
+                self.store.halt(event)
+            else:
+                self.store.apply(event)
+        if events:
+            log.info("policy store: replayed %d stored events of %d policies", len(events),
+                     len(self.store.records()))  # fmt: skip
+
+    async def apply(self, event: PolicyEvent) -> Change | None:
+        """A published/retired event: stored, then applied; None when the store would
+        ignore it (a duplicate or older version). A failed write raises Unavailable and
+        changes nothing."""
+        if self.files is None:
+            return self.store.apply(event)
+        async with self._lock:
+            parse_policy(event.policy)  # an invalid document raises before anything is stored
+            if not self.store.accepts(event):  # a duplicate, older version or lower role
+                return None
+            await asyncio.to_thread(self.files.write, event)
+            return self.store.apply(event)
+
+    async def before_halt(self, event: PolicyEvent) -> None:
+        """Store a ``policy.halted`` event the store will accept (it names the active,
+        not yet halted version) before the service applies it."""
+        if self.files is None:
+            return
+        policy = self.store.active_policy(event.policy_id)
+        if (policy is not None and policy.version == event.version
+                and self.store.halted(event.policy_id) is None):  # fmt: skip
+            await asyncio.to_thread(self.files.write, event)
 
 
 def _fsync_dir(path: Path) -> None:

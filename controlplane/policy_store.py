@@ -59,20 +59,37 @@ class PolicyRecord:
         """The policy's owner role as of this version."""
         return Role(self.policy.rank)
 
+    @property
+    def action(self) -> str:
+        """``publish``, ``rollback`` or ``retire``: what made this version."""
+        if self.retired:
+            return "retire"
+        return "rollback" if self.event.cause == "rollback" else "publish"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "id": self.policy.id,
             "version": self.version,
             "status": "retired" if self.retired else "active",
             "cause": self.event.cause,
+            "action": self.action,
             "actor": self.event.actor,
             "role": self.role.label,
             "owner_role": self.owner_role.label,
+            "at": self.event.published_at,
             "published_at": self.event.published_at,
+            "reason": self.policy.reason,
             "event_id": self.event.event_id,
             "digest": self.policy.digest,
             "policy": self.policy.document(),
         }
+
+    def change(self, previous: PolicyRecord | None) -> dict[str, Any]:
+        """The change record: ``as_dict`` plus ``before`` / ``after``, the documents in
+        effect before and after this version (``None``: the policy was not in effect)."""
+        before = None if previous is None or previous.retired else previous.policy.document()
+        after = None if self.retired else self.policy.document()
+        return {**self.as_dict(), "before": before, "after": after}
 
 
 @dataclass(frozen=True)
@@ -194,6 +211,11 @@ class PolicyStore:
         self.latest(policy_id)
         return list(self._history[policy_id])
 
+    def changes(self, policy_id: str) -> list[dict[str, Any]]:
+        """Every version's change record (``PolicyRecord.change``), oldest first."""
+        history = self.history(policy_id)
+        return [r.change(history[i - 1] if i else None) for i, r in enumerate(history)]
+
     def version(self, policy_id: str, version: int) -> PolicyRecord:
         for record in self.history(policy_id):
             if record.version == version:
@@ -202,6 +224,20 @@ class PolicyStore:
 
     def records(self) -> list[PolicyRecord]:
         return [history[-1] for _, history in sorted(self._history.items())]
+
+    def unchanged(self, policy: Policy) -> PolicyRecord | None:
+        """The current version when ``policy`` is identical to it (``Policy.content``: all
+        but version and reason) and it is in effect (not retired, not halted), and the
+        document names no version or not an older one; else None (a publish goes ahead)."""
+        history = self._history.get(policy.id)
+        if not history:
+            return None
+        latest = history[-1]
+        if latest.retired or policy.id in self._halted:
+            return None
+        if policy.version is not None and policy.version < latest.version:
+            return None
+        return latest if policy.content() == latest.policy.content() else None
 
     # -- writes --------------------------------------------------------------------------
     def prepare(self, policy: Policy) -> Policy:

@@ -96,6 +96,11 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         "--websocket-compression", action="store_true", default=None,
         help="negotiate permessage-deflate (off by default: 2x fan-out time, 3x memory)",
     )  # fmt: skip
+    parser.add_argument(
+        "--require-reason-for-locks", action="store_true", default=None,
+        help="publish, rollback and retire of a policy with lock need a reason "
+        "(env CONTROLPLANE_REQUIRE_REASON_FOR_LOCKS)",
+    )  # fmt: skip
     parser.set_defaults(func=run)
     return parser
 
@@ -103,6 +108,7 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     overrides = {dest: getattr(args, dest, None) for _, dest, _, _ in FLAGS}
     overrides["websocket_compression"] = getattr(args, "websocket_compression", None)
+    overrides["require_reason_for_locks"] = getattr(args, "require_reason_for_locks", None)
     return Settings.from_env(**overrides)
 
 

@@ -11,7 +11,6 @@ gone), and rollout status adds the counts the other replicas publish.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import uuid
@@ -30,10 +29,10 @@ from controlplane.authority import acting_role, check_locks, check_owner
 from controlplane.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.cluster import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
-from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
+from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable, ValidationFailed
 from controlplane.halts import Halts
 from controlplane.metrics import Metrics
-from controlplane.policy_files import PolicyFiles
+from controlplane.policy_files import DurableIntake, PolicyFiles
 from controlplane.policy_store import Change, PolicyStore
 from controlplane.preview import preview
 from controlplane.push.engine import LiveSession, PushEngine, Transport
@@ -79,9 +78,8 @@ class ControlPlane:
         self.versionlog = versionlog
         self.bus = bus
         self.store = PolicyStore()
-        # embedded mode: accepted policy events persist here before they act (policy_files)
-        self.policy_files = policy_files
-        self._intake = asyncio.Lock()
+        # embedded mode: accepted policy events persist before they act (policy_files)
+        self.intake = DurableIntake(self.store, policy_files)
         self.engine = PushEngine(
             settings=settings, clock=clock, versionlog=versionlog, registry=registry,
             metrics=metrics,
@@ -102,25 +100,13 @@ class ControlPlane:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        if self.policy_files is not None:
-            self._replay(await asyncio.to_thread(self.policy_files.load))
+        await self.intake.replay()
         await self.versionlog.start()
         await self.engine.start()
         await self.bus.start()
         await self.halts.start()
         self._started = True
         self.metrics.ready.set(1)
-
-    def _replay(self, events: Sequence[PolicyEvent]) -> None:
-        """Rebuild the store from the policy files (no session is live yet)."""
-        for event in events:
-            if event.type == "policy.halted":
-                self.store.halt(event)
-            else:
-                self.store.apply(event)
-        if events:
-            log.info("policy store: replayed %d stored events of %d policies", len(events),
-                     len(self.store.records()))  # fmt: skip
 
     async def close(self) -> None:
         self.metrics.ready.set(0)
@@ -163,6 +149,11 @@ class ControlPlane:
         self._require_accepting()
         parsed = parse_policy(doc)
         check_owner(self.store, parsed.id, role, "publish")
+        same = self.store.unchanged(parsed)
+        if same is not None:  # identical to the current version: no new version
+            return {"id": same.policy.id, "version": same.version, "unchanged": True,
+                    "digest": same.policy.digest, "warnings": []}  # fmt: skip
+        self._require_reason(parsed, parsed.reason, "publish")
         policy = self.store.prepare(parsed)
         assert policy.version is not None
         stored = await self._stored_version(policy.id)
@@ -180,7 +171,12 @@ class ControlPlane:
         return result
 
     async def retire_policy(
-        self, policy_id: str, *, actor: str, role: Role | None = Role.ADMIN
+        self,
+        policy_id: str,
+        *,
+        actor: str,
+        role: Role | None = Role.ADMIN,
+        reason: str | None = None,
     ) -> dict[str, Any]:
         """``role`` None: the rollout guard, acting for the policy's owner."""
         self._require_accepting()
@@ -188,12 +184,19 @@ class ControlPlane:
         role = acting_role(self.store, policy_id, role, "retire", latest.policy)
         if latest.retired:
             raise Conflict(f"policy {policy_id!r} is already retired", code="already_retired")
+        self._require_reason(latest.policy, reason, "retire")
         version = max(latest.version, await self._stored_version(policy_id)) + 1
-        policy = latest.policy.with_version(version)
+        policy = latest.policy.with_version(version).with_reason(reason)
         return await self._publish(policy, "policy.retired", actor, "retire", role)
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str, role: Role | None = Role.ADMIN
+        self,
+        policy_id: str,
+        to_version: int,
+        *,
+        actor: str,
+        role: Role | None = Role.ADMIN,
+        reason: str | None = None,
     ) -> dict[str, Any]:
         """``role`` None: the rollout guard, acting for the policy's owner (no lock check)."""
         self._require_accepting()
@@ -206,8 +209,10 @@ class ControlPlane:
                 "published version",
                 code="not_a_published_version",
             )
+        self._require_reason(self.store.latest(policy_id).policy, reason, "rollback")
+        self._require_reason(target.policy, reason, "rollback")
         current = max(self.store.current_version(policy_id), await self._stored_version(policy_id))
-        policy = target.policy.with_version(current + 1)
+        policy = target.policy.with_version(current + 1).with_reason(reason)
         warnings = [] if guard else check_locks(self.store, policy, role)
         result = await self._publish(policy, "policy.published", actor, "rollback", role)
         result["rolled_back_to"] = to_version
@@ -228,8 +233,26 @@ class ControlPlane:
         await self.bus.publish(event)
         assert policy.version is not None
         await self._applied_here(policy.id, policy.version)
+        with contextlib.suppress(NotFound):  # not applied here yet: nothing to compare
+            if self.store.version(policy.id, policy.version).event.event_id != event.event_id:
+                raise Conflict(
+                    f"policy {policy.id!r} version {policy.version} was taken by a concurrent "
+                    "publish; publish again",
+                    details={"id": policy.id, "version": policy.version},
+                )
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
-                "type": kind}  # fmt: skip
+                "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
+
+    def _require_reason(self, policy: Policy, reason: str | None, action: str) -> None:
+        """With ``require_reason_for_locks``, a change to a policy with ``lock`` needs one."""
+        if self.settings.require_reason_for_locks and policy.lock and not reason:
+            where = "a top-level 'reason'" if action == "publish" else "a reason"
+            raise ValidationFailed(
+                f"policy {policy.id!r} locks {', '.join(policy.lock)}: {action} needs {where} "
+                "(this deployment requires one for policies with lock)",
+                code="reason_required",
+                details={"id": policy.id, "action": action, "lock": list(policy.lock)},
+            )
 
     async def _stored_version(self, policy_id: str) -> int:
         """The last version any replica stored (0 without a shared policy stream)."""
@@ -248,12 +271,11 @@ class ControlPlane:
     async def _on_event(self, event: PolicyEvent) -> None:
         received = self.clock.monotonic()
         if event.type == "policy.halted":
-            if self.policy_files is not None and self._halts_now(event):
-                await asyncio.to_thread(self.policy_files.write, event)
+            await self.intake.before_halt(event)
             await self.halts.apply(event, received)
             return
         try:
-            change = await self._accept(event)
+            change = await self.intake.apply(event)
         except PolicyValidationError as exc:
             self.metrics.policy_events.labels(event.type, "invalid").inc()
             log.warning("policy event %s refused: %s", event.msg_id, exc)
@@ -268,24 +290,6 @@ class ControlPlane:
             await self._reconcile_change(change, event.cause, received)
         finally:
             self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
-
-    async def _accept(self, event: PolicyEvent) -> Change | None:
-        """Apply a published/retired event to the store; with policy files, only once it is
-        stored durably (a failed write raises Unavailable and changes nothing)."""
-        if self.policy_files is None:
-            return self.store.apply(event)
-        async with self._intake:  # one write-then-apply at a time: versions stay in order
-            policy = parse_policy(event.policy)
-            if policy.version is None or not self.store.accepts(event):  # version, owner role
-                return None
-            await asyncio.to_thread(self.policy_files.write, event)
-            return self.store.apply(event)
-
-    def _halts_now(self, event: PolicyEvent) -> bool:
-        """Whether ``store.halt`` will accept this ``policy.halted`` event."""
-        policy = self.store.active_policy(event.policy_id)
-        return (policy is not None and policy.version == event.version
-                and self.store.halted(event.policy_id) is None)  # fmt: skip
 
     async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
         relevant = [p for p in (change.before, change.after, change.fallback) if p is not None]
@@ -309,8 +313,17 @@ class ControlPlane:
     def get_policy(self, policy_id: str) -> dict[str, Any]:
         return self.store.latest(policy_id).as_dict()
 
-    def policy_versions(self, policy_id: str) -> list[dict[str, Any]]:
-        return [r.as_dict() for r in self.store.history(policy_id)]
+    def policy_versions(
+        self, policy_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Change records, oldest first, ``limit`` at a time; the cursor is the last version
+        of the previous page."""
+        if cursor is not None and (not cursor.isdigit() or len(cursor) > 16):
+            raise BadRequest("query parameter 'cursor' is not a cursor returned by this endpoint")
+        after = 0 if cursor is None else int(cursor)
+        records = [r for r in self.store.changes(policy_id) if r["version"] > after]
+        page = records[:limit]
+        return page, str(page[-1]["version"]) if len(records) > limit else None
 
     async def preview_policy(
         self, doc: Mapping[str, Any], *, role: Role = Role.ADMIN
@@ -348,10 +361,12 @@ class ControlPlane:
 
     async def _guard_rollback(self, policy_id: str, to_version: int | None) -> None:
         actor = f"guard:{self.node_id}"
+        reason = "rollout guard: failures over the limit"
         if to_version is None:  # no earlier good version: the policy stops applying
-            await self.retire_policy(policy_id, actor=actor, role=None)
+            await self.retire_policy(policy_id, actor=actor, role=None, reason=reason)
         else:
-            await self.rollback_policy(policy_id, to_version, actor=actor, role=None)
+            await self.rollback_policy(policy_id, to_version, actor=actor, role=None,
+                                       reason=reason)  # fmt: skip
 
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         if not any(

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_VARIANTS",
     "MAX_VERSION",
     "MIN_PRIORITY",
+    "REASON_MAX_CHARS",
     "Experiment",
     "Guard",
     "Match",

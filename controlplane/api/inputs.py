@@ -20,6 +20,7 @@ from multidict import MultiMapping
 from controlplane.errors import BadRequest, PayloadTooLarge
 from policies.errors import PolicyValidationError, Violation
 from policies.fields import printable, utf8_problem
+from policies.model import REASON_MAX_CHARS
 
 __all__ = [
     "KINDS",
@@ -38,6 +39,7 @@ __all__ = [
     "parse_json",
     "parse_kind",
     "parse_limit",
+    "parse_reason",
     "parse_rollback",
     "parse_state",
     "parse_yaml",
@@ -287,8 +289,8 @@ def check_fields(body: Mapping[str, Any], allowed: Iterable[str]) -> None:
 
 
 def parse_rollback(body: Mapping[str, Any]) -> int:
-    """``{"to": N}`` (or ``{"version": N}``) -> N, an integer >= 1."""
-    check_fields(body, ("to", "version"))
+    """``{"to": N}`` (or ``{"version": N}``) -> N, an integer >= 1 (``reason``: parse_reason)."""
+    check_fields(body, ("to", "version", "reason"))
     values = {name: body[name] for name in ("to", "version") if name in body}
     if not values:
         raise BadRequest('body must be {"to": <version>}: field "to" is required')
@@ -313,6 +315,20 @@ def check_query(query: MultiMapping[str], allowed: Iterable[str]) -> None:
             f"unknown query parameter(s) {', '.join(map(repr, unknown))} ({hint})",
             details={"unknown": unknown},
         )
+
+
+def parse_reason(value: Any, *, where: str = "query parameter 'reason'") -> str | None:
+    """A change's reason: text up to 2000 characters; absent or blank means none."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"{where} must be a string, got {tname(value)}")
+    if len(value) > REASON_MAX_CHARS:
+        raise BadRequest(f"{where} is {len(value)} characters, limit is {REASON_MAX_CHARS}",
+                         details={"limit": REASON_MAX_CHARS})  # fmt: skip
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in value):
+        raise BadRequest(f"{where} holds a lone surrogate: not valid UTF-8 text")
+    return value.strip() or None
 
 
 def single(query: MultiMapping[str], name: str) -> str | None:

@@ -51,6 +51,7 @@ def _op(
     errors: tuple[int, ...] = (),
     params: tuple[str, ...] = (),
     body: dict[str, Any] | None = None,
+    also: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     operation: dict[str, Any] = {"operationId": op_id, "summary": summary}
     if role is None:
@@ -62,7 +63,7 @@ def _op(
         operation["parameters"] = [{"$ref": f"#/components/parameters/{p}"} for p in params]
     if body is not None:
         operation["requestBody"] = body
-    operation["responses"] = {ok_status: ok, **_errors(*sorted(set(errors)))}
+    operation["responses"] = {ok_status: ok, **(also or {}), **_errors(*sorted(set(errors)))}
     return operation
 
 
@@ -147,6 +148,7 @@ _PATHS: dict[str, Any] = {
             ok_status="201",
             errors=(400, 409, 413, 422, 503),
             body=_policy_body("the policy document, JSON or YAML"),
+            also={"200": json_content(ref("Published"), "unchanged: identical to the current")},
         ),
         "get": _op(
             "list_policies",
@@ -181,19 +183,19 @@ _PATHS: dict[str, Any] = {
             "retire_policy",
             "Retire a policy (experimenters: experiment policies they own)",
             _E,
-            json_content(OBJ, "retired"),
-            errors=(400, 404, 409, 503),
-            params=_P,
+            json_content(ref("Published"), "retired"),
+            errors=(400, 404, 409, 422, 503),
+            params=(*_P, "Reason"),
         ),
     },
     "/v1/policies/{policy_id}/versions": {
         "get": _op(
             "policy_versions",
-            "Every version of a policy",
+            "Every version's change record, oldest first",
             _V,
-            json_content(ref("VersionList"), "versions"),
+            json_content(ref("VersionList"), "change records"),
             errors=(400, 404),
-            params=_P,
+            params=(*_P, "Limit", "Cursor"),
         )
     },
     "/v1/policies/{policy_id}/rollout": {
@@ -212,8 +214,8 @@ _PATHS: dict[str, Any] = {
             "Republish an earlier version's content as a new version (experimenters: "
             "experiment policies they own)",
             _E,
-            json_content(OBJ, "rolled back"),
-            errors=(400, 404, 409, 413, 503),
+            json_content(ref("Published"), "rolled back"),
+            errors=(400, 404, 409, 413, 422, 503),
             params=_P,
             body=_object_body("Rollback"),
         )

@@ -30,7 +30,9 @@ from policies.model import (
     MAX_PRIORITY,
     MAX_SELECTOR_VALUES,
     MAX_VARIANTS,
+    MAX_VERSION,
     MIN_PRIORITY,
+    REASON_MAX_CHARS,
     SALT_MAX_CHARS,
     VARIANT_PATTERN,
 )
@@ -133,7 +135,14 @@ _POLICY = {
         "version": {
             "type": ["integer", "null"],
             "minimum": 1,
+            "maximum": MAX_VERSION,
             "description": "must exceed the current; omitted or null: current + 1",
+        },
+        "reason": {
+            "type": ["string", "null"],
+            "maxLength": REASON_MAX_CHARS,
+            "description": "why this version is published: kept in its change record, "
+            "never part of the config",
         },
         "priority": {
             "type": "integer",
@@ -274,14 +283,54 @@ SCHEMAS: dict[str, Any] = {
     "Config": _CONFIG,
     "PolicyDocument": _POLICY,
     "Policy": {**OBJ, "description": "the stored policy document plus its state"},
-    "PolicyVersion": {**OBJ, "required": ["version"]},
-    "Published": {
+    "PolicyVersion": {
         **OBJ,
-        "required": ["id", "version"],
+        "description": "a version's change record (docs/policies.md#history)",
+        "required": [
+            "id",
+            "version",
+            "action",
+            "actor",
+            "at",
+            "reason",
+            "digest",
+            "policy",
+            "before",
+            "after",
+        ],
         "properties": {
             "id": {"type": "string"},
             "version": {"type": "integer"},
+            "status": {"enum": ["active", "retired"]},
+            "cause": {"enum": ["policy", "rollback", "retire", "guard"]},
+            "action": {"enum": ["publish", "rollback", "retire"]},
+            "actor": {"type": "string", "description": "<role>:<token digest prefix>"},
+            "at": {"type": "string", "description": "RFC 3339"},
+            "published_at": {"type": "string", "description": "same as at"},
+            "reason": {"type": ["string", "null"]},
             "event_id": {"type": "string"},
+            "role": {"type": "string", "description": "the role that published this version"},
+            "owner_role": {"type": "string", "description": "the policy's owner role"},
+            "digest": {"type": "string", "description": "sha256 of the canonical document"},
+            "policy": {"type": "object", "description": "this version's document"},
+            "before": {"type": ["object", "null"], "description": "document in effect before"},
+            "after": {"type": ["object", "null"], "description": "document in effect after"},
+        },
+    },
+    "Published": {
+        **OBJ,
+        "required": ["id", "version", "unchanged", "digest"],
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "integer", "description": "the new (or, unchanged, current)"},
+            "event_id": {"type": "string"},
+            "type": {"enum": ["policy.published", "policy.retired"]},
+            "unchanged": {
+                "type": "boolean",
+                "description": "true (200): identical to the current version, none created",
+            },
+            "digest": {"type": "string"},
+            "rolled_back_to": {"type": "integer"},
             "warnings": {
                 "type": "array",
                 "items": ref("LockWarning"),
@@ -507,6 +556,7 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "to": {"type": "integer", "minimum": 1},
             "version": {"type": "integer", "minimum": 1, "description": "alias of to"},
+            "reason": {"type": ["string", "null"], "maxLength": REASON_MAX_CHARS},
         },
     },
 }
@@ -562,6 +612,12 @@ PARAMETERS: dict[str, Any] = {
         "page size",
     ),
     "Cursor": _param("cursor", "query", {"type": "string"}, "the previous page's next"),
+    "Reason": _param(
+        "reason",
+        "query",
+        {"type": "string", "maxLength": REASON_MAX_CHARS},
+        "why: kept in the change record",
+    ),
     "IncludeRetired": _param(
         "include_retired", "query", {"type": "boolean", "default": False}, "list retired too"
     ),

@@ -40,17 +40,28 @@ class ControlPlaneAPI(Protocol):
         "warnings": [...]}; the same ownership and lock refusals as publishing."""
         ...
 
-    async def retire_policy(self, policy_id: str, *, actor: str, role: Role) -> dict[str, Any]: ...
+    async def retire_policy(
+        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None
+    ) -> dict[str, Any]: ...
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str, role: Role
+        self,
+        policy_id: str,
+        to_version: int,
+        *,
+        actor: str,
+        role: Role,
+        reason: str | None = None,
     ) -> dict[str, Any]: ...
 
     def list_policies(self, *, include_retired: bool = False) -> list[dict[str, Any]]: ...
 
     def get_policy(self, policy_id: str) -> dict[str, Any]: ...
 
-    def policy_versions(self, policy_id: str) -> list[dict[str, Any]]: ...
+    def policy_versions(
+        self, policy_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Change records (oldest first) and the next page's cursor."""
 
     async def rollout_status(self, policy_id: str) -> dict[str, Any]:
         """{"id", "version", "versions": [{"version", "variant", "targeted", "sent", "acked",

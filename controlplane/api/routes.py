@@ -28,6 +28,7 @@ from controlplane.api.inputs import (
     parse_cursor,
     parse_kind,
     parse_limit,
+    parse_reason,
     parse_rollback,
     parse_state,
     path_param,
@@ -225,7 +226,8 @@ class _Handlers:
         headers = {}
         if isinstance(result.get("id"), str):
             headers["Location"] = f"/v1/policies/{result['id']}"
-        return web.json_response(result, status=201, headers=headers)
+        status = 200 if result.get("unchanged") else 201  # identical: no new version
+        return web.json_response(result, status=status, headers=headers)
 
     async def preview_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
@@ -243,16 +245,24 @@ class _Handlers:
         return web.json_response(self._service.get_policy(path_param(request, "policy_id")))
 
     async def retire_policy(self, request: web.Request) -> web.StreamResponse:
-        check_query(request.query, ())
+        check_query(request.query, ("reason",))
         policy_id = path_param(request, "policy_id")
+        reason = parse_reason(single(request.query, "reason"))
         principal = request[PRINCIPAL]
         return web.json_response(
-            await self._service.retire_policy(policy_id, actor=principal.actor, role=principal.role)
+            await self._service.retire_policy(
+                policy_id, actor=principal.actor, role=principal.role, reason=reason
+            )
         )
 
     async def policy_versions(self, request: web.Request) -> web.StreamResponse:
-        check_query(request.query, ())
-        return _items(self._service.policy_versions(path_param(request, "policy_id")))
+        q = request.query
+        check_query(q, ("limit", "cursor"))
+        items, next_cursor = self._service.policy_versions(
+            path_param(request, "policy_id"), limit=parse_limit(single(q, "limit")),
+            cursor=parse_cursor(single(q, "cursor")),
+        )  # fmt: skip
+        return _items(items, next_cursor)
 
     async def rollout_status(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
@@ -262,11 +272,13 @@ class _Handlers:
     async def rollback_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         policy_id = path_param(request, "policy_id")
-        to_version = parse_rollback(await read_json_object(request, self._max_body))
+        body = await read_json_object(request, self._max_body)
+        to_version = parse_rollback(body)
+        reason = parse_reason(body.get("reason"), where='"reason"')
         principal = request[PRINCIPAL]
         return web.json_response(
             await self._service.rollback_policy(
-                policy_id, to_version, actor=principal.actor, role=principal.role
+                policy_id, to_version, actor=principal.actor, role=principal.role, reason=reason
             )
         )
 

@@ -169,3 +169,10 @@ def test_kill_9_mid_rollout_then_restart_keeps_every_version_and_never_reuses_a_
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
+    shown = subprocess.run(
+        [EXE, "audit", "at", sids[0], repr(at), "--data-dir", str(tmp_path / "data")], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    digest = next(v["digest"] for v in versions["tone"] if v["version"] == 3)
+    assert f"tone@3 (sha256 {digest[:12]})" in shown.stdout

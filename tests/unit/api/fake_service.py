@@ -145,16 +145,24 @@ class FakeControlPlane:
             "samples": [{"session_id": "s-1", "delta": {"prompt": "x"}, "wire": {}}],
         }
 
-    async def retire_policy(self, policy_id: str, *, actor: str, role: Role) -> dict[str, Any]:
-        self._record("retire_policy", policy_id, actor)
+    async def retire_policy(
+        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None
+    ) -> dict[str, Any]:
+        self._record("retire_policy", policy_id, actor, *([reason] if reason else []))
         latest = self._latest(policy_id)
         self.retired.add(policy_id)
         return {"id": policy_id, "version": latest["version"], "event_id": "retire-1"}
 
     async def rollback_policy(
-        self, policy_id: str, to_version: int, *, actor: str, role: Role
+        self,
+        policy_id: str,
+        to_version: int,
+        *,
+        actor: str,
+        role: Role,
+        reason: str | None = None,
     ) -> dict[str, Any]:
-        self._record("rollback_policy", policy_id, to_version, actor)
+        self._record("rollback_policy", policy_id, to_version, actor, *([reason] if reason else []))
         history = self.versions.get(policy_id)
         if not history:
             raise NotFound(f"no policy {policy_id!r}")
@@ -181,13 +189,15 @@ class FakeControlPlane:
         self._record("get_policy", policy_id)
         return self._summary(policy_id)
 
-    def policy_versions(self, policy_id: str) -> list[dict[str, Any]]:
+    def policy_versions(
+        self, policy_id: str, *, limit: int = 100, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
         self._record("policy_versions", policy_id)
         self._latest(policy_id)
         return [
             {"id": policy_id, "version": d["version"], "policy": d}
             for d in self.versions[policy_id]
-        ]
+        ], None
 
     async def rollout_status(self, policy_id: str) -> dict[str, Any]:
         self._record("rollout_status", policy_id)

@@ -123,6 +123,7 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "apply",
         "apply_deadline_s",
         "guard",
+        "reason",
     }
     assert set(policy["match"]["properties"]) == {
         "kind",

@@ -10,7 +10,8 @@ import pytest
 
 from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, Unavailable
-from controlplane.policy_files import PolicyFiles, PolicyFilesCorrupt
+from controlplane.policy_files import DurableIntake, PolicyFiles, PolicyFilesCorrupt
+from controlplane.policy_store import PolicyStore
 
 
 def _event(version: int, kind: str = "policy.published", pid: str = "tone") -> PolicyEvent:
@@ -93,3 +94,35 @@ def test_a_file_that_does_not_replay_stops_the_start_naming_it(
 
 def test_a_missing_store_is_empty(tmp_path: Path) -> None:
     assert PolicyFiles(tmp_path / "nothing-yet").load() == []
+
+
+async def test_the_intake_stores_before_it_applies_and_a_replay_rebuilds_halts_too(
+    tmp_path: Path,
+) -> None:
+    files = PolicyFiles(tmp_path / "policies")
+    store = PolicyStore()
+    intake = DurableIntake(store, files)
+    assert await intake.apply(_event(1)) is not None
+    assert await intake.apply(_event(2)) is not None
+    assert await intake.apply(_event(2)) is None  # a duplicate: neither stored nor applied
+    halted = PolicyEvent("policy.halted", _event(2).policy, "guard:n", "t",
+                         halt={"reason": "failures"})  # fmt: skip
+    await intake.before_halt(halted)
+    assert store.halt(halted) is not None
+    await intake.before_halt(halted)  # already halted: not stored twice (no conflict)
+    again = PolicyStore()
+    await DurableIntake(again, PolicyFiles(tmp_path / "policies")).replay()
+    assert again.current_version("tone") == 2
+    assert again.is_halted("tone", 2)
+    fallback = again.fallback("tone")
+    assert fallback is not None and fallback.version == 1
+    assert [r.event for r in again.history("tone")] == [r.event for r in store.history("tone")]
+
+
+async def test_a_refused_write_leaves_the_store_as_it_was(tmp_path: Path) -> None:
+    blocker = tmp_path / "policies"
+    blocker.write_text("")
+    store = PolicyStore()
+    with pytest.raises(Unavailable):
+        await DurableIntake(store, PolicyFiles(blocker)).apply(_event(1))
+    assert store.current_version("tone") == 0 and store.records() == []
