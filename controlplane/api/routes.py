@@ -19,6 +19,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from controlplane.api.auth import PRINCIPAL, Role, check_publish_allowed, install_tokens, require
+from controlplane.api.documents import DocumentReader
 from controlplane.api.errors import error_middleware, install_log_redaction
 from controlplane.api.inputs import (
     MAX_BODY_BYTES,
@@ -32,7 +33,6 @@ from controlplane.api.inputs import (
     parse_rollback,
     parse_state,
     path_param,
-    read_document,
     read_json_object,
     single,
 )
@@ -155,6 +155,7 @@ class _Handlers:
     def __init__(self, service: ControlPlaneAPI, max_body_bytes: int) -> None:
         self._service = service
         self._max_body = max_body_bytes
+        self.documents = DocumentReader(max_body_bytes)
         self._openapi = openapi_document()
 
     # -- sessions ------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ class _Handlers:
 
     async def publish_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
-        doc = await read_document(request, self._max_body)
+        doc = await self.documents.read(request)
         principal = request[PRINCIPAL]
         check_publish_allowed(principal, doc)
         result = await self._service.publish_policy(doc, actor=principal.actor, role=principal.role)
@@ -231,7 +232,7 @@ class _Handlers:
 
     async def preview_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
-        doc = await read_document(request, self._max_body)
+        doc = await self.documents.read(request)
         role = request[PRINCIPAL].role
         return web.json_response(await self._service.preview_policy(doc, role=role))
 
@@ -339,6 +340,11 @@ def add_routes(
         app.middlewares.insert(0, error_middleware)
     install_tokens(app, settings)
     handlers = _Handlers(service, max_body_bytes)
+
+    async def stop_document_workers(_: web.Application) -> None:
+        handlers.documents.close()
+
+    app.on_cleanup.append(stop_document_workers)
     for spec in ROUTES:
         handler = getattr(handlers, spec.handler)
         if spec.role is not None:
