@@ -201,7 +201,12 @@ class Gateway:
             log.warning("streaming upstream unreachable: %s", exc)
             return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
         ws = self._client_ws()
-        await ws.prepare(request)
+        try:
+            if _gone(request):
+                raise ConnectionResetError("client left")
+            await ws.prepare(request)
+        except ConnectionResetError:
+            return await self._client_gone(upstream, STREAMING_V3.name)
         transport = UpstreamTransport(upstream, False, StreamingUpstream(merged))
         wire = {"connect": {k: v for k, v in merged.items() if k not in SECRET_QUERY}}
         if skipped:
@@ -275,6 +280,8 @@ class Gateway:
                 await _agent_error(ws, "internal_error", "cannot reach the upstream")
                 await ws.close(code=1011)
                 return ws
+            if _gone(request):
+                return await self._client_gone(upstream, VOICE_AGENT_V1.name)
             link = AgentLink(self.service, upstream, ws)
             transport = UpstreamTransport(upstream, True, link=link)
             wire: dict[str, Any] = {"first_message": forward}
@@ -301,6 +308,17 @@ class Gateway:
         return ws
 
     # -- both ----------------------------------------------------------------------------
+    async def _client_gone(
+        self, upstream: aiohttp.ClientWebSocketResponse, kind: str
+    ) -> web.StreamResponse:
+        """The client left while the upstream handshake was slow (the SDKs retry after 1 s):
+        the upstream leg is closed with a close frame, counted, and no session starts."""
+        self.service.metrics.client_gone.labels(kind).inc()
+        log.info("%s client left during the upstream handshake; upstream leg closed", kind)
+        with contextlib.suppress(Exception):
+            await upstream.close(code=1000, message=b"client went away")
+        return web.Response(status=499)  # never written: the connection is gone
+
     async def _proxy(
         self,
         ws: web.WebSocketResponse,
@@ -603,6 +621,12 @@ class Gateway:
             await transport.link.answer(parsed, data)  # attributed: forwarded or consumed
             return
         await ws.send_str(data)
+
+
+def _gone(request: web.Request) -> bool:
+    """Whether the client's connection is already closed (or closing)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _abort(

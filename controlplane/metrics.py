@@ -124,6 +124,12 @@ class Metrics:
             ["policy", "action"],
             registry=r,
         )
+        self.client_gone = Counter(
+            p + "gateway_client_gone_total",
+            "Gateway clients that left during the upstream handshake (upstream leg closed)",
+            ["kind"],
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
 
     def render(self) -> bytes:

@@ -3,6 +3,9 @@
 A fault document (JSON) has these optional keys; ``null`` clears one:
 
 - ``latency_ms``: wait this long before handling each received control message.
+- ``handshake_delay_ms``: wait this long before answering the WebSocket upgrade of a new
+  session (a slow upstream handshake; only meaningful as a global default, ``POST
+  /_emulator/faults``). A client that gives up meanwhile opens no session.
 - ``drop_after_messages``: after handling N more control (non-audio) messages, drop the TCP
   connection without a close frame (the client sees 1006; a voice-agent session becomes
   resumable).
@@ -43,6 +46,7 @@ class RejectSpec:
 @dataclass(frozen=True)
 class FaultSpec:
     latency_ms: float = 0.0
+    handshake_delay_ms: float = 0.0
     drop_after_messages: int | None = None
     reject_next_update: RejectSpec | None = None
     fail_fields: Mapping[str, str | int] = field(default_factory=lambda: MappingProxyType({}))
@@ -50,6 +54,7 @@ class FaultSpec:
     def to_dict(self) -> dict[str, Any]:
         return {
             "latency_ms": self.latency_ms,
+            "handshake_delay_ms": self.handshake_delay_ms,
             "drop_after_messages": self.drop_after_messages,
             "reject_next_update": (
                 self.reject_next_update.to_dict() if self.reject_next_update else None
@@ -72,12 +77,17 @@ def parse_faults(doc: object, base: FaultSpec | None = None) -> FaultSpec:
     if not isinstance(doc, Mapping):
         raise InvalidFaults("", "the body must be a JSON object")
     spec = base or FaultSpec()
-    known = {"latency_ms", "drop_after_messages", "reject_next_update", "fail_fields"}
+    known = {
+        "latency_ms", "handshake_delay_ms", "drop_after_messages", "reject_next_update",
+        "fail_fields",
+    }  # fmt: skip
     unknown = sorted(set(doc) - known)
     if unknown:
         raise InvalidFaults(unknown[0], f"unknown fault knob (known: {', '.join(sorted(known))})")
     if "latency_ms" in doc:
         spec = replace(spec, latency_ms=_number(doc, "latency_ms") or 0.0)
+    if "handshake_delay_ms" in doc:
+        spec = replace(spec, handshake_delay_ms=_number(doc, "handshake_delay_ms") or 0.0)
     if "drop_after_messages" in doc:
         value = doc["drop_after_messages"]
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):

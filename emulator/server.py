@@ -215,6 +215,13 @@ async def _open(request: web.Request, max_msg_size: int) -> web.WebSocketRespons
     return ws
 
 
+async def _handshake_delay(state: EmulatorState) -> None:
+    """The ``handshake_delay_ms`` fault: a slow upgrade, before any session exists."""
+    delay = state.registry.default_faults.handshake_delay_ms
+    if delay > 0:
+        await asyncio.sleep(delay / 1000.0)
+
+
 def _connect_info(request: web.Request) -> dict[str, Any]:
     query = {k: v for k, v in request.query.items() if k != "token"}
     return {
@@ -256,6 +263,7 @@ async def streaming_ws(request: web.Request) -> web.StreamResponse:
         await ws.close(code=parsed.code, message=close_reason(parsed.message).encode())
         return ws
     config, ignored = parsed
+    await _handshake_delay(state)
     connect = _connect_info(request)
     connect["auth"] = credential.method
     session = StreamingSession(
@@ -312,6 +320,7 @@ async def agent_ws(request: web.Request) -> web.StreamResponse:
         return await _refuse(
             request, session_error("concurrency_exceeded", "Too many concurrent sessions")
         )
+    await _handshake_delay(state)
     connect = _connect_info(request)
     connect["auth"] = credential.method
     conn = AgentConnection(
