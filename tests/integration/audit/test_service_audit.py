@@ -88,7 +88,8 @@ async def test_audit_at_answers_what_the_upstream_ran_at_each_instant(
         # value while the effective config keeps the policy's; the log must say the former
         await ws.send(json.dumps({"type": "session.update",
                                   "session": {"system_prompt": "Client prompt."}}))  # fmt: skip
-        await eventually(lambda: _entries(cp, sid, "sent", "client"))
+        # logged once the upstream's session.updated is attributed to it (issue 17)
+        await eventually(lambda: _entries(cp, sid, "acked", "client"))
 
         async def client_prompt_upstream() -> bool:
             return await _upstream_prompt(emulator, upstream_id) == "Client prompt."
@@ -124,7 +125,7 @@ async def test_audit_at_answers_what_the_upstream_ran_at_each_instant(
             assert answer["policies"] == [await cp.ref("tone", 1)]
             assert answer["sent_by"]["status"] == "sent"
         else:
-            assert (established["cause"], established["status"]) == ("client", "sent")
+            assert (established["cause"], established["status"]) == ("client", "acked")
     rejected = await _config_at(cp, sid, instants[2][0], expect=200)
     assert any("was rejected" in n and "previous config stayed in effect" in n
                for n in rejected["notes"])  # fmt: skip
