@@ -19,6 +19,7 @@ from emulator.audio import Pacer, SpeechMeter, chunk_duration_ms, format_ms
 from emulator.faults import FaultSpec, RejectSpec
 from emulator.inspection import SessionRecord, Stats
 from emulator.settings import EmulatorSettings
+from emulator.silence import SilenceReporter
 from emulator.streaming_config import Rejection, apply_update
 from emulator.turns import (
     PartialDue,
@@ -113,6 +114,9 @@ class StreamingSession:
         if isinstance(config.get("agent_context"), str) and config["agent_context"]:
             self._carry("agent_context", config["agent_context"])
         self._last_activity = self.started
+        # Silence messages: U3-Pro only, opt-in (emulator.silence)
+        wants_silence = self.u3 and config.get("acknowledge_silence") is True
+        self._silence = SilenceReporter() if wants_silence else None
         self._next_heartbeat: float | None = None
         self._schedule_heartbeat(self.started)
 
@@ -183,6 +187,11 @@ class StreamingSession:
             events = self.detector.feed(probability, frame_ms)
             if events:
                 out.extend(self._turn_messages(events))
+            if self._silence is not None:
+                due = self._silence.after_frame(self.detector.audio_ms,
+                                                self.detector.current is not None)  # fmt: skip
+                if due is not None:
+                    out.append(Send(due))
         return out
 
     def receive_text(self, text: str, now: float) -> list[Action]:
