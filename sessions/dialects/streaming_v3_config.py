@@ -13,6 +13,7 @@ after every message (``TABLE_SETTINGS``: the table's values), presets and clamps
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -330,7 +331,13 @@ def _update_value(name: str, value: Any) -> Any:
     if name in _FLOAT:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError("must be a number")
-        return float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise ValueError("must be a finite number") from None
+        if not math.isfinite(number):
+            raise ValueError("must be a finite number")
+        return number
     if name in _BOOL:
         if not isinstance(value, bool):
             raise ValueError("must be a boolean")

@@ -88,3 +88,11 @@ def test_a_connect_mode_is_part_of_the_clients_config() -> None:
         "min_turn_silence_ms": 50, "max_turn_silence_ms": 640, "vad_threshold": 0.3,
     }  # fmt: skip
     assert STREAMING_V3.parse_connect_query(U3).client_config == {}
+
+
+def test_a_number_beyond_any_float_is_refused_like_the_upstream_refuses_it() -> None:
+    up = StreamingUpstream(U3)
+    for value in (10**400, -(10**400), float("inf"), float("nan")):
+        effect = up.client_update({"type": "UpdateConfiguration", "vad_threshold": value}, {})
+        assert effect.rejected and effect.delta == {}
+    assert up.view()["vad_threshold"] == 0.2
