@@ -105,6 +105,10 @@ class Settings:
     heartbeat_interval_s: float = 5.0
     session_ttl_s: float = 30.0
     redis_prefix: str = "cp:"
+    # each Redis client's pool: at most this many connections; a command that finds them all
+    # busy waits up to redis_pool_timeout_s for one (then the request fails, 503)
+    redis_pool_size: int = 50
+    redis_pool_timeout_s: float = 10.0
     # NATS (distributed mode); credentials files are paths, never inline secrets
     nats_creds: Path | None = None  # a .creds file (user JWT + nkey seed)
     nats_nkey: Path | None = None  # an nkey seed file
@@ -179,6 +183,11 @@ class Settings:
             raise SettingsError(
                 f"readiness stall ({self.readiness_stall_s}s) must be at least 3s: the policy "
                 "consumer completes a fetch every 2s when idle"
+            )
+        if self.redis_pool_size < 2 or not self.redis_pool_timeout_s > 0:
+            raise SettingsError(
+                f"Redis pool size ({self.redis_pool_size}) must be at least 2 and its timeout "
+                f"({self.redis_pool_timeout_s}s) positive"
             )
         if not self.readiness_lag_s > 0:
             raise SettingsError(f"readiness lag ({self.readiness_lag_s}s) must be positive")
@@ -292,6 +301,8 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("heartbeat_interval_s", float),
     ("session_ttl_s", float),
     ("redis_prefix", None),
+    ("redis_pool_size", int),
+    ("redis_pool_timeout_s", float),
     ("nats_creds", Path),
     ("nats_nkey", Path),
     ("nats_connect_timeout_s", float),

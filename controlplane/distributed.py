@@ -45,6 +45,7 @@ def build_registry(settings: Settings, clock: Clock) -> Registry:
         return RedisRegistry(
             settings.redis_url, clock, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix,
             claim_ttl_s=settings.audit_max_age_days * DAY_S,  # the trail's lifetime
+            pool_size=settings.redis_pool_size, pool_timeout_s=settings.redis_pool_timeout_s,
         )  # fmt: skip
     return MemoryRegistry(clock, ttl_s=settings.session_ttl_s)
 

@@ -602,6 +602,7 @@ class ControlPlane:
         )  # fmt: skip
         ls = LiveSession(session=session, push=push, transport=transport, dialect=dialect)
         self.engine.attach(ls, effective)
+        self.engine.registering.add(session.id)
         try:
             with _backend("registering the session"):
                 await self.registry.register(session)  # the cluster-wide claim of the id
@@ -612,6 +613,8 @@ class ControlPlane:
         except BaseException:
             self.engine.detach(session.id)
             raise
+        finally:
+            self.engine.registering.discard(session.id)
         try:
             delta = diff(session.client_config, running)
             self.engine.record(ls, cause="connect", status="sent", delta=delta,

@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sessions.errors import BackendUnavailable
+from sessions.redis_registry import redis_client
 
 __all__ = ["RedisNodeStats"]
 
@@ -42,7 +43,7 @@ class RedisNodeStats:
 
     def __init__(self, url_or_client: str | Redis, *, ttl_s: float, prefix: str = "cp:") -> None:
         if isinstance(url_or_client, str):
-            self._client = Redis.from_url(url_or_client)
+            self._client = redis_client(url_or_client)
             self._owns_client = True
         else:
             self._client = url_or_client

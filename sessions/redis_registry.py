@@ -23,6 +23,11 @@ writing back what Redis lost);
 sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
 The two small Lua scripts build key names from the prefix, so all keys must live on one
 Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and nowhere else.
+
+Connections (``redis_client``): a *blocking* pool of ``pool_size`` connections; a command that
+finds them all busy waits up to ``pool_timeout_s`` for one (redis-py's default asyncio pool
+raised "Too many connections" at once: a reconnect storm of a few hundred sessions onto one
+replica had most of them refused).
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError, WatchError
 
@@ -50,7 +55,24 @@ from sessions.registry import (
     mark_ended,
 )
 
-__all__ = ["RedisRegistry"]
+__all__ = ["DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT_S", "RedisRegistry", "redis_client"]
+
+DEFAULT_POOL_SIZE: Final = 50
+DEFAULT_POOL_TIMEOUT_S: Final = 10.0
+
+
+def redis_client(
+    url: str,
+    *,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+) -> Redis:
+    """A client over a blocking pool: at most ``pool_size`` connections; a command waits up
+    to ``pool_timeout_s`` for a free one, then fails (``ConnectionError``: "No connection
+    available"). Closing the client closes its pool."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=pool_timeout_s)
+    return Redis.from_pool(pool)
+
 
 _END_BATCH: Final = 500
 _REGISTER_BATCH: Final = 500
@@ -131,9 +153,13 @@ class RedisRegistry:
         prefix: str = "cp:",
         max_ended: int = DEFAULT_MAX_ENDED,
         claim_ttl_s: float = DEFAULT_CLAIM_TTL_S,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
     ) -> None:
         if isinstance(url_or_client, str):
-            self._client = Redis.from_url(url_or_client)
+            self._client = redis_client(
+                url_or_client, pool_size=pool_size, pool_timeout_s=pool_timeout_s
+            )
             self._owns_client = True
         else:
             self._client = url_or_client

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError
 
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable
+from sessions.redis_registry import redis_client
 from sessions.versionlog import (
     BufferedVersionLog,
     LogEntry,
@@ -91,7 +92,7 @@ class RedisVersionLog(BufferedVersionLog):
     ) -> None:
         super().__init__(clock, flush_interval_s=flush_interval_s)
         if isinstance(url_or_client, str):
-            self._client = Redis.from_url(url_or_client)
+            self._client = redis_client(url_or_client)
             self._owns_client = True
         else:
             self._client = url_or_client

@@ -146,6 +146,10 @@ class PushEngine:
         self.live: dict[str, LiveSession] = {}
         self._watch: set[LiveSession] = set()
         self._dirty: set[LiveSession] = set()
+        # ids attached here whose registry.register (the claim) is still in flight: a sync
+        # that finds them missing must not register them behind it (the claim would then
+        # refuse the session its own id: seen in a 600-session storm, issue #19)
+        self.registering: set[str] = set()
         self._ends: dict[str, tuple[str, float]] = {}  # registry ends to retry: id -> cause, at
         self._sync_failing = False
         self._workers = asyncio.Semaphore(settings.push_concurrency)
@@ -717,6 +721,9 @@ class PushEngine:
         try:
             skipped = await self._registry.update_many(batch)
             lost = [self.live[sid] for sid in skipped if sid in self.live]
+            waiting = [ls for ls in lost if ls.session.id in self.registering]
+            self._dirty.update(waiting)  # written once their registration is done
+            lost = [ls for ls in lost if ls.session.id not in self.registering]
             if lost:  # still held here: the registry's record is what is wrong
                 taken = await self._registry.register_many([ls.session for ls in lost])
                 log.warning("re-registered %d live session(s) the registry had lost or ended",
