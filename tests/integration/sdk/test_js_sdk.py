@@ -1,0 +1,102 @@
+"""The official AssemblyAI JavaScript SDK 4.41.5 (Node) unchanged, over TLS (it refuses
+``ws:``): to the gateway with labels in its base URL and a temporary token minted through the
+gateway, and straight to the emulator. ``tests/integration/sdk/js`` holds the script and the
+locked package; the fixture runs ``npm ci`` there when ``node_modules`` is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import shutil
+import ssl
+import subprocess
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from controlplane.config import Settings
+from emulator.assets import pattern_audio
+from emulator.server import build_app as build_emulator
+from emulator.settings import EmulatorSettings
+from tests.integration.sdk.test_tokens import tls_cp
+from tests.integration.service.conftest import Emulator
+from tests.support.tls import self_signed
+
+JS = Path(__file__).parent / "js"
+AUDIO = base64.b64encode(pattern_audio([("speech", 1000), ("silence", 1600)])).decode()
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    exe = shutil.which("node")
+    npm = shutil.which("npm")
+    if exe is None or npm is None:
+        pytest.fail("node and npm are needed for the JavaScript SDK recipe (Node 18+)")
+    if not (JS / "node_modules" / "assemblyai").is_dir():
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=JS, check=True,
+                       capture_output=True, timeout=240)  # fmt: skip
+    return exe
+
+
+async def _run_js(node: str, cert: Path, **cfg: Any) -> dict[str, Any]:
+    env = {**os.environ, "NODE_EXTRA_CA_CERTS": str(cert)}
+    cfg = {"apiKey": "test-key", "speechModel": "universal-3-5-pro", "audioB64": AUDIO, **cfg}
+    proc = await asyncio.create_subprocess_exec(
+        node, str(JS / "stream.mjs"), json.dumps(cfg), cwd=JS, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    assert "error" not in result, result.get("error")
+    return result
+
+
+@asynccontextmanager
+async def tls_emulator(cert: Path, key: Path) -> AsyncIterator[int]:
+    runner = web.AppRunner(build_emulator(EmulatorSettings(pacing_tolerance_ms=5000.0)))
+    await runner.setup()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    try:
+        yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()
+
+
+async def test_js_sdk_over_tls_to_the_gateway_with_path_labels_and_a_token(
+    node: str, cp_settings: Callable[..., Settings], emulator: Emulator, tmp_path: Path
+) -> None:
+    cert, key = self_signed(tmp_path)
+    async with tls_cp(cp_settings(tls_cert=cert, tls_key=key)) as cp:
+        await cp.publish({"id": "eu", "match": {"labels": {"region": "eu"}},
+                          "set": {"keyterms": ["Zephyr"]}})  # fmt: skip
+        base = f"127.0.0.1:{cp.port}/labels/region=eu"
+        result = await _run_js(node, cert, useToken=True,
+                               websocketBaseUrl=f"wss://{base}/v3/ws",
+                               streamingBaseUrl=f"https://{base}")  # fmt: skip
+        assert result["token_used"] is True  # minted through /labels/region=eu/v3/token
+        upstream_id = result["begin"]["id"]
+        session = await cp.session(upstream_id)  # found by the id the app got in Begin
+        assert session["labels"] == {"region": "eu"}
+        assert session["applied"][0]["id"] == "eu"
+        finals = [t for t in result["turns"] if t["end_of_turn"]]
+        assert finals and "Zephyr" in finals[0]["transcript"]  # the policy's keyterm
+        upstream = await emulator.session(upstream_id)
+        assert upstream["connect"]["auth"] == "token"
+
+
+async def test_js_sdk_over_tls_to_the_emulator(node: str, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    async with tls_emulator(cert, key) as port:
+        result = await _run_js(node, cert, websocketBaseUrl=f"wss://127.0.0.1:{port}/v3/ws")
+    assert result["begin"]["type"] == "Begin"
+    assert any(t["end_of_turn"] for t in result["turns"])
