@@ -192,7 +192,15 @@ class AgentLink:
         await self._pump()
 
     async def close(self) -> None:
+        """The session ended: a client update still waiting for its answer is logged
+        ``unverified`` (the upstream may or may not have applied it)."""
         self._disarm()
+        update, ls = self.model.outstanding, self.ls
+        if update is not None and update.owner == "client" and ls is not None:
+            self.model.expire(update)
+            reason = "the session ended before the upstream answered"
+            with contextlib.suppress(Exception):  # record() logs and counts a failure
+                await self._record_client(ls, update, Verdict(False, update, "unverified", reason))
         for task in list(self._tasks):
             task.cancel()
         for task in list(self._tasks):

@@ -180,9 +180,12 @@ class AgentUpstream:
         return Verdict(True)
 
     def on_updated(self, config: Mapping[str, Any]) -> Verdict:
+        """``config``: the echoed configuration (empty when the upstream echoes none, as the
+        predecessor API did: then nothing can be verified and the known config is kept)."""
         echo = copy.deepcopy(dict(config))
-        self.config = echo
         update = self.outstanding
+        if echo:
+            self.config = echo
         if update is not None and update.owner != "first" and _mismatch(update, echo) is None:
             return self._answered(update, echo)
         for old in reversed(self.ended):

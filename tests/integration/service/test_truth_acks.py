@@ -178,3 +178,22 @@ async def test_the_clients_own_update_is_logged_with_the_echoed_effect(
         assert answer["config"] == {"system_prompt": "Hi.", "min_turn_silence_ms": 700}
     finally:
         await ws.close()
+
+
+async def test_a_client_update_unanswered_at_the_end_is_unverified(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, upstream_id, session_id = await _open(cp)
+    await emulator.faults(upstream_id, {"latency_ms": 1500})
+    await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Mine."}}))
+    await asyncio.sleep(0.2)
+    await ws.close()
+
+    async def ended() -> list[Any]:
+        return [e for e in await cp.log(session_id) if e["cause"] == "client"]
+
+    client = await eventually(ended)
+    assert [(e["status"], e["delta"]) for e in client] == [
+        ("unverified", {"system_prompt": "Mine."})
+    ]
+    assert "ended before the upstream answered" in client[0]["error"]

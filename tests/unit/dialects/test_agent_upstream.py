@@ -110,3 +110,13 @@ def test_a_late_echo_after_a_timeout_goes_to_its_owner() -> None:
     late = up.on_updated(echo)
     assert late.update is client and late.late and late.forward
     assert up.outstanding is ours
+
+
+def test_an_echo_without_config_verifies_nothing_and_keeps_the_known_config() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    verdict = up.on_updated({})
+    assert verdict.update is ours and verdict.status == "unverified"
+    assert up.config == START
