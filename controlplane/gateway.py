@@ -183,7 +183,7 @@ class Gateway:
             query = {k: v for k, v in request.query.items() if k != LABELS_QUERY}
             info = STREAMING_V3.parse_connect_query(query)
         except LabelConflict as exc:
-            return _http_error(400, "label_conflict", str(exc))
+            return await _label_conflict(self._client_ws(), request, exc, agent=False)
         except (ValueError, DialectError) as exc:
             return _http_error(400, "bad_connect_parameters", str(exc))
         session, effective = self.service.new_session(
@@ -229,7 +229,7 @@ class Gateway:
         try:
             labels = self._labels(request)
         except LabelConflict as exc:
-            return _http_error(400, "label_conflict", str(exc))
+            return await _label_conflict(self._client_ws(), request, exc, agent=True)
         except ValueError as exc:
             return _http_error(400, "bad_labels", str(exc))
         ws = self._client_ws()
@@ -621,6 +621,26 @@ class Gateway:
             await transport.link.answer(parsed, data)  # attributed: forwarded or consumed
             return
         await ws.send_str(data)
+
+
+async def _label_conflict(
+    ws: web.WebSocketResponse, request: web.Request, conflict: LabelConflict, *, agent: bool
+) -> web.StreamResponse:
+    """Two label sources disagree: refused after the upgrade, so that every client sees why
+    (SDKs surface close reasons and error messages, not HTTP bodies): Streaming v3 ``Error``,
+    Voice Agent ``session.error`` ``label_conflict``, then close 1008 with the reason."""
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        return web.Response(status=499)  # never written: the client is gone
+    text = str(conflict)
+    with contextlib.suppress(Exception):
+        if agent:
+            await _agent_error(ws, "label_conflict", text)
+        else:
+            await ws.send_str(json.dumps({"type": "Error", "error_code": 1008, "error": text}))
+    await ws.close(code=1008, message=_close_reason(text))
+    return ws
 
 
 def _gone(request: web.Request) -> bool:

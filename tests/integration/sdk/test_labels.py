@@ -96,19 +96,31 @@ async def test_credential_labels_come_from_the_key_and_cannot_be_changed_by_the_
         finally:
             await client.disconnect(terminate=True)
 
-        # the client may repeat its tenant, never change it
-        headers = {"Authorization": "acme-key", "X-Session-Labels": "tenant=globex"}
-        with pytest.raises(websockets.InvalidStatus) as err:
-            async with websockets.connect(f"{cp.ws_base}/v3/ws?{QUERY}",
-                                          additional_headers=headers):  # fmt: skip
-                pass
-        assert err.value.response.status_code == 400
-        body = json.loads(err.value.response.body)
-        assert body["error"]["code"] == "label_conflict"
-        assert body["error"]["message"].startswith(
-            "label 'tenant' is 'acme' from the credential but 'globex' from the header"
+        # the client may repeat its tenant, never change it: refused with a reason the SDK shows
+        client = AsyncRealTimeTranscriber(RealTimeTranscriberOptions(
+            api_key="acme-key", api_host=f"{cp.ws_base}/labels/tenant=globex"))  # fmt: skip
+        errors: list[Any] = []
+        client.on(RealTimeEvents.Error, lambda _c, error: errors.append(error))
+        await client.connect(RealTimeParameters(sample_rate=16000,
+                                                speech_model="universal-3-5-pro"))  # fmt: skip
+        await eventually(lambda: errors)
+        await client.disconnect()
+        shown = " ".join(str(e) for e in errors)
+        assert "label 'tenant' is 'acme' from the credential but 'globex' from the path" in shown
+        assert "acme-key" not in shown
+        assert cp.service.engine.live == {}
+
+        headers = {"Authorization": "Bearer acme-key", "X-Session-Labels": "region=us"}
+        async with websockets.connect(f"{cp.ws_base}/v1/ws", additional_headers=headers) as ws:
+            refused = json.loads(await ws.recv())
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await ws.recv()
+        assert refused["type"] == "session.error" and refused["code"] == "label_conflict"
+        assert refused["message"].startswith(
+            "label 'region' is 'eu' from the credential but 'us' from the header"
         )
-        assert "acme-key" not in body["error"]["message"]
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert closed.value.rcvd.reason.startswith("label 'region' is 'eu' from the credential")
         headers = {"Authorization": "acme-key"}
         url = f"{cp.ws_base}/labels/tenant=acme,call=c1/v3/ws?{QUERY}"
         async with websockets.connect(url, additional_headers=headers) as ws:
