@@ -319,8 +319,9 @@ def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int
 
 def _sessions_ls(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     items = client.list_sessions(
-        selector=args.selector or (), kind=args.kind, state=args.state, limit=args.limit
-    )
+        selector=args.selector or (), kind=args.kind, state=args.state, limit=args.limit,
+        upstream_id=args.upstream_id,
+    )  # fmt: skip
     _listing(args, items, _SESSION_COLUMNS)
     return 0
 
@@ -442,6 +443,8 @@ def _register_client_commands(sub: Any) -> None:
     p.add_argument("--kind", choices=("streaming-v3", "voice-agent-v1"))
     p.add_argument("--state", help="synced, pending, unverified, rejected, ended")
     p.add_argument("--limit", type=_positive, help="show at most this many")
+    p.add_argument("--upstream-id", help="only the session the upstream calls this "
+                   "(Begin.id, Voice Agent session_id)")  # fmt: skip
     add(sessions, "show", _sessions_show, "show a session").add_argument("id")
     add(sessions, "log", _sessions_log, "a session's version log").add_argument("id")
     p = add(sessions, "relabel", _sessions_relabel, "set (k=v) or remove (k-) labels")

@@ -217,10 +217,11 @@ class ControlPlaneClient:
         kind: str | None = None,
         state: str | None = None,
         limit: int | None = None,
+        upstream_id: str | None = None,
     ) -> list[dict[str, Any]]:
         page = min(limit, 1000) if limit is not None else 1000
         query: dict[str, Any] = {"selector": list(selector) or None, "kind": kind}
-        query.update(state=state, limit=str(page))
+        query.update(state=state, limit=str(page), upstream_id=upstream_id)
         return self._pages(("v1", "sessions"), query, limit)
 
     def get_session(self, session_id: str) -> dict[str, Any]:

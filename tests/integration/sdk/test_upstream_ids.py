@@ -63,6 +63,10 @@ async def test_sdk_begin_id_finds_the_session_in_rest_cli_and_audit_at(
         code, logged = await _cli_json(cp, capsys, "sessions", "log", upstream_id)
         entries = logged["items"] if isinstance(logged, dict) else logged
         assert code == 0 and entries[0]["session_id"] == cp_id
+        code, listed_cli = await _cli_json(cp, capsys, "sessions", "ls", "--upstream-id",
+                                           upstream_id)  # fmt: skip
+        rows = listed_cli["items"] if isinstance(listed_cli, dict) else listed_cli
+        assert code == 0 and [r["id"] for r in rows] == [cp_id]
     finally:
         await client.disconnect(terminate=True)
 
