@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import os
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,8 +183,18 @@ def _policy_apply(args: argparse.Namespace, client: ControlPlaneClient) -> int:
                 f"{result.get('version')}; no version created")  # fmt: skip
     else:
         text = f"published policy {result.get('id')} version {result.get('version')}{event}"
-    _out(args, result, lambda: text)
+    _out(args, result, lambda: _with_warnings(text, result))
     return 0
+
+
+def _with_warnings(text: str, answer: Mapping[str, Any]) -> str:
+    """``text`` plus one ``warning:`` line per lock the answer says it crosses only on
+    sessions carrying both policies' labels (docs/policies.md#locks)."""
+    lines = [text]
+    for item in answer.get("warnings") or ():
+        if isinstance(item, Mapping):
+            lines.append(f"warning: {item.get('message') or item}")
+    return "\n".join(lines)
 
 
 def _policy_history(args: argparse.Namespace, client: ControlPlaneClient) -> int:
@@ -236,7 +246,7 @@ def _policy_preview(args: argparse.Namespace, client: ControlPlaneClient) -> int
         if samples:
             rows = [(s.get("session_id"), s.get("delta")) for s in samples]
             lines += ["", _table(("SESSION", "DELTA"), rows)]
-        return "\n".join(lines)
+        return _with_warnings("\n".join(lines), p)
 
     _out(args, p, human)
     return 0
@@ -247,9 +257,10 @@ def _policy_rollback(args: argparse.Namespace, client: ControlPlaneClient) -> in
     _out(
         args,
         result,
-        lambda: (
+        lambda: _with_warnings(
             f"rolled back policy {args.id} to the content of version "
-            f"{args.to}: now version {result.get('version')}"
+            f"{args.to}: now version {result.get('version')}",
+            result,
         ),
     )
     return 0
