@@ -24,6 +24,7 @@ An empty string or empty list set on purpose is indistinguishable from an unset 
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from collections.abc import Collection, Mapping
 from types import MappingProxyType
@@ -244,14 +245,23 @@ def _as_upstream_runs(query: Mapping[str, str], config: Config) -> Config:
     runs = StreamingUpstream(query)
     if runs.config is None:
         return config
-    plain = {k: query[k] for k in ("speech_model", "sample_rate", "encoding") if k in query}
-    default = StreamingUpstream(plain).view()
+    default = _default_view(*(query.get(k) for k in ("speech_model", "sample_rate", "encoding")))
     view = runs.view()
     return {
         name: view[name]
         for name in ordered_fields(view)
         if name in config or view[name] != default.get(name)
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _default_view(model: str | None, rate: str | None, encoding: str | None) -> Config:
+    """What a session of that model runs when the client names no turn parameter (cached:
+    a handful of distinct keys; callers never change the returned config)."""
+    from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+
+    plain = {"speech_model": model, "sample_rate": rate, "encoding": encoding}
+    return StreamingUpstream({k: v for k, v in plain.items() if v is not None}).view()
 
 
 def _aliases(wire: str) -> tuple[str, ...]:

@@ -93,31 +93,44 @@ class StreamingUpstream:
     never starts); updates then change nothing here.
     """
 
-    __slots__ = ("config", "settings")
+    __slots__ = ("_config", "_pushed", "settings")
 
     def __init__(
         self, query: Mapping[str, str], settings: StreamingSettings = TABLE_SETTINGS
     ) -> None:
         self.settings = settings
         parsed = parse_connect(query, settings)
-        self.config: dict[str, Any] | None = None if isinstance(parsed, Rejection) else parsed[0]
+        self._config: dict[str, Any] | None = None if isinstance(parsed, Rejection) else parsed[0]
+        # our frames not yet merged in, folded into one (a fan-out pays a dict update per
+        # session, not a merge): they carry canonical fields only, never a preset, so applying
+        # them one by one equals applying their union once, when the config is next read
+        self._pushed: dict[str, Any] = {}
+
+    @property
+    def config(self) -> dict[str, Any] | None:
+        if self._pushed and self._config is not None:
+            result = apply_update(self._config, self._pushed, self.settings)
+            if result.rejection is None:
+                self._config = result.config
+        self._pushed = {}
+        return self._config
 
     def view(self) -> Config:
         """The canonical fields the upstream runs now."""
-        return {} if self.config is None else canonical_view(self.config)
+        config = self.config
+        return {} if config is None else canonical_view(config)
 
     def pushed(self, message: Mapping[str, Any]) -> None:
-        """One of our ``UpdateConfiguration`` frames went upstream."""
-        if self.config is None:
-            return
-        result = apply_update(self.config, message, self.settings)
-        if result.rejection is None:
-            self.config = result.config
+        """One of our ``UpdateConfiguration`` frames went upstream (frames are values: never
+        changed after they are sent)."""
+        if self._config is not None:
+            self._pushed.update(message)
 
     def client_update(self, message: Mapping[str, Any], locks: Mapping[str, str]) -> ClientEffect:
         """Decide a client's update. ``locks``: locked canonical field -> who locked it
         (shown to the client). Commits the forwarded frame's effect to ``config``."""
-        if self.config is None:
+        config = self.config
+        if config is None:
             return ClientEffect(dict(message))
         out = copy.deepcopy(dict(message))
         stripped: dict[str, str] = {}
@@ -131,10 +144,10 @@ class StreamingUpstream:
                     stripped[wire] = f"{name} locked by {locks[name]}"
                     if name not in involved:
                         involved.append(name)
-        before = canonical_view(self.config)
-        asked = apply_update(self.config, message, self.settings)
+        before = canonical_view(config)
+        asked = apply_update(config, message, self.settings)
         asked_view = canonical_view(asked.config) if asked.rejection is None else None
-        result = apply_update(self.config, out, self.settings)
+        result = apply_update(config, out, self.settings)
         for param in IMPLICIT_PARAMS:
             if result.rejection is not None:
                 break
@@ -147,7 +160,7 @@ class StreamingUpstream:
                 f"{n} locked by {locks[n]}" for n in hit
             )
             involved.extend(n for n in hit if n not in involved)
-            result = apply_update(self.config, out, self.settings)
+            result = apply_update(config, out, self.settings)
         if result.rejection is None:
             after = canonical_view(result.config)
             if any(after.get(n) != before.get(n) for n in locks):
@@ -176,5 +189,5 @@ class StreamingUpstream:
             n for n in CANONICAL_TO_WIRE if after.get(n) != before.get(n)
         }
         delta: dict[str, Value | None] = {n: after.get(n) for n in ordered_fields(names)}
-        self.config = result.config
+        self._config = result.config
         return ClientEffect(forward, delta, stripped, locked, warning, refused=refused)
