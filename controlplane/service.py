@@ -232,7 +232,7 @@ class ControlPlane:
         )
         await self.bus.publish(event)
         assert policy.version is not None
-        await self._applied_here(policy.id, policy.version)
+        await self._applied_here(policy.id, policy.version, role)
         with contextlib.suppress(NotFound):  # not applied here yet: nothing to compare
             if self.store.version(policy.id, policy.version).event.event_id != event.event_id:
                 raise Conflict(
@@ -240,6 +240,10 @@ class ControlPlane:
                     "publish; publish again",
                     details={"id": policy.id, "version": policy.version},
                 )
+        if self.store.current_version(policy.id) < policy.version:
+            # a higher role took the id over while this publish was in flight: every
+            # replica's store refuses the event (docs/policies.md#ownership)
+            check_owner(self.store, policy.id, role, "publish")
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
                 "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
 
@@ -260,8 +264,12 @@ class ControlPlane:
             return 0
         return await self.cluster.versions.last_version(policy_id) or 0
 
-    async def _applied_here(self, policy_id: str, version: int) -> None:
-        """Read-your-writes: wait (bounded) until this replica applied what it published."""
+    async def _applied_here(self, policy_id: str, version: int, role: Role) -> None:
+        """Read-your-writes: wait (bounded) until this replica applied what it published (not
+        for an event the store refuses for its role: a takeover raced the owner check)."""
+        owner = self.store.owner_role(policy_id)
+        if owner is not None and role < owner:
+            return
         if self.store.current_version(policy_id) < version:
             wait_s = self.settings.publish_apply_wait_s
             if not await self._waiters.wait(policy_id, version, wait_s):
@@ -282,8 +290,11 @@ class ControlPlane:
             return
         if change is None:
             self.metrics.policy_events.labels(event.type, "ignored").inc()
-            log.info("policy event %s ignored (duplicate or older version)", event.msg_id)
-            self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
+            log.info("policy event %s ignored (duplicate, older version or role below the "
+                     "owner's)", event.msg_id)  # fmt: skip
+            # its publisher stops waiting and finds out why (_publish)
+            current = self.store.current_version(event.policy_id)
+            self._waiters.reached(event.policy_id, max(current, event.version))
             return
         self.metrics.policy_events.labels(event.type, "applied").inc()
         try:

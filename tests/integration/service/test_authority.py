@@ -11,6 +11,9 @@ import aiohttp
 import pytest
 
 from controlplane.client import ControlClient
+from controlplane.errors import Forbidden
+from controlplane.roles import Role
+from policies.model import parse_policy
 from tests.integration.service.conftest import ControlPlaneUnderTest, eventually
 
 COMPLIANCE, EXPERIMENTER = "tok-compliance", "tok-experimenter"
@@ -24,6 +27,9 @@ PITCH = {
     "experiment": {"key": "upsell-q4", "variants": [
         {"name": "pitch", "weight": 100, "set": {"prompt": "Ask about our premium plan."}}]},
 }  # fmt: skip
+
+LOCK_FREE = {"id": "tone", "experiment": {"key": "tone", "variants": [
+    {"name": "a", "weight": 100, "set": {"prompt": "Hi."}}]}}  # fmt: skip
 
 
 def _app(cp: ControlPlaneUnderTest, token: str = "tok-app", **labels: str) -> ControlClient:
@@ -214,3 +220,21 @@ async def test_the_guard_rolls_back_as_the_owner_so_the_experimenter_keeps_its_p
         assert versions[-1]["actor"] == "guard:node-a"
         assert (versions[-1]["role"], versions[-1]["owner_role"]) == ("experimenter",) * 2
     await cp.call("DELETE", "/v1/policies/upsell", token=EXPERIMENTER, expect=200)
+
+
+async def test_a_publish_whose_owner_check_raced_a_takeover_answers_403_not_201(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """Another replica's compliance publish can land between this replica's owner check and
+    its event: every store refuses the event, and the publisher says so at once."""
+    await cp.publish(LOCK_FREE, token=EXPERIMENTER)
+    await cp.publish({**LOCK_FREE, "lock": ["prompt"]}, token=COMPLIANCE)  # the takeover
+    late = parse_policy({**LOCK_FREE, "version": 3})
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(Forbidden) as refused:  # the event as the raced replica sent it
+        await cp.service._publish(late, "policy.published", "experimenter:abc", "policy",
+                                  Role.EXPERIMENTER)  # fmt: skip
+    assert refused.value.code == "policy_owned"
+    assert asyncio.get_running_loop().time() - started < 1.0  # not the 2 s apply wait
+    policy = await cp.call("GET", "/v1/policies/tone", expect=200)
+    assert (policy["version"], policy["owner_role"]) == (2, "compliance")
