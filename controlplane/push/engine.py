@@ -56,9 +56,10 @@ REGISTRY_SYNC_INTERVAL_S = 0.25
 
 _STATES = {state.value: state for state in SessionState}
 # rollout statuses of a policy version that the session's upstream runs (sessions_at_version):
-# acknowledged, nothing to send, or fields the model cannot take; also "unverified" on a
-# dialect without acknowledgements (sent is all there is). Not pending, sent and unanswered,
-# rejected, or unverified on an acknowledging dialect (no answer in time).
+# acknowledged, nothing to send, or fields the model cannot take; also "unverified" on
+# Streaming v3 (sent, or applied as a control-channel app reported: no acknowledgement
+# exists). Not pending, sent and unanswered, rejected, or unverified on the Voice Agent API
+# (no answer in time, or none attributable).
 _RUNNING = frozenset({"acked", "unchanged", "skipped"})
 
 CONGESTED_BYTES = 256 * 1024  # unsent bytes past which a socket gets a worker, not inline writes
@@ -749,7 +750,7 @@ class PushEngine:
         for ls in self.live.values():
             key = (ls.session.kind, ls.session.state.value)
             counts[key] = counts.get(key, 0) + 1
-            acknowledging = ls.transport.acknowledging
+            acknowledging = ls.session.kind == "voice-agent-v1"  # the dialect, not the socket
             for policy_id, (number, _, status) in ls.policy_status.items():
                 if status in _RUNNING or (status == "unverified" and not acknowledging):
                     vkey = (policy_id, str(number))

@@ -164,3 +164,30 @@ async def test_latency_histograms_and_sessions_at_version_have_the_true_values(
     assert await at_version(2) == 0
     assert await at_version(1) == 0  # the session moved on to version 2 (which it refused)
     assert await scrape("apply_latency_seconds_count") == 1  # a refusal is no application
+
+
+async def test_sessions_at_version_counts_streaming_sessions_once_written_or_applied(
+    cp: ControlPlaneUnderTest, emulator: Emulator, fleet: Fleet
+) -> None:
+    """Streaming v3 cannot acknowledge: a gateway session runs a version once it is written,
+    a control-channel app's once the app reports it applied (both logged `unverified`/`sent`,
+    never `acked`)."""
+    app = await fleet.app("hold", kind="streaming-v3", labels={"team": "s"})
+    async with websockets.connect(
+        cp.ws_base + STREAMING, additional_headers={"Authorization": "test-key"}
+    ) as ws:
+        begin = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        await cp.publish({"id": "quiet", "set": {"max_turn_silence_ms": 1900}})
+        await eventually(lambda: emulator.updates(begin["id"]))
+
+        async def at_version() -> float:
+            cp.service.engine._export_gauges()
+            return await metric(cp.http, cp.base, "controlplane_sessions_at_version",
+                                policy="quiet", version="1")  # fmt: skip
+
+        push = await app.next_push(5)
+        assert push is not None
+        assert await at_version() == 1  # the gateway session; the app's is in flight
+        await app.client.applied(push.version)
+        await eventually(lambda: entries(cp, app.session_id, status="unverified"))
+        assert await at_version() == 2
