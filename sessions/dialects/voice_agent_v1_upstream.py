@@ -49,7 +49,7 @@ from sessions.dialects.voice_agent_v1_config import (
     touched_paths,
     validate,
 )
-from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
+from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE, IMMUTABLE_PATHS
 
 __all__ = [
     "AUDIO_ONLY_ERRORS",
@@ -68,6 +68,7 @@ MAX_QUEUED: Final = 64
 Owner = Literal["first", "ours", "client"]
 Status = Literal["acked", "rejected", "unverified"]
 _CANONICAL_PATHS: Final = tuple(".".join(p) for p in CANONICAL_TO_WIRE.values())
+_SPLIT: Final = {".".join(p): p for p in CANONICAL_TO_WIRE.values()}
 
 
 def canonical_view(config: Mapping[str, Any]) -> Config:
@@ -182,7 +183,7 @@ class AgentUpstream:
     def on_updated(self, config: Mapping[str, Any]) -> Verdict:
         """``config``: the echoed configuration (empty when the upstream echoes none, as the
         predecessor API did: then nothing can be verified and the known config is kept)."""
-        echo = copy.deepcopy(dict(config))
+        echo = dict(config)  # a fresh parse; configs are replaced, never changed in place
         update = self.outstanding
         if echo:
             self.config = echo
@@ -239,9 +240,9 @@ class AgentUpstream:
         update.touched = tuple(touched_paths(body))
         if validate(body, self.settings) is not None or "agent_id" in body:
             return  # refused whole: expected stays None
-        refused = immutable_changes(self.config, body)
+        refused = immutable_changes(self.config, body) if _may_be_immutable(update) else []
         update.refused = tuple(refused)
-        rest = _without(body, refused)
+        rest = _without(body, refused) if refused else body
         update.expected = resolve_formats(merge(self.config, rest))
 
     def _answered(self, update: Update, echo: dict[str, Any]) -> Verdict:
@@ -279,12 +280,17 @@ class AgentUpstream:
 
 
 _MISSING: Final = object()
+_IMMUTABLE_HEADS: Final = frozenset(path[0] for path in IMMUTABLE_PATHS)
+
+
+def _may_be_immutable(update: Update) -> bool:
+    return any(path.partition(".")[0] in _IMMUTABLE_HEADS for path in update.touched)
 
 
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
     node: Any = config
-    for key in dotted.split("."):
-        if not isinstance(node, Mapping) or key not in node:
+    for key in _SPLIT.get(dotted) or dotted.split("."):
+        if not isinstance(node, dict) or key not in node:  # parsed JSON: plain dicts
             return _MISSING
         node = node[key]
     return node
