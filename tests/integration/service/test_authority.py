@@ -238,3 +238,22 @@ async def test_a_publish_whose_owner_check_raced_a_takeover_answers_403_not_201(
     assert asyncio.get_running_loop().time() - started < 1.0  # not the 2 s apply wait
     policy = await cp.call("GET", "/v1/policies/tone", expect=200)
     assert (policy["version"], policy["owner_role"]) == (2, "compliance")
+
+
+async def test_a_lock_published_after_a_running_experiment_takes_the_field_on_live_sessions(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    async with _app(cp, region="eu-west-1") as app:
+        assert app.session_id is not None
+        pushes = app.pushes()
+        await cp.publish(PITCH, token=EXPERIMENTER)
+        first = await asyncio.wait_for(anext(pushes), 5)
+        await app.applied(first.version)
+        assert await _prompt(cp, app.session_id) == "Ask about our premium plan."
+        await cp.publish(DISCLOSURE, token=COMPLIANCE)  # priority 100 < the experiment's 10^6
+        push = await asyncio.wait_for(anext(pushes), 5)
+        assert push.message["session"]["input"]["transcription_prompt"] == PROMPT
+        await app.applied(push.version)
+        session = await cp.session(app.session_id)
+        assert session["effective_config"]["prompt"] == PROMPT
+        assert session["provenance"]["prompt"]["id"] == "eu-disclosure"
