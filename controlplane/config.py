@@ -114,6 +114,9 @@ class Settings:
     nats_nkey: Path | None = None  # an nkey seed file
     nats_connect_timeout_s: float = 30.0  # give up starting when NATS is not reachable
     nats_request_timeout_s: float = 5.0  # JetStream API calls, publishes, owner requests
+    # PING the server this often; 2 unanswered PINGs tear the connection down and reconnect
+    # (nats-py's default of 120 s left a paused server unnoticed for minutes)
+    nats_ping_interval_s: float = 2.0
     nats_subject_prefix: str = "cp"  # subjects <prefix>.policy.<id>, <prefix>.audit.<sid>
     nats_policy_stream: str = "CP_POLICY"
     nats_audit_stream: str = "CP_AUDIT"
@@ -183,6 +186,10 @@ class Settings:
             raise SettingsError(
                 f"readiness stall ({self.readiness_stall_s}s) must be at least 3s: the policy "
                 "consumer completes a fetch every 2s when idle"
+            )
+        if not 0.5 <= self.nats_ping_interval_s <= 600:
+            raise SettingsError(
+                f"NATS ping interval ({self.nats_ping_interval_s}s) must be within 0.5-600s"
             )
         if self.redis_pool_size < 2 or not self.redis_pool_timeout_s > 0:
             raise SettingsError(
@@ -307,6 +314,7 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("nats_nkey", Path),
     ("nats_connect_timeout_s", float),
     ("nats_request_timeout_s", float),
+    ("nats_ping_interval_s", float),
     ("nats_subject_prefix", None),
     ("nats_policy_stream", None),
     ("nats_audit_stream", None),

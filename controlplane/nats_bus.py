@@ -34,12 +34,10 @@ import json
 import logging
 import uuid
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
 import nats.js.errors
-from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
@@ -50,10 +48,10 @@ from controlplane.bus import (
     UndecodableEvent,
     decode_event,
 )
-from controlplane.config import Settings
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
 from controlplane.health import FeedWatch
 from controlplane.metrics import Metrics
+from controlplane.nats_connection import NatsConnection, redact
 from controlplane.signing import EventSigner, Refusal
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
@@ -95,123 +93,6 @@ def subject_token(value: str) -> str:
 
 def _name_safe(value: str) -> str:
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in value)[:40]
-
-
-def redact(url: str) -> str:
-    """A URL fit for logs: any password or token is replaced by ``***``."""
-    parts = []
-    for one in url.split(","):
-        split = urlsplit(one.strip())
-        if split.username is not None or split.password is not None:
-            host = split.hostname or ""
-            if split.port is not None:
-                host = f"{host}:{split.port}"
-            split = split._replace(netloc=f"***@{host}")
-        parts.append(urlunsplit(split))
-    return ",".join(parts)
-
-
-class NatsConnection:
-    """One NATS connection per replica (or per CLI command). ``connect()`` waits up to
-    ``nats_connect_timeout_s`` for the first connection; afterwards the client reconnects
-    forever on its own and ``connected`` says whether it is up right now."""
-
-    def __init__(self, settings: Settings, *, name: str) -> None:
-        if not settings.nats_url:
-            raise ValueError("NatsConnection needs settings.nats_url")
-        self.settings = settings
-        self.url = settings.nats_url
-        self._name = name
-        self._nc: NatsClient | None = None
-        self._closing = False
-        self._reconnecting = False
-        self._up = asyncio.Event()  # set while connected
-
-    @property
-    def connected(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
-
-    @property
-    def client(self) -> NatsClient:
-        if self._nc is None:
-            raise Unavailable("not connected to NATS", code="nats_unavailable")
-        return self._nc
-
-    @property
-    def js(self) -> JetStreamContext:
-        return self.client.jetstream(timeout=self.settings.nats_request_timeout_s)
-
-    async def wait_up(self, at_most_s: float) -> None:
-        """Return once connected, or after ``at_most_s`` seconds."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most_s):
-                await self._up.wait()
-
-    async def connect(self) -> None:
-        s = self.settings
-        options: dict[str, Any] = {
-            "servers": [u.strip() for u in self.url.split(",") if u.strip()],
-            "name": self._name,
-            "connect_timeout": 2,
-            "reconnect_time_wait": 1,
-            "max_reconnect_attempts": -1,
-            "error_cb": self._on_error,
-            "disconnected_cb": self._on_disconnected,
-            "reconnected_cb": self._on_reconnected,
-        }
-        if s.nats_creds is not None:
-            options["user_credentials"] = str(_readable(s.nats_creds, "--nats-creds"))
-        if s.nats_nkey is not None:
-            options["nkeys_seed"] = str(_readable(s.nats_nkey, "--nats-nkey"))
-        try:
-            self._nc = await asyncio.wait_for(nats.connect(**options), s.nats_connect_timeout_s)
-        except TimeoutError:
-            raise Unavailable(
-                f"cannot reach NATS at {redact(self.url)} within {s.nats_connect_timeout_s:.0f}s",
-                code="nats_unavailable",
-            ) from None
-        except (nats.errors.Error, OSError) as exc:
-            raise Unavailable(
-                f"cannot connect to NATS at {redact(self.url)}: {exc}", code="nats_unavailable"
-            ) from exc
-        except ModuleNotFoundError as exc:  # nkeys: needed for creds / nkey authentication
-            raise Unavailable(
-                f"NATS credentials need the optional package {exc.name!r} (pip install nkeys)",
-                code="nats_unavailable",
-            ) from exc
-        self._up.set()
-        log.info("connected to NATS at %s", redact(self.url))
-
-    async def close(self) -> None:
-        nc, self._nc = self._nc, None
-        self._closing = True
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await nc.close()
-
-    async def _on_error(self, exc: Exception) -> None:
-        # while reconnecting, every failed attempt reports here: say it once, then quietly
-        level = (
-            logging.DEBUG if self._reconnecting and isinstance(exc, OSError) else logging.WARNING
-        )
-        log.log(level, "NATS: %s", exc or type(exc).__name__)
-
-    async def _on_disconnected(self) -> None:
-        self._up.clear()
-        if not self._closing:
-            self._reconnecting = True
-            log.warning("NATS disconnected from %s; reconnecting", redact(self.url))
-
-    async def _on_reconnected(self) -> None:
-        self._reconnecting = False
-        self._up.set()
-        log.info("NATS reconnected")
-
-
-def _readable(path: Any, flag: str) -> Any:
-    if not path.is_file():
-        raise Unavailable(f"{flag} {path} is not a readable file", code="nats_unavailable")
-    return path
 
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:

@@ -44,6 +44,8 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--ack-timeout-s", "ack_timeout_s", float, "Voice Agent acknowledgement timeout"),
     ("--nats-creds", "nats_creds", Path, "NATS .creds file (JWT + nkey seed)"),
     ("--nats-nkey", "nats_nkey", Path, "NATS nkey seed file"),
+    ("--nats-ping-interval-s", "nats_ping_interval_s", float,
+     "PING NATS this often; 2 unanswered tear the connection down (default 2)"),
     ("--heartbeat-interval-s", "heartbeat_interval_s", float, "replica heartbeat period"),
     ("--session-ttl-s", "session_ttl_s", float,
      "a replica silent this long is lost; its sessions end (node_lost)"),

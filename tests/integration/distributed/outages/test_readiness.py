@@ -39,7 +39,9 @@ async def test_a_paused_nats_server_makes_readyz_503_naming_the_policy_feed_unti
     own_cluster: Cluster,
     own_nats: ServerProcess,
 ) -> None:
-    a = await own_cluster.start("node-a", readiness_stall_s=STALL_S)
+    # PINGs rarely: the client must not notice the pause by itself (that is
+    # test_nats_connection.py), so only the feed watch can see it
+    a = await own_cluster.start("node-a", readiness_stall_s=STALL_S, nats_ping_interval_s=600)
     assert await _ready(a)
     loop = asyncio.get_running_loop()
     assert own_nats.proc is not None
