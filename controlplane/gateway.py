@@ -183,6 +183,7 @@ class Gateway:
             query = {k: v for k, v in request.query.items() if k != LABELS_QUERY}
             info = STREAMING_V3.parse_connect_query(query)
         except LabelConflict as exc:
+            self.service.metrics.rejects.labels(STREAMING_V3.name, "label_conflict").inc()
             return await _label_conflict(self._client_ws(), request, exc, agent=False)
         except (ValueError, DialectError) as exc:
             return _http_error(400, "bad_connect_parameters", str(exc))
@@ -229,6 +230,7 @@ class Gateway:
         try:
             labels = self._labels(request)
         except LabelConflict as exc:
+            self.service.metrics.rejects.labels(VOICE_AGENT_V1.name, "label_conflict").inc()
             return await _label_conflict(self._client_ws(), request, exc, agent=True)
         except ValueError as exc:
             return _http_error(400, "bad_labels", str(exc))

@@ -121,6 +121,10 @@ async def test_credential_labels_come_from_the_key_and_cannot_be_changed_by_the_
         )
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
         assert closed.value.rcvd.reason.startswith("label 'region' is 'eu' from the credential")
+        for kind in ("streaming-v3", "voice-agent-v1"):
+            counted = cp.service.metrics.registry.get_sample_value(
+                "controlplane_rejects_total", {"kind": kind, "code": "label_conflict"})  # fmt: skip
+            assert counted == 1
         headers = {"Authorization": "acme-key"}
         url = f"{cp.ws_base}/labels/tenant=acme,call=c1/v3/ws?{QUERY}"
         async with websockets.connect(url, additional_headers=headers) as ws:
