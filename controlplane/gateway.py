@@ -448,6 +448,8 @@ class Gateway:
         (presets, clamps and dropped keyterms included)."""
         locks = {f: f"policy {ref.id} v{ref.version}" for f, ref in ls.locks.items()}
         effect = model.client_update(message, locks)
+        # Logged and adopted before the frame goes (no await in between: the model, the push
+        # state and the wire keep one order, whatever push the engine writes meanwhile).
         if effect.stripped:
             self.service.engine.record(
                 ls, cause="client", status="rejected", wire=message,
@@ -455,17 +457,16 @@ class Gateway:
                 delta=dict(effect.refused),
             )  # fmt: skip
             self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
-            if effect.warning is not None:
-                with contextlib.suppress(Exception):
-                    await ws.send_str(json.dumps(effect.warning))
-        if effect.forward is None:
-            return
-        await upstream.send_str(data if not effect.stripped else json.dumps(effect.forward))
-        if effect.delta:
+        if effect.forward is not None and effect.delta:
             await self.service.engine.client_update(ls, effect.delta, self.service.policies_for(ls))
             self.service.engine.record(
                 ls, cause="client", status="sent", delta=effect.delta, wire=effect.forward
             )
+        if effect.forward is not None:
+            await upstream.send_str(data if not effect.stripped else json.dumps(effect.forward))
+        if effect.warning is not None:
+            with contextlib.suppress(Exception):
+                await ws.send_str(json.dumps(effect.warning))
 
     async def _over_update_rate(
         self, ws: web.WebSocketResponse, ls: LiveSession, dialect: Dialect
