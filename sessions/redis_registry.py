@@ -16,7 +16,8 @@ Key layout (``p`` = prefix, default ``cp:``)::
 
 Costs: ``update`` is one ``SET ... XX`` (fails on unknown and ended ids alike, so an update can
 never resurrect an ended session); ``update_many`` is one pipeline of those; ``register`` one
-claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC,
+claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC, concurrent
+``register`` calls sharing them (a pipeline of claims, one MULTI/EXEC per batch: group commit),
 ``register_many`` one pipeline of claims and one MULTI/EXEC per 500 sessions (a replica
 writing back what Redis lost);
 ``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions, batched 500
@@ -44,6 +45,7 @@ from redis.exceptions import RedisError, WatchError
 
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable, SessionIdTaken, UnknownSession
+from sessions.group_commit import GroupCommit
 from sessions.model import Session
 from sessions.registry import (
     DEFAULT_MAX_ENDED,
@@ -178,6 +180,9 @@ class RedisRegistry:
         self._trim_script = self._client.register_script(_TRIM_LUA)
         self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
         self._claim_script = self._client.register_script(_CLAIM_LUA)
+        self._registrations = GroupCommit(
+            self._register_batch, max_batch=_REGISTER_BATCH, name="redis-register"
+        )
 
     def _live_key(self, session_id: str) -> str:
         return f"{self._p}session:{session_id}"
@@ -195,15 +200,35 @@ class RedisRegistry:
         return f"{self._p}node:{node}:sessions"
 
     async def register(self, session: Session) -> None:
+        """Claim the id and store the session. Concurrent registrations are written together
+        (``GroupCommit``: one pipeline of claims and one MULTI/EXEC per batch)."""
         check_storable(session)
+        holder = await self._registrations.submit(session)
+        if holder is not None:
+            raise SessionIdTaken(session.id, holder=holder)
+
+    async def _register_batch(self, batch: builtins.list[Session]) -> builtins.list[str | None]:
+        """Strict claims of ``batch`` (a live id is refused even on its own node), then one
+        store of the claimed; per session the holder that refused it, or None."""
+        holders: builtins.list[str | None] = []
         with _translate("register"):
-            holder = await self._claim_script(
-                keys=[self._claim_key(session.id), self._owner_h],
-                args=[session.node, self._claim_ms, session.id, "1"],
-            )
-            if holder is not None:
-                raise SessionIdTaken(session.id, holder=_text(holder))
-            await self._store([session])
+            async with self._client.pipeline(transaction=False) as pipe:
+                for session in batch:
+                    await self._claim_script(
+                        keys=[self._claim_key(session.id), self._owner_h],
+                        args=[session.node, self._claim_ms, session.id, "1"],
+                        client=pipe,
+                    )
+                raw = await pipe.execute()
+            seen: set[str] = set()
+            for session, holder in zip(batch, raw, strict=True):
+                if holder is None and session.id in seen:  # twice in one batch: live already
+                    holders.append(session.node)
+                else:
+                    holders.append(None if holder is None else _text(holder))
+                seen.add(session.id)
+            await self._store([s for s, h in zip(batch, holders, strict=True) if h is None])
+        return holders
 
     async def register_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
         batch = list(sessions)
@@ -390,6 +415,7 @@ class RedisRegistry:
         return sorted(expired)
 
     async def close(self) -> None:
+        await self._registrations.close()
         if self._owns_client:
             with _translate("close"):
                 await self._client.aclose()

@@ -362,3 +362,36 @@ async def test_redis_failures_become_backend_unavailable() -> None:
             await reg.update_many([session("s1")])
     finally:
         await reg.close()
+
+
+async def test_a_burst_of_concurrent_registrations_all_land_and_a_duplicate_in_it_is_refused(
+    backend: Backend,
+) -> None:
+    """A reconnect storm (issue #19): 1,200 concurrent registrations, one id twice."""
+    reg = backend.registry
+    ids = [f"storm-{i}" for i in range(1200)]
+    results = await asyncio.gather(
+        *(reg.register(session(i)) for i in ids), reg.register(session("storm-7", node="node-b")),
+        return_exceptions=True,
+    )  # fmt: skip
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert len(refused) == 1 and isinstance(refused[0], SessionIdTaken), refused[:3]
+    assert {s.id for s in (await reg.list(limit=5000)).items} >= set(ids)
+    assert (await reg.get("storm-7")).node == "node-a"
+
+
+async def test_redis_writes_concurrent_registrations_together(redis_url: str) -> None:
+    """Group commit: 1,000 concurrent registrations cost a few MULTI/EXECs, not 1,000."""
+    from redis.asyncio import Redis  # the test reads Redis's own command counters
+
+    probe = Redis.from_url(redis_url)
+    reg = RedisRegistry(redis_url, FakeClock(), prefix=f"t{uuid.uuid4().hex[:10]}:")
+    try:
+        before = (await probe.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        await asyncio.gather(*(reg.register(session(f"gc-{i}")) for i in range(1000)))
+        after = (await probe.info("commandstats")).get("cmdstat_exec", {}).get("calls", 0)
+        assert 2 <= after - before <= 20, after - before
+        assert len((await reg.list(limit=1000)).items) == 1000
+    finally:
+        await reg.close()
+        await probe.aclose()
