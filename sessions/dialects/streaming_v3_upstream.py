@@ -179,7 +179,9 @@ class StreamingUpstream:
         if asked_view is not None:
             refused = {n: asked_view.get(n) for n in ordered_fields(involved)}
         locked = tuple(ordered_fields(involved))
-        forward: dict[str, Any] | None = out if set(out) - {"type"} else None
+        # nothing left once locked fields are stripped: nothing to send (an update that was
+        # empty to begin with still goes: the upstream answers it, not us)
+        forward: dict[str, Any] | None = out if set(out) - {"type"} or not stripped else None
         if forward is None:
             return ClientEffect(None, {}, stripped, locked, warning, refused=refused)
         if result.rejection is not None:

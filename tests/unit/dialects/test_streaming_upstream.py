@@ -96,3 +96,8 @@ def test_a_number_beyond_any_float_is_refused_like_the_upstream_refuses_it() -> 
         effect = up.client_update({"type": "UpdateConfiguration", "vad_threshold": value}, {})
         assert effect.rejected and effect.delta == {}
     assert up.view()["vad_threshold"] == 0.2
+
+
+def test_an_empty_update_is_forwarded_untouched() -> None:
+    effect = StreamingUpstream(U3).client_update({"type": "UpdateConfiguration"}, {})
+    assert effect.forward == {"type": "UpdateConfiguration"} and effect.warning is None
