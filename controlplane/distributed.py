@@ -93,7 +93,7 @@ class Distributed:
         """The pieces; ``upkeep.counts`` / ``upkeep.on_rejoin`` are set once the service
         exists (app.py)."""
         node = settings.node_id
-        nats = NatsConnection(settings, name=f"controlplane {node}")
+        nats = NatsConnection(settings, name=f"controlplane {node}", clock=clock)
         bus = NatsPolicyBus(nats, node_id=node, metrics=metrics, clock=clock)
         audit = NatsAuditStream(nats)
         shipper = AuditShipper(
@@ -104,6 +104,7 @@ class Distributed:
         ports = ClusterPorts(versions=bus, audit=audit)
         ports.checks["policies_replayed"] = lambda: bus.replayed
         ports.probes["policy_feed"] = bus.problem
+        ports.probes["nats"] = nats.problem
         ports.probes["audit_shipping"] = ShippingWatch(
             shipper, clock, settings.readiness_stall_s
         ).problem

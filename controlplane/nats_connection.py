@@ -31,12 +31,14 @@ from nats.js import JetStreamContext
 
 from controlplane.config import Settings
 from controlplane.errors import Unavailable
+from sessions.clock import Clock, SystemClock
 
 __all__ = ["NatsConnection", "redact"]
 
 log = logging.getLogger(__name__)
 
 MAX_OUTSTANDING_PINGS = 2
+DISCONNECTED_GRACE_S = 1.0  # a reconnection faster than this is not worth a readiness flap
 
 
 class _Client(NatsClient):
@@ -70,7 +72,7 @@ class NatsConnection:
     ``nats_connect_timeout_s`` for the first connection; afterwards the client reconnects
     forever on its own and ``connected`` says whether it is up right now."""
 
-    def __init__(self, settings: Settings, *, name: str) -> None:
+    def __init__(self, settings: Settings, *, name: str, clock: Clock | None = None) -> None:
         if not settings.nats_url:
             raise ValueError("NatsConnection needs settings.nats_url")
         self.settings = settings
@@ -79,6 +81,8 @@ class NatsConnection:
         self._nc: NatsClient | None = None
         self._closing = False
         self._reconnecting = False
+        self._clock = clock or SystemClock()
+        self._down_since: float | None = None  # monotonic, while disconnected after a connect
         self._up = asyncio.Event()  # set while connected
 
     @property
@@ -154,14 +158,27 @@ class NatsConnection:
         )
         log.log(level, "NATS: %s", exc or type(exc).__name__)
 
+    def problem(self) -> str | None:
+        """For ``/readyz``: the connection has been down longer than a blip (publishing
+        answers 503 and no policy event arrives meanwhile); None while connected."""
+        since = self._down_since
+        if since is None or self.connected:
+            return None
+        down = self._clock.monotonic() - since
+        if down <= DISCONNECTED_GRACE_S:
+            return None
+        return f"NATS disconnected for {down:.1f}s; reconnecting"
+
     async def _on_disconnected(self) -> None:
         self._up.clear()
         if not self._closing:
             self._reconnecting = True
+            self._down_since = self._clock.monotonic()
             log.warning("NATS disconnected from %s; reconnecting", redact(self.url))
 
     async def _on_reconnected(self) -> None:
         self._reconnecting = False
+        self._down_since = None
         self._up.set()
         log.info("NATS reconnected")
 

@@ -78,6 +78,8 @@ async def test_publishing_works_within_10_s_of_sigcont_after_a_15_s_pause_and_re
         assert unready, f"/readyz stayed 200 through a {PAUSE_S:.0f} s pause"
         assert unready[0] < 8.0, states[:20]  # noticed within seconds
         assert not states[-1][1], states[-1]  # still false at the end of the outage
+        # by then the client had torn the silent connection down (PINGs unanswered)
+        assert states[-1][2]["failing"]["nats"].startswith("NATS disconnected for "), states[-1]
 
         attempts = []
         while True:
