@@ -1,0 +1,221 @@
+"""Seeded random operations of the differential test, and the switches for each class.
+
+Every class of operation can be switched off with its constant below, for a class that still
+diverges while its fix is pending: the test then prints which classes are off on every run
+(never a silent skip), and the constant's comment says which fix turns it back on.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Final
+
+__all__ = [
+    "AGENT_PUSH_REJECTIONS",
+    "AGENT_REJECTIONS",
+    "BURSTS",
+    "CLIENT_ERRORS",
+    "CLIENT_UPDATES",
+    "CONTROL_UPDATES",
+    "LOCKS",
+    "PRESETS",
+    "RETIRES",
+    "STREAMING_REJECTIONS",
+    "Op",
+    "disabled_classes",
+    "next_op",
+]
+
+# -- interleaving classes (True = exercised) ------------------------------------------------
+CLIENT_UPDATES: Final = True  # gateway clients' own UpdateConfiguration / session.update
+PRESETS: Final = True  # streaming `mode` presets among client updates (issue #17 case 1)
+LOCKS: Final = True  # policies locking some of the fields they set
+RETIRES: Final = True  # policies retired (DELETE /v1/policies/{id})
+# emulator faults (session.error) that our pushes meet: a fault, then a policy for the session
+AGENT_PUSH_REJECTIONS: Final = True
+# emulator faults on voice-agent sessions that any message may meet, the clients' own included
+AGENT_REJECTIONS: Final = False
+STREAMING_REJECTIONS: Final = False  # emulator faults on streaming sessions (Warning)
+CONTROL_UPDATES: Final = True  # control-channel apps' own `update`s
+# agent client messages that draw a session.error (tool.result, an immutable field)
+CLIENT_ERRORS: Final = False
+BURSTS: Final = True  # several operations at once, unsynchronised: interleavings on the wire
+
+_CLASSES: Final = {
+    "CLIENT_UPDATES": CLIENT_UPDATES, "PRESETS": PRESETS, "LOCKS": LOCKS, "RETIRES": RETIRES,
+    "AGENT_PUSH_REJECTIONS": AGENT_PUSH_REJECTIONS, "AGENT_REJECTIONS": AGENT_REJECTIONS,
+    "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
+    "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
+}  # fmt: skip
+
+_POLICY_OPS: Final = ("publish", "retire", "push_rejection")
+POLICY_IDS: Final = ("p-a", "p-b", "p-c")
+WORDS: Final = ("alpha", "bravo", "charlie", "delta", "echo")
+MODES: Final = ("min_latency", "balanced", "max_accuracy")
+CANONICAL: Final = ("prompt", "system_prompt", "agent_context", "keyterms",
+                    "min_turn_silence_ms", "max_turn_silence_ms", "vad_threshold")  # fmt: skip
+STREAMING_WIRE: Final = {"prompt": "prompt", "keyterms": "keyterms_prompt",
+                         "min_turn_silence_ms": "min_turn_silence",
+                         "max_turn_silence_ms": "max_turn_silence",
+                         "vad_threshold": "vad_threshold"}  # fmt: skip
+
+
+def disabled_classes() -> list[str]:
+    return [name for name, on in _CLASSES.items() if not on]
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str  # publish | retire | client_update | control_update | fault
+    target: str | None  # actor name
+    body: dict[str, Any]
+
+    def describe(self) -> str:
+        if self.kind == "burst":
+            return "burst [" + " | ".join(op.describe() for op in self.body["ops"]) + "]"
+        return f"{self.kind} {self.target or ''} {self.body}".strip()
+
+
+def value(rng: random.Random, name: str) -> Any:
+    n = rng.randint(0, 4)
+    if name == "keyterms":
+        return rng.sample(WORDS, k=rng.randint(1, 3))
+    if name == "min_turn_silence_ms":
+        return (100, 160, 240, 320, 400)[n]
+    if name == "max_turn_silence_ms":
+        return (1000, 1400, 1800, 2200, 2600)[n]
+    if name == "vad_threshold":
+        return (0.3, 0.4, 0.5, 0.6, 0.7)[n]
+    return f"{name}-{rng.randint(0, 9)}"
+
+
+def _policy(rng: random.Random, active: set[str]) -> Op:
+    pid = rng.choice(POLICY_IDS)
+    fields = rng.sample(CANONICAL, k=rng.randint(1, 3))
+    doc: dict[str, Any] = {"id": pid, "priority": rng.choice((10, 20, 30)),
+                           "set": {f: value(rng, f) for f in fields}}  # fmt: skip
+    scope = rng.random()
+    if scope < 0.25:
+        doc["match"] = {"kind": [rng.choice(("streaming-v3", "voice-agent-v1"))]}
+    elif scope < 0.5:
+        doc["match"] = {"labels": {"tier": rng.choice(("gold", "basic"))}}
+    if LOCKS and rng.random() < 0.35:
+        doc["lock"] = rng.sample(fields, k=1)
+    active.add(pid)
+    return Op("publish", None, doc)
+
+
+def _streaming_update(rng: random.Random) -> dict[str, Any]:
+    if PRESETS and rng.random() < 0.3:
+        body: dict[str, Any] = {"mode": rng.choice(MODES)}
+        if rng.random() < 0.3:  # a preset and an explicit field in one message
+            body["max_turn_silence"] = value(rng, "max_turn_silence_ms")
+        return body
+    fields = rng.sample(sorted(STREAMING_WIRE), k=rng.randint(1, 2))
+    return {STREAMING_WIRE[f]: value(rng, f) for f in fields}
+
+
+def _agent_update(rng: random.Random) -> dict[str, Any]:
+    session: dict[str, Any] = {}
+    names = ("system_prompt", "prompt", "keyterms", "min_turn_silence_ms",
+             "max_turn_silence_ms", "vad_threshold")  # fmt: skip
+    for name in rng.sample(names, k=rng.randint(1, 2)):
+        v = value(rng, name)
+        if name == "system_prompt":
+            session["system_prompt"] = v
+        elif name == "prompt":
+            session.setdefault("input", {})["transcription_prompt"] = v
+        elif name == "keyterms":
+            session.setdefault("input", {})["keyterms"] = v
+        else:
+            key = {"min_turn_silence_ms": "min_silence", "max_turn_silence_ms": "max_silence",
+                   "vad_threshold": "vad_threshold"}[name]  # fmt: skip
+            session.setdefault("input", {}).setdefault("turn_detection", {})[key] = v
+    return session
+
+
+def _fault(rng: random.Random, name: str, kind: str) -> Op:
+    if kind == "voice-agent-v1":
+        if rng.random() < 0.5:
+            spec: dict[str, Any] = {"reject_next_update": {"code": "invalid_config"}}
+        else:
+            paths = ("system_prompt", "input.keyterms", "input.turn_detection.max_silence")
+            path = rng.choice(paths)
+            spec = {"fail_fields": {path: "invalid_value"}}
+    else:
+        if rng.random() < 0.5:
+            spec = {"reject_next_update": {"style": "warning"}}
+        else:
+            spec = {"fail_fields": {rng.choice(("prompt", "keyterms_prompt")): 3010}}
+    return Op("fault", name, spec)
+
+
+def _client_error(rng: random.Random) -> dict[str, Any]:
+    if rng.random() < 0.5:
+        return {"type": "tool.result", "call_id": f"call-{rng.randint(0, 99)}", "result": "x"}
+    return {"type": "session.update", "session": {"output": {"voice": rng.choice(("anna", "leo"))}}}
+
+
+def next_op(rng: random.Random, actors: list[tuple[str, str, str]], active: set[str]) -> Op:
+    """One operation, or with BURSTS sometimes two to four run at once."""
+    if BURSTS and rng.random() < 0.3:
+        ops: list[Op] = []
+        for _ in range(rng.randint(2, 4)):  # at most one policy change: its outcome is known
+            policy = not any(o.kind in _POLICY_OPS for o in ops)
+            op = _one(rng, actors, active, policy=policy, alone=False)
+            ops.append(op)
+        return Op("burst", None, {"ops": ops})
+    return _one(rng, actors, active)
+
+
+def _one(
+    rng: random.Random,
+    actors: list[tuple[str, str, str]],
+    active: set[str],
+    *,
+    policy: bool = True,
+    alone: bool = True,
+) -> Op:
+    """One operation; ``actors`` are (name, kind, via) of the open sessions."""
+    roll = rng.random() if policy else rng.uniform(0.42, 1.0)
+    if roll < 0.35 or (policy and not active):
+        return _policy(rng, active)
+    if roll < 0.42 and RETIRES and active:
+        pid = rng.choice(sorted(active))
+        active.discard(pid)
+        return Op("retire", None, {"id": pid})
+    gateway = [a for a in actors if a[2] == "gateway"]
+    control = [a for a in actors if a[2] == "control"]
+    if roll < 0.75 and CLIENT_UPDATES:
+        name, kind, _ = rng.choice(gateway)
+        body = _streaming_update(rng) if kind == "streaming-v3" else _agent_update(rng)
+        return Op("client_update", name, body)
+    if roll < 0.85 and CONTROL_UPDATES and control:
+        name, _, _ = rng.choice(control)
+        fields = rng.sample(("keyterms", "min_turn_silence_ms", "vad_threshold"), k=1)
+        return Op("control_update", name, {f: value(rng, f) for f in fields})
+    if roll < 0.9 and CLIENT_ERRORS:
+        name, _, _ = rng.choice([a for a in gateway if a[1] == "voice-agent-v1"])
+        return Op("client_error", name, _client_error(rng))
+    agents = [a for a in actors if a[1] == "voice-agent-v1"]
+    if roll < 0.95 and AGENT_PUSH_REJECTIONS and alone:  # never in a burst: ours only
+        name, _, _ = rng.choice(agents)
+        fault = _fault(rng, name, "voice-agent-v1").body
+        pid = rng.choice(POLICY_IDS)
+        doc = {"id": pid, "priority": 40, "match": {"kind": ["voice-agent-v1"]},
+               "set": {"system_prompt": value(rng, "system_prompt"),
+                       "max_turn_silence_ms": value(rng, "max_turn_silence_ms")}}  # fmt: skip
+        active.add(pid)
+        return Op("push_rejection", name, {"fault": fault, "policy": doc})
+    faultable = [a for a in actors
+                 if (a[1] == "voice-agent-v1" and AGENT_REJECTIONS and a[2] == "gateway")
+                 or (a[1] == "streaming-v3" and STREAMING_REJECTIONS)]  # fmt: skip
+    if faultable:
+        name, kind, _ = rng.choice(faultable)
+        return _fault(rng, name, kind)
+    if policy:
+        return _policy(rng, active)
+    name, kind, _ = rng.choice(gateway)
+    return Op("client_update", name,
+              _streaming_update(rng) if kind == "streaming-v3" else _agent_update(rng))  # fmt: skip

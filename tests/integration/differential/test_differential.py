@@ -1,0 +1,279 @@
+"""Differential test against the emulator's ground truth (issue #17; docs/architecture.md,
+"The differential test").
+
+Many sessions — streaming v3 and Voice Agent through the gateway, both kinds on the control
+channel with their own upstream sockets — go through a seeded random interleaving of policy
+publishes and retires, client updates (streaming ``mode`` presets included), control-channel
+updates, upstream rejections (emulator faults), acknowledgements and errors, over real
+sockets against the bundled emulator. After every operation the system is let settle
+(quiescence), and:
+
+1. for every session, the configuration the control plane recorded — ``config-at`` at that
+   instant, replayed from the log, and the push engine's model of what the upstream runs —
+   equals the emulator's ``config`` (mapped to canonical fields through the dialect tables);
+2. at the end, ``config-at`` at random instants inside the quiescent windows equals the
+   emulator's ``timeline`` at those instants.
+
+Replay a failing run: ``DIFF_SEED=<seed> .venv/bin/pytest tests/integration/differential -q``
+(printed with every failure). ``DIFF_STEPS`` changes the number of operations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import json
+import os
+import random
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import pytest
+
+from controlplane.push.engine import LiveSession
+from tests.integration.differential.actors import (
+    Actor,
+    ControlApp,
+    GatewayAgent,
+    GatewayStreaming,
+)
+from tests.integration.differential.scenario import Op, disabled_classes, next_op
+from tests.integration.differential.views import diff_views, emulator_view, recorded_view
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator
+
+DEFAULT_SEEDS = (7, 1234)
+STEPS = int(os.environ.get("DIFF_STEPS", "30"))
+QUIET_POLLS = 3  # equal consecutive polls that make quiescence
+POLL_S = 0.03
+QUIESCE_TIMEOUT_S = 8.0
+SAMPLES = 12  # instants sampled per session for the timeline check
+
+
+def _seeds() -> list[int]:
+    raw = os.environ.get("DIFF_SEED")
+    return [int(raw)] if raw else list(DEFAULT_SEEDS)
+
+
+def _replay(seed: int) -> str:
+    return f"DIFF_SEED={seed} .venv/bin/pytest tests/integration/differential -q"
+
+
+@dataclass
+class Run:
+    seed: int
+    cp: ControlPlaneUnderTest
+    emulator: Emulator
+    actors: dict[str, Actor] = field(default_factory=dict)
+    history: list[str] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)  # quiescent [from, to)
+    initial: dict[str, dict[str, Any]] = field(default_factory=dict)  # emulator config at open
+
+    async def fail(self, what: str) -> NoReturn:
+        recent = "\n  ".join(self.history[-8:])
+        off = disabled_classes()
+        dump = await self.dump()
+        pytest.fail(
+            f"differential divergence, seed {self.seed}: {what}\n"
+            f"last operations:\n  {recent}\n"
+            f"classes off: {off or 'none'}\nreplay: {_replay(self.seed)}\n"
+            f"every operation, log and timeline: {dump}",
+            pytrace=False,
+        )
+
+    async def dump(self) -> Path:
+        """Everything needed to read a divergence: the operations, and per session the control
+        plane's log and the emulator's timeline."""
+        out: dict[str, Any] = {"seed": self.seed, "operations": self.history, "sessions": {}}
+        for name, actor in self.actors.items():
+            with contextlib.suppress(Exception):
+                out["sessions"][name] = {
+                    "session_id": actor.session_id, "upstream_id": actor.upstream_id,
+                    "log": await self.cp.log(actor.session_id),
+                    "timeline": (await self.emulator.session(actor.upstream_id))["timeline"],
+                }  # fmt: skip
+        path = Path(tempfile.gettempdir()) / f"differential-{self.seed}.json"
+        path.write_text(json.dumps(out, indent=1, default=str))
+        return path
+
+    # -- sessions -----------------------------------------------------------------------
+    async def open(self, rng: random.Random) -> None:
+        specs = [("s0", "streaming-v3", "universal-3-5-pro", "gateway"),
+                 ("s1", "streaming-v3", "universal-3-5-pro", "gateway"),
+                 ("s2", "streaming-v3", "universal-streaming-english", "gateway"),
+                 ("a0", "voice-agent-v1", "voice-agent", "gateway"),
+                 ("a1", "voice-agent-v1", "voice-agent", "gateway"),
+                 ("a2", "voice-agent-v1", "voice-agent", "gateway"),
+                 ("cs", "streaming-v3", "universal-3-5-pro", "control"),
+                 ("ca", "voice-agent-v1", "voice-agent", "control")]  # fmt: skip
+        for name, kind, model, via in specs:
+            tier = rng.choice(("gold", "basic"))
+            actor: Actor
+            if via == "control":
+                app = ControlApp(name, kind, model, via)
+                await app.open(f"ws://127.0.0.1:{self.emulator.port}", self.cp.ws_base, ADMIN,
+                               {"tier": tier})  # fmt: skip
+                actor = app
+            elif kind == "streaming-v3":
+                actor = GatewayStreaming(name, kind, model, via)
+                await actor.open(self.cp.ws_base, f"tier={tier}")
+            else:
+                actor = GatewayAgent(name, kind, model, via)
+                await actor.open(self.cp.ws_base, f"tier={tier}")
+            if via == "gateway":
+                actor.session_id = self.cp.live_by_upstream(actor.upstream_id)
+            self.actors[name] = actor
+        await self.quiesce()
+        for name, actor in self.actors.items():
+            self.initial[name] = (await self.emulator.session(actor.upstream_id))["config"]
+
+    async def close(self) -> None:
+        for actor in self.actors.values():
+            await actor.close()
+
+    # -- operations ---------------------------------------------------------------------
+    async def apply(self, op: Op, *, record: bool = True) -> None:
+        if record:
+            self.history.append(op.describe())
+        if op.kind == "burst":
+            await asyncio.gather(*(self.apply(sub, record=False) for sub in op.body["ops"]))
+        elif op.kind == "publish":
+            await self.cp.call("POST", "/v1/policies", body=op.body, expect=201)
+        elif op.kind == "retire":
+            await self.cp.call("DELETE", f"/v1/policies/{op.body['id']}", expect=200)
+        elif op.kind == "fault":
+            assert op.target is not None
+            await self.emulator.faults(self.actors[op.target].upstream_id, op.body)
+        elif op.kind == "client_update":
+            actor = self.actors[op.target or ""]
+            assert isinstance(actor, GatewayStreaming | GatewayAgent)
+            await actor.update(op.body)
+        elif op.kind == "push_rejection":  # only our push meets it: no client traffic between
+            upstream_id = self.actors[op.target or ""].upstream_id
+            await self.emulator.faults(upstream_id, op.body["fault"])
+            await self.cp.call("POST", "/v1/policies", body=op.body["policy"], expect=201)
+            await self.quiesce()
+            await self.emulator.faults(upstream_id, {"fail_fields": None,
+                                                     "reject_next_update": None})  # fmt: skip
+        elif op.kind == "client_error":
+            actor = self.actors[op.target or ""]
+            assert isinstance(actor, GatewayAgent)
+            await actor.send(op.body)
+        elif op.kind == "control_update":
+            actor = self.actors[op.target or ""]
+            assert isinstance(actor, ControlApp)
+            await actor.update(op.body)
+        else:  # pragma: no cover - the generator makes only the kinds above
+            raise AssertionError(op)
+
+    # -- quiescence ---------------------------------------------------------------------
+    def _engine_settled(self) -> bool:
+        now = time.monotonic()
+        live: dict[str, LiveSession] = self.cp.service.engine.live
+        return all(ls.push.in_flight is None and not ls.push.can_send(now)
+                   for ls in live.values())  # fmt: skip
+
+    async def _emulator_messages(self) -> int:
+        async with self.emulator.http.get(f"{self.emulator.base}/_emulator/stats") as resp:
+            body = await resp.json()
+        return int(body["total"]["control_messages"])
+
+    async def quiesce(self) -> float:
+        """Wait until nothing moves: no push in flight or due, no app waiting for an answer,
+        the emulator's message count unchanged for QUIET_POLLS polls. Returns that instant."""
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        last: int | None = None
+        quiet = 0
+        while quiet < QUIET_POLLS:
+            if time.monotonic() > deadline:
+                await self.fail("no quiescence within "
+                          f"{QUIESCE_TIMEOUT_S} s (a push or an answer never came)")  # fmt: skip
+            await asyncio.sleep(POLL_S)
+            count = await self._emulator_messages()
+            settled = self._engine_settled() and not any(a.busy for a in self.actors.values())
+            quiet = quiet + 1 if settled and count == last else 0
+            last = count
+        return time.time()
+
+    # -- checks -------------------------------------------------------------------------
+    async def config_at(self, actor: Actor, at: float) -> dict[str, Any]:
+        body = await self.cp.call(
+            "GET", f"/v1/sessions/{actor.session_id}/config-at?at={at!r}", expect=200
+        )
+        if not body["rebuild"]["verified"]:
+            await self.fail(f"{actor.name}: config-at at {at} not verified: {body['rebuild']}")
+        return dict(body["config"])
+
+    async def check_now(self, at: float, step: int) -> None:
+        """Invariant 1 at a quiescent instant, for every session."""
+        problems: list[str] = []
+        for name, actor in self.actors.items():
+            upstream = await self.emulator.session(actor.upstream_id)
+            truth = emulator_view(actor.kind, actor.model, upstream["config"])
+            recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
+            for field_name, (ours, theirs) in diff_views(recorded, truth).items():
+                problems.append(f"{name} config-at.{field_name}: recorded {ours!r}, "
+                                f"upstream runs {theirs!r}")  # fmt: skip
+            ls = self.cp.service.engine.live.get(actor.session_id)
+            if ls is None:
+                problems.append(f"{name}: not live in the control plane")
+                continue
+            running = recorded_view(actor.kind, actor.model, ls.push.base)
+            for field_name, (ours, theirs) in diff_views(running, truth).items():
+                problems.append(f"{name} running.{field_name}: modelled {ours!r}, "
+                                f"upstream runs {theirs!r}")  # fmt: skip
+            if isinstance(actor, GatewayAgent):  # its own answers, each message answered
+                kinds = [m["type"] for m in actor.answers()]
+                updated, errors = kinds.count("session.updated"), kinds.count("session.error")
+                if updated > actor.sent_updates or updated + errors < actor.sent_updates:
+                    problems.append(f"{name}: sent {actor.sent_updates} messages, got {updated} "
+                                    f"session.updated, {errors} session.error")  # fmt: skip
+        if problems:
+            await self.fail(f"after step {step}:\n  " + "\n  ".join(problems))
+
+    async def check_timelines(self, rng: random.Random) -> None:
+        """Invariant 2: config-at at sampled quiescent instants = the emulator's timeline."""
+        for name, actor in self.actors.items():
+            upstream = await self.emulator.session(actor.upstream_id)
+            timeline = [e for e in upstream["timeline"] if e.get("config") is not None]
+            ats = [float(e["at"]) for e in timeline]
+            for lo, hi in rng.sample(self.windows, k=min(SAMPLES, len(self.windows))):
+                at = rng.uniform(lo, hi)
+                i = bisect.bisect_right(ats, at)
+                config = timeline[i - 1]["config"] if i else self.initial[name]
+                truth = emulator_view(actor.kind, actor.model, config)
+                recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
+                diffs = diff_views(recorded, truth)
+                if diffs:
+                    await self.fail(f"{name} config-at {at} vs the emulator's timeline: {diffs}")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", _seeds())
+async def test_recorded_config_equals_upstream_ground_truth(
+    seed: int, cp: ControlPlaneUnderTest, emulator: Emulator, capsys: Any
+) -> None:
+    off = disabled_classes()
+    with capsys.disabled():
+        print(f"\ndifferential seed {seed}, {STEPS} steps, classes off: {off or 'none'}")
+    rng = random.Random(seed)
+    run = Run(seed, cp, emulator)
+    try:
+        await run.open(rng)
+        quiet_from = await run.quiesce()
+        await run.check_now(quiet_from, 0)
+        active: set[str] = set()
+        names = [(n, a.kind, a.via) for n, a in run.actors.items()]
+        for step in range(1, STEPS + 1):
+            op = next_op(rng, names, active)
+            run.windows.append((quiet_from, time.time()))
+            await run.apply(op)
+            quiet_from = await run.quiesce()
+            await run.check_now(quiet_from, step)
+        run.windows.append((quiet_from, time.time()))
+        await run.check_timelines(rng)
+    finally:
+        await run.close()

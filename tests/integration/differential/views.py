@@ -1,0 +1,91 @@
+"""One comparable view of a session's configuration, from either side of the differential test.
+
+Both sides are mapped to the *canonical* fields a session's upstream can run, through the
+dialect tables (``sessions/dialects/*_table.py``, the ones the emulator itself reads):
+
+- the emulator's ``config`` (protocol field names) → ``emulator_view``;
+- the control plane's recorded config (canonical, an absent field meaning "the upstream's
+  default") → ``recorded_view``, with every absent field filled by the dialect's
+  ``default_for`` (what the control plane itself would send to mean "unset").
+
+A field the session's model cannot take is left out of both (the control plane records it as
+``skipped``, never sent). Clearing values (``""``, ``[]``) read as unset, lists as tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sessions.dialects.streaming_v3 import STREAMING_V3
+from sessions.dialects.streaming_v3_table import CANONICAL_TO_WIRE as STREAMING_WIRE
+from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
+from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE as AGENT_WIRE
+
+__all__ = ["View", "diff_views", "emulator_view", "recorded_view", "runnable_fields"]
+
+View = dict[str, Any]
+STREAMING = "streaming-v3"
+AGENT = "voice-agent-v1"
+
+
+def runnable_fields(kind: str, model: str) -> list[str]:
+    """The canonical fields this session's upstream runs (and so can be compared)."""
+    if kind == STREAMING:
+        return [f for f in STREAMING_WIRE if STREAMING_V3.skip_reason(f, model) is None]
+    return [f for f in AGENT_WIRE if VOICE_AGENT_V1.skip_reason(f) is None]
+
+
+def _norm(value: Any) -> Any:
+    if value is None or value == "" or value == [] or value == ():
+        return None
+    if isinstance(value, list | tuple):
+        return tuple(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _path(doc: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = doc
+    for key in path:
+        if not isinstance(node, Mapping) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def emulator_view(kind: str, model: str, config: Mapping[str, Any] | None) -> View:
+    """The canonical view of the emulator's ``config`` (streaming: the flat wire parameters;
+    voice agent: the resolved ``session`` object)."""
+    config = config or {}
+    view: View = {}
+    for name in runnable_fields(kind, model):
+        if kind == STREAMING:
+            raw = config.get(STREAMING_WIRE[name][0])
+        else:
+            raw = _path(config, AGENT_WIRE[name])
+        view[name] = _norm(raw)
+    return view
+
+
+def recorded_view(kind: str, model: str, config: Mapping[str, Any]) -> View:
+    """The canonical view of a control-plane config: absent fields are the upstream default."""
+    view: View = {}
+    for name in runnable_fields(kind, model):
+        if name in config and config[name] is not None:
+            view[name] = _norm(config[name])
+        elif kind == STREAMING:
+            view[name] = _norm(STREAMING_V3.default_for(name, model))
+        else:
+            view[name] = _norm(VOICE_AGENT_V1.default_for(name))
+    return view
+
+
+def diff_views(recorded: View, upstream: View) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ: name → (control plane, emulator)."""
+    return {
+        k: (recorded.get(k), upstream.get(k))
+        for k in sorted(set(recorded) | set(upstream))
+        if recorded.get(k) != upstream.get(k)
+    }
