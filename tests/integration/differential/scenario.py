@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 __all__ = [
+    "AGENT_CLIENT_RACING_PUSHES",
     "AGENT_PUSH_REJECTIONS",
     "AGENT_REJECTIONS",
     "BURSTS",
@@ -35,11 +36,17 @@ RETIRES: Final = True  # policies retired (DELETE /v1/policies/{id})
 # emulator faults (session.error) that our pushes meet: a fault, then a policy for the session
 AGENT_PUSH_REJECTIONS: Final = True
 # emulator faults on voice-agent sessions that any message may meet, the clients' own included
-AGENT_REJECTIONS: Final = False
-STREAMING_REJECTIONS: Final = False  # emulator faults on streaming sessions (Warning)
+AGENT_REJECTIONS: Final = True
+# emulator faults on streaming sessions (a Warning that drops or strips an update). OFF: the
+# gateway records such a client update as applied (no correlation exists; board, 23:45)
+STREAMING_REJECTIONS: Final = False
 CONTROL_UPDATES: Final = True  # control-channel apps' own `update`s
 # agent client messages that draw a session.error (tool.result, an immutable field)
-CLIENT_ERRORS: Final = False
+CLIENT_ERRORS: Final = True
+# bursts may put a Voice Agent client's own message next to a policy change for the same
+# session. OFF: a client update that overtakes our logged push on the wire is lost from the
+# record when the push is acknowledged (the ack sets the push's full config; board, 00:00)
+AGENT_CLIENT_RACING_PUSHES: Final = False
 BURSTS: Final = True  # several operations at once, unsynchronised: interleavings on the wire
 
 _CLASSES: Final = {
@@ -47,9 +54,11 @@ _CLASSES: Final = {
     "AGENT_PUSH_REJECTIONS": AGENT_PUSH_REJECTIONS, "AGENT_REJECTIONS": AGENT_REJECTIONS,
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
+    "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
 }  # fmt: skip
 
 _POLICY_OPS: Final = ("publish", "retire", "push_rejection")
+_CLIENT_OPS: Final = ("client_update", "client_error")
 POLICY_IDS: Final = ("p-a", "p-b", "p-c")
 WORDS: Final = ("alpha", "bravo", "charlie", "delta", "echo")
 MODES: Final = ("min_latency", "balanced", "max_accuracy")
@@ -165,6 +174,9 @@ def next_op(rng: random.Random, actors: list[tuple[str, str, str]], active: set[
             policy = not any(o.kind in _POLICY_OPS for o in ops)
             op = _one(rng, actors, active, policy=policy, alone=False)
             ops.append(op)
+        if not AGENT_CLIENT_RACING_PUSHES and any(o.kind in _POLICY_OPS for o in ops):
+            agents = {a[0] for a in actors if a[1] == "voice-agent-v1" and a[2] == "gateway"}
+            ops = [o for o in ops if not (o.target in agents and o.kind in _CLIENT_OPS)]
         return Op("burst", None, {"ops": ops})
     return _one(rng, actors, active)
 
