@@ -120,6 +120,7 @@ class ControlApp(Actor):
     results: asyncio.Queue[dict[str, Any]] = field(default_factory=asyncio.Queue)
     errors: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one upstream update at a time
+    forwarding: set[asyncio.Task[None]] = field(default_factory=set)
 
     @property
     def busy(self) -> bool:
@@ -171,7 +172,9 @@ class ControlApp(Actor):
                 self.received.append(frame)
                 if frame.get("type") == "push":
                     self.pending += 1
-                    asyncio.get_running_loop().create_task(self._forward(frame))
+                    task = asyncio.get_running_loop().create_task(self._forward(frame))
+                    self.forwarding.add(task)
+                    task.add_done_callback(self.forwarding.discard)
                 elif frame.get("type") == "update_result":
                     await self.results.put(frame)
                 elif frame.get("type") == "error":
@@ -221,6 +224,9 @@ class ControlApp(Actor):
             self.pending -= 1
 
     async def close(self) -> None:
+        for task in list(self.forwarding):
+            task.cancel()
+        await asyncio.gather(*self.forwarding, return_exceptions=True)
         await super().close()
         if self.upstream is not None:
             await self.upstream.close()
