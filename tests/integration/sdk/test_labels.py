@@ -45,11 +45,11 @@ async def test_python_sdk_carries_labels_in_its_base_url_and_a_label_policy_targ
     cp: ControlPlaneUnderTest, emulator: Emulator
 ) -> None:
     await cp.publish(EU_POLICY)
-    client, begin = await _sdk_begin(f"{cp.ws_base}/labels/region=eu,tenant=acme%2Cltd")
+    client, begin = await _sdk_begin(f"{cp.ws_base}/labels/region=eu,tenant=acme%2Cltd,team=a%2Fb")
     try:
         session_id = cp.live_by_upstream(begin.id)
         session = await cp.session(session_id)
-        assert session["labels"] == {"region": "eu", "tenant": "acme,ltd"}
+        assert session["labels"] == {"region": "eu", "tenant": "acme,ltd", "team": "a/b"}
         assert session["applied"][0]["id"] == "eu-disclosure"
         upstream = await emulator.session(begin.id)
         assert upstream["config"]["prompt"] == "This call is recorded."
