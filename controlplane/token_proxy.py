@@ -30,6 +30,7 @@ __all__ = ["TokenProxy", "token_url"]
 log = logging.getLogger(__name__)
 
 FORWARDED: Final = ("Authorization", "AssemblyAI-Version", "User-Agent")
+PASSED_BACK: Final = ("Retry-After",)  # a 429's advice reaches the client
 MAX_BODY_BYTES: Final = 64 * 1024
 TIMEOUT_S: Final = 10.0
 MAX_WINDOW_S: Final = 600.0  # the longest redemption window the upstream grants
@@ -80,6 +81,7 @@ class TokenProxy:
             ) as resp:  # fmt: skip
                 body = await resp.content.read(MAX_BODY_BYTES + 1)
                 status, content_type = resp.status, resp.content_type
+                kept = {h: resp.headers[h] for h in PASSED_BACK if h in resp.headers}
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             # the URL carries no secret; the exception type says enough (never the headers)
             log.warning("token endpoint %s unreachable: %s", url, type(exc).__name__)
@@ -88,7 +90,7 @@ class TokenProxy:
             return _error(502, "upstream_bad_answer", "the upstream token answer is too large")
         if status == 200:
             self._remember(request, body)
-        return web.Response(body=body, status=status, content_type=content_type)
+        return web.Response(body=body, status=status, content_type=content_type, headers=kept)
 
     def _remember(self, request: web.Request, body: bytes) -> None:
         key = credential_of(request.headers.get("Authorization"))

@@ -163,3 +163,41 @@ def test_token_url_beside_the_websocket_url() -> None:
         "https://streaming.assemblyai.com/v3/token")  # fmt: skip
     assert token_url("ws://127.0.0.1:8090/v1/ws") == "http://127.0.0.1:8090/v1/token"
     assert token_url("wss://proxy.example/aai/v3/ws/") == "https://proxy.example/aai/v3/token"
+
+
+async def test_an_upstream_429_comes_back_with_its_retry_after(
+    cp_settings: Callable[..., Settings],
+) -> None:
+    seen: list[dict[str, str]] = []
+
+    async def busy(request: web.Request) -> web.Response:  # a token endpoint out of quota
+        seen.append({"auth": request.headers.get("Authorization", ""),
+                     "query": request.query_string})  # fmt: skip
+        return web.json_response({"error": "Too many requests"}, status=429,
+                                 headers={"Retry-After": "7", "X-Internal": "no"})  # fmt: skip
+
+    upstream = web.Application()
+    upstream.router.add_get("/v3/token", busy)
+    up_runner = web.AppRunner(upstream)
+    await up_runner.setup()
+    up_site = web.TCPSite(up_runner, "127.0.0.1", 0)
+    await up_site.start()
+    up_port = int(up_site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    app = build_app(cp_settings(upstream_streaming_url=f"ws://127.0.0.1:{up_port}/v3/ws"))
+    runner = web.AppRunner(app, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+    try:
+        async with aiohttp.ClientSession() as http:
+            url = f"http://127.0.0.1:{port}/v3/token?expires_in_seconds=60"
+            async with http.get(url, headers={"Authorization": "k"}) as resp:
+                assert resp.status == 429
+                assert resp.headers["Retry-After"] == "7"
+                assert "X-Internal" not in resp.headers
+                assert await resp.json() == {"error": "Too many requests"}
+        assert seen == [{"auth": "k", "query": "expires_in_seconds=60"}]
+    finally:
+        await runner.cleanup()
+        await up_runner.cleanup()
