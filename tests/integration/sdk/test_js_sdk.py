@@ -29,6 +29,7 @@ from tests.integration.service.conftest import Emulator
 from tests.support.tls import self_signed
 
 JS = Path(__file__).parent / "js"
+pytestmark = pytest.mark.timeout(180)  # the first test may run ``npm ci`` (a few seconds)
 AUDIO = base64.b64encode(pattern_audio([("speech", 1000), ("silence", 1600)])).decode()
 
 
