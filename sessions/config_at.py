@@ -252,6 +252,12 @@ class _Rebuild:
             return
         candidate, sent = held if held is not None else (apply(self.config, row.get("delta") or {}),
                                                          None)  # fmt: skip
+        if status == "acked" or row.get("error") is None:
+            # applied on what runs at the answer: a client update acknowledged between the
+            # push's `sent` and this answer is kept (the engine hashes that config)
+            now = apply(self.config, row.get("delta") or {})
+            if config_hash(now) == row.get("config_hash"):
+                candidate = now
         self.check(row, candidate)
         if status == "acked":
             self.config = candidate

@@ -621,9 +621,12 @@ class PushEngine:
         error = outcome.error
         if skipped:
             error = _skipped_note(skipped)
+        # applied (acked, or confirmed by a control-channel app): what the upstream runs now,
+        # the push's delta on the base (PushState.acked); else the pushed config as sent
+        applied = outcome.status == "acked" or (outcome.status == "unverified" and not error)
         self.record(ls, cause=push.cause, status=outcome.status, delta=push.delta,
                     wire=None, error=error, version=push.version, refs=push.refs,
-                    config=push.config)  # fmt: skip
+                    config=ls.push.base if applied else push.config)  # fmt: skip
         self._count_push(ls.session.kind, outcome.status)
         self._mark_policies(ls, push, outcome.status, outcome.fields)
         self._sync_session(ls)

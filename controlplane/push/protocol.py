@@ -256,7 +256,10 @@ class PushState:
         if push is None:
             return None
         self.in_flight = None
-        self.base = push.config
+        # the push's delta on what the upstream runs *now*: a client update answered while
+        # the push waited its turn (one session.update outstanding) is part of it
+        base = _apply(self.base, push.delta)
+        self.base = push.config if base == push.config else base  # (shared config objects)
         if status == "acked":
             self.acked_version = push.version
         self.last_status = status

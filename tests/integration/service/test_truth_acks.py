@@ -197,3 +197,29 @@ async def test_a_client_update_unanswered_at_the_end_is_unverified(
         ("unverified", {"system_prompt": "Mine."})
     ]
     assert "ended before the upstream answered" in client[0]["error"]
+
+
+async def test_a_client_update_answered_while_our_push_waited_stays_in_the_record(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    ws, upstream_id, session_id = await _open(cp)
+    try:
+        await emulator.faults(upstream_id, {"latency_ms": 300})
+        await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Mine."}}))
+        await asyncio.sleep(0.05)  # the client's update is outstanding: our push waits its turn
+        await cp.publish({"id": "turns", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"max_turn_silence_ms": 2200}})  # fmt: skip
+        entries = await eventually(lambda: _policy_entries(cp, session_id), timeout=8)
+        assert [e["status"] for e in entries] == ["sent", "acked"]
+        emu = (await emulator.session(upstream_id))["config"]
+        assert emu["system_prompt"] == "Mine."
+        assert emu["input"]["turn_detection"]["max_silence"] == 2200
+        answer = await cp.call(
+            "GET", f"/v1/sessions/{session_id}/config-at?at={time.time():.6f}", expect=200
+        )
+        assert answer["rebuild"]["verified"] is True, answer
+        assert answer["config"] == {"system_prompt": "Mine.", "max_turn_silence_ms": 2200}
+        session = await cp.session(session_id)
+        assert session["state"] == "synced"
+    finally:
+        await ws.close()
