@@ -43,13 +43,18 @@ GATEWAY: Final = web.AppKey("controlplane.gateway", Gateway)
 CONTROL: Final = web.AppKey("controlplane.control", ControlChannel)
 DRAIN_POLL_S = 0.1
 RESTART_CLOSE_CODE = 1012
+MAX_REQUEST_LINE: Final = 64 * 1024
 
 
 def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Application:
     """Raises ``SettingsError`` for a combination of settings that cannot work."""
     settings.check()
     clock = clock or SystemClock()
-    app = web.Application(client_max_size=2 * 1024 * 1024)
+    # a request line as long as the longest query /openapi.json allows (a 4096-character
+    # selector of 4-byte characters is 49 KiB URL-encoded); aiohttp's default is 8190 bytes
+    app = web.Application(
+        client_max_size=2 * 1024 * 1024, handler_args={"max_line_size": MAX_REQUEST_LINE}
+    )
     metrics = Metrics()
     registry = build_registry(settings, clock)
     versionlog = FileVersionLog(

@@ -10,7 +10,7 @@ stored when the entries are read (no false "truncated" while the writer runs).
 from __future__ import annotations
 
 import datetime as dt
-import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,8 @@ from sessions.versionlog import VersionLog
 
 __all__ = [
     "CHECKPOINT_GRACE_S",
+    "INSTANT_PATTERN",
+    "PUBLIC_KEY_B64",
     "Trail",
     "checkpoint_evidence",
     "config_at_answer",
@@ -38,6 +40,21 @@ __all__ = [
 ]
 
 
+PUBLIC_KEY_B64: Final = re.compile(r"[A-Za-z0-9+/]{43}=")
+_YEAR = "(?:000[1-9]|00[1-9][0-9]|0[1-9][0-9]{2}|[1-9][0-9]{3})"
+_DAY = (
+    f"(?:{_YEAR}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)-"
+    "(?:0[1-9]|[12][0-9]|30)|02-(?:0[1-9]|1[0-9]|2[0-8]))|(?:[0-9]{2}(?:0[48]|[2468][048]|"
+    "[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)-02-29)"
+)
+# what parse_instant takes, as /openapi.json states it: RFC 3339 (no zone: UTC), a space or
+# T between date and time; or Unix seconds. Only real dates (leap years counted).
+INSTANT_PATTERN: Final = (
+    f"^(?:-?[0-9]{{1,12}}(?:\\.[0-9]{{1,9}})?|{_DAY}[Tt ](?:[01][0-9]|2[0-3]):[0-5][0-9]:"
+    "[0-5][0-9](?:\\.[0-9]{1,6})?(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])?)$"
+)
+_INSTANT: Final = re.compile(INSTANT_PATTERN)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # entries younger than this may still await their checkpoint (default interval 10 s)
 CHECKPOINT_GRACE_S: Final = 60.0
 
@@ -86,32 +103,32 @@ async def read_trail(
 
 
 def parse_instant(value: str) -> float:
-    """RFC 3339 (``2026-01-31T12:00:00Z``; no zone means UTC) or Unix seconds; ValueError
-    names the input. ASCII only: ``float`` would also read full-width digits and ``1_0``."""
-    if not value.isascii() or "_" in value:
-        raise ValueError(f"not an RFC 3339 time or Unix seconds (ASCII): {value!r:.60}")
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-        except ValueError:
-            raise ValueError(f"not an RFC 3339 time or Unix seconds: {value!r:.60}") from None
-        if stamp.tzinfo is None:
-            stamp = stamp.replace(tzinfo=dt.UTC)
-        try:
-            return stamp.timestamp()
-        except (OverflowError, ValueError):
-            raise ValueError(f"time out of range: {value!r:.60}") from None
-    if not math.isfinite(seconds):
-        raise ValueError(f"not an RFC 3339 time or Unix seconds: {value!r:.60}")
-    return seconds
+    """RFC 3339 (``2026-01-31T12:00:00Z``; no zone means UTC) or Unix seconds, exactly as
+    :data:`INSTANT_PATTERN` says; ValueError names the input."""
+    if not _INSTANT.match(value) or value.endswith("\n"):
+        raise ValueError(
+            f"not an RFC 3339 time (2026-01-31T12:00:00Z) or Unix seconds: {value!r:.60}"
+        )
+    if ":" not in value:
+        return float(value)
+    stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    if stamp.tzinfo is None:
+        stamp = stamp.replace(tzinfo=dt.UTC)
+    return (stamp - _EPOCH).total_seconds()  # never overflows (years 1-9999, any offset)
 
 
 def parse_public_keys(values: Sequence[str | bytes]) -> list[Ed25519PublicKey] | None:
-    """Pinned checkpoint keys (PEM or base64 of the raw 32 bytes); None when none given."""
+    """Pinned checkpoint keys (REST ``public_key``: base64 of the raw 32 bytes, 44 characters,
+    exactly as ``/openapi.json`` says); None when none given."""
     keys = []
     for i, value in enumerate(values):
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+        if not PUBLIC_KEY_B64.fullmatch(text):
+            raise BadRequest(
+                f"public key {i + 1}: must be base64 of the raw 32-byte Ed25519 key "
+                "(44 characters ending in '=')",
+                code="bad_public_key",
+            )
         try:
             keys.append(load_public_key(value.encode() if isinstance(value, str) else value))
         except ValueError as exc:

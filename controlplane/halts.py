@@ -78,6 +78,9 @@ class Halts:
         self._cluster = cluster  # its peers: the other replicas' rollout rows (or None)
         self._rollback = rollback
         self._pinned: dict[tuple[str, int], set[str]] = {}  # halted version -> session ids
+        # the guard failures that halted a version, kept for its rollout rows (the window
+        # forgets them at the halt); one entry per halt: bounded by the halts
+        self._halt_failures: dict[str, list[dict[str, Any]]] = {}
         self.guard = RolloutGuard(
             self, clock=clock, check_interval_s=settings.rollout_sync_interval_s
         )
@@ -161,6 +164,7 @@ class Halts:
             d.get("ratio"), d.get("max_failure_ratio"), d.get("min_sessions"),
             d.get("window_s"), d.get("on_breach"),
         )  # fmt: skip
+        self._keep_halt_failures(event.policy_id, event.version)
         self.guard.window.forget(event.policy_id)
         self._pinned[(event.policy_id, event.version)] = {
             ls.session.id
@@ -218,13 +222,26 @@ class Halts:
     def local_rows(self, policy_id: str) -> list[list[dict[str, Any]]]:
         """This replica's rollout rows of one policy: live sessions, then guard failures."""
         live = local_counts(self._engine.live.values(), only=policy_id).get(policy_id, [])
-        return [live, self.guard.window.rows(policy_id).get(policy_id, [])]
+        failures = self.guard.window.rows(policy_id).get(policy_id, [])
+        return [live, failures + self._halt_failures.get(policy_id, [])]
 
     def with_failures(self, counts: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         """This replica's published rollout rows plus its guard failure rows."""
         for policy_id, rows in self.guard.window.rows().items():
             counts[policy_id] = [*counts.get(policy_id, []), *rows]
+        for policy_id, rows in self._halt_failures.items():
+            counts[policy_id] = [*counts.get(policy_id, []), *rows]
         return counts
+
+    def _keep_halt_failures(self, policy_id: str, version: int) -> None:
+        """The halted version's failures stay in its rollout rows after the window forgets
+        them (``GET …/rollout`` keeps showing what caused the halt). Per replica: each
+        replica keeps its own share, and the published sum is the cluster's."""
+        rows = [r for r in self.guard.window.rows(policy_id).get(policy_id, [])
+                if r["version"] == version]  # fmt: skip
+        kept = [r for r in self._halt_failures.get(policy_id, []) if r["version"] != version]
+        if rows or kept:
+            self._halt_failures[policy_id] = kept + rows
 
     def status(self, policy_id: str) -> dict[str, Any]:
         """``state``, ``halt`` and ``guard`` of the rollout status (docs/api.md)."""

@@ -26,6 +26,7 @@ from annotated_types import Len
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PlainValidator,
@@ -50,11 +51,13 @@ __all__ = [
     "ID_PATTERN",
     "KINDS",
     "LABEL_PATTERN",
+    "MAX_LABEL_CONDITIONS",
     "MAX_PRIORITY",
     "MAX_VARIANTS",
     "MAX_VERSION",
     "MIN_PRIORITY",
     "REASON_MAX_CHARS",
+    "RESERVED_IDS",
     "Experiment",
     "Guard",
     "Match",
@@ -84,6 +87,10 @@ MAX_APPLY_DEADLINE_S: Final = 300.0
 MAX_GUARD_MIN_SESSIONS: Final = 1_000_000
 MAX_GUARD_WINDOW_S: Final = 86_400.0
 BUCKET_BY_SESSION: Final = "session_id"
+# words of the REST API under /v1/policies/ (POST /v1/policies/preview): a policy with such an
+# id could not be addressed as /v1/policies/{id}
+RESERVED_IDS: Final = frozenset({"preview"})
+MAX_LABEL_CONDITIONS: Final = 32  # labels in match.labels, and in match.labels_not
 KINDS: Final = ("streaming-v3", "voice-agent-v1")
 
 _PATTERN_HINTS: Final = {
@@ -107,8 +114,30 @@ LabelName = Annotated[
 ]
 LabelValue = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_VALUE_MAX_CHARS)]
 LabelValues = Annotated[tuple[LabelValue, ...], Len(1, MAX_SELECTOR_VALUES)]
+LabelConditions = Annotated[dict[LabelName, LabelValues], Len(0, MAX_LABEL_CONDITIONS)]
 ModelName = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_MAX_CHARS)]
 Salt = Annotated[str, StringConstraints(min_length=1, max_length=SALT_MAX_CHARS)]
+
+
+def _whole(value: Any) -> Any:
+    """JSON Schema's ``integer`` (what /openapi.json says): 7.0 is the integer 7."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_VERSION:
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole)]
+
+
+def _not_reserved(value: str) -> str:
+    if value in RESERVED_IDS:
+        raise rule_error(
+            "reserved", f"{value!r} is a reserved word of the REST API (/v1/policies/{value})"
+        )
+    return value
+
+
+PolicyId = Annotated[Identifier, AfterValidator(_not_reserved)]
 Percent = Annotated[Decimal, Field(ge=0, le=100, decimal_places=3)]
 
 
@@ -179,9 +208,9 @@ class Match(BaseModel):
 
     kind: Annotated[tuple[Kind, ...], Len(1, len(KINDS))] = ()
     model: Annotated[tuple[ModelName, ...], Len(1, MAX_SELECTOR_VALUES)] = ()
-    labels: dict[LabelName, LabelValues] = Field(default_factory=dict)
+    labels: LabelConditions = Field(default_factory=dict)
     labels_absent: Annotated[tuple[LabelName, ...], Len(1, MAX_SELECTOR_VALUES)] = ()
-    labels_not: dict[LabelName, LabelValues] = Field(default_factory=dict)
+    labels_not: LabelConditions = Field(default_factory=dict)
 
     @field_validator("kind", "model", "labels_absent", mode="before")
     @classmethod
@@ -323,7 +352,9 @@ class Guard(BaseModel):
 
     enabled: bool | None = Field(default=None, strict=True)
     max_failure_ratio: float | None = Field(default=None, ge=0, lt=1, strict=True)
-    min_sessions: int | None = Field(default=None, ge=1, le=MAX_GUARD_MIN_SESSIONS, strict=True)
+    min_sessions: WholeNumber | None = Field(
+        default=None, ge=1, le=MAX_GUARD_MIN_SESSIONS, strict=True
+    )
     window_s: float | None = Field(default=None, gt=0, le=MAX_GUARD_WINDOW_S, strict=True)
     on_breach: OnBreach | None = None
 
@@ -371,9 +402,9 @@ class Policy(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: Identifier
-    version: int | None = Field(default=None, ge=1, le=MAX_VERSION, strict=True)
-    priority: int = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    id: PolicyId
+    version: WholeNumber | None = Field(default=None, ge=1, le=MAX_VERSION, strict=True)
+    priority: WholeNumber = Field(default=0, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     match: Match = Field(default_factory=Match)
     set: ConfigSet = Field(default_factory=dict)

@@ -161,7 +161,10 @@ def _builtin(err: ErrorDetails, root: type[BaseModel], hints: Mapping[str, str])
     if kind == "too_long":
         limit = int(ctx["max_length"])
         actual = ctx.get("actual_length")
-        return Violation(path, "max_items", f"has {actual} items, limit is {limit}", limit)
+        text = (
+            f"limit is {limit} items" if actual is None else f"has {actual} items, limit is {limit}"
+        )
+        return Violation(path, "max_items", text, limit)
     if kind in ("greater_than", "greater_than_equal"):
         key = "gt" if kind == "greater_than" else "ge"
         limit = _plain(ctx[key])

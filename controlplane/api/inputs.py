@@ -294,9 +294,11 @@ def parse_rollback(body: Mapping[str, Any]) -> int:
     values = {name: body[name] for name in ("to", "version") if name in body}
     if not values:
         raise BadRequest('body must be {"to": <version>}: field "to" is required')
-    if len(values) == 2 and values["to"] != values["version"]:
-        raise BadRequest('"to" and "version" disagree; send only "to"')
+    if len(values) == 2:
+        raise BadRequest('send either "to" or its alias "version", not both')
     name, value = next(iter(values.items()))
+    if isinstance(value, float) and value.is_integer() and 1 <= value <= 2**53 - 1:
+        value = int(value)  # JSON Schema's integer: 7.0 is 7 (the document says integer)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BadRequest(f'"{name}" must be an integer >= 1, got {value!r:.40}')
     return value

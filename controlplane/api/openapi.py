@@ -32,6 +32,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "Unauthorized",
         403: "Forbidden",
         404: "NotFound",
+        405: "MethodNotAllowed",
         409: "Conflict",
         413: "PayloadTooLarge",
         422: "InvalidPolicy",
@@ -59,6 +60,8 @@ def _op(
     else:
         operation["x-required-role"] = role
         errors = (*errors, 401, 403)
+    if "PolicyId" in params:  # /v1/policies/preview is not a policy: 405
+        errors = (*errors, 405)
     if params:
         operation["parameters"] = [{"$ref": f"#/components/parameters/{p}"} for p in params]
     if body is not None:
@@ -126,7 +129,7 @@ _PATHS: dict[str, Any] = {
             _V,
             json_content(ref("LogList"), "entries"),
             errors=(400, 404),
-            params=(*_S, "Limit", "Cursor"),
+            params=(*_S, "Limit", "LogCursor"),
         )
     },
     "/v1/sessions/{session_id}/config-at": {

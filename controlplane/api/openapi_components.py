@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from controlplane.audit_sources import INSTANT_PATTERN
 from policies.fields import (
     FIELDS,
     MAX_KEYTERM_CHARS,
@@ -27,12 +28,14 @@ from policies.model import (
     MAX_APPLY_DEADLINE_S,
     MAX_GUARD_MIN_SESSIONS,
     MAX_GUARD_WINDOW_S,
+    MAX_LABEL_CONDITIONS,
     MAX_PRIORITY,
     MAX_SELECTOR_VALUES,
     MAX_VARIANTS,
     MAX_VERSION,
     MIN_PRIORITY,
     REASON_MAX_CHARS,
+    RESERVED_IDS,
     SALT_MAX_CHARS,
     VARIANT_PATTERN,
 )
@@ -107,6 +110,7 @@ _LABEL_VALUES = _one_or_many(
 )
 _LABEL_MATCH = {
     "type": "object",
+    "maxProperties": MAX_LABEL_CONDITIONS,
     "propertyNames": _LABEL_NAME,
     "additionalProperties": _LABEL_VALUES,
 }
@@ -130,8 +134,14 @@ _POLICY = {
     ),
     "required": ["id"],
     "additionalProperties": False,
+    # the rules above, by the violation rule a 422 invalid_policy names for them
+    "x-cross-field-rules": ["conflict", "min_le_max", "unique", "weights_sum"],
     "properties": {
-        "id": _ID,
+        "id": {
+            **_ID,
+            "not": {"enum": sorted(RESERVED_IDS)},
+            "description": f"reserved (REST words): {', '.join(sorted(RESERVED_IDS))}",
+        },
         "version": {
             "type": ["integer", "null"],
             "minimum": 1,
@@ -544,7 +554,10 @@ SCHEMAS: dict[str, Any] = {
                 "maxProperties": 64,
                 "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,63}$"},
                 "additionalProperties": {
-                    "oneOf": [{"type": "string", "maxLength": 256}, {"type": "null"}]
+                    "oneOf": [
+                        {"type": "string", "maxLength": 256, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+                        {"type": "null"},
+                    ]
                 },
                 "description": "a string sets the label, null removes it",
             }
@@ -553,9 +566,15 @@ SCHEMAS: dict[str, Any] = {
     "Rollback": {
         "type": "object",
         "additionalProperties": False,
+        "oneOf": [{"required": ["to"]}, {"required": ["version"]}],  # one of them, not both
         "properties": {
-            "to": {"type": "integer", "minimum": 1},
-            "version": {"type": "integer", "minimum": 1, "description": "alias of to"},
+            "to": {"type": "integer", "minimum": 1, "maximum": MAX_VERSION},
+            "version": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": MAX_VERSION,
+                "description": "alias of to",
+            },
             "reason": {"type": ["string", "null"], "maxLength": REASON_MAX_CHARS},
         },
     },
@@ -577,41 +596,80 @@ def _param(name: str, where: str, schema: dict[str, Any], description: str) -> d
     }
 
 
+# The server's own rules as patterns both regex dialects (Python's, ECMA's) read alike: no
+# \s (Python's also matches \x85, \x1c-\x1f; ECMA's \ufeff): whitespace spelled out as Python's
+_WS = "\\t-\\r\\x1c-\\x20\\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000"
+_S = f"[{_WS}]*"
+_OPAQUE = f"[^{_WS}/\\x00-\\x1f\\x7f]{{1,256}}"
+_SEL_KEY = "[A-Za-z0-9_.-]{1,63}"
+_SEL_EDGE = f"[^,(){_WS}\\x00-\\x1f\\x7f]"
+_SEL_VALUE = f"{_SEL_EDGE}(?:[^,()\\x00-\\x1f\\x7f]{{0,254}}{_SEL_EDGE})?"
+_SEL_TERM = (
+    f"{_S}{_SEL_KEY}(?:{_S}={_S}{_SEL_VALUE}"
+    f"|[{_WS}]+in{_S}\\({_S}{_SEL_VALUE}{_S}(?:,{_S}{_SEL_VALUE}{_S})*\\)){_S}"
+)
+SELECTOR_PATTERN: Final = f"^(?:{_S}|{_SEL_TERM}(?:,{_SEL_TERM}){{0,63}})$"
+
 PARAMETERS: dict[str, Any] = {
     "SessionId": _param(
         "session_id",
         "path",
-        {"type": "string", "maxLength": 256},
+        {"type": "string", "pattern": f"^{_OPAQUE}$"},
         "session: the control plane's id or the upstream's (Begin.id, Voice Agent session_id)",
     ),
     "UpstreamId": _param(
         "upstream_id",
         "query",
-        {"type": "string", "maxLength": 256},
+        {"type": "string", "pattern": f"^{_OPAQUE}$"},
         "only the session with this upstream id (Begin.id, Voice Agent session_id)",
     ),
     "PolicyId": _param(
-        "policy_id", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"}, "policy"
+        "policy_id",
+        "path",
+        {
+            "type": "string",
+            "pattern": "^[a-z0-9][a-z0-9-]{0,255}$",
+            "not": {"enum": sorted(RESERVED_IDS)},
+        },
+        "policy",
     ),
-    "ExperimentKey": _param("key", "path", {"type": "string", "maxLength": 256}, "experiment"),
+    "ExperimentKey": _param(
+        "key", "path", {"type": "string", "pattern": f"^{_OPAQUE}$"}, "experiment"
+    ),
     "Selector": {
         **_param(
             "selector",
             "query",
-            {"type": "string", "maxLength": 4096},
-            "labels: k=v,k=v2 (repeated key = any of) or k in (a,b)",
+            {"type": "string", "maxLength": 4096, "pattern": SELECTOR_PATTERN},
+            "labels: k=v,k=v2 (repeated key = any of) or k in (a,b); at most 64 terms",
         ),
         "example": "region in (eu-west-1,eu-central-1),tenant=acme",
     },
     "Kind": _param("kind", "query", {"enum": ["streaming-v3", "voice-agent-v1"]}, "kind"),
-    "State": _param("state", "query", {"type": "string"}, "session state"),
+    "State": _param(
+        "state",
+        "query",
+        {"type": "string", "pattern": "^(?:[a-z][a-z_-]{0,31})?$"},
+        "session state",
+    ),
     "Limit": _param(
         "limit",
         "query",
         {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
         "page size",
     ),
-    "Cursor": _param("cursor", "query", {"type": "string"}, "the previous page's next"),
+    "Cursor": _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": "^[\\x21-\\x7e]{0,1024}$"},
+        "the previous page's next",
+    ),
+    "LogCursor": _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": "^(?:seq-[0-9]{1,18})?$"},
+        "the previous page's next (seq-N: the entries after seq N)",
+    ),
     "Reason": _param(
         "reason",
         "query",
@@ -624,9 +682,19 @@ PARAMETERS: dict[str, Any] = {
     "Format": _param(
         "format", "query", {"enum": ["json", "csv"]}, "csv (or Accept: text/csv) for CSV"
     ),
-    "AuditSession": _param("session", "query", {"type": "string"}, "verify one session only"),
+    "AuditSession": _param(
+        "session",
+        "query",
+        {"type": "string", "pattern": f"^(?:{_OPAQUE})?$"},
+        "verify one session only",
+    ),
     "At": {
-        **_param("at", "query", {"type": "string"}, "instant: RFC 3339 or Unix seconds"),
+        **_param(
+            "at",
+            "query",
+            {"type": "string", "pattern": INSTANT_PATTERN},
+            "instant: RFC 3339 or Unix seconds",
+        ),
         "required": True,
         "example": "2026-01-31T12:00:00Z",
     },
@@ -634,7 +702,7 @@ PARAMETERS: dict[str, Any] = {
         **_param(
             "public_key",
             "query",
-            {"type": "array", "items": {"type": "string"}},
+            {"type": "array", "items": {"type": "string", "pattern": "^[A-Za-z0-9+/]{43}=$"}},
             "trusted checkpoint key(s): base64 of the raw 32-byte Ed25519 public key",
         ),
         "style": "form",
@@ -654,6 +722,13 @@ _PROTOCOL_ERROR: Final = {
 }
 
 RESPONSES: dict[str, Any] = {
+    "MethodNotAllowed": {
+        **_response(
+            "method_not_allowed: details.allowed (e.g. /v1/policies/preview is POST "
+            "only: a reserved word, never a policy id)"
+        ),
+        "headers": {"Allow": {"schema": {"type": "string"}, "required": True}},
+    },
     "BadRequest": {
         **_response("bad_request, bad_json or bad_yaml: the message names the input"),
         "content": {JSON: {"schema": ref("Error")}, "text/plain": _PROTOCOL_ERROR},

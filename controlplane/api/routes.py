@@ -42,6 +42,7 @@ from controlplane.api.ports import ControlPlaneAPI
 from controlplane.audit_sources import parse_instant
 from controlplane.config import Settings
 from controlplane.errors import BadRequest
+from policies.model import RESERVED_IDS
 
 __all__ = ["ASSIGNMENT_COLUMNS", "ROUTES", "RouteSpec", "add_routes", "assignments_csv"]
 
@@ -77,6 +78,12 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
     RouteSpec("GET", "/readyz", "readyz", None),
     RouteSpec("GET", "/openapi.json", "openapi", None),
+)
+
+# a reserved word (POST /v1/policies/preview) is never a policy id: GET or DELETE
+# /v1/policies/preview answer 405 (Allow: POST), not a lookup of a policy named "preview"
+POLICY_ID_SEGMENT: Final = (
+    "{policy_id:" + "".join(f"(?!{word}$)" for word in sorted(RESERVED_IDS)) + "[^{}/]+}"
 )
 
 ASSIGNMENT_COLUMNS: Final = (
@@ -349,4 +356,5 @@ def add_routes(
         handler = getattr(handlers, spec.handler)
         if spec.role is not None:
             handler = require(spec.role, handler)
-        app.router.add_route(spec.method, spec.path, handler, name="api." + spec.handler)
+        path = spec.path.replace("{policy_id}", POLICY_ID_SEGMENT)
+        app.router.add_route(spec.method, path, handler, name="api." + spec.handler)

@@ -82,6 +82,10 @@ async def test_rejections_over_the_threshold_halt_the_version(
     assert halt["version"] == 2 and halt["reason"] == "failure_ratio"
     assert halt["targeted"] == 65 and 1 <= halt["failed"] <= 2
     assert halt["ratio"] == round(halt["failed"] / 65, 6)
+    # the failures that caused the halt stay in the counts (issue 19 item 7)
+    (v2,) = [row for row in body["versions"] if row["version"] == 2]
+    assert v2["guard_failures"] == halt["failed"]
+    assert body["totals"]["guard_failures"] == halt["failed"]
     assert (halt["max_failure_ratio"], halt["min_sessions"], halt["window_s"]) == (0.01, 50, 300)
     assert halt["on_breach"] == "halt" and halt["rollback_to"] is None
     assert halt["decided_by"] == "node-a" and halt["actor"] == "guard:node-a"

@@ -242,7 +242,7 @@ async def test_unavailable_is_503_with_retry_after(client: Client, fake: FakeCon
         ("POST", "/v1/policies/eu-disclosure/rollback", {"to": True}, '"to" must be an integer'),
         ("POST", "/v1/policies/eu-disclosure/rollback", {"to": 0}, '"to" must be an integer'),
         ("POST", "/v1/policies/eu-disclosure/rollback", {}, '"to" is required'),
-        ("POST", "/v1/policies/eu-disclosure/rollback", {"to": 1, "version": 2}, "disagree"),
+        ("POST", "/v1/policies/eu-disclosure/rollback", {"to": 1, "version": 1}, "not both"),
         ("POST", "/v1/policies/eu-disclosure/rollback", {"to": 1, "x": 1}, "unknown field"),
         ("POST", "/v1/policies/eu-disclosure/rollback", [1], "must be a JSON object"),
         ("PATCH", "/v1/sessions/s-1/labels", {"labels": {"a": 1}}, "must be a string or null"),

@@ -292,27 +292,11 @@ CASES: Final = list(corpus())
 
 # Where the schema and the model knowingly disagree (each expected to break the agreement).
 KNOWN_GAPS: Final = (
-    [
-        pytest.param(
-            mutate(FULL, (field,), 2.0),
-            id=f"{field}=2.0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the model's strict int refuses 2.0; in JSON Schema 2.0 is an integer",
-            ),
-        )
+    [  # closed (issue 19): JSON Schema's integer 2.0 is the integer 2 for the model too
+        pytest.param(mutate(FULL, (field,), 2.0), id=f"{field}=2.0")
         for field in ("version", "priority")
     ]
-    + [
-        pytest.param(
-            mutate(FULL, ("guard", "min_sessions"), 50.0),
-            id="guard.min_sessions=50.0",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="the model's strict int refuses 50.0; in JSON Schema 50.0 is an integer",
-            ),
-        )
-    ]
+    + [pytest.param(mutate(FULL, ("guard", "min_sessions"), 50.0), id="guard.min_sessions=50.0")]
     + [
         pytest.param(
             mutate(FULL, path, value),

@@ -26,7 +26,7 @@ def _violations(guard: Any) -> list[tuple[str, str, Any]]:
         ({"max_failure_ratio": True}, [("guard.max_failure_ratio", "type", None)]),
         ({"min_sessions": 0}, [("guard.min_sessions", "min", 1)]),
         ({"min_sessions": 1_000_001}, [("guard.min_sessions", "max", 1_000_000)]),
-        ({"min_sessions": 50.0}, [("guard.min_sessions", "type", None)]),
+        ({"min_sessions": 50.5}, [("guard.min_sessions", "type", None)]),
         ({"min_sessions": "50"}, [("guard.min_sessions", "type", None)]),
         ({"window_s": 0}, [("guard.window_s", "min", 0.0)]),
         ({"window_s": 86_401}, [("guard.window_s", "max", 86_400.0)]),
