@@ -329,7 +329,7 @@ class ControlPlane:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Change records, oldest first, ``limit`` at a time; the cursor is the last version
         of the previous page."""
-        if cursor is not None and (not cursor.isdigit() or len(cursor) > 16):
+        if cursor is not None and not (cursor.isascii() and cursor.isdigit() and len(cursor) <= 16):
             raise BadRequest("query parameter 'cursor' is not a cursor returned by this endpoint")
         after = 0 if cursor is None else int(cursor)
         records = [r for r in self.store.changes(policy_id) if r["version"] > after]

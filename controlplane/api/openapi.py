@@ -198,7 +198,7 @@ _PATHS: dict[str, Any] = {
             _V,
             json_content(ref("VersionList"), "change records"),
             errors=(400, 404),
-            params=(*_P, "Limit", "Cursor"),
+            params=(*_P, "Limit", "VersionCursor"),
         )
     },
     "/v1/policies/{policy_id}/rollout": {

@@ -664,6 +664,12 @@ PARAMETERS: dict[str, Any] = {
         {"type": "string", "pattern": "^[\\x21-\\x7e]{0,1024}$"},
         "the previous page's next",
     ),
+    "VersionCursor": _param(
+        "cursor",
+        "query",
+        {"type": "string", "pattern": "^[0-9]{0,16}$"},
+        "the previous page's next (the last version it held)",
+    ),
     "LogCursor": _param(
         "cursor",
         "query",
