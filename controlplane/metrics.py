@@ -82,7 +82,8 @@ class Metrics:
         )
         self.sessions_at_version = Gauge(
             p + "sessions_at_version",
-            "Sessions whose effective config includes a policy version",
+            "Sessions running a policy version (acknowledged, or nothing to send; Streaming v3:"
+            " written); not pending, in flight or refused",
             ["policy", "version"],
             registry=r,
         )

@@ -182,7 +182,7 @@ async def test_a_refusal_naming_one_field_of_a_shared_push_charges_only_its_owne
     agent = await fleet.agent("team=d")
     sid = cp.live_by_upstream(agent.upstream_id)
     await emulator.faults(agent.upstream_id, {
-        "latency_ms": 400, "fail_fields": {"system_prompt": "invalid_value"},
+        "latency_ms": 1500, "fail_fields": {"system_prompt": "invalid_value"},
     })  # fmt: skip
     match = {"labels": {"team": ["d"]}}
     await cp.publish({"id": "calm", "match": match, "set": {"vad_threshold": 0.4}})
@@ -191,6 +191,8 @@ async def test_a_refusal_naming_one_field_of_a_shared_push_charges_only_its_owne
     await cp.publish({"id": "persona", "priority": 20, "match": match,
                       "set": {"system_prompt": "Pitch hard."}})  # fmt: skip
     await cp.publish({"id": "terms", "match": match, "set": {"keyterms": ["gamma"]}})
+    in_flight = live_push(cp, sid).in_flight
+    assert in_flight is not None and set(in_flight.delta) == {"vad_threshold"}, "not coalesced"
     rejected = await eventually(lambda: entries(cp, sid, status="rejected"), timeout=10)
     assert rejected[0]["delta"] == {"system_prompt": "Pitch hard.", "keyterms": ["gamma"]}
 
