@@ -32,6 +32,7 @@ from controlplane.policy_files import PolicyFiles
 from controlplane.service import ControlPlane
 from controlplane.token_proxy import TokenProxy
 from sessions.clock import Clock, SystemClock
+from sessions.redis_tokens import RedisTokenLabels
 from sessions.versionlog import FileVersionLog
 
 __all__ = ["SERVICE", "build_app"]
@@ -97,7 +98,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     http_holder: list[aiohttp.ClientSession] = []
     closed: list[bool] = []
     slots = ConnectionSlots(settings.max_connections)  # one cap over both kinds of socket
-    gateway = Gateway(service, http=None, slots=slots)  # its HTTP client is created on startup
+    # minted tokens' credential labels: shared through Redis so every replica honours them
+    token_labels = None
+    if settings.redis_url and settings.credential_labels_file is not None:
+        token_labels = RedisTokenLabels(settings.redis_url, prefix=settings.redis_prefix)
+    gateway = Gateway(service, http=None, slots=slots, token_labels=token_labels)
     control = ControlChannel(service, slots)
     gateway.add_routes(app)
     TokenProxy(gateway).add_routes(app)
@@ -143,6 +148,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
                 await dist.close()  # after the log's last flush: the last ship
             for http in http_holder:
                 await http.close()
+            if token_labels is not None:
+                with contextlib.suppress(Exception):
+                    await token_labels.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

@@ -45,6 +45,9 @@ from controlplane.gateway_acks import AgentLink
 from controlplane.gateway_labels import (
     CredentialLabels,
     LabelConflict,
+    LabelsUnavailable,
+    MemoryTokenLabels,
+    TokenLabelStore,
     credential_of,
     merge_labels,
     parse_labels,
@@ -121,13 +124,15 @@ class Gateway:
         service: ControlPlane,
         http: aiohttp.ClientSession | None,
         slots: ConnectionSlots | None = None,
+        token_labels: TokenLabelStore | None = None,
     ) -> None:
         self.service = service
         self.settings = service.settings
         self.http = http
         self.connections: set[web.WebSocketResponse] = set()
         self.credential_labels = CredentialLabels(
-            self.settings.credential_labels_file, clock=service.clock.monotonic
+            self.settings.credential_labels_file,
+            token_labels or MemoryTokenLabels(service.clock.monotonic),
         )
         self.slots = slots or ConnectionSlots(self.settings.max_connections)
         self.update_rates = UpdateRates(
@@ -142,16 +147,20 @@ class Gateway:
         app.router.add_get("/labels/{labels}/v3/ws", streaming)
         app.router.add_get("/labels/{labels}/v1/ws", agent)
 
-    def _labels(self, request: web.Request) -> dict[str, str]:
+    async def _labels(self, request: web.Request) -> dict[str, str]:
         """All label sources merged (controlplane.gateway_labels); ValueError when one is
-        malformed, LabelConflict when two disagree."""
+        malformed, LabelConflict when two disagree, LabelsUnavailable when a token's
+        labels cannot be read."""
         path = ""
         if "labels" in request.match_info:  # the raw segment: split before URL-decoding
             path = request.raw_path.partition("?")[0].split("/")[2]
         credential = credential_of(request.headers.get("Authorization"))
         credential = request.query.get("token") or credential  # a temporary token
+        labels = self.credential_labels.for_credential(credential)
+        if not labels and credential is not None:
+            labels = await self.credential_labels.for_token(credential)
         return merge_labels({
-            "credential": self.credential_labels.for_credential(credential),
+            "credential": labels,
             "path": parse_path_labels(path),
             "header": parse_labels(request.headers.get(LABELS_HEADER, "")),
             "query": parse_labels(request.query.get(LABELS_QUERY, "")),
@@ -179,12 +188,14 @@ class Gateway:
         if self.service.draining:
             return _http_error(503, "draining", "the control plane is shutting down")
         try:
-            labels = self._labels(request)
+            labels = await self._labels(request)
             query = {k: v for k, v in request.query.items() if k != LABELS_QUERY}
             info = STREAMING_V3.parse_connect_query(query)
         except LabelConflict as exc:
             self.service.metrics.rejects.labels(STREAMING_V3.name, "label_conflict").inc()
             return await _label_conflict(self._client_ws(), request, exc, agent=False)
+        except LabelsUnavailable as exc:
+            return _http_error(503, "backend_unavailable", str(exc))
         except (ValueError, DialectError) as exc:
             return _http_error(400, "bad_connect_parameters", str(exc))
         session, effective = self.service.new_session(
@@ -228,7 +239,9 @@ class Gateway:
         if self.service.draining:
             return _http_error(503, "draining", "the control plane is shutting down")
         try:
-            labels = self._labels(request)
+            labels = await self._labels(request)
+        except LabelsUnavailable as exc:
+            return _http_error(503, "backend_unavailable", str(exc))
         except LabelConflict as exc:
             self.service.metrics.rejects.labels(VOICE_AGENT_V1.name, "label_conflict").inc()
             return await _label_conflict(self._client_ws(), request, exc, agent=True)

@@ -23,7 +23,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 from urllib.parse import unquote
 
 from policies.fields import utf8_problem
@@ -33,6 +33,9 @@ __all__ = [
     "SOURCES",
     "CredentialLabels",
     "LabelConflict",
+    "LabelsUnavailable",
+    "MemoryTokenLabels",
+    "TokenLabelStore",
     "credential_of",
     "key_digest",
     "merge_labels",
@@ -166,29 +169,70 @@ def parse_credential_labels(
     return table
 
 
+class LabelsUnavailable(Exception):
+    """The shared token-label store cannot answer: the connection is refused (503) rather
+    than started without labels a compliance policy may target."""
+
+
+class TokenLabelStore(Protocol):
+    """Where the labels of minted tokens live: this replica (``MemoryTokenLabels``) or all
+    replicas (``sessions.redis_tokens.RedisTokenLabels``). Keys are token digests."""
+
+    async def put(self, digest: str, labels: Mapping[str, str], ttl_s: float) -> None: ...
+
+    async def get(self, digest: str) -> dict[str, str] | None: ...
+
+
+class MemoryTokenLabels:
+    """Token labels on this replica only: at most ``MAX_TOKENS``, expired ones pruned first."""
+
+    __slots__ = ("_clock", "_tokens")
+    MAX_TOKENS: Final = 100_000
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._tokens: dict[str, tuple[float, dict[str, str]]] = {}  # digest -> (until, labels)
+
+    async def put(self, digest: str, labels: Mapping[str, str], ttl_s: float) -> None:
+        now = self._clock()
+        if len(self._tokens) >= self.MAX_TOKENS:
+            for old in [d for d, (until, _) in self._tokens.items() if until <= now]:
+                del self._tokens[old]
+            while len(self._tokens) >= self.MAX_TOKENS:  # oldest first
+                del self._tokens[next(iter(self._tokens))]
+        self._tokens[digest] = (now + ttl_s, dict(labels))
+
+    async def get(self, digest: str) -> dict[str, str] | None:
+        until, labels = self._tokens.get(digest, (0.0, {}))
+        return dict(labels) if until > self._clock() else None
+
+
 class CredentialLabels:
     """The credential-labels file, re-read when it changes (mtime and size). A file that
     turns unreadable or malformed while serving keeps the last good table (logged): labels
     that target compliance policies must not silently vanish.
 
-    Temporary tokens minted through this gateway (``GET /v3/token``, ``/v1/token``) with a
-    mapped key carry that key's labels until they expire (``remember_token``; digests only,
-    at most ``MAX_TOKENS``, this replica only)."""
+    Temporary tokens minted through the gateway (``GET /v3/token``, ``/v1/token``) with a
+    mapped key carry that key's labels until their redemption window ends
+    (``remember_token``, ``for_token``; digests only), kept in ``tokens``: this replica's
+    memory, or Redis in distributed mode so any replica honours them."""
 
-    __slots__ = ("_clock", "_path", "_stamp", "_table", "_tokens")
-    MAX_TOKENS: Final = 100_000
+    __slots__ = ("_path", "_stamp", "_table", "tokens")
 
-    def __init__(self, path: Path | None, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, path: Path | None, tokens: TokenLabelStore) -> None:
         self._path = path
-        self._clock = clock
+        self.tokens = tokens
         self._stamp: tuple[int, int] | None = None
         self._table: dict[str, dict[str, str]] = {}
-        self._tokens: dict[str, tuple[float, dict[str, str]]] = {}  # digest -> (until, labels)
         if path is not None:
             self._table = parse_credential_labels(path.read_text(encoding="utf-8"),
                                                   source=str(path))  # fmt: skip
             stat = path.stat()
             self._stamp = (stat.st_mtime_ns, stat.st_size)
+
+    @property
+    def configured(self) -> bool:
+        return self._path is not None
 
     def _current(self) -> dict[str, dict[str, str]]:
         path = self._path
@@ -207,30 +251,29 @@ class CredentialLabels:
         return self._table
 
     def for_credential(self, credential: str | None) -> dict[str, str]:
-        """The labels of an API key, or of a token minted with one (empty when unmapped)."""
+        """The labels of an API key (empty when unmapped or no credential)."""
         if credential is None:
             return {}
         table = self._current()
         if not table:
             return {}
-        digest = key_digest(credential)
-        found = table.get(digest)
-        if found is None and self._tokens and self._clock is not None:
-            until, labels = self._tokens.get(digest, (0.0, {}))
-            found = labels if until > self._clock() else None
-        return dict(found or {})
+        return dict(table.get(key_digest(credential), {}))
 
-    def remember_token(self, key: str, token: str, expires_in_s: float) -> bool:
+    async def for_token(self, credential: str | None) -> dict[str, str]:
+        """The labels of a token minted with a mapped key (empty when none); raises
+        LabelsUnavailable (Redis down) rather than answering without them."""
+        if credential is None or not self.configured:
+            return {}
+        try:
+            return await self.tokens.get(key_digest(credential)) or {}
+        except Exception as exc:
+            raise LabelsUnavailable(f"token labels cannot be read: {exc}") from exc
+
+    async def remember_token(self, key: str, token: str, expires_in_s: float) -> bool:
         """A token minted with ``key``: it carries the key's labels for ``expires_in_s``
         (its redemption window). False when the key has no labels (nothing kept)."""
         labels = self.for_credential(key)
-        if not labels or self._clock is None:
+        if not labels:
             return False
-        now = self._clock()
-        if len(self._tokens) >= self.MAX_TOKENS:
-            for digest in [d for d, (until, _) in self._tokens.items() if until <= now]:
-                del self._tokens[digest]
-            while len(self._tokens) >= self.MAX_TOKENS:  # oldest first
-                del self._tokens[next(iter(self._tokens))]
-        self._tokens[key_digest(token)] = (now + expires_in_s, labels)
+        await self.tokens.put(key_digest(token), labels, expires_in_s)
         return True

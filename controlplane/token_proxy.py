@@ -88,22 +88,30 @@ class TokenProxy:
             return _error(502, "upstream_unreachable", "cannot reach the upstream token endpoint")
         if len(body) > MAX_BODY_BYTES:
             return _error(502, "upstream_bad_answer", "the upstream token answer is too large")
-        if status == 200:
-            self._remember(request, body)
+        if status == 200 and not await self._remember(request, body):
+            return _error(503, "backend_unavailable",
+                          "the token's labels could not be stored; try again")  # fmt: skip
         return web.Response(body=body, status=status, content_type=content_type, headers=kept)
 
-    def _remember(self, request: web.Request, body: bytes) -> None:
+    async def _remember(self, request: web.Request, body: bytes) -> bool:
+        """Keep the labels of a token minted with a labelled key; False when they could not
+        be stored (the token is then not handed out: its sessions would lack them)."""
         key = credential_of(request.headers.get("Authorization"))
         if key is None:
-            return
+            return True
         try:
             answer = json.loads(body)
         except ValueError:
-            return
+            return True
         if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
-            return
+            return True
         window = answer.get("expires_in_seconds")
         if not isinstance(window, int | float) or isinstance(window, bool):
             window = MAX_WINDOW_S
         window = min(max(float(window), 0.0), MAX_WINDOW_S)
-        self.gateway.credential_labels.remember_token(key, answer["token"], window)
+        try:
+            await self.gateway.credential_labels.remember_token(key, answer["token"], window)
+        except Exception as exc:  # the shared store (Redis) is down; never the token logged
+            log.warning("token labels not stored: %s", type(exc).__name__)
+            return False
+        return True

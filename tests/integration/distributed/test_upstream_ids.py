@@ -4,7 +4,9 @@ session by the id its app knows, and routes the log request to the owner."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+from pathlib import Path
 
 import websockets
 
@@ -33,3 +35,21 @@ async def test_any_replica_finds_a_session_by_its_upstream_id(cluster: Cluster) 
         assert [s["id"] for s in listed["items"]] == [cp_id]
         log = await a.call("GET", f"/v1/sessions/{upstream_id}/log", expect=200)
         assert log["items"][0]["session_id"] == cp_id  # served by the owner, node-b
+
+
+async def test_a_token_minted_on_one_replica_carries_its_keys_labels_on_another(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    table = tmp_path / "credential-labels"
+    table.write_text(f"{hashlib.sha256(b'acme-key').hexdigest()} tenant=acme\n")
+    a = await cluster.start("node-a", credential_labels_file=table)
+    b = await cluster.start("node-b", credential_labels_file=table)
+    url = f"{a.base}/v3/token?expires_in_seconds=60"
+    async with a.http.get(url, headers={"Authorization": "acme-key"}) as resp:
+        assert resp.status == 200, await resp.text()
+        token = (await resp.json())["token"]
+    connect = f"{b.ws_base}/v3/ws?sample_rate=16000&token={token}"
+    async with websockets.connect(connect) as ws:  # the JS SDK's way: ?token=, no header
+        begin = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        session = await b.session(b.live_by_upstream(begin["id"]))
+        assert session["labels"] == {"tenant": "acme"}  # learnt on node-a, honoured on node-b

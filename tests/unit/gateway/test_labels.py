@@ -11,6 +11,7 @@ import pytest
 from controlplane.gateway_labels import (
     CredentialLabels,
     LabelConflict,
+    MemoryTokenLabels,
     credential_of,
     merge_labels,
     parse_credential_labels,
@@ -67,7 +68,7 @@ def test_credential_table_by_digest_reloads_and_keeps_last_good(tmp_path: Path) 
     digest = hashlib.sha256(b"tenant-key").hexdigest()
     path = tmp_path / "labels"
     path.write_text(f"# platform tenants\n{digest} tenant=acme,tier=gold\n")
-    table = CredentialLabels(path)
+    table = CredentialLabels(path, MemoryTokenLabels(lambda: 0.0))
     assert table.for_credential("tenant-key") == {"tenant": "acme", "tier": "gold"}
     assert table.for_credential("other-key") == {}
     assert table.for_credential(None) == {}
@@ -108,3 +109,17 @@ def test_settings_refuse_bad_tls_and_credential_files_naming_the_problem(tmp_pat
     assert "sk-live-secret" not in str(err.value)
     with pytest.raises(SettingsError, match=r"credential labels .*missing"):
         Settings(credential_labels_file=tmp_path / "missing").check()
+
+
+async def test_a_token_carries_its_keys_labels_for_its_window_only(tmp_path: Path) -> None:
+    now = [100.0]
+    path = tmp_path / "labels"
+    path.write_text(f"{hashlib.sha256(b'tenant-key').hexdigest()} tenant=acme\n")
+    table = CredentialLabels(path, MemoryTokenLabels(lambda: now[0]))
+    assert await table.remember_token("tenant-key", "tok-1", 60.0) is True
+    assert await table.remember_token("unmapped-key", "tok-2", 60.0) is False
+    assert table.for_credential("tok-1") == {}  # a token is not a key
+    assert await table.for_token("tok-1") == {"tenant": "acme"}
+    assert await table.for_token("tok-2") == {}
+    now[0] = 160.0  # the redemption window is over
+    assert await table.for_token("tok-1") == {}
