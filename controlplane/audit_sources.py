@@ -191,8 +191,8 @@ def require_checkpoints(
         f"missing: {none}{len(overdue)} entries older than {grace_s:g}s are covered by no "
         f"checkpoint (oldest: session {sid} seq {seq}), while " + "; ".join(evidence) + ": "
         "checkpoints were being written and have been removed (or the writer died before "
-        "writing them); the newest entries of a session could be missing unnoticed. Pass "
-        "--allow-missing-checkpoints to accept this trail"
+        "writing them); the newest entries of a session could be missing unnoticed "
+        "(offline, audit verify --data-dir … --allow-missing-checkpoints accepts this trail)"
     )
     bad = {"node": None, "seq": None, "kind": "missing", "problem": problem}
     checkpoints = {**checkpoints, "ok": False, "first_bad": checkpoints.get("first_bad") or bad,

@@ -20,9 +20,11 @@ from typing import Any
 from controlplane.assignments import AssignmentBook
 from controlplane.audit_sources import (
     Trail,
+    checkpoint_evidence,
     config_at_answer,
     parse_public_keys,
     read_trail,
+    require_checkpoints,
     verify_answer,
 )
 from controlplane.authority import acting_role, check_locks, check_owner
@@ -510,7 +512,11 @@ class ControlPlane:
         trusted = parse_public_keys(public_keys)  # a bad key is 400 before any reading
         if session_id is not None:
             session_id = await self.resolve_session_id(session_id)
-        answer = verify_answer(await self._audit_trail(session_id), session_id, trusted)
+        trail = await self._audit_trail(session_id)
+        answer = verify_answer(trail, session_id, trusted)
+        if trail.source == "local":  # this replica signs checkpoints: none may go missing
+            evidence = checkpoint_evidence(self.settings.data_dir)
+            answer = require_checkpoints(answer, trail, evidence, now=self.clock.now())
         broken = sum(1 for r in answer["items"] if not r["ok"])
         broken += 0 if answer["checkpoints"]["ok"] else 1
         if broken:

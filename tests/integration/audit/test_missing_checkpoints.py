@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import websockets
 
 from controlplane import cli
@@ -27,6 +28,19 @@ class HourAgoClock:
 
     def now(self) -> float:
         return time.time() - HOUR
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+
+class ShiftedClock:
+    """Real time, shifted by ``shift`` seconds (wall only): the test moves it ahead."""
+
+    def __init__(self) -> None:
+        self.shift = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.shift
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -98,3 +112,45 @@ async def test_deleted_checkpoints_fail_verify_unless_explicitly_allowed(
         path.unlink()
     code, out = await asyncio.to_thread(_verify, tampered, capsys)
     assert code == 1 and "missing: no checkpoint records" in out, out
+
+
+async def test_a_running_server_reports_its_deleted_checkpoints(
+    cp_settings: Callable[..., Settings],
+) -> None:
+    """GET /v1/audit/verify on the replica whose checkpoint files were deleted under it."""
+    settings = cp_settings(audit_checkpoint_interval_s=0.2)
+    clock = ShiftedClock()
+    app = build_app(settings, clock=clock)
+    runner, port = await _serve(app)
+    base = f"http://127.0.0.1:{port}"
+    headers = {"Authorization": f"Bearer {ADMIN}"}
+    try:
+        async with (
+            websockets.connect(
+                f"ws://127.0.0.1:{port}/v1/control", additional_headers=headers
+            ) as ws,  # fmt: skip
+            aiohttp.ClientSession(headers=headers) as http,
+        ):
+            await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                      "model": "voice-agent"}))  # fmt: skip
+            await asyncio.wait_for(ws.recv(), 5)
+            files = settings.data_dir / "audit"
+            for _ in range(100):  # the writer's checkpoint, every 0.2 s
+                if list(files.glob("checkpoints-*.jsonl")):
+                    break
+                await asyncio.sleep(0.05)
+            async with http.get(base + "/v1/audit/verify") as resp:
+                assert (await resp.json())["ok"] is True
+            for path in files.glob("checkpoints-*.jsonl"):
+                path.unlink()
+            async with http.get(base + "/v1/audit/verify") as resp:
+                assert (await resp.json())["ok"] is True  # young entries may await theirs
+            clock.shift = HOUR  # an hour later, nothing covers them: the files were deleted
+            async with http.get(base + "/v1/audit/verify") as resp:
+                answer = await resp.json()
+            assert answer["ok"] is False, answer
+            (problem,) = answer["checkpoints"]["problems"]
+            assert problem["kind"] == "missing"
+            assert "no checkpoint records, but 1 entries older than 60s" in problem["problem"]
+    finally:
+        await runner.cleanup()
