@@ -54,7 +54,10 @@ def entry_args(i: int, session: str) -> dict[str, Any]:
     return {
         "version": i + 2,
         "cause": "policy",
-        "policies": ({"id": "eu-disclosure", "version": i + 1, "variant": None},),
+        # entries carry each version's content digest (sha256 hex) since issue #18
+        "policies": (
+            {"id": "eu-disclosure", "version": i + 1, "variant": None, "digest": f"{i + 1:064x}"},
+        ),
         "delta": delta,
         "wire": {
             "type": "UpdateConfiguration",
@@ -89,7 +92,10 @@ def engine_workload(work: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, d
         version = kwargs["version"]
         parts = shared.get(version)
         if parts is None:
-            refs = tuple(PolicyRef(p["id"], p["version"], p["variant"]) for p in kwargs["policies"])
+            refs = tuple(
+                PolicyRef(p["id"], p["version"], p["variant"], p.get("digest"))
+                for p in kwargs["policies"]
+            )
             parts = shared[version] = {"policies": refs}
             if canonical is not None:
                 parts.update(delta=canonical(kwargs["delta"]), wire=canonical(kwargs["wire"]))
