@@ -176,3 +176,16 @@ def test_kill_9_mid_rollout_then_restart_keeps_every_version_and_never_reuses_a_
     assert shown.returncode == 0, shown.stdout + shown.stderr
     digest = next(v["digest"] for v in versions["tone"] if v["version"] == 3)
     assert f"tone@3 (sha256 {digest[:12]})" in shown.stdout
+
+
+def test_serve_refuses_to_start_on_a_policy_file_it_cannot_replay(tmp_path: Path) -> None:
+    stored = tmp_path / "data" / "policies" / "tone"
+    stored.mkdir(parents=True)
+    (stored / "1.json").write_text('{"type": "policy.publ')  # damaged outside the service
+    env = _env(tmp_path, CONTROLPLANE_TOKENS=f"admin:{TOKEN}")
+    done = subprocess.run(
+        [EXE, "serve", "--listen", f"127.0.0.1:{free_port()}"], env=env,
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"policy store file {stored / '1.json'} cannot be read" in done.stderr
