@@ -293,16 +293,20 @@ def at_text(a: dict[str, Any]) -> str:
     chain = a.get("chain") or {}
     ck = a.get("checkpoint") or {}
     refs = ", ".join(
-        f"{p.get('id')}@{p.get('version')}"
-        + (f"/{p['variant']}" if p.get("variant") else "")
-        + (f" (sha256 {str(p['digest'])[:12]})" if p.get("digest") else "")
+        f"{p.get('id')}@{p.get('version')}" + (f"/{p['variant']}" if p.get("variant") else "")
         for p in a.get("policies") or []
+    )
+    digests = ", ".join(  # which content each version was (sha256 of its document)
+        f"{p.get('id')}@{p.get('version')}={str(p['digest'])[:12]}"
+        for p in a.get("policies") or []
+        if p.get("digest")
     )
     config = yaml.safe_dump(a.get("config") or {}, sort_keys=True, allow_unicode=True).rstrip()
     lines = [
         f"session {a.get('session_id')} at {_when(a.get('at'))}",
         "config:" + ("\n  " + config.replace("\n", "\n  ") if a.get("config") else " {}"),
         f"policies: {refs or '(none)'}",
+        *([f"digests: {digests}"] if digests else []),
         f"established by seq {est.get('seq')} at {_when(est.get('at'))}: {est.get('cause')}/"
         f"{est.get('status')}, version {est.get('version')}, hash {str(est.get('hash'))[:16]}…",
         f"  {est.get('meaning')}",

@@ -175,7 +175,7 @@ def test_kill_9_mid_rollout_then_restart_keeps_every_version_and_never_reuses_a_
     )  # fmt: skip
     assert shown.returncode == 0, shown.stdout + shown.stderr
     digest = next(v["digest"] for v in versions["tone"] if v["version"] == 3)
-    assert f"tone@3 (sha256 {digest[:12]})" in shown.stdout
+    assert f"tone@3={digest[:12]}" in shown.stdout
 
 
 def test_serve_refuses_to_start_on_a_policy_file_it_cannot_replay(tmp_path: Path) -> None:
