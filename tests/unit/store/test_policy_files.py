@@ -126,3 +126,14 @@ async def test_a_refused_write_leaves_the_store_as_it_was(tmp_path: Path) -> Non
     with pytest.raises(Unavailable):
         await DurableIntake(store, PolicyFiles(blocker)).apply(_event(1))
     assert store.current_version("tone") == 0 and store.records() == []
+
+
+@pytest.mark.parametrize("version", [0, 2**53, 10**30])
+def test_an_event_outside_the_version_bound_is_refused_before_it_reaches_a_store(
+    version: int,
+) -> None:
+    raw = {**_event(1).to_json(), "policy": {"id": "tone", "version": version}}
+    with pytest.raises(ValueError, match="from 1 to 9007199254740991"):
+        PolicyEvent.from_json(raw)
+    top = {**raw, "policy": {"id": "tone", "version": 2**53 - 1}}
+    assert PolicyEvent.from_json(top).version == 2**53 - 1
