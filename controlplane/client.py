@@ -12,7 +12,7 @@ An app that keeps its own upstream socket uses it in a few lines::
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -115,8 +115,13 @@ class ControlClient:
     async def applied(self, version: int) -> None:
         await self._send({"type": "applied", "version": version})
 
-    async def failed(self, version: int, error: str) -> None:
-        await self._send({"type": "failed", "version": version, "error": error})
+    async def failed(self, version: int, error: str, fields: Sequence[str] | None = None) -> None:
+        """The upstream refused the push; ``fields``: the canonical fields it refused (their
+        values are never sent to this session again; without it, every field of the push)."""
+        frame: dict[str, Any] = {"type": "failed", "version": version, "error": error}
+        if fields:
+            frame["fields"] = list(fields)
+        await self._send(frame)
 
     async def turn_boundary(self) -> None:
         await self._send({"type": "turn_boundary"})

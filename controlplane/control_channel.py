@@ -4,7 +4,8 @@ One session per socket. JSON text frames (documented in docs/control-channel.md)
 
 app → control plane
   ``{"type": "register", "session_id"?, "kind", "model", "labels"?, "config"?}``  (first)
-  ``{"type": "applied", "version": N}`` / ``{"type": "failed", "version": N, "error": "..."}``
+  ``{"type": "applied", "version": N}`` / ``{"type": "failed", "version": N, "error": "...",
+  "fields"?: [canonical field, ...]}`` (the fields the upstream refused; else all of them)
   ``{"type": "update", "config": {canonical delta}}``  the app's own change; locked fields refused
   ``{"type": "turn_boundary"}``                        releases ``next_turn`` pushes
   ``{"type": "heartbeat"}``
@@ -57,7 +58,7 @@ from controlplane.push.protocol import Push
 from controlplane.roles import Role
 from controlplane.service import ControlPlane
 from policies.errors import PolicyValidationError
-from policies.fields import Config, Delta, check_value, to_json
+from policies.fields import FIELD_NAMES, Config, Delta, check_value, to_json
 from sessions.dialects.base import dialect_for
 from sessions.model import SESSION_KINDS
 
@@ -232,7 +233,8 @@ class ControlChannel:
                 await engine.upstream_acked(ls, status=status)
             else:
                 error = str(raw.get("error", "failed"))[:500]
-                await engine.upstream_rejected(ls, "app_failed", error)
+                fields = _refused_fields(raw.get("fields"))
+                await engine.upstream_rejected(ls, "app_failed", error, fields=fields)
         elif kind == "turn_boundary":
             await engine.turn_boundary(ls)
         elif kind == "update":
@@ -331,3 +333,20 @@ def close_reason(text: str) -> bytes:
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
         await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
+
+
+def _refused_fields(raw: Any) -> frozenset[str] | None:
+    """``failed.fields``: the canonical fields the app's upstream refused (quarantined for
+    the session); absent or empty: every field of the push."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(f, str) for f in raw):
+        raise ProtocolError("bad_fields", "failed.fields must be a list of canonical field names")
+    unknown = sorted(set(raw) - FIELD_NAMES)
+    if unknown:
+        raise ProtocolError(
+            "bad_fields",
+            f"failed.fields: unknown field(s) {', '.join(unknown)[:200]} (known: "
+            f"{', '.join(sorted(FIELD_NAMES))})",
+        )
+    return frozenset(raw) or None

@@ -6,11 +6,13 @@ version (`unchanged`), so `config-at` lists every policy version in effect."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import websockets
 
 from controlplane import cli
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
@@ -213,3 +215,48 @@ async def test_a_refusal_naming_one_field_of_a_shared_push_charges_only_its_owne
 
 def live_push(cp: ControlPlaneUnderTest, session_id: str) -> Any:
     return cp.service.engine.live[session_id].push
+
+
+async def test_a_control_channel_app_names_the_refused_field(
+    cp: ControlPlaneUnderTest, fleet: Fleet
+) -> None:
+    match = {"labels": {"team": ["e"]}}
+    await cp.publish({"id": "persona", "priority": 20, "match": match,
+                      "set": {"system_prompt": "Pitch hard."}})  # fmt: skip
+    await cp.publish({"id": "terms", "match": match, "set": {"keyterms": ["delta"]}})
+    app = await fleet.app("hold", labels={"team": "e"})
+    first = await app.next_push(5)  # the connect push carries both policies' fields
+    assert first is not None
+    assert first.message["session"] == {"system_prompt": "Pitch hard.",
+                                        "input": {"keyterms": ["delta"]}}  # fmt: skip
+    await app.client.failed(first.version, "system_prompt refused", fields=["system_prompt"])
+    rest = await app.next_push(5)  # the rest, at once, without the refused field
+    assert rest is not None and rest.version == first.version + 1
+    assert rest.message["session"] == {"input": {"keyterms": ["delta"]}}
+    await app.client.applied(rest.version)
+    await eventually(lambda: entries(cp, app.session_id, status="acked", version=rest.version))
+    terms = (await rollout(cp, "terms"))["totals"]
+    assert (terms["acknowledged"], terms["rejected"], terms["guard_failures"]) == (1, 0, 0)
+    persona = (await rollout(cp, "persona"))["totals"]
+    assert (persona["rejected"], persona["guard_failures"]) == (1, 1)
+
+
+async def test_failed_fields_must_be_canonical_names(cp: ControlPlaneUnderTest) -> None:
+    await cp.publish({"id": "terms", "match": {"labels": {"team": ["f"]}},
+                      "set": {"keyterms": ["eps"]}})  # fmt: skip
+    async with websockets.connect(
+        cp.ws_base + "/v1/control", additional_headers={"Authorization": f"Bearer {ADMIN}"}
+    ) as ws:
+        await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                  "model": "voice-agent", "labels": {"team": "f"}}))  # fmt: skip
+        frames = [json.loads(await asyncio.wait_for(ws.recv(), 5)) for _ in range(2)]
+        push = next(f for f in frames if f["type"] == "push")
+        for bad in (["nope"], "keyterms", [1]):
+            await ws.send(json.dumps({"type": "failed", "version": push["version"],
+                                      "error": "x", "fields": bad}))  # fmt: skip
+            error = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert (error["type"], error["code"]) == ("error", "bad_fields"), error
+        assert "keyterms" in error["message"] or "canonical" in error["message"]
+        session_id = push["session_id"]
+        assert cp.service.engine.live[session_id].push.in_flight is not None  # unchanged
+        assert not await entries(cp, session_id, status="rejected")
