@@ -51,6 +51,7 @@ __all__ = [
     "ID_PATTERN",
     "KINDS",
     "LABEL_PATTERN",
+    "MAX_ITERATION",
     "MAX_LABEL_CONDITIONS",
     "MAX_PRIORITY",
     "MAX_VARIANTS",
@@ -81,6 +82,7 @@ REASON_MAX_CHARS: Final = 2000
 MAX_VERSION: Final = 2**53 - 1  # exact in every JSON reader (IEEE double integers)
 MAX_SELECTOR_VALUES: Final = 100
 MAX_VARIANTS: Final = 20
+MAX_ITERATION: Final = 1_000_000
 MIN_PRIORITY: Final = -1_000_000
 MAX_PRIORITY: Final = 1_000_000
 MAX_APPLY_DEADLINE_S: Final = 300.0
@@ -306,6 +308,8 @@ class Experiment(BaseModel):
     key: Identifier
     bucket_by: BucketBy = BUCKET_BY_SESSION
     salt: Salt | None = None
+    # raised deliberately to reshuffle (part of the bucketing salt); 1 keeps LaunchDarkly's hash
+    iteration: int = Field(default=1, ge=1, le=MAX_ITERATION, strict=True)
     variants: Annotated[tuple[Variant, ...], Len(1, MAX_VARIANTS)]
 
     @field_validator("variants")
@@ -329,12 +333,17 @@ class Experiment(BaseModel):
 
     @property
     def effective_salt(self) -> str:
-        return self.salt if self.salt is not None else self.key
+        """The salt hashed with the bucketed value: ``salt`` (default the key) at iteration 1,
+        LaunchDarkly's hash unchanged; ``"{salt}.iteration-{n}"`` from iteration 2 on."""
+        salt = self.salt if self.salt is not None else self.key
+        return salt if self.iteration == 1 else f"{salt}.iteration-{self.iteration}"
 
     def document(self) -> dict[str, Any]:
         out: dict[str, Any] = {"key": self.key, "bucket_by": self.bucket_by}
         if self.salt is not None:
             out["salt"] = self.salt
+        if self.iteration != 1:  # (documents, and so digests, of iteration 1 are unchanged)
+            out["iteration"] = self.iteration
         out["variants"] = [v.document() for v in self.variants]
         return out
 

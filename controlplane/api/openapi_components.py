@@ -28,6 +28,7 @@ from policies.model import (
     MAX_APPLY_DEADLINE_S,
     MAX_GUARD_MIN_SESSIONS,
     MAX_GUARD_WINDOW_S,
+    MAX_ITERATION,
     MAX_LABEL_CONDITIONS,
     MAX_PRIORITY,
     MAX_SELECTOR_VALUES,
@@ -197,6 +198,13 @@ _POLICY = {
                 "key": _ID,
                 "bucket_by": _BUCKET_BY,
                 "salt": {**_SALT, "description": "default the experiment key"},
+                "iteration": {
+                    "type": "integer",
+                    "minimum": 1,
+                    "maximum": MAX_ITERATION,
+                    "default": 1,
+                    "description": "raise to reshuffle assignments (part of the bucketing salt)",
+                },
                 "variants": {
                     "type": "array",
                     "minItems": 1,

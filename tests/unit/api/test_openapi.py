@@ -142,7 +142,13 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "vad_threshold",
     }
     assert set(policy["rollout"]["properties"]) == {"percent", "salt", "bucket_by"}
-    assert set(policy["experiment"]["properties"]) == {"key", "bucket_by", "salt", "variants"}
+    assert set(policy["experiment"]["properties"]) == {
+        "key",
+        "bucket_by",
+        "salt",
+        "iteration",
+        "variants",
+    }
     assert policy["apply"]["enum"] == ["immediate", "next_turn"]
     assert set(policy["guard"]["properties"]) == set(Guard.model_fields)
     rollout = schemas["Rollout"]["properties"]

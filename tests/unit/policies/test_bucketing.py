@@ -213,3 +213,25 @@ def test_a_middle_variant_growing_can_lose_sessions() -> None:
     old, new = [50_000, 10_000, 40_000], [10_000, 20_000, 70_000]
     assert pick_variant(old, 0.55) == 1
     assert pick_variant(new, 0.55) == 2
+
+
+def _salt_and_doc(**extra: object) -> tuple[str, dict[str, object]]:
+    from policies.model import parse_policy
+
+    variants = [{"name": "a", "weight": 50}, {"name": "b", "weight": 50}]
+    policy = parse_policy({"id": "p", "experiment": {"key": "upsell", "variants": variants,
+                                                     **extra}})  # fmt: skip
+    assert policy.experiment is not None
+    return policy.experiment.effective_salt, policy.experiment.document()
+
+
+def test_iteration_one_keeps_launchdarkly_hash_and_a_raised_iteration_reshuffles() -> None:
+    assert _salt_and_doc() == _salt_and_doc(iteration=1)  # same hash, same document (digest)
+    assert _salt_and_doc()[0] == "upsell" and "iteration" not in _salt_and_doc()[1]
+    salt2, doc2 = _salt_and_doc(iteration=2)
+    assert salt2 == "upsell.iteration-2" and doc2["iteration"] == 2
+    ids = [f"s-{i}" for i in range(400)]
+    first = [pick_variant([50_000, 50_000], bucket("upsell", "upsell", s)) for s in ids]
+    second = [pick_variant([50_000, 50_000], bucket("upsell", salt2, s)) for s in ids]
+    moved = sum(a != b for a, b in zip(first, second, strict=True))
+    assert 150 < moved < 250  # an independent reshuffle: about half move
