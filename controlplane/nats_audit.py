@@ -212,6 +212,6 @@ class NatsAuditStream:
 def _row(data: bytes) -> dict[str, Any]:
     try:
         row = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply to be ours
         return {}  # verify reports it as malformed
     return row if isinstance(row, dict) else {}

@@ -40,9 +40,7 @@ class NatsRpc:
         async def on_request(msg: Msg) -> None:
             action = msg.subject.rsplit(".", 1)[-1]
             try:
-                payload = json.loads(msg.data)
-                if not isinstance(payload, dict):
-                    raise ValueError("request must be a JSON object")
+                payload = _request(msg.data)
             except ValueError as exc:
                 reply: dict[str, Any] = {"error": {"status": 400, "code": "bad_request",
                                                    "message": str(exc), "details": {}}}  # fmt: skip
@@ -95,3 +93,15 @@ class NatsRpc:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+
+def _request(data: bytes) -> dict[str, Any]:
+    """A request body: a JSON object, else ValueError (anyone who may publish on the subject
+    can send anything, a 5,000-deep array included)."""
+    try:
+        payload = json.loads(data)
+    except RecursionError:
+        raise ValueError("request is nested too deeply") from None
+    if not isinstance(payload, dict):
+        raise ValueError("request must be a JSON object")
+    return payload

@@ -160,3 +160,25 @@ async def test_a_hostile_burst_is_counted_once_and_every_replica_restarts_ready(
     finally:
         for p in procs:
             p.stop()
+
+
+async def test_hostile_owner_requests_get_a_400_answer_and_the_next_request_is_served(
+    cluster: Cluster,
+) -> None:
+    """``<prefix>.node.<node>.*`` (owner requests between replicas) takes bodies from anyone
+    who may publish there: a 5,000-deep array made ``json`` raise ``RecursionError`` in the
+    subscription callback, and the requester got no answer at all."""
+    a = await cluster.start("node-a")
+    assert a.service is not None
+    nc = await nats.connect(cluster.nats_url)
+    try:
+        subject = f"{cluster.subject_prefix}.node.node-a.session"
+        for body, message in ((b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+                              (b"[1]", "must be a JSON object"), (b"\xff", "")):  # fmt: skip
+            reply = json.loads((await nc.request(subject, body, timeout=5)).data)
+            assert reply["error"]["status"] == 400, reply
+            assert message in reply["error"]["message"]
+        reply = json.loads((await nc.request(subject, b'{"id": "nobody"}', timeout=5)).data)
+        assert "error" in reply and reply["error"]["status"] != 400, reply  # served
+    finally:
+        await nc.close()
