@@ -72,19 +72,22 @@ class FeedWatch:
             what, since = self._busy
             if now - since > self._stall_s:
                 return f"policy event handler busy for {now - since:.1f}s ({what})"
-            return None
+            return self._lag_problem(now)
         idle = now - self._at
         if idle <= self._stall_s:
-            behind = self._behind_since
-            if behind is not None and now - behind > self._lag_s:
-                return (
-                    f"policy consumer not keeping up: {self.pending} events pending, "
-                    f"behind for {now - behind:.1f}s"
-                )
-            return None
+            return self._lag_problem(now)
         if not self._connected():
             return f"NATS disconnected; no policy fetch completed for {idle:.1f}s"
         return f"NATS not answering policy fetches for {idle:.1f}s"
+
+    def _lag_problem(self, now: float) -> str | None:
+        behind = self._behind_since
+        if behind is None or now - behind <= self._lag_s:
+            return None
+        return (
+            f"policy consumer not keeping up: {self.pending} events pending, "
+            f"behind for {now - behind:.1f}s"
+        )
 
 
 class WriteHealth(Protocol):

@@ -43,6 +43,11 @@ def test_feed_watch_reports_a_consumer_that_stays_behind_until_it_catches_up() -
         "policy consumer not keeping up: 200 events pending, behind for 20.0s"
     )
     assert watch.pending == 200
+    watch.begin("cp.policy.p seq 9")  # in a (quick) handler right now: still behind
+    assert watch.problem() == (
+        "policy consumer not keeping up: 200 events pending, behind for 20.0s"
+    )
+    watch.end()
     watch.behind(0)  # caught up
     assert watch.problem() is None
     watch.behind(5)  # a new backlog starts its own clock

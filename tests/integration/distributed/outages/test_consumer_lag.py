@@ -1,0 +1,56 @@
+"""``/readyz`` reflects a policy consumer that is not keeping up (issue #19 item 1): events
+pending in the replica's consumer after every fetch for ``readiness_lag_s`` turn ``policy_feed``
+false, naming how many are pending, and it is true again once the consumer caught up. Before,
+only a loop that made no progress at all was seen: a replica crawling through a burst said 200.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import nats
+
+from controlplane.bus import PolicyEvent
+from tests.integration.distributed.conftest import Cluster, event
+from tests.integration.distributed.harness import ready
+from tests.integration.service.conftest import eventually
+
+EVENTS = 150
+HANDLER_S = 0.04  # a slow handler of ours: 150 events take ~6 s
+
+
+async def test_a_consumer_that_stays_behind_makes_readyz_503_until_it_catches_up(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.start("node-a", readiness_stall_s=3.0, readiness_lag_s=1.0)
+    assert a.service is not None
+    handled: list[str] = []
+
+    async def slow(ev: PolicyEvent) -> None:
+        await asyncio.sleep(HANDLER_S)
+        handled.append(ev.policy_id)
+
+    a.service.bus.subscribe(slow)
+    nc = await nats.connect(cluster.nats_url)
+    try:
+        js = nc.jetstream()
+        for i in range(EVENTS):
+            body = json.dumps(event({"id": f"lag{i}", "version": 1, "set": {}})).encode()
+            await js.publish(f"{cluster.subject_prefix}.policy.lag{i}", body)
+    finally:
+        await nc.close()
+
+    async def unready() -> dict[str, object] | None:
+        ok, checks = await ready(a.http, a.base)
+        return None if ok else checks
+
+    checks = await eventually(unready, timeout=6)
+    reason = checks["failing"]["policy_feed"]  # type: ignore[index]
+    assert reason.startswith("policy consumer not keeping up: "), reason
+    assert 0 < checks["policy_events_pending"] < EVENTS  # type: ignore[operator]
+    assert len(handled) < EVENTS
+    await eventually(lambda: len(handled) == EVENTS, timeout=20)
+    ok, checks = await ready(a.http, a.base)
+    assert ok, checks
+    assert checks["policy_events_pending"] == 0
