@@ -115,8 +115,9 @@ class Distributed:
         if settings.redis_url:
             router = ports.router = OwnerRouter(NatsRpc(nats), node)
             stats = RedisNodeStats(
-                settings.redis_url, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix
-            )
+                settings.redis_url, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix,
+                pool_size=settings.redis_pool_size, pool_timeout_s=settings.redis_pool_timeout_s,
+            )  # fmt: skip
             ports.peers = StatsRollout(stats, node)
             upkeep = ClusterUpkeep(
                 node_id=node, registry=registry, clock=clock,

@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sessions.errors import BackendUnavailable
-from sessions.redis_registry import redis_client
+from sessions.redis_registry import DEFAULT_POOL_SIZE, DEFAULT_POOL_TIMEOUT_S, redis_client
 
 __all__ = ["RedisNodeStats"]
 
@@ -41,9 +41,19 @@ def _text(raw: bytes | str) -> str:
 class RedisNodeStats:
     """``url_or_client``: a URL (owned and closed here) or a client (the caller owns it)."""
 
-    def __init__(self, url_or_client: str | Redis, *, ttl_s: float, prefix: str = "cp:") -> None:
+    def __init__(
+        self,
+        url_or_client: str | Redis,
+        *,
+        ttl_s: float,
+        prefix: str = "cp:",
+        pool_size: int = DEFAULT_POOL_SIZE,
+        pool_timeout_s: float = DEFAULT_POOL_TIMEOUT_S,
+    ) -> None:
         if isinstance(url_or_client, str):
-            self._client = redis_client(url_or_client)
+            self._client = redis_client(
+                url_or_client, pool_size=pool_size, pool_timeout_s=pool_timeout_s
+            )
             self._owns_client = True
         else:
             self._client = url_or_client
