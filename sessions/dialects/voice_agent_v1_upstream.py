@@ -167,8 +167,7 @@ class AgentUpstream:
         False when it had ended already."""
         if self.outstanding is not update:
             return False
-        self.outstanding = None
-        self.ended.append(update)
+        self._end(update, answered=False)
         return True
 
     # -- answers ----------------------------------------------------------------------------
