@@ -135,9 +135,8 @@ class AgentLink:
                 for param in verdict.params:
                     fields |= param_fields(param) or set()
                 code = str(parsed.get("code") or "unknown").lower()
-                await engine.upstream_rejected(
-                    ls, code, verdict.reason or "", fields=fields or None
-                )
+                reason = (verdict.reason or "").removeprefix(f"{code}: ")  # the engine adds it
+                await engine.upstream_rejected(ls, code, reason, fields=fields or None)
             else:
                 await engine.upstream_unverified(ls, verdict.reason or "unattributed answer")
         elif update.owner == "client":
