@@ -32,6 +32,7 @@ from controlplane.policy_files import PolicyFiles
 from controlplane.service import ControlPlane
 from controlplane.token_proxy import TokenProxy
 from sessions.clock import Clock, SystemClock
+from sessions.exposures import FileExposureStore
 from sessions.redis_tokens import RedisTokenLabels
 from sessions.versionlog import FileVersionLog
 
@@ -75,6 +76,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     ports.probes["audit_log"] = lambda: versionlog_problem(versionlog, clock)
     # embedded mode keeps policies under the data directory (CP_POLICY does it with NATS)
     files = None if dist is not None else PolicyFiles(settings.data_dir / "policies")
+    if ports.exposures is None:  # embedded (or NATS without Redis): under the data directory
+        ports.exposures = FileExposureStore(settings.data_dir / "experiments" / "exposures.jsonl")
     service = ControlPlane(
         settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
         bus=bus, cluster=ports, policy_files=files,

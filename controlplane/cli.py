@@ -370,11 +370,35 @@ def _sessions_relabel(args: argparse.Namespace, client: ControlPlaneClient) -> i
 # experiments, audit
 
 
+def _experiment_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    summary = client.experiment(args.key)
+
+    def human() -> str:
+        srm = summary.get("srm") or {}
+        rows = [
+            [v.get("name"), f"{v.get('weight'):g}%", f"{100 * v.get('expected_share', 0):.1f}%",
+             v.get("exposed"), f"{100 * v.get('exposed_share', 0):.1f}%"]
+            for v in summary.get("variants", [])
+        ]  # fmt: skip
+        head = (f"experiment {summary.get('experiment')} (iteration {summary.get('iteration')}, "
+                f"policy {summary.get('policy')}@{summary.get('version')}): "
+                f"{summary.get('exposed')} exposed")  # fmt: skip
+        table = _table(["VARIANT", "WEIGHT", "EXPECTED", "EXPOSED", "SHARE"], rows)
+        verdict = "MISMATCH" if srm.get("mismatch") else "ok"
+        line = (f"SRM ({srm.get('test')}): p = {srm.get('p_value', 1):.3g}, {verdict} "
+                f"(threshold {srm.get('threshold')}, "
+                f"from {srm.get('min_exposures')} exposures)")  # fmt: skip
+        return f"{head}\n{table}\n{line}"
+
+    _out(args, summary, human)
+    return 0
+
+
 def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     if args.csv:
         sys.stdout.write(client.assignments_csv(args.key))
         return 0
-    keys = ("session_id", "policy", "version", "variant", "bucket_by", "bucket_value", "state")
+    keys = ("session_id", "policy", "version", "variant", "exposed_at", "left_at", "state")
     _listing(args, client.assignments(args.key), [(k.upper(), k) for k in keys])
     return 0
 
@@ -465,6 +489,8 @@ def _register_client_commands(sub: Any) -> None:
     experiments = sub.add_parser("experiments", help="A/B experiments").add_subparsers(
         dest="action", required=True
     )
+    p = add(experiments, "show", _experiment_show, "per-variant exposures and the SRM check")
+    p.add_argument("key")
     p = add(experiments, "assignments", _assignments, "sticky variant assignments")
     p.add_argument("key")
     p.add_argument("--csv", action="store_true", help="CSV with a header row")

@@ -241,6 +241,10 @@ class ControlPlaneClient:
 
     # -- experiments and audit -----------------------------------------------------------------
 
+    def experiment(self, key: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._json("GET", "v1", "experiments", key)
+        return result
+
     def assignments(self, key: str) -> list[dict[str, Any]]:
         return self._pages(("v1", "experiments", key, "assignments"), {}, None)
 

@@ -31,6 +31,7 @@ from controlplane.rollout import RolloutPeers
 from controlplane.routing import OwnerRouter
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock
+from sessions.exposures import ExposureStore
 from sessions.registry import Registry
 
 __all__ = [
@@ -72,6 +73,7 @@ class ClusterPorts:
     router: OwnerRouter | None = None
     audit: AuditReader | None = None
     peers: RolloutPeers | None = None
+    exposures: ExposureStore | None = None  # experiment exposures shared by the replicas
     checks: dict[str, Callable[[], bool]] = field(default_factory=dict)  # gate readiness
     # gate readiness with a reason: None when healthy, else why (controlplane.health)
     probes: dict[str, Callable[[], str | None]] = field(default_factory=dict)

@@ -139,6 +139,8 @@ class Settings:
     guard_min_sessions: int = 50  # ... and at least this many sessions are targeted
     guard_window_s: float = 300.0  # failures older than this are forgotten
     guard_on_breach: str = "halt"  # or "rollback"
+    # experiments: the SRM check declares a mismatch only from this many exposures on
+    srm_min_exposures: int = 100
     # signed policy events (controlplane.signing): inline keys (env only, never a flag, never
     # printed: SigningKeys hides them) or a key file re-read when it changes; not both
     policy_signing_key: SigningKeys | None = field(default=None, repr=False)
@@ -200,6 +202,10 @@ class Settings:
             raise SettingsError(f"readiness lag ({self.readiness_lag_s}s) must be positive")
         if not 0 <= self.guard_max_failure_ratio < 1 or self.guard_min_sessions < 1:
             raise SettingsError("guard max failure ratio must be in [0, 1), min sessions >= 1")
+        if not 0 <= self.srm_min_exposures <= 1_000_000_000:
+            raise SettingsError(
+                f"srm_min_exposures ({self.srm_min_exposures}) must be in 0 … 1,000,000,000"
+            )
         if not self.guard_window_s > 0 or self.guard_on_breach not in ("halt", "rollback"):
             raise SettingsError("guard window must be positive, on_breach halt or rollback")
         if self.audit_checkpoint_entries < 1 or not self.audit_checkpoint_interval_s > 0:
@@ -332,6 +338,7 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("guard_min_sessions", int),
     ("guard_window_s", float),
     ("guard_on_breach", None),
+    ("srm_min_exposures", int),
     ("policy_signing_key_file", Path),
     ("policy_unsigned_through_seq", int),
     ("readiness_stall_s", float),

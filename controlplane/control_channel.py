@@ -84,6 +84,7 @@ class ProtocolError(Exception):
 class ControlTransport:
     __slots__ = ("_prefix", "ws")
     acknowledging = True
+    runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
     def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
         self.ws = ws

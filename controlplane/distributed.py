@@ -29,6 +29,7 @@ from controlplane.nats_bus import NatsConnection, NatsPolicyBus
 from controlplane.nats_rpc import NatsRpc
 from controlplane.routing import OwnerRouter
 from sessions.clock import Clock
+from sessions.redis_exposures import RedisExposureStore
 from sessions.redis_nodestats import RedisNodeStats
 from sessions.redis_registry import RedisRegistry
 from sessions.registry import MemoryRegistry, Registry
@@ -113,6 +114,7 @@ class Distributed:
         ports.facts["policy_events_pending"] = lambda: bus.watch.pending
         router = upkeep = None
         if settings.redis_url:
+            ports.exposures = RedisExposureStore(settings.redis_url, prefix=settings.redis_prefix)
             router = ports.router = OwnerRouter(NatsRpc(nats), node)
             stats = RedisNodeStats(
                 settings.redis_url, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix,

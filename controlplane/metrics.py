@@ -131,6 +131,18 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.experiment_exposures = Counter(
+            p + "experiment_exposures_total",
+            "Sessions exposed to an experiment variant (first run of its configuration)",
+            ["experiment", "variant"],
+            registry=r,
+        )
+        self.experiment_srm_p_value = Gauge(
+            p + "experiment_srm_p_value",
+            "Sample-ratio-mismatch chi-squared p-value of an experiment (at its last summary)",
+            ["experiment"],
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
 
     def render(self) -> bytes:

@@ -32,6 +32,7 @@ from controlplane.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.cluster import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable, ValidationFailed
+from controlplane.experiments import ExperimentBook, merge_exposures
 from controlplane.halts import Halts
 from controlplane.metrics import Metrics
 from controlplane.policy_files import DurableIntake, PolicyFiles
@@ -50,6 +51,7 @@ from policies.resolve import Effective
 from sessions.clock import Clock
 from sessions.dialects.base import Dialect
 from sessions.errors import SessionError, SessionIdTaken, UnknownSession, VersionLogError
+from sessions.exposures import FileExposureStore
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
 from sessions.versionlog import LogEntry, VersionLog
@@ -87,6 +89,13 @@ class ControlPlane:
             metrics=metrics,
         )  # fmt: skip
         self.assignments = AssignmentBook()
+        self.experiments = ExperimentBook(
+            (cluster.exposures if cluster is not None else None) or FileExposureStore(None),
+            clock=clock, metrics=metrics,
+            policy=self.store.active_policy, min_exposures=settings.srm_min_exposures,
+            live=self.engine.live,
+        )  # fmt: skip
+        self.engine.on_record = self.experiments.observe
         self._started = False
         self.draining = False
         self.cluster = cluster or ClusterPorts()
@@ -105,6 +114,7 @@ class ControlPlane:
         await self.intake.replay()
         await self.versionlog.start()
         await self.engine.start()
+        await self.experiments.start()
         await self.bus.start()
         await self.halts.start()
         self._started = True
@@ -115,6 +125,7 @@ class ControlPlane:
         await self.halts.close()
         await self.bus.close()
         await self.engine.close()
+        await self.experiments.close()
         await self.versionlog.close()
         await self.registry.close()
 
@@ -381,14 +392,31 @@ class ControlPlane:
             await self.rollback_policy(policy_id, to_version, actor=actor, role=None,
                                        reason=reason)  # fmt: skip
 
-    async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
-        if not any(
-            r.policy.experiment is not None and r.policy.experiment.key == key
-            for r in self.store.records()
-        ):
+    def _experiment_policy(self, key: str) -> Policy:
+        """The active policy running experiment ``key``, else the last one that did."""
+        found: Policy | None = None
+        for record in self.store.records():
+            exp = record.policy.experiment
+            if exp is not None and exp.key == key:
+                active = self.store.active_policy(record.policy.id)
+                active_exp = None if active is None else active.experiment
+                if active is not None and active_exp is not None and active_exp.key == key:
+                    return active
+                found = found or record.policy
+        if found is None:
             raise NotFound(f"no experiment {key!r}", code="experiment_not_found")
+        return found
+
+    async def experiment_summary(self, key: str) -> dict[str, Any]:
+        return await self.experiments.summary(self._experiment_policy(key))
+
+    async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
+        """Every assignment of experiment ``key`` over its whole history: live and ended
+        sessions, and sessions that left it (exposure rows), in (session id, iteration) order."""
+        policy = self._experiment_policy(key)
         policies = {p.id: p for p in self.store.active()}
-        return self.assignments.rows(key, self.engine.live.values(), policies)
+        rows = self.assignments.rows(key, self.engine.live.values(), policies)
+        return merge_exposures(rows, await self.experiments.exposures(key), policy)
 
     # -- sessions: queries ---------------------------------------------------------------
     async def list_sessions(
@@ -634,8 +662,12 @@ class ControlPlane:
             self.engine.registering.discard(session.id)
         try:
             delta = diff(session.client_config, running)
+            # exposes: the session runs its policies' values from the start (a Voice Agent
+            # gateway session only once its upstream acknowledges the connect)
+            runs = not transport.acknowledging or getattr(transport, "runs_at_connect", False)
             self.engine.record(ls, cause="connect", status="sent", delta=delta,
-                               wire=connect_wire, version=1, config=running)  # fmt: skip
+                               wire=connect_wire, version=1, config=running,
+                               exposes=starts_effective and runs)  # fmt: skip
             if not starts_effective:
                 ls.push.want(effective.config, effective.applied, "connect",
                              event_at=self.clock.monotonic())  # fmt: skip
@@ -673,6 +705,7 @@ class ControlPlane:
         if self.engine.detach(ls.session.id) is None:
             return
         self.assignments.ended(ls, {p.id: p for p in self.policies_for(ls)})
+        self.experiments.ended(ls)
         now = self.clock.now()
         try:
             if unsynced:  # e.g. the upstream id of a short session: kept in its ended record

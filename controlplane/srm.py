@@ -79,7 +79,7 @@ class Srm:
         return {
             "test": "chi-squared", "p_value": self.p_value, "mismatch": self.mismatch,
             "threshold": self.threshold, "min_exposures": self.min_exposures,
-            "statistic": self.statistic,
+            "statistic": None if math.isinf(self.statistic) else self.statistic,
         }  # fmt: skip
 
 

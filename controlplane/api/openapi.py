@@ -223,10 +223,22 @@ _PATHS: dict[str, Any] = {
             body=_object_body("Rollback"),
         )
     },
+    "/v1/experiments/{key}": {
+        "get": _op(
+            "experiment_summary",
+            "Per-variant weights, expected and exposed counts, and the sample-ratio-mismatch check",
+            _V,
+            json_content(ref("ExperimentSummary"), "the experiment's current iteration"),
+            errors=(400, 404),
+            params=("ExperimentKey",),
+        )
+    },
     "/v1/experiments/{key}/assignments": {
         "get": _op(
             "experiment_assignments",
-            "Sticky variant assignments (JSON, or CSV with a header row)",
+            "Sticky variant assignments with exposures, over the experiment's whole history "
+            "(JSON, or CSV with a header row; every row unless limit is given, then a page "
+            "and the next cursor in next / the X-Next-Cursor header)",
             _V,
             {
                 "description": "assignments",
@@ -236,7 +248,7 @@ _PATHS: dict[str, Any] = {
                 },
             },
             errors=(400, 404),
-            params=("ExperimentKey", "Format"),
+            params=("ExperimentKey", "Format", "Limit", "Cursor"),
         )
     },
     "/v1/audit/verify": {

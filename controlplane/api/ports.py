@@ -91,7 +91,13 @@ class ControlPlaneAPI(Protocol):
 
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         """[{"session_id", "policy", "version", "variant", "bucket_by", "bucket_value",
-        "kind", "model", "assigned_at", "state"}]."""
+        "kind", "model", "assigned_at", "state", "iteration", "first_assigned_at",
+        "exposed_at", "left_at", "upstream_session_id", "labels"}] in (session id, iteration)
+        order, over the experiment's whole history."""
+        ...
+
+    async def experiment_summary(self, key: str) -> dict[str, Any]:
+        """{"experiment", "iteration", "variants": [...], "exposed", "srm": {...}}."""
         ...
 
     async def verify_audit(

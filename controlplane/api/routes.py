@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -74,6 +74,7 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),
     RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.EXPERIMENTER),
+    RouteSpec("GET", "/v1/experiments/{key}", "experiment_summary", Role.VIEWER),
     RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
     RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
     RouteSpec("GET", "/readyz", "readyz", None),
@@ -97,6 +98,12 @@ ASSIGNMENT_COLUMNS: Final = (
     "model",
     "assigned_at",
     "state",
+    "iteration",
+    "first_assigned_at",
+    "exposed_at",
+    "left_at",
+    "upstream_session_id",
+    "labels",
 )
 
 
@@ -116,7 +123,7 @@ def _cell(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def assignments_csv(rows: list[Mapping[str, Any]]) -> str:
+def assignments_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """CSV with a header row: the documented columns first, then any extra keys, sorted."""
     extra = sorted({key for row in rows for key in row} - set(ASSIGNMENT_COLUMNS))
     columns = [*ASSIGNMENT_COLUMNS, *extra]
@@ -129,6 +136,23 @@ def assignments_csv(rows: list[Mapping[str, Any]]) -> str:
 
 
 _LOG_CURSOR = re.compile(r"seq-([0-9]{1,18})")
+
+
+def _assignment_page(
+    rows: list[dict[str, Any]], after: str | None, limit: int | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Rows after the cursor ``"<session id>/<iteration>"`` (ids never hold '/'), at most
+    ``limit`` (None: all), and the cursor of the next page (None: this is the last)."""
+    if after is not None:  # any other text: rows of later session ids (as a session list)
+        session_id, _, iteration = after.rpartition("/")
+        numbered = bool(session_id) and iteration.isascii() and iteration.isdigit()
+        mark = (session_id, int(iteration)) if numbered else (after, 0)
+        rows = [r for r in rows if (r["session_id"], int(r.get("iteration", 1))) > mark]
+    if limit is None or len(rows) <= limit:
+        return rows, None
+    page = rows[:limit]
+    last = page[-1]
+    return page, f"{last['session_id']}/{int(last.get('iteration', 1))}"
 
 
 def _log_cursor(cursor: str | None) -> int:
@@ -292,19 +316,30 @@ class _Handlers:
 
     # -- experiments, audit, probes ------------------------------------------------------------
 
+    async def experiment_summary(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        return web.json_response(await self._service.experiment_summary(path_param(request, "key")))
+
     async def experiment_assignments(self, request: web.Request) -> web.StreamResponse:
-        check_query(request.query, ("format",))
+        """Every row, or with ``limit`` a page of that many (JSON ``next`` / CSV header
+        ``X-Next-Cursor``: the cursor of the following page)."""
+        q = request.query
+        check_query(q, ("format", "limit", "cursor"))
         key = path_param(request, "key")
         as_csv = _wants_csv(request)
+        raw_limit = single(q, "limit")
+        limit = parse_limit(raw_limit) if raw_limit is not None else None  # None: every row
+        after = parse_cursor(single(q, "cursor"))
         rows = await self._service.experiment_assignments(key)
+        page, next_cursor = _assignment_page(rows, after, limit)
         if not as_csv:
-            return _items(rows)
+            return _items(page, next_cursor)
         filename = re.sub(r"[^A-Za-z0-9_.-]", "_", key)
+        headers = {"Content-Disposition": f'attachment; filename="assignments-{filename}.csv"'}
+        if next_cursor is not None:
+            headers["X-Next-Cursor"] = next_cursor
         return web.Response(
-            text=assignments_csv(list(rows)),
-            content_type="text/csv",
-            charset="utf-8",
-            headers={"Content-Disposition": f'attachment; filename="assignments-{filename}.csv"'},
+            text=assignments_csv(page), content_type="text/csv", charset="utf-8", headers=headers
         )
 
     async def verify_audit(self, request: web.Request) -> web.StreamResponse:

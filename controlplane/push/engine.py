@@ -160,6 +160,9 @@ class PushEngine:
         # with the fields it refused) or did not acknowledge in time ("timeout", with every
         # field of the push); called synchronously, must not raise
         self.on_failure: Callable[[LiveSession, Push, str, tuple[str, ...]], None] | None = None
+        # set by the service (controlplane.experiments): every entry but a client's own update,
+        # with the policy versions it names and whether the session now runs them (exposure)
+        self.on_record: Callable[[LiveSession, tuple[PolicyRef, ...], bool], None] | None = None
         # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
         # not one per session (a per-session Histogram.observe was a fifth of a fan-out).
         self._latencies: list[float] = []
@@ -246,8 +249,12 @@ class PushEngine:
         version: int | None = None,
         refs: tuple[PolicyRef, ...] | None = None,
         config: Config | None = None,
+        exposes: bool | None = None,
     ) -> None:
-        """Append one version-log entry for this session (buffered; never awaits I/O)."""
+        """Append one version-log entry for this session (buffered; never awaits I/O).
+
+        ``exposes``: whether the session runs the configuration of ``refs`` once this entry
+        takes effect (experiment exposures, ``on_record``); None: decided by the status."""
         # config_hash: what the upstream runs once this entry takes effect (default: the push
         # state's base, e.g. after a client's own update; `audit at` checks it)
         cfg = ls.push.base if config is None else config
@@ -279,6 +286,19 @@ class PushEngine:
             log.exception("version-log append failed for session %s", ls.session.id)
             raise
         self._appended += 1
+        hook = self.on_record
+        if hook is not None and cause != "client":
+            if exposes is None:
+                acknowledging = ls.transport.acknowledging
+                exposes = (
+                    status in _EXPOSING
+                    or (status == "sent" and not acknowledging)  # Streaming v3: no answer
+                    or (status == "unverified" and acknowledging and error is None)
+                )  # (the last: an app's `applied` for a Streaming v3 session)
+            try:
+                hook(ls, ls.session.applied if refs is None else refs, exposes)
+            except Exception:
+                log.exception("experiment exposure hook failed for session %s", ls.session.id)
 
     def _record_unchanged(
         self,
@@ -788,6 +808,7 @@ class _Frame:
         return cls(encoded, message, text, note, canonical(delta), wire)
 
 
+_EXPOSING = frozenset({"acked", "unchanged"})  # the session runs the entry's configuration
 _NO_DELTA = canonical({})  # shared by every unchanged entry (one EntryTemplate per fan-out)
 _Outgoing = tuple[LiveSession, Push, _Frame]  # a logged push whose frame is still to send
 

@@ -315,6 +315,22 @@ class FakeControlPlane:
             },
         ]
 
+    async def experiment_summary(self, key: str) -> dict[str, Any]:
+        self._record("experiment_summary", key)
+        if key != "upsell-q4":
+            raise NotFound(f"no experiment {key!r}")
+        srm = {"test": "chi-squared", "p_value": 0.5, "mismatch": False, "threshold": 0.001,
+               "min_exposures": 100, "statistic": 0.45}  # fmt: skip
+        variants = [
+            {"name": "control", "weight": 50.0, "expected_share": 0.5, "exposed": 1,
+             "exposed_share": 0.5, "expected_exposed": 1.0},
+            {"name": "enterprise, pitch", "weight": 50.0, "expected_share": 0.5, "exposed": 1,
+             "exposed_share": 0.5, "expected_exposed": 1.0},
+        ]  # fmt: skip
+        return {"experiment": key, "iteration": 1, "policy": "upsell", "version": 3,
+                "digest": None, "bucket_by": "session_id", "exposed": 2, "variants": variants,
+                "srm": srm}  # fmt: skip
+
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         self._record("experiment_assignments", key)
         if key != "upsell-q4":

@@ -38,6 +38,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "rollout_status": ("/v1/policies/eu-disclosure/rollout", None),
     "rollback_policy": ("/v1/policies/eu-disclosure/rollback", {"to": 1}),
     "experiment_assignments": ("/v1/experiments/upsell-q4/assignments", None),
+    "experiment_summary": ("/v1/experiments/upsell-q4", None),
     "verify_audit": ("/v1/audit/verify", None),
     "readyz": ("/readyz", None),
     "openapi": ("/openapi.json", None),

@@ -1,0 +1,156 @@
+"""Experiment exposures: which session first ran which variant, when, and when it left.
+
+An exposure is kept per (experiment key, iteration, session id) for ever: a session leaving
+the experiment (a ramp-down, a relabel, a retire) gets ``left_at``, it is never deleted. Rows
+are written by the replica holding the session, in batches (``save``: one write per flush,
+never a round trip per session), to a store shared by the replicas that answer summaries:
+
+- :class:`FileExposureStore` (embedded mode): rows in memory, appended as JSON lines to
+  ``<data_dir>/experiments/exposures.jsonl`` (the last line of a row wins on load);
+- ``sessions.redis_exposures.RedisExposureStore`` (distributed mode).
+
+The proof of an exposure is the session's hash-chained version log (docs/experiments.md):
+these rows are an index over it, written by the same call that appends the entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+__all__ = ["Exposure", "ExposureStore", "FileExposureStore", "counts_of"]
+
+
+@dataclass(slots=True)
+class Exposure:
+    experiment: str
+    iteration: int
+    session_id: str
+    variant: str
+    policy: str
+    version: int
+    digest: str | None
+    first_assigned_at: float
+    exposed_at: float | None = None
+    left_at: float | None = None
+    upstream_session_id: str | None = None
+    kind: str = ""
+    model: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, int, str]:
+        return (self.experiment, self.iteration, self.session_id)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "experiment": self.experiment, "iteration": self.iteration,
+            "session_id": self.session_id, "variant": self.variant, "policy": self.policy,
+            "version": self.version, "digest": self.digest,
+            "first_assigned_at": self.first_assigned_at, "exposed_at": self.exposed_at,
+            "left_at": self.left_at, "upstream_session_id": self.upstream_session_id,
+            "kind": self.kind, "model": self.model, "labels": dict(self.labels),
+        }  # fmt: skip
+
+    @classmethod
+    def from_document(cls, raw: Mapping[str, Any]) -> Exposure:
+        def opt_float(name: str) -> float | None:
+            value = raw.get(name)
+            return None if value is None else float(value)
+
+        digest, upstream = raw.get("digest"), raw.get("upstream_session_id")
+        return cls(
+            experiment=str(raw["experiment"]), iteration=int(raw["iteration"]),
+            session_id=str(raw["session_id"]), variant=str(raw["variant"]),
+            policy=str(raw["policy"]), version=int(raw["version"]),
+            digest=None if digest is None else str(digest),
+            first_assigned_at=float(raw["first_assigned_at"]),
+            exposed_at=opt_float("exposed_at"), left_at=opt_float("left_at"),
+            upstream_session_id=None if upstream is None else str(upstream),
+            kind=str(raw.get("kind", "")), model=str(raw.get("model", "")),
+            labels={str(k): str(v) for k, v in dict(raw.get("labels") or {}).items()},
+        )  # fmt: skip
+
+
+def counts_of(rows: Iterable[Exposure], iteration: int) -> dict[str, int]:
+    """Exposed sessions per variant at ``iteration`` (sessions that left still count)."""
+    out: dict[str, int] = {}
+    for row in rows:
+        if row.iteration == iteration and row.exposed_at is not None:
+            out[row.variant] = out.get(row.variant, 0) + 1
+    return out
+
+
+class ExposureStore(Protocol):
+    async def start(self) -> None: ...
+
+    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> None:
+        """Upsert ``rows`` (whole rows; the holding replica is their only writer) and count
+        ``exposed`` (rows exposed for the first time, a subset of ``rows``)."""
+        ...
+
+    async def rows(self, experiment: str) -> list[Exposure]: ...
+
+    async def counts(self, experiment: str, iteration: int) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+class FileExposureStore:
+    """Embedded mode: rows in memory, appended to a JSON-lines file (``path`` None: memory)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self._path = path
+        self._rows: dict[tuple[str, int, str], Exposure] = {}
+        self._counts: dict[tuple[str, int, str], int] = {}
+
+    async def start(self) -> None:
+        if self._path is None or not self._path.exists():
+            return
+        text = await asyncio.to_thread(self._path.read_text, "utf-8")
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            try:
+                row = Exposure.from_document(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line (crash mid-append): the row is written again
+            self._rows[row.key] = row
+        for row in self._rows.values():
+            if row.exposed_at is not None:
+                ckey = (row.experiment, row.iteration, row.variant)
+                self._counts[ckey] = self._counts.get(ckey, 0) + 1
+
+    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> None:
+        if self._path is not None and rows:
+            text = "".join(json.dumps(r.document(), separators=(",", ":")) + "\n" for r in rows)
+            await asyncio.to_thread(self._append, self._path, text)
+        for row in rows:
+            self._rows[row.key] = row
+        for row in exposed:
+            ckey = (row.experiment, row.iteration, row.variant)
+            self._counts[ckey] = self._counts.get(ckey, 0) + 1
+
+    @staticmethod
+    def _append(path: Path, text: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+
+    async def rows(self, experiment: str) -> list[Exposure]:
+        return [r for r in self._rows.values() if r.experiment == experiment]
+
+    async def counts(self, experiment: str, iteration: int) -> dict[str, int]:
+        return {
+            variant: n
+            for (key, it, variant), n in self._counts.items()
+            if key == experiment and it == iteration
+        }
+
+    async def close(self) -> None:
+        return None
