@@ -261,6 +261,8 @@ class Settings:
             raw = env.get(ENV_PREFIX + name.upper())
             if raw is not None and raw != "":
                 try:
+                    if convert in (int, float) and not raw.isascii():
+                        raise ValueError("int() and float() also read non-ASCII digits")
                     values[name] = convert(raw) if convert else raw
                 except ValueError:
                     raise ValueError(

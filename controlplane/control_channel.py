@@ -53,6 +53,7 @@ from controlplane.admission import (
 from controlplane.api.auth import TOKENS
 from controlplane.api.inputs import parse_frame
 from controlplane.errors import ControlPlaneError, Forbidden
+from controlplane.gateway_labels import MAX_LABELS
 from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.roles import Role
@@ -314,6 +315,8 @@ def _registration(raw: dict[str, Any]) -> tuple[str, str, dict[str, str], Config
         for k, v in labels.items()
     ):
         raise ProtocolError("bad_labels", "labels must map strings (≤63) to strings (≤256)")
+    if len(labels) > MAX_LABELS:  # as on the gateway
+        raise ProtocolError("bad_labels", f"{len(labels)} labels, limit is {MAX_LABELS}")
     config_raw = raw.get("config") or {}
     if not isinstance(config_raw, dict):
         raise ProtocolError("bad_config", "config must be an object of canonical fields")

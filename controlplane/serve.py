@@ -97,7 +97,8 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     for flag, dest, kind, text in FLAGS:
         env = "CONTROLPLANE_" + dest.upper()
-        parser.add_argument(flag, dest=dest, type=kind, help=f"{text} (env {env})")
+        convert = _ascii_number(kind) if kind in (int, float) else kind
+        parser.add_argument(flag, dest=dest, type=convert, help=f"{text} (env {env})")
     parser.add_argument(
         "--websocket-compression", action="store_true", default=None,
         help="negotiate permessage-deflate (off by default: 2x fan-out time, 3x memory)",
@@ -109,6 +110,18 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.set_defaults(func=run)
     return parser
+
+
+def _ascii_number(kind: type) -> Any:
+    """``int`` / ``float`` for a flag, ASCII digits only (both also read '１０')."""
+
+    def convert(raw: str) -> Any:
+        if not raw.isascii():
+            raise argparse.ArgumentTypeError(f"{raw!r} is not a valid {kind.__name__}")
+        return kind(raw)
+
+    convert.__name__ = kind.__name__
+    return convert
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -227,3 +227,18 @@ async def test_session_log_is_paginated_and_the_cli_client_follows_pages(
         assert refused["error"]["code"] == "bad_request", bad
     client = ControlPlaneClient(cp.base, token=ADMIN)
     assert await asyncio.to_thread(client.session_log, sid, page=2) == everything
+
+
+async def test_control_registration_labels_are_capped_like_the_gateway(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    async with websockets.connect(
+        cp.ws_base + "/v1/control", additional_headers=CONTROL_AUTH
+    ) as ws:
+        labels = {f"k{i}": "v" for i in range(33)}
+        await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                  "model": "voice-agent", "labels": labels}))  # fmt: skip
+        code, frames = await _closed(ws)
+    assert code == 1008
+    assert frames == [{"type": "error", "code": "bad_labels", "message": "33 labels, limit is 32"}]
+    assert cp.service.engine.live == {}
