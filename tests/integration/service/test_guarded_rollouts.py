@@ -57,6 +57,16 @@ async def state_is(cp: ControlPlaneUnderTest, policy_id: str, state: str) -> dic
     return dict(await eventually(check, timeout=10))
 
 
+async def halts_counted(cp: ControlPlaneUnderTest, n: int, **labels: str) -> None:
+    """The halt is visible in the rollout state as soon as the store applied it (inside the
+    publish); the deciding replica counts it once the publish returned."""
+
+    async def counted() -> bool:
+        return await metric(cp.http, cp.base, HALTS, **labels) == n
+
+    await eventually(counted, timeout=10)
+
+
 async def agent_prompt(emulator: Emulator, upstream_id: str) -> Any:
     return (await emulator.session(upstream_id))["config"].get("system_prompt")
 
@@ -91,7 +101,7 @@ async def test_rejections_over_the_threshold_halt_the_version(
     assert halt["decided_by"] == "node-a" and halt["actor"] == "guard:node-a"
     assert body["guard"] == {"enabled": True, "max_failure_ratio": 0.01, "min_sessions": 50,
                              "window_s": 300.0, "on_breach": "halt"}  # fmt: skip
-    assert await metric(cp.http, cp.base, HALTS, policy="tone", action="halt") == 1
+    await halts_counted(cp, 1, policy="tone", action="halt")
     assert any(
         r.levelno == logging.WARNING and "tone version 2 HALTED" in r.getMessage()
         for r in caplog.records
@@ -186,7 +196,7 @@ async def test_on_breach_rollback_pushes_the_previous_version_back(
     assert body["version"] == 3
     assert body["halt"]["version"] == 2 and body["halt"]["rollback_to"] == 1
     assert body["halt"]["on_breach"] == "rollback"
-    assert await metric(cp.http, cp.base, HALTS, policy="greeting", action="rollback") == 1
+    await halts_counted(cp, 1, policy="greeting", action="rollback")
     versions = (await cp.call("GET", "/v1/policies/greeting/versions", expect=200))["items"]
     assert [(v["version"], v["cause"]) for v in versions] == [
         (1, "policy"), (2, "policy"), (3, "rollback")
