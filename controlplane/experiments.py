@@ -121,11 +121,12 @@ class ExperimentBook:
     def ended(self, ls: LiveSession) -> None:
         """The session ended: its rows stay in the store, with the upstream id if now known."""
         rows = self._live.pop(ls.session.id, None)
-        upstream = ls.session.upstream_id
+        now = self._clock.now()
         for row in (rows or {}).values():
-            if upstream is not None and row.upstream_session_id != upstream:
-                row.upstream_session_id = upstream
-                self._changed[row.key] = row
+            if ls.session.upstream_id is not None:
+                row.upstream_session_id = ls.session.upstream_id
+            row.ended_at = now
+            self._changed[row.key] = row
 
     # -- batched writes ----------------------------------------------------------------
     async def _run(self) -> None:
@@ -206,7 +207,9 @@ def export_row(row: Exposure) -> dict[str, Any]:
         "version": row.version, "digest": row.digest, "variant": row.variant,
         "kind": row.kind, "model": row.model, "labels": dict(row.labels),
         "first_assigned_at": at(row.first_assigned_at), "exposed_at": at(row.exposed_at),
-        "left_at": at(row.left_at),
+        "left_at": at(row.left_at), "ended_at": at(row.ended_at),
+        "state": "left" if row.left_at is not None else
+                 "ended" if row.ended_at is not None else "live",
     }  # fmt: skip
 
 
@@ -225,13 +228,12 @@ def merge_exposures(
             "exposed_at": None, "left_at": None,
         }  # fmt: skip
         merged = {**extra, **row, "iteration": iteration}
-        for name in ("first_assigned_at", "exposed_at", "left_at"):
+        for name in ("first_assigned_at", "exposed_at", "left_at", "ended_at"):
             merged[name] = extra.get(name)
         merged.setdefault("upstream_session_id", None)
         merged.setdefault("labels", {})
         out[(row["session_id"], iteration)] = merged
     for (it, session_id), found in exposures.items():
         if (session_id, it) not in out:
-            out[(session_id, it)] = {**export_row(found), "state": "left"
-                                     if found.left_at is not None else "ended"}  # fmt: skip
+            out[(session_id, it)] = export_row(found)  # left, ended, or held by another replica
     return [out[k] for k in sorted(out)]

@@ -37,6 +37,7 @@ class Exposure:
     first_assigned_at: float
     exposed_at: float | None = None
     left_at: float | None = None
+    ended_at: float | None = None  # the session ended (its rows stay)
     upstream_session_id: str | None = None
     kind: str = ""
     model: str = ""
@@ -52,7 +53,8 @@ class Exposure:
             "session_id": self.session_id, "variant": self.variant, "policy": self.policy,
             "version": self.version, "digest": self.digest,
             "first_assigned_at": self.first_assigned_at, "exposed_at": self.exposed_at,
-            "left_at": self.left_at, "upstream_session_id": self.upstream_session_id,
+            "left_at": self.left_at, "ended_at": self.ended_at,
+            "upstream_session_id": self.upstream_session_id,
             "kind": self.kind, "model": self.model, "labels": dict(self.labels),
         }  # fmt: skip
 
@@ -70,6 +72,7 @@ class Exposure:
             digest=None if digest is None else str(digest),
             first_assigned_at=float(raw["first_assigned_at"]),
             exposed_at=opt_float("exposed_at"), left_at=opt_float("left_at"),
+            ended_at=opt_float("ended_at"),
             upstream_session_id=None if upstream is None else str(upstream),
             kind=str(raw.get("kind", "")), model=str(raw.get("model", "")),
             labels={str(k): str(v) for k, v in dict(raw.get("labels") or {}).items()},

@@ -203,3 +203,18 @@ async def test_raising_the_iteration_reshuffles_and_counts_anew(cp: ControlPlane
         assert summary["iteration"] == 2
         rows = (await cp.call("GET", f"/v1/experiments/{KEY}/assignments", expect=200))["items"]
         assert {r["iteration"] for r in rows} == {1, 2} and len(rows) == 20
+
+
+async def test_sessions_joining_after_the_publish_are_exposed_at_connect_or_when_applied(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    await cp.publish(_doc())
+    ids = _ids(KEY, control=3, warm=3)
+    async with _sessions(cp, ids):
+        await _exposed(cp, 6)
+        for sid in ids:
+            statuses = [(e["cause"], e["status"]) for e in await cp.log(sid)]
+            if _variant(sid) == "control":  # registered on the control arm's values already
+                assert statuses == [("connect", "sent")]
+            else:
+                assert statuses == [("connect", "sent"), ("connect", "sent"), ("connect", "acked")]
