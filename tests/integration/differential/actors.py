@@ -50,6 +50,11 @@ class Actor:
     def busy(self) -> bool:
         return False
 
+    @property
+    def answered(self) -> bool:
+        """Every message of the client that the upstream answers has had an answer."""
+        return True
+
     async def _read(self, ws: ClientConnection, sink: list[dict[str, Any]]) -> None:
         with contextlib.suppress(websockets.ConnectionClosed):
             async for raw in ws:
@@ -104,6 +109,10 @@ class GatewayAgent(Actor):
         assert self.ws is not None
         self.sent_updates += 1
         await self.ws.send(json.dumps(message))
+
+    @property
+    def answered(self) -> bool:
+        return len(self.answers()) >= self.sent_updates
 
     def answers(self) -> list[dict[str, Any]]:
         return [m for m in self.received if m.get("type") in ("session.updated", "session.error")]

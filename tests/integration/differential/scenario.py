@@ -44,9 +44,8 @@ CONTROL_UPDATES: Final = True  # control-channel apps' own `update`s
 # agent client messages that draw a session.error (tool.result, an immutable field)
 CLIENT_ERRORS: Final = True
 # bursts may put a Voice Agent client's own message next to a policy change for the same
-# session. OFF: a client update that overtakes our logged push on the wire is lost from the
-# record when the push is acknowledged (the ack sets the push's full config; board, 00:00)
-AGENT_CLIENT_RACING_PUSHES: Final = False
+# session (a client update may overtake our logged push on the wire: b48eca3)
+AGENT_CLIENT_RACING_PUSHES: Final = True
 BURSTS: Final = True  # several operations at once, unsynchronised: interleavings on the wire
 
 _CLASSES: Final = {

@@ -183,7 +183,10 @@ class Run:
 
     async def quiesce(self) -> float:
         """Wait until nothing moves: no push in flight or due, no app waiting for an answer,
-        the emulator's message count unchanged for QUIET_POLLS polls. Returns that instant."""
+        every gateway Voice Agent client answered at least once per message (a message the
+        gateway holds behind an update whose answer it cannot attribute waits for that update's
+        acknowledgement timeout), the emulator's message count unchanged for QUIET_POLLS polls.
+        Returns that instant."""
         deadline = time.monotonic() + QUIESCE_TIMEOUT_S
         last: int | None = None
         quiet = 0
@@ -193,7 +196,9 @@ class Run:
                           f"{QUIESCE_TIMEOUT_S} s (a push or an answer never came)")  # fmt: skip
             await asyncio.sleep(POLL_S)
             count = await self._emulator_messages()
-            settled = self._engine_settled() and not any(a.busy for a in self.actors.values())
+            settled = (self._engine_settled()
+                       and not any(a.busy for a in self.actors.values())
+                       and all(a.answered for a in self.actors.values()))  # fmt: skip
             quiet = quiet + 1 if settled and count == last else 0
             last = count
         return time.time()
