@@ -45,9 +45,11 @@ class ExperimentBook:
         policy: Callable[[str], Policy | None],
         min_exposures: int,
         live: Mapping[str, LiveSession],
+        tail: Callable[[str], tuple[int, str] | None],
     ) -> None:
         self.store = store
         self._sessions = live  # the engine's live sessions (for upstream ids)
+        self._tail = tail  # the version log's last entry of a session: the one just appended
         self._clock = clock
         self._metrics = metrics
         self._policy = policy  # the active policy of an id
@@ -105,17 +107,20 @@ class ExperimentBook:
                 continue
             if row.exposed_at is None:
                 row.exposed_at = now
+                row.exposed_seq, row.exposed_hash = self._tail(sid) or (None, None)
                 row.variant, row.policy, row.version = ref.variant, ref.id, ref.version
                 row.digest = ref.digest
                 self._changed[row.key] = row
                 self._exposed.append(row)
             elif row.left_at is not None:
-                row.left_at = None  # back in (a ramp up again): the first exposure stands
+                row.left_at = row.left_seq = None  # back in again: the first exposure stands
                 self._changed[row.key] = row
         if exposes:
             for row in rows.values():
                 if row.exposed_at is not None and row.left_at is None and row.policy not in named:
                     row.left_at = now
+                    tail = self._tail(sid)
+                    row.left_seq = None if tail is None else tail[0]
                     self._changed[row.key] = row
 
     def ended(self, ls: LiveSession) -> None:
@@ -208,6 +213,8 @@ def export_row(row: Exposure) -> dict[str, Any]:
         "kind": row.kind, "model": row.model, "labels": dict(row.labels),
         "first_assigned_at": at(row.first_assigned_at), "exposed_at": at(row.exposed_at),
         "left_at": at(row.left_at), "ended_at": at(row.ended_at),
+        "exposed_seq": row.exposed_seq, "exposed_hash": row.exposed_hash,
+        "left_seq": row.left_seq,
         "state": "left" if row.left_at is not None else
                  "ended" if row.ended_at is not None else "live",
     }  # fmt: skip
@@ -228,7 +235,8 @@ def merge_exposures(
             "exposed_at": None, "left_at": None,
         }  # fmt: skip
         merged = {**extra, **row, "iteration": iteration}
-        for name in ("first_assigned_at", "exposed_at", "left_at", "ended_at"):
+        for name in ("first_assigned_at", "exposed_at", "left_at", "ended_at", "exposed_seq",
+                     "exposed_hash", "left_seq"):  # fmt: skip
             merged[name] = extra.get(name)
         merged.setdefault("upstream_session_id", None)
         merged.setdefault("labels", {})

@@ -93,7 +93,7 @@ class ControlPlane:
             (cluster.exposures if cluster is not None else None) or FileExposureStore(None),
             clock=clock, metrics=metrics,
             policy=self.store.active_policy, min_exposures=settings.srm_min_exposures,
-            live=self.engine.live,
+            live=self.engine.live, tail=versionlog.tail,
         )  # fmt: skip
         self.engine.on_record = self.experiments.observe
         self._started = False

@@ -22,7 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-__all__ = ["Exposure", "ExposureStore", "FileExposureStore", "counts_of"]
+__all__ = [
+    "RUNNING_STATUSES",
+    "Exposure",
+    "ExposureStore",
+    "FileExposureStore",
+    "counts_of",
+    "exposure_problem",
+]
 
 
 @dataclass(slots=True)
@@ -38,6 +45,10 @@ class Exposure:
     exposed_at: float | None = None
     left_at: float | None = None
     ended_at: float | None = None  # the session ended (its rows stay)
+    # the version-log entry (seq, hash) that exposed the session / that it left by
+    exposed_seq: int | None = None
+    exposed_hash: str | None = None
+    left_seq: int | None = None
     upstream_session_id: str | None = None
     kind: str = ""
     model: str = ""
@@ -54,6 +65,8 @@ class Exposure:
             "version": self.version, "digest": self.digest,
             "first_assigned_at": self.first_assigned_at, "exposed_at": self.exposed_at,
             "left_at": self.left_at, "ended_at": self.ended_at,
+            "exposed_seq": self.exposed_seq, "exposed_hash": self.exposed_hash,
+            "left_seq": self.left_seq,
             "upstream_session_id": self.upstream_session_id,
             "kind": self.kind, "model": self.model, "labels": dict(self.labels),
         }  # fmt: skip
@@ -64,6 +77,14 @@ class Exposure:
             value = raw.get(name)
             return None if value is None else float(value)
 
+        def opt_int(name: str) -> int | None:
+            value = raw.get(name)
+            return None if value is None else int(value)
+
+        def opt_str(name: str) -> str | None:
+            value = raw.get(name)
+            return None if value is None else str(value)
+
         digest, upstream = raw.get("digest"), raw.get("upstream_session_id")
         return cls(
             experiment=str(raw["experiment"]), iteration=int(raw["iteration"]),
@@ -73,6 +94,8 @@ class Exposure:
             first_assigned_at=float(raw["first_assigned_at"]),
             exposed_at=opt_float("exposed_at"), left_at=opt_float("left_at"),
             ended_at=opt_float("ended_at"),
+            exposed_seq=opt_int("exposed_seq"), exposed_hash=opt_str("exposed_hash"),
+            left_seq=opt_int("left_seq"),
             upstream_session_id=None if upstream is None else str(upstream),
             kind=str(raw.get("kind", "")), model=str(raw.get("model", "")),
             labels={str(k): str(v) for k, v in dict(raw.get("labels") or {}).items()},
@@ -157,3 +180,30 @@ class FileExposureStore:
 
     async def close(self) -> None:
         return None
+
+
+RUNNING_STATUSES = ("sent", "acked", "unchanged", "unverified")
+
+
+def exposure_problem(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]]) -> str | None:
+    """Why the exposure ``row`` (an export row) is not backed by the session's version log
+    ``entries`` (verified by ``audit verify``), or None: the entry at ``exposed_seq`` has the
+    recorded hash, names the experiment's policy version and variant, with a status that runs
+    it; none before it names that variant with such a status (for ``sent``/``unverified``,
+    which expose only on some transports, the entry is taken on the row's word)."""
+    seq = row.get("exposed_seq")
+    if seq is None:
+        return "no exposure recorded" if row.get("exposed_at") else None
+    at = {int(e["seq"]): e for e in entries}.get(int(seq))
+    if at is None:
+        return f"no log entry with seq {seq}"
+    if at.get("hash") != row.get("exposed_hash"):
+        return (
+            f"log entry {seq} has hash {at.get('hash')!r}, the exposure {row.get('exposed_hash')!r}"
+        )
+    want = (row.get("policy"), row.get("variant"))
+    if not any((p.get("id"), p.get("variant")) == want for p in at.get("policies") or []):
+        return f"log entry {seq} does not name {want[0]} variant {want[1]}"
+    if at.get("status") not in RUNNING_STATUSES:
+        return f"log entry {seq} has status {at.get('status')!r}: not a configuration run"
+    return None

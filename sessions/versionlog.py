@@ -121,6 +121,10 @@ class VersionLog(Protocol):
 
     def forget(self, session_id: str) -> None: ...
 
+    def tail(self, session_id: str) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the session's last appended entry (None: none here)."""
+        ...
+
     async def start(self) -> None: ...
 
     async def close(self) -> None: ...
@@ -455,6 +459,9 @@ class BufferedVersionLog:
     async def prepare(self, session_ids: Iterable[str]) -> None:
         """Load the stored tails of these sessions if the backend keeps them elsewhere."""
         return None
+
+    def tail(self, session_id: str) -> tuple[int, str] | None:
+        return self._tails.get(session_id)
 
     def forget(self, session_id: str) -> None:
         """Drop the in-memory tail of an ended session (it must not be appended to again)."""

@@ -20,6 +20,7 @@ from controlplane.cli import main
 from controlplane.client import ControlClient
 from controlplane.config import Settings
 from policies.bucketing import bucket, pick_variant
+from sessions.exposures import exposure_problem
 from tests.integration.service.conftest import (
     ADMIN,
     ControlPlaneUnderTest,
@@ -159,6 +160,14 @@ async def test_a_balanced_split_is_no_mismatch_and_the_control_arm_is_exposed_un
         warm_log = await cp.log(warm)
         assert [e["status"] for e in warm_log if e["cause"] == "policy"] == ["sent", "acked"]
         assert rows[warm]["left_at"] is None and rows[warm]["iteration"] == 1
+        # each exposure names the hash-chained log entry that proves it (audit verify covers it)
+        assert rows[warm]["exposed_seq"] == next(
+            e["seq"] for e in warm_log if e["cause"] == "policy" and e["status"] == "acked"
+        )
+        for sid in (control, warm):
+            assert exposure_problem(rows[sid], await cp.log(sid)) is None
+        forged = {**rows[warm], "exposed_seq": rows[warm]["exposed_seq"] - 1}
+        assert "hash" in str(exposure_problem(forged, warm_log))
 
 
 async def test_exposures_survive_a_ramp_down_with_left_at_and_the_export_pages(
