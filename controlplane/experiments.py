@@ -59,6 +59,7 @@ class ExperimentBook:
         self._changed: dict[tuple[str, int, str], Exposure] = {}
         self._exposed: list[Exposure] = []
         self._task: asyncio.Task[None] | None = None
+        self._plain: tuple[PolicyRef, ...] | None = None  # the last refs naming no variant
 
     async def start(self) -> None:
         await self.store.start()
@@ -78,8 +79,12 @@ class ExperimentBook:
     def observe(self, ls: LiveSession, refs: tuple[PolicyRef, ...], exposes: bool) -> None:
         sid = ls.session.id
         rows = self._live.get(sid)
-        if rows is None and not any(ref.variant is not None for ref in refs):
-            return  # the fan-out's common case: no experiment here, none before
+        if rows is None:  # the fan-out's common case: no experiment here, none before
+            if refs is self._plain:  # (a fan-out's sessions share one refs tuple)
+                return
+            if not any(ref.variant is not None for ref in refs):
+                self._plain = refs
+                return
         now = self._clock.now()
         if rows is None:
             rows = self._live[sid] = {}
@@ -100,7 +105,7 @@ class ExperimentBook:
                     variant=ref.variant, policy=ref.id, version=ref.version,
                     digest=ref.digest, first_assigned_at=now,
                     upstream_session_id=s.upstream_id, kind=s.kind, model=s.model,
-                    labels=dict(s.labels),
+                    labels=s.labels,  # (replaced on a relabel, never changed in place)
                 )  # fmt: skip
                 self._changed[row.key] = row
             if not exposes:

@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import websockets
 
 from controlplane.app import SERVICE, build_app
 from controlplane.cli import main
@@ -227,3 +228,34 @@ async def test_sessions_joining_after_the_publish_are_exposed_at_connect_or_when
                 assert statuses == [("connect", "sent")]
             else:
                 assert statuses == [("connect", "sent"), ("connect", "sent"), ("connect", "acked")]
+
+
+async def test_a_streaming_gateway_session_is_exposed_at_sent_and_kept_across_a_restart(
+    cp_settings: Callable[..., Settings],
+) -> None:
+    doc = {"id": "stream-exp", "match": {"kind": ["streaming-v3"]},
+           "experiment": {"key": "stream-exp", "variants": [
+               {"name": "warm", "weight": 100, "set": {"keyterms": ["welcome"]}},
+               {"name": "control", "weight": 0, "set": {}}]}}  # fmt: skip
+    url = "/v1/experiments/stream-exp/assignments"
+    async with _service(cp_settings) as cp:
+        async with websockets.connect(
+            cp.ws_base + "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro",
+            additional_headers={"Authorization": "test-key"},
+        ) as ws:
+            begin = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            sid = cp.live_by_upstream(begin["id"])
+            await cp.publish(doc)
+            summary = await _exposed(cp, 1, key="stream-exp")
+            assert summary["variants"][0]["exposed"] == 1
+            sent = [e for e in await cp.log(sid) if e["cause"] == "policy"]
+            assert [e["status"] for e in sent] == ["sent"]  # never acknowledged on Streaming v3
+            [row] = (await cp.call("GET", url, expect=200))["items"]
+            assert row["exposed_seq"] == sent[0]["seq"]
+            assert row["upstream_session_id"] == begin["id"]
+    async with _service(cp_settings) as again:  # same data directory: the exposure is kept
+        summary = await _summary(again, "stream-exp")
+        assert summary["exposed"] == 1
+        [row] = (await again.call("GET", url, expect=200))["items"]
+        assert row["session_id"] == sid and row["state"] == "ended"
+        assert row["exposed_seq"] == sent[0]["seq"]
