@@ -65,9 +65,15 @@ class AgentLink:
         await self.upstream.send_str(json.dumps(message))
 
     async def push(self, push: Push, wire: dict[str, Any]) -> None:
-        """One of our pushes: queued behind an outstanding update, else sent now."""
-        self.model.submit(Update("ours", wire, version=push.version, token=push))
+        """One of our pushes: queued behind an outstanding update, else sent now. The
+        engine's acknowledgement timer starts when it is written (``upstream_written``), so a
+        push waiting for a slow client update never times out before it went out."""
+        update = Update("ours", wire, version=push.version, token=push)
+        if not self.model.submit(update):  # (the engine records it not sent: wire_failed)
+            raise ConnectionError("too many session.update messages waiting for an answer")
         await self._pump()
+        if self.ls is not None and update in self.model.queue:
+            self.service.engine.upstream_queued(self.ls, push)
 
     async def client_update(self, message: dict[str, Any]) -> None:
         """The client's ``session.update`` (locked fields already stripped)."""
@@ -89,6 +95,8 @@ class AgentLink:
                 self.model.withdraw(update)  # its outcome was recorded meanwhile (timeout)
                 continue
             self._arm(update)
+            if update.owner == "ours" and ls is not None:
+                self.service.engine.upstream_written(ls, update.token)
             await self.upstream.send_str(update.text)
             return
 

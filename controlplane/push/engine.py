@@ -421,6 +421,19 @@ class PushEngine:
             self._finish(ls, outcome)
             await self._drive(ls)
 
+    def upstream_queued(self, ls: LiveSession, push: Push) -> None:
+        """The transport holds ``push`` behind another update (Voice Agent: one
+        ``session.update`` outstanding): no acknowledgement timer runs until it is written."""
+        if ls.push.in_flight is push:
+            ls.push.queued(push)
+            self._sync_session(ls)
+
+    def upstream_written(self, ls: LiveSession, push: Push) -> None:
+        """``push``'s frame went upstream now: its acknowledgement timer starts here."""
+        if ls.push.in_flight is push:
+            ls.push.written(push, self._clock.monotonic())
+            self._sync_session(ls)
+
     async def upstream_rejected(
         self, ls: LiveSession, code: str, message: str, *, fields: Iterable[str] | None = None
     ) -> None:

@@ -96,7 +96,10 @@ class PushState:
     acked_version: int = 0
     ready: bool = False
     in_flight: Push | None = None
-    in_flight_at: float = 0.0
+    in_flight_at: float = 0.0  # when its frame went upstream (its acknowledgement timer)
+    # the in-flight push waits in the transport behind another update (Voice Agent: one
+    # session.update outstanding): not written yet, so no acknowledgement timer runs
+    waiting: bool = False
     hold_deadline: float | None = None
     last_status: Status | None = None
     quarantined: set[int] = field(default_factory=set)  # rejected versions (never re-pushed)
@@ -213,6 +216,7 @@ class PushState:
         if self.acknowledging:
             self.in_flight = push
             self.in_flight_at = now
+            self.waiting = False
         else:
             self.base = push.config
             self.last_status = "unverified"
@@ -232,6 +236,18 @@ class PushState:
         """Whether ``diff(base, desired)`` has a pair that is not quarantined."""
         quarantine = self.quarantine
         return any((f, v) not in quarantine for f, v in diff(self.base, self.desired).items())
+
+    def queued(self, push: Push) -> None:
+        """The transport holds the in-flight ``push`` behind another update: its
+        acknowledgement timer starts only when it is written (``written``)."""
+        if self.in_flight is push:
+            self.waiting = True
+
+    def written(self, push: Push, now: float) -> None:
+        """The in-flight ``push``'s frame went upstream now: its timer starts."""
+        if self.in_flight is push:
+            self.waiting = False
+            self.in_flight_at = now
 
     def wire_failed(self, push: Push, error: str) -> Outcome:
         """Writing the frame failed (socket gone): nothing reached the upstream."""
@@ -291,10 +307,13 @@ class PushState:
 
     def abandoned(self, error: str) -> Outcome | None:
         """The session ended with a push in flight: it ends ``unverified`` (it may or may not
-        have been applied; no answer can come any more)."""
+        have been applied; no answer can come any more), or ``rejected`` as not sent when it
+        was still waiting in the transport (``queued``)."""
         push = self.in_flight
         if push is None:
             return None
+        if self.waiting:  # never written: nothing reached the upstream (as ``wire_failed``)
+            return self.wire_failed(push, "not sent: the session ended while it waited its turn")
         self.in_flight = None
         self.last_status = "unverified"
         return Outcome(push, "unverified", error)
@@ -316,7 +335,7 @@ class PushState:
         rather than assuming an unconfirmed change took effect.
         """
         push = self.in_flight
-        if push is None or now - self.in_flight_at < timeout:
+        if push is None or self.waiting or now - self.in_flight_at < timeout:
             return None
         self.in_flight = None
         self.last_status = "unverified"
@@ -335,7 +354,7 @@ class PushState:
     def next_deadline(self, ack_timeout: float) -> float | None:
         """The monotonic time this state next needs a timer (hold deadline or ack timeout)."""
         if self.in_flight is not None:
-            return self.in_flight_at + ack_timeout
+            return None if self.waiting else self.in_flight_at + ack_timeout
         if self.hold_deadline is not None and self.desired_version > self.sent_version:
             return self.hold_deadline
         return None

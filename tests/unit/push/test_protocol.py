@@ -82,6 +82,27 @@ def test_timeout_ends_unverified_and_keeps_the_base() -> None:
     assert s.acked(6.0) is None  # a late acknowledgement changes nothing
 
 
+def test_a_queued_push_is_timed_from_its_write_and_not_sent_if_it_never_goes() -> None:
+    s = agent()
+    s.want({"prompt": "x"}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None
+    s.queued(push)  # the transport holds it behind another session.update
+    assert s.next_deadline(5.0) is None and s.timed_out(60.0, 5.0) is None
+    s.written(push, 60.0)
+    assert s.next_deadline(5.0) == 65.0 and s.timed_out(64.9, 5.0) is None
+    outcome = s.acked(61.0)
+    assert outcome is not None and outcome.status == "acked" and outcome.latency == 1.0
+    s.want({"prompt": "y"}, REF, "policy")
+    second = s.take(62.0)
+    assert second is not None
+    s.queued(second)
+    ended = s.abandoned("gone")
+    assert ended is not None and ended.status == "rejected"
+    assert ended.error is not None and ended.error.startswith("not sent")
+    assert s.base == {"prompt": "x"}
+
+
 def test_a_push_in_flight_when_the_session_ends_is_unverified_once() -> None:
     s = agent()
     assert s.abandoned("gone") is None  # nothing in flight: nothing to end
