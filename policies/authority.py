@@ -44,8 +44,9 @@ class LockClash:
 
 
 def set_fields(policy: Policy) -> set[str]:
-    """Every field the policy may set on some session (``set`` and every variant's ``set``)."""
-    names = set(policy.set)
+    """Every field the policy may set on some session (``set``, every variant's ``set`` and
+    ``defaults``: a default under a higher role's lock would never apply either)."""
+    names = set(policy.set) | set(policy.defaults)
     if policy.experiment is not None:
         for variant in policy.experiment.variants:
             names.update(variant.set)

@@ -383,6 +383,7 @@ class PolicyPlan:
 
     ``refs[i]`` / ``configs[i]`` belong to variant ``i`` (``configs`` already merge the
     policy's ``set`` under the variant's); without an experiment both hold one entry.
+    ``defaults``: the policy's ``defaults`` (the same for every variant).
     ``version`` is ``None`` for an unpublished document, which the resolver refuses.
     ``rank``: the authority of the role that owns the policy (:meth:`Policy.with_rank`); a
     lock holds against every policy of a lower rank (docs/policies.md#locks).
@@ -403,6 +404,7 @@ class PolicyPlan:
     weights: tuple[int, ...]
     refs: tuple[PolicyRef, ...]
     configs: tuple[Mapping[str, Value], ...]
+    defaults: Mapping[str, Value]
 
 
 class Policy(BaseModel):
@@ -417,6 +419,8 @@ class Policy(BaseModel):
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX_CHARS)
     match: Match = Field(default_factory=Match)
     set: ConfigSet = Field(default_factory=dict)
+    # applied only where the session's client did not set the field (docs/policies.md#defaults)
+    defaults: ConfigSet = Field(default_factory=dict)
     lock: tuple[LockField, ...] = ()
     rollout: Rollout | None = None
     experiment: Experiment | None = None
@@ -437,10 +441,12 @@ class Policy(BaseModel):
 
     @model_validator(mode="after")
     def _variant_silence_order(self) -> Policy:
-        if self.experiment is None:
-            return self
         problems = []
-        for index, variant in enumerate(self.experiment.variants):
+        if self.defaults:  # a session without its own silences gets both: they must agree
+            problem = _silence_order({**self.defaults, **self.set}, "defaults")
+            if problem is not None:
+                problems.append(problem)
+        for index, variant in enumerate(self.experiment.variants if self.experiment else ()):
             merged = {**self.set, **variant.set}
             problem = _silence_order(merged, f"experiment.variants[{index}].set")
             if problem is not None:
@@ -525,6 +531,8 @@ class Policy(BaseModel):
             out["description"] = self.description
         out["match"] = self.match.document()
         out["set"] = _config_doc(self.set)
+        if self.defaults:  # omitted when empty: digests of documents without it are unchanged
+            out["defaults"] = _config_doc(self.defaults)
         out["lock"] = list(self.lock)
         if self.rollout is not None:
             out["rollout"] = self.rollout.document()
@@ -566,6 +574,7 @@ def _make_plan(policy: Policy) -> PolicyPlan:
         weights=weights,
         refs=refs,
         configs=configs,
+        defaults=dict(policy.defaults),
     )
 
 

@@ -18,6 +18,11 @@ an applying policy of a lower rank, whatever its priority. Between locks on one 
 higher rank wins, then priority, then id (``locks``); the field then goes to the first policy,
 in priority order, among those of at least the lock's rank (docs/policies.md#locks).
 
+``defaults`` fill only what is left: a field no applying policy sets (under the same
+ceiling) takes the first default in precedence order, and only in a session whose client
+config lacks the field. So ``set`` > the client's value > ``defaults`` > the upstream default
+(docs/policies.md#defaults).
+
 Only published policies (with a ``version``) resolve; an unversioned one raises ``ValueError``.
 The hot path reads each policy's precomputed :class:`policies.model.PolicyPlan`; nothing here
 calls pydantic.
@@ -31,7 +36,7 @@ over each session's client config. Its results equal :func:`resolve`'s (property
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
 from policies.bucketing import bucket, pick_variant, units_in_rollout
@@ -84,6 +89,8 @@ def applies(policy: Policy, target: Target) -> PolicyRef | None:
 class Overlay:
     """What the applying policies contribute to a target, before the client config.
 
+    ``defaults``: field → (value, policy) for the fields no applying policy sets but one gives
+    a default for; each fills only a client config that lacks the field.
     Shared between sessions by :class:`Resolver`: treat every mapping as read-only.
     """
 
@@ -91,12 +98,20 @@ class Overlay:
     provenance: Mapping[str, PolicyRef]
     locks: Mapping[str, PolicyRef]
     applied: tuple[PolicyRef, ...]
+    defaults: Mapping[str, tuple[Value, PolicyRef]] = field(default_factory=dict)
 
     def over(self, client_config: Mapping[str, Value]) -> Effective:
         """The effective config of a session whose client asked for ``client_config``."""
         config = dict(client_config)
+        provenance = self.provenance
+        if self.defaults:
+            filled = [name for name in self.defaults if name not in client_config]
+            if filled:
+                provenance = dict(provenance)
+                for name in filled:
+                    config[name], provenance[name] = self.defaults[name]
         config.update(self.values)
-        return Effective(config, self.provenance, self.locks, self.applied)
+        return Effective(config, provenance, self.locks, self.applied)
 
 
 def resolve(
@@ -122,38 +137,47 @@ def _unique_plans(policies: Iterable[Policy]) -> list[PolicyPlan]:
 
 
 def overlay(plans: Iterable[PolicyPlan], target: Target) -> Overlay:
-    """The applying policies' values, provenance, locks and references for ``target``."""
-    hits: list[tuple[tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value]]] = []
-    locking = False
+    """The applying policies' values, provenance, locks, defaults and references for
+    ``target``."""
+    hits: list[_Hit] = []
+    locking = defaulting = False
     for plan in plans:
         hit = _applies(plan, target)
         if hit is not None:
-            hits.append((plan.precedence, plan.rank, plan.lock, hit[0], hit[1]))
+            hits.append((plan.precedence, plan.rank, plan.lock, hit[0], hit[1], plan.defaults))
             locking = locking or bool(plan.lock)
+            defaulting = defaulting or bool(plan.defaults)
     hits.sort(key=_first)
     values: dict[str, Value] = {}
     provenance: dict[str, PolicyRef] = {}
     locks: dict[str, PolicyRef] = {}
-    if not locking:
-        for _, _, _, ref, set_values in hits:
+    applied = tuple(hit[3] for hit in hits)
+    if not locking and not defaulting:
+        for _, _, _, ref, set_values, _ in hits:
             for name, value in set_values.items():
                 if name not in provenance:
                     provenance[name] = ref
                     values[name] = value
-        return Overlay(values, provenance, locks, tuple(hit[3] for hit in hits))
+        return Overlay(values, provenance, locks, applied)
     # locks first: per field the highest rank, then (hits being in precedence order) priority
     ceiling: dict[str, int] = {}
-    for _, rank, lock, ref, _ in hits:
+    for _, rank, lock, ref, _, _ in hits:
         for name in lock:
             if rank > ceiling.get(name, -1):
                 ceiling[name] = rank
                 locks[name] = ref
-    for _, rank, _, ref, set_values in hits:
+    for _, rank, _, ref, set_values, _ in hits:
         for name, value in set_values.items():
             if name not in provenance and rank >= ceiling.get(name, rank):
                 provenance[name] = ref
                 values[name] = value
-    return Overlay(values, provenance, locks, tuple(hit[3] for hit in hits))
+    # defaults: fields no policy sets; the first in precedence order under the lock ceiling
+    defaults: dict[str, tuple[Value, PolicyRef]] = {}
+    for _, rank, _, ref, _, given in hits:
+        for name, value in given.items():
+            if name not in provenance and name not in defaults and rank >= ceiling.get(name, rank):
+                defaults[name] = (value, ref)
+    return Overlay(values, provenance, locks, applied, defaults)
 
 
 class Resolver:
@@ -271,9 +295,12 @@ def _decision(plan: PolicyPlan, target: Target) -> PolicyRef | None:
     return None if hit is None else hit[0]
 
 
-def _first(
-    hit: tuple[tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value]],
-) -> tuple[int, str]:
+_Hit = tuple[
+    tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value], Mapping[str, Value]
+]
+
+
+def _first(hit: _Hit) -> tuple[int, str]:
     return hit[0]
 
 

@@ -179,6 +179,7 @@ _POLICY = {
             },
         },
         "set": ref("Config"),
+        "defaults": ref("Config"),  # only where the client did not set the field
         "lock": {"type": "array", "items": {"enum": list(FIELDS)}},
         "rollout": {
             "type": ["object", "null"],

@@ -117,6 +117,7 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "description",
         "match",
         "set",
+        "defaults",
         "lock",
         "rollout",
         "experiment",

@@ -181,6 +181,17 @@ def corpus() -> Iterator[Case]:
     yield Case("labels also not", ("match", "labels_not"), {"region": "x"}, VALID)
 
     yield from limits(("set",), [{}, DELETE], [None, [], {"nope": 1}, {"prompt": None}])
+    yield from limits(
+        ("defaults",),
+        [{}, DELETE, {"max_turn_silence_ms": 10_000}, {"keyterms": ["k"]}],
+        [None, [], {"nope": 1}, {"prompt": None}, {"max_turn_silence_ms": 10_001}],
+    )
+    yield Case(
+        "defaults min over max",
+        ("defaults",),
+        {"min_turn_silence_ms": 70, "max_turn_silence_ms": 60},
+        CROSS,
+    )
     for field, limit in (("prompt", 1750), ("agent_context", 1750), ("system_prompt", 20_000)):
         yield from limits(
             ("set",), [{field: "x" * limit}, {field: ""}], [{field: "x" * (limit + 1)}]

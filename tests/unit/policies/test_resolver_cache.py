@@ -22,32 +22,39 @@ def _policies() -> st.SearchStrategy[list[Policy]]:
     def one(i: int) -> st.SearchStrategy[Policy]:
         doc: dict[str, Any] = {"id": f"p{i}", "version": i + 1}
         return st.builds(
-            lambda priority, region, kind, prompt, lock, rollout, experiment, by: parse_policy(
-                {
-                    **doc,
-                    "priority": priority,
-                    "match": {
-                        **({"labels": {"region": [region]}} if region else {}),
-                        **({"kind": [kind]} if kind else {}),
-                    },
-                    "set": {"prompt": prompt, "max_turn_silence_ms": 500 + i},
-                    "lock": ["prompt"] if lock else [],
-                    **({"rollout": {"percent": rollout, "bucket_by": by}} if rollout else {}),
-                    **(
-                        {
-                            "experiment": {
-                                "key": f"exp{i}",
-                                "bucket_by": by,
-                                "variants": [
-                                    {"name": "a", "weight": 50, "set": {}},
-                                    {"name": "b", "weight": 50, "set": {"prompt": f"B{i}"}},
-                                ],
+            lambda priority, region, kind, prompt, lock, rollout, experiment, by, dflt: (
+                parse_policy(
+                    {
+                        **doc,
+                        "priority": priority,
+                        "match": {
+                            **({"labels": {"region": [region]}} if region else {}),
+                            **({"kind": [kind]} if kind else {}),
+                        },
+                        "set": {"prompt": prompt, "max_turn_silence_ms": 500 + i},
+                        "lock": ["prompt"] if lock else [],
+                        **(
+                            {"defaults": {"vad_threshold": i / 10, "keyterms": [f"d{i}"]}}
+                            if dflt
+                            else {}
+                        ),
+                        **({"rollout": {"percent": rollout, "bucket_by": by}} if rollout else {}),
+                        **(
+                            {
+                                "experiment": {
+                                    "key": f"exp{i}",
+                                    "bucket_by": by,
+                                    "variants": [
+                                        {"name": "a", "weight": 50, "set": {}},
+                                        {"name": "b", "weight": 50, "set": {"prompt": f"B{i}"}},
+                                    ],
+                                }
                             }
-                        }
-                        if experiment
-                        else {}
-                    ),
-                }
+                            if experiment
+                            else {}
+                        ),
+                    }
+                )
             ),
             st.integers(-2, 2),
             st.sampled_from((None, *REGIONS)),
@@ -57,6 +64,7 @@ def _policies() -> st.SearchStrategy[list[Policy]]:
             st.sampled_from((None, 10, 50, 90)),
             st.booleans(),
             st.sampled_from(("session_id", "caller")),
+            st.booleans(),
         )
 
     return st.integers(0, 4).flatmap(lambda n: st.tuples(*(one(i) for i in range(n))).map(list))
