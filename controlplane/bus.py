@@ -18,6 +18,13 @@ controlplane.roles); the rollout guard's events carry the policy's owner role. E
 store derives a policy's owner role from it (docs/policies.md#ownership). Optional on the
 wire: events without it are attributed to the role prefix of ``actor``, else (an operator's
 tool) keep the policy's owner (controlplane.roles.event_role).
+
+Contract addition (issue #21, progressive waves, docs/policies.md#waves): ``policy.wave``
+events (cause ``wave``, ``Nats-Msg-Id: <id>:<version>:wave:<seq>``) move the current version
+through its ``rollout.waves``; they carry the version's document and a ``wave`` object
+``{"seq", "action": advance|promote|pause|resume, "index", "percent", "paused"}``: ``seq``
+counts the version's wave events from 1, so two replicas deciding the same advance publish
+the same message id (JetStream keeps one) and every store applies only ``seq = last + 1``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ __all__ = [
     "EVENT_TYPES",
     "MAX_EVENT_BYTES",
     "MAX_EVENT_DEPTH",
+    "WAVE_ACTIONS",
     "EventHandler",
     "InProcessBus",
     "PolicyBus",
@@ -46,9 +54,12 @@ __all__ = [
     "rfc3339",
 ]
 
-EventType = Literal["policy.published", "policy.retired", "policy.halted"]
-EVENT_TYPES: tuple[str, ...] = ("policy.published", "policy.retired", "policy.halted")
-CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard")
+EventType = Literal["policy.published", "policy.retired", "policy.halted", "policy.wave"]
+EVENT_TYPES: tuple[str, ...] = (
+    "policy.published", "policy.retired", "policy.halted", "policy.wave",
+)  # fmt: skip
+CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard", "wave")
+WAVE_ACTIONS: tuple[str, ...] = ("advance", "promote", "pause", "resume")
 EventHandler = Callable[["PolicyEvent"], Awaitable[None]]
 MAX_EVENT_BYTES = 1024 * 1024  # the policy stream's max_msg_size
 # a policy event is an object holding the policy document (a few levels deep at most: match
@@ -74,6 +85,8 @@ class PolicyEvent:
     halt: Mapping[str, Any] | None = None
     # the publisher's role name (issue #18); None on events published before the field
     role: str | None = None
+    # policy.wave only: the wave step (docs/policies.md#waves)
+    wave: Mapping[str, Any] | None = None
 
     @property
     def policy_id(self) -> str:
@@ -85,9 +98,16 @@ class PolicyEvent:
 
     @property
     def msg_id(self) -> str:
-        """``<id>:<version>``; a halt of that version is ``<id>:<version>:halted``."""
+        """``<id>:<version>``; a halt of that version is ``<id>:<version>:halted``, its wave
+        steps ``<id>:<version>:wave:<seq>``."""
         suffix = ":halted" if self.type == "policy.halted" else ""
+        if self.type == "policy.wave":
+            suffix = f":wave:{self.wave_seq}"
         return f"{self.policy_id}:{self.version}{suffix}"
+
+    @property
+    def wave_seq(self) -> int:
+        return int((self.wave or {}).get("seq", 0))
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -102,6 +122,8 @@ class PolicyEvent:
             out["halt"] = dict(self.halt)
         if self.role is not None:
             out["role"] = self.role
+        if self.wave is not None:
+            out["wave"] = dict(self.wave)
         return out
 
     @classmethod
@@ -131,7 +153,8 @@ class PolicyEvent:
         actor = raw.get("actor", "unknown")
         published_at = raw.get("published_at", "")
         event_id = raw.get("event_id") or uuid.uuid4().hex
-        default = {"policy.retired": "retire", "policy.halted": "guard"}.get(kind, "policy")
+        default = {"policy.retired": "retire", "policy.halted": "guard",
+                   "policy.wave": "wave"}.get(kind, "policy")  # fmt: skip
         cause = raw.get("cause", default)
         if cause not in CAUSES:
             raise ValueError(f"cause must be one of {', '.join(CAUSES)}, got {cause!r}")
@@ -142,8 +165,26 @@ class PolicyEvent:
         if role is not None and not (isinstance(role, str) and role.isascii() and role.isalpha()
                                      and len(role) <= 32):  # fmt: skip
             raise ValueError("role must be a role name")
+        wave = _wave(raw.get("wave"), kind)
         return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
-                   None if halt is None else dict(halt), role)  # fmt: skip
+                   None if halt is None else dict(halt), role, wave)  # fmt: skip
+
+
+def _wave(wave: object, kind: str) -> dict[str, Any] | None:
+    """The ``wave`` object: required on ``policy.wave`` (seq, action, index), else absent."""
+    if kind != "policy.wave":
+        if wave is not None:
+            raise ValueError("wave is only for policy.wave events")
+        return None
+    if not isinstance(wave, Mapping):
+        raise ValueError("wave must be an object")
+    for name, top in (("seq", MAX_VERSION), ("index", 1000)):
+        value = wave.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+            raise ValueError(f"wave.{name} must be an integer from 0 to {top}")
+    if wave.get("action") not in WAVE_ACTIONS:
+        raise ValueError(f"wave.action must be one of {', '.join(WAVE_ACTIONS)}")
+    return dict(wave)
 
 
 class UndecodableEvent(ValueError):

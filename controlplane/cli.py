@@ -305,6 +305,45 @@ def _guard_lines(guard: Any, halt: Any) -> list[str]:
     return lines
 
 
+def _wave_lines(waves: Any) -> list[str]:
+    """The progressive waves in one line, and their wave table (docs/cli.md)."""
+    if not isinstance(waves, dict):
+        return []
+    percents = waves.get("waves") or []
+    index = int(waves.get("index") or 0)
+    line = (
+        f"waves: {waves.get('state')} at wave {index + 1} of {len(percents)} "
+        f"({waves.get('percent')}%), every {waves.get('wave_interval_s', 0):g}s"
+    )
+    if waves.get("next_at"):
+        line += f", next at {_when(waves.get('next_at'))}"
+    if waves.get("previous_version") is not None:
+        line += f"; sessions outside the wave run version {waves['previous_version']}"
+    rows = [
+        (i + 1, p, "current" if i == index else "reached" if i < index else "")
+        for i, p in enumerate(percents)
+    ]
+    return [line, _table(("WAVE", "PERCENT", "STATE"), rows).rstrip("\n")]
+
+
+def _policy_wave(action: str, done: str) -> Any:
+    def run(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+        result = client.wave_action(args.id, action)
+        waves = result.get("waves") or {}
+
+        def human() -> str:
+            return (
+                f"{done} policy {args.id} version {result.get('version')}: wave "
+                f"{int(waves.get('index') or 0) + 1} of {len(waves.get('waves') or [])} "
+                f"({waves.get('percent')}%), {waves.get('state')}"
+            )
+
+        _out(args, result, human)
+        return 0
+
+    return run
+
+
 def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     r = client.rollout_status(args.id)
 
@@ -318,6 +357,7 @@ def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int
         state = r.get("state") or r.get("status", "?")
         lines = [f"policy {r.get('id')} version {r.get('version')} ({state})"]
         lines += _guard_lines(r.get("guard"), r.get("halt"))
+        lines += _wave_lines(r.get("waves"))
         headers = ("VERSION", "VARIANT", *(h for h, _ in _ROLLOUT_COLUMNS))
         return "\n".join(lines) + "\n" + _table(headers, rows)
 
@@ -468,6 +508,12 @@ def _register_client_commands(sub: Any) -> None:
     add(policy, "rollout", _policy_rollout, "delivery status per version and variant").add_argument(
         "id"
     )
+    for action, done, what in (
+        ("promote", "promoted", "advance the current version to its next wave now"),
+        ("pause", "paused", "stop the current version's automatic wave advances"),
+        ("resume", "resumed", "resume them (the current wave's interval starts again)"),
+    ):
+        add(policy, action, _policy_wave(action, done), what).add_argument("id")
     add_sign_command(policy)  # offline: signs an event for a raw NATS publisher
 
     sessions = sub.add_parser("sessions", help="inspect live sessions").add_subparsers(

@@ -204,6 +204,11 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._json("DELETE", "v1", "policies", policy_id, query=query)
         return result
 
+    def wave_action(self, policy_id: str, action: str) -> dict[str, Any]:
+        """``promote`` / ``pause`` / ``resume`` (docs/policies.md#waves)."""
+        result: dict[str, Any] = self._json("POST", "v1", "policies", policy_id, action)
+        return result
+
     def rollout_status(self, policy_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", "v1", "policies", policy_id, "rollout")
         return result

@@ -128,6 +128,9 @@ class Halts:
         fallback = self._store.fallback(policy_id)
         to = fallback.version if fallback is not None and action == "rollback" else None
         detail = {**detail, "decided_by": self._settings.node_id, "rollback_to": to}
+        waves = self._store.waves(policy_id)
+        if waves is not None and waves.policy.version == version:  # stalled at this wave
+            detail["wave"] = {"index": waves.index, "percent": float(waves.percent)}
         event = PolicyEvent(
             "policy.halted", record.policy.document(), f"guard:{self._settings.node_id}",
             rfc3339(self._clock.now()), cause="guard", halt=detail,
@@ -189,8 +192,12 @@ class Halts:
     def policies_for(self, ls: LiveSession) -> list[Policy]:
         if not self._store.has_halts:
             self._pinned.clear()  # every halt ended (a newer version, or retired)
-            return self._store.active()
-        return self._store.resolution_set(self.pins(ls))
+            return self._store.for_session(ls.session.id, ls.session.labels)
+        return self._store.resolution_set(self.pins(ls), self._outside(ls))
+
+    def _outside(self, ls: LiveSession) -> frozenset[str]:
+        """The policies whose current wave this session is not in (docs/policies.md#waves)."""
+        return self._store.outside_waves(ls.session.id, ls.session.labels)
 
     async def reconcile(
         self,
@@ -202,19 +209,21 @@ class Halts:
         relevant: Iterable[Policy] | None = None,
     ) -> None:
         """``engine.reconcile`` with each session's own policy set (one call when nothing is
-        halted; else one per distinct set of pins, rarely more than two)."""
+        halted and no version is between waves; else one per distinct set of pins and
+        policies whose wave the session is outside, rarely more than a few)."""
         relevant = None if relevant is None else list(relevant)
         if not self._store.has_halts:
             self._pinned.clear()
+        if not self._store.has_halts and not self._store.has_waves:
             await self._engine.reconcile(sessions, self._store.active(), cause=cause,
                                          event_at=event_at, next_turn=next_turn,
                                          relevant=relevant)  # fmt: skip
             return
-        groups: dict[frozenset[tuple[str, int]], list[LiveSession]] = {}
+        groups: dict[tuple[frozenset[tuple[str, int]], frozenset[str]], list[LiveSession]] = {}
         for ls in sessions:
-            groups.setdefault(self.pins(ls), []).append(ls)
-        for pins, members in groups.items():
-            await self._engine.reconcile(members, self._store.resolution_set(pins),
+            groups.setdefault((self.pins(ls), self._outside(ls)), []).append(ls)
+        for (pins, outside), members in groups.items():
+            await self._engine.reconcile(members, self._store.resolution_set(pins, outside),
                                          cause=cause, event_at=event_at, next_turn=next_turn,
                                          relevant=relevant)  # fmt: skip
 

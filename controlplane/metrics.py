@@ -125,6 +125,25 @@ class Metrics:
             ["policy", "action"],
             registry=r,
         )
+        # progressive waves (controlplane.waves); policies are few: bounded labels
+        self.rollout_wave_percent = Gauge(
+            p + "rollout_wave_percent",
+            "Current wave (percent of sessions) of the active version with rollout.waves",
+            ["policy"],
+            registry=r,
+        )
+        self.rollout_wave_stalled = Gauge(
+            p + "rollout_wave_stalled",
+            "1 while the active version with rollout.waves is halted at its current wave",
+            ["policy"],
+            registry=r,
+        )
+        self.rollout_wave_steps = Counter(
+            p + "rollout_wave_steps_total",
+            "Wave steps applied by this replica (advance, promote, pause, resume)",
+            ["policy", "action"],
+            registry=r,
+        )
         self.client_gone = Counter(
             p + "gateway_client_gone_total",
             "Gateway clients that left during the upstream handshake (upstream leg closed)",

@@ -249,7 +249,7 @@ class NatsPolicyBus:
         subject = self.subject(event.policy_id)
         try:
             last_seq, last_version = await self._last(subject)
-            if event.type == "policy.halted":  # only the version stored last can be halted
+            if event.type in ("policy.halted", "policy.wave"):  # of the version stored last
                 if last_version != event.version:
                     raise _conflict(event, last_version or 0)
             elif last_version is not None and last_version >= event.version:

@@ -7,12 +7,13 @@ and replays them at start. Layout under ``<data-dir>/policies/``::
 
     <policy id>/<version>.json          a policy.published / policy.retired event (to_json)
     <policy id>/<version>.halted.json   the policy.halted event of that version, if any
+    <policy id>/<version>.wave-<seq>.json   its policy.wave steps (docs/policies.md#waves)
 
 A file is written once: to a temporary name, fsync'd, hard-linked to its final name (which
 fails if the name exists: a version is never written twice) and the directory fsync'd, so a
 crash (``kill -9``, power loss) leaves either the whole event or nothing. Replay order is per
-policy, by version, a halt right after its version. A file that does not parse back to the
-event its name promises stops the start (``policy_store_corrupt``): replaying around a lost
+policy, by version, then its wave steps by seq, then its halt. A file that does not parse back
+to the event its name promises stops the start (``policy_store_corrupt``): replaying around a lost
 version could hand its number to different content.
 
 Writes are blocking file I/O: the service runs them in a worker thread (``asyncio.to_thread``).
@@ -39,7 +40,7 @@ __all__ = ["DurableIntake", "PolicyFiles", "PolicyFilesCorrupt"]
 
 log = logging.getLogger(__name__)
 
-_NAME: Final = re.compile(r"^([1-9][0-9]{0,15})(\.halted)?\.json$")
+_NAME: Final = re.compile(r"^([1-9][0-9]{0,15})(\.halted|\.wave-[1-9][0-9]{0,15})?\.json$")
 _POLICY_ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _TMP_PREFIX: Final = ".tmp-"
 
@@ -57,6 +58,8 @@ class PolicyFiles:
 
     def path(self, event: PolicyEvent) -> Path:
         suffix = ".halted.json" if event.type == "policy.halted" else ".json"
+        if event.type == "policy.wave":
+            suffix = f".wave-{event.wave_seq}.json"
         return self.root / event.policy_id / f"{event.version}{suffix}"
 
     # -- write -----------------------------------------------------------------------------
@@ -118,7 +121,7 @@ class PolicyFiles:
         return events
 
     def _load_policy(self, folder: Path) -> Iterator[PolicyEvent]:
-        named: list[tuple[int, bool, Path]] = []
+        named: list[tuple[int, int, int, Path]] = []  # version, kind order, wave seq, path
         for path in folder.iterdir():
             if path.name.startswith(_TMP_PREFIX):  # a write a crash interrupted
                 with contextlib.suppress(OSError):
@@ -127,12 +130,15 @@ class PolicyFiles:
             found = _NAME.match(path.name)
             if found is None:
                 raise PolicyFilesCorrupt(f"unexpected file {path} in the policy store")
-            named.append((int(found.group(1)), found.group(2) is not None, path))
-        for version, halted, path in sorted(named):
-            yield self._read(path, folder.name, version, halted)
+            tail = found.group(2) or ""
+            order = 2 if tail == ".halted" else 1 if tail else 0  # version, its waves, halt
+            seq = int(tail[len(".wave-") :]) if order == 1 else 0
+            named.append((int(found.group(1)), order, seq, path))
+        for version, order, seq, path in sorted(named):
+            yield self._read(path, folder.name, version, order, seq)
 
     @staticmethod
-    def _read(path: Path, policy_id: str, version: int, halted: bool) -> PolicyEvent:
+    def _read(path: Path, policy_id: str, version: int, order: int, seq: int) -> PolicyEvent:
         try:
             event = PolicyEvent.from_json(json.loads(path.read_bytes()))
         except (OSError, ValueError) as exc:
@@ -140,7 +146,9 @@ class PolicyFiles:
         if (
             event.policy_id != policy_id
             or event.version != version
-            or (event.type == "policy.halted") != halted
+            or (event.type == "policy.halted") != (order == 2)
+            or (event.type == "policy.wave") != (order == 1)
+            or event.wave_seq != seq
         ):
             raise PolicyFilesCorrupt(
                 f"policy store file {path} holds {event.type} of {event.policy_id!r} "
@@ -166,6 +174,8 @@ class DurableIntake:
         for event in events:
             if event.type == "policy.halted":
                 self.store.halt(event)
+            elif event.type == "policy.wave":
+                self.store.wave(event)
             else:
                 self.store.apply(event)
         if events:
@@ -193,6 +203,13 @@ class DurableIntake:
         policy = self.store.active_policy(event.policy_id)
         if (policy is not None and policy.version == event.version
                 and self.store.halted(event.policy_id) is None):  # fmt: skip
+            await asyncio.to_thread(self.files.write, event)
+
+    async def before_wave(self, event: PolicyEvent) -> None:
+        """Store a ``policy.wave`` event that is the active version's next step (``seq``)."""
+        if self.files is None:
+            return
+        if self.store.wave_accepts(event):
             await asyncio.to_thread(self.files.write, event)
 
 

@@ -10,6 +10,12 @@ when the policy was retired (or did not exist) before it. ``active()`` is that s
 sessions; ``resolution_set(pins)`` the set for a session pinned to halted versions it runs.
 Publishing a newer version (or retiring) ends the halt.
 
+Waves (``policy.wave``, docs/policies.md#waves): a version with ``rollout.waves`` has a
+``WaveState`` (the current wave, paused or not, its steps). A session whose bucket is outside
+the current wave resolves the policy's *previous* version (its fallback when published),
+like a session a halt does not pin: ``outside_waves`` names those policies for one session,
+``resolution_set(pins, outside)`` gives its set.
+
 Ownership (docs/policies.md#ownership): each event names its publisher's role; a policy's owner
 role is the highest role among its events (its creator's, raised by a higher role's publish).
 An event from a role below the owner changes nothing (every replica refuses it alike); one
@@ -21,15 +27,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, NotFound
 from controlplane.roles import Role, event_role
-from policies.model import Policy, parse_policy
+from policies.bucketing import bucket, percent_to_units, units_in_rollout
+from policies.model import BUCKET_BY_SESSION, Policy, parse_policy
 
-__all__ = ["Change", "Halt", "PolicyRecord", "PolicyStore", "RolloutState"]
+__all__ = ["Change", "Halt", "PolicyRecord", "PolicyStore", "RolloutState", "WaveState"]
 
 RolloutState = Literal["active", "halted", "rolled_back", "retired"]
 
@@ -105,6 +114,54 @@ class Halt:
                 "actor": self.event.actor, **dict(self.event.halt or {})}  # fmt: skip
 
 
+def event_time(event: PolicyEvent) -> float:
+    """The event's ``published_at`` as epoch seconds (0.0 when unreadable)."""
+    try:
+        return datetime.fromisoformat(event.published_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+@dataclass
+class WaveState:
+    """Where a version with ``rollout.waves`` stands (changed only by its events)."""
+
+    policy: Policy
+    previous: Policy | None  # what sessions outside the current wave resolve with
+    started_at: float  # epoch seconds: when the current wave started (or resumed)
+    index: int = 0
+    seq: int = 0
+    paused: bool = False
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def waves(self) -> tuple[Decimal, ...]:
+        assert self.policy.rollout is not None and self.policy.rollout.waves is not None
+        return self.policy.rollout.waves
+
+    @property
+    def percent(self) -> Decimal:
+        return self.waves[self.index]
+
+    @property
+    def complete(self) -> bool:
+        return self.index >= len(self.waves) - 1
+
+    def contains(self, session_id: str, labels: Mapping[str, str]) -> bool:
+        """Whether the session is in the current wave (nested: bucket < wave percent)."""
+        if self.complete:
+            return True
+        rollout = self.policy.rollout
+        assert rollout is not None
+        value = session_id if rollout.bucket_by == BUCKET_BY_SESSION else labels.get(
+            rollout.bucket_by
+        )  # fmt: skip
+        if not value:
+            return False
+        units = percent_to_units(self.percent)
+        return units_in_rollout(bucket(self.policy.id, rollout.effective_salt, value), units)
+
+
 @dataclass(frozen=True)
 class Change:
     """What an accepted event changed: the policy before and after (None = not active).
@@ -125,6 +182,7 @@ class PolicyStore:
         self._active: dict[str, Policy] = {}
         self._halts: dict[tuple[str, int], Halt] = {}  # every halt ever applied
         self._halted: dict[str, Policy | None] = {}  # halted active policy id -> fallback
+        self._waves: dict[str, WaveState] = {}  # active versions with rollout.waves
 
     # -- reads ---------------------------------------------------------------------------
     def active(self) -> list[Policy]:
@@ -133,18 +191,92 @@ class PolicyStore:
             return list(self._active.values())
         return self.resolution_set(())
 
-    def resolution_set(self, pins: Collection[tuple[str, int]]) -> list[Policy]:
+    def resolution_set(
+        self, pins: Collection[tuple[str, int]], outside: Collection[str] = ()
+    ) -> list[Policy]:
         """The active set for a session running the halted ``(id, version)`` pairs ``pins``:
-        those stay, every other halted version is replaced by its fallback (or left out)."""
+        those stay, every other halted version is replaced by its fallback (or left out);
+        a policy in ``outside`` (the session is outside its current wave) by its previous
+        version (or left out)."""
         out = []
         for policy_id, policy in self._active.items():
             if policy_id in self._halted and (policy_id, policy.version) not in pins:
                 fallback = self._halted[policy_id]
                 if fallback is not None:
                     out.append(fallback)
+            elif policy_id in outside and policy_id not in self._halted:
+                previous = self._waves[policy_id].previous
+                if previous is not None:
+                    out.append(previous)
             else:
                 out.append(policy)
         return out
+
+    # -- waves ---------------------------------------------------------------------------
+    @property
+    def has_waves(self) -> bool:
+        """Whether some active version is still short of its last wave."""
+        return any(not w.complete for w in self._waves.values())
+
+    def waves(self, policy_id: str) -> WaveState | None:
+        """The wave state of the policy's active version (None: it has no waves)."""
+        return self._waves.get(policy_id)
+
+    def wave_states(self) -> list[WaveState]:
+        return list(self._waves.values())
+
+    def outside_waves(self, session_id: str, labels: Mapping[str, str]) -> frozenset[str]:
+        """The policies whose current wave this session is not in (resolves their previous
+        version)."""
+        if not self._waves:
+            return frozenset()
+        return frozenset(
+            pid for pid, w in self._waves.items() if not w.contains(session_id, labels)
+        )
+
+    def for_session(self, session_id: str, labels: Mapping[str, str]) -> list[Policy]:
+        """The set a session that runs no halted version resolves with."""
+        if not self.has_waves:
+            return self.active()
+        return self.resolution_set((), self.outside_waves(session_id, labels))
+
+    def wave_accepts(self, event: PolicyEvent) -> bool:
+        """Whether :meth:`wave` would apply this ``policy.wave`` event: it names the active,
+        unhalted version with waves, is its next step (``seq`` = last + 1) and is possible
+        (an advance to the next wave, a pause when running, a resume when paused)."""
+        state = self._waves.get(event.policy_id)
+        step = event.wave or {}
+        if state is None or state.policy.version != event.version:
+            return False
+        if event.policy_id in self._halted or step.get("seq") != state.seq + 1:
+            return False
+        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
+        if role is not None and owner is not None and role < owner:
+            return False  # a role below the owner's (docs/policies.md#ownership)
+        action = step.get("action")
+        if action in ("advance", "promote"):
+            return not state.complete and step.get("index") == state.index + 1
+        return (action == "pause" and not state.paused) or (action == "resume" and state.paused)
+
+    def wave(self, event: PolicyEvent) -> WaveState | None:
+        """Apply a ``policy.wave`` event; None when :meth:`wave_accepts` says no."""
+        if not self.wave_accepts(event):
+            return None
+        state = self._waves[event.policy_id]
+        step = dict(event.wave or {})
+        action = step["action"]
+        if action in ("advance", "promote"):
+            state.index += 1
+            state.started_at = event_time(event)
+        elif action == "pause":
+            state.paused = True
+        else:
+            state.paused = False
+            state.started_at = event_time(event)  # a full interval from the resume
+        state.seq += 1
+        state.steps.append({**step, "percent": _percent(state.percent), "at":
+                            event.published_at, "actor": event.actor})  # fmt: skip
+        return state
 
     @property
     def has_halts(self) -> bool:
@@ -280,12 +412,20 @@ class PolicyStore:
         self._history.setdefault(policy.id, []).append(record)
         before = self._active.get(policy.id)
         fallback = self._halted.pop(policy.id, None)  # a new version ends the halt
+        previous_waves = self._waves.pop(policy.id, None)
         if retired:
             self._active.pop(policy.id, None)
             after = None
         else:
             self._active[policy.id] = policy
             after = policy
+            if policy.rollout is not None and policy.rollout.waves is not None:
+                earlier = self.fallback(policy.id)
+                self._waves[policy.id] = WaveState(
+                    policy, None if earlier is None else earlier.policy, event_time(event)
+                )
+        if previous_waves is not None and fallback is None and before is not None:
+            fallback = previous_waves.previous  # sessions outside its wave ran that one
         return Change(policy.id, before, after, record, fallback)
 
     def halt(self, event: PolicyEvent) -> Halt | None:
@@ -303,3 +443,7 @@ class PolicyStore:
     @staticmethod
     def parse(doc: Mapping[str, Any]) -> Policy:
         return parse_policy(doc)
+
+
+def _percent(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)

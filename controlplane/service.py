@@ -42,6 +42,7 @@ from controlplane.push.engine import LiveSession, PushEngine, Transport
 from controlplane.push.protocol import PushState
 from controlplane.roles import Role
 from controlplane.rollout import local_counts, rollout_body
+from controlplane.waves import Waves, wave_status
 from policies.delta import apply as apply_delta
 from policies.delta import diff
 from policies.errors import PolicyValidationError
@@ -104,6 +105,9 @@ class ControlPlane:
         self.halts = Halts(settings, clock=clock, metrics=metrics, store=self.store,
                            engine=self.engine, bus=bus, cluster=self.cluster,
                            rollback=self._guard_rollback)  # fmt: skip
+        # progressive waves: policy.wave steps, their task, promote/pause/resume (waves.py)
+        self.waves = Waves(clock=clock, metrics=metrics, store=self.store, bus=bus,
+                           halts=self.halts, node_id=settings.node_id)  # fmt: skip
         bus.subscribe(self._on_event)
         if self.cluster.router is not None:
             self.cluster.router.handle("relabel", self._rpc_relabel)
@@ -117,11 +121,13 @@ class ControlPlane:
         await self.experiments.start()
         await self.bus.start()
         await self.halts.start()
+        await self.waves.start()
         self._started = True
         self.metrics.ready.set(1)
 
     async def close(self) -> None:
         self.metrics.ready.set(0)
+        await self.waves.close()
         await self.halts.close()
         await self.bus.close()
         await self.engine.close()
@@ -290,10 +296,21 @@ class ControlPlane:
                          policy_id, version, wait_s)  # fmt: skip
 
     async def _on_event(self, event: PolicyEvent) -> None:
+        try:
+            await self._dispatch(event)
+        finally:
+            self.waves.refresh(event.policy_id)
+            self.waves.poke()
+
+    async def _dispatch(self, event: PolicyEvent) -> None:
         received = self.clock.monotonic()
         if event.type == "policy.halted":
             await self.intake.before_halt(event)
             await self.halts.apply(event, received)
+            return
+        if event.type == "policy.wave":
+            await self.intake.before_wave(event)
+            await self.waves.apply(event, self._reconcile_wave, received)
             return
         try:
             change = await self.intake.apply(event)
@@ -325,6 +342,22 @@ class ControlPlane:
             self.engine.live.values(), cause=cause, event_at=received,
             next_turn=next_turn, relevant=relevant,
         )  # fmt: skip
+
+    async def _reconcile_wave(self, relevant: list[Policy], received: float) -> None:
+        await self.halts.reconcile(self.engine.live.values(), cause="policy",
+                                   event_at=received, relevant=relevant)  # fmt: skip
+
+    async def wave_action(
+        self, policy_id: str, action: str, *, actor: str, role: Role = Role.ADMIN
+    ) -> dict[str, Any]:
+        """``promote`` / ``pause`` / ``resume`` the current version's waves (docs/policies.md
+        #waves); experimenters only on experiment policies they own, like a rollback."""
+        self._require_accepting()
+        latest = self.store.latest(policy_id)
+        acting_role(self.store, policy_id, role, action, latest.policy)
+        await self.waves.by_hand(policy_id, action, actor=actor, role=role)
+        return {"id": policy_id, "version": latest.version,
+                "waves": wave_status(self.store, policy_id)}  # fmt: skip
 
     def _require_accepting(self) -> None:
         if self.draining:
@@ -372,6 +405,7 @@ class ControlPlane:
                 parts += await self.cluster.peers.rollout_rows(policy_id)
         body = rollout_body(policy_id, latest.version, latest.retired, parts)
         body.update(self.halts.status(policy_id))  # state, halt, guard (issue #8)
+        body["waves"] = wave_status(self.store, policy_id)  # progressive waves (issue #21)
         return body
 
     def rollout_counts(self) -> dict[str, list[dict[str, Any]]]:
@@ -619,7 +653,7 @@ class ControlPlane:
             desired_version=0, sent_version=0, acked_version=0, state=SessionState.PENDING,
             created_at=now, updated_at=now, ended_at=None, end_cause=None, upstream_id=None,
         )  # fmt: skip
-        return session, self.engine.resolve(session, self.store.active())
+        return session, self.engine.resolve(session, self.store.for_session(session.id, labels))
 
     async def attach(
         self,

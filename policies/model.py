@@ -47,6 +47,7 @@ from policies.violations import rule_error, translate, violations_error
 
 __all__ = [
     "BUCKET_BY_SESSION",
+    "DEFAULT_WAVE_INTERVAL_S",
     "ID_MAX_CHARS",
     "ID_PATTERN",
     "KINDS",
@@ -56,7 +57,10 @@ __all__ = [
     "MAX_PRIORITY",
     "MAX_VARIANTS",
     "MAX_VERSION",
+    "MAX_WAVES",
+    "MAX_WAVE_INTERVAL_S",
     "MIN_PRIORITY",
+    "MIN_WAVE_INTERVAL_S",
     "REASON_MAX_CHARS",
     "RESERVED_IDS",
     "Experiment",
@@ -88,6 +92,10 @@ MAX_PRIORITY: Final = 1_000_000
 MAX_APPLY_DEADLINE_S: Final = 300.0
 MAX_GUARD_MIN_SESSIONS: Final = 1_000_000
 MAX_GUARD_WINDOW_S: Final = 86_400.0
+MAX_WAVES: Final = 20  # rollout.waves entries
+MIN_WAVE_INTERVAL_S: Final = 0.1
+MAX_WAVE_INTERVAL_S: Final = 7 * 86_400.0
+DEFAULT_WAVE_INTERVAL_S: Final = 60.0
 BUCKET_BY_SESSION: Final = "session_id"
 # words of the REST API under /v1/policies/ (POST /v1/policies/preview): a policy with such an
 # id could not be addressed as /v1/policies/{id}
@@ -268,20 +276,83 @@ class Match(BaseModel):
 
 
 class Rollout(BaseModel):
-    """Sticky percentage gate: ``bucket(policy id, salt, value) < percent / 100``."""
+    """Sticky percentage gate: ``bucket(policy id, salt, value) < percent / 100``; or
+    progressive waves (docs/policies.md#waves): ``waves``, ascending percents ending at 100,
+    reached one after another every ``wave_interval_s`` while the version's guard holds (the
+    same bucket: a session in one wave is in every later one). Exactly one of ``percent`` and
+    ``waves``; a session outside the current wave resolves the policy's previous version."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    percent: Percent
+    percent: Percent | None = None
+    waves: Annotated[tuple[Percent, ...], Len(1, MAX_WAVES)] | None = None
+    wave_interval_s: float | None = Field(
+        default=None, ge=MIN_WAVE_INTERVAL_S, le=MAX_WAVE_INTERVAL_S, strict=True
+    )
     salt: Salt | None = None
     bucket_by: BucketBy = BUCKET_BY_SESSION
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_nulls(cls, data: Any) -> Any:
+        """``percent`` / ``waves`` / ``wave_interval_s`` are left out, never null; with
+        ``waves``, ``wave_interval_s`` defaults to ``DEFAULT_WAVE_INTERVAL_S``."""
+        if isinstance(data, Mapping):
+            for name in ("percent", "waves", "wave_interval_s"):
+                if name in data and data[name] is None:
+                    raise rule_error("type", f"{name} must not be null (leave it out)")
+            if "waves" in data and "wave_interval_s" not in data:
+                data = {**data, "wave_interval_s": DEFAULT_WAVE_INTERVAL_S}
+        return data
+
+    @field_validator("waves")
+    @classmethod
+    def _ascending_to_100(cls, waves: tuple[Decimal, ...] | None) -> tuple[Decimal, ...] | None:
+        if waves is None:
+            return None
+        for index in range(1, len(waves)):
+            if waves[index] <= waves[index - 1]:
+                raise rule_error(
+                    "ascending",
+                    f"waves must be strictly ascending: waves[{index}] is "
+                    f"{_number(waves[index])}, not above {_number(waves[index - 1])}",
+                )
+        if waves[-1] != 100:
+            raise rule_error(
+                "last_wave", f"the last wave must be 100 (every session), got "
+                f"{_number(waves[-1])}", 100
+            )  # fmt: skip
+        if waves[0] <= 0:
+            raise rule_error("first_wave", "the first wave must be above 0", 0)
+        return waves
+
+    @model_validator(mode="after")
+    def _percent_or_waves(self) -> Rollout:
+        if (self.percent is None) == (self.waves is None):
+            raise rule_error(
+                "percent_or_waves", "give exactly one of rollout.percent and rollout.waves"
+            )
+        if self.wave_interval_s is not None and self.waves is None:
+            raise rule_error("waves_required", "wave_interval_s needs rollout.waves")
+        return self
 
     @property
     def effective_salt(self) -> str:
         return self.salt if self.salt is not None else "rollout"
 
+    @property
+    def interval_s(self) -> float:
+        """Seconds between two automatic wave advances."""
+        return DEFAULT_WAVE_INTERVAL_S if self.wave_interval_s is None else self.wave_interval_s
+
     def document(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"percent": _number(self.percent), "bucket_by": self.bucket_by}
+        out: dict[str, Any] = {}
+        if self.percent is not None:
+            out["percent"] = _number(self.percent)
+        if self.waves is not None:
+            out["waves"] = [_number(w) for w in self.waves]
+            out["wave_interval_s"] = self.interval_s
+        out["bucket_by"] = self.bucket_by
         if self.salt is not None:
             out["salt"] = self.salt
         return out
@@ -565,7 +636,7 @@ def _make_plan(policy: Policy) -> PolicyPlan:
         rank=policy.rank,
         match=policy.match,
         lock=policy.lock,
-        rollout_units=None if rollout is None else percent_to_units(rollout.percent),
+        rollout_units=_units(rollout),
         rollout_bucket_by=BUCKET_BY_SESSION if rollout is None else rollout.bucket_by,
         rollout_salt="rollout" if rollout is None else rollout.effective_salt,
         experiment_key=None if experiment is None else experiment.key,
@@ -576,6 +647,13 @@ def _make_plan(policy: Policy) -> PolicyPlan:
         configs=configs,
         defaults=dict(policy.defaults),
     )
+
+
+def _units(rollout: Rollout | None) -> int | None:
+    """The percent gate in weight units (None: no gate; waves gate versions, not the policy)."""
+    if rollout is None or rollout.percent is None:
+        return None
+    return percent_to_units(rollout.percent)
 
 
 def parse_policy(doc: Mapping[str, Any]) -> Policy:

@@ -233,6 +233,23 @@ _PATHS: dict[str, Any] = {
             params=("ExperimentKey",),
         )
     },
+    **{
+        f"/v1/policies/{{policy_id}}/{action}": {
+            "post": _op(
+                f"{action}_policy",
+                what + " (docs/policies.md#waves; experimenters: experiment policies they own)",
+                _E,
+                json_content(ref("WaveAction"), "the waves after the step"),
+                errors=(400, 404, 409, 503),
+                params=_P,
+            )
+        }
+        for action, what in (
+            ("promote", "Advance the current version to its next wave now"),
+            ("pause", "Stop the current version's automatic wave advances"),
+            ("resume", "Resume them; the current wave's interval starts again"),
+        )
+    },
     "/v1/experiments/{key}/assignments": {
         "get": _op(
             "experiment_assignments",

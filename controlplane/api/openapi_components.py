@@ -18,6 +18,7 @@ from policies.fields import (
 )
 from policies.model import (
     BUCKET_BY_SESSION,
+    DEFAULT_WAVE_INTERVAL_S,
     DESCRIPTION_MAX_CHARS,
     ID_MAX_CHARS,
     ID_PATTERN,
@@ -34,7 +35,10 @@ from policies.model import (
     MAX_SELECTOR_VALUES,
     MAX_VARIANTS,
     MAX_VERSION,
+    MAX_WAVE_INTERVAL_S,
+    MAX_WAVES,
     MIN_PRIORITY,
+    MIN_WAVE_INTERVAL_S,
     REASON_MAX_CHARS,
     RESERVED_IDS,
     SALT_MAX_CHARS,
@@ -136,7 +140,17 @@ _POLICY = {
     "required": ["id"],
     "additionalProperties": False,
     # the rules above, by the violation rule a 422 invalid_policy names for them
-    "x-cross-field-rules": ["conflict", "min_le_max", "unique", "weights_sum"],
+    "x-cross-field-rules": [
+        "ascending",
+        "conflict",
+        "first_wave",
+        "last_wave",
+        "min_le_max",
+        "percent_or_waves",
+        "unique",
+        "waves_required",
+        "weights_sum",
+    ],
     "properties": {
         "id": {
             **_ID,
@@ -183,10 +197,26 @@ _POLICY = {
         "lock": {"type": "array", "items": {"enum": list(FIELDS)}},
         "rollout": {
             "type": ["object", "null"],
-            "required": ["percent"],
             "additionalProperties": False,
+            "description": "exactly one of percent and waves (docs/policies.md#waves)",
+            "anyOf": [{"required": ["percent"]}, {"required": ["waves"]}],
+            "not": {"type": "object", "required": ["percent", "waves"]},
+            "dependentRequired": {"wave_interval_s": ["waves"]},
             "properties": {
                 "percent": _PERCENT,
+                "waves": {
+                    "type": "array",
+                    "items": _PERCENT,
+                    "minItems": 1,
+                    "maxItems": MAX_WAVES,
+                    "description": "strictly ascending percents, the last one 100",
+                },
+                "wave_interval_s": {
+                    "type": "number",
+                    "minimum": MIN_WAVE_INTERVAL_S,
+                    "maximum": MAX_WAVE_INTERVAL_S,
+                    "description": f"default {DEFAULT_WAVE_INTERVAL_S:g}; only with waves",
+                },
                 "salt": {**_SALT, "description": 'default "rollout"'},
                 "bucket_by": _BUCKET_BY,
             },
@@ -384,6 +414,15 @@ SCHEMAS: dict[str, Any] = {
             "warnings": {"type": "array", "items": ref("LockWarning")},
         },
     },
+    "WaveAction": {
+        **OBJ,
+        "required": ["id", "version", "waves"],
+        "properties": {
+            "id": {"type": "string"},
+            "version": {"type": "integer"},
+            "waves": {"type": ["object", "null"]},
+        },
+    },
     "Rollout": {
         **OBJ,
         "required": ["id", "version", "status", "state", "versions", "totals", "halt", "guard"],
@@ -426,6 +465,24 @@ SCHEMAS: dict[str, Any] = {
                     "on_breach": {"enum": ["halt", "rollback"]},
                     "decided_by": {"type": "string"},
                     "rollback_to": {"type": ["integer", "null"]},
+                },
+            },
+            "waves": {
+                "type": ["object", "null"],
+                "description": "the current version's progressive waves (null: none); "
+                "state advancing | paused | stalled (halted at this wave) | complete",
+                "properties": {
+                    "version": {"type": "integer"},
+                    "waves": {"type": "array", "items": {"type": "number"}},
+                    "wave_interval_s": {"type": "number"},
+                    "index": {"type": "integer", "description": "current wave, from 0"},
+                    "percent": {"type": "number"},
+                    "state": {"enum": ["advancing", "paused", "stalled", "complete"]},
+                    "paused": {"type": "boolean"},
+                    "started_at": {"type": "string"},
+                    "next_at": {"type": ["string", "null"]},
+                    "previous_version": {"type": ["integer", "null"]},
+                    "steps": {"type": "array", "items": {"type": "object"}},
                 },
             },
             "guard": {

@@ -54,6 +54,13 @@ class ControlPlaneAPI(Protocol):
         reason: str | None = None,
     ) -> dict[str, Any]: ...
 
+    async def wave_action(
+        self, policy_id: str, action: str, *, actor: str, role: Role
+    ) -> dict[str, Any]:
+        """``promote`` / ``pause`` / ``resume`` the current version's waves: {"id",
+        "version", "waves"}; 409 when the version has no waves or the step cannot happen."""
+        ...
+
     def list_policies(self, *, include_retired: bool = False) -> list[dict[str, Any]]: ...
 
     def get_policy(self, policy_id: str) -> dict[str, Any]: ...

@@ -74,6 +74,10 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),
     RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.EXPERIMENTER),
+    # progressive waves (docs/policies.md#waves): the same ownership rules as a rollback
+    RouteSpec("POST", "/v1/policies/{policy_id}/promote", "promote_policy", Role.EXPERIMENTER),
+    RouteSpec("POST", "/v1/policies/{policy_id}/pause", "pause_policy", Role.EXPERIMENTER),
+    RouteSpec("POST", "/v1/policies/{policy_id}/resume", "resume_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/experiments/{key}", "experiment_summary", Role.VIEWER),
     RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
     RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
@@ -311,6 +315,25 @@ class _Handlers:
         return web.json_response(
             await self._service.rollback_policy(
                 policy_id, to_version, actor=principal.actor, role=principal.role, reason=reason
+            )
+        )
+
+    async def promote_policy(self, request: web.Request) -> web.StreamResponse:
+        return await self._wave_action(request, "promote")
+
+    async def pause_policy(self, request: web.Request) -> web.StreamResponse:
+        return await self._wave_action(request, "pause")
+
+    async def resume_policy(self, request: web.Request) -> web.StreamResponse:
+        return await self._wave_action(request, "resume")
+
+    async def _wave_action(self, request: web.Request, action: str) -> web.StreamResponse:
+        check_query(request.query, ())
+        policy_id = path_param(request, "policy_id")
+        principal = request[PRINCIPAL]
+        return web.json_response(
+            await self._service.wave_action(
+                policy_id, action, actor=principal.actor, role=principal.role
             )
         )
 

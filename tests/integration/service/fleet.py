@@ -92,10 +92,12 @@ class Fleet:
         kind: str = "voice-agent-v1",
         labels: dict[str, str] | None = None,
         config: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> App:
         model = "voice-agent" if kind == "voice-agent-v1" else "u3-rt-pro"
         client = ControlClient(self.ws_base + "/v1/control", token=ADMIN, kind=kind,
-                               model=model, labels=labels or {}, config=config or {})  # fmt: skip
+                               model=model, labels=labels or {}, config=config or {},
+                               session_id=session_id)  # fmt: skip
         await client.__aenter__()
         app = App(client, mode)
         app.task = asyncio.get_running_loop().create_task(app.run(), name="fleet-app")

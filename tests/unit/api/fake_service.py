@@ -153,6 +153,12 @@ class FakeControlPlane:
         self.retired.add(policy_id)
         return {"id": policy_id, "version": latest["version"], "event_id": "retire-1"}
 
+    async def wave_action(
+        self, policy_id: str, action: str, *, actor: str, role: Role
+    ) -> dict[str, Any]:
+        self._record("wave_action", policy_id, action, actor)
+        return {"id": policy_id, "version": 1, "waves": None}
+
     async def rollback_policy(
         self,
         policy_id: str,

@@ -142,7 +142,13 @@ def test_policy_schema_covers_the_documented_fields() -> None:
         "max_turn_silence_ms",
         "vad_threshold",
     }
-    assert set(policy["rollout"]["properties"]) == {"percent", "salt", "bucket_by"}
+    assert set(policy["rollout"]["properties"]) == {
+        "percent",
+        "waves",
+        "wave_interval_s",
+        "salt",
+        "bucket_by",
+    }
     assert set(policy["experiment"]["properties"]) == {
         "key",
         "bucket_by",

@@ -135,7 +135,7 @@ INVALID: list[tuple[str, Any, str, str, Any]] = [
         3,
     ),
     ("rollout percent over 100", _doc(rollout={"percent": 100.5}), "rollout.percent", "max", 100),
-    ("rollout percent missing", _doc(rollout={}), "rollout.percent", "required", None),
+    ("rollout percent missing", _doc(rollout={}), "rollout", "percent_or_waves", None),
     ("rollout percent text", _doc(rollout={"percent": "lots"}), "rollout.percent", "type", None),
     ("prompt 1751 chars", _doc(set={"prompt": "x" * 1751}), "set.prompt", "max_chars", 1750),
     (
