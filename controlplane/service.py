@@ -107,7 +107,8 @@ class ControlPlane:
                            rollback=self._guard_rollback)  # fmt: skip
         # progressive waves: policy.wave steps, their task, promote/pause/resume (waves.py)
         self.waves = Waves(clock=clock, metrics=metrics, store=self.store, bus=bus,
-                           halts=self.halts, node_id=settings.node_id)  # fmt: skip
+                           halts=self.halts, node_id=settings.node_id,
+                           apply_wait_s=settings.publish_apply_wait_s)  # fmt: skip
         bus.subscribe(self._on_event)
         if self.cluster.router is not None:
             self.cluster.router.handle("relabel", self._rpc_relabel)

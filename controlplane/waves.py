@@ -94,6 +94,7 @@ class Waves:
         bus: PolicyBus,
         halts: Halts,
         node_id: str,
+        apply_wait_s: float = 5.0,
     ) -> None:
         self._clock = clock
         self._metrics = metrics
@@ -101,6 +102,7 @@ class Waves:
         self._bus = bus
         self._halts = halts
         self._node_id = node_id
+        self._apply_wait_s = apply_wait_s
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
 
@@ -196,11 +198,21 @@ class Waves:
                 code=f"cannot_{action}",
                 details={"id": policy_id, "version": latest.version, "index": state.index},
             )
+        seq = state.seq + 1
         if not await self._step(state, action, actor, role):
             raise Conflict(
                 f"policy {policy_id!r} version {latest.version} changed meanwhile; retry",
                 details={"id": policy_id, "version": latest.version},
             )
+        # read-your-writes: the answer (and the next step by hand) sees this step applied
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._apply_wait_s
+        while state.seq < seq and self._store.waves(policy_id) is state:
+            if loop.time() >= deadline:
+                log.info("policy %s: wave step %d stored but not applied here within %.1fs",
+                         policy_id, seq, self._apply_wait_s)  # fmt: skip
+                break
+            await asyncio.sleep(0.01)
 
     async def _step(self, state: WaveState, action: str, actor: str, role: Role | None) -> bool:
         index = state.index + 1 if action in ("advance", "promote") else state.index
