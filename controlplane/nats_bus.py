@@ -76,6 +76,8 @@ RETRY_MAX_S: Final = 10.0
 POLICY_DUPLICATE_WINDOW_S: Final = 24 * 3600.0
 MAX_POLICY_BYTES: Final = MAX_EVENT_BYTES
 DECODE_INLINE_BYTES: Final = 64 * 1024  # larger event bodies are decoded in a thread
+REFUSAL_LOG_BURST: Final = 20  # refused events logged one by one per window ...
+REFUSAL_LOG_WINDOW_S: Final = 10.0  # ... the rest summed up (_RefusalLog)
 _REFUSED: Final[dict[Refusal, str]] = {
     "unsigned": "no Cp-Signature header (policy signing is on)",
     "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
@@ -147,6 +149,7 @@ class NatsPolicyBus:
         self.replayed = False  # the stream as it was at start has been applied
         self._signer = EventSigner(s.policy_signing_key, s.policy_signing_key_file)
         self._unsigned_through = s.policy_unsigned_through_seq  # stored before signing began
+        self._refusals = _RefusalLog(clock or SystemClock())
         self.watch = FeedWatch(
             clock or SystemClock(), s.readiness_stall_s, lambda: conn.connected,
             lag_s=s.readiness_lag_s,
@@ -224,6 +227,7 @@ class NatsPolicyBus:
         except nats.errors.Error as exc:
             raise translate(f"replaying stream {self.stream}", exc) from exc
         self.replayed = True
+        self._refusals.flush()
         self.watch.progress()
         log.info("policy replay done (%d events in the stream)", info.state.messages)
         self._task = asyncio.get_running_loop().create_task(
@@ -357,6 +361,7 @@ class NatsPolicyBus:
         except nats.errors.TimeoutError:
             # nothing to read, or nobody answering: a PING tells them apart (a stopped server
             # keeps its socket open and answers nothing; FeedWatch then sees no progress)
+            self._refusals.flush()
             with contextlib.suppress(nats.errors.TimeoutError):
                 await self._conn.client.flush(timeout=PING_WAIT_S)
                 if self._conn.connected:  # a flush while reconnecting returns at once
@@ -384,11 +389,13 @@ class NatsPolicyBus:
         if refusal is not None:  # acked: a forged or unsigned event is never redelivered
             self._metrics.policy_events.labels(kind, refusal).inc()
             msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")[:200]
-            log.warning("policy event at %s seq %d (Nats-Msg-Id %r) refused: %s",
-                        msg.subject, seq, msg_id, _REFUSED[refusal])  # fmt: skip
+            if self._refusals.allow():
+                log.warning("policy event at %s seq %d (Nats-Msg-Id %r) refused: %s",
+                            msg.subject, seq, msg_id, _REFUSED[refusal])  # fmt: skip
         elif problem is not None:
             self._metrics.policy_events.labels(kind, "invalid").inc()
-            log.warning("policy event at %s seq %d refused: %s", msg.subject, seq, problem)
+            if self._refusals.allow():
+                log.warning("policy event at %s seq %d refused: %s", msg.subject, seq, problem)
         else:
             await self._apply(msg, event, seq)
             return
@@ -423,6 +430,36 @@ class NatsPolicyBus:
                 event.type,
             )
         return event
+
+
+class _RefusalLog:
+    """Refused events are logged one by one up to ``REFUSAL_LOG_BURST`` per
+    ``REFUSAL_LOG_WINDOW_S``; beyond that they are only counted (the metric counts them all)
+    and summed up in one line: a hostile stream of a million events must not write a million
+    log lines on every start-up replay."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._since: float | None = None
+        self._logged = 0
+        self._quiet = 0
+
+    def allow(self) -> bool:
+        now = self._clock.monotonic()
+        if self._since is None or now - self._since >= REFUSAL_LOG_WINDOW_S:
+            self.flush()
+            self._since = now
+        if self._logged < REFUSAL_LOG_BURST:
+            self._logged += 1
+            return True
+        self._quiet += 1
+        return False
+
+    def flush(self) -> None:
+        if self._quiet:
+            log.warning("%d more policy events refused (reasons not logged one by one; "
+                        "counted in controlplane_policy_events_total)", self._quiet)  # fmt: skip
+        self._since, self._logged, self._quiet = None, 0, 0
 
 
 def _conflict(event: PolicyEvent, current: int) -> Conflict:
