@@ -88,6 +88,11 @@ class Settings:
     push_queue_size: int = 8
     push_concurrency: int = 256
     ack_timeout_s: float = 5.0
+    # what the Voice Agent upstream does with the rest of a session.update refused in part
+    # (session.error with a param, e.g. immutable_field): "reject_message" (nothing applied)
+    # or "apply_rest" (the rest applied, answered by a session.updated after the errors).
+    # PROTOCOLS.md leaves it open; it must match the upstream (the emulator's immutable_policy)
+    agent_partial_updates: str = "reject_message"
     next_turn_deadline_s: float = 10.0
     send_timeout_s: float = 5.0
     # shutdown
@@ -208,6 +213,11 @@ class Settings:
             )
         if not self.guard_window_s > 0 or self.guard_on_breach not in ("halt", "rollback"):
             raise SettingsError("guard window must be positive, on_breach halt or rollback")
+        if self.agent_partial_updates not in ("reject_message", "apply_rest"):
+            raise SettingsError(
+                f"agent_partial_updates ({self.agent_partial_updates!r}) must be "
+                "reject_message or apply_rest"
+            )
         if self.audit_checkpoint_entries < 1 or not self.audit_checkpoint_interval_s > 0:
             raise SettingsError("audit checkpoint entries must be >= 1 and interval positive")
         if self.audit_signing_key_file is not None:  # readable and a key (never quoted)
@@ -313,6 +323,7 @@ _ENV_SETTINGS: tuple[tuple[str, type | None], ...] = (
     ("tls_key", Path),
     ("shutdown_grace_s", float),
     ("ack_timeout_s", float),
+    ("agent_partial_updates", None),
     ("heartbeat_interval_s", float),
     ("session_ttl_s", float),
     ("redis_prefix", None),

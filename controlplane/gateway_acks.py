@@ -54,7 +54,9 @@ class AgentLink:
         self.service = service
         self.upstream = upstream
         self.client = client
-        self.model = AgentUpstream()
+        self.model = AgentUpstream(
+            applies_rest=service.settings.agent_partial_updates == "apply_rest"
+        )
         self.ls: LiveSession | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -138,13 +140,23 @@ class AgentLink:
                 return
             if verdict.status == "acked":
                 await engine.upstream_acked(ls)
-            elif verdict.status == "rejected":
+            elif verdict.status in ("rejected", "partial"):
                 fields: set[str] = set()
                 for param in verdict.params:
                     fields |= param_fields(param) or set()
-                code = str(parsed.get("code") or "unknown").lower()
+                first = update.errors[0] if update.errors else None
+                code = first[0] if first else str(parsed.get("code") or "unknown").lower()
                 reason = (verdict.reason or "").removeprefix(f"{code}: ")  # the engine adds it
-                await engine.upstream_rejected(ls, code, reason, fields=fields or None)
+                if verdict.status == "rejected":
+                    await engine.upstream_rejected(ls, code, reason, fields=fields or None)
+                    return
+                # the rest applied: what ran is what the echo shows (a field of the push
+                # whose value the echo does not carry was refused)
+                pushed = ls.push.in_flight  # (is update.token: checked above)
+                assert pushed is not None
+                echo = canonical_view(self.model.config or {})
+                fields |= {f for f, v in pushed.delta.items() if echo.get(f) != v}
+                await engine.upstream_partly_applied(ls, code, reason, fields=fields)
             else:
                 await engine.upstream_unverified(ls, verdict.reason or "unattributed answer")
         elif update.owner == "client":
@@ -156,17 +168,21 @@ class AgentLink:
             asked: Delta = VOICE_AGENT_V1.parse_client_update(update.message) or {}
         except DialectError:
             asked = {}
-        if verdict.status != "acked":
+        if verdict.status not in ("acked", "partial"):
             engine.record(ls, cause="client", status=verdict.status or "unverified",
                           delta=asked, wire=update.message, error=verdict.reason)  # fmt: skip
             return
+        note = None  # refused in part: the rest applied, the delta is what the echo shows
+        if verdict.status == "partial":
+            note = f"refused in part ({verdict.reason}); the rest applied"
         before = canonical_view(update.before or {})
         after = canonical_view(self.model.config or {})
         names = set(asked) | {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
         delta: Delta = {n: after.get(n) for n in ordered_fields(names)}
         if delta:
             await engine.client_update(ls, delta, self.service.policies_for(ls))
-        engine.record(ls, cause="client", status="acked", delta=delta, wire=update.message)
+        engine.record(ls, cause="client", status="acked", delta=delta, wire=update.message,
+                      error=note)  # fmt: skip
 
     # -- timeouts --------------------------------------------------------------------------
     def _arm(self, update: Update) -> None:

@@ -42,6 +42,9 @@ FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--tls-key", "tls_key", Path, "PEM private key of --tls-cert"),
     ("--shutdown-grace-s", "shutdown_grace_s", float, "seconds live sessions may finish"),
     ("--ack-timeout-s", "ack_timeout_s", float, "Voice Agent acknowledgement timeout"),
+    ("--agent-partial-updates", "agent_partial_updates", str,
+     "what the Voice Agent upstream does with the rest of a session.update refused in part: "
+     "reject_message (default) or apply_rest"),
     ("--nats-creds", "nats_creds", Path, "NATS .creds file (JWT + nkey seed)"),
     ("--nats-nkey", "nats_nkey", Path, "NATS nkey seed file"),
     ("--nats-ping-interval-s", "nats_ping_interval_s", float,

@@ -449,6 +449,23 @@ class PushEngine:
                 self.on_failure(ls, outcome.push, "rejected", outcome.fields)
             await self._drive(ls)
 
+    async def upstream_partly_applied(
+        self, ls: LiveSession, code: str, message: str, *, fields: Iterable[str]
+    ) -> None:
+        """The in-flight push was refused in part (``fields``: the canonical fields refused,
+        their values quarantined) and the upstream applied the rest (a Voice Agent upstream
+        that applies the rest of a partly refused ``session.update``): logged ``acked`` with
+        the applied part as its delta and the refusal as its error; the refusal counts against
+        the policies owning the refused fields (``PushState.partly_applied``)."""
+        outcome = ls.push.partly_applied(code, message, self._clock.monotonic(), frozenset(fields))
+        if outcome is not None:
+            if outcome.fields:
+                self._metrics.rejects.labels(ls.session.kind, code).inc()
+            self._finish(ls, outcome)
+            if outcome.fields and self.on_failure is not None:
+                self.on_failure(ls, outcome.push, "rejected", outcome.fields)
+            await self._drive(ls)
+
     async def upstream_unverified(self, ls: LiveSession, reason: str) -> None:
         """An answer that cannot be attributed to the in-flight push with certainty: the push
         ends ``unverified`` with ``reason`` (never a guessed ``acked`` or ``rejected``)."""
@@ -657,7 +674,8 @@ class PushEngine:
         # applied (acked, or confirmed by a control-channel app): what the upstream runs now,
         # the push's delta on the base (PushState.acked); else the pushed config as sent
         applied = outcome.status == "acked" or (outcome.status == "unverified" and not error)
-        self.record(ls, cause=push.cause, status=outcome.status, delta=push.delta,
+        delta = push.delta if outcome.applied is None else outcome.applied
+        self.record(ls, cause=push.cause, status=outcome.status, delta=delta,
                     wire=None, error=error, version=push.version, refs=push.refs,
                     config=ls.push.base if applied else push.config)  # fmt: skip
         self._count_push(ls.session.kind, outcome.status)

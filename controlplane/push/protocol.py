@@ -82,6 +82,7 @@ class Outcome:
     error: str | None = None
     latency: float | None = None  # frame written -> acknowledgement
     fields: tuple[str, ...] = ()  # rejected: the fields it quarantined (their values refused)
+    applied: Delta | None = None  # refused in part: the part the upstream applied
 
 
 @dataclass(slots=True)
@@ -304,6 +305,30 @@ class PushState:
         return Outcome(
             push, "rejected", f"{code}: {message}", now - self.in_flight_at, fields=refused
         )
+
+    def partly_applied(
+        self, code: str, message: str, now: float, refused: frozenset[str]
+    ) -> Outcome | None:
+        """The in-flight push was refused in part (``refused``: canonical fields whose values
+        are quarantined) and the upstream applied the rest: the base takes the rest, the
+        outcome is ``acked`` with ``applied`` = the rest and the refusal as its error. The
+        version is not running (``held``: the refused fields), so it is not acknowledged."""
+        push = self.in_flight
+        if push is None:
+            return None
+        names = tuple(sorted(f for f in refused if f in push.delta))
+        applied = {f: v for f, v in push.delta.items() if f not in names}
+        if not names or not applied:  # (the caller sends those as acked / rejected)
+            return self.acked(now) if not names else self.rejected(code, message, now, refused)
+        self.in_flight = None
+        for name in names:
+            self.quarantine.add((name, push.delta[name]))
+        self.quarantined.add(push.version)
+        self.base = _apply(self.base, applied)
+        self.held = names
+        self.last_status = "rejected"
+        error = f"refused in part ({code}: {message}); the rest applied"
+        return Outcome(push, "acked", error, now - self.in_flight_at, names, applied)
 
     def abandoned(self, error: str) -> Outcome | None:
         """The session ended with a push in flight: it ends ``unverified`` (it may or may not

@@ -66,7 +66,9 @@ RECENT: Final = 4  # ended updates kept for late answers
 MAX_QUEUED: Final = 64
 
 Owner = Literal["first", "ours", "client"]
-Status = Literal["acked", "rejected", "unverified"]
+# "partial": refused in part (``session.error`` with a param), the rest applied (an upstream
+# that applies the rest answers it with a ``session.updated`` after the errors)
+Status = Literal["acked", "partial", "rejected", "unverified"]
 _CANONICAL_PATHS: Final = tuple(".".join(p) for p in CANONICAL_TO_WIRE.values())
 _SPLIT: Final = {".".join(p): p for p in CANONICAL_TO_WIRE.values()}
 
@@ -121,8 +123,15 @@ class Verdict:
 class AgentUpstream:
     """One Voice Agent session's outstanding update, queue, and known configuration."""
 
-    def __init__(self, settings: AgentSettings = TABLE_SETTINGS) -> None:
+    def __init__(
+        self, settings: AgentSettings = TABLE_SETTINGS, *, applies_rest: bool = False
+    ) -> None:
         self.settings = settings
+        # what the upstream does with the rest of an update refused in part (PROTOCOLS.md
+        # leaves it open): False, nothing applied (the errors end the update); True, the rest
+        # applied and answered by a session.updated after the errors (the update stays
+        # outstanding until then)
+        self.applies_rest = applies_rest
         self.config: dict[str, Any] | None = None  # as last echoed (session.ready / updated)
         self.outstanding: Update | None = None
         self.queue: deque[Update] = deque()
@@ -246,10 +255,13 @@ class AgentUpstream:
 
     def _answered(self, update: Update, echo: dict[str, Any]) -> Verdict:
         self._end(update)
-        if update.errors:  # refused in part, the rest applied
+        if update.errors:  # refused in part, the rest applied (when there is a rest)
             params = tuple(p for _, p, _ in update.errors if p is not None)
             reason = "; ".join(f"{c}: {m}" for c, _, m in update.errors)
-            return Verdict(update.owner != "ours", update, "rejected", reason, params)
+            refused = (*update.refused, *params)
+            rest = [p for p in update.touched if not _covered(p, refused)]
+            status: Status = "partial" if rest else "rejected"
+            return Verdict(update.owner != "ours", update, status, reason, params)
         return Verdict(update.owner != "ours", update, "acked")
 
     def _refused(self, update: Update, code: str, param: str | None, message: str) -> Verdict:
@@ -265,6 +277,8 @@ class AgentUpstream:
             rest = _without(body, [*update.refused, *params])
             update.expected = resolve_formats(merge(update.before, rest))
             update.refused = tuple(dict.fromkeys((*update.refused, *params)))
+            if self.applies_rest:  # its session.updated (the rest applied) ends it
+                return Verdict(update.owner != "ours", update)
         self._end(update)
         reason = "; ".join(f"{c}: {m}" for c, _, m in update.errors)
         return Verdict(update.owner != "ours", update, "rejected", reason, params)
@@ -306,6 +320,11 @@ def _mismatch(update: Update, echo: Mapping[str, Any]) -> str | None:
             shown = "absent" if got is _MISSING else json.dumps(got)[:80]
             return f"{path} is {shown}, expected {json.dumps(want)[:80]}"
     return None
+
+
+def _covered(path: str, refused: tuple[str, ...]) -> bool:
+    """Whether a touched ``path`` is (inside) one of the ``refused`` paths."""
+    return any(path == r or path.startswith((r + ".", r + "[")) for r in refused)
 
 
 def _related(param: str, update: Update) -> bool:

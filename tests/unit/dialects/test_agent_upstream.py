@@ -120,3 +120,25 @@ def test_an_echo_without_config_verifies_nothing_and_keeps_the_known_config() ->
     verdict = up.on_updated({})
     assert verdict.update is ours and verdict.status == "unverified"
     assert up.config == START
+
+
+def test_an_upstream_that_applies_the_rest_ends_a_partly_refused_update_with_its_echo() -> None:
+    up = AgentUpstream(applies_rest=True)
+    up.first({"type": "session.update", "session": {}})
+    up.on_ready(START)
+    ours = _update("ours", {"system_prompt": "A", "output": {"volume": 10}})
+    up.submit(ours)
+    up.next_to_send()
+    verdict = up.on_error("invalid_value", "system_prompt", "bad")
+    assert verdict.update is ours and verdict.status is None  # its session.updated comes
+    assert up.outstanding is ours
+    output = {**START["output"], "volume": 10}
+    verdict = up.on_updated(_echo(up, output=output))
+    assert (verdict.update, verdict.status, verdict.params) == (ours, "partial", ("system_prompt",))
+    assert up.outstanding is None
+    # an update refused whole (every path it touches) is rejected, also when echoed
+    whole = _update("ours", {"system_prompt": "B"})
+    up.submit(whole)
+    up.next_to_send()
+    up.on_error("invalid_value", "system_prompt", "bad")
+    assert up.on_updated(_echo(up)).status == "rejected"
