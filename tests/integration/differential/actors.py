@@ -31,6 +31,7 @@ __all__ = ["Actor", "ControlApp", "GatewayAgent", "GatewayStreaming"]
 STREAMING_KEY = {"Authorization": "test-key"}
 AGENT_KEY = {"Authorization": "Bearer test-key"}
 ANSWER_TIMEOUT_S = 5.0
+SILENCE_50MS = bytes(1600)  # 50 ms of 16 kHz pcm_s16le
 
 
 @dataclass
@@ -80,6 +81,9 @@ class GatewayStreaming(Actor):
         assert begin["type"] == "Begin", begin
         self.upstream_id = str(begin["id"])
         self.reader = asyncio.get_running_loop().create_task(self._read(self.ws, self.received))
+        await self.ws.send(
+            SILENCE_50MS
+        )  # a live stream sends audio (the gateway times out idle ones)
 
     async def update(self, body: dict[str, Any]) -> None:
         assert self.ws is not None

@@ -21,7 +21,10 @@ __all__ = [
     "CONTROL_UPDATES",
     "LOCKS",
     "PRESETS",
+    "RELABELS",
     "RETIRES",
+    "ROLLBACKS",
+    "SPLITS",
     "STREAMING_REJECTIONS",
     "Op",
     "disabled_classes",
@@ -33,6 +36,9 @@ CLIENT_UPDATES: Final = True  # gateway clients' own UpdateConfiguration / sessi
 PRESETS: Final = True  # streaming `mode` presets among client updates (issue #17 case 1)
 LOCKS: Final = True  # policies locking some of the fields they set
 RETIRES: Final = True  # policies retired (DELETE /v1/policies/{id})
+ROLLBACKS: Final = True  # an active policy rolled back to an earlier version
+RELABELS: Final = True  # a session's labels changed (PATCH /v1/sessions/{id}/labels)
+SPLITS: Final = True  # policies with a rollout percentage or an A/B experiment (control arm)
 # emulator faults (session.error) that our pushes meet: a fault, then a policy for the session
 AGENT_PUSH_REJECTIONS: Final = True
 # emulator faults on voice-agent sessions that any message may meet, the clients' own included
@@ -50,13 +56,14 @@ BURSTS: Final = True  # several operations at once, unsynchronised: interleaving
 
 _CLASSES: Final = {
     "CLIENT_UPDATES": CLIENT_UPDATES, "PRESETS": PRESETS, "LOCKS": LOCKS, "RETIRES": RETIRES,
+    "ROLLBACKS": ROLLBACKS, "RELABELS": RELABELS, "SPLITS": SPLITS,
     "AGENT_PUSH_REJECTIONS": AGENT_PUSH_REJECTIONS, "AGENT_REJECTIONS": AGENT_REJECTIONS,
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
     "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
 }  # fmt: skip
 
-_POLICY_OPS: Final = ("publish", "retire", "push_rejection")
+_POLICY_OPS: Final = ("publish", "retire", "rollback", "push_rejection")
 _CLIENT_OPS: Final = ("client_update", "client_error")
 POLICY_IDS: Final = ("p-a", "p-b", "p-c")
 WORDS: Final = ("alpha", "bravo", "charlie", "delta", "echo")
@@ -110,6 +117,15 @@ def _policy(rng: random.Random, active: set[str]) -> Op:
         doc["match"] = {"labels": {"tier": rng.choice(("gold", "basic"))}}
     if LOCKS and rng.random() < 0.35:
         doc["lock"] = rng.sample(fields, k=1)
+    if SPLITS and rng.random() < 0.3:
+        if rng.random() < 0.5:
+            doc["rollout"] = {"percent": rng.choice((30, 60))}
+        else:  # a control arm that changes nothing: those sessions record `unchanged`
+            extra = rng.choice(CANONICAL)
+            doc["experiment"] = {"key": f"exp-{pid}", "variants": [
+                {"name": "control", "weight": 50, "set": {}},
+                {"name": "treatment", "weight": 50, "set": {extra: value(rng, extra)}},
+            ]}  # fmt: skip
     active.add(pid)
     return Op("publish", None, doc)
 
@@ -192,12 +208,17 @@ def _one(
     roll = rng.random() if policy else rng.uniform(0.42, 1.0)
     if roll < 0.35 or (policy and not active):
         return _policy(rng, active)
-    if roll < 0.42 and RETIRES and active:
+    if roll < 0.39 and RETIRES and active:
         pid = rng.choice(sorted(active))
         active.discard(pid)
         return Op("retire", None, {"id": pid})
+    if roll < 0.42 and ROLLBACKS and active:  # the runner picks the version (it knows them)
+        return Op("rollback", None, {"id": rng.choice(sorted(active)), "pick": rng.random()})
     gateway = [a for a in actors if a[2] == "gateway"]
     control = [a for a in actors if a[2] == "control"]
+    if roll < 0.47 and RELABELS:
+        name, _, _ = rng.choice(actors)
+        return Op("relabel", name, {"tier": rng.choice(("gold", "basic", None))})
     if roll < 0.75 and CLIENT_UPDATES:
         name, kind, _ = rng.choice(gateway)
         body = _streaming_update(rng) if kind == "streaming-v3" else _agent_update(rng)

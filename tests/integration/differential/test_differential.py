@@ -71,6 +71,7 @@ class Run:
     history: list[str] = field(default_factory=list)
     windows: list[tuple[float, float]] = field(default_factory=list)  # quiescent [from, to)
     initial: dict[str, dict[str, Any]] = field(default_factory=dict)  # emulator config at open
+    versions: dict[str, list[int]] = field(default_factory=dict)  # policy id -> published
 
     async def fail(self, what: str) -> NoReturn:
         recent = "\n  ".join(self.history[-8:])
@@ -90,10 +91,14 @@ class Run:
         out: dict[str, Any] = {"seed": self.seed, "operations": self.history, "sessions": {}}
         for name, actor in self.actors.items():
             with contextlib.suppress(Exception):
+                upstream = await self.emulator.session(actor.upstream_id)
                 out["sessions"][name] = {
                     "session_id": actor.session_id, "upstream_id": actor.upstream_id,
+                    "record": await self.cp.session(actor.session_id),
                     "log": await self.cp.log(actor.session_id),
-                    "timeline": (await self.emulator.session(actor.upstream_id))["timeline"],
+                    "upstream": {k: v for k, v in upstream.items() if k != "timeline"},
+                    "timeline": upstream["timeline"],
+                    "received": actor.received[-20:],
                 }  # fmt: skip
         path = Path(tempfile.gettempdir()) / f"differential-{self.seed}.json"
         path.write_text(json.dumps(out, indent=1, default=str))
@@ -141,9 +146,21 @@ class Run:
         if op.kind == "burst":
             await asyncio.gather(*(self.apply(sub, record=False) for sub in op.body["ops"]))
         elif op.kind == "publish":
-            await self.cp.call("POST", "/v1/policies", body=op.body, expect=201)
+            await self.publish(op.body)
         elif op.kind == "retire":
             await self.cp.call("DELETE", f"/v1/policies/{op.body['id']}", expect=200)
+        elif op.kind == "rollback":
+            versions = self.versions[op.body["id"]]
+            if len(versions) < 2:
+                return  # nothing earlier to roll back to
+            to = versions[int(op.body["pick"] * (len(versions) - 1))]
+            body = await self.cp.call("POST", f"/v1/policies/{op.body['id']}/rollback",
+                                      body={"to": to}, expect=200)  # fmt: skip
+            versions.append(int(body["version"]))
+        elif op.kind == "relabel":
+            sid = self.actors[op.target or ""].session_id
+            await self.cp.call("PATCH", f"/v1/sessions/{sid}/labels",
+                               body={"labels": op.body}, expect=200)  # fmt: skip
         elif op.kind == "fault":
             assert op.target is not None
             await self.emulator.faults(self.actors[op.target].upstream_id, op.body)
@@ -154,7 +171,7 @@ class Run:
         elif op.kind == "push_rejection":  # only our push meets it: no client traffic between
             upstream_id = self.actors[op.target or ""].upstream_id
             await self.emulator.faults(upstream_id, op.body["fault"])
-            await self.cp.call("POST", "/v1/policies", body=op.body["policy"], expect=201)
+            await self.publish(op.body["policy"])
             await self.quiesce()
             await self.emulator.faults(upstream_id, {"fail_fields": None,
                                                      "reject_next_update": None})  # fmt: skip
@@ -168,6 +185,12 @@ class Run:
             await actor.update(op.body)
         else:  # pragma: no cover - the generator makes only the kinds above
             raise AssertionError(op)
+
+    async def publish(self, doc: dict[str, Any]) -> None:
+        body = await self.cp.call("POST", "/v1/policies", body=doc)  # 201, or 200 unchanged
+        assert isinstance(body, dict) and "version" in body, body
+        if not body.get("unchanged"):
+            self.versions.setdefault(doc["id"], []).append(int(body["version"]))
 
     # -- quiescence ---------------------------------------------------------------------
     def _engine_settled(self) -> bool:
