@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controlplane import audit_cli, policy_history
+from controlplane import audit_cli, cli_rollout, policy_history
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
 from controlplane.signing import add_sign_command
@@ -49,7 +49,7 @@ def _print_error(exc: CliError) -> None:
 def _client(args: argparse.Namespace) -> ControlPlaneClient:
     url = args.url or os.environ.get("CONTROLPLANE_URL") or DEFAULT_URL
     token = args.token or os.environ.get("CONTROLPLANE_TOKEN") or None
-    return ControlPlaneClient(url, token, timeout_s=args.timeout)
+    return ControlPlaneClient(url, token, timeout_s=args.timeout or 30.0)
 
 
 def _with_client(handler: Handler) -> Callable[[argparse.Namespace], int]:
@@ -183,8 +183,12 @@ def _policy_apply(args: argparse.Namespace, client: ControlPlaneClient) -> int:
                 f"{result.get('version')}; no version created")  # fmt: skip
     else:
         text = f"published policy {result.get('id')} version {result.get('version')}{event}"
-    _out(args, result, lambda: _with_warnings(text, result))
-    return 0
+    if not args.wait:
+        _out(args, result, lambda: _with_warnings(text, result))
+        return 0
+    if not args.as_json:
+        print(_with_warnings(text, result), flush=True)
+    return cli_rollout.apply_wait(args, client, result)
 
 
 def _with_warnings(text: str, answer: Mapping[str, Any]) -> str:
@@ -272,60 +276,6 @@ def _policy_retire(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     return 0
 
 
-_ROLLOUT_COLUMNS = (
-    ("TARGETED", "targeted"), ("SENT", "sent"), ("ACKED", "acknowledged"),
-    ("UNVERIFIED", "unverified"), ("REJECTED", "rejected"), ("PENDING", "pending"),
-    ("FAILURES", "guard_failures"),
-)  # fmt: skip
-
-
-def _guard_lines(guard: Any, halt: Any) -> list[str]:
-    """The rollout guard in one line, and the halt (if any) in another (docs/cli.md)."""
-    lines = []
-    if isinstance(guard, dict):
-        if guard.get("enabled"):
-            lines.append(
-                f"guard: more than {guard.get('max_failure_ratio', 0):.2%} failed of at least "
-                f"{guard.get('min_sessions')} sessions within {guard.get('window_s', 0):g}s "
-                f"-> {guard.get('on_breach')}"
-            )
-        else:
-            lines.append("guard: off")
-    if isinstance(halt, dict):
-        line = (
-            f"HALTED version {halt.get('version')} at {_when(halt.get('at'))}: "
-            f"{halt.get('failed')} of {halt.get('targeted')} targeted sessions failed "
-            f"({float(halt.get('ratio') or 0):.2%}), decided by {halt.get('decided_by')}"
-        )
-        if halt.get("rollback_to") is not None:
-            line += f"; rolled back to the content of version {halt['rollback_to']}"
-        elif halt.get("on_breach") == "rollback":
-            line += "; no earlier version: retired"
-        lines.append(line)
-    return lines
-
-
-def _wave_lines(waves: Any) -> list[str]:
-    """The progressive waves in one line, and their wave table (docs/cli.md)."""
-    if not isinstance(waves, dict):
-        return []
-    percents = waves.get("waves") or []
-    index = int(waves.get("index") or 0)
-    line = (
-        f"waves: {waves.get('state')} at wave {index + 1} of {len(percents)} "
-        f"({waves.get('percent')}%), every {waves.get('wave_interval_s', 0):g}s"
-    )
-    if waves.get("next_at"):
-        line += f", next at {_when(waves.get('next_at'))}"
-    if waves.get("previous_version") is not None:
-        line += f"; sessions outside the wave run version {waves['previous_version']}"
-    rows = [
-        (i + 1, p, "current" if i == index else "reached" if i < index else "")
-        for i, p in enumerate(percents)
-    ]
-    return [line, _table(("WAVE", "PERCENT", "STATE"), rows).rstrip("\n")]
-
-
 def _policy_wave(action: str, done: str) -> Any:
     def run(args: argparse.Namespace, client: ControlPlaneClient) -> int:
         result = client.wave_action(args.id, action)
@@ -345,23 +295,11 @@ def _policy_wave(action: str, done: str) -> Any:
 
 
 def _policy_rollout(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    if args.watch:
+        return cli_rollout.watch(client, args.id, interval_s=args.interval,
+                                 as_json=args.as_json, table=_table)  # fmt: skip
     r = client.rollout_status(args.id)
-
-    def human() -> str:
-        rows = [
-            (v.get("version"), v.get("variant"), *(v.get(c, 0) for _, c in _ROLLOUT_COLUMNS))
-            for v in r.get("versions", [])
-        ]
-        totals = r.get("totals") or {}
-        rows.append(("total", "", *(totals.get(c, 0) for _, c in _ROLLOUT_COLUMNS)))
-        state = r.get("state") or r.get("status", "?")
-        lines = [f"policy {r.get('id')} version {r.get('version')} ({state})"]
-        lines += _guard_lines(r.get("guard"), r.get("halt"))
-        lines += _wave_lines(r.get("waves"))
-        headers = ("VERSION", "VARIANT", *(h for h, _ in _ROLLOUT_COLUMNS))
-        return "\n".join(lines) + "\n" + _table(headers, rows)
-
-    _out(args, r, human)
+    _out(args, r, lambda: cli_rollout.rollout_text(r, _table))
     return 0
 
 
@@ -462,7 +400,8 @@ def _client_options() -> argparse.ArgumentParser:
     group = common.add_argument_group("server")
     group.add_argument("--url", help=f"base URL (env CONTROLPLANE_URL, default {DEFAULT_URL})")
     group.add_argument("--token", help="bearer token (env CONTROLPLANE_TOKEN, preferred)")
-    group.add_argument("--timeout", type=float, default=30.0, help="seconds (default 30)")
+    group.add_argument("--timeout", type=_seconds, help="seconds per request (default 30); "
+                       "with --wait, the whole wait (default 300)")  # fmt: skip
     group.add_argument("--json", dest="as_json", action="store_true", help="print JSON")
     return common
 
@@ -471,6 +410,16 @@ def _positive(value: str) -> int:
     if not (value.isascii() and value.isdigit()) or int(value) < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}")
     return int(value)
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = float("nan")
+    if not 0.1 <= number <= 86400:
+        raise argparse.ArgumentTypeError(f"must be seconds from 0.1 to 86400, got {value!r}")
+    return number
 
 
 def _register_client_commands(sub: Any) -> None:
@@ -487,6 +436,11 @@ def _register_client_commands(sub: Any) -> None:
     )
     p = add(policy, "apply", _policy_apply, "publish a policy version from a YAML/JSON file")
     p.add_argument("-f", "--file", required=True, help="policy file, or - for stdin")
+    p.add_argument("--wait", action="store_true", help="then wait until every targeted session "
+                   "of the version is final (progress on stderr; --timeout: the whole wait, "
+                   "default 300 s; exit codes in docs/cli.md)")  # fmt: skip
+    p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between polls "
+                   "(default 1)")  # fmt: skip
     p = add(policy, "ls", _policy_ls, "list policies")
     p.add_argument("--all", action="store_true", help="include retired policies")
     add(policy, "show", _policy_show, "show a policy").add_argument("id")
@@ -505,9 +459,12 @@ def _register_client_commands(sub: Any) -> None:
     p.add_argument("id")
     p.add_argument("a", type=_positive, help="a version")
     p.add_argument("b", type=_positive, help="another version")
-    add(policy, "rollout", _policy_rollout, "delivery status per version and variant").add_argument(
-        "id"
-    )
+    p = add(policy, "rollout", _policy_rollout, "delivery status per version and variant")
+    p.add_argument("id")
+    p.add_argument("--watch", action="store_true", help="refresh until the current version "
+                   "converges or is halted (Ctrl-C stops)")  # fmt: skip
+    p.add_argument("--interval", type=_seconds, default=1.0, help="seconds between polls "
+                   "(default 1)")  # fmt: skip
     for action, done, what in (
         ("promote", "promoted", "advance the current version to its next wave now"),
         ("pause", "paused", "stop the current version's automatic wave advances"),

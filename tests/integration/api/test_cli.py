@@ -226,7 +226,7 @@ async def test_relabel_show_log_rollback_rollout(
     assert rollout[0] == "policy eu-disclosure version 3 (active)"
     assert rollout[1] == "guard: more than 1.00% failed of at least 50 sessions within 300s -> halt"
     assert rollout[2].split()[-2:] == ["PENDING", "FAILURES"]
-    assert rollout[-1].split() == ["total", "3", "2", "1", "0", "0", "1", "0"]
+    assert rollout[-1].split() == ["total", "3", "0", "2", "1", "0", "0", "1", "0"]
     assert await cli("policy", "show", "nope", *auth) == 1
     assert "not_found (HTTP 404)" in capsys.readouterr().err
 
