@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controlplane import audit_cli, cli_rollout, policy_history
+from controlplane import audit_cli, cli_rollout, cli_status, policy_history
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
 from controlplane.signing import add_sign_command
@@ -326,6 +326,20 @@ def _sessions_log(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     return 0
 
 
+def _sessions_status(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    rows = cli_status.status_rows(
+        client, policy=args.policy, selector=args.selector or (), kind=args.kind,
+        stale_after_s=args.stale_after,
+    )  # fmt: skip
+    cells = [
+        (r["session_id"], r["kind"], r["node"], r["policy"], r["version"], r["variant"],
+         r["status"], _when(r["at"]), r["seq"])
+        for r in rows
+    ]  # fmt: skip
+    _out(args, rows, lambda: _table(cli_status.STATUS_HEADERS, cells))
+    return 0
+
+
 def _parse_relabel(changes: Sequence[str]) -> dict[str, str | None]:
     labels: dict[str, str | None] = {}
     for change in changes:
@@ -483,6 +497,14 @@ def _register_client_commands(sub: Any) -> None:
     p.add_argument("--limit", type=_positive, help="show at most this many")
     p.add_argument("--upstream-id", help="only the session the upstream calls this "
                    "(Begin.id, Voice Agent session_id)")  # fmt: skip
+    p = add(sessions, "status", _sessions_status, "per session and policy version: SYNCED, "
+            "NOT SENT, SENT, STALE, REJECTED or UNVERIFIED (reads each session's log)")  # fmt: skip
+    p.add_argument("--policy", help="only this policy's versions")
+    p.add_argument("--selector", action="append", help="k=v,k=v2 or 'k in (a,b)'; repeatable")
+    p.add_argument("--kind", choices=("streaming-v3", "voice-agent-v1"))
+    p.add_argument("--stale-after", type=_seconds, default=5.0, metavar="S", help="a push "
+                   "still sent, unanswered, after S seconds is STALE (default 5: the service's "
+                   "default ack_timeout_s)")  # fmt: skip
     add(sessions, "show", _sessions_show, "show a session").add_argument("id")
     add(sessions, "log", _sessions_log, "a session's version log").add_argument("id")
     p = add(sessions, "relabel", _sessions_relabel, "set (k=v) or remove (k-) labels")

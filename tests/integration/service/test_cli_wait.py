@@ -4,6 +4,8 @@ service with live control-channel sessions (apps that acknowledge, fail or hold 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 
 from controlplane.cli import main
 from controlplane.cli_rollout import EXIT_HALTED, EXIT_REJECTED, EXIT_TIMEOUT
-from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 from tests.integration.service.fleet import Fleet
 
 LIVE = 50  # the issue's 1,000: docs/benchmarks.md#policy-apply---wait
@@ -143,3 +145,71 @@ async def test_rollout_watch_ends_when_the_current_version_converges(
     assert first[-1].split() == ["total", "4", "0", "4", "0", "0", "0", "0", "0"]
     assert last[-1].split() == ["total", "4", "0", "0", "4", "0", "0", "0", "0"]
     assert "converged" in err
+
+
+async def status_by_session(cp: ControlPlaneUnderTest, *argv: str) -> dict[tuple[str, str], str]:
+    """``sessions status --json``: (session id, policy) -> status."""
+    out: list[str] = []
+
+    def run() -> int:
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            code = main(["sessions", "status", *argv, "--json", "--url", cp.base,
+                         "--token", ADMIN])  # fmt: skip
+        out.append(buffer.getvalue())
+        return code
+
+    assert await asyncio.to_thread(run) == 0
+    return {(r["session_id"], r["policy"]): r["status"] for r in json.loads(out[0])}
+
+
+async def test_sessions_status_per_session_and_policy(
+    cp: ControlPlaneUnderTest, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    acker = await fleet.app("ack", labels={"team": "s"})
+    failer = await fleet.app("fail", labels={"team": "s"})
+    holder = await fleet.app("hold", labels={"team": "s"})
+    streaming = await fleet.app("ack", kind="streaming-v3", labels={"team": "s"})
+    waiting = await fleet.app("ack", labels={"team": "n"})
+    await cp.publish({"id": "st", "match": {"labels": {"team": ["s"]}},
+                      "set": {"system_prompt": "x", "prompt": "x"},
+                      "guard": {"enabled": False}})  # fmt: skip
+    await cp.publish({"id": "turn", "match": {"labels": {"team": ["n"]}},
+                      "set": {"system_prompt": "t"}, "apply": "next_turn",
+                      "apply_deadline_s": 60})  # fmt: skip
+    expected = {
+        (acker.session_id, "st"): "SYNCED",
+        (failer.session_id, "st"): "REJECTED",
+        (holder.session_id, "st"): "SENT",  # within the 3 s acknowledgement timeout
+        (streaming.session_id, "st"): "UNVERIFIED",
+        (waiting.session_id, "turn"): "NOT SENT",  # waits for a turn boundary
+    }
+
+    async def settled() -> bool:
+        return await status_by_session(cp) == expected
+
+    await eventually(settled, timeout=2.5, interval=0.2)
+    only = await status_by_session(cp, "--policy", "turn")
+    assert only == {(waiting.session_id, "turn"): "NOT SENT"}
+
+    # the held push is not acknowledged within the timeout: STALE
+    async def stale() -> bool:
+        return (await status_by_session(cp, "--policy", "st"))[(holder.session_id, "st")] == "STALE"
+
+    await eventually(stale, timeout=8, interval=0.3)
+    await waiting.client.turn_boundary()  # the push goes out and is acknowledged
+
+    async def synced() -> bool:
+        got = await status_by_session(cp, "--policy", "turn")
+        return got == {(waiting.session_id, "turn"): "SYNCED"}
+
+    await eventually(synced, timeout=5, interval=0.2)
+    capsys.readouterr()
+    code = await cli(cp, "sessions", "status", "--policy", "st")
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert lines[0].split() == ["SESSION", "KIND", "NODE", "POLICY", "VERSION", "VARIANT",
+                                "STATUS", "SINCE", "SEQ"]  # fmt: skip
+    row = next(line for line in lines if line.startswith(failer.session_id))
+    assert row.split()[:7] == [failer.session_id, "voice-agent-v1", "node-a", "st", "1", "-",
+                               "REJECTED"]  # fmt: skip
