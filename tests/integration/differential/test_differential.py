@@ -53,13 +53,14 @@ QUIESCE_TIMEOUT_S = 8.0
 SAMPLES = 12  # instants sampled per session for the timeline check
 
 
-def _seeds() -> list[int]:
+def seeds(default: tuple[int, ...]) -> list[int]:
     raw = os.environ.get("DIFF_SEED")
-    return [int(raw)] if raw else list(DEFAULT_SEEDS)
+    return [int(raw)] if raw else list(default)
 
 
-def _replay(seed: int) -> str:
-    return f"DIFF_SEED={seed} .venv/bin/pytest tests/integration/differential -q"
+def _replay(seed: int, distributed: bool) -> str:
+    where = "tests/integration/differential" + ("/distributed" if distributed else "")
+    return f"DIFF_SEED={seed} .venv/bin/pytest {where} -q"
 
 
 @dataclass
@@ -72,6 +73,17 @@ class Run:
     windows: list[tuple[float, float]] = field(default_factory=list)  # quiescent [from, to)
     initial: dict[str, dict[str, Any]] = field(default_factory=dict)  # emulator config at open
     versions: dict[str, list[int]] = field(default_factory=dict)  # policy id -> published
+    # distributed mode: several replicas; each session lives on one, REST calls go to any
+    replicas: list[ControlPlaneUnderTest] = field(default_factory=list)
+    home: dict[str, ControlPlaneUnderTest] = field(default_factory=dict)  # actor -> replica
+    choose: random.Random = field(default_factory=random.Random)
+
+    def __post_init__(self) -> None:
+        self.replicas = self.replicas or [self.cp]
+        self.choose = random.Random(self.seed ^ 0x5EED)  # not the scenario's generator
+
+    def any_cp(self) -> ControlPlaneUnderTest:
+        return self.choose.choice(self.replicas)
 
     async def fail(self, what: str) -> NoReturn:
         recent = "\n  ".join(self.history[-8:])
@@ -80,7 +92,7 @@ class Run:
         pytest.fail(
             f"differential divergence, seed {self.seed}: {what}\n"
             f"last operations:\n  {recent}\n"
-            f"classes off: {off or 'none'}\nreplay: {_replay(self.seed)}\n"
+            f"classes off: {off or 'none'}\nreplay: {_replay(self.seed, len(self.replicas) > 1)}\n"
             f"every operation, log and timeline: {dump}",
             pytrace=False,
         )
@@ -95,7 +107,7 @@ class Run:
                 out["sessions"][name] = {
                     "session_id": actor.session_id, "upstream_id": actor.upstream_id,
                     "record": await self.cp.session(actor.session_id),
-                    "log": await self.cp.log(actor.session_id),
+                    "log": await self.any_cp().log(actor.session_id),
                     "upstream": {k: v for k, v in upstream.items() if k != "timeline"},
                     "timeline": upstream["timeline"],
                     "received": actor.received[-20:],
@@ -114,22 +126,23 @@ class Run:
                  ("a2", "voice-agent-v1", "voice-agent", "gateway"),
                  ("cs", "streaming-v3", "universal-3-5-pro", "control"),
                  ("ca", "voice-agent-v1", "voice-agent", "control")]  # fmt: skip
-        for name, kind, model, via in specs:
+        for i, (name, kind, model, via) in enumerate(specs):
             tier = rng.choice(("gold", "basic"))
+            home = self.home[name] = self.replicas[i % len(self.replicas)]
             actor: Actor
             if via == "control":
                 app = ControlApp(name, kind, model, via)
-                await app.open(f"ws://127.0.0.1:{self.emulator.port}", self.cp.ws_base, ADMIN,
+                await app.open(f"ws://127.0.0.1:{self.emulator.port}", home.ws_base, ADMIN,
                                {"tier": tier})  # fmt: skip
                 actor = app
             elif kind == "streaming-v3":
                 actor = GatewayStreaming(name, kind, model, via)
-                await actor.open(self.cp.ws_base, f"tier={tier}")
+                await actor.open(home.ws_base, f"tier={tier}")
             else:
                 actor = GatewayAgent(name, kind, model, via)
-                await actor.open(self.cp.ws_base, f"tier={tier}")
+                await actor.open(home.ws_base, f"tier={tier}")
             if via == "gateway":
-                actor.session_id = self.cp.live_by_upstream(actor.upstream_id)
+                actor.session_id = home.live_by_upstream(actor.upstream_id)
             self.actors[name] = actor
         await self.quiesce()
         for name, actor in self.actors.items():
@@ -148,18 +161,18 @@ class Run:
         elif op.kind == "publish":
             await self.publish(op.body)
         elif op.kind == "retire":
-            await self.cp.call("DELETE", f"/v1/policies/{op.body['id']}", expect=200)
+            await self.any_cp().call("DELETE", f"/v1/policies/{op.body['id']}", expect=200)
         elif op.kind == "rollback":
             versions = self.versions[op.body["id"]]
             if len(versions) < 2:
                 return  # nothing earlier to roll back to
             to = versions[int(op.body["pick"] * (len(versions) - 1))]
-            body = await self.cp.call("POST", f"/v1/policies/{op.body['id']}/rollback",
+            body = await self.any_cp().call("POST", f"/v1/policies/{op.body['id']}/rollback",
                                       body={"to": to}, expect=200)  # fmt: skip
             versions.append(int(body["version"]))
         elif op.kind == "relabel":
             sid = self.actors[op.target or ""].session_id
-            await self.cp.call("PATCH", f"/v1/sessions/{sid}/labels",
+            await self.any_cp().call("PATCH", f"/v1/sessions/{sid}/labels",
                                body={"labels": op.body}, expect=200)  # fmt: skip
         elif op.kind == "fault":
             assert op.target is not None
@@ -187,7 +200,7 @@ class Run:
             raise AssertionError(op)
 
     async def publish(self, doc: dict[str, Any]) -> None:
-        body = await self.cp.call("POST", "/v1/policies", body=doc)  # 201, or 200 unchanged
+        body = await self.any_cp().call("POST", "/v1/policies", body=doc)  # or 200 unchanged
         assert isinstance(body, dict) and "version" in body, body
         if not body.get("unchanged"):
             self.versions.setdefault(doc["id"], []).append(int(body["version"]))
@@ -195,9 +208,17 @@ class Run:
     # -- quiescence ---------------------------------------------------------------------
     def _engine_settled(self) -> bool:
         now = time.monotonic()
-        live: dict[str, LiveSession] = self.cp.service.engine.live
-        return all(ls.push.in_flight is None and not ls.push.can_send(now)
-                   for ls in live.values())  # fmt: skip
+        policy_sets = {
+            frozenset((p.id, p.version) for p in cp.service.store.active()) for cp in self.replicas
+        }
+        if len(policy_sets) > 1:
+            return False  # a replica has not applied every policy event yet
+        for cp in self.replicas:
+            live: dict[str, LiveSession] = cp.service.engine.live
+            if not all(ls.push.in_flight is None and not ls.push.can_send(now)
+                       for ls in live.values()):  # fmt: skip
+                return False
+        return True
 
     async def _emulator_messages(self) -> int:
         async with self.emulator.http.get(f"{self.emulator.base}/_emulator/stats") as resp:
@@ -228,7 +249,7 @@ class Run:
 
     # -- checks -------------------------------------------------------------------------
     async def config_at(self, actor: Actor, at: float) -> dict[str, Any]:
-        body = await self.cp.call(
+        body = await self.any_cp().call(
             "GET", f"/v1/sessions/{actor.session_id}/config-at?at={at!r}", expect=200
         )
         if not body["rebuild"]["verified"]:
@@ -245,7 +266,7 @@ class Run:
             for field_name, (ours, theirs) in diff_views(recorded, truth).items():
                 problems.append(f"{name} config-at.{field_name}: recorded {ours!r}, "
                                 f"upstream runs {theirs!r}")  # fmt: skip
-            ls = self.cp.service.engine.live.get(actor.session_id)
+            ls = self.home[name].service.engine.live.get(actor.session_id)
             if ls is None:
                 problems.append(f"{name}: not live in the control plane")
                 continue
@@ -279,23 +300,20 @@ class Run:
                     await self.fail(f"{name} config-at {at} vs the emulator's timeline: {diffs}")
 
 
-@pytest.mark.timeout(120)
-@pytest.mark.parametrize("seed", _seeds())
-async def test_recorded_config_equals_upstream_ground_truth(
-    seed: int, cp: ControlPlaneUnderTest, emulator: Emulator, capsys: Any
-) -> None:
+async def run_scenario(run: Run, steps: int) -> None:
+    """Open the sessions, then ``steps`` operations, each followed by quiescence and the
+    invariants at that instant; the timeline check at the end."""
     off = disabled_classes()
-    with capsys.disabled():
-        print(f"\ndifferential seed {seed}, {STEPS} steps, classes off: {off or 'none'}")
-    rng = random.Random(seed)
-    run = Run(seed, cp, emulator)
+    mode = f"{len(run.replicas)} replicas" if len(run.replicas) > 1 else "embedded"
+    print(f"\ndifferential seed {run.seed}, {steps} steps, {mode}, classes off: {off or 'none'}")
+    rng = random.Random(run.seed)
     try:
         await run.open(rng)
         quiet_from = await run.quiesce()
         await run.check_now(quiet_from, 0)
         active: set[str] = set()
         names = [(n, a.kind, a.via) for n, a in run.actors.items()]
-        for step in range(1, STEPS + 1):
+        for step in range(1, steps + 1):
             op = next_op(rng, names, active)
             run.windows.append((quiet_from, time.time()))
             await run.apply(op)
@@ -305,3 +323,12 @@ async def test_recorded_config_equals_upstream_ground_truth(
         await run.check_timelines(rng)
     finally:
         await run.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("seed", seeds(DEFAULT_SEEDS))
+async def test_recorded_config_equals_upstream_ground_truth(
+    seed: int, cp: ControlPlaneUnderTest, emulator: Emulator, capsys: Any
+) -> None:
+    with capsys.disabled():
+        await run_scenario(Run(seed, cp, emulator), STEPS)
