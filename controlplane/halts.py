@@ -78,6 +78,9 @@ class Halts:
         self._cluster = cluster  # its peers: the other replicas' rollout rows (or None)
         self._rollback = rollback
         self._pinned: dict[tuple[str, int], set[str]] = {}  # halted version -> session ids
+        # halts this replica is publishing -> their action: counted (rollout_halts_total) in
+        # the same step that makes the halt visible here (``apply``), never after it
+        self._deciding: dict[tuple[str, int], str] = {}
         # the guard failures that halted a version, kept for its rollout rows (the window
         # forgets them at the halt); one entry per halt: bounded by the halts
         self._halt_failures: dict[str, list[dict[str, Any]]] = {}
@@ -135,12 +138,17 @@ class Halts:
             "policy.halted", record.policy.document(), f"guard:{self._settings.node_id}",
             rfc3339(self._clock.now()), cause="guard", halt=detail,
         )  # fmt: skip
+        key = (policy_id, version)
+        self._deciding[key] = action
         try:
             await self._bus.publish(event)
         except Conflict as exc:  # decided elsewhere first, or a newer version meanwhile
             log.info("policy %s v%d: halt not published (%s)", policy_id, version, exc.message)
             return
-        self._metrics.rollout_halts.labels(policy_id, action).inc()
+        finally:
+            counted = self._deciding.pop(key, None) is None  # (by apply, inside the publish)
+        if not counted:  # published, not applied here yet (a bus that delivers later)
+            self._metrics.rollout_halts.labels(policy_id, action).inc()
         if action != "rollback":
             return
         try:
@@ -159,6 +167,9 @@ class Halts:
                      event.msg_id)  # fmt: skip
             return
         self._metrics.policy_events.labels(event.type, "applied").inc()
+        action = self._deciding.pop((event.policy_id, event.version), None)
+        if action is not None:  # decided here: counted as it becomes visible, not after
+            self._metrics.rollout_halts.labels(event.policy_id, action).inc()
         d = dict(event.halt or {})
         log.warning(
             "policy %s version %d HALTED by %s: %s of %s targeted sessions failed (ratio %s, "

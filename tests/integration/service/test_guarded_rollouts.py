@@ -58,13 +58,9 @@ async def state_is(cp: ControlPlaneUnderTest, policy_id: str, state: str) -> dic
 
 
 async def halts_counted(cp: ControlPlaneUnderTest, n: int, **labels: str) -> None:
-    """The halt is visible in the rollout state as soon as the store applied it (inside the
-    publish); the deciding replica counts it once the publish returned."""
-
-    async def counted() -> bool:
-        return await metric(cp.http, cp.base, HALTS, **labels) == n
-
-    await eventually(counted, timeout=10)
+    """Called once the halt is visible in the rollout state: the deciding replica counts a
+    halt in the same step that makes it visible (HaltBook.apply), so it is counted already."""
+    assert await metric(cp.http, cp.base, HALTS, **labels) == n
 
 
 async def agent_prompt(emulator: Emulator, upstream_id: str) -> Any:
