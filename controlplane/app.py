@@ -23,6 +23,7 @@ from controlplane.audit_keys import checkpointing
 from controlplane.bus import InProcessBus, PolicyBus
 from controlplane.cluster import ClusterPorts
 from controlplane.config import Settings
+from controlplane.console import add_console_routes
 from controlplane.control_channel import ControlChannel
 from controlplane.distributed import Distributed, build_registry
 from controlplane.gateway import Gateway
@@ -87,6 +88,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
         dist.upkeep.on_rejoin = service.engine.resync_registry
     app[SERVICE] = service
     add_routes(app, service, settings)
+    add_console_routes(app)  # the web console at /ui/ (docs/console.md)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok", "node": settings.node_id})

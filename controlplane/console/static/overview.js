@@ -1,0 +1,59 @@
+// /ui/: policies with the current version's rollout bar, and live sessions by kind and state.
+import { api, apiAll } from "./app.js";
+import { badge, el, section, when } from "./dom.js";
+import { rolloutBar, settledPercent } from "./policy.js";
+
+const MAX_POLICIES = 50; // rollout calls per refresh
+
+export function mount(main) {
+  const policies = el("div");
+  const sessions = el("div");
+  main.append(el("h1", {}, "Overview"), section("Policies", policies), section("Sessions", sessions));
+  return {
+    async refresh() {
+      const list = (await api("/v1/policies")).items;
+      const shown = list.slice(0, MAX_POLICIES);
+      const rollouts = await Promise.all(shown.map((p) => api(`/v1/policies/${encodeURIComponent(p.id)}/rollout`)));
+      policies.replaceChildren(list.length ? el("table", { "data-testid": "policies" },
+        el("tr", {}, ["policy", "version", "state", "published", "by", "rolled out", ""].map((h) => el("th", {}, h))),
+        shown.map((p, i) => {
+          const r = rollouts[i];
+          const rows = r.versions.filter((row) => row.version === r.version);
+          const cur = { targeted: 0, pending: 0, sent: 0, acknowledged: 0, unverified: 0, rejected: 0, unchanged: 0 };
+          for (const row of rows) for (const k of Object.keys(cur)) cur[k] += row[k];
+          const pct = settledPercent(cur);
+          return el("tr", { "data-testid": "policy-row", "data-policy": p.id },
+            el("td", {}, el("a", { href: `/ui/policies/${encodeURIComponent(p.id)}` }, p.id)),
+            el("td", {}, `v${p.version}`), el("td", {}, badge(r.state || r.status)),
+            el("td", {}, when(p.published_at || p.at)), el("td", { class: "mono" }, p.actor || ""),
+            el("td", { class: "num", "data-testid": "policy-percent" },
+              pct === null ? "—" : `${pct} % of ${cur.targeted}`),
+            el("td", {}, rolloutBar(cur, "policy-bar")));
+        }),
+        list.length > MAX_POLICIES ? el("tr", {}, el("td", { colspan: 7, class: "muted" },
+          `${list.length - MAX_POLICIES} more not shown`)) : null)
+        : el("p", { class: "muted" }, "No active policy."));
+      const live = await apiAll("/v1/sessions?limit=1000", 5);
+      const counts = new Map();
+      const states = new Set();
+      for (const s of live) {
+        states.add(s.state);
+        const row = counts.get(s.kind) || new Map();
+        row.set(s.state, (row.get(s.state) || 0) + 1);
+        counts.set(s.kind, row);
+      }
+      const cols = [...states].sort();
+      sessions.replaceChildren(live.length ? el("div", {},
+        el("table", { "data-testid": "sessions-by-kind" },
+          el("tr", {}, el("th", {}, "kind"), cols.map((c) => el("th", { class: "num" }, c)), el("th", { class: "num" }, "total")),
+          [...counts.entries()].sort().map(([kind, row]) => el("tr", { "data-kind": kind },
+            el("td", {}, kind), cols.map((c) => el("td", { class: "num", "data-state": c }, row.get(c) || 0)),
+            el("td", { class: "num" }, [...row.values()].reduce((a, b) => a + b, 0))))),
+        el("h2", {}, "Recent sessions"),
+        el("table", {}, live.slice(-20).reverse().map((s) => el("tr", {},
+          el("td", {}, el("a", { class: "mono", href: `/ui/sessions/${encodeURIComponent(s.id)}` }, s.id)),
+          el("td", {}, s.kind), el("td", {}, badge(s.state)), el("td", { class: "mono" }, s.upstream_id || "")))))
+        : el("p", { class: "muted" }, "No live session."));
+    },
+  };
+}

@@ -1,0 +1,154 @@
+"""The web console in a real Chromium (issue #24): login by fragment, a live rollout reaching
+100 % without a reload, a session's timeline after a push, the version diff, and a viewer who
+sees no mutating control. One browser and one control plane for the module."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.async_api import Page, expect
+
+from tests.integration.console.conftest import acking_clients, screenshot
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROLLOUT_COLUMNS = ("unchanged", "sent", "acked", "unverified", "rejected", "pending")
+# the only controls a console page has: none of them changes anything on the server
+READ_ONLY_CONTROLS = {"config-at-show", "diff-from", "diff-to", "config-at-input"}
+
+
+async def figure(page: Page, testid: str) -> int:
+    return int(await page.get_by_test_id(testid).inner_text())
+
+
+async def test_login_by_fragment_keeps_the_token_out_of_the_address_bar(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    await page.goto(f"{stack.base}/ui/")
+    await expect(page.get_by_test_id("login-form")).to_be_visible()
+    await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    assert page.url == f"{stack.base}/ui/", "the token must leave the address bar"
+    assert await page.evaluate("sessionStorage.getItem('controlplane.token')") == "tok-viewer"
+    await screenshot(page, "overview")
+    # a refused token brings the form back, saying why
+    await page.goto(f"{stack.base}/ui/#token=not-a-token")
+    await expect(page.get_by_test_id("login-error")).to_contain_text("401")
+    await page.get_by_test_id("login-token").fill("tok-viewer")
+    await page.get_by_test_id("login-submit").click()
+    await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+
+
+async def test_live_rollout_reaches_100_percent_after_a_publish_without_a_reload(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    doc = {"id": "live-rollout", "match": {"labels": {"team": "live"}}}
+    async with acking_clients(stack, 3, {"team": "live"}, delay_s=0.4):
+        await stack.publish({**doc, "set": {"system_prompt": "one"}})
+        await page.goto(f"{stack.base}/ui/policies/live-rollout#token=tok-viewer")
+        await expect(page.get_by_test_id("policy-version")).to_have_text("1")
+        await expect(page.get_by_test_id("rollout-percent")).to_have_attribute(
+            "data-percent", "100"
+        )
+        await page.evaluate("window.__sameDocument = true")
+        await stack.publish({**doc, "set": {"system_prompt": "two"}})
+        await expect(page.get_by_test_id("policy-version")).to_have_text("2")
+        await expect(page.get_by_test_id("rollout-percent")).to_have_attribute(
+            "data-percent", "100", timeout=10_000
+        )
+        assert await page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+        acked_bar = page.locator("[data-testid=rollout-bar] span.s-acknowledged")
+        assert await acked_bar.evaluate("e => e.style.width") == "100%"
+        targeted = await figure(page, "rollout-targeted")
+        columns = {name: await figure(page, f"rollout-{name}") for name in ROLLOUT_COLUMNS}
+        assert targeted == 3
+        assert columns["acked"] == 3
+        assert sum(columns.values()) == targeted, columns
+        # the rows per version and variant are the endpoint's, summed the same way
+        api = await stack.call("GET", "/v1/policies/live-rollout/rollout", expect=200)
+        (row,) = [r for r in api["versions"] if r["version"] == 2]
+        assert row["acknowledged"] == 3
+        await screenshot(page, "policy")
+
+
+async def test_session_timeline_shows_the_push_live(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    async with acking_clients(stack, 1, {"team": "timeline"}, config={"system_prompt": "hi"}) as (
+        client,
+    ):
+        assert client.session_id is not None
+        await page.goto(f"{stack.base}/ui/sessions/{client.session_id}#token=tok-compliance")
+        await expect(page.get_by_test_id("session-id")).to_have_text(client.session_id)
+        entries = page.get_by_test_id("timeline-entry")
+        await expect(entries).to_have_count(1)  # the connect entry
+        doc = {"id": "timeline", "match": {"labels": {"team": "timeline"}}}
+        published = await stack.publish({**doc, "set": {"keyterms": ["Acme"]}})
+        version = client.version
+
+        async def acked() -> bool:
+            log = await stack.log(client.session_id or "")
+            return any(e["status"] == "acked" for e in log)
+
+        await eventually(acked)
+        pushed = page.locator('[data-testid=timeline-entry][data-status="acked"]')
+        await expect(pushed).to_have_count(1)
+        assert published["version"] == 1
+        assert await pushed.get_attribute("data-version") == str(version)
+        await expect(pushed.get_by_test_id("timeline-delta")).to_contain_text("Acme")
+        # the configuration in effect now, verified against the audit chain
+        await page.get_by_test_id("config-at-input").fill(
+            await page.evaluate("new Date(Date.now() + 1000).toISOString()")
+        )
+        await page.get_by_test_id("config-at-show").click()
+        await expect(page.get_by_test_id("config-at-config")).to_contain_text("Acme")
+        await expect(page.get_by_test_id("config-at-verified")).to_have_attribute(
+            "data-verified", "true"
+        )
+        await screenshot(page, "session")
+
+
+async def test_version_diff_between_two_versions(stack: ControlPlaneUnderTest, page: Page) -> None:
+    base = {"id": "diffed", "match": {"labels": {"team": "diff"}}}
+    await stack.publish({**base, "set": {"system_prompt": "before"}})
+    await stack.publish({**base, "set": {"system_prompt": "after", "keyterms": ["Zed"]},
+                         "reason": "adds a keyterm"})  # fmt: skip
+    await page.goto(f"{stack.base}/ui/policies/diffed#token=tok-viewer")
+    rows = page.get_by_test_id("diff-row")
+    await expect(rows).to_have_count(3)  # the reason is part of the document too
+    paths = {await r.get_attribute("data-path") for r in await rows.all()}
+    assert paths == {"set.system_prompt", "set.keyterms", "reason"}
+    prompt = page.locator('[data-testid=diff-row][data-path="set.system_prompt"]')
+    await expect(prompt.locator("td.from")).to_contain_text('"before"')
+    await expect(prompt.locator("td.to")).to_contain_text('"after"')
+    await expect(page.locator('[data-testid=diff-row][data-path="set.keyterms"]')).to_contain_text(
+        "Zed"
+    )
+    latest = page.locator('[data-testid=version-row][data-version="2"]')
+    await expect(latest.get_by_test_id("version-reason")).to_have_text("adds a keyterm")
+    await expect(latest).to_contain_text("admin:")
+    await screenshot(page, "policy-diff")
+    await page.get_by_test_id("diff-from").select_option("2")
+    await expect(page.get_by_test_id("diff-empty")).to_be_visible()
+    assert page.url.endswith("/ui/policies/diffed?a=2&b=2"), "the chosen diff has its own URL"
+
+
+async def test_a_viewer_sees_no_mutating_control(stack: ControlPlaneUnderTest, page: Page) -> None:
+    await stack.publish({"id": "viewed", "match": {"labels": {"team": "viewer"}},
+                         "set": {"system_prompt": "x"}})  # fmt: skip
+    async with acking_clients(stack, 1, {"team": "viewer"}) as (client,):
+        pages = ["/ui/", "/ui/policies/viewed", f"/ui/sessions/{client.session_id}"]
+        await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+        for path in pages:
+            await page.goto(stack.base + path)
+            await expect(page.get_by_test_id("live-status")).to_contain_text("live")
+            controls = page.locator("button, input, select, textarea, form")
+            names = {await c.get_attribute("data-testid") for c in await controls.all()}
+            assert names <= READ_ONLY_CONTROLS, f"{path}: controls {names - READ_ONLY_CONTROLS}"
+        # the configuration at an instant is the compliance role's: the viewer is told so
+        await page.get_by_test_id("config-at-show").click()
+        await expect(page.get_by_test_id("config-at-error")).to_contain_text("403")
+        await screenshot(page, "session-viewer")
+    # and the server refuses a viewer's mutation whatever the page shows
+    await stack.call("DELETE", "/v1/policies/viewed", token="tok-viewer", expect=403)
+    await stack.call("GET", "/v1/policies/viewed", token=ADMIN, expect=200)
