@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 from typing import Final
 
 import aiohttp
@@ -37,14 +38,18 @@ from sessions.exposures import FileExposureStore
 from sessions.redis_tokens import RedisTokenLabels
 from sessions.versionlog import FileVersionLog
 
-__all__ = ["SERVICE", "build_app"]
+__all__ = ["DRAIN_ON_SIGNALS", "SERVICE", "build_app"]
 
 log = logging.getLogger(__name__)
 
 SERVICE: Final = web.AppKey("controlplane.service", ControlPlane)
 GATEWAY: Final = web.AppKey("controlplane.gateway", Gateway)
 CONTROL: Final = web.AppKey("controlplane.control", ControlChannel)
+# set by `controlplane serve`: the drain takes over SIGINT / SIGTERM (a second one closes the
+# remaining sessions at once, a third one stops the process)
+DRAIN_ON_SIGNALS: Final = web.AppKey("controlplane.drain_on_signals", bool)
 DRAIN_POLL_S = 0.1
+DRAIN_REPORT_S = 5.0
 RESTART_CLOSE_CODE = 1012
 MAX_REQUEST_LINE: Final = 64 * 1024
 
@@ -138,7 +143,8 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
         gc.freeze()
 
     async def on_shutdown(_: web.Application) -> None:
-        await drain(service, gateway, control, settings.shutdown_grace_s)
+        await drain(service, gateway, control, settings.shutdown_grace_s,
+                    on_signals=app.get(DRAIN_ON_SIGNALS, False))  # fmt: skip
 
     async def on_cleanup(_: web.Application) -> None:
         if closed:
@@ -164,21 +170,63 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
 
 
 async def drain(
-    service: ControlPlane, gateway: Gateway, control: ControlChannel, grace_s: float
+    service: ControlPlane,
+    gateway: Gateway,
+    control: ControlChannel,
+    grace_s: float,
+    *,
+    on_signals: bool = False,
 ) -> None:
     """Not ready, accept no new sessions, let live ones finish up to ``grace_s``, then close
-    the rest with 1012 (service restart). The audit log is flushed on close."""
+    the rest with 1012 (service restart). The audit log is flushed on close. Says what it
+    waits for and how long; with ``on_signals``, a second SIGINT / SIGTERM ends the wait (the
+    sessions are closed now) and a third one stops the process at once."""
     service.draining = True
     service.metrics.ready.set(0)
     loop = asyncio.get_running_loop()
+    hurry = asyncio.Event()
+    if on_signals:
+        _second_signal_closes_now(loop, hurry, service)
     deadline = loop.time() + grace_s
-    while service.engine.live and loop.time() < deadline:  # noqa: ASYNC110 (bounded poll)
+    live = len(service.engine.live)
+    if live:
+        log.warning(
+            "draining: not ready, refusing new sessions; waiting up to %.0fs for %d live "
+            "session(s) to end, then closing the rest (1012 service restart)%s", grace_s, live,
+            "; Ctrl-C / SIGTERM again closes them now" if on_signals else "",
+        )  # fmt: skip
+    else:
+        log.warning("draining: no live sessions, stopping")
+    report = loop.time() + DRAIN_REPORT_S
+    while service.engine.live and loop.time() < deadline and not hurry.is_set():
         await asyncio.sleep(DRAIN_POLL_S)
+        if loop.time() >= report and service.engine.live:
+            report += DRAIN_REPORT_S
+            log.warning("draining: %d live session(s), %.0fs left of the grace",
+                        len(service.engine.live), max(0.0, deadline - loop.time()))  # fmt: skip
     remaining = list(gateway.connections) + list(control.connections)
     if remaining:
-        log.info("closing %d sessions still open after the %.0fs grace", len(remaining), grace_s)
+        why = "on a second signal" if hurry.is_set() else f"after the {grace_s:.0f}s grace"
+        log.warning("closing %d session(s) still open %s", len(remaining), why)
     for ws in remaining:
         with contextlib.suppress(Exception):
             await ws.close(code=RESTART_CLOSE_CODE, message=b"control plane restarting")
     with contextlib.suppress(Exception):
         await service.versionlog.flush()
+    log.warning("drained: audit log flushed")
+
+
+def _second_signal_closes_now(
+    loop: asyncio.AbstractEventLoop, hurry: asyncio.Event, service: ControlPlane
+) -> None:
+    def second() -> None:
+        log.warning("second signal: closing the %d live session(s) now; a third one stops "
+                    "the process at once", len(service.engine.live))  # fmt: skip
+        hurry.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # back to the defaults: the third kills
+            with contextlib.suppress(Exception):
+                loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, second)

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from controlplane.api.auth import generate_admin_token
-from controlplane.app import build_app
+from controlplane.app import DRAIN_ON_SIGNALS, build_app
 from controlplane.config import Settings, SettingsError, parse_listen
 from controlplane.errors import ControlPlaneError
 from controlplane.nats_bus import redact
@@ -170,9 +170,11 @@ def run(args: argparse.Namespace) -> int:
     scheme = "https" if tls is not None else "http"
     print(f"controlplane serving on {scheme}://{host}:{port} (node {settings.node_id}, "
           f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
+    app = build_app(settings)
+    app[DRAIN_ON_SIGNALS] = True
     try:
         web.run_app(
-            build_app(settings), host=host, port=port, print=None, ssl_context=tls,
+            app, host=host, port=port, print=None, ssl_context=tls,
             shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
         )  # fmt: skip
     except ControlPlaneError as exc:  # e.g. NATS unreachable at start: say so, no traceback

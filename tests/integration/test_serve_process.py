@@ -122,3 +122,64 @@ def test_sigterm_drains_live_sessions_closes_them_with_1012_and_keeps_the_audit(
     mine = [e for e in entries if e.get("session_id") == session_id]  # not checkpoints
     assert [e["cause"] for e in mine] == ["connect"]
     assert "secret-admin-token" not in "".join(f.read_text() for f in audit)
+
+
+def _read_until(proc: subprocess.Popen[str], text: str, timeout: float = 20) -> list[str]:
+    """Output lines up to the first containing ``text``."""
+    assert proc.stdout is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line.rstrip("\n"))
+        if text in line:
+            return seen
+    raise AssertionError(f"no line containing {text!r} in {seen}")
+
+
+def test_drain_says_what_it_waits_for_and_a_second_signal_closes_sessions_now(
+    tmp_path: Path, stop: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    env = _env(tmp_path, CONTROLPLANE_TOKENS="admin:secret-admin-token",
+               CONTROLPLANE_SHUTDOWN_GRACE_S="30")  # fmt: skip
+    proc = subprocess.Popen(
+        [EXE, "serve", "--listen", f"127.0.0.1:{port}"], env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    stop.append(proc)
+    _read_line(proc, "controlplane serving on")
+    wait_port(port, proc=proc)  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[int | None, float, list[str]]:
+        async with ControlClient(f"ws://127.0.0.1:{port}/v1/control", token="secret-admin-token",
+                                 kind="voice-agent-v1", model="voice-agent") as app:  # fmt: skip
+            proc.send_signal(signal.SIGINT)  # Ctrl-C
+            first = await asyncio.to_thread(_read_until, proc, "draining:")
+            started = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                async for _ in app.pushes():
+                    pass
+            rcvd = closed.value.rcvd
+            return (rcvd.code if rcvd else None), time.monotonic() - started, first
+
+    code, waited, first = asyncio.run(scenario())
+    assert code == 1012
+    assert waited < 10, "the second signal must not wait out the 30 s grace"
+    assert first[-1].endswith(
+        "draining: not ready, refusing new sessions; waiting up to 30s for 1 live session(s) "
+        "to end, then closing the rest (1012 service restart); Ctrl-C / SIGTERM again closes "
+        "them now"
+    )
+    assert proc.stdout is not None
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=20) == 0
+    assert (
+        "second signal: closing the 1 live session(s) now; a third one stops the process "
+        "at once" in rest
+    )
+    assert "closing 1 session(s) still open on a second signal" in rest
+    assert "drained: audit log flushed" in rest
