@@ -34,8 +34,8 @@ export function short(value, n = 12) {
   return typeof value === "string" && value.length > n ? value.slice(0, n) + "…" : value;
 }
 
-export function badge(text) {
-  return el("span", { class: `badge ${text}` }, text);
+export function badge(text, tone = text) {
+  return el("span", { class: `badge ${tone}` }, text);
 }
 
 export function section(title, ...children) {

@@ -13,18 +13,24 @@ export function mount(main, { key }) {
   return {
     async refresh() {
       const s = await api(`/v1/experiments/${encodeURIComponent(key)}`);
-      head.replaceChildren(el("h1", {}, "Experiment ", el("span", { class: "mono" }, s.experiment),
-        " ", el("span", { class: "muted" }, `iteration ${s.iteration} · policy `),
-        el("a", { href: `/ui/policies/${encodeURIComponent(s.policy)}` }, `${s.policy} v${s.version}`),
-        el("span", { class: "muted" }, ` · ${s.exposed} exposed · bucket by ${s.bucket_by}`)));
+      head.replaceChildren(el("h1", {}, "Experiment ", el("span", { class: "mono" }, s.experiment)),
+        el("p", { class: "muted" }, `iteration ${s.iteration} · policy `,
+          el("a", { href: `/ui/policies/${encodeURIComponent(s.policy)}` }, `${s.policy} v${s.version}`),
+          ` · ${s.exposed} exposed · bucketed by ${s.bucket_by}`));
       const srm = s.srm || {};
-      const state = srm.mismatch ? "mismatch" : srm.p_value === null || srm.p_value === undefined ? "no data" : "ok";
+      // a verdict needs volume: below min_exposures the check declares no mismatch (experiments.md)
+      const enough = srm.min_exposures === undefined || s.exposed >= srm.min_exposures;
+      const [word, tone, text] = srm.mismatch
+        ? ["mismatch", "rejected", "Sample ratio mismatch: the exposed split does not match the weights"]
+        : enough
+          ? ["ok", "acked", "No sample ratio mismatch"]
+          : ["too few", "pending", `Too few exposures for a verdict (${s.exposed} of ${srm.min_exposures})`];
+      const p = typeof srm.p_value === "number" ? srm.p_value.toPrecision(3) : "—";
       verdict.replaceChildren(el("div", { class: "panel" },
-        el("span", { "data-testid": "srm-verdict", "data-mismatch": String(Boolean(srm.mismatch)) },
-          badge(srm.mismatch ? "rejected" : "acked"), " ",
-          srm.mismatch ? "Sample ratio mismatch" : "No sample ratio mismatch detected"),
-        el("span", { class: "muted" }, ` · ${srm.test || "chi-squared"} p = ${srm.p_value ?? "—"}`
-          + ` (threshold ${srm.threshold ?? "—"}, needs ${srm.min_exposures ?? "—"} exposures) · ${state}`)));
+        el("span", { "data-testid": "srm-verdict", "data-mismatch": String(Boolean(srm.mismatch)),
+          "data-verdict": word }, badge(word, tone), " ", text),
+        el("span", { class: "muted" }, ` · ${srm.test || "chi-squared"} p = ${p}`
+          + ` (threshold ${srm.threshold ?? "—"})`)));
       variants.replaceChildren(el("table", {},
         el("tr", {}, ["variant", "weight", "expected", "exposed", "share", ""].map((h) => el("th", {}, h))),
         (s.variants || []).map((v) => el("tr", { "data-testid": "variant-share", "data-variant": v.name,

@@ -4,7 +4,10 @@ sees no mutating control. One browser and one control plane for the module."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import websockets
 from playwright.async_api import Page, expect
 
 from tests.integration.console.conftest import acking_clients, screenshot
@@ -26,11 +29,11 @@ async def test_login_by_fragment_keeps_the_token_out_of_the_address_bar(
 ) -> None:
     await page.goto(f"{stack.base}/ui/")
     await expect(page.get_by_test_id("login-form")).to_be_visible()
+    await screenshot(page, "login")
     await page.goto(f"{stack.base}/ui/#token=tok-viewer")
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
     assert page.url == f"{stack.base}/ui/", "the token must leave the address bar"
     assert await page.evaluate("sessionStorage.getItem('controlplane.token')") == "tok-viewer"
-    await screenshot(page, "overview")
     # a refused token brings the form back, saying why
     await page.goto(f"{stack.base}/ui/#token=not-a-token")
     await expect(page.get_by_test_id("login-error")).to_contain_text("401")
@@ -152,3 +155,75 @@ async def test_a_viewer_sees_no_mutating_control(stack: ControlPlaneUnderTest, p
     # and the server refuses a viewer's mutation whatever the page shows
     await stack.call("DELETE", "/v1/policies/viewed", token="tok-viewer", expect=403)
     await stack.call("GET", "/v1/policies/viewed", token=ADMIN, expect=200)
+
+
+async def test_a_streaming_session_by_upstream_id_is_unverified_never_acknowledged(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    """Gateway + emulator: the page opens by the upstream's id; a Streaming v3 push has no
+    acknowledgement: the timeline says sent (written), the rollout unverified (and 100 %)."""
+    connect = "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro"
+    headers = {"Authorization": "test-key", "X-Session-Labels": "team=stream"}
+    async with websockets.connect(stack.ws_base + connect, additional_headers=headers) as ws:
+        begin = json.loads(await ws.recv())
+        upstream_id = begin["id"]
+        await page.goto(f"{stack.base}/ui/sessions/{upstream_id}#token=tok-viewer")
+        session_id = stack.live_by_upstream(upstream_id)
+        await expect(page.get_by_test_id("session-id")).to_have_text(session_id)
+        await stack.publish({"id": "stream-terms", "match": {"labels": {"team": "stream"}},
+                             "set": {"keyterms": ["Acme"]}})  # fmt: skip
+        pushed = page.locator('[data-testid=timeline-entry][data-cause="policy"]')
+        await expect(pushed).to_have_count(1)
+        await expect(pushed).to_have_attribute("data-status", "sent")  # written, never acked
+        assert await page.locator('[data-testid=timeline-entry][data-status="acked"]').count() == 0
+        await page.goto(f"{stack.base}/ui/policies/stream-terms")
+        await expect(page.get_by_test_id("rollout-unverified")).to_have_text("1")
+        await expect(page.get_by_test_id("rollout-acked")).to_have_text("0")
+        await expect(page.get_by_test_id("rollout-percent")).to_have_attribute(
+            "data-percent", "100"
+        )
+
+
+async def test_experiment_page_shows_variant_shares_and_the_srm_verdict(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    variants = [{"name": "control", "weight": 50, "set": {}},
+                {"name": "warm", "weight": 50, "set": {"keyterms": ["welcome"]}}]  # fmt: skip
+    await stack.publish({"id": "greet", "match": {"labels": {"team": "exp"}},
+                         "experiment": {"key": "greet", "variants": variants}})  # fmt: skip
+    async with acking_clients(stack, 4, {"team": "exp"}):
+
+        async def exposed() -> bool:
+            summary = await stack.call("GET", "/v1/experiments/greet", expect=200)
+            return bool(summary["exposed"] == 4)
+
+        await eventually(exposed)
+        await page.goto(f"{stack.base}/ui/experiments/greet#token=tok-viewer")
+        shares = page.get_by_test_id("variant-share")
+        await expect(shares).to_have_count(2)
+        counts = [int(await s.get_attribute("data-exposed") or "-1") for s in await shares.all()]
+        assert sum(counts) == 4
+        # 4 exposures are far below the minimum volume: no mismatch can be declared
+        verdict = page.get_by_test_id("srm-verdict")
+        await expect(verdict).to_have_attribute("data-mismatch", "false")
+        await expect(verdict).to_have_attribute("data-verdict", "too few")
+        await screenshot(page, "experiment")
+
+
+async def test_overview_lists_policies_with_progress_and_sessions_by_kind(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    await stack.publish({"id": "overview", "match": {"labels": {"team": "overview"}},
+                         "set": {"system_prompt": "o"}})  # fmt: skip
+    async with acking_clients(stack, 2, {"team": "overview"}):
+        await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+        row = page.locator('[data-testid=policy-row][data-policy="overview"]')
+        await expect(row.get_by_test_id("policy-percent")).to_have_text("100 % of 2")
+        agents = page.locator('[data-testid=sessions-by-kind] tr[data-kind="voice-agent-v1"]')
+        await expect(agents.locator("td").last).to_have_text("2")
+        await row.get_by_role("link", name="overview").click()
+        await expect(page.get_by_test_id("policy-version")).to_have_text("1")
+        assert page.url == f"{stack.base}/ui/policies/overview"
+        await page.go_back()
+        await expect(row).to_be_visible()
+        await screenshot(page, "overview")
