@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import pytest
 
 from controlplane import cli
+from controlplane.app import SERVICE, build_app
+from controlplane.bus import rfc3339
+from controlplane.config import Settings
 from policies.bucketing import bucket
-from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
+from sessions.clock import FakeClock
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve, eventually
 from tests.integration.service.fleet import App, Fleet, metric
 
 POLICY = "wv"
@@ -209,3 +215,38 @@ async def test_promote_pause_and_resume_through_rest_and_cli_with_role_checks(
     none = await cp.call("POST", "/v1/policies/plain/promote", expect=409)
     assert none["error"]["code"] == "no_waves"
     assert (await cp.call("GET", "/v1/policies/plain/rollout", expect=200))["waves"] is None
+
+
+@pytest.fixture
+async def clocked_cp(
+    cp_settings: Callable[..., Settings],
+) -> AsyncIterator[tuple[ControlPlaneUnderTest, FakeClock]]:
+    """A control plane on a FakeClock: waves advance only when the test moves the time."""
+    clock = FakeClock(start=time.time())
+    settings = cp_settings()
+    app = build_app(settings, clock=clock)
+    runner, port = await _serve(app)
+    async with aiohttp.ClientSession() as http:
+        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir), clock
+    await runner.cleanup()
+
+
+async def test_waves_advance_by_the_injected_clock(
+    clocked_cp: tuple[ControlPlaneUnderTest, FakeClock],
+) -> None:
+    cp, clock = clocked_cp
+    fleet = Fleet(cp.ws_base)
+    try:
+        await cp.publish(V1)
+        _, (b,), _ = await open_groups(fleet, 1)
+        await cp.publish(v2(60.0))
+        await asyncio.sleep(1.2)  # real time passes, the control plane's clock does not
+        clock.advance(59.0)
+        await asyncio.sleep(1.2)
+        assert (await rollout(cp))["waves"]["index"] == 0 and b.pushes.empty()
+        clock.advance(1.5)
+        assert await got_v2(b, 5)
+        waves = await waves_where(cp, index=1)
+        assert waves["steps"][0]["at"] == rfc3339(clock.now())  # the step's time: that clock
+    finally:
+        await fleet.close()
