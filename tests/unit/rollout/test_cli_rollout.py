@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from controlplane.cli import _table
 from controlplane.cli_rollout import guard_lines as _guard_lines
+from controlplane.cli_rollout import wave_lines
 
 GUARD = {"enabled": True, "max_failure_ratio": 0.01, "min_sessions": 50, "window_s": 300.0,
          "on_breach": "rollback"}  # fmt: skip
@@ -25,3 +27,23 @@ def test_guard_and_halt_lines() -> None:
     assert _guard_lines(None, {**HALT, "on_breach": "halt", "rollback_to": None})[0].endswith(
         "decided by cp-1"
     )
+
+
+def test_wave_lines() -> None:
+    waves = {"waves": [1, 10, 50, 100], "wave_interval_s": 60.0, "index": 1, "percent": 10,
+             "state": "advancing", "next_at": "2026-11-20T10:02:00Z",
+             "previous_version": 4}  # fmt: skip
+    line, table = wave_lines(waves, _table)
+    assert line == (
+        "waves: advancing at wave 2 of 4 (10%), every 60s, next at 2026-11-20T10:02:00Z; "
+        "sessions outside the wave run version 4"
+    )
+    assert table.splitlines() == [
+        "WAVE  PERCENT  STATE", "1     1        reached", "2     10       current", "3     50",
+        "4     100",
+    ]  # fmt: skip
+    stalled = wave_lines(
+        {**waves, "state": "stalled", "next_at": None, "previous_version": None}, _table
+    )
+    assert stalled[0] == "waves: stalled at wave 2 of 4 (10%), every 60s"
+    assert wave_lines(None, _table) == []
