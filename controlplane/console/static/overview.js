@@ -24,7 +24,9 @@ export function mount(main) {
           const pct = settledPercent(cur);
           return el("tr", { "data-testid": "policy-row", "data-policy": p.id },
             el("td", {}, el("a", { href: `/ui/policies/${encodeURIComponent(p.id)}` }, p.id)),
-            el("td", {}, `v${p.version}`), el("td", {}, badge(r.state || r.status)),
+            el("td", {}, `v${p.version}`),
+            el("td", {}, badge(r.state || r.status), r.halt ? el("div", { class: "error", "data-testid": "policy-halt" },
+              `v${r.halt.version} halted: ${r.halt.reason}`) : null),
             el("td", {}, when(p.published_at || p.at)), el("td", { class: "mono" }, p.actor || ""),
             el("td", { class: "num", "data-testid": "policy-percent" },
               pct === null ? "—" : `${pct} % of ${cur.targeted}`),

@@ -107,6 +107,7 @@ export function mount(main, { id }) {
         { "data-percent": pct === null ? "" : pct }),
       figure("targeted", current.targeted, "rollout-targeted"),
       ...COLUMNS.map(([key, label, testid]) => figure(label, current[key], testid)),
+      figure("guard failures", current.guard_failures, "rollout-guard-failures"),
       el("div", { class: "figure", style: "flex:1" }, el("div", { class: "label" },
         `v${body.version} · ${current.targeted} live sessions targeted`), rolloutBar(current, "rollout-bar")));
     parts.rows.replaceChildren(body.versions.length

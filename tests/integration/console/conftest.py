@@ -101,9 +101,10 @@ async def screenshot(page: Page, name: str) -> None:
 @contextlib.asynccontextmanager
 async def acking_clients(
     cp: ControlPlaneUnderTest, n: int, labels: Mapping[str, str], *, delay_s: float = 0.0,
-    config: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None, refuse: bool = False,
 ) -> AsyncIterator[list[ControlClient]]:  # fmt: skip
-    """``n`` control-channel sessions that acknowledge every push (after ``delay_s``)."""
+    """``n`` control-channel sessions that acknowledge every push (after ``delay_s``), or
+    with ``refuse`` report every push refused by the upstream."""
     clients = [
         ControlClient(cp.ws_base + "/v1/control", token=ADMIN, kind="voice-agent-v1",
                       model="voice-agent", labels=dict(labels), config=dict(config or {}))
@@ -113,7 +114,10 @@ async def acking_clients(
     async def ack(client: ControlClient) -> None:
         async for push in client.pushes():
             await asyncio.sleep(delay_s)
-            await client.applied(push.version)
+            if refuse:
+                await client.failed(push.version, "upstream refused the update")
+            else:
+                await client.applied(push.version)
 
     async with contextlib.AsyncExitStack() as stack:
         for client in clients:

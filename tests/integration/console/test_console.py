@@ -10,6 +10,7 @@ import pytest
 import websockets
 from playwright.async_api import Page, expect
 
+from controlplane.policy_history import diff_documents
 from tests.integration.console.conftest import acking_clients, screenshot
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 
@@ -134,6 +135,14 @@ async def test_version_diff_between_two_versions(stack: ControlPlaneUnderTest, p
     await page.get_by_test_id("diff-from").select_option("2")
     await expect(page.get_by_test_id("diff-empty")).to_be_visible()
     assert page.url.endswith("/ui/policies/diffed?a=2&b=2"), "the chosen diff has its own URL"
+    # the console's diff is the CLI's (controlplane/policy_history.py), field for field
+    a = {"id": "p", "version": 1, "set": {"prompt": "x", "keyterms": ["a"]}, "match": {}}
+    b = {"id": "p", "version": 2, "set": {"prompt": "y"}, "lock": ["prompt"], "reason": "r"}
+    in_browser = await page.evaluate(
+        "async ([a, b]) => (await import('/ui/static/dom.js')).diffDocuments(a, b)", [a, b]
+    )
+    expected = diff_documents(a, b)
+    assert [{**c, "from": c.get("from"), "to": c.get("to")} for c in in_browser] == expected
 
 
 async def test_a_viewer_sees_no_mutating_control(stack: ControlPlaneUnderTest, page: Page) -> None:
@@ -208,6 +217,27 @@ async def test_experiment_page_shows_variant_shares_and_the_srm_verdict(
         await expect(verdict).to_have_attribute("data-mismatch", "false")
         await expect(verdict).to_have_attribute("data-verdict", "too few")
         await screenshot(page, "experiment")
+
+
+async def test_a_halted_rollout_shows_its_reason_on_the_policy_page_and_the_overview(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    guard = {"min_sessions": 2, "max_failure_ratio": 0.01}
+    doc = {"id": "halting", "match": {"labels": {"team": "halt"}}, "guard": guard}
+    async with acking_clients(stack, 2, {"team": "halt"}, refuse=True):
+        await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+        await stack.publish({**doc, "set": {"system_prompt": "refused"}})
+        row = page.locator('[data-testid=policy-row][data-policy="halting"]')
+        await expect(row.get_by_test_id("policy-halt")).to_contain_text("v1 halted")
+        await page.goto(f"{stack.base}/ui/policies/halting")
+        await expect(page.get_by_test_id("policy-state")).to_have_text("halted")
+        await expect(page.get_by_test_id("halt-reason")).to_contain_text("failure_ratio")
+        # a halted version is pushed no more: its sessions fall back (targeted 0), the guard's
+        # failures stay on its row
+        await expect(page.get_by_test_id("rollout-guard-failures")).to_have_text("2")
+        columns = {name: await figure(page, f"rollout-{name}") for name in ROLLOUT_COLUMNS}
+        assert sum(columns.values()) == await figure(page, "rollout-targeted") == 0
+        await screenshot(page, "policy-halted")
 
 
 async def test_overview_lists_policies_with_progress_and_sessions_by_kind(
