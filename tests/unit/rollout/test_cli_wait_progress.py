@@ -1,0 +1,79 @@
+"""``policy apply --wait`` decisions over rollout answers (controlplane.cli_rollout)."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from controlplane.cli_rollout import CONFIRM_S, progress, wait_for
+from controlplane.cliclient import ControlPlaneClient
+
+
+def row(version: int, **counts: int) -> dict[str, Any]:
+    base = dict.fromkeys(("pending", "sent", "acknowledged", "unverified", "rejected",
+                          "unchanged", "guard_failures"), 0)  # fmt: skip
+    base.update(counts)
+    base["targeted"] = sum(v for k, v in base.items() if k != "guard_failures")
+    return {"version": version, "variant": None, **base}
+
+
+def body(version: int, *rows: dict[str, Any], state: str = "active", halt: Any = None) -> Any:
+    return {"id": "p", "version": version, "status": "active", "state": state,
+            "versions": list(rows), "halt": halt}  # fmt: skip
+
+
+def test_sessions_still_on_another_version_are_not_converged() -> None:
+    p = progress(body(2, row(1, acknowledged=3), row(2, acknowledged=7)), 2)
+    assert (p.outcome, p.elsewhere, p.final, p.targeted) == (None, 3, 7, 7)
+    assert progress(body(2, row(2, acknowledged=10)), 2).outcome == "converged"
+
+
+def test_in_flight_rejected_halted_and_superseded() -> None:
+    assert progress(body(1, row(1, acknowledged=5, sent=1)), 1).outcome is None
+    assert progress(body(1, row(1, acknowledged=5, pending=1)), 1).outcome is None
+    assert progress(body(1, row(1, acknowledged=5, rejected=1)), 1).outcome == "rejected"
+    halted = body(1, row(1, acknowledged=5, sent=1), state="halted", halt={"version": 1})
+    assert progress(halted, 1).outcome == "halted"
+    rolled = body(2, row(2, acknowledged=5), state="rolled_back", halt={"version": 1})
+    assert progress(rolled, 1).outcome == "halted"
+    assert progress(rolled).outcome == "converged"  # --watch follows the rollback version
+    assert progress(body(3, row(3, acknowledged=5)), 2).outcome == "superseded"
+    variants = body(1, {**row(1, acknowledged=2), "variant": "a"},
+                    {**row(1, unverified=3), "variant": "b"})  # fmt: skip
+    p = progress(variants, 1)
+    assert (p.outcome, p.targeted, p.final) == ("converged", 5, 5)
+
+
+class Answers(ControlPlaneClient):
+    """A client whose rollout answers are given in advance (the last one repeats)."""
+
+    def __init__(self, *answers: Any) -> None:
+        super().__init__()
+        self.answers = list(answers)
+
+    def rollout_status(self, policy_id: str) -> dict[str, Any]:
+        answer: dict[str, Any] = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+        return answer
+
+
+def test_a_converged_view_is_confirmed_and_a_timeout_ends_the_wait() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    # a new policy's sessions on another replica are not counted yet in the first answer
+    client = Answers(body(1), body(1, row(1, acknowledged=4)))
+    err = io.StringIO()
+    outcome, p, _ = wait_for(client, "p", 1, timeout_s=30, interval_s=0.5, err=err,
+                             clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    assert (outcome, p.acknowledged) == ("converged", 4)
+    assert now[0] >= CONFIRM_S
+    assert "policy p version 1: 4/4 sessions final" in err.getvalue()
+
+    now[0] = 0.0
+    client = Answers(body(1, row(1, sent=2)))
+    outcome, p, _ = wait_for(client, "p", 1, timeout_s=3, interval_s=0.5, err=io.StringIO(),
+                             clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    assert (outcome, p.sent) == ("timeout", 2)
+    assert 3.0 <= now[0] < 3.6
