@@ -18,7 +18,7 @@ from controlplane.cli_rollout import EXIT_HALTED, EXIT_REJECTED, EXIT_TIMEOUT
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 from tests.integration.service.fleet import Fleet
 
-LIVE = 50  # the 1,000: docs/benchmarks.md#policy-apply---wait
+LIVE = 50  # the 1,000: loadtest/bench_apply_wait.py, docs/benchmarks.md
 
 
 @pytest.fixture
