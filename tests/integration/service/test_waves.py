@@ -101,9 +101,9 @@ async def test_a_version_advances_wave_by_wave_to_the_whole_fleet(
     await cp.publish(V1)
     a, b, c = await open_groups(fleet, 2)
 
-    await cp.publish(v2(1.0))
+    await cp.publish(v2(1.5))  # short, yet long enough to look at wave 1 under load
     for app in a:  # the first wave gets v2 at once
-        assert await got_v2(app, 0.9)
+        assert await got_v2(app, 1.4)
     waves = (await rollout(cp))["waves"]
     assert (waves["index"], waves["percent"], waves["state"]) == (0, 25, "advancing")
     assert waves["previous_version"] == 1 and waves["next_at"] is not None
