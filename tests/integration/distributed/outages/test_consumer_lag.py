@@ -26,8 +26,10 @@ async def test_a_consumer_that_stays_behind_makes_readyz_503_until_it_catches_up
     a = await cluster.start("node-a", readiness_stall_s=3.0, readiness_lag_s=1.0)
     assert a.service is not None
     handled: list[str] = []
+    go = asyncio.Event()  # the whole backlog is stored before the consumer moves on
 
     async def slow(ev: PolicyEvent) -> None:
+        await go.wait()
         await asyncio.sleep(HANDLER_S)
         handled.append(ev.policy_id)
 
@@ -35,17 +37,22 @@ async def test_a_consumer_that_stays_behind_makes_readyz_503_until_it_catches_up
     nc = await nats.connect(cluster.nats_url)
     try:
         js = nc.jetstream()
-        for i in range(EVENTS):
+
+        async def one(i: int) -> None:
             body = json.dumps(event({"id": f"lag{i}", "version": 1, "set": {}})).encode()
-            await js.publish(f"{cluster.subject_prefix}.policy.lag{i}", body)
+            await js.publish(f"{cluster.subject_prefix}.policy.lag{i}", body, timeout=20)
+
+        await asyncio.gather(*(one(i) for i in range(EVENTS)))
     finally:
         await nc.close()
+        go.set()
 
-    async def unready() -> dict[str, object] | None:
+    async def unready() -> dict[str, object] | None:  # behind (not "handler busy" while gated)
         ok, checks = await ready(a.http, a.base)
-        return None if ok else checks
+        reason = str(checks.get("failing", {}).get("policy_feed", ""))
+        return None if ok or not reason.startswith("policy consumer not keeping") else checks
 
-    checks = await eventually(unready, timeout=6)
+    checks = await eventually(unready, timeout=10)
     reason = checks["failing"]["policy_feed"]  # type: ignore[index]
     assert reason.startswith("policy consumer not keeping up: "), reason
     assert 0 < checks["policy_events_pending"] < EVENTS  # type: ignore[operator]
