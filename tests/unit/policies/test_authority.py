@@ -141,3 +141,13 @@ def test_a_clash_that_depends_on_live_labels_is_not_certain() -> None:
     assert not clash.certain
     # and on a session carrying both labels the lock wins at resolve time
     assert resolve(CLIENT, [DISCLOSURE, acme], EU).config["prompt"] == "This call is recorded."
+
+
+def test_a_default_under_a_higher_roles_lock_clashes_like_a_set() -> None:
+    app = policy("prompt-default", 2, defaults={"prompt": "Be brief."})
+    (clash,) = lock_clashes(app, 2, [DISCLOSURE])
+    assert (clash.field, clash.policy, clash.certain) == ("prompt", "eu-disclosure", True)
+    # at resolve time it never fills a locked field, even for a client without a prompt
+    keep = policy("keep-prompt", COMPLIANCE, lock=["prompt"])
+    assert "prompt" not in resolve({}, [keep, app], EU).config
+    assert resolve({}, [app], EU).config == {"prompt": "Be brief."}
