@@ -78,3 +78,26 @@ async def test_a_default_fills_only_sessions_whose_client_did_not_set_the_field(
 
 async def _equals(value: Any, expected: Any) -> bool:
     return bool(await value == expected)
+
+
+async def test_a_client_that_clears_its_value_gets_the_default_at_the_next_push(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    await cp.publish({"id": "prompt-default", "defaults": {"prompt": "Default prompt."}})
+    url = cp.ws_base + CONNECT + "&prompt=mine"
+    async with websockets.connect(url, additional_headers=HEADERS) as ws:
+        upstream_id = json.loads(await ws.recv())["id"]
+
+        async def prompt() -> Any:
+            return (await emulator.session(upstream_id))["config"].get("prompt")
+
+        assert await prompt() == "mine"
+        await ws.send(json.dumps({"type": "UpdateConfiguration", "prompt": ""}))
+        await eventually(lambda: _equals(prompt(), ""))
+        # like a client's change to an unlocked `set` field: not fought at once; the next
+        # resolution that reaches the session (here another policy's publish) brings it back
+        await cp.publish({"id": "terms", "set": {"keyterms": ["Acme"]}})
+        await eventually(lambda: _equals(prompt(), "Default prompt."))
+        entries = await cp.log(cp.live_by_upstream(upstream_id))
+        assert entries[-1]["cause"] == "policy"
+        assert entries[-1]["delta"] == {"prompt": "Default prompt.", "keyterms": ["Acme"]}
