@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from controlplane import audit_cli, cli_rollout, cli_status, policy_history
+from controlplane import audit_cli, cli_experiments, cli_rollout, cli_status, policy_history
 from controlplane.cliclient import DEFAULT_URL, ApiError, CliError, ControlPlaneClient
 from controlplane.serve import register as register_serve
 from controlplane.signing import add_sign_command
@@ -364,26 +364,15 @@ def _sessions_relabel(args: argparse.Namespace, client: ControlPlaneClient) -> i
 
 def _experiment_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     summary = client.experiment(args.key)
-
-    def human() -> str:
-        srm = summary.get("srm") or {}
-        rows = [
-            [v.get("name"), f"{v.get('weight'):g}%", f"{100 * v.get('expected_share', 0):.1f}%",
-             v.get("exposed"), f"{100 * v.get('exposed_share', 0):.1f}%"]
-            for v in summary.get("variants", [])
-        ]  # fmt: skip
-        head = (f"experiment {summary.get('experiment')} (iteration {summary.get('iteration')}, "
-                f"policy {summary.get('policy')}@{summary.get('version')}): "
-                f"{summary.get('exposed')} exposed")  # fmt: skip
-        table = _table(["VARIANT", "WEIGHT", "EXPECTED", "EXPOSED", "SHARE"], rows)
-        verdict = "MISMATCH" if srm.get("mismatch") else "ok"
-        line = (f"SRM ({srm.get('test')}): p = {srm.get('p_value', 1):.3g}, {verdict} "
-                f"(threshold {srm.get('threshold')}, "
-                f"from {srm.get('min_exposures')} exposures)")  # fmt: skip
-        return f"{head}\n{table}\n{line}"
-
-    _out(args, summary, human)
+    _out(args, summary, lambda: cli_experiments.summary_text(summary, _table))
     return 0
+
+
+def _experiment_verify(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    """Exit 1 when an exposure is not backed by its session's version log."""
+    report = cli_experiments.verify_report(client, args.key)
+    _out(args, report, lambda: cli_experiments.verify_text(report))
+    return 0 if report["ok"] else 1
 
 
 def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
@@ -515,6 +504,9 @@ def _register_client_commands(sub: Any) -> None:
         dest="action", required=True
     )
     p = add(experiments, "show", _experiment_show, "per-variant exposures and the SRM check")
+    p.add_argument("key")
+    p = add(experiments, "verify", _experiment_verify, "check each exposure against the "
+            "version-log entry it names; exit 1 if one is not backed")  # fmt: skip
     p.add_argument("key")
     p = add(experiments, "assignments", _assignments, "sticky variant assignments")
     p.add_argument("key")

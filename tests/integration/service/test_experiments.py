@@ -138,6 +138,11 @@ async def test_a_75_25_split_under_50_50_weights_is_a_sample_ratio_mismatch(
         assert await asyncio.to_thread(main, [*argv, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["srm"]["mismatch"] is True
 
+        verify = ["experiments", "verify", KEY, "--url", cp.base, "--token", "tok-viewer"]
+        assert await asyncio.to_thread(main, [*verify, "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report == {"experiment": KEY, "checked": 48, "ok": True, "problems": []}
+
 
 async def test_a_balanced_split_is_no_mismatch_and_the_control_arm_is_exposed_unchanged(
     cp_settings: Callable[..., Settings],
