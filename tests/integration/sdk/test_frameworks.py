@@ -3,8 +3,9 @@ pointed at the gateway by base URL only (docs/integrations.md#pipecat, #livekit-
 
 Each carries labels in its base URL (``/labels/{k=v,…}``), is targeted by a label-matching
 policy (the connect merge, then a new version's delta reaches the emulator), keeps the turn
-silences it chose against a policy ``defaults`` (issue #20), and is found in REST and the CLI by
-the upstream id it learns from ``Begin`` (pipecat logs it; LiveKit's stream exposes it).
+silences it chose against a policy ``defaults`` (issue #20), and is found in REST, the CLI and
+``audit at`` by the upstream id it learns from ``Begin`` (pipecat logs it; LiveKit's stream
+exposes it).
 
 The packages come from the ``frameworks`` extra (``make install``, ``.ci/run``). A missing
 package fails these tests with the install command; they never skip.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import re
+import time
 import warnings
 from collections.abc import Callable
 from types import ModuleType
@@ -88,6 +90,15 @@ async def check_found_and_targeted(
     entries = await cp.log(upstream_id)
     assert entries[-1]["cause"] == "policy" and entries[-1]["status"] == "sent"
     assert entries[-1]["delta"] == {"prompt": PROMPTS[1]}
+
+    # `audit at` by the same id: what the upstream ran at that instant
+    at = repr(time.time())
+    answer = await cp.call("GET", f"/v1/sessions/{upstream_id}/config-at?at={at}", expect=200)
+    assert answer["session_id"] == session["id"]
+    assert answer["config"]["prompt"] == PROMPTS[1]
+    assert answer["config"]["max_turn_silence_ms"] == silences[1]
+    code, cli_answer = await _cli_json(cp, capsys, "audit", "at", upstream_id, at)
+    assert code == 0 and cli_answer["config"] == answer["config"]
 
 
 async def test_pipecat_assemblyai_stt_through_the_gateway_by_base_url(
