@@ -101,3 +101,18 @@ async def test_a_client_that_clears_its_value_gets_the_default_at_the_next_push(
         entries = await cp.log(cp.live_by_upstream(upstream_id))
         assert entries[-1]["cause"] == "policy"
         assert entries[-1]["delta"] == {"prompt": "Default prompt.", "keyterms": ["Acme"]}
+
+
+async def test_a_bad_default_is_refused_naming_the_field_and_the_limit(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    bad = {"id": "turn-defaults", "defaults": {"max_turn_silence_ms": 10_001}}
+    answer = await cp.call("POST", "/v1/policies", body=bad, expect=422)
+    assert answer["error"]["code"] == "invalid_policy"
+    (violation,) = answer["error"]["details"]["violations"]
+    assert (violation["field"], violation["rule"], violation["limit"]) == (
+        "defaults.max_turn_silence_ms",
+        "max",
+        10_000,
+    )
+    assert cp.service.store.records() == []  # nothing was written
