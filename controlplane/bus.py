@@ -196,11 +196,12 @@ class UndecodableEvent(ValueError):
         self.type = type
 
 
-def decode_event(data: bytes) -> PolicyEvent:
+def decode_event(data: bytes, max_bytes: int = MAX_EVENT_BYTES) -> PolicyEvent:
     """Decode one message body; raises ``UndecodableEvent`` for any input it cannot decode
-    (module docstring), never another exception."""
-    if len(data) > MAX_EVENT_BYTES:
-        raise UndecodableEvent(f"event of {len(data)} bytes is over {MAX_EVENT_BYTES} bytes")
+    (module docstring), never another exception. ``max_bytes``: the size bound (the stream's
+    by default; the embedded policy files have their own, controlplane.policy_files)."""
+    if len(data) > max_bytes:
+        raise UndecodableEvent(f"event of {len(data)} bytes is over {max_bytes} bytes")
     try:
         raw = json.loads(data)
     except RecursionError:  # the C decoder recurses once per level

@@ -13,8 +13,11 @@ A file is written once: to a temporary name, fsync'd, hard-linked to its final n
 fails if the name exists: a version is never written twice) and the directory fsync'd, so a
 crash (``kill -9``, power loss) leaves either the whole event or nothing. Replay order is per
 policy, by version, then its wave steps by seq, then its halt. A file that does not parse back
-to the event its name promises stops the start (``policy_store_corrupt``): replaying around a lost
-version could hand its number to different content.
+to the event its name promises stops the start (``policy_store_corrupt``, naming the file and why):
+replaying around a lost version could hand its number to different content, and quarantining
+the file would free its name for exactly that. Files are decoded by ``bus.decode_event`` (the
+consumer's hardened decoder, bounded by ``MAX_FILE_BYTES``), so any damage, a 5,000-deep
+nesting included, is that one clear error, never a traceback.
 
 Writes are blocking file I/O: the service runs them in a worker thread (``asyncio.to_thread``).
 """
@@ -31,18 +34,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
-from controlplane.bus import PolicyEvent
-from controlplane.errors import Conflict, ControlPlaneError, Unavailable
+from controlplane.bus import PolicyEvent, UndecodableEvent, decode_event
+from controlplane.errors import Conflict, ControlPlaneError, PayloadTooLarge, Unavailable
 from controlplane.policy_store import Change, PolicyStore
 from policies.model import parse_policy
 
-__all__ = ["DurableIntake", "PolicyFiles", "PolicyFilesCorrupt"]
+__all__ = ["MAX_FILE_BYTES", "DurableIntake", "PolicyFiles", "PolicyFilesCorrupt"]
 
 log = logging.getLogger(__name__)
 
 _NAME: Final = re.compile(r"^([1-9][0-9]{0,15})(\.halted|\.wave-[1-9][0-9]{0,15})?\.json$")
 _POLICY_ID: Final = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _TMP_PREFIX: Final = ".tmp-"
+# one stored event: a policy document (a request body of at most 1 MiB) re-encoded as JSON
+# plus the event's fields; JSON escaping at most multiplies a body by 6, so nothing this
+# service writes comes near it. Bounds the read of a damaged file (and the write, to match).
+MAX_FILE_BYTES: Final = 16 * 1024 * 1024
 
 
 class PolicyFilesCorrupt(ControlPlaneError):
@@ -85,6 +92,12 @@ class PolicyFiles:
             folder.mkdir(exist_ok=True)
             _fsync_dir(self.root)
         data = json.dumps(event.to_json(), ensure_ascii=False, sort_keys=True).encode()
+        if len(data) > MAX_FILE_BYTES:  # never store what the replay would refuse
+            raise PayloadTooLarge(
+                f"policy {event.policy_id!r} version {event.version} is {len(data)} bytes "
+                f"stored, over the policy store's {MAX_FILE_BYTES}",
+                code="policy_too_large",
+            )
         tmp = folder / f"{_TMP_PREFIX}{target.name}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -139,10 +152,11 @@ class PolicyFiles:
 
     @staticmethod
     def _read(path: Path, policy_id: str, version: int, order: int, seq: int) -> PolicyEvent:
-        try:
-            event = PolicyEvent.from_json(json.loads(path.read_bytes()))
-        except (OSError, ValueError) as exc:
-            raise PolicyFilesCorrupt(f"policy store file {path} cannot be read: {exc}") from exc
+        try:  # the hardened decoder: any damage (deep nesting too) is UndecodableEvent
+            with path.open("rb") as stored:  # a damaged file may be huge: read one byte over
+                event = decode_event(stored.read(MAX_FILE_BYTES + 1), max_bytes=MAX_FILE_BYTES)
+        except (OSError, UndecodableEvent) as exc:
+            raise PolicyFilesCorrupt(f"policy store file {path} cannot be read: {exc}") from None
         if (
             event.policy_id != policy_id
             or event.version != version

@@ -178,14 +178,27 @@ def test_kill_9_mid_rollout_then_restart_keeps_every_version_and_never_reuses_a_
     assert f"tone@3={digest[:12]}" in shown.stdout
 
 
-def test_serve_refuses_to_start_on_a_policy_file_it_cannot_replay(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        ('{"type": "policy.publ', "not JSON"),  # damaged outside the service
+        ("[" * 5000 + "]" * 5000, "nested deeper than 32 levels"),  # was a RecursionError
+    ],
+    ids=["truncated", "5000-deep"],
+)
+def test_serve_refuses_to_start_on_a_policy_file_it_cannot_replay(
+    tmp_path: Path, damage: str, reason: str
+) -> None:
+    """A stored file is an event this node accepted: a damaged one stops the start with one
+    clear line (quarantining it would free its version number for other content)."""
     stored = tmp_path / "data" / "policies" / "tone"
     stored.mkdir(parents=True)
-    (stored / "1.json").write_text('{"type": "policy.publ')  # damaged outside the service
+    (stored / "1.json").write_text(damage)
     env = _env(tmp_path, CONTROLPLANE_TOKENS=f"admin:{TOKEN}")
     done = subprocess.run(
         [EXE, "serve", "--listen", f"127.0.0.1:{free_port()}"], env=env,
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 1
-    assert f"policy store file {stored / '1.json'} cannot be read" in done.stderr
+    assert f"policy store file {stored / '1.json'} cannot be read: {reason}" in done.stderr
+    assert "Traceback" not in done.stderr and "RecursionError" not in done.stderr

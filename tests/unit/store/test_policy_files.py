@@ -78,7 +78,10 @@ def test_a_write_interrupted_by_a_crash_leaves_nothing_that_replays(tmp_path: Pa
         ("2.json", json.dumps(_event(3).to_json()), "not what its name says"),
         ("2.halted.json", json.dumps(_event(2).to_json()), "not what its name says"),
         ("notes.txt", "hello", "unexpected file"),
+        ("2.json", "[" * 5000 + "]" * 5000, "nested deeper than 32 levels"),
+        ("2.json", '{"policy": ' * 5000 + "1" + "}" * 5000, "nested deeper than 32 levels"),
     ],
+    ids=["truncated", "other-version", "not-a-halt", "stray-file", "deep-array", "deep-object"],
 )
 def test_a_file_that_does_not_replay_stops_the_start_naming_it(
     tmp_path: Path, name: str, content: str, problem: str
