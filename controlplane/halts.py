@@ -158,15 +158,14 @@ class Halts:
                         version, "rollback" if to else "retirement", exc.message)  # fmt: skip
 
     # -- applying ------------------------------------------------------------------------
-    async def apply(self, event: PolicyEvent, received: float) -> None:
-        """A ``policy.halted`` event from the bus (every replica, in stream order)."""
+    async def apply(self, event: PolicyEvent, received: float) -> str:
+        """A ``policy.halted`` event from the bus (every replica, in stream order); returns
+        its result, ``applied`` or ``ignored`` (the service counts it, once)."""
         halt = self._store.halt(event)
         if halt is None:
-            self._metrics.policy_events.labels(event.type, "ignored").inc()
             log.info("policy event %s ignored (not the current version, or already halted)",
                      event.msg_id)  # fmt: skip
-            return
-        self._metrics.policy_events.labels(event.type, "applied").inc()
+            return "ignored"
         action = self._deciding.pop((event.policy_id, event.version), None)
         if action is not None:  # decided here: counted as it becomes visible, not after
             self._metrics.rollout_halts.labels(event.policy_id, action).inc()
@@ -190,6 +189,7 @@ class Halts:
         relevant = [p for p in (halted, fallback.policy if fallback else None) if p is not None]
         await self.reconcile(self._engine.live.values(), cause="policy", event_at=received,
                              relevant=relevant)  # fmt: skip
+        return "applied"
 
     # -- per-session policy sets ---------------------------------------------------------
     def pins(self, ls: LiveSession) -> frozenset[tuple[str, int]]:

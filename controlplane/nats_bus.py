@@ -407,8 +407,8 @@ class NatsPolicyBus:
         try:
             for handler in self._handlers:
                 await handler(event)
-        except Exception:  # a bug of ours: redelivery would hit it again; count and go on
-            self._metrics.policy_events.labels(event.type, "error").inc()
+        except Exception:  # a bug of ours: redelivery would hit it again; go on. Not counted
+            # here: the handler (ControlPlane._on_event) counts every event it gets, once
             log.exception("policy event %s (seq %d) failed in its handler", event.msg_id, seq)
             await msg.term()
         else:

@@ -297,41 +297,44 @@ class ControlPlane:
                          policy_id, version, wait_s)  # fmt: skip
 
     async def _on_event(self, event: PolicyEvent) -> None:
+        """The bus's handler. Each event is counted here exactly once, with the result of all
+        of its handling (``controlplane_policy_events_total``): ``applied`` / ``ignored`` /
+        ``invalid``, or ``error`` when any step raised, even one after the store took it (the
+        sessions may not have been reconciled; the exception goes on to the bus, which counts
+        only what it refuses before a handler: controlplane.nats_bus)."""
+        result = "error"
         try:
-            await self._dispatch(event)
+            result = await self._dispatch(event)
         finally:
+            self.metrics.policy_events.labels(event.type, result).inc()
             self.waves.refresh(event.policy_id)
             self.waves.poke()
 
-    async def _dispatch(self, event: PolicyEvent) -> None:
+    async def _dispatch(self, event: PolicyEvent) -> str:
         received = self.clock.monotonic()
         if event.type == "policy.halted":
             await self.intake.before_halt(event)
-            await self.halts.apply(event, received)
-            return
+            return await self.halts.apply(event, received)
         if event.type == "policy.wave":
             await self.intake.before_wave(event)
-            await self.waves.apply(event, self._reconcile_wave, received)
-            return
+            return await self.waves.apply(event, self._reconcile_wave, received)
         try:
             change = await self.intake.apply(event)
         except PolicyValidationError as exc:
-            self.metrics.policy_events.labels(event.type, "invalid").inc()
             log.warning("policy event %s refused: %s", event.msg_id, exc)
-            return
+            return "invalid"
         if change is None:
-            self.metrics.policy_events.labels(event.type, "ignored").inc()
             log.info("policy event %s ignored (duplicate, older version or role below the "
                      "owner's)", event.msg_id)  # fmt: skip
             # its publisher stops waiting and finds out why (_publish)
             current = self.store.current_version(event.policy_id)
             self._waiters.reached(event.policy_id, max(current, event.version))
-            return
-        self.metrics.policy_events.labels(event.type, "applied").inc()
+            return "ignored"
         try:
             await self._reconcile_change(change, event.cause, received)
         finally:
             self._waiters.reached(event.policy_id, self.store.current_version(event.policy_id))
+        return "applied"
 
     async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
         relevant = [p for p in (change.before, change.after, change.fallback) if p is not None]

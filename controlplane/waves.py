@@ -235,15 +235,14 @@ class Waves:
         return True
 
     # -- applying ------------------------------------------------------------------------
-    async def apply(self, event: PolicyEvent, reconcile: Reconcile, received: float) -> None:
-        """A ``policy.wave`` event from the bus (every replica, in stream order)."""
+    async def apply(self, event: PolicyEvent, reconcile: Reconcile, received: float) -> str:
+        """A ``policy.wave`` event from the bus (every replica, in stream order); returns its
+        result, ``applied`` or ``ignored`` (the service counts it, once)."""
         state = self._store.wave(event)
         if state is None:
-            self._metrics.policy_events.labels(event.type, "ignored").inc()
             log.info("policy event %s ignored (not the next wave step of the active version)",
                      event.msg_id)  # fmt: skip
-            return
-        self._metrics.policy_events.labels(event.type, "applied").inc()
+            return "ignored"
         action = str((event.wave or {}).get("action"))
         self._metrics.rollout_wave_steps.labels(event.policy_id, action).inc()
         log.info("policy %s v%d: wave %s (%d of %d, %s%%) by %s", event.policy_id,
@@ -253,6 +252,7 @@ class Waves:
         if action in ("advance", "promote"):
             relevant = [p for p in (state.policy, state.previous) if p is not None]
             await reconcile(relevant, received)
+        return "applied"
 
     def refresh(self, policy_id: str) -> None:
         """Set the wave gauges of one policy from the store."""
