@@ -250,6 +250,7 @@ def watch(
     as_json: bool,
     table: Callable[[Sequence[str], Any], str],
     out: TextIO | None = None,
+    clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """``policy rollout ID --watch``: print the rollout whenever it changes until the current
@@ -271,7 +272,7 @@ def watch(
                     stream.write(("\x1b[H\x1b[2J" if tty else "") + text + "\n\n")
                 stream.flush()
             p = progress(body)
-            if _settled(p, seen, time.monotonic()):
+            if _settled(p, seen, clock()):
                 assert p.outcome is not None
                 if not as_json:
                     print(f"{p.outcome}: {p.line()}", file=sys.stderr)

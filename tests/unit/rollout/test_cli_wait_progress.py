@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
-from controlplane.cli_rollout import CONFIRM_S, progress, wait_for
+from controlplane.cli_rollout import CONFIRM_S, EXIT_HALTED, progress, wait_for, watch
 from controlplane.cliclient import ControlPlaneClient
 
 
@@ -77,3 +78,22 @@ def test_a_converged_view_is_confirmed_and_a_timeout_ends_the_wait() -> None:
                              clock=lambda: now[0], sleep=sleep)  # fmt: skip
     assert (outcome, p.sent) == ("timeout", 2)
     assert 3.0 <= now[0] < 3.6
+
+
+def test_watch_json_prints_one_line_per_change_and_ends_on_convergence() -> None:
+    now = [0.0]
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    answers = [body(2, row(1, acknowledged=2), row(2, sent=1)),
+               body(2, row(2, sent=3)), body(2, row(2, acknowledged=3))]  # fmt: skip
+    out = io.StringIO()
+    code = watch(Answers(*answers), "p", interval_s=0.5, as_json=True, table=lambda h, r: "",
+                 out=out, clock=lambda: now[0], sleep=sleep)  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert lines == answers  # each change once, the repeated last answer not again
+    halted = body(1, row(1, sent=1), state="halted", halt={"version": 1})
+    assert watch(Answers(halted), "p", interval_s=0.5, as_json=True, table=lambda h, r: "",
+                 out=io.StringIO(), clock=lambda: now[0], sleep=sleep) == EXIT_HALTED  # fmt: skip
