@@ -41,6 +41,9 @@ async def test_login_by_fragment_keeps_the_token_out_of_the_address_bar(
     await page.get_by_test_id("login-token").fill("tok-viewer")
     await page.get_by_test_id("login-submit").click()
     await expect(page.get_by_role("heading", name="Overview")).to_be_visible()
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("login-form")).to_be_visible()
+    assert await page.evaluate("sessionStorage.getItem('controlplane.token')") is None
 
 
 async def test_live_rollout_reaches_100_percent_after_a_publish_without_a_reload(
