@@ -12,6 +12,7 @@ import os
 import shutil
 import ssl
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +26,7 @@ from emulator.assets import pattern_audio
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 from tests.integration.sdk.test_tokens import tls_cp
+from tests.integration.sdk.test_upstream_ids import _cli_json
 from tests.integration.service.conftest import Emulator
 from tests.support.tls import self_signed
 
@@ -74,7 +76,12 @@ async def tls_emulator(cert: Path, key: Path) -> AsyncIterator[int]:
 
 
 async def test_js_sdk_over_tls_to_the_gateway_with_path_labels_and_a_token(
-    node: str, cp_settings: Callable[..., Settings], emulator: Emulator, tmp_path: Path
+    node: str,
+    cp_settings: Callable[..., Settings],
+    emulator: Emulator,
+    tmp_path: Path,
+    capsys: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cert, key = self_signed(tmp_path)
     async with tls_cp(cp_settings(tls_cert=cert, tls_key=key)) as cp:
@@ -93,6 +100,17 @@ async def test_js_sdk_over_tls_to_the_gateway_with_path_labels_and_a_token(
         assert finals and "Zephyr" in finals[0]["transcript"]  # the policy's keyterm
         upstream = await emulator.session(upstream_id)
         assert upstream["connect"]["auth"] == "token"
+        # the CLI and `audit at` by the same id (the CLI trusts the test certificate)
+        monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+        code, shown = await _cli_json(cp, capsys, "sessions", "show", upstream_id)
+        assert code == 0 and shown["id"] == session["id"]
+        at = repr(time.time())
+        answer = await cp.call("GET", f"/v1/sessions/{upstream_id}/config-at?at={at}", expect=200)
+        assert answer["session_id"] == session["id"]
+        assert answer["config"]["keyterms"] == ["Zephyr"]
+        code, cli_answer = await _cli_json(cp, capsys, "audit", "at", upstream_id, at)
+        assert code == 0 and cli_answer["session_id"] == session["id"]
+        assert cli_answer["config"] == answer["config"]
 
 
 async def test_js_sdk_over_tls_to_the_emulator(node: str, tmp_path: Path) -> None:
