@@ -11,11 +11,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import yaml
 
+from controlplane.bus import EventType
 from tests.integration.deploy.conftest import ROOT
 from tests.support.servers import free_port, wait_port
 
@@ -230,3 +231,42 @@ def test_dashboard_is_importable_grafana_json() -> None:
     titles = " | ".join(p["title"] for p in dashboard["panels"]).lower()
     for needle in ("sessions by kind and state", "push latency", "apply latency", "convergence"):
         assert needle in titles
+
+
+def markdown_anchors(text: str) -> set[str]:
+    """GitHub-style anchors of the headings of a markdown file."""
+    anchors: set[str] = set()
+    for line in text.splitlines():
+        if line.startswith("#") and not line.startswith("#!"):
+            title = line.lstrip("#").strip().lower()
+            anchors.add(re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-"))
+    return anchors
+
+
+def test_every_alert_has_a_runbook_section_in_deploy_docs() -> None:
+    anchors = markdown_anchors((ROOT / "docs" / "deploy.md").read_text(encoding="utf-8"))
+    for rule in alert_rules():
+        url = rule["annotations"]["runbook_url"]
+        path, _, anchor = url.partition("#")
+        assert path == "docs/deploy.md", rule["alert"]
+        assert anchor == rule["alert"].lower() and anchor in anchors, (rule["alert"], url)
+
+
+def test_dashboard_annotates_publishes_halts_and_rollbacks(exposition: str) -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    by_name = {a["name"]: a for a in dashboard["annotations"]["list"] if not a.get("builtIn")}
+    assert {"Publishes", "Halts", "Rollbacks"} <= set(by_name)
+    families, samples = exported_families(exposition), sample_names(exposition)
+    for annotation in by_name.values():
+        expr = annotation["expr"]
+        assert annotation["enable"] and annotation["datasource"]["uid"] == "${datasource}"
+        assert expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), expr
+        names = METRIC_NAME.findall(expr)
+        assert names and all(is_exported(n, families, samples) for n in names), expr
+    assert 'type="policy.published"' in by_name["Publishes"]["expr"]
+    assert "controlplane_policy_events_total" in by_name["Publishes"]["expr"]
+    assert "controlplane_rollout_halts_total" in by_name["Halts"]["expr"]
+    assert 'action="rollback"' in by_name["Rollbacks"]["expr"]
+    # the label values are the ones the service emits
+    assert "policy.published" in get_args(EventType)
+    assert '"rollback"' in (ROOT / "controlplane" / "halts.py").read_text(encoding="utf-8")
