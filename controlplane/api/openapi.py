@@ -211,6 +211,22 @@ _PATHS: dict[str, Any] = {
             params=_P,
         )
     },
+    "/v1/policies/{policy_id}/rollout/stream": {
+        "get": _op(
+            "rollout_stream",
+            "The rollout status as server-sent events: an event `rollout` (data: the Rollout "
+            "JSON) at once and on every change (checked every 250 ms), a `: heartbeat` comment "
+            'after 15 s of silence, an event `end` (data: {"reason": "draining" | '
+            '"not_found"}) before the stream closes',
+            _V,
+            {
+                "description": "an endless text/event-stream (docs/api.md#rollout-stream)",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            errors=(400, 404),
+            params=_P,
+        )
+    },
     "/v1/policies/{policy_id}/rollback": {
         "post": _op(
             "rollback_policy",

@@ -16,6 +16,7 @@ __all__ = ["ControlPlaneAPI"]
 
 class ControlPlaneAPI(Protocol):
     node_id: str
+    draining: bool  # set when the service shuts down: event streams end
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """(ready, named checks) for /readyz."""

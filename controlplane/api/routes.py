@@ -21,6 +21,7 @@ from aiohttp import web
 from controlplane.api.auth import PRINCIPAL, Role, check_publish_allowed, install_tokens, require
 from controlplane.api.documents import DocumentReader
 from controlplane.api.errors import error_middleware, install_log_redaction
+from controlplane.api.events import rollout_stream
 from controlplane.api.inputs import (
     MAX_BODY_BYTES,
     check_query,
@@ -73,6 +74,7 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("DELETE", "/v1/policies/{policy_id}", "retire_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),
+    RouteSpec("GET", "/v1/policies/{policy_id}/rollout/stream", "rollout_stream", Role.VIEWER),
     RouteSpec("POST", "/v1/policies/{policy_id}/rollback", "rollback_policy", Role.EXPERIMENTER),
     # progressive waves (docs/policies.md#waves): the same ownership rules as a rollback
     RouteSpec("POST", "/v1/policies/{policy_id}/promote", "promote_policy", Role.EXPERIMENTER),
@@ -304,6 +306,10 @@ class _Handlers:
         check_query(request.query, ())
         policy_id = path_param(request, "policy_id")
         return web.json_response(await self._service.rollout_status(policy_id))
+
+    async def rollout_stream(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        return await rollout_stream(request, self._service, path_param(request, "policy_id"))
 
     async def rollback_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())

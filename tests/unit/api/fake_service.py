@@ -51,6 +51,7 @@ class FakeControlPlane:
     """In-memory stand-in for controlplane.service.ControlPlane (answers, records calls)."""
 
     node_id = "node-a"
+    draining = False
 
     def __init__(self) -> None:
         self.calls: list[tuple[Any, ...]] = []

@@ -36,6 +36,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "retire_policy": ("/v1/policies/eu-disclosure", None),
     "policy_versions": ("/v1/policies/eu-disclosure/versions", None),
     "rollout_status": ("/v1/policies/eu-disclosure/rollout", None),
+    "rollout_stream": ("/v1/policies/eu-disclosure/rollout/stream", None),
     "rollback_policy": ("/v1/policies/eu-disclosure/rollback", {"to": 1}),
     "promote_policy": ("/v1/policies/eu-disclosure/promote", None),
     "pause_policy": ("/v1/policies/eu-disclosure/pause", None),
@@ -80,6 +81,12 @@ async def test_role_matrix(spec: RouteSpec, caller: str) -> None:
         if data is not None:
             headers["Content-Type"] = "application/json"
         resp = await client.request(spec.method, path, data=data, headers=headers)
+        if resp.status == 200 and spec.handler == "rollout_stream":  # endless: the first event
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            assert (await resp.content.readline()).startswith(b"event: rollout")
+            resp.close()
+            assert expected(spec, caller) == 200
+            return
         payload = await resp.json()
         want = expected(spec, caller)
         assert resp.status == want, payload
