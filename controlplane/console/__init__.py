@@ -2,7 +2,8 @@
 
 Every page is the same shell (``static/index.html``) plus ES modules; the browser router picks
 the page from the path (``/ui/``, ``/ui/policies/{id}``, ``/ui/sessions/{id}``), and each page
-polls the REST API about once a second with the user's token (``sessionStorage``, or a
+polls the REST API about once a second (the policy page follows its rollout's server-sent event
+stream, polling only while the stream is down) with the user's token (``sessionStorage``, or a
 ``#token=`` fragment). The assets ship inside the package (no CDN, no external fonts, no build
 step). Nothing here authenticates: the pages hold no data, the REST API checks every call.
 docs/console.md lists the pages and their ``data-testid`` attributes.

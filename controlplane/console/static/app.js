@@ -1,6 +1,8 @@
 // The console's shell: token, REST calls, router and the live refresh (docs/console.md).
 // Pages are modules exporting `mount(main, params)` -> {refresh(): Promise<void>}; the shell
-// calls refresh() about once a second (never two at once) while the page is shown.
+// calls refresh() about once a second (never two at once) while the page is shown; refresh()
+// may answer "stream" when the page follows a server-sent event stream (then it polls nothing),
+// and stop() (optional) is called when the page goes.
 import { el, ApiError } from "./dom.js";
 
 const TOKEN_KEY = "controlplane.token";
@@ -34,6 +36,36 @@ export async function api(path) {
   return body;
 }
 
+/** Read a server-sent event stream with the token in the Authorization header (fetch, not
+ * EventSource: no token in the URL); calls `onEvent(name, data)` per event until the stream
+ * ends (resolves) or fails (throws ApiError on a refusal). `signal` aborts it. */
+export async function stream(path, onEvent, signal) {
+  const resp = await fetch(path, {
+    headers: { Authorization: `Bearer ${token()}`, Accept: "text/event-stream" },
+    cache: "no-store", signal,
+  });
+  if (!resp.ok || !resp.body) throw new ApiError(resp.status, String(resp.status), "stream refused");
+  const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += value;
+    let cut;
+    while ((cut = buf.indexOf("\n\n")) >= 0) {
+      const block = buf.slice(0, cut);
+      buf = buf.slice(cut + 2);
+      let name = "message";
+      let data = "";
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event: ")) name = line.slice(7);
+        else if (line.startsWith("data: ")) data += line.slice(6);
+      }
+      if (data) await onEvent(name, JSON.parse(data));
+    }
+  }
+}
+
 /** Every item of a paginated list (`{items, next}`), following `next` up to `maxPages`. */
 export async function apiAll(path, maxPages = 20) {
   const items = [];
@@ -64,6 +96,7 @@ function takeFragment() {
 function stop() {
   generation += 1;
   if (current && current.timer) clearTimeout(current.timer);
+  if (current && current.page.stop) current.page.stop();
   current = null;
 }
 
@@ -86,17 +119,18 @@ function login(main, message) {
   input.focus();
 }
 
-function setLive(text, isError) {
+function setLive(text, isError, source) {
   const live = document.querySelector("[data-testid=live-status]");
   live.textContent = text;
+  live.dataset.source = source || ""; // "stream" (server-sent events) or "poll"
   live.classList.toggle("error", Boolean(isError));
 }
 
 async function tick(state) {
   if (state.generation !== generation) return;
   try {
-    await state.page.refresh();
-    setLive(`live · updated ${new Date().toLocaleTimeString()}`, false);
+    const source = (await state.page.refresh()) || "poll";
+    setLive(`live (${source}) · updated ${new Date().toLocaleTimeString()}`, false, source);
   } catch (err) {
     if (err instanceof ApiError && err.status === 401) {
       login(document.getElementById("main"), "That token was not accepted (401). Sign in again.");

@@ -1,6 +1,6 @@
 // /ui/policies/{id}: the current version's live rollout, rows per version and variant, guard
 // state and halt, versions (actor, time, reason) and a diff between any two versions.
-import { api, apiAll } from "./app.js";
+import { api, apiAll, stream } from "./app.js";
 import { badge, bar, diffDocuments, el, json, section, short, when } from "./dom.js";
 
 // every row's `targeted` is the sum of these (docs/api.md, GET /v1/policies/{id}/rollout)
@@ -137,17 +137,46 @@ export function mount(main, { id }) {
         + `at ${waves.percent} %, ${waves.state}`) : null));
   }
 
+  async function show(body) {
+    const mark = `${body.version}/${body.status}/${body.state}`;
+    if (mark !== seen) {
+      records = await apiAll(`/v1/policies/${encodeURIComponent(id)}/versions?limit=100`);
+      seen = mark;
+      renderVersions();
+      renderDiff();
+    }
+    renderRollout(body);
+  }
+
+  // the rollout follows GET .../rollout/stream (server-sent events); while it is not up, the
+  // shell's once-a-second refresh() polls instead, and the stream is retried every 5 s
+  const live = { on: false, stopped: false, abort: null, retry: null };
+  async function follow() {
+    live.abort = new AbortController();
+    try {
+      await stream(`/v1/policies/${encodeURIComponent(id)}/rollout/stream`, async (name, body) => {
+        if (name !== "rollout") return;
+        await show(body);
+        live.on = true;
+      }, live.abort.signal);
+    } catch {
+      // refused or broken: polling takes over (a 401 sends the poll to the sign-in form)
+    }
+    live.on = false;
+    if (!live.stopped) live.retry = setTimeout(follow, 5000);
+  }
+  follow();
+
   return {
     async refresh() {
-      const body = await api(`/v1/policies/${encodeURIComponent(id)}/rollout`);
-      const mark = `${body.version}/${body.status}/${body.state}`;
-      if (mark !== seen) {
-        records = await apiAll(`/v1/policies/${encodeURIComponent(id)}/versions?limit=100`);
-        seen = mark;
-        renderVersions();
-        renderDiff();
-      }
-      renderRollout(body);
+      if (live.on) return "stream";
+      await show(await api(`/v1/policies/${encodeURIComponent(id)}/rollout`));
+      return "poll";
+    },
+    stop() {
+      live.stopped = true;
+      clearTimeout(live.retry);
+      if (live.abort) live.abort.abort();
     },
   };
 }

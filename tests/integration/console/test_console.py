@@ -58,12 +58,17 @@ async def test_live_rollout_reaches_100_percent_after_a_publish_without_a_reload
             "data-percent", "100"
         )
         await page.evaluate("window.__sameDocument = true")
+        # the page follows the rollout stream (server-sent events), it does not poll /rollout
+        await expect(page.get_by_test_id("live-status")).to_have_attribute("data-source", "stream")
+        polls: list[str] = []
+        page.on("request", lambda r: polls.append(r.url) if r.url.endswith("/rollout") else None)
         await stack.publish({**doc, "set": {"system_prompt": "two"}})
         await expect(page.get_by_test_id("policy-version")).to_have_text("2")
         await expect(page.get_by_test_id("rollout-percent")).to_have_attribute(
             "data-percent", "100", timeout=10_000
         )
         assert await page.evaluate("window.__sameDocument") is True, "the page was reloaded"
+        assert polls == [], "the rollout was polled, not streamed"
         acked_bar = page.locator("[data-testid=rollout-bar] span.s-acknowledged")
         assert await acked_bar.evaluate("e => e.style.width") == "100%"
         targeted = await figure(page, "rollout-targeted")
@@ -76,6 +81,23 @@ async def test_live_rollout_reaches_100_percent_after_a_publish_without_a_reload
         (row,) = [r for r in api["versions"] if r["version"] == 2]
         assert row["acknowledged"] == 3
         await screenshot(page, "policy")
+
+
+async def test_policy_page_polls_when_the_rollout_stream_fails(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    await page.route("**/rollout/stream", lambda route: route.abort())
+    doc = {"id": "polled", "match": {"labels": {"team": "polled"}}}
+    async with acking_clients(stack, 2, {"team": "polled"}, delay_s=0.2):
+        await stack.publish({**doc, "set": {"system_prompt": "one"}})
+        await page.goto(f"{stack.base}/ui/policies/polled#token=tok-viewer")
+        await expect(page.get_by_test_id("policy-version")).to_have_text("1")
+        await expect(page.get_by_test_id("live-status")).to_have_attribute("data-source", "poll")
+        await stack.publish({**doc, "set": {"system_prompt": "two"}})
+        await expect(page.get_by_test_id("policy-version")).to_have_text("2")
+        await expect(page.get_by_test_id("rollout-percent")).to_have_attribute(
+            "data-percent", "100", timeout=10_000
+        )
 
 
 async def test_session_timeline_shows_the_push_live(
