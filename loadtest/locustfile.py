@@ -44,7 +44,10 @@ the control channel), ``LT_API_KEY`` (upstream key the gateway forwards; default
 random per process — set the same value on every worker in distributed mode),
 ``LT_POLICY_ID`` (``loadtest``), ``LT_PROMPT_CHARS`` (165), ``LT_KEYTERMS`` (0),
 ``LT_AUDIO`` (``turns`` or ``silence``), ``LT_STREAMING_MODEL``, ``LT_CONVERGENCE_TIMEOUT_S``
-(10). Convergence needs the publisher and the sessions in the same process (run locust
+(10), ``LT_KEEP_POLICY`` (``1`` keeps the run's policy; by default it is retired when the run
+ends). A preflight stops the run (exit code 2) when ``--host`` is unreachable or refuses
+``LT_TOKEN``; ``--csv PREFIX`` adds ``PREFIX_summary.json`` with the SLO verdict (docs/loadtest.md).
+Convergence needs the publisher and the sessions in the same process (run locust
 without workers, or read propagation only).
 """
 
@@ -72,6 +75,14 @@ from locust.runners import STATE_CLEANUP, STATE_STOPPED, STATE_STOPPING, WorkerR
 from locust.user.users import LOCUST_STATE_STOPPING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from archive import (
+    PreflightError,
+    final_stats_csv,
+    preflight,
+    retire_policy,
+    summary_path,
+    write_summary,
+)
 from common import (
     AGENT_RATE,
     FRAME_MS,
@@ -114,6 +125,7 @@ KEYTERMS = int(_env("LT_KEYTERMS", "0"))
 AUDIO = _env("LT_AUDIO", "turns")
 MODEL = _env("LT_STREAMING_MODEL", STREAMING_MODEL)
 CONVERGENCE_TIMEOUT_S = float(_env("LT_CONVERGENCE_TIMEOUT_S", "10"))
+KEEP_POLICY = _env("LT_KEEP_POLICY", "0").lower() in ("1", "true", "yes")
 CONNECT_TIMEOUT_S = 15.0
 SLO = {
     "propagation_p99_ms": float(_env("LT_SLO_PROPAGATION_P99_MS", "2000")),
@@ -632,6 +644,20 @@ def _announce(environment: Environment, **_: Any) -> None:
     )
     if not EMULATOR_URL:
         log.info("LT_EMULATOR_URL not set: gateway sessions do not report propagation")
+    if environment.host:
+        try:
+            preflight(environment.host, TOKEN, publishing=PUBLISH_RATE > 0)
+        except PreflightError as exc:
+            log.error("preflight failed: %s", exc)
+            raise SystemExit(2) from None
+
+
+@events.test_start.add_listener
+def _propagation_rows(environment: Environment, **_: Any) -> None:
+    """Every propagation row is in the --csv output, also one without samples (n = 0)."""
+    if not isinstance(environment.runner, WorkerRunner):
+        for kind in ("control", "streaming", "agent"):
+            environment.stats.get(f"propagation {kind}", "PUSH")
 
 
 def evaluate_slos(environment: Environment) -> list[str]:
@@ -679,6 +705,28 @@ def _check_slos(environment: Environment, **_: Any) -> None:
         if name.split(" ")[0] in ("propagation", "convergence", "connect")
     }
     log.info("loadtest summary: %s", json.dumps(summary, sort_keys=True))
+    retired = "kept (LT_KEEP_POLICY)" if KEEP_POLICY else "not published (no publisher)"
+    if PUBLISH_RATE > 0 and not KEEP_POLICY and TOKEN and environment.host:
+        retired = retire_policy(environment.host, TOKEN, POLICY_ID, RUN)
+        log.info("policy %s at the end of the run: %s", POLICY_ID, retired)
+    verdict = "fail" if breaches else "pass"
+    options = environment.parsed_options
+    path = summary_path(getattr(options, "csv_prefix", None))
+    if path is not None:
+        # locust rewrites <prefix>_stats.csv once a second and not at exit: gateway sessions
+        # report propagation as they end, so write the final rows now
+        final_stats_csv(environment, f"{options.csv_prefix}_stats.csv")
+        write_summary(path, {
+            "verdict": verdict, "breaches": breaches, "slo": SLO, "rows": summary,
+            "run": RUN, "scenario": SCENARIO, "host": environment.host,
+            "policy": {"id": POLICY_ID, "at_end": retired},
+            "requests": environment.stats.total.num_requests,
+            "failures": environment.stats.total.num_failures,
+        })  # fmt: skip
+        log.info("SLO verdict %s written to %s", verdict, path)
+    if getattr(options, "html_file", None):  # the report shows the profile in its header
+        mark = f"SLO {verdict.upper()}" + (f": {'; '.join(breaches)}" if breaches else "")
+        environment.profile = f"{environment.profile} | {mark}" if environment.profile else mark
     if breaches:
         for breach in breaches:
             log.error("SLO breached: %s", breach)

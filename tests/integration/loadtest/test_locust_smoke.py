@@ -9,16 +9,18 @@ convergence, report no failures and exit 0 (the SLO check passes).
 from __future__ import annotations
 
 import asyncio
+import csv
 import importlib.util
 import json
 import os
 import re
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientSession, web
 
 from controlplane.app import build_app
 from controlplane.config import Settings
@@ -67,7 +69,7 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[int, int]]:
 
 @pytest.mark.timeout(45)
 async def test_locust_headless_run_measures_propagation_and_exits_0(
-    stack: tuple[int, int],
+    stack: tuple[int, int], tmp_path: Path
 ) -> None:
     cp_port, emu_port = stack
     env = {k: v for k, v in os.environ.items() if not k.startswith("LT_")}
@@ -83,6 +85,7 @@ async def test_locust_headless_run_measures_propagation_and_exits_0(
     proc = await asyncio.create_subprocess_exec(
         str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "-u", "5", "-r", "5", "-t", "5s",
         "--host", f"http://127.0.0.1:{cp_port}", "--only-summary", "--stop-timeout", "5",
+        "--csv", str(tmp_path / "out" / "run"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     try:
@@ -104,3 +107,46 @@ async def test_locust_headless_run_measures_propagation_and_exits_0(
         assert rows[name]["fail"] == 0, (name, rows)
     total = re.search(r"^\s+Aggregated\s+(\d+)\s+(\d+)\(", text, re.MULTILINE)
     assert total is not None and int(total.group(1)) > 0 and int(total.group(2)) == 0, text[-3000:]
+
+    # archivable outputs: the verdict next to the CSVs, every propagation row in the CSV
+    summary = json.loads((tmp_path / "out" / "run_summary.json").read_text(encoding="utf-8"))
+    assert summary["verdict"] == "pass" and summary["breaches"] == [], summary
+    assert summary["rows"]["propagation control"]["n"] > 0
+    with (tmp_path / "out" / "run_stats.csv").open(encoding="utf-8") as f:
+        names = {row["Name"] for row in csv.DictReader(f)}
+    assert {"propagation control", "propagation streaming", "propagation agent"} <= names
+    # the run's policy is retired at the end (LT_KEEP_POLICY unset)
+    assert summary["policy"] == {"id": "loadtest", "at_end": "retired"}
+    async with ClientSession() as http:
+        async with http.get(
+            f"http://127.0.0.1:{cp_port}/v1/policies/loadtest",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as resp:
+            body = await resp.json()
+    assert resp.status == 200 and body["status"] == "retired", body
+
+
+@pytest.mark.timeout(30)
+async def test_locust_preflight_refuses_a_wrong_token_fast(
+    stack: tuple[int, int], tmp_path: Path
+) -> None:
+    cp_port, _ = stack
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LT_")}
+    env.update(LT_TOKEN="not-the-token", LT_SCENARIO="steady")
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "-u", "1", "-r", "1", "-t", "20s",
+        "--host", f"http://127.0.0.1:{cp_port}", "--csv", str(tmp_path / "run"),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        out, _ = await asyncio.wait_for(proc.communicate(), 25)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    text = out.decode(errors="replace")
+    assert proc.returncode == 2, text[-3000:]
+    assert "preflight failed: LT_TOKEN refused" in text, text[-3000:]
+    assert time.monotonic() - started < 15  # not after the 20 s run
+    assert not (tmp_path / "run_summary.json").exists()
