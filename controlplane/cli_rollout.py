@@ -1,5 +1,6 @@
-"""``policy rollout`` rendering, ``policy rollout --watch`` and ``policy apply --wait``: polling
-``GET /v1/policies/{id}/rollout`` until a version's sessions are all in a final state.
+"""``policy rollout`` rendering, ``policy rollout --watch`` and ``policy apply --wait``: following
+``GET /v1/policies/{id}/rollout/stream`` (watch) or polling ``GET /v1/policies/{id}/rollout``
+until a version's sessions are all in a final state.
 
 A session of the policy is *final* for a version when its row counts it ``acknowledged``,
 ``unverified`` (Streaming v3: written, the protocol has no acknowledgement; or no
@@ -20,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TextIO
 
-from controlplane.cliclient import ControlPlaneClient
+from controlplane.cliclient import CliError, ControlPlaneClient
 
 __all__ = [
     "EXIT_HALTED",
@@ -252,32 +253,55 @@ def watch(
     out: TextIO | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    use_stream: bool = True,
 ) -> int:
     """``policy rollout ID --watch``: print the rollout whenever it changes until the current
     version converges (exit 0, or 3 with rejections) or is halted (4); Ctrl-C exits 130.
+    Follows ``GET .../rollout/stream`` (docs/api.md#rollout-stream), polling every
+    ``interval_s`` when it is refused or ends, and to confirm an outcome.
     On a terminal the table is redrawn in place; ``--json`` prints one line per change."""
     stream = sys.stdout if out is None else out
     tty = not as_json and stream.isatty()
     seen: dict[str, float] = {}
-    last: dict[str, Any] | None = None
+    last: list[dict[str, Any]] = []
+
+    def show(body: dict[str, Any]) -> Progress:
+        if not last or body != last[0]:
+            last[:] = [body]
+            if as_json:
+                stream.write(json.dumps(body, separators=(",", ":")) + "\n")
+            else:
+                text = rollout_text(body, table)
+                stream.write(("\x1b[H\x1b[2J" if tty else "") + text + "\n\n")
+            stream.flush()
+        return progress(body)
+
+    # changes arrive on the rollout stream (server-sent events); an outcome is confirmed by
+    # polling (CONFIRM_S later), and when the stream fails or ends, polling takes over
+    streaming, p = use_stream, None
     try:
         while True:
-            body = client.rollout_status(policy_id)
-            if body != last:
-                last = body
-                if as_json:
-                    stream.write(json.dumps(body, separators=(",", ":")) + "\n")
-                else:
-                    text = rollout_text(body, table)
-                    stream.write(("\x1b[H\x1b[2J" if tty else "") + text + "\n\n")
-                stream.flush()
-            p = progress(body)
+            if streaming and (p is None or p.outcome is None):
+                try:
+                    for body in client.rollout_events(policy_id):
+                        p = show(body)
+                        if p.outcome is not None:
+                            break
+                    else:  # the server ended it (draining)
+                        print(f"rollout stream ended by the server; polling every "
+                              f"{interval_s:g}s", file=sys.stderr)  # fmt: skip
+                        streaming = False
+                except CliError as exc:
+                    print(f"rollout stream unavailable ({exc}); polling every {interval_s:g}s",
+                          file=sys.stderr)  # fmt: skip
+                    streaming = False
+            p = show(client.rollout_status(policy_id))
             if _settled(p, seen, clock()):
                 assert p.outcome is not None
                 if not as_json:
                     print(f"{p.outcome}: {p.line()}", file=sys.stderr)
                 return OUTCOME_CODES[p.outcome]
-            sleep(interval_s)
+            sleep(min(interval_s, CONFIRM_S) if p.outcome is not None else interval_s)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

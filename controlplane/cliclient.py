@@ -12,7 +12,7 @@ import json
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -212,6 +212,38 @@ class ControlPlaneClient:
     def rollout_status(self, policy_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json("GET", "v1", "policies", policy_id, "rollout")
         return result
+
+    def rollout_events(self, policy_id: str) -> Iterator[dict[str, Any]]:
+        """Each ``rollout`` event of ``GET /v1/policies/{id}/rollout/stream`` (server-sent
+        events, docs/api.md#rollout-stream) until the server ends the stream. A read waits
+        at most ``timeout_s`` (the server sends a heartbeat every 15 s). Raises like
+        :meth:`request`."""
+        url = f"{self.url}/v1/policies/{urllib.parse.quote(policy_id, safe='')}/rollout/stream"
+        headers = {"Accept": "text/event-stream", "User-Agent": USER_AGENT}
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        req = urllib.request.Request(url, method="GET", headers=headers)
+        where = redact_url(self.url)
+        try:
+            with self._opener.open(req, timeout=self.timeout_s) as resp:
+                name, data = "message", ""
+                for raw in resp:
+                    line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: "):
+                        data += line[6:]
+                    elif not line:
+                        if name == "end":
+                            return
+                        if name == "rollout" and data:
+                            yield dict(json.loads(data))
+                        name, data = "message", ""
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise _api_error(exc) from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise Unreachable(f"rollout stream from {where} broke: {exc}") from None
 
     # -- sessions ------------------------------------------------------------------------------
 

@@ -213,3 +213,49 @@ async def test_sessions_status_per_session_and_policy(
     row = next(line for line in lines if line.startswith(failer.session_id))
     assert row.split()[:7] == [failer.session_id, "voice-agent-v1", "node-a", "st", "1", "-",
                                "REJECTED"]  # fmt: skip
+
+
+async def test_rollout_watch_follows_the_stream_not_the_polling_interval(
+    cp: ControlPlaneUnderTest, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apps = await fleet.open_apps(3, "hold", labels={"team": "st"})
+    await cp.publish({"id": "streamed", "match": {"labels": {"team": ["st"]}},
+                      "set": {"system_prompt": "x"}})  # fmt: skip
+    # a 60 s polling interval: only the event stream can show the acknowledgements in time
+    watch = asyncio.create_task(cli(cp, "policy", "rollout", "streamed", "--watch",
+                                    "--json", "--interval", "60"))  # fmt: skip
+    await asyncio.sleep(0.5)
+    for app in apps:
+        push = await app.next_push(5)
+        assert push is not None
+        await app.client.applied(push.version)
+    code = await asyncio.wait_for(watch, 8)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "polling" not in err
+    bodies = [json.loads(line) for line in out.splitlines()]
+    assert bodies[-1]["totals"]["acknowledged"] == 3
+
+
+async def test_rollout_watch_polls_when_the_server_ends_the_stream(
+    cp: ControlPlaneUnderTest, fleet: Fleet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    apps = await fleet.open_apps(2, "hold", labels={"team": "pl"})
+    await cp.publish({"id": "polled", "match": {"labels": {"team": ["pl"]}},
+                      "set": {"system_prompt": "x"}})  # fmt: skip
+    cp.service.draining = True  # the stream ends at once (event `end`, reason draining)
+    try:
+        watch = asyncio.create_task(cli(cp, "policy", "rollout", "polled", "--watch",
+                                        "--json", "--interval", "0.2"))  # fmt: skip
+        await asyncio.sleep(1.0)
+        assert not watch.done()
+        for app in apps:
+            push = await app.next_push(5)
+            assert push is not None
+            await app.client.applied(push.version)
+        code = await asyncio.wait_for(watch, 10)
+    finally:
+        cp.service.draining = False
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "rollout stream ended by the server; polling every 0.2s" in err
