@@ -4,11 +4,31 @@ import { badge, el, section, when } from "./dom.js";
 import { rolloutBar, settledPercent } from "./policy.js";
 
 const MAX_POLICIES = 50; // rollout calls per refresh
+const MAX_CHANGES = 10; // recent changes shown, and version-history calls per refresh
+
+/** The latest change records across policies (publish, rollback, retire; halts from the
+ *  rollouts already read), newest first. */
+async function recentChanges(rollouts) {
+  const all = await apiAll("/v1/policies?include_retired=true", 5);
+  const latest = all.slice().sort((a, b) => String(b.at).localeCompare(String(a.at))).slice(0, MAX_CHANGES);
+  const histories = await Promise.all(latest.map((p) =>
+    apiAll(`/v1/policies/${encodeURIComponent(p.id)}/versions?limit=1000`, 1)));
+  const changes = histories.flat().map((v) => ({ id: v.id, action: v.action, actor: v.actor,
+    at: v.at, reason: v.reason, version: v.version }));
+  for (const r of rollouts) {
+    if (r.halt) changes.push({ id: r.id, action: "halt", actor: r.halt.actor, at: r.halt.at,
+      reason: r.halt.reason, version: r.halt.version });
+  }
+  return changes.sort((a, b) => String(b.at).localeCompare(String(a.at)) || b.version - a.version)
+    .slice(0, MAX_CHANGES);
+}
 
 export function mount(main) {
   const policies = el("div");
   const sessions = el("div");
-  main.append(el("h1", {}, "Overview"), section("Policies", policies), section("Sessions", sessions));
+  const changes = el("div");
+  main.append(el("h1", {}, "Overview"), section("Policies", policies), section("Recent changes", changes),
+    section("Sessions", sessions));
   return {
     async refresh() {
       const list = (await api("/v1/policies")).items;
@@ -35,6 +55,15 @@ export function mount(main) {
         list.length > MAX_POLICIES ? el("tr", {}, el("td", { colspan: 7, class: "muted" },
           `${list.length - MAX_POLICIES} more not shown`)) : null)
         : el("p", { class: "muted" }, "No active policy."));
+      const recent = await recentChanges(rollouts);
+      changes.replaceChildren(recent.length ? el("table", { "data-testid": "recent-changes" },
+        el("tr", {}, ["when", "action", "policy", "version", "by", "reason"].map((h) => el("th", {}, h))),
+        recent.map((c) => el("tr", { "data-testid": "recent-change", "data-action": c.action, "data-policy": c.id,
+          "data-version": c.version },
+          el("td", {}, when(c.at)), el("td", {}, badge(c.action, c.action === "halt" ? "rejected" : undefined)),
+          el("td", {}, el("a", { href: `/ui/policies/${encodeURIComponent(c.id)}` }, c.id)),
+          el("td", {}, `v${c.version}`), el("td", { class: "mono" }, c.actor || ""), el("td", {}, c.reason || ""))))
+        : el("p", { class: "muted" }, "No change yet."));
       const live = await apiAll("/v1/sessions?limit=1000", 5);
       const counts = new Map();
       const states = new Set();

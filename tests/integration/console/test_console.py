@@ -237,6 +237,14 @@ async def test_experiment_page_shows_variant_shares_and_the_srm_verdict(
         await expect(shares).to_have_count(2)
         counts = [int(await s.get_attribute("data-exposed") or "-1") for s in await shares.all()]
         assert sum(counts) == 4
+        # exposures over time, per variant: the same counts as the summary's
+        summary = await stack.call("GET", "/v1/experiments/greet", expect=200)
+        series = page.get_by_test_id("exposure-series")
+        await expect(series).to_have_count(len(summary["variants"]))
+        for v in summary["variants"]:
+            one = page.locator(f'[data-testid=exposure-series][data-variant="{v["name"]}"]')
+            await expect(one).to_have_attribute("data-count", str(v["exposed"]))
+        await expect(page.locator("[data-testid=exposures-over-time] svg path")).to_have_count(2)
         # 4 exposures are far below the minimum volume: no mismatch can be declared
         verdict = page.get_by_test_id("srm-verdict")
         await expect(verdict).to_have_attribute("data-mismatch", "false")
@@ -281,4 +289,17 @@ async def test_overview_lists_policies_with_progress_and_sessions_by_kind(
         assert page.url == f"{stack.base}/ui/policies/overview"
         await page.go_back()
         await expect(row).to_be_visible()
+        # recent changes follow without a reload: a publish, then its retirement on top
+        changes = page.locator('[data-testid=recent-change][data-policy="overview-recent"]')
+        await expect(changes).to_have_count(0)
+        await stack.publish({"id": "overview-recent", "match": {"labels": {"team": "nobody"}},
+                             "set": {"system_prompt": "r"}})  # fmt: skip
+        await expect(changes).to_have_count(1)
+        await expect(changes.first).to_have_attribute("data-action", "publish")
+        await stack.call("DELETE", "/v1/policies/overview-recent?reason=done", expect=200)
+        await expect(changes).to_have_count(2)
+        newest = page.get_by_test_id("recent-change").first
+        await expect(newest).to_have_attribute("data-action", "retire")
+        await expect(newest).to_have_attribute("data-policy", "overview-recent")
+        await expect(newest).to_contain_text("done")
         await screenshot(page, "overview")
