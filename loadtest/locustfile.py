@@ -689,6 +689,17 @@ def evaluate_slos(environment: Environment) -> list[str]:
     return breaches
 
 
+@events.test_stop.add_listener
+def _verdict_in_html_report(environment: Environment, **_: Any) -> None:
+    """--html: the report (written before ``quitting``) shows the profile in its header."""
+    if isinstance(environment.runner, WorkerRunner):
+        return
+    if getattr(environment.parsed_options, "html_file", None):
+        breaches = evaluate_slos(environment)
+        mark = "SLO PASS" if not breaches else f"SLO FAIL: {'; '.join(breaches)}"
+        environment.profile = f"{environment.profile} | {mark}" if environment.profile else mark
+
+
 @events.quitting.add_listener
 def _check_slos(environment: Environment, **_: Any) -> None:
     if isinstance(environment.runner, WorkerRunner):
@@ -724,9 +735,6 @@ def _check_slos(environment: Environment, **_: Any) -> None:
             "failures": environment.stats.total.num_failures,
         })  # fmt: skip
         log.info("SLO verdict %s written to %s", verdict, path)
-    if getattr(options, "html_file", None):  # the report shows the profile in its header
-        mark = f"SLO {verdict.upper()}" + (f": {'; '.join(breaches)}" if breaches else "")
-        environment.profile = f"{environment.profile} | {mark}" if environment.profile else mark
     if breaches:
         for breach in breaches:
             log.error("SLO breached: %s", breach)

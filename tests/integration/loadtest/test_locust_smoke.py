@@ -85,7 +85,7 @@ async def test_locust_headless_run_measures_propagation_and_exits_0(
     proc = await asyncio.create_subprocess_exec(
         str(LOCUST), "-f", str(LOCUSTFILE), "--headless", "-u", "5", "-r", "5", "-t", "5s",
         "--host", f"http://127.0.0.1:{cp_port}", "--only-summary", "--stop-timeout", "5",
-        "--csv", str(tmp_path / "out" / "run"),
+        "--csv", str(tmp_path / "out" / "run"), "--html", str(tmp_path / "out" / "run.html"),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     try:
@@ -115,6 +115,7 @@ async def test_locust_headless_run_measures_propagation_and_exits_0(
     with (tmp_path / "out" / "run_stats.csv").open(encoding="utf-8") as f:
         names = {row["Name"] for row in csv.DictReader(f)}
     assert {"propagation control", "propagation streaming", "propagation agent"} <= names
+    assert "SLO PASS" in (tmp_path / "out" / "run.html").read_text(encoding="utf-8")
     # the run's policy is retired at the end (LT_KEEP_POLICY unset)
     assert summary["policy"] == {"id": "loadtest", "at_end": "retired"}
     async with ClientSession() as http:
