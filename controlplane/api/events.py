@@ -9,7 +9,7 @@ coalesced (at most four events a second) and a connection holds at most one pend
 :data:`WRITE_TIMEOUT_S` ends the stream). A ``: heartbeat`` comment every :data:`HEARTBEAT_S`
 of silence keeps proxies from timing the connection out. The stream ends with an event
 ``end`` (``data``: ``{"reason": ...}``): ``draining`` when the control plane shuts down,
-``not_found`` when the policy is gone.
+``not_found`` when the policy is gone, another error's code when the status cannot be read.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, Final
 from aiohttp import web
 
 from controlplane.api.ports import ControlPlaneAPI
-from controlplane.errors import NotFound
+from controlplane.errors import ControlPlaneError, NotFound
 
 __all__ = ["CHECK_S", "HEARTBEAT_S", "WRITE_TIMEOUT_S", "rollout_stream"]
 
@@ -70,6 +70,9 @@ async def rollout_stream(
                 body = await service.rollout_status(policy_id)
             except NotFound:
                 reason = "not_found"
+                break
+            except ControlPlaneError as exc:  # headers are sent: no error response any more
+                reason = exc.code
                 break
         await send(_event("end", {"reason": reason}))
     except (ConnectionError, TimeoutError):
