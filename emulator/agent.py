@@ -26,6 +26,7 @@ from emulator.agent_config import (
     resolve_formats,
     touched_paths,
     validate,
+    without_paths,
 )
 from emulator.agent_conversation import session_error
 from emulator.agent_session import AgentDirectory, AgentSession
@@ -297,7 +298,7 @@ class AgentConnection:
         if refused:
             if self._s.immutable_policy == "reject_message":
                 return out
-            body = _without(body, list(refused))
+            body = without_paths(body, list(refused))
         config = resolve_formats(merge(session.config, body))
         session.set_config(config)
         out.append({"type": "session.updated", "config": config, "timestamp": self._clock.now()})
@@ -408,16 +409,3 @@ def _problem(problem: ConfigProblem) -> Payload:
 
 def _case(code: str, settings: EmulatorSettings) -> str:
     return code.upper() if settings.agent_error_code_case == "upper" else code
-
-
-def _without(body: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
-    """``body`` minus the given dotted paths."""
-    out: dict[str, Any] = json.loads(json.dumps(body))
-    for path in paths:
-        keys = path.split(".")
-        node: Any = out
-        for key in keys[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(keys[-1], None)
-    return out

@@ -12,6 +12,7 @@ from sessions.dialects.voice_agent_v1_config import (
     resolve_formats,
     touched_paths,
     validate,
+    without_paths,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "resolve_formats",
     "touched_paths",
     "validate",
+    "without_paths",
 ]

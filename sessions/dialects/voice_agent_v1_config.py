@@ -28,6 +28,7 @@ __all__ = [
     "resolve_formats",
     "touched_paths",
     "validate",
+    "without_paths",
 ]
 
 Config = dict[str, Any]
@@ -276,3 +277,17 @@ def _check_output(block: Any, settings: AgentSettings) -> ConfigProblem | None:
     if not _number(volume) or not low <= volume <= high:
         return _bad("output.volume", f"volume must be within {low:g}-{high:g}")
     return None
+
+
+def without_paths(body: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
+    """A deep copy of ``body`` minus the given dotted paths (what an upstream that refuses
+    some fields of an update applies: the rest)."""
+    out: dict[str, Any] = copy.deepcopy(dict(body))
+    for path in paths:
+        keys = path.split(".")
+        node: Any = out
+        for key in keys[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(keys[-1], None)
+    return out

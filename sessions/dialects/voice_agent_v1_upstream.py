@@ -48,6 +48,7 @@ from sessions.dialects.voice_agent_v1_config import (
     resolve_formats,
     touched_paths,
     validate,
+    without_paths,
 )
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE, IMMUTABLE_PATHS
 
@@ -250,7 +251,7 @@ class AgentUpstream:
             return  # refused whole: expected stays None
         refused = immutable_changes(self.config, body) if _may_be_immutable(update) else []
         update.refused = tuple(refused)
-        rest = _without(body, refused) if refused else body
+        rest = without_paths(body, refused) if refused else body
         update.expected = resolve_formats(merge(self.config, rest))
 
     def _answered(self, update: Update, echo: dict[str, Any]) -> Verdict:
@@ -274,7 +275,7 @@ class AgentUpstream:
             return Verdict(update.owner != "ours", update)  # more errors to come
         if update.before is not None and update.expected is not None and param is not None:
             body = update.message.get("session", {})
-            rest = _without(body, [*update.refused, *params])
+            rest = without_paths(body, [*update.refused, *params])
             update.expected = resolve_formats(merge(update.before, rest))
             update.refused = tuple(dict.fromkeys((*update.refused, *params)))
             if self.applies_rest:  # its session.updated (the rest applied) ends it
@@ -340,15 +341,3 @@ def _related(param: str, update: Update) -> bool:
         if path.startswith(param + "."):
             return True
     return False
-
-
-def _without(body: Mapping[str, Any], paths: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = copy.deepcopy(dict(body))
-    for path in paths:
-        keys = path.split(".")
-        node: Any = out
-        for key in keys[:-1]:
-            node = node.get(key) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(keys[-1], None)
-    return out
