@@ -26,9 +26,15 @@ async def test_a_consumer_that_stays_behind_makes_readyz_503_until_it_catches_up
     a = await cluster.start("node-a", readiness_stall_s=3.0, readiness_lag_s=1.0)
     assert a.service is not None
     handled: list[str] = []
-    go = asyncio.Event()  # the whole backlog is stored before the consumer moves on
+    # The first event is fetched alone and its handler waits until the whole backlog is
+    # stored; otherwise the first fetch could collect much of the burst while it is being
+    # published (each message's num_pending then near 0) and the backlog left after it be
+    # handled faster than readiness_lag_s: no lag to see (failed that way in a CI run).
+    gated = asyncio.Event()
+    go = asyncio.Event()
 
     async def slow(ev: PolicyEvent) -> None:
+        gated.set()
         await go.wait()
         await asyncio.sleep(HANDLER_S)
         handled.append(ev.policy_id)
@@ -42,7 +48,9 @@ async def test_a_consumer_that_stays_behind_makes_readyz_503_until_it_catches_up
             body = json.dumps(event({"id": f"lag{i}", "version": 1, "set": {}})).encode()
             await js.publish(f"{cluster.subject_prefix}.policy.lag{i}", body, timeout=20)
 
-        await asyncio.gather(*(one(i) for i in range(EVENTS)))
+        await one(0)
+        await asyncio.wait_for(gated.wait(), 10)
+        await asyncio.gather(*(one(i) for i in range(1, EVENTS)))
     finally:
         await nc.close()
         go.set()
