@@ -2,7 +2,7 @@
 
 Embedded defaults (no NATS/Redis URL): in-memory registry, in-process policy bus, JSONL audit
 files under ``<data_dir>/audit``. Distributed mode (``nats_url``, optionally ``redis_url``;
-``controlplane.distributed``): JetStream policy bus, the same JSONL files as write-ahead log
+``controlplane.cluster.wiring``): JetStream policy bus, the same JSONL files as write-ahead log
 shipped to ``CP_AUDIT``, Redis registry, owner routing. Nothing here is a module-level global.
 """
 
@@ -18,32 +18,32 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
-from controlplane.admission import ConnectionSlots
 from controlplane.api.routes import add_routes
-from controlplane.audit_keys import checkpointing
-from controlplane.bus import InProcessBus, PolicyBus
-from controlplane.cluster import ClusterPorts
+from controlplane.audit.keys import checkpointing
+from controlplane.cluster.ports import ClusterPorts
+from controlplane.cluster.wiring import Distributed, build_registry
 from controlplane.config import Settings
 from controlplane.console import add_console_routes
-from controlplane.control_channel import ControlChannel
-from controlplane.distributed import Distributed, build_registry
-from controlplane.gateway import Gateway
+from controlplane.edges.admission import ConnectionSlots
+from controlplane.edges.control_channel import ControlChannel
+from controlplane.edges.gateway import Gateway
+from controlplane.edges.token_proxy import TokenProxy
 from controlplane.health import versionlog_problem
+from controlplane.intake.bus import InProcessBus, PolicyBus
+from controlplane.intake.files import PolicyFiles
 from controlplane.metrics import Metrics
-from controlplane.policy_files import PolicyFiles
-from controlplane.service import ControlPlane
-from controlplane.token_proxy import TokenProxy
+from controlplane.service.plane import ControlPlane
 from sessions.clock import Clock, SystemClock
 from sessions.exposures import FileExposureStore
 from sessions.redis_tokens import RedisTokenLabels
-from sessions.versionlog import FileVersionLog
+from sessions.versionlog.file import FileVersionLog
 
 __all__ = ["DRAIN_ON_SIGNALS", "SERVICE", "build_app"]
 
 log = logging.getLogger(__name__)
 
-SERVICE: Final = web.AppKey("controlplane.service", ControlPlane)
-GATEWAY: Final = web.AppKey("controlplane.gateway", Gateway)
+SERVICE: Final = web.AppKey("controlplane.service.plane", ControlPlane)
+GATEWAY: Final = web.AppKey("controlplane.edges.gateway", Gateway)
 CONTROL: Final = web.AppKey("controlplane.control", ControlChannel)
 # set by `controlplane serve`: the drain takes over SIGINT / SIGTERM (a second one closes the
 # remaining sessions at once, a third one stops the process)

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controlplane.gateway_labels import parse_credential_labels
+from controlplane.labels import parse_credential_labels
 from controlplane.signing import SigningKeys
 from controlplane.tls import tls_context
 from sessions.checkpoints import load_private_key
@@ -79,7 +79,7 @@ class Settings:
     data_dir: Path = Path("./data")
     tokens_file: Path | None = None
     tokens: Mapping[str, str] = field(default_factory=dict)  # token -> role
-    # gateway: API key digests -> session labels (controlplane.gateway_labels)
+    # gateway: API key digests -> session labels (controlplane.labels)
     credential_labels_file: Path | None = None
     # TLS for every listener of ``serve`` (both or neither; PEM files)
     tls_cert: Path | None = None
@@ -100,7 +100,7 @@ class Settings:
     # sockets
     websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
     max_client_message_bytes: int = 1024 * 1024
-    # admission (controlplane.admission, docs/reliability.md#connection-limits)
+    # admission (controlplane.edges.admission, docs/reliability.md#connection-limits)
     first_message_timeout_s: float = 10.0  # first frame / register within this of the upgrade
     max_connections: int = 20_000  # gateway + control sockets per replica; more get 503
     client_update_burst: int = 10  # client configuration updates per session at once ...

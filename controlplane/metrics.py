@@ -125,7 +125,7 @@ class Metrics:
             ["policy", "action"],
             registry=r,
         )
-        # progressive waves (controlplane.waves); policies are few: bounded labels
+        # progressive waves (controlplane.rollouts.waves); policies are few: bounded labels
         self.rollout_wave_percent = Gauge(
             p + "rollout_wave_percent",
             "Current wave (percent of sessions) of the active version with rollout.waves",

@@ -15,7 +15,7 @@ import binascii
 import json
 import secrets
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from emulator.actions import Action, Close, Drop, Send
 from emulator.agent_config import (
@@ -29,7 +29,7 @@ from emulator.agent_config import (
     without_paths,
 )
 from emulator.agent_conversation import session_error
-from emulator.agent_session import AgentDirectory, AgentSession
+from emulator.agent_session import AgentSession
 from emulator.auth import Credential
 from emulator.faults import FaultSpec, FaultState
 from emulator.inspection import Stats
@@ -37,10 +37,22 @@ from emulator.settings import EmulatorSettings
 from sessions.clock import Clock
 from sessions.dialects import voice_agent_v1_table as table
 
-__all__ = ["AgentConnection"]
+__all__ = ["AgentConnection", "AgentDirectory"]
 
 Payload = dict[str, Any]
 _PRE_SESSION_LOG = 50
+
+
+class AgentDirectory(Protocol):
+    """Where sessions live between sockets (implemented by the server state)."""
+
+    def create(self, session: AgentSession) -> None: ...
+
+    def find(self, session_id: str) -> AgentSession | None: ...
+
+    def expire(self, session: AgentSession) -> None: ...
+
+    def attach(self, session_id: str, connection: AgentConnection) -> None: ...
 
 
 class AgentConnection:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import secrets
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from emulator.agent_conversation import Conversation
 from emulator.faults import FaultSpec
@@ -12,10 +12,7 @@ from emulator.settings import EmulatorSettings
 from sessions.clock import Clock
 from sessions.dialects import voice_agent_v1_table as table
 
-if TYPE_CHECKING:
-    from emulator.agent import AgentConnection
-
-__all__ = ["AgentDirectory", "AgentSession"]
+__all__ = ["AgentSession"]
 
 Payload = dict[str, Any]
 
@@ -97,15 +94,3 @@ class AgentSession:
             and self.suspended_at is not None
             and now - self.suspended_at <= self.settings.resume_window_s
         )
-
-
-class AgentDirectory(Protocol):
-    """Where sessions live between sockets (implemented by the server state)."""
-
-    def create(self, session: AgentSession) -> None: ...
-
-    def find(self, session_id: str) -> AgentSession | None: ...
-
-    def expire(self, session: AgentSession) -> None: ...
-
-    def attach(self, session_id: str, connection: AgentConnection) -> None: ...

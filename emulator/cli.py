@@ -1,4 +1,4 @@
-"""``controlplane emulator`` (registered by controlplane.cli) and ``python -m emulator``.
+"""``controlplane emulator`` (registered by controlplane.cli.main) and ``python -m emulator``.
 
 Settings: defaults < ``EMULATOR_*`` environment variables < flags. Every setting has an
 ``EMULATOR_<NAME>`` variable and can be given as ``--set name=value``; the common ones also

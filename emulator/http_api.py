@@ -18,20 +18,37 @@ Inspection (shapes in docs/emulator.md):
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from aiohttp import web
 
-from emulator.auth import key_ok
+from emulator.auth import TokenStore, key_ok
 from emulator.errors import InvalidFaults
 from emulator.faults import parse_faults
+from emulator.inspection import Registry
+from emulator.settings import EmulatorSettings
 from sessions.dialects import streaming_v3_table as sv3
 from sessions.dialects import voice_agent_v1_table as va1
 
-if TYPE_CHECKING:
-    from emulator.server import EmulatorState
+__all__ = ["EmulatorState", "add_routes"]
 
-__all__ = ["add_routes"]
+
+class EmulatorState(Protocol):
+    """What these routes use of the emulator's state (``emulator.server.EmulatorState``)."""
+
+    @property
+    def settings(self) -> EmulatorSettings: ...
+
+    @property
+    def registry(self) -> Registry: ...
+
+    @property
+    def tokens(self) -> TokenStore: ...
+
+    def sweep(self) -> None: ...
+
+    async def close_session(self, session_id: str, code: int, reason: str) -> bool: ...
 
 
 def _error(status: int, code: str, message: str, **details: Any) -> web.Response:
@@ -45,9 +62,8 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-def add_routes(router: web.UrlDispatcher, key: web.AppKey[EmulatorState]) -> None:
-    def state(request: web.Request) -> EmulatorState:
-        return request.app[key]
+def add_routes(router: web.UrlDispatcher, state: Callable[[web.Request], EmulatorState]) -> None:
+    """Mount the HTTP routes; ``state`` finds the emulator's state from a request."""
 
     async def healthz(request: web.Request) -> web.Response:
         return _json({"status": "ok"})

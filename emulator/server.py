@@ -383,6 +383,6 @@ def build_app(
     app[STATE] = EmulatorState(settings, clock or SystemClock())
     app.router.add_get("/v3/ws", streaming_ws)
     app.router.add_get("/v1/ws", agent_ws)
-    http_api.add_routes(app.router, STATE)
+    http_api.add_routes(app.router, lambda request: request.app[STATE])
     app.on_shutdown.append(_on_shutdown)
     return app

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 
 BIN = Path(sys.executable).parent
 

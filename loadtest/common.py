@@ -225,7 +225,7 @@ LIFT_UPSTREAM_LIMIT = (
     "    _init(self, *a, limit=limit, **kw)\n"
     "aiohttp.TCPConnector.__init__ = _unlimited\n"
 )
-RUN_CLI = "import sys\nfrom controlplane.cli import main\nsys.exit(main(sys.argv[1:]))\n"
+RUN_CLI = "import sys\nfrom controlplane.cli.main import main\nsys.exit(main(sys.argv[1:]))\n"
 # Experiments on the garbage collector (DESIGN §6), for ``--gc`` of the benchmarks:
 GC_PRELUDES = {
     "default": "",

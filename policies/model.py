@@ -425,7 +425,7 @@ class Guard(BaseModel):
     A field left out (or ``null``) takes the deployment's default (``CONTROLPLANE_GUARD_*``,
     applied by the service, not here: this package knows no settings), ``enabled`` included:
     ``enabled: false`` opts the policy out, ``enabled: true`` in even where the deployment's
-    default is off. The decision itself lives in ``controlplane.guard``.
+    default is off. The decision itself lives in ``controlplane.rollouts.guard``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")

@@ -17,16 +17,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import field
 from types import MappingProxyType
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from policies.values import value
 
-if TYPE_CHECKING:
-    from policies.model import Match
-
-__all__ = ["Target", "matches"]
+__all__ = ["Selector", "Target", "matches"]
 
 _NO_LABELS: Mapping[str, str] = MappingProxyType({})
+
+
+class Selector(Protocol):
+    """The conditions of a ``match`` (``policies.model.Match`` is one): read-only."""
+
+    @property
+    def kind(self) -> tuple[str, ...]: ...
+
+    @property
+    def model(self) -> tuple[str, ...]: ...
+
+    @property
+    def labels(self) -> Mapping[str, tuple[str, ...]]: ...
+
+    @property
+    def labels_absent(self) -> tuple[str, ...]: ...
+
+    @property
+    def labels_not(self) -> Mapping[str, tuple[str, ...]]: ...
 
 
 @value
@@ -39,7 +55,7 @@ class Target:
     labels: Mapping[str, str] = field(default_factory=lambda: _NO_LABELS)
 
 
-def matches(match: Match, target: Target) -> bool:
+def matches(match: Selector, target: Target) -> bool:
     """Whether ``target`` satisfies every condition of ``match``."""
     if match.kind and target.kind not in match.kind:
         return False

@@ -2,7 +2,7 @@
 
 A temporary token minted through one replica's gateway with an API key that has credential
 labels carries those labels to the session it opens, on whichever replica the client then
-connects to (controlplane.gateway_labels). One key per token, never the token itself::
+connects to (controlplane.labels). One key per token, never the token itself::
 
     p token-labels:<sha256 hex of the token>   JSON {label: value}, PX = the redemption window
 

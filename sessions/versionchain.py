@@ -131,7 +131,7 @@ class Canonical:
 
     A fan-out logs the same delta, wire message and policy list for thousands of sessions;
     wrapping them once lets every entry reuse the text. Immutable by contract: nothing may
-    change ``value`` after it is wrapped (``sessions.versionlog.canonical`` wraps a copy).
+    change ``value`` after it is wrapped (``sessions.versionlog.core.canonical`` wraps a copy).
     """
 
     value: Any

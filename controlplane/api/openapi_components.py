@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from controlplane.audit_sources import INSTANT_PATTERN
+from controlplane.audit.sources import INSTANT_PATTERN
 from policies.fields import (
     FIELDS,
     MAX_KEYTERM_CHARS,
@@ -296,7 +296,7 @@ _POLICY = {
     },
 }
 
-# the counters of a rollout row (controlplane.rollout.COUNTERS)
+# the counters of a rollout row (controlplane.rollouts.counts.COUNTERS)
 _COUNTERS = "targeted pending sent acknowledged unverified rejected unchanged guard_failures"
 _COUNTS: dict[str, Any] = {name: {"type": "integer", "minimum": 0} for name in _COUNTERS.split()}
 _ROLLOUT_COUNTS = {"type": "object", "properties": _COUNTS}

@@ -1,5 +1,5 @@
 """What the REST API needs from the service. The API depends on this protocol only;
-``controlplane.service.ControlPlane`` implements it and app.py wires the two.
+``controlplane.service.plane.ControlPlane`` implements it and app.py wires the two.
 
 Every method returns JSON-ready values and raises ``controlplane.errors`` types.
 """

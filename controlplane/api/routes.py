@@ -40,7 +40,7 @@ from controlplane.api.inputs import (
 from controlplane.api.labels import parse_labels_patch, parse_selector
 from controlplane.api.openapi import openapi_document
 from controlplane.api.ports import ControlPlaneAPI
-from controlplane.audit_sources import parse_instant
+from controlplane.audit.sources import parse_instant
 from controlplane.config import Settings
 from controlplane.errors import BadRequest
 from policies.model import RESERVED_IDS
@@ -70,7 +70,8 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("POST", "/v1/policies/preview", "preview_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies", "list_policies", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}", "get_policy", Role.VIEWER),
-    # experimenters may retire / roll back experiment policies they own (controlplane.authority)
+    # experimenters may retire / roll back experiment policies they own
+    # (controlplane.intake.authority)
     RouteSpec("DELETE", "/v1/policies/{policy_id}", "retire_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies/{policy_id}/versions", "policy_versions", Role.VIEWER),
     RouteSpec("GET", "/v1/policies/{policy_id}/rollout", "rollout_status", Role.VIEWER),

@@ -41,7 +41,7 @@ from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE as VOICE_AG
 from sessions.errors import UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
-from sessions.versionlog import Canonical, Submitted, VersionLog, canonical
+from sessions.versionlog.core import Canonical, Submitted, VersionLog, canonical
 
 __all__ = [
     "CONGESTED_BYTES", "LiveSession", "PushEngine", "Transport", "param_fields",
@@ -156,12 +156,12 @@ class PushEngine:
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
-        # set by the service (controlplane.halts): a push the upstream refused ("rejected",
+        # set by the service (controlplane.rollouts.halts): a push the upstream refused ("rejected",
         # with the fields it refused) or did not acknowledge in time ("timeout", with every
         # field of the push); called synchronously, must not raise
         self.on_failure: Callable[[LiveSession, Push, str, tuple[str, ...]], None] | None = None
-        # set by the service (controlplane.experiments): every entry but a client's own update,
-        # with the policy versions it names and whether the session now runs them (exposure)
+        # set by the service (controlplane.rollouts.experiments): every entry but a client's own
+        # update, with the policy versions it names and whether the session now runs them (exposure)
         self.on_record: Callable[[LiveSession, tuple[PolicyRef, ...], bool], None] | None = None
         # Per-push metric updates, batched: one prometheus_client call per fan-out (or sweep),
         # not one per session (a per-session Histogram.observe was a fifth of a fan-out).

@@ -39,7 +39,6 @@ __all__ = [
     "UpstreamEvent",
     "Warned",
     "clear_value",
-    "dialect_for",
     "ordered_fields",
     "to_canonical",
     "to_wire",
@@ -181,21 +180,6 @@ class Dialect(Protocol):
 
         Fields the dialect or model cannot take are skipped on encode, not violations here."""
         ...
-
-
-def dialect_for(kind: str) -> Dialect:
-    """The codec for a session kind; ``DialectError`` for an unknown kind."""
-    from sessions.dialects.streaming_v3 import STREAMING_V3
-    from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
-
-    known: dict[str, Dialect] = {d.name: d for d in (STREAMING_V3, VOICE_AGENT_V1)}
-    try:
-        return known[kind]
-    except KeyError:
-        names = ", ".join(sorted(known))
-        raise DialectError(
-            f"unknown session kind {kind!r} (known: {names})", dialect=kind
-        ) from None
 
 
 # --- canonical <-> JSON value rules shared by the codecs ------------------------------------

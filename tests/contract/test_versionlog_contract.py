@@ -21,13 +21,9 @@ import redis.asyncio as aioredis
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
 from sessions.errors import BackendUnavailable, VersionLogError
-from sessions.redis_versionlog import RedisVersionLog
-from sessions.versionlog import (
-    BufferedVersionLog,
-    FileVersionLog,
-    LogEntry,
-    MemoryVersionLog,
-)
+from sessions.versionlog.core import BufferedVersionLog, LogEntry, MemoryVersionLog
+from sessions.versionlog.file import FileVersionLog
+from sessions.versionlog.redis_log import RedisVersionLog
 from tests.support.servers import redis_server
 
 GENESIS = "0" * 64

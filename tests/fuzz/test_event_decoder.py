@@ -13,7 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from controlplane.bus import CAUSES, EVENT_TYPES, PolicyEvent, UndecodableEvent, decode_event
+from controlplane.intake.bus import CAUSES, EVENT_TYPES, PolicyEvent, UndecodableEvent, decode_event
 from tests.fuzz.strategies import HOSTILE_TEXT, HUGE_INTS, json_values, text, valid_policies
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

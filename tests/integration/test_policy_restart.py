@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.test_serve_process import EXE, _env, _read_line
 from tests.support.servers import free_port, wait_port
 

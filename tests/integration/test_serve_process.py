@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 import websockets
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.support.servers import free_port, wait_port
 
 EXE = str(Path(sys.executable).parent / "controlplane")

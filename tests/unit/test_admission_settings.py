@@ -8,9 +8,9 @@ import argparse
 import pytest
 
 from controlplane import serve
-from controlplane.admission import UpdateRate
 from controlplane.api.routes import ROUTES
 from controlplane.config import Settings, SettingsError
+from controlplane.edges.admission import UpdateRate
 from policies.model import RESERVED_IDS
 from sessions.clock import FakeClock
 

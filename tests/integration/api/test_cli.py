@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.cli import main
+from controlplane.cli.main import main
 from tests.support.servers import free_port
 from tests.unit.api.fake_service import TOKENS, FakeControlPlane, serve_fake
 
@@ -272,10 +272,10 @@ async def test_audit_verify_local_mode_without_audit_dir(
 async def test_audit_verify_local_mode_detects_tampering(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    versionlog = pytest.importorskip("sessions.versionlog")
     from sessions.clock import FakeClock
+    from sessions.versionlog.file import FileVersionLog
 
-    log = versionlog.FileVersionLog(tmp_path / "audit", FakeClock(), fsync=False)
+    log = FileVersionLog(tmp_path / "audit", FakeClock(), fsync=False)
     await log.start()
     try:
         for sid in ("call-a", "call-b"):

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from controlplane import cli
 from sessions.checkpoints import CheckpointSigner, public_key_pem
 from sessions.clock import FakeClock
-from sessions.file_versionlog import Checkpointing, FileVersionLog
 from sessions.versionchain import canonical_json
+from sessions.versionlog.file import Checkpointing, FileVersionLog
 
 SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 OTHER = CheckpointSigner(Ed25519PrivateKey.generate())

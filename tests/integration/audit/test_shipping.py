@@ -9,11 +9,11 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.audit_sink import AuditShipper
+from controlplane.audit.sink import AuditShipper
 from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner, verify_checkpoints
 from sessions.clock import FakeClock
-from sessions.file_versionlog import Checkpointing, FileVersionLog
+from sessions.versionlog.file import Checkpointing, FileVersionLog
 from tests.integration.distributed.test_pieces import Recorder
 from tests.integration.service.conftest import eventually
 

@@ -21,8 +21,8 @@ import pytest_asyncio
 from playwright.async_api import Browser, Page, async_playwright
 
 from controlplane.app import SERVICE, build_app
-from controlplane.client import ControlClient
 from controlplane.config import Settings
+from controlplane.edges.client import ControlClient
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 from tests.integration.service.conftest import (

@@ -10,7 +10,7 @@ import pytest
 import websockets
 from playwright.async_api import Page, expect
 
-from controlplane.policy_history import diff_documents
+from controlplane.cli.history import diff_documents
 from tests.integration.console.conftest import acking_clients, screenshot
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 
@@ -160,7 +160,7 @@ async def test_version_diff_between_two_versions(stack: ControlPlaneUnderTest, p
     await page.get_by_test_id("diff-from").select_option("2")
     await expect(page.get_by_test_id("diff-empty")).to_be_visible()
     assert page.url.endswith("/ui/policies/diffed?a=2&b=2"), "the chosen diff has its own URL"
-    # the console's diff is the CLI's (controlplane/policy_history.py), field for field
+    # the console's diff is the CLI's (controlplane/cli/history.py), field for field
     a = {"id": "p", "version": 1, "set": {"prompt": "x", "keyterms": ["a"]}, "match": {}}
     b = {"id": "p", "version": 2, "set": {"prompt": "y"}, "lock": ["prompt"], "reason": "r"}
     in_browser = await page.evaluate(

@@ -97,7 +97,7 @@ def test_final_stage_runs_the_console_script_as_non_root() -> None:
     assert "/opt/venv/bin" in env and "PYTHONDONTWRITEBYTECODE=1" in env
     # the entrypoint is the project's console script
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
-    assert project["project"]["scripts"]["controlplane"] == "controlplane.cli:main"
+    assert project["project"]["scripts"]["controlplane"] == "controlplane.cli.main:main"
 
 
 def test_final_stage_has_no_build_tools() -> None:
@@ -148,7 +148,7 @@ def is_ignored(path: str) -> bool:
     [
         "pyproject.toml",
         "README.md",
-        "controlplane/cli.py",
+        "controlplane/cli/main.py",
         "controlplane/api/routes.py",
         "sessions/model.py",
         "policies/model.py",

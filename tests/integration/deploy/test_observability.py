@@ -16,7 +16,7 @@ from typing import Any, get_args
 import pytest
 import yaml
 
-from controlplane.bus import EventType
+from controlplane.intake.bus import EventType
 from tests.integration.deploy.conftest import ROOT
 from tests.support.servers import free_port, wait_port
 

@@ -27,8 +27,8 @@ from aiohttp import web
 from nats.aio.client import Client as NatsClient
 
 from controlplane.app import SERVICE, build_app
-from controlplane.client import ControlClient
 from controlplane.config import Settings
+from controlplane.edges.client import ControlClient
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 from tests.integration.service.conftest import (

@@ -11,7 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from controlplane import cli
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.distributed.conftest import TTL_S, Cluster
 from tests.integration.service.conftest import ADMIN, eventually
 

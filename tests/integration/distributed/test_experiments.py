@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from typing import Any
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.distributed.conftest import Cluster, Replica
 from tests.integration.service.conftest import eventually
 from tests.integration.service.test_experiments import KEY, _apply_pushes, _doc, _ids

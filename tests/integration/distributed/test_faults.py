@@ -20,8 +20,8 @@ import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from controlplane.client import ControlClient, ControlError, ServerPush
-from controlplane.nats_audit import NatsAuditStream
+from controlplane.cluster.nats_audit import NatsAuditStream
+from controlplane.edges.client import ControlClient, ControlError, ServerPush
 from sessions.versionchain import verify_entries
 from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
 from tests.integration.service.conftest import ADMIN, Emulator, eventually

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from controlplane import cli
-from controlplane.client import ControlError
+from controlplane.edges.client import ControlError
 from tests.integration.distributed.conftest import Cluster, Replica
 from tests.integration.service.conftest import ADMIN, eventually
 

@@ -10,16 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit_sink import AuditLine, AuditShipper, dedupe
-from controlplane.cluster import ClusterUpkeep
+from controlplane.audit.sink import AuditLine, AuditShipper, dedupe
+from controlplane.cluster.nats_bus import redact, subject_token
+from controlplane.cluster.ports import ClusterUpkeep
 from controlplane.config import Settings, SettingsError
 from controlplane.metrics import Metrics
-from controlplane.nats_bus import redact, subject_token
-from controlplane.rollout import rollout_body
+from controlplane.rollouts.counts import rollout_body
 from sessions.clock import FakeClock
 from sessions.errors import BackendUnavailable
 from sessions.registry import MemoryRegistry
-from sessions.versionlog import FileVersionLog, verify_entries
+from sessions.versionlog.core import verify_entries
+from sessions.versionlog.file import FileVersionLog
 
 
 @pytest.mark.parametrize(

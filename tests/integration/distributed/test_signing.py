@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from controlplane.client import ControlClient, ServerPush
+from controlplane.edges.client import ControlClient, ServerPush
 from controlplane.signing import SIGNATURE_HEADER, SigningKeys, signature
 from tests.integration.distributed.conftest import Cluster, Replica, event
 from tests.integration.distributed.harness import publish_signed, spawn, stream_events

@@ -157,7 +157,7 @@ async def test_agent_token_passes_through_and_an_unreachable_upstream_is_502(
 
 
 def test_token_url_beside_the_websocket_url() -> None:
-    from controlplane.token_proxy import token_url
+    from controlplane.edges.token_proxy import token_url
 
     assert token_url("wss://streaming.assemblyai.com/v3/ws") == (
         "https://streaming.assemblyai.com/v3/token")  # fmt: skip

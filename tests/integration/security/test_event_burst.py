@@ -23,7 +23,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from controlplane.bus import PolicyEvent
+from controlplane.intake.bus import PolicyEvent
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest
 
 EVENTS = 10_000

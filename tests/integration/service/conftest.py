@@ -15,7 +15,7 @@ from aiohttp import web
 
 from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
-from controlplane.service import ControlPlane
+from controlplane.service.plane import ControlPlane
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from controlplane.client import ControlClient, ServerPush
+from controlplane.edges.client import ControlClient, ServerPush
 from tests.integration.service.conftest import ADMIN
 
 Mode = Literal["ack", "fail", "hold", "silent"]

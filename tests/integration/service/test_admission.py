@@ -15,7 +15,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from controlplane.app import SERVICE, build_app
-from controlplane.cliclient import ControlPlaneClient
+from controlplane.cli.http import ControlPlaneClient
 from controlplane.config import Settings
 from tests.integration.service.audio import silence_chunk
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve, eventually

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import cli
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest
 
 MUTATING = [

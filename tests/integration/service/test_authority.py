@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from controlplane.errors import Forbidden
 from controlplane.roles import Role
 from policies.model import parse_policy

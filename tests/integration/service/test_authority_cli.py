@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.cli import main
+from controlplane.cli.main import main
 from tests.integration.service.conftest import ControlPlaneUnderTest
 
 LOCK = {"id": "eu-disclosure", "match": {"labels": {"region": "eu"}},

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.cli import main
-from controlplane.cli_rollout import EXIT_HALTED, EXIT_REJECTED, EXIT_TIMEOUT
+from controlplane.cli.main import main
+from controlplane.cli.rollout import EXIT_HALTED, EXIT_REJECTED, EXIT_TIMEOUT
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 from tests.integration.service.fleet import Fleet
 

@@ -8,7 +8,7 @@ import io
 import json
 from typing import Any
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 
 

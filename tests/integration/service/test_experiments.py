@@ -17,9 +17,9 @@ import pytest
 import websockets
 
 from controlplane.app import SERVICE, build_app
-from controlplane.cli import main
-from controlplane.client import ControlClient
+from controlplane.cli.main import main
 from controlplane.config import Settings
+from controlplane.edges.client import ControlClient
 from policies.bucketing import bucket, pick_variant
 from sessions.exposures import exposure_problem
 from tests.integration.service.conftest import (

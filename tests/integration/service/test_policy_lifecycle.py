@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 
 

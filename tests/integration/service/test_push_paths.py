@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import websockets
 
-from controlplane.gateway import UpstreamTransport
+from controlplane.edges.gateway import UpstreamTransport
 from controlplane.push.engine import LiveSession
 from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
 from tests.integration.service.fleet import Fleet, metric

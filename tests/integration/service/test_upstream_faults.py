@@ -34,7 +34,7 @@ from websockets.asyncio.client import ClientConnection
 
 from controlplane.app import GATEWAY, SERVICE, build_app
 from controlplane.config import Settings
-from controlplane.gateway import Gateway, UpstreamTransport
+from controlplane.edges.gateway import Gateway, UpstreamTransport
 from controlplane.push.engine import LiveSession
 from tests.integration.service.conftest import (
     ControlPlaneUnderTest,

@@ -16,8 +16,8 @@ import pytest
 
 from controlplane import cli
 from controlplane.app import SERVICE, build_app
-from controlplane.bus import rfc3339
 from controlplane.config import Settings
+from controlplane.intake.bus import rfc3339
 from policies.bucketing import bucket
 from sessions.clock import FakeClock
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve, eventually

@@ -48,7 +48,7 @@ def session(
 
 
 class FakeControlPlane:
-    """In-memory stand-in for controlplane.service.ControlPlane (answers, records calls)."""
+    """In-memory stand-in for controlplane.service.plane.ControlPlane (answers, records calls)."""
 
     node_id = "node-a"
     draining = False

@@ -11,7 +11,7 @@ from aiohttp import web
 
 from controlplane.api.openapi import EXTERNAL_PATHS, openapi_document
 from controlplane.api.routes import ROUTES, add_routes
-from controlplane.rollout import COUNTERS
+from controlplane.rollouts.counts import COUNTERS
 from policies.model import Guard
 from tests.unit.api.fake_service import FakeControlPlane, serve_fake, settings_with_tokens
 

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane import cli
-from controlplane.audit_keys import DEFAULT_KEY, checkpointing, load_or_create_key
+from controlplane.audit.keys import DEFAULT_KEY, checkpointing, load_or_create_key
 from controlplane.config import Settings, SettingsError
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from policies.fields import FIELDS
-from sessions.dialects.base import clear_value, dialect_for, ordered_fields, to_canonical, to_wire
+from sessions.dialects import dialect_for
+from sessions.dialects.base import clear_value, ordered_fields, to_canonical, to_wire
 from sessions.dialects.streaming_v3 import STREAMING_V3
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from controlplane.srm import chi_squared_p_value, gamma_q, srm_check
+from controlplane.rollouts.srm import chi_squared_p_value, gamma_q, srm_check
 
 
 # Published critical values (chi-squared tables: the statistic whose upper tail is p).

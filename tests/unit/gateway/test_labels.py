@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.gateway_labels import (
+from controlplane.labels import (
     CredentialLabels,
     LabelConflict,
     MemoryTokenLabels,

@@ -11,7 +11,7 @@ from controlplane.push.engine import LiveSession, PushEngine
 from controlplane.push.protocol import Push, PushState
 from policies.provenance import PolicyRef
 from policies.resolve import Effective, Inputs, client_key
-from sessions.dialects.base import dialect_for
+from sessions.dialects import dialect_for
 from sessions.model import Session
 
 

@@ -16,16 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controlplane.bus import InProcessBus
 from controlplane.config import Settings
+from controlplane.intake.bus import InProcessBus
 from controlplane.metrics import Metrics
 from controlplane.push.engine import CHUNK, _WriteAhead
 from controlplane.push.protocol import Push
-from controlplane.service import ControlPlane
+from controlplane.service.plane import ControlPlane
 from sessions.clock import FakeClock
-from sessions.dialects.base import dialect_for
+from sessions.dialects import dialect_for
 from sessions.registry import MemoryRegistry
-from sessions.versionlog import FileVersionLog
+from sessions.versionlog.file import FileVersionLog
 
 SESSIONS = 4 * CHUNK + 37  # several chunks, the last one partial
 

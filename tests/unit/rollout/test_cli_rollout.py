@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from controlplane.cli import _table
-from controlplane.cli_rollout import guard_lines as _guard_lines
-from controlplane.cli_rollout import wave_lines
+from controlplane.cli.main import _table
+from controlplane.cli.rollout import guard_lines as _guard_lines
+from controlplane.cli.rollout import wave_lines
 
 GUARD = {"enabled": True, "max_failure_ratio": 0.01, "min_sessions": 50, "window_s": 300.0,
          "on_breach": "rollback"}  # fmt: skip

@@ -1,4 +1,4 @@
-"""``policy apply --wait`` decisions over rollout answers (controlplane.cli_rollout)."""
+"""``policy apply --wait`` decisions over rollout answers (controlplane.cli.rollout)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import io
 import json
 from typing import Any
 
-from controlplane.cli_rollout import CONFIRM_S, EXIT_HALTED, progress, wait_for, watch
-from controlplane.cliclient import ControlPlaneClient
+from controlplane.cli.http import ControlPlaneClient
+from controlplane.cli.rollout import CONFIRM_S, EXIT_HALTED, progress, wait_for, watch
 
 
 def row(version: int, **counts: int) -> dict[str, Any]:

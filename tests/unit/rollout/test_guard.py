@@ -1,4 +1,4 @@
-"""The rollout guard's decision (``controlplane.guard``), without sockets: the breach rule,
+"""The rollout guard's decision (``controlplane.rollouts.guard``), without sockets: the breach rule,
 the failure window on a fake clock, and one check against fake ports."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from controlplane.config import Settings
-from controlplane.guard import FailureWindow, GuardSpec, RolloutGuard
+from controlplane.rollouts.guard import FailureWindow, GuardSpec, RolloutGuard
 from policies.model import parse_policy
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controlplane.bus import PolicyEvent
-from controlplane.policy_store import PolicyStore
+from controlplane.intake.bus import PolicyEvent
+from controlplane.intake.store import PolicyStore
 
 
 def published(version: int, prompt: str, cause: str = "policy", **extra: Any) -> PolicyEvent:

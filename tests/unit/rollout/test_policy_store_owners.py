@@ -3,8 +3,8 @@ only rises, and an event from a lower role changes nothing on any replica."""
 
 from __future__ import annotations
 
-from controlplane.bus import PolicyEvent
-from controlplane.policy_store import PolicyStore
+from controlplane.intake.bus import PolicyEvent
+from controlplane.intake.store import PolicyStore
 from controlplane.roles import Role
 
 AT = "2026-01-01T00:00:00Z"

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from controlplane.bus import PolicyEvent, decode_event
-from controlplane.policy_files import DurableIntake, PolicyFiles
-from controlplane.policy_store import PolicyStore
+from controlplane.intake.bus import PolicyEvent, decode_event
+from controlplane.intake.files import DurableIntake, PolicyFiles
+from controlplane.intake.store import PolicyStore
 from policies.bucketing import bucket
 from policies.errors import PolicyValidationError
 from policies.model import parse_policy

@@ -13,7 +13,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sessions.versionchain import Canonical, EntryTemplate, canonical_json, seal
-from sessions.versionlog import CAUSES, STATUSES, Pending, canonical
+from sessions.versionlog.core import CAUSES, STATUSES, Pending, canonical
 
 TEXT = st.text(max_size=12)  # includes lone surrogates: both paths must refuse them alike
 SCALAR = st.one_of(

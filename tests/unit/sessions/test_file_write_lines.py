@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sessions import file_versionlog
-from sessions.file_versionlog import _write_lines
+from sessions.versionlog import file as file_versionlog
+from sessions.versionlog.file import _write_lines
 
 
 def _lines(n: int) -> list[bytes]:

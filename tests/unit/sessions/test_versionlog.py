@@ -12,7 +12,7 @@ import pytest
 
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
-from sessions.versionlog import (
+from sessions.versionlog.core import (
     GENESIS,
     MemoryVersionLog,
     Pending,

@@ -1,4 +1,4 @@
-"""The embedded policy store's files (``controlplane.policy_files``): written once and
+"""The embedded policy store's files (``controlplane.intake.files``): written once and
 atomically, replayed in version order, and a bad file stops the start instead of being skipped."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.bus import PolicyEvent
 from controlplane.errors import Conflict, Unavailable
-from controlplane.policy_files import DurableIntake, PolicyFiles, PolicyFilesCorrupt
-from controlplane.policy_store import PolicyStore
+from controlplane.intake.bus import PolicyEvent
+from controlplane.intake.files import DurableIntake, PolicyFiles, PolicyFilesCorrupt
+from controlplane.intake.store import PolicyStore
 
 
 def _event(version: int, kind: str = "policy.published", pid: str = "tone") -> PolicyEvent:

@@ -11,7 +11,7 @@ import json
 
 import nats
 
-from controlplane.bus import PolicyEvent
+from controlplane.intake.bus import PolicyEvent
 from tests.integration.distributed.conftest import Cluster, event
 from tests.integration.distributed.harness import ready
 from tests.integration.service.conftest import eventually

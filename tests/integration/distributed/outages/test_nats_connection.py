@@ -13,8 +13,8 @@ import time
 import nats.errors
 import pytest
 
+from controlplane.cluster.nats_connection import NatsConnection
 from controlplane.config import Settings
-from controlplane.nats_connection import NatsConnection
 from tests.support.servers import ServerProcess
 
 

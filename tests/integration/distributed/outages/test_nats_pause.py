@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
 from tests.integration.distributed.conftest import Cluster
 from tests.integration.distributed.harness import Spawned, ready, spawn
 from tests.integration.service.conftest import ADMIN

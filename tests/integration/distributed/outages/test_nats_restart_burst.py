@@ -16,7 +16,7 @@ from typing import Any
 
 import nats
 
-from controlplane.client import ControlClient, ServerPush
+from controlplane.edges.client import ControlClient, ServerPush
 from tests.integration.distributed.conftest import Cluster, Replica, event
 from tests.integration.distributed.harness import ready, stream_events
 from tests.integration.service.conftest import ADMIN, eventually

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from controlplane import cli
-from controlplane.bus import PolicyEvent
-from controlplane.client import ControlClient
+from controlplane.edges.client import ControlClient
+from controlplane.intake.bus import PolicyEvent
 from tests.integration.distributed.conftest import Cluster, Replica, event
 from tests.integration.distributed.harness import ready, spawn, stream_events
 from tests.integration.service.conftest import ADMIN, eventually

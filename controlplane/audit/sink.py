@@ -1,0 +1,343 @@
+"""Durable audit: ship the local version log to a remote stream (``CP_AUDIT``), never losing
+an entry (DESIGN.md §6: write locally first, then ship).
+
+The local JSONL ``FileVersionLog`` stays the write-ahead log: the push path appends to it and
+its group commit makes entries durable (``write`` + ``fdatasync``). ``AuditShipper`` tails its
+files like a log shipper, off the critical path:
+
+1. ``flush()`` the local log, then take the files' sizes at once (no await in between): those
+   bytes are durable, so nothing the disk could still lose is ever shipped;
+2. read the complete lines after a persisted cursor (``file``, byte ``offset``), ship them in
+   batches through an ``AuditTransport`` (each entry keyed ``<session_id>:<seq>``), and move
+   the cursor only after the whole batch is acknowledged;
+3. on failure keep the cursor, count ``audit_append_failures_total`` (entries per failed
+   attempt), back off and retry; the backlog is the unshipped bytes on disk
+   (``controlplane_audit_ship_backlog_bytes``), bounded by the data volume, never dropped.
+
+A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
+transport deduplicates by key and readers drop exact duplicates (``dedupe``).
+
+Fencing (distributed mode): one session's trail has one writer, the node holding the id's
+claim in the registry (``sessions.registry``). Before each batch the shipper asks an
+``AuditFence`` which of the batch's sessions another node holds; their lines are withheld
+(kept in the local log, counted in ``audit_fenced_total``, logged), so two nodes never
+interleave two chains in one ``cp.audit.<id>``.
+The file layout it tails (``versionlog-YYYY-MM-DD.jsonl``, name order = write order, one
+canonical JSON entry per line) is the one documented in ``sessions.versionlog.file``.
+
+Signed checkpoints (``checkpoints-YYYY-MM-DD.jsonl`` next to them, ``sessions.checkpoints``)
+are shipped the same way with a cursor of their own, after the entries of the same pass: their
+sizes are taken before the entries' sizes, so a shipped checkpoint never commits to an entry
+that is not shipped yet. A checkpoint line is an ``AuditLine`` with ``node`` set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from controlplane.metrics import Metrics
+from controlplane.tasks import raise_if_cancelled, stop_task
+from sessions.clock import Clock, SystemClock
+
+__all__ = ["AuditFence", "AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
+
+log = logging.getLogger(__name__)
+
+FILE_GLOB: Final = "versionlog-*.jsonl"
+CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
+BATCH_LINES: Final = 500
+READ_BYTES: Final = 4 * 1024 * 1024
+RETRY_MAX_S: Final = 2.0
+FENCED_KEPT: Final = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuditLine:
+    """One version-log entry as stored locally (``data`` without the newline); or, with
+    ``node`` set, one signed checkpoint of that node (``seq`` its checkpoint seq)."""
+
+    session_id: str
+    seq: int
+    data: bytes
+    node: str | None = None
+
+
+class AuditTransport(Protocol):
+    async def ship(self, lines: Sequence[AuditLine]) -> None:
+        """Store every line durably or raise (the batch is retried whole)."""
+        ...
+
+
+class AuditFence(Protocol):
+    async def foreign(self, session_ids: Collection[str]) -> set[str]:
+        """The ids among these whose trail another node holds (their lines are withheld)."""
+        ...
+
+
+class AuditReader(Protocol):
+    async def has_trail(self, session_id: str) -> bool:
+        """Whether any entry of this session is stored."""
+        ...
+
+    async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
+        """One session's stored entries in order (exact duplicates dropped)."""
+        ...
+
+    async def checkpoint_rows(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint record, in order."""
+        ...
+
+
+def dedupe(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Drop rows identical in seq and hash to an earlier row (a re-shipped entry); a row with
+    the same seq but another hash is kept, so verification still reports it."""
+    seen: set[tuple[Any, Any]] = set()
+    out: list[dict[str, Any]] = []
+    for row in rows:
+        key = (row.get("seq"), row.get("hash"))
+        if key[1] is not None and key in seen:
+            continue
+        seen.add(key)
+        out.append(dict(row))
+    return out
+
+
+@dataclass
+class _Cursor:
+    file: str | None = None  # the file being shipped (None: start at the first file)
+    offset: int = 0
+
+
+class AuditShipper:
+    """Tails the local version-log files into an ``AuditTransport`` (module docstring)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        cursor_path: Path,
+        transport: AuditTransport,
+        *,
+        flush: Callable[[], Awaitable[None]],
+        metrics: Metrics,
+        interval_s: float = 0.2,
+        batch_lines: int = BATCH_LINES,
+        clock: Clock | None = None,
+        fence: AuditFence | None = None,
+    ) -> None:
+        self._clock = clock or SystemClock()
+        self._fence = fence
+        self.fenced: set[str] = set()  # session ids whose lines were withheld (bounded)
+        self._dir = directory
+        self._cursor_path = cursor_path
+        self._transport = transport
+        self._flush = flush
+        self._metrics = metrics
+        self._interval = interval_s
+        self._batch = batch_lines
+        self._cursor = _Cursor()
+        self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self.shipped = 0
+        self.backlog_bytes = 0
+        self.healthy = True  # the last attempt succeeded
+        self.failing_since: float | None = None  # clock.monotonic() of the first failed pass
+
+    async def start(self) -> None:
+        self._cursor, self._ck_cursor = await asyncio.to_thread(self._load_cursor)
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="audit-shipper")
+
+    async def close(self, *, final_timeout_s: float = 5.0) -> None:
+        """Stop the loop, then one last bounded pass (after the local log's final flush)."""
+        task, self._task = self._task, None
+        if task is None:
+            return  # never started: nothing of ours to finish
+        await stop_task(task)
+        try:
+            async with asyncio.timeout(final_timeout_s):
+                await self.ship_pending()
+        except Exception as exc:
+            log.warning("audit: %d bytes not shipped at shutdown (kept on disk, shipped at "
+                        "the next start): %s", self.backlog_bytes, exc)  # fmt: skip
+
+    async def _run(self) -> None:
+        delay = self._interval
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.ship_pending()
+            except Exception as exc:
+                raise_if_cancelled()
+                if self.failing_since is None:
+                    self.failing_since = self._clock.monotonic()
+                first = delay == self._interval  # say it once per outage, then quietly
+                delay = min(max(delay * 2, 0.5), RETRY_MAX_S)
+                log.log(logging.WARNING if first else logging.DEBUG,
+                        "audit shipping failed (%d bytes waiting, kept on disk), retrying: %s",
+                        self.backlog_bytes, exc)  # fmt: skip
+            else:
+                self.failing_since = None
+                if delay != self._interval:
+                    log.info("audit shipping resumed (%d entries shipped so far)", self.shipped)
+                delay = self._interval
+
+    async def ship_pending(self) -> int:
+        """Ship every durable entry not shipped yet; returns how many were shipped."""
+        async with self._lock:
+            await self._flush()
+            # right after the flush, before anything awaits; checkpoints first (docstring)
+            ck_sizes = self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor)
+            sizes = self._durable_sizes(FILE_GLOB, self._cursor)
+            shipped = 0
+            try:
+                shipped += await self._ship_files(sizes, checkpoints=False)
+                shipped += await self._ship_files(ck_sizes, checkpoints=True)
+            finally:
+                self._update_backlog(sizes, ck_sizes)
+            self.healthy = True
+            return shipped
+
+    async def _ship_files(self, sizes: Mapping[str, int], *, checkpoints: bool) -> int:
+        shipped = 0
+        while True:
+            cursor = self._ck_cursor if checkpoints else self._cursor
+            chunk = await asyncio.to_thread(self._read, sizes, cursor)
+            if chunk is None:
+                return shipped
+            name, end, lines = chunk
+            for i in range(0, len(lines), self._batch):
+                part = lines[i : i + self._batch]
+                await self._ship(part)
+                shipped += len(part)
+            if checkpoints:
+                self._ck_cursor = _Cursor(name, end)
+            else:
+                self._cursor = _Cursor(name, end)
+            await asyncio.to_thread(self._save_cursor)
+
+    async def _ship(self, lines: Sequence[AuditLine]) -> None:
+        if self._fence is not None and lines:
+            lines = await self._fenced(lines)
+        if not lines:
+            return
+        try:
+            await self._transport.ship(lines)
+        except Exception:
+            self.healthy = False
+            self._metrics.audit_append_failures.inc(len(lines))
+            raise
+        self.shipped += len(lines)
+        self._metrics.audit_shipped.inc(len(lines))
+
+    async def _fenced(self, lines: Sequence[AuditLine]) -> Sequence[AuditLine]:
+        """The lines this node may ship: those of sessions another node holds are withheld."""
+        assert self._fence is not None
+        try:
+            foreign = await self._fence.foreign({ln.session_id for ln in lines if ln.node is None})
+        except Exception:
+            self.healthy = False
+            raise  # the batch is retried whole, as for a transport failure
+        if not foreign:
+            return lines
+        withheld = [ln for ln in lines if ln.node is None and ln.session_id in foreign]
+        self._metrics.audit_fenced.inc(len(withheld))
+        new = foreign - self.fenced
+        if new:
+            log.error("audit: %d entries of session(s) %s not shipped: another node holds "
+                      "their trail (they stay in the local log)", len(withheld),
+                      ", ".join(sorted(new)[:20]))  # fmt: skip
+            if len(self.fenced) < FENCED_KEPT:
+                self.fenced |= new
+        return [ln for ln in lines if ln.node is not None or ln.session_id not in foreign]
+
+    # -- files (worker thread) -----------------------------------------------------------
+    def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:
+        """Sizes of the files not fully shipped yet (the cursor's file and later ones)."""
+        if not self._dir.is_dir():
+            return {}
+        first = cursor.file or ""
+        names = sorted(p.name for p in self._dir.glob(glob))
+        return {n: (self._dir / n).stat().st_size for n in names if n >= first}
+
+    def _read(
+        self, sizes: Mapping[str, int], cur: _Cursor
+    ) -> tuple[str, int, list[AuditLine]] | None:
+        """The next complete lines after the cursor (at most READ_BYTES), or None when done.
+        The cursor moves on to the next file once a file is shipped to its durable size."""
+        for name in sorted(sizes):
+            if cur.file is not None and name < cur.file:
+                continue
+            start = cur.offset if name == cur.file else 0
+            size = sizes[name]
+            if start >= size:
+                continue
+            with (self._dir / name).open("rb") as fh:
+                fh.seek(start)
+                data = fh.read(min(size - start, READ_BYTES))
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                if len(data) < READ_BYTES:
+                    return None  # a line still being written (cannot happen after a flush)
+                raise ValueError(f"{name}: line longer than {READ_BYTES} bytes at {start}")
+            return name, start + cut, self._parse(name, start, data[:cut])
+        return None
+
+    @staticmethod
+    def _parse(name: str, start: int, data: bytes) -> list[AuditLine]:
+        lines = []
+        for raw in data.splitlines():
+            try:
+                row = json.loads(raw)
+                if row.get("type") == "checkpoint":
+                    lines.append(AuditLine("", int(row["seq"]), raw, node=str(row["node"])))
+                else:
+                    lines.append(AuditLine(str(row["session_id"]), int(row["seq"]), raw))
+            except (ValueError, KeyError, TypeError, AttributeError):
+                log.warning("audit: %s (from byte %d): skipping a line that is not an entry",
+                            name, start)  # fmt: skip
+        return lines
+
+    def _update_backlog(self, sizes: Mapping[str, int], ck_sizes: Mapping[str, int]) -> None:
+        backlog = 0
+        for cur, track in ((self._cursor, sizes), (self._ck_cursor, ck_sizes)):
+            for name, size in track.items():
+                if cur.file is None or name > cur.file:
+                    backlog += size
+                elif name == cur.file:
+                    backlog += max(0, size - cur.offset)
+        self.backlog_bytes = backlog
+        self._metrics.audit_ship_backlog.set(backlog)
+
+    def _load_cursor(self) -> tuple[_Cursor, _Cursor]:
+        try:
+            raw = json.loads(self._cursor_path.read_text(encoding="utf-8"))
+            ck = raw.get("checkpoints") or {}  # absent in cursors written before checkpoints
+            name = raw["file"]
+            return _Cursor(None if name is None else str(name), int(raw["offset"])), _Cursor(
+                None if ck.get("file") is None else str(ck["file"]), int(ck.get("offset", 0))
+            )
+        except FileNotFoundError:
+            return _Cursor(), _Cursor()
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("audit: cursor %s unreadable (%s); shipping from the first file "
+                        "(duplicates are dropped by key)", self._cursor_path, exc)  # fmt: skip
+            return _Cursor(), _Cursor()
+
+    def _save_cursor(self) -> None:
+        tmp = self._cursor_path.with_name(self._cursor_path.name + ".tmp")
+        self._cursor_path.parent.mkdir(parents=True, exist_ok=True)
+        ck = self._ck_cursor
+        body = {
+            "file": self._cursor.file,
+            "offset": self._cursor.offset,
+            "checkpoints": {"file": ck.file, "offset": ck.offset},
+        }
+        tmp.write_text(json.dumps(body), encoding="utf-8")
+        os.replace(tmp, self._cursor_path)

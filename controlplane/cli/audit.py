@@ -1,0 +1,416 @@
+"""The auditor's commands: ``controlplane audit verify`` and ``audit at`` (through a server,
+offline from ``--data-dir``, or from the durable stream ``CP_AUDIT`` with ``--nats-url``: no
+control plane running and nothing from Redis), and ``audit export`` from ``CP_AUDIT``.
+
+``verify`` recomputes each session's hash chain and checks the signed checkpoints
+(``sessions.checkpoints``): signatures under the trusted key(s), the checkpoints' own chain,
+and every head they commit to (exact re-shipped duplicates are dropped first; any other
+difference is reported). ``at`` rebuilds the configuration in effect for a session at an
+instant, with the evidence (``sessions.config_at``). ``export`` writes the stored entries as
+JSONL, byte for byte as they were hashed, for one session or for every entry whose ``at`` lies
+in ``[--since, --until)`` (checkpoint records are not exported). NATS settings (URL,
+credentials, stream and subject prefix) also come from the ``CONTROLPLANE_*`` environment,
+like ``serve``. ``--public-key FILE`` (PEM or base64 of the raw 32 bytes; repeatable) pins the
+checkpoint signers; without it the keys the trail publishes are trusted (each chain of
+checkpoints must start at #1 under its key), and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import datetime as dt
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from controlplane.audit.sink import dedupe
+from controlplane.audit.sources import (
+    CHECKPOINT_GRACE_S,
+    Trail,
+    checkpoint_evidence,
+    config_at_answer,
+    parse_instant,
+    require_checkpoints,
+    verify_answer,
+)
+from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.config import Settings
+from controlplane.errors import ControlPlaneError
+from sessions.audit_trail import group_rows
+from sessions.checkpoints import load_public_key
+from sessions.clock import SystemClock
+from sessions.versionlog.file import FileVersionLog
+
+__all__ = [
+    "add_audit_options",
+    "add_export",
+    "add_nats_options",
+    "at_command",
+    "at_text",
+    "export_entries",
+    "local_trail",
+    "nats_trail",
+    "parse_time",
+    "verify_command",
+    "verify_text",
+]
+
+
+def add_nats_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("durable audit stream (NATS)")
+    group.add_argument("--nats-url", help="read CP_AUDIT from NATS (env CONTROLPLANE_NATS_URL)")
+    group.add_argument("--nats-creds", type=Path, help="NATS .creds file")
+    group.add_argument("--nats-nkey", type=Path, help="NATS nkey seed file")
+    group.add_argument("--nats-audit-stream", help="stream name (default CP_AUDIT)")
+    group.add_argument("--nats-subject-prefix", help="subject prefix (default cp)")
+
+
+def nats_settings(args: argparse.Namespace) -> Settings:
+    names = ("nats_url", "nats_creds", "nats_nkey", "nats_audit_stream", "nats_subject_prefix")
+    settings = Settings.from_env(**{n: getattr(args, n, None) for n in names})
+    if not settings.nats_url:
+        raise CliError("pass --nats-url (or set CONTROLPLANE_NATS_URL)", 2)
+    return settings
+
+
+def parse_time(value: str) -> float:
+    """RFC 3339 (``2026-01-31T12:00:00Z``) or Unix seconds."""
+    try:
+        return parse_instant(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _read(
+    settings: Settings, sink: Callable[[bytes], None], session_id: str | None, since: float | None
+) -> None:
+    from controlplane.cluster.nats_audit import NatsAuditStream
+    from controlplane.cluster.nats_bus import NatsConnection
+
+    async def run() -> None:
+        conn = NatsConnection(settings, name="controlplane audit")
+        await conn.connect()
+        try:
+            await NatsAuditStream(conn).read(sink, session_id=session_id, since=since)
+        finally:
+            await conn.close()
+
+    try:
+        asyncio.run(run())
+    except ControlPlaneError as exc:
+        raise CliError(exc.message) from None
+
+
+def _row(data: bytes) -> dict[str, Any]:
+    try:
+        row = json.loads(data)
+    except ValueError:
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def nats_trail(settings: Settings, session_id: str | None) -> Trail:
+    """The trail as ``CP_AUDIT`` holds it (checkpoints read before entries)."""
+    from controlplane.cluster.nats_audit import NatsAuditStream
+    from controlplane.cluster.nats_bus import NatsConnection
+
+    async def run() -> Trail:
+        conn = NatsConnection(settings, name="controlplane audit")
+        await conn.connect()
+        try:
+            stream = NatsAuditStream(conn)
+            if session_id is not None:
+                checkpoints = await stream.checkpoint_rows()
+                return Trail("CP_AUDIT", {session_id: await stream.session_rows(session_id)},
+                             checkpoints)  # fmt: skip
+            rows: list[dict[str, Any]] = []
+            await stream.read(lambda data: rows.append(_row(data)))  # one pass, stream order
+            groups, found = group_rows(rows)
+            return Trail(
+                "CP_AUDIT",
+                {sid: dedupe(group) for sid, group in groups.items()},
+                [dict(row) for row in found],
+            )
+        finally:
+            await conn.close()
+
+    try:
+        return asyncio.run(run())
+    except ControlPlaneError as exc:
+        raise CliError(exc.message) from None
+
+
+def local_trail(data_dir: Path, session_id: str | None) -> Trail:
+    """The file version log under ``<data_dir>/audit``, read only (never repaired)."""
+    directory = data_dir / "audit"
+    if not directory.is_dir():
+        raise CliError(f"no audit log at {directory} (expected <data-dir>/audit/*.jsonl)")
+    log = FileVersionLog(directory, SystemClock())
+
+    async def run() -> Trail:
+        checkpoints = await log.checkpoint_rows()  # first: see controlplane.audit.sources
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for row in await log.stored_rows(session_id):
+            groups.setdefault(str(row.get("session_id")), []).append(row)
+        if session_id is not None:
+            groups.setdefault(session_id, [])
+        return Trail("local", groups, checkpoints)
+
+    return asyncio.run(run())
+
+
+def _pinned(args: argparse.Namespace) -> list[Ed25519PublicKey] | None:
+    keys = []
+    for path in getattr(args, "public_key", None) or ():
+        try:
+            keys.append(load_public_key(Path(path).read_bytes()))
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except ValueError as exc:
+            raise CliError(f"{path}: {exc}") from None
+    return keys or None
+
+
+def _raw_b64(key: Ed25519PublicKey) -> str:
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return base64.b64encode(raw).decode()
+
+
+def _source(args: argparse.Namespace) -> str:
+    if args.data_dir is not None and args.nats_url is not None:
+        raise CliError("pass either --data-dir or --nats-url", 2)
+    return "local" if args.data_dir is not None else "nats" if args.nats_url else "server"
+
+
+def verify_command(
+    args: argparse.Namespace, client: Callable[[argparse.Namespace], ControlPlaneClient]
+) -> dict[str, Any]:
+    """The verification answer ({"items", "ok", "checkpoints", "source"}) from the source
+    the options name."""
+    source, pinned = _source(args), _pinned(args)
+    if source == "server":
+        keys = [_raw_b64(k) for k in pinned or ()]
+        answer = client(args).verify_audit(args.id, public_keys=keys)
+        answer.pop("next", None)
+        return answer
+    if source == "local":
+        trail = local_trail(args.data_dir, args.id)
+        answer = verify_answer(trail, args.id, pinned)
+        if getattr(args, "allow_missing_checkpoints", False):
+            return answer
+        grace = getattr(args, "checkpoint_grace_s", None)
+        grace = CHECKPOINT_GRACE_S if grace is None else grace
+        evidence = checkpoint_evidence(args.data_dir)
+        return require_checkpoints(answer, trail, evidence, now=time.time(), grace_s=grace)
+    trail = nats_trail(nats_settings(args), args.id)
+    return verify_answer(trail, args.id, pinned)
+
+
+def at_command(
+    args: argparse.Namespace, client: Callable[[argparse.Namespace], ControlPlaneClient]
+) -> dict[str, Any]:
+    source, pinned = _source(args), _pinned(args)
+    if source == "server":
+        keys = [_raw_b64(k) for k in pinned or ()]
+        return client(args).config_at(args.session, args.time, public_keys=keys)
+    if source == "local":
+        trail = local_trail(args.data_dir, args.session)
+    else:
+        trail = nats_trail(nats_settings(args), args.session)
+    try:
+        return config_at_answer(trail, args.session, args.time, pinned)
+    except ControlPlaneError as exc:
+        raise CliError(exc.message) from None
+
+
+# -- human output -----------------------------------------------------------------------------
+
+
+def _when(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            stamp = dt.datetime.fromtimestamp(value, dt.UTC)
+        except (OverflowError, ValueError, OSError):
+            return str(value)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return str(value)
+
+
+def _keys(checkpoints: dict[str, Any]) -> str:
+    trusted = checkpoints.get("trusted_keys") or {}
+    if checkpoints.get("trust") == "pinned":
+        ids = ", ".join(f"{k[:16]}…" for k in trusted.get("*", []))
+        return f"checked against the pinned key(s) {ids} (--public-key)"
+    if not trusted:
+        return "no key trusted yet"
+    ids = ", ".join(f"{node}: {k[:16]}…" for node, keys in trusted.items() for k in keys)
+    return (
+        f"checked against the keys the trail itself publishes ({ids}); "
+        "that proves consistency, not origin: pin keys with --public-key"
+    )
+
+
+def verify_text(answer: dict[str, Any]) -> str:
+    lines = []
+    items = answer.get("items") or []
+    for r in items:
+        sid, covered = r.get("session_id"), r.get("covered_seq")
+        if r.get("ok"):
+            cover = f", checkpointed to seq {covered}" if covered else ""
+            lines.append(f"ok      {sid}  {r.get('count')} entries{cover}")
+        else:
+            lines.append(
+                f"BROKEN  {sid}  first bad seq {r.get('first_bad_seq')}: {r.get('problem')}"
+            )
+    ck = answer.get("checkpoints") or {}
+    count, problems = ck.get("count", 0), ck.get("problems") or []
+    for p in problems:
+        lines.append(f"BAD CHECKPOINT  {p.get('problem')}")
+    broken = sum(1 for r in items if not r.get("ok"))
+    summary = f"{len(items)} chain(s) verified, {broken} broken"
+    if count or problems:
+        lines.append(f"checkpoints: {count} from {len(ck.get('nodes') or {})} node(s); "
+                     f"signatures {_keys(ck)}")  # fmt: skip
+        summary += f"; {count} checkpoint(s), {len(problems)} bad"
+    else:
+        lines.append("no checkpoints: deletion of a session's newest entries is not detectable")
+    lines.append(summary)
+    return "\n".join(lines)
+
+
+def at_text(a: dict[str, Any]) -> str:
+    est = a.get("established_by") or {}
+    rebuild = a.get("rebuild") or {}
+    chain = a.get("chain") or {}
+    ck = a.get("checkpoint") or {}
+    refs = ", ".join(
+        f"{p.get('id')}@{p.get('version')}" + (f"/{p['variant']}" if p.get("variant") else "")
+        for p in a.get("policies") or []
+    )
+    digests = ", ".join(  # which content each version was (sha256 of its document)
+        f"{p.get('id')}@{p.get('version')}={str(p['digest'])[:12]}"
+        for p in a.get("policies") or []
+        if p.get("digest")
+    )
+    config = yaml.safe_dump(a.get("config") or {}, sort_keys=True, allow_unicode=True).rstrip()
+    lines = [
+        f"session {a.get('session_id')} at {_when(a.get('at'))}",
+        "config:" + ("\n  " + config.replace("\n", "\n  ") if a.get("config") else " {}"),
+        f"policies: {refs or '(none)'}",
+        *([f"digests: {digests}"] if digests else []),
+        f"established by seq {est.get('seq')} at {_when(est.get('at'))}: {est.get('cause')}/"
+        f"{est.get('status')}, version {est.get('version')}, hash {str(est.get('hash'))[:16]}…",
+        f"  {est.get('meaning')}",
+    ]
+    sent = a.get("sent_by")
+    if sent:
+        lines.append(f"  sent at seq {sent.get('seq')} ({_when(sent.get('at'))})")
+    named = a.get("policies_by")
+    if named:
+        lines.append(f"policies named by seq {named.get('seq')} at {_when(named.get('at'))}: "
+                     f"{named.get('cause')}/unchanged, version {named.get('version')} (nothing "
+                     "sent: the configuration already matched)")  # fmt: skip
+    for p in a.get("pending") or []:
+        answer = p.get("answer")
+        then = "no answer recorded" if not answer else (
+            f"{answer.get('status')} at seq {answer.get('seq')} ({_when(answer.get('at'))})"
+        )  # fmt: skip
+        lines.append(f"in flight at that instant: version {p.get('version')} sent at seq "
+                     f"{(p.get('sent') or {}).get('seq')}, then {then}")  # fmt: skip
+    failures = rebuild.get("failures") or []
+    lines.append(f"rebuild: seq 1 (connect config) to seq {rebuild.get('entries_replayed')}, "
+                 f"{rebuild.get('checked')} config_hash check(s), "
+                 + ("all passed" if not failures else f"{len(failures)} FAILED"))  # fmt: skip
+    lines += [f"  FAILED {f.get('problem')}" for f in failures]
+    lines.append("chain: " + ("ok" if chain.get("ok") else f"BROKEN at seq "
+                 f"{chain.get('first_bad_seq')}: {chain.get('problem')}"))  # fmt: skip
+    if ck.get("covered"):
+        seq = max(int(est.get("seq") or 0), int((named or {}).get("seq") or 0))
+        lines.append(f"checkpoint: seq {seq} is covered by checkpoint "
+                     f"{ck.get('node')} "
+                     f"#{ck.get('seq')} (commits to seq {ck.get('committed_seq')})")  # fmt: skip
+    else:
+        lines.append("checkpoint: NOT covered by a checkpoint yet")
+    lines.append("checkpoints: " + ("ok" if ck.get("checkpoints_ok") else "BAD: " + str(
+        (ck.get("first_bad") or {}).get("problem"))) + f"; signatures {_keys(ck)}")  # fmt: skip
+    lines += [f"note: {n}" for n in a.get("notes") or []]
+    lines.append("VERIFIED" if a.get("verified") else "NOT VERIFIED")
+    return "\n".join(lines)
+
+
+def add_audit_options(parser: argparse.ArgumentParser) -> None:
+    """Source and trust options shared by ``audit verify`` and ``audit at``."""
+    parser.add_argument("--data-dir", type=Path, help="read local files, without a server")
+    parser.add_argument(
+        "--public-key", action="append", metavar="FILE",
+        help="trusted checkpoint key (PEM or base64 raw Ed25519); repeatable. Default: each "
+        "checkpoint chain's own key, published in the trail",
+    )  # fmt: skip
+    add_nats_options(parser)
+
+
+def export_entries(
+    settings: Settings,
+    out: IO[bytes],
+    *,
+    session_id: str | None,
+    since: float | None,
+    until: float | None,
+) -> int:
+    """Write matching entries as JSONL to ``out``; returns how many."""
+    seen: set[tuple[Any, Any, Any]] = set()
+    count = 0
+
+    def sink(data: bytes) -> None:
+        nonlocal count
+        row = _row(data)
+        key = (row.get("session_id"), row.get("seq"), row.get("hash"))
+        at = row.get("at")
+        if key in seen or row.get("type") == "checkpoint":
+            return
+        if isinstance(at, int | float) and (
+            (since is not None and at < since) or (until is not None and at >= until)
+        ):
+            return
+        seen.add(key)
+        out.write(data.rstrip(b"\n") + b"\n")
+        count += 1
+
+    _read(settings, sink, session_id, since)
+    return count
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.session is None and (args.since is None or args.until is None):
+        raise CliError("pass --session ID, or both --since and --until", 2)
+    settings = nats_settings(args)
+    if args.output in (None, "-"):
+        count = export_entries(settings, sys.stdout.buffer, session_id=args.session,
+                               since=args.since, until=args.until)  # fmt: skip
+        sys.stdout.flush()
+    else:
+        with Path(args.output).open("wb") as fh:
+            count = export_entries(settings, fh, session_id=args.session, since=args.since,
+                                   until=args.until)  # fmt: skip
+    print(f"exported {count} entries", file=sys.stderr)
+    return 0
+
+
+def add_export(audit: Any) -> None:
+    text = "write durable audit entries (CP_AUDIT) as JSONL"
+    p = audit.add_parser("export", help=text, description=text)
+    add_nats_options(p)
+    p.add_argument("--session", help="every entry of this session")
+    p.add_argument("--since", type=parse_time, help="entries at or after (RFC 3339 or Unix s)")
+    p.add_argument("--until", type=parse_time, help="entries before (RFC 3339 or Unix s)")
+    p.add_argument("-o", "--output", help="file to write (default stdout)")
+    p.set_defaults(func=_export)

@@ -1,0 +1,87 @@
+"""Who may change a policy, and the locks a publish may not cross (docs/policies.md#ownership,
+docs/policies.md#locks). Called by the service before it publishes a policy event.
+
+- :func:`check_owner`: a role below the policy's owner role may not publish, preview, roll
+  back or retire it (403 ``policy_owned``).
+- :func:`acting_role`: the role a retire or rollback acts with; below compliance only
+  experiment policies without a lock (403 ``forbidden``); the rollout guard acts as the owner.
+- :func:`check_locks`: a version that would set a field locked by a higher role's active
+  policy on sessions both surely target is refused (409 ``field_locked``); clashes that depend
+  on live labels come back as warnings (resolution gives the lock owner the field there).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.errors import Conflict, Forbidden
+from controlplane.intake.store import PolicyStore
+from controlplane.roles import Role, publish_refusal
+from policies.authority import LockClash, lock_clashes
+from policies.model import Policy
+
+__all__ = ["acting_role", "check_locks", "check_owner"]
+
+
+def check_owner(store: PolicyStore, policy_id: str, role: Role, action: str) -> None:
+    """403 ``policy_owned`` when ``role`` is below the role owning ``policy_id``."""
+    owner = store.owner_role(policy_id)
+    if owner is not None and role < owner:
+        raise Forbidden(
+            f"policy {policy_id!r} is owned by role {owner.label}; role {role.label} may not "
+            f"{action} it",
+            code="policy_owned",
+            details={"id": policy_id, "owner_role": owner.label, "role": role.label,
+                     "required_role": owner.label},
+        )  # fmt: skip
+
+
+def acting_role(
+    store: PolicyStore, policy_id: str, role: Role | None, action: str, policy: Policy
+) -> Role:
+    """The role a retire or rollback of ``policy`` (the version retired, or rolled back to)
+    acts with: ``role`` once checked; the owner's when ``role`` is None (the rollout guard)."""
+    if role is None:
+        return store.owner_role(policy_id) or Role.ADMIN
+    check_owner(store, policy_id, role, action)
+    reason = publish_refusal(role, policy.document())
+    if reason is not None:
+        raise Forbidden(
+            f"role {role.label} may {action} only experiment policies without a lock: "
+            f"{reason}; this requires role compliance",
+            details={"required_role": Role.COMPLIANCE.label, "role": role.label},
+        )
+    return role
+
+
+def check_locks(store: PolicyStore, policy: Policy, role: Role) -> list[dict[str, Any]]:
+    """The lock warnings of publishing ``policy`` as ``role``; 409 ``field_locked`` when it
+    would set a locked field on sessions that surely carry both policies."""
+    items = [_clash(c) for c in lock_clashes(policy, int(role), store.active())]
+    certain = [item for item in items if item["certain"]]
+    if certain:
+        first = certain[0]
+        raise Conflict(
+            f"policy {policy.id!r} sets field {first['field']!r}, which policy "
+            f"{first['policy']!r} version {first['version']} (role {first['owner_role']}) "
+            f"locks on sessions this policy targets; a {role.label} policy may not set it "
+            "there, whatever its priority",
+            code="field_locked",
+            details={"field": first["field"], "policy": first["policy"],
+                     "version": first["version"], "owner_role": first["owner_role"],
+                     "role": role.label, "conflicts": certain},
+        )  # fmt: skip
+    return items
+
+
+def _clash(clash: LockClash) -> dict[str, Any]:
+    owner = Role(clash.rank).label
+    message = (
+        f"field {clash.field!r} is locked by policy {clash.policy!r} version {clash.version} "
+        f"(role {owner})"
+    )
+    if not clash.certain:
+        message += " on sessions carrying both policies' labels; the lock wins there"
+    return {"code": "locked_field", "field": clash.field, "policy": clash.policy,
+            "version": clash.version, "owner_role": owner, "certain": clash.certain,
+            "message": message}  # fmt: skip

@@ -1,0 +1,252 @@
+"""Exposures, the experiment summary and its sample-ratio-mismatch check (docs/experiments.md).
+
+:class:`ExperimentBook` is fed by the push engine's ``on_record`` hook: every version-log entry
+of a session (but a client's own update) names the policy versions in effect and says whether
+the session now *runs* that configuration (``exposes``: ``sent`` on a Streaming v3 gateway
+session, ``acked`` / an app's ``applied``, an ``unchanged`` entry, a connect already on the
+values). The first such entry naming an experiment's variant exposes the session to it,
+once per (session, experiment key, iteration); a later running entry that no longer names the
+experiment's policy sets ``left_at`` (cleared if the session comes back). Rows go to the
+:class:`sessions.exposures.ExposureStore` in batches from a flush task, like the registry
+sync: the fan-out only touches a dict per session that has experiment refs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+from controlplane.intake.bus import rfc3339
+from controlplane.metrics import Metrics
+from controlplane.push.engine import LiveSession
+from controlplane.rollouts.srm import SRM_THRESHOLD, srm_check
+from policies.model import Policy
+from policies.provenance import PolicyRef
+from sessions.clock import Clock
+from sessions.exposures import Exposure, ExposureStore
+
+__all__ = ["FLUSH_INTERVAL_S", "ExperimentBook", "export_row", "merge_exposures"]
+
+log = logging.getLogger(__name__)
+
+FLUSH_INTERVAL_S: Final = 0.5
+
+
+class ExperimentBook:
+    def __init__(
+        self,
+        store: ExposureStore,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        policy: Callable[[str], Policy | None],
+        min_exposures: int,
+        live: Mapping[str, LiveSession],
+        tail: Callable[[str], tuple[int, str] | None],
+    ) -> None:
+        self.store = store
+        self._sessions = live  # the engine's live sessions (for upstream ids)
+        self._tail = tail  # the version log's last entry of a session: the one just appended
+        self._clock = clock
+        self._metrics = metrics
+        self._policy = policy  # the active policy of an id
+        self.min_exposures = min_exposures
+        # live sessions' rows: session id -> (experiment key, iteration) -> row
+        self._live: dict[str, dict[tuple[str, int], Exposure]] = {}
+        self._changed: dict[tuple[str, int, str], Exposure] = {}
+        self._exposed: list[Exposure] = []
+        self._task: asyncio.Task[None] | None = None
+        self._plain: tuple[PolicyRef, ...] | None = None  # the last refs naming no variant
+
+    async def start(self) -> None:
+        await self.store.start()
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="exposures")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(Exception):
+            await self.flush()
+        await self.store.close()
+
+    # -- the engine's hook (synchronous, never awaits) -------------------------------------
+    def observe(self, ls: LiveSession, refs: tuple[PolicyRef, ...], exposes: bool) -> None:
+        sid = ls.session.id
+        rows = self._live.get(sid)
+        if rows is None:  # the fan-out's common case: no experiment here, none before
+            if refs is self._plain:  # (a fan-out's sessions share one refs tuple)
+                return
+            if not any(ref.variant is not None for ref in refs):
+                self._plain = refs
+                return
+        now = self._clock.now()
+        if rows is None:
+            rows = self._live[sid] = {}
+        named: set[str] = set()
+        for ref in refs:
+            if ref.variant is None:
+                continue
+            policy = self._policy(ref.id)
+            exp = None if policy is None else policy.experiment
+            if exp is None:
+                continue
+            named.add(ref.id)
+            row = rows.get((exp.key, exp.iteration))
+            if row is None:
+                s = ls.session
+                row = rows[(exp.key, exp.iteration)] = Exposure(
+                    experiment=exp.key, iteration=exp.iteration, session_id=sid,
+                    variant=ref.variant, policy=ref.id, version=ref.version,
+                    digest=ref.digest, first_assigned_at=now,
+                    upstream_session_id=s.upstream_id, kind=s.kind, model=s.model,
+                    labels=s.labels,  # (replaced on a relabel, never changed in place)
+                )  # fmt: skip
+                self._changed[row.key] = row
+            if not exposes:
+                continue
+            if row.exposed_at is None:
+                row.exposed_at = now
+                row.exposed_seq, row.exposed_hash = self._tail(sid) or (None, None)
+                row.variant, row.policy, row.version = ref.variant, ref.id, ref.version
+                row.digest = ref.digest
+                self._changed[row.key] = row
+                self._exposed.append(row)
+            elif row.left_at is not None:
+                row.left_at = row.left_seq = None  # back in again: the first exposure stands
+                self._changed[row.key] = row
+        if exposes:
+            for row in rows.values():
+                if row.exposed_at is not None and row.left_at is None and row.policy not in named:
+                    row.left_at = now
+                    tail = self._tail(sid)
+                    row.left_seq = None if tail is None else tail[0]
+                    self._changed[row.key] = row
+
+    def ended(self, ls: LiveSession) -> None:
+        """The session ended: its rows stay in the store, with the upstream id if now known."""
+        rows = self._live.pop(ls.session.id, None)
+        now = self._clock.now()
+        for row in (rows or {}).values():
+            if ls.session.upstream_id is not None:
+                row.upstream_session_id = ls.session.upstream_id
+            row.ended_at = now
+            self._changed[row.key] = row
+
+    # -- batched writes ----------------------------------------------------------------
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            try:
+                await self.flush()
+            except Exception as exc:  # kept and retried on the next flush
+                log.warning("exposure flush failed; retrying: %s", exc)
+
+    async def flush(self) -> None:
+        if not self._changed and not self._exposed:
+            return
+        changed, exposed = self._changed, self._exposed
+        self._changed, self._exposed = {}, []
+        for row in changed.values():  # the upstream id arrives after the connect (Begin)
+            if row.upstream_session_id is None:
+                ls = self._sessions.get(row.session_id)
+                if ls is not None:
+                    row.upstream_session_id = ls.session.upstream_id
+        try:
+            await self.store.save(list(changed.values()), exposed)
+        except BaseException:
+            for key, row in changed.items():
+                self._changed.setdefault(key, row)
+            self._exposed[:0] = exposed
+            raise
+        counts: dict[tuple[str, str], int] = {}
+        for row in exposed:
+            ckey = (row.experiment, row.variant)
+            counts[ckey] = counts.get(ckey, 0) + 1
+        for (experiment, variant), n in counts.items():
+            self._metrics.experiment_exposures.labels(experiment, variant).inc(n)
+
+    # -- answers -----------------------------------------------------------------------
+    async def summary(self, policy: Policy) -> dict[str, Any]:
+        exp = policy.experiment
+        assert exp is not None
+        await self.flush()
+        counts = await self.store.counts(exp.key, exp.iteration)
+        observed = [counts.get(v.name, 0) for v in exp.variants]
+        shares = [float(v.weight) / 100 for v in exp.variants]
+        total = sum(observed)
+        srm = srm_check(observed, shares, min_exposures=self.min_exposures,
+                        threshold=SRM_THRESHOLD)  # fmt: skip
+        self._metrics.experiment_srm_p_value.labels(exp.key).set(srm.p_value)
+        variants = [
+            {
+                "name": v.name,
+                "weight": float(v.weight),
+                "expected_share": share,
+                "exposed": n,
+                "exposed_share": (n / total) if total else 0.0,
+                "expected_exposed": total * share,
+            }
+            for v, share, n in zip(exp.variants, shares, observed, strict=True)
+        ]
+        return {
+            "experiment": exp.key, "iteration": exp.iteration, "policy": policy.id,
+            "version": policy.version, "digest": policy.digest, "bucket_by": exp.bucket_by,
+            "exposed": total, "variants": variants, "srm": srm.document(),
+        }  # fmt: skip
+
+    async def exposures(self, key: str) -> dict[tuple[int, str], Exposure]:
+        await self.flush()
+        return {(r.iteration, r.session_id): r for r in await self.store.rows(key)}
+
+
+def export_row(row: Exposure) -> dict[str, Any]:
+    """An assignment export row of a session no longer in the experiment (or no longer live)."""
+
+    def at(ts: float | None) -> str | None:
+        return None if ts is None else rfc3339(ts)
+
+    return {
+        "experiment": row.experiment, "iteration": row.iteration, "session_id": row.session_id,
+        "upstream_session_id": row.upstream_session_id, "policy": row.policy,
+        "version": row.version, "digest": row.digest, "variant": row.variant,
+        "kind": row.kind, "model": row.model, "labels": dict(row.labels),
+        "first_assigned_at": at(row.first_assigned_at), "exposed_at": at(row.exposed_at),
+        "left_at": at(row.left_at), "ended_at": at(row.ended_at),
+        "exposed_seq": row.exposed_seq, "exposed_hash": row.exposed_hash,
+        "left_seq": row.left_seq,
+        "state": "left" if row.left_at is not None else
+                 "ended" if row.ended_at is not None else "live",
+    }  # fmt: skip
+
+
+def merge_exposures(
+    rows: list[dict[str, Any]], exposures: Mapping[tuple[int, str], Exposure], policy: Policy
+) -> list[dict[str, Any]]:
+    """The assignment rows (live and ended sessions, current iteration) with their exposure
+    columns, plus a row per exposure no longer among them (left, or an earlier iteration)."""
+    exp = policy.experiment
+    iteration = 1 if exp is None else exp.iteration
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in rows:
+        found = exposures.get((iteration, row["session_id"]))
+        extra = export_row(found) if found is not None else {
+            "iteration": iteration, "first_assigned_at": row.get("assigned_at"),
+            "exposed_at": None, "left_at": None,
+        }  # fmt: skip
+        merged = {**extra, **row, "iteration": iteration}
+        for name in ("first_assigned_at", "exposed_at", "left_at", "ended_at", "exposed_seq",
+                     "exposed_hash", "left_seq"):  # fmt: skip
+            merged[name] = extra.get(name)
+        merged.setdefault("upstream_session_id", None)
+        merged.setdefault("labels", {})
+        out[(row["session_id"], iteration)] = merged
+    for (it, session_id), found in exposures.items():
+        if (session_id, it) not in out:
+            out[(session_id, it)] = export_row(found)  # left, ended, or held by another replica
+    return [out[k] for k in sorted(out)]

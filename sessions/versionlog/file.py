@@ -1,0 +1,548 @@
+"""The JSONL file backend of the version log.
+
+Layout: ``<directory>/versionlog-YYYY-MM-DD.jsonl``, one file per UTC day of the *flush*
+(never going back to an earlier day, so file-name order is write order), every session in
+the same files. One line per entry: the canonical JSON of the entry without ``hash`` with
+``"hash":"<hex>"`` appended as its last member, so the hashed bytes are the line minus that
+member (the Redis backend stores the same line). A write is one ``write`` of a batch of
+lines plus one ``fdatasync`` on this log's single writer thread, so writes land in the order
+they were started: ``submit()`` starts one without waiting (a fan-out pipelines its chunks
+through it), ``flush()`` starts one for the rest and waits for all. A failed write is
+truncated away so the retry never duplicates lines; the writes queued behind it are not
+attempted, and all their entries go back to the buffer, in order. ``start()`` reads every
+file to rebuild the tails, so chains continue across restarts (cost: one pass over all
+files). A torn last line (a crash in the middle of a write, never acknowledged) is cut off,
+saved next to the file as ``<file>.torn`` and reported in ``problems``. Readers skip (and
+log) lines that are not JSON.
+
+Checkpoints (``sessions.checkpoints``; on when a ``Checkpointing`` is given): every
+``every_entries`` durable entries or ``interval_s`` seconds, and at ``close()``, a background
+task signs the heads of the sessions changed since the previous checkpoint and appends the
+records to ``checkpoints-YYYY-MM-DD.jsonl`` (write + ``fdatasync``), after their entries are
+durable and never on the append or flush path. ``start()`` continues the checkpoint chain of
+this node and key from the files and queues the heads of entries no checkpoint covers yet
+(written just before a crash). The public key is published next to the files as
+``signing-key-<key id prefix>.pub`` (PEM); the private key never comes here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from sessions.audit_trail import TrailReport, verify_trail
+from sessions.checkpoints import CheckpointSigner, make_checkpoints, public_key_pem
+from sessions.clock import Clock
+from sessions.errors import BackendUnavailable, VersionLogError
+from sessions.versionchain import GENESIS, LogEntry, VerifyReport
+from sessions.versionlog.core import BufferedVersionLog, Pending, Submitted, parse_entries
+
+__all__ = ["Checkpointing", "FileVersionLog"]
+
+# the logger this backend has always used (it lived in sessions.versionlog.core)
+log = logging.getLogger("sessions.versionlog.core")
+
+_FILE_PREFIX: Final = "versionlog-"
+_FILE_SUFFIX: Final = ".jsonl"
+CHECKPOINT_PREFIX: Final = "checkpoints-"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpointing:
+    """Who signs checkpoints, as which node, and how often (module docstring)."""
+
+    signer: CheckpointSigner
+    node: str
+    every_entries: int = 1000
+    interval_s: float = 10.0
+
+
+class _Skipped(Exception):
+    """A write not attempted because the one before it failed (retried after it, in order)."""
+
+
+@dataclass(slots=True)
+class _Submission:
+    batch: list[Pending]
+    day: str
+    future: concurrent.futures.Future[None]
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()  # read by _drain from the thread's future; not reported twice
+
+
+@dataclass
+class _Scan:
+    rows: list[dict[str, Any]]
+    files_of: dict[str, set[str]]
+    problems: list[str]
+    last_day: str | None = None
+
+
+class FileVersionLog(BufferedVersionLog):
+    """Append-only JSONL files under ``directory`` (layout in the module docstring).
+
+    ``start()`` must run before ``append()`` (it rebuilds the tails). ``fsync=False`` skips
+    the fdatasync (tests, or a disk you do not trust anyway).
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        clock: Clock,
+        *,
+        fsync: bool = True,
+        flush_interval_s: float | None = 0.05,
+        checkpointing: Checkpointing | None = None,
+    ) -> None:
+        super().__init__(clock, flush_interval_s=flush_interval_s)
+        self._dir = Path(directory)
+        self._fsync = fsync
+        self._loaded = False
+        self._day: str | None = None  # UTC day of the file being written
+        self._fd: int | None = None
+        self._files_of: dict[str, set[str]] = {}  # session -> files holding its entries
+        # writes started and not yet accounted for, oldest first (one writer thread: in order)
+        self._submitted: collections.deque[_Submission] = collections.deque()
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._write_day: str | None = None  # UTC day of the newest write started
+        self.problems: list[str] = []  # what start() found and repaired (torn lines)
+        # checkpoints: heads of durable entries not yet committed, this node's chain
+        self._ck = checkpointing
+        self._ck_changed: dict[str, tuple[int, str]] = {}
+        self._ck_since = 0
+        self._ck_prev: tuple[int, str] = (0, GENESIS)
+        self._ck_day: str | None = None
+        self._ck_lock = asyncio.Lock()
+        self._ck_due = asyncio.Event()
+        self._ck_stopping = False
+        self._ck_task: asyncio.Task[None] | None = None
+        self.checkpoint_failures = 0
+
+    async def start(self) -> None:
+        if not self._loaded:
+            scan = await asyncio.to_thread(self._scan, repair=True)
+            for row in scan.rows:
+                self._tails[row["session_id"]] = (row["seq"], row["hash"])
+            self._files_of = scan.files_of
+            self.problems.extend(scan.problems)
+            self._day = self._write_day = scan.last_day
+            if self._ck is not None:
+                await asyncio.to_thread(self._load_checkpoints, self._ck)
+            self._loaded = True
+        await super().start()
+        if self._ck is not None and self._ck_task is None:
+            self._ck_stopping = False
+            self._ck_task = asyncio.create_task(
+                self._run_checkpoints(self._ck.interval_s), name="FileVersionLog.checkpoints"
+            )
+
+    @property
+    def pending(self) -> int:
+        return len(self._buffer) + sum(len(s.batch) for s in self._submitted)
+
+    def submit(self) -> Submitted:
+        """Hand every entry appended so far to the writer thread and return at once (the
+        write and its ``fdatasync`` run while the caller goes on); the future is done when
+        they are durable, or failed. ``flush()`` accounts for it."""
+        if not self._buffer:
+            if self._submitted:
+                return self._submitted[-1].future
+            done: concurrent.futures.Future[None] = concurrent.futures.Future()
+            done.set_result(None)
+            return done
+        batch, self._buffer = self._buffer, []
+        day = dt.datetime.fromtimestamp(self._clock.now(), dt.UTC).strftime("%Y-%m-%d")
+        if self._write_day is not None and day < self._write_day:
+            day = self._write_day  # the clock went back: never write to an earlier file
+        self._write_day = day
+        lines = [item.line for item in batch]  # joined by the kernel (writev), off the loop
+        before = self._submitted[-1].future if self._submitted else None
+        if self._writer is None:
+            self._writer = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="versionlog-writer"
+            )
+        future = self._writer.submit(self._write_after, before, day, lines)
+        self._submitted.append(_Submission(batch, day, future))
+        return future
+
+    async def flush(self) -> None:
+        """Write everything appended so far and wait for every write started before (raise,
+        keeping the entries, on failure); then wait for a checkpoint being written: whoever
+        reads the files after a flush (the shipper) never sees a record before its fsync."""
+        async with self._lock:
+            self.submit()
+            await self._drain()
+        if self._ck is not None and self._ck_lock.locked():
+            async with self._ck_lock:
+                pass
+
+    async def close(self) -> None:
+        """Stop the checkpoint task, then flush and write the last checkpoint (``close``)."""
+        task, self._ck_task = self._ck_task, None
+        if task is not None:
+            self._ck_stopping = True
+            self._ck_due.set()
+            await task
+        await super().close()
+
+    def _check_appendable(self) -> None:
+        if not self._loaded:
+            raise VersionLogError("FileVersionLog.start() must run before append()")
+
+    def _files(self) -> list[Path]:
+        if not self._dir.is_dir():
+            return []
+        return sorted(self._dir.glob(f"{_FILE_PREFIX}*{_FILE_SUFFIX}"))
+
+    def _scan(self, *, repair: bool = False, only: set[str] | None = None) -> _Scan:
+        """Read every file (or those named in ``only``) in write order; tolerant of bad lines."""
+        if repair:
+            self._dir.mkdir(parents=True, exist_ok=True)
+        scan = _Scan([], {}, [])
+        for path in self._files():
+            scan.last_day = path.name[len(_FILE_PREFIX) : -len(_FILE_SUFFIX)]
+            if only is not None and path.name not in only:
+                continue
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                problem = f"{path.name}: torn last line ({len(data) - cut} bytes) at byte {cut}"
+                if repair:  # cut it off so new lines start clean; keep the bytes for forensics
+                    with path.with_name(path.name + ".torn").open("ab") as torn:
+                        torn.write(data[cut:] + b"\n")
+                    os.truncate(path, cut)
+                    problem += f", moved to {path.name}.torn"
+                scan.problems.append(problem)
+                log.warning("version log: %s", problem)
+                data = data[:cut]
+            for number, line in enumerate(data.splitlines(), start=1):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict) or not isinstance(row.get("session_id"), str):
+                    scan.problems.append(f"{path.name}:{number}: not a log entry")
+                    log.warning("version log: %s:%d: not a log entry", path.name, number)
+                    continue
+                scan.rows.append(row)
+                scan.files_of.setdefault(row["session_id"], set()).add(path.name)
+        return scan
+
+    async def _drain(self) -> None:
+        """Account for every started write, oldest first: the successful ones' bookkeeping;
+        the failed ones' entries (and those of the writes skipped behind them) back to the
+        front of the buffer, in order, and the first failure raised. A cancelled caller
+        leaves the rest queued for the next flush."""
+        failed: list[Pending] = []
+        error: BaseException | None = None
+        accounted = False
+        while self._submitted:
+            head = self._submitted[0]
+            if not head.future.done():
+                waiter = asyncio.wrap_future(head.future)
+                waiter.add_done_callback(_retrieve)
+                await asyncio.wait([waiter])
+                continue
+            self._submitted.popleft()
+            accounted = True
+            exc = head.future.exception()
+            if exc is None:
+                self._written(head.batch, head.day)
+            else:
+                failed.extend(head.batch)
+                error = error or exc
+        if error is None:
+            if accounted:
+                self.write_failing_since = self.last_write_error = None
+            return
+        self._buffer[:0] = failed  # before anything appended since: order kept
+        if self.write_failing_since is None:
+            self.write_failing_since = self._clock.monotonic()
+        self.last_write_error = str(error) or type(error).__name__
+        if isinstance(error, OSError):
+            problem = f"version log: write to {self._dir} failed: {error}"
+            raise BackendUnavailable(problem) from error
+        raise error
+
+    def _write_after(
+        self, before: concurrent.futures.Future[None] | None, day: str, lines: list[bytes]
+    ) -> None:
+        """On the writer thread (``before`` has finished: one thread, in order)."""
+        if before is not None and (before.cancelled() or before.exception() is not None):
+            raise _Skipped("not attempted: an earlier write failed")
+        self._write_sync(day, lines)
+
+    def _written(self, batch: list[Pending], day: str) -> None:
+        name = self._path(day).name
+        changed = self._ck_changed if self._ck is not None else None
+        files_of = self._files_of
+        for item in batch:
+            sid = item.session_id
+            files = files_of.get(sid)
+            if files is None:
+                files_of[sid] = {name}
+            elif name not in files:
+                files.add(name)
+            if changed is not None:
+                changed[sid] = (item.seq, item.hash)
+        if self._ck is not None:
+            self._ck_since += len(batch)
+            if self._ck_since >= self._ck.every_entries:
+                self._ck_due.set()
+
+    def _path(self, day: str) -> Path:
+        return self._dir / f"{_FILE_PREFIX}{day}{_FILE_SUFFIX}"
+
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
+        if self._fd is None or self._day != day:
+            self._close_fd()
+            path = self._path(day)
+            created = not path.exists()
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._day = day
+            if created and self._fsync:
+                dir_fd = os.open(self._dir, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+        fd = self._fd
+        size = os.fstat(fd).st_size
+        try:
+            _write_lines(fd, lines)
+            if self._fsync:
+                os.fdatasync(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no half batch on disk: the retry writes it whole
+            self._close_fd()
+            raise
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            os.close(fd)
+
+    async def _close_storage(self) -> None:
+        try:
+            if self._ck is not None and self._loaded:
+                await self.checkpoint()  # the last entries are covered before we stop
+        except Exception as exc:
+            log.warning("version log: last checkpoint not written: %s", exc)
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                writer.shutdown(wait=True)  # idle: close() flushed every write
+            self._close_fd()
+
+    # -- checkpoints (sessions.checkpoints) -----------------------------------------------
+    async def _run_checkpoints(self, interval_s: float) -> None:
+        while not self._ck_stopping:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self._ck_due.wait()
+            self._ck_due.clear()
+            if self._ck_stopping:
+                return
+            try:
+                await self.checkpoint()
+            except Exception as exc:  # the heads wait for the next attempt
+                self.checkpoint_failures += 1
+                log.warning("version log: checkpoint failed (%d heads waiting): %s",
+                            len(self._ck_changed), exc)  # fmt: skip
+
+    async def checkpoint(self) -> int:
+        """Sign and write a checkpoint of every head changed since the last one (now, not
+        waiting for the schedule); returns how many records were written."""
+        ck = self._ck
+        if ck is None:
+            return 0
+        async with self._ck_lock:
+            if not self._ck_changed:
+                return 0
+            heads, self._ck_changed = self._ck_changed, {}
+            since, self._ck_since = self._ck_since, 0
+            now = float(self._clock.now())
+            day = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%d")
+            if self._ck_day is not None and day < self._ck_day:
+                day = self._ck_day
+            try:
+                count, self._ck_prev = await asyncio.to_thread(
+                    self._write_checkpoints, ck, heads, now, day
+                )
+            except BaseException:
+                for sid, head in heads.items():  # a newer head appended meanwhile wins
+                    self._ck_changed.setdefault(sid, head)
+                self._ck_since += since
+                raise
+            self._ck_day = day
+            return count
+
+    def _write_checkpoints(
+        self, ck: Checkpointing, heads: dict[str, tuple[int, str]], at: float, day: str
+    ) -> tuple[int, tuple[int, str]]:
+        lines, prev = make_checkpoints(ck.signer, node=ck.node, at=at, prev=self._ck_prev,
+                                       heads=heads)  # fmt: skip
+        path = self._dir / f"{CHECKPOINT_PREFIX}{day}{_FILE_SUFFIX}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise BackendUnavailable(f"checkpoints: cannot open {path}: {exc}") from exc
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                view = memoryview(b"".join(lines))
+                while view:
+                    view = view[os.write(fd, view) :]
+                if self._fsync:
+                    os.fdatasync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, size)
+                raise BackendUnavailable(f"checkpoints: write to {path} failed: {exc}") from exc
+        finally:
+            os.close(fd)
+        return len(lines), prev
+
+    def _checkpoint_files(self) -> list[Path]:
+        if not self._dir.is_dir():
+            return []
+        return sorted(self._dir.glob(f"{CHECKPOINT_PREFIX}*{_FILE_SUFFIX}"))
+
+    def _read_checkpoints(self, *, repair: bool = False) -> list[dict[str, Any]]:
+        """Every checkpoint line in write order; a line that is not a JSON object is kept as
+        ``{}`` so verification names it. A torn last line is cut off (``repair``) or skipped."""
+        rows: list[dict[str, Any]] = []
+        for path in self._checkpoint_files():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):
+                cut = data.rfind(b"\n") + 1
+                log.warning("checkpoints: %s: torn last line (%d bytes)", path.name,
+                            len(data) - cut)  # fmt: skip
+                if repair:
+                    with path.with_name(path.name + ".torn").open("ab") as torn:
+                        torn.write(data[cut:] + b"\n")
+                    os.truncate(path, cut)
+                    self.problems.append(f"{path.name}: torn last line moved to .torn")
+                data = data[:cut]
+            for line in data.splitlines():
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                rows.append(row if isinstance(row, dict) else {})
+        return rows
+
+    def _load_checkpoints(self, ck: Checkpointing) -> None:
+        """Continue this node's chain; queue heads no checkpoint committed (worker thread)."""
+        committed: dict[str, int] = {}
+        for row in self._read_checkpoints(repair=True):
+            heads = row.get("heads")
+            mine = row.get("node") == ck.node and row.get("key_id") == ck.signer.key_id
+            if mine and isinstance(row.get("seq"), int):  # a new key starts a new chain
+                self._ck_prev = (int(row["seq"]), str(row.get("hash")))
+            if isinstance(heads, dict):
+                for sid, head in heads.items():
+                    if isinstance(head, list) and head and isinstance(head[0], int):
+                        committed[sid] = max(committed.get(sid, 0), head[0])
+        files = self._checkpoint_files()
+        if files:
+            self._ck_day = files[-1].name[len(CHECKPOINT_PREFIX) : -len(_FILE_SUFFIX)]
+        for sid, (seq, digest) in self._tails.items():
+            if seq > committed.get(sid, 0):
+                self._ck_changed[sid] = (seq, digest)
+        self._ck_since = len(self._ck_changed)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        pub = self._dir / f"signing-key-{ck.signer.key_id[:16]}.pub"
+        if not pub.exists():
+            tmp = pub.with_name(pub.name + ".tmp")
+            tmp.write_bytes(public_key_pem(ck.signer.public_key))
+            os.replace(tmp, pub)
+
+    def forget(self, session_id: str) -> None:
+        super().forget(session_id)
+        self._files_of.pop(session_id, None)
+
+    async def _rows(self, session_id: str | None) -> list[dict[str, Any]]:
+        known = None if session_id is None else self._files_of.get(session_id)
+        only = None if known is None else set(known)  # a copy: the worker thread reads it
+        scan = await asyncio.to_thread(self._scan, only=only)
+        if session_id is None:
+            return scan.rows
+        return [row for row in scan.rows if row["session_id"] == session_id]
+
+    async def entries(self, session_id: str) -> list[LogEntry]:
+        await self.flush()
+        return parse_entries(session_id, await self._rows(session_id))
+
+    async def verify(self, session_id: str | None = None) -> list[VerifyReport]:
+        """Chains, checked against the checkpoints' heads too (``verify_trail`` for all)."""
+        return (await self.verify_trail(session_id)).sessions
+
+    async def verify_trail(
+        self,
+        session_id: str | None = None,
+        *,
+        trusted: Sequence[Ed25519PublicKey] | None = None,
+    ) -> TrailReport:
+        """Every chain (or one) and every checkpoint; ``trusted`` pins the signing keys."""
+        await self.flush()
+        # checkpoints first: every entry a checkpoint read here commits to is already durable,
+        # so the entries read next include it (no false "truncated" while writing goes on)
+        checkpoints = await self.checkpoint_rows()
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        if session_id is not None:
+            grouped[session_id] = await self._rows(session_id)
+        else:
+            for sid in self._tails:  # a session whose every line was deleted still counts
+                grouped[sid] = []
+            for row in await self._rows(None):
+                grouped.setdefault(row["session_id"], []).append(row)
+        return verify_trail(grouped, checkpoints, trusted=trusted, tails=self._tails,
+                            session_id=session_id)  # fmt: skip
+
+    async def checkpoint_rows(self) -> list[dict[str, Any]]:
+        """Every stored checkpoint record, in write order (``StoredTrail``)."""
+        return await asyncio.to_thread(self._read_checkpoints)
+
+    async def stored_rows(self, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The stored entries (of one session, or all) as read from the files."""
+        await self.flush()
+        return await self._rows(session_id)
+
+    def tail(self, session_id: str) -> tuple[int, str] | None:
+        return self._tails.get(session_id)
+
+    async def session_ids(self) -> list[str]:
+        await self.flush()
+        return sorted({row["session_id"] for row in await self._rows(None)})
+
+
+_IOV_MAX = 1024  # Linux's limit on buffers per writev
+
+
+def _write_lines(fd: int, lines: list[bytes]) -> None:
+    """Write every line, in order, with as few system calls as the kernel allows."""
+    for start in range(0, len(lines), _IOV_MAX):
+        chunk = lines[start : start + _IOV_MAX]
+        written = os.writev(fd, chunk)
+        size = sum(map(len, chunk))
+        if written < size:  # a short write (signal, quota): the rest of this chunk by hand
+            view = memoryview(b"".join(chunk))[written:]
+            while view:
+                view = view[os.write(fd, view) :]
