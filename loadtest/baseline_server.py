@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import LOOPBACK, raise_nofile
+from loopback import LOOPBACK, raise_nofile
 
 
 async def run_broadcast(port: int, stop: asyncio.Event) -> None:

@@ -37,27 +37,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    FRAME_MS,
-    STREAMING_MODEL,
+from launch import (
     Proc,
-    add_quiet_arg,
-    http_json,
-    median_of,
     new_token,
-    print_header,
     process_usage,
-    raise_nofile,
     start_baseline,
     start_controlplane,
     start_emulator,
-    start_pyspy,
-    stop_pyspy,
-    summarize_collapsed,
-    summary_ms,
-    wait_quiet,
     workdir,
 )
+from loopback import http_json, raise_nofile
+from payloads import FRAME_MS, STREAMING_MODEL
+from profiling import start_pyspy, stop_pyspy, summarize_collapsed
+from report import add_quiet_arg, median_of, print_header, summary_ms, wait_quiet
 
 
 def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], int, int]:

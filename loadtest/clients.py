@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import FRAME_MS, LOOPBACK, STREAMING_RATE, pcm_silence, pcm_tone, raise_nofile
+from loopback import LOOPBACK, raise_nofile
+from payloads import FRAME_MS, STREAMING_RATE, pcm_silence, pcm_tone
 
 CALL_TIMEOUT_S = 600.0
 

@@ -83,7 +83,7 @@ from archive import (
     summary_path,
     write_summary,
 )
-from common import (
+from payloads import (
     AGENT_RATE,
     FRAME_MS,
     STREAMING_MODEL,
