@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from controlplane import serve
+from controlplane.cli import serve
 from controlplane.api.routes import ROUTES
 from controlplane.config import Settings, SettingsError
 from controlplane.edges.admission import UpdateRate
