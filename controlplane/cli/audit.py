@@ -43,6 +43,8 @@ from controlplane.audit.sources import (
     verify_answer,
 )
 from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.cli.options import add_command, client_for
+from controlplane.cli.output import out
 from controlplane.config import Settings
 from controlplane.errors import ControlPlaneError
 from sessions.audit_trail import group_rows
@@ -60,6 +62,7 @@ __all__ = [
     "local_trail",
     "nats_trail",
     "parse_time",
+    "register",
     "verify_command",
     "verify_text",
 ]
@@ -414,3 +417,45 @@ def add_export(audit: Any) -> None:
     p.add_argument("--until", type=parse_time, help="entries before (RFC 3339 or Unix s)")
     p.add_argument("-o", "--output", help="file to write (default stdout)")
     p.set_defaults(func=_export)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    answer = verify_command(args, client_for)
+    if args.id is not None and not any(r.get("count") for r in answer.get("items", [])):
+        raise CliError(f"no version log entries for session {args.id}")
+    out(args, answer, lambda: verify_text(answer))
+    return 0 if answer.get("ok") else 1
+
+
+def _audit_at(args: argparse.Namespace) -> int:
+    answer = at_command(args, client_for)
+    out(args, answer, lambda: at_text(answer))
+    return 0 if answer.get("verified") else 1
+
+
+def register(sub: Any) -> None:
+    audit = sub.add_parser("audit", help="the per-session version log").add_subparsers(
+        dest="action", required=True
+    )
+    p = add_command(audit, "verify", None, "recompute hash chains and check signed "
+                    "checkpoints; exit 1 if any is broken")  # fmt: skip
+    p.add_argument("id", nargs="?", help="one session (default: every session)")
+    add_audit_options(p)
+    p.add_argument(
+        "--allow-missing-checkpoints", action="store_true",
+        help="with --data-dir: accept entries no checkpoint covers although the data dir "
+        "shows checkpoints were being written (by default that fails: they were deleted)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint-grace-s", type=float, metavar="S",
+        help="with --data-dir: entries younger than this may await their checkpoint "
+        "(default 60; the writer checkpoints every 10 s by default)",
+    )  # fmt: skip
+    p.set_defaults(func=_audit_verify)
+    p = add_command(audit, "at", None, "the configuration in effect for a session at an "
+                    "instant, with its evidence; exit 1 unless it verifies")  # fmt: skip
+    p.add_argument("session")
+    p.add_argument("time", type=parse_time, help="RFC 3339 or Unix seconds")
+    add_audit_options(p)
+    p.set_defaults(func=_audit_at)
+    add_export(audit)

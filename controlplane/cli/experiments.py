@@ -1,15 +1,19 @@
-"""``controlplane experiments show`` / ``verify``: the summary table and the exposure check
-(docs/experiments.md)."""
+"""``controlplane experiments show`` / ``verify`` / ``assignments``: the summary table, the
+exposure check and the sticky assignments (docs/experiments.md)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from controlplane.cli.http import ControlPlaneClient
+from controlplane.cli.options import add_command
+from controlplane.cli.output import listing, out, table
 from sessions.exposures import exposure_problem
 
-__all__ = ["summary_text", "verify_report", "verify_text"]
+__all__ = ["register", "summary_text", "verify_report", "verify_text"]
 
 Table = Callable[[Sequence[str], Iterable[Sequence[Any]]], str]
 
@@ -54,3 +58,41 @@ def verify_text(report: dict[str, Any]) -> str:
              f"their version logs: {verdict}"]  # fmt: skip
     lines += [f"  {p['session_id']} (iteration {p['iteration']}): {p['problem']}" for p in problems]
     return "\n".join(lines)
+
+
+def _experiment_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    summary = client.experiment(args.key)
+    out(args, summary, lambda: summary_text(summary, table))
+    return 0
+
+
+def _experiment_verify(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    """Exit 1 when an exposure is not backed by its session's version log."""
+    report = verify_report(client, args.key)
+    out(args, report, lambda: verify_text(report))
+    return 0 if report["ok"] else 1
+
+
+def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    if args.csv:
+        sys.stdout.write(client.assignments_csv(args.key))
+        return 0
+    keys = ("session_id", "policy", "version", "variant", "exposed_at", "left_at", "state")
+    listing(args, client.assignments(args.key), [(k.upper(), k) for k in keys])
+    return 0
+
+
+def register(sub: Any) -> None:
+    experiments = sub.add_parser("experiments", help="A/B experiments").add_subparsers(
+        dest="action", required=True
+    )
+    p = add_command(
+        experiments, "show", _experiment_show, "per-variant exposures and the SRM check"
+    )
+    p.add_argument("key")
+    p = add_command(experiments, "verify", _experiment_verify, "check each exposure against "
+                    "the version-log entry it names; exit 1 if one is not backed")  # fmt: skip
+    p.add_argument("key")
+    p = add_command(experiments, "assignments", _assignments, "sticky variant assignments")
+    p.add_argument("key")
+    p.add_argument("--csv", action="store_true", help="CSV with a header row")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from controlplane.cli.main import _table
+from controlplane.cli.output import table as _table
 from controlplane.cli.rollout import guard_lines as _guard_lines
 from controlplane.cli.rollout import wave_lines
 

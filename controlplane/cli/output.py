@@ -1,0 +1,98 @@
+"""How the client commands print: ``--json`` or a human text, left-aligned tables, shortened
+cells, UTC instants, label sets and YAML documents; API errors on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import yaml
+
+from controlplane.cli.http import ApiError, CliError
+
+__all__ = [
+    "Column",
+    "labels_text",
+    "listing",
+    "out",
+    "print_error",
+    "short",
+    "table",
+    "when",
+    "yaml_text",
+]
+
+
+def print_error(exc: CliError) -> None:
+    print(f"controlplane: {exc.message}", file=sys.stderr)
+    if isinstance(exc, ApiError):
+        for violation in exc.details.get("violations", []):
+            if isinstance(violation, dict):
+                where, text = violation.get("field", "?"), violation.get("message", "")
+                print(f"  - {where}: {text}", file=sys.stderr)
+        if exc.status == 401:
+            print("  (pass --token or set CONTROLPLANE_TOKEN)", file=sys.stderr)
+
+
+def out(args: argparse.Namespace, data: Any, human: Callable[[], str]) -> None:
+    if args.as_json:
+        print(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        text = human()
+        if text:
+            print(text)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces; cells are shortened to 60 characters."""
+    cells = [[short(c) for c in row] for row in rows]
+    if not cells:
+        return "(none)"
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = [headers, *cells]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in lines
+    )
+
+
+def short(value: Any, width: int = 60) -> str:
+    if value is None:
+        text = "-"
+    elif isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def when(value: Any) -> str:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        stamp = dt.datetime.fromtimestamp(value, dt.UTC)
+        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return short(value)
+
+
+def labels_text(labels: Any) -> str:
+    if not isinstance(labels, dict) or not labels:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+
+
+Column = tuple[str, str | Callable[[dict[str, Any]], Any]]
+
+
+def listing(args: argparse.Namespace, items: list[dict[str, Any]], cols: Sequence[Column]) -> None:
+    def cell(item: dict[str, Any], get: str | Callable[[dict[str, Any]], Any]) -> Any:
+        return item.get(get) if isinstance(get, str) else get(item)
+
+    rows = [[cell(item, get) for _, get in cols] for item in items]
+    out(args, items, lambda: table([header for header, _ in cols], rows))
+
+
+def yaml_text(value: Any) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip()
