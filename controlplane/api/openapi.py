@@ -10,15 +10,9 @@ import copy
 from typing import Any, Final
 
 import controlplane
-from controlplane.api.openapi_components import (
-    JSON,
-    OBJ,
-    PARAMETERS,
-    RESPONSES,
-    SCHEMAS,
-    json_content,
-    ref,
-)
+from controlplane.api.openapi_base import JSON, OBJ, json_content, ref
+from controlplane.api.openapi_components import SCHEMAS
+from controlplane.api.openapi_parameters import PARAMETERS, RESPONSES
 
 __all__ = ["EXTERNAL_PATHS", "openapi_document"]
 

@@ -1,0 +1,205 @@
+"""Schemas of the OpenAPI document for sessions, their version logs and labels, experiments,
+the audit answers and readiness."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from controlplane.api.openapi_base import OBJ, ref
+
+__all__ = ["SESSION_SCHEMAS"]
+
+SESSION_SCHEMAS: dict[str, Any] = {
+    "Session": {
+        **OBJ,
+        "required": ["id", "kind", "model", "labels", "state"],
+        "properties": {
+            "id": {"type": "string"},
+            "kind": {"enum": ["streaming-v3", "voice-agent-v1"]},
+            "model": {"type": ["string", "null"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "state": {"type": "string"},
+            "node": {"type": ["string", "null"]},
+            "effective_config": {"type": "object"},
+            "versions": {"type": "object"},
+            "upstream_id": {
+                "type": ["string", "null"],
+                "description": "the upstream's session id (Begin.id, Voice Agent session_id), "
+                "once the upstream answered; accepted wherever a session id is",
+            },
+        },
+    },
+    "LogEntry": {**OBJ, "description": "a version log entry (DESIGN.md §4)"},
+    "Assignment": {
+        **OBJ,
+        "required": ["session_id", "variant"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "variant": {"type": "string"},
+            "iteration": {"type": "integer", "minimum": 1},
+            "first_assigned_at": {"type": ["string", "null"], "format": "date-time"},
+            "exposed_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "when the session first ran its variant (null: not yet)",
+            },
+            "left_at": {
+                "type": ["string", "null"],
+                "format": "date-time",
+                "description": "when it stopped running the experiment (a ramp-down)",
+            },
+            "upstream_session_id": {"type": ["string", "null"]},
+            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+            "state": {"type": "string"},
+        },
+    },
+    "ExperimentVariant": {
+        "type": "object",
+        "required": ["name", "weight", "expected_share", "exposed", "exposed_share"],
+        "properties": {
+            "name": {"type": "string"},
+            "weight": {"type": "number", "description": "percent, as declared"},
+            "expected_share": {"type": "number", "minimum": 0, "maximum": 1},
+            "exposed": {"type": "integer", "minimum": 0},
+            "exposed_share": {"type": "number", "minimum": 0, "maximum": 1},
+            "expected_exposed": {"type": "number", "minimum": 0},
+        },
+    },
+    "Srm": {
+        "type": "object",
+        "required": ["test", "p_value", "mismatch", "threshold", "min_exposures"],
+        "properties": {
+            "test": {"const": "chi-squared"},
+            "p_value": {"type": "number", "minimum": 0, "maximum": 1},
+            "mismatch": {"type": "boolean"},
+            "threshold": {"type": "number"},
+            "min_exposures": {"type": "integer", "minimum": 0},
+            "statistic": {"type": ["number", "null"]},
+        },
+    },
+    "ExperimentSummary": {
+        "type": "object",
+        "required": ["experiment", "iteration", "policy", "exposed", "variants", "srm"],
+        "properties": {
+            "experiment": {"type": "string"},
+            "iteration": {"type": "integer", "minimum": 1},
+            "policy": {"type": "string"},
+            "version": {"type": ["integer", "null"]},
+            "digest": {"type": ["string", "null"]},
+            "bucket_by": {"type": "string"},
+            "exposed": {"type": "integer", "minimum": 0},
+            "variants": {"type": "array", "items": ref("ExperimentVariant")},
+            "srm": ref("Srm"),
+        },
+    },
+    "VerifyReport": {
+        "type": "object",
+        "required": ["session_id", "ok"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "ok": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "first_bad_seq": {"type": ["integer", "null"]},
+            "problem": {"type": ["string", "null"]},
+            "covered_seq": {
+                "type": ["integer", "null"],
+                "description": "highest seq a valid signed checkpoint commits to",
+            },
+        },
+    },
+    "CheckpointSummary": {
+        "type": "object",
+        "required": ["ok", "count", "trust", "trusted_keys", "first_bad"],
+        "properties": {
+            "ok": {"type": "boolean"},
+            "count": {"type": "integer"},
+            "trust": {
+                "enum": ["pinned", "trail"],
+                "description": "pinned: the public_key values; trail: the keys it publishes",
+            },
+            "trusted_keys": {
+                "type": "object",
+                "additionalProperties": {"type": "array", "items": {"type": "string"}},
+            },
+            "nodes": {"type": "object"},
+            "first_bad": {"type": ["object", "null"]},
+            "problems": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+    "VerifyResult": {
+        "type": "object",
+        "required": ["items", "next", "ok", "checkpoints"],
+        "properties": {
+            "items": {"type": "array", "items": ref("VerifyReport")},
+            "next": {"type": "null"},
+            "ok": {
+                "type": "boolean",
+                "description": "false when any chain is broken or any checkpoint is bad",
+            },
+            "checkpoints": ref("CheckpointSummary"),
+            "source": {"enum": ["local", "CP_AUDIT"]},
+        },
+    },
+    "ConfigAt": {
+        "type": "object",
+        "required": ["session_id", "at", "config", "policies", "established_by", "verified"],
+        "properties": {
+            "session_id": {"type": "string"},
+            "at": {"type": "number"},
+            "config": {"type": "object", "description": "canonical fields"},
+            "policies": {"type": "array", "items": {"type": "object"}},
+            "established_by": {
+                "type": "object",
+                "description": "the entry (seq, at, cause, status, hash, ...) and its meaning",
+            },
+            "sent_by": {"type": ["object", "null"]},
+            "policies_by": {
+                "type": ["object", "null"],
+                "description": "the newer `unchanged` entry naming the policies, if any",
+            },
+            "pending": {"type": "array", "items": {"type": "object"}},
+            "rebuild": {"type": "object", "description": "config_hash checks of every step"},
+            "notes": {"type": "array", "items": {"type": "string"}},
+            "chain": {"type": "object"},
+            "checkpoint": {"type": "object"},
+            "verified": {
+                "type": "boolean",
+                "description": "every config_hash check passed, the chain verifies and every "
+                "checkpoint is valid (coverage: checkpoint.covered)",
+            },
+            "source": {"enum": ["local", "CP_AUDIT"]},
+        },
+    },
+    "Readiness": {
+        "type": "object",
+        "required": ["ready", "checks"],
+        "properties": {
+            "ready": {"type": "boolean"},
+            "checks": {
+                "type": "object",
+                "description": "each check by name (true when it passes) and facts such as "
+                "nats_connected; when not ready, failing maps each failed check to why",
+            },
+        },
+    },
+    "LabelsPatch": {
+        "type": "object",
+        "required": ["labels"],
+        "additionalProperties": False,
+        "properties": {
+            "labels": {
+                "type": "object",
+                "minProperties": 1,
+                "maxProperties": 64,
+                "propertyNames": {"pattern": "^[A-Za-z0-9_.-]{1,63}$"},
+                "additionalProperties": {
+                    "oneOf": [
+                        {"type": "string", "maxLength": 256, "pattern": "^[^\\x00-\\x1f\\x7f]*$"},
+                        {"type": "null"},
+                    ]
+                },
+                "description": "a string sets the label, null removes it",
+            }
+        },
+    },
+}
