@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from policies.documents import text_violations
-from policies.model import MAX_VERSION
+from policies.limits import MAX_VERSION
 
 __all__ = [
     "CAUSES",
