@@ -43,23 +43,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    LOOPBACK,
-    ROOT,
-    STREAMING_MODEL,
-    Proc,
-    add_quiet_arg,
-    free_port,
-    http_json,
-    marker,
-    new_token,
-    policy_doc,
-    print_header,
-    raise_nofile,
-    start_controlplane,
-    wait_quiet,
-    workdir,
-)
+from launch import ROOT, Proc, new_token, start_controlplane, workdir
+from loopback import LOOPBACK, free_port, http_json, raise_nofile
+from payloads import STREAMING_MODEL, marker, policy_doc
+from report import add_quiet_arg, print_header, wait_quiet
 
 sys.path.append(str(ROOT))  # tests.support.servers: nats-server and redis-server binaries
 from tests.support.servers import ServerProcess, nats_binary, redis_binary

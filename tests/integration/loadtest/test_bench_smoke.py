@@ -67,3 +67,18 @@ def test_audio_latency_bench_small() -> None:
     assert m["direct_turns"] > 0 and m["gateway_turns"] > 0
     # every frame the clients sent reached the emulator (4 sessions x 3 s of 50 ms frames)
     assert m["gateway_frames_sent"] >= 4 * 50 and m["gateway_frames_dropped"] == 0
+
+
+@pytest.mark.timeout(90)
+def test_cluster_bench_small() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_cluster.py"), "--sessions", "6,12",
+         "--publishes", "1", "--idle-s", "1", "--gap", "0.3", "--tail-s", "0.3", "--settle",
+         "0.3", "--client-procs", "1", "--quiet-wait", "0"],
+        capture_output=True, text=True, timeout=80, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("summary: ")]
+    summary = json.loads(line.split(": ", 1)[1])
+    assert summary["sessions"] == [6, 12]
+    assert summary["nats_msgs"][1] > 0 and summary["redis_commands"][1] > 0, summary
