@@ -26,8 +26,10 @@ Exit status 0 when every session of every run received its frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import resource
 import signal
 import sys
 import time
@@ -38,6 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
 from launch import (
+    Proc,
     new_token,
     process_usage,
     start_baseline,
@@ -52,6 +55,14 @@ from report import add_quiet_arg, median, median_of, print_header, summary_ms, w
 
 STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
 API_KEY = "bench-key"
+# Loopback offers ~28,000 ephemeral ports (net.ipv4.ip_local_port_range) per source address
+# and destination: past this many sessions each client process binds its own 127.0.0.x.
+SOURCES_PAST = 20_000
+
+
+def connection_cap(sessions: int) -> dict[str, str]:
+    """serve's socket cap (``max_connections``, 20,000 by default) lifted above ``sessions``."""
+    return {"CONTROLPLANE_MAX_CONNECTIONS": str(max(20_000, sessions + 1_000))}
 
 
 def open_sessions(
@@ -98,6 +109,9 @@ def _open(
         {**spec, "count": c, "concurrency": concurrency, "base": sum(counts[:i])}
         for i, c in enumerate(counts)
     ]
+    if sum(counts) > SOURCES_PAST:  # one source address per client process (ephemeral ports)
+        for i, a in enumerate(args):
+            a["source"] = f"127.0.0.{2 + i}"
     started = time.perf_counter()
     answers = pool.call("open", args)
     return {
@@ -107,6 +121,51 @@ def _open(
         "ids": [i for a in answers for i in a["ids"]],
         "open_s": time.perf_counter() - started,
     }
+
+
+def open_measured(
+    args: argparse.Namespace, pool: ClientPool, cp: Proc, label: str, token: str, run: int
+) -> dict[str, Any]:
+    """Open ``args.sessions``: ``args.warmup`` of them first (not measured), then the rest,
+    timed, with the server's RSS before them (``rss_before_kib``) and, with ``--profile``,
+    a py-spy of the server while they open (run 1)."""
+
+    def batch(n: int) -> dict[str, Any]:  # apps answer pushes only when another one follows
+        return open_sessions(pool, args.variant, cp.ws, n, label, args.concurrency, token,
+                             auto_ack=args.publishes > 1)  # fmt: skip
+
+    nothing: dict[str, Any] = {"opened": 0, "errors": 0, "error_samples": [], "ids": []}
+    warmup = min(args.warmup, args.sessions // 5)
+    warm = batch(warmup) if warmup else nothing
+    if warmup:
+        time.sleep(min(args.settle, 1.0))
+    rss_before, cpu0 = process_usage(cp.pid)
+    spy = None
+    if args.profile and run == 1:
+        where = args.profile / f"open-{args.variant}-{args.sessions}.txt"
+        spy = start_pyspy(cp.pid, where)
+    rest = batch(args.sessions - warmup)
+    stop_pyspy(spy)
+    if spy is not None:
+        print(f"# profile of the control plane while {rest['opened']} sessions open:")
+        print(summarize_collapsed([where]), flush=True)
+    measured = rest["opened"]
+    out = {
+        "opened": warm["opened"] + measured,
+        "open_errors": warm["errors"] + rest["errors"],
+        "measured": measured,
+        "open_s": round(rest["open_s"], 2),
+        "open_per_s": round(measured / max(1e-9, rest["open_s"])),
+        "open_cpu_us_per_session": round(
+            (process_usage(cp.pid)[1] - cpu0) * 1e6 / max(1, measured), 1
+        ),
+        "rss_before_kib": rss_before,
+        "ids": warm["ids"] + rest["ids"],
+    }
+    samples = warm["error_samples"] + rest["error_samples"]
+    if samples:
+        out["open_error_samples"] = samples[:3]
+    return out
 
 
 def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> dict[str, Any]:
@@ -123,25 +182,15 @@ def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) ->
         emulator_port=emu.port if emu else None,
         lift_upstream_limit=args.variant == "gateway" and args.lift_upstream_limit,
         gc_mode=args.gc,
+        extra_env=connection_cap(args.sessions * (2 if args.variant == "gateway" else 1)),
     )
     out: dict[str, Any] = {"run": run, "variant": args.variant, "sessions": args.sessions}
     try:
-        opened = open_sessions(
-            pool,
-            args.variant,
-            cp.ws,
-            args.sessions,
-            label,
-            args.concurrency,
-            token,
-            auto_ack=args.publishes > 1,  # answer pushes only when another one follows
-        )
-        out.update(
-            opened=opened["opened"], open_errors=opened["errors"], open_s=round(opened["open_s"], 2)
-        )
-        if opened["errors"]:
-            out["open_error_samples"] = opened["error_samples"]
+        out.update(open_measured(args, pool, cp, label, token, run))
         time.sleep(args.settle)
+        out["kib_per_session"] = round(
+            (process_usage(cp.pid)[0] - out.pop("rss_before_kib")) / max(1, out["measured"]), 2
+        )
         if args.gc == "freeze":
             os.kill(cp.pid, signal.SIGUSR1)  # warm-up over: gc.collect() + gc.freeze()
             time.sleep(1.0)
@@ -176,9 +225,9 @@ def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) ->
             else:
                 times = emulator_receipts(
                     emu.http,
-                    opened["ids"],
+                    out["ids"],
                     mark,  # type: ignore[union-attr]
-                    expected=(k + 1) * opened["opened"],
+                    expected=(k + 1) * out["opened"],
                     timeout=args.timeout,
                 )
                 sample = json.dumps({"type": "UpdateConfiguration", "prompt": doc["set"]["prompt"]})
@@ -219,12 +268,14 @@ def floor_run(
     floor = start_baseline(tmp, "broadcast")
     try:
         counts = pool.split(args.sessions)
+        rss_before = process_usage(floor.pid)[0]
         opened = _open(pool, {"url": ws_url(floor.ws, "/floor")}, counts, args.concurrency)
         if opened["errors"]:
             raise RuntimeError(
                 f"floor: {opened['errors']} connections failed: {opened['error_samples']}"
             )
         time.sleep(args.settle)
+        per_conn = (process_usage(floor.pid)[0] - rss_before) / max(1, opened["opened"])
         samples = []
         with connect(ws_url(floor.ws, "/trigger"), compression=None) as trigger:
             for k, frame in enumerate(frames):
@@ -242,6 +293,7 @@ def floor_run(
                             **summary_ms(lat),
                             "received": len(lat),
                             "server_broadcast_ms": round(server["elapsed_s"] * 1000, 1),
+                            "kib_per_conn": round(per_conn, 2),
                         }
                     )
                     time.sleep(args.gap)
@@ -253,8 +305,8 @@ def floor_run(
         floor.stop()
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def build_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--variant", choices=("control", "gateway"), default="control")
     parser.add_argument("--runs", type=int, default=3, help="fresh stack per run; median reported")
@@ -274,6 +326,11 @@ def main() -> int:
     parser.add_argument("--prompt-chars", type=int, default=165, help="≈300-byte push frame")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds idle before publishing")
     parser.add_argument("--gap", type=float, default=1.0, help="seconds between publishes")
+    parser.add_argument(
+        "--warmup", type=int, default=200,
+        help="sessions opened first (at most a fifth) and left out of open time and memory per "
+        "session",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument(
@@ -285,7 +342,7 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         type=Path,
-        help="py-spy the control plane during run 1's publishes into this dir",
+        help="py-spy the control plane in run 1 (opening, publishes) into this dir",
     )
     parser.add_argument(
         "--no-lift-upstream-limit",
@@ -294,75 +351,101 @@ def main() -> int:
         help="gateway: run serve as built (its upstream client holds ≤100 sockets)",
     )
     add_quiet_arg(parser)
-    args = parser.parse_args()
+    return parser
+
+
+def raise_limits(need: int, *, warn: bool = True) -> int:
+    """Open files for ``need`` sockets: the soft limit to the hard one, and the hard one
+    itself when it is lower and we may (CAP_SYS_RESOURCE, which root usually has; not in
+    every container); the client processes and servers inherit it. Returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < need:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, need))
     limit = raise_nofile()
-    need = args.sessions * (2 if args.variant == "gateway" else 1) + 200
-    if limit < need:
+    if warn and limit < need:
         print(f"warning: open-files limit {limit} < {need} needed by the server", file=sys.stderr)
-    procs = args.client_procs or min(4, max(1, args.sessions // 2500))
-    print_header(
-        f"bench_propagation variant={args.variant} sessions={args.sessions} client_procs={procs}"
-        f" gc={args.gc}",
-        sys.argv,
-    )
-    runs = []
-    failures = 0
-    with ClientPool(procs) as pool:
-        for run in range(1, args.runs + 1):
-            busy = wait_quiet(args.quiet_wait)
-            with workdir() as tmp:
-                real = real_run(args, pool, tmp, run)
-                frames = [p.pop("sample") or "" for p in real["publishes"]]
-                floor = floor_run(args, pool, tmp, frames)
-            for i, (r, f) in enumerate(zip(real["publishes"], floor, strict=True)):
-                row = {
-                    "run": run,
-                    "publish": i + 1,
-                    "opened": real["opened"],
-                    "open_errors": real["open_errors"],
-                    "open_s": real["open_s"],
-                    "cp_rss_mib": real["cp_rss_mib"],
-                    "machine_busy_before": busy,
-                    **{f"real_{k}": v for k, v in r.items()},
-                    **{f"floor_{k}": v for k, v in f.items()},
-                }
-                for key in ("p50_ms", "p99_ms", "max_ms"):
-                    row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
-                failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
-                failures += real["open_errors"]
-                runs.append(row)
-                print(json.dumps(row), flush=True)
-    keys = [
-        "real_p50_ms",
-        "real_p99_ms",
-        "real_max_ms",
-        "real_post_ms",
-        "real_server_convergence_ms",
-        "real_cp_cpu_s",
-        "floor_p50_ms",
-        "floor_p99_ms",
-        "floor_max_ms",
-        "floor_server_broadcast_ms",
-        "ratio_p50",
-        "ratio_p99",
-        "ratio_max",
-        "open_s",
-        "cp_rss_mib",
-    ]
+    return limit
+
+
+def client_procs(args: argparse.Namespace) -> int:
+    return args.client_procs or min(4, max(1, args.sessions // 2500))
+
+
+def measure_run(
+    args: argparse.Namespace, pool: ClientPool, run: int
+) -> tuple[list[dict[str, Any]], int]:
+    """One fresh stack: the real side, then the floor on the same clients; (rows, failures)."""
+    busy = wait_quiet(args.quiet_wait)
+    rows, failures = [], 0
+    with workdir() as tmp:
+        real = real_run(args, pool, tmp, run)
+        frames = [p.pop("sample") or "" for p in real["publishes"]]
+        floor = floor_run(args, pool, tmp, frames)
+    for i, (r, f) in enumerate(zip(real["publishes"], floor, strict=True)):
+        row = {
+            "run": run,
+            "publish": i + 1,
+            **{k: real[k] for k in RUN_KEYS if k in real},
+            "machine_busy_before": busy,
+            **{f"real_{k}": v for k, v in r.items()},
+            **{f"floor_{k}": v for k, v in f.items()},
+        }
+        for key in ("p50_ms", "p99_ms", "max_ms"):
+            row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
+        failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
+        failures += real["open_errors"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows, failures
+
+
+RUN_KEYS = ("opened", "open_errors", "open_s", "open_per_s", "open_cpu_us_per_session",
+            "cp_rss_mib", "kib_per_session", "open_error_samples")  # fmt: skip
+SUMMARY_KEYS = (
+    "real_p50_ms", "real_p99_ms", "real_max_ms", "real_post_ms", "real_server_convergence_ms",
+    "real_cp_cpu_s", "floor_p50_ms", "floor_p99_ms", "floor_max_ms",
+    "floor_server_broadcast_ms", "ratio_p50", "ratio_p99", "ratio_max", "open_s", "open_per_s",
+    "open_cpu_us_per_session", "cp_rss_mib", "kib_per_session", "floor_kib_per_conn",
+)  # fmt: skip
+
+
+def summarize(
+    args: argparse.Namespace, runs: list[dict[str, Any]], failures: int
+) -> dict[str, Any]:
     summary_ratios = {}
     for key in ("p50", "p99", "max"):
         real = median([r[f"real_{key}_ms"] for r in runs])
         floor_ = median([r[f"floor_{key}_ms"] for r in runs])
         summary_ratios[f"ratio_of_medians_{key}"] = round(real / floor_, 2) if floor_ else None
-    summary = {
+    return {
         "variant": args.variant,
         "sessions": args.sessions,
         "samples": len(runs),
-        "client_procs": procs,
-        **median_of(runs, keys),
+        "client_procs": client_procs(args),
+        **median_of(runs, SUMMARY_KEYS),
         **summary_ratios,
         "failures": failures,
     }
+
+
+def main() -> int:
+    args = build_parser(__doc__.splitlines()[0]).parse_args()
+    raise_limits(args.sessions * (2 if args.variant == "gateway" else 1) + 1000)
+    procs = client_procs(args)
+    print_header(
+        f"bench_propagation variant={args.variant} sessions={args.sessions} client_procs={procs}"
+        f" gc={args.gc}",
+        sys.argv,
+    )
+    runs: list[dict[str, Any]] = []
+    failures = 0
+    with ClientPool(procs) as pool:
+        for run in range(1, args.runs + 1):
+            rows, failed = measure_run(args, pool, run)
+            runs += rows
+            failures += failed
+    summary = summarize(args, runs, failures)
     print(f"median: {json.dumps(summary)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))

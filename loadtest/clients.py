@@ -8,7 +8,9 @@ so they compare with the publish wall time taken in the benchmark process (same 
 
 Commands (each answered with a dict):
   open      open ``count`` connections to ``url`` (optional first frame, optional expected
-            first message type), then start one reader per connection
+            first message type, optional ``source`` address to bind: loopback offers ~28,000
+            ephemeral ports per source address and destination), then start one reader per
+            connection
   arm       receipts are cleared; the next frame that contains ``marker`` is timestamped
   collect   wait (bounded) until every live connection has a receipt; answers the times
   audio     send real-time 50 ms PCM frames (tone/silence pattern) for ``seconds``,
@@ -67,9 +69,11 @@ class Worker:
         first: str | None,
         expect: str | None,
         timeout: float,
+        source: str | None = None,
     ) -> Conn:
         from websockets.asyncio.client import connect
 
+        extra: dict[str, Any] = {"local_addr": (source, 0)} if source else {}
         ws = await connect(
             url,
             additional_headers=headers,
@@ -78,6 +82,7 @@ class Worker:
             open_timeout=timeout,
             close_timeout=2,
             max_size=2**22,
+            **extra,
         )
         conn = Conn(ws)
         try:
@@ -132,7 +137,12 @@ class Worker:
                     first = first.replace("{i}", str(i))
                 try:
                     return await self._connect(
-                        a["url"], a.get("headers", {}), first, a.get("expect"), timeout
+                        a["url"],
+                        a.get("headers", {}),
+                        first,
+                        a.get("expect"),
+                        timeout,
+                        a.get("source"),
                     )
                 except Exception as exc:
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])

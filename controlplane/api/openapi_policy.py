@@ -16,7 +16,7 @@ from policies.fields import (
     MAX_TURN_SILENCE_MS,
     MIN_TURN_SILENCE_MS,
 )
-from policies.limits import (
+from policies.model import (
     BUCKET_BY_SESSION,
     DEFAULT_WAVE_INTERVAL_S,
     DESCRIPTION_MAX_CHARS,

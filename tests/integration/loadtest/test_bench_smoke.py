@@ -70,15 +70,33 @@ def test_audio_latency_bench_small() -> None:
 
 
 @pytest.mark.timeout(90)
-def test_cluster_bench_small() -> None:
+def test_scale_bench_small() -> None:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "loadtest" / "bench_cluster.py"), "--sessions", "6,12",
-         "--publishes", "1", "--idle-s", "1", "--gap", "0.3", "--tail-s", "0.3", "--settle",
-         "0.3", "--client-procs", "1", "--quiet-wait", "0"],
+        [sys.executable, str(ROOT / "loadtest" / "bench_scale.py"), "--sessions-list", "20,40",
+         "--runs", "1", "--client-procs", "2", "--settle", "0.3", "--gap", "0.1",
+         "--quiet-wait", "0"],
         capture_output=True, text=True, timeout=80, cwd=ROOT, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
-    (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("summary: ")]
-    summary = json.loads(line.split(": ", 1)[1])
-    assert summary["sessions"] == [6, 12]
-    assert summary["nats_msgs"][1] > 0 and summary["redis_commands"][1] > 0, summary
+    medians = [json.loads(ln.split(": ", 1)[1]) for ln in done.stdout.splitlines()
+               if ln.startswith("median: ")]  # fmt: skip
+    assert [m["sessions"] for m in medians] == [20, 40]
+    assert all(m["failures"] == 0 and m["kib_per_session"] > 0 for m in medians)
+    growth = [json.loads(ln.split(": ", 1)[1]) for ln in done.stdout.splitlines()
+              if ln.startswith("growth: ")]  # fmt: skip
+    assert growth[0]["sessions"] == 40 and growth[0]["sessions_x"] == 2.0
+
+
+@pytest.mark.timeout(90)
+def test_scale_inproc_bench_small() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_scale_inproc.py"), "--sessions",
+         "50,100", "--runs", "1", "--idle", "0.2", "--quiet-wait", "0"],
+        capture_output=True, text=True, timeout=80, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    medians = [json.loads(ln.split(": ", 1)[1]) for ln in done.stdout.splitlines()
+               if ln.startswith("median: ")]  # fmt: skip
+    assert [m["sessions"] for m in medians] == [50, 100]
+    for m in medians:  # every session got both pushes
+        assert m["missing_frames"] == 0 and m["publish1_ms"] > 0 and m["noop_ms"] > 0, m
