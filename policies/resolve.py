@@ -41,7 +41,8 @@ from typing import Final, NamedTuple
 
 from policies.bucketing import bucket, pick_variant, units_in_rollout
 from policies.fields import Config, Value
-from policies.model import BUCKET_BY_SESSION, Policy, PolicyPlan
+from policies.limits import BUCKET_BY_SESSION
+from policies.model import Policy, PolicyPlan
 from policies.provenance import PolicyRef
 from policies.selectors import Target, matches
 

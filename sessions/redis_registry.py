@@ -2,7 +2,9 @@
 
 Key layout (``p`` = prefix, default ``cp:``)::
 
-    p session:<id>            live session, JSON of Session.to_dict()
+    p session:<id>            live session, JSON of Session.to_dict() as registered
+    p sessions:records        hash: live id -> its record as last updated (``update``), which
+                              supersedes ``session:<id>``; dropped at register and end
     p session-ended:<id>      ended session, JSON (kept for inspection, at most max_ended)
     p sessions:live           zset, score 0: live ids in byte order (list pages via ZRANGEBYLEX)
     p sessions:all            zset, score 0: live + retained ended ids (include_ended listing)
@@ -14,8 +16,13 @@ Key layout (``p`` = prefix, default ``cp:``)::
     p node:<node>:sessions    set of live ids the node owns
     p claim:<id>              the node holding the id (its trail's one writer), PX claim_ttl
 
-Costs: ``update`` is one ``SET ... XX`` (fails on unknown and ended ids alike, so an update can
-never resurrect an ended session); ``update_many`` is one pipeline of those; ``register`` one
+Costs: ``update_many`` (the push engine's sync of every changed session) is one MULTI/EXEC of
+a fixed number of commands whatever the batch size: ``HMGET sessions:owner`` (live ids have an
+owner; unknown and ended ids have none and are skipped, so an update can never resurrect an
+ended session) and one ``HSET sessions:records`` of every record, then one ``HDEL`` of the
+skipped ones if any (a command per session per push made the Redis work of one publish grow
+with the sessions: issue #23, ``loadtest/bench_cluster.py``); ``update`` is a batch of one;
+``register`` one
 claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC, concurrent
 ``register`` calls sharing them (a pipeline of claims, one MULTI/EXEC per batch: group commit),
 ``register_many`` one pipeline of claims and one MULTI/EXEC per 500 sessions (a replica
@@ -176,6 +183,7 @@ class RedisRegistry:
         self._ended_z = f"{prefix}sessions:ended"
         self._owner_h = f"{prefix}sessions:owner"
         self._upstream_h = f"{prefix}sessions:upstream"
+        self._records_h = f"{prefix}sessions:records"
         self._nodes = f"{prefix}nodes"
         self._trim_script = self._client.register_script(_TRIM_LUA)
         self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
@@ -268,6 +276,7 @@ class RedisRegistry:
     def _queue_register(self, pipe: Pipeline, session: Session) -> None:
         sid, node = session.id, session.node
         pipe.set(self._live_key(sid), _dump(session))
+        pipe.hdel(self._records_h, sid)  # an update of an earlier life no longer applies
         pipe.delete(self._ended_key(sid))
         pipe.zrem(self._ended_z, sid)
         pipe.zadd(self._live_z, {sid: 0})
@@ -289,16 +298,22 @@ class RedisRegistry:
             return []
         for session in batch:
             check_storable(session)
+        records = {s.id: _dump(s) for s in batch}  # the last one of an id wins, as in order
+        ids = builtins.list(records)
+        # an id learnt after register (Begin, session.ready)
+        upstream = {str(s.upstream_id): s.id for s in batch if s.upstream_id}
         with _translate("update_many"):
-            async with self._client.pipeline(transaction=False) as pipe:
-                for session in batch:
-                    pipe.set(self._live_key(session.id), _dump(session), xx=True)
-                indexed = [s for s in batch if s.upstream_id]
-                for session in indexed:  # an id learnt after register (Begin, session.ready)
-                    pipe.hset(self._upstream_h, str(session.upstream_id), session.id)
-                results = await pipe.execute()
-        stored = results[: len(batch)]
-        return [s.id for s, ok in zip(batch, stored, strict=True) if not ok]
+            async with self._client.pipeline(transaction=True) as pipe:  # MULTI/EXEC
+                pipe.hmget(self._owner_h, ids)
+                pipe.hset(self._records_h, mapping=records)  # type: ignore[arg-type]
+                if upstream:
+                    pipe.hset(self._upstream_h, mapping=upstream)  # type: ignore[arg-type]
+                owners = (await pipe.execute())[0]
+            skipped = [sid for sid, owner in zip(ids, owners, strict=True) if owner is None]
+            if skipped:  # unknown or ended: their record must not stay
+                await self._client.hdel(self._records_h, *skipped)
+        gone = set(skipped)
+        return [s.id for s in batch if s.id in gone]
 
     async def end(self, session_id: str, *, cause: str, at: float) -> Session:
         with _translate("end"):
@@ -313,10 +328,12 @@ class RedisRegistry:
 
     async def get(self, session_id: str) -> Session:
         with _translate("get"):
-            live, ended = await self._client.mget(
-                [self._live_key(session_id), self._ended_key(session_id)]
-            )
-        raw = live if live is not None else ended
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.get(self._live_key(session_id))
+                pipe.hget(self._records_h, session_id)
+                pipe.get(self._ended_key(session_id))
+                live, updated, ended = await pipe.execute()
+        raw = (live if updated is None else updated) if live is not None else ended
         if raw is None:
             raise UnknownSession(session_id)
         return _load(raw)
@@ -357,13 +374,19 @@ class RedisRegistry:
     async def _fetch(
         self, ids: builtins.list[str], include_ended: bool
     ) -> builtins.list[bytes | str | None]:
-        if not include_ended:
-            return await self._client.mget([self._live_key(i) for i in ids])
-        keys = [k for i in ids for k in (self._live_key(i), self._ended_key(i))]
-        raws = await self._client.mget(keys)
+        """The current record of each id: its last update, else as registered (live), else
+        its ended record (``include_ended``), else None."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.mget([self._live_key(i) for i in ids])
+            pipe.hmget(self._records_h, ids)
+            if include_ended:
+                pipe.mget([self._ended_key(i) for i in ids])
+            found = await pipe.execute()
+        lives, updates = found[0], found[1]
+        endeds = found[2] if include_ended else [None] * len(ids)
         return [
-            live if live is not None else ended
-            for live, ended in zip(raws[::2], raws[1::2], strict=True)
+            (live if updated is None else updated) if live is not None else ended
+            for live, updated, ended in zip(lives, updates, endeds, strict=True)
         ]
 
     async def owner(self, session_id: str) -> str | None:
@@ -431,9 +454,14 @@ class RedisRegistry:
                     await pipe.watch(*live_keys)
                     raws = await pipe.mget(live_keys)
                     owners = await pipe.hmget(self._owner_h, ids)
+                    # not watched: only the owner updates its live sessions, and it ends its
+                    # own after its last update (the push engine's sync); a node-lost sweep
+                    # ends those of a node that stopped writing
+                    updates = await pipe.hmget(self._records_h, ids)
                     pipe.multi()  # type: ignore[no-untyped-call]
                     ended: builtins.list[Session] = []
-                    for sid, raw, owner in zip(ids, raws, owners, strict=True):
+                    for sid, live, updated, owner in zip(ids, raws, updates, owners, strict=True):
+                        raw = live if live is None or updated is None else updated
                         node = None if owner is None else _text(owner)
                         if raw is None or (only_node is not None and node != only_node):
                             if only_node is not None:  # stale membership: drop it
@@ -443,6 +471,7 @@ class RedisRegistry:
                         mark_ended(session, cause=cause, at=at)
                         pipe.set(self._ended_key(sid), _dump(session))
                         pipe.delete(self._live_key(sid))
+                        pipe.hdel(self._records_h, sid)
                         pipe.zrem(self._live_z, sid)
                         pipe.zadd(self._ended_z, {sid: at})
                         pipe.hdel(self._owner_h, sid)

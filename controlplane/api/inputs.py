@@ -20,7 +20,7 @@ from multidict import MultiMapping
 from controlplane.errors import BadRequest, PayloadTooLarge
 from policies.errors import PolicyValidationError, Violation
 from policies.fields import printable, utf8_problem
-from policies.model import REASON_MAX_CHARS
+from policies.limits import REASON_MAX_CHARS
 
 __all__ = [
     "KINDS",

@@ -11,7 +11,7 @@ from typing import Any
 from controlplane.api.openapi_base import OBJ, list_of, ref
 from controlplane.api.openapi_policy import CONFIG_SCHEMA, POLICY_SCHEMA
 from controlplane.api.openapi_sessions import SESSION_SCHEMAS
-from policies.model import MAX_VERSION, REASON_MAX_CHARS
+from policies.limits import MAX_VERSION, REASON_MAX_CHARS
 
 __all__ = ["SCHEMAS"]
 

@@ -7,7 +7,7 @@ from typing import Any, Final
 
 from controlplane.api.openapi_base import JSON, json_content, ref
 from controlplane.audit.sources import INSTANT_PATTERN
-from policies.model import REASON_MAX_CHARS, RESERVED_IDS
+from policies.limits import REASON_MAX_CHARS, RESERVED_IDS
 
 __all__ = ["PARAMETERS", "RESPONSES", "SELECTOR_PATTERN"]
 

@@ -16,7 +16,7 @@ from policies.fields import (
     MAX_TURN_SILENCE_MS,
     MIN_TURN_SILENCE_MS,
 )
-from policies.model import (
+from policies.limits import (
     BUCKET_BY_SESSION,
     DEFAULT_WAVE_INTERVAL_S,
     DESCRIPTION_MAX_CHARS,

@@ -43,7 +43,7 @@ from controlplane.api.ports import ControlPlaneAPI
 from controlplane.audit.sources import parse_instant
 from controlplane.config import Settings
 from controlplane.errors import BadRequest
-from policies.model import RESERVED_IDS
+from policies.limits import RESERVED_IDS
 
 __all__ = ["ASSIGNMENT_COLUMNS", "ROUTES", "RouteSpec", "add_routes", "assignments_csv"]
 

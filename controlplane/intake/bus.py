@@ -1,7 +1,8 @@
 """Policy events and the bus that carries them (DESIGN.md §4 NATS contract).
 
 The in-process bus is the embedded default; the NATS JetStream bus (distributed mode) keeps
-the same interface. ``publish`` returns once the event is stored (in-process: once handled).
+the same interface. ``publish`` returns once the event is stored (in-process: once handled,
+by the bus's own delivery task: ``InProcessBus``).
 
 Decoding (issue #19): ``decode_event`` turns the bytes of one message into an event or raises
 ``UndecodableEvent`` (a ``ValueError`` carrying the event type when it could be read, and the
@@ -29,15 +30,19 @@ the same message id (JetStream keeps one) and every store applies only ``seq = l
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
+from controlplane.errors import Unavailable
+from controlplane.tasks import raise_if_cancelled, stop_task
 from policies.documents import text_violations
-from policies.model import MAX_VERSION
+from policies.limits import MAX_VERSION
 
 __all__ = [
     "CAUSES",
@@ -53,6 +58,8 @@ __all__ = [
     "decode_event",
     "rfc3339",
 ]
+
+log = logging.getLogger(__name__)
 
 EventType = Literal["policy.published", "policy.retired", "policy.halted", "policy.wave"]
 EVENT_TYPES: tuple[str, ...] = (
@@ -245,20 +252,68 @@ class PolicyBus(Protocol):
 
 
 class InProcessBus:
-    """Delivers each event to every subscriber before ``publish`` returns."""
+    """Embedded mode's bus, shaped like the NATS one: one delivery task hands each event, in
+    publish order, to the subscribed handlers (the handler the NATS consumer calls), never on
+    the publisher's call stack.
+
+    ``publish`` queues the event and waits for its delivery's receipt: embedded mode has no
+    stream that stores an event apart from handling it, so what the handling raised (a policy
+    file the disk refuses: 503) is the publisher's answer. A handler that publishes (none
+    does today) gets no receipt: waiting for itself would never end. Without a publisher
+    waiting, a handler's error is logged, as the NATS consumer does."""
 
     def __init__(self) -> None:
         self._handlers: list[EventHandler] = []
+        self._queue: asyncio.Queue[tuple[PolicyEvent, asyncio.Future[None] | None]] = (
+            asyncio.Queue()
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._receipt: asyncio.Future[None] | None = None  # of the event being delivered
 
     def subscribe(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
 
     async def publish(self, event: PolicyEvent) -> None:
-        for handler in self._handlers:
-            await handler(event)
+        if self._task is None:
+            raise Unavailable("the policy bus is not running", code="bus_stopped")
+        if asyncio.current_task() is self._task:
+            self._queue.put_nowait((event, None))
+            return
+        receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((event, receipt))
+        await receipt
 
     async def start(self) -> None:
-        return None
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._deliver(), name="policy-bus-delivery"
+            )
 
     async def close(self) -> None:
+        task, self._task = self._task, None
+        await stop_task(task)
+        stopped = Unavailable("the policy bus closed during delivery", code="bus_stopped")
+        if self._receipt is not None and not self._receipt.done():
+            self._receipt.set_exception(stopped)
+        while not self._queue.empty():
+            _event, receipt = self._queue.get_nowait()
+            if receipt is not None and not receipt.done():
+                receipt.set_exception(stopped)
         self._handlers.clear()
+
+    async def _deliver(self) -> None:
+        while True:
+            event, receipt = await self._queue.get()
+            self._receipt = receipt
+            try:
+                for handler in self._handlers:
+                    await handler(event)
+            except Exception as exc:  # counted by the handler; the publisher's answer
+                raise_if_cancelled()
+                if receipt is None or receipt.done():
+                    log.exception("policy event %s failed in its handler", event.msg_id)
+                else:
+                    receipt.set_exception(exc)
+            else:
+                if receipt is not None and not receipt.done():
+                    receipt.set_result(None)

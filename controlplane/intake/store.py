@@ -36,7 +36,8 @@ from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
 from controlplane.roles import Role, event_role
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
-from policies.model import BUCKET_BY_SESSION, Policy, parse_policy
+from policies.limits import BUCKET_BY_SESSION
+from policies.model import Policy, parse_policy
 
 __all__ = ["Change", "Halt", "PolicyRecord", "PolicyStore", "RolloutState", "WaveState"]
 

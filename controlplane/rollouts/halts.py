@@ -16,22 +16,18 @@
   ``rollout_halts_total{policy, action}`` and, with ``on_breach: rollback``, publishes the
   fallback's document as a new version (cause ``rollback``), or retires the policy when it
   has no earlier good version.
-- **Applying** (every replica, from the bus): the store resolves sessions not running the
-  halted version with its fallback; the sessions the halted version or its fallback match
-  are re-resolved at once (those not yet pushed drop the halted version; nothing is sent to
-  them unless their config really changes). A halt is logged at WARNING with its reason.
-- **Per-session policy sets** (``policies_for``, ``reconcile``): a session *pinned* to a
-  halted version keeps it: one that, when the halt was applied here, had been written to it,
-  had acknowledged it or needed no change for it (its rollout status then). Every other
-  session, late joiners included, resolves with the fallback. With nothing halted both are
-  the plain active set (one ``engine.reconcile`` call, as before).
+- **Applied** (``applied``, every replica, from the service's event handler once the store
+  took the event): counted if decided here, logged at WARNING with its reason, its failures
+  kept for the rollout rows. Which sessions keep the halted version and which resolve its
+  fallback is data the handler reads (``controlplane.rollouts.policy_sets``), not this class:
+  no other event passes through here.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from controlplane.cluster.ports import ClusterPorts
 from controlplane.config import Settings
@@ -43,15 +39,11 @@ from controlplane.push.engine import LiveSession, PushEngine
 from controlplane.push.protocol import Push
 from controlplane.rollouts.counts import local_counts, version_totals
 from controlplane.rollouts.guard import GuardSpec, RolloutGuard
-from policies.model import Policy
 from sessions.clock import Clock
 
-__all__ = ["DELIVERED", "Halts"]
+__all__ = ["Halts"]
 
 log = logging.getLogger(__name__)
-
-# rollout statuses (LiveSession.policy_status) meaning the session runs that version
-DELIVERED: Final = frozenset({"sent", "acked", "unverified", "skipped", "unchanged"})
 
 Rollback = Callable[[str, int | None], Awaitable[Any]]  # (policy id, version or None: retire)
 
@@ -77,7 +69,6 @@ class Halts:
         self._bus = bus
         self._cluster = cluster  # its peers: the other replicas' rollout rows (or None)
         self._rollback = rollback
-        self._pinned: dict[tuple[str, int], set[str]] = {}  # halted version -> session ids
         # halts this replica is publishing -> their action: counted (rollout_halts_total) in
         # the same step that makes the halt visible here (``apply``), never after it
         self._deciding: dict[tuple[str, int], str] = {}
@@ -157,15 +148,11 @@ class Halts:
             log.warning("policy %s v%d halted, but the automatic %s failed: %s", policy_id,
                         version, "rollback" if to else "retirement", exc.message)  # fmt: skip
 
-    # -- applying ------------------------------------------------------------------------
-    async def apply(self, event: PolicyEvent, received: float) -> str:
-        """A ``policy.halted`` event from the bus (every replica, in stream order); returns
-        its result, ``applied`` or ``ignored`` (the service counts it, once)."""
-        halt = self._store.halt(event)
-        if halt is None:
-            log.info("policy event %s ignored (not the current version, or already halted)",
-                     event.msg_id)  # fmt: skip
-            return "ignored"
+    # -- applied -------------------------------------------------------------------------
+    def applied(self, event: PolicyEvent) -> None:
+        """The store took this ``policy.halted`` event (every replica, in stream order; the
+        service's event handler then pins the sessions running the version and re-resolves
+        the others: controlplane.rollouts.policy_sets)."""
         action = self._deciding.pop((event.policy_id, event.version), None)
         if action is not None:  # decided here: counted as it becomes visible, not after
             self._metrics.rollout_halts.labels(event.policy_id, action).inc()
@@ -179,64 +166,6 @@ class Halts:
         )  # fmt: skip
         self._keep_halt_failures(event.policy_id, event.version)
         self.guard.window.forget(event.policy_id)
-        self._pinned[(event.policy_id, event.version)] = {
-            ls.session.id
-            for ls in self._engine.live.values()
-            if _runs(ls, event.policy_id, event.version)
-        }
-        fallback = self._store.fallback(event.policy_id)
-        halted = self._store.active_policy(event.policy_id)
-        relevant = [p for p in (halted, fallback.policy if fallback else None) if p is not None]
-        await self.reconcile(self._engine.live.values(), cause="policy", event_at=received,
-                             relevant=relevant)  # fmt: skip
-        return "applied"
-
-    # -- per-session policy sets ---------------------------------------------------------
-    def pins(self, ls: LiveSession) -> frozenset[tuple[str, int]]:
-        """The halted versions this session runs (and keeps)."""
-        return frozenset(
-            key
-            for key, sessions in self._pinned.items()
-            if ls.session.id in sessions and self._store.is_halted(*key)
-        )
-
-    def policies_for(self, ls: LiveSession) -> list[Policy]:
-        if not self._store.has_halts:
-            self._pinned.clear()  # every halt ended (a newer version, or retired)
-            return self._store.for_session(ls.session.id, ls.session.labels)
-        return self._store.resolution_set(self.pins(ls), self._outside(ls))
-
-    def _outside(self, ls: LiveSession) -> frozenset[str]:
-        """The policies whose current wave this session is not in (docs/policies.md#waves)."""
-        return self._store.outside_waves(ls.session.id, ls.session.labels)
-
-    async def reconcile(
-        self,
-        sessions: Iterable[LiveSession],
-        *,
-        cause: str,
-        event_at: float | None,
-        next_turn: tuple[str, float] | None = None,
-        relevant: Iterable[Policy] | None = None,
-    ) -> None:
-        """``engine.reconcile`` with each session's own policy set (one call when nothing is
-        halted and no version is between waves; else one per distinct set of pins and
-        policies whose wave the session is outside, rarely more than a few)."""
-        relevant = None if relevant is None else list(relevant)
-        if not self._store.has_halts:
-            self._pinned.clear()
-        if not self._store.has_halts and not self._store.has_waves:
-            await self._engine.reconcile(sessions, self._store.active(), cause=cause,
-                                         event_at=event_at, next_turn=next_turn,
-                                         relevant=relevant)  # fmt: skip
-            return
-        groups: dict[tuple[frozenset[tuple[str, int]], frozenset[str]], list[LiveSession]] = {}
-        for ls in sessions:
-            groups.setdefault((self.pins(ls), self._outside(ls)), []).append(ls)
-        for (pins, outside), members in groups.items():
-            await self._engine.reconcile(members, self._store.resolution_set(pins, outside),
-                                         cause=cause, event_at=event_at, next_turn=next_turn,
-                                         relevant=relevant)  # fmt: skip
 
     # -- rollout status ------------------------------------------------------------------
     def local_rows(self, policy_id: str) -> list[list[dict[str, Any]]]:
@@ -269,8 +198,3 @@ class Halts:
         latest = self._store.latest(policy_id)
         return {"state": state, "halt": None if halt is None else halt.as_dict(),
                 "guard": GuardSpec.of(latest.policy, self._settings).document()}  # fmt: skip
-
-
-def _runs(ls: LiveSession, policy_id: str, version: int) -> bool:
-    status = ls.policy_status.get(policy_id)
-    return status is not None and status[0] == version and status[2] in DELIVERED

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from controlplane.errors import Conflict, ControlPlaneError
@@ -39,7 +38,6 @@ from controlplane.metrics import Metrics
 from controlplane.roles import Role
 from controlplane.rollouts.halts import Halts
 from controlplane.tasks import raise_if_cancelled, stop_task
-from policies.model import Policy
 from sessions.clock import Clock
 
 __all__ = ["TICK_S", "Waves", "wave_status"]
@@ -48,8 +46,6 @@ log = logging.getLogger(__name__)
 
 TICK_S: Final = 0.1  # how often a replica looks for a wave that is due (and at most 1 s)
 _MAX_SLEEP_S: Final = 1.0
-
-Reconcile = Callable[[list[Policy], float], Awaitable[None]]  # (relevant, received)
 
 
 def wave_status(store: PolicyStore, policy_id: str) -> dict[str, Any] | None:
@@ -234,25 +230,17 @@ class Waves:
             return False
         return True
 
-    # -- applying ------------------------------------------------------------------------
-    async def apply(self, event: PolicyEvent, reconcile: Reconcile, received: float) -> str:
-        """A ``policy.wave`` event from the bus (every replica, in stream order); returns its
-        result, ``applied`` or ``ignored`` (the service counts it, once)."""
-        state = self._store.wave(event)
-        if state is None:
-            log.info("policy event %s ignored (not the next wave step of the active version)",
-                     event.msg_id)  # fmt: skip
-            return "ignored"
+    # -- applied -------------------------------------------------------------------------
+    def applied(self, event: PolicyEvent, state: WaveState) -> None:
+        """The store took this ``policy.wave`` step (every replica, in stream order): counted,
+        logged, gauges set. The service's event handler re-resolves the sessions an advance
+        moves (the version's match and its previous version's)."""
         action = str((event.wave or {}).get("action"))
         self._metrics.rollout_wave_steps.labels(event.policy_id, action).inc()
         log.info("policy %s v%d: wave %s (%d of %d, %s%%) by %s", event.policy_id,
                  event.version, action, state.index + 1, len(state.waves),
                  _num(state.percent), event.actor)  # fmt: skip
         self.refresh(event.policy_id)
-        if action in ("advance", "promote"):
-            relevant = [p for p in (state.policy, state.previous) if p is not None]
-            await reconcile(relevant, received)
-        return "applied"
 
     def refresh(self, policy_id: str) -> None:
         """Set the wave gauges of one policy from the store."""

@@ -32,31 +32,38 @@ import collections
 import concurrent.futures
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from sessions.audit_trail import TrailReport, verify_trail
-from sessions.checkpoints import CheckpointSigner, make_checkpoints, public_key_pem
+from sessions.checkpoints import CheckpointSigner, make_checkpoints
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable, VersionLogError
 from sessions.versionchain import GENESIS, LogEntry, VerifyReport
 from sessions.versionlog.core import BufferedVersionLog, Pending, Submitted, parse_entries
+from sessions.versionlog.jsonl import (
+    CHECKPOINT_PREFIX,
+    FILE_PREFIX,
+    FILE_SUFFIX,
+    append_checkpoint_lines,
+    checkpoint_files,
+    day_of_file,
+    publish_public_key,
+    read_checkpoint_rows,
+    scan_files,
+    write_lines,
+)
 
 __all__ = ["Checkpointing", "FileVersionLog"]
 
 # the logger this backend has always used (it lived in sessions.versionlog.core)
 log = logging.getLogger("sessions.versionlog.core")
-
-_FILE_PREFIX: Final = "versionlog-"
-_FILE_SUFFIX: Final = ".jsonl"
-CHECKPOINT_PREFIX: Final = "checkpoints-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,14 +90,6 @@ class _Submission:
 def _retrieve(future: asyncio.Future[None]) -> None:
     if not future.cancelled():
         future.exception()  # read by _drain from the thread's future; not reported twice
-
-
-@dataclass
-class _Scan:
-    rows: list[dict[str, Any]]
-    files_of: dict[str, set[str]]
-    problems: list[str]
-    last_day: str | None = None
 
 
 class FileVersionLog(BufferedVersionLog):
@@ -135,7 +134,7 @@ class FileVersionLog(BufferedVersionLog):
 
     async def start(self) -> None:
         if not self._loaded:
-            scan = await asyncio.to_thread(self._scan, repair=True)
+            scan = await asyncio.to_thread(scan_files, self._dir, repair=True)
             for row in scan.rows:
                 self._tails[row["session_id"]] = (row["seq"], row["hash"])
             self._files_of = scan.files_of
@@ -204,45 +203,6 @@ class FileVersionLog(BufferedVersionLog):
         if not self._loaded:
             raise VersionLogError("FileVersionLog.start() must run before append()")
 
-    def _files(self) -> list[Path]:
-        if not self._dir.is_dir():
-            return []
-        return sorted(self._dir.glob(f"{_FILE_PREFIX}*{_FILE_SUFFIX}"))
-
-    def _scan(self, *, repair: bool = False, only: set[str] | None = None) -> _Scan:
-        """Read every file (or those named in ``only``) in write order; tolerant of bad lines."""
-        if repair:
-            self._dir.mkdir(parents=True, exist_ok=True)
-        scan = _Scan([], {}, [])
-        for path in self._files():
-            scan.last_day = path.name[len(_FILE_PREFIX) : -len(_FILE_SUFFIX)]
-            if only is not None and path.name not in only:
-                continue
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                problem = f"{path.name}: torn last line ({len(data) - cut} bytes) at byte {cut}"
-                if repair:  # cut it off so new lines start clean; keep the bytes for forensics
-                    with path.with_name(path.name + ".torn").open("ab") as torn:
-                        torn.write(data[cut:] + b"\n")
-                    os.truncate(path, cut)
-                    problem += f", moved to {path.name}.torn"
-                scan.problems.append(problem)
-                log.warning("version log: %s", problem)
-                data = data[:cut]
-            for number, line in enumerate(data.splitlines(), start=1):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                if not isinstance(row, dict) or not isinstance(row.get("session_id"), str):
-                    scan.problems.append(f"{path.name}:{number}: not a log entry")
-                    log.warning("version log: %s:%d: not a log entry", path.name, number)
-                    continue
-                scan.rows.append(row)
-                scan.files_of.setdefault(row["session_id"], set()).add(path.name)
-        return scan
-
     async def _drain(self) -> None:
         """Account for every started write, oldest first: the successful ones' bookkeeping;
         the failed ones' entries (and those of the writes skipped behind them) back to the
@@ -306,7 +266,7 @@ class FileVersionLog(BufferedVersionLog):
                 self._ck_due.set()
 
     def _path(self, day: str) -> Path:
-        return self._dir / f"{_FILE_PREFIX}{day}{_FILE_SUFFIX}"
+        return self._dir / f"{FILE_PREFIX}{day}{FILE_SUFFIX}"
 
     def _write_sync(self, day: str, lines: list[bytes]) -> None:
         if self._fd is None or self._day != day:
@@ -324,7 +284,7 @@ class FileVersionLog(BufferedVersionLog):
         fd = self._fd
         size = os.fstat(fd).st_size
         try:
-            _write_lines(fd, lines)
+            write_lines(fd, lines)
             if self._fsync:
                 os.fdatasync(fd)
         except OSError:
@@ -398,60 +358,14 @@ class FileVersionLog(BufferedVersionLog):
     ) -> tuple[int, tuple[int, str]]:
         lines, prev = make_checkpoints(ck.signer, node=ck.node, at=at, prev=self._ck_prev,
                                        heads=heads)  # fmt: skip
-        path = self._dir / f"{CHECKPOINT_PREFIX}{day}{_FILE_SUFFIX}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise BackendUnavailable(f"checkpoints: cannot open {path}: {exc}") from exc
-        try:
-            size = os.fstat(fd).st_size
-            try:
-                view = memoryview(b"".join(lines))
-                while view:
-                    view = view[os.write(fd, view) :]
-                if self._fsync:
-                    os.fdatasync(fd)
-            except OSError as exc:
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, size)
-                raise BackendUnavailable(f"checkpoints: write to {path} failed: {exc}") from exc
-        finally:
-            os.close(fd)
+        path = self._dir / f"{CHECKPOINT_PREFIX}{day}{FILE_SUFFIX}"
+        append_checkpoint_lines(path, lines, fsync=self._fsync)
         return len(lines), prev
-
-    def _checkpoint_files(self) -> list[Path]:
-        if not self._dir.is_dir():
-            return []
-        return sorted(self._dir.glob(f"{CHECKPOINT_PREFIX}*{_FILE_SUFFIX}"))
-
-    def _read_checkpoints(self, *, repair: bool = False) -> list[dict[str, Any]]:
-        """Every checkpoint line in write order; a line that is not a JSON object is kept as
-        ``{}`` so verification names it. A torn last line is cut off (``repair``) or skipped."""
-        rows: list[dict[str, Any]] = []
-        for path in self._checkpoint_files():
-            data = path.read_bytes()
-            if data and not data.endswith(b"\n"):
-                cut = data.rfind(b"\n") + 1
-                log.warning("checkpoints: %s: torn last line (%d bytes)", path.name,
-                            len(data) - cut)  # fmt: skip
-                if repair:
-                    with path.with_name(path.name + ".torn").open("ab") as torn:
-                        torn.write(data[cut:] + b"\n")
-                    os.truncate(path, cut)
-                    self.problems.append(f"{path.name}: torn last line moved to .torn")
-                data = data[:cut]
-            for line in data.splitlines():
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    row = None
-                rows.append(row if isinstance(row, dict) else {})
-        return rows
 
     def _load_checkpoints(self, ck: Checkpointing) -> None:
         """Continue this node's chain; queue heads no checkpoint committed (worker thread)."""
         committed: dict[str, int] = {}
-        for row in self._read_checkpoints(repair=True):
+        for row in read_checkpoint_rows(self._dir, repair=True, problems=self.problems):
             heads = row.get("heads")
             mine = row.get("node") == ck.node and row.get("key_id") == ck.signer.key_id
             if mine and isinstance(row.get("seq"), int):  # a new key starts a new chain
@@ -460,19 +374,14 @@ class FileVersionLog(BufferedVersionLog):
                 for sid, head in heads.items():
                     if isinstance(head, list) and head and isinstance(head[0], int):
                         committed[sid] = max(committed.get(sid, 0), head[0])
-        files = self._checkpoint_files()
+        files = checkpoint_files(self._dir)
         if files:
-            self._ck_day = files[-1].name[len(CHECKPOINT_PREFIX) : -len(_FILE_SUFFIX)]
+            self._ck_day = day_of_file(files[-1], CHECKPOINT_PREFIX)
         for sid, (seq, digest) in self._tails.items():
             if seq > committed.get(sid, 0):
                 self._ck_changed[sid] = (seq, digest)
         self._ck_since = len(self._ck_changed)
-        self._dir.mkdir(parents=True, exist_ok=True)
-        pub = self._dir / f"signing-key-{ck.signer.key_id[:16]}.pub"
-        if not pub.exists():
-            tmp = pub.with_name(pub.name + ".tmp")
-            tmp.write_bytes(public_key_pem(ck.signer.public_key))
-            os.replace(tmp, pub)
+        publish_public_key(self._dir, ck.signer)
 
     def forget(self, session_id: str) -> None:
         super().forget(session_id)
@@ -481,7 +390,7 @@ class FileVersionLog(BufferedVersionLog):
     async def _rows(self, session_id: str | None) -> list[dict[str, Any]]:
         known = None if session_id is None else self._files_of.get(session_id)
         only = None if known is None else set(known)  # a copy: the worker thread reads it
-        scan = await asyncio.to_thread(self._scan, only=only)
+        scan = await asyncio.to_thread(scan_files, self._dir, only=only)
         if session_id is None:
             return scan.rows
         return [row for row in scan.rows if row["session_id"] == session_id]
@@ -518,7 +427,7 @@ class FileVersionLog(BufferedVersionLog):
 
     async def checkpoint_rows(self) -> list[dict[str, Any]]:
         """Every stored checkpoint record, in write order (``StoredTrail``)."""
-        return await asyncio.to_thread(self._read_checkpoints)
+        return await asyncio.to_thread(read_checkpoint_rows, self._dir)
 
     async def stored_rows(self, session_id: str | None = None) -> list[dict[str, Any]]:
         """The stored entries (of one session, or all) as read from the files."""
@@ -531,18 +440,3 @@ class FileVersionLog(BufferedVersionLog):
     async def session_ids(self) -> list[str]:
         await self.flush()
         return sorted({row["session_id"] for row in await self._rows(None)})
-
-
-_IOV_MAX = 1024  # Linux's limit on buffers per writev
-
-
-def _write_lines(fd: int, lines: list[bytes]) -> None:
-    """Write every line, in order, with as few system calls as the kernel allows."""
-    for start in range(0, len(lines), _IOV_MAX):
-        chunk = lines[start : start + _IOV_MAX]
-        written = os.writev(fd, chunk)
-        size = sum(map(len, chunk))
-        if written < size:  # a short write (signal, quota): the rest of this chunk by hand
-            view = memoryview(b"".join(chunk))[written:]
-            while view:
-                view = view[os.write(fd, view) :]

@@ -7,11 +7,11 @@ import argparse
 
 import pytest
 
-from controlplane.cli import serve
 from controlplane.api.routes import ROUTES
+from controlplane.cli import serve
 from controlplane.config import Settings, SettingsError
 from controlplane.edges.admission import UpdateRate
-from policies.model import RESERVED_IDS
+from policies.limits import RESERVED_IDS
 from sessions.clock import FakeClock
 
 

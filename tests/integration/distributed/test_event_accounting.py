@@ -3,7 +3,7 @@ of its handling fails after the policy store took it. ``controlplane_policy_even
 counted such an event ``applied`` (the service) and ``error`` (the NATS consumer): twice.
 
 The failure is injected at a real step of the handling, the reconcile of live sessions that
-follows the store's change (``service.halts.reconcile``, on the replica's own object)."""
+follows the store's change (``service.events.reconcile``, on the replica's own object)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ async def test_a_step_failing_after_the_store_took_the_event_counts_it_once_as_e
 ) -> None:
     caplog.set_level(logging.ERROR, logger="controlplane")
     a = await cluster.start("node-a")
-    monkeypatch.setattr(a.service.halts, "reconcile", _failing_reconcile)
+    monkeypatch.setattr(a.service.events, "reconcile", _failing_reconcile)
     doc = {"id": "acct", "version": 1, "set": {"system_prompt": "v1"}}
     await cluster.publish_raw("acct", event(doc), msg_id="acct:1")
     await eventually(lambda: a.service.store.current_version("acct") == 1)

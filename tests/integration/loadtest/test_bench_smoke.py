@@ -70,6 +70,21 @@ def test_audio_latency_bench_small() -> None:
 
 
 @pytest.mark.timeout(90)
+def test_cluster_bench_small() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_cluster.py"), "--sessions", "6,12",
+         "--publishes", "1", "--idle-s", "1", "--gap", "0.3", "--tail-s", "0.3", "--settle",
+         "0.3", "--client-procs", "1", "--quiet-wait", "0"],
+        capture_output=True, text=True, timeout=80, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    (line,) = [ln for ln in done.stdout.splitlines() if ln.startswith("summary: ")]
+    summary = json.loads(line.split(": ", 1)[1])
+    assert summary["sessions"] == [6, 12]
+    assert summary["nats_msgs"][1] > 0 and summary["redis_commands"][1] > 0, summary
+
+
+@pytest.mark.timeout(90)
 def test_scale_bench_small() -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "loadtest" / "bench_scale.py"), "--sessions-list", "20,40",

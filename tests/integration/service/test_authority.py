@@ -232,8 +232,8 @@ async def test_a_publish_whose_owner_check_raced_a_takeover_answers_403_not_201(
     late = parse_policy({**LOCK_FREE, "version": 3})
     started = asyncio.get_running_loop().time()
     with pytest.raises(Forbidden) as refused:  # the event as the raced replica sent it
-        await cp.service._publish(late, "policy.published", "experimenter:abc", "policy",
-                                  Role.EXPERIMENTER)  # fmt: skip
+        await cp.service.publisher.publish(late, "policy.published", "experimenter:abc",
+                                           "policy", Role.EXPERIMENTER)  # fmt: skip
     assert refused.value.code == "policy_owned"
     assert asyncio.get_running_loop().time() - started < 1.0  # not the 2 s apply wait
     policy = await cp.call("GET", "/v1/policies/tone", expect=200)

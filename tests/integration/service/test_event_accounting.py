@@ -20,7 +20,7 @@ async def _failing_reconcile(*args: Any, **kwargs: Any) -> None:
 async def test_embedded_a_failing_step_counts_the_event_once_as_error(
     cp: ControlPlaneUnderTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(cp.service.halts, "reconcile", _failing_reconcile)
+    monkeypatch.setattr(cp.service.events, "reconcile", _failing_reconcile)
     with pytest.raises(RuntimeError, match="injected"):
         await cp.service.publish_policy(
             {"id": "acct", "set": {"system_prompt": "v1"}}, actor="admin:test"

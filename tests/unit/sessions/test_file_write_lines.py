@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sessions.versionlog import file as file_versionlog
-from sessions.versionlog.file import _write_lines
+from sessions.versionlog import jsonl as file_versionlog
+from sessions.versionlog.jsonl import write_lines as _write_lines
 
 
 def _lines(n: int) -> list[bytes]:

@@ -1,0 +1,148 @@
+"""One policy event, from the bus to the push engine (docs/architecture.md, the walk).
+
+``PolicyEvents.on_event`` is the handler the bus calls, the same in both modes (the in-process
+bus's delivery task, the NATS consumer): the intake store applies the event (durably first in
+embedded mode, ``controlplane.intake.files``), the live sessions are split by the policy set
+they resolve with (``controlplane.rollouts.policy_sets``: halts and waves as data) and the
+push engine re-resolves them and pushes what changed. Each event is counted here exactly once
+(``controlplane_policy_events_total``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+from controlplane.cluster.ports import VersionWaiters
+from controlplane.intake.bus import PolicyEvent
+from controlplane.intake.files import DurableIntake
+from controlplane.intake.store import Change, PolicyStore
+from controlplane.metrics import Metrics
+from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.rollouts.halts import Halts
+from controlplane.rollouts.policy_sets import PolicySets
+from controlplane.rollouts.waves import Waves
+from policies.errors import PolicyValidationError
+from policies.model import Policy
+from sessions.clock import Clock
+
+__all__ = ["PolicyEvents"]
+
+log = logging.getLogger(__name__)
+
+
+class PolicyEvents:
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        intake: DurableIntake,
+        engine: PushEngine,
+        sets: PolicySets,
+        halts: Halts,
+        waves: Waves,
+        waiters: VersionWaiters,
+    ) -> None:
+        self._clock = clock
+        self._metrics = metrics
+        self._intake = intake
+        self._store: PolicyStore = intake.store
+        self._engine = engine
+        self._sets = sets
+        self._halts = halts
+        self._waves = waves
+        self._waiters = waiters  # publishes waiting for this replica to apply
+
+    async def on_event(self, event: PolicyEvent) -> None:
+        """The bus's handler. Each event is counted here exactly once, with the result of all
+        of its handling (``controlplane_policy_events_total``): ``applied`` / ``ignored`` /
+        ``invalid``, or ``error`` when any step raised, even one after the store took it (the
+        sessions may not have been reconciled; the exception goes on to the bus, which counts
+        only what it refuses before a handler: controlplane.cluster.nats_bus)."""
+        result = "error"
+        try:
+            result = await self._dispatch(event)
+        finally:
+            self._metrics.policy_events.labels(event.type, result).inc()
+            self._waves.refresh(event.policy_id)
+            self._waves.poke()
+
+    async def _dispatch(self, event: PolicyEvent) -> str:
+        received = self._clock.monotonic()
+        if event.type == "policy.halted":
+            return await self._halted(event, received)
+        if event.type == "policy.wave":
+            return await self._wave(event, received)
+        try:
+            change = await self._intake.apply(event)
+        except PolicyValidationError as exc:
+            log.warning("policy event %s refused: %s", event.msg_id, exc)
+            return "invalid"
+        if change is None:
+            log.info("policy event %s ignored (duplicate, older version or role below the "
+                     "owner's)", event.msg_id)  # fmt: skip
+            # its publisher stops waiting and finds out why (service.publish)
+            current = self._store.current_version(event.policy_id)
+            self._waiters.reached(event.policy_id, max(current, event.version))
+            return "ignored"
+        try:
+            await self._reconcile_change(change, event.cause, received)
+        finally:
+            self._waiters.reached(event.policy_id, self._store.current_version(event.policy_id))
+        return "applied"
+
+    async def _halted(self, event: PolicyEvent, received: float) -> str:
+        await self._intake.before_halt(event)
+        if self._store.halt(event) is None:
+            log.info("policy event %s ignored (not the current version, or already halted)",
+                     event.msg_id)  # fmt: skip
+            return "ignored"
+        self._halts.applied(event)
+        # the sessions running the halted version keep it; the others resolve its fallback
+        self._sets.pin(event.policy_id, event.version, self._engine.live.values())
+        fallback = self._store.fallback(event.policy_id)
+        halted = self._store.active_policy(event.policy_id)
+        relevant = [p for p in (halted, fallback.policy if fallback else None) if p is not None]
+        await self.reconcile(self._engine.live.values(), cause="policy", event_at=received,
+                             relevant=relevant)  # fmt: skip
+        return "applied"
+
+    async def _wave(self, event: PolicyEvent, received: float) -> str:
+        await self._intake.before_wave(event)
+        state = self._store.wave(event)
+        if state is None:
+            log.info("policy event %s ignored (not the next wave step of the active version)",
+                     event.msg_id)  # fmt: skip
+            return "ignored"
+        self._waves.applied(event, state)
+        if (event.wave or {}).get("action") in ("advance", "promote"):
+            relevant = [p for p in (state.policy, state.previous) if p is not None]
+            await self.reconcile(self._engine.live.values(), cause="policy",
+                                 event_at=received, relevant=relevant)  # fmt: skip
+        return "applied"
+
+    async def _reconcile_change(self, change: Change, cause: str, received: float) -> None:
+        relevant = [p for p in (change.before, change.after, change.fallback) if p is not None]
+        mode_policy = change.after or change.before
+        next_turn = None
+        if mode_policy is not None and mode_policy.apply == "next_turn":
+            next_turn = (mode_policy.id, mode_policy.apply_deadline_s)
+        await self.reconcile(self._engine.live.values(), cause=cause, event_at=received,
+                             next_turn=next_turn, relevant=relevant)  # fmt: skip
+
+    async def reconcile(
+        self,
+        sessions: Iterable[LiveSession],
+        *,
+        cause: str,
+        event_at: float | None,
+        next_turn: tuple[str, float] | None = None,
+        relevant: Iterable[Policy] | None = None,
+    ) -> None:
+        """``engine.reconcile`` per policy set (one call when nothing is halted and no version
+        is between waves)."""
+        relevant = None if relevant is None else list(relevant)
+        for policies, members in self._sets.groups(sessions):
+            await self._engine.reconcile(members, policies, cause=cause, event_at=event_at,
+                                         next_turn=next_turn, relevant=relevant)  # fmt: skip

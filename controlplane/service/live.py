@@ -1,0 +1,177 @@
+"""Live sessions: opened and closed by the edges (gateway, control channel).
+
+``new_session`` resolves a new session's effective config; ``attach`` holds it live, claims
+its id cluster-wide (the registry) and records its ``connect`` entry (nothing of a session
+that could not be recorded stays live or registered); ``detach`` ends it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from controlplane.cluster.ports import ClusterPorts
+from controlplane.config import Settings
+from controlplane.errors import Conflict
+from controlplane.intake.store import PolicyStore
+from controlplane.push.engine import LiveSession, PushEngine, Transport
+from controlplane.push.protocol import PushState
+from controlplane.rollouts.assignments import AssignmentBook
+from controlplane.rollouts.experiments import ExperimentBook
+from controlplane.rollouts.policy_sets import PolicySets
+from controlplane.service.backend import backend
+from policies.delta import diff
+from policies.fields import Config
+from policies.resolve import Effective
+from sessions.clock import Clock
+from sessions.dialects.base import Dialect
+from sessions.errors import SessionIdTaken, UnknownSession
+from sessions.model import Session, SessionState
+from sessions.registry import Registry
+
+__all__ = ["LiveSessions"]
+
+log = logging.getLogger(__name__)
+
+
+class LiveSessions:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock,
+        registry: Registry,
+        store: PolicyStore,
+        engine: PushEngine,
+        sets: PolicySets,
+        cluster: ClusterPorts,
+        assignments: AssignmentBook,
+        experiments: ExperimentBook,
+    ) -> None:
+        self._node_id = settings.node_id
+        self._clock = clock
+        self._registry = registry
+        self._store = store
+        self._engine = engine
+        self._sets = sets
+        self._cluster = cluster
+        self._assignments = assignments
+        self._experiments = experiments
+
+    def new_session(
+        self, *, kind: str, model: str, labels: Mapping[str, str], client_config: Config,
+        session_id: str | None = None,
+    ) -> tuple[Session, Effective]:  # fmt: skip
+        now = self._clock.now()
+        session = Session(
+            id=session_id or "cps_" + uuid.uuid4().hex,
+            kind=kind, model=model, labels=dict(labels), node=self._node_id,
+            client_config=dict(client_config), effective_config={}, provenance={}, applied=(),
+            desired_version=0, sent_version=0, acked_version=0, state=SessionState.PENDING,
+            created_at=now, updated_at=now, ended_at=None, end_cause=None, upstream_id=None,
+        )  # fmt: skip
+        return session, self._engine.resolve(session, self._store.for_session(session.id, labels))
+
+    async def attach(
+        self,
+        session: Session,
+        effective: Effective,
+        *,
+        transport: Transport,
+        dialect: Dialect,
+        running: Config,
+        connect_wire: dict[str, Any] | None,
+        chosen_id: bool = False,
+    ) -> LiveSession:
+        """Hold a new live session. ``running`` is the config its upstream starts on: the
+        effective config for a gateway late joiner (merged into the connect), the app's own
+        config on the control channel (which then gets a ``connect`` push). ``chosen_id``: the
+        client chose the id (not generated), so it may name an earlier session's trail."""
+        self._refuse_live(session.id)
+        if chosen_id:
+            await self._refuse_foreign_trail(session.id)
+            self._refuse_live(session.id)  # registered here while we waited
+        starts_effective = running == effective.config
+        push = PushState.start(
+            acknowledging=transport.acknowledging, config=running,
+            refs=effective.applied if starts_effective else (), version=1,
+        )  # fmt: skip
+        ls = LiveSession(session=session, push=push, transport=transport, dialect=dialect)
+        self._engine.attach(ls, effective)
+        self._engine.registering.add(session.id)
+        try:
+            with backend("registering the session"):
+                await self._registry.register(session)  # the cluster-wide claim of the id
+        except SessionIdTaken as exc:
+            self._engine.detach(session.id)
+            raise Conflict(str(exc), code="session_exists",
+                           details={"session_id": session.id}) from exc  # fmt: skip
+        except BaseException:
+            self._engine.detach(session.id)
+            raise
+        finally:
+            self._engine.registering.discard(session.id)
+        try:
+            delta = diff(session.client_config, running)
+            # exposes: the session runs its policies' values from the start (a Voice Agent
+            # gateway session only once its upstream acknowledges the connect)
+            runs = not transport.acknowledging or getattr(transport, "runs_at_connect", False)
+            self._engine.record(ls, cause="connect", status="sent", delta=delta,
+                               wire=connect_wire, version=1, config=running,
+                               exposes=starts_effective and runs)  # fmt: skip
+            if not starts_effective:
+                ls.push.want(effective.config, effective.applied, "connect",
+                             event_at=self._clock.monotonic())  # fmt: skip
+                self._engine._sync_session(ls)
+        except BaseException:
+            # nothing of a session that could not be recorded stays live or registered
+            self._engine.detach(session.id)
+            with contextlib.suppress(Exception):
+                await self._registry.end(session.id, cause="attach_failed", at=self._clock.now())
+            raise
+        return ls
+
+    def _refuse_live(self, session_id: str) -> None:
+        if session_id in self._engine.live:
+            raise Conflict(f"session {session_id!r} is already registered",
+                           code="session_exists", details={"session_id": session_id})  # fmt: skip
+
+    async def _refuse_foreign_trail(self, session_id: str) -> None:
+        """An id nobody holds in the registry whose durable trail has entries (the registry
+        lost the claim, or it expired) is refused: a second chain would break the trail."""
+        if self._cluster.audit is None:
+            return
+        with backend("checking the session id"):
+            [holder] = await self._registry.holders([session_id])
+            if holder is not None:  # ours (an ended id of this node continues its chain), or
+                return  # another node's: register() refuses it atomically
+            taken = await self._cluster.audit.has_trail(session_id)
+        if taken:
+            raise Conflict(f"session id {session_id!r} already has a durable audit trail; "
+                           "a session id is used once", code="session_exists",
+                           details={"session_id": session_id})  # fmt: skip
+
+    async def detach(self, ls: LiveSession, cause: str) -> None:
+        unsynced = self._engine.unsynced(ls)
+        if self._engine.detach(ls.session.id) is None:
+            return
+        self._assignments.ended(ls, {p.id: p for p in self._sets.for_session(ls)})
+        self._experiments.ended(ls)
+        now = self._clock.now()
+        try:
+            if unsynced:  # e.g. the upstream id of a short session: kept in its ended record
+                with contextlib.suppress(UnknownSession):
+                    await self._registry.update(ls.session)
+        except Exception as exc:
+            log.warning("registry update of ending session %s failed: %s", ls.session.id, exc)
+        ls.session.state = SessionState.ENDED
+        ls.session.ended_at = now
+        ls.session.end_cause = cause
+        try:
+            await self._registry.end(ls.session.id, cause=cause, at=now)
+        except Exception as exc:
+            log.warning("registry end of session %s failed, will retry: %s", ls.session.id, exc)
+            self._engine.end_later(ls.session.id, cause, now)

@@ -1,0 +1,216 @@
+"""Policy intake from the API: publish, retire, roll back, wave steps by hand.
+
+Each call checks what it may (ownership, locks, reasons: docs/policies.md#ownership, #locks),
+puts one event on the bus and returns once this replica applied it (read-your-writes, bounded
+by ``publish_apply_wait_s``). It never applies the event itself: the bus delivers it to the
+event handler (``controlplane.service.events``), here as on every other replica.
+``role`` is the caller's (the REST token's); internal callers act as admin; ``None`` is the
+rollout guard acting for the policy's owner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from controlplane.cluster.ports import ClusterPorts, VersionWaiters
+from controlplane.config import Settings
+from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable, ValidationFailed
+from controlplane.intake.authority import acting_role, check_locks, check_owner
+from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
+from controlplane.intake.store import PolicyStore
+from controlplane.roles import Role
+from controlplane.rollouts.waves import Waves, wave_status
+from policies.model import Policy, parse_policy
+from sessions.clock import Clock
+
+__all__ = ["Publisher"]
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Clock,
+        store: PolicyStore,
+        bus: PolicyBus,
+        cluster: ClusterPorts,
+        waiters: VersionWaiters,
+        waves: Waves,
+        draining: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._store = store
+        self._bus = bus
+        self._cluster = cluster
+        self._waiters = waiters
+        self._waves = waves
+        self._draining = draining
+
+    async def publish_policy(
+        self, doc: Mapping[str, Any], *, actor: str, role: Role = Role.ADMIN
+    ) -> dict[str, Any]:
+        self._require_accepting()
+        parsed = parse_policy(doc)
+        check_owner(self._store, parsed.id, role, "publish")
+        same = self._store.unchanged(parsed)
+        if same is not None:  # identical to the current version: no new version
+            return {"id": same.policy.id, "version": same.version, "unchanged": True,
+                    "digest": same.policy.digest, "warnings": []}  # fmt: skip
+        self._require_reason(parsed, parsed.reason, "publish")
+        policy = self._store.prepare(parsed)
+        assert policy.version is not None
+        stored = await self._stored_version(policy.id)
+        if stored >= policy.version:  # this replica has not applied the latest version yet
+            if parsed.version is not None:
+                raise Conflict(
+                    f"policy {policy.id!r} version {policy.version} is not above the current "
+                    f"version {stored}; publish version {stored + 1} or omit version",
+                    details={"id": policy.id, "version": policy.version, "current": stored},
+                )
+            policy = policy.with_version(stored + 1)
+        warnings = check_locks(self._store, policy, role)
+        result = await self.publish(policy, "policy.published", actor, "policy", role)
+        result["warnings"] = warnings
+        return result
+
+    async def retire_policy(
+        self,
+        policy_id: str,
+        *,
+        actor: str,
+        role: Role | None = Role.ADMIN,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """``role`` None: the rollout guard, acting for the policy's owner."""
+        self._require_accepting()
+        latest = self._store.latest(policy_id)
+        role = acting_role(self._store, policy_id, role, "retire", latest.policy)
+        if latest.retired:
+            raise Conflict(f"policy {policy_id!r} is already retired", code="already_retired")
+        self._require_reason(latest.policy, reason, "retire")
+        version = max(latest.version, await self._stored_version(policy_id)) + 1
+        policy = latest.policy.with_version(version).with_reason(reason)
+        return await self.publish(policy, "policy.retired", actor, "retire", role)
+
+    async def rollback_policy(
+        self,
+        policy_id: str,
+        to_version: int,
+        *,
+        actor: str,
+        role: Role | None = Role.ADMIN,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """``role`` None: the rollout guard, acting for the policy's owner (no lock check)."""
+        self._require_accepting()
+        target = self._store.version(policy_id, to_version)
+        guard = role is None
+        role = acting_role(self._store, policy_id, role, "roll back", target.policy)
+        if target.retired:
+            raise BadRequest(
+                f"version {to_version} of {policy_id!r} is a retirement; roll back to a "
+                "published version",
+                code="not_a_published_version",
+            )
+        self._require_reason(self._store.latest(policy_id).policy, reason, "rollback")
+        self._require_reason(target.policy, reason, "rollback")
+        current = max(self._store.current_version(policy_id),
+                      await self._stored_version(policy_id))  # fmt: skip
+        policy = target.policy.with_version(current + 1).with_reason(reason)
+        warnings = [] if guard else check_locks(self._store, policy, role)
+        result = await self.publish(policy, "policy.published", actor, "rollback", role)
+        result["rolled_back_to"] = to_version
+        result["warnings"] = warnings
+        return result
+
+    async def guard_rollback(self, policy_id: str, to_version: int | None) -> None:
+        """The rollout guard's automatic rollback (``Halts``), or retirement when the policy
+        has no earlier good version."""
+        actor = f"guard:{self._settings.node_id}"
+        reason = "rollout guard: failures over the limit"
+        if to_version is None:  # no earlier good version: the policy stops applying
+            await self.retire_policy(policy_id, actor=actor, role=None, reason=reason)
+        else:
+            await self.rollback_policy(policy_id, to_version, actor=actor, role=None,
+                                       reason=reason)  # fmt: skip
+
+    async def wave_action(
+        self, policy_id: str, action: str, *, actor: str, role: Role = Role.ADMIN
+    ) -> dict[str, Any]:
+        """``promote`` / ``pause`` / ``resume`` the current version's waves (docs/policies.md
+        #waves); experimenters only on experiment policies they own, like a rollback."""
+        self._require_accepting()
+        latest = self._store.latest(policy_id)
+        acting_role(self._store, policy_id, role, action, latest.policy)
+        await self._waves.by_hand(policy_id, action, actor=actor, role=role)
+        return {"id": policy_id, "version": latest.version,
+                "waves": wave_status(self._store, policy_id)}  # fmt: skip
+
+    async def publish(
+        self, policy: Policy, kind: str, actor: str, cause: str, role: Role
+    ) -> dict[str, Any]:
+        """Put one event on the bus and wait (bounded) until this replica applied it."""
+        event = PolicyEvent(
+            kind,  # type: ignore[arg-type]
+            policy.document(),
+            actor,
+            rfc3339(self._clock.now()),
+            cause=cause,
+            role=role.label,
+        )
+        await self._bus.publish(event)
+        assert policy.version is not None
+        await self._applied_here(policy.id, policy.version, role)
+        with contextlib.suppress(NotFound):  # not applied here yet: nothing to compare
+            if self._store.version(policy.id, policy.version).event.event_id != event.event_id:
+                raise Conflict(
+                    f"policy {policy.id!r} version {policy.version} was taken by a concurrent "
+                    "publish; publish again",
+                    details={"id": policy.id, "version": policy.version},
+                )
+        if self._store.current_version(policy.id) < policy.version:
+            # a higher role took the id over while this publish was in flight: every
+            # replica's store refuses the event (docs/policies.md#ownership)
+            check_owner(self._store, policy.id, role, "publish")
+        return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
+                "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
+
+    def _require_accepting(self) -> None:
+        if self._draining():
+            raise Unavailable("the control plane is shutting down", code="draining")
+
+    def _require_reason(self, policy: Policy, reason: str | None, action: str) -> None:
+        """With ``require_reason_for_locks``, a change to a policy with ``lock`` needs one."""
+        if self._settings.require_reason_for_locks and policy.lock and not reason:
+            where = "a top-level 'reason'" if action == "publish" else "a reason"
+            raise ValidationFailed(
+                f"policy {policy.id!r} locks {', '.join(policy.lock)}: {action} needs {where} "
+                "(this deployment requires one for policies with lock)",
+                code="reason_required",
+                details={"id": policy.id, "action": action, "lock": list(policy.lock)},
+            )
+
+    async def _stored_version(self, policy_id: str) -> int:
+        """The last version any replica stored (0 without a shared policy stream)."""
+        if self._cluster.versions is None:
+            return 0
+        return await self._cluster.versions.last_version(policy_id) or 0
+
+    async def _applied_here(self, policy_id: str, version: int, role: Role) -> None:
+        """Read-your-writes: wait (bounded) until this replica applied what it published (not
+        for an event the store refuses for its role: a takeover raced the owner check)."""
+        owner = self._store.owner_role(policy_id)
+        if owner is not None and role < owner:
+            return
+        if self._store.current_version(policy_id) < version:
+            wait_s = self._settings.publish_apply_wait_s
+            if not await self._waiters.wait(policy_id, version, wait_s):
+                log.info("policy %s v%d stored but not applied here within %.1fs",
+                         policy_id, version, wait_s)  # fmt: skip

