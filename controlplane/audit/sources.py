@@ -18,7 +18,7 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from controlplane.audit.sink import AuditReader
+from controlplane.audit.reader import AuditReader
 from controlplane.errors import BadRequest, Conflict, NotFound
 from sessions.audit_trail import StoredTrail, config_at_report, verify_trail
 from sessions.checkpoints import load_public_key

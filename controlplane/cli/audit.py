@@ -32,7 +32,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from controlplane.audit.sink import dedupe
+from controlplane.audit.reader import dedupe
 from controlplane.audit.sources import (
     CHECKPOINT_GRACE_S,
     Trail,

@@ -33,7 +33,8 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from controlplane.audit.sink import AuditLine, dedupe
+from controlplane.audit.reader import dedupe
+from controlplane.audit.shipper import AuditLine
 from controlplane.cluster.nats_bus import NatsConnection, ensure_stream, subject_token
 from controlplane.errors import Unavailable
 

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final, Protocol
 
-from controlplane.audit.sink import AuditReader
+from controlplane.audit.reader import AuditReader
 from controlplane.cluster.routing import OwnerRouter
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock

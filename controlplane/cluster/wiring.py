@@ -19,7 +19,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from controlplane.audit.sink import AuditShipper
+from controlplane.audit.shipper import AuditShipper
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection, NatsPolicyBus
 from controlplane.cluster.nats_rpc import NatsRpc
@@ -52,7 +52,7 @@ def build_registry(settings: Settings, clock: Clock) -> Registry:
 
 
 class ClaimFence:
-    """The audit shipper's fence (``audit_sink.AuditFence``): the ids whose claim another
+    """The audit shipper's fence (``audit.shipper.AuditFence``): the ids whose claim another
     node holds in the registry. Asked once per shipped batch (one MGET); a registry failure
     fails the batch, which is retried (the lines wait on disk)."""
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.audit.sink import AuditShipper
+from controlplane.audit.shipper import AuditShipper
 from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner, verify_checkpoints
 from sessions.clock import FakeClock

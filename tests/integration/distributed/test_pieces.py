@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.audit.sink import AuditLine, AuditShipper, dedupe
+from controlplane.audit.reader import dedupe
+from controlplane.audit.shipper import AuditLine, AuditShipper
 from controlplane.cluster.nats_bus import redact, subject_token
 from controlplane.cluster.ports import ClusterUpkeep
 from controlplane.config import Settings, SettingsError

@@ -15,7 +15,8 @@ files like a log shipper, off the critical path:
    (``controlplane_audit_ship_backlog_bytes``), bounded by the data volume, never dropped.
 
 A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
-transport deduplicates by key and readers drop exact duplicates (``dedupe``).
+transport deduplicates by key and readers drop exact duplicates
+(``controlplane.audit.reader.dedupe``).
 
 Fencing (distributed mode): one session's trail has one writer, the node holding the id's
 claim in the registry (``sessions.registry``). Before each batch the shipper asks an
@@ -40,13 +41,13 @@ import os
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Protocol
+from typing import Final, Protocol
 
 from controlplane.metrics import Metrics
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
 
-__all__ = ["AuditFence", "AuditLine", "AuditReader", "AuditShipper", "AuditTransport", "dedupe"]
+__all__ = ["AuditFence", "AuditLine", "AuditShipper", "AuditTransport"]
 
 log = logging.getLogger(__name__)
 
@@ -79,34 +80,6 @@ class AuditFence(Protocol):
     async def foreign(self, session_ids: Collection[str]) -> set[str]:
         """The ids among these whose trail another node holds (their lines are withheld)."""
         ...
-
-
-class AuditReader(Protocol):
-    async def has_trail(self, session_id: str) -> bool:
-        """Whether any entry of this session is stored."""
-        ...
-
-    async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
-        """One session's stored entries in order (exact duplicates dropped)."""
-        ...
-
-    async def checkpoint_rows(self) -> list[dict[str, Any]]:
-        """Every stored checkpoint record, in order."""
-        ...
-
-
-def dedupe(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Drop rows identical in seq and hash to an earlier row (a re-shipped entry); a row with
-    the same seq but another hash is kept, so verification still reports it."""
-    seen: set[tuple[Any, Any]] = set()
-    out: list[dict[str, Any]] = []
-    for row in rows:
-        key = (row.get("seq"), row.get("hash"))
-        if key[1] is not None and key in seen:
-            continue
-        seen.add(key)
-        out.append(dict(row))
-    return out
 
 
 @dataclass
