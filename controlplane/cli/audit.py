@@ -45,6 +45,8 @@ from controlplane.audit.sources import (
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, client_for
 from controlplane.cli.output import out
+from controlplane.cluster.nats_audit import NatsAuditStream
+from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings
 from controlplane.errors import ControlPlaneError
 from sessions.audit_trail import group_rows
@@ -96,9 +98,6 @@ def parse_time(value: str) -> float:
 def _read(
     settings: Settings, sink: Callable[[bytes], None], session_id: str | None, since: float | None
 ) -> None:
-    from controlplane.cluster.nats_audit import NatsAuditStream
-    from controlplane.cluster.nats_bus import NatsConnection
-
     async def run() -> None:
         conn = NatsConnection(settings, name="controlplane audit")
         await conn.connect()
@@ -123,8 +122,6 @@ def _row(data: bytes) -> dict[str, Any]:
 
 def nats_trail(settings: Settings, session_id: str | None) -> Trail:
     """The trail as ``CP_AUDIT`` holds it (checkpoints read before entries)."""
-    from controlplane.cluster.nats_audit import NatsAuditStream
-    from controlplane.cluster.nats_bus import NatsConnection
 
     async def run() -> Trail:
         conn = NatsConnection(settings, name="controlplane audit")

@@ -58,6 +58,7 @@ from sessions.dialects.streaming_v3_table import (
     U3_PRO_MODELS,
     US_DEFAULTS,
 )
+from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.errors import DialectError
 
 __all__ = ["STREAMING_V3", "UPDATE_TYPE", "StreamingV3Dialect"]
@@ -240,8 +241,6 @@ def _as_upstream_runs(query: Mapping[str, str], config: Config) -> Config:
     ``mode`` preset's turn parameters where they differ from the default preset's, the
     ``min_turn_silence`` clamp, over-long keyterms dropped. ``config`` itself when the
     upstream would refuse the query (the session never starts)."""
-    from sessions.dialects.streaming_v3_upstream import StreamingUpstream
-
     runs = StreamingUpstream(query)
     if runs.config is None:
         return config
@@ -258,8 +257,6 @@ def _as_upstream_runs(query: Mapping[str, str], config: Config) -> Config:
 def _default_view(model: str | None, rate: str | None, encoding: str | None) -> Config:
     """What a session of that model runs when the client names no turn parameter (cached:
     a handful of distinct keys; callers never change the returned config)."""
-    from sessions.dialects.streaming_v3_upstream import StreamingUpstream
-
     plain = {"speech_model": model, "sample_rate": rate, "encoding": encoding}
     return StreamingUpstream({k: v for k, v in plain.items() if v is not None}).view()
 
