@@ -17,6 +17,9 @@ Commands (each answered with a dict):
             timestamp every final ``Turn``
   reconnect at wall time ``at`` every connection closes and reopens to ``url``; answers how
             long each took until its expected first message
+  storm     open ``count`` connections to ``url`` (or, with ``after_close``, reopen each
+            current one as soon as its server closed it: a killed replica) and time each until
+            the first frame that carries ``marker`` (its config is current)
   close     close every connection
   exit      stop the worker
 """
@@ -239,6 +242,49 @@ class Worker:
             "errors": len(errors),
             "error_samples": errors[:3],
             "ids": [c.ident for c in self.conns],
+        }
+
+    async def storm(self, a: dict[str, Any]) -> dict[str, Any]:
+        """(Re)connect and time each connection to its first frame carrying ``marker``:
+        wall-clock times, so the benchmark measures from its own start (a connect burst) or
+        from the kill of the server the old connections were on (``after_close``)."""
+        gate = asyncio.Semaphore(int(a.get("concurrency", 200)))
+        timeout = float(a.get("timeout", 120))
+        self.marker, self.sample = a["marker"], None
+        errors: list[str] = []
+        old: list[Conn | None] = list(self.conns) if a.get("after_close") else [None] * a["count"]
+
+        async def one(prev: Conn | None, i: int) -> Conn | None:
+            if prev is not None and prev.reader is not None:  # wait for the server's close
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(asyncio.shield(prev.reader), timeout)
+            first = a.get("first")
+            if first is not None:
+                first = first.replace("{i}", str(i))
+            async with gate:
+                try:
+                    conn = await self._connect(
+                        a["url"], a.get("headers", {}), first, a.get("expect"), timeout
+                    )
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+                    return None
+            conn.auto_ack = True
+            conn.reader = asyncio.get_running_loop().create_task(self._reader(conn))
+            return conn
+
+        base = int(a.get("base", 0))
+        results = await asyncio.gather(*(one(c, base + i) for i, c in enumerate(old)))
+        fresh = [c for c in results if c is not None]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not all(c.got or c.closed for c in fresh):
+            await asyncio.sleep(0.01)
+        self.conns = fresh if a.get("after_close") else self.conns + fresh
+        return {
+            "times": [c.got for c in fresh if c.got is not None],
+            "missing": sum(1 for c in fresh if c.got is None),
+            "errors": len(errors),
+            "error_samples": errors[:3],
         }
 
     # -- real-time audio ------------------------------------------------------------------

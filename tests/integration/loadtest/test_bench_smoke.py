@@ -115,3 +115,10 @@ def test_scale_inproc_bench_small() -> None:
     assert [m["sessions"] for m in medians] == [50, 100]
     for m in medians:  # every session got both pushes
         assert m["missing_frames"] == 0 and m["publish1_ms"] > 0 and m["noop_ms"] > 0, m
+
+
+@pytest.mark.timeout(90)
+def test_reconnect_bench_small() -> None:
+    m = _run("bench_reconnect.py", "--sessions", "20", "--settle", "0.3", timeout=80)
+    assert m["failures"] == 0 and m["sessions"] == 20
+    assert m["plain_max_ms"] > 0 and m["storm_max_ms"] > 0 and m["ratio_max"] > 0
