@@ -19,7 +19,7 @@
 - **Applied** (``applied``, every replica, from the service's event handler once the store
   took the event): counted if decided here, logged at WARNING with its reason, its failures
   kept for the rollout rows. Which sessions keep the halted version and which resolve its
-  fallback is data the handler reads (``controlplane.rollouts.policy_sets``), not this class:
+  fallback is data the handler reads (``controlplane.service.events``), not this class:
   no other event passes through here.
 """
 
@@ -152,7 +152,7 @@ class Halts:
     def applied(self, event: PolicyEvent) -> None:
         """The store took this ``policy.halted`` event (every replica, in stream order; the
         service's event handler then pins the sessions running the version and re-resolves
-        the others: controlplane.rollouts.policy_sets)."""
+        the others: controlplane.service.events)."""
         action = self._deciding.pop((event.policy_id, event.version), None)
         if action is not None:  # decided here: counted as it becomes visible, not after
             self._metrics.rollout_halts.labels(event.policy_id, action).inc()

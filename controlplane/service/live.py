@@ -21,8 +21,8 @@ from controlplane.push.engine import LiveSession, PushEngine, Transport
 from controlplane.push.protocol import PushState
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.experiments import ExperimentBook
-from controlplane.rollouts.policy_sets import PolicySets
 from controlplane.service.backend import backend
+from controlplane.service.events import PolicySets
 from policies.delta import diff
 from policies.fields import Config
 from policies.resolve import Effective

@@ -12,7 +12,7 @@ each under ``controlplane/service/``:
 - ``live``: sessions opened and closed by the edges.
 
 Halts and waves are data the event handler and the edges read
-(``controlplane.rollouts.policy_sets``); the rollout guard (``Halts``) and the wave task
+(``controlplane.service.events``); the rollout guard (``Halts``) and the wave task
 (``Waves``) decide and publish like any other publisher.
 
 Distributed mode adds optional ``ClusterPorts`` (controlplane.cluster.ports): policy versions are
@@ -35,9 +35,8 @@ from controlplane.push.engine import LiveSession, PushEngine
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.experiments import ExperimentBook
 from controlplane.rollouts.halts import Halts
-from controlplane.rollouts.policy_sets import PolicySets
 from controlplane.rollouts.waves import Waves
-from controlplane.service.events import PolicyEvents
+from controlplane.service.events import PolicyEvents, PolicySets
 from controlplane.service.live import LiveSessions
 from controlplane.service.publishing import Publisher
 from controlplane.service.queries import PolicyQueries
@@ -197,5 +196,5 @@ class ControlPlane:
 
     def policies_for(self, ls: LiveSession) -> list[Policy]:
         """The policy set this session resolves with (``store.active()`` unless a version it
-        runs, or would get, is halted, or it is outside a wave: rollouts.policy_sets)."""
+        runs, or would get, is halted, or it is outside a wave: service.events)."""
         return self.sets.for_session(ls)

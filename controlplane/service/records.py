@@ -26,8 +26,8 @@ from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
 from controlplane.metrics import Metrics
 from controlplane.push.engine import PushEngine
-from controlplane.rollouts.policy_sets import PolicySets
 from controlplane.service.backend import backend
+from controlplane.service.events import PolicySets
 from policies.delta import apply as apply_delta
 from sessions.clock import Clock
 from sessions.errors import UnknownSession, VersionLogError
