@@ -37,6 +37,7 @@ from sessions.dialects.base import (
     to_canonical,
     to_wire,
 )
+from sessions.dialects.voice_agent_v1_config import MISSING, get_path
 from sessions.dialects.voice_agent_v1_table import (
     CANONICAL_TO_WIRE,
     DEFAULT_CONFIG,
@@ -51,7 +52,6 @@ __all__ = ["UPDATE_TYPE", "VOICE_AGENT_V1", "VoiceAgentV1Dialect"]
 
 UPDATE_TYPE: Final = "session.update"
 _UNKNOWN_CODE: Final = "unknown"
-_MISSING: Final = object()
 
 
 class VoiceAgentV1Dialect:
@@ -77,8 +77,8 @@ class VoiceAgentV1Dialect:
 
     def default_for(self, name: str) -> Any:
         """The wire value that stands for "unset" of canonical field ``name``."""
-        value = _get_path(DEFAULT_CONFIG, CANONICAL_TO_WIRE[name])
-        if value is _MISSING or value is None:
+        value = get_path(DEFAULT_CONFIG, CANONICAL_TO_WIRE[name])
+        if value is MISSING or value is None:
             return clear_value(name)
         return copy.deepcopy(value)
 
@@ -195,8 +195,8 @@ class VoiceAgentV1Dialect:
         delta: Delta = {}
         for name in ordered_fields(CANONICAL_TO_WIRE):
             path = CANONICAL_TO_WIRE[name]
-            raw = _get_path(session, path)
-            if raw is not _MISSING:
+            raw = get_path(session, path)
+            if raw is not MISSING:
                 delta[name] = to_canonical(DIALECT, name, _dotted(path), raw)
         return delta
 
@@ -247,15 +247,6 @@ VOICE_AGENT_V1: Final = VoiceAgentV1Dialect()
 
 def _dotted(path: tuple[str, ...]) -> str:
     return ".".join(("session", *path))
-
-
-def _get_path(root: Mapping[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = root
-    for key in path:
-        if not isinstance(node, Mapping) or key not in node:
-            return _MISSING
-        node = node[key]
-    return node
 
 
 def _set_path(root: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

@@ -14,15 +14,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from sessions.dialects import voice_agent_v1_table as table
 
 __all__ = [
+    "MISSING",
     "TABLE_SETTINGS",
     "AgentSettings",
     "ConfigProblem",
     "default_config",
+    "get_path",
     "immutable_changes",
     "merge",
     "resolve_formats",
@@ -117,11 +119,16 @@ def resolve_formats(config: Config) -> Config:
     return config
 
 
-def _get(config: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+MISSING: Final[Any] = object()
+
+
+def get_path(config: Mapping[str, Any], path: tuple[str, ...], default: Any = MISSING) -> Any:
+    """The value at ``path`` (keys into nested objects), or ``default`` where a key is absent
+    or a step is not an object (``MISSING`` unless given: absent then differs from null)."""
     node: Any = config
     for key in path:
         if not isinstance(node, Mapping) or key not in node:
-            return None
+            return default
         node = node[key]
     return node
 
@@ -135,7 +142,7 @@ def immutable_changes(config: Mapping[str, Any], session: Mapping[str, Any]) -> 
         dotted = ".".join(path)
         if not any(t == dotted or t.startswith(dotted + ".") for t in touched):
             continue
-        if _get(merged, path) != _get(config, path):
+        if get_path(merged, path, None) != get_path(config, path, None):
             changed.append(dotted)
     return changed
 

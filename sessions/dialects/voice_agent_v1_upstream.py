@@ -41,8 +41,10 @@ from typing import Any, Final, Literal
 
 from policies.fields import Config
 from sessions.dialects.voice_agent_v1_config import (
+    MISSING,
     TABLE_SETTINGS,
     AgentSettings,
+    get_path,
     immutable_changes,
     merge,
     resolve_formats,
@@ -78,8 +80,8 @@ def canonical_view(config: Mapping[str, Any]) -> Config:
     """The canonical fields of a full ``session`` config (clearing values read as unset)."""
     view: Config = {}
     for name, path in CANONICAL_TO_WIRE.items():
-        raw = _get(config, ".".join(path))
-        if raw is _MISSING or raw is None or raw in ("", []):
+        raw = get_path(config, path)
+        if raw is MISSING or raw is None or raw in ("", []):
             continue
         view[name] = tuple(raw) if isinstance(raw, list) else raw
     return view
@@ -293,7 +295,6 @@ class AgentUpstream:
             self.ended.append(update)
 
 
-_MISSING: Final = object()
 _IMMUTABLE_HEADS: Final = frozenset(path[0] for path in IMMUTABLE_PATHS)
 
 
@@ -302,12 +303,8 @@ def _may_be_immutable(update: Update) -> bool:
 
 
 def _get(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for key in _SPLIT.get(dotted) or dotted.split("."):
-        if not isinstance(node, dict) or key not in node:  # parsed JSON: plain dicts
-            return _MISSING
-        node = node[key]
-    return node
+    """``get_path`` of a dotted path (``MISSING`` where absent)."""
+    return get_path(config, _SPLIT.get(dotted) or tuple(dotted.split(".")))
 
 
 def _mismatch(update: Update, echo: Mapping[str, Any]) -> str | None:
@@ -318,7 +315,7 @@ def _mismatch(update: Update, echo: Mapping[str, Any]) -> str | None:
     for path in (*_CANONICAL_PATHS, *paths):
         got, want = _get(echo, path), _get(update.expected, path)
         if got != want:
-            shown = "absent" if got is _MISSING else json.dumps(got)[:80]
+            shown = "absent" if got is MISSING else json.dumps(got)[:80]
             return f"{path} is {shown}, expected {json.dumps(want)[:80]}"
     return None
 
