@@ -19,8 +19,10 @@ transport deduplicates by key and readers drop exact duplicates
 (``controlplane.audit.reader.dedupe``).
 
 Fencing (distributed mode): one session's trail has one writer, the node holding the id's
-claim in the registry (``sessions.registry``). Before each batch the shipper asks an
-``AuditFence`` which of the batch's sessions another node holds; their lines are withheld
+claim in the registry (``sessions.registry``). For each chunk it reads (up to ``READ_BYTES``,
+before shipping its batches) the shipper asks an ``AuditFence`` once which of the chunk's
+sessions another node holds (one question per chunk, not per batch: issue #23, the Redis work
+of a publish); their lines are withheld
 (kept in the local log, counted in ``audit_fenced_total``, logged), so two nodes never
 interleave two chains in one ``cp.audit.<id>``.
 The file layout it tails (``versionlog-YYYY-MM-DD.jsonl``, name order = write order, one
@@ -184,7 +186,10 @@ class AuditShipper:
             chunk = await asyncio.to_thread(self._read, sizes, cursor)
             if chunk is None:
                 return shipped
-            name, end, lines = chunk
+            name, end, read = chunk
+            lines: Sequence[AuditLine] = read
+            if self._fence is not None and lines:  # asked once per chunk read, not per batch
+                lines = await self._fenced(lines)
             for i in range(0, len(lines), self._batch):
                 part = lines[i : i + self._batch]
                 await self._ship(part)
@@ -196,10 +201,6 @@ class AuditShipper:
             await asyncio.to_thread(self._save_cursor)
 
     async def _ship(self, lines: Sequence[AuditLine]) -> None:
-        if self._fence is not None and lines:
-            lines = await self._fenced(lines)
-        if not lines:
-            return
         try:
             await self._transport.ship(lines)
         except Exception:

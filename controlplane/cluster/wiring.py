@@ -53,8 +53,8 @@ def build_registry(settings: Settings, clock: Clock) -> Registry:
 
 class ClaimFence:
     """The audit shipper's fence (``audit.shipper.AuditFence``): the ids whose claim another
-    node holds in the registry. Asked once per shipped batch (one MGET); a registry failure
-    fails the batch, which is retried (the lines wait on disk)."""
+    node holds in the registry. Asked once per chunk the shipper reads (one MGET); a registry
+    failure fails the chunk, which is retried (the lines wait on disk)."""
 
     def __init__(self, registry: Registry, node: str) -> None:
         self._registry = registry
