@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import datetime as dt
 import json
 import sys
 import time
@@ -44,7 +43,7 @@ from controlplane.audit.sources import (
 )
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, client_for
-from controlplane.cli.output import out
+from controlplane.cli.output import out, utc_instant
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings
@@ -236,13 +235,7 @@ def at_command(
 
 
 def _when(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        try:
-            stamp = dt.datetime.fromtimestamp(value, dt.UTC)
-        except (OverflowError, ValueError, OSError):
-            return str(value)
-        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return str(value)
+    return utc_instant(value) or str(value)
 
 
 def _keys(checkpoints: dict[str, Any]) -> str:

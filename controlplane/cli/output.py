@@ -22,6 +22,7 @@ __all__ = [
     "print_error",
     "short",
     "table",
+    "utc_instant",
     "when",
     "yaml_text",
 ]
@@ -70,11 +71,21 @@ def short(value: Any, width: int = 60) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def when(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
+def utc_instant(value: Any) -> str | None:
+    """Unix seconds as RFC 3339 UTC with milliseconds (``2026-12-07T02:00:00.000Z``); None
+    for anything else, or a number no date can hold."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return None
+    try:
         stamp = dt.datetime.fromtimestamp(value, dt.UTC)
-        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return short(value)
+    except (OverflowError, ValueError, OSError):
+        return None
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def when(value: Any) -> str:
+    """A table cell for an instant: ``utc_instant``, else the value shortened."""
+    return utc_instant(value) or short(value)
 
 
 def labels_text(labels: Any) -> str:

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, TextIO
 
 from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.cli.output import utc_instant
 
 __all__ = [
     "EXIT_HALTED",
@@ -152,10 +153,7 @@ def guard_lines(guard: Any, halt: Any) -> list[str]:
 
 
 def _when(value: Any) -> str:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(value))
-        return f"{stamp}.{int(value * 1000) % 1000:03d}Z"
-    return "-" if value is None else str(value)
+    return utc_instant(value) or ("-" if value is None else str(value))
 
 
 def wave_lines(waves: Any, table: Callable[[Sequence[str], Any], str]) -> list[str]:
