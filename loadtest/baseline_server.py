@@ -10,6 +10,10 @@
     python loadtest/baseline_server.py --mode proxy --port P --upstream ws://127.0.0.1:E
         aiohttp relay with no logic: ``/v3/ws`` and ``/v1/ws`` are proxied frame by frame to
         the upstream with one reader task per session, like the gateway (gateway floor).
+        ``POST /_push`` with a text body writes that text as one frame on every upstream leg
+        (``send_str`` in a loop, the way a push reaches each session's upstream) and answers
+        ``{"sent": n, "elapsed_s": s}`` once every frame is handed over (the fair floor of a
+        gateway push: ``bench_gateway.py``).
 
 All modes: uvloop when installed, no permessage-deflate, open-files limit raised, loopback
 only, exit on SIGTERM/SIGINT.
@@ -63,6 +67,7 @@ async def run_aiohttp(port: int, mode: str, upstream: str | None, stop: asyncio.
 
     app = web.Application()
     holder: list[aiohttp.ClientSession] = []
+    legs: dict[aiohttp.ClientWebSocketResponse, None] = {}  # proxy: open upstream legs, in order
 
     async def hold(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(compress=False, heartbeat=None)
@@ -95,6 +100,7 @@ async def run_aiohttp(port: int, mode: str, upstream: str | None, stop: asyncio.
                 await ws.close()
 
         reader = asyncio.get_running_loop().create_task(from_upstream())
+        legs[up] = None
         try:
             async for msg in ws:
                 if msg.type == WSMsgType.BINARY:
@@ -102,6 +108,7 @@ async def run_aiohttp(port: int, mode: str, upstream: str | None, stop: asyncio.
                 elif msg.type == WSMsgType.TEXT:
                     await up.send_str(msg.data)
         finally:
+            legs.pop(up, None)
             with contextlib.suppress(Exception):
                 await up.close()
             reader.cancel()
@@ -109,11 +116,23 @@ async def run_aiohttp(port: int, mode: str, upstream: str | None, stop: asyncio.
                 await reader
         return ws
 
+    async def push(request: web.Request) -> web.Response:
+        frame = await request.text()
+        started = time.perf_counter()
+        sent = 0
+        for up in list(legs):
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await up.send_str(frame)
+                sent += 1
+        elapsed = time.perf_counter() - started
+        return web.json_response({"sent": sent, "elapsed_s": elapsed})
+
     if mode == "hold":
         app.router.add_get("/v1/control", hold)
     else:
         app.router.add_get("/v3/ws", proxy)
         app.router.add_get("/v1/ws", proxy)
+        app.router.add_post("/_push", push)
 
     async def startup(_: web.Application) -> None:
         # limit=0: a WebSocket holds its connector slot for life (the default allows 100)
