@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench_emulator_idle.py --sessions 2000
 	$(BIN)/python loadtest/bench_propagation.py --variant control --sessions 5000 --runs 3
 	$(BIN)/python loadtest/bench_propagation.py --variant gateway --sessions 1000 --runs 3
+	$(BIN)/python loadtest/bench_gateway.py --sessions 2000 --runs 3
 	$(BIN)/python loadtest/bench_reconfigure.py --sessions 2000 --runs 1
 	$(BIN)/python loadtest/bench_audit.py --sessions 10000 --per-session 10 --runs 3
 	$(BIN)/python loadtest/bench_memory.py --variant both --sessions 2000 --runs 1

@@ -34,30 +34,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
-from common import (
-    STREAMING_MODEL,
+from launch import (
     Proc,
-    add_quiet_arg,
-    emulator_receipts,
-    http_json,
-    marker,
-    median,
-    median_of,
     new_token,
-    policy_doc,
-    print_header,
     process_usage,
-    raise_nofile,
     start_baseline,
     start_controlplane,
     start_emulator,
-    start_pyspy,
-    stop_pyspy,
-    summarize_collapsed,
-    summary_ms,
-    wait_quiet,
     workdir,
 )
+from loopback import emulator_receipts, http_json, raise_nofile
+from payloads import STREAMING_MODEL, marker, policy_doc
+from profiling import start_pyspy, stop_pyspy, summarize_collapsed
+from report import add_quiet_arg, median, median_of, print_header, summary_ms, wait_quiet
 
 STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
 API_KEY = "bench-key"
@@ -286,7 +275,7 @@ def main() -> int:
     failures = 0
     with ClientPool(procs) as pool:
         for run in range(1, args.runs + 1):
-            busy = wait_quiet(args.quiet_wait)
+            busy = wait_quiet(args.quiet_wait) if args.quiet_wait > 0 else None
             for row in one_run(args, pool, run):
                 row["machine_busy_before"] = busy
                 for name in PHASES:
@@ -295,12 +284,10 @@ def main() -> int:
                 failures += not row.get("gateway_frame_matches", False)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    keys = [
-        f"{name}_{key}"
-        for name in PHASES
-        for key in ("p50_ms", "p99_ms", "max_ms", "answered_ms", "hop_cpu_s", "emulator_cpu_s",
-                    "open_s", "hop_rss_mib")  # fmt: skip
-    ] + ["ratio_p50", "ratio_p99", "ratio_max"]
+    measures = ("p50_ms", "p99_ms", "max_ms", "answered_ms", "hop_cpu_s", "emulator_cpu_s",
+                "open_s", "hop_rss_mib")  # fmt: skip
+    keys = [f"{name}_{key}" for name in PHASES for key in measures]
+    keys += ["ratio_p50", "ratio_p99", "ratio_max"]
     summary: dict[str, Any] = {
         "sessions": args.sessions,
         "samples": len(rows),
