@@ -36,7 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from sessions.versionchain import GENESIS, VerifyReport, canonical_json
+from sessions.versionchain import GENESIS, VerifyReport, canonical_json, seqs_text
 
 __all__ = [
     "CHECKPOINT_TYPE",
@@ -432,7 +432,7 @@ def check_heads(
         if c.seq > count:
             last = commits[-1]  # the newest commitment names everything that is gone
             text = (
-                f"{_seqs(count + 1, last.seq)} missing at the end (checkpoint {last.node} "
+                f"{seqs_text(count + 1, last.seq)} missing at the end (checkpoint {last.node} "
                 f"#{last.checkpoint} committed seq {last.seq})"
             )
             return _bad(report, "truncated", count + 1, text, covered)
@@ -450,10 +450,6 @@ def check_heads(
 def _bad(report: VerifyReport, kind: str, seq: int, text: str, covered: int) -> VerifyReport:
     return replace(report, ok=False, first_bad_seq=seq, problem=f"{kind}: {text}", kind=kind,
                    covered_seq=covered or None)  # fmt: skip
-
-
-def _seqs(first: int, last: int) -> str:
-    return f"seq {first}" if first == last else f"seqs {first}-{last}"
 
 
 def _nums(first: int, last: int) -> str:

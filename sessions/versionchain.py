@@ -39,6 +39,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "seal",
+    "seqs_text",
     "verify_entries",
 ]
 
@@ -307,17 +308,20 @@ def verify_entries(
         if row.seq > expected and len(chain) > pos:
             return bad("inserted", row.seq, f"unexpected seq {row.seq} before seq {expected}")
         if row.seq > expected:
-            gap = _seqs(expected, row.seq - 1)
+            gap = seqs_text(expected, row.seq - 1)
             return bad("deleted", expected, f"{gap} missing before seq {row.seq}")
         return bad("inserted", row.seq, f"unexpected seq {row.seq} after seq {pos}")
     if tail is not None:
         last_seq, last_hash = tail
         if count < last_seq:
-            return bad("truncated", count + 1, f"{_seqs(count + 1, last_seq)} missing at the end")
+            return bad(
+                "truncated", count + 1, f"{seqs_text(count + 1, last_seq)} missing at the end"
+            )
         if count == last_seq and count and rows[-1].hash != last_hash:
             return bad("edited", count, f"seq {count} differs from what was appended")
     return VerifyReport(True, session_id, count)
 
 
-def _seqs(first: int, last: int) -> str:
+def seqs_text(first: int, last: int) -> str:
+    """``seq 3`` or ``seqs 3-7``: how a report names a run of entries."""
     return f"seq {first}" if first == last else f"seqs {first}-{last}"
