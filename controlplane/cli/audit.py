@@ -46,7 +46,7 @@ from controlplane.cli.options import add_command, client_for
 from controlplane.cli.output import out, utc_instant
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
-from controlplane.config import Settings
+from controlplane.config import Settings, add_flags, flag_values
 from controlplane.errors import ControlPlaneError
 from sessions.audit_trail import group_rows
 from sessions.checkpoints import load_public_key
@@ -69,18 +69,17 @@ __all__ = [
 ]
 
 
+_NATS_SETTINGS = ("nats_url", "nats_creds", "nats_nkey", "nats_audit_stream", "nats_subject_prefix")
+
+
 def add_nats_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("durable audit stream (NATS)")
-    group.add_argument("--nats-url", help="read CP_AUDIT from NATS (env CONTROLPLANE_NATS_URL)")
-    group.add_argument("--nats-creds", type=Path, help="NATS .creds file")
-    group.add_argument("--nats-nkey", type=Path, help="NATS nkey seed file")
-    group.add_argument("--nats-audit-stream", help="stream name (default CP_AUDIT)")
-    group.add_argument("--nats-subject-prefix", help="subject prefix (default cp)")
+    """``serve``'s own flags for the durable audit stream (the same declarations)."""
+    add_flags(parser, _NATS_SETTINGS)
 
 
 def nats_settings(args: argparse.Namespace) -> Settings:
-    names = ("nats_url", "nats_creds", "nats_nkey", "nats_audit_stream", "nats_subject_prefix")
-    settings = Settings.from_env(**{n: getattr(args, n, None) for n in names})
+    given = flag_values(args)
+    settings = Settings.from_env(flags={n: given[n] for n in _NATS_SETTINGS if n in given})
     if not settings.nats_url:
         raise CliError("pass --nats-url (or set CONTROLPLANE_NATS_URL)", 2)
     return settings

@@ -13,7 +13,7 @@ import helm_python as helm
 import pytest
 import yaml
 
-from controlplane.config import ROLES, Settings, parse_listen, parse_tokens
+from controlplane.config import ROLES, SETTINGS, Settings, parse_listen, parse_tokens
 from tests.integration.deploy.conftest import (
     CHART_DIR,
     NAMESPACE,
@@ -28,24 +28,8 @@ from tests.integration.deploy.conftest import (
 
 FULLNAME = f"{RELEASE}-controlplane"
 SCENARIOS = ["default", "production"]
-# Every CONTROLPLANE_* variable Settings.from_env reads (controlplane/config.py, DESIGN.md §4).
-SETTINGS_ENV = {
-    "CONTROLPLANE_" + name
-    for name in (
-        "LISTEN",
-        "UPSTREAM_STREAMING_URL",
-        "UPSTREAM_AGENT_URL",
-        "NATS_URL",
-        "REDIS_URL",
-        "NODE_ID",
-        "DATA_DIR",
-        "TOKENS_FILE",
-        "TOKENS",
-        "SHUTDOWN_GRACE_S",
-        "ACK_TIMEOUT_S",
-        "WEBSOCKET_COMPRESSION",
-    )
-}
+# Every CONTROLPLANE_* variable Settings.from_env reads (controlplane/config/settings.py).
+SETTINGS_ENV = {spec.env for spec in SETTINGS}
 # The only lint finding allowed besides info: the optional subcharts are not vendored here.
 MISSING_DEPENDENCIES = "chart directory is missing these dependencies: nats,redis"
 
