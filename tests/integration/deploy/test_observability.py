@@ -269,4 +269,6 @@ def test_dashboard_annotates_publishes_halts_and_rollbacks(exposition: str) -> N
     assert 'action="rollback"' in by_name["Rollbacks"]["expr"]
     # the label values are the ones the service emits
     assert "policy.published" in get_args(EventType)
-    assert '"rollback"' in (ROOT / "controlplane" / "rollouts" / "halts.py").read_text(encoding="utf-8")
+    assert '"rollback"' in (ROOT / "controlplane" / "rollouts" / "halts.py").read_text(
+        encoding="utf-8"
+    )
