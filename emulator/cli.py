@@ -1,9 +1,11 @@
 """``controlplane emulator`` (registered by controlplane.cli.main) and ``python -m emulator``.
 
-Settings: defaults < ``EMULATOR_*`` environment variables < flags. Every setting has an
-``EMULATOR_<NAME>`` variable and can be given as ``--set name=value``; the common ones also
-have their own flags. ``--tls-cert`` / ``--tls-key`` (or ``EMULATOR_TLS_*``, else
-``CONTROLPLANE_TLS_*``) serve ``wss://`` and ``https://`` (the JavaScript SDK needs ``wss:``).
+Settings: defaults < ``EMULATOR_*`` environment variables < flags. Every setting read from a
+string (the fields of ``EmulatorSettings`` but ``agents`` and ``faults``) has an
+``EMULATOR_<NAME>`` variable and a ``--<name>`` flag, both derived from its field, and can be
+given as ``--set name=value``; docs/emulator.md describes each. ``--tls-cert`` /
+``--tls-key`` (or ``EMULATOR_TLS_*``, else ``CONTROLPLANE_TLS_*``) serve ``wss://`` and
+``https://`` (the JavaScript SDK needs ``wss:``).
 """
 
 from __future__ import annotations
@@ -26,33 +28,16 @@ from aiohttp import web
 from emulator.errors import EmulatorError, InvalidSetting
 from emulator.faults import parse_faults
 from emulator.server import build_app
-from emulator.settings import ENV_PREFIX, EmulatorSettings, convert_setting, parse_listen
+from emulator.settings import (
+    ENV_PREFIX,
+    FROM_STRINGS,
+    EmulatorSettings,
+    choices,
+    convert_setting,
+    parse_listen,
+)
 
 __all__ = ["main", "raise_nofile_limit", "register", "run", "tls_context"]
-
-
-_FLAGGED = (
-    "listen",
-    "tls_cert",
-    "tls_key",
-    "require_speech_model",
-    "default_speech_model",
-    "prompt_max_chars",
-    "agent_context_max_chars",
-    "carryover_depth",
-    "streaming_bearer",
-    "agent_accept_raw_key",
-    "auth_rejection",
-    "config_rejection",
-    "warning_code",
-    "pacing_tolerance_ms",
-    "max_concurrent_sessions",
-    "resume_mode",
-    "resume_window_s",
-    "immutable_policy",
-    "turn_complete_ratio",
-    "transcript_seed",
-)
 
 
 def register(subparsers: Any) -> argparse.ArgumentParser:
@@ -63,31 +48,25 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    add("--listen", help="host:port (env EMULATOR_LISTEN, default 127.0.0.1:8090)")
-    add("--tls-cert", metavar="PEM", help="serve TLS with this certificate (chain)")
-    add("--tls-key", metavar="PEM", help="the private key of --tls-cert")
+    defaults = EmulatorSettings()
+    for name in FROM_STRINGS:  # a flag per setting, from its field (docs/emulator.md)
+        if name == "api_keys":
+            continue
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        shown = _shown(default)
+        text = f"env {ENV_PREFIX}{name.upper()}, default {shown}"
+        if isinstance(default, bool):
+            add(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif choices(name):
+            add(flag, choices=choices(name), help=text)
+        else:
+            add(flag, type=_flag_type(name), metavar=name.upper(), help=text)
     add("--api-key", action="append", dest="api_keys", metavar="KEY",
         help="accept only these keys (repeatable); default: any non-empty key")  # fmt: skip
-    add("--require-speech-model", action="store_true", default=None)
-    add("--default-speech-model", metavar="MODEL")
-    add("--prompt-max-chars", type=int, metavar="N", help="prompt cap (1750; older docs 1500)")
-    add("--agent-context-max-chars", type=int, metavar="N")
-    add("--carryover-depth", type=int, metavar="N", help="previous_context_n_turns default")
-    add("--streaming-bearer", choices=("reject", "accept"))
-    add("--agent-accept-raw-key", action="store_true", default=None)
-    add("--auth-rejection", choices=("close", "http"))
-    add("--config-rejection", choices=("close", "http"))
-    add("--warning-code", type=int, metavar="CODE")
-    add("--pacing-tolerance-ms", type=float, metavar="MS")
-    add("--max-concurrent-sessions", type=int, metavar="N")
-    add("--resume-mode", choices=("works", "always_not_found"))
-    add("--resume-window-s", type=float, metavar="S")
-    add("--immutable-policy", choices=("reject_message", "apply_rest"))
-    add("--turn-complete-ratio", type=float, metavar="R")
-    add("--transcript-seed", type=int, metavar="SEED")
     add("--faults", metavar="JSON", help="fault document applied to every new session")
     add("--set", action="append", default=[], metavar="NAME=VALUE",
-        help="any other setting, e.g. --set word_ms=300 (see docs/emulator.md)")  # fmt: skip
+        help="any setting by name, e.g. --set word_ms=300 (see docs/emulator.md)")  # fmt: skip
     parser.set_defaults(func=_run)
     return parser
 
@@ -99,8 +78,8 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         if not sep:
             raise InvalidSetting(item, "--set expects name=value")
         overrides[name.strip()] = convert_setting(name.strip(), value)
-    for name in _FLAGGED:
-        value = getattr(args, name, None)
+    for name in FROM_STRINGS:
+        value = None if name == "api_keys" else getattr(args, name, None)
         if value is not None:
             overrides[name] = value
     for name in ("tls_cert", "tls_key"):  # the service's variables serve the emulator too
@@ -115,6 +94,28 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         return EmulatorSettings.from_env(**overrides)
     except TypeError as exc:  # unknown --set name
         raise InvalidSetting("--set", str(exc)) from exc
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, frozenset):
+        return f"{len(default)} values"
+    return (
+        "none"
+        if default is None
+        else str(default).lower()
+        if default in (True, False)
+        else str(default)
+    )
+
+
+def _flag_type(name: str) -> Any:
+    def convert(raw: str) -> Any:
+        try:
+            return convert_setting(name, raw)
+        except InvalidSetting as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
 
 
 def raise_nofile_limit() -> int:

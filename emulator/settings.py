@@ -8,6 +8,7 @@ defaults < ``EMULATOR_*`` environment variables < explicit overrides (CLI flags,
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
@@ -18,7 +19,14 @@ from emulator.faults import FaultSpec
 from sessions.dialects import streaming_v3_table as sv3
 from sessions.dialects import voice_agent_v1_table as va1
 
-__all__ = ["ENV_PREFIX", "EmulatorSettings", "convert_setting", "parse_listen"]
+__all__ = [
+    "ENV_PREFIX",
+    "FROM_STRINGS",
+    "EmulatorSettings",
+    "choices",
+    "convert_setting",
+    "parse_listen",
+]
 
 ENV_PREFIX = "EMULATOR_"
 
@@ -113,8 +121,9 @@ class EmulatorSettings:
                 raise InvalidSetting(name, "must be positive")
         if self.carryover_depth < 0:
             raise InvalidSetting("carryover_depth", "must be >= 0")
-        for name, allowed in _CHOICES.items():
-            if getattr(self, name) not in allowed:
+        for name in FROM_STRINGS:
+            allowed = choices(name)
+            if allowed and getattr(self, name) not in allowed:
                 raise InvalidSetting(name, f"must be one of {', '.join(allowed)}")
 
     @classmethod
@@ -124,7 +133,7 @@ class EmulatorSettings:
         values: dict[str, Any] = {}
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is None or raw == "" or f.name in ("agents", "faults"):
+            if raw is None or raw == "" or f.name not in FROM_STRINGS:
                 continue
             values[f.name] = convert_setting(f.name, raw)
         for key, value in overrides.items():
@@ -147,16 +156,6 @@ class EmulatorSettings:
                 value = sorted(value)
             doc[f.name] = value
         return doc
-
-
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "streaming_bearer": ("reject", "accept"),
-    "auth_rejection": ("close", "http"),
-    "config_rejection": ("close", "http"),
-    "resume_mode": ("works", "always_not_found"),
-    "immutable_policy": ("reject_message", "apply_rest"),
-    "agent_error_code_case": ("lower", "upper"),
-}
 
 
 def _bool(raw: str) -> bool:
@@ -182,46 +181,36 @@ def _words(raw: str) -> frozenset[str]:
     return frozenset(k.strip() for k in raw.split(",") if k.strip())
 
 
-_CONVERTERS: dict[str, Callable[[str], Any]] = {
-    "websocket_compression": _bool,
-    "backlog": int,
-    "send_timeout_s": float,
-    "api_keys": _keys,
-    "agent_accept_raw_key": _bool,
-    "require_speech_model": _bool,
-    "prompt_max_chars": int,
-    "agent_context_max_chars": int,
-    "carryover_depth": int,
-    "connect_error_close_code": int,
-    "update_error_close_code": int,
-    "strict_u3_params_at_connect": _bool,
-    "warning_code": int,
-    "error_frame_before_close": _bool,
-    "enforce_chunk_duration": _bool,
-    "pacing_tolerance_ms": float,
-    "pacing_window_s": float,
-    "max_session_seconds": float,
-    "heartbeat_interval_s": float,
-    "max_concurrent_sessions": _optional_int,
-    "transcript_seed": int,
-    "word_ms": int,
-    "turn_complete_ratio": float,
-    "vad_floor_dbfs": float,
-    "vad_ceiling_dbfs": float,
-    "resume_window_s": float,
-    "voices": _words,
-    "transcription_prompt_max_chars": int,
-    "tool_arguments_as_string": _bool,
-    "agent_word_ms": int,
-    "agent_session_seconds": float,
-    "timeline_max_entries": int,
-    "max_closed_sessions": int,
-    "turns_max_entries": int,
-}
+def _kinds() -> dict[str, tuple[Callable[[str], Any], tuple[str, ...]]]:
+    """(conversion from a string, allowed words) of every setting read from a string, derived
+    from its type annotation: the one declaration is the field."""
+    table: dict[Any, Callable[[str], Any]] = {
+        bool: _bool, int: int, float: float, str: str, int | None: _optional_int,
+        str | None: str, frozenset[str]: _words, frozenset[str] | None: _keys,
+    }  # fmt: skip
+    kinds: dict[str, tuple[Callable[[str], Any], tuple[str, ...]]] = {}
+    for name, hint in typing.get_type_hints(EmulatorSettings).items():
+        if typing.get_origin(hint) is Literal:
+            kinds[name] = (str, typing.get_args(hint))
+        elif hint in table:
+            kinds[name] = (table[hint], ())
+    return kinds
+
+
+_KINDS = _kinds()
+FROM_STRINGS: tuple[str, ...] = tuple(_KINDS)
+"""Every setting a flag, an ``EMULATOR_*`` variable or ``--set`` can give (not agents, faults)."""
+
+
+def choices(name: str) -> tuple[str, ...]:
+    """The words a ``Literal`` setting allows (empty for the others)."""
+    return _KINDS[name][1] if name in _KINDS else ()
 
 
 def convert_setting(name: str, raw: str) -> Any:
-    convert = _CONVERTERS.get(name, str)
+    if name not in _KINDS:
+        raise InvalidSetting(name, "is not a setting read from a string")
+    convert = _KINDS[name][0]
     try:
         return convert(raw)
     except ValueError as exc:
