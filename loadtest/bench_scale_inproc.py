@@ -75,7 +75,8 @@ class SocketStandIn:
 
 
 class GcClock:
-    """Time spent in the garbage collector (``gc.callbacks``): full passes and all passes."""
+    """CPU time the collector took (``gc.callbacks``, thread time: the loop's thread runs
+    it), full passes and all passes."""
 
     def __init__(self) -> None:
         self.full_s = 0.0
@@ -86,9 +87,9 @@ class GcClock:
 
     def _event(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._at = time.perf_counter()
+            self._at = time.thread_time()
             return
-        took = time.perf_counter() - self._at
+        took = time.thread_time() - self._at
         self.all_s += took
         if info["generation"] == 2:
             self.full_s += took
@@ -234,6 +235,8 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
 def run_child(n: int, args: argparse.Namespace, spy_dir: Path | None) -> dict[str, Any]:
     """One size in a fresh interpreter (RSS and the collector start from the same state)."""
     argv = [sys.executable, __file__, "--child", str(n), "--idle", str(args.idle)]
+    if args.gc_threshold:
+        argv += ["--gc-threshold", args.gc_threshold]
     if spy_dir is not None:
         argv += ["--profile", str(spy_dir)]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=1800)
@@ -285,10 +288,15 @@ def main() -> int:
     parser.add_argument("--profile", type=Path, help="py-spy each size's run 1 into this dir")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one size, in this process
+    parser.add_argument(
+        "--gc-threshold", help="experiment: gc.set_threshold(a, b, c) before the service starts"
+    )
     add_quiet_arg(parser)
     args = parser.parse_args()
     if args.child:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as serve does
+        if args.gc_threshold:
+            gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
         try:
             import uvloop
 
@@ -297,7 +305,8 @@ def main() -> int:
             row = asyncio.run(one_size(args.child, args, args.profile))
         print(json.dumps(row), flush=True)
         return 0
-    print_header(f"bench_scale_inproc sessions={args.sessions} runs={args.runs}", sys.argv)
+    print_header(f"bench_scale_inproc sessions={args.sessions} runs={args.runs} "
+                 f"gc_threshold={args.gc_threshold or gc.get_threshold()}", sys.argv)  # fmt: skip
     result = measure_sizes(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
