@@ -48,6 +48,7 @@ from report import add_quiet_arg, median_of, print_header, wait_quiet
 
 sys.path.insert(0, str(SOURCE))  # the code measured: this tree, or CP_BENCH_SOURCE
 from controlplane.app import SERVICE, build_app
+from controlplane.cli import serve
 from controlplane.cli.serve import GIL_SWITCH_INTERVAL_S
 from controlplane.config import Settings
 from controlplane.edges.control_channel import ControlTransport
@@ -289,14 +290,18 @@ def main() -> int:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)  # one size, in this process
     parser.add_argument(
-        "--gc-threshold", help="experiment: gc.set_threshold(a, b, c) before the service starts"
+        "--gc-threshold",
+        help="experiment: gc.set_threshold(a,b,c) instead of serve's (GC_THRESHOLDS)",
     )
     add_quiet_arg(parser)
     args = parser.parse_args()
     if args.child:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)  # as serve does
+        thresholds = getattr(serve, "GC_THRESHOLDS", None)  # (serve of older commits: none)
         if args.gc_threshold:
-            gc.set_threshold(*(int(x) for x in args.gc_threshold.split(",")))
+            thresholds = tuple(int(x) for x in args.gc_threshold.split(","))
+        if thresholds:
+            gc.set_threshold(*thresholds)
         try:
             import uvloop
 
@@ -305,8 +310,9 @@ def main() -> int:
             row = asyncio.run(one_size(args.child, args, args.profile))
         print(json.dumps(row), flush=True)
         return 0
+    gc_note = args.gc_threshold or getattr(serve, "GC_THRESHOLDS", "default")
     print_header(f"bench_scale_inproc sessions={args.sessions} runs={args.runs} "
-                 f"gc_threshold={args.gc_threshold or gc.get_threshold()}", sys.argv)  # fmt: skip
+                 f"gc_threshold={gc_note}", sys.argv)  # fmt: skip
     result = measure_sizes(args)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import ipaddress
 import logging
 import sys
@@ -77,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     _install_uvloop()
     _raise_open_files_limit()
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
+    gc.set_threshold(*GC_THRESHOLDS)
     tls = None
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = tls_context(settings.tls_cert, settings.tls_key)  # checked above
@@ -101,6 +103,13 @@ def run(args: argparse.Namespace) -> int:
 # fan-out, kept it waiting ~5 ms each time: a 0.3 ms commit took ~20 ms, and the frames
 # waiting on it as long (docs/benchmarks.md). Only threads waiting for the GIL are affected.
 GIL_SWITCH_INTERVAL_S = 0.0005
+# The collector's young generation: 10,000 allocations (Python's default is 700). Each session
+# leaves ~100 container objects; with 700, handshake temporaries that live a few hundred
+# allocations were promoted and counted towards a full pass: 25,000 sessions opening cost
+# 7 full passes over every object (~40 % of the loop's CPU while opening, 11 passes at
+# 50,000: more than linear), 0–1 with 10,000 (loadtest/bench_scale_inproc.py,
+# docs/benchmarks.md). A young pass over 10,000 objects takes well under a millisecond.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 def _mode(settings: Settings) -> str:
