@@ -179,3 +179,15 @@ def test_documents_name_only_variables_and_flags_that_exist() -> None:
         ):
             if var in ENV and flag in FLAGS:
                 assert FLAGS[flag].env == var, f"{doc.name}: {flag} is not {var}"
+
+
+def test_every_setting_is_read_somewhere() -> None:
+    """A setting nothing reads is dead weight in --help and the docs (issue 22 removed two)."""
+    sources = [p for p in (ROOT / "controlplane").rglob("*.py") if "config" not in p.parts]
+    code = "\n".join(p.read_text(encoding="utf-8") for p in sources)
+    guard = (ROOT / "controlplane" / "rollouts" / "guard.py").read_text(encoding="utf-8")
+    for spec in SETTINGS:
+        if spec.name.startswith("guard_"):  # GuardSpec.of: getattr(settings, "guard_" + name)
+            assert '"guard_" + name' in guard and f'pick("{spec.name[6:]}")' in guard, spec.name
+        else:
+            assert re.search(rf"\b{spec.name}\b", code), f"nothing reads {spec.name}"
