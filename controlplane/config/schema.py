@@ -153,7 +153,8 @@ def problem(spec: Setting, value: object, source: str | None = None) -> str | No
         return None
     ok = not spec.choices or value in spec.choices
     for op, limit in spec.bounds:
-        assert isinstance(value, int | float)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"{spec.origin(source)} is {value!r}: it must be a number"
         ok = ok and {">=": value >= limit, ">": value > limit, "<=": value <= limit,
                      "<": value < limit}[op]  # fmt: skip
     if not ok:

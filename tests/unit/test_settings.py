@@ -132,6 +132,8 @@ def test_a_bad_value_built_in_code_names_both_its_flag_and_variable() -> None:
         "redis_pool_size (--redis-pool-size / CONTROLPLANE_REDIS_POOL_SIZE) is 1: "
         "it must be at least 2"
     )
+    with pytest.raises(SettingsError, match=r"max_connections .* is '5': it must be a number"):
+        Settings(max_connections="5").check()  # type: ignore[arg-type]
     Settings().check()  # the defaults are valid
 
 
