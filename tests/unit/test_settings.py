@@ -17,7 +17,8 @@ from controlplane.config.__main__ import rewrite
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
-DOCS += [ROOT / "deploy/helm/controlplane/README.md"]
+CHART = ROOT / "deploy" / "helm" / "controlplane"
+DOCS += [CHART / "README.md", CHART / "values.yaml", *sorted((CHART / "templates").glob("*.yaml"))]
 # variables of the client commands (controlplane/cli/main.py), not of serve
 CLIENT_VARIABLES = {"CONTROLPLANE_URL", "CONTROLPLANE_TOKEN"}
 ENV = {spec.env: spec for spec in SETTINGS}
