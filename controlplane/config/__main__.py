@@ -1,5 +1,6 @@
 """``python -m controlplane.config FILE``: rewrite the settings table in FILE (between the
-``<!-- settings:begin -->`` and ``<!-- settings:end -->`` markers) from the declarations."""
+``<!-- settings:begin -->`` and ``<!-- settings:end -->`` markers) from the declarations;
+without FILE, print the table."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ def rewrite(text: str) -> str:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 1:
+        print(docs_table())
     for name in sys.argv[1:]:
         path = Path(name)
         path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
