@@ -31,17 +31,23 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
+from controlplane.api.inputs import parse_frame
 from controlplane.edges.admission import (
     FIRST_MESSAGE_CLOSE,
     ConnectionSlots,
     FirstFrames,
     UpdateRates,
     first_frame,
-    refuse_over_rate,
     streaming_silence_error,
 )
-from controlplane.edges.gateway_acks import AgentLink
+from controlplane.edges.gateway_pump import (
+    INTERNAL_ERROR_CLOSE,
+    ProxyPump,
+    UpstreamTransport,
+    close_reason,
+    send_upstream,
+)
+from controlplane.edges.proxy import ProxySession, agent_error
 from controlplane.labels import (
     CredentialLabels,
     LabelConflict,
@@ -53,30 +59,17 @@ from controlplane.labels import (
     parse_labels,
     parse_path_labels,
 )
-from controlplane.push.engine import (
-    CONGESTED_BYTES,
-    LiveSession,
-    PushEngine,
-    write_buffer_size,
-)
-from controlplane.push.protocol import Push
+from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.engine import LiveSession
 from controlplane.service.plane import ControlPlane
-from policies.fields import Delta
-from sessions.dialects.base import (
-    Acked,
-    Dialect,
-    Ready,
-    Rejected,
-    TurnBoundary,
-)
+from controlplane.service.sessions import EngineSessions, SessionPort
 from sessions.dialects.streaming_v3 import STREAMING_V3
-from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
 from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
 from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
-__all__ = ["Gateway", "parse_labels"]
+__all__ = ["Gateway", "UpstreamTransport", "parse_labels"]
 
 log = logging.getLogger(__name__)
 
@@ -84,38 +77,6 @@ FORWARDED_HEADERS = ("Authorization", "AssemblyAI-Version", "User-Agent")
 LABELS_HEADER = "X-Session-Labels"
 LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
 SECRET_QUERY = frozenset({"token"})
-INTERNAL_ERROR_CLOSE = 1011
-
-
-class UpstreamTransport:
-    """Writes pushes to the upstream socket; remembers which acks are ours (Voice Agent)."""
-
-    __slots__ = ("acknowledging", "link", "model", "ws")
-
-    def __init__(
-        self,
-        ws: aiohttp.ClientWebSocketResponse,
-        acknowledging: bool,
-        model: StreamingUpstream | None = None,
-        link: AgentLink | None = None,
-    ) -> None:
-        self.ws = ws
-        self.acknowledging = acknowledging
-        self.model = model  # Streaming v3: what the upstream runs, frame by frame
-        self.link = link  # Voice Agent: one update outstanding, answers attributed
-
-    def congested(self) -> bool:
-        return write_buffer_size(self.ws) > CONGESTED_BYTES
-
-    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
-        if self.ws.closed:
-            raise ConnectionError("upstream socket is closed")
-        if self.link is not None:  # sent when no other session.update is outstanding
-            await self.link.push(push, wire)
-            return
-        if self.model is not None:
-            self.model.pushed(wire)
-        await self.ws.send_str(text)
 
 
 class Gateway:
@@ -139,6 +100,10 @@ class Gateway:
             service.clock, burst=self.settings.client_update_burst,
             rate_per_s=self.settings.client_update_rate_per_s,
         )  # fmt: skip
+        rejects = service.metrics.rejects
+        self.sessions: SessionPort = EngineSessions(
+            service.engine, service.policies_for, lambda kind, r: rejects.labels(kind, r).inc()
+        )
 
     def add_routes(self, app: web.Application) -> None:
         streaming, agent = self.slots.guard(self.streaming), self.slots.guard(self.agent)
@@ -231,7 +196,7 @@ class Gateway:
         except Exception:
             await _abort(ws, upstream, session.id)
             return ws
-        await self._proxy(ws, upstream, ls, transport, STREAMING_V3, first_deadline=True)
+        await self._proxy(ws, upstream, ls, transport, first_deadline=True)
         return ws
 
     # -- voice agent ---------------------------------------------------------------------
@@ -253,7 +218,7 @@ class Gateway:
         try:
             first = await first_frame(
                 ws, self.settings.first_message_timeout_s, close_code=FIRST_MESSAGE_CLOSE,
-                error=_agent_error_text("timeout", "no session.update within "
+                error=agent_error("timeout", "no session.update within "
                                         f"{self.settings.first_message_timeout_s:g}s"),
             )  # fmt: skip
             if first is None:
@@ -297,24 +262,27 @@ class Gateway:
                 return ws
             if _gone(request):
                 return await self._client_gone(upstream, VOICE_AGENT_V1.name)
-            link = AgentLink(self.service, upstream, ws)
+            link = AgentAcks(
+                ack_timeout=self.settings.ack_timeout_s,
+                applies_rest=self.settings.agent_partial_updates == "apply_rest",
+            )
             transport = UpstreamTransport(upstream, True, link=link)
             wire: dict[str, Any] = {"first_message": forward}
             if skipped:
                 wire["skipped"] = dict(skipped)
             running = {} if resume else effective.config
             try:
-                await link.send_first(forward)
+                now = asyncio.get_running_loop().time()
+                await send_upstream(upstream, link.first(forward, now))
                 ls = await self.service.attach(
                     session, effective, transport=transport, dialect=VOICE_AGENT_V1,
                     running=running, connect_wire=wire,
                 )  # fmt: skip
-                link.ls = ls
+                link.push_state = ls.push
             except Exception:
-                await link.close()
                 await _abort(ws, upstream, session.id)
                 return ws
-            await self._proxy(ws, upstream, ls, transport, VOICE_AGENT_V1)
+            await self._proxy(ws, upstream, ls, transport)
         except DialectError as exc:
             await _agent_error(ws, "invalid_config", str(exc))
             await ws.close(code=1008)
@@ -340,303 +308,26 @@ class Gateway:
         upstream: aiohttp.ClientWebSocketResponse,
         ls: LiveSession,
         transport: UpstreamTransport,
-        dialect: Dialect,
         *,
         first_deadline: bool = False,
     ) -> None:
-        """Relays until either side closes; with ``first_deadline`` (``/v3/ws``) the client's
-        first frame, audio included, must come within the first-message timeout."""
+        """Relays until either side closes (``controlplane.edges.gateway_pump``); with
+        ``first_deadline`` (``/v3/ws``) the client's first frame, audio included, must come
+        within the first-message timeout."""
         self.connections.add(ws)
+        machine = ProxySession(ls, rates=self.update_rates, streaming=transport.model,
+                               acks=transport.link)  # fmt: skip
+        pump = transport.pump = ProxyPump(ws, upstream, ls, machine, self.sessions)
+        timeout = self.settings.first_message_timeout_s if first_deadline else None
+        frames = FirstFrames(ws, timeout, close_code=STREAMING_CLOSE["invalid_message"],
+                             error=streaming_silence_error(timeout or 0))  # fmt: skip
         cause = "client_closed"
-        reader = asyncio.get_running_loop().create_task(
-            self._from_upstream(ws, upstream, ls, transport, dialect),
-            name=f"gateway-upstream-{ls.session.id}",
-        )
         try:
-            timeout = self.settings.first_message_timeout_s if first_deadline else None
-            frames = FirstFrames(ws, timeout, close_code=STREAMING_CLOSE["invalid_message"],
-                                 error=streaming_silence_error(timeout or 0))  # fmt: skip
-            async for msg in frames:
-                if msg.type == WSMsgType.BINARY:
-                    await upstream.send_bytes(msg.data)
-                elif msg.type == WSMsgType.TEXT:
-                    await self._from_client(msg.data, ws, upstream, ls, transport, dialect)
-            if frames.silent:
-                cause = "first_message_timeout"
-            elif reader.done():
-                cause = "upstream_closed"
-        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
-            cause = f"proxy_error: {type(exc).__name__}"
-        except Exception:  # a bug of ours: end this session, keep serving the others
-            cause = "internal_error"
-            log.exception("gateway session %s failed; closing it", ls.session.id)
-            with contextlib.suppress(Exception):
-                await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
+            cause = await pump.relay(frames)
         finally:
-            if not upstream.closed:
-                code = ws.close_code if ws.close_code and ws.close_code != 1006 else 1000
-                with contextlib.suppress(Exception):
-                    await upstream.close(code=code)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if transport.link is not None:
-                await transport.link.close()
-            if reader.done() and not reader.cancelled() and cause == "client_closed":
-                cause = "upstream_closed"
             self.connections.discard(ws)
             self.update_rates.forget(ls.session.id)
             await self.service.detach(ls, cause)
-
-    async def _from_client(
-        self,
-        data: str,
-        ws: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
-        ls: LiveSession,
-        transport: UpstreamTransport,
-        dialect: Dialect,
-    ) -> None:
-        try:
-            message = parse_frame(data)
-        except FrameNotJson:
-            message = None  # not JSON: forwarded untouched, the upstream answers it
-        except UnsafeFrame as exc:
-            await self._refuse(ws, ls, dialect, str(exc))
-            return
-        link = transport.link
-        if not isinstance(message, dict):
-            await (upstream.send_str(data) if link is None else link.client_other(data))
-            return
-        if transport.model is not None and message.get("type") == STREAMING_UPDATE:
-            if not await self._over_update_rate(ws, ls, dialect):
-                await self._streaming_update(message, data, ws, upstream, ls, transport.model)
-            return
-        try:
-            delta = dialect.parse_client_update(message)
-        except DialectError as exc:  # a malformed value: the upstream judges it, locks hold
-            if await self._over_update_rate(ws, ls, dialect):
-                return
-            await self._forward_malformed(message, data, exc, ws, upstream, ls, transport, dialect)
-            return
-        if delta is None:  # not an update: untouched (upstream judges it)
-            if link is None or message.get("type") == "input.audio":
-                await upstream.send_str(data)
-            else:
-                await link.client_other(data)
-            return
-        if await self._over_update_rate(ws, ls, dialect):
-            return
-        forward_text, stripped = self._without_locked(
-            ls, dialect, message, data, sorted(set(delta) & set(ls.locks)), delta=delta
-        )
-        if stripped and dialect.acknowledges:  # the client learns why, in its own protocol
-            await _locked_error(ws, ls, stripped)
-        if forward_text is None:
-            return
-        if link is not None:  # logged when its answer comes (AgentLink)
-            await link.client_update(json.loads(forward_text))
-            return
-        await upstream.send_str(forward_text)
-        forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
-        if forwarded:  # (a control-plane dialect without its own update handling)
-            await self.service.engine.client_update(ls, forwarded, self.service.policies_for(ls))
-            self.service.engine.record(
-                ls, cause="client", status="sent", delta=forwarded,
-                wire=json.loads(forward_text),
-            )  # fmt: skip
-
-    async def _streaming_update(
-        self,
-        message: dict[str, Any],
-        data: str,
-        ws: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
-        ls: LiveSession,
-        model: StreamingUpstream,
-    ) -> None:
-        """A client's ``UpdateConfiguration``, judged on its effect by the upstream's own
-        config model: what would change a locked field is stripped (the client gets a
-        ``Warning`` naming it), the rest goes upstream and is logged with its effective delta
-        (presets, clamps and dropped keyterms included)."""
-        locks = {f: f"policy {ref.id} v{ref.version}" for f, ref in ls.locks.items()}
-        effect = model.client_update(message, locks)
-        # Logged and adopted before the frame goes (no await in between: the model, the push
-        # state and the wire keep one order, whatever push the engine writes meanwhile).
-        if effect.stripped:
-            self.service.engine.record(
-                ls, cause="client", status="rejected", wire=message,
-                error="; ".join(effect.stripped.values()),
-                delta=dict(effect.refused),
-            )  # fmt: skip
-            self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
-        if effect.forward is not None and effect.delta:
-            await self.service.engine.client_update(ls, effect.delta, self.service.policies_for(ls))
-            self.service.engine.record(
-                ls, cause="client", status="sent", delta=effect.delta, wire=effect.forward
-            )
-        if effect.forward is not None:
-            await upstream.send_str(data if not effect.stripped else json.dumps(effect.forward))
-        if effect.warning is not None:
-            with contextlib.suppress(Exception):
-                await ws.send_str(json.dumps(effect.warning))
-
-    async def _over_update_rate(
-        self, ws: web.WebSocketResponse, ls: LiveSession, dialect: Dialect
-    ) -> bool:
-        """True when this client update is over the session's rate: dropped, neither forwarded
-        nor logged (docs/reliability.md#connection-limits)."""
-        if self.update_rates.allow(ls.session.id):
-            return False
-        self.service.metrics.rejects.labels(ls.session.kind, "rate_limited").inc()
-        problem = self.update_rates.problem()
-        frame = _agent_error_text("rate_limited", problem) if dialect.acknowledges else None
-        await refuse_over_rate(ws, problem, error_frame=frame)
-        return True
-
-    def _without_locked(
-        self,
-        ls: LiveSession,
-        dialect: Dialect,
-        message: dict[str, Any],
-        data: str,
-        locked: list[str],
-        *,
-        delta: Delta | None = None,
-        note: str = "",
-    ) -> tuple[str | None, tuple[str, ...]]:
-        """The client frame to forward without the ``locked`` fields it carries (None when
-        nothing is left), and the fields stripped; each refusal is logged and counted."""
-        if not locked:
-            return data, ()
-        stripped_msg, stripped = dialect.strip_locked(message, locked)
-        if not stripped:
-            return data, ()
-        owners = ", ".join(
-            f"{f} locked by policy {ls.locks[f].id} v{ls.locks[f].version}" for f in stripped
-        )
-        self.service.engine.record(
-            ls, cause="client", status="rejected", wire=message, error=owners + note,
-            delta={k: delta[k] for k in stripped} if delta is not None else {},
-        )  # fmt: skip
-        self.service.metrics.rejects.labels(ls.session.kind, "locked_field").inc()
-        return (None if stripped_msg is None else json.dumps(stripped_msg)), stripped
-
-    async def _forward_malformed(
-        self,
-        message: dict[str, Any],
-        data: str,
-        error: DialectError,
-        ws: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
-        ls: LiveSession,
-        transport: UpstreamTransport,
-        dialect: Dialect,
-    ) -> None:
-        """An update with a wrongly-typed canonical value goes to the upstream, which answers
-        it — but without locked fields: an upstream that applies the valid rest of a message
-        must not receive a locked value next to a malformed one."""
-        forward_text, stripped = self._without_locked(
-            ls, dialect, message, data, sorted(ls.locks), note=f" (malformed update: {error})"
-        )
-        if stripped and dialect.acknowledges:
-            await _locked_error(ws, ls, stripped)
-        if forward_text is None:
-            return
-        if transport.link is not None:
-            await transport.link.client_update(json.loads(forward_text))
-            return
-        await upstream.send_str(forward_text)
-
-    async def _refuse(
-        self, ws: web.WebSocketResponse, ls: LiveSession, dialect: Dialect, problem: str
-    ) -> None:
-        """A client frame we cannot record faithfully: refused the way the upstream refuses
-        bad JSON (Streaming v3: ``Error`` + close 3006; Voice Agent: ``session.error``
-        ``invalid_format``, the session stays open). Nothing reaches the upstream."""
-        self.service.metrics.rejects.labels(ls.session.kind, "invalid_frame").inc()
-        log.info("session %s: client frame refused: %s", ls.session.id, problem)
-        if dialect.acknowledges:
-            await _agent_error(ws, "invalid_format", f"message refused: {problem}")
-            return
-        code = STREAMING_CLOSE["invalid_message"]
-        reason = f"Invalid JSON: {problem}"
-        with contextlib.suppress(Exception):
-            await ws.send_str(json.dumps({"type": "Error", "error_code": code, "error": reason}))
-        await ws.close(code=code, message=_close_reason(reason))
-
-    async def _from_upstream(
-        self,
-        ws: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
-        ls: LiveSession,
-        transport: UpstreamTransport,
-        dialect: Dialect,
-    ) -> None:
-        engine = self.service.engine
-        close_code, close_reason = 1011, "upstream connection lost"
-        try:
-            while True:
-                msg = await upstream.receive()
-                if msg.type == WSMsgType.BINARY:
-                    await ws.send_bytes(msg.data)
-                    continue
-                if msg.type == WSMsgType.CLOSE:
-                    close_code, close_reason = int(msg.data), str(msg.extra or "")
-                    break
-                if msg.type != WSMsgType.TEXT:
-                    break
-                await self._upstream_text(msg.data, ws, ls, transport, dialect, engine)
-        except (ConnectionError, aiohttp.ClientError, RuntimeError):
-            pass
-        except Exception:  # a bug of ours: logged; the client sees 1011
-            log.exception("gateway session %s: upstream message handling failed", ls.session.id)
-            close_code, close_reason = INTERNAL_ERROR_CLOSE, "internal error"
-        finally:
-            if not upstream.closed:
-                with contextlib.suppress(Exception):
-                    await upstream.close()
-            if not ws.closed:
-                code = close_code if close_code not in (1005, 1006) else 1011
-                with contextlib.suppress(Exception):
-                    await ws.close(code=code, message=_close_reason(close_reason))
-
-    async def _upstream_text(
-        self,
-        data: str,
-        ws: web.WebSocketResponse,
-        ls: LiveSession,
-        transport: UpstreamTransport,
-        dialect: Dialect,
-        engine: PushEngine,
-    ) -> None:
-        try:
-            parsed = json.loads(data)
-        except ValueError:
-            await ws.send_str(data)
-            return
-        event = dialect.parse_upstream(parsed) if isinstance(parsed, dict) else None
-        if isinstance(event, Ready):
-            ls.session.upstream_id = event.upstream_id
-            engine.mark_ready(ls)
-            if transport.acknowledging and ls.push.acked_version < 1:
-                ls.push.acked_version = 1
-                engine.record(ls, cause="connect", status="acked", delta={}, wire=None,
-                              version=1)  # fmt: skip
-            await ws.send_str(data)
-            if transport.link is not None and isinstance(parsed, dict):
-                await transport.link.ready(parsed)
-            await engine.kick(ls)
-            return
-        if isinstance(event, TurnBoundary):
-            await ws.send_str(data)
-            await engine.turn_boundary(ls)
-            return
-        if isinstance(event, Acked | Rejected) and transport.link is not None:
-            assert isinstance(parsed, dict)
-            await transport.link.answer(parsed, data)  # attributed: forwarded or consumed
-            return
-        await ws.send_str(data)
 
 
 async def _label_conflict(
@@ -655,7 +346,7 @@ async def _label_conflict(
             await _agent_error(ws, "label_conflict", text)
         else:
             await ws.send_str(json.dumps({"type": "Error", "error_code": 1008, "error": text}))
-    await ws.close(code=1008, message=_close_reason(text))
+    await ws.close(code=1008, message=close_reason(text))
     return ws
 
 
@@ -677,37 +368,9 @@ async def _abort(
         await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
 
 
-async def _agent_error(
-    ws: web.WebSocketResponse, code: str, message: str, param: str | None = None
-) -> None:
-    body = {"type": "session.error", "code": code, "message": message}
-    if param is not None:
-        body["param"] = param
+async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_str(json.dumps(body))
-
-
-async def _locked_error(
-    ws: web.WebSocketResponse, ls: LiveSession, fields: tuple[str, ...]
-) -> None:
-    """Voice Agent: the locked fields stripped from a client's ``session.update`` are refused
-    with a ``session.error`` ``immutable_field`` (the code clients already treat as "change
-    dropped, session open"), ``param`` the first field's path, the message naming them all."""
-    paths = [VOICE_AGENT_V1.wire_path(f) for f in fields]
-    owners = "; ".join(
-        f"{path} ({f}) is locked by policy {ls.locks[f].id} v{ls.locks[f].version}"
-        for f, path in zip(fields, paths, strict=True)
-    )
-    await _agent_error(ws, "immutable_field", f"refused by the control plane: {owners}", paths[0])
-
-
-def _agent_error_text(code: str, message: str) -> str:
-    return json.dumps({"type": "session.error", "code": code, "message": message})
-
-
-def _close_reason(text: str) -> bytes:
-    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
-    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")
+        await ws.send_str(agent_error(code, message))
 
 
 def _http_error(status: int, code: str, message: str) -> web.Response:

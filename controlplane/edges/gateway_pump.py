@@ -1,0 +1,264 @@
+"""The gateway's pump: socket events into the proxy machine, its actions into writes and calls.
+
+:class:`ProxyPump` relays one session (the model: ``emulator/server.py``'s ``_execute`` and
+``_pump``): the client's frames and the upstream's go to :class:`~controlplane.edges.proxy
+.ProxySession` (audio relayed untouched, without it), our pushes come in through
+:class:`UpstreamTransport`, an acknowledgement deadline through one timer; each event's
+actions are executed in order — writes to the two sockets, and the service's
+``SessionPort`` calls. Time is the event loop's monotonic clock (the timer's own).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import aiohttp
+from aiohttp import WSMsgType, web
+
+from controlplane.edges.admission import FirstFrames
+from controlplane.edges.proxy import ProxySession
+from controlplane.push.actions import (
+    Acknowledge,
+    Action,
+    ClientChange,
+    CloseClient,
+    Count,
+    Kick,
+    Queued,
+    Ready,
+    ToClient,
+    ToUpstream,
+    TurnBoundary,
+    Written,
+)
+from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
+from controlplane.push.protocol import Push
+from controlplane.service.sessions import SessionPort
+from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+
+__all__ = [
+    "INTERNAL_ERROR_CLOSE",
+    "ProxyPump",
+    "UpstreamTransport",
+    "close_reason",
+    "send_upstream",
+]
+
+log = logging.getLogger(__name__)
+
+INTERNAL_ERROR_CLOSE = 1011
+
+
+class UpstreamTransport:
+    """Where the engine writes a gateway session's pushes (through its machine)."""
+
+    __slots__ = ("acknowledging", "link", "model", "pump", "ws")
+
+    def __init__(
+        self,
+        ws: aiohttp.ClientWebSocketResponse,
+        acknowledging: bool,
+        model: StreamingUpstream | None = None,
+        link: AgentAcks | None = None,
+    ) -> None:
+        self.ws = ws
+        self.acknowledging = acknowledging
+        self.model = model  # Streaming v3: what the upstream runs, frame by frame
+        self.link = link  # Voice Agent: one update outstanding, answers attributed
+        self.pump: ProxyPump | None = None
+
+    def congested(self) -> bool:
+        return write_buffer_size(self.ws) > CONGESTED_BYTES
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        pump = self.pump
+        if self.ws.closed or pump is None:
+            raise ConnectionError("upstream socket is closed")
+        await pump.run(pump.machine.push(push, wire, text, pump.now()))
+
+
+class ProxyPump:
+    """Relays one gateway session until either side closes."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse,
+        ls: LiveSession,
+        machine: ProxySession,
+        port: SessionPort,
+    ) -> None:
+        self.ws = ws
+        self.upstream = upstream
+        self.ls = ls
+        self.machine = machine
+        self.port = port
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    async def run(self, actions: list[Action]) -> None:
+        """Execute ``actions`` in order, then re-arm the machine's timer."""
+        ls, port = self.ls, self.port
+        for action in actions:
+            if isinstance(action, ToUpstream):
+                await self.upstream.send_str(action.text)
+            elif isinstance(action, ToClient):
+                if not action.quiet:
+                    await self.ws.send_str(action.text)
+                    continue
+                with contextlib.suppress(Exception):
+                    await self.ws.send_str(action.text)
+            elif isinstance(action, ClientChange):
+                await port.client_update(ls, action.update)
+            elif isinstance(action, Acknowledge):
+                await port.acknowledge(ls, action.ack)
+            elif isinstance(action, Written):
+                port.written(ls, action.push)
+            elif isinstance(action, Queued):
+                port.queued(ls, action.push)
+            elif isinstance(action, Ready):
+                port.ready(ls, action.upstream_id, acknowledged=action.acknowledged)
+            elif isinstance(action, Kick):
+                await port.kick(ls)
+            elif isinstance(action, TurnBoundary):
+                await port.turn_boundary(ls)
+            elif isinstance(action, Count):
+                port.count(ls, action.reason)
+            elif isinstance(action, CloseClient):
+                with contextlib.suppress(Exception):
+                    await self.ws.close(code=action.code, message=close_reason(action.reason))
+        if self.machine.acks is not None:
+            self._arm()
+
+    async def relay(self, frames: FirstFrames) -> str:
+        """Relays until either side closes; the session's end cause. ``frames``: the client's
+        (on ``/v3/ws`` the first, audio included, must come within the first-message
+        timeout)."""
+        ws, upstream = self.ws, self.upstream
+        cause = "client_closed"
+        reader = self._loop.create_task(
+            self._from_upstream(), name=f"gateway-upstream-{self.ls.session.id}"
+        )
+        try:
+            async for msg in frames:
+                if msg.type == WSMsgType.BINARY:
+                    await upstream.send_bytes(msg.data)
+                elif msg.type == WSMsgType.TEXT:
+                    await self.run(self.machine.client_text(msg.data, self.now()))
+            if frames.silent:
+                cause = "first_message_timeout"
+            elif reader.done():
+                cause = "upstream_closed"
+        except (ConnectionError, aiohttp.ClientError, RuntimeError) as exc:
+            cause = f"proxy_error: {type(exc).__name__}"
+        except Exception:  # a bug of ours: end this session, keep serving the others
+            cause = "internal_error"
+            log.exception("gateway session %s failed; closing it", self.ls.session.id)
+            with contextlib.suppress(Exception):
+                await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
+        finally:
+            if not upstream.closed:
+                code = ws.close_code if ws.close_code and ws.close_code != 1006 else 1000
+                with contextlib.suppress(Exception):
+                    await upstream.close(code=code)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            await self.close()
+            if reader.done() and not reader.cancelled() and cause == "client_closed":
+                cause = "upstream_closed"
+        return cause
+
+    async def _from_upstream(self) -> None:
+        ws, upstream = self.ws, self.upstream
+        close_code, close_reason_ = 1011, "upstream connection lost"
+        try:
+            while True:
+                msg = await upstream.receive()
+                if msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+                    continue
+                if msg.type == WSMsgType.CLOSE:
+                    close_code, close_reason_ = int(msg.data), str(msg.extra or "")
+                    break
+                if msg.type != WSMsgType.TEXT:
+                    break
+                await self.run(self.machine.upstream_text(msg.data, self.now()))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass
+        except Exception:  # a bug of ours: logged; the client sees 1011
+            log.exception("gateway session %s: upstream message handling failed",
+                          self.ls.session.id)  # fmt: skip
+            close_code, close_reason_ = INTERNAL_ERROR_CLOSE, "internal error"
+        finally:
+            if not upstream.closed:
+                with contextlib.suppress(Exception):
+                    await upstream.close()
+            if not ws.closed:
+                code = close_code if close_code not in (1005, 1006) else 1011
+                with contextlib.suppress(Exception):
+                    await ws.close(code=code, message=close_reason(close_reason_))
+
+    # -- the machine's timer -----------------------------------------------------------------
+    def _arm(self) -> None:
+        deadline = self.machine.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            self._timer = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._timer, self._deadline = None, None
+        task = self._loop.create_task(self._on_timer(), name="gateway-agent-expiry")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _on_timer(self) -> None:
+        try:
+            await self.run(self.machine.on_timer(self.now()))
+        except (ConnectionError, aiohttp.ClientError, RuntimeError):
+            pass  # the socket is gone: the relay ends the session
+        except Exception:  # a bug of ours: logged; the relay goes on
+            log.exception("gateway session %s: timer handling failed", self.ls.session.id)
+
+    async def close(self) -> None:
+        """The session ended: what the machine still holds is settled; its timer and tasks
+        are cancelled."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        with contextlib.suppress(Exception):  # the port logs and counts a failure
+            await self.run(self.machine.close())
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def send_upstream(upstream: aiohttp.ClientWebSocketResponse, actions: list[Action]) -> None:
+    """Before a session is attached (its first message): the frames for the upstream."""
+    for action in actions:
+        assert isinstance(action, ToUpstream), action
+        await upstream.send_str(action.text)
+
+
+def close_reason(text: str) -> bytes:
+    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
+    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")

@@ -1,0 +1,262 @@
+"""One gateway session as a sans-I/O proxy machine: frames and pushes in, actions out.
+
+:class:`ProxySession` makes every protocol decision of a proxied session; the pump
+(``controlplane.edges.gateway_pump``) only turns socket events into its methods and executes
+the actions they return (``controlplane.push.actions``), in order. Events:
+
+- ``client_text``: a client text frame. Parsed under the REST body rules
+  (``controlplane.api.inputs.parse_frame``); text that is not JSON goes upstream untouched
+  (the upstream answers it); JSON that cannot be recorded faithfully (duplicate key, ``NaN``,
+  lone surrogate, too deep) is refused the upstream's way: Streaming v3 ``Error`` and close
+  3006, Voice Agent ``session.error`` ``invalid_format`` (the session stays open). A client
+  update over the session's rate is dropped (close 4429 on Streaming v3, ``rate_limited``
+  on the Voice Agent API). An update is forwarded without the fields locked by an applying
+  policy (refused and logged; Voice Agent: ``session.error`` ``immutable_field``; Streaming
+  v3: judged on its effect by the upstream's own config model, the client gets a
+  ``Warning``). A malformed update goes upstream for it to judge, but never with a locked
+  field.
+- ``upstream_text``: an upstream text frame, forwarded to the client except the Voice Agent
+  answers to our own pushes (``controlplane.push.agent_acks`` attributes them);
+  readiness and turn boundaries are reported to the service.
+- ``push``: the push engine writes one of our pushes.
+- ``on_timer``: an update's acknowledgement deadline passed (Voice Agent).
+- ``close``: the session ended.
+
+Audio (binary frames) never reaches the machine: the pump relays it untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
+from controlplane.edges.admission import RATE_LIMIT_CLOSE, UpdateRates
+from controlplane.push.acks import ClientRefusal, ClientUpdate
+from controlplane.push.actions import (
+    Action,
+    ClientChange,
+    CloseClient,
+    Count,
+    Kick,
+    Ready,
+    ToClient,
+    ToUpstream,
+    TurnBoundary,
+)
+from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.engine import LiveSession
+from controlplane.push.protocol import Push
+from policies.fields import Delta
+from sessions.dialects import base
+from sessions.dialects.base import Dialect
+from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
+from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
+from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
+from sessions.errors import DialectError
+
+__all__ = ["ProxySession", "agent_error"]
+
+log = logging.getLogger(__name__)
+
+
+class ProxySession:
+    """One proxied session (see the module docstring). ``streaming``: the Streaming v3
+    upstream's config model; ``acks``: the Voice Agent leg (one update outstanding)."""
+
+    __slots__ = ("acks", "dialect", "ls", "rates", "streaming")
+
+    def __init__(
+        self,
+        ls: LiveSession,
+        *,
+        rates: UpdateRates,
+        streaming: StreamingUpstream | None = None,
+        acks: AgentAcks | None = None,
+    ) -> None:
+        self.ls = ls
+        self.dialect: Dialect = ls.dialect
+        self.rates = rates
+        self.streaming = streaming
+        self.acks = acks
+
+    # -- the client's frames -----------------------------------------------------------------
+    def client_text(self, data: str, now: float) -> list[Action]:
+        try:
+            message = parse_frame(data)
+        except FrameNotJson:
+            message = None  # not JSON: forwarded untouched, the upstream answers it
+        except UnsafeFrame as exc:
+            return self._refuse(str(exc))
+        acks = self.acks
+        if not isinstance(message, dict):
+            return [ToUpstream(data)] if acks is None else acks.client_other(data)
+        if self.streaming is not None and message.get("type") == STREAMING_UPDATE:
+            return self._over_rate() or self._streaming_update(self.streaming, message, data)
+        try:
+            delta = self.dialect.parse_client_update(message)
+        except DialectError as exc:  # a malformed value: the upstream judges it, locks hold
+            return self._over_rate() or self._forward(
+                message, data, sorted(self.ls.locks), now, note=f" (malformed update: {exc})"
+            )
+        if delta is None:  # not an update: untouched (upstream judges it)
+            if acks is None or message.get("type") == "input.audio":
+                return [ToUpstream(data)]
+            return acks.client_other(data)
+        locked = sorted(set(delta) & set(self.ls.locks))
+        return self._over_rate() or self._forward(message, data, locked, now, delta=delta)
+
+    def _forward(
+        self,
+        message: dict[str, Any],
+        data: str,
+        locked: list[str],
+        now: float,
+        *,
+        delta: Delta | None = None,
+        note: str = "",
+    ) -> list[Action]:
+        """An update without the ``locked`` fields it carries (each refusal logged and
+        counted; the Voice Agent client learns why, in its own protocol); ``delta``: its
+        canonical delta (None: malformed, logged only when the upstream answers it)."""
+        actions: list[Action] = []
+        stripped: tuple[str, ...] = ()
+        forward: dict[str, Any] | None = message
+        if locked:
+            stripped_msg, stripped = self.dialect.strip_locked(message, locked)
+            if stripped:
+                forward = stripped_msg
+                refused = {k: delta[k] for k in stripped} if delta is not None else {}
+                refusal = ClientRefusal(refused, message, self._owners(stripped) + note)
+                actions.append(ClientChange(ClientUpdate("sent", {}, None, refusal=refusal)))
+                if self.dialect.acknowledges:
+                    actions.append(ToClient(_locked_error(self.ls, stripped), quiet=True))
+        if forward is None:
+            return actions
+        text = data if not stripped else json.dumps(forward)
+        if self.acks is not None:  # logged when its answer comes (AgentAcks)
+            actions.extend(self.acks.client_update(json.loads(text), now))
+            return actions
+        actions.append(ToUpstream(text))
+        if delta is not None:  # (a dialect without its own update handling)
+            forwarded: Delta = {k: v for k, v in delta.items() if k not in stripped}
+            update = ClientUpdate("sent", forwarded, json.loads(text))
+            if update.logged:
+                actions.append(ClientChange(update))
+        return actions
+
+    def _streaming_update(
+        self, model: StreamingUpstream, message: dict[str, Any], data: str
+    ) -> list[Action]:
+        """A client's ``UpdateConfiguration``, judged on its effect by the upstream's own
+        config model: what would change a locked field is stripped (the client gets a
+        ``Warning`` naming it), the rest goes upstream and is logged with its effective delta
+        (presets, clamps and dropped keyterms included). Logged and adopted before the frame
+        goes: the model, the push state and the wire keep one order."""
+        locks = {f: f"policy {ref.id} v{ref.version}" for f, ref in self.ls.locks.items()}
+        effect = model.client_update(message, locks)
+        refusal = None
+        if effect.stripped:
+            error = "; ".join(effect.stripped.values())
+            refusal = ClientRefusal(dict(effect.refused), message, error)
+        forwarded = effect.delta if effect.forward is not None else {}
+        update = ClientUpdate("sent", forwarded, effect.forward, refusal=refusal)
+        actions: list[Action] = [ClientChange(update)] if refusal or update.logged else []
+        if effect.forward is not None:
+            actions.append(ToUpstream(data if not effect.stripped else json.dumps(effect.forward)))
+        if effect.warning is not None:
+            actions.append(ToClient(json.dumps(effect.warning), quiet=True))
+        return actions
+
+    def _over_rate(self) -> list[Action]:
+        """Empty when this client update is within the session's rate; else the refusal: the
+        update is dropped, neither forwarded nor logged (docs/reliability.md)."""
+        if self.rates.allow(self.ls.session.id):
+            return []
+        problem = self.rates.problem()
+        if self.dialect.acknowledges:
+            return [Count("rate_limited"), ToClient(agent_error("rate_limited", problem), True)]
+        frame = {"type": "Error", "error_code": RATE_LIMIT_CLOSE, "error": problem}
+        return [
+            Count("rate_limited"),
+            ToClient(json.dumps(frame), quiet=True),
+            CloseClient(RATE_LIMIT_CLOSE, problem),
+        ]
+
+    def _refuse(self, problem: str) -> list[Action]:
+        """A client frame we cannot record faithfully: refused the way the upstream refuses
+        bad JSON. Nothing reaches the upstream."""
+        log.info("session %s: client frame refused: %s", self.ls.session.id, problem)
+        if self.dialect.acknowledges:
+            text = agent_error("invalid_format", f"message refused: {problem}")
+            return [Count("invalid_frame"), ToClient(text, quiet=True)]
+        code = STREAMING_CLOSE["invalid_message"]
+        reason = f"Invalid JSON: {problem}"
+        frame = {"type": "Error", "error_code": code, "error": reason}
+        return [Count("invalid_frame"), ToClient(json.dumps(frame), quiet=True),
+                CloseClient(code, reason)]  # fmt: skip
+
+    def _owners(self, fields: tuple[str, ...]) -> str:
+        locks = self.ls.locks
+        return ", ".join(f"{f} locked by policy {locks[f].id} v{locks[f].version}" for f in fields)
+
+    # -- the upstream's frames, our pushes, time -----------------------------------------------
+    def upstream_text(self, data: str, now: float) -> list[Action]:
+        try:
+            parsed = json.loads(data)
+        except ValueError:
+            return [ToClient(data)]
+        event = self.dialect.parse_upstream(parsed) if isinstance(parsed, dict) else None
+        acks = self.acks
+        if isinstance(event, base.Ready):
+            actions: list[Action] = [Ready(event.upstream_id, acks is not None), ToClient(data)]
+            if acks is not None and isinstance(parsed, dict):
+                actions.extend(acks.ready(parsed, now))
+            actions.append(Kick())
+            return actions
+        if isinstance(event, base.TurnBoundary):
+            return [ToClient(data), TurnBoundary()]
+        if isinstance(event, base.Acked | base.Rejected) and acks is not None:
+            assert isinstance(parsed, dict)
+            return acks.answer(parsed, data, now)  # attributed: forwarded or consumed
+        return [ToClient(data)]
+
+    def push(self, push: Push, wire: dict[str, Any], text: str, now: float) -> list[Action]:
+        """The engine writes ``push`` (``wire``, encoded as ``text``)."""
+        if self.acks is not None:  # sent when no other session.update is outstanding
+            return self.acks.push(push, wire, now)
+        if self.streaming is not None:
+            self.streaming.pushed(wire)
+        return [ToUpstream(text)]
+
+    def next_deadline(self) -> float | None:
+        return None if self.acks is None else self.acks.next_deadline()
+
+    def on_timer(self, now: float) -> list[Action]:
+        return [] if self.acks is None else self.acks.on_timer(now)
+
+    def close(self) -> list[Action]:
+        """The session ended (what is still outstanding is settled)."""
+        return [] if self.acks is None else self.acks.close()
+
+
+def agent_error(code: str, message: str, param: str | None = None) -> str:
+    """A Voice Agent ``session.error`` frame."""
+    body = {"type": "session.error", "code": code, "message": message}
+    if param is not None:
+        body["param"] = param
+    return json.dumps(body)
+
+
+def _locked_error(ls: LiveSession, fields: tuple[str, ...]) -> str:
+    """Voice Agent: the locked fields stripped from a client's ``session.update`` are refused
+    with a ``session.error`` ``immutable_field`` (the code clients already treat as "change
+    dropped, session open"), ``param`` the first field's path, the message naming them all."""
+    paths = [VOICE_AGENT_V1.wire_path(f) for f in fields]
+    owners = "; ".join(
+        f"{path} ({f}) is locked by policy {ls.locks[f].id} v{ls.locks[f].version}"
+        for f, path in zip(fields, paths, strict=True)
+    )
+    return agent_error("immutable_field", f"refused by the control plane: {owners}", paths[0])

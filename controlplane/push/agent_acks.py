@@ -1,0 +1,254 @@
+"""Voice Agent acknowledgements, attributed (sans-I/O): which ``session.update`` an answer ends.
+
+:class:`AgentAcks` holds one Voice Agent session's upstream leg as a machine: events in (our
+push, the client's update or other message, ``session.ready``, an answer, the clock), actions
+out (``controlplane.push.actions``). The attribution rules are those of
+``sessions.dialects.voice_agent_v1_upstream.AgentUpstream`` (one update outstanding, answers
+matched by echo and ``param``, never guessed; read its docstring). This module turns its
+verdicts into what the service records:
+
+- our push's: :class:`~controlplane.push.acks.PushApplied` (``acked``),
+  :class:`~controlplane.push.acks.PushRejected` with the refused fields,
+  :class:`~controlplane.push.acks.PushPartlyApplied` (refused in part: the fields refused are
+  the ``param`` ones plus every field of the push the echo does not carry), or
+  :class:`~controlplane.push.acks.PushUnverified` with the reason; a late answer to a push
+  already recorded (a timeout) changes nothing;
+- the client's, when its answer comes: a :class:`~controlplane.push.acks.ClientUpdate`
+  ``acked`` with the effect the upstream echoed (what changed between the configuration before
+  it went and the echo, plus what it asked), ``rejected`` or ``unverified``.
+
+The client receives exactly the answers to its own messages. An update without an answer
+within ``ack_timeout`` ends (``unverified`` for the client's; the engine times out ours) and
+frees the slot; a client update still outstanding when the session ends is ``unverified``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controlplane.push.acks import (
+    ClientStatus,
+    ClientUpdate,
+    PushAck,
+    PushApplied,
+    PushPartlyApplied,
+    PushRejected,
+    PushUnverified,
+)
+from controlplane.push.actions import (
+    Acknowledge,
+    Action,
+    ClientChange,
+    Queued,
+    ToClient,
+    ToUpstream,
+    Written,
+)
+from controlplane.push.protocol import Push, PushState
+from policies.fields import Delta
+from sessions.dialects.base import ordered_fields
+from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
+from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
+from sessions.dialects.voice_agent_v1_upstream import (
+    AgentUpstream,
+    Update,
+    Verdict,
+    canonical_view,
+)
+from sessions.errors import DialectError
+
+__all__ = ["AgentAcks", "UpdateQueueFull", "param_fields"]
+
+QUEUE_FULL = "too many session.update messages waiting for an answer"
+
+
+class UpdateQueueFull(ConnectionError):
+    """Our push cannot even be queued: too many updates wait for an answer (the engine
+    records it not sent, ``wire_failed``)."""
+
+
+def param_fields(param: str | None) -> frozenset[str] | None:
+    """The canonical fields a Voice Agent ``session.error`` ``param`` names (a dotted path
+    such as ``system_prompt`` or ``input.turn_detection.min_silence``; a prefix such as
+    ``input.turn_detection`` covers its children); None when it names none of ours."""
+    if not param:
+        return None
+    path = tuple(param.split("."))
+    named = frozenset(
+        name
+        for name, wire in CANONICAL_TO_WIRE.items()
+        if wire[: len(path)] == path or path[: len(wire)] == wire
+    )
+    return named or None
+
+
+class AgentAcks:
+    """One Voice Agent session's upstream leg: one ``session.update`` outstanding, answers
+    attributed. ``push_state``: the session's push state once attached (read only: whether an
+    answer or a queued update still concerns the push in flight)."""
+
+    __slots__ = ("_armed", "ack_timeout", "model", "push_state")
+
+    def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
+        self.model = AgentUpstream(applies_rest=applies_rest)
+        self.ack_timeout = ack_timeout
+        self.push_state: PushState | None = None
+        self._armed: tuple[float, Update] | None = None  # (deadline, the update it times)
+
+    # -- what goes upstream ---------------------------------------------------------------
+    def first(self, message: dict[str, Any], now: float) -> list[Action]:
+        """The session's first message (answered by ``session.ready``)."""
+        self._arm(self.model.first(message), now)
+        return [ToUpstream(json.dumps(message))]
+
+    def push(self, push: Push, wire: dict[str, Any], now: float) -> list[Action]:
+        """One of our pushes: sent now, or queued behind an outstanding update (its
+        acknowledgement timer starts when it is written: ``Written``). Raises
+        :class:`UpdateQueueFull` when it cannot even be queued."""
+        update = Update("ours", wire, version=push.version, token=push)
+        if not self.model.submit(update):
+            raise UpdateQueueFull(QUEUE_FULL)
+        actions = self._next(now)
+        if update in self.model.queue:
+            actions.append(Queued(push))
+        return actions
+
+    def client_update(self, message: dict[str, Any], now: float) -> list[Action]:
+        """The client's ``session.update`` (locked fields already stripped)."""
+        if not self.model.submit(Update("client", message)):
+            return [ToClient(_error("invalid_format", QUEUE_FULL), quiet=True)]
+        return self._next(now)
+
+    def client_other(self, text: str) -> list[Action]:
+        """Any other client text that may draw a ``session.error`` (not audio)."""
+        self.model.client_other()
+        return [ToUpstream(text)]
+
+    def _next(self, now: float) -> list[Action]:
+        """The queued update that goes now, if no other is outstanding."""
+        while (update := self.model.next_to_send()) is not None:
+            if update.owner == "ours" and not self._in_flight(update):
+                self.model.withdraw(update)  # its outcome was recorded meanwhile (timeout)
+                continue
+            self._arm(update, now)
+            if update.owner == "ours":
+                return [Written(update.token), ToUpstream(update.text)]
+            return [ToUpstream(update.text)]
+        return []
+
+    def _in_flight(self, update: Update) -> bool:
+        return self.push_state is not None and self.push_state.in_flight is update.token
+
+    # -- answers ---------------------------------------------------------------------------
+    def ready(self, parsed: dict[str, Any], now: float) -> list[Action]:
+        """``session.ready`` (forwarded to the client by the caller)."""
+        config = parsed.get("config")
+        self.model.on_ready(config if isinstance(config, dict) else {})
+        self._armed = None
+        return self._next(now)
+
+    def answer(self, parsed: dict[str, Any], data: str, now: float) -> list[Action]:
+        """A ``session.updated`` or non-fatal ``session.error`` (``data``: its text)."""
+        if parsed.get("type") == "session.updated":
+            config = parsed.get("config")
+            verdict = self.model.on_updated(config if isinstance(config, dict) else {})
+        else:
+            param = parsed.get("param")
+            code = str(parsed.get("code") or "unknown").lower()
+            verdict = self.model.on_error(
+                code, param if isinstance(param, str) else None, str(parsed.get("message") or "")
+            )
+        if self.model.outstanding is None:
+            self._armed = None
+        actions: list[Action] = [ToClient(data, quiet=True)] if verdict.forward else []
+        actions.extend(self._settle(verdict, parsed))
+        actions.extend(self._next(now))
+        return actions
+
+    def _settle(self, verdict: Verdict, parsed: dict[str, Any]) -> list[Action]:
+        update = verdict.update
+        if update is None or verdict.status is None or self.push_state is None:
+            return []
+        if update.owner == "client":
+            return [ClientChange(self._client_outcome(update, verdict))]
+        if update.owner != "ours" or verdict.late or not self._in_flight(update):
+            return []  # a late answer to a push already recorded (a timeout): nothing to do
+        ack = self._push_outcome(update, verdict, parsed)
+        return [Acknowledge(ack)]
+
+    def _push_outcome(self, update: Update, verdict: Verdict, parsed: dict[str, Any]) -> PushAck:
+        if verdict.status == "acked":
+            return PushApplied()
+        if verdict.status not in ("rejected", "partial"):
+            return PushUnverified(verdict.reason or "unattributed answer")
+        fields: set[str] = set()
+        for param in verdict.params:
+            fields |= param_fields(param) or set()
+        first = update.errors[0] if update.errors else None
+        code = first[0] if first else str(parsed.get("code") or "unknown").lower()
+        reason = (verdict.reason or "").removeprefix(f"{code}: ")  # the engine adds the code
+        if verdict.status == "rejected":
+            return PushRejected(code, reason, frozenset(fields) or None)
+        # the rest applied: what runs is what the echo shows (a field of the push whose value
+        # the echo does not carry was refused)
+        pushed: Push = update.token
+        echo = canonical_view(self.model.config or {})
+        fields |= {f for f, v in pushed.delta.items() if echo.get(f) != v}
+        return PushPartlyApplied(code, reason, frozenset(fields))
+
+    def _client_outcome(self, update: Update, verdict: Verdict) -> ClientUpdate:
+        try:
+            asked: Delta = VOICE_AGENT_V1.parse_client_update(update.message) or {}
+        except DialectError:
+            asked = {}
+        if verdict.status not in ("acked", "partial"):
+            status: ClientStatus = "rejected" if verdict.status == "rejected" else "unverified"
+            return ClientUpdate(status, asked, update.message, verdict.reason)
+        note = None  # refused in part: the rest applied, the delta is what the echo shows
+        if verdict.status == "partial":
+            note = f"refused in part ({verdict.reason}); the rest applied"
+        before = canonical_view(update.before or {})
+        after = canonical_view(self.model.config or {})
+        names = set(asked) | {n for n in set(before) | set(after) if before.get(n) != after.get(n)}
+        delta: Delta = {n: after.get(n) for n in ordered_fields(names)}
+        return ClientUpdate("acked", delta, update.message, note)
+
+    # -- time, and the end -------------------------------------------------------------------
+    def next_deadline(self) -> float | None:
+        return None if self._armed is None else self._armed[0]
+
+    def on_timer(self, now: float) -> list[Action]:
+        """The outstanding update got no answer within ``ack_timeout``: it ends (a late answer
+        is still recognised) and the next queued update goes."""
+        if self._armed is None or now < self._armed[0]:
+            return []
+        update, self._armed = self._armed[1], None
+        if not self.model.expire(update):
+            return []
+        actions: list[Action] = []
+        if update.owner == "client" and self.push_state is not None:
+            reason = "; ".join([f"no answer within {self.ack_timeout:g}s", *update.doubts])
+            verdict = Verdict(False, update, "unverified", reason)
+            actions.append(ClientChange(self._client_outcome(update, verdict)))
+        actions.extend(self._next(now))
+        return actions
+
+    def close(self) -> list[Action]:
+        """The session ended: a client update still waiting for its answer is ``unverified``
+        (the upstream may or may not have applied it)."""
+        self._armed = None
+        update = self.model.outstanding
+        if update is None or update.owner != "client" or self.push_state is None:
+            return []
+        self.model.expire(update)
+        reason = "the session ended before the upstream answered"
+        verdict = Verdict(False, update, "unverified", reason)
+        return [ClientChange(self._client_outcome(update, verdict))]
+
+    def _arm(self, update: Update, now: float) -> None:
+        self._armed = (now + self.ack_timeout, update)
+
+
+def _error(code: str, message: str) -> str:
+    return json.dumps({"type": "session.error", "code": code, "message": message})

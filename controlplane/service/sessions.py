@@ -1,0 +1,130 @@
+"""The one port a session's socket adapter calls: client updates, acknowledgements, readiness.
+
+The gateway (``controlplane.edges.gateway_pump``) and the control channel
+(``controlplane.edges.control_channel``) report what happens on a live session through
+:class:`SessionPort`, each report one call:
+
+- ``client_update(ls, ClientUpdate)``: the part the control plane refused (logged
+  ``rejected``, counted), the part the upstream now runs (adopted: the session's client config,
+  its resolution and its push state follow), and its log entry — one trip, where the adapters
+  used to call the service and the engine three times;
+- ``acknowledge(ls, PushAck)``: the in-flight push applied, refused (fields quarantined),
+  partly applied, or unverified;
+- ``ready``, ``turn_boundary``, ``kick``, ``written`` / ``queued`` (the push's frame went, or
+  waits behind another update), ``count`` (a refused client frame).
+
+:class:`EngineSessions` implements it over the push engine; nothing else in the adapters
+touches the engine or the push state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from controlplane.push.acks import (
+    ClientUpdate,
+    PushAck,
+    PushApplied,
+    PushPartlyApplied,
+    PushRejected,
+    PushUnverified,
+)
+from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.protocol import Push
+from policies.model import Policy
+
+__all__ = ["EngineSessions", "RejectCounter", "SessionPort"]
+
+
+class SessionPort(Protocol):
+    """What a live session's adapter reports (see the module docstring)."""
+
+    async def client_update(self, ls: LiveSession, update: ClientUpdate) -> None: ...
+
+    async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None: ...
+
+    def ready(self, ls: LiveSession, upstream_id: str | None, *, acknowledged: bool) -> None: ...
+
+    async def turn_boundary(self, ls: LiveSession) -> None: ...
+
+    async def kick(self, ls: LiveSession) -> None: ...
+
+    def written(self, ls: LiveSession, push: Push) -> None: ...
+
+    def queued(self, ls: LiveSession, push: Push) -> None: ...
+
+    def count(self, ls: LiveSession, reason: str) -> None: ...
+
+
+class RejectCounter(Protocol):
+    """Counts a refused client frame by session kind and reason (the ``rejects`` metric)."""
+
+    def __call__(self, kind: str, reason: str) -> None: ...
+
+
+class EngineSessions:
+    """:class:`SessionPort` over the push engine."""
+
+    __slots__ = ("_count", "_engine", "_policies_for")
+
+    def __init__(
+        self,
+        engine: PushEngine,
+        policies_for: Callable[[LiveSession], list[Policy]],
+        count: RejectCounter,
+    ) -> None:
+        self._engine = engine
+        self._policies_for = policies_for
+        self._count = count
+
+    async def client_update(self, ls: LiveSession, update: ClientUpdate) -> None:
+        engine = self._engine
+        refusal = update.refusal
+        if refusal is not None:
+            engine.record(ls, cause="client", status="rejected", delta=refusal.delta,
+                          wire=refusal.wire, error=refusal.error)  # fmt: skip
+            if refusal.counted is not None:
+                self._count(ls.session.kind, refusal.counted)
+        if update.adopted:
+            await engine.client_update(ls, update.delta, self._policies_for(ls))
+        if update.logged:
+            engine.record(ls, cause="client", status=update.status, delta=update.delta,
+                          wire=update.wire, error=update.error)  # fmt: skip
+
+    async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None:
+        engine = self._engine
+        if isinstance(ack, PushApplied):
+            await engine.upstream_acked(ls, status=ack.status)
+        elif isinstance(ack, PushRejected):
+            await engine.upstream_rejected(ls, ack.code, ack.reason, fields=ack.fields)
+        elif isinstance(ack, PushPartlyApplied):
+            await engine.upstream_partly_applied(ls, ack.code, ack.reason, fields=ack.fields)
+        elif isinstance(ack, PushUnverified):
+            await engine.upstream_unverified(ls, ack.reason)
+
+    def ready(self, ls: LiveSession, upstream_id: str | None, *, acknowledged: bool) -> None:
+        """The upstream session is ready; ``acknowledged``: it acknowledged the connect
+        configuration (version 1), logged ``acked`` once."""
+        if upstream_id is not None:
+            ls.session.upstream_id = upstream_id
+        engine = self._engine
+        engine.mark_ready(ls)
+        if acknowledged and ls.push.acked_version < 1:
+            ls.push.acked_version = 1
+            engine.record(ls, cause="connect", status="acked", delta={}, wire=None, version=1)
+
+    async def turn_boundary(self, ls: LiveSession) -> None:
+        await self._engine.turn_boundary(ls)
+
+    async def kick(self, ls: LiveSession) -> None:
+        await self._engine.kick(ls)
+
+    def written(self, ls: LiveSession, push: Push) -> None:
+        self._engine.upstream_written(ls, push)
+
+    def queued(self, ls: LiveSession, push: Push) -> None:
+        self._engine.upstream_queued(ls, push)
+
+    def count(self, ls: LiveSession, reason: str) -> None:
+        self._count(ls.session.kind, reason)
