@@ -54,10 +54,12 @@ from controlplane.edges.admission import (
 )
 from controlplane.errors import ControlPlaneError, Forbidden
 from controlplane.labels import MAX_LABELS
+from controlplane.push.acks import ClientRefusal, ClientUpdate, PushAck, PushApplied, PushRejected
 from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.roles import Role
 from controlplane.service.plane import ControlPlane
+from controlplane.service.sessions import EngineSessions, SessionPort
 from policies.errors import PolicyValidationError
 from policies.fields import FIELD_NAMES, Config, Delta, check_value, to_json
 from sessions.dialects import dialect_for
@@ -110,6 +112,7 @@ class ControlChannel:
             service.clock, burst=settings.client_update_burst,
             rate_per_s=settings.client_update_rate_per_s,
         )  # fmt: skip
+        self.sessions: SessionPort = EngineSessions.of(service)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/control", self.slots.guard(self.handle))
@@ -205,13 +208,12 @@ class ControlChannel:
             "effective_config": to_json(session.effective_config),
             "locks": {f: r.as_dict() for f, r in ls.locks.items()},
         }))  # fmt: skip
-        self.service.engine.mark_ready(ls)
-        await self.service.engine.kick(ls)
+        self.sessions.ready(ls, None, acknowledged=False)
+        await self.sessions.kick(ls)
 
     async def _on_message(self, ws: web.WebSocketResponse, ls: LiveSession, data: str) -> None:
         raw = _decode(data)
         kind = raw.get("type")
-        engine = self.service.engine
         named = raw.get("session_id")
         if named is not None and named != ls.session.id:
             raise ProtocolError(
@@ -230,15 +232,15 @@ class ControlChannel:
                 raise ProtocolError(
                     "unknown_version", f"version {version} is not awaiting a report"
                 )
+            ack: PushAck
             if kind == "applied":
-                status = "acked" if ls.session.kind == "voice-agent-v1" else "unverified"
-                await engine.upstream_acked(ls, status=status)
+                ack = PushApplied("acked" if ls.session.kind == "voice-agent-v1" else "unverified")
             else:
                 error = str(raw.get("error", "failed"))[:500]
-                fields = _refused_fields(raw.get("fields"))
-                await engine.upstream_rejected(ls, "app_failed", error, fields=fields)
+                ack = PushRejected("app_failed", error, _refused_fields(raw.get("fields")))
+            await self.sessions.acknowledge(ls, ack)
         elif kind == "turn_boundary":
-            await engine.turn_boundary(ls)
+            await self.sessions.turn_boundary(ls)
         elif kind == "update":
             await self._client_update(ws, ls, raw.get("config"))
         else:
@@ -268,16 +270,13 @@ class ControlChannel:
                 rejected[name] = problems[0].message
             else:
                 delta[name] = normalised
-        engine = self.service.engine
+        wire = {"type": "update", "config": raw}
+        refusal = None
         if rejected:
-            engine.record(ls, cause="client", status="rejected",
-                          delta={k: raw[k] for k in rejected if k in raw and k in ls.locks},
-                          wire={"type": "update", "config": raw},
-                          error="; ".join(f"{k}: {v}" for k, v in rejected.items()))  # fmt: skip
-        if delta:
-            await engine.client_update(ls, delta, self.service.policies_for(ls))
-            engine.record(ls, cause="client", status="sent", delta=delta,
-                          wire={"type": "update", "config": raw})  # fmt: skip
+            locked = {k: raw[k] for k in rejected if k in raw and k in ls.locks}
+            error = "; ".join(f"{k}: {v}" for k, v in rejected.items())
+            refusal = ClientRefusal(locked, wire, error, counted=None)
+        await self.sessions.client_update(ls, ClientUpdate("sent", delta, wire, refusal=refusal))
         await ws.send_str(json.dumps(
             {"type": "update_result", "accepted": sorted(delta), "rejected": rejected}
         ))  # fmt: skip

@@ -100,10 +100,7 @@ class Gateway:
             service.clock, burst=self.settings.client_update_burst,
             rate_per_s=self.settings.client_update_rate_per_s,
         )  # fmt: skip
-        rejects = service.metrics.rejects
-        self.sessions: SessionPort = EngineSessions(
-            service.engine, service.policies_for, lambda kind, r: rejects.labels(kind, r).inc()
-        )
+        self.sessions: SessionPort = EngineSessions.of(service)
 
     def add_routes(self, app: web.Application) -> None:
         streaming, agent = self.slots.guard(self.streaming), self.slots.guard(self.agent)

@@ -20,7 +20,7 @@ touches the engine or the push state.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.push.acks import (
     ClientUpdate,
@@ -63,6 +63,18 @@ class RejectCounter(Protocol):
     def __call__(self, kind: str, reason: str) -> None: ...
 
 
+class _Plane(Protocol):
+    """What :meth:`EngineSessions.of` needs of the service (``ControlPlane``)."""
+
+    @property
+    def engine(self) -> PushEngine: ...
+
+    @property
+    def metrics(self) -> Any: ...
+
+    def policies_for(self, ls: LiveSession) -> list[Policy]: ...
+
+
 class EngineSessions:
     """:class:`SessionPort` over the push engine."""
 
@@ -77,6 +89,12 @@ class EngineSessions:
         self._engine = engine
         self._policies_for = policies_for
         self._count = count
+
+    @classmethod
+    def of(cls, plane: _Plane) -> EngineSessions:
+        """The port of a control plane (its engine, policies and ``rejects`` metric)."""
+        rejects = plane.metrics.rejects
+        return cls(plane.engine, plane.policies_for, lambda k, r: rejects.labels(k, r).inc())
 
     async def client_update(self, ls: LiveSession, update: ClientUpdate) -> None:
         engine = self._engine

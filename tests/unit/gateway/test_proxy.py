@@ -1,0 +1,202 @@
+"""ProxySession, step by step without sockets: each client frame, upstream frame, push and
+deadline of one gateway session, and the actions the pump is asked to execute, in order."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from controlplane.edges.admission import RATE_LIMIT_CLOSE, UpdateRates
+from controlplane.edges.proxy import ProxySession
+from controlplane.push.acks import ClientRefusal, ClientUpdate, PushApplied
+from controlplane.push.actions import (
+    Acknowledge,
+    Action,
+    ClientChange,
+    CloseClient,
+    Count,
+    Kick,
+    Ready,
+    ToClient,
+    ToUpstream,
+    TurnBoundary,
+    Written,
+)
+from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.engine import LiveSession
+from controlplane.push.protocol import Push, PushState
+from policies.provenance import PolicyRef
+from sessions.clock import FakeClock
+from sessions.dialects import dialect_for
+from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config
+from sessions.model import Session
+
+U3 = {"speech_model": "universal-3-5-pro", "sample_rate": "16000"}
+LOCK = PolicyRef("p", 3)
+START = default_config(TABLE_SETTINGS)
+
+
+class _Transport:
+    acknowledging = True
+
+    def congested(self) -> bool:
+        return False
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        raise AssertionError("the machine writes nothing itself")
+
+
+def _session(kind: str, *, locks: tuple[str, ...] = ()) -> LiveSession:
+    session = Session(id="s1", kind=kind, model="m", labels={}, client_config={})
+    acknowledging = kind == "voice-agent-v1"
+    push = PushState.start(acknowledging=acknowledging, config={}, refs=(), version=1)
+    push.ready = True
+    ls = LiveSession(session=session, push=push, transport=_Transport(), dialect=dialect_for(kind))
+    ls.locks = {f: LOCK for f in locks}
+    return ls
+
+
+def _rates(burst: int = 10) -> UpdateRates:
+    return UpdateRates(FakeClock(), burst=burst, rate_per_s=1.0)
+
+
+def streaming(*, locks: tuple[str, ...] = (), burst: int = 10) -> ProxySession:
+    ls = _session("streaming-v3", locks=locks)
+    return ProxySession(ls, rates=_rates(burst), streaming=StreamingUpstream(U3))
+
+
+def agent(*, locks: tuple[str, ...] = (), burst: int = 10) -> ProxySession:
+    ls = _session("voice-agent-v1", locks=locks)
+    acks = AgentAcks(ack_timeout=5.0)
+    acks.first({"type": "session.update", "session": {}}, 0.0)
+    acks.push_state = ls.push
+    machine = ProxySession(ls, rates=_rates(burst), acks=acks)
+    ready = json.dumps({"type": "session.ready", "session_id": "up1", "config": START})
+    assert machine.upstream_text(ready, 0.1) == [Ready("up1", True), ToClient(ready), Kick()]
+    return machine
+
+
+def _changes(actions: list[Action]) -> list[ClientUpdate]:
+    return [a.update for a in actions if isinstance(a, ClientChange)]
+
+
+# -- client frames -------------------------------------------------------------------------
+def test_text_that_is_not_json_goes_upstream_untouched() -> None:
+    assert streaming().client_text("KeepAlive?", 0) == [ToUpstream("KeepAlive?")]
+
+
+def test_a_streaming_frame_with_a_duplicate_key_is_refused_the_upstreams_way() -> None:
+    actions = streaming().client_text('{"type": "ForceEndpoint", "type": "x"}', 0)
+    assert actions[0] == Count("invalid_frame")
+    assert isinstance(actions[1], ToClient) and json.loads(actions[1].text)["error_code"] == 3006
+    assert isinstance(actions[2], CloseClient) and actions[2].code == 3006
+    assert not any(isinstance(a, ToUpstream) for a in actions)
+
+
+def test_an_agent_frame_with_nan_gets_invalid_format_and_the_session_stays_open() -> None:
+    actions = agent().client_text('{"type": "session.update", "session": {"x": NaN}}', 0)
+    assert actions[0] == Count("invalid_frame")
+    [frame] = actions[1:]
+    assert isinstance(frame, ToClient) and json.loads(frame.text)["code"] == "invalid_format"
+
+
+def test_a_streaming_update_is_adopted_and_logged_before_it_goes() -> None:
+    frame = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["acme"]})
+    actions = streaming().client_text(frame, 0)
+    assert actions == [
+        ClientChange(ClientUpdate("sent", {"keyterms": ("acme",)}, json.loads(frame))),
+        ToUpstream(frame),
+    ]
+
+
+def test_a_streaming_update_of_a_locked_field_is_stripped_with_a_warning() -> None:
+    machine = streaming(locks=("vad_threshold",))
+    frame = {"type": "UpdateConfiguration", "vad_threshold": 0.9, "keyterms_prompt": ["a"]}
+    actions = machine.client_text(json.dumps(frame), 0)
+    [update] = _changes(actions)
+    assert update.refusal is not None and update.refusal.delta == {"vad_threshold": 0.9}
+    assert "policy p v3" in update.refusal.error
+    assert update.delta == {"keyterms": ("a",)}
+    forwarded = {"type": "UpdateConfiguration", "keyterms_prompt": ["a"]}
+    assert actions[1] == ToUpstream(json.dumps(forwarded))
+    assert isinstance(actions[2], ToClient) and json.loads(actions[2].text)["type"] == "Warning"
+
+
+def test_a_streaming_update_over_the_rate_closes_4429_and_is_not_logged() -> None:
+    machine = streaming(burst=1)
+    frame = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["a"]})
+    machine.client_text(frame, 0)
+    actions = machine.client_text(frame, 0)
+    assert actions[0] == Count("rate_limited")
+    assert actions[-1] == CloseClient(RATE_LIMIT_CLOSE, machine.rates.problem())
+    assert not _changes(actions) and not any(isinstance(a, ToUpstream) for a in actions)
+
+
+def test_an_agent_update_of_a_locked_field_is_refused_and_the_rest_goes() -> None:
+    machine = agent(locks=("system_prompt",))
+    update = {"type": "session.update", "session": {"system_prompt": "x", "greeting": "hi"}}
+    actions = machine.client_text(json.dumps(update), 1.0)
+    refusal = ClientRefusal({"system_prompt": "x"}, update,
+                            "system_prompt locked by policy p v3")  # fmt: skip
+    assert actions[0] == ClientChange(ClientUpdate("sent", {}, None, refusal=refusal))
+    assert isinstance(actions[1], ToClient)
+    error = json.loads(actions[1].text)
+    assert (error["code"], error["param"]) == ("immutable_field", "system_prompt")
+    rest = {"type": "session.update", "session": {"greeting": "hi"}}
+    assert actions[2:] == [ToUpstream(json.dumps(rest))]  # outstanding: logged on its answer
+
+
+def test_an_agent_update_of_locked_fields_only_sends_nothing() -> None:
+    machine = agent(locks=("system_prompt",))
+    update = {"type": "session.update", "session": {"system_prompt": "x"}}
+    actions = machine.client_text(json.dumps(update), 1.0)
+    assert not any(isinstance(a, ToUpstream) for a in actions)
+    assert machine.acks is not None and machine.acks.model.outstanding is None
+
+
+def test_a_malformed_agent_update_goes_upstream_without_its_locked_fields() -> None:
+    machine = agent(locks=("system_prompt",))
+    update = {"type": "session.update", "session": {"system_prompt": "x", "input": {
+        "turn_detection": {"min_silence": "not a number"}}}}  # fmt: skip
+    actions = machine.client_text(json.dumps(update), 1.0)
+    [refused] = _changes(actions)
+    assert refused.refusal is not None and "malformed update" in refused.refusal.error
+    [sent] = [a for a in actions if isinstance(a, ToUpstream)]
+    assert "system_prompt" not in json.loads(sent.text)["session"]
+
+
+# -- upstream frames, pushes ---------------------------------------------------------------
+def test_a_streaming_turn_is_forwarded_and_reported_as_a_boundary() -> None:
+    turn = json.dumps({"type": "Turn", "end_of_turn": True, "transcript": "hi", "words": []})
+    assert streaming().upstream_text(turn, 0) == [ToClient(turn), TurnBoundary()]
+
+
+def test_a_streaming_push_goes_upstream_and_updates_the_upstreams_model() -> None:
+    machine = streaming()
+    wire = {"type": "UpdateConfiguration", "keyterms_prompt": ["b"]}
+    push = Push(2, {"keyterms": ("b",)}, {}, (), "policy", (), None, {})
+    assert machine.push(push, wire, json.dumps(wire), 0) == [ToUpstream(json.dumps(wire))]
+    assert machine.streaming is not None and machine.streaming.view()["keyterms"] == ("b",)
+
+
+def test_the_echo_of_our_agent_push_is_consumed_and_acknowledged() -> None:
+    machine = agent()
+    ls = machine.ls
+    ls.push.want({"system_prompt": "A"}, (LOCK,), "policy")
+    push = ls.push.take(1.0)
+    assert push is not None
+    wire = {"type": "session.update", "session": {"system_prompt": "A"}}
+    assert machine.push(push, wire, "", 1.0) == [Written(push), ToUpstream(json.dumps(wire))]
+    assert machine.next_deadline() == 6.0
+    echo = json.dumps({"type": "session.updated", "config": {**START, "system_prompt": "A"}})
+    assert machine.upstream_text(echo, 1.2) == [Acknowledge(PushApplied())]
+    assert machine.next_deadline() is None
+
+
+def test_an_agent_client_update_unanswered_ends_unverified_at_its_deadline() -> None:
+    machine = agent()
+    machine.client_text(json.dumps({"type": "session.update", "session": {"greeting": "x"}}), 1)
+    assert machine.on_timer(5.9) == []
+    [update] = _changes(machine.on_timer(6.0))
+    assert update.status == "unverified"
