@@ -20,8 +20,12 @@ cluster stays up) it measures:
    publish land in the window), then ``--tail-s`` seconds;
 3. per publish = (counters over the publish window − idle rate × window length) / publishes.
 
-The figures are counts of work, not times: the machine's noise changes when a timer fires,
-which the idle subtraction and several publishes per window average out.
+The figures are counts of work, not times. The replicas' own timers run on wall time and slow
+down while a fan-out keeps the CPUs busy, so a plain idle subtraction can count them wrongly
+(a rollout-count write that did not happen during a 1 s fan-out shows as a negative count):
+by default (``--quiet-timers``) heartbeats and rollout counts are set 300 s apart, so the idle
+rate left is the policy consumers' 2 s long polls (NATS) and nothing in Redis; their own cost
+per second is what ``--no-quiet-timers`` shows as ``idle_per_s``.
 
     .venv/bin/python loadtest/bench_cluster.py --sessions 300,900 --publishes 5
 
@@ -52,6 +56,11 @@ sys.path.append(str(ROOT))  # tests.support.servers: nats-server and redis-serve
 from tests.support.servers import ServerProcess, nats_binary, redis_binary
 
 POLICY_ID = "bench-cluster"
+QUIET_TIMERS = {  # heartbeats and rollout counts out of the way (module docstring)
+    "CONTROLPLANE_HEARTBEAT_INTERVAL_S": "300",
+    "CONTROLPLANE_SESSION_TTL_S": "600",
+    "CONTROLPLANE_ROLLOUT_SYNC_INTERVAL_S": "300",
+}
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -168,17 +177,25 @@ def per_publish(
     return out
 
 
-HEADLINE = ("redis_commands", "nats.in_msgs", "nats.out_msgs", "nats_msgs")
+# the commands of this script's own INFO connection (one per snapshot), not the replicas'
+PROBE = ("redis.info", "redis.hello", "redis.client")
+HEADLINE = ("redis_commands", "redis_in_bytes", "nats_msgs", "audit_entries",
+            "nats_msgs_besides_audit")  # fmt: skip
 
 
 def headline(per: Mapping[str, float]) -> dict[str, float]:
-    redis_total = sum(v for k, v in per.items() if k.startswith("redis.") and k != "redis.info")
+    redis_total = sum(v for k, v in per.items() if k.startswith("redis.") and k not in PROBE)
     out = {
         "redis_commands": round(redis_total, 1),
         "nats.in_msgs": per.get("nats.in_msgs", 0.0),
         "nats.out_msgs": per.get("nats.out_msgs", 0.0),
     }
     out["nats_msgs"] = round(out["nats.in_msgs"] + out["nats.out_msgs"], 1)
+    out["redis_in_bytes"] = round(per.get("redis_net_input_bytes", 0.0))
+    # the durable audit trail is per session by contract (DESIGN §4: cp.audit.<session_id>,
+    # one entry per message): each entry is one message in and its PubAck one out
+    out["audit_entries"] = per.get("stream.CP_AUDIT", 0.0)
+    out["nats_msgs_besides_audit"] = round(out["nats_msgs"] - 2 * out["audit_entries"], 1)
     return out
 
 
@@ -279,7 +296,8 @@ def run(args: argparse.Namespace, pool: ClientPool, tmp: Path) -> list[dict[str,
         redis_srv = stack.enter_context(redis(tmp))
         replicas = []
         for i in range(args.replicas):
-            proc = start_replica(tmp, f"r{i + 1}", token, nats_srv.url, redis_srv.url)
+            proc = start_replica(tmp, f"r{i + 1}", token, nats_srv.url, redis_srv.url,
+                                 **(QUIET_TIMERS if args.quiet_timers else {}))  # fmt: skip
             stack.callback(proc.stop)
             replicas.append(proc)
         r1 = replicas[0]
@@ -322,6 +340,10 @@ def main() -> int:
     parser.add_argument("--tail-s", type=float, default=1.0, help="seconds after the last gap")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds before measuring")
     parser.add_argument("--client-procs", type=int, default=2)
+    parser.add_argument(
+        "--quiet-timers", action=argparse.BooleanOptionalAction, default=True,
+        help="heartbeats and rollout counts 300 s apart (module docstring)",
+    )  # fmt: skip
     parser.add_argument("--timeout", type=float, default=60.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
     add_quiet_arg(parser)

@@ -14,6 +14,12 @@ files like a log shipper, off the critical path:
    attempt), back off and retry; the backlog is the unshipped bytes on disk
    (``controlplane_audit_ship_backlog_bytes``), bounded by the data volume, never dropped.
 
+Pacing: a pass runs every ``interval_s``, except while the local log is still growing (a
+fan-out writing its entries and their acknowledgements): the shipper then waits for a quiet
+interval, at most ``SHIP_MAX_DELAY_S`` after it first saw the growth, so one fan-out ships in
+one or two passes, not one per interval while it lasts (each pass asks the fence once: the Redis
+work of a publish, issue #23).
+
 A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
 transport deduplicates by key and readers drop exact duplicates
 (``controlplane.audit.reader.dedupe``).
@@ -49,7 +55,7 @@ from controlplane.metrics import Metrics
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
 
-__all__ = ["AuditFence", "AuditLine", "AuditShipper", "AuditTransport"]
+__all__ = ["AuditFence", "AuditLine", "AuditShipper", "AuditTransport", "ShipPacer"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,7 @@ CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
 BATCH_LINES: Final = 500
 READ_BYTES: Final = 4 * 1024 * 1024
 RETRY_MAX_S: Final = 2.0
+SHIP_MAX_DELAY_S: Final = 1.0  # a growing log is still shipped this soon after it grew
 FENCED_KEPT: Final = 10_000
 
 
@@ -82,6 +89,27 @@ class AuditFence(Protocol):
     async def foreign(self, session_ids: Collection[str]) -> set[str]:
         """The ids among these whose trail another node holds (their lines are withheld)."""
         ...
+
+
+class ShipPacer:
+    """When a pass is due (module docstring, pacing): ``due(size, now)`` is told the local
+    files' total size at each tick; False while it keeps changing, for at most
+    ``max_delay_s`` from the first change seen."""
+
+    def __init__(self, max_delay_s: float = SHIP_MAX_DELAY_S) -> None:
+        self._max_delay_s = max_delay_s
+        self._seen = -1
+        self._growing_since: float | None = None
+
+    def due(self, size: int, now: float) -> bool:
+        if size != self._seen:
+            self._seen = size
+            if self._growing_since is None:
+                self._growing_since = now
+            if now - self._growing_since < self._max_delay_s:
+                return False
+        self._growing_since = None
+        return True
 
 
 @dataclass
@@ -144,8 +172,12 @@ class AuditShipper:
 
     async def _run(self) -> None:
         delay = self._interval
+        pacer = ShipPacer()
         while True:
             await asyncio.sleep(delay)
+            retrying = delay != self._interval
+            if not pacer.due(self._local_size(), self._clock.monotonic()) and not retrying:
+                continue
             try:
                 await self.ship_pending()
             except Exception as exc:
@@ -230,6 +262,12 @@ class AuditShipper:
             if len(self.fenced) < FENCED_KEPT:
                 self.fenced |= new
         return [ln for ln in lines if ln.node is not None or ln.session_id not in foreign]
+
+    def _local_size(self) -> int:
+        """Total size of the local files not fully shipped yet (a few ``stat`` calls)."""
+        return sum(self._durable_sizes(FILE_GLOB, self._cursor).values()) + sum(
+            self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor).values()
+        )
 
     # -- files (worker thread) -----------------------------------------------------------
     def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:
