@@ -21,6 +21,7 @@ import signal
 import ssl
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,7 @@ from emulator.settings import (
     choices,
     convert_setting,
     parse_listen,
+    shown_default,
 )
 
 __all__ = ["main", "raise_nofile_limit", "register", "run", "tls_context"]
@@ -48,14 +50,15 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add = parser.add_argument
-    defaults = EmulatorSettings()
+    declared = {f.name: f for f in fields(EmulatorSettings)}
     for name in FROM_STRINGS:  # a flag per setting, from its field (docs/emulator.md)
         if name == "api_keys":
             continue
         flag = "--" + name.replace("_", "-")
-        default = getattr(defaults, name)
-        shown = _shown(default)
-        text = f"env {ENV_PREFIX}{name.upper()}, default {shown}"
+        f = declared[name]
+        default = f.default
+        text = f"{f.metadata['help']} (default {shown_default(f)}; env {ENV_PREFIX}{name.upper()})"
+        text = text.replace("%", "%%")
         if isinstance(default, bool):
             add(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif choices(name):
@@ -94,18 +97,6 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
         return EmulatorSettings.from_env(**overrides)
     except TypeError as exc:  # unknown --set name
         raise InvalidSetting("--set", str(exc)) from exc
-
-
-def _shown(default: object) -> str:
-    if isinstance(default, frozenset):
-        return f"{len(default)} values"
-    return (
-        "none"
-        if default is None
-        else str(default).lower()
-        if default in (True, False)
-        else str(default)
-    )
 
 
 def _flag_type(name: str) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -20,12 +20,18 @@ from sessions.dialects import streaming_v3_table as sv3
 from sessions.dialects import voice_agent_v1_table as va1
 
 __all__ = [
+    "BEGIN",
+    "END",
     "ENV_PREFIX",
     "FROM_STRINGS",
     "EmulatorSettings",
     "choices",
     "convert_setting",
+    "knob",
     "parse_listen",
+    "rewrite",
+    "settings_table",
+    "shown_default",
 ]
 
 ENV_PREFIX = "EMULATOR_"
@@ -41,66 +47,251 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def knob(
+    default: Any = MISSING,
+    *,
+    help: str,
+    factory: Callable[[], Any] | None = None,
+    shown: str | None = None,
+    table: bool = False,
+) -> Any:
+    """An ``EmulatorSettings`` field with its help (``--help`` and docs/emulator.md's table);
+    ``table``: the default comes from the dialect tables (shown as ``table (value)``)."""
+    meta = {"help": help, "shown": shown, "table": table}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class EmulatorSettings:
-    """Every knob of the emulator (documented one by one in docs/emulator.md)."""
+    """Every knob of the emulator, each with its help; docs/emulator.md's table is generated
+    from these fields (``python -m emulator.settings docs/emulator.md``)."""
 
     # --- server -------------------------------------------------------------------------------
-    listen: str = "127.0.0.1:8090"
-    websocket_compression: bool = False  # permessage-deflate off by default (DESIGN.md §6)
-    backlog: int = 2048
-    send_timeout_s: float = 10.0  # a send blocked this long (peer not reading) drops the socket
-    tls_cert: str | None = None  # PEM certificate (chain): serve https:// and wss://
-    tls_key: str | None = None  # its PEM private key (both or neither)
+    listen: str = knob(
+        "127.0.0.1:8090",
+        help="host:port",
+    )
+    websocket_compression: bool = knob(
+        False,
+        help="negotiate permessage-deflate (off: [benchmarks.md](benchmarks.md))",
+    )
+    backlog: int = knob(
+        2048,
+        help="TCP listen backlog (CLI)",
+    )
+    send_timeout_s: float = knob(
+        10.0,
+        help="a frame that cannot be written for this long (peer not reading) aborts the socket",
+    )
+    tls_cert: str | None = knob(
+        None,
+        help="PEM certificate (chain): serve `https://` / `wss://` (`CONTROLPLANE_TLS_CERT` when"
+        " no `EMULATOR_TLS_CERT`)",
+    )
+    tls_key: str | None = knob(
+        None,
+        help="its PEM private key (both or neither; `CONTROLPLANE_TLS_KEY` when no "
+        "`EMULATOR_TLS_KEY`)",
+    )
     # --- auth (both APIs) ---------------------------------------------------------------------
-    api_keys: frozenset[str] | None = None  # None: any non-empty key is accepted
-    streaming_bearer: Literal["reject", "accept"] = "reject"  # "Bearer <key>" on /v3/ws
-    agent_accept_raw_key: bool = False  # raw key without "Bearer" on /v1/ws
-    auth_rejection: Literal["close", "http"] = "close"  # close 1008 after upgrade, or HTTP 401
+    api_keys: frozenset[str] | None = knob(
+        None,
+        shown="none (= any non-empty key)",
+        help="accepted API keys (`--api-key`, repeatable)",
+    )
+    streaming_bearer: Literal["reject", "accept"] = knob(
+        "reject",
+        help="`Authorization: Bearer <key>` on `/v3/ws` and `/v3/token`: `reject` (1008) or "
+        "`accept`",
+    )
+    agent_accept_raw_key: bool = knob(
+        False,
+        help="accept a raw key without `Bearer` on `/v1/ws` and `/v1/token`",
+    )
+    auth_rejection: Literal["close", "http"] = knob(
+        "close",
+        help="failed auth: `close` = upgrade then close 1008 (voice agent: `session.error "
+        "unauthorized` first); `http` = HTTP 401 before the upgrade",
+    )
     # --- streaming v3 -------------------------------------------------------------------------
-    require_speech_model: bool = False
-    default_speech_model: str = sv3.DEFAULT_SPEECH_MODEL
-    prompt_max_chars: int = int(sv3.LIMITS["prompt_max_chars"])  # 1750 (Sep 2026) vs 1500
-    agent_context_max_chars: int = int(sv3.LIMITS["agent_context_max_chars"])
-    carryover_depth: int = int(sv3.LIMITS["previous_context_n_turns_default"])  # 5 vs 3
-    config_rejection: Literal["close", "http"] = "close"  # bad connect params: Error+close / 400
-    connect_error_close_code: int = sv3.CLOSE["invalid_message"]
-    update_error_close_code: int = sv3.CLOSE["invalid_message"]  # oversize mid-stream etc.
-    strict_u3_params_at_connect: bool = False  # reject every U3-only param on other models
-    warning_code: int = sv3.WARNING_CODE  # no source documents the real code (PROTOCOLS Part 7.1)
-    error_frame_before_close: bool = True  # send {"type":"Error"} before an error close
-    enforce_chunk_duration: bool = True
-    pacing_tolerance_ms: float = 1500.0  # audio may run this far ahead of wall time
-    pacing_window_s: float = 10.0  # sliding window of the rate check
-    max_session_seconds: float = float(sv3.LIMITS["max_session_seconds"])
-    heartbeat_interval_s: float = float(sv3.LIMITS["heartbeat_interval_s"])
-    max_concurrent_sessions: int | None = None  # per API; None: unlimited
+    require_speech_model: bool = knob(
+        False,
+        help="`true`: connecting without `speech_model` is refused (early-2026 docs)",
+    )
+    default_speech_model: str = knob(
+        sv3.DEFAULT_SPEECH_MODEL,
+        shown="table `DEFAULT_SPEECH_MODEL`",
+        help="model used when `speech_model` is omitted",
+    )
+    prompt_max_chars: int = knob(
+        int(sv3.LIMITS["prompt_max_chars"]),
+        table=True,
+        help="cap for `prompt` (older docs: 1500)",
+    )
+    agent_context_max_chars: int = knob(
+        int(sv3.LIMITS["agent_context_max_chars"]),
+        table=True,
+        help="cap for `agent_context` (older docs: 1500)",
+    )
+    carryover_depth: int = knob(
+        int(sv3.LIMITS["previous_context_n_turns_default"]),
+        table=True,
+        help="default `previous_context_n_turns` (older docs: 3)",
+    )
+    config_rejection: Literal["close", "http"] = knob(
+        "close",
+        help="bad connect parameters: `close` = `Error` frame + close, `http` = HTTP 400 "
+        '`{"error"}`',
+    )
+    connect_error_close_code: int = knob(
+        sv3.CLOSE["invalid_message"],
+        help="close code for connect-time rejections (model gating, caps, missing `sample_rate`,"
+        " bad model)",
+    )
+    update_error_close_code: int = knob(
+        sv3.CLOSE["invalid_message"],
+        help="close code when an `UpdateConfiguration` is refused (oversize, bad type, >100 "
+        "keyterms)",
+    )
+    strict_u3_params_at_connect: bool = knob(
+        False,
+        help="also refuse U3-only parameters other than `prompt`/`agent_context` on non-U3 "
+        "models at connect (default: dropped silently, listed in `connect.ignored_params`)",
+    )
+    warning_code: int = knob(
+        sv3.WARNING_CODE,
+        help="`warning_code` of `Warning` messages (the real value is undocumented)",
+    )
+    error_frame_before_close: bool = knob(
+        True,
+        help='send `{"type":"Error","error_code","error"}` before every error close',
+    )
+    enforce_chunk_duration: bool = knob(
+        True,
+        help="enforce 50–1000 ms per binary message (3007)",
+    )
+    pacing_tolerance_ms: float = knob(
+        1500.0,
+        help="how far audio may run ahead of wall time inside the window before 3007 (`inf` "
+        "disables)",
+    )
+    pacing_window_s: float = knob(
+        10.0,
+        help="sliding window of the rate check",
+    )
+    max_session_seconds: float = knob(
+        float(sv3.LIMITS["max_session_seconds"]),
+        table=True,
+        help="streaming session lifetime → 3008 (a token's `max_session_duration_seconds` can "
+        "shorten it)",
+    )
+    heartbeat_interval_s: float = knob(
+        float(sv3.LIMITS["heartbeat_interval_s"]),
+        table=True,
+        help="`Heartbeat` period when `session_heartbeat=true`",
+    )
+    max_concurrent_sessions: int | None = knob(
+        None,
+        help="per API; streaming → close 3009, voice agent → `session.error "
+        "concurrency_exceeded` + 1008",
+    )
     # --- turns and transcripts (both APIs) ----------------------------------------------------
-    transcript_seed: int = 0
-    word_ms: int = 400  # audio milliseconds of speech per transcribed word
-    turn_complete_ratio: float = 0.0  # share of turns "complete" at min silence (U3, agent)
-    vad_floor_dbfs: float = -60.0  # speech probability 0 at or below this level
-    vad_ceiling_dbfs: float = -20.0  # speech probability 1 at or above this level
+    transcript_seed: int = knob(
+        0,
+        help="seed of the deterministic transcripts",
+    )
+    word_ms: int = knob(
+        400,
+        help="user speech per transcribed word",
+    )
+    turn_complete_ratio: float = knob(
+        0.0,
+        help='share of turns (chosen by hashing seed + turn order) that count as "complete" at '
+        "min silence (U3-Pro, voice agent); the rest end at max silence",
+    )
+    vad_floor_dbfs: float = knob(
+        -60.0,
+        help="speech probability 0 at or below this RMS level (linear up to `vad_ceiling_dbfs`)",
+    )
+    vad_ceiling_dbfs: float = knob(
+        -20.0,
+        help="speech probability 1 at or above this RMS level",
+    )
     # --- voice agent --------------------------------------------------------------------------
-    resume_mode: Literal["works", "always_not_found"] = "works"
-    resume_window_s: float = float(va1.LIMITS["resume_window_s"])
-    default_voice: str = str(_DEFAULT_OUTPUT["voice"])
-    voices: frozenset[str] = va1.VOICES
-    transcription_prompt_max_chars: int = int(va1.LIMITS["transcription_prompt_max_chars"])
-    immutable_policy: Literal["reject_message", "apply_rest"] = "reject_message"
-    agent_error_code_case: Literal["lower", "upper"] = "lower"  # handshake codes only
-    tool_arguments_as_string: bool = False  # tool.call arguments as a JSON string
-    agent_word_ms: int = 300  # reply audio per agent word
-    agent_session_seconds: float = float(va1.LIMITS["max_session_seconds"])
-    agents: Mapping[str, Mapping[str, Any]] = field(
-        default_factory=lambda: MappingProxyType({})
-    )  # stored agents: agent_id -> session object
+    resume_mode: Literal["works", "always_not_found"] = knob(
+        "works",
+        help="`always_not_found` reproduces a reported upstream behaviour (resume never finds "
+        "the session)",
+    )
+    resume_window_s: float = knob(
+        float(va1.LIMITS["resume_window_s"]),
+        table=True,
+        help="how long a dropped voice-agent session stays resumable",
+    )
+    default_voice: str = knob(
+        str(_DEFAULT_OUTPUT["voice"]),
+        table=True,
+        help="`output.voice` default (some sources say `anna`)",
+    )
+    voices: frozenset[str] = knob(
+        va1.VOICES,
+        shown="table `VOICES`",
+        help="voice catalog (`REMOVED_VOICES` are always `invalid_value`)",
+    )
+    transcription_prompt_max_chars: int = knob(
+        int(va1.LIMITS["transcription_prompt_max_chars"]),
+        table=True,
+        help="cap for `input.transcription_prompt`",
+    )
+    immutable_policy: Literal["reject_message", "apply_rest"] = knob(
+        "reject_message",
+        help="an update touching an immutable (or fault-failed) field: `reject_message` = one "
+        "`session.error` per offending field and nothing applied; `apply_rest` = those "
+        "errors, then the rest applied and `session.updated`",
+    )
+    agent_error_code_case: Literal["lower", "upper"] = knob(
+        "lower",
+        help="`upper` sends `UNAUTHORIZED` / `FORBIDDEN` / `INTERNAL_ERROR`",
+    )
+    tool_arguments_as_string: bool = knob(
+        False,
+        help="`tool.call.arguments` as a JSON string instead of an object",
+    )
+    agent_word_ms: int = knob(
+        300,
+        help="agent reply audio per word",
+    )
+    agent_session_seconds: float = knob(
+        float(va1.LIMITS["max_session_seconds"]),
+        table=True,
+        help="voice-agent session lifetime → `session_expired`",
+    )
+    agents: Mapping[str, Mapping[str, Any]] = knob(
+        factory=lambda: MappingProxyType({}),
+        shown="`{}`",
+        help='stored agents for `{"session": {"agent_id": ...}}` (id → session object)',
+    )
     # --- inspection ---------------------------------------------------------------------------
-    timeline_max_entries: int = 1000
-    max_closed_sessions: int = 1000
-    turns_max_entries: int = 200
+    timeline_max_entries: int = knob(
+        1000,
+        help="per-session timeline kept (older entries counted in `timeline_dropped`)",
+    )
+    max_closed_sessions: int = knob(
+        1000,
+        help="closed sessions remembered (oldest forgotten first)",
+    )
+    turns_max_entries: int = knob(
+        200,
+        help="per-session turn log kept",
+    )
     # --- faults applied to every new session --------------------------------------------------
-    faults: FaultSpec = field(default_factory=FaultSpec)
+    faults: FaultSpec = knob(
+        factory=FaultSpec,
+        shown="none",
+        help="fault document applied to every new session (`--faults JSON`)",
+    )
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -215,3 +406,48 @@ def convert_setting(name: str, raw: str) -> Any:
         return convert(raw)
     except ValueError as exc:
         raise InvalidSetting(name, f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+
+
+def shown_default(f: Field[Any]) -> str:
+    """A field's default as the docs and ``--help`` show it."""
+    if f.metadata.get("shown"):
+        return str(f.metadata["shown"])
+    value = f.default
+    if isinstance(value, bool):
+        text = f"`{str(value).lower()}`"
+    elif value is None:
+        return "none"
+    else:
+        text = f"`{value:g}`" if isinstance(value, float) else f"`{value}`"
+    return f"table ({text.strip('`')})" if f.metadata.get("table") else text
+
+
+def settings_table() -> str:
+    """docs/emulator.md's settings table, one row per field."""
+    lines = ["| setting | default | meaning |", "|---|---|---|"]
+    for f in fields(EmulatorSettings):
+        meaning = str(f.metadata["help"]).replace("|", "\\|")
+        lines.append(f"| `{f.name}` | {shown_default(f)} | {meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+BEGIN = "<!-- emulator-settings:begin (generated: python -m emulator.settings FILE) -->"
+END = "<!-- emulator-settings:end -->"
+
+
+def rewrite(text: str) -> str:
+    """``text`` with the section between the markers replaced by the generated table."""
+    head, sep, rest = text.partition(BEGIN)
+    _, sep2, tail = rest.partition(END)
+    if not sep or not sep2:
+        raise ValueError(f"no {BEGIN} ... {END} section")
+    return f"{head}{BEGIN}\n\n{settings_table()}\n{END}{tail}"
+
+
+if __name__ == "__main__":
+    import sys
+    from pathlib import Path
+
+    for name in sys.argv[1:]:
+        path = Path(name)
+        path.write_text(rewrite(path.read_text(encoding="utf-8")), encoding="utf-8")
