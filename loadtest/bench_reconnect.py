@@ -116,18 +116,20 @@ def one_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> 
         time.sleep(args.settle)
         killed_at: list[float] = []
 
+        cpu_at_kill: list[float] = []
+
         def kill() -> None:
+            cpu_at_kill.append(process_usage(target.pid)[1])
             killed_at.append(time.time())
             victim.popen.send_signal(signal.SIGKILL)
 
         timer = threading.Timer(1.0, kill)
-        cpu0 = process_usage(target.pid)[1]
         timer.start()
         answers = pool.call("storm", per_worker(target, after_close=True))
         timer.join()
         victim.popen.wait(timeout=10)
         out["storm"] = _gather(answers, killed_at[0])
-        out["storm"]["replica_cpu_s"] = round(process_usage(target.pid)[1] - cpu0, 2)
+        out["storm"]["replica_cpu_s"] = round(process_usage(target.pid)[1] - cpu_at_kill[0], 2)
         pool.call("close", {})
     for key in ("p50", "p99", "max"):
         plain_ms, storm_ms = out["plain"][f"{key}_ms"], out["storm"][f"{key}_ms"]
