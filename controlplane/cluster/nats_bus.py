@@ -408,7 +408,7 @@ class NatsPolicyBus:
             for handler in self._handlers:
                 await handler(event)
         except Exception:  # a bug of ours: redelivery would hit it again; go on. Not counted
-            # here: the handler (ControlPlane._on_event) counts every event it gets, once
+            # here: the handler (service.events.PolicyEvents.on_event) counts every event once
             log.exception("policy event %s (seq %d) failed in its handler", event.msg_id, seq)
             await msg.term()
         else:
