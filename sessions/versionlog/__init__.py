@@ -1,4 +1,5 @@
-"""The per-session version log: ``core`` (the protocol, buffering, the in-memory backend), ``file``
-(the JSONL backend with checkpoints) and ``redis_log`` (the Redis backend)."""
+"""The per-session version log: ``core`` (the protocol, buffering, group commit) and its
+backends: ``memory`` (in-process), ``file`` (JSONL with checkpoints; its files in ``jsonl``)
+and ``redis_log`` (Redis)."""
 
 __all__: list[str] = []

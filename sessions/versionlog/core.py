@@ -1,9 +1,9 @@
-"""The per-session version log: the ``VersionLog`` protocol, buffering and group commit,
-and the in-memory backend.
+"""The per-session version log: the ``VersionLog`` protocol, buffering and group commit.
 
-Entries, canonical JSON and the hash chain are in ``sessions.versionchain``; the JSONL file
-backend is ``sessions.versionlog.file`` and the Redis one ``sessions.versionlog.redis_log``. This
-module re-exports the chain's names, so ``from sessions.versionlog.core import X`` serves them.
+Entries, canonical JSON and the hash chain are in ``sessions.versionchain``; the backends are
+``sessions.versionlog.memory``, ``sessions.versionlog.file`` (JSONL) and
+``sessions.versionlog.redis_log``. This module re-exports the chain's names, so
+``from sessions.versionlog.core import X`` serves them.
 
 ``append()`` is synchronous: it chains the entry from an in-memory tail per session and
 buffers the write, so the push hot path never awaits I/O. ``flush()`` makes everything
@@ -45,7 +45,6 @@ __all__ = [
     "BufferedVersionLog",
     "Canonical",
     "LogEntry",
-    "MemoryVersionLog",
     "Pending",
     "Submitted",
     "VerifyReport",
@@ -471,29 +470,3 @@ def parse_entries(session_id: str, rows: Sequence[Mapping[str, Any]]) -> list[Lo
         return [LogEntry.from_dict(row) for row in rows]
     except VersionLogError as exc:
         raise VersionLogError(f"session {session_id!r}: {exc}") from exc
-
-
-class MemoryVersionLog(BufferedVersionLog):
-    """In-process log for tests and demos. ``storage`` holds the flushed rows (plain dicts
-    exactly as a durable backend would hold them), per session, in append order."""
-
-    def __init__(self, clock: Clock, *, flush_interval_s: float | None = 0.05) -> None:
-        super().__init__(clock, flush_interval_s=flush_interval_s)
-        self.storage: dict[str, list[dict[str, Any]]] = {}
-
-    async def _write(self, batch: list[Pending]) -> None:
-        for item in batch:
-            self.storage.setdefault(item.session_id, []).append(json.loads(item.line))
-
-    async def entries(self, session_id: str) -> list[LogEntry]:
-        await self.flush()
-        return parse_entries(session_id, self.storage.get(session_id, []))
-
-    async def verify(self, session_id: str | None = None) -> list[VerifyReport]:
-        await self.flush()
-        ids = sorted(self.storage) if session_id is None else [session_id]
-        return [verify_entries(s, self.storage.get(s, []), tail=self._tails.get(s)) for s in ids]
-
-    async def session_ids(self) -> list[str]:
-        await self.flush()
-        return sorted(self.storage)

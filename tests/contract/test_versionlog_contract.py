@@ -21,8 +21,9 @@ import redis.asyncio as aioredis
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
 from sessions.errors import BackendUnavailable, VersionLogError
-from sessions.versionlog.core import BufferedVersionLog, LogEntry, MemoryVersionLog
+from sessions.versionlog.core import BufferedVersionLog, LogEntry
 from sessions.versionlog.file import FileVersionLog
+from sessions.versionlog.memory import MemoryVersionLog
 from sessions.versionlog.redis_log import RedisVersionLog
 from tests.support.servers import redis_server
 

@@ -8,7 +8,8 @@ import pytest
 from controlplane.health import FeedWatch, ShippingWatch, versionlog_problem
 from sessions.clock import FakeClock
 from sessions.errors import BackendUnavailable
-from sessions.versionlog.core import MemoryVersionLog, Pending
+from sessions.versionlog.core import Pending
+from sessions.versionlog.memory import MemoryVersionLog
 
 
 def test_feed_watch_is_healthy_while_the_loop_makes_progress() -> None:

@@ -14,7 +14,7 @@ from sessions.clock import FakeClock
 from sessions.config_at import config_at
 from sessions.errors import NotRebuildable, UnknownSession
 from sessions.versionchain import canonical_json
-from sessions.versionlog.core import MemoryVersionLog
+from sessions.versionlog.memory import MemoryVersionLog
 
 T0 = 1_790_000_000.0
 EU = {"id": "eu", "version": 1, "variant": None}

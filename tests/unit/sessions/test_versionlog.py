@@ -14,13 +14,13 @@ from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
 from sessions.versionlog.core import (
     GENESIS,
-    MemoryVersionLog,
     Pending,
     canonical,
     canonical_json,
     config_hash,
     verify_entries,
 )
+from sessions.versionlog.memory import MemoryVersionLog
 
 
 def test_canonical_json() -> None:
