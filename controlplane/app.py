@@ -31,7 +31,7 @@ from controlplane.edges.token_proxy import TokenProxy
 from controlplane.health import versionlog_problem
 from controlplane.intake.bus import InProcessBus, PolicyBus
 from controlplane.intake.files import PolicyFiles
-from controlplane.metrics import Metrics
+from controlplane.metrics import Metrics, PushMetrics
 from controlplane.service.plane import ControlPlane
 from sessions.clock import Clock, SystemClock
 from sessions.exposures import FileExposureStore
@@ -87,6 +87,7 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     service = ControlPlane(
         settings, clock=clock, metrics=metrics, registry=registry, versionlog=versionlog,
         bus=bus, cluster=ports, policy_files=files,
+        push_observer=PushMetrics(metrics),  # the engine's metrics, as callbacks
     )  # fmt: skip
     if dist is not None and dist.upkeep is not None:
         dist.upkeep.counts = service.rollout_counts

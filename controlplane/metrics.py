@@ -6,11 +6,11 @@ No per-session labels: label values are kinds, results, codes, policy ids and ve
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["LATENCY_BUCKETS", "Metrics", "observe_many"]
+__all__ = ["LATENCY_BUCKETS", "Metrics", "PushMetrics", "observe_many"]
 
 # from 1 ms to 30 s
 LATENCY_BUCKETS = (
@@ -166,3 +166,48 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class PushMetrics:
+    """The push engine's observations (``controlplane.push.observer.PushObserver``) on the
+    Prometheus metric set; wired by the composition root (the engine imports no metrics)."""
+
+    __slots__ = ("_m",)
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+
+    def pushed(self, counts: Mapping[tuple[str, str], int]) -> None:
+        for (kind, result), n in counts.items():
+            self._m.pushes.labels(kind, result).inc(n)
+
+    def push_latencies(self, seconds: Sequence[float]) -> None:
+        observe_many(self._m.push_latency, seconds)
+
+    def apply_latency(self, seconds: float) -> None:
+        self._m.apply_latency.observe(seconds)
+
+    def converged(self, seconds: float) -> None:
+        self._m.convergence.observe(seconds)
+
+    def superseded(self, versions: int) -> None:
+        self._m.coalesced.inc(versions)
+
+    def log_appended(self, entries: int) -> None:
+        self._m.audit_appends.inc(entries)
+
+    def log_append_failed(self) -> None:
+        self._m.audit_append_failures.inc()
+
+    def rejected(self, kind: str, code: str) -> None:
+        self._m.rejects.labels(kind, code).inc()
+
+    def live(
+        self, sessions: Mapping[tuple[str, str], int], at_version: Mapping[tuple[str, str], int]
+    ) -> None:
+        self._m.sessions.clear()
+        for (kind, state), n in sessions.items():
+            self._m.sessions.labels(kind, state).set(n)
+        self._m.sessions_at_version.clear()
+        for (policy, version), n in at_version.items():
+            self._m.sessions_at_version.labels(policy, version).set(n)

@@ -52,7 +52,7 @@ from controlplane.cli import serve
 from controlplane.cli.serve import GIL_SWITCH_INTERVAL_S
 from controlplane.config import Settings
 from controlplane.edges.control_channel import ControlTransport
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from controlplane.service.plane import ControlPlane
 from sessions.dialects import dialect_for
 

@@ -55,7 +55,7 @@ from controlplane.edges.admission import (
 from controlplane.errors import ControlPlaneError, Forbidden
 from controlplane.labels import MAX_LABELS
 from controlplane.push.acks import ClientRefusal, ClientUpdate, PushAck, PushApplied, PushRejected
-from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
+from controlplane.push.live import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.roles import Role
 from controlplane.service.plane import ControlPlane

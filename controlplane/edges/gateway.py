@@ -60,7 +60,7 @@ from controlplane.labels import (
     parse_path_labels,
 )
 from controlplane.push.agent_acks import AgentAcks
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from controlplane.service.plane import ControlPlane
 from controlplane.service.sessions import EngineSessions, SessionPort
 from sessions.dialects.streaming_v3 import STREAMING_V3

@@ -35,7 +35,7 @@ from controlplane.push.actions import (
     Written,
 )
 from controlplane.push.agent_acks import AgentAcks
-from controlplane.push.engine import CONGESTED_BYTES, LiveSession, write_buffer_size
+from controlplane.push.live import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.service.sessions import SessionPort
 from sessions.dialects.streaming_v3_upstream import StreamingUpstream

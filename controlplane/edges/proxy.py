@@ -46,7 +46,7 @@ from controlplane.push.actions import (
     TurnBoundary,
 )
 from controlplane.push.agent_acks import AgentAcks
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from policies.fields import Delta
 from sessions.dialects import base

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from controlplane.intake.bus import rfc3339
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from policies.bucketing import bucket
 from policies.model import Policy
 

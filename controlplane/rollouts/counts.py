@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 
 __all__ = ["COUNTERS", "local_counts", "rollout_body", "version_totals"]
 

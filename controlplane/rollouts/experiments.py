@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from controlplane.intake.bus import rfc3339
 from controlplane.metrics import Metrics
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from controlplane.rollouts.srm import SRM_THRESHOLD, srm_check
 from policies.model import Policy
 from policies.provenance import PolicyRef

@@ -35,7 +35,8 @@ from controlplane.errors import Conflict, ControlPlaneError
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
 from controlplane.metrics import Metrics
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.engine import PushEngine
+from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from controlplane.rollouts.counts import local_counts, version_totals
 from controlplane.rollouts.guard import GuardSpec, RolloutGuard

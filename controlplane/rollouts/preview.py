@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from policies.delta import diff
 from policies.fields import to_json
 from policies.model import Policy

@@ -34,7 +34,8 @@ from controlplane.intake.bus import PolicyEvent
 from controlplane.intake.files import DurableIntake
 from controlplane.intake.store import Change, PolicyStore
 from controlplane.metrics import Metrics
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.engine import PushEngine
+from controlplane.push.live import LiveSession
 from controlplane.rollouts.halts import Halts
 from controlplane.rollouts.waves import Waves
 from policies.errors import PolicyValidationError

@@ -17,7 +17,8 @@ from controlplane.cluster.ports import ClusterPorts
 from controlplane.config import Settings
 from controlplane.errors import Conflict
 from controlplane.intake.store import PolicyStore
-from controlplane.push.engine import LiveSession, PushEngine, Transport
+from controlplane.push.engine import PushEngine
+from controlplane.push.live import LiveSession, Transport
 from controlplane.push.protocol import PushState
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.experiments import ExperimentBook
@@ -125,7 +126,7 @@ class LiveSessions:
             if not starts_effective:
                 ls.push.want(effective.config, effective.applied, "connect",
                              event_at=self._clock.monotonic())  # fmt: skip
-                self._engine._sync_session(ls)
+                self._engine.sync_session(ls)
         except BaseException:
             # nothing of a session that could not be recorded stays live or registered
             self._engine.detach(session.id)

@@ -31,7 +31,9 @@ from controlplane.intake.bus import PolicyBus
 from controlplane.intake.files import DurableIntake, PolicyFiles
 from controlplane.intake.store import PolicyStore
 from controlplane.metrics import Metrics
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.engine import PushEngine
+from controlplane.push.live import LiveSession
+from controlplane.push.observer import NO_OBSERVER, PushObserver
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.experiments import ExperimentBook
 from controlplane.rollouts.halts import Halts
@@ -62,6 +64,7 @@ class ControlPlane:
         bus: PolicyBus,
         cluster: ClusterPorts | None = None,
         policy_files: PolicyFiles | None = None,
+        push_observer: PushObserver = NO_OBSERVER,
     ) -> None:
         self.settings = settings
         self.node_id = settings.node_id
@@ -78,7 +81,7 @@ class ControlPlane:
         self.intake = DurableIntake(self.store, policy_files)
         self.engine = PushEngine(
             settings=settings, clock=clock, versionlog=versionlog, registry=registry,
-            metrics=metrics,
+            observer=push_observer,  # the engine's metrics (wired by controlplane.app)
         )  # fmt: skip
         self.sets = PolicySets(self.store)  # halts and waves, as data
         self.assignments = AssignmentBook()

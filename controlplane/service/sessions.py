@@ -30,7 +30,8 @@ from controlplane.push.acks import (
     PushRejected,
     PushUnverified,
 )
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.engine import PushEngine
+from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from policies.model import Policy
 
@@ -114,10 +115,8 @@ class EngineSessions:
         engine = self._engine
         if isinstance(ack, PushApplied):
             await engine.upstream_acked(ls, status=ack.status)
-        elif isinstance(ack, PushRejected):
-            await engine.upstream_rejected(ls, ack.code, ack.reason, fields=ack.fields)
-        elif isinstance(ack, PushPartlyApplied):
-            await engine.upstream_partly_applied(ls, ack.code, ack.reason, fields=ack.fields)
+        elif isinstance(ack, PushRejected | PushPartlyApplied):
+            await engine.upstream_refused(ls, ack)
         elif isinstance(ack, PushUnverified):
             await engine.upstream_unverified(ls, ack.reason)
 

@@ -34,7 +34,7 @@ from typing import Any, NoReturn
 
 import pytest
 
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from tests.integration.differential.actors import (
     Actor,
     ControlApp,

@@ -16,7 +16,7 @@ import pytest
 import websockets
 
 from controlplane.edges.gateway import UpstreamTransport
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
 from tests.integration.service.fleet import Fleet, metric
 

@@ -35,7 +35,7 @@ from websockets.asyncio.client import ClientConnection
 from controlplane.app import GATEWAY, SERVICE, build_app
 from controlplane.config import Settings
 from controlplane.edges.gateway import Gateway, UpstreamTransport
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from tests.integration.service.conftest import (
     ControlPlaneUnderTest,
     Emulator,

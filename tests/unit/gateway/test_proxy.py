@@ -23,7 +23,7 @@ from controlplane.push.actions import (
     Written,
 )
 from controlplane.push.agent_acks import AgentAcks
-from controlplane.push.engine import LiveSession
+from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push, PushState
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock

@@ -5,10 +5,11 @@ And the rollout bookkeeping a fan-out updates from each resolution."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from controlplane.push.engine import LiveSession, PushEngine
+from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push, PushState
+from controlplane.push.rollout_status import mark_policies, update_policy_status
 from policies.provenance import PolicyRef
 from policies.resolve import Effective, Inputs, client_key
 from sessions.dialects import dialect_for
@@ -72,7 +73,7 @@ def _status_after(
     ls = _live({}, {})
     ls.policy_status = dict(before)
     effective = Effective({}, {}, {}, applied)
-    PushEngine._update_policy_status(cast(PushEngine, None), ls, effective, pending)
+    update_policy_status(ls, effective, pending)
     return ls.policy_status
 
 
@@ -112,19 +113,18 @@ def test_a_refusal_is_marked_only_on_the_policy_owning_the_refused_field() -> No
     ls.policy_status = {"a": (1, None, "acked")}
     effective = Effective({"prompt": "p", "keyterms": ("x",)}, {"prompt": a, "keyterms": b},
                           {}, (a, b))  # fmt: skip
-    engine = cast(PushEngine, None)
-    PushEngine._update_policy_status(engine, ls, effective, True)
+    update_policy_status(ls, effective, True)
     assert ls.policy_status == {"a": (1, None, "pending"), "b": (2, None, "pending")}
     push = Push(version=3, delta={"keyterms": ("x",)}, config=effective.config, refs=(a, b),
                 cause="policy", superseded=(), event_at=None,
                 owners=effective.provenance)  # fmt: skip
     # refused for keyterms (b's field): a rode along and keeps what it had
-    PushEngine._mark_policies(engine, ls, push, "rejected", ("keyterms",))
+    mark_policies(ls, push, "rejected", ("keyterms",))
     assert ls.policy_status == {"a": (1, None, "acked"), "b": (2, None, "rejected")}
     assert ls.prior_status == {}
     # a later push that holds back b's quarantined value: b stays rejected, a is acked
     held = Push(version=4, delta={"prompt": "q"}, config=effective.config, refs=(a, b),
                 cause="policy", superseded=(), event_at=None, owners=effective.provenance,
                 held=("keyterms",))  # fmt: skip
-    PushEngine._mark_policies(engine, ls, held, "acked")
+    mark_policies(ls, held, "acked")
     assert ls.policy_status == {"a": (1, None, "acked"), "b": (2, None, "rejected")}

@@ -19,8 +19,8 @@ from typing import Any
 from controlplane.config import Settings
 from controlplane.intake.bus import InProcessBus
 from controlplane.metrics import Metrics
-from controlplane.push.engine import CHUNK, _WriteAhead
 from controlplane.push.protocol import Push
+from controlplane.push.write_ahead import CHUNK, WriteAhead
 from controlplane.service.plane import ControlPlane
 from sessions.clock import FakeClock
 from sessions.dialects import dialect_for
@@ -137,14 +137,14 @@ async def test_finish_sends_the_last_frames_before_anything_else_runs(tmp_path: 
     async def send(chunk: list[Any]) -> None:
         order.extend(f"frame {item}" for item in chunk)
 
-    def queue(ahead: _WriteAhead, n: int) -> None:
+    def queue(ahead: WriteAhead, n: int) -> None:
         for _ in range(n):
             i = len(ahead.outgoing)
             versionlog.append(f"s{i}", version=1, cause="connect", status="sent", config={})
             ahead.outgoing.append(i)  # type: ignore[arg-type]  # send() only names them
 
     try:
-        ahead = _WriteAhead(versionlog, send)
+        ahead = WriteAhead(versionlog, send)
         queue(ahead, CHUNK)
         await ahead.step()  # starts the first write
         concurrent.futures.wait([versionlog._submitted[-1].future], timeout=5)

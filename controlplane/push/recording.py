@@ -1,0 +1,124 @@
+"""The version log as the push engine writes it: one entry per push step of a session.
+
+``Recorder.record`` appends one entry (buffered, never awaits I/O; the fan-out makes it
+durable before the frame goes: ``write_ahead``); ``Recorder.unchanged`` is the entry of a
+policy change that changed nothing the upstream runs. Every entry but a client's own update
+is also handed to the ``on_record`` hook (experiment exposures).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from controlplane.push.frames import NO_DELTA
+from controlplane.push.live import LiveSession
+from controlplane.push.observer import PushObserver, Tally
+from controlplane.push.protocol import Push
+from policies.fields import Config, Delta
+from policies.provenance import PolicyRef
+from sessions.versionlog.core import Canonical, VersionLog, canonical
+
+__all__ = ["ExposureHook", "Recorder"]
+
+log = logging.getLogger(__name__)
+
+# every entry but a client's own update, with the policy versions it names and whether the
+# session now runs them (exposure)
+ExposureHook = Callable[[LiveSession, tuple[PolicyRef, ...], bool], None]
+
+_EXPOSING = frozenset({"acked", "unchanged"})  # the session runs the entry's configuration
+
+
+class Recorder:
+    """Appends the engine's version-log entries (DESIGN.md §4 Version log)."""
+
+    __slots__ = ("_last_config", "_log", "_observer", "_tally", "on_record")
+
+    def __init__(self, versionlog: VersionLog, observer: PushObserver, tally: Tally) -> None:
+        self._log = versionlog
+        self._observer = observer
+        self._tally = tally
+        self.on_record: ExposureHook | None = None
+        self._last_config: tuple[Config, Canonical] | None = None  # the last config encoded
+
+    def record(
+        self,
+        ls: LiveSession,
+        *,
+        cause: str,
+        status: str,
+        delta: Delta | Canonical,
+        wire: dict[str, Any] | Canonical | None,
+        error: str | None = None,
+        version: int | None = None,
+        refs: tuple[PolicyRef, ...] | None = None,
+        config: Config | None = None,
+        exposes: bool | None = None,
+    ) -> None:
+        """Append one version-log entry for this session (buffered; never awaits I/O).
+
+        ``exposes``: whether the session runs the configuration of ``refs`` once this entry
+        takes effect (experiment exposures, ``on_record``); None: decided by the status."""
+        # config_hash: what the upstream runs once this entry takes effect (default: the push
+        # state's base, e.g. after a client's own update; `audit at` checks it)
+        cfg = ls.push.base if config is None else config
+        try:
+            memo = ls.logged_config
+            if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
+                conf = memo[1]
+            else:
+                last = self._last_config  # the sessions of a fan-out share configs (Resolver)
+                if last is not None and last[0] is cfg:
+                    conf = last[1]
+                else:
+                    conf = canonical(cfg)
+                    self._last_config = (cfg, conf)
+                ls.logged_config = (cfg, conf)
+            self._log.add(
+                ls.session.id,
+                version=ls.push.desired_version if version is None else version,
+                cause=cause,
+                policies=ls.session.applied if refs is None else refs,
+                delta=delta,
+                wire=wire,
+                status=status,
+                error=error,
+                config=conf,
+            )
+        except Exception:
+            self._observer.log_append_failed()
+            log.exception("version-log append failed for session %s", ls.session.id)
+            raise
+        self._tally.appended += 1
+        hook = self.on_record
+        if hook is not None and cause != "client":
+            if exposes is None:
+                acknowledging = ls.transport.acknowledging
+                exposes = (
+                    status in _EXPOSING
+                    or (status == "sent" and not acknowledging)  # Streaming v3: no answer
+                    or (status == "unverified" and acknowledging and error is None)
+                )  # (the last: an app's `applied` for a Streaming v3 session)
+            try:
+                hook(ls, ls.session.applied if refs is None else refs, exposes)
+            except Exception:
+                log.exception("experiment exposure hook failed for session %s", ls.session.id)
+
+    def unchanged(
+        self,
+        ls: LiveSession,
+        cause: str,
+        refs: tuple[PolicyRef, ...],
+        push: Push | None = None,
+    ) -> None:
+        """An ``unchanged`` entry: the policy versions now in effect (``refs``) changed, the
+        configuration the upstream runs did not (nothing to send: an experiment's control arm,
+        a value the session already had, or every changed value quarantined). It names the
+        session's current config version and the upstream's config (``base``)."""
+        note = None
+        if push is not None and push.held:
+            note = "held back (refused earlier by the upstream): " + ", ".join(push.held)
+        self.record(ls, cause=cause, status="unchanged", delta=NO_DELTA, wire=None, error=note,
+                    version=None if push is None else push.version, refs=refs)  # fmt: skip

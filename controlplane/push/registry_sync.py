@@ -1,0 +1,93 @@
+"""The live sessions' records in the session registry, written in batches off the push path
+(DESIGN.md §6: never a registry round trip per session per push).
+
+``RegistrySync`` keeps the sessions whose record changed (``mark``) and the registry ``end``s
+that failed; ``flush`` writes them (one ``update_many``), re-registers sessions the registry
+lost while this replica still holds them, and retries the ends until they land.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+
+from controlplane.push.live import LiveSession
+from sessions.errors import UnknownSession
+from sessions.registry import Registry
+
+__all__ = ["RegistrySync"]
+
+log = logging.getLogger(__name__)
+
+
+class RegistrySync:
+    __slots__ = ("_dirty", "_ends", "_failing", "_registry", "registering")
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._dirty: set[LiveSession] = set()
+        # ids attached here whose registry.register (the claim) is still in flight: a sync
+        # that finds them missing must not register them behind it (the claim would then
+        # refuse the session its own id: seen in a 600-session storm, issue #19)
+        self.registering: set[str] = set()
+        self._ends: dict[str, tuple[str, float]] = {}  # registry ends to retry: id -> cause, at
+        self._failing = False
+
+    def mark(self, ls: LiveSession) -> None:
+        """The session's record changed: written on the next flush."""
+        self._dirty.add(ls)
+
+    def mark_all(self, sessions: Iterable[LiveSession]) -> None:
+        self._dirty.update(sessions)
+
+    def forget(self, ls: LiveSession) -> None:
+        self._dirty.discard(ls)
+
+    def pending(self, ls: LiveSession) -> bool:
+        """Whether the registry has yet to learn a change of this session."""
+        return ls in self._dirty
+
+    def end_later(self, session_id: str, cause: str, at: float) -> None:
+        """A registry ``end`` that failed: retried by ``flush`` until it lands."""
+        self._ends[session_id] = (cause, at)
+
+    async def flush(self, live: Mapping[str, LiveSession]) -> None:
+        await self._flush_dirty(live)
+        for session_id, (cause, at) in list(self._ends.items()):
+            try:
+                await self._registry.end(session_id, cause=cause, at=at)
+            except UnknownSession:
+                pass  # the registry lost it meanwhile: nothing left to end
+            except Exception:
+                return  # still failing: the next sync tries again
+            self._ends.pop(session_id, None)
+
+    async def _flush_dirty(self, live: Mapping[str, LiveSession]) -> None:
+        if not self._dirty:
+            return
+        batch = [ls.session for ls in self._dirty]
+        self._dirty.clear()
+        try:
+            skipped = await self._registry.update_many(batch)
+            lost = [live[sid] for sid in skipped if sid in live]
+            waiting = [ls for ls in lost if ls.session.id in self.registering]
+            self._dirty.update(waiting)  # written once their registration is done
+            lost = [ls for ls in lost if ls.session.id not in self.registering]
+            if lost:  # still held here: the registry's record is what is wrong
+                taken = await self._registry.register_many([ls.session for ls in lost])
+                log.warning("re-registered %d live session(s) the registry had lost or ended",
+                            len(lost) - len(taken))  # fmt: skip
+                if taken:  # another node claimed the id meanwhile: it holds the trail now
+                    log.error("session id(s) now held by another node, not re-registered: %s",
+                              ", ".join(taken[:20]))  # fmt: skip
+        except Exception as exc:
+            if not self._failing:  # once per outage, not every sync
+                log.warning("registry update of %d sessions failed; retrying: %s", len(batch), exc)
+            self._failing = True
+            for ls in live.values():
+                if ls.session in batch:
+                    self._dirty.add(ls)
+        else:
+            if self._failing:
+                log.info("registry sync recovered")
+            self._failing = False

@@ -1,0 +1,112 @@
+"""Write-ahead, pipelined (DESIGN.md §6, "write it locally first"): no push frame leaves
+before its version-log entry is durable, and a large fan-out does not wait for one commit of
+everything before its first frame: every ``CHUNK`` pushes the log's writer thread starts a
+group commit (``VersionLog.submit``) while the loop goes on, and a chunk's frames are written
+as soon as its commit is done.
+
+If the log cannot be written the frames still go: the entries stay buffered and are retried,
+the failure is logged (and ``/readyz`` reports it); a policy push is not held hostage by the
+audit disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+from controlplane.push.frames import Frame
+from controlplane.push.live import LiveSession
+from controlplane.push.protocol import Push
+from sessions.versionlog.core import Submitted, VersionLog
+
+__all__ = ["BLOCK_S", "CHUNK", "POLL", "Outgoing", "WriteAhead", "flush_before_frames"]
+
+log = logging.getLogger(__name__)
+
+# A fan-out hands its entries to the log's writer at least this many pushes at a time (more
+# when the writer is still busy: a group commit per idle moment), and polls for finished
+# commits every POLL pushes.
+CHUNK = 256
+POLL = 32
+BLOCK_S = 0.05  # the longest a fan-out blocks the loop waiting for its last commits
+
+Outgoing = tuple[LiveSession, Push, Frame]  # a logged push whose frame is still to send
+
+
+async def flush_before_frames(versionlog: VersionLog, frames: int) -> None:
+    """Make every appended entry durable before ``frames`` frames go; a failure is reported
+    and the frames go regardless (the entries stay buffered and are retried)."""
+    try:
+        await versionlog.flush()
+    except Exception as exc:
+        log.warning(
+            "version log write failed; the %d push frame(s) waiting on it go regardless, "
+            "the entries stay buffered and are retried: %s", frames, exc,
+        )  # fmt: skip
+
+
+class WriteAhead:
+    """A fan-out's write-ahead, pipelined. ``outgoing`` fills with logged pushes; ``step()``
+    (every ``POLL`` pushes) starts a write of the entries appended so far once ``CHUNK``
+    are waiting and the writer is idle, and sends the frames of every chunk whose write is
+    done; ``finish()`` writes the rest and sends every frame, each chunk once durable.
+
+    A write that fails still lets its frames go (the ``send`` callback); ``finish()``'s
+    flush reports it and keeps the entries for the retry. A backend whose ``submit()`` is
+    None gets one flush before all frames, as without pipelining.
+    """
+
+    __slots__ = ("_log", "_send", "_sent", "_started", "_writes", "outgoing")
+
+    def __init__(
+        self, versionlog: VersionLog, send: Callable[[list[Outgoing]], Awaitable[None]]
+    ) -> None:
+        self.outgoing: list[Outgoing] = []
+        self._log = versionlog
+        self._send = send
+        self._writes: deque[tuple[int, Submitted]] = deque()  # (outgoing it covers, write)
+        self._started = 0  # outgoing[:_started] have their write started
+        self._sent = 0  # outgoing[:_sent] had their frames written
+
+    async def step(self) -> None:
+        n = len(self.outgoing)
+        if n - self._started >= CHUNK and (not self._writes or self._writes[-1][1].done()):
+            self._start(n)
+        while self._writes and self._writes[0][1].done():
+            await self._send_upto(self._writes.popleft()[0])
+
+    async def finish(self) -> None:
+        n = len(self.outgoing)
+        if n > self._started:
+            # even when every earlier write is done: flush() below would yield to the loop,
+            # which first runs the acknowledgements of every frame already sent
+            self._start(n)
+        while self._writes:
+            upto, write = self._writes.popleft()
+            if not write.done():
+                # Block briefly instead of yielding: a yield lets the loop first run every
+                # handler that became ready meanwhile (the acknowledgements of the frames
+                # just sent, tens of µs each) before the rest of the frames go, and the
+                # writer thread has the GIL to itself while we wait. A disk slower than
+                # BLOCK_S gets the ordinary asynchronous wait.
+                concurrent.futures.wait([write], timeout=BLOCK_S)
+            if not write.done():
+                await asyncio.wait([asyncio.wrap_future(write)])
+            await self._send_upto(upto)
+        if n > self._sent or self._log.pending:
+            await flush_before_frames(self._log, n)  # accounts for (and reports) the writes
+        await self._send_upto(n)
+
+    def _start(self, n: int) -> None:
+        write = self._log.submit()
+        if write is not None:  # else the backend writes on flush(), in finish()
+            self._writes.append((n, write))
+            self._started = n
+
+    async def _send_upto(self, upto: int) -> None:
+        if upto > self._sent:
+            chunk, self._sent = self.outgoing[self._sent : upto], upto
+            await self._send(chunk)
