@@ -52,9 +52,13 @@ from controlplane.cli import serve
 from controlplane.cli.serve import GIL_SWITCH_INTERVAL_S
 from controlplane.config import Settings
 from controlplane.edges.control_channel import ControlTransport
-from controlplane.push.live import LiveSession
 from controlplane.service.plane import ControlPlane
 from sessions.dialects import dialect_for
+
+try:
+    from controlplane.push.live import LiveSession
+except ImportError:  # commits before the push/ split
+    from controlplane.push.engine import LiveSession  # type: ignore[no-redef]
 
 KIND = "streaming-v3"
 BATCH = 1000
@@ -195,11 +199,13 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
         out["publish1_us"] = round(first * 1e6 / n, 2)
         out.update({f"publish1_{k}": v for k, v in clock.take().items()})
         missing = sum(1 for ws in sockets if ws.frames < 1)
+        proc = spy("awaiting")
         cpu0 = process_usage(os.getpid())[1]
         await asyncio.sleep(args.idle)  # every session awaits its app's answer (ack timers)
         out["awaiting_cpu_ms_per_s"] = round(
             (process_usage(os.getpid())[1] - cpu0) * 1000 / args.idle, 1
         )
+        done(proc, "awaiting")
         engine = svc.engine
         t0 = time.perf_counter()
         for ls, _ in held:  # every app answers `applied` (streaming: unverified, not acked)
