@@ -230,3 +230,25 @@ async def test_sessions_at_version_counts_streaming_sessions_once_written_or_app
         await app.client.applied(push.version)
         await eventually(lambda: entries(cp, app.session_id, status="unverified"))
         assert await at_version() == 2
+
+
+async def test_the_registry_sync_exports_the_live_session_gauges_by_itself(
+    cp: ControlPlaneUnderTest, fleet: Fleet
+) -> None:
+    """No direct export: the registry sync's cadence (every 0.25 s with few sessions; less
+    often only when a scan of every session would take more than ``GAUGE_LOOP_SHARE`` of the
+    loop) brings a new session and its policy version into the gauges."""
+    app = await fleet.app("hold", kind="streaming-v3", labels={"team": "gauged"})
+    await cp.publish({"id": "gauged", "match": {"labels": {"team": "gauged"}},
+                      "set": {"max_turn_silence_ms": 1700}})  # fmt: skip
+    push = await app.next_push(5)
+    assert push is not None
+    await app.client.applied(push.version)
+
+    async def exported() -> bool:
+        live = await metric(cp.http, cp.base, "controlplane_sessions", kind="streaming-v3")
+        at = await metric(cp.http, cp.base, "controlplane_sessions_at_version",
+                          policy="gauged", version="1")  # fmt: skip
+        return live >= 1 and at == 1
+
+    assert await eventually(exported, timeout=3)
