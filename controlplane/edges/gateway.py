@@ -1,21 +1,15 @@
 """Gateway: ``GET /v3/ws`` and ``GET /v1/ws`` proxied to the configured upstream.
 
-Wire-compatible (official SDKs only change the host). Each session is registered on connect
-and starts on its effective configuration (late joiners: policy fields merged into the
-streaming connect query or the agent's first ``session.update``). Audio passes through
-untouched; client updates are forwarded except fields locked by an applying policy, which
-are stripped and logged. Pushes go to the upstream socket; on the Voice Agent API the
-acknowledgements of our pushes are consumed here, not forwarded (the client did not send
-those updates). Client credentials are forwarded and never logged.
-
-Client text frames are parsed under the REST body rules (``controlplane.api.inputs
-.parse_frame``). Text that is not JSON is forwarded untouched (the upstream answers it). JSON
-that cannot be recorded faithfully — a duplicate key (the upstream's parser may pick the other
-one: a lock bypass), ``NaN``, a lone surrogate, too deep — is refused the upstream's way:
-Streaming v3 ``Error`` 3006 and close 3006, Voice Agent ``session.error`` ``invalid_format``
-(the session stays open). An update with a malformed value is forwarded for the upstream to
-judge, but never with a locked field. An unexpected failure of ours closes that session with
-1011 and is logged; the gateway carries on.
+Wire-compatible (official SDKs only change the host). This module does the handshakes: the
+connection's labels, the session registered on connect and started on its effective
+configuration (late joiners: policy fields merged into the streaming connect query or the
+agent's first ``session.update``), the upstream leg opened with the client's credentials
+(forwarded, never logged). Then each session is one sans-I/O machine
+(``controlplane.edges.proxy``: client frames, upstream frames, pushes and deadlines in,
+actions out) under a thin pump (``controlplane.edges.gateway_pump``: audio relayed untouched,
+actions executed in order, what happens reported through ``controlplane.service.sessions``).
+An unexpected failure of ours closes that session with 1011 and is logged; the gateway
+carries on.
 """
 
 from __future__ import annotations
