@@ -208,7 +208,7 @@ class ControlChannel:
             "effective_config": to_json(session.effective_config),
             "locks": {f: r.as_dict() for f, r in ls.locks.items()},
         }))  # fmt: skip
-        self.sessions.ready(ls, None, acknowledged=False)
+        self.sessions.ready(ls, None)
         await self.sessions.kick(ls)
 
     async def _on_message(self, ws: web.WebSocketResponse, ls: LiveSession, data: str) -> None:

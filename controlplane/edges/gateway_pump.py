@@ -126,7 +126,7 @@ class ProxyPump:
             elif isinstance(action, Queued):
                 port.queued(ls, action.push)
             elif isinstance(action, Ready):
-                port.ready(ls, action.upstream_id, acknowledged=action.acknowledged)
+                port.ready(ls, action.upstream_id)
             elif isinstance(action, Kick):
                 await port.kick(ls)
             elif isinstance(action, TurnBoundary):

@@ -211,7 +211,7 @@ class ProxySession:
         event = self.dialect.parse_upstream(parsed) if isinstance(parsed, dict) else None
         acks = self.acks
         if isinstance(event, base.Ready):
-            actions: list[Action] = [Ready(event.upstream_id, acks is not None), ToClient(data)]
+            actions: list[Action] = [Ready(event.upstream_id), ToClient(data)]
             if acks is not None and isinstance(parsed, dict):
                 actions.extend(acks.ready(parsed, now))
             actions.append(Kick())

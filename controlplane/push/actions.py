@@ -72,11 +72,9 @@ class ClientChange:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    """The upstream session is ready (``SessionPort.ready``); ``acknowledged``: the upstream
-    acknowledged the connect configuration (Voice Agent ``session.ready``)."""
+    """The upstream session is ready (``SessionPort.ready``): pushes may go."""
 
     upstream_id: str | None
-    acknowledged: bool
 
 
 @dataclass(frozen=True, slots=True)

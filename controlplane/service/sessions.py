@@ -45,7 +45,7 @@ class SessionPort(Protocol):
 
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None: ...
 
-    def ready(self, ls: LiveSession, upstream_id: str | None, *, acknowledged: bool) -> None: ...
+    def ready(self, ls: LiveSession, upstream_id: str | None) -> None: ...
 
     async def turn_boundary(self, ls: LiveSession) -> None: ...
 
@@ -120,16 +120,12 @@ class EngineSessions:
         elif isinstance(ack, PushUnverified):
             await engine.upstream_unverified(ls, ack.reason)
 
-    def ready(self, ls: LiveSession, upstream_id: str | None, *, acknowledged: bool) -> None:
-        """The upstream session is ready; ``acknowledged``: it acknowledged the connect
-        configuration (version 1), logged ``acked`` once."""
+    def ready(self, ls: LiveSession, upstream_id: str | None) -> None:
+        """The upstream session is ready (``upstream_id``: its own id, when it has one):
+        pushes may go."""
         if upstream_id is not None:
             ls.session.upstream_id = upstream_id
-        engine = self._engine
-        engine.mark_ready(ls)
-        if acknowledged and ls.push.acked_version < 1:
-            ls.push.acked_version = 1
-            engine.record(ls, cause="connect", status="acked", delta={}, wire=None, version=1)
+        self._engine.mark_ready(ls)
 
     async def turn_boundary(self, ls: LiveSession) -> None:
         await self._engine.turn_boundary(ls)

@@ -73,7 +73,7 @@ def agent(*, locks: tuple[str, ...] = (), burst: int = 10) -> ProxySession:
     acks.push_state = ls.push
     machine = ProxySession(ls, rates=_rates(burst), acks=acks)
     ready = json.dumps({"type": "session.ready", "session_id": "up1", "config": START})
-    assert machine.upstream_text(ready, 0.1) == [Ready("up1", True), ToClient(ready), Kick()]
+    assert machine.upstream_text(ready, 0.1) == [Ready("up1"), ToClient(ready), Kick()]
     return machine
 
 
@@ -200,3 +200,12 @@ def test_an_agent_client_update_unanswered_ends_unverified_at_its_deadline() -> 
     assert machine.on_timer(5.9) == []
     [update] = _changes(machine.on_timer(6.0))
     assert update.status == "unverified"
+
+
+def test_a_streaming_begin_reports_the_upstreams_id_and_sends_what_is_pending() -> None:
+    begin = json.dumps({"type": "Begin", "id": "up7", "expires_at": 1})
+    assert streaming().upstream_text(begin, 0) == [Ready("up7"), ToClient(begin), Kick()]
+
+
+def test_upstream_text_that_is_not_json_reaches_the_client_untouched() -> None:
+    assert agent().upstream_text("not json", 0) == [ToClient("not json")]
