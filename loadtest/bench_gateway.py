@@ -137,7 +137,9 @@ def phase(
     token = new_token()
     label = uuid.uuid4().hex[:12]
     if name == "gateway":
-        hop = start_controlplane(tmp, token, emulator_port=emu.port, lift_upstream_limit=True)
+        env = dict(item.split("=", 1) for item in args.serve_env)
+        hop = start_controlplane(tmp, token, emulator_port=emu.port, lift_upstream_limit=True,
+                                 extra_env=env)  # fmt: skip
         docs = [{**d, "match": {"labels": {"bench": label}}} for d in docs]
     else:
         hop = start_baseline(tmp, "proxy", upstream=emu.ws)
@@ -265,8 +267,15 @@ def main() -> int:
     parser.add_argument(
         "--profile", type=Path, help="py-spy both hops during run 1's pushes into this dir"
     )
+    parser.add_argument(
+        "--serve-env", action="append", default=[], metavar="CONTROLPLANE_X=V",
+        help="experiment: an environment setting for serve (repeatable)",
+    )  # fmt: skip
     add_quiet_arg(parser)
     args = parser.parse_args()
+    for item in args.serve_env:
+        if not item.startswith("CONTROLPLANE_") or "=" not in item:
+            parser.error(f"--serve-env {item!r}: expected CONTROLPLANE_NAME=VALUE")
     limit = raise_nofile()
     need = args.sessions * 2 + 200
     if limit < need:
