@@ -6,14 +6,18 @@ calls of ``controlplane.service.sessions.SessionPort`` (:class:`Acknowledge`,
 :class:`Written`, :class:`Queued`, :class:`Count`). The machines
 (``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of them; the
 pump executes each list in order (the model: ``emulator/actions.py``).
+
+They are ``@value`` classes (``policies.values``): frozen for the type checker, plain slotted
+dataclasses at run time — a fan-out builds a ``ToUpstream`` per gateway session, and a frozen
+dataclass's ``__init__`` (``object.__setattr__`` per field) was a third of the pump's cost
+per push.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from controlplane.push.acks import ClientUpdate, PushAck
 from controlplane.push.protocol import Push
+from policies.values import value
 
 __all__ = [
     "Acknowledge",
@@ -31,14 +35,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ToUpstream:
     """Send one text frame to the upstream."""
 
     text: str
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ToClient:
     """Send one text frame to the client; ``quiet``: a failed send is ignored (an error or
     warning frame), else it ends the session's relay as a lost connection."""
@@ -47,7 +51,7 @@ class ToClient:
     quiet: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class CloseClient:
     """Close the client's socket with ``code`` and ``reason``."""
 
@@ -55,14 +59,14 @@ class CloseClient:
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Acknowledge:
     """Our in-flight push was answered (``SessionPort.acknowledge``)."""
 
     ack: PushAck
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class ClientChange:
     """The client's own update went, was refused, or was answered
     (``SessionPort.client_update``)."""
@@ -70,38 +74,38 @@ class ClientChange:
     update: ClientUpdate
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Ready:
     """The upstream session is ready (``SessionPort.ready``): pushes may go."""
 
     upstream_id: str | None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class TurnBoundary:
     """A turn ended: ``next_turn`` pushes may go (``SessionPort.turn_boundary``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Kick:
     """Send whatever push is pending (``SessionPort.kick``)."""
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Written:
     """``push``'s frame goes upstream now: its acknowledgement timer starts."""
 
     push: Push
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Queued:
     """``push`` waits behind another update: no acknowledgement timer runs yet."""
 
     push: Push
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Count:
     """A refused client frame, counted under ``reason`` (``rejects`` metric)."""
 
