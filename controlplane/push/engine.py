@@ -456,7 +456,7 @@ class PushEngine:
         export_at = 0.0
         while True:
             await asyncio.sleep(REGISTRY_SYNC_INTERVAL_S)
-            await self._registry.flush(self.live)
+            await self._registry.tick(self.live)  # paced: one batch per burst of changes
             raise_if_cancelled()  # a backend may have turned our cancellation into an error
             started = time.monotonic()  # the loop's time (not the clock's: tests fake it)
             if started >= export_at:

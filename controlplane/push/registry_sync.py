@@ -4,24 +4,36 @@
 ``RegistrySync`` keeps the sessions whose record changed (``mark``) and the registry ``end``s
 that failed; ``flush`` writes them (one ``update_many``), re-registers sessions the registry
 lost while this replica still holds them, and retries the ends until they land.
+
+``tick`` is the periodic sync (every ``REGISTRY_SYNC_INTERVAL_S`` from the engine): it
+writes once the sessions stopped changing for a tick, holding the batch at most
+``HOLD_TICKS`` ticks while changes keep coming, so a fan-out (its pushes, then its
+acknowledgements over the next few hundred milliseconds) is one batch instead of one per tick
+while it lasts: the Redis work of a publish does not grow with the time its fan-out takes, i.e.
+with the sessions (issue #23, ``loadtest/bench_cluster.py``). The registry lags a change by at
+most ``HOLD_TICKS + 1`` ticks (1 s); nothing on the push path reads it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Final
 
 from controlplane.push.live import LiveSession
 from sessions.errors import UnknownSession
 from sessions.registry import Registry
 
-__all__ = ["RegistrySync"]
+__all__ = ["HOLD_TICKS", "RegistrySync"]
 
 log = logging.getLogger(__name__)
 
+HOLD_TICKS: Final = 3  # ticks a batch may wait while its sessions keep changing
+
 
 class RegistrySync:
-    __slots__ = ("_dirty", "_ends", "_failing", "_registry", "registering")
+    __slots__ = ("_dirty", "_ends", "_failing", "_held", "_marks", "_registry", "_seen",
+                 "registering")  # fmt: skip
 
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
@@ -32,13 +44,30 @@ class RegistrySync:
         self.registering: set[str] = set()
         self._ends: dict[str, tuple[str, float]] = {}  # registry ends to retry: id -> cause, at
         self._failing = False
+        self._marks = 0  # marks so far, and as many as the last tick had seen
+        self._seen = 0
+        self._held = 0  # ticks the current batch has waited
 
     def mark(self, ls: LiveSession) -> None:
-        """The session's record changed: written on the next flush."""
+        """The session's record changed: written by a coming tick (or flush)."""
         self._dirty.add(ls)
+        self._marks += 1
 
     def mark_all(self, sessions: Iterable[LiveSession]) -> None:
         self._dirty.update(sessions)
+        self._marks += 1
+
+    async def tick(self, live: Mapping[str, LiveSession]) -> None:
+        """The periodic sync (module docstring): a flush, unless sessions changed since the
+        last tick and the batch has waited fewer than ``HOLD_TICKS`` ticks."""
+        if self._marks != self._seen:
+            self._seen = self._marks
+            if self._held < HOLD_TICKS:
+                self._held += 1
+                await self._retry_ends()
+                return
+        self._held = 0
+        await self.flush(live)
 
     def forget(self, ls: LiveSession) -> None:
         self._dirty.discard(ls)
@@ -52,7 +81,11 @@ class RegistrySync:
         self._ends[session_id] = (cause, at)
 
     async def flush(self, live: Mapping[str, LiveSession]) -> None:
+        """Write every changed session now, then retry the ends."""
         await self._flush_dirty(live)
+        await self._retry_ends()
+
+    async def _retry_ends(self) -> None:
         for session_id, (cause, at) in list(self._ends.items()):
             try:
                 await self._registry.end(session_id, cause=cause, at=at)

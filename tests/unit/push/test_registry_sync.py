@@ -1,0 +1,96 @@
+"""``RegistrySync.tick``, the engine's periodic registry sync: one batch per burst of changes
+(a fan-out's pushes, then its acknowledgements), not one per tick while the burst lasts (issue
+#23: the Redis work of a publish must not grow with the time its fan-out takes), held at most
+``HOLD_TICKS`` ticks; ``flush`` writes at once (the engine's close)."""
+
+from __future__ import annotations
+
+import builtins
+from collections.abc import Iterable
+from typing import Any
+
+from controlplane.push.live import LiveSession
+from controlplane.push.protocol import Push, PushState
+from controlplane.push.registry_sync import HOLD_TICKS, RegistrySync
+from sessions.clock import FakeClock
+from sessions.dialects import dialect_for
+from sessions.model import Session
+from sessions.registry import MemoryRegistry
+
+
+class _Transport:
+    acknowledging = True
+
+    def congested(self) -> bool:
+        return False
+
+    async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
+        raise AssertionError("not written in these tests")
+
+
+class CountingRegistry(MemoryRegistry):
+    """The in-memory registry, counting the batches it is given."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeClock())
+        self.batches: list[list[str]] = []
+
+    async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        batch = list(sessions)
+        self.batches.append(sorted(s.id for s in batch))
+        return await super().update_many(batch)
+
+
+async def _live(registry: CountingRegistry, n: int) -> dict[str, LiveSession]:
+    live = {}
+    for i in range(n):
+        session = Session(id=f"s{i}", kind="streaming-v3", model="u3-rt-pro", node="n1")
+        await registry.register(session)
+        push = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+        live[session.id] = LiveSession(session=session, push=push, transport=_Transport(),
+                                       dialect=dialect_for("streaming-v3"))  # fmt: skip
+    return live
+
+
+async def test_a_burst_of_changes_over_several_ticks_is_written_in_one_batch() -> None:
+    registry = CountingRegistry()
+    live = await _live(registry, 6)
+    sync = RegistrySync(registry)
+    sessions = list(live.values())
+    for ls in sessions[:3]:  # the fan-out's pushes ...
+        ls.session.sent_version = 2
+        sync.mark(ls)
+    await sync.tick(live)
+    for ls in sessions[3:]:  # ... its acknowledgements, arriving over the next tick
+        ls.session.acked_version = 2
+        sync.mark(ls)
+    await sync.tick(live)
+    assert registry.batches == []  # still changing: held
+    await sync.tick(live)  # a quiet tick: the whole burst in one batch
+    assert registry.batches == [[f"s{i}" for i in range(6)]]
+    assert (await registry.get("s0")).sent_version == 2
+    assert (await registry.get("s5")).acked_version == 2
+    await sync.tick(live)
+    assert len(registry.batches) == 1  # nothing left to write
+
+
+async def test_changes_that_never_stop_are_written_every_hold_ticks_plus_one() -> None:
+    registry = CountingRegistry()
+    live = await _live(registry, 1)
+    sync = RegistrySync(registry)
+    (ls,) = live.values()
+    for _ in range(2 * (HOLD_TICKS + 1)):
+        sync.mark(ls)
+        await sync.tick(live)
+    assert len(registry.batches) == 2
+
+
+async def test_flush_writes_at_once() -> None:
+    registry = CountingRegistry()
+    live = await _live(registry, 2)
+    sync = RegistrySync(registry)
+    for ls in live.values():
+        sync.mark(ls)
+    await sync.flush(live)
+    assert registry.batches == [["s0", "s1"]]
+    assert not any(sync.pending(ls) for ls in live.values())
