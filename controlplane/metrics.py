@@ -90,6 +90,25 @@ class Metrics:
         self.coalesced = Counter(
             p + "coalesced_total", "Superseded versions never sent", registry=r
         )
+        # fleet-level coalescing (controlplane.push.fanout)
+        self.fanouts = Counter(
+            p + "fanouts_total",
+            "Policy fan-outs with sessions to write, by start: immediate, joined (a walk in"
+            " progress: sessions not reached yet get only the newest), debounced (held)",
+            ["start"],
+            registry=r,
+        )
+        self.fanouts_coalesced = Counter(
+            p + "fanouts_coalesced_total",
+            "Held policy fan-outs folded into a newer one of the same policy (never walked)",
+            registry=r,
+        )
+        self.fanout_hold = Histogram(
+            p + "fanout_hold_seconds",
+            "How long the debounce held a policy's fan-outs (first held to released)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.rejects = Counter(
             p + "rejects_total", "Rejections by kind and code", ["kind", "code"], registry=r
         )
@@ -211,3 +230,12 @@ class PushMetrics:
         self._m.sessions_at_version.clear()
         for (policy, version), n in at_version.items():
             self._m.sessions_at_version.labels(policy, version).set(n)
+
+    def fanout(self, start: str) -> None:
+        self._m.fanouts.labels(start).inc()
+
+    def fanouts_coalesced(self, fanouts: int) -> None:
+        self._m.fanouts_coalesced.inc(fanouts)
+
+    def fanout_held(self, seconds: float) -> None:
+        self._m.fanout_hold.observe(seconds)

@@ -88,13 +88,18 @@ class Proc:
 
 
 def _spawn(
-    name: str, argv: Sequence[str], port: int, workdir: Path, env: Mapping[str, str]
+    name: str,
+    argv: Sequence[str],
+    port: int,
+    workdir: Path,
+    env: Mapping[str, str],
+    source: Path | None = None,
 ) -> Proc:
     log_path = workdir / f"{name}.log"
     with log_path.open("ab") as log:
         popen = subprocess.Popen(
             list(argv),
-            cwd=SOURCE,
+            cwd=source or SOURCE,
             env=dict(env),
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -135,9 +140,11 @@ def source_revision() -> str:
     return sha + ("+dirty" if dirty else "")
 
 
-def _base_env() -> dict[str, str]:
+def _base_env(source: Path | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CONTROLPLANE_", "EMULATOR_"))}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(source or SOURCE), env.get("PYTHONPATH")])
+    )
     return env
 
 
@@ -183,13 +190,16 @@ def start_controlplane(
     extra_env: Mapping[str, str] | None = None,
     lift_upstream_limit: bool = False,
     gc_mode: str = "default",
+    source: Path | None = None,
 ) -> Proc:
     """``controlplane serve`` on a free loopback port, tokens via CONTROLPLANE_TOKENS.
 
     ``lift_upstream_limit``: run it through ``LIFT_UPSTREAM_LIMIT`` (see above); ``gc_mode``:
-    one of ``GC_PRELUDES`` (an experiment, not how serve runs)."""
+    one of ``GC_PRELUDES`` (an experiment, not how serve runs); ``source``: run this source
+    tree instead of ``SOURCE`` (e.g. a ``git archive`` of an earlier commit, to compare in the
+    same run)."""
     port = free_port()
-    env = _base_env()
+    env = _base_env(source)
     env["CONTROLPLANE_TOKENS"] = f"admin:{token}"
     env["CONTROLPLANE_DATA_DIR"] = str(workdir / "data")
     env["CONTROLPLANE_NODE_ID"] = "bench"
@@ -201,11 +211,11 @@ def start_controlplane(
     serve = ["serve", "--listen", f"{LOOPBACK}:{port}"]
     exe = BIN / "controlplane"
     prelude = (LIFT_UPSTREAM_LIMIT if lift_upstream_limit else "") + GC_PRELUDES[gc_mode]
-    if prelude or not exe.exists() or SOURCE != ROOT:
+    if prelude or not exe.exists() or (source or SOURCE) != ROOT:
         argv = [sys.executable, "-c", prelude + RUN_CLI, *serve]
     else:
         argv = [str(exe), *serve]
-    return _spawn("controlplane", argv, port, workdir, env)
+    return _spawn("controlplane", argv, port, workdir, env, source)
 
 
 def start_baseline(workdir: Path, mode: str, *, upstream: str | None = None) -> Proc:

@@ -164,6 +164,26 @@ class Settings:
     send_timeout_s: float = setting(
         5.0, group=PUSH, gt=0, help="a push write blocked this long fails (peer not reading)"
     )
+    # fleet-level coalescing of policy fan-outs (controlplane.push.fanout, docs/policies.md#bursts)
+    fanout_quiet_s: float = setting(
+        0.2,
+        group=PUSH,
+        ge=0,
+        le=60,
+        help="debounce: a policy event within this many seconds of the previous one of that "
+        "policy waits until the policy is quiet this long (an isolated event never waits; "
+        "0 = off)",
+    )
+    fanout_max_delay_s: float = setting(
+        1.0, group=PUSH, ge=0, le=600, help="debounce: the longest a policy event waits (seconds)"
+    )
+    fanout_frames_per_s: float = setting(
+        0.0,
+        group=PUSH,
+        ge=0,
+        le=1_000_000,
+        help="policy push frames per second per replica (0 = unpaced)",
+    )
     # --- registry (Redis) ---------------------------------------------------------------------
     redis_url: str | None = setting(
         None,

@@ -85,8 +85,11 @@ class PushEngine:
         self._tally = Tally()
         self._recorder = Recorder(versionlog, observer, self._tally)
         self._frames = FrameEncoder()
-        self._fanout = FanOut(self, clock=clock, versionlog=versionlog, recorder=self._recorder,
-                              observer=observer)  # fmt: skip
+        self._fanout = FanOut(
+            self, clock=clock, versionlog=versionlog, recorder=self._recorder,
+            observer=observer, quiet_s=settings.fanout_quiet_s,
+            max_delay_s=settings.fanout_max_delay_s, frames_per_s=settings.fanout_frames_per_s,
+        )  # fmt: skip
 
     @property
     def registering(self) -> set[str]:
@@ -111,6 +114,7 @@ class PushEngine:
 
     async def close(self) -> None:
         self._closing = True
+        await self._fanout.close()
         tasks = list(self._tasks) + [ls.worker for ls in self.live.values() if ls.worker]
         for task in tasks:
             task.cancel()

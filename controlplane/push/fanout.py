@@ -1,19 +1,35 @@
-"""A policy fan-out: every targeted session re-resolved, its new version logged and written.
+"""Policy fan-outs: every targeted session re-resolved, then its new version logged and
+written, coalesced fleet-wide.
 
-One plain loop (DESIGN.md §6: no task per session per push): resolve (a per-fan-out
-``Resolver``), ``PushState.want``, the rollout bookkeeping, then take the push and append its
-``sent`` entry (``Pusher.queue``); the frames go once their entries are durable, pipelined
-(``write_ahead``). A session whose resolution changes only the policy versions in effect gets
-an ``unchanged`` entry naming them.
+A fan-out has two steps. **Marking** (``run``, one plain loop without an await): resolve
+(a per-fan-out ``Resolver``), ``PushState.want``, the rollout bookkeeping, an ``unchanged``
+entry where only the policy versions in effect changed. **Walking** (one walker task per
+engine): take each marked session's push, append its ``sent`` entry (``Pusher.queue``) and
+write the frames once their entries are durable, pipelined (``write_ahead``). DESIGN.md §6:
+no task per session per push.
+
+Coalescing (``coalescing``): the walker takes sessions from one queue. A newer version that
+arrives while a walk is in progress (or queued) marks its sessions at once; those the walk
+has not reached yet keep their place and get only the newest (``PushState`` is latest-wins:
+the older version is never sent and has no entry for them; ``coalesced_total`` counts it),
+those already reached go to the back for one more frame. Optional debounce (a burst of one
+policy's events becomes one walk of the newest) and pacing (frames per second per replica)
+are off the path of an isolated event: it is walked at once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
+import logging
+from collections import deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
 
+from controlplane.push.coalescing import Debounce, FanOutQueue, Pacer
 from controlplane.push.frames import FrameCache
 from controlplane.push.live import LiveSession
 from controlplane.push.observer import PushObserver
@@ -27,6 +43,8 @@ from sessions.clock import Clock
 from sessions.versionlog.core import VersionLog
 
 __all__ = ["FanOut", "Pusher"]
+
+log = logging.getLogger(__name__)
 
 
 class Pusher(Protocol):
@@ -50,9 +68,26 @@ class Pusher(Protocol):
     def flush_metrics(self) -> None: ...
 
 
-class FanOut:
-    __slots__ = ("_clock", "_log", "_observer", "_pusher", "_recorder")
+@dataclass(slots=True)
+class _Ticket:
+    """A fan-out waiting for the walk: done once the queue's ``taken`` reaches ``upto``."""
 
+    upto: int
+    event_at: float | None  # convergence (event -> last of its sessions written)
+    done: asyncio.Future[None] | None  # the caller waiting (None: nobody waits)
+    key: tuple[str, ...] | None = None  # its policies (the debounce's quiet period restarts)
+
+
+@dataclass(slots=True)
+class _Held:
+    """Sessions marked by events the debounce holds (one policy)."""
+
+    since: float
+    sessions: list[LiveSession] = field(default_factory=list)
+    events_at: list[float | None] = field(default_factory=list)
+
+
+class FanOut:
     def __init__(
         self,
         pusher: Pusher,
@@ -61,12 +96,23 @@ class FanOut:
         versionlog: VersionLog,
         recorder: Recorder,
         observer: PushObserver,
+        quiet_s: float = 0.0,
+        max_delay_s: float = 0.0,
+        frames_per_s: float = 0.0,
     ) -> None:
         self._pusher = pusher
         self._clock = clock
         self._log = versionlog
         self._recorder = recorder
         self._observer = observer
+        self._queue: FanOutQueue[LiveSession] = FanOutQueue()
+        self._debounce: Debounce[tuple[str, ...]] = Debounce(quiet_s, max_delay_s)
+        self._pacer = Pacer(frames_per_s)
+        self._held: dict[tuple[str, ...], _Held] = {}
+        self._tickets: deque[_Ticket] = deque()
+        self._walker: asyncio.Task[None] | None = None
+        self._releaser: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def run(
         self,
@@ -78,14 +124,67 @@ class FanOut:
         next_turn: tuple[str, float] | None = None,
         relevant: Iterable[Policy] | None = None,
     ) -> int:
-        """``PushEngine.reconcile``: returns how many sessions got a new version."""
+        """``PushEngine.reconcile``: marks the sessions, then waits until the walk wrote
+        them, unless the debounce holds the event or pacing is on (then they are queued).
+        Returns how many sessions got a new version.
+
+        Several calls for one event (one per group of sessions with their own policy set)
+        carry the same ``event_at`` (when it was received): the debounce treats them as one.
+        """
+        relevant = None if relevant is None else list(relevant)
+        now = self._clock.monotonic()
+        key = None if relevant is None else tuple(sorted({p.id for p in relevant}))
+        held = key is not None and self._debounce.arrive(key, now, event_at)
+        changed: list[LiveSession] = []
+        # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
+        # of the fan-out time in profiles (docs/benchmarks.md). Collect after, not during.
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            self._mark(sessions, policies, cause, event_at, next_turn, relevant, now, held,
+                       changed)  # fmt: skip
+        finally:
+            if collecting:
+                gc.enable()
+        if held:  # (even when it changed nothing here: the hold it started must end)
+            self._start_releaser()
+        if not changed:
+            self._pusher.flush_metrics()
+            return 0
+        if held:
+            assert key is not None
+            hold = self._held.get(key)
+            if hold is None:
+                hold = self._held[key] = _Held(now)
+            hold.sessions += changed
+            if not hold.events_at or hold.events_at[-1] != event_at:  # (one per event)
+                hold.events_at.append(event_at)
+                self._observer.fanout("debounced")
+            return len(changed)
+        self._observer.fanout("joined" if self._walker is not None else "immediate")
+        upto = self._queue.add(changed)
+        done = None if self._pacer.paced else asyncio.get_running_loop().create_future()
+        self._tickets.append(_Ticket(upto, event_at, done, key))
+        self._start_walker()
+        if done is not None:
+            await done
+        return len(changed)
+
+    def _mark(
+        self,
+        sessions: Iterable[LiveSession],
+        policies: list[Policy],
+        cause: str,
+        event_at: float | None,
+        next_turn: tuple[str, float] | None,
+        relevant: list[Policy] | None,
+        now: float,
+        held: bool,
+        changed: list[LiveSession],
+    ) -> None:
+        """Resolve every targeted session and note its new version (no await)."""
         pusher = self._pusher
         live = pusher.live
-        changed = 0
-        cache: FrameCache = {}
-        ahead = WriteAhead(self._log, pusher.send_frames)
-        outgoing = ahead.outgoing  # logged; each sent once its entry is durable
-        written_at = None
         resolver = Resolver(policies)
         selects = None
         if relevant is not None:
@@ -95,53 +194,144 @@ class FanOut:
                     distinct.append(p.match)
             selects = tuple(partial(matches, m) for m in distinct)
         select_one = selects[0] if selects is not None and len(selects) == 1 else None
-        now = self._clock.monotonic()
-        # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
-        # of the fan-out time in profiles (docs/benchmarks.md). Collect after, not during.
+        for ls in list(sessions):
+            s = ls.session
+            if live.get(s.id) is not ls:
+                continue
+            inputs = ls.inputs()
+            if select_one is not None:
+                if not select_one(inputs.target):
+                    continue
+            elif selects is not None and not any(m(inputs.target) for m in selects):
+                continue
+            effective = resolver.resolve_inputs(inputs)
+            hold = None
+            if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
+                hold = now + next_turn[1]
+            elif next_turn is not None and next_turn[0] in ls.policy_status:
+                hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
+            version = ls.push.want(
+                effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
+            )
+            before = s.applied
+            # a session walked at once is synced once, by its push (not twice)
+            pusher.adopt(ls, effective, sync=held or version is None)
+            update_policy_status(ls, effective, pending=version is not None)
+            if version is None:
+                if effective.applied is not before and effective.applied != before:
+                    self._recorder.unchanged(ls, cause, effective.applied)
+                continue
+            changed.append(ls)
+
+    # -- the walk --------------------------------------------------------------------------
+    def _start_walker(self) -> None:
+        if self._walker is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._walker = loop.create_task(self._walk(), name="push-fanout-walker")
+
+    async def _walk(self) -> None:
+        try:
+            while self._queue and not self._closing:
+                if not await self._segment():  # paced: no frame may go yet
+                    await asyncio.sleep(self._pacer.wait_s(len(self._queue)))
+        finally:
+            self._walker = None
+            if self._closing:
+                self._settle(None, None)
+
+    async def _segment(self) -> bool:
+        """Walk the sessions queued now (paced: as many as may go now); False when none
+        may go yet."""
+        pusher, queue, pacer = self._pusher, self._queue, self._pacer
+        live = pusher.live
+        n = len(queue)
+        if pacer.paced:
+            n = min(n, pacer.available(self._clock.monotonic()))
+            if n <= 0:
+                return False
+        cache: FrameCache = {}
+        ahead = WriteAhead(self._log, pusher.send_frames)
+        outgoing = ahead.outgoing  # logged; each sent once its entry is durable
+        error: Exception | None = None
         collecting = gc.isenabled()
         gc.disable()
         try:
-            for ls in list(sessions):
-                s = ls.session
-                if live.get(s.id) is not ls:
-                    continue  # ended while an earlier chunk's frames were written
-                inputs = ls.inputs()
-                if select_one is not None:
-                    if not select_one(inputs.target):
-                        continue
-                elif selects is not None and not any(m(inputs.target) for m in selects):
-                    continue
-                effective = resolver.resolve_inputs(inputs)
-                hold = None
-                if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
-                    hold = now + next_turn[1]
-                elif next_turn is not None and next_turn[0] in ls.policy_status:
-                    hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
-                version = ls.push.want(
-                    effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
-                )
-                before = s.applied
-                # a session that gets a push is synced once, by the push (not twice)
-                pusher.adopt(ls, effective, sync=version is None)
-                update_policy_status(ls, effective, pending=version is not None)
-                if version is None:
-                    if effective.applied is not before and effective.applied != before:
-                        self._recorder.unchanged(ls, cause, effective.applied)
-                    continue
-                changed += 1
-                if not pusher.queue(ls, cache, outgoing):
-                    pusher.sync_session(ls)
-                elif len(outgoing) % POLL == 0:
-                    await ahead.step()
-        finally:
             try:
-                await ahead.finish()
-                written_at = self._clock.monotonic()
+                for _ in range(n):
+                    ls = queue.pop()
+                    if ls is None:
+                        break
+                    if live.get(ls.session.id) is not ls:
+                        continue  # ended while an earlier chunk's frames were written
+                    if not pusher.queue(ls, cache, outgoing):
+                        pusher.sync_session(ls)
+                    elif len(outgoing) % POLL == 0:
+                        await ahead.step()
             finally:
-                if collecting:
-                    gc.enable()
-                pusher.flush_metrics()
+                await ahead.finish()
+        except Exception as exc:  # the callers waiting get it (the event counts an error)
+            error = exc
+        finally:
+            if collecting:
+                gc.enable()
+            pacer.spend(len(outgoing))
+            pusher.flush_metrics()
+        self._settle(self._clock.monotonic(), error)
+        return True
 
-        if event_at is not None and written_at is not None and changed:
-            self._observer.converged(written_at - event_at)
-        return changed
+    def _settle(self, written_at: float | None, error: Exception | None) -> None:
+        """Fan-outs whose sessions the walk has all reached are done (on close: all)."""
+        tickets, taken = self._tickets, self._queue.taken
+        told = False
+        while tickets and (written_at is None or tickets[0].upto <= taken):
+            ticket = tickets.popleft()
+            if written_at is not None and ticket.key is not None:
+                self._debounce.settled(ticket.key, written_at)
+            if written_at is not None and ticket.event_at is not None and error is None:
+                self._observer.converged(written_at - ticket.event_at)
+            done = ticket.done
+            if done is not None and not done.done():
+                if error is not None:
+                    done.set_exception(error)
+                    told = True
+                else:
+                    done.set_result(None)
+        if error is not None and not told:
+            log.error("policy fan-out failed", exc_info=error)
+
+    # -- the debounce ----------------------------------------------------------------------
+    def _start_releaser(self) -> None:
+        if self._releaser is None and not self._closing:
+            loop = asyncio.get_running_loop()
+            self._releaser = loop.create_task(self._release(), name="push-fanout-debounce")
+
+    async def _release(self) -> None:
+        """Queue the held fan-outs as their holds end."""
+        debounce = self._debounce
+        try:
+            while (at := debounce.next_release()) is not None:
+                await asyncio.sleep(max(0.0, at - self._clock.monotonic()))
+                now = self._clock.monotonic()
+                for key, events in debounce.due(now):
+                    held = self._held.pop(key, None)
+                    if held is None:
+                        continue
+                    self._observer.fanout_held(now - held.since)
+                    if events > 1:
+                        self._observer.fanouts_coalesced(events - 1)
+                    upto = self._queue.add(held.sessions)
+                    self._tickets.extend(_Ticket(upto, at, None, key) for at in held.events_at)
+                    self._start_walker()
+                debounce.forget_idle(now)
+        finally:
+            self._releaser = None
+
+    async def close(self) -> None:
+        self._closing = True
+        for task in (self._releaser, self._walker):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        self._settle(None, None)
+        self._held.clear()

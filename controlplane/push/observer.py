@@ -49,6 +49,17 @@ class PushObserver(Protocol):
         """Live sessions by (kind, state) and by (policy, version) they run: replaces the
         previous figures."""
 
+    def fanout(self, start: str) -> None:
+        """A policy fan-out with sessions to write, by how it started: ``immediate`` (walked
+        at once), ``joined`` (its sessions joined a walk in progress: those not reached yet
+        get only the newest version) or ``debounced`` (held until its policy was quiet)."""
+
+    def fanouts_coalesced(self, fanouts: int) -> None:
+        """Held fan-outs folded into a newer one of the same policy (never walked)."""
+
+    def fanout_held(self, seconds: float) -> None:
+        """How long the debounce held a policy's fan-outs (first held -> released)."""
+
 
 class _NoObserver:
     """Observes nothing (an engine built without a metrics port, e.g. in unit tests)."""
@@ -78,6 +89,15 @@ class _NoObserver:
         pass
 
     def live(self, sessions: Counts, at_version: Counts) -> None:
+        pass
+
+    def fanout(self, start: str) -> None:
+        pass
+
+    def fanouts_coalesced(self, fanouts: int) -> None:
+        pass
+
+    def fanout_held(self, seconds: float) -> None:
         pass
 
 

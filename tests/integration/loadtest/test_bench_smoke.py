@@ -122,3 +122,13 @@ def test_reconnect_bench_small() -> None:
     m = _run("bench_reconnect.py", "--sessions", "20", "--settle", "0.3", timeout=80)
     assert m["failures"] == 0 and m["sessions"] == 20
     assert m["plain_max_ms"] > 0 and m["storm_max_ms"] > 0 and m["ratio_max"] > 0
+
+
+@pytest.mark.timeout(60)
+def test_burst_bench_small() -> None:
+    m = _run("bench_burst.py", "--sessions", "20", "--runs", "1", "--isolated", "1",
+             "--gap", "0.3", "--settle", "0.5", "--versions", "5", "--rate", "20")  # fmt: skip
+    assert m["failures"] == 0
+    assert m["coalescing_on_newest"] == 20
+    assert m["coalescing_frames_per_session"] < 5  # five versions, coalesced
+    assert 0 < m["coalescing_isolated_p50_ms"] < 5000
