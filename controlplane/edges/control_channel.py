@@ -31,6 +31,11 @@ refused with 403 before the upgrade. A report (``applied``, ``failed``, ``update
 ``session_id`` gets an ``error`` (``not_your_session``) and changes nothing.
 Streaming-v3 sessions report ``applied`` when they wrote the message to their upstream; since
 Streaming v3 has no acknowledgement such pushes end ``unverified``, never ``acked``.
+
+This module does the handshake (authentication, ``register``, ``registered``); each frame
+after it goes to the session's machine (``controlplane.edges.control_session``), whose
+actions are executed here in order: frames to the app, reports to
+``controlplane.service.sessions``.
 """
 
 from __future__ import annotations
@@ -38,50 +43,48 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 from typing import Any
 
 from aiohttp import WSMsgType, web
 
 from controlplane.api.auth import TOKENS
-from controlplane.api.inputs import parse_frame
 from controlplane.edges.admission import (
     FIRST_MESSAGE_CLOSE,
     ConnectionSlots,
     UpdateRates,
     first_frame,
-    refuse_over_rate,
+)
+from controlplane.edges.control_session import (
+    ControlSession,
+    ProtocolError,
+    decode,
+    error_frame,
+    registration,
 )
 from controlplane.errors import ControlPlaneError, Forbidden
-from controlplane.labels import MAX_LABELS
-from controlplane.push.acks import ClientRefusal, ClientUpdate, PushAck, PushApplied, PushRejected
+from controlplane.push.actions import (
+    Acknowledge,
+    Action,
+    ClientChange,
+    Count,
+    ToClient,
+    TurnBoundary,
+)
 from controlplane.push.live import CONGESTED_BYTES, LiveSession, write_buffer_size
 from controlplane.push.protocol import Push
 from controlplane.roles import Role
 from controlplane.service.plane import ControlPlane
 from controlplane.service.sessions import EngineSessions, SessionPort
-from policies.errors import PolicyValidationError
-from policies.fields import FIELD_NAMES, Config, Delta, check_value, to_json
+from policies.fields import to_json
 from sessions.dialects import dialect_for
-from sessions.model import SESSION_KINDS
 
 __all__ = ["ControlChannel", "ControlTransport", "close_reason"]
 
 log = logging.getLogger(__name__)
 
 MAX_FRAME_BYTES = 256 * 1024
-ID_MAX = 128
 INTERNAL_ERROR_CLOSE = 1011
 REGISTER_ROLE = Role.APP  # the lowest role that may register and report sessions
-# what the REST API can address: no whitespace, '/' or control characters (docs/api.md)
-_SESSION_ID = re.compile(rf"[^\s/\x00-\x1f\x7f]{{1,{ID_MAX}}}")
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class ControlTransport:
@@ -143,14 +146,13 @@ class ControlChannel:
             if ls is None:
                 return ws
             await self._welcome(ws, ls)
+            machine = ControlSession(ls, self.update_rates)
+            clock = self.service.clock
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
-                    await _send_error(ws, "invalid_frame", "only JSON text frames are accepted")
+                    await self._run(ws, ls, machine.not_text())
                     continue
-                try:
-                    await self._on_message(ws, ls, msg.data)
-                except ProtocolError as exc:
-                    await _send_error(ws, exc.code, exc.message)
+                await self._run(ws, ls, machine.text(msg.data, clock.now()))
         except Exception:  # a bug of ours: end this session, keep serving the others
             sid = ls.session.id if ls is not None else None
             log.exception("control channel failed (session %s); closing it", sid)
@@ -177,10 +179,10 @@ class ControlChannel:
                 await ws.close(code=1008, message=b"first frame must be a register message")
             return None
         try:
-            raw = _decode(msg.data)
+            raw = decode(msg.data)
             if raw.get("type") != "register":
                 raise ProtocolError("register_first", "the first message must be register")
-            kind, model, labels, config, session_id = _registration(raw)
+            kind, model, labels, config, session_id = registration(raw)
             session, effective = self.service.new_session(
                 kind=kind, model=model, labels=labels, client_config=config,
                 session_id=session_id,
@@ -211,121 +213,24 @@ class ControlChannel:
         self.sessions.ready(ls, None)
         await self.sessions.kick(ls)
 
-    async def _on_message(self, ws: web.WebSocketResponse, ls: LiveSession, data: str) -> None:
-        raw = _decode(data)
-        kind = raw.get("type")
-        named = raw.get("session_id")
-        if named is not None and named != ls.session.id:
-            raise ProtocolError(
-                "not_your_session",
-                "this connection registered session "
-                f"{ls.session.id!r}; it may report only about that session",
-            )
-        if kind == "heartbeat":
-            await ws.send_str(json.dumps({"type": "heartbeat", "at": self.service.clock.now()}))
-        elif kind in ("applied", "failed"):
-            version = raw.get("version")
-            if isinstance(version, bool) or not isinstance(version, int):
-                raise ProtocolError("bad_version", f"{kind}.version must be an integer")
-            in_flight = ls.push.in_flight
-            if in_flight is None or in_flight.version != version:
-                raise ProtocolError(
-                    "unknown_version", f"version {version} is not awaiting a report"
-                )
-            ack: PushAck
-            if kind == "applied":
-                ack = PushApplied("acked" if ls.session.kind == "voice-agent-v1" else "unverified")
-            else:
-                error = str(raw.get("error", "failed"))[:500]
-                ack = PushRejected("app_failed", error, _refused_fields(raw.get("fields")))
-            await self.sessions.acknowledge(ls, ack)
-        elif kind == "turn_boundary":
-            await self.sessions.turn_boundary(ls)
-        elif kind == "update":
-            await self._client_update(ws, ls, raw.get("config"))
-        else:
-            raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
-
-    async def _client_update(self, ws: web.WebSocketResponse, ls: LiveSession, raw: Any) -> None:
-        if not isinstance(raw, dict):
-            raise ProtocolError("bad_config", "update.config must be an object")
-        if not self.update_rates.allow(ls.session.id):  # dropped, not logged
-            self.service.metrics.rejects.labels(ls.session.kind, "rate_limited").inc()
-            problem = self.update_rates.problem()
-            error = json.dumps({"type": "error", "code": "rate_limited", "message": problem})
-            await refuse_over_rate(ws, problem, error_frame=error)
-            return
-        delta: Delta = {}
-        rejected: dict[str, str] = {}
-        for name, value in raw.items():
-            if name in ls.locks:
-                ref = ls.locks[name]
-                rejected[name] = f"locked by policy {ref.id} v{ref.version}"
-                continue
-            if value is None:
-                delta[name] = None
-                continue
-            normalised, problems = check_value(name, value, f"config.{name}")
-            if problems:
-                rejected[name] = problems[0].message
-            else:
-                delta[name] = normalised
-        wire = {"type": "update", "config": raw}
-        refusal = None
-        if rejected:
-            locked = {k: raw[k] for k in rejected if k in raw and k in ls.locks}
-            error = "; ".join(f"{k}: {v}" for k, v in rejected.items())
-            refusal = ClientRefusal(locked, wire, error, counted=None)
-        await self.sessions.client_update(ls, ClientUpdate("sent", delta, wire, refusal=refusal))
-        await ws.send_str(json.dumps(
-            {"type": "update_result", "accepted": sorted(delta), "rejected": rejected}
-        ))  # fmt: skip
-
-
-def _decode(data: str) -> dict[str, Any]:
-    try:
-        raw = parse_frame(data)
-    except ValueError as exc:
-        raise ProtocolError("bad_json", str(exc)) from None
-    if not isinstance(raw, dict):
-        raise ProtocolError("bad_message", "a message must be a JSON object")
-    return raw
-
-
-def _registration(raw: dict[str, Any]) -> tuple[str, str, dict[str, str], Config, str | None]:
-    kind = raw.get("kind")
-    if kind not in SESSION_KINDS:
-        raise ProtocolError("bad_kind", f"kind must be one of {', '.join(SESSION_KINDS)}")
-    model = raw.get("model")
-    if not isinstance(model, str) or not model or len(model) > ID_MAX:
-        raise ProtocolError("bad_model", f"model must be a non-empty string ≤ {ID_MAX} chars")
-    session_id = raw.get("session_id")
-    if session_id is not None and (
-        not isinstance(session_id, str) or not _SESSION_ID.fullmatch(session_id)
-    ):
-        raise ProtocolError(
-            "bad_session_id",
-            f"session_id must be 1-{ID_MAX} characters without whitespace, '/' or control "
-            "characters",
-        )
-    labels = raw.get("labels") or {}
-    if not isinstance(labels, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) and len(k) <= 63 and len(v) <= 256
-        for k, v in labels.items()
-    ):
-        raise ProtocolError("bad_labels", "labels must map strings (≤63) to strings (≤256)")
-    if len(labels) > MAX_LABELS:  # as on the gateway
-        raise ProtocolError("bad_labels", f"{len(labels)} labels, limit is {MAX_LABELS}")
-    config_raw = raw.get("config") or {}
-    if not isinstance(config_raw, dict):
-        raise ProtocolError("bad_config", "config must be an object of canonical fields")
-    config: Config = {}
-    for name, value in config_raw.items():
-        normalised, problems = check_value(name, value, f"config.{name}")
-        if problems:
-            raise ProtocolError("bad_config", str(PolicyValidationError(problems)))
-        config[name] = normalised
-    return kind, model, dict(labels), config, session_id
+    async def _run(self, ws: web.WebSocketResponse, ls: LiveSession, actions: list[Action]) -> None:
+        """Execute the machine's actions in order: frames to the app, reports to the port."""
+        port = self.sessions
+        for action in actions:
+            if isinstance(action, ToClient):
+                if not action.quiet:
+                    await ws.send_str(action.text)
+                    continue
+                with contextlib.suppress(Exception):
+                    await ws.send_str(action.text)
+            elif isinstance(action, Acknowledge):
+                await port.acknowledge(ls, action.ack)
+            elif isinstance(action, ClientChange):
+                await port.client_update(ls, action.update)
+            elif isinstance(action, TurnBoundary):
+                await port.turn_boundary(ls)
+            elif isinstance(action, Count):
+                port.count(ls, action.reason)
 
 
 def close_reason(text: str) -> bytes:
@@ -335,21 +240,4 @@ def close_reason(text: str) -> bytes:
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
     with contextlib.suppress(Exception):
-        await ws.send_str(json.dumps({"type": "error", "code": code, "message": message}))
-
-
-def _refused_fields(raw: Any) -> frozenset[str] | None:
-    """``failed.fields``: the canonical fields the app's upstream refused (quarantined for
-    the session); absent or empty: every field of the push."""
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not all(isinstance(f, str) for f in raw):
-        raise ProtocolError("bad_fields", "failed.fields must be a list of canonical field names")
-    unknown = sorted(set(raw) - FIELD_NAMES)
-    if unknown:
-        raise ProtocolError(
-            "bad_fields",
-            f"failed.fields: unknown field(s) {', '.join(unknown)[:200]} (known: "
-            f"{', '.join(sorted(FIELD_NAMES))})",
-        )
-    return frozenset(raw) or None
+        await ws.send_str(error_frame(code, message))
