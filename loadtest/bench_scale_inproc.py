@@ -128,15 +128,20 @@ def policy(label: str, version: int, prompt: str, priority: int = 100) -> dict[s
             "match": {"labels": {"bench": label}}, "set": {"prompt": prompt}}  # fmt: skip
 
 
-async def publish(svc: ControlPlane, doc: dict[str, Any], sockets: list[SocketStandIn]) -> float:
-    """``publish_policy`` → the last frame handed over (or the answer, when none is sent): s."""
+async def publish(
+    svc: ControlPlane, doc: dict[str, Any], sockets: list[SocketStandIn]
+) -> tuple[float, float]:
+    """``publish_policy`` → the last frame handed over (or the answer, when none is sent),
+    and the loop thread's CPU time until the answer (robust to other load): seconds."""
     before = [ws.frames for ws in sockets]
+    cpu = time.thread_time()
     started = time.perf_counter()
     await svc.publish_policy(doc, actor="bench")
     answered = time.perf_counter()
+    cpu = time.thread_time() - cpu
     last = max((ws.last_at for ws, n in zip(sockets, before, strict=True) if ws.frames > n),
                default=answered)  # fmt: skip
-    return last - started
+    return last - started, cpu
 
 
 async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> dict[str, Any]:
@@ -195,8 +200,9 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
         proc = spy("publish1")
         first = await publish(svc, policy(label, 1, prompt), sockets)
         done(proc, "publish1")
-        out["publish1_ms"] = round(first * 1000, 1)
-        out["publish1_us"] = round(first * 1e6 / n, 2)
+        out["publish1_ms"] = round(first[0] * 1000, 1)
+        out["publish1_us"] = round(first[0] * 1e6 / n, 2)
+        out["publish1_cpu_us"] = round(first[1] * 1e6 / n, 2)
         out.update({f"publish1_{k}": v for k, v in clock.take().items()})
         missing = sum(1 for ws in sockets if ws.frames < 1)
         proc = spy("awaiting")
@@ -215,8 +221,9 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
         proc = spy("publish2")
         second = await publish(svc, policy(label, 2, prompt + "v2"), sockets)
         done(proc, "publish2")
-        out["publish2_ms"] = round(second * 1000, 1)
-        out["publish2_us"] = round(second * 1e6 / n, 2)
+        out["publish2_ms"] = round(second[0] * 1000, 1)
+        out["publish2_us"] = round(second[0] * 1e6 / n, 2)
+        out["publish2_cpu_us"] = round(second[1] * 1e6 / n, 2)
         out.update({f"publish2_{k}": v for k, v in clock.take().items()})
         missing += sum(1 for ws in sockets if ws.frames < 2)
         for ls, _ in held:
@@ -225,8 +232,9 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
         proc = spy("noop")
         noop = await publish(svc, policy(label, 3, prompt + "v2", priority=101), sockets)
         done(proc, "noop")
-        out["noop_ms"] = round(noop * 1000, 1)
-        out["noop_us"] = round(noop * 1e6 / n, 2)
+        out["noop_ms"] = round(noop[0] * 1000, 1)
+        out["noop_us"] = round(noop[0] * 1e6 / n, 2)
+        out["noop_cpu_us"] = round(noop[1] * 1e6 / n, 2)
         out.update({f"noop_{k}": v for k, v in clock.take().items()})
         out["missing_frames"] = missing
         out["rss_mib"] = round(process_usage(os.getpid())[0] / 1024, 1)
@@ -275,8 +283,9 @@ def measure_sizes(args: argparse.Namespace) -> dict[str, Any]:
     for n in sizes[1:]:
         m = per_size[str(n)]["median"]
         row = {"sessions": n, "vs": sizes[0]}
-        for key in ("attach_mean_us", "attach_last_us", "kib_per_session", "publish1_us",
-                    "publish2_us", "noop_us", "ack_us"):  # fmt: skip
+        for key in ("attach_mean_us", "attach_cpu_us", "kib_per_session", "publish1_us",
+                    "publish1_cpu_us", "publish2_us", "publish2_cpu_us", "noop_us", "noop_cpu_us",
+                    "ack_us"):  # fmt: skip
             row[f"{key}_x"] = round(m[key] / base[key], 2) if base[key] else None
         for key in ("idle_cpu_ms_per_s", "awaiting_cpu_ms_per_s"):
             row[f"{key}_per_session_x"] = (
