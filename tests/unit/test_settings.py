@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.cli import serve
-from controlplane.cli.main import main
+from controlplane.cli.main import build_parser, main
 from controlplane.config import GROUPS, SETTINGS, Settings, SettingsError, flag_values
 from controlplane.config.__main__ import rewrite
 
@@ -194,3 +194,28 @@ def test_every_setting_is_read_somewhere() -> None:
             assert '"guard_" + name' in guard and f'pick("{spec.name[6:]}")' in guard, spec.name
         else:
             assert re.search(rf"\b{spec.name}\b", code), f"nothing reads {spec.name}"
+
+
+# flags of other tools that the docs quote (docker build, nats pub, schemathesis) and the
+# placeholder spelling of a boolean's pair; docs/loadtest.md and benchmarks.md quote the
+# benchmark scripts' own flags and are not checked
+FOREIGN_FLAGS = {"--build-arg", "--no-templates", "--checks", "--name", "--no-name"}
+
+
+def _all_flags(parser: argparse.ArgumentParser) -> set[str]:
+    found: set[str] = set()
+    for action in parser._actions:
+        found.update(o for o in action.option_strings if o.startswith("--"))
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                found |= _all_flags(sub)
+    return found
+
+
+def test_documents_quote_only_flags_that_exist() -> None:
+    known = _all_flags(build_parser()) | FOREIGN_FLAGS
+    for doc in DOCS:
+        if doc.name in ("loadtest.md", "benchmarks.md"):
+            continue
+        quoted = set(re.findall(r"`(--[a-z][a-z0-9-]*)", doc.read_text(encoding="utf-8")))
+        assert quoted <= known, f"{doc.name} quotes flags no command has: {quoted - known}"
