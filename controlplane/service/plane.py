@@ -142,7 +142,6 @@ class ControlPlane:
         self.experiment_assignments = self.queries.experiment_assignments
         self.list_sessions = self.records.list_sessions
         self.get_session = self.records.get_session
-        self.resolve_session_id = self.records.resolve_session_id
         self.session_log = self.records.session_log
         self.verify_audit = self.records.verify_audit
         self.config_at = self.records.config_at
