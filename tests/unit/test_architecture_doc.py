@@ -124,3 +124,27 @@ def test_the_rooms_drawn_are_the_import_linter_layers_and_every_room_is_named() 
             assert f"`{path.name}/`" in rooms, f"room {path.name}/ is not in the doc"
         elif path.suffix == ".py" and path.name != "__init__.py":
             assert f"`{path.stem}`" in rooms or f"`{path.name}`" in rooms, path.name
+
+
+def test_every_module_of_every_room_is_named_in_its_row() -> None:
+    """A module added to a room without a word in the doc fails here (``name``,
+    ``name.Thing`` or a ``prefix*`` group count)."""
+    rows = {}
+    for line in _section("The rooms of `controlplane/`").splitlines():
+        found = re.match(r"^\| `([a-z_]+)/` \| (.*)\|$", line)
+        if found:
+            rows[found.group(1)] = found.group(2)
+    missing = []
+    for room in sorted((ROOT / "controlplane").iterdir()):
+        if not (room / "__init__.py").exists():
+            continue
+        row = rows[room.name]
+        named = set(re.findall(r"`([a-z_]+)(?:\.[A-Za-z_.]+)?`", row))
+        groups = re.findall(r"`([a-z_]+)\*`", row)
+        for module in sorted(room.glob("*.py")):
+            stem = module.stem
+            if stem.startswith("__") or stem in named:
+                continue
+            if not any(stem.startswith(prefix) for prefix in groups):
+                missing.append(f"{room.name}/{module.name}")
+    assert missing == []
