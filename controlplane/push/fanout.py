@@ -24,7 +24,7 @@ import contextlib
 import gc
 import logging
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Protocol
@@ -38,7 +38,7 @@ from controlplane.push.rollout_status import update_policy_status
 from controlplane.push.write_ahead import POLL, Outgoing, WriteAhead
 from policies.model import Match, Policy
 from policies.resolve import Effective, Resolver
-from policies.selectors import matches
+from policies.selectors import Target, matches
 from sessions.clock import Clock
 from sessions.versionlog.core import VersionLog
 
@@ -78,6 +78,36 @@ class _Ticket:
     key: tuple[str, ...] | None = None  # its policies (the debounce's quiet period restarts)
 
 
+Select = Callable[[Target], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class _Marking:
+    """One event's resolution of the sessions it targets."""
+
+    generation: int  # events are numbered in the order they are handled
+    resolver: Resolver
+    selects: tuple[Select | None, tuple[Select, ...] | None]  # (the only one, or all)
+    cause: str
+    event_at: float | None
+    next_turn: tuple[str, float] | None
+    now: float
+    sync: bool  # the session's record follows now (held: its walk comes later)
+
+
+def _selectors(relevant: list[Policy] | None) -> tuple[Select | None, tuple[Select, ...] | None]:
+    """Only sessions that one of these policies' ``match`` selects (the versions before and
+    after a change); None: every session."""
+    if relevant is None:
+        return None, None
+    distinct: list[Match] = []  # a new version usually keeps its predecessor's match
+    for p in relevant:
+        if p.match not in distinct:
+            distinct.append(p.match)
+    selects = tuple(partial(matches, m) for m in distinct)
+    return (selects[0] if len(selects) == 1 else None), selects
+
+
 @dataclass(slots=True)
 class _Held:
     """Sessions marked by events the debounce holds (one policy)."""
@@ -112,7 +142,9 @@ class FanOut:
         self._tickets: deque[_Ticket] = deque()
         self._walker: asyncio.Task[None] | None = None
         self._releaser: asyncio.Task[None] | None = None
+        self._fused = False  # an isolated fan-out is walked by its caller (_walk_now)
         self._closing = False
+        self.generation = 0  # of the last event marked (LiveSession.marked)
 
     async def run(
         self,
@@ -133,21 +165,29 @@ class FanOut:
         """
         relevant = None if relevant is None else list(relevant)
         now = self._clock.monotonic()
+        self.generation += 1
         key = None if relevant is None else tuple(sorted({p.id for p in relevant}))
         held = key is not None and self._debounce.arrive(key, now, event_at)
+        marking = _Marking(
+            self.generation, Resolver(policies), _selectors(relevant), cause, event_at,
+            next_turn, now, sync=held,
+        )  # fmt: skip
+        if held:
+            self._start_releaser()  # (even when it changes nothing here: the hold must end)
+        elif not self._pacer.paced and self._walker is None and not self._fused:
+            return await self._walk_now(sessions, marking, key)
         changed: list[LiveSession] = []
         # A fan-out allocates per session; a collection in the middle of it showed up as 40 %
         # of the fan-out time in profiles (docs/benchmarks.md). Collect after, not during.
         collecting = gc.isenabled()
         gc.disable()
         try:
-            self._mark(sessions, policies, cause, event_at, next_turn, relevant, now, held,
-                       changed)  # fmt: skip
+            for ls in list(sessions):
+                if self._mark(ls, marking):
+                    changed.append(ls)
         finally:
             if collecting:
                 gc.enable()
-        if held:  # (even when it changed nothing here: the hold it started must end)
-            self._start_releaser()
         if not changed:
             self._pusher.flush_metrics()
             return 0
@@ -161,7 +201,7 @@ class FanOut:
                 hold.events_at.append(event_at)
                 self._observer.fanout("debounced")
             return len(changed)
-        self._observer.fanout("joined" if self._walker is not None else "immediate")
+        self._observer.fanout("joined" if self._walker or self._fused else "immediate")
         upto = self._queue.add(changed)
         done = None if self._pacer.paced else asyncio.get_running_loop().create_future()
         self._tickets.append(_Ticket(upto, event_at, done, key))
@@ -170,62 +210,87 @@ class FanOut:
             await done
         return len(changed)
 
-    def _mark(
-        self,
-        sessions: Iterable[LiveSession],
-        policies: list[Policy],
-        cause: str,
-        event_at: float | None,
-        next_turn: tuple[str, float] | None,
-        relevant: list[Policy] | None,
-        now: float,
-        held: bool,
-        changed: list[LiveSession],
-    ) -> None:
-        """Resolve every targeted session and note its new version (no await)."""
+    async def _walk_now(
+        self, sessions: Iterable[LiveSession], marking: _Marking, key: tuple[str, ...] | None
+    ) -> int:
+        """An isolated fan-out, walked as it is marked: each session's push is taken and
+        logged right after its resolution, the frames of each chunk written once its entries
+        are durable (pipelined, as before coalescing: the first frames leave while later
+        sessions are still resolved). A newer event marking sessions meanwhile (at one of
+        the awaits) wins: its sessions are skipped here and walked by the walker after."""
         pusher = self._pusher
-        live = pusher.live
-        resolver = Resolver(policies)
-        selects = None
-        if relevant is not None:
-            distinct: list[Match] = []  # a new version usually keeps its predecessor's match
-            for p in relevant:
-                if p.match not in distinct:
-                    distinct.append(p.match)
-            selects = tuple(partial(matches, m) for m in distinct)
-        select_one = selects[0] if selects is not None and len(selects) == 1 else None
-        for ls in list(sessions):
-            s = ls.session
-            if live.get(s.id) is not ls:
-                continue
-            inputs = ls.inputs()
-            if select_one is not None:
-                if not select_one(inputs.target):
+        self._fused = True
+        self._observer.fanout("immediate")
+        changed = 0
+        cache: FrameCache = {}
+        ahead = WriteAhead(self._log, pusher.send_frames)
+        outgoing = ahead.outgoing  # logged; each sent once its entry is durable
+        written_at = None
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            for ls in list(sessions):
+                if not self._mark(ls, marking):
                     continue
-            elif selects is not None and not any(m(inputs.target) for m in selects):
-                continue
-            effective = resolver.resolve_inputs(inputs)
-            hold = None
-            if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
-                hold = now + next_turn[1]
-            elif next_turn is not None and next_turn[0] in ls.policy_status:
-                hold = now + next_turn[1]  # retired / no longer targeted: revert on the turn
-            version = ls.push.want(
-                effective.config, effective.applied, cause, hold_until=hold, event_at=event_at
-            )
-            before = s.applied
-            # a session walked at once is synced once, by its push (not twice)
-            pusher.adopt(ls, effective, sync=held or version is None)
-            update_policy_status(ls, effective, pending=version is not None)
-            if version is None:
-                if effective.applied is not before and effective.applied != before:
-                    self._recorder.unchanged(ls, cause, effective.applied)
-                continue
-            changed.append(ls)
+                changed += 1
+                if not pusher.queue(ls, cache, outgoing):
+                    pusher.sync_session(ls)
+                elif len(outgoing) % POLL == 0:
+                    await ahead.step()
+        finally:
+            try:
+                await ahead.finish()
+                written_at = self._clock.monotonic()
+            finally:
+                if collecting:
+                    gc.enable()
+                pusher.flush_metrics()
+                self._fused = False
+                if self._queue:
+                    self._start_walker()  # sessions a newer event marked meanwhile
+        if key is not None:
+            self._debounce.settled(key, written_at)
+        if marking.event_at is not None and changed:
+            self._observer.converged(written_at - marking.event_at)
+        return changed
+
+    def _mark(self, ls: LiveSession, m: _Marking) -> bool:
+        """Resolve one session if the event targets it and note its new version (no await);
+        True when it has a new version to write. A session resolved by a newer event
+        meanwhile (``LiveSession.marked``) is left to that one."""
+        s = ls.session
+        if self._pusher.live.get(s.id) is not ls or ls.marked > m.generation:
+            return False
+        inputs = ls.inputs()
+        select_one, selects = m.selects
+        if select_one is not None:
+            if not select_one(inputs.target):
+                return False
+        elif selects is not None and not any(sel(inputs.target) for sel in selects):
+            return False
+        ls.marked = m.generation
+        effective = m.resolver.resolve_inputs(inputs)
+        hold, next_turn = None, m.next_turn
+        if next_turn is not None and any(r.id == next_turn[0] for r in effective.applied):
+            hold = m.now + next_turn[1]
+        elif next_turn is not None and next_turn[0] in ls.policy_status:
+            hold = m.now + next_turn[1]  # retired / no longer targeted: revert on the turn
+        version = ls.push.want(
+            effective.config, effective.applied, m.cause, hold_until=hold, event_at=m.event_at
+        )
+        before = s.applied
+        # a session walked at once is synced once, by its push (not twice)
+        self._pusher.adopt(ls, effective, sync=m.sync or version is None)
+        update_policy_status(ls, effective, pending=version is not None)
+        if version is None:
+            if effective.applied is not before and effective.applied != before:
+                self._recorder.unchanged(ls, m.cause, effective.applied)
+            return False
+        return True
 
     # -- the walk --------------------------------------------------------------------------
     def _start_walker(self) -> None:
-        if self._walker is None and not self._closing:
+        if self._walker is None and not self._fused and not self._closing:
             loop = asyncio.get_running_loop()
             self._walker = loop.create_task(self._walk(), name="push-fanout-walker")
 

@@ -71,6 +71,9 @@ class LiveSession:
     # what the session resolves from, keyed once (labels and client config are replaced on
     # change, never changed in place: `inputs()` compares them by identity)
     resolved_from: Inputs | None = None
+    # the generation of the last policy event that resolved the session (push.fanout): an
+    # older event's fan-out still walking skips it
+    marked: int = 0
 
     @property
     def target(self) -> Target:
