@@ -35,6 +35,7 @@ __all__ = [
     "FirstFrames",
     "UpdateRate",
     "UpdateRates",
+    "close_reason",
     "first_frame",
     "refuse_over_rate",
     "streaming_silence_error",
@@ -214,3 +215,8 @@ async def refuse_over_rate(
         await ws.close(
             code=RATE_LIMIT_CLOSE, message=problem.encode()[:120].decode("utf-8", "ignore").encode()
         )
+
+
+def close_reason(text: str) -> bytes:
+    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
+    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")

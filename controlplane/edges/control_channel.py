@@ -52,6 +52,7 @@ from controlplane.edges.admission import (
     FIRST_MESSAGE_CLOSE,
     ConnectionSlots,
     UpdateRates,
+    close_reason,
     first_frame,
 )
 from controlplane.edges.control_session import (
@@ -78,7 +79,7 @@ from controlplane.service.sessions import EngineSessions, SessionPort
 from policies.fields import to_json
 from sessions.dialects import dialect_for
 
-__all__ = ["ControlChannel", "ControlTransport", "close_reason"]
+__all__ = ["ControlChannel", "ControlTransport"]
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +232,6 @@ class ControlChannel:
                 await port.turn_boundary(ls)
             elif isinstance(action, Count):
                 port.count(ls, action.reason)
-
-
-def close_reason(text: str) -> bytes:
-    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
-    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:

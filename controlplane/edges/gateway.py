@@ -31,6 +31,7 @@ from controlplane.edges.admission import (
     ConnectionSlots,
     FirstFrames,
     UpdateRates,
+    close_reason,
     first_frame,
     streaming_silence_error,
 )
@@ -38,7 +39,6 @@ from controlplane.edges.gateway_pump import (
     INTERNAL_ERROR_CLOSE,
     ProxyPump,
     UpstreamTransport,
-    close_reason,
     send_upstream,
 )
 from controlplane.edges.proxy import ProxySession, agent_error

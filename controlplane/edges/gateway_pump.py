@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import WSMsgType, web
 
-from controlplane.edges.admission import FirstFrames
+from controlplane.edges.admission import FirstFrames, close_reason
 from controlplane.edges.proxy import ProxySession
 from controlplane.push.actions import (
     Acknowledge,
@@ -44,7 +44,6 @@ __all__ = [
     "INTERNAL_ERROR_CLOSE",
     "ProxyPump",
     "UpstreamTransport",
-    "close_reason",
     "send_upstream",
 ]
 
@@ -257,8 +256,3 @@ async def send_upstream(upstream: aiohttp.ClientWebSocketResponse, actions: list
     for action in actions:
         assert isinstance(action, ToUpstream), action
         await upstream.send_str(action.text)
-
-
-def close_reason(text: str) -> bytes:
-    """A close frame's reason: at most 120 bytes of UTF-8, cut at a character boundary."""
-    return text.encode("utf-8", "replace")[:120].decode("utf-8", "ignore").encode("utf-8")
