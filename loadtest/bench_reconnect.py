@@ -44,12 +44,18 @@ from payloads import STREAMING_MODEL, marker, policy_doc
 from report import add_quiet_arg, median, median_of, print_header, summary_ms, wait_quiet
 
 
-def _spec(replica: Proc, token: str, label: str, mark: str, concurrency: int) -> dict[str, Any]:
+def _progress(what: str) -> None:
+    print(f"# {time.strftime('%H:%M:%S')} {what}", file=sys.stderr, flush=True)
+
+
+def _spec(
+    replica: Proc, token: str, label: str, mark: str, concurrency: int, timeout: float
+) -> dict[str, Any]:
     register = json.dumps({"type": "register", "kind": "streaming-v3", "model": STREAMING_MODEL,
                            "labels": {"bench": label}, "config": {}})  # fmt: skip
     return {"url": ws_url(replica.ws, "/v1/control"), "first": register, "expect": "registered",
             "headers": {"Authorization": f"Bearer {token}"}, "marker": mark,
-            "concurrency": concurrency, "timeout": 300}  # fmt: skip
+            "concurrency": concurrency, "timeout": timeout}  # fmt: skip
 
 
 def _gather(answers: list[dict[str, Any]], since: float) -> dict[str, Any]:
@@ -59,6 +65,8 @@ def _gather(answers: list[dict[str, Any]], since: float) -> dict[str, Any]:
         **summary_ms(times),
         "current": len(times),
         "missing": sum(a["missing"] for a in answers),
+        "closed_early": sum(a["closed"] for a in answers),
+        "missing_frames_seen": sorted({n for a in answers for n in a["missing_seen"]}),
         "errors": sum(a["errors"] for a in answers),
         "error_samples": [s for a in answers for s in a["error_samples"]][:3],
     }
@@ -97,11 +105,12 @@ def one_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> 
         counts = pool.split(args.sessions)
 
         def per_worker(replica: Proc, **extra: Any) -> list[dict[str, Any]]:
-            spec = _spec(replica, token, label, mark, args.concurrency)
+            spec = _spec(replica, token, label, mark, args.concurrency, args.timeout)
             return [{**spec, "count": c, "base": sum(counts[:i]), **extra}
                     for i, c in enumerate(counts)]  # fmt: skip
 
         # 1. plain connects onto r3
+        _progress("plain connects")
         cpu0 = process_usage(plain.pid)[1]
         started = time.time()
         out["plain"] = _gather(pool.call("storm", per_worker(plain)), started)
@@ -110,6 +119,7 @@ def one_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> 
         time.sleep(args.settle)
 
         # 2. the same number onto r1, current config, then SIGKILL r1: they storm r2
+        _progress("sessions onto the victim")
         primed = _gather(pool.call("storm", per_worker(victim)), time.time())
         if primed["current"] != args.sessions:
             raise RuntimeError(f"sessions on {victim.name} not all current: {primed}")
@@ -123,6 +133,7 @@ def one_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> 
             killed_at.append(time.time())
             victim.popen.send_signal(signal.SIGKILL)
 
+        _progress("kill and storm")
         timer = threading.Timer(1.0, kill)
         timer.start()
         answers = pool.call("storm", per_worker(target, after_close=True))
@@ -146,7 +157,11 @@ def main() -> int:
     )
     parser.add_argument("--concurrency", type=int, default=200, help="handshakes in flight/proc")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds between phases")
+    parser.add_argument(
+        "--timeout", type=float, default=120.0, help="per phase: connect, then current config"
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--keep", action="store_true", help="keep the servers' logs and data")
     add_quiet_arg(parser)
     args = parser.parse_args()
     limit = raise_nofile()
@@ -159,7 +174,7 @@ def main() -> int:
     with ClientPool(procs) as pool:
         for run in range(1, args.runs + 1):
             busy = wait_quiet(args.quiet_wait)
-            with workdir() as tmp:
+            with workdir(keep=args.keep) as tmp:
                 row = one_run(args, pool, tmp, run)
             row["machine_busy_before"] = busy
             for phase in ("plain", "storm"):

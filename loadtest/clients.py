@@ -55,6 +55,7 @@ class Conn:
     frames: list[float] = field(default_factory=list)  # perf_counter at each audio send
     turns: list[tuple[int, float]] = field(default_factory=list)  # final Turn: (order, perf)
     reader: asyncio.Task[None] | None = None
+    seen: int = 0  # text frames read by the reader
 
 
 class Worker:
@@ -111,6 +112,7 @@ class Worker:
                 now = time.time()
                 if not isinstance(msg, str):
                     continue
+                conn.seen += 1
                 marker = self.marker
                 if marker is not None and conn.got is None and marker in msg:
                     conn.got = now
@@ -283,6 +285,8 @@ class Worker:
         return {
             "times": [c.got for c in fresh if c.got is not None],
             "missing": sum(1 for c in fresh if c.got is None),
+            "closed": sum(1 for c in fresh if c.got is None and c.closed),
+            "missing_seen": sorted({c.seen for c in fresh if c.got is None}),
             "errors": len(errors),
             "error_samples": errors[:3],
         }

@@ -100,12 +100,16 @@ class RegistrySync:
             return
         batch = [ls.session for ls in self._dirty]
         self._dirty.clear()
+        # registering when the batch left, or still: a skip may be the claim not stored yet
+        # (one that landed during the update is not lost: seen as "re-registered N" in storms)
+        claiming = {s.id for s in batch if s.id in self.registering}
         try:
             skipped = await self._registry.update_many(batch)
             lost = [live[sid] for sid in skipped if sid in live]
-            waiting = [ls for ls in lost if ls.session.id in self.registering]
+            pending = claiming | self.registering
+            waiting = [ls for ls in lost if ls.session.id in pending]
             self._dirty.update(waiting)  # written once their registration is done
-            lost = [ls for ls in lost if ls.session.id not in self.registering]
+            lost = [ls for ls in lost if ls.session.id not in pending]
             if lost:  # still held here: the registry's record is what is wrong
                 taken = await self._registry.register_many([ls.session for ls in lost])
                 log.warning("re-registered %d live session(s) the registry had lost or ended",

@@ -94,3 +94,42 @@ async def test_flush_writes_at_once() -> None:
     await sync.flush(live)
     assert registry.batches == [["s0", "s1"]]
     assert not any(sync.pending(ls) for ls in live.values())
+
+
+class RegisteringDuringUpdate(CountingRegistry):
+    """A session's registration lands while a batch naming it is being written."""
+
+    def __init__(self, sync_of: list[RegistrySync], session: Session) -> None:
+        super().__init__()
+        self._sync_of, self._late = sync_of, session
+        self.rewritten: list[str] = []
+
+    async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        skipped = await super().update_many(sessions)  # not registered yet: skipped
+        if self._late.id in self._sync_of[0].registering:
+            await self.register(self._late)  # ... and now it is
+            self._sync_of[0].registering.discard(self._late.id)
+        return skipped
+
+    async def register_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        self.rewritten += [s.id for s in sessions]
+        return await super().register_many(sessions)
+
+
+async def test_a_registration_landing_during_a_batch_is_not_taken_for_a_lost_session() -> None:
+    late = Session(id="late", kind="streaming-v3", model="u3-rt-pro", node="n1")
+    holder: list[RegistrySync] = []
+    registry = RegisteringDuringUpdate(holder, late)
+    sync = RegistrySync(registry)
+    holder.append(sync)
+    push = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+    ls = LiveSession(session=late, push=push, transport=_Transport(),
+                     dialect=dialect_for("streaming-v3"))  # fmt: skip
+    live = {"late": ls}
+    sync.registering.add("late")
+    sync.mark(ls)
+    await sync.flush(live)
+    assert registry.rewritten == []  # not re-registered behind its own registration
+    assert sync.pending(ls)  # written by the next batch instead
+    await sync.flush(live)
+    assert registry.batches[-1] == ["late"] and not sync.pending(ls)
