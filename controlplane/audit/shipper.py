@@ -14,11 +14,12 @@ files like a log shipper, off the critical path:
    attempt), back off and retry; the backlog is the unshipped bytes on disk
    (``controlplane_audit_ship_backlog_bytes``), bounded by the data volume, never dropped.
 
-Pacing: a pass runs every ``interval_s``, except while the local log is still growing (a
-fan-out writing its entries and their acknowledgements): the shipper then waits for a quiet
-interval, at most ``SHIP_MAX_DELAY_S`` after it first saw the growth, so one fan-out ships in
-one or two passes, not one per interval while it lasts (each pass asks the fence once: the Redis
-work of a publish, issue #23).
+Pacing: a pass runs every ``interval_s``, except while the local log grows fast (by
+``SHIP_BURST_BYTES`` or more per interval: a fan-out writing its entries and their
+acknowledgements): the shipper then waits for a slower interval, at most ``SHIP_MAX_DELAY_S``
+after it first saw the burst, so a large fan-out ships in one or two passes, not one per
+interval while it lasts (each pass asks the fence once: the Redis work of a publish, issue
+#23). A few sessions' entries ship at the next interval, as before.
 
 A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
 transport deduplicates by key and readers drop exact duplicates
@@ -65,6 +66,7 @@ BATCH_LINES: Final = 500
 READ_BYTES: Final = 4 * 1024 * 1024
 RETRY_MAX_S: Final = 2.0
 SHIP_MAX_DELAY_S: Final = 1.0  # a growing log is still shipped this soon after it grew
+SHIP_BURST_BYTES: Final = 64 * 1024  # growth per tick that counts as a fan-out in progress
 FENCED_KEPT: Final = 10_000
 
 
@@ -93,17 +95,21 @@ class AuditFence(Protocol):
 
 class ShipPacer:
     """When a pass is due (module docstring, pacing): ``due(size, now)`` is told the local
-    files' total size at each tick; False while it keeps changing, for at most
-    ``max_delay_s`` from the first change seen."""
+    files' total size at each tick; False while it grows by ``burst_bytes`` or more per tick
+    (a fan-out in progress), for at most ``max_delay_s`` from the first such tick. A log that
+    grows less (a few sessions' entries) ships at every tick, as without pacing."""
 
-    def __init__(self, max_delay_s: float = SHIP_MAX_DELAY_S) -> None:
+    def __init__(
+        self, max_delay_s: float = SHIP_MAX_DELAY_S, burst_bytes: int = SHIP_BURST_BYTES
+    ) -> None:
         self._max_delay_s = max_delay_s
-        self._seen = -1
+        self._burst = burst_bytes
+        self._seen = 0
         self._growing_since: float | None = None
 
     def due(self, size: int, now: float) -> bool:
-        if size != self._seen:
-            self._seen = size
+        grew, self._seen = size - self._seen, size
+        if grew >= self._burst:
             if self._growing_since is None:
                 self._growing_since = now
             if now - self._growing_since < self._max_delay_s:
