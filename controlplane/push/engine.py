@@ -383,6 +383,9 @@ class PushEngine:
                     config=push.config)  # fmt: skip
         if ls.transport.acknowledging:
             mark_policies(ls, push, "sent")
+            # no acknowledgement timer until the frame is written (send_frames): a write-ahead
+            # commit slower than the timeout must not end the push before its frame goes
+            ls.push.queued(push)
         else:
             # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
             self._tally.count_push(ls.session.kind, "sent")
@@ -406,8 +409,11 @@ class PushEngine:
                 if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
                     self._finish(ls, ls.push.wire_failed(push, "session ended before the write"))
                 continue
-            if ls.transport.acknowledging and ls.push.in_flight is not push:
-                continue  # its outcome was recorded meanwhile (ack timeout)
+            if ls.transport.acknowledging:
+                if ls.push.in_flight is not push:
+                    continue  # its outcome was recorded meanwhile (e.g. the session ended)
+                ls.push.written(push, self._clock.monotonic())  # its timer starts now
+                self._timers.track(ls)
             try:
                 await ls.transport.write(push, frame.message, frame.text)
             except (ConnectionError, RuntimeError, OSError) as exc:
