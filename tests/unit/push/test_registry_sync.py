@@ -133,3 +133,34 @@ async def test_a_registration_landing_during_a_batch_is_not_taken_for_a_lost_ses
     assert sync.pending(ls)  # written by the next batch instead
     await sync.flush(live)
     assert registry.batches[-1] == ["late"] and not sync.pending(ls)
+
+
+class FailingOnce(CountingRegistry):
+    """The registry is unreachable for one batch (a Redis outage), then answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = True
+
+    async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
+        batch = list(sessions)
+        if self.down:
+            self.down = False
+            self.batches.append(sorted(s.id for s in batch))
+            raise ConnectionError("registry unreachable")
+        return await super().update_many(batch)
+
+
+async def test_a_failed_batch_is_retried_for_the_sessions_still_live_here() -> None:
+    registry = FailingOnce()
+    live = await _live(registry, 3)
+    sync = RegistrySync(registry)
+    for ls in live.values():
+        sync.mark(ls)
+    ended = live.pop("s1")  # the session ends while its batch fails: nothing left to write
+    await sync.flush(live)  # fails: the live sessions stay pending
+    assert [sync.pending(ls) for ls in live.values()] == [True, True]
+    assert not sync.pending(ended)
+    await sync.flush(live)
+    assert registry.batches == [["s0", "s1", "s2"], ["s0", "s2"]]
+    assert not any(sync.pending(ls) for ls in live.values())
