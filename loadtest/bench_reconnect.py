@@ -41,7 +41,7 @@ from clients import ClientPool, ws_url
 from launch import Proc, new_token, process_usage, workdir
 from loopback import http_json, raise_nofile
 from payloads import STREAMING_MODEL, marker, policy_doc
-from report import add_quiet_arg, median, median_of, print_header, summary_ms, wait_quiet
+from report import add_quiet_arg, finish, median, median_of, print_header, summary_ms, wait_quiet
 
 
 def _progress(what: str) -> None:
@@ -194,10 +194,7 @@ def main() -> int:
     summary["ratio_of_medians_max"] = round(
         median([r["storm_max_ms"] for r in flat]) / median([r["plain_max_ms"] for r in flat]), 2
     )
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
-    return 0 if failures == 0 else 1
+    return finish(summary, runs, args.json, failures)
 
 
 if __name__ == "__main__":

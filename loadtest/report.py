@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import platform
@@ -20,6 +21,7 @@ __all__ = [
     "Machine",
     "add_quiet_arg",
     "cpu_busy",
+    "finish",
     "machine",
     "median",
     "median_of",
@@ -138,3 +140,14 @@ def print_header(title: str, argv: Sequence[str]) -> None:
     print(f"# {today()}  {m.describe()}", flush=True)
     print(f"# command: {' '.join(argv)}", flush=True)
     print(f"# servers run source {SOURCE} at {source_revision()}", flush=True)
+
+
+def finish(
+    summary: Mapping[str, Any], runs: Sequence[Any], json_path: Path | None, failures: int
+) -> int:
+    """The end of every benchmark: print the median line, write ``--json`` (runs and median)
+    when asked, and the exit status — 1 when any run failed its checks."""
+    print(f"median: {json.dumps(summary)}", flush=True)
+    if json_path:
+        json_path.write_text(json.dumps({"runs": list(runs), "median": summary}, indent=2))
+    return 0 if failures == 0 else 1
