@@ -27,9 +27,11 @@ claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC, c
 ``register`` calls sharing them (a pipeline of claims, one MULTI/EXEC per batch: group commit),
 ``register_many`` one pipeline of claims and one MULTI/EXEC per 500 sessions (a replica
 writing back what Redis lost);
-``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions, batched 500
-sessions at a time; ``list`` reads ids in batches and fetches records with MGET.
-The two small Lua scripts build key names from the prefix, so all keys must live on one
+``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions of up to 500
+sessions, concurrent ``end`` calls sharing one (group commit: ``sessions/redis_ends.py``; a
+WATCH holds its connection for four round trips), concurrent ``update`` calls one
+``update_many``-like write; ``list`` reads ids in batches and fetches records with MGET.
+The small Lua scripts build key names from the prefix, so all keys must live on one
 Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and nowhere else.
 
 Connections (``redis_client``): a *blocking* pool of ``pool_size`` connections; a command that
@@ -41,19 +43,22 @@ replica had most of them refused).
 from __future__ import annotations
 
 import builtins
-import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import Pipeline
-from redis.exceptions import RedisError, WatchError
+from redis.exceptions import RedisError
 
 from sessions.clock import Clock
 from sessions.errors import BackendUnavailable, SessionIdTaken, UnknownSession
 from sessions.group_commit import GroupCommit
 from sessions.model import Session
+from sessions.redis_ends import END_BATCH, EndItem, RedisEnds, RedisKeys
+from sessions.redis_ends import dump as _dump
+from sessions.redis_ends import load as _load
+from sessions.redis_ends import text as _text
 from sessions.registry import (
     DEFAULT_MAX_ENDED,
     NODE_LOST,
@@ -61,7 +66,6 @@ from sessions.registry import (
     Predicate,
     check_limit,
     check_storable,
-    mark_ended,
 )
 
 __all__ = ["DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT_S", "RedisRegistry", "redis_client"]
@@ -83,31 +87,10 @@ def redis_client(
     return Redis.from_pool(pool)
 
 
-_END_BATCH: Final = 500
 _REGISTER_BATCH: Final = 500
-_WATCH_RETRIES: Final = 8
+_UPDATE_BATCH: Final = 2000
+_Update = tuple[str, str, str | None]  # session id, its record (JSON), its upstream id
 DEFAULT_CLAIM_TTL_S: Final = 400 * 86_400.0  # the default CP_AUDIT retention
-
-# KEYS: ended zset, all zset, upstream hash. ARGV: max_ended, ended-key prefix, live-key prefix.
-_TRIM_LUA: Final = """
-local n = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[1])
-if n <= 0 then return 0 end
-local old = redis.call('ZRANGE', KEYS[1], 0, n - 1)
-for _, id in ipairs(old) do
-  redis.call('ZREM', KEYS[1], id)
-  local raw = redis.call('GET', ARGV[2] .. id)
-  if raw then
-    local ok, s = pcall(cjson.decode, raw)
-    local up = ok and type(s) == 'table' and s['upstream_id']
-    if type(up) == 'string' and redis.call('HGET', KEYS[3], up) == id then
-      redis.call('HDEL', KEYS[3], up)
-    end
-  end
-  redis.call('DEL', ARGV[2] .. id)
-  if redis.call('EXISTS', ARGV[3] .. id) == 0 then redis.call('ZREM', KEYS[2], id) end
-end
-return n
-"""
 
 # KEYS: claim key, owner hash. ARGV: node, claim TTL ms, session id, strict ('1': a live id
 # is refused even on its own node). Returns the holder that refuses the claim, or nil (claimed).
@@ -135,18 +118,6 @@ def _translate(what: str) -> Iterator[None]:
         yield
     except RedisError as exc:
         raise BackendUnavailable(f"redis registry: {what} failed: {exc}") from exc
-
-
-def _text(raw: bytes | str) -> str:
-    return raw.decode() if isinstance(raw, bytes) else raw
-
-
-def _dump(session: Session) -> str:
-    return json.dumps(session.to_dict(), separators=(",", ":"), ensure_ascii=False)
-
-
-def _load(raw: bytes | str) -> Session:
-    return Session.from_dict(json.loads(raw))
 
 
 class RedisRegistry:
@@ -177,35 +148,20 @@ class RedisRegistry:
         self._ttl_ms = max(1, round(ttl_s * 1000))
         self._claim_ms = max(1, round(claim_ttl_s * 1000))
         self._max_ended = max_ended
-        self._p = prefix
-        self._live_z = f"{prefix}sessions:live"
-        self._all_z = f"{prefix}sessions:all"
-        self._ended_z = f"{prefix}sessions:ended"
-        self._owner_h = f"{prefix}sessions:owner"
-        self._upstream_h = f"{prefix}sessions:upstream"
-        self._records_h = f"{prefix}sessions:records"
-        self._nodes = f"{prefix}nodes"
-        self._trim_script = self._client.register_script(_TRIM_LUA)
+        self._k = k = RedisKeys(prefix)
+        self._live_z, self._all_z, self._ended_z = k.live_z, k.all_z, k.ended_z
+        self._owner_h, self._upstream_h, self._records_h = k.owner_h, k.upstream_h, k.records_h
+        self._nodes = k.nodes
+        self._ends = RedisEnds(self._client, k, max_ended=max_ended)
         self._prune_script = self._client.register_script(_PRUNE_NODE_LUA)
         self._claim_script = self._client.register_script(_CLAIM_LUA)
         self._registrations = GroupCommit(
             self._register_batch, max_batch=_REGISTER_BATCH, name="redis-register"
         )
-
-    def _live_key(self, session_id: str) -> str:
-        return f"{self._p}session:{session_id}"
-
-    def _ended_key(self, session_id: str) -> str:
-        return f"{self._p}session-ended:{session_id}"
-
-    def _claim_key(self, session_id: str) -> str:
-        return f"{self._p}claim:{session_id}"
-
-    def _alive_key(self, node: str) -> str:
-        return f"{self._p}node:{node}:alive"
-
-    def _owned_key(self, node: str) -> str:
-        return f"{self._p}node:{node}:sessions"
+        self._updates = GroupCommit(self._update_batch, max_batch=_UPDATE_BATCH,
+                                    name="redis-update")  # fmt: skip
+        self._live_key, self._ended_key, self._claim_key = k.live, k.ended, k.claim
+        self._alive_key, self._owned_key = k.alive, k.owned
 
     async def register(self, session: Session) -> None:
         """Claim the id and store the session. Concurrent registrations are written together
@@ -289,8 +245,18 @@ class RedisRegistry:
         pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
 
     async def update(self, session: Session) -> None:
-        if await self.update_many([session]):
+        """Concurrent updates are written together (one ``_write`` per batch); the record is
+        the session as it is now (dumped before waiting)."""
+        check_storable(session)
+        if await self._updates.submit((session.id, _dump(session), session.upstream_id)):
             raise UnknownSession(session.id)
+
+    async def _update_batch(self, batch: builtins.list[_Update]) -> builtins.list[bool]:
+        records = {sid: record for sid, record, _ in batch}  # the last one of an id wins
+        upstream = {str(up): sid for sid, _, up in batch if up}
+        with _translate("update"):
+            skipped = set(await self._write(records, upstream))
+        return [sid in skipped for sid, _, _ in batch]  # skipped: unknown or ended
 
     async def update_many(self, sessions: Iterable[Session]) -> builtins.list[str]:
         batch = list(sessions)
@@ -299,32 +265,33 @@ class RedisRegistry:
         for session in batch:
             check_storable(session)
         records = {s.id: _dump(s) for s in batch}  # the last one of an id wins, as in order
-        ids = builtins.list(records)
         # an id learnt after register (Begin, session.ready)
         upstream = {str(s.upstream_id): s.id for s in batch if s.upstream_id}
         with _translate("update_many"):
-            async with self._client.pipeline(transaction=True) as pipe:  # MULTI/EXEC
-                pipe.hmget(self._owner_h, ids)
-                pipe.hset(self._records_h, mapping=records)  # type: ignore[arg-type]
-                if upstream:
-                    pipe.hset(self._upstream_h, mapping=upstream)  # type: ignore[arg-type]
-                owners = (await pipe.execute())[0]
-            skipped = [sid for sid, owner in zip(ids, owners, strict=True) if owner is None]
-            if skipped:  # unknown or ended: their record must not stay
-                await self._client.hdel(self._records_h, *skipped)
-        gone = set(skipped)
+            gone = set(await self._write(records, upstream))
         return [s.id for s in batch if s.id in gone]
 
+    async def _write(self, records: dict[str, str], upstream: dict[str, str]) -> builtins.list[str]:
+        """One MULTI/EXEC (+ an HDEL of the skipped): the ids skipped (no owner)."""
+        ids = builtins.list(records)
+        async with self._client.pipeline(transaction=True) as pipe:  # MULTI/EXEC
+            pipe.hmget(self._owner_h, ids)
+            pipe.hset(self._records_h, mapping=records)  # type: ignore[arg-type]
+            if upstream:
+                pipe.hset(self._upstream_h, mapping=upstream)  # type: ignore[arg-type]
+            owners = (await pipe.execute())[0]
+        skipped = [sid for sid, owner in zip(ids, owners, strict=True) if owner is None]
+        if skipped:  # unknown or ended: their record must not stay
+            await self._client.hdel(self._records_h, *skipped)
+        return skipped
+
     async def end(self, session_id: str, *, cause: str, at: float) -> Session:
+        """Concurrent ends are written together (``RedisEnds``: one transaction per batch)."""
         with _translate("end"):
-            ended = await self._end_batch([session_id], cause=cause, at=at, only_node=None)
-            if ended:
-                await self._trim()
-                return ended[0]
-            raw = await self._client.get(self._ended_key(session_id))
-        if raw is None:
+            session = await self._ends.end(session_id, cause=cause, at=at)
+        if session is None:
             raise UnknownSession(session_id)
-        return _load(raw)
+        return session
 
     async def get(self, session_id: str) -> Session:
         with _translate("get"):
@@ -426,66 +393,21 @@ class RedisRegistry:
             expired: builtins.list[str] = []
             for node, members in zip(dead, owned, strict=True):
                 ids = sorted(_text(m) for m in members)
-                for i in range(0, len(ids), _END_BATCH):
-                    chunk = ids[i : i + _END_BATCH]
-                    ended = await self._end_batch(chunk, cause=NODE_LOST, at=at, only_node=node)
+                for i in range(0, len(ids), END_BATCH):
+                    chunk = [EndItem(sid, NODE_LOST, at) for sid in ids[i : i + END_BATCH]]
+                    ended = await self._ends.end_batch(chunk, only_node=node)
                     expired.extend(s.id for s in ended)
                 await self._prune_script(
                     keys=[self._alive_key(node), self._owned_key(node), self._nodes], args=[node]
                 )
             if expired:
-                await self._trim()
+                await self._ends.trim()
         return sorted(expired)
 
     async def close(self) -> None:
         await self._registrations.close()
+        await self._updates.close()
+        await self._ends.close()
         if self._owns_client:
             with _translate("close"):
                 await self._client.aclose()
-
-    async def _end_batch(
-        self, ids: builtins.list[str], *, cause: str, at: float, only_node: str | None
-    ) -> builtins.list[Session]:
-        """End the live sessions among ``ids`` (owned by ``only_node`` if given) atomically."""
-        live_keys = [self._live_key(i) for i in ids]
-        for _ in range(_WATCH_RETRIES):
-            try:
-                async with self._client.pipeline(transaction=True) as pipe:
-                    await pipe.watch(*live_keys)
-                    raws = await pipe.mget(live_keys)
-                    owners = await pipe.hmget(self._owner_h, ids)
-                    # not watched: only the owner updates its live sessions, and it ends its
-                    # own after its last update (the push engine's sync); a node-lost sweep
-                    # ends those of a node that stopped writing
-                    updates = await pipe.hmget(self._records_h, ids)
-                    pipe.multi()  # type: ignore[no-untyped-call]
-                    ended: builtins.list[Session] = []
-                    for sid, live, updated, owner in zip(ids, raws, updates, owners, strict=True):
-                        raw = live if live is None or updated is None else updated
-                        node = None if owner is None else _text(owner)
-                        if raw is None or (only_node is not None and node != only_node):
-                            if only_node is not None:  # stale membership: drop it
-                                pipe.srem(self._owned_key(only_node), sid)
-                            continue
-                        session = _load(raw)
-                        mark_ended(session, cause=cause, at=at)
-                        pipe.set(self._ended_key(sid), _dump(session))
-                        pipe.delete(self._live_key(sid))
-                        pipe.hdel(self._records_h, sid)
-                        pipe.zrem(self._live_z, sid)
-                        pipe.zadd(self._ended_z, {sid: at})
-                        pipe.hdel(self._owner_h, sid)
-                        if node is not None:
-                            pipe.srem(self._owned_key(node), sid)
-                        ended.append(session)
-                    await pipe.execute()
-                    return ended
-            except WatchError:
-                continue  # a concurrent write touched one of the sessions: read again
-        raise BackendUnavailable(f"redis registry: end of {len(ids)} session(s) kept conflicting")
-
-    async def _trim(self) -> None:
-        await self._trim_script(
-            keys=[self._ended_z, self._all_z, self._upstream_h],
-            args=[self._max_ended, f"{self._p}session-ended:", f"{self._p}session:"],
-        )
