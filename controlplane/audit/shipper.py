@@ -7,31 +7,35 @@ files like a log shipper, off the critical path:
 
 1. ``flush()`` the local log, then take the files' sizes at once (no await in between): those
    bytes are durable, so nothing the disk could still lose is ever shipped;
-2. read the complete lines after a persisted cursor (``file``, byte ``offset``), ship them in
-   batches through an ``AuditTransport`` (each entry keyed ``<session_id>:<seq>``), and move
-   the cursor only after the whole batch is acknowledged;
+2. read the complete lines after a persisted cursor (``file``, byte ``offset``; a chunk of at
+   most ``READ_BYTES``), hand them to an ``AuditTransport`` in one call (each line with its
+   position ``<file>:<offset>``: ``CP_AUDIT`` stores them as a few batch messages keyed by
+   that position, ``controlplane.audit.batches``), and move the cursor only after the whole
+   chunk is acknowledged;
 3. on failure keep the cursor, count ``audit_append_failures_total`` (entries per failed
    attempt), back off and retry; the backlog is the unshipped bytes on disk
    (``controlplane_audit_ship_backlog_bytes``), bounded by the data volume, never dropped.
 
-Pacing: a pass runs every ``interval_s``, except while the local log grows fast (by
-``SHIP_BURST_BYTES`` or more per interval: a fan-out writing its entries and their
-acknowledgements): the shipper then waits for a slower interval, at most ``SHIP_MAX_DELAY_S``
-after it first saw the burst, so a large fan-out ships in one or two passes, not one per
-interval while it lasts (each pass asks the fence once: the Redis work of a publish, issue
-#23). A few sessions' entries ship at the next interval, as before.
+Pacing (issue #23: one pass per publish and replica, whatever the sessions): a pass runs every
+``interval_s`` while the log grows slowly (a few sessions' entries ship at the next interval).
+A tick that sees the log grow by ``SHIP_BURST_BYTES`` or more starts a burst (a fan-out
+writing its ``sent`` entries, then their acknowledgements): no pass until a tick sees the log
+not grow at all, or ``SHIP_MAX_DELAY_S`` after the burst began. So a fan-out ships in one pass
+(one fence question, one batch message) once it is written, not one per interval while it
+lasts. The bound: 3 s is twice what a 10,000-session fan-out and its acknowledgements take on
+a 2-core machine (docs/benchmarks.md), well under the checkpoint interval (10 s); the entries
+are durable locally (``fdatasync``) before, so it only delays the remote copy.
 
-A crash between an acknowledged batch and the cursor write re-ships at most that batch; the
+A crash between an acknowledged chunk and the cursor write re-ships at most that chunk; the
 transport deduplicates by key and readers drop exact duplicates
 (``controlplane.audit.reader.dedupe``).
 
 Fencing (distributed mode): one session's trail has one writer, the node holding the id's
-claim in the registry (``sessions.registry``). For each chunk it reads (up to ``READ_BYTES``,
-before shipping its batches) the shipper asks an ``AuditFence`` once which of the chunk's
-sessions another node holds (one question per chunk, not per batch: issue #23, the Redis work
-of a publish); their lines are withheld
+claim in the registry (``sessions.registry``). A pass asks an ``AuditFence`` once which of its
+sessions another node holds (ids already answered in the pass are not asked again: one
+question per pass, issue #23, the Redis work of a publish); their lines are withheld
 (kept in the local log, counted in ``audit_fenced_total``, logged), so two nodes never
-interleave two chains in one ``cp.audit.<id>``.
+interleave two chains in one trail.
 The file layout it tails (``versionlog-YYYY-MM-DD.jsonl``, name order = write order, one
 canonical JSON entry per line) is the one documented in ``sessions.versionlog.file``.
 
@@ -62,10 +66,9 @@ log = logging.getLogger(__name__)
 
 FILE_GLOB: Final = "versionlog-*.jsonl"
 CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
-BATCH_LINES: Final = 500
-READ_BYTES: Final = 4 * 1024 * 1024
+READ_BYTES: Final = 16 * 1024 * 1024  # one chunk holds a 10,000-session fan-out's entries
 RETRY_MAX_S: Final = 2.0
-SHIP_MAX_DELAY_S: Final = 1.0  # a growing log is still shipped this soon after it grew
+SHIP_MAX_DELAY_S: Final = 3.0  # a log that keeps growing is still shipped this often
 SHIP_BURST_BYTES: Final = 64 * 1024  # growth per tick that counts as a fan-out in progress
 FENCED_KEPT: Final = 10_000
 
@@ -79,6 +82,7 @@ class AuditLine:
     seq: int
     data: bytes
     node: str | None = None
+    origin: str = ""  # where it starts in the writer's log: "<file>:<byte offset>"
 
 
 class AuditTransport(Protocol):
@@ -95,9 +99,11 @@ class AuditFence(Protocol):
 
 class ShipPacer:
     """When a pass is due (module docstring, pacing): ``due(size, now)`` is told the local
-    files' total size at each tick; False while it grows by ``burst_bytes`` or more per tick
-    (a fan-out in progress), for at most ``max_delay_s`` from the first such tick. A log that
-    grows less (a few sessions' entries) ships at every tick, as without pacing."""
+    files' total size at each tick. A tick that sees the log grow by ``burst_bytes`` or more
+    starts a burst (a fan-out writing its entries); during a burst no pass is due until a tick
+    sees the log not grow at all (the fan-out and its acknowledgements are written), or
+    ``max_delay_s`` after the burst began. Without a burst a pass is due at every tick (a few
+    sessions' entries ship at once, as without pacing)."""
 
     def __init__(
         self, max_delay_s: float = SHIP_MAX_DELAY_S, burst_bytes: int = SHIP_BURST_BYTES
@@ -105,16 +111,16 @@ class ShipPacer:
         self._max_delay_s = max_delay_s
         self._burst = burst_bytes
         self._seen = 0
-        self._growing_since: float | None = None
+        self._burst_since: float | None = None
 
     def due(self, size: int, now: float) -> bool:
         grew, self._seen = size - self._seen, size
-        if grew >= self._burst:
-            if self._growing_since is None:
-                self._growing_since = now
-            if now - self._growing_since < self._max_delay_s:
+        if grew >= self._burst and self._burst_since is None:
+            self._burst_since = now
+        if self._burst_since is not None:
+            if grew > 0 and now - self._burst_since < self._max_delay_s:
                 return False
-        self._growing_since = None
+            self._burst_since = None
         return True
 
 
@@ -136,7 +142,7 @@ class AuditShipper:
         flush: Callable[[], Awaitable[None]],
         metrics: Metrics,
         interval_s: float = 0.2,
-        batch_lines: int = BATCH_LINES,
+        batch_lines: int | None = None,
         clock: Clock | None = None,
         fence: AuditFence | None = None,
     ) -> None:
@@ -149,7 +155,7 @@ class AuditShipper:
         self._flush = flush
         self._metrics = metrics
         self._interval = interval_s
-        self._batch = batch_lines
+        self._batch = batch_lines  # lines per transport call (None: a whole chunk)
         self._cursor = _Cursor()
         self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
         self._task: asyncio.Task[None] | None = None
@@ -209,15 +215,18 @@ class AuditShipper:
             ck_sizes = self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor)
             sizes = self._durable_sizes(FILE_GLOB, self._cursor)
             shipped = 0
+            known: dict[str, bool] = {}  # the fence's answers of this pass: asked once per id
             try:
-                shipped += await self._ship_files(sizes, checkpoints=False)
-                shipped += await self._ship_files(ck_sizes, checkpoints=True)
+                shipped += await self._ship_files(sizes, known, checkpoints=False)
+                shipped += await self._ship_files(ck_sizes, known, checkpoints=True)
             finally:
                 self._update_backlog(sizes, ck_sizes)
             self.healthy = True
             return shipped
 
-    async def _ship_files(self, sizes: Mapping[str, int], *, checkpoints: bool) -> int:
+    async def _ship_files(
+        self, sizes: Mapping[str, int], known: dict[str, bool], *, checkpoints: bool
+    ) -> int:
         shipped = 0
         while True:
             cursor = self._ck_cursor if checkpoints else self._cursor
@@ -226,10 +235,11 @@ class AuditShipper:
                 return shipped
             name, end, read = chunk
             lines: Sequence[AuditLine] = read
-            if self._fence is not None and lines:  # asked once per chunk read, not per batch
-                lines = await self._fenced(lines)
-            for i in range(0, len(lines), self._batch):
-                part = lines[i : i + self._batch]
+            if self._fence is not None and lines:  # asked once per pass, not per chunk
+                lines = await self._fenced(lines, known)
+            step = self._batch or max(1, len(lines))
+            for i in range(0, len(lines), step):
+                part = lines[i : i + step]
                 await self._ship(part)
                 shipped += len(part)
             if checkpoints:
@@ -248,14 +258,21 @@ class AuditShipper:
         self.shipped += len(lines)
         self._metrics.audit_shipped.inc(len(lines))
 
-    async def _fenced(self, lines: Sequence[AuditLine]) -> Sequence[AuditLine]:
-        """The lines this node may ship: those of sessions another node holds are withheld."""
+    async def _fenced(
+        self, lines: Sequence[AuditLine], known: dict[str, bool]
+    ) -> Sequence[AuditLine]:
+        """The lines this node may ship: those of sessions another node holds are withheld.
+        ``known``: the answers already had in this pass (a pass asks about an id once)."""
         assert self._fence is not None
-        try:
-            foreign = await self._fence.foreign({ln.session_id for ln in lines if ln.node is None})
-        except Exception:
-            self.healthy = False
-            raise  # the batch is retried whole, as for a transport failure
+        ask = {ln.session_id for ln in lines if ln.node is None} - known.keys()
+        if ask:
+            try:
+                answer = await self._fence.foreign(ask)
+            except Exception:
+                self.healthy = False
+                raise  # the chunk is retried whole, as for a transport failure
+            known.update((sid, sid in answer) for sid in ask)
+        foreign = {ln.session_id for ln in lines if ln.node is None and known[ln.session_id]}
         if not foreign:
             return lines
         withheld = [ln for ln in lines if ln.node is None and ln.session_id in foreign]
@@ -310,13 +327,19 @@ class AuditShipper:
     @staticmethod
     def _parse(name: str, start: int, data: bytes) -> list[AuditLine]:
         lines = []
-        for raw in data.splitlines():
+        at = start
+        for raw in data.split(b"\n")[:-1]:  # complete lines only (data ends with one)
+            origin, at = f"{name}:{at}", at + len(raw) + 1
+            if not raw.strip():
+                continue
             try:
                 row = json.loads(raw)
                 if row.get("type") == "checkpoint":
-                    lines.append(AuditLine("", int(row["seq"]), raw, node=str(row["node"])))
+                    lines.append(AuditLine("", int(row["seq"]), raw, node=str(row["node"]),
+                                           origin=origin))  # fmt: skip
                 else:
-                    lines.append(AuditLine(str(row["session_id"]), int(row["seq"]), raw))
+                    lines.append(AuditLine(str(row["session_id"]), int(row["seq"]), raw,
+                                           origin=origin))  # fmt: skip
             except (ValueError, KeyError, TypeError, AttributeError):
                 log.warning("audit: %s (from byte %d): skipping a line that is not an entry",
                             name, start)  # fmt: skip

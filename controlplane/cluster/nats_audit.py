@@ -4,18 +4,30 @@ The second of the two modules that import ``nats`` (justification: ``nats_bus`` 
 connection and the policy stream; this one owns the audit stream's settings, the batched
 shipping of version-log lines and the readers behind ``audit verify/export --nats-url``).
 
-Stream: subjects ``<prefix>.audit.<session token>`` (``nats_bus.subject_token``), file
-storage, limits retention with ``max_age`` = ``audit_max_age_days`` (default 400 days),
-discard old. Each message is one version-log line exactly as the local JSONL file holds it
-(canonical JSON, hash last), published with ``Nats-Msg-Id: <session_id>:<seq>``: a retried
-batch is deduplicated by JetStream inside the duplicate window, and readers drop any exact
-duplicate (same seq and hash) that arrives later than that, so a re-shipped entry never
-looks like tampering.
+Stream: file storage, limits retention with ``max_age`` = ``audit_max_age_days`` (default 400
+days), discard old, every subject under ``<prefix>.audit.``. Since issue #23 (the NATS work of
+a publish must not grow with its sessions) entries travel in batches:
 
-Signed checkpoints (``sessions.checkpoints``) go to ``<prefix>.audit._checkpoint.<node token>``
-with ``Nats-Msg-Id: checkpoint/<node>/<seq>``: four tokens, so no session subject (three
-tokens, a session id never splits) can collide with them, and ``/`` never occurs in a session
-id, so neither can the message ids. ``checkpoint_rows`` reads them back.
+- ``<prefix>.audit.<session token>`` (``nats_bus.subject_token``): the session's **first**
+  entry (seq 1, the connect with its config) alone, exactly as the local JSONL file holds it,
+  ``Nats-Msg-Id: <session_id>:1``. It anchors the session: ``has_trail`` is one last-message
+  lookup, and a session read starts from its stream sequence. Stores written before batching
+  hold every entry of a session here, one per message; they read the same.
+- ``<prefix>.audit._batch.<node token>``: every later entry a node ships, as batches
+  (``controlplane.audit.batches``: the lines joined by newlines, zlib, ``Cp-Audit-Encoding:
+  zlib``), one message per shipping pass unless it would exceed the server's ``max_payload``,
+  ``Nats-Msg-Id: batch/<node>/<first line's position>..<last line's position>/<digest>``: a
+  re-ship of the same lines after a crash or a failed attempt is deduplicated by JetStream
+  inside the duplicate window, and readers drop any exact duplicate (same seq and hash) that
+  arrives later, so a re-shipped entry never looks like tampering.
+- ``<prefix>.audit._checkpoint.<node token>``: that node's signed checkpoints
+  (``sessions.checkpoints``), batched the same way (stores written before batching: one per
+  message, ``Nats-Msg-Id: checkpoint/<node>/<seq>``).
+
+Four tokens for batches and checkpoints, three for a session: no session subject collides. A
+session's entries are read from its subject, then from every batch stored after its first
+message, keeping its lines (``_read_session``): one filtered read of the batches written
+since the session began, not of the whole stream.
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ import nats.errors
 import nats.js.errors
 from nats.js import api
 
+from controlplane.audit.batches import ENCODING, ENCODING_HEADER, BatchError, batch_id, pack, unpack
 from controlplane.audit.reader import dedupe
 from controlplane.audit.shipper import AuditLine
 from controlplane.cluster.nats_bus import NatsConnection, ensure_stream, subject_token
@@ -42,10 +55,14 @@ __all__ = ["NatsAuditStream"]
 
 log = logging.getLogger(__name__)
 
+Message = tuple[str, bytes, dict[str, str]]  # subject, payload, headers
+
+BATCH_TOKEN: Final = "_batch"
 CHECKPOINT_TOKEN: Final = "_checkpoint"
 DAY_S: Final = 86_400.0
 DUPLICATE_WINDOW_S: Final = 600.0
 MAX_ENTRY_BYTES: Final = 1024 * 1024
+HEADER_ROOM: Final = 4096
 READ_BATCH: Final = 1000
 READ_WAIT_S: Final = 2.0
 
@@ -58,10 +75,14 @@ class NatsAuditStream:
         self._conn = conn
         self.stream = s.nats_audit_stream
         self._prefix = f"{s.nats_subject_prefix}.audit."
+        self._node = s.node_id
         self._ensured = False
 
     def subject(self, session_id: str) -> str:
         return self._prefix + subject_token(session_id)
+
+    def batch_subject(self, node: str) -> str:
+        return f"{self._prefix}{BATCH_TOKEN}.{subject_token(node)}"
 
     def checkpoint_subject(self, node: str) -> str:
         return f"{self._prefix}{CHECKPOINT_TOKEN}.{subject_token(node)}"
@@ -92,24 +113,22 @@ class NatsAuditStream:
 
     # -- AuditTransport ------------------------------------------------------------------
     async def ship(self, lines: Sequence[AuditLine]) -> None:
-        """Publish a batch and wait for every PubAck; raises Unavailable if any failed (the
-        caller retries the whole batch: ``Nats-Msg-Id`` makes that idempotent)."""
+        """Publish the lines of one chunk and wait for every PubAck; raises Unavailable if any
+        failed (the caller retries the whole chunk: ``Nats-Msg-Id`` makes that idempotent).
+        Each session's first entry (seq 1) is its own message on the session's subject (the
+        anchor); every other entry goes into this node's batches, checkpoints into their
+        node's checkpoint batches (module docstring)."""
         if not self._conn.connected:  # nothing buffered in the client: the disk is the buffer
             raise Unavailable("not connected to NATS", code="nats_unavailable")
         if not self._ensured:
             await self.ensure()
+        messages = await asyncio.to_thread(self._messages, lines, self._cap())
         js = self._conn.js
         futures: list[asyncio.Future[api.PubAck]] = []
         try:
-            for line in lines:
-                if line.node is None:
-                    subject = self.subject(line.session_id)
-                    headers = {"Nats-Msg-Id": f"{line.session_id}:{line.seq}"}
-                else:
-                    subject = self.checkpoint_subject(line.node)
-                    headers = {"Nats-Msg-Id": f"checkpoint/{line.node}/{line.seq}"}
+            for subject, data, headers in messages:
                 futures.append(await js.publish_async(
-                    subject, line.data, headers=headers, stream=self.stream,
+                    subject, data, headers=headers, stream=self.stream,
                     wait_stall=self._conn.settings.nats_request_timeout_s,
                 ))  # fmt: skip
             async with asyncio.timeout(self._conn.settings.nats_request_timeout_s):
@@ -123,13 +142,41 @@ class NatsAuditStream:
         if failed:
             if any(isinstance(r, nats.js.errors.NoStreamResponseError) for r in failed):
                 self._ensured = False  # the stream is gone: recreate it on the next attempt
-            raise Unavailable(
-                f"NATS: {len(failed)} of {len(lines)} audit entries were not stored: {failed[0]!r}"
-            )
+            raise Unavailable(f"NATS: {len(failed)} of {len(messages)} audit messages "
+                              f"({len(lines)} entries) were not stored: {failed[0]!r}")  # fmt: skip
+
+    def _cap(self) -> int:
+        """The largest batch payload: under the server's max_payload and the stream's limit,
+        leaving room for the headers."""
+        limit = min(self._conn.client.max_payload or MAX_ENTRY_BYTES, MAX_ENTRY_BYTES)
+        return max(limit - HEADER_ROOM, 1024)
+
+    def _messages(self, lines: Sequence[AuditLine], cap: int) -> list[Message]:
+        """(subject, payload, headers) of every message of a chunk, in order (worker thread:
+        compression)."""
+        out: list[Message] = []
+        batched: dict[str, list[AuditLine]] = {}  # subject -> lines, in order
+        for line in lines:
+            if line.node is not None:
+                batched.setdefault(self.checkpoint_subject(line.node), []).append(line)
+            elif line.seq == 1:  # the anchor: has_trail and session reads start from it
+                headers = {"Nats-Msg-Id": f"{line.session_id}:{line.seq}"}
+                out.append((self.subject(line.session_id), line.data, headers))
+            else:
+                batched.setdefault(self.batch_subject(self._node), []).append(line)
+        for subject, group in batched.items():
+            node = group[0].node or self._node
+            for payload, start, end in pack([ln.data for ln in group], cap):
+                first, last = group[start].origin, group[end - 1].origin
+                headers = {"Nats-Msg-Id": batch_id(node, first, last, payload),
+                           ENCODING_HEADER: ENCODING}  # fmt: skip
+                out.append((subject, payload, headers))
+        return out
 
     # -- readers -------------------------------------------------------------------------
     async def has_trail(self, session_id: str) -> bool:
-        """Whether the stream holds any entry of this session (one request: its last one)."""
+        """Whether the stream holds any entry of this session (one request: the last message
+        of its subject, which holds its first entry)."""
         try:
             await self._conn.js.get_last_msg(self.stream, self.subject(session_id))
         except nats.js.errors.NotFoundError:
@@ -147,18 +194,72 @@ class NatsAuditStream:
         checkpoints: bool = False,
     ) -> int:
         """Feed every stored line (of one session, or all, or with ``checkpoints`` every
-        checkpoint; from ``since`` on by stream time) to ``sink``, in stream order; returns how
-        many. A temporary consumer, deleted after."""
-        if checkpoints:
-            subject = f"{self._prefix}{CHECKPOINT_TOKEN}.>"
+        checkpoint; from ``since`` on by stream time) to ``sink``, in stream order (the lines of
+        a batch in their order); returns how many."""
+        if session_id is not None:
+            return await self._read_session(sink, session_id)
+        subject = f"{self._prefix}{CHECKPOINT_TOKEN}.>" if checkpoints else self._prefix + ">"
+        count = 0
+
+        def each(_seq: int, lines: list[bytes]) -> None:
+            nonlocal count
+            for line in lines:
+                sink(line)
+                count += 1
+
+        await self._scan(subject, each, since=since)
+        return count
+
+    async def _read_session(self, sink: Callable[[bytes], None], session_id: str) -> int:
+        """The session's own subject (its first entry; every entry in stores written before
+        batching), then every batch stored after its first message, filtered to its lines."""
+        found: list[tuple[int, int, bytes]] = []
+
+        def own(seq: int, lines: list[bytes]) -> None:
+            found.extend((seq, i, line) for i, line in enumerate(lines))
+
+        await self._scan(self.subject(session_id), own)
+        if found:
+            needles = {json.dumps(session_id)[1:-1].encode(), session_id.encode()}
+
+            def batched(seq: int, lines: list[bytes]) -> None:
+                for i, line in enumerate(lines):
+                    if (
+                        any(n in line for n in needles)
+                        and _row(line).get("session_id") == session_id
+                    ):
+                        found.append((seq, i, line))
+
+            start = min(seq for seq, _, _ in found)
+            await self._scan(f"{self._prefix}{BATCH_TOKEN}.>", batched, start_seq=start)
+        found.sort(key=lambda item: (item[0], item[1]))
+        for _, _, line in found:
+            sink(line)
+        return len(found)
+
+    async def _scan(
+        self,
+        subject: str,
+        each: Callable[[int, list[bytes]], None],
+        *,
+        since: float | None = None,
+        start_seq: int | None = None,
+    ) -> None:
+        """``each(stream seq, lines)`` for every message on ``subject``, in stream order. A
+        temporary consumer, deleted after. A message that is not a readable batch gives one
+        empty line (verification then names it as malformed)."""
+        if start_seq is not None:
+            policy, start_time = api.DeliverPolicy.BY_START_SEQUENCE, None
+        elif since is not None:
+            policy = api.DeliverPolicy.BY_START_TIME
+            start_time = dt.datetime.fromtimestamp(since, dt.UTC)
         else:
-            subject = self._prefix + ">" if session_id is None else self.subject(session_id)
+            policy, start_time = api.DeliverPolicy.ALL, None
         config = api.ConsumerConfig(
             name=f"cp-audit-read-{uuid.uuid4().hex[:16]}",
-            deliver_policy=(
-                api.DeliverPolicy.ALL if since is None else api.DeliverPolicy.BY_START_TIME
-            ),
-            opt_start_time=None if since is None else dt.datetime.fromtimestamp(since, dt.UTC),
+            deliver_policy=policy,
+            opt_start_seq=start_seq,
+            opt_start_time=start_time,
             ack_policy=api.AckPolicy.NONE,
             filter_subject=subject,
             replay_policy=api.ReplayPolicy.INSTANT,
@@ -167,7 +268,6 @@ class NatsAuditStream:
             num_replicas=1,
         )  # fmt: skip
         js = self._conn.js
-        count = 0
         try:
             sub = await js.pull_subscribe(subject, stream=self.stream, config=config)
         except nats.js.errors.NotFoundError as exc:
@@ -184,8 +284,13 @@ class NatsAuditStream:
                     remaining = (await sub.consumer_info()).num_pending
                     continue
                 for msg in msgs:
-                    sink(msg.data)
-                    count += 1
+                    try:
+                        lines = unpack(msg.data, msg.headers)
+                    except BatchError as exc:
+                        log.warning("%s: message %d: %s", self.stream,
+                                    msg.metadata.sequence.stream, exc)  # fmt: skip
+                        lines = [b""]
+                    each(msg.metadata.sequence.stream, lines)
                 remaining = msgs[-1].metadata.num_pending
         except nats.errors.Error as exc:
             raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
@@ -194,7 +299,6 @@ class NatsAuditStream:
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await js.delete_consumer(self.stream, config.name or "")
-        return count
 
     async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
         """One session's entries as stored (exact re-shipped duplicates dropped)."""

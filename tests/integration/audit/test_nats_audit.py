@@ -14,6 +14,7 @@ import nats
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from controlplane import cli
+from controlplane.audit.batches import unpack
 from sessions.checkpoints import CheckpointSigner, make_checkpoints
 from tests.integration.distributed.conftest import Cluster
 from tests.integration.service.conftest import eventually
@@ -22,17 +23,21 @@ Message = tuple[str, dict[str, Any]]  # subject without the prefix, row
 
 
 async def read_stream(c: Cluster) -> list[Message]:
-    """Every message of the test's audit stream, in stream order."""
+    """Every line of the test's audit stream, in stream order (copied back one per message:
+    the per-entry form readers still read)."""
     nc = await nats.connect(c.nats_url)
     try:
         js = nc.jetstream()
         sub = await js.pull_subscribe(f"{c.subject_prefix}.audit.>", stream=c.audit_stream)
         pending = (await sub.consumer_info()).num_pending or 0
         out: list[Message] = []
-        while len(out) < pending:
-            for msg in await sub.fetch(pending - len(out), timeout=5):
-                out.append((msg.subject.split(".audit.", 1)[1], json.loads(msg.data)))
+        while pending:
+            fetched = await sub.fetch(pending, timeout=5)
+            for msg in fetched:  # a batch message holds many lines (audit.batches)
+                subject = msg.subject.split(".audit.", 1)[1]
+                out.extend((subject, json.loads(line)) for line in unpack(msg.data, msg.headers))
                 await msg.ack()
+            pending -= len(fetched)
         await sub.unsubscribe()
         return out
     finally:

@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import nats
 
+from controlplane.audit.batches import unpack
 from controlplane.signing import SIGNATURE_HEADER, signature
 from tests.integration.distributed.conftest import EXE, Cluster
 from tests.support.servers import free_port, wait_port
@@ -67,6 +68,11 @@ class Stored:
     @property
     def event(self) -> dict[str, Any]:
         return dict(json.loads(self.data))
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The lines of a ``CP_AUDIT`` message: one, or a batch's (controlplane.audit.batches)."""
+        return [dict(json.loads(line)) for line in unpack(self.data, self.headers)]
 
 
 async def stream_events(nats_url: str, stream: str) -> list[Stored]:

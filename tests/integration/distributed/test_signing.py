@@ -248,8 +248,9 @@ async def test_the_signing_key_never_reaches_logs_audit_entries_metrics_or_respo
 
     async def shipped() -> list[str]:
         stored = await stream_events(cluster.nats_url, cluster.audit_stream)
-        count = sum(1 for m in stored if "session_id" in m.event)
-        return [m.data.decode() for m in stored] if count >= len(entries) else []
+        rows = [r for m in stored for r in m.rows]  # batches decoded (audit.batches)
+        count = sum(1 for r in rows if "session_id" in r)
+        return [json.dumps(r) for r in rows] if count >= len(entries) else []
 
     durable = await eventually(shipped, timeout=10)
     settings = a.settings

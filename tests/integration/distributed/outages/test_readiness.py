@@ -161,7 +161,7 @@ async def test_failing_audit_writes_make_readyz_503_and_no_entry_is_lost(
 
         async def durable() -> bool:  # and shipped to CP_AUDIT, once each
             stored = await stream_events(cluster.nats_url, cluster.audit_stream)
-            seqs = sorted({m.event["seq"] for m in stored if m.event.get("session_id") == sid})
+            seqs = sorted({r["seq"] for m in stored for r in m.rows if r.get("session_id") == sid})
             return seqs == [e["seq"] for e in entries]
 
         await eventually(durable, timeout=10)
