@@ -5,7 +5,11 @@ the upstream started on. Later entries are replayed in seq order up to the insta
 the push engine's own model of "what the upstream runs" (``PushState.base``), and every step
 is checked against the entry's ``config_hash``: that check is the evidence. Rules:
 
-- ``connect`` v1 ``sent``: the config is the entry's ``config``; effective at once.
+- ``connect`` v1 ``sent``: the config is the entry's ``config``; effective at once. Its
+  answer, when the upstream answers the connect itself (Voice Agent: ``session.ready``), is
+  ``connect`` v1 ``acked`` (acknowledged), ``rejected`` (``session.error``: no upstream
+  session runs it; said) or ``unverified`` (no answer, or an echo that does not carry the
+  connect's values; said).
 - a push (``policy``, ``relabel``, ``rollback``, ``retire``, ``connect`` v2+) recorded
   ``sent``: its config is ``apply(config, delta)``. When a later entry of the same version
   answers it (``acked`` / ``rejected`` / ``unverified``), the session acknowledges pushes and
@@ -225,6 +229,13 @@ class _Rebuild:
                 self.establish(row, self._unanswered("pushed"))
         elif status in ("acked", "unverified"):
             self._answer(row, status)
+        elif status == "rejected" and _is_connect(row) and version not in self.pending:
+            self.check(row, self.config)  # the Voice Agent's session.error to the connect
+            self.note(row, f"the upstream refused the connect ({row.get('error')}): no "
+                      "upstream session runs its parameters")  # fmt: skip
+            if self.established is self.rows[0]:
+                self.establish(self.rows[0], "connect parameters, refused by the upstream "
+                               f"(seq {row['seq']}): no upstream session runs them")  # fmt: skip
         elif status == "rejected":
             candidate, _ = self.pending.pop(version, (apply(self.config, delta), None))
             self.check(row, candidate)
@@ -246,9 +257,17 @@ class _Rebuild:
         held = self.pending.pop(version, None)
         if held is None and _is_connect(row):  # the Voice Agent's session.ready
             self.check(row, self.config)
-            if self.established is self.rows[0]:
+            if status != "acked":
+                self.note(row, f"the connect is unverified: {row.get('error')}")
+            if self.established is not self.rows[0]:
+                return
+            if status == "acked":
                 self.establish(self.rows[0], "connect parameters, acknowledged by the upstream "
                                f"(session ready, seq {row['seq']})")  # fmt: skip
+            else:
+                answer = f"seq {row['seq']}: {row.get('error')}"
+                self.establish(self.rows[0], "connect parameters; the upstream's answer did "
+                               f"not confirm them ({answer})")  # fmt: skip
             return
         candidate, sent = held if held is not None else (apply(self.config, row.get("delta") or {}),
                                                          None)  # fmt: skip

@@ -257,14 +257,17 @@ class Gateway:
                 ack_timeout=self.settings.ack_timeout_s,
                 applies_rest=self.settings.agent_partial_updates == "apply_rest",
             )
-            transport = UpstreamTransport(upstream, True, link=link)
+            transport = UpstreamTransport(upstream, True, link=link, answers_connect=not resume)
             wire: dict[str, Any] = {"first_message": forward}
             if skipped:
                 wire["skipped"] = dict(skipped)
             running = {} if resume else effective.config
             try:
                 now = asyncio.get_running_loop().time()
-                await send_upstream(upstream, link.first(forward, now))
+                # a connect session.update carries the effective config (running): its
+                # answer (session.ready) is logged `connect acked`, the session's exposure
+                refs = None if resume else effective.applied
+                await send_upstream(upstream, link.first(forward, now, refs))
                 ls = await self.service.attach(
                     session, effective, transport=transport, dialect=VOICE_AGENT_V1,
                     running=running, connect_wire=wire,

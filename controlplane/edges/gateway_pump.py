@@ -25,6 +25,7 @@ from controlplane.push.actions import (
     Action,
     ClientChange,
     CloseClient,
+    ConnectAnswer,
     Count,
     Kick,
     Queued,
@@ -55,7 +56,7 @@ INTERNAL_ERROR_CLOSE = 1011
 class UpstreamTransport:
     """Where the engine writes a gateway session's pushes (through its machine)."""
 
-    __slots__ = ("acknowledging", "link", "model", "pump", "ws")
+    __slots__ = ("acknowledging", "answers_connect", "link", "model", "pump", "ws")
 
     def __init__(
         self,
@@ -63,11 +64,16 @@ class UpstreamTransport:
         acknowledging: bool,
         model: StreamingUpstream | None = None,
         link: AgentAcks | None = None,
+        *,
+        answers_connect: bool = False,
     ) -> None:
         self.ws = ws
         self.acknowledging = acknowledging
         self.model = model  # Streaming v3: what the upstream runs, frame by frame
         self.link = link  # Voice Agent: one update outstanding, answers attributed
+        # the upstream answers the connect itself (a Voice Agent first session.update):
+        # SessionPort.connect_answered logs it
+        self.answers_connect = answers_connect
         self.pump: ProxyPump | None = None
 
     def congested(self) -> bool:
@@ -120,6 +126,8 @@ class ProxyPump:
                 await port.client_update(ls, action.update)
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
+            elif isinstance(action, ConnectAnswer):
+                port.connect_answered(ls, action.ack, action.refs)
             elif isinstance(action, Written):
                 port.written(ls, action.push)
             elif isinstance(action, Queued):

@@ -2,7 +2,7 @@
 
 Socket writes (:class:`ToUpstream`, :class:`ToClient`, :class:`CloseClient`) and the service
 calls of ``controlplane.service.sessions.SessionPort`` (:class:`Acknowledge`,
-:class:`ClientChange`, :class:`Ready`, :class:`TurnBoundary`, :class:`Kick`,
+:class:`ConnectAnswer`, :class:`ClientChange`, :class:`Ready`, :class:`TurnBoundary`, :class:`Kick`,
 :class:`Written`, :class:`Queued`, :class:`Count`). The machines
 (``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of them; the
 pump executes each list in order (the model: ``emulator/actions.py``).
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from controlplane.push.acks import ClientUpdate, PushAck
 from controlplane.push.protocol import Push
+from policies.provenance import PolicyRef
 from policies.values import value
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Action",
     "ClientChange",
     "CloseClient",
+    "ConnectAnswer",
     "Count",
     "Kick",
     "Queued",
@@ -64,6 +66,16 @@ class Acknowledge:
     """Our in-flight push was answered (``SessionPort.acknowledge``)."""
 
     ack: PushAck
+
+
+@value
+class ConnectAnswer:
+    """The upstream answered the session's connect (version 1; Voice Agent: the first
+    ``session.update``, answered by ``session.ready`` or refused by ``session.error``):
+    ``SessionPort.connect_answered``. ``refs``: the policy versions the connect carried."""
+
+    ack: PushAck
+    refs: tuple[PolicyRef, ...]
 
 
 @value
@@ -117,6 +129,7 @@ Action = (
     | ToClient
     | CloseClient
     | Acknowledge
+    | ConnectAnswer
     | ClientChange
     | Ready
     | TurnBoundary

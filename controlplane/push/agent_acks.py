@@ -17,6 +17,15 @@ verdicts into what the service records:
   ``acked`` with the effect the upstream echoed (what changed between the configuration before
   it went and the echo, plus what it asked), ``rejected`` or ``unverified``.
 
+- the connect's (the first ``session.update``, carrying the session's effective config):
+  ``session.ready`` is its acknowledgement — :class:`~controlplane.push.acks.PushApplied`
+  when the configuration it echoes carries every canonical value the message sent, else
+  :class:`~controlplane.push.acks.PushUnverified` naming the mismatch; a ``session.error``
+  refuses it (:class:`~controlplane.push.acks.PushRejected`); no answer within
+  ``ack_timeout``, or the session ending first, leaves it ``unverified``. Each as one
+  :class:`~controlplane.push.actions.ConnectAnswer` (a ``session.resume`` is not answered
+  for the record: it runs the resumed session's configuration, not the connect's).
+
 The client receives exactly the answers to its own messages. An update without an answer
 within ``ack_timeout`` ends (``unverified`` for the client's; the engine times out ours) and
 frees the slot; a client update still outstanding when the session ends is ``unverified``.
@@ -40,6 +49,7 @@ from controlplane.push.actions import (
     Acknowledge,
     Action,
     ClientChange,
+    ConnectAnswer,
     Queued,
     ToClient,
     ToUpstream,
@@ -47,6 +57,7 @@ from controlplane.push.actions import (
 )
 from controlplane.push.protocol import Push, PushState
 from policies.fields import Delta
+from policies.provenance import PolicyRef
 from sessions.dialects.base import ordered_fields
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
@@ -88,18 +99,27 @@ class AgentAcks:
     attributed. ``push_state``: the session's push state once attached (read only: whether an
     answer or a queued update still concerns the push in flight)."""
 
-    __slots__ = ("_armed", "ack_timeout", "model", "push_state")
+    __slots__ = ("_armed", "_connect", "ack_timeout", "model", "push_state")
 
     def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
         self.model = AgentUpstream(applies_rest=applies_rest)
         self.ack_timeout = ack_timeout
         self.push_state: PushState | None = None
         self._armed: tuple[float, Update] | None = None  # (deadline, the update it times)
+        # the connect's first message and the policy versions it carries, until answered
+        self._connect: tuple[Update, tuple[PolicyRef, ...]] | None = None
 
     # -- what goes upstream ---------------------------------------------------------------
-    def first(self, message: dict[str, Any], now: float) -> list[Action]:
-        """The session's first message (answered by ``session.ready``)."""
-        self._arm(self.model.first(message), now)
+    def first(
+        self, message: dict[str, Any], now: float, refs: tuple[PolicyRef, ...] | None = None
+    ) -> list[Action]:
+        """The session's first message (answered by ``session.ready``). ``refs``: the policy
+        versions a connect ``session.update`` carries (its answer is a ``ConnectAnswer``);
+        None: not answered for the record (``session.resume``)."""
+        update = self.model.first(message)
+        self._arm(update, now)
+        if refs is not None:
+            self._connect = (update, refs)
         return [ToUpstream(json.dumps(message))]
 
     def push(self, push: Push, wire: dict[str, Any], now: float) -> list[Action]:
@@ -144,9 +164,15 @@ class AgentAcks:
     def ready(self, parsed: dict[str, Any], now: float) -> list[Action]:
         """``session.ready`` (forwarded to the client by the caller)."""
         config = parsed.get("config")
-        self.model.on_ready(config if isinstance(config, dict) else {})
+        echo = config if isinstance(config, dict) else {}
+        verdict = self.model.on_ready(echo)
         self._armed = None
-        return self._next(now)
+        actions: list[Action] = []
+        if verdict.status == "acked" and verdict.update is not None:
+            actions.extend(self._connect_answer(verdict.update, _connect_outcome(verdict.update,
+                                                                                echo)))  # fmt: skip
+        actions.extend(self._next(now))
+        return actions
 
     def answer(self, parsed: dict[str, Any], data: str, now: float) -> list[Action]:
         """A ``session.updated`` or non-fatal ``session.error`` (``data``: its text)."""
@@ -170,6 +196,8 @@ class AgentAcks:
         update = verdict.update
         if update is None or verdict.status is None or self.push_state is None:
             return []
+        if update.owner == "first":  # the connect refused (session.error)
+            return self._connect_answer(update, self._push_outcome(update, verdict, parsed))
         if update.owner == "client":
             return [ClientChange(self._client_outcome(update, verdict))]
         if update.owner != "ours" or verdict.late or not self._in_flight(update):
@@ -188,7 +216,7 @@ class AgentAcks:
         first = update.errors[0] if update.errors else None
         code = first[0] if first else str(parsed.get("code") or "unknown").lower()
         reason = (verdict.reason or "").removeprefix(f"{code}: ")  # the engine adds the code
-        if verdict.status == "rejected":
+        if verdict.status == "rejected" or update.owner == "first":
             return PushRejected(code, reason, frozenset(fields) or None)
         # the rest applied: what runs is what the echo shows (a field of the push whose value
         # the echo does not carry was refused)
@@ -227,7 +255,10 @@ class AgentAcks:
         if not self.model.expire(update):
             return []
         actions: list[Action] = []
-        if update.owner == "client" and self.push_state is not None:
+        if update.owner == "first":
+            reason = f"no session.ready within {self.ack_timeout:g}s"
+            actions.extend(self._connect_answer(update, PushUnverified(reason)))
+        elif update.owner == "client" and self.push_state is not None:
             reason = "; ".join([f"no answer within {self.ack_timeout:g}s", *update.doubts])
             verdict = Verdict(False, update, "unverified", reason)
             actions.append(ClientChange(self._client_outcome(update, verdict)))
@@ -239,15 +270,44 @@ class AgentAcks:
         (the upstream may or may not have applied it)."""
         self._armed = None
         update = self.model.outstanding
+        reason = "the session ended before the upstream answered"
+        if update is not None and update.owner == "first":
+            self.model.expire(update)
+            return self._connect_answer(update, PushUnverified(reason))
         if update is None or update.owner != "client" or self.push_state is None:
             return []
         self.model.expire(update)
-        reason = "the session ended before the upstream answered"
         verdict = Verdict(False, update, "unverified", reason)
         return [ClientChange(self._client_outcome(update, verdict))]
 
     def _arm(self, update: Update, now: float) -> None:
         self._armed = (now + self.ack_timeout, update)
+
+    def _connect_answer(self, update: Update, ack: PushAck) -> list[Action]:
+        """The connect's one answer (nothing when ``update`` is not the connect's message, or
+        it was answered already)."""
+        connect = self._connect
+        if connect is None or connect[0] is not update:
+            return []
+        self._connect = None
+        return [ConnectAnswer(ack, connect[1])]
+
+
+def _connect_outcome(update: Update, echo: dict[str, Any]) -> PushAck:
+    """``session.ready`` answering the connect: applied when the configuration it echoes
+    carries every canonical value the first message sent (an upstream that echoes nothing
+    leaves only the answer itself to go by), else unverified, naming the mismatch."""
+    body = update.message.get("session")
+    sent = canonical_view(body) if isinstance(body, dict) else {}
+    if not echo:
+        return PushApplied()
+    runs = canonical_view(echo)
+    wrong = [name for name, value in sent.items() if runs.get(name) != value]
+    if not wrong:
+        return PushApplied()
+    shown = ", ".join(f"{n} is {json.dumps(runs.get(n))[:80]}, sent {json.dumps(sent[n])[:80]}"
+                      for n in wrong)  # fmt: skip
+    return PushUnverified(f"session.ready does not echo the connect's values ({shown})")
 
 
 def _error(code: str, message: str) -> str:

@@ -123,6 +123,12 @@ class LiveSessions:
             self._engine.record(ls, cause="connect", status="sent", delta=delta,
                                wire=connect_wire, version=1, config=running,
                                exposes=starts_effective and runs)  # fmt: skip
+            if starts_effective and getattr(transport, "answers_connect", False):
+                # sent until the upstream answers the connect (SessionPort.connect_answered)
+                statuses = ls.policy_status
+                for ref in effective.applied:
+                    if statuses.get(ref.id) == (ref.version, ref.variant, "unchanged"):
+                        statuses[ref.id] = (ref.version, ref.variant, "sent")
             if not starts_effective:
                 ls.push.want(effective.config, effective.applied, "connect",
                              event_at=self._clock.monotonic())  # fmt: skip

@@ -10,6 +10,11 @@ The gateway (``controlplane.edges.gateway_pump``) and the control channel
   used to call the service and the engine three times;
 - ``acknowledge(ls, PushAck)``: the in-flight push applied, refused (fields quarantined),
   partly applied, or unverified;
+- ``connect_answered(ls, PushAck, refs)``: the upstream answered the connect itself (Voice
+  Agent: ``session.ready`` to the first ``session.update``, or a ``session.error``): logged
+  once as ``connect`` version 1 ``acked`` (the session runs the connect's policy versions
+  ``refs`` from now on: its experiment exposure), ``rejected`` or ``unverified``, and the
+  rollout status of those versions follows;
 - ``ready``, ``turn_boundary``, ``kick``, ``written`` / ``queued`` (the push's frame went, or
   waits behind another update), ``count`` (a refused client frame).
 
@@ -34,6 +39,7 @@ from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from policies.model import Policy
+from policies.provenance import PolicyRef
 
 __all__ = ["EngineSessions", "RejectCounter", "SessionPort"]
 
@@ -44,6 +50,10 @@ class SessionPort(Protocol):
     async def client_update(self, ls: LiveSession, update: ClientUpdate) -> None: ...
 
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None: ...
+
+    def connect_answered(
+        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...]
+    ) -> None: ...
 
     def ready(self, ls: LiveSession, upstream_id: str | None) -> None: ...
 
@@ -119,6 +129,24 @@ class EngineSessions:
             await engine.upstream_refused(ls, ack)
         elif isinstance(ack, PushUnverified):
             await engine.upstream_unverified(ls, ack.reason)
+
+    def connect_answered(self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...]) -> None:
+        """The upstream's answer to the connect (version 1, carrying ``refs``): one entry.
+        Its config is the push state's base, the connect's config (nothing else goes
+        upstream before the session is ready)."""
+        error = None
+        if isinstance(ack, PushApplied):
+            status = "acked"  # the experiment exposure (Recorder: `acked` exposes)
+        elif isinstance(ack, PushRejected | PushPartlyApplied):
+            status, error = "rejected", f"{ack.code}: {ack.reason}"
+        else:
+            status, error = "unverified", ack.reason
+        self._engine.record(ls, cause="connect", status=status, delta={}, wire=None,
+                            error=error, version=1, refs=refs)  # fmt: skip
+        statuses = ls.policy_status
+        for ref in refs:  # `sent` since the connect went (LiveSessions.attach)
+            if statuses.get(ref.id) == (ref.version, ref.variant, "sent"):
+                statuses[ref.id] = (ref.version, ref.variant, status)
 
     def ready(self, ls: LiveSession, upstream_id: str | None) -> None:
         """The upstream session is ready (``upstream_id``: its own id, when it has one):

@@ -226,3 +226,26 @@ async def test_an_unchanged_entry_of_a_version_in_flight_waits_for_its_answer(
     # named after version 2 was sent: its policies are version 2's once it is acknowledged
     assert later.policies == [EU, TRIAL]
     assert later.policies_by is not None and later.policies_by["seq"] == 3
+
+
+async def test_a_voice_agent_connect_refused_or_unconfirmed_is_said_never_acknowledged(
+    rec: Recorder,
+) -> None:
+    start = {"system_prompt": "kind"}
+    rec.add(version=1, cause="connect", status="sent", config=start, policies=[EU])
+    refused = rec.add(version=1, cause="connect", status="rejected", config=start,
+                      policies=[EU], error="invalid_value: voice_focus")  # fmt: skip
+    rows = await rec.rows()
+    answer = config_at("s", rows, refused + 1)
+    assert answer.verified and answer.established_by["seq"] == 1
+    assert answer.status.startswith("connect parameters, refused by the upstream (seq 2)")
+    assert any("refused the connect (invalid_value: voice_focus)" in n for n in answer.notes)
+    assert not answer.pending
+
+    other = Recorder()
+    other.add(version=1, cause="connect", status="sent", config=start)
+    late = other.add(version=1, cause="connect", status="unverified", config=start,
+                     error="no session.ready within 5s")  # fmt: skip
+    answer = config_at("s", await other.rows(), late)
+    assert answer.verified and "acknowledged" not in answer.status
+    assert "did not confirm them (seq 2: no session.ready within 5s)" in answer.status

@@ -1,0 +1,90 @@
+"""The Voice Agent connect's own answer, step by step without sockets: the first
+``session.update`` (carrying the session's effective config) is acknowledged by
+``session.ready`` — applied when the echo carries what it sent, unverified otherwise — refused
+by a ``session.error``, or left unverified (no answer in time, or the session ended first);
+each exactly once, as a ``ConnectAnswer`` naming the policy versions the connect carried. A
+``session.resume`` is never answered for the record."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from controlplane.push.acks import PushApplied, PushRejected, PushUnverified
+from controlplane.push.actions import ConnectAnswer, ToClient
+from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.protocol import PushState
+from policies.provenance import PolicyRef
+from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config, merge
+
+TIMEOUT = 5.0
+REFS = (PolicyRef("joiners", 1, variant="warm"),)
+SENT = {"system_prompt": "Be kind.", "input": {"keyterms": ["welcome"]}}
+FIRST = {"type": "session.update", "session": SENT}
+
+
+def _acks(first: dict[str, Any] = FIRST, refs: tuple[PolicyRef, ...] | None = REFS) -> AgentAcks:
+    acks = AgentAcks(ack_timeout=TIMEOUT)
+    acks.first(copy.deepcopy(first), 0.0, refs)
+    acks.push_state = PushState.start(acknowledging=True, config={}, refs=(), version=1)
+    return acks
+
+
+def _answers(actions: list[Any]) -> list[ConnectAnswer]:
+    return [a for a in actions if isinstance(a, ConnectAnswer)]
+
+
+def _ready(config: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "session.ready", "session_id": "u1", "config": config}
+
+
+def test_session_ready_echoing_the_connect_acknowledges_it_once() -> None:
+    acks = _acks()
+    echo = merge(default_config(TABLE_SETTINGS), SENT)
+    assert _answers(acks.ready(_ready(echo), 0.1)) == [ConnectAnswer(PushApplied(), REFS)]
+    # a second session.ready (never expected) answers nothing more, nor does the clock
+    assert _answers(acks.ready(_ready(echo), 0.2)) == []
+    assert _answers(acks.on_timer(TIMEOUT + 1)) == []
+    assert _answers(acks.close()) == []
+
+
+def test_session_ready_that_does_not_echo_the_connect_leaves_it_unverified() -> None:
+    acks = _acks()
+    echo = merge(default_config(TABLE_SETTINGS), {**SENT, "input": {"keyterms": ["other"]}})
+    [answer] = _answers(acks.ready(_ready(echo), 0.1))
+    assert isinstance(answer.ack, PushUnverified) and answer.refs == REFS
+    assert "keyterms is" in answer.ack.reason and "welcome" in answer.ack.reason
+
+
+def test_a_session_error_to_the_first_message_refuses_the_connect() -> None:
+    acks = _acks()
+    parsed = {"type": "session.error", "code": "invalid_value", "message": "bad focus",
+              "param": "input.voice_focus"}  # fmt: skip
+    actions = acks.answer(parsed, json.dumps(parsed), 0.1)
+    assert ToClient(json.dumps(parsed), quiet=True) in actions  # the client's own answer too
+    [answer] = _answers(actions)
+    assert answer.refs == REFS
+    assert answer.ack == PushRejected("invalid_value", "bad focus", None)
+    assert _answers(acks.close()) == []
+
+
+def test_no_answer_in_time_or_the_session_ending_first_leaves_the_connect_unverified() -> None:
+    acks = _acks()
+    assert acks.next_deadline() == TIMEOUT
+    assert _answers(acks.on_timer(TIMEOUT - 1)) == []
+    [answer] = _answers(acks.on_timer(TIMEOUT))
+    assert answer.ack == PushUnverified(f"no session.ready within {TIMEOUT:g}s")
+    late = merge(default_config(TABLE_SETTINGS), SENT)
+    assert _answers(acks.ready(_ready(late), TIMEOUT + 1)) == []  # a late answer: recorded
+
+    ended = _acks()
+    [answer] = _answers(ended.close())
+    assert answer.ack == PushUnverified("the session ended before the upstream answered")
+
+
+def test_a_resumed_session_is_not_answered_for_the_record() -> None:
+    resume = {"type": "session.resume", "session_id": "u1"}
+    acks = _acks(resume, refs=None)
+    assert _answers(acks.ready(_ready(default_config(TABLE_SETTINGS)), 0.1)) == []
+    assert _answers(_acks(resume, refs=None).close()) == []
