@@ -210,10 +210,11 @@ class ProxySession:
             return [ToClient(data)]
         event = self.dialect.parse_upstream(parsed) if isinstance(parsed, dict) else None
         acks = self.acks
-        if isinstance(event, base.Ready):
-            actions: list[Action] = [Ready(event.upstream_id), ToClient(data)]
+        if isinstance(event, base.Ready):  # (the connect's answer logged before the client
+            actions: list[Action] = [Ready(event.upstream_id)]  # sees it)
             if acks is not None and isinstance(parsed, dict):
                 actions.extend(acks.ready(parsed, now))
+            actions.append(ToClient(data))
             actions.append(Kick())
             return actions
         if isinstance(event, base.TurnBoundary):

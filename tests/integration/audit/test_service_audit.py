@@ -242,8 +242,8 @@ def _pushed(cp: ControlPlaneUnderTest, sid: str) -> list[Any]:
 @pytest.mark.parametrize("where", ["server", "offline"])
 async def test_verify_names_a_bad_checkpoint(stack: Stack, where: str, capsys: Any) -> None:
     cp = await stack.start()
-    async with _agent_session(cp) as sid:
-        assert len(await cp.log(sid)) == 1
+    async with _agent_session(cp) as sid:  # connect sent, connect acked (session.ready)
+        assert len(await cp.log(sid)) == 2
     await stack.stop(cp)
     (path,) = (cp.data_dir / "audit").glob("checkpoints-*.jsonl")
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -23,6 +23,7 @@ from typing import Any
 
 import websockets
 
+from sessions.exposures import exposure_problem
 from tests.integration.differential.actors import (
     Actor,
     ControlApp,
@@ -30,7 +31,6 @@ from tests.integration.differential.actors import (
     GatewayStreaming,
 )
 from tests.integration.differential.views import diff_views, emulator_view, recorded_view
-from sessions.exposures import exposure_problem
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
 
 KEY = "joiners"

@@ -14,6 +14,7 @@ from controlplane.push.actions import (
     Action,
     ClientChange,
     CloseClient,
+    ConnectAnswer,
     Count,
     Kick,
     Ready,
@@ -209,3 +210,15 @@ def test_a_streaming_begin_reports_the_upstreams_id_and_sends_what_is_pending() 
 
 def test_upstream_text_that_is_not_json_reaches_the_client_untouched() -> None:
     assert agent().upstream_text("not json", 0) == [ToClient("not json")]
+
+
+def test_the_connects_answer_is_reported_before_the_client_sees_session_ready() -> None:
+    ls = _session("voice-agent-v1")
+    acks = AgentAcks(ack_timeout=5.0)
+    refs = (PolicyRef("joiners", 1, variant="warm"),)
+    acks.first({"type": "session.update", "session": {}}, 0.0, refs)
+    acks.push_state = ls.push
+    machine = ProxySession(ls, rates=_rates(), acks=acks)
+    ready = json.dumps({"type": "session.ready", "session_id": "up1", "config": START})
+    assert machine.upstream_text(ready, 0.1) == [
+        Ready("up1"), ConnectAnswer(PushApplied(), refs), ToClient(ready), Kick()]  # fmt: skip
