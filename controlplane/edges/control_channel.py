@@ -43,9 +43,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import struct
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.http import WebSocketWriter
 
 from controlplane.api.auth import TOKENS
 from controlplane.edges.admission import (
@@ -89,21 +91,61 @@ REGISTER_ROLE = Role.APP  # the lowest role that may register and report session
 
 
 class ControlTransport:
-    __slots__ = ("_prefix", "ws")
+    """A control channel as a push ``Transport``. A push frame is written the way
+    ``websockets.broadcast`` writes: its bytes built here (the session's prefix, the version,
+    the message encoded once per distinct frame) and handed to the socket's transport at once,
+    without aiohttp's per-frame coroutines; it waits only when the transport asks the writer
+    to pause (a full buffer). A socket that negotiated compression, or anything but aiohttp's
+    server socket, gets ``send_str``."""
+
+    __slots__ = ("_head", "_prefix", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
     def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
         self.ws = ws
         self._prefix = '{"type":"push","session_id":' + json.dumps(session_id) + ',"version":'
+        self._head = self._prefix.encode()
 
     def congested(self) -> bool:
         return write_buffer_size(self.ws) > CONGESTED_BYTES
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
-        if self.ws.closed:
+        ws = self.ws
+        if ws.closed:
             raise ConnectionError("control channel is closed")
-        await self.ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
+        writer = getattr(ws, "_writer", None)
+        if not isinstance(writer, WebSocketWriter) or writer.compress:
+            await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
+            return
+        transport = writer.transport
+        if transport.is_closing():
+            raise ConnectionError("control channel is closing")
+        transport.write(_text_frame(self._head, push.version, text))
+        protocol = writer.protocol
+        if protocol.writing_paused:  # the socket's buffer is full: wait until it drains
+            await protocol._drain_helper()
+
+
+_TAIL: list[tuple[str, bytes]] = [("", b"")]  # the last message's bytes (a fan-out shares it)
+_LEN7 = struct.Struct("!BB").pack
+_LEN16 = struct.Struct("!BBH").pack
+_LEN64 = struct.Struct("!BBQ").pack
+
+
+def _text_frame(head: bytes, version: int, text: str) -> bytes:
+    """One unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2) of
+    ``{head}{version},"message":{text}}``."""
+    last = _TAIL[0]
+    if last[0] is not text:
+        last = _TAIL[0] = (text, (',"message":' + text + "}").encode())
+    payload = b"".join((head, str(version).encode(), last[1]))
+    n = len(payload)
+    if n < 126:
+        return _LEN7(0x81, n) + payload
+    if n < 65536:
+        return _LEN16(0x81, 126, n) + payload
+    return _LEN64(0x81, 127, n) + payload
 
 
 class ControlChannel:
