@@ -93,6 +93,10 @@ class _Marking:
     next_turn: tuple[str, float] | None
     now: float
     sync: bool  # the session's record follows now (held: its walk comes later)
+    live: Mapping[str, LiveSession]
+    # the last selector key and whether it is selected: sessions with the same kind, model
+    # and labels share one interned key (``Inputs.key``), and a fan-out's targets mostly do
+    selected: list[object] = field(default_factory=lambda: [None, False])
 
 
 def _selectors(relevant: list[Policy] | None) -> tuple[Select | None, tuple[Select, ...] | None]:
@@ -170,7 +174,7 @@ class FanOut:
         held = key is not None and self._debounce.arrive(key, now, event_at)
         marking = _Marking(
             self.generation, Resolver(policies), _selectors(relevant), cause, event_at,
-            next_turn, now, sync=held,
+            next_turn, now, sync=held, live=self._pusher.live,
         )  # fmt: skip
         if held:
             self._start_releaser()  # (even when it changes nothing here: the hold must end)
@@ -259,15 +263,21 @@ class FanOut:
         True when it has a new version to write. A session resolved by a newer event
         meanwhile (``LiveSession.marked``) is left to that one."""
         s = ls.session
-        if self._pusher.live.get(s.id) is not ls or ls.marked > m.generation:
+        if m.live.get(s.id) is not ls or ls.marked > m.generation:
             return False
         inputs = ls.inputs()
         select_one, selects = m.selects
-        if select_one is not None:
-            if not select_one(inputs.target):
+        if selects is not None:  # (selectors read kind, model and labels only: Inputs.key)
+            memo, key = m.selected, inputs.key
+            if memo[0] is not key:
+                memo[0] = key
+                memo[1] = (
+                    select_one(inputs.target)
+                    if select_one is not None
+                    else any(sel(inputs.target) for sel in selects)
+                )
+            if not memo[1]:
                 return False
-        elif selects is not None and not any(sel(inputs.target) for sel in selects):
-            return False
         ls.marked = m.generation
         effective = m.resolver.resolve_inputs(inputs)
         hold, next_turn = None, m.next_turn
