@@ -21,7 +21,9 @@ verdicts into what the service records:
   ``session.ready`` is its acknowledgement — :class:`~controlplane.push.acks.PushApplied`
   when the configuration it echoes carries every canonical value the message sent, else
   :class:`~controlplane.push.acks.PushUnverified` naming the mismatch; a ``session.error``
-  refuses it (:class:`~controlplane.push.acks.PushRejected`); no answer within
+  refuses it (:class:`~controlplane.push.acks.PushRejected`; the client gets that error,
+  then close 1008: no upstream session exists, and a retry on the socket would be a new
+  connect the record cannot follow — the same for a refused ``session.resume``); no answer within
   ``ack_timeout``, or the session ending first, leaves it ``unverified``. Each as one
   :class:`~controlplane.push.actions.ConnectAnswer` (a ``session.resume`` is not answered
   for the record: it runs the resumed session's configuration, not the connect's).
@@ -49,6 +51,7 @@ from controlplane.push.actions import (
     Acknowledge,
     Action,
     ClientChange,
+    CloseClient,
     ConnectAnswer,
     Queued,
     ToClient,
@@ -69,9 +72,13 @@ from sessions.dialects.voice_agent_v1_upstream import (
 )
 from sessions.errors import DialectError
 
-__all__ = ["AgentAcks", "UpdateQueueFull", "param_fields"]
+__all__ = ["FIRST_REFUSED", "FIRST_REFUSED_CLOSE", "AgentAcks", "UpdateQueueFull", "param_fields"]
 
 QUEUE_FULL = "too many session.update messages waiting for an answer"
+# the upstream refused the first message: no upstream session exists, and a retry on the same
+# socket would be a new connect the record cannot follow, so the session ends (not a stall)
+FIRST_REFUSED_CLOSE = 1008
+FIRST_REFUSED = "session not started: the upstream refused the first message"
 
 
 class UpdateQueueFull(ConnectionError):
@@ -196,8 +203,10 @@ class AgentAcks:
         update = verdict.update
         if update is None or verdict.status is None or self.push_state is None:
             return []
-        if update.owner == "first":  # the connect refused (session.error)
-            return self._connect_answer(update, self._push_outcome(update, verdict, parsed))
+        if update.owner == "first":  # the first message refused (session.error)
+            ack = self._push_outcome(update, verdict, parsed)
+            return [*self._connect_answer(update, ack), CloseClient(FIRST_REFUSED_CLOSE,
+                                                                    FIRST_REFUSED)]  # fmt: skip
         if update.owner == "client":
             return [ClientChange(self._client_outcome(update, verdict))]
         if update.owner != "ours" or verdict.late or not self._in_flight(update):

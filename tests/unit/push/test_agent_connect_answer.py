@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from controlplane.push.acks import PushApplied, PushRejected, PushUnverified
-from controlplane.push.actions import ConnectAnswer, ToClient
-from controlplane.push.agent_acks import AgentAcks
+from controlplane.push.actions import CloseClient, ConnectAnswer, ToClient
+from controlplane.push.agent_acks import FIRST_REFUSED, FIRST_REFUSED_CLOSE, AgentAcks
 from controlplane.push.protocol import PushState
 from policies.provenance import PolicyRef
 from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config, merge
@@ -62,11 +62,22 @@ def test_a_session_error_to_the_first_message_refuses_the_connect() -> None:
     parsed = {"type": "session.error", "code": "invalid_value", "message": "bad focus",
               "param": "input.voice_focus"}  # fmt: skip
     actions = acks.answer(parsed, json.dumps(parsed), 0.1)
-    assert ToClient(json.dumps(parsed), quiet=True) in actions  # the client's own answer too
     [answer] = _answers(actions)
     assert answer.refs == REFS
     assert answer.ack == PushRejected("invalid_value", "bad focus", None)
+    # the client gets the upstream's error, then the session ends: no upstream session exists
+    # (a retry on this socket would be a new connect, and would wait for ever)
+    assert actions == [ToClient(json.dumps(parsed), quiet=True), answer,
+                       CloseClient(FIRST_REFUSED_CLOSE, FIRST_REFUSED)]  # fmt: skip
     assert _answers(acks.close()) == []
+
+
+def test_a_refused_resume_ends_the_session_too_without_a_connect_answer() -> None:
+    acks = _acks({"type": "session.resume", "session_id": "gone"}, refs=None)
+    parsed = {"type": "session.error", "code": "session_not_found", "message": "gone"}
+    actions = acks.answer(parsed, json.dumps(parsed), 0.1)
+    assert actions == [ToClient(json.dumps(parsed), quiet=True),
+                       CloseClient(FIRST_REFUSED_CLOSE, FIRST_REFUSED)]  # fmt: skip
 
 
 def test_no_answer_in_time_or_the_session_ending_first_leaves_the_connect_unverified() -> None:
