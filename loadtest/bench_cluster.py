@@ -179,8 +179,8 @@ def per_publish(
 
 # the commands of this script's own INFO connection (one per snapshot), not the replicas'
 PROBE = ("redis.info", "redis.hello", "redis.client")
-HEADLINE = ("redis_commands", "redis_in_bytes", "nats_msgs", "audit_entries",
-            "nats_msgs_besides_audit")  # fmt: skip
+HEADLINE = ("redis_commands", "redis_in_bytes", "nats_msgs", "audit_msgs",
+            "nats_msgs_besides_audit", "audit_fence")  # fmt: skip
 
 
 def headline(per: Mapping[str, float]) -> dict[str, float]:
@@ -192,10 +192,11 @@ def headline(per: Mapping[str, float]) -> dict[str, float]:
     }
     out["nats_msgs"] = round(out["nats.in_msgs"] + out["nats.out_msgs"], 1)
     out["redis_in_bytes"] = round(per.get("redis_net_input_bytes", 0.0))
-    # the durable audit trail is per session by contract (DESIGN §4: cp.audit.<session_id>,
-    # one entry per message): each entry is one message in and its PubAck one out
-    out["audit_entries"] = per.get("stream.CP_AUDIT", 0.0)
-    out["nats_msgs_besides_audit"] = round(out["nats_msgs"] - 2 * out["audit_entries"], 1)
+    # the durable audit trail: CP_AUDIT messages stored (batches of entries and checkpoints,
+    # docs/audit.md#the-durable-stream-cp_audit), each one message in and its PubAck one out
+    out["audit_msgs"] = per.get("stream.CP_AUDIT", 0.0)
+    out["nats_msgs_besides_audit"] = round(out["nats_msgs"] - 2 * out["audit_msgs"], 1)
+    out["audit_fence"] = per.get("redis.mget", 0.0)  # the shipper's claim fence, one per pass
     return out
 
 

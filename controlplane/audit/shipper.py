@@ -18,13 +18,14 @@ files like a log shipper, off the critical path:
 
 Pacing (issue #23: one pass per publish and replica, whatever the sessions): a pass runs every
 ``interval_s`` while the log grows slowly (a few sessions' entries ship at the next interval).
-A tick that sees the log grow by ``SHIP_BURST_BYTES`` or more starts a burst (a fan-out
-writing its ``sent`` entries, then their acknowledgements): no pass until a tick sees the log
-not grow at all, or ``SHIP_MAX_DELAY_S`` after the burst began. So a fan-out ships in one pass
-(one fence question, one batch message) once it is written, not one per interval while it
-lasts. The bound: 3 s is twice what a 10,000-session fan-out and its acknowledgements take on
-a 2-core machine (docs/benchmarks.md), well under the checkpoint interval (10 s); the entries
-are durable locally (``fdatasync``) before, so it only delays the remote copy.
+A tick that sees the entry files grow by ``SHIP_BURST_BYTES`` or more starts a burst (a
+fan-out writing its ``sent`` entries, then their acknowledgements): no pass until
+``SHIP_QUIET_TICKS`` ticks in a row see the log not grow at all, or ``SHIP_MAX_DELAY_S`` after
+the burst began. So a fan-out ships in one pass (one fence question, one batch message) once
+it is written, not one per interval while it lasts. The bound: 3 s is twice what a
+10,000-session fan-out and its acknowledgements take on a 2-core machine (docs/benchmarks.md),
+well under the checkpoint interval (10 s); the entries are durable locally (``fdatasync``)
+before, so it only delays the remote copy.
 
 A crash between an acknowledged chunk and the cursor write re-ships at most that chunk; the
 transport deduplicates by key and readers drop exact duplicates
@@ -42,7 +43,10 @@ canonical JSON entry per line) is the one documented in ``sessions.versionlog.fi
 Signed checkpoints (``checkpoints-YYYY-MM-DD.jsonl`` next to them, ``sessions.checkpoints``)
 are shipped the same way with a cursor of their own, after the entries of the same pass: their
 sizes are taken before the entries' sizes, so a shipped checkpoint never commits to an entry
-that is not shipped yet. A checkpoint line is an ``AuditLine`` with ``node`` set.
+that is not shipped yet. A checkpoint line is an ``AuditLine`` with ``node`` set. The loop's
+passes ship checkpoints only together with entries (a publish's checkpoints ride with the next
+entries' pass: one batch, not passes of their own), or once they waited
+``CHECKPOINT_HOLD_S``; ``ship_pending()`` and ``close`` ship everything.
 """
 
 from __future__ import annotations
@@ -69,7 +73,9 @@ CHECKPOINT_GLOB: Final = "checkpoints-*.jsonl"
 READ_BYTES: Final = 16 * 1024 * 1024  # one chunk holds a 10,000-session fan-out's entries
 RETRY_MAX_S: Final = 2.0
 SHIP_MAX_DELAY_S: Final = 3.0  # a log that keeps growing is still shipped this often
-SHIP_BURST_BYTES: Final = 64 * 1024  # growth per tick that counts as a fan-out in progress
+SHIP_BURST_BYTES: Final = 16 * 1024  # growth per tick that counts as a fan-out in progress
+SHIP_QUIET_TICKS: Final = 2  # ticks without growth that end a burst
+CHECKPOINT_HOLD_S: Final = 5.0  # checkpoints wait this long at most for a pass with entries
 FENCED_KEPT: Final = 10_000
 
 
@@ -99,28 +105,36 @@ class AuditFence(Protocol):
 
 class ShipPacer:
     """When a pass is due (module docstring, pacing): ``due(size, now)`` is told the local
-    files' total size at each tick. A tick that sees the log grow by ``burst_bytes`` or more
-    starts a burst (a fan-out writing its entries); during a burst no pass is due until a tick
-    sees the log not grow at all (the fan-out and its acknowledgements are written), or
-    ``max_delay_s`` after the burst began. Without a burst a pass is due at every tick (a few
-    sessions' entries ship at once, as without pacing)."""
+    entry files' total size at each tick. A tick that sees the log grow by ``burst_bytes`` or
+    more starts a burst (a fan-out writing its entries); during a burst no pass is due until
+    ``quiet_ticks`` ticks in a row see the log not grow at all (the fan-out and its
+    acknowledgements are written; one group commit under load can stall the log for a tick),
+    or ``max_delay_s`` after the burst began. Without a burst a pass is due at every tick (a
+    few sessions' entries ship at once, as without pacing)."""
 
     def __init__(
-        self, max_delay_s: float = SHIP_MAX_DELAY_S, burst_bytes: int = SHIP_BURST_BYTES
+        self,
+        max_delay_s: float = SHIP_MAX_DELAY_S,
+        burst_bytes: int = SHIP_BURST_BYTES,
+        quiet_ticks: int = SHIP_QUIET_TICKS,
     ) -> None:
         self._max_delay_s = max_delay_s
         self._burst = burst_bytes
+        self._quiet_ticks = quiet_ticks
         self._seen = 0
+        self._quiet = 0
         self._burst_since: float | None = None
 
     def due(self, size: int, now: float) -> bool:
         grew, self._seen = size - self._seen, size
         if grew >= self._burst and self._burst_since is None:
             self._burst_since = now
-        if self._burst_since is not None:
-            if grew > 0 and now - self._burst_since < self._max_delay_s:
-                return False
-            self._burst_since = None
+        if self._burst_since is None:
+            return True
+        self._quiet = 0 if grew > 0 else self._quiet + 1
+        if self._quiet < self._quiet_ticks and now - self._burst_since < self._max_delay_s:
+            return False
+        self._burst_since, self._quiet = None, 0
         return True
 
 
@@ -158,6 +172,7 @@ class AuditShipper:
         self._batch = batch_lines  # lines per transport call (None: a whole chunk)
         self._cursor = _Cursor()
         self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
+        self._ck_since: float | None = None  # when unshipped checkpoints were first seen
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.shipped = 0
@@ -191,7 +206,7 @@ class AuditShipper:
             if not pacer.due(self._local_size(), self._clock.monotonic()) and not retrying:
                 continue
             try:
-                await self.ship_pending()
+                await self.ship_pending(paced=True)
             except Exception as exc:
                 raise_if_cancelled()
                 if self.failing_since is None:
@@ -207,8 +222,10 @@ class AuditShipper:
                     log.info("audit shipping resumed (%d entries shipped so far)", self.shipped)
                 delay = self._interval
 
-    async def ship_pending(self) -> int:
-        """Ship every durable entry not shipped yet; returns how many were shipped."""
+    async def ship_pending(self, *, paced: bool = False) -> int:
+        """Ship every durable entry (and checkpoint) not shipped yet; returns how many were
+        shipped. ``paced`` (the loop): checkpoints only with entries, or once they waited
+        ``CHECKPOINT_HOLD_S`` (module docstring)."""
         async with self._lock:
             await self._flush()
             # right after the flush, before anything awaits; checkpoints first (docstring)
@@ -218,7 +235,9 @@ class AuditShipper:
             known: dict[str, bool] = {}  # the fence's answers of this pass: asked once per id
             try:
                 shipped += await self._ship_files(sizes, known, checkpoints=False)
-                shipped += await self._ship_files(ck_sizes, known, checkpoints=True)
+                if not paced or shipped or self._checkpoints_overdue(ck_sizes):
+                    shipped += await self._ship_files(ck_sizes, known, checkpoints=True)
+                    self._ck_since = None
             finally:
                 self._update_backlog(sizes, ck_sizes)
             self.healthy = True
@@ -287,10 +306,18 @@ class AuditShipper:
         return [ln for ln in lines if ln.node is not None or ln.session_id not in foreign]
 
     def _local_size(self) -> int:
-        """Total size of the local files not fully shipped yet (a few ``stat`` calls)."""
-        return sum(self._durable_sizes(FILE_GLOB, self._cursor).values()) + sum(
-            self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor).values()
-        )
+        """Total size of the entry files not fully shipped yet (a few ``stat`` calls)."""
+        return sum(self._durable_sizes(FILE_GLOB, self._cursor).values())
+
+    def _checkpoints_overdue(self, ck_sizes: Mapping[str, int]) -> bool:
+        """Whether unshipped checkpoints have waited ``CHECKPOINT_HOLD_S`` for entries."""
+        if not _unshipped(self._ck_cursor, ck_sizes):
+            self._ck_since = None
+            return False
+        now = self._clock.monotonic()
+        if self._ck_since is None:
+            self._ck_since = now
+        return now - self._ck_since >= CHECKPOINT_HOLD_S
 
     # -- files (worker thread) -----------------------------------------------------------
     def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:
@@ -346,13 +373,7 @@ class AuditShipper:
         return lines
 
     def _update_backlog(self, sizes: Mapping[str, int], ck_sizes: Mapping[str, int]) -> None:
-        backlog = 0
-        for cur, track in ((self._cursor, sizes), (self._ck_cursor, ck_sizes)):
-            for name, size in track.items():
-                if cur.file is None or name > cur.file:
-                    backlog += size
-                elif name == cur.file:
-                    backlog += max(0, size - cur.offset)
+        backlog = _unshipped(self._cursor, sizes) + _unshipped(self._ck_cursor, ck_sizes)
         self.backlog_bytes = backlog
         self._metrics.audit_ship_backlog.set(backlog)
 
@@ -382,3 +403,14 @@ class AuditShipper:
         }
         tmp.write_text(json.dumps(body), encoding="utf-8")
         os.replace(tmp, self._cursor_path)
+
+
+def _unshipped(cur: _Cursor, sizes: Mapping[str, int]) -> int:
+    """Bytes of these files after the cursor."""
+    backlog = 0
+    for name, size in sizes.items():
+        if cur.file is None or name > cur.file:
+            backlog += size
+        elif name == cur.file:
+            backlog += max(0, size - cur.offset)
+    return backlog
