@@ -44,9 +44,10 @@ Signed checkpoints (``checkpoints-YYYY-MM-DD.jsonl`` next to them, ``sessions.ch
 are shipped the same way with a cursor of their own, after the entries of the same pass: their
 sizes are taken before the entries' sizes, so a shipped checkpoint never commits to an entry
 that is not shipped yet. A checkpoint line is an ``AuditLine`` with ``node`` set. The loop's
-passes ship checkpoints only together with entries (a publish's checkpoints ride with the next
-entries' pass: one batch, not passes of their own), or once they waited
-``CHECKPOINT_HOLD_S``; ``ship_pending()`` and ``close`` ship everything.
+passes ship checkpoints at most every ``CHECKPOINT_SHIP_S`` (the writer's default checkpoint
+interval): one checkpoint batch per replica per 10 s, however many checkpoints the entries
+count triggered (one per 1,000 entries: a 10,000-session publish makes ~7 per replica);
+``ship_pending()`` and ``close`` ship everything.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -75,7 +77,7 @@ RETRY_MAX_S: Final = 2.0
 SHIP_MAX_DELAY_S: Final = 3.0  # a log that keeps growing is still shipped this often
 SHIP_BURST_BYTES: Final = 16 * 1024  # growth per tick that counts as a fan-out in progress
 SHIP_QUIET_TICKS: Final = 2  # ticks without growth that end a burst
-CHECKPOINT_HOLD_S: Final = 5.0  # checkpoints wait this long at most for a pass with entries
+CHECKPOINT_SHIP_S: Final = 10.0  # the loop ships checkpoints at most this often (their interval)
 FENCED_KEPT: Final = 10_000
 
 
@@ -172,7 +174,7 @@ class AuditShipper:
         self._batch = batch_lines  # lines per transport call (None: a whole chunk)
         self._cursor = _Cursor()
         self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
-        self._ck_since: float | None = None  # when unshipped checkpoints were first seen
+        self._ck_shipped_at = -math.inf  # clock.monotonic() when checkpoints last shipped
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.shipped = 0
@@ -224,8 +226,8 @@ class AuditShipper:
 
     async def ship_pending(self, *, paced: bool = False) -> int:
         """Ship every durable entry (and checkpoint) not shipped yet; returns how many were
-        shipped. ``paced`` (the loop): checkpoints only with entries, or once they waited
-        ``CHECKPOINT_HOLD_S`` (module docstring)."""
+        shipped. ``paced`` (the loop): checkpoints at most every ``CHECKPOINT_SHIP_S``
+        (module docstring)."""
         async with self._lock:
             await self._flush()
             # right after the flush, before anything awaits; checkpoints first (docstring)
@@ -235,9 +237,11 @@ class AuditShipper:
             known: dict[str, bool] = {}  # the fence's answers of this pass: asked once per id
             try:
                 shipped += await self._ship_files(sizes, known, checkpoints=False)
-                if not paced or shipped or self._checkpoints_overdue(ck_sizes):
-                    shipped += await self._ship_files(ck_sizes, known, checkpoints=True)
-                    self._ck_since = None
+                if not paced or self._checkpoints_due(ck_sizes):
+                    count = await self._ship_files(ck_sizes, known, checkpoints=True)
+                    if count:
+                        self._ck_shipped_at = self._clock.monotonic()
+                    shipped += count
             finally:
                 self._update_backlog(sizes, ck_sizes)
             self.healthy = True
@@ -309,15 +313,11 @@ class AuditShipper:
         """Total size of the entry files not fully shipped yet (a few ``stat`` calls)."""
         return sum(self._durable_sizes(FILE_GLOB, self._cursor).values())
 
-    def _checkpoints_overdue(self, ck_sizes: Mapping[str, int]) -> bool:
-        """Whether unshipped checkpoints have waited ``CHECKPOINT_HOLD_S`` for entries."""
+    def _checkpoints_due(self, ck_sizes: Mapping[str, int]) -> bool:
+        """Unshipped checkpoints, and none shipped for ``CHECKPOINT_SHIP_S``."""
         if not _unshipped(self._ck_cursor, ck_sizes):
-            self._ck_since = None
             return False
-        now = self._clock.monotonic()
-        if self._ck_since is None:
-            self._ck_since = now
-        return now - self._ck_since >= CHECKPOINT_HOLD_S
+        return self._clock.monotonic() - self._ck_shipped_at >= CHECKPOINT_SHIP_S
 
     # -- files (worker thread) -----------------------------------------------------------
     def _durable_sizes(self, glob: str, cursor: _Cursor) -> dict[str, int]:

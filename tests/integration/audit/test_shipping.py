@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane.audit.shipper import CHECKPOINT_HOLD_S, AuditShipper
+from controlplane.audit.shipper import CHECKPOINT_SHIP_S, AuditShipper
 from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner, verify_checkpoints
 from sessions.clock import FakeClock
@@ -100,12 +100,10 @@ async def test_the_checkpoint_chain_continues_across_a_restart_and_covers_crash_
     assert trail.ok and {r.session_id: r.covered_seq for r in trail.sessions} == {"s1": 2, "s2": 1}
 
 
-async def test_paced_checkpoints_ride_with_the_next_entries_or_ship_after_the_hold(
-    tmp_path: Path,
-) -> None:
-    """The loop's passes (``paced``) ship checkpoints with entries, so a publish's checkpoints
-    are one batch with its entries' pass, not passes of their own (issue #23); a checkpoint
-    with no entries after it ships once it waited CHECKPOINT_HOLD_S; close ships everything."""
+async def test_paced_checkpoints_ship_at_most_once_per_interval(tmp_path: Path) -> None:
+    """The loop's passes (``paced``) ship checkpoints at most every CHECKPOINT_SHIP_S, so the
+    checkpoints a large publish triggers (one per 1,000 entries) are one batch per interval,
+    not one per pass (issue #23); ``ship_pending()`` unpaced (close) ships everything."""
     clock = FakeClock(1_790_000_000.0)
     log = _log(tmp_path / "audit", clock)
     await log.start()
@@ -114,18 +112,25 @@ async def test_paced_checkpoints_ride_with_the_next_entries_or_ship_after_the_ho
                            flush=log.flush, metrics=Metrics(), clock=clock)  # fmt: skip
     _append(log, "s1", range(1, 3))
     await log.flush()
-    assert await shipper.ship_pending(paced=True) == 2
-    await log.checkpoint()  # written after its entries' pass
-    assert await shipper.ship_pending(paced=True) == 0  # held: no entries to ride with
+    await log.checkpoint()
+    assert await shipper.ship_pending(paced=True) == 3  # the first checkpoint: at once
     _append(log, "s1", range(3, 4))
-    assert await shipper.ship_pending(paced=True) == 2  # the next entry, and the checkpoint
-    assert [(x.node, x.seq) for x in transport.stored[2:]] == [(None, 3), ("n1", 1)]
     await log.flush()
     await log.checkpoint()
-    assert await shipper.ship_pending(paced=True) == 0
-    clock.advance(CHECKPOINT_HOLD_S - 0.1)
-    assert await shipper.ship_pending(paced=True) == 0
+    assert await shipper.ship_pending(paced=True) == 1  # the entry; its checkpoint waits
+    clock.advance(CHECKPOINT_SHIP_S - 0.1)
+    _append(log, "s1", range(4, 5))
+    await log.flush()
+    await log.checkpoint()
+    assert await shipper.ship_pending(paced=True) == 1
+    assert shipper.backlog_bytes > 0
     clock.advance(0.1)
-    assert await shipper.ship_pending(paced=True) == 1  # waited long enough: alone
+    assert await shipper.ship_pending(paced=True) == 2  # both waiting checkpoints, one pass
+    assert [(x.node, x.seq) for x in transport.stored] == [
+        (None, 1), (None, 2), ("n1", 1), (None, 3), (None, 4), ("n1", 2), ("n1", 3)]  # fmt: skip
+    _append(log, "s1", range(5, 6))
+    await log.flush()
+    await log.checkpoint()
+    assert await shipper.ship_pending() == 2  # unpaced: everything
     assert shipper.backlog_bytes == 0
     await log.close()
