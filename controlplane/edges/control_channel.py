@@ -98,7 +98,7 @@ class ControlTransport:
     to pause (a full buffer). A socket that negotiated compression, or anything but aiohttp's
     server socket, gets ``send_str``."""
 
-    __slots__ = ("_head", "_prefix", "ws")
+    __slots__ = ("_head", "_prefix", "_raw", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
@@ -106,23 +106,31 @@ class ControlTransport:
         self.ws = ws
         self._prefix = '{"type":"push","session_id":' + json.dumps(session_id) + ',"version":'
         self._head = self._prefix.encode()
+        writer = getattr(ws, "_writer", None)  # (set by prepare(), before registration)
+        # aiohttp's writer of an uncompressed socket: its frames are built here
+        self._raw = writer if isinstance(writer, WebSocketWriter) and not writer.compress else None
 
     def congested(self) -> bool:
-        return write_buffer_size(self.ws) > CONGESTED_BYTES
+        raw = self._raw
+        if raw is None:
+            return write_buffer_size(self.ws) > CONGESTED_BYTES
+        try:
+            return raw.transport.get_write_buffer_size() > CONGESTED_BYTES
+        except (AttributeError, RuntimeError):
+            return False
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
-        ws = self.ws
+        ws, raw = self.ws, self._raw
         if ws.closed:
             raise ConnectionError("control channel is closed")
-        writer = getattr(ws, "_writer", None)
-        if not isinstance(writer, WebSocketWriter) or writer.compress:
+        if raw is None:
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
-        transport = writer.transport
+        transport = raw.transport
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
         transport.write(_text_frame(self._head, push.version, text))
-        protocol = writer.protocol
+        protocol = raw.protocol
         if protocol.writing_paused:  # the socket's buffer is full: wait until it drains
             await protocol._drain_helper()
 
