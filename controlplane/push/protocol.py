@@ -37,9 +37,10 @@ Status = Literal["sent", "acked", "rejected", "skipped", "unverified"]
 
 
 class _LastDiff:
-    """The last ``diff`` taken, by identity of its configs: a fan-out's sessions share their
-    config objects (values), so consecutive takes often diff the very same pair and share
-    the delta (a value too)."""
+    """The last ``diff`` taken: a fan-out's sessions share their desired config (a value),
+    and their bases are the very same object (a push's config) or equal (the configs
+    sessions connected with), so consecutive takes share the delta (a value too; the frame
+    encoder then recognises it by identity)."""
 
     __slots__ = ("base", "delta", "desired")
 
@@ -49,9 +50,10 @@ class _LastDiff:
         self.delta: Delta = {}
 
     def __call__(self, base: Config, desired: Config) -> Delta:
-        if base is not self.base or desired is not self.desired:
-            self.delta = diff(base, desired)
-            self.base, self.desired = base, desired
+        if desired is not self.desired or (base is not self.base and base != self.base):
+            self.delta = diff(base, desired)  # (diff compares values with ==, as here)
+            self.desired = desired
+        self.base = base
         return self.delta
 
 
