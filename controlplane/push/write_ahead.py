@@ -22,14 +22,19 @@ from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from sessions.versionlog.core import Submitted, VersionLog
 
-__all__ = ["BLOCK_S", "CHUNK", "POLL", "Outgoing", "WriteAhead", "flush_before_frames"]
+__all__ = ["BLOCK_S", "CHUNK", "CHUNK_MAX", "POLL", "Outgoing", "WriteAhead", "flush_before_frames"]
 
 log = logging.getLogger(__name__)
 
-# A fan-out hands its entries to the log's writer at least this many pushes at a time (more
-# when the writer is still busy: a group commit per idle moment), and polls for finished
-# commits every POLL pushes.
+# A fan-out hands its entries to the log's writer at least CHUNK pushes at a time (more when
+# the writer is still busy: a group commit per idle moment), and polls for finished commits
+# every POLL pushes. The first commit is small (the first frames leave early); each later one
+# waits for twice as many pushes, up to CHUNK_MAX: every commit hands the GIL back and forth
+# between the writer thread and the loop a few times (a wake-up, each system call's return),
+# and each hand-over can leave the loop waiting for a core on a busy machine (a 10,000-session
+# fan-out made 40 commits and ~500 involuntary context switches of the loop; docs/benchmarks.md).
 CHUNK = 256
+CHUNK_MAX = 1024
 POLL = 32
 BLOCK_S = 0.05  # the longest a fan-out blocks the loop waiting for its last commits
 
@@ -51,15 +56,16 @@ async def flush_before_frames(versionlog: VersionLog, frames: int) -> None:
 class WriteAhead:
     """A fan-out's write-ahead, pipelined. ``outgoing`` fills with logged pushes; ``step()``
     (every ``POLL`` pushes) starts a write of the entries appended so far once ``CHUNK``
-    are waiting and the writer is idle, and sends the frames of every chunk whose write is
-    done; ``finish()`` writes the rest and sends every frame, each chunk once durable.
+    (later up to ``CHUNK_MAX``) are waiting and the writer is idle, and sends the frames of
+    every chunk whose write is done; ``finish()`` writes the rest and sends every frame, each
+    chunk once durable.
 
     A write that fails still lets its frames go (the ``send`` callback); ``finish()``'s
     flush reports it and keeps the entries for the retry. A backend whose ``submit()`` is
     None gets one flush before all frames, as without pipelining.
     """
 
-    __slots__ = ("_log", "_send", "_sent", "_started", "_writes", "outgoing")
+    __slots__ = ("_chunk", "_log", "_send", "_sent", "_started", "_writes", "outgoing")
 
     def __init__(
         self, versionlog: VersionLog, send: Callable[[list[Outgoing]], Awaitable[None]]
@@ -70,11 +76,13 @@ class WriteAhead:
         self._writes: deque[tuple[int, Submitted]] = deque()  # (outgoing it covers, write)
         self._started = 0  # outgoing[:_started] have their write started
         self._sent = 0  # outgoing[:_sent] had their frames written
+        self._chunk = CHUNK  # pushes the next write waits for (doubles up to CHUNK_MAX)
 
     async def step(self) -> None:
         n = len(self.outgoing)
-        if n - self._started >= CHUNK and (not self._writes or self._writes[-1][1].done()):
+        if n - self._started >= self._chunk and (not self._writes or self._writes[-1][1].done()):
             self._start(n)
+            self._chunk = min(2 * self._chunk, CHUNK_MAX)
         while self._writes and self._writes[0][1].done():
             await self._send_upto(self._writes.popleft()[0])
 

@@ -114,6 +114,7 @@ class FileVersionLog(BufferedVersionLog):
         self._loaded = False
         self._day: str | None = None  # UTC day of the file being written
         self._fd: int | None = None
+        self._size = 0  # of the open file (_write_sync: the one writer thread's, in order)
         self._files_of: dict[str, set[str]] = {}  # session -> files holding its entries
         # writes started and not yet accounted for, oldest first (one writer thread: in order)
         self._submitted: collections.deque[_Submission] = collections.deque()
@@ -274,6 +275,7 @@ class FileVersionLog(BufferedVersionLog):
             path = self._path(day)
             created = not path.exists()
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            self._size = os.fstat(self._fd).st_size
             self._day = day
             if created and self._fsync:
                 dir_fd = os.open(self._dir, os.O_RDONLY)
@@ -281,10 +283,12 @@ class FileVersionLog(BufferedVersionLog):
                     os.fsync(dir_fd)
                 finally:
                     os.close(dir_fd)
-        fd = self._fd
-        size = os.fstat(fd).st_size
+        fd, size = self._fd, self._size
+        # The file's size is tracked, not asked for per write: each system call made here
+        # is one more hand-over of the GIL between this thread and the event loop in the
+        # middle of a fan-out (docs/benchmarks.md, session 8). One writer thread appends.
         try:
-            write_lines(fd, lines)
+            self._size = size + write_lines(fd, lines)
             if self._fsync:
                 os.fdatasync(fd)
         except OSError:

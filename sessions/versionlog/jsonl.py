@@ -169,8 +169,10 @@ def publish_public_key(directory: Path, signer: CheckpointSigner) -> None:
 _IOV_MAX = 1024  # Linux's limit on buffers per writev
 
 
-def write_lines(fd: int, lines: list[bytes]) -> None:
-    """Write every line, in order, with as few system calls as the kernel allows."""
+def write_lines(fd: int, lines: list[bytes]) -> int:
+    """Write every line, in order, with as few system calls as the kernel allows; returns
+    the bytes written."""
+    total = 0
     for start in range(0, len(lines), _IOV_MAX):
         chunk = lines[start : start + _IOV_MAX]
         written = os.writev(fd, chunk)
@@ -179,3 +181,5 @@ def write_lines(fd: int, lines: list[bytes]) -> None:
             view = memoryview(b"".join(chunk))[written:]
             while view:
                 view = view[os.write(fd, view) :]
+        total += size
+    return total
