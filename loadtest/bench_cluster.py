@@ -10,10 +10,12 @@ For each session count of ``--sessions`` (ascending; sessions are added between 
 cluster stays up) it measures:
 
 1. idle: ``INFO commandstats`` of Redis, ``/varz`` (``in_msgs``, ``out_msgs``, bytes) and
-   ``/jsz`` (messages per stream) of NATS, over ``--idle-s`` seconds with no publish: the
-   timers (heartbeats + dead-node sweep every ``heartbeat_interval_s``, rollout counts every
+   ``/jsz`` (messages per stream) of NATS, and a wiretap (a ``>`` subscription counting every
+   message once by kind: audit entry batches, audit checkpoint batches, PubAcks, policy
+   events, long polls, other), over ``--idle-s`` seconds with no publish: the timers
+   (heartbeats + dead-node sweep every ``heartbeat_interval_s``, rollout counts every
    ``rollout_sync_interval_s``, the policy consumer's 2 s pull, audit shipping) and nothing
-   else;
+   else (``--settle`` should exceed the 10 s checkpoint interval plus its shipping);
 2. publishes: ``--publishes`` versions of the policy, one after the other through replica
    ``r1``'s REST API, each waited for until every session read its ``push`` frame (then
    ``--gap`` seconds, so acks, the registry sync, audit shipping and rollout counts of that
@@ -27,6 +29,12 @@ by default (``--quiet-timers``) heartbeats and rollout counts are set 300 s apar
 rate left is the policy consumers' 2 s long polls (NATS) and nothing in Redis; their own cost
 per second is what ``--no-quiet-timers`` shows as ``idle_per_s``.
 
+NATS headline: ``nats_msgs_besides_polls``, every message once as the wiretap saw it, less the
+policy consumers' long polls (``$JS.API.CONSUMER.MSG.NEXT`` requests and their status
+replies: per replica, on a 2 s timer that a busy replica runs late, so an idle-rate
+subtraction miscounts them; reported apart as ``nats_polls``). ``nats_msgs`` is the ``/varz``
+in + out (less the wiretap's own deliveries), as before.
+
     .venv/bin/python loadtest/bench_cluster.py --sessions 300,900 --publishes 5
 
 Exit status 0 when every session received every publish.
@@ -35,11 +43,14 @@ Exit status 0 when every session received every publish.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import threading
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -157,8 +168,69 @@ def nats_counters(mport: int) -> dict[str, float]:
     return out
 
 
-def counters(redis_port: int, mport: int) -> dict[str, float]:
-    return {**redis_counters(redis_port), **nats_counters(mport)}
+class Wiretap:
+    """Every message through the NATS server, counted once by kind (a ``>`` subscription on a
+    loop of its own): the policy consumers' long polls (a pull request every 2 s per replica
+    and its timeout status) run on a timer and are told apart from the work of a publish."""
+
+    def __init__(self, url: str, prefix: str = "cp") -> None:
+        self._url = url
+        self._audit = f"{prefix}.audit."
+        self._policy = f"{prefix}.policy."
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._nc: Any = None
+
+    def __enter__(self) -> Wiretap:
+        self._thread.start()
+        self._nc = self._call(self._connect())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._call(self._nc.close())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+    def _call(self, coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(30)
+
+    async def _connect(self) -> Any:
+        import nats
+
+        nc = await nats.connect(self._url)
+        await nc.subscribe(">", cb=self._on)
+        await nc.flush()
+        return nc
+
+    async def _on(self, msg: Any) -> None:
+        subject, headers = msg.subject, msg.headers or {}
+        if "Status" in headers or subject.startswith("$JS.API.CONSUMER.MSG.NEXT."):
+            kind = "pull"
+        elif subject.startswith(self._audit + "_checkpoint."):
+            kind = "audit_checkpoints"
+        elif subject.startswith(self._audit):
+            kind = "audit_entries"
+        elif subject.startswith("_INBOX.") and msg.data.startswith(b'{"stream":'):
+            kind = "puback"
+        elif subject.startswith(self._policy):
+            kind = "policy"
+        else:
+            kind = "other"
+        with self._lock:
+            self._counts[kind] += 1
+
+    def counters(self) -> dict[str, float]:
+        self._call(self._nc.flush())
+        time.sleep(0.2)  # the callbacks of what the flush brought in
+        with self._lock:
+            return {f"tap.{k}": float(v) for k, v in self._counts.items()}
+
+
+def counters(redis_port: int, mport: int, tap: Wiretap) -> dict[str, float]:
+    return {**redis_counters(redis_port), **nats_counters(mport), **tap.counters()}
 
 
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
@@ -179,23 +251,30 @@ def per_publish(
 
 # the commands of this script's own INFO connection (one per snapshot), not the replicas'
 PROBE = ("redis.info", "redis.hello", "redis.client")
-HEADLINE = ("redis_commands", "redis_in_bytes", "nats_msgs", "audit_msgs",
-            "nats_msgs_besides_audit", "audit_fence")  # fmt: skip
+HEADLINE = ("redis_commands", "redis_in_bytes", "nats_msgs_besides_polls", "audit_msgs",
+            "nats_msgs_besides_audit", "audit_fence", "nats_msgs")  # fmt: skip
 
 
 def headline(per: Mapping[str, float]) -> dict[str, float]:
     redis_total = sum(v for k, v in per.items() if k.startswith("redis.") and k not in PROBE)
+    tapped = sum(v for k, v in per.items() if k.startswith("tap."))
     out = {
         "redis_commands": round(redis_total, 1),
         "nats.in_msgs": per.get("nats.in_msgs", 0.0),
-        "nats.out_msgs": per.get("nats.out_msgs", 0.0),
+        # /varz out_msgs less the wiretap's own deliveries (one per message it counted)
+        "nats.out_msgs": round(per.get("nats.out_msgs", 0.0) - tapped, 2),
     }
     out["nats_msgs"] = round(out["nats.in_msgs"] + out["nats.out_msgs"], 1)
+    # every message once (wiretap), the policy consumers' timer-driven long polls left out
+    out["nats_msgs_besides_polls"] = round(tapped - per.get("tap.pull", 0.0), 1)
+    out["nats_polls"] = per.get("tap.pull", 0.0)
     out["redis_in_bytes"] = round(per.get("redis_net_input_bytes", 0.0))
     # the durable audit trail: CP_AUDIT messages stored (batches of entries and checkpoints,
     # docs/audit.md#the-durable-stream-cp_audit), each one message in and its PubAck one out
     out["audit_msgs"] = per.get("stream.CP_AUDIT", 0.0)
-    out["nats_msgs_besides_audit"] = round(out["nats_msgs"] - 2 * out["audit_msgs"], 1)
+    out["nats_msgs_besides_audit"] = round(
+        out["nats_msgs_besides_polls"] - 2 * out["audit_msgs"], 1
+    )
     out["audit_fence"] = per.get("redis.mget", 0.0)  # the shipper's claim fence, one per pass
     return out
 
@@ -254,13 +333,14 @@ def measure(
     seq0: int,
     redis_port: int,
     mport: int,
+    tap: Wiretap,
     sessions: int,
 ) -> dict[str, Any]:
     time.sleep(args.settle)
-    c0 = counters(redis_port, mport)
+    c0 = counters(redis_port, mport, tap)
     t0 = time.monotonic()
     time.sleep(args.idle_s)
-    c1 = counters(redis_port, mport)
+    c1 = counters(redis_port, mport, tap)
     idle_s = time.monotonic() - t0
     idle = delta(c1, c0)
     t1 = time.monotonic()
@@ -269,7 +349,7 @@ def measure(
         rounds.append(publish(r1, pool, token, label, seq0 + k, args.timeout))
         time.sleep(args.gap)
     time.sleep(args.tail_s)
-    c2 = counters(redis_port, mport)
+    c2 = counters(redis_port, mport, tap)
     window_s = time.monotonic() - t1
     window = delta(c2, c1)
     per = per_publish(window, window_s, idle, idle_s, args.publishes)
@@ -295,6 +375,7 @@ def run(args: argparse.Namespace, pool: ClientPool, tmp: Path) -> list[dict[str,
     with ExitStack() as stack:
         nats_srv, mport = stack.enter_context(nats_with_monitoring(tmp))
         redis_srv = stack.enter_context(redis(tmp))
+        tap = stack.enter_context(Wiretap(nats_srv.url))
         replicas = []
         for i in range(args.replicas):
             proc = start_replica(tmp, f"r{i + 1}", token, nats_srv.url, redis_srv.url,
@@ -312,7 +393,7 @@ def run(args: argparse.Namespace, pool: ClientPool, tmp: Path) -> list[dict[str,
             # warm-up: the first version after new sessions pays their first push
             publish(r1, pool, token, label, seq, args.timeout)
             seq += 1
-            result = measure(args, pool, r1, token, label, seq, redis_srv.port, mport, have)
+            result = measure(args, pool, r1, token, label, seq, redis_srv.port, mport, tap, have)
             seq += args.publishes
             result["replicas"] = args.replicas
             print(json.dumps(result), flush=True)
