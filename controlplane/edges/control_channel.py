@@ -94,9 +94,9 @@ class ControlTransport:
     """A control channel as a push ``Transport``. A push frame is written the way
     ``websockets.broadcast`` writes: its bytes built here (the session's prefix, the version,
     the message encoded once per distinct frame) and handed to the socket's transport at once,
-    without aiohttp's per-frame coroutines; it waits only when the transport asks the writer
-    to pause (a full buffer). A socket that negotiated compression, or anything but aiohttp's
-    server socket, gets ``send_str``."""
+    without aiohttp's per-frame coroutines; flow control is aiohttp's (every ``_limit``
+    bytes, a wait while the transport has paused the writer). A socket that negotiated
+    compression, or anything but aiohttp's server socket, gets ``send_str``."""
 
     __slots__ = ("_head", "_prefix", "_raw", "ws")
     acknowledging = True
@@ -129,10 +129,15 @@ class ControlTransport:
         transport = raw.transport
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
-        transport.write(_text_frame(self._head, push.version, text))
-        protocol = raw.protocol
-        if protocol.writing_paused:  # the socket's buffer is full: wait until it drains
-            await protocol._drain_helper()
+        frame = _text_frame(self._head, push.version, text)
+        transport.write(frame)
+        # flow control as aiohttp's send_frame: every `_limit` bytes written, wait for the
+        # transport to drain if it paused the writer (a full socket buffer)
+        raw._output_size += len(frame)
+        if raw._output_size > raw._limit:
+            raw._output_size = 0
+            if raw.protocol.writing_paused:
+                await raw.protocol._drain_helper()
 
 
 _TAIL: list[tuple[str, bytes]] = [("", b"")]  # the last message's bytes (a fan-out shares it)

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 import websockets
+from aiohttp import web
 
 from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
 from controlplane.edges.control_channel import ControlTransport
+from controlplane.push.protocol import Push
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve
 
 AGENT = {"type": "register", "kind": "voice-agent-v1", "model": "voice-agent"}
@@ -94,3 +97,56 @@ async def test_a_compressed_control_channel_still_gets_its_pushes(
         ls = cp.service.engine.live["z"]
         message = {"type": "session.update", "session": {"system_prompt": "Hello " * 50}}
         assert raw == _expected("z", ls.push.sent_version, message)
+
+
+async def test_frames_to_an_app_that_stops_reading_wait_for_the_socket_to_drain() -> None:
+    """aiohttp's flow control kept: with the app not reading, writes stop once the socket's
+    buffers are full (the writer paused) instead of queueing without bound; they resume
+    when the app reads, and every frame arrives whole and in order."""
+    ready: asyncio.Queue[ControlTransport] = asyncio.Queue()
+
+    async def handler(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sock = request.transport.get_extra_info("socket") if request.transport else None
+        if sock is not None:  # a small kernel buffer: the writer pauses after little data
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        await ready.put(ControlTransport(ws, "slow"))
+        async for _ in ws:  # until the app closes
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    runner, port = await _serve(app)
+    text = json.dumps({"type": "session.update", "session": {"system_prompt": "x" * 2000}})
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/", compression=None) as client:
+            client.transport.pause_reading()  # the app stops reading its socket
+            transport = await asyncio.wait_for(ready.get(), 5)
+            frames = 1_000  # ~2 MB: far past the buffers on the way
+
+            async def write_all() -> None:
+                for version in range(1, frames + 1):
+                    await transport.write(_a_push(version), {}, text)
+
+            writing = asyncio.create_task(write_all())
+            await asyncio.sleep(0.5)
+            assert not writing.done()  # waiting for the app's socket to drain
+            client.transport.resume_reading()
+            versions = []
+            while len(versions) < frames:
+                raw = await asyncio.wait_for(client.recv(), 10)
+                assert isinstance(raw, str)
+                frame = json.loads(raw)
+                assert frame["message"]["session"]["system_prompt"] == "x" * 2000
+                versions.append(frame["version"])
+            await asyncio.wait_for(writing, 10)
+            assert versions == list(range(1, frames + 1))
+    finally:
+        await runner.cleanup()
+
+
+def _a_push(version: int) -> Push:
+    return Push(version=version, delta={}, config={}, refs=(), cause="policy", superseded=(),
+                event_at=None, owners={})  # fmt: skip
