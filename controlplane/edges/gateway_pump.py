@@ -30,6 +30,7 @@ from controlplane.push.actions import (
     Kick,
     Queued,
     Ready,
+    Reconnect,
     ToClient,
     ToUpstream,
     TurnBoundary,
@@ -40,6 +41,7 @@ from controlplane.push.live import CONGESTED_BYTES, LiveSession, write_buffer_si
 from controlplane.push.protocol import Push
 from controlplane.service.sessions import SessionPort
 from sessions.dialects.streaming_v3_upstream import StreamingUpstream
+from sessions.errors import DialectError
 
 __all__ = [
     "INTERNAL_ERROR_CLOSE",
@@ -127,7 +129,13 @@ class ProxyPump:
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
             elif isinstance(action, ConnectAnswer):
-                port.connect_answered(ls, action.ack, action.refs)
+                port.connect_answered(ls, action.ack, action.refs, action.version)
+            elif isinstance(action, Reconnect):
+                try:
+                    first: Any = port.reconnect(ls, action.message)
+                except DialectError as exc:
+                    first = str(exc)
+                await self.run(self.machine.reconnected(first, self.now()))
             elif isinstance(action, Written):
                 port.written(ls, action.push)
             elif isinstance(action, Queued):

@@ -15,6 +15,8 @@ the actions they return (``controlplane.push.actions``), in order. Events:
   v3: judged on its effect by the upstream's own config model, the client gets a
   ``Warning``). A malformed update goes upstream for it to judge, but never with a locked
   field.
+- after the upstream refused the first message (no upstream session), a client
+  ``session.update`` is a new connect (``Reconnect``; ``reconnected`` sends it).
 - ``upstream_text``: an upstream text frame, forwarded to the client except the Voice Agent
   answers to our own pushes (``controlplane.push.agent_acks`` attributes them);
   readiness and turn boundaries are reported to the service.
@@ -41,6 +43,7 @@ from controlplane.push.actions import (
     Count,
     Kick,
     Ready,
+    Reconnect,
     ToClient,
     ToUpstream,
     TurnBoundary,
@@ -49,6 +52,7 @@ from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from policies.fields import Delta
+from policies.provenance import PolicyRef
 from sessions.dialects import base
 from sessions.dialects.base import Dialect
 from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
@@ -93,6 +97,10 @@ class ProxySession:
         acks = self.acks
         if not isinstance(message, dict):
             return [ToUpstream(data)] if acks is None else acks.client_other(data)
+        if acks is not None and acks.refused and message.get("type") == "session.update":
+            # the upstream refused the first message and takes this one as a first: a new
+            # connect, the policies' values merged in (as into the first; no lock refusal)
+            return self._over_rate() or [Reconnect(message)]
         if self.streaming is not None and message.get("type") == STREAMING_UPDATE:
             return self._over_rate() or self._streaming_update(self.streaming, message, data)
         try:
@@ -231,6 +239,18 @@ class ProxySession:
         if self.streaming is not None:
             self.streaming.pushed(wire)
         return [ToUpstream(text)]
+
+    def reconnected(
+        self, first: tuple[dict[str, Any], tuple[PolicyRef, ...], int] | str, now: float
+    ) -> list[Action]:
+        """After ``Reconnect``: the new connect's first message, its policy versions and
+        version (``SessionPort.reconnect``), or why it could not be made (the client learns
+        why, in its own protocol; the session stays open)."""
+        if isinstance(first, str):
+            return [ToClient(agent_error("invalid_config", first), quiet=True)]
+        assert self.acks is not None
+        message, refs, version = first
+        return self.acks.first(message, now, refs, version)
 
     def next_deadline(self) -> float | None:
         return None if self.acks is None else self.acks.next_deadline()

@@ -2,10 +2,10 @@
 
 Socket writes (:class:`ToUpstream`, :class:`ToClient`, :class:`CloseClient`) and the service
 calls of ``controlplane.service.sessions.SessionPort`` (:class:`Acknowledge`,
-:class:`ConnectAnswer`, :class:`ClientChange`, :class:`Ready`, :class:`TurnBoundary`, :class:`Kick`,
-:class:`Written`, :class:`Queued`, :class:`Count`). The machines
-(``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of them; the
-pump executes each list in order (the model: ``emulator/actions.py``).
+:class:`ConnectAnswer`, :class:`Reconnect`, :class:`ClientChange`, :class:`Ready`,
+:class:`TurnBoundary`, :class:`Kick`, :class:`Written`, :class:`Queued`, :class:`Count`).
+The machines (``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of
+them; the pump executes each list in order (the model: ``emulator/actions.py``).
 
 They are ``@value`` classes (``policies.values``): frozen for the type checker, plain slotted
 dataclasses at run time — a fan-out builds a ``ToUpstream`` per gateway session, and a frozen
@@ -14,6 +14,8 @@ per push.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from controlplane.push.acks import ClientUpdate, PushAck
 from controlplane.push.protocol import Push
@@ -30,6 +32,7 @@ __all__ = [
     "Kick",
     "Queued",
     "Ready",
+    "Reconnect",
     "ToClient",
     "ToUpstream",
     "TurnBoundary",
@@ -70,12 +73,23 @@ class Acknowledge:
 
 @value
 class ConnectAnswer:
-    """The upstream answered the session's connect (version 1; Voice Agent: the first
+    """The upstream answered the session's connect (Voice Agent: the first
     ``session.update``, answered by ``session.ready`` or refused by ``session.error``):
-    ``SessionPort.connect_answered``. ``refs``: the policy versions the connect carried."""
+    ``SessionPort.connect_answered``. ``refs``: the policy versions the connect carried;
+    ``version``: its config version (1, or a later connect after a refused one)."""
 
     ack: PushAck
     refs: tuple[PolicyRef, ...]
+    version: int = 1
+
+
+@value
+class Reconnect:
+    """The client's ``session.update`` after the upstream refused the connect (no upstream
+    session exists: the upstream takes it as a first message): a new connect
+    (``SessionPort.reconnect``), then ``AgentAcks.first``."""
+
+    message: dict[str, Any]
 
 
 @value
@@ -130,6 +144,7 @@ Action = (
     | CloseClient
     | Acknowledge
     | ConnectAnswer
+    | Reconnect
     | ClientChange
     | Ready
     | TurnBoundary

@@ -21,12 +21,13 @@ verdicts into what the service records:
   ``session.ready`` is its acknowledgement — :class:`~controlplane.push.acks.PushApplied`
   when the configuration it echoes carries every canonical value the message sent, else
   :class:`~controlplane.push.acks.PushUnverified` naming the mismatch; a ``session.error``
-  refuses it (:class:`~controlplane.push.acks.PushRejected`; the client gets that error,
-  then close 1008: no upstream session exists, and a retry on the socket would be a new
-  connect the record cannot follow — the same for a refused ``session.resume``); no answer within
-  ``ack_timeout``, or the session ending first, leaves it ``unverified``. Each as one
-  :class:`~controlplane.push.actions.ConnectAnswer` (a ``session.resume`` is not answered
-  for the record: it runs the resumed session's configuration, not the connect's).
+  refuses it (:class:`~controlplane.push.acks.PushRejected`; the session stays open, as the
+  upstream's does: no upstream session exists, and the client's next ``session.update`` is
+  a new connect, :class:`~controlplane.push.actions.Reconnect`, answered the same way); no
+  answer within ``ack_timeout``, or the session ending first, leaves it ``unverified``.
+  Each as one :class:`~controlplane.push.actions.ConnectAnswer` (a ``session.resume`` is not
+  answered for the record: it runs the resumed session's configuration, not the
+  connect's).
 
 The client receives exactly the answers to its own messages. An update without an answer
 within ``ack_timeout`` ends (``unverified`` for the client's; the engine times out ours) and
@@ -51,9 +52,9 @@ from controlplane.push.actions import (
     Acknowledge,
     Action,
     ClientChange,
-    CloseClient,
     ConnectAnswer,
     Queued,
+    Reconnect,
     ToClient,
     ToUpstream,
     Written,
@@ -72,13 +73,9 @@ from sessions.dialects.voice_agent_v1_upstream import (
 )
 from sessions.errors import DialectError
 
-__all__ = ["FIRST_REFUSED", "FIRST_REFUSED_CLOSE", "AgentAcks", "UpdateQueueFull", "param_fields"]
+__all__ = ["AgentAcks", "UpdateQueueFull", "param_fields"]
 
 QUEUE_FULL = "too many session.update messages waiting for an answer"
-# the upstream refused the first message: no upstream session exists, and a retry on the same
-# socket would be a new connect the record cannot follow, so the session ends (not a stall)
-FIRST_REFUSED_CLOSE = 1008
-FIRST_REFUSED = "session not started: the upstream refused the first message"
 
 
 class UpdateQueueFull(ConnectionError):
@@ -106,27 +103,35 @@ class AgentAcks:
     attributed. ``push_state``: the session's push state once attached (read only: whether an
     answer or a queued update still concerns the push in flight)."""
 
-    __slots__ = ("_armed", "_connect", "ack_timeout", "model", "push_state")
+    __slots__ = ("_armed", "_connect", "ack_timeout", "model", "push_state", "refused")
 
     def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
         self.model = AgentUpstream(applies_rest=applies_rest)
         self.ack_timeout = ack_timeout
         self.push_state: PushState | None = None
         self._armed: tuple[float, Update] | None = None  # (deadline, the update it times)
-        # the connect's first message and the policy versions it carries, until answered
-        self._connect: tuple[Update, tuple[PolicyRef, ...]] | None = None
+        # the connect's first message, the policy versions it carries and its version, until
+        # answered
+        self._connect: tuple[Update, tuple[PolicyRef, ...], int] | None = None
+        self.refused = False  # the upstream refused the first message: no upstream session
 
     # -- what goes upstream ---------------------------------------------------------------
     def first(
-        self, message: dict[str, Any], now: float, refs: tuple[PolicyRef, ...] | None = None
+        self,
+        message: dict[str, Any],
+        now: float,
+        refs: tuple[PolicyRef, ...] | None = None,
+        version: int = 1,
     ) -> list[Action]:
-        """The session's first message (answered by ``session.ready``). ``refs``: the policy
-        versions a connect ``session.update`` carries (its answer is a ``ConnectAnswer``);
-        None: not answered for the record (``session.resume``)."""
+        """The session's first message (answered by ``session.ready``), or the next one after
+        the upstream refused it. ``refs``: the policy versions a connect ``session.update``
+        carries, ``version`` its config version (its answer is a ``ConnectAnswer``); None:
+        not answered for the record (``session.resume``)."""
         update = self.model.first(message)
+        self.refused = False
         self._arm(update, now)
         if refs is not None:
-            self._connect = (update, refs)
+            self._connect = (update, refs, version)
         return [ToUpstream(json.dumps(message))]
 
     def push(self, push: Push, wire: dict[str, Any], now: float) -> list[Action]:
@@ -143,6 +148,8 @@ class AgentAcks:
 
     def client_update(self, message: dict[str, Any], now: float) -> list[Action]:
         """The client's ``session.update`` (locked fields already stripped)."""
+        if self.refused:  # no upstream session: the upstream takes it as a first message
+            return [Reconnect(message)]
         if not self.model.submit(Update("client", message)):
             return [ToClient(_error("invalid_format", QUEUE_FULL), quiet=True)]
         return self._next(now)
@@ -195,7 +202,14 @@ class AgentAcks:
         if self.model.outstanding is None:
             self._armed = None
         actions: list[Action] = [ToClient(data, quiet=True)] if verdict.forward else []
-        actions.extend(self._settle(verdict, parsed))
+        settled = self._settle(verdict, parsed)
+        if verdict.update is not None and verdict.update.owner == "first":
+            actions[:0] = settled  # the connect's answer logged before the client sees it
+            queue = self.model.queue
+            if self.refused and queue and queue[0].owner == "client":  # sent before the
+                actions.append(Reconnect(queue.popleft().message))  # refusal: the next first
+        else:
+            actions.extend(settled)
         actions.extend(self._next(now))
         return actions
 
@@ -203,10 +217,9 @@ class AgentAcks:
         update = verdict.update
         if update is None or verdict.status is None or self.push_state is None:
             return []
-        if update.owner == "first":  # the first message refused (session.error)
-            ack = self._push_outcome(update, verdict, parsed)
-            return [*self._connect_answer(update, ack), CloseClient(FIRST_REFUSED_CLOSE,
-                                                                    FIRST_REFUSED)]  # fmt: skip
+        if update.owner == "first":  # the first message refused (session.error): the
+            self.refused = True  # upstream waits for another first message
+            return self._connect_answer(update, self._push_outcome(update, verdict, parsed))
         if update.owner == "client":
             return [ClientChange(self._client_outcome(update, verdict))]
         if update.owner != "ours" or verdict.late or not self._in_flight(update):
@@ -299,7 +312,7 @@ class AgentAcks:
         if connect is None or connect[0] is not update:
             return []
         self._connect = None
-        return [ConnectAnswer(ack, connect[1])]
+        return [ConnectAnswer(ack, connect[1], connect[2])]
 
 
 def _connect_outcome(update: Update, echo: dict[str, Any]) -> PushAck:

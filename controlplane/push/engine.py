@@ -25,7 +25,7 @@ from controlplane.push.fanout import FanOut
 from controlplane.push.frames import Frame, FrameCache, FrameEncoder, skipped_note
 from controlplane.push.live import LiveSession
 from controlplane.push.observer import NO_OBSERVER, PushObserver, Tally
-from controlplane.push.protocol import Outcome, Push
+from controlplane.push.protocol import Outcome, Push, Status
 from controlplane.push.recording import ExposureHook, Recorder
 from controlplane.push.registry_sync import RegistrySync
 from controlplane.push.rollout_status import live_counts, mark_policies
@@ -166,6 +166,23 @@ class PushEngine:
     def end_later(self, session_id: str, cause: str, at: float) -> None:
         """A registry ``end`` that failed: retried by the registry sync until it lands."""
         self._registry.end_later(session_id, cause, at)
+
+    def connect_answered(self, ls: LiveSession, version: int, status: Status) -> None:
+        """The upstream answered the connect itself (Voice Agent ``session.ready``)."""
+        ls.push.connect_answered(version, status)
+        self.sync_session(ls)
+
+    def reconnect(
+        self, ls: LiveSession, client_config: Config, policies: list[Policy]
+    ) -> tuple[Effective, int]:
+        """A new connect after the upstream refused the last (``PushState.restart``): the
+        session's client config replaced, resolved again; the effective config and its
+        version (the caller logs it and sends it)."""
+        ls.session.client_config = dict(client_config)
+        effective = self.resolve(ls.session, policies)
+        version = ls.push.restart(effective.config, effective.applied)
+        self.adopt(ls, effective)
+        return effective, version
 
     def mark_ready(self, ls: LiveSession) -> None:
         ls.push.ready = True

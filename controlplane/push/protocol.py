@@ -116,9 +116,17 @@ class PushState:
 
     @classmethod
     def start(
-        cls, *, acknowledging: bool, config: Config, refs: tuple[PolicyRef, ...], version: int
+        cls,
+        *,
+        acknowledging: bool,
+        config: Config,
+        refs: tuple[PolicyRef, ...],
+        version: int,
+        answers_connect: bool = False,
     ) -> PushState:
-        """A session that connected running ``config`` (its version ``version``)."""
+        """A session that connected running ``config`` (its version ``version``);
+        ``answers_connect``: the upstream answers the connect itself (Voice Agent
+        ``session.ready``), so it is not acknowledged until :meth:`connect_answered` says so."""
         return cls(
             acknowledging=acknowledging,
             base=dict(config),
@@ -126,8 +134,28 @@ class PushState:
             desired_refs=refs,
             desired_version=version,
             sent_version=version,
-            acked_version=version,
+            acked_version=0 if answers_connect else version,
         )
+
+    def connect_answered(self, version: int, status: Status) -> None:
+        """The upstream answered the connect of ``version`` itself (nothing else went
+        upstream before it): ``acked``, ``rejected`` or ``unverified``."""
+        if status == "acked":
+            self.acked_version = max(self.acked_version, version)
+        self.last_status = status
+
+    def restart(self, config: Config, refs: tuple[PolicyRef, ...]) -> int:
+        """A new connect on ``config`` (Voice Agent: the client's next first message after the
+        upstream refused the last one; no push went meanwhile, none is in flight): its
+        version. Versions wanted but never sent since are dropped (superseded, never sent)."""
+        version = self.desired_version + 1
+        self.base, self.desired = dict(config), dict(config)
+        self.desired_refs, self.desired_cause = refs, "connect"
+        self.desired_version = self.sent_version = version
+        self._unsent.clear()
+        self._event_at = self.hold_deadline = self.last_status = None
+        self.held = ()
+        return version
 
     # -- inputs --------------------------------------------------------------------------
     def want(

@@ -96,9 +96,11 @@ class LiveSessions:
             await self._refuse_foreign_trail(session.id)
             self._refuse_live(session.id)  # registered here while we waited
         starts_effective = running == effective.config
+        answers_connect = getattr(transport, "answers_connect", False)
         push = PushState.start(
             acknowledging=transport.acknowledging, config=running,
             refs=effective.applied if starts_effective else (), version=1,
+            answers_connect=answers_connect,
         )  # fmt: skip
         ls = LiveSession(session=session, push=push, transport=transport, dialect=dialect)
         self._engine.attach(ls, effective)
@@ -123,7 +125,7 @@ class LiveSessions:
             self._engine.record(ls, cause="connect", status="sent", delta=delta,
                                wire=connect_wire, version=1, config=running,
                                exposes=starts_effective and runs)  # fmt: skip
-            if starts_effective and getattr(transport, "answers_connect", False):
+            if starts_effective and answers_connect:
                 # sent until the upstream answers the connect (SessionPort.connect_answered)
                 statuses = ls.policy_status
                 for ref in effective.applied:

@@ -10,11 +10,13 @@ The gateway (``controlplane.edges.gateway_pump``) and the control channel
   used to call the service and the engine three times;
 - ``acknowledge(ls, PushAck)``: the in-flight push applied, refused (fields quarantined),
   partly applied, or unverified;
-- ``connect_answered(ls, PushAck, refs)``: the upstream answered the connect itself (Voice
-  Agent: ``session.ready`` to the first ``session.update``, or a ``session.error``): logged
-  once as ``connect`` version 1 ``acked`` (the session runs the connect's policy versions
-  ``refs`` from now on: its experiment exposure), ``rejected`` or ``unverified``, and the
-  rollout status of those versions follows;
+- ``connect_answered(ls, PushAck, refs, version)``: the upstream answered the connect itself
+  (Voice Agent: ``session.ready`` to the first ``session.update``, or a ``session.error``):
+  logged once as ``connect`` ``acked`` (the session runs the connect's policy versions
+  ``refs`` from now on: its experiment exposure), ``rejected`` or ``unverified``; the push
+  state and the rollout status of those versions follow;
+- ``reconnect(ls, message)``: the client's next ``session.update`` after a refused connect,
+  a new connect (logged ``connect`` ``sent``, next config version);
 - ``ready``, ``turn_boundary``, ``kick``, ``written`` / ``queued`` (the push's frame went, or
   waits behind another update), ``count`` (a refused client frame).
 
@@ -37,9 +39,11 @@ from controlplane.push.acks import (
 )
 from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession
-from controlplane.push.protocol import Push
+from controlplane.push.protocol import Push, Status
+from policies.delta import diff
 from policies.model import Policy
 from policies.provenance import PolicyRef
+from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 
 __all__ = ["EngineSessions", "RejectCounter", "SessionPort"]
 
@@ -52,8 +56,12 @@ class SessionPort(Protocol):
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None: ...
 
     def connect_answered(
-        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...]
+        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...], version: int
     ) -> None: ...
+
+    def reconnect(
+        self, ls: LiveSession, message: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[PolicyRef, ...], int]: ...
 
     def ready(self, ls: LiveSession, upstream_id: str | None) -> None: ...
 
@@ -130,23 +138,53 @@ class EngineSessions:
         elif isinstance(ack, PushUnverified):
             await engine.upstream_unverified(ls, ack.reason)
 
-    def connect_answered(self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...]) -> None:
-        """The upstream's answer to the connect (version 1, carrying ``refs``): one entry.
-        Its config is the push state's base, the connect's config (nothing else goes
-        upstream before the session is ready)."""
+    def connect_answered(
+        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...], version: int
+    ) -> None:
+        """The upstream's answer to the connect (config version ``version``, carrying
+        ``refs``): one entry. Its config is the push state's base, the connect's config
+        (nothing else goes upstream before the session is ready)."""
         error = None
+        status: Status
         if isinstance(ack, PushApplied):
             status = "acked"  # the experiment exposure (Recorder: `acked` exposes)
         elif isinstance(ack, PushRejected | PushPartlyApplied):
             status, error = "rejected", f"{ack.code}: {ack.reason}"
         else:
             status, error = "unverified", ack.reason
-        self._engine.record(ls, cause="connect", status=status, delta={}, wire=None,
-                            error=error, version=1, refs=refs)  # fmt: skip
+        engine = self._engine
+        engine.record(ls, cause="connect", status=status, delta={}, wire=None, error=error,
+                      version=version, refs=refs)  # fmt: skip
+        engine.connect_answered(ls, version, status)
         statuses = ls.policy_status
-        for ref in refs:  # `sent` since the connect went (LiveSessions.attach)
+        for ref in refs:  # `sent` since the connect went (LiveSessions.attach, reconnect)
             if statuses.get(ref.id) == (ref.version, ref.variant, "sent"):
                 statuses[ref.id] = (ref.version, ref.variant, status)
+
+    def reconnect(
+        self, ls: LiveSession, message: dict[str, Any]
+    ) -> tuple[dict[str, Any], tuple[PolicyRef, ...], int]:
+        """The client's ``session.update`` after the upstream refused the connect: a new
+        connect. The session's client config becomes the message's, its effective config is
+        resolved again and merged in (as into a first message), logged ``connect`` ``sent``
+        with the next config version (its delta from the refused connect's config); answers
+        the message to send, its policy versions and version. Raises ``DialectError`` (a
+        wrongly-typed value: nothing changes, nothing is sent)."""
+        client = VOICE_AGENT_V1.parse_first_update(message).client_config
+        engine, before = self._engine, ls.push.base
+        effective, version = engine.reconnect(ls, client, self._policies_for(ls))
+        forward, skipped = VOICE_AGENT_V1.merge_first_update(message, effective.config)
+        wire: dict[str, Any] = {"first_message": forward}
+        if skipped:
+            wire["skipped"] = dict(skipped)
+        engine.record(ls, cause="connect", status="sent", delta=diff(before, effective.config),
+                      wire=wire, version=version, config=effective.config,
+                      refs=effective.applied, exposes=False)  # fmt: skip
+        ls.policy_status.clear()
+        ls.prior_status.clear()
+        for ref in effective.applied:  # answered by connect_answered
+            ls.policy_status[ref.id] = (ref.version, ref.variant, "sent")
+        return forward, effective.applied, version
 
     def ready(self, ls: LiveSession, upstream_id: str | None) -> None:
         """The upstream session is ready (``upstream_id``: its own id, when it has one):

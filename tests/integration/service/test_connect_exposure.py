@@ -6,7 +6,8 @@ exposure count, and the rollout counts.
 
 - Voice Agent gateway: the variant is merged into the client's first ``session.update``; the
   upstream acknowledges it with ``session.ready`` (logged ``connect acked``, version 1: the
-  exposure), or refuses it with ``session.error`` (``connect rejected``: no exposure).
+  exposure), or refuses it with ``session.error`` (``connect rejected``: no exposure; the
+  client's next ``session.update`` is a new connect, version 2, answered the same way).
 - Streaming v3 gateway: merged into the connect query; the protocol has no acknowledgement, so
   the session is exposed at ``connect sent`` and nothing is ever ``acked``.
 - Control channel: the app registers with its own config and gets a ``connect`` push; it is
@@ -113,7 +114,7 @@ async def test_a_voice_agent_gateway_session_is_exposed_when_the_upstream_acknow
         await agent.close()
 
 
-async def test_a_voice_agent_connect_the_upstream_refuses_is_logged_rejected_and_never_exposed(
+async def test_a_voice_agent_connect_the_upstream_refuses_is_rejected_then_the_retry_exposes(
     cp: ControlPlaneUnderTest, emulator: Emulator
 ) -> None:
     await cp.publish(_experiment(["voice-agent-v1"]))
@@ -125,23 +126,44 @@ async def test_a_voice_agent_connect_the_upstream_refuses_is_logged_rejected_and
                                   "session": {"input": {"voice_focus": "mid-field"}}}))  # fmt: skip
         error = await _recv_type(ws, "session.error")
         assert error["param"] == "input.voice_focus"
-        # no upstream session exists: the session ends (a retry here would wait for ever)
-        await asyncio.wait_for(ws.wait_closed(), 5)
-        assert ws.close_code == 1008 and "session not started" in (ws.close_reason or "")
-    [row] = (await _assignments(cp)).values()  # assigned by its connect, never exposed
-    sid = row["session_id"]
-    assert row["exposed_at"] is None and row["variant"] == "warm"
-    log = await cp.log(sid)
-    assert [(e["cause"], e["status"], e["version"]) for e in log] == [
-        ("connect", "sent", 1), ("connect", "rejected", 1)]  # fmt: skip
-    assert log[1]["error"] is not None and "voice_focus" in log[1]["error"]
-    summary = await cp.call("GET", f"/v1/experiments/{KEY}", expect=200)
-    assert summary["exposed"] == 0
-    assert (await cp.session(sid))["state"] == "ended"
-    answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}", expect=200)
-    assert "refused by the upstream" in answer["established_by"]["meaning"]
-    listed = await emulator.http.get(f"{emulator.base}/_emulator/sessions")
-    assert [s for s in (await listed.json())["items"] if s["kind"] == "voice-agent-v1"] == []
+        [sid] = list(cp.service.engine.live)  # the session stays open, as the upstream's does
+        log = await cp.log(sid)
+        assert [(e["cause"], e["status"], e["version"]) for e in log] == [
+            ("connect", "sent", 1), ("connect", "rejected", 1)]  # fmt: skip
+        assert log[1]["error"] is not None and "voice_focus" in log[1]["error"]
+        [row] = (await _assignments(cp)).values()  # assigned by its connect, not exposed
+        assert row["session_id"] == sid and row["exposed_at"] is None
+        assert (await cp.session(sid))["versions"]["acked"] == 0
+        answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}",
+                               expect=200)  # fmt: skip
+        assert "refused by the upstream" in answer["established_by"]["meaning"]
+        listed = await emulator.http.get(f"{emulator.base}/_emulator/sessions")
+        assert [s for s in (await listed.json())["items"] if s["kind"] == "voice-agent-v1"] == []
+
+        # the client corrects it: the upstream takes it as the first message, the policies'
+        # values merged in; that connect is answered, logged and exposed
+        await ws.send(json.dumps({"type": "session.update",
+                                  "session": {"system_prompt": "Be kind."}}))  # fmt: skip
+        ready = await _recv_type(ws, "session.ready")
+        log = await cp.log(sid)
+        assert [(e["cause"], e["status"], e["version"]) for e in log[2:]] == [
+            ("connect", "sent", 2), ("connect", "acked", 2)]  # fmt: skip
+        assert log[2]["wire"]["first_message"]["session"]["input"]["keyterms"] == list(WARM)
+        row = (await _assignments(cp))[sid]
+        assert row["exposed_seq"] == log[3]["seq"] and row["variant"] == "warm"
+        assert row["upstream_session_id"] == ready["session_id"]
+        session = await cp.session(sid)
+        assert session["versions"] == {"desired": 2, "sent": 2, "acked": 2}
+        assert session["state"] == "synced"
+        totals = await _totals(cp)
+        assert (totals["targeted"], totals["acknowledged"], totals["rejected"]) == (1, 1, 0)
+        agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+        agent.upstream_id = ready["session_id"]
+        answer = await _truth_matches_record(cp, emulator, agent, sid)
+        assert answer["established_by"]["seq"] == log[3]["seq"]
+        upstream = await emulator.session(agent.upstream_id)
+        assert upstream["config"]["system_prompt"] == "Be kind."
+        assert answer["config"]["system_prompt"] == "Be kind."
 
 
 async def test_connect_exposure_on_every_transport_matches_what_the_upstream_runs(

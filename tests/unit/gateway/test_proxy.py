@@ -18,6 +18,7 @@ from controlplane.push.actions import (
     Count,
     Kick,
     Ready,
+    Reconnect,
     ToClient,
     ToUpstream,
     TurnBoundary,
@@ -222,3 +223,27 @@ def test_the_connects_answer_is_reported_before_the_client_sees_session_ready() 
     ready = json.dumps({"type": "session.ready", "session_id": "up1", "config": START})
     assert machine.upstream_text(ready, 0.1) == [
         Ready("up1"), ConnectAnswer(PushApplied(), refs), ToClient(ready), Kick()]  # fmt: skip
+
+
+def test_after_a_refused_connect_a_client_update_is_a_new_connect_without_lock_refusals() -> None:
+    ls = _session("voice-agent-v1", locks=("system_prompt",))
+    acks = AgentAcks(ack_timeout=5.0)
+    refs = (PolicyRef("joiners", 1),)
+    acks.first({"type": "session.update", "session": {}}, 0.0, refs)
+    acks.push_state = ls.push
+    machine = ProxySession(ls, rates=_rates(), acks=acks)
+    error = json.dumps({"type": "session.error", "code": "invalid_value", "message": "no",
+                        "param": "input.voice_focus"})  # fmt: skip
+    actions = machine.upstream_text(error, 0.1)
+    assert isinstance(actions[0], ConnectAnswer) and actions[1] == ToClient(error, quiet=True)
+    retry = {"type": "session.update", "session": {"system_prompt": "mine"}}
+    # merged like a first message (the policy's value written in): no immutable_field refusal
+    assert machine.client_text(json.dumps(retry), 0.2) == [Reconnect(retry)]
+    bad = machine.reconnected("system_prompt: must be a string", 0.3)
+    assert len(bad) == 1 and isinstance(bad[0], ToClient)
+    assert json.loads(bad[0].text)["code"] == "invalid_config"
+    first = {"type": "session.update", "session": {"system_prompt": "locked"}}
+    assert machine.reconnected((first, refs, 2), 0.4) == [ToUpstream(json.dumps(first))]
+    echo = {**START, "system_prompt": "locked"}
+    ready = json.dumps({"type": "session.ready", "session_id": "up1", "config": echo})
+    assert ConnectAnswer(PushApplied(), refs, 2) in machine.upstream_text(ready, 0.5)

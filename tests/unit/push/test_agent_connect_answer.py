@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 from controlplane.push.acks import PushApplied, PushRejected, PushUnverified
-from controlplane.push.actions import CloseClient, ConnectAnswer, ToClient
-from controlplane.push.agent_acks import FIRST_REFUSED, FIRST_REFUSED_CLOSE, AgentAcks
+from controlplane.push.actions import ConnectAnswer, Reconnect, ToClient, ToUpstream
+from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.protocol import PushState
 from policies.provenance import PolicyRef
 from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config, merge
@@ -63,21 +63,45 @@ def test_a_session_error_to_the_first_message_refuses_the_connect() -> None:
               "param": "input.voice_focus"}  # fmt: skip
     actions = acks.answer(parsed, json.dumps(parsed), 0.1)
     [answer] = _answers(actions)
-    assert answer.refs == REFS
+    assert answer.refs == REFS and answer.version == 1
     assert answer.ack == PushRejected("invalid_value", "bad focus", None)
-    # the client gets the upstream's error, then the session ends: no upstream session exists
-    # (a retry on this socket would be a new connect, and would wait for ever)
-    assert actions == [ToClient(json.dumps(parsed), quiet=True), answer,
-                       CloseClient(FIRST_REFUSED_CLOSE, FIRST_REFUSED)]  # fmt: skip
+    # logged, then the client gets the upstream's error; the session stays open, as the
+    # upstream's does
+    assert actions == [answer, ToClient(json.dumps(parsed), quiet=True)]
+    assert acks.refused and acks.next_deadline() is None
     assert _answers(acks.close()) == []
 
 
-def test_a_refused_resume_ends_the_session_too_without_a_connect_answer() -> None:
+def test_after_a_refused_connect_the_next_update_is_a_new_connect_answered_the_same_way() -> None:
+    acks = _acks()
+    parsed = {"type": "session.error", "code": "invalid_value", "message": "bad focus",
+              "param": "input.voice_focus"}  # fmt: skip
+    acks.answer(parsed, json.dumps(parsed), 0.1)
+    retry = {"type": "session.update", "session": {"system_prompt": "Be kind."}}
+    assert acks.client_update(retry, 0.2) == [Reconnect(retry)]  # no upstream session yet
+    merged = {"type": "session.update", "session": SENT}
+    assert acks.first(merged, 0.3, REFS, 2) == [ToUpstream(json.dumps(merged))]
+    assert not acks.refused and acks.next_deadline() == 0.3 + TIMEOUT
+    echo = merge(default_config(TABLE_SETTINGS), SENT)
+    assert _answers(acks.ready(_ready(echo), 0.4)) == [ConnectAnswer(PushApplied(), REFS, 2)]
+
+
+def test_an_update_sent_before_the_refusal_came_is_the_upstreams_next_first_message() -> None:
+    acks = _acks()
+    early = {"type": "session.update", "session": {"system_prompt": "Hi."}}
+    assert acks.client_update(early, 0.05) == []  # waits: one update outstanding
+    parsed = {"type": "session.error", "code": "invalid_value", "message": "bad focus",
+              "param": "input.voice_focus"}  # fmt: skip
+    actions = acks.answer(parsed, json.dumps(parsed), 0.1)
+    assert actions[-1] == Reconnect(early) and not acks.model.queue
+
+
+def test_a_refused_resume_is_relayed_and_not_answered_for_the_record() -> None:
     acks = _acks({"type": "session.resume", "session_id": "gone"}, refs=None)
     parsed = {"type": "session.error", "code": "session_not_found", "message": "gone"}
     actions = acks.answer(parsed, json.dumps(parsed), 0.1)
-    assert actions == [ToClient(json.dumps(parsed), quiet=True),
-                       CloseClient(FIRST_REFUSED_CLOSE, FIRST_REFUSED)]  # fmt: skip
+    assert actions == [ToClient(json.dumps(parsed), quiet=True)]
+    assert acks.refused
 
 
 def test_no_answer_in_time_or_the_session_ending_first_leaves_the_connect_unverified() -> None:
