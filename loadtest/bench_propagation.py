@@ -168,7 +168,9 @@ def open_measured(
     return out
 
 
-def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) -> dict[str, Any]:
+def real_run(
+    args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int, source: Path | None = None
+) -> dict[str, Any]:
     token = new_token()
     label = uuid.uuid4().hex[:12]
     emu = (
@@ -183,6 +185,7 @@ def real_run(args: argparse.Namespace, pool: ClientPool, tmp: Path, run: int) ->
         lift_upstream_limit=args.variant == "gateway" and args.lift_upstream_limit,
         gc_mode=args.gc,
         extra_env=connection_cap(args.sessions * (2 if args.variant == "gateway" else 1)),
+        source=source,
     )
     out: dict[str, Any] = {"run": run, "variant": args.variant, "sessions": args.sessions}
     try:
@@ -357,6 +360,12 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         action="store_false",
         help="gateway: run serve as built (its upstream client holds ≤100 sockets)",
     )
+    parser.add_argument(
+        "--baseline-source", type=Path,
+        help="also run serve from this source tree (a git archive of another commit) in every "
+        "run, against the same floor, alternating which goes first; its medians are reported "
+        "apart",
+    )  # fmt: skip
     add_quiet_arg(parser)
     return parser
 
@@ -385,25 +394,37 @@ def measure_run(
     """One fresh stack: the real side, then the floor on the same clients; (rows, failures)."""
     busy = wait_quiet(args.quiet_wait)
     rows, failures = [], 0
+    sources: list[Path | None] = [None] + ([args.baseline_source] if args.baseline_source else [])
+    if run % 2 == 0:
+        sources.reverse()  # the baseline goes first in every other run
     with workdir() as tmp:
-        real = real_run(args, pool, tmp, run)
-        frames = [p.pop("sample") or "" for p in real["publishes"]]
+        reals = {}
+        for n, source in enumerate(sources):  # each stack in its own directory
+            (tmp / str(n)).mkdir()
+            reals[source] = real_run(args, pool, tmp / str(n), run, source)
+        frames = [p.pop("sample") or "" for p in reals[None]["publishes"]]
+        for real in reals.values():
+            for p in real["publishes"]:
+                p.pop("sample", None)
         floor = floor_run(args, pool, tmp, frames)
-    for i, (r, f) in enumerate(zip(real["publishes"], floor, strict=True)):
-        row = {
-            "run": run,
-            "publish": i + 1,
-            **{k: real[k] for k in RUN_KEYS if k in real},
-            "machine_busy_before": busy,
-            **{f"real_{k}": v for k, v in r.items()},
-            **{f"floor_{k}": v for k, v in f.items()},
-        }
-        for key in ("p50_ms", "p99_ms", "max_ms"):
-            row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
-        failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
-        failures += real["open_errors"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    for source in sorted(reals, key=lambda s: s is not None):  # this tree, then the baseline
+        real = reals[source]
+        for i, (r, f) in enumerate(zip(real["publishes"], floor, strict=True)):
+            row = {
+                "run": run,
+                "publish": i + 1,
+                **({"source": str(source)} if source else {}),
+                **{k: real[k] for k in RUN_KEYS if k in real},
+                "machine_busy_before": busy,
+                **{f"real_{k}": v for k, v in r.items()},
+                **{f"floor_{k}": v for k, v in f.items()},
+            }
+            for key in ("p50_ms", "p99_ms", "max_ms"):
+                row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
+            failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
+            failures += real["open_errors"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
     return rows, failures
 
 
@@ -453,7 +474,10 @@ def main() -> int:
             rows, failed = measure_run(args, pool, run)
             runs += rows
             failures += failed
-    summary = summarize(args, runs, failures)
+    summary = summarize(args, [r for r in runs if "source" not in r], failures)
+    if args.baseline_source:  # (failures: of both)
+        base = summarize(args, [r for r in runs if "source" in r], failures)
+        summary["baseline"] = {"source": str(args.baseline_source), **base}
     print(f"median: {json.dumps(summary)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))

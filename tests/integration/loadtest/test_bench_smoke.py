@@ -39,6 +39,18 @@ def test_propagation_bench_small(variant: str) -> None:
     assert m["ratio_max"] > 0
 
 
+@pytest.mark.timeout(90)
+def test_propagation_bench_against_a_baseline_source() -> None:
+    """``--baseline-source``: another source tree measured in the same runs, against the
+    same floor (here this tree again), its medians apart."""
+    m = _run("bench_propagation.py", "--sessions", "20", "--runs", "1", "--settle", "0.3",
+             "--gap", "0.1", "--baseline-source", str(ROOT), timeout=80)  # fmt: skip
+    assert m["failures"] == 0 and m["samples"] == 1
+    base = m["baseline"]
+    assert base["source"] == str(ROOT) and base["samples"] == 1
+    assert 0 < base["real_max_ms"] < 5000 and base["floor_max_ms"] == m["floor_max_ms"]
+
+
 @pytest.mark.timeout(60)
 def test_reconfigure_bench_small() -> None:
     m = _run("bench_reconfigure.py", "--sessions", "20", "--runs", "1", "--settle", "0.3")
