@@ -401,7 +401,8 @@ def measure_run(
         reals = {}
         for n, source in enumerate(sources):  # each stack in its own directory
             (tmp / str(n)).mkdir()
-            reals[source] = real_run(args, pool, tmp / str(n), run, source)
+            only = args if source is None else argparse.Namespace(**{**vars(args), "profile": None})
+            reals[source] = real_run(only, pool, tmp / str(n), run, source)  # (profiled: this tree)
         frames = [p.pop("sample") or "" for p in reals[None]["publishes"]]
         for real in reals.values():
             for p in real["publishes"]:
