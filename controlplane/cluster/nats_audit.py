@@ -283,14 +283,8 @@ class NatsAuditStream:
                 except nats.errors.TimeoutError:
                     remaining = (await sub.consumer_info()).num_pending
                     continue
-                for msg in msgs:
-                    try:
-                        lines = unpack(msg.data, msg.headers)
-                    except BatchError as exc:
-                        log.warning("%s: message %d: %s", self.stream,
-                                    msg.metadata.sequence.stream, exc)  # fmt: skip
-                        lines = [b""]
-                    each(msg.metadata.sequence.stream, lines)
+                for seq, lines in await asyncio.to_thread(self._decode, msgs):  # zlib: off the loop
+                    each(seq, lines)
                 remaining = msgs[-1].metadata.num_pending
         except nats.errors.Error as exc:
             raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
@@ -299,6 +293,18 @@ class NatsAuditStream:
                 await sub.unsubscribe()
             with contextlib.suppress(Exception):
                 await js.delete_consumer(self.stream, config.name or "")
+
+    def _decode(self, msgs: Sequence[Any]) -> list[tuple[int, list[bytes]]]:
+        out = []
+        for msg in msgs:
+            seq = msg.metadata.sequence.stream
+            try:
+                lines = unpack(msg.data, msg.headers)
+            except BatchError as exc:
+                log.warning("%s: message %d: %s", self.stream, seq, exc)
+                lines = [b""]
+            out.append((seq, lines))
+        return out
 
     async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
         """One session's entries as stored (exact re-shipped duplicates dropped)."""
