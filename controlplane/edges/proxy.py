@@ -61,9 +61,14 @@ from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
-__all__ = ["ProxySession", "agent_error"]
+__all__ = ["RESUME_AFTER_REFUSAL", "ProxySession", "agent_error"]
 
 log = logging.getLogger(__name__)
+
+RESUME_AFTER_REFUSAL = (
+    "session.resume after a refused first message is not supported through the control "
+    "plane: send a session.update, or resume on a new connection"
+)
 
 
 class ProxySession:
@@ -101,6 +106,11 @@ class ProxySession:
             # the upstream refused the first message and takes this one as a first: a new
             # connect, the policies' values merged in (as into the first; no lock refusal)
             return self._over_rate() or [Reconnect(message)]
+        if acks is not None and acks.refused and message.get("type") == "session.resume":
+            # (the record could not follow a resumed session's config here: refused, the
+            # session stays open for a session.update)
+            return [Count("invalid_frame"), ToClient(agent_error("invalid_format",
+                    RESUME_AFTER_REFUSAL), quiet=True)]  # fmt: skip
         if self.streaming is not None and message.get("type") == STREAMING_UPDATE:
             return self._over_rate() or self._streaming_update(self.streaming, message, data)
         try:

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from controlplane.edges.admission import RATE_LIMIT_CLOSE, UpdateRates
-from controlplane.edges.proxy import ProxySession
+from controlplane.edges.proxy import RESUME_AFTER_REFUSAL, ProxySession, agent_error
 from controlplane.push.acks import ClientRefusal, ClientUpdate, PushApplied
 from controlplane.push.actions import (
     Acknowledge,
@@ -236,6 +236,10 @@ def test_after_a_refused_connect_a_client_update_is_a_new_connect_without_lock_r
                         "param": "input.voice_focus"})  # fmt: skip
     actions = machine.upstream_text(error, 0.1)
     assert isinstance(actions[0], ConnectAnswer) and actions[1] == ToClient(error, quiet=True)
+    resume = {"type": "session.resume", "session_id": "up0"}
+    refused = machine.client_text(json.dumps(resume), 0.15)  # nothing goes upstream
+    assert refused == [Count("invalid_frame"), ToClient(agent_error("invalid_format",
+                       RESUME_AFTER_REFUSAL), quiet=True)]  # fmt: skip
     retry = {"type": "session.update", "session": {"system_prompt": "mine"}}
     # merged like a first message (the policy's value written in): no immutable_field refusal
     assert machine.client_text(json.dumps(retry), 0.2) == [Reconnect(retry)]
