@@ -31,4 +31,4 @@ def redis_url() -> Iterator[str]:
         yield server.url
 
 
-from tests.support.leaks import no_leaked_tasks  # noqa: E402,F401  (autouse)
+from tests.support.leaks import no_leaked_tasks, recursion_limit_kept  # noqa: E402,F401  (autouse)

@@ -1,13 +1,15 @@
-"""Autouse fixture: fail any test that leaves asyncio tasks running on its loop."""
+"""Autouse fixtures: fail any test that leaves asyncio tasks running on its loop, or that
+leaves the process's recursion limit changed."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-__all__ = ["no_leaked_tasks"]
+__all__ = ["no_leaked_tasks", "recursion_limit_kept"]
 
 
 @pytest.fixture(autouse=True)
@@ -26,3 +28,18 @@ async def no_leaked_tasks() -> AsyncIterator[None]:
     for task in leaked:
         task.cancel()
     pytest.fail(f"test left {len(leaked)} asyncio task(s) running: {names}")
+
+
+@pytest.fixture(autouse=True)
+def recursion_limit_kept() -> Iterator[None]:
+    """Fail (and undo) a test that changes ``sys.getrecursionlimit()`` for the tests after it.
+    The depth refusals ("nested too deeply": REST bodies, owner requests, ...) are json's
+    RecursionError at the process limit: mypy run in-process set it to 16,384 for the rest
+    of the run, and a 5,000-deep owner request then decoded (an order-dependent failure of
+    tests/integration/distributed/test_poison_events.py)."""
+    before = sys.getrecursionlimit()
+    yield
+    after = sys.getrecursionlimit()
+    if after != before:
+        sys.setrecursionlimit(before)
+        pytest.fail(f"test changed the recursion limit from {before} to {after} (restored)")
