@@ -6,6 +6,12 @@ decodable event is accounted for in ``controlplane_policy_events_total`` (applie
 invalid == decodable; the undecodable ones are refused by the decoder, which is where the NATS
 consumer counts them as ``result="invalid"``), a live control-channel session got pushes and
 survived, and a valid policy published afterwards is pushed to it.
+
+The control plane's data directory is on a memory file system when there is one (/dev/shm):
+each applied event is a policy file written with two fsyncs, and on a shared CI disk those
+took most of the run (13 s alone, past the 60 s timeout under load; 3 s on tmpfs). Durability
+is not what this test asserts (tests/unit/store/test_policy_files.py and the restart tests
+do). The timeout is a hang guard sized for a loaded 2-core machine, nothing is timed.
 """
 
 from __future__ import annotations
@@ -14,15 +20,21 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
+import shutil
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from controlplane.config import Settings
 from controlplane.intake.bus import PolicyEvent
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest
 
@@ -50,6 +62,30 @@ HOSTILE = [
     {"id": "x"},
     "NaN",
 ]
+
+
+MEMORY_FS = Path("/dev/shm")
+
+
+@pytest.fixture
+def data_root(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a memory file system if the machine has one, else ``tmp_path``."""
+    if not (MEMORY_FS.is_dir() and os.access(MEMORY_FS, os.W_OK)):
+        yield tmp_path
+        return
+    root = Path(tempfile.mkdtemp(prefix="cp-burst-", dir=MEMORY_FS))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cp_settings(cp_settings: Callable[..., Settings], data_root: Path) -> Callable[..., Settings]:
+    def make(**overrides: Any) -> Settings:
+        return cp_settings(**{"data_dir": data_root / "data", **overrides})
+
+    return make
 
 
 def _valid_policy(rng: random.Random, versions: dict[str, int]) -> dict[str, Any]:
@@ -169,6 +205,7 @@ async def _app(
             await ws.send_json({"type": "applied", "version": frame["version"]})
 
 
+@pytest.mark.timeout(240)
 async def test_ten_thousand_random_and_hostile_events_are_all_accounted_for(
     cp: ControlPlaneUnderTest, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -237,7 +274,7 @@ async def test_ten_thousand_random_and_hostile_events_are_all_accounted_for(
                         return frame
                 return None
 
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 30  # a condition waited for, bounded
             while (frame := await pushed()) is None:
                 assert time.monotonic() < deadline, f"no push after the burst ({elapsed:.1f}s)"
                 await asyncio.sleep(0.05)
