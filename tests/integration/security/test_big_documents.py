@@ -2,7 +2,11 @@
 YAML was parsed on the event loop, and ``/healthz`` and every socket stalled 4-5 s. Now a body
 over 16 KiB is parsed and validated in a worker thread (``controlplane.api.inputs.
 DocumentReader``): ``/healthz``, probed every 20 ms from this process while each document is
-published, answers within 250 ms.
+published, answers within 250 ms — or, on a machine so loaded that the publish itself takes
+over 2.5 s, within a tenth of the publish. Measured relative to the publish because what this
+guards against is a probe waiting for the whole parse (about the whole publish), while on a
+loaded machine a probe can also wait for the CPU, or for the collector the parse's millions
+of objects set off, in proportion to the load.
 
 Two documents of just under 1 MiB: a label map of ~30,000 keys with a field of the wrong type
 (refused 422 after the whole parse; the slowest shape to parse), and a valid policy padded
@@ -29,6 +33,7 @@ from tests.support.servers import free_port, wait_port
 EXE = str(Path(sys.executable).parent / "controlplane")
 TOKEN = "admin-token-for-big-documents"
 PROBE_LIMIT_MS = 250.0
+STALL_SHARE = 0.1  # ... or a tenth of the publish, whichever is longer
 LIMIT = 1024 * 1024 - 64
 
 
@@ -119,9 +124,11 @@ async def test_healthz_answers_within_250_ms_while_a_1_mib_yaml_policy_is_publis
         probes.append(await _probe(http, serve))
     assert answered == status, text[:500]
     worst = max(probes)
+    limit_ms = max(PROBE_LIMIT_MS, STALL_SHARE * took_ms)
     print(f"\n{name}: publish {answered} in {took_ms:.0f} ms; /healthz baseline "
-          f"{baseline:.1f} ms, worst {worst:.1f} ms over {len(probes)} probes")  # fmt: skip
-    assert worst < PROBE_LIMIT_MS, (name, worst, probes)
+          f"{baseline:.1f} ms, worst {worst:.1f} ms over {len(probes)} probes "
+          f"(limit {limit_ms:.0f} ms)")  # fmt: skip
+    assert worst < limit_ms, (name, worst, took_ms, probes)
 
 
 SMALL_TWINS = {
