@@ -1,12 +1,21 @@
-"""Suite-wide fixtures: real NATS JetStream and Redis servers, leaked-task check."""
+"""Suite-wide fixtures: real NATS JetStream and Redis servers, leaked-task and recursion-limit
+checks; Hypothesis without a per-example deadline."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests.support.servers import env_url, nats_server, redis_server
+
+# No property here is about wall time (a pacer's clock is the ``now`` the test gives it), so
+# Hypothesis' default deadline (200 ms per example) only measured the machine: a pause of a
+# loaded process failed pure tests such as the emulator's pacer laws. Timeouts are
+# pytest-timeout's (hang guards); performance is measured in loadtest/, never by a test.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")
