@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Final
 
+import jsonschema
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -30,8 +31,6 @@ from controlplane.api.openapi import openapi_document
 from policies.errors import PolicyValidationError
 from policies.fields import FIELDS
 from policies.model import parse_policy
-
-jsonschema = pytest.importorskip("jsonschema")
 
 VALID: Final = "valid"
 INVALID: Final = "invalid"
