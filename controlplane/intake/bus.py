@@ -35,6 +35,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
@@ -60,6 +61,10 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# the InProcessBus delivery a task runs in: its handler's call stack, and the tasks started
+# from it (a task copies its creator's context)
+_DELIVERY: ContextVar[object | None] = ContextVar("policy_bus_delivery", default=None)
 
 EventType = Literal["policy.published", "policy.retired", "policy.halted", "policy.wave"]
 EVENT_TYPES: tuple[str, ...] = (
@@ -258,9 +263,11 @@ class InProcessBus:
 
     ``publish`` queues the event and waits for its delivery's receipt: embedded mode has no
     stream that stores an event apart from handling it, so what the handling raised (a policy
-    file the disk refuses: 503) is the publisher's answer. A handler that publishes (none
-    does today) gets no receipt: waiting for itself would never end. Without a publisher
-    waiting, a handler's error is logged, as the NATS consumer does."""
+    file the disk refuses: 503) is the publisher's answer. A publish that is part of the
+    delivery in progress — from a handler, or from a task a handler started while that
+    delivery lasts (the handler may await it) — gets no receipt: it would wait for the
+    delivery it runs in, which waits for it. Its event is delivered after the current one;
+    without a publisher waiting, a handler's error is logged, as the NATS consumer does."""
 
     def __init__(self) -> None:
         self._handlers: list[EventHandler] = []
@@ -269,6 +276,7 @@ class InProcessBus:
         )
         self._task: asyncio.Task[None] | None = None
         self._receipt: asyncio.Future[None] | None = None  # of the event being delivered
+        self._delivery: object | None = None  # marks the delivery in progress (_DELIVERY)
 
     def subscribe(self, handler: EventHandler) -> None:
         self._handlers.append(handler)
@@ -276,7 +284,8 @@ class InProcessBus:
     async def publish(self, event: PolicyEvent) -> None:
         if self._task is None:
             raise Unavailable("the policy bus is not running", code="bus_stopped")
-        if asyncio.current_task() is self._task:
+        delivery = _DELIVERY.get()
+        if delivery is not None and delivery is self._delivery:  # within that delivery
             self._queue.put_nowait((event, None))
             return
         receipt: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -305,6 +314,8 @@ class InProcessBus:
         while True:
             event, receipt = await self._queue.get()
             self._receipt = receipt
+            self._delivery = delivery = object()
+            token = _DELIVERY.set(delivery)
             try:
                 for handler in self._handlers:
                     await handler(event)
@@ -317,3 +328,6 @@ class InProcessBus:
             else:
                 if receipt is not None and not receipt.done():
                     receipt.set_result(None)
+            finally:
+                self._delivery = None
+                _DELIVERY.reset(token)

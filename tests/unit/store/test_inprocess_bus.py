@@ -75,6 +75,60 @@ async def test_a_handler_that_publishes_does_not_wait_for_itself() -> None:
         await bus.close()
 
 
+async def test_a_handler_awaiting_a_task_it_started_that_publishes_does_not_deadlock() -> None:
+    """A task started by a handler (e.g. a fan-out's failure path publishing a halt) is part
+    of the delivery in progress: it cannot wait for its own event's receipt, which only comes
+    after the delivery it runs in. Before: the handler waited for the task, the task for the
+    receipt, the receipt for the handler: no event was delivered again."""
+    bus = InProcessBus()
+    handled: list[int] = []
+
+    async def handler(event: PolicyEvent) -> None:
+        handled.append(event.version)
+        if event.version == 1:
+            await asyncio.create_task(bus.publish(_event(2)))
+
+    bus.subscribe(handler)
+    await bus.start()
+    try:
+        await asyncio.wait_for(bus.publish(_event(1)), 2)
+        await asyncio.wait_for(_until(lambda: handled == [1, 2]), 2)
+        later = asyncio.create_task(bus.publish(_event(3)))  # not from a handler: waits
+        await asyncio.wait_for(later, 2)
+        assert handled == [1, 2, 3]
+    finally:
+        await bus.close()
+
+
+async def test_a_task_a_handler_started_waits_for_its_receipt_once_that_delivery_is_over() -> None:
+    """Only the delivery in progress is exempt: a task that outlives the handler that started
+    it (a fan-out walker) publishes like anyone else and gets its event's answer."""
+    bus = InProcessBus()
+    spawned: list[asyncio.Task[None]] = []
+    go = asyncio.Event()
+
+    async def handler(event: PolicyEvent) -> None:
+        if event.version == 1:
+
+            async def later() -> None:
+                await go.wait()
+                await bus.publish(_event(2))
+
+            spawned.append(asyncio.create_task(later()))
+        elif event.version == 2:
+            raise Unavailable("disk full", code="policy_store_unavailable")
+
+    bus.subscribe(handler)
+    await bus.start()
+    try:
+        await bus.publish(_event(1))
+        go.set()
+        with pytest.raises(Unavailable, match="disk full"):  # the answer reached it
+            await asyncio.wait_for(spawned[0], 2)
+    finally:
+        await bus.close()
+
+
 async def test_publishing_on_a_bus_not_running_is_refused_and_close_answers_waiters() -> None:
     bus = InProcessBus()
     with pytest.raises(Unavailable) as refused:
