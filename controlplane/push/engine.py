@@ -395,9 +395,9 @@ class PushEngine:
             self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))
             return None
         # frame.delta equals push.delta, already encoded for the log (as is the message)
-        self.record(ls, cause=push.cause, status="sent", delta=frame.delta, wire=frame.wire,
-                    error=frame.note, version=push.version, refs=push.refs,
-                    config=push.config)  # fmt: skip
+        self._recorder.record(ls, cause=push.cause, status="sent", delta=frame.delta,
+                              wire=frame.wire, error=frame.note, version=push.version,
+                              refs=push.refs, config=push.config)  # fmt: skip
         if ls.transport.acknowledging:
             mark_policies(ls, push, "sent")
             # no acknowledgement timer until the frame is written (send_frames): a write-ahead
