@@ -16,10 +16,12 @@ the real ``ControlTransport`` over a socket stand-in that timestamps each frame.
   scans: the registry sync, gauge export, acknowledgement sweeper);
 * **memory**: RSS delta / N (our objects only: no socket, no aiohttp request);
 * **publish**: one version that targets every session (each gets a push): ``publish_policy``
-  → last frame handed to the socket stand-in, µs per session; then every app answers
-  ``applied`` (µs per acknowledgement) and a **second** version is published (the steady
-  state: collector, acknowledged state); then a **no-op** version (same ``set``, another
-  ``priority``: every session records an ``unchanged`` entry, nothing is sent).
+  → last frame handed to the socket stand-in, µs per session (and the loop thread's
+  context switches meanwhile, ``publish1_ctx_*``: hand-overs to the version log's writer);
+  then every app answers ``applied`` (µs per acknowledgement) and a **second** version is
+  published (the steady state: collector, acknowledged state); then a **no-op** version
+  (same ``set``, another ``priority``: every session records an ``unchanged`` entry,
+  nothing is sent).
 
     .venv/bin/python loadtest/bench_scale_inproc.py --sessions 10000,25000,50000 --runs 3
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import os
@@ -129,20 +132,36 @@ def policy(label: str, version: int, prompt: str, priority: int = 100) -> dict[s
             "match": {"labels": {"bench": label}}, "set": {"prompt": prompt}}  # fmt: skip
 
 
+def context_switches() -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of the calling thread so far (Linux; (0, 0)
+    elsewhere): a thread hand-over (the GIL to the version log's writer, a wake-up that
+    preempts the loop) costs the loop its core on a busy machine."""
+    counts: dict[str, int] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/thread-self/status").read_text().splitlines():
+            if "ctxt_switches" in line:
+                key, _, value = line.partition(":")
+                counts[key.strip()] = int(value)
+    return counts.get("voluntary_ctxt_switches", 0), counts.get("nonvoluntary_ctxt_switches", 0)
+
+
 async def publish(
     svc: ControlPlane, doc: dict[str, Any], sockets: list[SocketStandIn]
-) -> tuple[float, float]:
+) -> tuple[float, float, tuple[int, int]]:
     """``publish_policy`` → the last frame handed over (or the answer, when none is sent),
-    and the loop thread's CPU time until the answer (robust to other load): seconds."""
+    and the loop thread's CPU time until the answer (robust to other load): seconds; and
+    the loop thread's (voluntary, involuntary) context switches meanwhile."""
     before = [ws.frames for ws in sockets]
+    switches = context_switches()
     cpu = time.thread_time()
     started = time.perf_counter()
     await svc.publish_policy(doc, actor="bench")
     answered = time.perf_counter()
     cpu = time.thread_time() - cpu
+    after = context_switches()
     last = max((ws.last_at for ws, n in zip(sockets, before, strict=True) if ws.frames > n),
                default=answered)  # fmt: skip
-    return last - started, cpu
+    return last - started, cpu, (after[0] - switches[0], after[1] - switches[1])
 
 
 async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> dict[str, Any]:
@@ -204,6 +223,7 @@ async def one_size(n: int, args: argparse.Namespace, spy_dir: Path | None) -> di
         out["publish1_ms"] = round(first[0] * 1000, 1)
         out["publish1_us"] = round(first[0] * 1e6 / n, 2)
         out["publish1_cpu_us"] = round(first[1] * 1e6 / n, 2)
+        out["publish1_ctx_vol"], out["publish1_ctx_invol"] = first[2]
         out.update({f"publish1_{k}": v for k, v in clock.take().items()})
         missing = sum(1 for ws in sockets if ws.frames < 1)
         proc = spy("awaiting")
