@@ -16,6 +16,7 @@ most ``HOLD_TICKS + 1`` ticks (1 s); nothing on the push path reads it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Mapping
 from typing import Final
@@ -86,14 +87,28 @@ class RegistrySync:
         await self._retry_ends()
 
     async def _retry_ends(self) -> None:
-        for session_id, (cause, at) in list(self._ends.items()):
-            try:
-                await self._registry.end(session_id, cause=cause, at=at)
-            except UnknownSession:
-                pass  # the registry lost it meanwhile: nothing left to end
-            except Exception:
-                return  # still failing: the next sync tries again
-            self._ends.pop(session_id, None)
+        """The first failed end alone (a registry still down costs one attempt per sync),
+        then, once it lands, all the others at once: the registry group-commits concurrent
+        ends (``RedisRegistry``: one transaction per batch), where one at a time was a
+        transaction per session after an outage with thousands queued."""
+        if not self._ends:
+            return
+        first, *rest = self._ends.items()
+        if await self._end(*first) and rest:
+            await asyncio.gather(*(self._end(*item) for item in rest))
+
+    async def _end(self, session_id: str, ended: tuple[str, float]) -> bool:
+        """One queued end; True when it landed (or there was nothing left to end)."""
+        cause, at = ended
+        try:
+            await self._registry.end(session_id, cause=cause, at=at)
+        except UnknownSession:
+            pass  # the registry lost it meanwhile: nothing left to end
+        except Exception:
+            return False  # still failing: the next sync tries again
+        if self._ends.get(session_id) == ended:  # (not one queued again meanwhile)
+            del self._ends[session_id]
+        return True
 
     async def _flush_dirty(self, live: Mapping[str, LiveSession]) -> None:
         if not self._dirty:

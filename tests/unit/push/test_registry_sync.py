@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 from collections.abc import Iterable
 from typing import Any
@@ -164,3 +165,47 @@ async def test_a_failed_batch_is_retried_for_the_sessions_still_live_here() -> N
     await sync.flush(live)
     assert registry.batches == [["s0", "s1", "s2"], ["s0", "s2"]]
     assert not any(sync.pending(ls) for ls in live.values())
+
+
+class EndsRegistry(MemoryRegistry):
+    """The in-memory registry whose ``end`` yields once (as a network call does), noting how
+    many ends were in flight at once; ``down`` makes every end fail."""
+
+    def __init__(self) -> None:
+        super().__init__(FakeClock())
+        self.down = False
+        self.attempts = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+
+    async def end(self, session_id: str, *, cause: str, at: float) -> Session:
+        self.attempts += 1
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(0)
+            if self.down:
+                raise ConnectionError("registry unreachable")
+            return await super().end(session_id, cause=cause, at=at)
+        finally:
+            self.in_flight -= 1
+
+
+async def test_failed_ends_are_retried_one_attempt_per_sync_while_down_then_all_at_once() -> None:
+    registry = EndsRegistry()
+    live = await _live(registry, 40)
+    sync = RegistrySync(registry)
+    for sid in live:
+        sync.end_later(sid, "client_closed", 1.0)
+    registry.down = True
+    await sync.tick({})
+    await sync.tick({})
+    assert registry.attempts == 2  # one attempt per sync while the registry is down
+    registry.down = False
+    await sync.tick({})
+    assert registry.attempts == 2 + 40  # every queued end, once
+    assert registry.most_in_flight == 39  # the first alone, then the rest together
+    for sid in live:
+        assert (await registry.get(sid)).state.value == "ended"
+    await sync.tick({})
+    assert registry.attempts == 42  # nothing left to retry
