@@ -75,4 +75,5 @@ def checkpointing(settings: Settings) -> Checkpointing:
         node=settings.node_id,
         every_entries=settings.audit_checkpoint_entries,
         interval_s=settings.audit_checkpoint_interval_s,
+        min_gap_s=settings.audit_checkpoint_min_gap_s,
     )

@@ -303,6 +303,12 @@ class Settings:
     audit_checkpoint_interval_s: float = setting(
         10.0, group=AUDIT, gt=0, help="... or every T seconds"
     )
+    audit_checkpoint_min_gap_s: float = setting(
+        1.0,
+        group=AUDIT,
+        ge=0,
+        help="an entry-count checkpoint waits this long after the previous one (a burst is one)",
+    )
     # --- rollouts and guard (docs/policies.md#guard) ------------------------------------------
     rollout_sync_interval_s: float = setting(
         1.0, group=ROLLOUTS, gt=0, help="how often a replica publishes its rollout counts"

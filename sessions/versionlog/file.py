@@ -16,7 +16,8 @@ saved next to the file as ``<file>.torn`` and reported in ``problems``. Readers 
 log) lines that are not JSON.
 
 Checkpoints (``sessions.checkpoints``; on when a ``Checkpointing`` is given): every
-``every_entries`` durable entries or ``interval_s`` seconds, and at ``close()``, a background
+``every_entries`` durable entries (but not sooner than ``min_gap_s`` after the previous one)
+or ``interval_s`` seconds, and at ``close()``, a background
 task signs the heads of the sessions changed since the previous checkpoint and appends the
 records to ``checkpoints-YYYY-MM-DD.jsonl`` (write + ``fdatasync``), after their entries are
 durable and never on the append or flush path. ``start()`` continues the checkpoint chain of
@@ -74,6 +75,7 @@ class Checkpointing:
     node: str
     every_entries: int = 1000
     interval_s: float = 10.0
+    min_gap_s: float = 0.0  # an entry-count checkpoint waits this long after the previous
 
 
 class _Skipped(Exception):
@@ -316,13 +318,27 @@ class FileVersionLog(BufferedVersionLog):
 
     # -- checkpoints (sessions.checkpoints) -----------------------------------------------
     async def _run_checkpoints(self, interval_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        gap = min(self._ck.min_gap_s, interval_s) if self._ck is not None else 0.0
+        last = loop.time()
         while not self._ck_stopping:
+            counted = False
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(interval_s):
                     await self._ck_due.wait()
+                    counted = True
+            # An entry-count trigger waits out the minimum gap since the previous checkpoint:
+            # a burst (a fan-out and its acknowledgements) is signed once, its heads listed
+            # once, not once per `every_entries` entries. A stop cuts the wait short.
+            while counted and not self._ck_stopping and (wait := last + gap - loop.time()) > 0:
+                self._ck_due.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._ck_due.wait()
             self._ck_due.clear()
             if self._ck_stopping:
                 return
+            last = loop.time()
             try:
                 await self.checkpoint()
             except Exception as exc:  # the heads wait for the next attempt

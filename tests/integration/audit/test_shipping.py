@@ -4,6 +4,7 @@ the file log keeps its checkpoint chain across a restart."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -134,3 +135,36 @@ async def test_paced_checkpoints_ship_at_most_once_per_interval(tmp_path: Path) 
     assert await shipper.ship_pending() == 2  # unpaced: everything
     assert shipper.backlog_bytes == 0
     await log.close()
+
+
+async def test_a_burst_past_the_entry_count_is_one_checkpoint_after_the_minimum_gap(
+    tmp_path: Path,
+) -> None:
+    """``min_gap_s``: entries past ``every_entries`` right after a checkpoint wait for the gap,
+    so a burst (a fan-out's `sent` entries, then its acknowledgements) is signed once with
+    each session's last head, not once per ``every_entries`` (issue #23: the checkpoint bytes
+    a publish ships grew with its entries)."""
+    root = tmp_path / "audit"
+    log = FileVersionLog(root, FakeClock(1_790_000_000.0), fsync=False, flush_interval_s=None,
+                         checkpointing=Checkpointing(SIGNER, "n1", every_entries=4,
+                                                     interval_s=3600, min_gap_s=2.0))  # fmt: skip
+    await log.start()
+    await log.checkpoint()  # nothing yet: no record
+    _append(log, "a", range(1, 5))
+    await log.flush()  # due; the gap since start() runs out first
+    await eventually(lambda: len(_checkpoints(root)) == 1, timeout=10)
+    for sid in ("b", "c"):  # two more triggers inside the gap (without it: one each)
+        _append(log, sid, range(1, 5))
+        await log.flush()
+        await asyncio.sleep(0.2)
+    await eventually(lambda: len(_checkpoints(root)) == 2, timeout=10)
+    await log.close()  # nothing left for a last one
+    rows = _checkpoints(root)
+    assert [r["seq"] for r in rows] == [1, 2]
+    assert set(rows[0]["heads"]) == {"a"}
+    assert {sid: head[0] for sid, head in rows[1]["heads"].items()} == {"b": 4, "c": 4}
+
+
+def _checkpoints(root: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for p in sorted(root.glob("checkpoints-*"))
+            for line in p.read_text().splitlines()]  # fmt: skip
