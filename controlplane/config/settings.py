@@ -304,7 +304,7 @@ class Settings:
         10.0, group=AUDIT, gt=0, help="... or every T seconds"
     )
     audit_checkpoint_min_gap_s: float = setting(
-        1.0,
+        5.0,
         group=AUDIT,
         ge=0,
         help="an entry-count checkpoint waits this long after the previous one (a burst is one)",
