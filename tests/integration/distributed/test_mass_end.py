@@ -69,6 +69,36 @@ async def test_a_thousand_clients_leaving_at_once_all_end_in_redis(
         await probe.aclose()
 
 
+@pytest.mark.timeout(120)
+async def test_a_replica_shutting_down_with_a_thousand_sessions_ends_them_all_in_redis(
+    cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain closes every socket still open after the grace (1012): their ends all land
+    before the registry closes, none left to the node-lost sweep of another replica."""
+    a = await cluster.start("node-a", redis_pool_size=2, redis_pool_timeout_s=2.0)
+    registry = RedisRegistry(cluster.redis_url, SystemClock(), prefix=f"t{cluster.uid}:")
+    fleet = Fleet(a.ws_base)
+    try:
+        apps = []
+        for _ in range(N // 100):
+            apps += await fleet.open_apps(100, "silent", labels={"wave": "shutdown"})
+        ids = sorted(str(app.session_id) for app in apps)
+        assert len((await registry.list(limit=N + 1)).items) == N
+
+        caplog.set_level(logging.WARNING, logger="controlplane")
+        await a.stop()  # drain (grace 0.2 s), close the rest, then the registry
+        assert (await registry.list(limit=10)).items == []
+        ended = [await registry.get(sid) for sid in ids]
+        assert {(s.state, s.end_cause) for s in ended} == {(SessionState.ENDED,
+                                                            "control_closed")}  # fmt: skip
+        assert [await registry.owner(sid) for sid in ids] == [None] * N
+        failed = [r.getMessage() for r in caplog.records if "registry" in r.getMessage()]
+        assert not failed, failed[:3]
+    finally:
+        await fleet.close()
+        await registry.close()
+
+
 async def _exec_calls(probe: Redis) -> int:
     stats = await probe.info("commandstats")
     return int(stats.get("cmdstat_exec", {}).get("calls", 0))
