@@ -21,18 +21,17 @@ a fixed number of commands whatever the batch size: ``HMGET sessions:owner`` (li
 owner; unknown and ended ids have none and are skipped, so an update can never resurrect an
 ended session) and one ``HSET sessions:records`` of every record, then one ``HDEL`` of the
 skipped ones if any (a command per session per push made the Redis work of one publish grow
-with the sessions: issue #23, ``loadtest/bench_cluster.py``); ``update`` is a batch of one;
-``register`` one
-claim script (the atomic check-and-set of ``claim:<id>``) then one MULTI/EXEC, concurrent
-``register`` calls sharing them (a pipeline of claims, one MULTI/EXEC per batch: group commit),
-``register_many`` one pipeline of claims and one MULTI/EXEC per 500 sessions (a replica
-writing back what Redis lost);
-``end`` and the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions of up to 500
-sessions, concurrent ``end`` calls sharing one (group commit: ``sessions/redis_ends.py``; a
-WATCH holds its connection for four round trips), concurrent ``update`` calls one
-``update_many``-like write; ``list`` reads ids in batches and fetches records with MGET.
-The small Lua scripts build key names from the prefix, so all keys must live on one
-Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and nowhere else.
+with the sessions: issue #23, ``loadtest/bench_cluster.py``); concurrent ``update`` calls
+share one such write (group commit); ``register`` one claim script (the atomic check-and-set
+of ``claim:<id>``) then one MULTI/EXEC, concurrent ``register`` calls sharing them (a pipeline
+of claims, one MULTI/EXEC per batch: group commit), ``register_many`` one pipeline of claims
+and one MULTI/EXEC per 500 sessions (a replica writing back what Redis lost); ``end`` and
+the node-lost sweep are optimistic WATCH/MULTI/EXEC transactions of up to 500 sessions,
+concurrent ``end`` calls sharing one (group commit: ``sessions/redis_ends.py``; a
+WATCH holds its connection for four round trips); ``list`` reads ids in batches and fetches
+records with MGET. The small Lua scripts build key names from the prefix, so all keys must
+live on one Redis node (no Redis Cluster). Redis errors become ``BackendUnavailable`` here and
+nowhere else.
 
 Connections (``redis_client``): a *blocking* pool of ``pool_size`` connections; a command that
 finds them all busy waits up to ``pool_timeout_s`` for one (redis-py's default asyncio pool
