@@ -223,6 +223,7 @@ class AuditShipper:
                 if delay != self._interval:
                     log.info("audit shipping resumed (%d entries shipped so far)", self.shipped)
                 delay = self._interval
+            raise_if_cancelled()  # a stop that landed in the pass and was eaten there
 
     async def ship_pending(self, *, paced: bool = False) -> int:
         """Ship every durable entry (and checkpoint) not shipped yet; returns how many were

@@ -159,3 +159,43 @@ async def test_background_loops_stop_even_when_a_backend_eats_the_cancellation()
     async with asyncio.timeout(2):
         await upkeep.close()
     assert task.done()
+
+
+class _EatsCancel(Recorder):
+    """A transport that swallows a cancel arriving while it ships (as a client library
+    retrying inside may), then returns normally."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = asyncio.Event()
+
+    async def ship(self, lines: Sequence[AuditLine]) -> None:
+        self.entered.set()
+        try:
+            await asyncio.sleep(0.5)
+        except asyncio.CancelledError:
+            pass
+        self.stored.extend(lines)
+
+
+async def test_a_stop_eaten_inside_a_shipping_pass_still_ends_the_loop(tmp_path: Path) -> None:
+    """The loop checks ``cancelling()`` after each pass (controlplane/tasks.py's rule for
+    loops): one cancel stops it even when the pass swallowed it; without the check the loop
+    sleeps and ships on, and a stop waits out STOP_WAIT_S and cancels again."""
+    log = FileVersionLog(tmp_path / "audit", FakeClock(), fsync=False, flush_interval_s=None)
+    await log.start()
+    transport = _EatsCancel()
+    shipper = AuditShipper(tmp_path / "audit", tmp_path / "cursor.json", transport,
+                           flush=log.flush, metrics=Metrics(), interval_s=0.05)  # fmt: skip
+    await shipper.start()
+    _append(log, "s1", 3)
+    await log.flush()
+    await asyncio.wait_for(transport.entered.wait(), 10)
+    task = shipper._task
+    assert task is not None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(asyncio.shield(task), 10)
+    assert task.cancelled()
+    await shipper.close(final_timeout_s=5)
+    await log.close()
