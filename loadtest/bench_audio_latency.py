@@ -49,7 +49,7 @@ from launch import (
 from loopback import http_json, raise_nofile
 from payloads import FRAME_MS, STREAMING_MODEL
 from profiling import start_pyspy, stop_pyspy, summarize_collapsed
-from report import add_quiet_arg, median_of, print_header, summary_ms, wait_quiet
+from report import add_quiet_arg, finish, median_of, print_header, summary_ms, wait_quiet
 
 
 def latencies(emu: Proc, sessions: list[dict[str, Any]]) -> tuple[list[float], int, int]:
@@ -215,15 +215,12 @@ def main() -> int:
         "direct_frames_dropped",
     ]
     summary = {"sessions": args.sessions, **median_of(runs, keys)}
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
-    bad = any(
-        r[f"{v}_turns"] == 0 or r[f"{v}_send_errors"] or r[f"{v}_frames_dropped"]
+    failures = sum(
+        r[f"{v}_turns"] == 0 or bool(r[f"{v}_send_errors"]) or bool(r[f"{v}_frames_dropped"])
         for v in ("direct", "relay", "gateway")
         for r in runs
     )
-    return 1 if bad else 0
+    return finish(summary, runs, args.json, failures)
 
 
 if __name__ == "__main__":

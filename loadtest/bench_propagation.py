@@ -51,7 +51,7 @@ from launch import (
 from loopback import emulator_receipts, http_json, raise_nofile, scrape
 from payloads import STREAMING_MODEL, marker, policy_doc
 from profiling import start_pyspy, stop_pyspy, summarize_collapsed
-from report import add_quiet_arg, median, median_of, print_header, summary_ms, wait_quiet
+from report import add_quiet_arg, finish, median, median_of, print_header, summary_ms, wait_quiet
 
 STREAMING_QUERY = f"/v3/ws?sample_rate=16000&speech_model={STREAMING_MODEL}"
 API_KEY = "bench-key"
@@ -479,10 +479,7 @@ def main() -> int:
     if args.baseline_source:  # (failures: of both)
         base = summarize(args, [r for r in runs if "source" in r], failures)
         summary["baseline"] = {"source": str(args.baseline_source), **base}
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
-    return 0 if failures == 0 else 1
+    return finish(summary, runs, args.json, failures)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from clients import ClientPool, ws_url
 from launch import new_token, start_controlplane, start_emulator, workdir
 from loopback import emulator_receipts, http_json, raise_nofile, scrape
 from payloads import STREAMING_MODEL, marker, policy_doc
-from report import add_quiet_arg, median_of, print_header, summary_ms, wait_quiet
+from report import add_quiet_arg, finish, median_of, print_header, summary_ms, wait_quiet
 
 HEADERS = {"Authorization": "bench-key", "X-Session-Labels": "tenant=acme"}
 
@@ -173,14 +173,11 @@ def main() -> int:
     ]
     summary = {"sessions": args.sessions, **median_of(runs, keys)}
     summary["meets_target_20x"] = summary["speedup_max"] >= 20
-    print(f"median: {json.dumps(summary)}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "median": summary}, indent=2))
-    ok = all(
-        r["push_received"] == r["sessions"] == args.sessions and r["reconnect_errors"] == 0
+    failures = sum(
+        not (r["push_received"] == r["sessions"] == args.sessions and r["reconnect_errors"] == 0)
         for r in runs
     )
-    return 0 if ok else 1
+    return finish(summary, runs, args.json, failures)
 
 
 if __name__ == "__main__":
