@@ -150,7 +150,7 @@ class FileVersionLog(BufferedVersionLog):
         if self._ck is not None and self._ck_task is None:
             self._ck_stopping = False
             self._ck_task = asyncio.create_task(
-                self._run_checkpoints(self._ck.interval_s), name="FileVersionLog.checkpoints"
+                self._run_checkpoints(self._ck), name="FileVersionLog.checkpoints"
             )
 
     @property
@@ -317,24 +317,19 @@ class FileVersionLog(BufferedVersionLog):
             self._close_fd()
 
     # -- checkpoints (sessions.checkpoints) -----------------------------------------------
-    async def _run_checkpoints(self, interval_s: float) -> None:
+    async def _run_checkpoints(self, ck: Checkpointing) -> None:
         loop = asyncio.get_running_loop()
-        gap = min(self._ck.min_gap_s, interval_s) if self._ck is not None else 0.0
+        gap = min(ck.min_gap_s, ck.interval_s)
         last = loop.time()
         while not self._ck_stopping:
-            counted = False
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval_s):
-                    await self._ck_due.wait()
-                    counted = True
+            await self._ck_wait(ck.interval_s)
             # An entry-count trigger waits out the minimum gap since the previous checkpoint:
             # a burst (a fan-out and its acknowledgements) is signed once, its heads listed
-            # once, not once per `every_entries` entries. A stop cuts the wait short.
-            while counted and not self._ck_stopping and (wait := last + gap - loop.time()) > 0:
+            # once, not once per `every_entries` entries (the interval, never shorter than
+            # the gap, has always passed it). A stop cuts the wait short.
+            while not self._ck_stopping and (wait := last + gap - loop.time()) > 0:
                 self._ck_due.clear()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(wait):
-                        await self._ck_due.wait()
+                await self._ck_wait(wait)
             self._ck_due.clear()
             if self._ck_stopping:
                 return
@@ -345,6 +340,13 @@ class FileVersionLog(BufferedVersionLog):
                 self.checkpoint_failures += 1
                 log.warning("version log: checkpoint failed (%d heads waiting): %s",
                             len(self._ck_changed), exc)  # fmt: skip
+
+    async def _ck_wait(self, timeout_s: float) -> None:
+        """Until a checkpoint is asked for (entries past the count, or a stop), at most
+        ``timeout_s`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._ck_due.wait()
 
     async def checkpoint(self) -> int:
         """Sign and write a checkpoint of every head changed since the last one (now, not
