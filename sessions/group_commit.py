@@ -9,6 +9,11 @@ replica exhausted a pool of 20 Redis connections one registration at a time).
 
 A ``flush`` that raises fails every item of its batch with that exception; the next batch is
 tried anyway. A caller that stops waiting (cancelled) does not stop its batch.
+
+``close(drain_s)`` stops taking items and still writes those already queued for up to
+``drain_s`` seconds (a replica shutting down must not drop the session ends its last sockets
+queued: ``RedisRegistry.close``); what is left then fails with ``GroupClosed``, and ``close``
+returns every item it could not write (left, or in a batch that failed while closing).
 """
 
 from __future__ import annotations
@@ -18,10 +23,14 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-__all__ = ["GroupCommit"]
+__all__ = ["GroupClosed", "GroupCommit"]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+class GroupClosed(RuntimeError):
+    """The group commit closed before this item was written."""
 
 
 class GroupCommit(Generic[T, R]):
@@ -35,7 +44,9 @@ class GroupCommit(Generic[T, R]):
         self._name = name
         self._pending: list[tuple[T, asyncio.Future[R]]] = []
         self._task: asyncio.Task[None] | None = None
+        self._batch: list[tuple[T, asyncio.Future[R]]] = []  # being written
         self._closed = False
+        self._unwritten: list[T] | None = None  # while closing: items that failed
 
     async def submit(self, item: T) -> R:
         if self._closed:
@@ -49,33 +60,43 @@ class GroupCommit(Generic[T, R]):
 
     async def _run(self) -> None:
         while self._pending:
-            batch = self._pending[: self._max]
+            self._batch = batch = self._pending[: self._max]
             del self._pending[: self._max]
             try:
                 results = await self._flush([item for item, _ in batch])
                 if len(results) != len(batch):
                     raise RuntimeError(f"{self._name}: {len(results)} results for {len(batch)}")
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
             except Exception as exc:
+                self._batch = []
+                if self._unwritten is not None:
+                    self._unwritten.extend(item for item, _ in batch)
                 for _, future in batch:
                     if not future.done():
                         future.set_exception(exc)
                 continue
+            self._batch = []
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
 
-    async def close(self) -> None:
-        """Stop: the batch being written is cancelled, queued items fail (cancelled)."""
+    async def close(self, drain_s: float = 0.0) -> list[T]:
+        """Stop taking items; write the queued ones for up to ``drain_s`` seconds, then fail
+        the rest (the batch being written is cancelled) with ``GroupClosed``. Returns the
+        items not written (module docstring)."""
         self._closed = True
+        unwritten: list[T] = []
+        self._unwritten = unwritten
         task, self._task = self._task, None
+        if task is not None and not task.done() and drain_s > 0:
+            await asyncio.wait([task], timeout=drain_s)
         if task is not None and not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for _, future in self._pending:
-            future.cancel()
-        self._pending.clear()
+        left = self._batch + self._pending
+        self._batch, self._pending = [], []
+        for item, future in left:
+            unwritten.append(item)
+            if not future.done():
+                future.set_exception(GroupClosed(f"{self._name} closed before this was written"))
+        return unwritten

@@ -120,8 +120,10 @@ class RedisEnds:
         """The session's final record: ended now, or as it ended before; None if unknown."""
         return await self._ends.submit(EndItem(session_id, cause, at))
 
-    async def close(self) -> None:
-        await self._ends.close()
+    async def close(self, drain_s: float = 0.0) -> builtins.list[EndItem]:
+        """Write the ends still queued for up to ``drain_s`` seconds; returns those not
+        written."""
+        return await self._ends.close(drain_s)
 
     async def _end_items(self, batch: builtins.list[EndItem]) -> builtins.list[Session | None]:
         first: dict[str, EndItem] = {}

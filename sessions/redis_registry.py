@@ -41,7 +41,9 @@ replica had most of them refused).
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import logging
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -67,10 +69,17 @@ from sessions.registry import (
     check_storable,
 )
 
-__all__ = ["DEFAULT_POOL_SIZE", "DEFAULT_POOL_TIMEOUT_S", "RedisRegistry", "redis_client"]
+__all__ = [
+    "CLOSE_DRAIN_S",
+    "DEFAULT_POOL_SIZE",
+    "DEFAULT_POOL_TIMEOUT_S",
+    "RedisRegistry",
+    "redis_client",
+]
 
 DEFAULT_POOL_SIZE: Final = 50
 DEFAULT_POOL_TIMEOUT_S: Final = 10.0
+CLOSE_DRAIN_S: Final = 5.0  # close: how long the writes still queued may take
 
 
 def redis_client(
@@ -84,6 +93,9 @@ def redis_client(
     available"). Closing the client closes its pool."""
     pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=pool_timeout_s)
     return Redis.from_pool(pool)
+
+
+log = logging.getLogger(__name__)
 
 
 _REGISTER_BATCH: Final = 500
@@ -403,10 +415,22 @@ class RedisRegistry:
                 await self._ends.trim()
         return sorted(expired)
 
-    async def close(self) -> None:
-        await self._registrations.close()
-        await self._updates.close()
-        await self._ends.close()
+    async def close(self, drain_s: float = CLOSE_DRAIN_S) -> None:
+        """Write what is still queued (registrations, updates, ends) for up to ``drain_s``
+        seconds, then close; the ends that could not be written are logged (their ids): the
+        sessions stay live in Redis until another replica's node-lost sweep ends them."""
+        registrations, updates, ends = await asyncio.gather(
+            self._registrations.close(drain_s), self._updates.close(drain_s),
+            self._ends.close(drain_s),
+        )  # fmt: skip
+        if registrations or updates:
+            log.warning("redis registry closed with %d registration(s) and %d update(s) not "
+                        "written", len(registrations), len(updates))  # fmt: skip
+        if ends:
+            ids = sorted({item.session_id for item in ends})
+            log.error("redis registry closed with %d session end(s) not written (left to the "
+                      "node-lost sweep of another replica): %s%s", len(ids),
+                      ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")  # fmt: skip
         if self._owns_client:
             with _translate("close"):
                 await self._client.aclose()

@@ -122,7 +122,7 @@ class PushEngine:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
-        await self._registry.flush(self.live)
+        await self._registry.close(self.live)
 
     # -- sessions ------------------------------------------------------------------------
     def resolve(self, session: Session, policies: Iterable[Policy]) -> Effective:

@@ -3,7 +3,8 @@
 
 ``RegistrySync`` keeps the sessions whose record changed (``mark``) and the registry ``end``s
 that failed; ``flush`` writes them (one ``update_many``), re-registers sessions the registry
-lost while this replica still holds them, and retries the ends until they land.
+lost while this replica still holds them, and retries the ends until they land; ``close`` is
+the last flush, naming the ends that never landed.
 
 ``tick`` is the periodic sync (every ``REGISTRY_SYNC_INTERVAL_S`` from the engine): it
 writes once the sessions stopped changing for a tick, holding the batch at most
@@ -85,6 +86,16 @@ class RegistrySync:
         """Write every changed session now, then retry the ends."""
         await self._flush_dirty(live)
         await self._retry_ends()
+
+    async def close(self, live: Mapping[str, LiveSession]) -> None:
+        """The last flush (the engine's close); the ends that still failed are logged by id:
+        those sessions stay live in the registry until another replica's node-lost sweep."""
+        await self.flush(live)
+        if self._ends:
+            ids = sorted(self._ends)
+            log.error("%d session end(s) could not be written to the registry (left to the "
+                      "node-lost sweep of another replica): %s%s", len(ids),
+                      ", ".join(ids[:20]), " ..." if len(ids) > 20 else "")  # fmt: skip
 
     async def _retry_ends(self) -> None:
         """The first failed end alone (a registry still down costs one attempt per sync),
