@@ -211,12 +211,10 @@ class DurableIntake:
 
     async def before_halt(self, event: PolicyEvent) -> None:
         """Store a ``policy.halted`` event the store will accept (it names the active,
-        not yet halted version) before the service applies it."""
+        not yet halted version; its role is not below the owner's) before it is applied."""
         if self.files is None:
             return
-        policy = self.store.active_policy(event.policy_id)
-        if (policy is not None and policy.version == event.version
-                and self.store.halted(event.policy_id) is None):  # fmt: skip
+        if self.store.halt_accepts(event):
             await asyncio.to_thread(self.files.write, event)
 
     async def before_wave(self, event: PolicyEvent) -> None:

@@ -429,13 +429,25 @@ class PolicyStore:
             fallback = previous_waves.previous  # sessions outside its wave ran that one
         return Change(policy.id, before, after, record, fallback)
 
+    def halt_accepts(self, event: PolicyEvent) -> bool:
+        """Whether :meth:`halt` would apply this ``policy.halted`` event: it names the active
+        version, that version is not halted yet (duplicates, halts overtaken by a newer
+        version) and its role is not below the owner's (the guard's halts carry none)."""
+        policy = self._active.get(event.policy_id)
+        if policy is None or policy.version != event.version or event.policy_id in self._halted:
+            return False
+        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
+        if role is not None and owner is not None and role < owner:
+            log.warning("policy event %s refused: role %s is below the owner role %s",
+                        event.msg_id, role.label, owner.label)  # fmt: skip
+            return False
+        return True
+
     def halt(self, event: PolicyEvent) -> Halt | None:
-        """Apply a ``policy.halted`` event; None unless it names the active version and that
-        version is not halted yet (duplicates, and halts overtaken by a newer version)."""
-        policy_id, version = event.policy_id, event.version
-        policy = self._active.get(policy_id)
-        if policy is None or policy.version != version or policy_id in self._halted:
+        """Apply a ``policy.halted`` event; None when :meth:`halt_accepts` says no."""
+        if not self.halt_accepts(event):
             return None
+        policy_id, version = event.policy_id, event.version
         halt = self._halts[(policy_id, version)] = Halt(policy_id, version, event)
         fallback = self.fallback(policy_id)
         self._halted[policy_id] = None if fallback is None else fallback.policy

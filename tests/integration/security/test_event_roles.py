@@ -1,0 +1,72 @@
+"""Policy events from a role below the policy's owner change nothing, whatever their type
+(docs/security.md, docs/policies.md#ownership): a ``policy.halted`` event naming an
+experimenter (or a viewer) cannot halt a compliance policy's version, on the real service
+and its bus, and nothing of it reaches the embedded policy files. The rollout guard's own
+halts (no role: they act for the owner) and a halt by the owner's role still apply.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controlplane.intake.bus import PolicyEvent, rfc3339
+from tests.integration.service.conftest import ControlPlaneUnderTest
+from tests.integration.service.test_authority import _app, _prompt
+
+COMPLIANCE = "tok-compliance"
+PROMPT = "This call is recorded for compliance."
+DISCLOSURE = {
+    "id": "eu-disclosure", "match": {"labels": {"region": "eu-west-1"}},
+    "set": {"prompt": PROMPT}, "lock": ["prompt"],
+}  # fmt: skip
+
+
+def _halt(doc: dict[str, Any], role: str | None, actor: str) -> PolicyEvent:
+    return PolicyEvent(
+        "policy.halted", doc, actor, rfc3339(0), cause="guard", role=role,
+        halt={"reason": "forged", "on_breach": "halt"},
+    )  # fmt: skip
+
+
+async def _halt_files(cp: ControlPlaneUnderTest) -> list[str]:
+    return sorted(p.name for p in (cp.data_dir / "policies").rglob("*halt*"))
+
+
+@pytest.mark.parametrize("role", ["experimenter", "app", "viewer"])
+async def test_a_halt_event_from_a_role_below_the_owner_changes_nothing(
+    cp: ControlPlaneUnderTest, role: str
+) -> None:
+    await cp.publish({**DISCLOSURE, "set": {"prompt": "v1"}}, token=COMPLIANCE)
+    await cp.publish(DISCLOSURE, token=COMPLIANCE)
+    store = cp.service.store
+    doc = store.latest("eu-disclosure").policy.document()
+    files_before = await _halt_files(cp)
+    # with a role, and with only the actor's role prefix (events before the role field)
+    for event in (_halt(doc, role, f"{role}:1a2b3c"), _halt(doc, None, f"{role}:1a2b3c")):
+        await cp.service.bus.publish(event)
+        assert store.halted("eu-disclosure") is None
+        rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
+        assert rollout["state"] == "active"
+        assert await _halt_files(cp) == files_before
+    # a new session still runs the current version, not the fallback a halt would give it
+    async with _app(cp, region="eu-west-1") as app:
+        assert app.session_id is not None
+        assert await _prompt(cp, app.session_id) == PROMPT
+
+
+@pytest.mark.parametrize(("role", "actor"), [(None, "guard:node-1"), ("compliance", "ops:1")])
+async def test_a_halt_event_from_the_guard_or_the_owner_role_applies(
+    cp: ControlPlaneUnderTest, role: str | None, actor: str
+) -> None:
+    await cp.publish({**DISCLOSURE, "set": {"prompt": "v1"}}, token=COMPLIANCE)
+    await cp.publish(DISCLOSURE, token=COMPLIANCE)
+    doc = cp.service.store.latest("eu-disclosure").policy.document()
+    await cp.service.bus.publish(_halt(doc, role, actor))
+    rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
+    assert rollout["state"] == "halted"
+    assert await _halt_files(cp) == ["2.halted.json"]  # stored before it applied
+    async with _app(cp, region="eu-west-1") as app:  # a late joiner gets the fallback
+        assert app.session_id is not None
+        assert await _prompt(cp, app.session_id) == "v1"
