@@ -14,6 +14,10 @@ a lower source may repeat a label a higher one gave, never change it. A key give
 different values refuses the connection (``LabelConflict`` names the key and both sources),
 so a client can never relabel itself out of the tenant its key belongs to. The merged set
 obeys the same limit as one source (``MAX_LABELS``).
+
+A relabel (``PATCH /v1/sessions/{id}/labels``, and the owner request that carries it to
+another replica) follows the REST rules (``LABEL_KEY``, ``MAX_LABEL_VALUE_CHARS``,
+``MAX_LABELS_PER_PATCH``; ``relabel_problem``).
 """
 
 from __future__ import annotations
@@ -29,7 +33,10 @@ from urllib.parse import unquote
 from policies.fields import utf8_problem
 
 __all__ = [
+    "LABEL_KEY",
     "MAX_LABELS",
+    "MAX_LABELS_PER_PATCH",
+    "MAX_LABEL_VALUE_CHARS",
     "SOURCES",
     "CredentialLabels",
     "LabelConflict",
@@ -42,11 +49,15 @@ __all__ = [
     "parse_credential_labels",
     "parse_labels",
     "parse_path_labels",
+    "relabel_problem",
 ]
 
 log = logging.getLogger(__name__)
 
 MAX_LABELS: Final = 32
+LABEL_KEY: Final = re.compile(r"[A-Za-z0-9_.-]{1,63}")  # a relabel's keys (REST)
+MAX_LABEL_VALUE_CHARS: Final = 256
+MAX_LABELS_PER_PATCH: Final = 64
 SOURCES: Final = ("credential", "path", "header", "query")  # precedence, highest first
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 _DIGEST: Final = re.compile(r"(?:sha256:)?([0-9a-fA-F]{64})")
@@ -70,6 +81,23 @@ def _check(item: str, key: str, value: str, sep: str) -> None:
     # header bytes that are not UTF-8 arrive as lone surrogates: no log or hash takes them
     if utf8_problem(item) is not None or _CONTROL.search(item):
         raise ValueError("labels must be UTF-8 text without control characters")
+
+
+def relabel_problem(labels: object) -> str | None:
+    """What breaks the relabel rules in ``{key: value or None}`` (None: nothing); the REST
+    API says it field by field (controlplane.api.labels), an owner request in one line."""
+    if not isinstance(labels, dict) or not labels or len(labels) > MAX_LABELS_PER_PATCH:
+        return f"labels must be an object of 1 to {MAX_LABELS_PER_PATCH} key -> string or null"
+    for key, value in labels.items():
+        if not isinstance(key, str) or not LABEL_KEY.fullmatch(key):
+            return "a label key must match [A-Za-z0-9_.-]{1,63}"
+        if value is None:
+            continue
+        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_CHARS:
+            return f"label {key!r} must be a string of at most {MAX_LABEL_VALUE_CHARS} characters"
+        if _CONTROL.search(value):
+            return f"label {key!r} must not contain control characters"
+    return None
 
 
 def _limit(labels: Mapping[str, str]) -> None:

@@ -169,8 +169,12 @@ class EventSigner:
         keys = self.current()
         return {SIGNATURE_HEADER: signature(keys[0], msg_id, body)} if keys else {}
 
-    def check(self, headers: Mapping[str, str] | None, body: bytes) -> Refusal | None:
-        """None when the event may be applied; else why it is refused."""
+    def check(
+        self, headers: Mapping[str, str] | None, body: bytes, *, msg_id: str | None = None
+    ) -> Refusal | None:
+        """None when the event may be applied; else why it is refused. ``msg_id``: what the
+        signature covers instead of the ``Nats-Msg-Id`` header (an owner request: its
+        subject, so a request signed for one replica cannot be sent to another)."""
         if not self.enabled:
             return None
         headers = headers or {}
@@ -179,7 +183,8 @@ class EventSigner:
             return "unsigned"
         if len(given) > MAX_HEADER_CHARS:
             return "bad_signature"
-        msg_id = headers.get("Nats-Msg-Id", "")
+        if msg_id is None:
+            msg_id = headers.get("Nats-Msg-Id", "")
         offered = [part.strip() for part in given.split(",") if part.strip()]
         ok = False
         for key in self.current():

@@ -13,6 +13,7 @@ from typing import Any, Final
 
 from controlplane.api.inputs import check_fields, tname
 from controlplane.errors import BadRequest
+from controlplane.labels import LABEL_KEY, MAX_LABEL_VALUE_CHARS, MAX_LABELS_PER_PATCH
 
 __all__ = [
     "LABEL_KEY",
@@ -24,9 +25,6 @@ __all__ = [
     "parse_selector",
 ]
 
-LABEL_KEY: Final = re.compile(r"[A-Za-z0-9_.-]{1,63}")
-MAX_LABEL_VALUE_CHARS: Final = 256
-MAX_LABELS_PER_PATCH: Final = 64
 MAX_SELECTOR_TERMS: Final = 64
 MAX_SELECTOR_CHARS: Final = 4096
 

@@ -2,14 +2,23 @@
 ``<prefix>.node.<node>.<action>`` (core NATS, no stream). A replica answers its own node's
 requests with ONE wildcard subscription, never one per session; ``controlplane.cluster.routing``
 decides what is asked and turns replies back into results or errors.
+
+With a policy signing key (``controlplane.signing``) a request is signed like a policy event,
+over its subject instead of a ``Nats-Msg-Id`` (``Cp-Signature: v1=HMAC(key, subject + "\n" +
+body)``), and carries ``sent_at`` (Unix seconds): a replica answers only requests signed by a
+key it holds, for its own subject, sent within ``MAX_REQUEST_AGE_S``; anything else gets 403
+``forbidden`` and runs nothing (a relabel moves a session in or out of a policy's ``match``,
+so NATS publish rights alone must not do it where publish rights alone make no policy).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Final
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -17,8 +26,14 @@ from nats.aio.subscription import Subscription
 
 from controlplane.cluster.nats_bus import NatsConnection, subject_token, translate
 from controlplane.errors import Unavailable
+from controlplane.signing import SIGNATURE_HEADER, EventSigner
 
-__all__ = ["NatsRpc", "RpcHandler"]
+__all__ = ["MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "RpcHandler"]
+
+log = logging.getLogger(__name__)
+
+SENT_AT: Final = "sent_at"  # a signed request's wall-clock time (Unix seconds)
+MAX_REQUEST_AGE_S: Final = 60.0  # a signed request further from now than this is refused
 
 RpcHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -26,10 +41,13 @@ RpcHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 class NatsRpc:
     """Request/reply between replicas on ``<prefix>.node.<node>.<action>``."""
 
-    def __init__(self, conn: NatsConnection) -> None:
+    def __init__(self, conn: NatsConnection, *, wall: Callable[[], float] = time.time) -> None:
         self._conn = conn
         self._prefix = f"{conn.settings.nats_subject_prefix}.node."
         self._sub: Subscription | None = None
+        settings = conn.settings
+        self._signer = EventSigner(settings.policy_signing_key, settings.policy_signing_key_file)
+        self._wall = wall
 
     def subject(self, node: str, action: str) -> str:
         return f"{self._prefix}{subject_token(node)}.{subject_token(action)}"
@@ -39,13 +57,19 @@ class NatsRpc:
 
         async def on_request(msg: Msg) -> None:
             action = msg.subject.rsplit(".", 1)[-1]
-            try:
-                payload = _request(msg.data)
-            except ValueError as exc:
-                reply: dict[str, Any] = {"error": {"status": 400, "code": "bad_request",
-                                                   "message": str(exc), "details": {}}}  # fmt: skip
+            refusal = self._refusal(msg)
+            reply: dict[str, Any]
+            if refusal is not None:
+                log.warning("owner request on %s refused: %s", msg.subject, refusal)
+                reply = _error(403, "forbidden", f"owner request refused: {refusal}")
             else:
-                reply = await handler(action, payload)
+                try:
+                    payload = _request(msg.data)
+                except ValueError as exc:
+                    reply = _error(400, "bad_request", str(exc))
+                else:
+                    payload.pop(SENT_AT, None)
+                    reply = await handler(action, payload)
             data = json.dumps(reply, separators=(",", ":")).encode()
             if len(data) > self._conn.client.max_payload:  # e.g. a very long session log
                 data = json.dumps({"error": {
@@ -63,11 +87,16 @@ class NatsRpc:
             raise translate("subscribing to owner requests", exc) from exc
 
     async def request(self, node: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """One request to ``node``; Unavailable (503) when it does not answer."""
+        """One request to ``node`` (signed with a signing key); Unavailable (503) when it
+        does not answer."""
+        subject = self.subject(node, action)
+        if self._signer.enabled:
+            payload = {**payload, SENT_AT: self._wall()}
         data = json.dumps(payload, separators=(",", ":")).encode()
+        headers = self._signer.headers(subject, data) or None
         timeout = self._conn.settings.nats_request_timeout_s
         try:
-            msg = await self._conn.client.request(self.subject(node, action), data, timeout)
+            msg = await self._conn.client.request(subject, data, timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable(
                 f"replica {node!r} that holds this session does not answer (no responders)",
@@ -93,6 +122,31 @@ class NatsRpc:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    def _refusal(self, msg: Msg) -> str | None:
+        """Why a request may not run (None: it may): with a signing key, it must be signed
+        for this subject and sent within ``MAX_REQUEST_AGE_S`` (never the signature's text)."""
+        if not self._signer.enabled:
+            return None
+        data = msg.data or b""
+        why = self._signer.check(msg.headers, data, msg_id=msg.subject)
+        if why == "unsigned":
+            return f"no {SIGNATURE_HEADER} header (this cluster signs owner requests)"
+        if why is not None:
+            return f"{SIGNATURE_HEADER} does not match (wrong key, other subject or changed body)"
+        try:
+            sent = _request(data).get(SENT_AT)
+        except ValueError:
+            return None  # signed by a key holder: answered 400 as before
+        if isinstance(sent, bool) or not isinstance(sent, int | float):
+            return f"signed, but no numeric {SENT_AT!r}"
+        if not abs(self._wall() - sent) <= MAX_REQUEST_AGE_S:  # (NaN too)
+            return f"signed, but not sent within the last {MAX_REQUEST_AGE_S:g}s ({SENT_AT!r})"
+        return None
+
+
+def _error(status: int, code: str, message: str) -> dict[str, Any]:
+    return {"error": {"status": status, "code": code, "message": message, "details": {}}}
 
 
 def _request(data: bytes) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from controlplane.audit.sources import (
 from controlplane.cluster.ports import ClusterPorts
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable
+from controlplane.labels import relabel_problem
 from controlplane.metrics import Metrics
 from controlplane.push.engine import PushEngine
 from controlplane.service.backend import backend
@@ -243,9 +244,11 @@ class SessionRecords:
         return ls.session.to_dict()
 
     async def _rpc_relabel(self, payload: dict[str, Any]) -> dict[str, Any]:
-        labels = payload["labels"]
-        if not isinstance(labels, dict):
-            raise BadRequest("labels must be an object")
+        labels = payload.get("labels")
+        problem = relabel_problem(labels)  # the REST rules: the asking replica applied them
+        if problem is not None:
+            raise BadRequest(problem)
+        assert isinstance(labels, dict)
         return await self.relabel_session(str(payload["session_id"]), labels,
                                           actor=str(payload.get("actor", "")),
                                           local_only=True)  # fmt: skip
