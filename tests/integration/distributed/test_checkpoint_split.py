@@ -1,0 +1,136 @@
+"""A checkpoint pass covering more heads than fit in one ``CP_AUDIT`` message (real NATS).
+
+Checkpoint batches grow with the sessions changed between checkpoints (~58 bytes per head
+compressed, random session ids and hashes): about 17,500 heads fill NATS's default 1 MiB
+``max_payload``. Above that the shipper splits the checkpoint batch (``audit.batches.pack``)
+into several messages on the node's checkpoint subject; the records must arrive whole and in
+order, so the chain still verifies, and every head is still covered, when it is read back
+from the stream by a fresh process after the writer restarted and went on checkpointing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from controlplane import cli
+from controlplane.audit.shipper import AuditShipper
+from controlplane.cluster.nats_audit import NatsAuditStream
+from controlplane.cluster.nats_bus import NatsConnection
+from controlplane.config import Settings
+from controlplane.metrics import Metrics
+from sessions.checkpoints import CheckpointSigner, verify_checkpoints
+from sessions.clock import FakeClock
+from sessions.versionlog.file import Checkpointing, FileVersionLog
+
+SESSIONS = 20_000  # one pass: ~1.16 MB of checkpoint batch compressed, over one message
+SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
+
+
+def _log(root: Path, clock: FakeClock) -> FileVersionLog:
+    ck = Checkpointing(SIGNER, "node-big", every_entries=10**9, interval_s=3600)
+    return FileVersionLog(root, clock, fsync=False, flush_interval_s=None, checkpointing=ck)
+
+
+async def _ship(root: Path, settings: Settings) -> None:
+    conn = NatsConnection(settings, name="test shipper")
+    await conn.connect()
+    try:
+        shipper = AuditShipper(root, root.parent / "cursor.json", NatsAuditStream(conn),
+                               flush=_noop, metrics=Metrics())  # fmt: skip
+        await shipper.start()  # from the persisted cursor
+        await shipper.close(final_timeout_s=60)
+        assert shipper.backlog_bytes == 0
+    finally:
+        await conn.close()
+
+
+async def _noop() -> None:
+    return None
+
+
+def _verify(opts: list[str], capsys: Any) -> dict[str, Any]:
+    capsys.readouterr()
+    code = cli.main(["audit", "verify", "--json", *opts])
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    answer: dict[str, Any] = json.loads(out)
+    return answer
+
+
+@pytest.mark.timeout(180)
+async def test_a_checkpoint_over_one_message_splits_and_verifies_after_a_restart(
+    nats_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    uid = uuid.uuid4().hex[:8]
+    stream, prefix = f"T{uid}_AUDIT", f"t{uid}"
+    settings = Settings(nats_url=nats_url, nats_audit_stream=stream, nats_subject_prefix=prefix,
+                        node_id="node-big")  # fmt: skip
+    root = tmp_path / "audit"
+    clock = FakeClock(1_790_000_000.0)
+    ids = [f"cps_{uuid.uuid4().hex}" for _ in range(SESSIONS)]
+    log = _log(root, clock)
+    await log.start()
+    for sid in ids:
+        log.append(sid, version=1, cause="connect", status="sent", delta={"prompt": "v1"},
+                   config={"prompt": "v1"})  # fmt: skip
+    await log.flush()
+    assert await log.checkpoint() == SESSIONS // 2000  # records of MAX_HEADS heads
+    await log.close()
+    await _ship(root, settings)
+
+    # the writer restarts and goes on: its chain continues in the same stream
+    clock.advance(60)
+    log = _log(root, clock)
+    await log.start()
+    for sid in ids[:3]:
+        log.append(sid, version=2, cause="policy", status="sent", delta={"prompt": "v2"},
+                   config={"prompt": "v2"})  # fmt: skip
+    await log.flush()
+    assert await log.checkpoint() == 1
+    await log.close()
+    await _ship(root, settings)
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        sub = await js.pull_subscribe(f"{prefix}.audit._checkpoint.>", stream=stream)
+        msgs = await sub.fetch(100, timeout=5)
+        sizes = [len(m.data) for m in msgs]
+        await sub.unsubscribe()
+        # the first pass did not fit one message: split, each under the server's limit
+        assert len(msgs) >= 3, sizes
+        assert all(size <= nc.max_payload for size in sizes), (sizes, nc.max_payload)
+        assert sum(sizes) > nc.max_payload, sizes
+
+        # read back by a fresh process: the whole chain, every head covered
+        opts = ["--nats-url", nats_url, "--nats-audit-stream", stream,
+                "--nats-subject-prefix", prefix]  # fmt: skip
+        answer = await asyncio.to_thread(_verify, opts, capsys)
+        assert answer["source"] == "CP_AUDIT" and answer["ok"] is True
+        assert answer["checkpoints"]["ok"] is True
+        assert answer["checkpoints"]["count"] == SESSIONS // 2000 + 1
+        items = {item["session_id"]: item for item in answer["items"]}
+        assert sorted(items) == sorted(ids)
+        assert all(item["ok"] and item["covered_seq"] == item["count"] for item in items.values())
+        assert [items[sid]["covered_seq"] for sid in ids[:4]] == [2, 2, 2, 1]
+
+        conn = NatsConnection(settings, name="test reader")
+        await conn.connect()
+        try:
+            rows = await NatsAuditStream(conn).checkpoint_rows()
+        finally:
+            await conn.close()
+        assert [row["seq"] for row in rows] == list(range(1, SESSIONS // 2000 + 2))
+        report = verify_checkpoints(rows)
+        assert report.ok and set(report.commits) == set(ids)
+    finally:
+        await nc.jetstream().delete_stream(stream)
+        await nc.close()
