@@ -14,7 +14,10 @@ checkpoints form a chain of their own (one per writer node)::
      "signature": "<base64 Ed25519 signature of canonical_json(every member above)>",
      "hash": "<sha256 hex of canonical_json(every member but hash)>"}
 
-A record holds at most ``MAX_HEADS`` heads; more changed sessions make consecutive records.
+A record holds at most ``MAX_HEADS`` heads and about ``MAX_RECORD_BYTES`` of them (session ids
+are up to 128 characters of any plane: 2,000 such heads made one 1.2 MB record, close to
+CP_AUDIT's 1 MiB message limit even compressed, over it for a server with a smaller
+``max_payload``, and a record cannot be split once signed); more make consecutive records.
 Verification (``verify_checkpoints``): each record is well formed, matches its ``hash``, is
 signed by a trusted key (pinned keys, or the key the record publishes: "the key published with
 the trail", which proves consistency, not origin), and chains to the previous record of its
@@ -41,6 +44,7 @@ from sessions.versionchain import GENESIS, VerifyReport, canonical_json, seqs_te
 __all__ = [
     "CHECKPOINT_TYPE",
     "MAX_HEADS",
+    "MAX_RECORD_BYTES",
     "BadCheckpoint",
     "CheckpointReport",
     "CheckpointSigner",
@@ -56,7 +60,8 @@ __all__ = [
 ]
 
 CHECKPOINT_TYPE: Final = "checkpoint"
-MAX_HEADS: Final = 2000  # ~250 KB per record: well under CP_AUDIT's 1 MiB message limit
+MAX_HEADS: Final = 2000  # ~220 KB per record of ordinary ids
+MAX_RECORD_BYTES: Final = 256 * 1024  # heads per record, in bytes: well under 1 MiB
 _MAX_PROBLEMS: Final = 100
 _UNSIGNED: Final = ("signature", "hash")
 
@@ -146,18 +151,21 @@ def make_checkpoints(
     prev: tuple[int, str],
     heads: Mapping[str, tuple[int, str]],
     max_heads: int = MAX_HEADS,
+    max_bytes: int = MAX_RECORD_BYTES,
 ) -> tuple[list[bytes], tuple[int, str]]:
     """Signed records (JSONL lines) committing to ``heads``, chained onto ``prev`` (seq, hash
     of this node's last checkpoint; ``(0, GENESIS)`` for the first). Returns the lines and the
-    new ``prev``. Cost: O(heads log heads) plus one signature per ``max_heads`` heads."""
+    new ``prev``. A record takes at most ``max_heads`` heads and, past its first, no head that
+    would take its heads over ``max_bytes`` (UTF-8, as written). Cost: O(heads log heads) plus
+    one signature per record."""
     seq, digest = prev
     ordered = sorted(heads.items())
     lines: list[bytes] = []
-    for start in range(0, len(ordered), max_heads):
+    for part in _parts(ordered, max_heads, max_bytes):
         seq += 1
         body: dict[str, Any] = {
             "at": at,
-            "heads": {sid: [s, h] for sid, (s, h) in ordered[start : start + max_heads]},
+            "heads": {sid: [s, h] for sid, (s, h) in part},
             "key_id": signer.key_id,
             "node": node,
             "prev": digest,
@@ -170,6 +178,23 @@ def make_checkpoints(
         digest = hashlib.sha256(signed).hexdigest()
         lines.append(b'%s,"hash":"%s"}\n' % (signed[:-1], digest.encode()))
     return lines, (seq, digest)
+
+
+def _parts(
+    ordered: Sequence[tuple[str, tuple[int, str]]], max_heads: int, max_bytes: int
+) -> list[Sequence[tuple[str, tuple[int, str]]]]:
+    parts: list[Sequence[tuple[str, tuple[int, str]]]] = []
+    start, size = 0, 0
+    for i, (sid, (_, head_hash)) in enumerate(ordered):
+        # quotes, seq, brackets and separators: 16
+        cost = len(sid.encode("utf-8", "surrogatepass")) + len(head_hash) + 16
+        if i > start and (i - start >= max_heads or size + cost > max_bytes):
+            parts.append(ordered[start:i])
+            start, size = i, 0
+        size += cost
+    if start < len(ordered):
+        parts.append(ordered[start:])
+    return parts
 
 
 # -- verification --------------------------------------------------------------------------

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +27,12 @@ from controlplane.audit.shipper import AuditShipper
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings
+from controlplane.edges.control_session import ID_MAX
 from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner, verify_checkpoints
 from sessions.clock import FakeClock
 from sessions.versionlog.file import Checkpointing, FileVersionLog
+from tests.support.servers import ServerProcess, free_port, nats_binary
 
 SESSIONS = 20_000  # one pass: ~1.16 MB of checkpoint batch compressed, over one message
 SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
@@ -134,3 +138,53 @@ async def test_a_checkpoint_over_one_message_splits_and_verifies_after_a_restart
     finally:
         await nc.jetstream().delete_stream(stream)
         await nc.close()
+
+
+@pytest.fixture
+def small_nats(tmp_path: Path) -> Iterator[ServerProcess]:
+    """A nats-server whose max_payload is 512 KiB (an operator's choice; the default is 1 MiB)."""
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text("max_payload: 524288\n")
+    argv = [nats_binary(), "-js", "-a", "127.0.0.1", "-p", str(port), "-sd",
+            str(tmp_path / "js"), "-c", str(conf)]  # fmt: skip
+    server = ServerProcess(argv, port, f"nats://127.0.0.1:{port}", tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(120)
+async def test_checkpoints_of_the_longest_session_ids_still_ship(small_nats: ServerProcess) -> None:
+    """A control-channel session id may be 128 characters of any plane (``ID_MAX``): half a
+    KiB of UTF-8 that barely compresses. 2,000 such heads made one signed record of 1.2 MB
+    (~830 KB compressed): on a server whose max_payload is 512 KiB no message could hold it,
+    every pass failed ("one audit line ... does not fit") and the node's checkpoints never
+    reached the stream again. Records are now bounded in bytes too (``MAX_RECORD_BYTES``)."""
+    rng = random.Random(7)
+    root = small_nats.workdir / "audit"
+    settings = Settings(nats_url=small_nats.url, node_id="node-big")
+    ids = ["".join(chr(rng.randrange(0x10000, 0x30000)) for _ in range(ID_MAX))
+           for _ in range(2000)]  # fmt: skip
+    log = _log(root, FakeClock(1_790_000_000.0))
+    await log.start()
+    for sid in ids:
+        log.append(sid, version=1, cause="connect", status="sent", delta={"prompt": "v1"},
+                   config={"prompt": "v1"})  # fmt: skip
+    await log.flush()
+    assert await log.checkpoint() > 1
+    await log.close()
+    await _ship(root, settings)
+    conn = NatsConnection(settings, name="test reader")
+    await conn.connect()
+    try:
+        assert conn.client.max_payload == 524288
+        rows = await NatsAuditStream(conn).checkpoint_rows()
+        report = verify_checkpoints(rows)
+        assert report.ok and set(report.commits) == set(ids)
+        one = await NatsAuditStream(conn).session_rows(ids[1234])
+    finally:
+        await conn.close()
+    assert [row["session_id"] for row in one] == [ids[1234]]

@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from sessions.checkpoints import (
+    MAX_RECORD_BYTES,
     CheckpointSigner,
     Commit,
     check_heads,
@@ -62,6 +63,21 @@ def test_records_verify_and_commit_their_heads() -> None:
     assert report.commits["s1"] == [Commit("s1", 2, f"{1:064x}", "n1", 2)]
     pinned = verify_checkpoints(rows, [SIGNER.public_key])
     assert pinned.ok and pinned.trust == "pinned" and pinned.trusted == {"*": [SIGNER.key_id]}
+
+
+def test_records_are_bounded_in_bytes_too_and_still_chain() -> None:
+    """128 characters of a far plane per id (the control channel's longest): 2,000 heads
+    were one record of 1.2 MB; now records stay under MAX_RECORD_BYTES and chain as before."""
+    heads = {f"{i:04}" + chr(0x20000 + i) * 124: (1, f"{i:064x}") for i in range(2000)}
+    lines, _ = make_checkpoints(SIGNER, node="n", at=1.0, prev=(0, GENESIS), heads=heads)
+    assert len(lines) == 5 and all(len(line) < MAX_RECORD_BYTES + 4096 for line in lines)
+    rows = [json.loads(line) for line in lines]
+    assert sum(len(r["heads"]) for r in rows) == 2000
+    report = verify_checkpoints(rows)
+    assert report.ok and sorted(report.commits) == sorted(heads)
+    one, _ = make_checkpoints(SIGNER, node="n", at=1.0, prev=(0, GENESIS),
+                              heads={"x" * 128: (1, "0" * 64)}, max_bytes=10)  # fmt: skip
+    assert len(one) == 1  # a head bigger than the bound still gets its record
 
 
 def test_many_heads_make_several_chained_records() -> None:
