@@ -17,10 +17,11 @@ def tls_context(cert: Path, key: Path) -> ssl.SSLContext:
     the key's content)."""
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
+    for path in (cert, key):  # ssl's FileNotFoundError names neither
+        if not Path(path).exists():
+            raise ValueError(f"TLS file {path} does not exist")
     try:
         context.load_cert_chain(certfile=cert, keyfile=key)
-    except FileNotFoundError as exc:
-        raise ValueError(f"TLS file {exc.filename} does not exist") from None
     except ssl.SSLError as exc:  # before OSError, its base class
         raise ValueError(
             f"TLS files {cert} / {key} are not a PEM certificate and its private key "

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import gc
 import ipaddress
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -83,19 +86,55 @@ def run(args: argparse.Namespace) -> int:
     if settings.tls_cert is not None and settings.tls_key is not None:
         tls = tls_context(settings.tls_cert, settings.tls_key)  # checked above
     scheme = "https" if tls is not None else "http"
-    print(f"controlplane serving on {scheme}://{host}:{port} (node {settings.node_id}, "
-          f"data {settings.data_dir}, {_mode(settings)})", flush=True)  # fmt: skip
-    app = build_app(settings)
-    app[DRAIN_ON_SIGNALS] = True
+    banner = (f"controlplane serving on {scheme}://{host}:{port} (node {settings.node_id}, "
+              f"data dir {settings.data_dir}, {_mode(settings)})")  # fmt: skip
     try:
-        web.run_app(
-            app, host=host, port=port, print=None, ssl_context=tls,
-            shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
+        _prepare_data_dir(settings.data_dir)
+        app = build_app(settings)
+        app[DRAIN_ON_SIGNALS] = True
+        web.run_app(  # the banner once the socket listens, not before
+            app, host=host, port=port, print=lambda _: print(banner, flush=True),
+            ssl_context=tls, shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
         )  # fmt: skip
     except ControlPlaneError as exc:  # e.g. NATS unreachable at start: say so, no traceback
         print(f"controlplane: cannot start: {exc.message}", file=sys.stderr, flush=True)
         return 1
+    except OSError as exc:  # the port taken, a data dir that cannot be written, ...
+        print(f"controlplane: cannot start: {_os_problem(exc, host, port)}", file=sys.stderr,
+              flush=True)  # fmt: skip
+        return 1
     return 0
+
+
+def _prepare_data_dir(path: Path) -> None:
+    """Create the data directory, or say which setting names a place it cannot be."""
+    if path.exists() and not path.is_dir():
+        raise OSError(errno.ENOTDIR, f"--data-dir {path} (CONTROLPLANE_DATA_DIR) is a file, "
+                      "not a directory")  # fmt: skip
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"--data-dir {path} (CONTROLPLANE_DATA_DIR): cannot create "
+                      f"it: {exc.strerror or exc}") from None  # fmt: skip
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OSError(errno.EACCES, f"--data-dir {path} (CONTROLPLANE_DATA_DIR) is not "
+                      "writable by this user")  # fmt: skip
+
+
+_BIND_PROBLEMS = {
+    errno.EADDRINUSE: "the address is already in use (another controlplane?)",
+    errno.EADDRNOTAVAIL: "no local interface has that address",
+    errno.EACCES: "permission denied (ports below 1024 need privileges)",
+}
+
+
+def _os_problem(exc: OSError, host: str, port: int) -> str:
+    if exc.errno in _BIND_PROBLEMS and "bind" in str(exc):
+        return (f"cannot listen on {host}:{port} (--listen / CONTROLPLANE_LISTEN): "
+                f"{_BIND_PROBLEMS[exc.errno]}")  # fmt: skip
+    if exc.filename is not None:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return exc.strerror or str(exc)
 
 
 # The version log's writer thread needs the GIL back after each system call (write,

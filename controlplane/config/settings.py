@@ -374,6 +374,14 @@ class Settings:
         self._check_files()
 
     def _check_files(self) -> None:
+        if self.tokens_file is not None:  # readable and well formed (never quoting a token)
+            path = self.tokens_file
+            try:
+                parse_tokens(path.read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise SettingsError(f"tokens file {path}: {exc.strerror or exc}") from None
+            except ValueError as exc:  # UnicodeDecodeError too
+                raise SettingsError(f"tokens file {path}: {exc}") from None
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("TLS needs both --tls-cert and --tls-key (PEM files)")
         if self.tls_cert is not None and self.tls_key is not None:

@@ -1,0 +1,75 @@
+"""A careless operator's walk (session 9): every mistake ends in one line that names what is
+wrong and which setting or limit, exit 1 or 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.servers import free_port
+
+EXE = str(Path(sys.executable).parent / "controlplane")
+
+
+def _run(
+    tmp_path: Path, *argv: str, timeout: float = 30, **env: str
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    clean.update(CONTROLPLANE_TOKENS="admin:operator-walk-token-0123456789", **env)
+    return subprocess.run([EXE, *argv], env=clean, cwd=tmp_path, capture_output=True,
+                          text=True, timeout=timeout, check=False)  # fmt: skip
+
+
+def _one_clear_line(done: subprocess.CompletedProcess[str], code: int, *words: str) -> None:
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.startswith("controlplane:")]
+    for word in words:
+        assert word in line, (word, line)
+
+
+@pytest.mark.timeout(60)
+def test_serve_on_a_port_in_use_names_the_address_and_the_setting(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(tmp_path, "serve", "--listen", f"127.0.0.1:{port}")
+    _one_clear_line(done, 1, f"127.0.0.1:{port}", "--listen", "already in use")
+    assert "serving on" not in done.stdout  # the banner waits for the socket
+
+
+@pytest.mark.timeout(60)
+def test_serve_with_a_data_dir_it_cannot_create_names_it(tmp_path: Path) -> None:
+    afile = tmp_path / "not-a-dir"
+    afile.write_text("x")
+    done = _run(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}",
+                "--data-dir", str(afile))  # fmt: skip
+    _one_clear_line(done, 1, "--data-dir", str(afile), "not a directory")
+    done = _run(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}",
+                CONTROLPLANE_DATA_DIR=str(afile / "below"))  # fmt: skip
+    _one_clear_line(done, 1, "--data-dir", str(afile / "below"), "cannot create")
+
+
+@pytest.mark.timeout(60)
+def test_serve_with_a_missing_or_malformed_tokens_file_names_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "tokens.txt"
+    done = _run(tmp_path, "serve", "--tokens-file", str(missing))
+    _one_clear_line(done, 2, f"tokens file {missing}", "No such file")
+    missing.write_text("admin secret-without-colon\n")
+    done = _run(tmp_path, "serve", "--tokens-file", str(missing))
+    _one_clear_line(done, 2, f"tokens file {missing}", "entry 1 must be role:token")
+    assert "secret-without-colon" not in done.stderr + done.stdout
+
+
+@pytest.mark.timeout(60)
+def test_serve_with_a_missing_tls_file_names_that_file(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    key.write_text("x")
+    done = _run(tmp_path, "serve", "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(key))
+    _one_clear_line(done, 2, f"TLS file {tmp_path / 'nope.pem'} does not exist")
