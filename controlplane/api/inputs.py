@@ -21,11 +21,13 @@ from controlplane.errors import BadRequest, PayloadTooLarge
 from policies.errors import PolicyValidationError, Violation
 from policies.fields import printable, utf8_problem
 from policies.limits import REASON_MAX_CHARS
+from sessions.model import SessionState
 
 __all__ = [
     "KINDS",
     "MAX_BODY_BYTES",
     "MAX_DEPTH",
+    "STATES",
     "YAML_TYPES",
     "FrameNotJson",
     "UnsafeFrame",
@@ -53,6 +55,7 @@ __all__ = [
 
 MAX_BODY_BYTES: Final = 1024 * 1024
 KINDS: Final = ("streaming-v3", "voice-agent-v1")
+STATES: Final = tuple(state.value for state in SessionState)
 YAML_TYPES: Final = frozenset(
     {"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"}
 )
@@ -63,7 +66,6 @@ DEFAULT_LIST_LIMIT: Final = 100
 _POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,255}")
 _OPAQUE_ID = re.compile(r"[^\s/\x00-\x1f\x7f]{1,256}")
 _CURSOR = re.compile(r"[\x21-\x7e]{1,1024}")
-_STATE = re.compile(r"[a-z][a-z_-]{0,31}")
 # the OpenAPI document says boolean: exactly "true" or "false" (an empty value is not one)
 _TRUE: Final = frozenset({"true"})
 _FALSE: Final = frozenset({"false"})
@@ -383,9 +385,9 @@ def parse_kind(value: str | None) -> str | None:
 def parse_state(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    if not _STATE.fullmatch(value):
+    if value not in STATES:
         raise BadRequest(
-            f"query parameter 'state' must be a session state such as 'active', got {value!r:.40}"
+            f"query parameter 'state' must be one of {', '.join(STATES)}, got {value!r:.40}"
         )
     return value
 

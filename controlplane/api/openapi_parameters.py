@@ -8,6 +8,7 @@ from typing import Any, Final
 from controlplane.api.openapi_base import JSON, json_content, ref
 from controlplane.audit.sources import INSTANT_PATTERN
 from policies.limits import REASON_MAX_CHARS, RESERVED_IDS
+from sessions.model import SessionState
 
 __all__ = ["PARAMETERS", "RESPONSES", "SELECTOR_PATTERN"]
 
@@ -75,8 +76,8 @@ PARAMETERS: dict[str, Any] = {
     "State": _param(
         "state",
         "query",
-        {"type": "string", "pattern": "^(?:[a-z][a-z_-]{0,31})?$"},
-        "session state",
+        {"enum": ["", *(state.value for state in SessionState)]},
+        "session state (empty: any)",
     ),
     "Limit": _param(
         "limit",

@@ -11,6 +11,7 @@ from controlplane.cli import status as cli_status
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
 from controlplane.cli.output import Column, labels_text, listing, out, short, table, when, yaml_text
+from sessions.model import SessionState
 
 __all__ = ["register"]
 
@@ -108,7 +109,7 @@ def register(sub: Any) -> None:
     p = add_command(sessions, "ls", _sessions_ls, "list live sessions")
     p.add_argument("--selector", action="append", help="k=v,k=v2 or 'k in (a,b)'; repeatable")
     p.add_argument("--kind", choices=("streaming-v3", "voice-agent-v1"))
-    p.add_argument("--state", help="synced, pending, unverified, rejected, ended")
+    p.add_argument("--state", choices=[state.value for state in SessionState])
     p.add_argument("--limit", type=positive, help="show at most this many")
     p.add_argument("--upstream-id", help="only the session the upstream calls this "
                    "(Begin.id, Voice Agent session_id)")  # fmt: skip

@@ -73,3 +73,10 @@ def test_serve_with_a_missing_tls_file_names_that_file(tmp_path: Path) -> None:
     key.write_text("x")
     done = _run(tmp_path, "serve", "--tls-cert", str(tmp_path / "nope.pem"), "--tls-key", str(key))
     _one_clear_line(done, 2, f"TLS file {tmp_path / 'nope.pem'} does not exist")
+
+
+def test_sessions_ls_with_a_state_that_does_not_exist_is_a_usage_error(tmp_path: Path) -> None:
+    # was: "(none)", exit 0 — a typo'd state looked like an empty fleet
+    done = _run(tmp_path, "sessions", "ls", "--state", "active", "--url", "http://127.0.0.1:9")
+    assert done.returncode == 2, done.stderr
+    assert "invalid choice: 'active'" in done.stderr and "synced" in done.stderr

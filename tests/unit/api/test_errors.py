@@ -232,6 +232,7 @@ async def test_unavailable_is_503_with_retry_after(client: Client, fake: FakeCon
         ("GET", "/v1/sessions?limit=1&limit=2", None, "only once"),
         ("GET", "/v1/sessions?kind=sip", None, "'kind' must be one of"),
         ("GET", "/v1/sessions?state=NOT%20A%20STATE", None, "'state'"),
+        ("GET", "/v1/sessions?state=active", None, "'state' must be one of synced, pending"),
         ("GET", "/v1/sessions?cursor=%20", None, "'cursor'"),
         ("GET", "/v1/sessions?selektor=a=b", None, "unknown query parameter(s) 'selektor'"),
         ("GET", "/v1/sessions?selector=a", None, "must be key=value"),
