@@ -62,6 +62,8 @@ YAML_TYPES: Final = frozenset(
 MAX_LIST_LIMIT: Final = 1000
 MAX_DEPTH: Final = 32
 DEFAULT_LIST_LIMIT: Final = 100
+# too deep for the parser itself (a RecursionError): the same limit, named
+_TOO_DEEP: Final = f"request body is nested too deeply (limit {MAX_DEPTH} levels)"
 
 _POLICY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,255}")
 _OPAQUE_ID = re.compile(r"[^\s/\x00-\x1f\x7f]{1,256}")
@@ -129,7 +131,7 @@ def parse_json(raw: bytes) -> Any:
     except ValueError as exc:
         raise BadRequest(f"request body is not valid JSON: {exc}", code="bad_json") from None
     except RecursionError:
-        raise BadRequest("request body is nested too deeply", code="bad_json") from None
+        raise BadRequest(_TOO_DEEP, code="bad_json") from None
     _check_tree(value, "bad_json")
     return value
 
@@ -240,7 +242,7 @@ def parse_yaml(raw: bytes) -> Any:
     except yaml.YAMLError as exc:
         raise BadRequest(f"request body is not valid YAML: {exc}", code="bad_yaml") from None
     except RecursionError:
-        raise BadRequest("request body is nested too deeply", code="bad_yaml") from None
+        raise BadRequest(_TOO_DEEP, code="bad_yaml") from None
     _check_tree(value, "bad_yaml")
     return value
 

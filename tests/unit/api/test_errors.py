@@ -48,7 +48,7 @@ async def error_of(resp: Any, status: int, code: str) -> dict[str, Any]:
         ('{"id": "a", "id": "b"}', "duplicate key 'id'"),
         ('{"id": NaN}', "NaN"),
         (b"\xff\xfe{}", "not UTF-8"),
-        ("[" * 100_000, "nested too deeply"),
+        ("[" * 100_000, "nested too deeply (limit 32 levels)"),
         ('{"a": ' + "[" * 40 + "]" * 40 + "}", "deeper than 32 levels"),
     ],
 )
@@ -106,7 +106,7 @@ async def test_yaml_policy_is_accepted(client: Client, fake: FakeControlPlane) -
         ("1: a\n", "must be a string"),
         ("id: a\n---\nid: b\n", "not valid YAML"),
         ("id: !!python/object:os.system x\n", "not valid YAML"),
-        ("[" * 5000, "nested too deeply"),
+        ("[" * 5000, "nested too deeply (limit 32 levels)"),
         ("a: " + "[" * 40 + "]" * 40 + "\n", "deeper than 32 levels"),
         ("? [a, b]\n: c\n", "unhashable key"),
         ("{[a]: b}\n", "unhashable key"),
