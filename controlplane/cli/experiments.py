@@ -13,7 +13,7 @@ from controlplane.cli.options import add_command
 from controlplane.cli.output import listing, out, table
 from sessions.exposures import exposure_problem
 
-__all__ = ["register", "summary_text", "verify_report", "verify_text"]
+__all__ = ["register", "srm_line", "summary_text", "verify_report", "verify_text"]
 
 Table = Callable[[Sequence[str], Iterable[Sequence[Any]]], str]
 
@@ -29,11 +29,21 @@ def summary_text(summary: dict[str, Any], table: Table) -> str:
             f"policy {summary.get('policy')}@{summary.get('version')}): "
             f"{summary.get('exposed')} exposed")  # fmt: skip
     body = table(["VARIANT", "WEIGHT", "EXPECTED", "EXPOSED", "SHARE"], rows)
-    verdict = "MISMATCH" if srm.get("mismatch") else "ok"
-    line = (f"SRM ({srm.get('test')}): p = {srm.get('p_value', 1):.3g}, {verdict} "
-            f"(threshold {srm.get('threshold')}, "
-            f"from {srm.get('min_exposures')} exposures)")  # fmt: skip
-    return f"{head}\n{body}\n{line}"
+    return f"{head}\n{body}\n{srm_line(srm, summary.get('exposed'))}"
+
+
+def srm_line(srm: dict[str, Any], exposed: Any) -> str:
+    """The verdict as the console says it: MISMATCH, ok, or too few exposures to judge (the
+    check only decides from ``min_exposures`` on; below, a p-value is no verdict)."""
+    least = srm.get("min_exposures")
+    head = f"SRM ({srm.get('test')}): p = {srm.get('p_value', 1):.3g}"
+    if srm.get("mismatch"):
+        verdict = "MISMATCH"
+    elif isinstance(exposed, int) and isinstance(least, int) and exposed < least:
+        return f"{head}, too few exposures for a verdict ({exposed} of {least})"
+    else:
+        verdict = "ok"
+    return f"{head}, {verdict} (threshold {srm.get('threshold')}, from {least} exposures)"
 
 
 def verify_report(client: ControlPlaneClient, key: str) -> dict[str, Any]:
