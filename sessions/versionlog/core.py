@@ -41,6 +41,8 @@ from sessions.versionchain import (
 __all__ = [
     "CAUSES",
     "GENESIS",
+    "REDACTED",
+    "SECRET_WIRE_KEYS",
     "STATUSES",
     "BufferedVersionLog",
     "Canonical",
@@ -53,6 +55,7 @@ __all__ = [
     "canonical_json",
     "config_hash",
     "parse_entries",
+    "redacted",
     "reseal",
     "verify_entries",
 ]
@@ -167,6 +170,27 @@ def canonical(value: Mapping[str, Any] | Sequence[Any]) -> Canonical:
 
 def _canonical(value: Mapping[str, Any] | Canonical) -> Canonical:
     return value if isinstance(value, Canonical) else canonical(value)
+
+
+# credentials a client may put in its own upstream config, which the record keeps as REDACTED
+# (docs/security.md "Secrets"): Streaming v3 ``webhook_auth_header_value`` and ``token``,
+# Voice Agent ``session.webhook.secret`` and ``session.llm[].api_key``, at any depth
+SECRET_WIRE_KEYS: Final = frozenset({"webhook_auth_header_value", "token", "secret", "api_key"})
+REDACTED: Final = "***"
+
+
+def redacted(value: Any) -> Any:
+    """``value`` (a wire message) with every non-null value under ``SECRET_WIRE_KEYS``
+    replaced by ``REDACTED``; the same object when it holds none (a copy otherwise)."""
+    if isinstance(value, Mapping):
+        out = {k: REDACTED if k in SECRET_WIRE_KEYS and v is not None else redacted(v)
+               for k, v in value.items()}  # fmt: skip
+        same = all(out[k] is v for k, v in value.items())
+        return value if same else out
+    if isinstance(value, list | tuple):
+        items = [redacted(v) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
+    return value
 
 
 _POLICY_MEMO: Final = 256
@@ -312,7 +336,9 @@ class BufferedVersionLog:
             error=error,
             policies=self._policies(policies),
             status=status,
-            wire=None if wire is None else _canonical(wire),
+            wire=None
+            if wire is None
+            else _canonical(wire if isinstance(wire, Canonical) else redacted(wire)),
         )
         # reused only for values that cannot change: Canonical members, PolicyRef tuples
         # (and never for connect entries, whose config member depends on the version)
