@@ -14,22 +14,35 @@ written before batching, so every message the stream ever held decodes the same 
 the ``Nats-Msg-Id``: the writer node, the source log position of the first and last line, and
 a digest of the payload, so the re-ship of the same lines after a crash or a failed attempt is
 deduplicated by JetStream and any other content is never mistaken for a duplicate.
+
+``session_filter`` is a batch's index (header ``Cp-Audit-Sessions``): a Bloom filter of the
+session ids of its lines, ~10 bits per session (at most ``MAX_FILTER_BITS``: 16 KiB, under
+0.5 % false positives up to 10,000 sessions per batch, ~5 % at 20,000). A reader of one
+session scans the batches' headers only and fetches the payloads whose filter may hold it
+(``may_hold``); a false positive costs one useless fetch, never a missed line, and a batch
+without the header (stores written before it) is always fetched.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Final
 
 __all__ = [
     "ENCODING",
     "ENCODING_HEADER",
+    "FILTER_HEADER",
     "MAX_DECODED_BYTES",
+    "MAX_FILTER_BITS",
     "BatchError",
     "batch_id",
+    "may_hold",
     "pack",
+    "session_filter",
     "unpack",
 ]
 
@@ -37,6 +50,10 @@ ENCODING_HEADER: Final = "Cp-Audit-Encoding"
 ENCODING: Final = "zlib"
 LEVEL: Final = 6
 MAX_DECODED_BYTES: Final = 256 * 1024 * 1024
+FILTER_HEADER: Final = "Cp-Audit-Sessions"
+FILTER_FORM: Final = "bloom1."  # k = 4 probes from a 16-byte BLAKE2b of the UTF-8 id
+MIN_FILTER_BITS: Final = 256
+MAX_FILTER_BITS: Final = 1 << 17
 
 
 class BatchError(ValueError):
@@ -87,3 +104,36 @@ def batch_id(node: str, first: str, last: str, payload: bytes) -> str:
     """``Nats-Msg-Id`` of a batch: ``batch/<node>/<first position>..<last position>/<digest>``
     (positions ``<file>:<byte offset>`` of the first and last line in the writer's log)."""
     return f"batch/{node}/{first}..{last}/{hashlib.sha256(payload).hexdigest()[:24]}"
+
+
+def _probes(session_id: str, bits: int) -> list[int]:
+    digest = hashlib.blake2b(session_id.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    return [int.from_bytes(digest[i : i + 4], "little") & (bits - 1) for i in range(0, 16, 4)]
+
+
+def session_filter(session_ids: Collection[str]) -> str:
+    """The ``Cp-Audit-Sessions`` header value of a batch holding these sessions' lines."""
+    bits = MIN_FILTER_BITS
+    while bits < 10 * len(session_ids) and bits < MAX_FILTER_BITS:
+        bits <<= 1
+    field = bytearray(bits // 8)
+    for sid in session_ids:
+        for probe in _probes(sid, bits):
+            field[probe >> 3] |= 1 << (probe & 7)
+    return FILTER_FORM + base64.b64encode(field).decode()
+
+
+def may_hold(headers: Mapping[str, str] | None, session_id: str) -> bool:
+    """Whether a batch with these headers may hold lines of the session: False only when its
+    filter says it holds none (no filter, or one this reader does not know: True)."""
+    value = (headers or {}).get(FILTER_HEADER)
+    if value is None or not value.startswith(FILTER_FORM):
+        return True
+    try:
+        field = base64.b64decode(value[len(FILTER_FORM) :], validate=True)
+    except (binascii.Error, ValueError):
+        return True
+    bits = len(field) * 8
+    if bits < 8 or bits & (bits - 1):  # not a power of two: not one we wrote
+        return True
+    return all(field[p >> 3] & (1 << (p & 7)) for p in _probes(session_id, bits))

@@ -38,20 +38,32 @@ import datetime as dt
 import json
 import logging
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 import nats.errors
 import nats.js.errors
 from nats.js import api
 
-from controlplane.audit.batches import ENCODING, ENCODING_HEADER, BatchError, batch_id, pack, unpack
+from controlplane.audit.batches import (
+    ENCODING,
+    ENCODING_HEADER,
+    FILTER_HEADER,
+    MAX_FILTER_BITS,
+    BatchError,
+    batch_id,
+    may_hold,
+    pack,
+    session_filter,
+    unpack,
+)
 from controlplane.audit.reader import dedupe
 from controlplane.audit.shipper import AuditLine
 from controlplane.cluster.nats_bus import NatsConnection, ensure_stream, subject_token
 from controlplane.errors import Unavailable
 
-__all__ = ["NatsAuditStream"]
+__all__ = ["NatsAuditStream", "ReadCost"]
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +74,19 @@ CHECKPOINT_TOKEN: Final = "_checkpoint"
 DAY_S: Final = 86_400.0
 DUPLICATE_WINDOW_S: Final = 600.0
 MAX_ENTRY_BYTES: Final = 1024 * 1024
-HEADER_ROOM: Final = 4096
+HEADER_ROOM: Final = 4096 + MAX_FILTER_BITS // 6 + 4096  # headers, the filter in base64
 READ_BATCH: Final = 1000
+MAX_FETCHES: Final = 256  # a session read's direct gets; more: stream the batches instead
+FETCH_CONCURRENCY: Final = 16
 READ_WAIT_S: Final = 2.0
+
+
+@dataclass(slots=True)
+class ReadCost:
+    """Batches a session read went through: headers seen, payloads fetched and decoded."""
+
+    batches_seen: int = 0
+    batches_fetched: int = 0
 
 
 class NatsAuditStream:
@@ -77,6 +99,7 @@ class NatsAuditStream:
         self._prefix = f"{s.nats_subject_prefix}.audit."
         self._node = s.node_id
         self._ensured = False
+        self.read_cost = ReadCost()  # what session reads cost so far (batches)
 
     def subject(self, session_id: str) -> str:
         return self._prefix + subject_token(session_id)
@@ -170,6 +193,9 @@ class NatsAuditStream:
                 first, last = group[start].origin, group[end - 1].origin
                 headers = {"Nats-Msg-Id": batch_id(node, first, last, payload),
                            ENCODING_HEADER: ENCODING}  # fmt: skip
+                if group[0].node is None:  # entries: the index of their sessions
+                    ids = {ln.session_id for ln in group[start:end]}
+                    headers[FILTER_HEADER] = session_filter(ids)
                 out.append((subject, payload, headers))
         return out
 
@@ -212,7 +238,8 @@ class NatsAuditStream:
 
     async def _read_session(self, sink: Callable[[bytes], None], session_id: str) -> int:
         """The session's own subject (its first entry; every entry in stores written before
-        batching), then every batch stored after its first message, filtered to its lines."""
+        batching), then its lines in the batches stored after its first message: their
+        headers only, and the payloads whose filter may hold the session (module docstring)."""
         found: list[tuple[int, int, bytes]] = []
 
         def own(seq: int, lines: list[bytes]) -> None:
@@ -231,11 +258,44 @@ class NatsAuditStream:
                         found.append((seq, i, line))
 
             start = min(seq for seq, _, _ in found)
-            await self._scan(f"{self._prefix}{BATCH_TOKEN}.>", batched, start_seq=start)
+            batches = f"{self._prefix}{BATCH_TOKEN}.>"
+            candidates: list[int] = []
+
+            def indexed(seq: int, headers: dict[str, str] | None) -> None:
+                self.read_cost.batches_seen += 1
+                if may_hold(headers, session_id):
+                    candidates.append(seq)
+
+            await self._scan_messages(batches, indexed, start_seq=start, headers_only=True)
+            if len(candidates) > MAX_FETCHES:  # mostly unindexed (an older store): stream them
+                self.read_cost.batches_fetched += len(candidates)
+                await self._scan(batches, batched, start_seq=start)
+            else:
+                await self._fetch(candidates, batched)
         found.sort(key=lambda item: (item[0], item[1]))
         for _, _, line in found:
             sink(line)
         return len(found)
+
+    async def _fetch(self, seqs: Sequence[int], each: Callable[[int, list[bytes]], None]) -> None:
+        """``each(seq, lines)`` of the messages at these stream sequences (direct gets, a few
+        at a time)."""
+        js = self._conn.js
+        for i in range(0, len(seqs), FETCH_CONCURRENCY):
+            part = seqs[i : i + FETCH_CONCURRENCY]
+            try:
+                msgs = await asyncio.gather(*(js.get_msg(self.stream, seq) for seq in part))
+            except nats.errors.Error as exc:
+                raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+            self.read_cost.batches_fetched += len(msgs)
+            for seq, lines in await asyncio.to_thread(self._decode_raw, part, msgs):
+                each(seq, lines)
+
+    def _decode_raw(
+        self, seqs: Sequence[int], msgs: Sequence[Any]
+    ) -> list[tuple[int, list[bytes]]]:
+        return [(seq, self._lines(seq, msg.data or b"", msg.headers))
+                for seq, msg in zip(seqs, msgs, strict=True)]  # fmt: skip
 
     async def _scan(
         self,
@@ -246,8 +306,34 @@ class NatsAuditStream:
         start_seq: int | None = None,
     ) -> None:
         """``each(stream seq, lines)`` for every message on ``subject``, in stream order. A
-        temporary consumer, deleted after. A message that is not a readable batch gives one
-        empty line (verification then names it as malformed)."""
+        message that is not a readable batch gives one empty line (verification then names it
+        as malformed)."""
+        pending: list[tuple[int, bytes, dict[str, str] | None]] = []
+
+        def keep(seq: int, headers: dict[str, str] | None, data: bytes) -> None:
+            pending.append((seq, data, headers))
+
+        async def drain() -> None:
+            batch, pending[:] = list(pending), []
+            for seq, lines in await asyncio.to_thread(self._decode, batch):  # zlib: off the loop
+                each(seq, lines)
+
+        await self._scan_messages(subject, keep, since=since, start_seq=start_seq,
+                                  after_fetch=drain)  # fmt: skip
+
+    async def _scan_messages(
+        self,
+        subject: str,
+        each: Callable[..., None],
+        *,
+        since: float | None = None,
+        start_seq: int | None = None,
+        headers_only: bool = False,
+        after_fetch: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """``each(stream seq, headers)`` (``headers_only``) or ``each(stream seq, headers,
+        data)`` for every message on ``subject``, in stream order; ``after_fetch`` after each
+        fetch. A temporary consumer, deleted after."""
         if start_seq is not None:
             policy, start_time = api.DeliverPolicy.BY_START_SEQUENCE, None
         elif since is not None:
@@ -266,6 +352,7 @@ class NatsAuditStream:
             inactive_threshold=60.0,
             mem_storage=True,
             num_replicas=1,
+            headers_only=headers_only or None,
         )  # fmt: skip
         js = self._conn.js
         try:
@@ -283,8 +370,14 @@ class NatsAuditStream:
                 except nats.errors.TimeoutError:
                     remaining = (await sub.consumer_info()).num_pending
                     continue
-                for seq, lines in await asyncio.to_thread(self._decode, msgs):  # zlib: off the loop
-                    each(seq, lines)
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if headers_only:
+                        each(seq, msg.headers)
+                    else:
+                        each(seq, msg.headers, msg.data)
+                if after_fetch is not None:
+                    await after_fetch()
                 remaining = msgs[-1].metadata.num_pending
         except nats.errors.Error as exc:
             raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
@@ -294,17 +387,17 @@ class NatsAuditStream:
             with contextlib.suppress(Exception):
                 await js.delete_consumer(self.stream, config.name or "")
 
-    def _decode(self, msgs: Sequence[Any]) -> list[tuple[int, list[bytes]]]:
-        out = []
-        for msg in msgs:
-            seq = msg.metadata.sequence.stream
-            try:
-                lines = unpack(msg.data, msg.headers)
-            except BatchError as exc:
-                log.warning("%s: message %d: %s", self.stream, seq, exc)
-                lines = [b""]
-            out.append((seq, lines))
-        return out
+    def _decode(
+        self, msgs: Sequence[tuple[int, bytes, dict[str, str] | None]]
+    ) -> list[tuple[int, list[bytes]]]:
+        return [(seq, self._lines(seq, data, headers)) for seq, data, headers in msgs]
+
+    def _lines(self, seq: int, data: bytes, headers: dict[str, str] | None) -> list[bytes]:
+        try:
+            return unpack(data, headers)
+        except BatchError as exc:
+            log.warning("%s: message %d: %s", self.stream, seq, exc)
+            return [b""]
 
     async def session_rows(self, session_id: str) -> list[dict[str, Any]]:
         """One session's entries as stored (exact re-shipped duplicates dropped)."""
