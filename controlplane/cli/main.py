@@ -5,7 +5,9 @@ commands that read the durable audit stream straight from NATS (audit verify/exp
 
 Client commands take --url (env CONTROLPLANE_URL, default http://127.0.0.1:8080), --token
 (env CONTROLPLANE_TOKEN) and --json. Exit codes: 0 ok, 1 failure (an error answer, an
-unreachable server, a broken audit chain), 2 usage error.
+unreachable server, a broken audit chain), 2 usage error; policy apply --wait and policy
+rollout --watch: 3 rejected on some session, 4 halted by the guard, 5 --timeout passed
+(--wait), 6 superseded by a newer version (--wait); 130 interrupted (docs/cli.md).
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ wrong and which setting or limit, exit 1 or 2, never a traceback."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -80,3 +81,15 @@ def test_sessions_ls_with_a_state_that_does_not_exist_is_a_usage_error(tmp_path:
     done = _run(tmp_path, "sessions", "ls", "--state", "active", "--url", "http://127.0.0.1:9")
     assert done.returncode == 2, done.stderr
     assert "invalid choice: 'active'" in done.stderr and "synced" in done.stderr
+
+
+def test_the_help_names_every_exit_code_docs_cli_md_lists() -> None:
+    from controlplane.cli.main import build_parser
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
+    table = doc[doc.index("| code | meaning |") :].split("\n\n")[0]
+    codes = [int(c) for c in re.findall(r"^\| (\d+) \|", table, re.M)]
+    assert codes == [0, 1, 2, 3, 4, 5, 6, 130]
+    text = " ".join(build_parser().format_help().split())
+    for code in codes:  # each as "<code> <meaning>" ("0 ok", "3 rejected on ...")
+        assert re.search(rf"[ :;,]{code} [a-z-]", text), (code, text)
