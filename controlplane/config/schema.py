@@ -353,9 +353,10 @@ def parse_tokens(value: str) -> dict[str, str]:
         token = token.strip()
         if not sep or not token:
             raise ValueError(f"token entry {i + 1} must be role:token")
-        if role not in ROLES:
+        if role not in ROLES:  # never quoted: in a reversed entry (token:role) it is the token
+            hint = " (reversed? write role:token)" if token in ROLES else ""
             raise ValueError(
-                f"token entry {i + 1} has unknown role {role!r} (roles: {', '.join(ROLES)})"
+                f"token entry {i + 1} has an unknown role{hint}; roles: {', '.join(ROLES)}"
             )
         tokens[token] = role
     return tokens
