@@ -28,6 +28,7 @@ from controlplane.push.actions import (
     ConnectAnswer,
     Count,
     Kick,
+    LateAnswer,
     Queued,
     Ready,
     Reconnect,
@@ -129,7 +130,10 @@ class ProxyPump:
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
             elif isinstance(action, ConnectAnswer):
-                port.connect_answered(ls, action.ack, action.refs, action.version)
+                port.connect_answered(ls, action.ack, action.refs, action.version,
+                                      late=action.late)  # fmt: skip
+            elif isinstance(action, LateAnswer):
+                port.late_answer(ls, action.push, action.ack)
             elif isinstance(action, Reconnect):
                 try:
                     first: Any = port.reconnect(ls, action.message)
@@ -160,6 +164,8 @@ class ProxyPump:
         timeout)."""
         ws, upstream = self.ws, self.upstream
         cause = "client_closed"
+        if self.machine.acks is not None:
+            self._arm()  # the connect's answer is timed from now on, whatever comes first
         reader = self._loop.create_task(
             self._from_upstream(), name=f"gateway-upstream-{self.ls.session.id}"
         )

@@ -2,8 +2,9 @@
 
 Socket writes (:class:`ToUpstream`, :class:`ToClient`, :class:`CloseClient`) and the service
 calls of ``controlplane.service.sessions.SessionPort`` (:class:`Acknowledge`,
-:class:`ConnectAnswer`, :class:`Reconnect`, :class:`ClientChange`, :class:`Ready`,
-:class:`TurnBoundary`, :class:`Kick`, :class:`Written`, :class:`Queued`, :class:`Count`).
+:class:`ConnectAnswer`, :class:`LateAnswer`, :class:`Reconnect`, :class:`ClientChange`,
+:class:`Ready`, :class:`TurnBoundary`, :class:`Kick`, :class:`Written`, :class:`Queued`,
+:class:`Count`).
 The machines (``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of
 them; the pump executes each list in order (the model: ``emulator/actions.py``).
 
@@ -30,6 +31,7 @@ __all__ = [
     "ConnectAnswer",
     "Count",
     "Kick",
+    "LateAnswer",
     "Queued",
     "Ready",
     "Reconnect",
@@ -81,6 +83,16 @@ class ConnectAnswer:
     ack: PushAck
     refs: tuple[PolicyRef, ...]
     version: int = 1
+    late: bool = False  # after the connect was recorded ``unverified`` (no answer in time)
+
+
+@value
+class LateAnswer:
+    """The upstream answered ``push`` after its outcome was recorded (no acknowledgement in
+    time): ``SessionPort.late_answer`` records the answer as a later entry."""
+
+    push: Push
+    ack: PushAck
 
 
 @value
@@ -144,6 +156,7 @@ Action = (
     | CloseClient
     | Acknowledge
     | ConnectAnswer
+    | LateAnswer
     | Reconnect
     | ClientChange
     | Ready

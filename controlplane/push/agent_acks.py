@@ -53,6 +53,7 @@ from controlplane.push.actions import (
     Action,
     ClientChange,
     ConnectAnswer,
+    LateAnswer,
     Queued,
     Reconnect,
     ToClient,
@@ -66,6 +67,7 @@ from sessions.dialects.base import ordered_fields
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
 from sessions.dialects.voice_agent_v1_upstream import (
+    NOT_AN_UPDATE_ERRORS,
     AgentUpstream,
     Update,
     Verdict,
@@ -103,7 +105,7 @@ class AgentAcks:
     attributed. ``push_state``: the session's push state once attached (read only: whether an
     answer or a queued update still concerns the push in flight)."""
 
-    __slots__ = ("_armed", "_connect", "ack_timeout", "model", "push_state", "refused")
+    __slots__ = ("_armed", "_connect", "_late", "ack_timeout", "model", "push_state", "refused")
 
     def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
         self.model = AgentUpstream(applies_rest=applies_rest)
@@ -113,6 +115,9 @@ class AgentAcks:
         # the connect's first message, the policy versions it carries and its version, until
         # answered
         self._connect: tuple[Update, tuple[PolicyRef, ...], int] | None = None
+        # the connect recorded unverified for want of an answer in time: its late answer
+        # (session.ready, or a session.error refusing it) is still recorded
+        self._late: tuple[Update, tuple[PolicyRef, ...], int] | None = None
         self.refused = False  # the upstream refused the first message: no upstream session
 
     # -- what goes upstream ---------------------------------------------------------------
@@ -129,6 +134,7 @@ class AgentAcks:
         not answered for the record (``session.resume``)."""
         update = self.model.first(message)
         self.refused = False
+        self._late = None
         self._arm(update, now)
         if refs is not None:
             self._connect = (update, refs, version)
@@ -185,6 +191,10 @@ class AgentAcks:
         if verdict.status == "acked" and verdict.update is not None:
             actions.extend(self._connect_answer(verdict.update, _connect_outcome(verdict.update,
                                                                                 echo)))  # fmt: skip
+        elif (late := self._late) is not None:  # the connect timed out: answered late
+            self._late = None
+            ack = _connect_outcome(late[0], echo)
+            actions.append(ConnectAnswer(ack, late[1], late[2], late=True))
         actions.extend(self._next(now))
         return actions
 
@@ -203,6 +213,14 @@ class AgentAcks:
             self._armed = None
         actions: list[Action] = [ToClient(data, quiet=True)] if verdict.forward else []
         settled = self._settle(verdict, parsed)
+        late = self._late
+        if late is not None and verdict.update is None and self._refuses_late(parsed):
+            self._late, self.refused = None, True  # the connect that timed out was refused
+            param = parsed.get("param")
+            verdict = Verdict(True, late[0], "rejected", _error_reason(parsed),
+                              (param,) if isinstance(param, str) else ())  # fmt: skip
+            ack = self._push_outcome(late[0], verdict, parsed)
+            settled = [ConnectAnswer(ack, late[1], late[2], late=True)]
         if verdict.update is not None and verdict.update.owner == "first":
             actions[:0] = settled  # the connect's answer logged before the client sees it
             queue = self.model.queue
@@ -213,6 +231,13 @@ class AgentAcks:
         actions.extend(self._next(now))
         return actions
 
+    def _refuses_late(self, parsed: dict[str, Any]) -> bool:
+        """Whether an unattributed answer is the upstream refusing the first message late
+        (no upstream session yet: a ``session.error`` about a message, not audio)."""
+        code = str(parsed.get("code") or "").lower()
+        return (self.model.config is None and parsed.get("type") == "session.error"
+                and code not in NOT_AN_UPDATE_ERRORS)  # fmt: skip
+
     def _settle(self, verdict: Verdict, parsed: dict[str, Any]) -> list[Action]:
         update = verdict.update
         if update is None or verdict.status is None or self.push_state is None:
@@ -222,10 +247,13 @@ class AgentAcks:
             return self._connect_answer(update, self._push_outcome(update, verdict, parsed))
         if update.owner == "client":
             return [ClientChange(self._client_outcome(update, verdict))]
-        if update.owner != "ours" or verdict.late or not self._in_flight(update):
-            return []  # a late answer to a push already recorded (a timeout): nothing to do
+        if update.owner != "ours":
+            return []
         ack = self._push_outcome(update, verdict, parsed)
-        return [Acknowledge(ack)]
+        if self._in_flight(update):  # (a late answer still counts while the engine waits)
+            return [Acknowledge(ack)]
+        # its outcome was recorded already (no answer in time): the answer is recorded too
+        return [LateAnswer(update.token, ack)]
 
     def _push_outcome(self, update: Update, verdict: Verdict, parsed: dict[str, Any]) -> PushAck:
         if verdict.status == "acked":
@@ -279,7 +307,11 @@ class AgentAcks:
         actions: list[Action] = []
         if update.owner == "first":
             reason = f"no session.ready within {self.ack_timeout:g}s"
-            actions.extend(self._connect_answer(update, PushUnverified(reason)))
+            connect = self._connect
+            answer = self._connect_answer(update, PushUnverified(reason))
+            if answer:
+                self._late = connect
+            actions.extend(answer)
         elif update.owner == "client" and self.push_state is not None:
             reason = "; ".join([f"no answer within {self.ack_timeout:g}s", *update.doubts])
             verdict = Verdict(False, update, "unverified", reason)
@@ -290,7 +322,7 @@ class AgentAcks:
     def close(self) -> list[Action]:
         """The session ended: a client update still waiting for its answer is ``unverified``
         (the upstream may or may not have applied it)."""
-        self._armed = None
+        self._armed = self._late = None
         update = self.model.outstanding
         reason = "the session ended before the upstream answered"
         if update is not None and update.owner == "first":
@@ -330,6 +362,10 @@ def _connect_outcome(update: Update, echo: dict[str, Any]) -> PushAck:
     shown = ", ".join(f"{n} is {json.dumps(runs.get(n))[:80]}, sent {json.dumps(sent[n])[:80]}"
                       for n in wrong)  # fmt: skip
     return PushUnverified(f"session.ready does not echo the connect's values ({shown})")
+
+
+def _error_reason(parsed: dict[str, Any]) -> str:
+    return f"{str(parsed.get('code') or 'unknown').lower()}: {parsed.get('message') or ''}"
 
 
 def _error(code: str, message: str) -> str:

@@ -373,6 +373,20 @@ class PushState:
         self.last_status = "unverified"
         return Outcome(push, "unverified", error)
 
+    def late_answer(self, push: Push, applied: Delta, refused: tuple[str, ...] = ()) -> None:
+        """``push`` ended without an answer in time (``timed_out``, ``unattributed``) and the
+        upstream answered it after all: it applied ``applied`` (the push's delta, or the part
+        it applied; ``refused``: the fields it refused). The base takes it now; the version is
+        acknowledged when wholly applied; the state follows when no later push went."""
+        if self.in_flight is push:
+            return  # (not late: the caller acknowledges it)
+        base = _apply(self.base, applied)
+        self.base = push.config if base == push.config else base  # (shared config objects)
+        if not refused:
+            self.acked_version = max(self.acked_version, push.version)
+        if push.version == self.sent_version and self.in_flight is None:
+            self.last_status = "rejected" if refused else "acked"
+
     def unattributed(self, reason: str) -> Outcome | None:
         """An answer came that cannot be attributed to the in-flight push with certainty: it
         ends ``unverified`` with ``reason``; the base is left unchanged (as after a timeout)."""

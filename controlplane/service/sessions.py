@@ -15,6 +15,12 @@ The gateway (``controlplane.edges.gateway_pump``) and the control channel
   logged once as ``connect`` ``acked`` (the session runs the connect's policy versions
   ``refs`` from now on: its experiment exposure), ``rejected`` or ``unverified``; the push
   state and the rollout status of those versions follow;
+- ``late_answer(ls, push, PushAck)``: the upstream answered a push after its outcome was
+  recorded (``unverified``: no answer in time): the answer is a later entry of the same
+  version (``acked`` with the part applied, or ``rejected``), the error saying it came late;
+  the chain stays append-only, the push state, the session's versions and the rollout
+  status follow (docs/audit.md, "late answers"). A connect answered late is
+  ``connect_answered(..., late=True)``, recorded the same way;
 - ``reconnect(ls, message)``: the client's next ``session.update`` after a refused connect,
   a new connect (logged ``connect`` ``sent``, next config version);
 - ``ready``, ``turn_boundary``, ``kick``, ``written`` / ``queued`` (the push's frame went, or
@@ -40,12 +46,16 @@ from controlplane.push.acks import (
 from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push, Status
+from controlplane.push.rollout_status import mark_policies
+from policies.delta import apply as apply_delta
 from policies.delta import diff
 from policies.model import Policy
 from policies.provenance import PolicyRef
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 
-__all__ = ["EngineSessions", "RejectCounter", "SessionPort"]
+__all__ = ["LATE_ANSWER", "EngineSessions", "RejectCounter", "SessionPort"]
+
+LATE_ANSWER = "answered after the acknowledgement timeout (recorded unverified before)"
 
 
 class SessionPort(Protocol):
@@ -56,8 +66,16 @@ class SessionPort(Protocol):
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None: ...
 
     def connect_answered(
-        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...], version: int
+        self,
+        ls: LiveSession,
+        ack: PushAck,
+        refs: tuple[PolicyRef, ...],
+        version: int,
+        *,
+        late: bool = False,
     ) -> None: ...
+
+    def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None: ...
 
     def reconnect(
         self, ls: LiveSession, message: dict[str, Any]
@@ -139,11 +157,18 @@ class EngineSessions:
             await engine.upstream_unverified(ls, ack.reason)
 
     def connect_answered(
-        self, ls: LiveSession, ack: PushAck, refs: tuple[PolicyRef, ...], version: int
+        self,
+        ls: LiveSession,
+        ack: PushAck,
+        refs: tuple[PolicyRef, ...],
+        version: int,
+        *,
+        late: bool = False,
     ) -> None:
         """The upstream's answer to the connect (config version ``version``, carrying
         ``refs``): one entry. Its config is the push state's base, the connect's config
-        (nothing else goes upstream before the session is ready)."""
+        (nothing else goes upstream before the session is ready). ``late``: the connect was
+        recorded ``unverified`` already (no answer in time); this answer is a later entry."""
         error = None
         status: Status
         if isinstance(ack, PushApplied):
@@ -152,14 +177,67 @@ class EngineSessions:
             status, error = "rejected", f"{ack.code}: {ack.reason}"
         else:
             status, error = "unverified", ack.reason
+        if late and status == "unverified":
+            return  # (recorded unverified already: nothing new is known)
+        if late:
+            error = "; ".join(filter(None, (LATE_ANSWER, error)))
         engine = self._engine
         engine.record(ls, cause="connect", status=status, delta={}, wire=None, error=error,
                       version=version, refs=refs)  # fmt: skip
         engine.connect_answered(ls, version, status)
+        answered = ("sent", "unverified") if late else ("sent",)
         statuses = ls.policy_status
         for ref in refs:  # `sent` since the connect went (LiveSessions.attach, reconnect)
-            if statuses.get(ref.id) == (ref.version, ref.variant, "sent"):
+            current = statuses.get(ref.id)
+            if current in [(ref.version, ref.variant, was) for was in answered]:
                 statuses[ref.id] = (ref.version, ref.variant, status)
+        if status == "rejected" and isinstance(ack, PushRejected) and ack.fields:
+            self._charge_connect(ls, refs, version, ack.fields)
+
+    def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None:
+        """The upstream answered ``push`` after its outcome was recorded (no acknowledgement
+        in time): a later entry of its version with the real status, the error saying it came
+        late. Applied (wholly or in part): the push state's base, versions and state follow.
+        An unverifiable answer adds nothing; the rollout guard already counted the timeout."""
+        if isinstance(ack, PushUnverified):
+            return
+        state, engine = ls.push, self._engine
+        refused: tuple[str, ...] = ()
+        if isinstance(ack, PushApplied):
+            applied, status, error = push.delta, "acked", LATE_ANSWER
+        else:
+            refused = tuple(sorted(f for f in ack.fields or push.delta if f in push.delta))
+            applied = {f: v for f, v in push.delta.items() if f not in refused}
+            if isinstance(ack, PushRejected):
+                applied = {}
+            status = "acked" if applied else "rejected"
+            error = f"{LATE_ANSWER}; " + (
+                f"refused in part ({ack.code}: {ack.reason}); the rest applied"
+                if applied else f"{ack.code}: {ack.reason}")  # fmt: skip
+        state.late_answer(push, applied, refused)
+        config = state.base if applied else apply_delta(state.base, push.delta)
+        engine.record(ls, cause=push.cause, status=status, delta=applied or push.delta,
+                      wire=None, error=error, version=push.version, refs=push.refs,
+                      config=config)  # fmt: skip
+        if push.version == state.sent_version and state.in_flight is None:
+            mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
+        engine.sync_session(ls)
+
+    def _charge_connect(
+        self, ls: LiveSession, refs: tuple[PolicyRef, ...], version: int,
+        fields: frozenset[str],
+    ) -> None:  # fmt: skip
+        """A refused connect counts against the rollout guard of the policy versions owning
+        the fields the refusal names (docs/policies.md#guard); one naming none is not charged
+        (the connect is mostly the client's own message)."""
+        on_failure, s = self._engine.on_failure, ls.session
+        if on_failure is None:
+            return
+        config = ls.push.base
+        connect = Push(version=version, delta=dict(config), config=config, refs=refs,
+                       cause="connect", superseded=(), event_at=None,
+                       owners=s.provenance)  # fmt: skip
+        on_failure(ls, connect, "rejected", tuple(sorted(fields)))
 
     def reconnect(
         self, ls: LiveSession, message: dict[str, Any]

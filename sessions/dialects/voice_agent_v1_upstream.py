@@ -56,6 +56,7 @@ from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE, IMMUTABLE_
 
 __all__ = [
     "AUDIO_ONLY_ERRORS",
+    "NOT_AN_UPDATE_ERRORS",
     "AgentUpstream",
     "Owner",
     "Update",

@@ -7,7 +7,8 @@ and publishes two policy versions. Checked every round:
 
 - every push ends in exactly one terminal version-log entry, linked to its ``sent`` entry by
   ``version``: Voice Agent ``acked`` / ``rejected`` / ``unverified``; Streaming v3 stays
-  ``sent`` (it has no acknowledgement); nothing is left in flight;
+  ``sent`` (it has no acknowledgement); nothing is left in flight; an answer that comes after
+  the ack timeout (``unverified``) is one more entry of that version, saying it came late;
 - an ``acked`` or ``rejected`` entry is never claimed before the upstream handled that very
   message (an answer that comes after the ack timeout is not credited to the next push);
 - clients see the documented close codes (relayed from the upstream; 1011 when the upstream
@@ -36,6 +37,7 @@ from controlplane.app import GATEWAY, SERVICE, build_app
 from controlplane.config import Settings
 from controlplane.edges.gateway import Gateway, UpstreamTransport
 from controlplane.push.live import LiveSession
+from controlplane.service.sessions import LATE_ANSWER
 from tests.integration.service.conftest import (
     ControlPlaneUnderTest,
     Emulator,
@@ -191,6 +193,12 @@ def _check_log(case: Case, entries: list[dict[str, Any]], timeline: list[dict[st
         statuses = [e["status"] for e in group]
         sent = [e for e in group if e["status"] == "sent"]
         terminal = [e for e in group if e["status"] != "sent"]
+        if len(terminal) == 2 and LATE_ANSWER in str(terminal[1]["error"]):  # after a timeout
+            assert terminal[0]["status"] == "unverified", (case.name, version, statuses)
+            assert "no acknowledgement within" in str(terminal[0]["error"])
+            late = terminal.pop()
+            handled = [t["at"] for t in timeline if t["message"] == sent[0]["wire"]]
+            assert handled and late["at"] >= min(handled), (case.name, version, late)
         if case.kind == "streaming":  # no acknowledgement exists: "sent" is the end
             assert statuses in (["sent"], ["skipped"]), (case.name, version, statuses)
             continue
@@ -210,7 +218,8 @@ def _check_log(case: Case, entries: list[dict[str, Any]], timeline: list[dict[st
             )
     first = by_version.get(min(by_version)) if by_version else None
     if first is not None and case.outcomes:
-        assert first[-1]["status"] in case.outcomes, (case.name, [e["status"] for e in first])
+        ended = [e for e in first if LATE_ANSWER not in str(e["error"])][-1]
+        assert ended["status"] in case.outcomes, (case.name, [e["status"] for e in first])
 
 
 async def _check_case(cp: ControlPlaneUnderTest, emulator: Emulator, case: Case) -> None:

@@ -20,6 +20,7 @@ from controlplane.push.actions import (
     Acknowledge,
     Action,
     ClientChange,
+    LateAnswer,
     Queued,
     ToClient,
     ToUpstream,
@@ -165,13 +166,48 @@ def test_a_partly_refused_push_whose_rest_applied_names_the_refused_fields() -> 
     ]
 
 
-def test_an_answer_after_the_engine_ended_our_push_changes_nothing() -> None:
+def test_an_answer_after_the_engine_ended_our_push_is_a_late_answer() -> None:
+    """(Was: "changes nothing" — the record then said ``unverified`` for ever while the
+    upstream ran the push.) The answer is handed over as a ``LateAnswer``, never as an
+    ``Acknowledge`` of whatever push is in flight now."""
     acks, state = _acks()
     push, wire = _push(state, system_prompt="A")
     acks.push(push, wire, 1.0)
     assert state.timed_out(1.0 + 30, 10.0) is not None  # the engine's own timeout
     parsed, text = _updated(acks, system_prompt="A")
-    assert acks.answer(parsed, text, 40.0) == []
+    assert acks.answer(parsed, text, 40.0) == [LateAnswer(push, PushApplied())]
+
+
+def test_an_answer_after_both_timers_ended_our_push_is_a_late_answer() -> None:
+    acks, state = _acks()
+    push, wire = _push(state, system_prompt="A")
+    acks.push(push, wire, 1.0)
+    assert acks.on_timer(1.0 + TIMEOUT) == []  # the link's own timer: the slot is free
+    assert state.timed_out(1.0 + TIMEOUT, TIMEOUT) is not None  # the engine's
+    later, later_wire = _push(state, keyterms=("k",))
+    assert acks.push(later, later_wire, 7.0) == [Written(later), ToUpstream(json.dumps(
+        later_wire))]  # fmt: skip
+    parsed, text = _updated(acks, system_prompt="A")  # the first one's answer, late
+    assert acks.answer(parsed, text, 7.5) == [LateAnswer(push, PushApplied())]
+    input_ = {**START["input"], "keyterms": ["k"]}
+    parsed, text = _updated(acks, system_prompt="A", input=input_)
+    assert acks.answer(parsed, text, 7.6) == [Acknowledge(PushApplied())]
+
+
+def test_a_late_answer_applies_the_push_to_the_state_without_touching_a_later_push() -> None:
+    _, state = _acks()
+    push = _push(state, system_prompt="A")[0]
+    state.timed_out(100.0, TIMEOUT)
+    assert state.state == "unverified"
+    state.late_answer(push, dict(push.delta))
+    assert state.base == {"system_prompt": "A"} and state.acked_version == push.version
+    assert state.state == "synced"
+    later = _push(state, system_prompt="B")[0]
+    state.timed_out(200.0, TIMEOUT)
+    newer = _push(state, system_prompt="C")[0]  # in flight
+    state.late_answer(later, dict(later.delta))
+    assert state.base == {"system_prompt": "B"} and state.in_flight is newer
+    assert state.acked_version == later.version and state.state == "pending"
 
 
 def test_a_clients_update_without_answer_ends_unverified_at_its_deadline() -> None:

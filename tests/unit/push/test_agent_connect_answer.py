@@ -110,8 +110,11 @@ def test_no_answer_in_time_or_the_session_ending_first_leaves_the_connect_unveri
     assert _answers(acks.on_timer(TIMEOUT - 1)) == []
     [answer] = _answers(acks.on_timer(TIMEOUT))
     assert answer.ack == PushUnverified(f"no session.ready within {TIMEOUT:g}s")
+    # (was: a late session.ready answered nothing, the record stayed unverified for ever)
     late = merge(default_config(TABLE_SETTINGS), SENT)
-    assert _answers(acks.ready(_ready(late), TIMEOUT + 1)) == []  # a late answer: recorded
+    assert _answers(acks.ready(_ready(late), TIMEOUT + 1)) == [
+        ConnectAnswer(PushApplied(), REFS, late=True)]  # fmt: skip
+    assert _answers(acks.ready(_ready(late), TIMEOUT + 2)) == []  # once
 
     ended = _acks()
     [answer] = _answers(ended.close())
@@ -123,3 +126,20 @@ def test_a_resumed_session_is_not_answered_for_the_record() -> None:
     acks = _acks(resume, refs=None)
     assert _answers(acks.ready(_ready(default_config(TABLE_SETTINGS)), 0.1)) == []
     assert _answers(_acks(resume, refs=None).close()) == []
+
+
+def test_a_late_session_error_to_the_first_message_refuses_the_connect_late() -> None:
+    acks = _acks()
+    [answer] = _answers(acks.on_timer(TIMEOUT))
+    assert isinstance(answer.ack, PushUnverified)
+    retry = {"type": "session.update", "session": {"system_prompt": "again"}}
+    acks.client_update(copy.deepcopy(retry), TIMEOUT + 0.5)  # waits: no session yet
+    parsed = {"type": "session.error", "code": "invalid_value", "message": "no",
+              "param": "system_prompt"}  # fmt: skip
+    actions = acks.answer(parsed, json.dumps(parsed), TIMEOUT + 1)
+    [late] = _answers(actions)
+    assert late.late and late.refs == REFS
+    assert late.ack == PushRejected("invalid_value", "no", frozenset({"system_prompt"}))
+    assert acks.refused  # the upstream waits for another first message: the queued retry
+    assert actions[-2:] == [ToClient(json.dumps(parsed), quiet=True), Reconnect(retry)]
+    assert _answers(acks.ready(_ready(default_config(TABLE_SETTINGS)), TIMEOUT + 2)) == []

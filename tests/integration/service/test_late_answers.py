@@ -1,0 +1,146 @@
+"""Late Voice Agent answers through the gateway, against the emulator's ground truth: an answer
+that comes after its acknowledgement timeout (the record already says ``unverified``) is
+recorded when it comes, as a later entry with its real status — the chain stays append-only
+(the ``unverified`` entry is never rewritten) and the record follows what the upstream runs.
+
+- the connect: ``session.ready`` after the connect timed out → ``connect`` v1 ``acked``
+  (late), the session's exposure, ``versions.acked`` 1, rollout status acknowledged;
+- a push: ``session.updated`` after the push timed out → ``policy`` vN ``acked`` (late), the
+  pushed config in effect from then on (``config-at``), the session ``synced``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import pytest
+
+from controlplane.app import SERVICE, build_app
+from controlplane.config import Settings
+from tests.integration.differential.actors import GatewayAgent
+from tests.integration.differential.views import diff_views, emulator_view, recorded_view
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, _serve, eventually
+
+ACK_TIMEOUT_S = 0.4
+LATENCY_MS = 900  # the emulator's wait before handling each message: > ACK_TIMEOUT_S
+KEY = "late"
+LATE = "answered after the acknowledgement timeout"
+
+
+@pytest.fixture
+async def cp_quick(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
+    settings = cp_settings(ack_timeout_s=ACK_TIMEOUT_S)
+    app = build_app(settings)
+    runner, port = await _serve(app)
+    async with aiohttp.ClientSession() as http:
+        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
+    await runner.cleanup()
+
+
+async def _default_latency(emulator: Emulator, ms: float) -> None:
+    async with emulator.http.post(f"{emulator.base}/_emulator/faults",
+                                  json={"latency_ms": ms}) as resp:  # fmt: skip
+        assert resp.status in (200, 204), await resp.text()
+
+
+def _statuses(log: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
+    return [(e["cause"], e["status"], e["version"]) for e in log]
+
+
+async def _record_is_truth(
+    cp: ControlPlaneUnderTest, emulator: Emulator, agent: GatewayAgent, sid: str
+) -> dict[str, Any]:
+    await asyncio.sleep(0.01)
+    answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}", expect=200)
+    assert answer["rebuild"]["verified"] is True, answer
+    truth = emulator_view(agent.kind, agent.model, (await emulator.session(agent.upstream_id))
+                          ["config"])  # fmt: skip
+    assert diff_views(recorded_view(agent.kind, agent.model, answer["config"]), truth) == {}
+    running = cp.service.engine.live[sid].push.base
+    assert diff_views(recorded_view(agent.kind, agent.model, running), truth) == {}
+    return dict(answer)
+
+
+async def test_a_session_ready_after_the_connect_timed_out_is_recorded_acked(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    cp = cp_quick
+    await cp.publish({"id": KEY, "match": {"kind": ["voice-agent-v1"]},
+                      "experiment": {"key": KEY, "variants": [
+                          {"name": "warm", "weight": 100, "set": {"keyterms": ["welcome"]}},
+                          {"name": "control", "weight": 0, "set": {}}]}})  # fmt: skip
+    await _default_latency(emulator, LATENCY_MS)  # the first message waits: ready is late
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        await _default_latency(emulator, 0)
+        await emulator.faults(agent.upstream_id, {"latency_ms": 0})
+        sid = agent.session_id = cp.live_by_upstream(agent.upstream_id)
+
+        async def answered() -> list[dict[str, Any]] | None:
+            log = await cp.log(sid)
+            return log if len(log) >= 3 else None
+
+        log = await eventually(answered)
+        assert _statuses(log) == [("connect", "sent", 1), ("connect", "unverified", 1),
+                                  ("connect", "acked", 1)]  # fmt: skip
+        assert "no session.ready within" in log[1]["error"]
+        assert LATE in log[2]["error"]
+        assert log[2]["config_hash"] == log[0]["config_hash"]
+        assert [(p["id"], p["variant"]) for p in log[2]["policies"]] == [(KEY, "warm")]
+        session = await cp.session(sid)
+        assert session["versions"]["acked"] == 1 and session["state"] == "synced", session
+        body = await cp.call("GET", f"/v1/experiments/{KEY}/assignments", expect=200)
+        [row] = body["items"]
+        assert row["exposed_seq"] == log[2]["seq"], row
+        totals = (await cp.call("GET", f"/v1/policies/{KEY}/rollout", expect=200))["totals"]
+        assert (totals["acknowledged"], totals["unverified"]) == (1, 0), totals
+        answer = await _record_is_truth(cp, emulator, agent, sid)
+        assert "acknowledged by the upstream" in answer["established_by"]["meaning"]
+    finally:
+        await _default_latency(emulator, 0)
+        await agent.close()
+
+
+async def test_a_session_updated_after_the_push_timed_out_is_recorded_acked(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    cp = cp_quick
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        sid = agent.session_id = cp.live_by_upstream(agent.upstream_id)
+        await emulator.faults(agent.upstream_id, {"latency_ms": LATENCY_MS})
+        await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"system_prompt": "Be late."}})  # fmt: skip
+
+        async def answered() -> list[dict[str, Any]] | None:
+            log = [e for e in await cp.log(sid) if e["cause"] == "policy"]
+            return log if len(log) >= 3 else None
+
+        log = await eventually(answered)
+        assert [(e["status"], e["version"]) for e in log] == [
+            ("sent", 2), ("unverified", 2), ("acked", 2)]  # fmt: skip
+        assert "no acknowledgement within" in log[1]["error"]
+        assert LATE in log[2]["error"]
+        assert log[2]["config_hash"] == log[0]["config_hash"]  # the pushed config runs
+        assert (await emulator.session(agent.upstream_id))["config"]["system_prompt"] == (
+            "Be late.")  # fmt: skip
+        session = await cp.session(sid)
+        assert session["versions"]["acked"] == 2 and session["state"] == "synced", session
+        totals = (await cp.call("GET", "/v1/policies/tone/rollout", expect=200))["totals"]
+        assert (totals["acknowledged"], totals["unverified"]) == (1, 0), totals
+        answer = await _record_is_truth(cp, emulator, agent, sid)
+        assert answer["established_by"]["seq"] == log[2]["seq"]
+        assert answer["config"]["system_prompt"] == "Be late."
+        # between the timeout and the late answer the record said what it knew then
+        between = (log[1]["at"] + log[2]["at"]) / 2
+        earlier = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={between!r}",
+                                expect=200)  # fmt: skip
+        assert earlier["config"].get("system_prompt") != "Be late."
+    finally:
+        await agent.close()
