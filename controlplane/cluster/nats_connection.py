@@ -81,6 +81,7 @@ class NatsConnection:
         self._nc: NatsClient | None = None
         self._closing = False
         self._reconnecting = False
+        self._attempt_said = False  # the first connect's failed attempt was logged
         self._clock = clock or SystemClock()
         self._down_since: float | None = None  # monotonic, while disconnected after a connect
         self._up = asyncio.Event()  # set while connected
@@ -152,11 +153,16 @@ class NatsConnection:
                 await nc.close()
 
     async def _on_error(self, exc: Exception) -> None:
-        # while reconnecting, every failed attempt reports here: say it once, then quietly
-        level = (
-            logging.DEBUG if self._reconnecting and isinstance(exc, OSError) else logging.WARNING
-        )
-        log.log(level, "NATS: %s", exc or type(exc).__name__)
+        # while (re)connecting, every failed attempt reports here: say it once, then quietly
+        # (the first connect retried once a second: 30 identical warnings before its error)
+        failed_attempt = isinstance(exc, OSError)
+        quiet = failed_attempt and (self._reconnecting or self._attempt_said)
+        if failed_attempt and self._nc is None and not self._attempt_said:
+            self._attempt_said = True
+            log.warning("NATS: %s; retrying for up to %.0fs", exc or type(exc).__name__,
+                        self.settings.nats_connect_timeout_s)  # fmt: skip
+            return
+        log.log(logging.DEBUG if quiet else logging.WARNING, "NATS: %s", exc or type(exc).__name__)
 
     def problem(self) -> str | None:
         """For ``/readyz``: the connection has been down longer than a blip (publishing

@@ -93,3 +93,15 @@ def test_the_help_names_every_exit_code_docs_cli_md_lists() -> None:
     text = " ".join(build_parser().format_help().split())
     for code in codes:  # each as "<code> <meaning>" ("0 ok", "3 rejected on ...")
         assert re.search(rf"[ :;,]{code} [a-z-]", text), (code, text)
+
+
+@pytest.mark.timeout(60)
+def test_an_unreachable_nats_is_said_once_then_named_with_its_limit(tmp_path: Path) -> None:
+    # was: one "NATS: [Errno 111] Connect call failed" warning per second until the limit
+    url = f"nats://127.0.0.1:{free_port()}"
+    done = _run(tmp_path, "audit", "verify", "--nats-url", url,
+                CONTROLPLANE_NATS_CONNECT_TIMEOUT_S="4")  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    said = [line for line in done.stderr.splitlines() if line.startswith("NATS:")]
+    assert len(said) == 1 and said[0].endswith("retrying for up to 4s"), done.stderr
+    assert f"controlplane: cannot reach NATS at {url} within 4s" in done.stderr
