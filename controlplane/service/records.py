@@ -239,6 +239,9 @@ class SessionRecords:
             )
         # replaced, not changed in place (LiveSession.inputs)
         ls.session.labels = apply_delta(ls.session.labels, labels)
+        # who relabelled: the entries it causes (cause relabel) carry no actor
+        change = ", ".join(f"{k}={v}" if v is not None else f"{k}-" for k, v in labels.items())
+        log.info("session %s relabelled by %s: %s", session_id, actor or "unknown", change)
         await self._engine.reconcile([ls], self._sets.for_session(ls), cause="relabel",
                                     event_at=self._clock.monotonic())  # fmt: skip
         return ls.session.to_dict()
