@@ -39,6 +39,7 @@ step that does not match is reported as a failed check, never silently accepted.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -103,6 +104,15 @@ def _is_connect(row: Mapping[str, Any]) -> bool:
     return row.get("cause") == "connect" and row.get("version") == 1
 
 
+def _instant(at: float) -> str:
+    """Unix seconds as RFC 3339 UTC with milliseconds, as the answers show instants."""
+    try:
+        stamp = dt.datetime.fromtimestamp(at, dt.UTC)
+    except (OverflowError, ValueError, OSError):
+        return str(at)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def config_at(session_id: str, rows: Sequence[Mapping[str, Any]], at: float) -> ConfigAt:
     """Rebuild the config in effect at ``at`` (Unix seconds) from a session's stored rows.
 
@@ -117,8 +127,8 @@ def config_at(session_id: str, rows: Sequence[Mapping[str, Any]], at: float) -> 
     first = ordered[0]
     if at < float(first["at"]):
         raise NotRebuildable(
-            f"session {session_id!r} has no configuration at {at}: its first entry (seq "
-            f"{first['seq']}) is at {first['at']}",
+            f"session {session_id!r} has no configuration at {_instant(at)}: its first entry "
+            f"(seq {first['seq']}) is at {_instant(float(first['at']))}",
             session_id=session_id,
         )
     if not (_is_connect(first) and isinstance(first.get("config"), dict)):

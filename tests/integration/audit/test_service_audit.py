@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import re
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -169,7 +170,11 @@ async def test_config_at_errors_are_clear(stack: Stack, capsys: Any) -> None:
     code = await asyncio.to_thread(cli.main, ["audit", "at", sid, iso, "--url", cp.base,
                                               "--token", ADMIN])  # fmt: skip
     assert code == 1
-    assert "before_session (HTTP 404)" in capsys.readouterr().err
+    err = capsys.readouterr().err  # instants as the operator typed them, not Unix floats
+    assert (
+        "before_session (HTTP 404)" in err and "no configuration at 2020-01-01T00:00:00.000Z" in err
+    )
+    assert re.search(r"first entry \(seq 1\) is at \d{4}-\d\d-\d\dT[\d:.]+Z", err), err
     code = await asyncio.to_thread(cli.main, ["audit", "at", "nope", iso, "--data-dir",
                                               str(cp.data_dir)])  # fmt: skip
     assert code == 1
