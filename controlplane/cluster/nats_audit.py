@@ -25,9 +25,13 @@ a publish must not grow with its sessions) entries travel in batches:
   message, ``Nats-Msg-Id: checkpoint/<node>/<seq>``).
 
 Four tokens for batches and checkpoints, three for a session: no session subject collides. A
-session's entries are read from its subject, then from every batch stored after its first
-message, keeping its lines (``_read_session``): one filtered read of the batches written
-since the session began, not of the whole stream.
+session's entries are read from its subject, then from the batches stored after its first
+message (``_read_session``): a headers-only scan of them, each entry batch indexing its
+sessions (header ``Cp-Audit-Sessions``, ``controlplane.audit.batches.session_filter``), then
+one message get per batch that may hold the session, keeping its lines. A read fetched and
+decompressed every node's batches since the session began (its cost grew with the fleet's
+activity); now only its own, plus the headers. Batches without the index (older stores) are
+always fetched; more than ``MAX_FETCHES`` of them are streamed as before.
 """
 
 from __future__ import annotations

@@ -13,10 +13,14 @@ import pytest
 from controlplane.audit.batches import (
     ENCODING,
     ENCODING_HEADER,
+    FILTER_HEADER,
     MAX_DECODED_BYTES,
+    MAX_FILTER_BITS,
     BatchError,
     batch_id,
+    may_hold,
     pack,
+    session_filter,
     unpack,
 )
 
@@ -70,3 +74,27 @@ def test_the_message_id_is_the_position_and_the_content() -> None:
     assert a == batch_id("n1", "versionlog-x.jsonl:0", "versionlog-x.jsonl:900", b"abc")
     assert a != batch_id("n1", "versionlog-x.jsonl:0", "versionlog-x.jsonl:900", b"abd")
     assert a != batch_id("n2", "versionlog-x.jsonl:0", "versionlog-x.jsonl:900", b"abc")
+
+
+@pytest.mark.parametrize("count", [1, 200, 3_333, 10_000])
+def test_a_batch_filter_holds_its_sessions_and_few_others(count: int) -> None:
+    ids = [f"cps_{os.urandom(16).hex()}" for _ in range(count)]
+    value = session_filter(ids)
+    assert len(value) <= MAX_FILTER_BITS // 6 + 16  # the header room nats_audit keeps
+    headers = {FILTER_HEADER: value}
+    assert all(may_hold(headers, sid) for sid in ids)  # never a missed session
+    others = [f"cps_{os.urandom(16).hex()}" for _ in range(4000)]
+    false = sum(may_hold(headers, sid) for sid in others)
+    assert false <= 0.02 * len(others), (count, false)  # ~10 bits a session: ~1 % or less
+    assert may_hold({FILTER_HEADER: session_filter(["é\ud800x"])}, "é\ud800x")  # any id
+
+
+@pytest.mark.parametrize("headers", [None, {}, HEADERS, {FILTER_HEADER: "bloom1.!!!"},
+                                     {FILTER_HEADER: "bloom2.AAAA"},
+                                     {FILTER_HEADER: "bloom1." + "A" * 4}])  # fmt: skip
+def test_a_batch_without_a_filter_it_can_read_is_always_fetched(
+    headers: dict[str, str] | None,
+) -> None:
+    """Stores written before the filter, a newer form, or a damaged header: a reader never
+    skips a batch it cannot rule out."""
+    assert may_hold(headers, "s1")
