@@ -10,10 +10,20 @@ from typing import Any
 from controlplane.cli import status as cli_status
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
-from controlplane.cli.output import Column, labels_text, listing, out, short, table, when, yaml_text
+from controlplane.cli.output import (
+    Column,
+    labels_text,
+    listing,
+    out,
+    short,
+    table,
+    utc_instant,
+    when,
+    yaml_text,
+)
 from sessions.model import SessionState
 
-__all__ = ["register"]
+__all__ = ["register", "session_text"]
 
 
 def _refs(entry: dict[str, Any]) -> str:
@@ -58,9 +68,19 @@ def _sessions_ls(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     return 0
 
 
+_INSTANTS = ("created_at", "updated_at", "ended_at")
+
+
+def session_text(session: dict[str, Any]) -> str:
+    """``sessions show``: the session as YAML, its instants in RFC 3339 UTC like every table
+    (``--json`` keeps the server's Unix seconds)."""
+    shown = {k: (utc_instant(v) or v) if k in _INSTANTS else v for k, v in session.items()}
+    return yaml_text(shown)
+
+
 def _sessions_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     session = client.get_session(args.id)
-    out(args, session, lambda: yaml_text(session))
+    out(args, session, lambda: session_text(session))
     return 0
 
 
