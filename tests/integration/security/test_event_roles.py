@@ -70,3 +70,18 @@ async def test_a_halt_event_from_the_guard_or_the_owner_role_applies(
     async with _app(cp, region="eu-west-1") as app:  # a late joiner gets the fallback
         assert app.session_id is not None
         assert await _prompt(cp, app.session_id) == "v1"
+
+
+@pytest.mark.parametrize(("role", "applies"), [("experimenter", False), ("compliance", True)])
+async def test_a_wave_step_from_a_role_below_the_owner_changes_nothing(
+    cp: ControlPlaneUnderTest, role: str, applies: bool
+) -> None:
+    waves = {**DISCLOSURE, "rollout": {"waves": [25, 50, 100], "wave_interval_s": 3600.0}}
+    await cp.publish(waves, token=COMPLIANCE)
+    doc = cp.service.store.latest("eu-disclosure").policy.document()
+    step = PolicyEvent("policy.wave", doc, f"{role}:1a2b3c", rfc3339(0), cause="wave",
+                       role=role, wave={"seq": 1, "action": "promote", "index": 1})  # fmt: skip
+    await cp.service.bus.publish(step)
+    rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
+    assert rollout["waves"]["index"] == (1 if applies else 0), rollout["waves"]
+    assert len(rollout["waves"]["steps"]) == (1 if applies else 0)
