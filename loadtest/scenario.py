@@ -12,6 +12,10 @@ from typing import Any
 
 from payloads import STREAMING_MODEL
 
+# the policy schema's limits (docs/policies.md): a bigger version is refused at every publish
+PROMPT_MAX_CHARS = 1750
+KEYTERMS_MAX = 100
+
 __all__ = [
     "API_KEY",
     "AUDIO",
@@ -48,6 +52,20 @@ def _env(name: str, default: str) -> str:
     return value or default
 
 
+def _number(name: str, default: str, low: float, high: float, *, whole: bool = False) -> Any:
+    """``name`` as a number from ``low`` to ``high``; a bad value stops the run naming the
+    variable, what it got and the range (it was a ValueError traceback at import)."""
+    raw = _env(name, default)
+    try:
+        value = int(raw) if whole else float(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:  # NaN fails both comparisons
+        kind = "a whole number" if whole else "a number"
+        raise SystemExit(f"{name}={raw!r}: must be {kind} from {low:g} to {high:g}")
+    return value
+
+
 SCENARIO = _env("LT_SCENARIO", "steady")
 if SCENARIO not in SCENARIOS:
     raise SystemExit(f"LT_SCENARIO={SCENARIO!r}: choose one of {', '.join(SCENARIOS)}")
@@ -57,20 +75,20 @@ API_KEY = _env("LT_API_KEY", "loadtest-key")
 EMULATOR_URL = _env("LT_EMULATOR_URL", "").rstrip("/")
 RUN = _env("LT_RUN", "lt" + uuid.uuid4().hex[:10])
 POLICY_ID = _env("LT_POLICY_ID", "loadtest")
-PUBLISH_RATE = float(_env("LT_PUBLISH_RATE", str(PRESET["rate"])))
-PROMPT_CHARS = int(_env("LT_PROMPT_CHARS", "165"))
-KEYTERMS = int(_env("LT_KEYTERMS", "0"))
+PUBLISH_RATE: float = _number("LT_PUBLISH_RATE", str(PRESET["rate"]), 0, 1000)
+PROMPT_CHARS: int = _number("LT_PROMPT_CHARS", "165", 0, PROMPT_MAX_CHARS, whole=True)
+KEYTERMS: int = _number("LT_KEYTERMS", "0", 0, KEYTERMS_MAX, whole=True)
 AUDIO = _env("LT_AUDIO", "turns")
 MODEL = _env("LT_STREAMING_MODEL", STREAMING_MODEL)
-CONVERGENCE_TIMEOUT_S = float(_env("LT_CONVERGENCE_TIMEOUT_S", "10"))
+CONVERGENCE_TIMEOUT_S: float = _number("LT_CONVERGENCE_TIMEOUT_S", "10", 0.1, 3600)
 KEEP_POLICY = _env("LT_KEEP_POLICY", "0").lower() in ("1", "true", "yes")
 CONNECT_TIMEOUT_S = 15.0
 SLO = {
-    "propagation_p99_ms": float(_env("LT_SLO_PROPAGATION_P99_MS", "2000")),
-    "convergence_p99_ms": float(_env("LT_SLO_CONVERGENCE_P99_MS", "5000")),
-    "connect_p99_ms": float(_env("LT_SLO_CONNECT_P99_MS", "2000")),
-    "fail_ratio": float(_env("LT_SLO_FAIL_RATIO", "0.01")),
-    "min_propagations": float(_env("LT_SLO_MIN_PROPAGATIONS", "0")),
+    "propagation_p99_ms": _number("LT_SLO_PROPAGATION_P99_MS", "2000", 0, 3_600_000),
+    "convergence_p99_ms": _number("LT_SLO_CONVERGENCE_P99_MS", "5000", 0, 3_600_000),
+    "connect_p99_ms": _number("LT_SLO_CONNECT_P99_MS", "2000", 0, 3_600_000),
+    "fail_ratio": _number("LT_SLO_FAIL_RATIO", "0.01", 0, 1),
+    "min_propagations": _number("LT_SLO_MIN_PROPAGATIONS", "0", 0, 1e9),
 }
 
 
@@ -90,7 +108,13 @@ WEIGHTS = _weights(_env("LT_WEIGHTS", PRESET["weights"]))
 def _lifetime() -> Callable[[], float]:
     raw = _env("LT_SESSION_S", PRESET["session_s"])
     low, _, high = raw.partition("-")
-    a, b = float(low), float(high or low)
+    try:
+        a, b = float(low), float(high or low)
+    except ValueError:
+        a = b = -1.0
+    if not 0 <= a <= b <= 86_400:
+        raise SystemExit(f"LT_SESSION_S={raw!r}: must be seconds (0: held) or a range LOW-HIGH, "
+                         "0 <= LOW <= HIGH <= 86400")  # fmt: skip
     return lambda: random.uniform(a, b) if b > a else a
 
 

@@ -105,3 +105,27 @@ def test_an_unreachable_nats_is_said_once_then_named_with_its_limit(tmp_path: Pa
     said = [line for line in done.stderr.splitlines() if line.startswith("NATS:")]
     assert len(said) == 1 and said[0].endswith("retrying for up to 4s"), done.stderr
     assert f"controlplane: cannot reach NATS at {url} within 4s" in done.stderr
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [("LT_PUBLISH_RATE=abc", "must be a number from 0 to 1000"),
+     ("LT_PROMPT_CHARS=5000", "must be a whole number from 0 to 1750"),
+     ("LT_SESSION_S=8-2", "must be seconds (0: held) or a range LOW-HIGH, 0 <= LOW <= HIGH")],
+)  # fmt: skip
+def test_a_bad_load_test_setting_stops_locust_naming_it(
+    tmp_path: Path, setting: str, words: str
+) -> None:
+    # was: a ValueError traceback from the locustfile's import (or 422 at every publish)
+    name, _, value = setting.partition("=")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LT_")}
+    env.update({name: value, "LT_TOKEN": "x"})
+    locust = str(Path(sys.executable).parent / "locust")
+    locustfile = str(Path(__file__).resolve().parents[2] / "loadtest" / "locustfile.py")
+    done = subprocess.run([locust, "-f", locustfile, "--headless", "-u", "1", "-t", "1s",
+                           "--host", "http://127.0.0.1:9"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=50, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"{name}={value!r}: {words}" in done.stderr, done.stderr
