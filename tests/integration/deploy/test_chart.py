@@ -494,6 +494,9 @@ def test_notes_tell_how_to_reach_the_service(
     assert "distributed" in notes
     assert "https://voice-cp.example.com/" in notes
     assert "640s" in notes  # 20 s preStop + 600 s drain + 20 s margin
+    # the load balancer keeps the pod's connections through preStop AND the drain (the chart
+    # README and docs/deploy.md say so; NOTES said the drain alone, 600s)
+    assert "deregistration delay to at least 620s, preStop + drain" in notes
 
 
 def test_production_values_file_is_the_documented_shape() -> None:
