@@ -63,6 +63,13 @@ def _stream_name(value: str) -> None:
         raise ValueError(f"{value!r} is not a valid JetStream stream name")
 
 
+def _websocket_url(value: str) -> None:
+    scheme, sep, rest = value.partition("://")
+    if scheme not in ("ws", "wss") or not sep or not rest or rest[0] in "/:?#":
+        raise ValueError(f"{value!r} must be a ws:// or wss:// URL with a host, e.g. "
+                         "wss://streaming.assemblyai.com/v3/ws")  # fmt: skip
+
+
 def _subject_prefix(value: str) -> None:
     if not value or any(c in value for c in " *>") or value[0] == "." or value[-1] == ".":
         raise ValueError(f"NATS subject prefix {value!r} is not a valid subject prefix")
@@ -123,10 +130,16 @@ class Settings:
     )
     # --- upstreams and sockets ----------------------------------------------------------------
     upstream_streaming_url: str = setting(
-        "wss://streaming.assemblyai.com/v3/ws", group=UPSTREAMS, help="Streaming v3 upstream"
+        "wss://streaming.assemblyai.com/v3/ws",
+        group=UPSTREAMS,
+        valid=_websocket_url,
+        help="Streaming v3 upstream (ws:// or wss://)",
     )
     upstream_agent_url: str = setting(
-        "wss://agents.assemblyai.com/v1/ws", group=UPSTREAMS, help="Voice Agent upstream"
+        "wss://agents.assemblyai.com/v1/ws",
+        group=UPSTREAMS,
+        valid=_websocket_url,
+        help="Voice Agent upstream (ws:// or wss://)",
     )
     # PROTOCOLS.md leaves it open; it must match the upstream (the emulator's immutable_policy)
     agent_partial_updates: str = setting(

@@ -129,3 +129,14 @@ def test_a_bad_load_test_setting_stops_locust_naming_it(
     assert done.returncode != 0
     assert "Traceback" not in done.stderr, done.stderr
     assert f"{name}={value!r}: {words}" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8090/v3/ws", "http://127.0.0.1:8090/v3/ws", "ws://"])
+def test_an_upstream_url_that_is_not_a_websocket_url_is_refused_at_start(url: str) -> None:
+    # was: accepted, then every call failed at connect (the Helm schema already said ws(s)://)
+    from controlplane.config import Settings, SettingsError
+
+    for name in ("CONTROLPLANE_UPSTREAM_STREAMING_URL", "CONTROLPLANE_UPSTREAM_AGENT_URL"):
+        with pytest.raises(SettingsError, match=rf"\({name}\): '{re.escape(url)}' must be a ws"):
+            Settings.from_env({name: url}).check()
+    Settings.from_env({"CONTROLPLANE_UPSTREAM_AGENT_URL": "ws://127.0.0.1:8090/v1/ws"}).check()
