@@ -99,6 +99,11 @@ class ControlPlaneClient:
             raise CliError(
                 f"--url must be http(s)://host:port, got {redact_url(url)!r}", exit_code=2
             )
+        if parts.username is not None or parts.password is not None:  # urllib sent neither
+            raise CliError(
+                f"--url must not carry user:password@ (got {redact_url(url)!r}): the API takes "
+                "a bearer token, --token or CONTROLPLANE_TOKEN", exit_code=2,
+            )  # fmt: skip
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
         self._token = token
@@ -328,5 +333,12 @@ def _api_error(exc: urllib.error.HTTPError) -> ApiError:
     except (ValueError, KeyError, TypeError):
         text = ""
         if exc.headers.get_content_type().startswith("text/"):
-            text = raw.decode("utf-8", "replace").strip()[:200]
-        return ApiError(status, f"http_{status}", text or f"HTTP {status} {exc.reason}", {})
+            text = " ".join(raw.decode("utf-8", "replace").split())[:200]
+        parts = urllib.parse.urlsplit(redact_url(exc.url or ""))
+        where = f"{parts.scheme}://{parts.netloc}" if parts.netloc else "the server"
+        return ApiError(
+            status, f"http_{status}",
+            f"{text or f'HTTP {status} {exc.reason}'} (not a control-plane error answer: a proxy "
+            f"in between, or {where} is not a control plane; check --url / CONTROLPLANE_URL)",
+            {},
+        )  # fmt: skip

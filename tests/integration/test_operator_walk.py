@@ -3,11 +3,13 @@ wrong and which setting or limit, exit 1 or 2, never a traceback."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -140,3 +142,25 @@ def test_an_upstream_url_that_is_not_a_websocket_url_is_refused_at_start(url: st
         with pytest.raises(SettingsError, match=rf"\({name}\): '{re.escape(url)}' must be a ws"):
             Settings.from_env({name: url}).check()
     Settings.from_env({"CONTROLPLANE_UPSTREAM_AGENT_URL": "ws://127.0.0.1:8090/v1/ws"}).check()
+
+
+def test_a_url_with_credentials_is_a_usage_error_without_echoing_them(tmp_path: Path) -> None:
+    # was: "cannot reach control plane at http://127.0.0.1:9: Name or service not known"
+    done = _run(tmp_path, "policy", "ls", "--url", "http://ops:s3cret@127.0.0.1:9")
+    _one_clear_line(done, 2, "--url must not carry user:password@", "'http://127.0.0.1:9'")
+    assert "s3cret" not in done.stderr + done.stdout
+
+
+def test_an_answer_that_is_not_the_control_planes_says_so(tmp_path: Path) -> None:
+    # was: "http_404 (HTTP 404): 404: Not Found", whatever answered on that port
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done = _run(tmp_path, "policy", "ls", "--url", url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    _one_clear_line(done, 1, "(HTTP 501)", f"{url} is not a control plane", "--url")
