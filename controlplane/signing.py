@@ -18,6 +18,13 @@ at least ``MIN_KEY_BYTES`` long, comma- or newline-separated: the first key sign
 verifies (rotation: add the new key second, roll out, move it first, roll out, drop the old).
 A key file is re-read when it changes (a Kubernetes Secret update needs no restart).
 
+A key written ``<role>:<key>`` (a lowercase word, then ``:``) is *scoped*: the HMAC key is the
+part after the colon, and a signature under it counts only where the caller's
+``scope_allows(role)`` says so (policy events: the role the event claims is that role or
+below, controlplane.cluster.nats_bus); a match under scoped keys alone is refused
+``role_above_key``. Unscoped keys (the replicas') count everywhere. Role names are checked
+by the settings (this module knows none).
+
 Secrets never leave this module: ``SigningKeys`` prints as ``<2 keys>``, errors say which key
 entry is wrong, never its text, and comparisons are constant-time (``hmac.compare_digest``).
 """
@@ -29,8 +36,9 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Final, Literal
 
@@ -55,36 +63,46 @@ ENV_KEY: Final = "CONTROLPLANE_POLICY_SIGNING_KEY"
 ENV_KEY_FILE: Final = "CONTROLPLANE_POLICY_SIGNING_KEY_FILE"
 MAX_HEADER_CHARS: Final = 4096  # a few signatures; anything longer is refused unread
 
-Refusal = Literal["unsigned", "bad_signature"]
+Refusal = Literal["unsigned", "bad_signature", "role_above_key"]
+_SCOPE: Final = re.compile(r"[a-z]{1,16}")  # ``<role>:<key>``: a scoped key (module docstring)
 
 
 class SigningKeys:
     """One or more HMAC keys (the first signs). Prints and compares without showing them."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_scopes")
 
-    def __init__(self, keys: Iterable[bytes]) -> None:
+    def __init__(self, keys: Iterable[bytes], scopes: Iterable[str | None] = ()) -> None:
         self._keys = tuple(keys)
         if not self._keys:
             raise ValueError("no policy signing key given")
+        self._scopes = tuple(scopes) or (None,) * len(self._keys)
+        if len(self._scopes) != len(self._keys):
+            raise ValueError("one scope (or None) per policy signing key")
 
     @classmethod
     def parse(cls, text: str, *, source: str = "policy signing key") -> SigningKeys:
         """Comma- or newline-separated keys; ValueError names the entry, never its text."""
-        keys = []
+        keys, scopes = [], []
         for i, item in enumerate(part.strip() for part in text.replace("\n", ",").split(",")):
             if not item:
                 continue
-            raw = item.encode()
+            scope: str | None
+            scope, sep, rest = item.partition(":")
+            if sep and _SCOPE.fullmatch(scope):
+                raw = rest.strip().encode()
+            else:
+                scope, raw = None, item.encode()
             if len(raw) < MIN_KEY_BYTES:
                 raise ValueError(
                     f"{source}: key {i + 1} is shorter than {MIN_KEY_BYTES} bytes "
                     "(generate one with: openssl rand -hex 32)"
                 )
             keys.append(raw)
+            scopes.append(scope)
         if not keys:
             raise ValueError(f"{source}: no key found")
-        return cls(keys)
+        return cls(keys, scopes)
 
     @classmethod
     def read(cls, path: Path) -> SigningKeys:
@@ -99,6 +117,11 @@ class SigningKeys:
     def keys(self) -> tuple[bytes, ...]:
         return self._keys
 
+    @property
+    def scopes(self) -> tuple[str | None, ...]:
+        """Each key's scope (``<role>:<key>``), None for an unscoped key."""
+        return self._scopes
+
     def __len__(self) -> int:
         return len(self._keys)
 
@@ -109,6 +132,8 @@ class SigningKeys:
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SigningKeys) or len(other._keys) != len(self._keys):
+            return False
+        if other._scopes != self._scopes:
             return False
         return all(hmac.compare_digest(a, b) for a, b in zip(self._keys, other._keys, strict=True))
 
@@ -170,11 +195,17 @@ class EventSigner:
         return {SIGNATURE_HEADER: signature(keys[0], msg_id, body)} if keys else {}
 
     def check(
-        self, headers: Mapping[str, str] | None, body: bytes, *, msg_id: str | None = None
+        self,
+        headers: Mapping[str, str] | None,
+        body: bytes,
+        *,
+        msg_id: str | None = None,
+        scope_allows: Callable[[str], bool] | None = None,
     ) -> Refusal | None:
         """None when the event may be applied; else why it is refused. ``msg_id``: what the
         signature covers instead of the ``Nats-Msg-Id`` header (an owner request: its
-        subject, so a request signed for one replica cannot be sent to another)."""
+        subject, so a request signed for one replica cannot be sent to another).
+        ``scope_allows``: whether a scoped key's signature counts here (None: never)."""
         if not self.enabled:
             return None
         headers = headers or {}
@@ -186,12 +217,21 @@ class EventSigner:
         if msg_id is None:
             msg_id = headers.get("Nats-Msg-Id", "")
         offered = [part.strip() for part in given.split(",") if part.strip()]
-        ok = False
-        for key in self.current():
+        keys = self.current()
+        scopes = self._keys.scopes if self._keys is not None else ()
+        ok = scoped = False
+        for key, scope in zip(keys, scopes, strict=True):
             expected = signature(key, msg_id, body).encode()
+            hit = False
             for value in offered:  # no early exit: the time does not depend on which matched
-                ok |= hmac.compare_digest(expected, value.encode())
-        return None if ok else "bad_signature"
+                hit |= hmac.compare_digest(expected, value.encode())
+            if hit and (scope is None or (scope_allows is not None and scope_allows(scope))):
+                ok = True
+            elif hit:
+                scoped = True
+        if ok:
+            return None
+        return "role_above_key" if scoped else "bad_signature"
 
 
 # -- controlplane policy sign -------------------------------------------------------------

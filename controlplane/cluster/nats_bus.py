@@ -18,7 +18,8 @@ If the consumer disappears (NATS restarted, or it idled past its inactivity thre
 disconnected) it is recreated from the next stream sequence, so nothing is skipped.
 
 Signed events (optional, ``controlplane.signing``): with a key set, ``publish`` adds
-``Cp-Signature`` and the consumer acks, counts (``result="unsigned"|"bad_signature"``) and
+``Cp-Signature`` and the consumer acks, counts (``result="unsigned"|"bad_signature"|
+"role_above_key"``: a key scoped to a role below the event's, controlplane.signing) and
 logs, but never applies, an event without a valid one. Liveness (``problem()``, for
 ``/readyz``): a fetch that returned events, or an empty one followed by an answered PING,
 is progress; a server that answers nothing (stopped, unreachable) makes none
@@ -33,6 +34,7 @@ import contextlib
 import json
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any, Final
 
 import nats
@@ -52,6 +54,7 @@ from controlplane.intake.bus import (
     decode_event,
 )
 from controlplane.metrics import Metrics
+from controlplane.roles import Role, event_role
 from controlplane.signing import EventSigner, Refusal
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
@@ -81,8 +84,24 @@ REFUSAL_LOG_WINDOW_S: Final = 10.0  # ... the rest summed up (_RefusalLog)
 _REFUSED: Final[dict[Refusal, str]] = {
     "unsigned": "no Cp-Signature header (policy signing is on)",
     "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
+    "role_above_key": "signed only by keys scoped to a role below the role the event claims "
+    "(or it claims none)",
 }
 _SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:")
+
+
+def _scope_allows(event: PolicyEvent) -> Callable[[str], bool]:
+    """A key scoped to a role signs events claiming that role or a lower one (never an event
+    without a role: an operator's tool needs an unscoped key; controlplane.signing)."""
+    claimed = event_role(event.role, event.actor)
+
+    def allows(scope: str) -> bool:
+        try:
+            return claimed is not None and claimed <= Role.parse(scope)
+        except ValueError:  # not a role (the settings refuse it at start)
+            return False
+
+    return allows
 
 
 def subject_token(value: str) -> str:
@@ -378,14 +397,17 @@ class NatsPolicyBus:
     async def _handle(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
         data = msg.data or b""
-        refusal = None if seq <= self._unsigned_through else self._signer.check(msg.headers, data)
         problem: str | None = None
         kind: str
+        event: PolicyEvent | None = None
         try:
             event = await self._decode(msg.subject, data)
             kind = event.type
         except UndecodableEvent as exc:  # acked: counted once, never redelivered
             kind, problem = exc.type, str(exc)
+        refusal = None if seq <= self._unsigned_through else self._signer.check(
+            msg.headers, data, scope_allows=None if event is None else _scope_allows(event)
+        )  # fmt: skip
         if refusal is not None:  # acked: a forged or unsigned event is never redelivered
             self._metrics.policy_events.labels(kind, refusal).inc()
             msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")[:200]
@@ -397,6 +419,7 @@ class NatsPolicyBus:
             if self._refusals.allow():
                 log.warning("policy event at %s seq %d refused: %s", msg.subject, seq, problem)
         else:
+            assert event is not None
             await self._apply(msg, event, seq)
             return
         await msg.ack()

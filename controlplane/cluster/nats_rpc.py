@@ -132,6 +132,8 @@ class NatsRpc:
         why = self._signer.check(msg.headers, data, msg_id=msg.subject)
         if why == "unsigned":
             return f"no {SIGNATURE_HEADER} header (this cluster signs owner requests)"
+        if why == "role_above_key":
+            return "signed only by keys scoped to a role (owner requests need a replica's key)"
         if why is not None:
             return f"{SIGNATURE_HEADER} does not match (wrong key, other subject or changed body)"
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from controlplane.config.schema import (
+    ROLES,
     Group,
     Setting,
     SettingsError,
@@ -55,7 +56,22 @@ def _tokens(raw: str, source: str) -> dict[str, str]:
 
 
 def _signing_keys(raw: str, source: str) -> SigningKeys:
-    return SigningKeys.parse(raw, source=source)  # its error names the source, never a key
+    keys = SigningKeys.parse(raw, source=source)  # its error names the source, never a key
+    _check_scopes(keys, source)
+    return keys
+
+
+def _check_scopes(keys: SigningKeys, source: str) -> None:
+    """A scoped key (``<role>:<key>``) names a role, and the first key (the one replicas sign
+    with) is unscoped: a replica's events may claim any role (controlplane.signing)."""
+    for i, scope in enumerate(keys.scopes):
+        if scope is not None and scope not in ROLES:
+            # (not quoted: with a colon in a key, the text before it is part of the key)
+            raise ValueError(f"{source}: key {i + 1} is scoped to an unknown role (roles: "
+                             f"{', '.join(ROLES)})")  # fmt: skip
+    if keys.scopes[0] is not None:
+        raise ValueError(f"{source}: key 1 is scoped to a role; the first key signs the "
+                         "replicas' events: put scoped keys after an unscoped one")  # fmt: skip
 
 
 def _stream_name(value: str) -> None:
@@ -404,7 +420,8 @@ class Settings:
                 raise SettingsError(str(exc)) from None
         if self.policy_signing_key_file is not None:
             try:
-                SigningKeys.read(self.policy_signing_key_file)
+                path = self.policy_signing_key_file
+                _check_scopes(SigningKeys.read(path), f"policy signing key file {path}")
             except ValueError as exc:  # names the file and the entry, never a key
                 raise SettingsError(str(exc)) from None
         if self.audit_signing_key_file is not None:  # readable and a key (never quoted)

@@ -18,8 +18,10 @@ like a session a halt does not pin: ``outside_waves`` names those policies for o
 
 Ownership (docs/policies.md#ownership): each event names its publisher's role; a policy's owner
 role is the highest role among its events (its creator's, raised by a higher role's publish).
-An event from a role below the owner changes nothing (every replica refuses it alike); one
-without a role (an operator's tool on the stream) keeps the owner (compliance for a new id). Each
+An event from a role below the owner changes nothing (every replica refuses it alike), nor
+does one its role may not publish (below compliance: only experiment policies without a
+lock, ``roles.publish_refusal``); one without a role (an operator's tool on the stream)
+keeps the owner (compliance for a new id). Each
 stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
 """
 
@@ -34,7 +36,7 @@ from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
-from controlplane.roles import Role, event_role
+from controlplane.roles import Role, event_role, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
 from policies.model import Policy, parse_policy
@@ -395,6 +397,10 @@ class PolicyStore:
         if role is not None and owner is not None and role < owner:
             log.warning("policy event %s refused: role %s is below the owner role %s",
                         event.msg_id, role.label, owner.label)  # fmt: skip
+            return False
+        refusal = None if role is None else publish_refusal(role, event.policy)
+        if refusal is not None:  # what the REST API refuses that role (roles.publish_refusal)
+            log.warning("policy event %s refused: %s", event.msg_id, refusal)
             return False
         return True
 
