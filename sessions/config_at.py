@@ -48,7 +48,11 @@ from policies.delta import apply
 from sessions.errors import NotRebuildable, UnknownSession
 from sessions.versionchain import config_hash
 
-__all__ = ["ConfigAt", "config_at"]
+__all__ = ["LATE_ANSWER", "ConfigAt", "config_at"]
+
+# how a late answer's error starts: an answer that came after the acknowledgement timeout,
+# recorded as one more entry of the version after its `unverified` one (docs/audit.md)
+LATE_ANSWER = "answered after the acknowledgement timeout (recorded unverified before)"
 
 _ANSWERS: Final = frozenset({"acked", "rejected", "unverified"})
 _ENTRY_KEYS: Final = ("seq", "at", "cause", "status", "version", "hash", "config_hash", "error")
@@ -281,7 +285,8 @@ class _Rebuild:
             return
         candidate, sent = held if held is not None else (apply(self.config, row.get("delta") or {}),
                                                          None)  # fmt: skip
-        if status == "acked" or row.get("error") is None:
+        applied = row.get("error") is None or str(row["error"]).startswith(LATE_ANSWER)
+        if status == "acked" or applied:
             # applied on what runs at the answer: a client update acknowledged between the
             # push's `sent` and this answer is kept (the engine hashes that config)
             now = apply(self.config, row.get("delta") or {})
@@ -291,7 +296,7 @@ class _Rebuild:
         if status == "acked":
             self.config = candidate
             self.establish(row, f"acknowledged by the upstream (version {version})", sent)
-        elif row.get("error") is None:
+        elif applied:  # (an app's report; a late one, after the acknowledgement timeout)
             self.config = candidate
             self.establish(row, "applied as the app reported; not acknowledged (the protocol "
                            "has none)", sent)  # fmt: skip

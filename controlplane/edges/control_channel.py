@@ -70,6 +70,7 @@ from controlplane.push.actions import (
     Action,
     ClientChange,
     Count,
+    LateAnswer,
     ToClient,
     TurnBoundary,
 )
@@ -281,6 +282,8 @@ class ControlChannel:
                     await ws.send_str(action.text)
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
+            elif isinstance(action, LateAnswer):
+                port.late_answer(ls, action.push, action.ack)
             elif isinstance(action, ClientChange):
                 await port.client_update(ls, action.update)
             elif isinstance(action, TurnBoundary):

@@ -17,7 +17,14 @@ from controlplane.api.inputs import parse_frame
 from controlplane.edges.admission import UpdateRates
 from controlplane.labels import MAX_LABELS
 from controlplane.push.acks import ClientRefusal, ClientUpdate, PushAck, PushApplied, PushRejected
-from controlplane.push.actions import Acknowledge, Action, ClientChange, Count, ToClient
+from controlplane.push.actions import (
+    Acknowledge,
+    Action,
+    ClientChange,
+    Count,
+    LateAnswer,
+    ToClient,
+)
 from controlplane.push.actions import TurnBoundary as TurnBoundaryAction
 from controlplane.push.live import LiveSession
 from policies.errors import PolicyValidationError
@@ -70,21 +77,29 @@ class ControlSession:
         if kind == "heartbeat":
             return [ToClient(json.dumps({"type": "heartbeat", "at": wall}))]
         if kind in ("applied", "failed"):
-            return [Acknowledge(self._report(kind, raw))]
+            return [self._report(kind, raw)]
         if kind == "turn_boundary":
             return [TurnBoundaryAction()]
         if kind == "update":
             return self._update(raw.get("config"))
         raise ProtocolError("unknown_type", f"unknown message type {kind!r}")
 
-    def _report(self, kind: str, raw: dict[str, Any]) -> PushAck:
-        """``applied`` / ``failed``: about the push in flight, else refused."""
+    def _report(self, kind: str, raw: dict[str, Any]) -> Acknowledge | LateAnswer:
+        """``applied`` / ``failed``: about the push in flight; about the last push that ended
+        without a report in time (the acknowledgement timeout), a late answer, recorded as
+        one more entry (docs/audit.md, "Late answers"); else refused."""
         version = raw.get("version")
         if isinstance(version, bool) or not isinstance(version, int):
             raise ProtocolError("bad_version", f"{kind}.version must be an integer")
-        in_flight = self.ls.push.in_flight
-        if in_flight is None or in_flight.version != version:
-            raise ProtocolError("unknown_version", f"version {version} is not awaiting a report")
+        state = self.ls.push
+        in_flight, late = state.in_flight, state.unanswered
+        if in_flight is not None and in_flight.version == version:
+            return Acknowledge(self._ack(kind, raw))
+        if late is not None and late.version == version:
+            return LateAnswer(late, self._ack(kind, raw))
+        raise ProtocolError("unknown_version", f"version {version} is not awaiting a report")
+
+    def _ack(self, kind: str, raw: dict[str, Any]) -> PushAck:
         if kind == "applied":  # Streaming v3 has no acknowledgement: applied, never acked
             return PushApplied(
                 "acked" if self.ls.session.kind == "voice-agent-v1" else "unverified"

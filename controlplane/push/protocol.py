@@ -113,6 +113,9 @@ class PushState:
     desired_owners: Mapping[str, PolicyRef] = field(default_factory=dict)
     _unsent: list[int] = field(default_factory=list)
     _event_at: float | None = None
+    # the last push that ended without an answer in time (``timed_out``, ``unattributed``):
+    # a report about it that comes late is still recorded (``late_answer``)
+    unanswered: Push | None = None
 
     @classmethod
     def start(
@@ -373,19 +376,25 @@ class PushState:
         self.last_status = "unverified"
         return Outcome(push, "unverified", error)
 
-    def late_answer(self, push: Push, applied: Delta, refused: tuple[str, ...] = ()) -> None:
+    def late_answer(
+        self, push: Push, applied: Delta, refused: tuple[str, ...] = (), status: Status = "acked"
+    ) -> None:
         """``push`` ended without an answer in time (``timed_out``, ``unattributed``) and the
         upstream answered it after all: it applied ``applied`` (the push's delta, or the part
-        it applied; ``refused``: the fields it refused). The base takes it now; the version is
-        acknowledged when wholly applied; the state follows when no later push went."""
+        it applied; ``refused``: the fields it refused; ``status`` ``unverified``: applied as
+        a control-channel app reported on a dialect that cannot acknowledge). The base takes
+        it now; the version is acknowledged when wholly applied and acknowledgeable; the state
+        follows when no later push went."""
         if self.in_flight is push:
             return  # (not late: the caller acknowledges it)
+        if self.unanswered is push:
+            self.unanswered = None  # answered once
         base = _apply(self.base, applied)
         self.base = push.config if base == push.config else base  # (shared config objects)
-        if not refused:
+        if not refused and status == "acked":
             self.acked_version = max(self.acked_version, push.version)
         if push.version == self.sent_version and self.in_flight is None:
-            self.last_status = "rejected" if refused else "acked"
+            self.last_status = "rejected" if refused else status
 
     def unattributed(self, reason: str) -> Outcome | None:
         """An answer came that cannot be attributed to the in-flight push with certainty: it
@@ -395,6 +404,7 @@ class PushState:
             return None
         self.in_flight = None
         self.last_status = "unverified"
+        self.unanswered = push
         return Outcome(push, "unverified", reason)
 
     def timed_out(self, now: float, timeout: float) -> Outcome | None:
@@ -408,6 +418,7 @@ class PushState:
             return None
         self.in_flight = None
         self.last_status = "unverified"
+        self.unanswered = push
         return Outcome(push, "unverified", f"no acknowledgement within {timeout:g}s")
 
     @property

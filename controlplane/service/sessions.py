@@ -51,11 +51,10 @@ from policies.delta import apply as apply_delta
 from policies.delta import diff
 from policies.model import Policy
 from policies.provenance import PolicyRef
+from sessions.config_at import LATE_ANSWER
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 
 __all__ = ["LATE_ANSWER", "EngineSessions", "RejectCounter", "SessionPort"]
-
-LATE_ANSWER = "answered after the acknowledgement timeout (recorded unverified before)"
 
 
 class SessionPort(Protocol):
@@ -203,8 +202,9 @@ class EngineSessions:
             return
         state, engine = ls.push, self._engine
         refused: tuple[str, ...] = ()
-        if isinstance(ack, PushApplied):
-            applied, status, error = push.delta, "acked", LATE_ANSWER
+        status: Status
+        if isinstance(ack, PushApplied):  # (`unverified`: a control app applied it, on a
+            applied, status, error = push.delta, ack.status, LATE_ANSWER  # dialect without acks)
         else:
             refused = tuple(sorted(f for f in ack.fields or push.delta if f in push.delta))
             applied = {f: v for f, v in push.delta.items() if f not in refused}
@@ -214,7 +214,7 @@ class EngineSessions:
             error = f"{LATE_ANSWER}; " + (
                 f"refused in part ({ack.code}: {ack.reason}); the rest applied"
                 if applied else f"{ack.code}: {ack.reason}")  # fmt: skip
-        state.late_answer(push, applied, refused)
+        state.late_answer(push, applied, refused, status)
         config = state.base if applied else apply_delta(state.base, push.delta)
         engine.record(ls, cause=push.cause, status=status, delta=applied or push.delta,
                       wire=None, error=error, version=push.version, refs=push.refs,

@@ -134,6 +134,7 @@ class ControlApp(Actor):
     errors: list[str] = field(default_factory=list)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one upstream update at a time
     forwarding: set[asyncio.Task[None]] = field(default_factory=set)
+    report_delay_s: float = 0.0  # a slow app: waits this long before reporting a push
 
     @property
     def busy(self) -> bool:
@@ -208,6 +209,8 @@ class ControlApp(Actor):
         try:
             async with self.lock:
                 error = await self._send_upstream(push["message"])
+            if self.report_delay_s:
+                await asyncio.sleep(self.report_delay_s)
             assert self.ws is not None
             if error is None:
                 await self.ws.send(json.dumps({"type": "applied", "version": push["version"]}))

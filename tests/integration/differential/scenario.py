@@ -19,8 +19,11 @@ __all__ = [
     "CLIENT_ERRORS",
     "CLIENT_UPDATES",
     "CONTROL_UPDATES",
+    "DISCONNECTS",
+    "LATE_ANSWERS",
     "LOCKS",
     "PRESETS",
+    "RACING_PUBLISHES",
     "RELABELS",
     "RETIRES",
     "ROLLBACKS",
@@ -53,6 +56,14 @@ CLIENT_ERRORS: Final = True
 # session (a client update may overtake our logged push on the wire: b48eca3)
 AGENT_CLIENT_RACING_PUSHES: Final = True
 BURSTS: Final = True  # several operations at once, unsynchronised: interleavings on the wire
+# two publishes in one burst (one fan-out may coalesce them: controlplane/push/coalescing.py)
+RACING_PUBLISHES: Final = True
+# an answer after the acknowledgement timeout: a Voice Agent upstream slower than the timeout
+# (gateway), a control-channel app reporting late (both kinds); a policy change may come
+# while the push is unanswered
+LATE_ANSWERS: Final = True
+# a gateway client gone mid-push (its socket closed right after a publish), then a new session
+DISCONNECTS: Final = True
 
 _CLASSES: Final = {
     "CLIENT_UPDATES": CLIENT_UPDATES, "PRESETS": PRESETS, "LOCKS": LOCKS, "RETIRES": RETIRES,
@@ -61,6 +72,8 @@ _CLASSES: Final = {
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
     "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
+    "RACING_PUBLISHES": RACING_PUBLISHES, "LATE_ANSWERS": LATE_ANSWERS,
+    "DISCONNECTS": DISCONNECTS,
 }  # fmt: skip
 
 _POLICY_OPS: Final = ("publish", "retire", "rollback", "push_rejection")
@@ -189,6 +202,15 @@ def next_op(rng: random.Random, actors: list[tuple[str, str, str]], active: set[
             policy = not any(o.kind in _POLICY_OPS for o in ops)
             op = _one(rng, actors, active, policy=policy, alone=False)
             ops.append(op)
+        if RACING_PUBLISHES and ops[0].kind == "publish" and rng.random() < 0.4:
+            # a second publish, unsynchronised with the first, of another policy (two of one
+            # policy on two replicas: the loser gets 409 version_conflict, see the report)
+            second = _policy(rng, active)
+            if second.body["id"] == ops[0].body["id"]:
+                others = [p for p in POLICY_IDS if p != second.body["id"]]
+                second.body["id"] = rng.choice(others)
+                active.add(second.body["id"])
+            ops.append(second)
         if not AGENT_CLIENT_RACING_PUSHES and any(o.kind in _POLICY_OPS for o in ops):
             agents = {a[0] for a in actors if a[1] == "voice-agent-v1" and a[2] == "gateway"}
             ops = [o for o in ops if not (o.target in agents and o.kind in _CLIENT_OPS)]
@@ -205,6 +227,8 @@ def _one(
     alone: bool = True,
 ) -> Op:
     """One operation; ``actors`` are (name, kind, via) of the open sessions."""
+    if alone and (LATE_ANSWERS or DISCONNECTS) and rng.random() < 0.15:
+        return _late_or_gone(rng, actors, active)
     roll = rng.random() if policy else rng.uniform(0.42, 1.0)
     if roll < 0.35 or (policy and not active):
         return _policy(rng, active)
@@ -251,3 +275,29 @@ def _one(
     name, kind, _ = rng.choice(gateway)
     return Op("client_update", name,
               _streaming_update(rng) if kind == "streaming-v3" else _agent_update(rng))  # fmt: skip
+
+
+def _pushed_to(rng: random.Random, kind: str, pid: str) -> dict[str, Any]:
+    """A policy that changes something for every session of ``kind`` (priority above the
+    random ones)."""
+    names = ("system_prompt", "max_turn_silence_ms") if kind == "voice-agent-v1" else (
+        "keyterms", "max_turn_silence_ms")  # fmt: skip
+    return {"id": pid, "priority": 40, "match": {"kind": [kind]},
+            "set": {n: value(rng, n) for n in names}}  # fmt: skip
+
+
+def _late_or_gone(rng: random.Random, actors: list[tuple[str, str, str]], active: set[str]) -> Op:
+    """``late_push``: the target answers (or reports) our push after the acknowledgement
+    timeout, sometimes with another policy change published meanwhile (``then``);
+    ``gone``: a gateway client closes its socket right after a publish reached it."""
+    pid = rng.choice(POLICY_IDS)
+    active.add(pid)
+    late = [a for a in actors if a[1] == "voice-agent-v1" or a[2] == "control"]
+    if LATE_ANSWERS and (not DISCONNECTS or rng.random() < 0.6):
+        name, kind, _ = rng.choice(late)
+        body: dict[str, Any] = {"policy": _pushed_to(rng, kind, pid)}
+        if rng.random() < 0.4:
+            body["then"] = _policy(rng, active).body
+        return Op("late_push", name, body)
+    name, kind, _ = rng.choice([a for a in actors if a[2] == "gateway"])
+    return Op("gone", name, {"policy": _pushed_to(rng, kind, pid)})

@@ -4,7 +4,8 @@
 Many sessions — streaming v3 and Voice Agent through the gateway, both kinds on the control
 channel with their own upstream sockets — go through a seeded random interleaving of policy
 publishes and retires, client updates (streaming ``mode`` presets included), control-channel
-updates, upstream rejections (emulator faults), acknowledgements and errors, over real
+updates, upstream rejections (emulator faults), acknowledgements and errors, answers after
+the acknowledgement timeout (late), racing publishes and clients leaving mid-push, over real
 sockets against the bundled emulator. After every operation the system is let settle
 (quiescence), and:
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import json
 import os
@@ -50,6 +52,16 @@ STEPS = int(os.environ.get("DIFF_STEPS", "30"))
 QUIET_POLLS = 3  # equal consecutive polls that make quiescence
 POLL_S = 0.03
 QUIESCE_TIMEOUT_S = 8.0
+ACK_TIMEOUT_S = 1.0  # the control planes' (conftest): late answers come after it
+LATE_BY_S = 0.5  # a late answer comes this long after the acknowledgement timeout
+SPECS = {"s0": ("streaming-v3", "universal-3-5-pro", "gateway"),
+         "s1": ("streaming-v3", "universal-3-5-pro", "gateway"),
+         "s2": ("streaming-v3", "universal-streaming-english", "gateway"),
+         "a0": ("voice-agent-v1", "voice-agent", "gateway"),
+         "a1": ("voice-agent-v1", "voice-agent", "gateway"),
+         "a2": ("voice-agent-v1", "voice-agent", "gateway"),
+         "cs": ("streaming-v3", "universal-3-5-pro", "control"),
+         "ca": ("voice-agent-v1", "voice-agent", "control")}  # fmt: skip
 SAMPLES = 12  # instants sampled per session for the timeline check
 
 
@@ -77,6 +89,11 @@ class Run:
     replicas: list[ControlPlaneUnderTest] = field(default_factory=list)
     home: dict[str, ControlPlaneUnderTest] = field(default_factory=dict)  # actor -> replica
     choose: random.Random = field(default_factory=random.Random)
+    tiers: dict[str, str] = field(default_factory=dict)  # actor -> its tier label
+    # sessions whose client left ("gone"), under "<name>~<n>": checked like the others (no
+    # live state); born: when each session (by key) opened, for the timeline check
+    gone: dict[str, Actor] = field(default_factory=dict)
+    born: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.replicas = self.replicas or [self.cp]
@@ -101,7 +118,7 @@ class Run:
         """Everything needed to read a divergence: the operations, and per session the control
         plane's log and the emulator's timeline."""
         out: dict[str, Any] = {"seed": self.seed, "operations": self.history, "sessions": {}}
-        for name, actor in self.actors.items():
+        for name, actor in self.all_sessions():
             with contextlib.suppress(Exception):
                 upstream = await self.emulator.session(actor.upstream_id)
                 out["sessions"][name] = {
@@ -118,39 +135,79 @@ class Run:
 
     # -- sessions -----------------------------------------------------------------------
     async def open(self, rng: random.Random) -> None:
-        specs = [("s0", "streaming-v3", "universal-3-5-pro", "gateway"),
-                 ("s1", "streaming-v3", "universal-3-5-pro", "gateway"),
-                 ("s2", "streaming-v3", "universal-streaming-english", "gateway"),
-                 ("a0", "voice-agent-v1", "voice-agent", "gateway"),
-                 ("a1", "voice-agent-v1", "voice-agent", "gateway"),
-                 ("a2", "voice-agent-v1", "voice-agent", "gateway"),
-                 ("cs", "streaming-v3", "universal-3-5-pro", "control"),
-                 ("ca", "voice-agent-v1", "voice-agent", "control")]  # fmt: skip
-        for i, (name, kind, model, via) in enumerate(specs):
-            tier = rng.choice(("gold", "basic"))
-            home = self.home[name] = self.replicas[i % len(self.replicas)]
-            actor: Actor
-            if via == "control":
-                app = ControlApp(name, kind, model, via)
-                await app.open(f"ws://127.0.0.1:{self.emulator.port}", home.ws_base, ADMIN,
-                               {"tier": tier})  # fmt: skip
-                actor = app
-            elif kind == "streaming-v3":
-                actor = GatewayStreaming(name, kind, model, via)
-                await actor.open(home.ws_base, f"tier={tier}")
-            else:
-                actor = GatewayAgent(name, kind, model, via)
-                await actor.open(home.ws_base, f"tier={tier}")
-            if via == "gateway":
-                actor.session_id = home.live_by_upstream(actor.upstream_id)
-            self.actors[name] = actor
+        for i, name in enumerate(SPECS):
+            self.tiers[name] = rng.choice(("gold", "basic"))
+            self.home[name] = self.replicas[i % len(self.replicas)]
+            self.actors[name] = await self._open_one(name)
         await self.quiesce()
         for name, actor in self.actors.items():
             self.initial[name] = (await self.emulator.session(actor.upstream_id))["config"]
 
+    async def _open_one(self, name: str) -> Actor:
+        kind, model, via = SPECS[name]
+        home, tier = self.home[name], self.tiers[name]
+        actor: Actor
+        if via == "control":
+            app = ControlApp(name, kind, model, via)
+            await app.open(f"ws://127.0.0.1:{self.emulator.port}", home.ws_base, ADMIN,
+                           {"tier": tier})  # fmt: skip
+            actor = app
+        elif kind == "streaming-v3":
+            actor = GatewayStreaming(name, kind, model, via)
+            await actor.open(home.ws_base, f"tier={tier}")
+        else:
+            actor = GatewayAgent(name, kind, model, via)
+            await actor.open(home.ws_base, f"tier={tier}")
+        if via == "gateway":
+            actor.session_id = home.live_by_upstream(actor.upstream_id)
+        self.born[name] = time.time()
+        return actor
+
+    def all_sessions(self) -> list[tuple[str, Actor]]:
+        """Every session of the run by key: the open ones, then those whose client left."""
+        return [*self.actors.items(), *self.gone.items()]
+
     async def close(self) -> None:
         for actor in self.actors.values():
             await actor.close()
+
+    async def late_push(self, actor: Actor, body: dict[str, Any]) -> None:
+        """Our push answered (gateway: the emulator handles it late) or reported (a control
+        app) after the acknowledgement timeout; ``then``: a policy change published while
+        it is unanswered."""
+        late = ACK_TIMEOUT_S + LATE_BY_S
+        if isinstance(actor, ControlApp):
+            actor.report_delay_s = late
+        else:
+            await self.emulator.faults(actor.upstream_id, {"latency_ms": late * 1000})
+        try:
+            await self.publish(body["policy"])
+            if "then" in body:
+                await asyncio.sleep(ACK_TIMEOUT_S / 2)
+                await self.publish(body["then"])
+            await asyncio.sleep(late + 0.2)
+        finally:
+            if isinstance(actor, ControlApp):
+                actor.report_delay_s = 0.0
+            else:
+                await self.emulator.faults(actor.upstream_id, {"latency_ms": 0})
+
+    async def leave(self, name: str, doc: dict[str, Any]) -> None:
+        """A gateway client closes its socket right after a publish reached its session (the
+        push possibly unanswered); a new session of the same spec takes its place."""
+        actor, home = self.actors[name], self.home[name]
+        await self.publish(doc)
+        await actor.close()
+        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        while actor.session_id in home.service.engine.live:
+            if time.monotonic() > deadline:
+                await self.fail(f"{name}: its session did not end after its client left")
+            await asyncio.sleep(POLL_S)
+        key = f"{name}~{len(self.gone)}"
+        self.gone[key], self.born[key] = actor, self.born[name]
+        self.initial[key] = self.initial[name]
+        fresh = self.actors[name] = await self._open_one(name)
+        self.initial[name] = (await self.emulator.session(fresh.upstream_id))["config"]
 
     # -- operations ---------------------------------------------------------------------
     async def apply(self, op: Op, *, record: bool = True) -> None:
@@ -192,6 +249,10 @@ class Run:
             actor = self.actors[op.target or ""]
             assert isinstance(actor, GatewayAgent)
             await actor.send(op.body)
+        elif op.kind == "late_push":
+            await self.late_push(self.actors[op.target or ""], op.body)
+        elif op.kind == "gone":
+            await self.leave(op.target or "", op.body["policy"])
         elif op.kind == "control_update":
             actor = self.actors[op.target or ""]
             assert isinstance(actor, ControlApp)
@@ -259,13 +320,15 @@ class Run:
     async def check_now(self, at: float, step: int) -> None:
         """Invariant 1 at a quiescent instant, for every session."""
         problems: list[str] = []
-        for name, actor in self.actors.items():
+        for name, actor in self.all_sessions():
             upstream = await self.emulator.session(actor.upstream_id)
             truth = emulator_view(actor.kind, actor.model, upstream["config"])
             recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
             for field_name, (ours, theirs) in diff_views(recorded, truth).items():
                 problems.append(f"{name} config-at.{field_name}: recorded {ours!r}, "
                                 f"upstream runs {theirs!r}")  # fmt: skip
+            if name in self.gone:
+                continue  # (no live state: its client left)
             ls = self.home[name].service.engine.live.get(actor.session_id)
             if ls is None:
                 problems.append(f"{name}: not live in the control plane")
@@ -285,11 +348,12 @@ class Run:
 
     async def check_timelines(self, rng: random.Random) -> None:
         """Invariant 2: config-at at sampled quiescent instants = the emulator's timeline."""
-        for name, actor in self.actors.items():
+        for name, actor in self.all_sessions():
             upstream = await self.emulator.session(actor.upstream_id)
             timeline = [e for e in upstream["timeline"] if e.get("config") is not None]
             ats = [float(e["at"]) for e in timeline]
-            for lo, hi in rng.sample(self.windows, k=min(SAMPLES, len(self.windows))):
+            windows = [w for w in self.windows if w[0] >= self.born[name]]  # (its own session's)
+            for lo, hi in rng.sample(windows, k=min(SAMPLES, len(windows))):
                 at = rng.uniform(lo, hi)
                 i = bisect.bisect_right(ats, at)
                 config = timeline[i - 1]["config"] if i else self.initial[name]
@@ -321,6 +385,8 @@ async def run_scenario(run: Run, steps: int) -> None:
             await run.check_now(quiet_from, step)
         run.windows.append((quiet_from, time.time()))
         await run.check_timelines(rng)
+        kinds = collections.Counter(op.split(" ")[0] for op in run.history)
+        print(f"differential seed {run.seed}: operations {dict(sorted(kinds.items()))}")
     finally:
         await run.close()
 

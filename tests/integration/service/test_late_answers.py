@@ -21,9 +21,15 @@ import pytest
 
 from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
-from tests.integration.differential.actors import GatewayAgent
+from tests.integration.differential.actors import Actor, ControlApp, GatewayAgent
 from tests.integration.differential.views import diff_views, emulator_view, recorded_view
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, _serve, eventually
+from tests.integration.service.conftest import (
+    ADMIN,
+    ControlPlaneUnderTest,
+    Emulator,
+    _serve,
+    eventually,
+)
 
 ACK_TIMEOUT_S = 0.4
 LATENCY_MS = 900  # the emulator's wait before handling each message: > ACK_TIMEOUT_S
@@ -52,7 +58,7 @@ def _statuses(log: list[dict[str, Any]]) -> list[tuple[str, str, int]]:
 
 
 async def _record_is_truth(
-    cp: ControlPlaneUnderTest, emulator: Emulator, agent: GatewayAgent, sid: str
+    cp: ControlPlaneUnderTest, emulator: Emulator, agent: Actor, sid: str
 ) -> dict[str, Any]:
     await asyncio.sleep(0.01)
     answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}", expect=200)
@@ -144,3 +150,41 @@ async def test_a_session_updated_after_the_push_timed_out_is_recorded_acked(
         assert earlier["config"].get("system_prompt") != "Be late."
     finally:
         await agent.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "late_status"),
+    [
+        ("voice-agent-v1", "voice-agent", "acked"),
+        ("streaming-v3", "universal-3-5-pro", "unverified"),
+    ],
+)
+async def test_a_control_channel_report_after_the_timeout_is_recorded(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator, kind: str, model: str, late_status: str
+) -> None:
+    """The app's ``applied`` after the acknowledgement timeout (it was refused
+    ``unknown_version``, and the record said ``unverified`` while its upstream ran the push).
+    Streaming v3: ``unverified`` without acknowledgement, applied as the app reported."""
+    cp = cp_quick
+    app = ControlApp("c0", kind, model, "control")
+    try:
+        await app.open(f"ws://127.0.0.1:{emulator.port}", cp.ws_base, ADMIN, {"tier": "gold"})
+        sid = app.session_id
+        app.report_delay_s = LATENCY_MS / 1000
+        await cp.publish({"id": "slow", "match": {"kind": [kind]},
+                          "set": {"keyterms": ["late"]}})  # fmt: skip
+
+        async def answered() -> list[dict[str, Any]] | None:
+            log = [e for e in await cp.log(sid) if e["cause"] == "policy"]
+            return log if len(log) >= 3 else None
+
+        log = await eventually(answered)
+        assert [e["status"] for e in log] == ["sent", "unverified", late_status], log
+        assert "no acknowledgement within" in log[1]["error"] and LATE in log[2]["error"]
+        assert app.errors == []  # the report was taken
+        await eventually(lambda: not app.busy)
+        await _record_is_truth(cp, emulator, app, sid)
+        session = await cp.session(sid)
+        assert session["versions"]["acked"] == (2 if late_status == "acked" else 1), session
+    finally:
+        await app.close()

@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from tests.integration.differential.test_differential import Run, run_scenario, seeds
+from tests.integration.differential.test_differential import (
+    ACK_TIMEOUT_S,
+    Run,
+    run_scenario,
+    seeds,
+)
 from tests.integration.distributed.conftest import Cluster
 
 DEFAULT_SEEDS = (99,)
@@ -24,7 +29,7 @@ STEPS = int(os.environ.get("DIFF_STEPS", "20"))
 async def test_two_replicas_record_what_the_upstream_runs(
     seed: int, cluster: Cluster, capsys: Any
 ) -> None:
-    a = await cluster.start("node-a")
-    b = await cluster.start("node-b")
+    a = await cluster.start("node-a", ack_timeout_s=ACK_TIMEOUT_S)
+    b = await cluster.start("node-b", ack_timeout_s=ACK_TIMEOUT_S)
     with capsys.disabled():
         await run_scenario(Run(seed, a, cluster.emulator, replicas=[a, b]), STEPS)
