@@ -10,7 +10,7 @@ from typing import Any
 
 from controlplane.cli.http import ControlPlaneClient
 from controlplane.cli.options import add_command
-from controlplane.cli.output import listing, out, table
+from controlplane.cli.output import Progress, listing, out, table
 from sessions.exposures import exposure_problem
 
 __all__ = ["register", "srm_line", "summary_text", "verify_report", "verify_text"]
@@ -46,13 +46,16 @@ def srm_line(srm: dict[str, Any], exposed: Any) -> str:
     return f"{head}, {verdict} (threshold {srm.get('threshold')}, from {least} exposures)"
 
 
-def verify_report(client: ControlPlaneClient, key: str) -> dict[str, Any]:
+def verify_report(
+    client: ControlPlaneClient, key: str, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """Each exposure against the entry of its session's version log that it names (the chain
-    itself is ``audit verify``'s)."""
+    itself is ``audit verify``'s); ``progress(done, total)`` before each log read."""
     problems, checked = [], 0
-    for row in client.assignments(key):
-        if row.get("exposed_at") is None:
-            continue
+    rows = [row for row in client.assignments(key) if row.get("exposed_at") is not None]
+    for row in rows:
+        if progress is not None:
+            progress(checked, len(rows))
         checked += 1
         problem = exposure_problem(row, client.session_log(str(row["session_id"])))
         if problem is not None:
@@ -78,7 +81,9 @@ def _experiment_show(args: argparse.Namespace, client: ControlPlaneClient) -> in
 
 def _experiment_verify(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     """Exit 1 when an exposure is not backed by its session's version log."""
-    report = verify_report(client, args.key)
+    report = verify_report(
+        client, args.key, Progress(f"experiments verify {args.key}: exposures checked")
+    )
     out(args, report, lambda: verify_text(report))
     return 0 if report["ok"] else 1
 

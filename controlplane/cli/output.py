@@ -7,8 +7,9 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -16,6 +17,7 @@ from controlplane.cli.http import ApiError, CliError
 
 __all__ = [
     "Column",
+    "Progress",
     "labels_text",
     "listing",
     "out",
@@ -107,3 +109,28 @@ def listing(args: argparse.Namespace, items: list[dict[str, Any]], cols: Sequenc
 
 def yaml_text(value: Any) -> str:
     return yaml.safe_dump(value, sort_keys=False, allow_unicode=True).rstrip()
+
+
+class Progress:
+    """``progress(done, total)`` for work of one request per item (a session's log): a line
+    on stderr every ``every`` seconds once it has run that long; short runs print nothing."""
+
+    def __init__(
+        self,
+        what: str,
+        *,
+        every: float = 2.0,
+        clock: Callable[[], float] = time.monotonic,
+        stream: TextIO | None = None,
+    ) -> None:
+        self._what, self._every, self._clock, self._stream = what, every, clock, stream
+        self._start = clock()
+        self._next = self._start + every
+
+    def __call__(self, done: int, total: int) -> None:
+        now = self._clock()
+        if now < self._next:
+            return
+        self._next = now + self._every
+        print(f"controlplane: {self._what}: {done} of {total} [{now - self._start:.1f}s]",
+              file=self._stream or sys.stderr, flush=True)  # fmt: skip

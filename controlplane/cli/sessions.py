@@ -12,6 +12,7 @@ from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
 from controlplane.cli.output import (
     Column,
+    Progress,
     labels_text,
     listing,
     out,
@@ -92,7 +93,7 @@ def _sessions_log(args: argparse.Namespace, client: ControlPlaneClient) -> int:
 def _sessions_status(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     rows = cli_status.status_rows(
         client, policy=args.policy, selector=args.selector or (), kind=args.kind,
-        stale_after_s=args.stale_after,
+        stale_after_s=args.stale_after, progress=Progress("sessions status: session logs read"),
     )  # fmt: skip
     cells = [
         (r["session_id"], r["kind"], r["node"], r["policy"], r["version"], r["variant"],

@@ -18,7 +18,7 @@ session's policy versions in effect (``applied``), and the session's version log
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from controlplane.cli.http import ControlPlaneClient
@@ -72,11 +72,16 @@ def status_rows(
     selector: Sequence[str],
     kind: str | None,
     stale_after_s: float,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per live session and policy version in effect (``policy``: only that policy;
-    a session without any policy gets one row with ``policy`` None unless ``policy`` is set)."""
+    a session without any policy gets one row with ``policy`` None unless ``policy`` is set).
+    ``progress(done, total)`` after each session (one log read each: long for thousands)."""
     rows: list[dict[str, Any]] = []
-    for session in client.list_sessions(selector=selector, kind=kind):
+    sessions = client.list_sessions(selector=selector, kind=kind)
+    for done, session in enumerate(sessions, 1):
+        if progress is not None:
+            progress(done - 1, len(sessions))
         refs = [r for r in session.get("applied") or () if isinstance(r, Mapping)]
         if policy is not None:
             refs = [r for r in refs if r.get("id") == policy]
