@@ -8,12 +8,14 @@ side lacks shows as ``None`` (``-`` in the table).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from controlplane.cli.http import CliError
+from controlplane.cli.output import short, table
 
-__all__ = ["HISTORY_HEADERS", "diff_documents", "history_row", "pick_version"]
+__all__ = ["HISTORY_HEADERS", "diff_documents", "diff_text", "history_row", "pick_version"]
 
 HISTORY_HEADERS: Final = ("VERSION", "ACTION", "AT", "ACTOR", "REASON", "DIGEST")
 _DIGEST_CHARS: Final = 12
@@ -67,3 +69,19 @@ def _flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def _plain(value: Any) -> Any:
     return None if value is _ABSENT else value
+
+
+def diff_text(changes: Sequence[Mapping[str, Any]], a: int, b: int, width: int = 60) -> str:
+    """A table of the changes; when a value is longer than ``width`` (a prompt: table cells
+    cut both sides at the same place, often before the difference), every field in full as
+    JSON (quotes and escapes show whitespace and newlines exactly), one line per version."""
+    cells = [(c["path"], short(c["from"], width), short(c["to"], width)) for c in changes]
+    if not any(x.endswith("…") or y.endswith("…") for _, x, y in cells):
+        return table(("FIELD", f"VERSION {a}", f"VERSION {b}"), cells)
+    lines = []
+    for change in changes:
+        lines.append(str(change["path"]))
+        for version, value in ((a, change["from"]), (b, change["to"])):
+            text = "-" if value is None else json.dumps(value, ensure_ascii=False)
+            lines.append(f"  version {version}: {text}")
+    return "\n".join(lines)

@@ -83,8 +83,7 @@ def _policy_diff(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     def human() -> str:
         if not changes:
             return f"policy {args.id}: versions {args.a} and {args.b} are identical"
-        rows = [(c["path"], c["from"], c["to"]) for c in changes]
-        return table(("FIELD", f"VERSION {args.a}", f"VERSION {args.b}"), rows)
+        return policy_history.diff_text(changes, args.a, args.b)
 
     out(args, data, human)
     return 0
