@@ -20,7 +20,7 @@ import logging
 import os
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
@@ -51,10 +51,12 @@ MAX_TOKEN_CHARS: Final = 4096
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made the request: a role and the audit actor string (never the token)."""
+    """Who made the request: a role and the audit actor string (never the token); ``digest``
+    (the token's SHA-256) lets a long-lived connection ask whether it was revoked since."""
 
     role: Role
     actor: str
+    digest: bytes = field(default=b"", repr=False, compare=False)
 
 
 def _digest(token: str) -> bytes:
@@ -143,7 +145,19 @@ class TokenStore:
                 found = role
         if found is None or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("unknown or revoked token", details={"reason": "invalid_token"})
-        return Principal(found, actor_for(found, token))
+        return Principal(found, actor_for(found, token), presented)
+
+    def role_now(self, digest: bytes) -> Role | None:
+        """The role the token with this digest (``Principal.digest``) has now (the tokens
+        file re-read as ``authenticate`` does); None once it is revoked. Long-lived
+        connections (the control channel, the rollout stream) ask this, so a revocation
+        also ends them."""
+        self._refresh()
+        found: Role | None = None
+        for known, role in self._entries:  # no early exit, as authenticate
+            if hmac.compare_digest(digest, known):
+                found = role
+        return found
 
 
 TOKENS: Final = web.AppKey("controlplane.api.tokens", TokenStore)

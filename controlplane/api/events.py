@@ -9,7 +9,8 @@ coalesced (at most four events a second) and a connection holds at most one pend
 :data:`WRITE_TIMEOUT_S` ends the stream). A ``: heartbeat`` comment every :data:`HEARTBEAT_S`
 of silence keeps proxies from timing the connection out. The stream ends with an event
 ``end`` (``data``: ``{"reason": ...}``): ``draining`` when the control plane shuts down,
-``not_found`` when the policy is gone, another error's code when the status cannot be read.
+``not_found`` when the policy is gone, ``token_revoked`` when the caller's token is revoked
+(or no longer viewer) while it streams, another error's code when the status cannot be read.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from controlplane.api.auth import PRINCIPAL, TOKENS, Role
 from controlplane.api.ports import ControlPlaneAPI
 from controlplane.errors import ControlPlaneError, NotFound
 
@@ -52,6 +54,7 @@ async def rollout_stream(
     async def send(chunk: bytes) -> None:
         await asyncio.wait_for(response.write(chunk), WRITE_TIMEOUT_S)
 
+    tokens, principal = request.config_dict[TOKENS], request[PRINCIPAL]
     last: Any = None
     quiet_since = loop.time()
     reason = "draining"
@@ -66,6 +69,10 @@ async def rollout_stream(
             await asyncio.sleep(CHECK_S)
             if request.transport is None or request.transport.is_closing():
                 return response  # the client went away
+            role = tokens.role_now(principal.digest)
+            if role is None or role < Role.VIEWER:
+                reason = "token_revoked"
+                break
             try:
                 body = await service.rollout_status(policy_id)
             except NotFound:

@@ -26,7 +26,9 @@ of ours (logged with the session id; the session ends, the process carries on).
 
 Authenticated with a bearer token (``Authorization`` header or ``?token=``) whose role may
 register and report sessions: ``app`` or higher (controlplane.roles); a ``viewer`` token is
-refused with 403 before the upgrade. A report (``applied``, ``failed``, ``update``,
+refused with 403 before the upgrade. A token revoked (or demoted below ``app``) while its
+connections are open ends them within ``TOKEN_RECHECK_S``: ``error`` ``token_revoked``, then
+close 1008. A report (``applied``, ``failed``, ``update``,
 ``turn_boundary``) is always about the session this connection registered; one naming another
 ``session_id`` gets an ``error`` (``not_your_session``) and changes nothing.
 Streaming-v3 sessions report ``applied`` when they wrote the message to their upstream; since
@@ -40,16 +42,17 @@ actions are executed here in order: frames to the app, reports to
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import struct
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import WSMsgType, web
 from aiohttp.http import WebSocketWriter
 
-from controlplane.api.auth import TOKENS
+from controlplane.api.auth import TOKENS, TokenStore
 from controlplane.edges.admission import (
     FIRST_MESSAGE_CLOSE,
     ConnectionSlots,
@@ -79,6 +82,7 @@ from controlplane.push.protocol import Push
 from controlplane.roles import Role
 from controlplane.service.plane import ControlPlane
 from controlplane.service.sessions import EngineSessions, SessionPort
+from controlplane.tasks import stop_task
 from policies.fields import to_json
 from sessions.dialects import dialect_for
 
@@ -89,6 +93,7 @@ log = logging.getLogger(__name__)
 MAX_FRAME_BYTES = 256 * 1024
 INTERNAL_ERROR_CLOSE = 1011
 REGISTER_ROLE = Role.APP  # the lowest role that may register and report sessions
+TOKEN_RECHECK_S: Final = 2.0  # open connections' tokens checked again (the store's re-read)
 
 
 class ControlTransport:
@@ -173,9 +178,31 @@ class ControlChannel:
             rate_per_s=settings.client_update_rate_per_s,
         )  # fmt: skip
         self.sessions: SessionPort = EngineSessions.of(service)
+        # open connections by their token's digest: a revoked token ends its connections
+        self._by_token: dict[bytes, set[web.WebSocketResponse]] = {}
+        self._token_watch: asyncio.Task[None] | None = None
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/v1/control", self.slots.guard(self.handle))
+
+        async def stop_token_watch(_: web.Application) -> None:
+            task, self._token_watch = self._token_watch, None
+            await stop_task(task)
+
+        app.on_cleanup.append(stop_token_watch)
+
+    async def _watch_tokens(self, tokens: TokenStore) -> None:
+        """Every ``TOKEN_RECHECK_S``: close the connections whose token is revoked or below
+        ``REGISTER_ROLE`` now (one check per distinct token, not per connection)."""
+        while True:
+            await asyncio.sleep(TOKEN_RECHECK_S)
+            for digest, sockets in list(self._by_token.items()):
+                role = tokens.role_now(digest)
+                if role is not None and role >= REGISTER_ROLE:
+                    continue
+                log.warning("closing %d control channel connection(s): their token is revoked "
+                            "or below role %s now", len(sockets), REGISTER_ROLE)  # fmt: skip
+                await asyncio.gather(*(_revoke(ws) for ws in list(sockets)))
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         header = request.headers.get("Authorization")
@@ -197,6 +224,12 @@ class ControlChannel:
         )
         await ws.prepare(request)
         self.connections.add(ws)
+        self._by_token.setdefault(principal.digest, set()).add(ws)
+        if self._token_watch is None or self._token_watch.done():
+            tokens = request.config_dict[TOKENS]
+            self._token_watch = asyncio.get_running_loop().create_task(
+                self._watch_tokens(tokens), name="control-token-watch"
+            )
         ls: LiveSession | None = None
         try:
             ls = await self._register(ws)
@@ -217,6 +250,11 @@ class ControlChannel:
                 await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
         finally:
             self.connections.discard(ws)
+            same_token = self._by_token.get(principal.digest)
+            if same_token is not None:
+                same_token.discard(ws)
+                if not same_token:
+                    del self._by_token[principal.digest]
             if ls is not None:
                 self.update_rates.forget(ls.session.id)
                 await self.service.detach(ls, "control_closed")
@@ -290,6 +328,13 @@ class ControlChannel:
                 await port.turn_boundary(ls)
             elif isinstance(action, Count):
                 port.count(ls, action.reason)
+
+
+async def _revoke(ws: web.WebSocketResponse) -> None:
+    await _send_error(ws, "token_revoked", "this connection's token was revoked (or no longer "
+                      f"has role {REGISTER_ROLE.label}); reconnect with a valid token")  # fmt: skip
+    with contextlib.suppress(Exception):
+        await ws.close(code=1008, message=b"token revoked")
 
 
 async def _send_error(ws: web.WebSocketResponse, code: str, message: str) -> None:
