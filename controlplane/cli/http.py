@@ -157,9 +157,14 @@ class ControlPlaneClient:
     def _json(self, method: str, *path: str, **kwargs: Any) -> Any:
         return self.request(method, path, **kwargs).json()
 
-    def _pages(self, path: Sequence[str], query: dict[str, Any], limit: int | None) -> list[Any]:
+    def _pages(
+        self,
+        path: Sequence[str],
+        query: dict[str, Any],
+        limit: int | None,
+        cursor: str | None = None,
+    ) -> list[Any]:
         items: list[Any] = []
-        cursor: str | None = None
         while True:
             page = self._json("GET", *path, query={**query, "cursor": cursor})
             items.extend(page.get("items", []))
@@ -270,9 +275,13 @@ class ControlPlaneClient:
         result: dict[str, Any] = self._json("GET", "v1", "sessions", session_id)
         return result
 
-    def session_log(self, session_id: str, *, page: int = 1000) -> list[dict[str, Any]]:
-        """Every entry, following the log's pages (``page`` entries per request)."""
-        return self._pages(("v1", "sessions", session_id, "log"), {"limit": str(page)}, None)
+    def session_log(
+        self, session_id: str, *, page: int = 1000, after: int = 0
+    ) -> list[dict[str, Any]]:
+        """Every entry (``after``: those after seq ``after``), following the log's pages
+        (``page`` entries per request)."""
+        path, cursor = ("v1", "sessions", session_id, "log"), f"seq-{after}" if after else None
+        return self._pages(path, {"limit": str(page)}, None, cursor)
 
     def relabel_session(self, session_id: str, labels: Mapping[str, str | None]) -> dict[str, Any]:
         body = json.dumps({"labels": dict(labels)}).encode()

@@ -4,11 +4,14 @@ version log, relabel (docs/cli.md)."""
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from controlplane.cli import status as cli_status
-from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.cli.http import ApiError, CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
 from controlplane.cli.output import (
     Column,
@@ -24,7 +27,7 @@ from controlplane.cli.output import (
 )
 from sessions.model import SessionState
 
-__all__ = ["register", "session_text"]
+__all__ = ["follow_log", "register", "session_text"]
 
 
 def _refs(entry: dict[str, Any]) -> str:
@@ -86,8 +89,59 @@ def _sessions_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
 
 
 def _sessions_log(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    if args.follow:
+        return follow_log(client, args.id, interval_s=args.interval, as_json=args.as_json)
     listing(args, client.session_log(args.id), _LOG_COLUMNS)
     return 0
+
+
+_FOLLOW_WIDTHS = (5, 24, 8, 7, 10, 24)  # the columns before DELTA/ERROR (a table cannot grow)
+
+
+def _follow_line(cells: Sequence[Any]) -> str:
+    texts = [short(c) for c in cells]
+    padded = [t.ljust(w) for t, w in zip(texts, _FOLLOW_WIDTHS, strict=False)]
+    return "  ".join([*padded, *texts[len(_FOLLOW_WIDTHS) :]]).rstrip()
+
+
+def follow_log(
+    client: ControlPlaneClient,
+    session_id: str,
+    *,
+    interval_s: float,
+    as_json: bool,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """``sessions log ID --follow``: the log so far, then each entry as it is written (polled
+    every ``interval_s``), until the session has ended and its last entry is shown (exit 0);
+    Ctrl-C exits 130. ``--json``: one entry per line."""
+    if not as_json:
+        print(_follow_line([header for header, _ in _LOG_COLUMNS]), flush=True)
+    last = 0
+    try:
+        while True:
+            try:  # read before the log: an end seen here has all its entries in the read
+                session: dict[str, Any] | None = client.get_session(session_id)
+            except ApiError as exc:
+                if exc.status != 404 or not last:
+                    raise
+                session = None  # ended and gone from the registry
+            for entry in client.session_log(session_id, after=last):
+                last = max(last, int(entry.get("seq") or 0))
+                if as_json:
+                    print(json.dumps(entry, ensure_ascii=False), flush=True)
+                else:
+                    cells = [get(entry) if callable(get) else entry.get(get)
+                             for _, get in _LOG_COLUMNS]  # fmt: skip
+                    print(_follow_line(cells), flush=True)
+            if session is None or session.get("state") == "ended":
+                cause = "" if session is None else f" ({session.get('end_cause') or 'ended'})"
+                print(f"controlplane: session {session_id} ended{cause}", file=sys.stderr)
+                return 0
+            sleep(interval_s)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def _sessions_status(args: argparse.Namespace, client: ControlPlaneClient) -> int:
@@ -144,7 +198,12 @@ def register(sub: Any) -> None:
                    "still sent, unanswered, after S seconds is STALE (default 5: the service's "
                    "default ack_timeout_s)")  # fmt: skip
     add_command(sessions, "show", _sessions_show, "show a session").add_argument("id")
-    add_command(sessions, "log", _sessions_log, "a session's version log").add_argument("id")
+    p = add_command(sessions, "log", _sessions_log, "a session's version log")
+    p.add_argument("id")
+    p.add_argument("--follow", "-f", action="store_true", help="keep printing new entries "
+                   "until the session ends (Ctrl-C stops)")  # fmt: skip
+    p.add_argument("--interval", type=seconds, default=1.0, help="with --follow, seconds "
+                   "between polls (default 1)")  # fmt: skip
     p = add_command(sessions, "relabel", _sessions_relabel, "set (k=v) or remove (k-) labels")
     p.add_argument("id")
     p.add_argument("changes", nargs="+", metavar="k=v|k-")
