@@ -271,8 +271,9 @@ class _Handlers:
     async def preview_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         doc = await self.documents.read(request)
-        role = request[PRINCIPAL].role
-        return web.json_response(await self._service.preview_policy(doc, role=role))
+        principal = request[PRINCIPAL]
+        check_publish_allowed(principal, doc)  # previewed under the publish rules of its role
+        return web.json_response(await self._service.preview_policy(doc, role=principal.role))
 
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("include_retired",))

@@ -30,7 +30,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "session_log": ("/v1/sessions/s-1/log", None),
     "config_at": ("/v1/sessions/s-1/config-at?at=2026-01-31T12:00:00Z", None),
     "publish_policy": ("/v1/policies", EXPERIMENT_DOC),
-    "preview_policy": ("/v1/policies/preview", {"id": "eu-disclosure", "set": {"prompt": "x"}}),
+    "preview_policy": ("/v1/policies/preview", EXPERIMENT_DOC),  # as publish: its rules
     "list_policies": ("/v1/policies", None),
     "get_policy": ("/v1/policies/eu-disclosure", None),
     "retire_policy": ("/v1/policies/eu-disclosure", None),
