@@ -100,9 +100,10 @@ class ControlTransport:
     """A control channel as a push ``Transport``. A push frame is written the way
     ``websockets.broadcast`` writes: its bytes built here (the session's prefix, the version,
     the message encoded once per distinct frame) and handed to the socket's transport at once,
-    without aiohttp's per-frame coroutines; flow control is aiohttp's (every ``_limit``
-    bytes, a wait while the transport has paused the writer). A socket that negotiated
-    compression, or anything but aiohttp's server socket, gets ``send_str``."""
+    without aiohttp's per-frame coroutines; flow control: a write to a congested socket (a
+    worker's) first waits for the transport to resume the writer, an inline write never
+    waits (``write``). A socket that negotiated compression, or anything but aiohttp's
+    server socket, gets ``send_str``."""
 
     __slots__ = ("_head", "_prefix", "_raw", "ws")
     acknowledging = True
@@ -133,17 +134,18 @@ class ControlTransport:
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
         transport = raw.transport
+        if transport.get_write_buffer_size() > CONGESTED_BYTES and raw.protocol.writing_paused:
+            # a worker's write (a fan-out writes inline only to a socket that is not
+            # congested): wait for the app to read before adding a frame. Never after the
+            # write: a fan-out's inline write that fills the buffer past asyncio's high-water
+            # mark waited there for the app, and one app that stopped reading stalled the
+            # fan-out of every session behind it (test_slow_consumer). So an app's unsent
+            # bytes stay under CONGESTED_BYTES + one frame, and only its own worker waits.
+            await raw.protocol._drain_helper()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
         frame = _text_frame(self._head, push.version, text)
         transport.write(frame)
-        # flow control as aiohttp's send_frame: every `_limit` bytes written, wait for the
-        # transport to drain if it paused the writer (a full socket buffer)
-        raw._output_size += len(frame)
-        if raw._output_size > raw._limit:
-            raw._output_size = 0
-            if raw.protocol.writing_paused:
-                await raw.protocol._drain_helper()
 
 
 _TAIL: list[tuple[str, bytes]] = [("", b"")]  # the last message's bytes (a fan-out shares it)

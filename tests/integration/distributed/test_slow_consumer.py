@@ -1,0 +1,96 @@
+"""A control-channel app that stops reading its socket while the fleet gets pushes.
+
+One app never reads again (its socket's buffers fill; a small kernel send buffer on the
+replica's side of that socket gets there without megabytes of loopback buffering first). The
+other sessions must keep getting every version at once (a fan-out never waits for one
+socket), the slow session's unsent bytes stay bounded (its pushes coalesce behind one in
+flight: the latest version wins), and once it reads again it gets the latest version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+
+import pytest
+
+from controlplane.edges.control_channel import ControlTransport
+from controlplane.push.live import CONGESTED_BYTES
+from tests.integration.distributed.conftest import Cluster
+from tests.integration.service.conftest import eventually
+from tests.integration.service.fleet import App, Fleet
+
+N = 1000
+
+
+async def _latest(app: App, version: int, timeout: float) -> bool:
+    """Whether the app got a push of ``version`` (or later) within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        push = await app.next_push(max(0.01, deadline - time.monotonic()))
+        if push is not None and push.version >= version:
+            return True
+    return False
+
+
+@pytest.mark.timeout(240)
+async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded(
+    cluster: Cluster,
+) -> None:
+    a = await cluster.start("node-a", rollout_sync_interval_s=300.0)
+    fleet = Fleet(a.ws_base)
+    try:
+        slow = await fleet.app("silent", labels={"who": "slow"})
+        slow_ls = a.service.engine.live[slow.session_id]
+        assert isinstance(slow_ls.transport, ControlTransport)
+        raw = slow_ls.transport._raw
+        assert raw is not None
+        server_sock = raw.transport.get_extra_info("socket")
+        server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        assert slow.task is not None
+        slow.task.cancel()  # the app stops reading: nothing takes frames off its socket
+        ws = slow.client._ws
+        assert ws is not None
+        ws.transport.pause_reading()
+        client_sock = ws.transport.get_extra_info("socket")
+        client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+
+        apps: list[App] = []
+        for _ in range(N // 100):
+            apps += await fleet.open_apps(100, "ack", labels={"who": "fleet"})
+
+        # fill the slow socket into the window where the writer is paused but the session is
+        # not "congested" yet (asyncio's 64 KiB high-water mark, CONGESTED_BYTES 256 KiB)
+        big = "x" * 19_000
+        for n in range(60):
+            await a.publish({"id": "slow-only", "match": {"labels": {"who": "slow"}},
+                             "set": {"system_prompt": f"{n} {big}"}})  # fmt: skip
+            await eventually(lambda: slow_ls.push.in_flight is not None)
+            in_flight = slow_ls.push.in_flight
+            assert in_flight is not None
+            # the app still writes: it acknowledges blindly (one push in flight per session)
+            await slow.client.applied(in_flight.version)
+            await eventually(lambda: slow_ls.push.in_flight is None)
+            if raw.transport.get_write_buffer_size() > 80 * 1024:
+                break
+        assert raw.protocol.writing_paused and slow_ls.worker is None
+
+        for round_ in range(14):  # past CONGESTED_BYTES: then its own worker waits
+            prompt = f"round {round_} " + "y" * 17_000  # > aiohttp's 16 KiB write limit
+            await a.publish({"id": "everyone", "set": {"system_prompt": prompt}})
+            version = a.service.engine.live[apps[0].session_id].push.desired_version
+            got = await asyncio.gather(*(_latest(app, version, 10.0) for app in apps))
+            if slow_ls.worker is None and slow_ls.push.in_flight is not None:
+                await slow.client.applied(slow_ls.push.in_flight.version)  # written: acked
+            assert all(got), f"round {round_}: {got.count(False)} of {N} never got v{version}"
+            buffered = raw.transport.get_write_buffer_size()
+            assert buffered < CONGESTED_BYTES + 64 * 1024  # bounded: one frame past the mark
+
+        assert slow_ls.worker is not None  # its own task waits for the app, nobody else
+        slow.task = asyncio.get_running_loop().create_task(slow.run(), name="fleet-app")
+        ws.transport.resume_reading()  # the app reads again: its socket drains
+        await eventually(lambda: raw.transport.get_write_buffer_size() == 0, timeout=30)
+        await eventually(lambda: slow_ls.worker is None, timeout=30)
+    finally:
+        await fleet.close()
