@@ -24,6 +24,13 @@ socket's messages in order; ``session.updated`` echoes the full resolved configu
   answers in order). Otherwise it goes to the client, and the update stays outstanding: a
   matching ``session.updated`` proves it applied; none within the timeout ends it
   ``unverified``, the doubt in the reason.
+- **Owed answers come first.** An update that timed out (``expire``) is still owed its
+  answer, and the upstream answers in order: while one is owed, an answer is checked against
+  the oldest owed update *before* the outstanding one (``session.updated``: its echo matches
+  what that update expects; ``session.error``: its ``param`` is a path it touches, or no
+  ``param`` while every client message sent before it was answered), and a ``param``-less
+  ``session.error`` is never pinned on the outstanding update while an answer is owed. Once
+  the outstanding update is answered, nothing sent before it is owed any more.
 - The client receives exactly the answers to its own messages: ``Verdict.forward``.
 
 The gateway does the I/O: it sends what ``next_to_send`` hands out, passes every answer in,
@@ -140,6 +147,8 @@ class AgentUpstream:
         self.outstanding: Update | None = None
         self.queue: deque[Update] = deque()
         self.ended: deque[Update] = deque(maxlen=RECENT)
+        # updates that timed out and are still owed their answer, oldest first (in order)
+        self.owed: deque[Update] = deque(maxlen=RECENT)
         self.client_seq = 0  # client messages (not updates, not audio) sent upstream
         self.answered_seq = 0  # every client message up to this one has been answered
 
@@ -181,6 +190,8 @@ class AgentUpstream:
         if self.outstanding is not update:
             return False
         self._end(update, answered=False)
+        if update.owner != "first" and not update.doubts:  # (an answer that may have been
+            self.owed.append(update)  # its own came already: not owed, nothing is pinned)
         return True
 
     # -- answers ----------------------------------------------------------------------------
@@ -199,6 +210,11 @@ class AgentUpstream:
         update = self.outstanding
         if echo:
             self.config = echo
+        owed = self.owed[0] if self.owed else None
+        if owed is not None and _mismatch(owed, echo) is None:  # answered in order: late
+            if update is not None and update.owner != "first":
+                self._expect(update, keep_seq=True)  # it goes on from the echoed config
+            return self._late(owed, self._answered(owed, echo))
         if update is not None and update.owner != "first" and _mismatch(update, echo) is None:
             return self._answered(update, echo)
         for old in reversed(self.ended):
@@ -219,16 +235,22 @@ class AgentUpstream:
         if code in NOT_AN_UPDATE_ERRORS:
             return Verdict(True)
         update = self.outstanding
+        owed = self.owed[0] if self.owed else None
         if param is not None:
+            if owed is not None and _related(param, owed):  # answered in order: late
+                verdict = self._refused(owed, code, param, message)
+                return self._late(owed, verdict) if verdict.status is not None else verdict
             if update is not None and _related(param, update):
                 return self._refused(update, code, param, message)
             for old in reversed(self.ended):
                 if _related(param, old):
                     return Verdict(old.owner != "ours", old, late=True)
             return Verdict(True)
+        if owed is not None and owed.after_seq <= self.answered_seq:  # in order: nothing
+            return self._late(owed, self._refused(owed, code, None, message))  # else before it
         if update is None:
             return Verdict(True)
-        if update.owner == "first" or self.client_seq <= self.answered_seq:
+        if update.owner == "first" or (self.client_seq <= self.answered_seq and owed is None):
             return self._refused(update, code, None, message)
         # another client message may have drawn it: it goes to the client either way, and
         # the update stays outstanding: its session.updated proves the error was not its
@@ -236,9 +258,20 @@ class AgentUpstream:
         unanswered = self.client_seq - self.answered_seq
         update.doubts.append(
             f"session.error {code} ({message}) without a param came while {unanswered} other "
-            "client message(s) were unanswered: it may have answered this update"
+            f"client message(s) and {len(self.owed)} timed-out update(s) were unanswered: it "
+            "may have answered this update"
         )
         return Verdict(True, update)
+
+    def _late(self, owed: Update, verdict: Verdict) -> Verdict:
+        """``verdict`` ends ``owed`` (an update that timed out), answered late: no longer owed,
+        nor anything sent before it."""
+        while self.owed:
+            if self.owed.popleft() is owed:
+                break
+        self.answered_seq = max(self.answered_seq, owed.after_seq)
+        return Verdict(verdict.forward, verdict.update, verdict.status, verdict.reason,
+                       verdict.params, late=True)  # fmt: skip
 
     # -- internals --------------------------------------------------------------------------
     def _expect(self, update: Update, *, keep_seq: bool = False) -> None:
@@ -292,6 +325,8 @@ class AgentUpstream:
             self.outstanding = None
         if answered:  # the upstream answers in order: every message before it was answered
             self.answered_seq = max(self.answered_seq, update.after_seq)
+            if update.owner != "first" and update not in self.owed:
+                self.owed.clear()  # (sent before it: answered, or never will be)
         if update.owner != "first" and update not in self.ended:
             self.ended.append(update)
 

@@ -62,7 +62,8 @@ RACING_PUBLISHES: Final = True
 # (gateway), a control-channel app reporting late (both kinds); a policy change may come
 # while the push is unanswered
 LATE_ANSWERS: Final = True
-# a gateway client gone mid-push (its socket closed right after a publish), then a new session
+# a gateway session gone mid-push (the client closed its socket right after a publish, or the
+# upstream dropped the connection after handling the push), then a new session
 DISCONNECTS: Final = True
 
 _CLASSES: Final = {
@@ -289,7 +290,8 @@ def _pushed_to(rng: random.Random, kind: str, pid: str) -> dict[str, Any]:
 def _late_or_gone(rng: random.Random, actors: list[tuple[str, str, str]], active: set[str]) -> Op:
     """``late_push``: the target answers (or reports) our push after the acknowledgement
     timeout, sometimes with another policy change published meanwhile (``then``);
-    ``gone``: a gateway client closes its socket right after a publish reached it."""
+    ``gone``: a gateway client closes its socket right after a publish reached it, or the
+    upstream drops the connection right after handling the push (``drop``)."""
     pid = rng.choice(POLICY_IDS)
     active.add(pid)
     late = [a for a in actors if a[1] == "voice-agent-v1" or a[2] == "control"]
@@ -300,4 +302,6 @@ def _late_or_gone(rng: random.Random, actors: list[tuple[str, str, str]], active
             body["then"] = _policy(rng, active).body
         return Op("late_push", name, body)
     name, kind, _ = rng.choice([a for a in actors if a[2] == "gateway"])
-    return Op("gone", name, {"policy": _pushed_to(rng, kind, pid)})
+    # the client leaves, or the upstream drops the connection right after handling our push
+    # (emulator fault drop_after_messages: its answer may never come)
+    return Op("gone", name, {"policy": _pushed_to(rng, kind, pid), "drop": rng.random() < 0.5})

@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 import pytest
 
+from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.live import LiveSession
 from tests.integration.differential.actors import (
     Actor,
@@ -192,17 +193,25 @@ class Run:
             else:
                 await self.emulator.faults(actor.upstream_id, {"latency_ms": 0})
 
-    async def leave(self, name: str, doc: dict[str, Any]) -> None:
-        """A gateway client closes its socket right after a publish reached its session (the
-        push possibly unanswered); a new session of the same spec takes its place."""
+    async def leave(self, name: str, doc: dict[str, Any], drop: bool) -> None:
+        """A gateway client closes its socket right after a publish reached its session, or
+        (``drop``) the upstream drops the connection right after handling that push (the push
+        possibly unanswered); a new session of the same spec takes its place."""
         actor, home = self.actors[name], self.home[name]
+        if drop:
+            await self.emulator.faults(actor.upstream_id, {"drop_after_messages": 1})
         await self.publish(doc)
-        await actor.close()
-        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        if not drop:
+            await actor.close()
+        deadline = time.monotonic() + (ACK_TIMEOUT_S * 2 if drop else QUIESCE_TIMEOUT_S)
         while actor.session_id in home.service.engine.live:
+            if time.monotonic() > deadline and drop:  # nothing went upstream (no change)
+                await self.emulator.faults(actor.upstream_id, {"drop_after_messages": None})
+                return
             if time.monotonic() > deadline:
                 await self.fail(f"{name}: its session did not end after its client left")
             await asyncio.sleep(POLL_S)
+        await actor.close()
         key = f"{name}~{len(self.gone)}"
         self.gone[key], self.born[key] = actor, self.born[name]
         self.initial[key] = self.initial[name]
@@ -252,7 +261,7 @@ class Run:
         elif op.kind == "late_push":
             await self.late_push(self.actors[op.target or ""], op.body)
         elif op.kind == "gone":
-            await self.leave(op.target or "", op.body["policy"])
+            await self.leave(op.target or "", op.body["policy"], bool(op.body.get("drop")))
         elif op.kind == "control_update":
             actor = self.actors[op.target or ""]
             assert isinstance(actor, ControlApp)
@@ -277,7 +286,7 @@ class Run:
         for cp in self.replicas:
             live: dict[str, LiveSession] = cp.service.engine.live
             if not all(ls.push.in_flight is None and not ls.push.can_send(now)
-                       for ls in live.values()):  # fmt: skip
+                       and _link_idle(ls) for ls in live.values()):  # fmt: skip
                 return False
         return True
 
@@ -362,6 +371,16 @@ class Run:
                 diffs = diff_views(recorded, truth)
                 if diffs:
                     await self.fail(f"{name} config-at {at} vs the emulator's timeline: {diffs}")
+
+
+def _link_idle(ls: LiveSession) -> bool:
+    """A gateway Voice Agent session's upstream leg waits for nothing: no update outstanding
+    or queued, no answer still owed to one that timed out (it comes late, in order)."""
+    link = getattr(ls.transport, "link", None)
+    if not isinstance(link, AgentAcks):
+        return True
+    model = link.model
+    return model.outstanding is None and not model.queue and not model.owed
 
 
 async def run_scenario(run: Run, steps: int) -> None:

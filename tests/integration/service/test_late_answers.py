@@ -188,3 +188,47 @@ async def test_a_control_channel_report_after_the_timeout_is_recorded(
         assert session["versions"]["acked"] == (2 if late_status == "acked" else 1), session
     finally:
         await app.close()
+
+
+async def test_an_answer_owed_to_a_timed_out_push_is_never_taken_for_the_next_ones(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The upstream answers in order: the first answer after a push timed out is that push's
+    (here a refusal of its system_prompt), even though the next push, already outstanding,
+    touches system_prompt too (differential seed 11: the next push was recorded rejected
+    before the upstream had even handled it)."""
+    cp = cp_quick
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        sid = agent.session_id = cp.live_by_upstream(agent.upstream_id)
+        fail = {"system_prompt": "invalid_value"}
+        await emulator.faults(agent.upstream_id, {"latency_ms": LATENCY_MS, "fail_fields": fail})
+        doc = {"id": "tone", "match": {"kind": ["voice-agent-v1"]}, "set": {"system_prompt": "A"}}
+        await cp.publish(doc)
+
+        def timed_out() -> bool:
+            return cp.service.engine.live[sid].push.last_status == "unverified"
+
+        await eventually(timed_out)
+        await cp.publish({**doc, "set": {"system_prompt": "A", "max_turn_silence_ms": 1800}})
+
+        async def settled() -> list[dict[str, Any]] | None:
+            log = [e for e in await cp.log(sid) if e["cause"] == "policy"]
+            by = {v: [e["status"] for e in log if e["version"] == v] for v in (2, 3)}
+            return log if len(by[2]) == 3 and len(by[3]) == 3 else None
+
+        log = await eventually(settled, timeout=8)
+        v2 = [(e["status"], e["error"]) for e in log if e["version"] == 2]
+        assert [s for s, _ in v2] == ["sent", "unverified", "rejected"], log
+        assert LATE in v2[2][1] and "system_prompt" in v2[2][1]
+        timeline = (await emulator.session(agent.upstream_id))["timeline"]
+        for version in (2, 3):  # each answer recorded once the upstream handled that push
+            entries = [e for e in log if e["version"] == version]
+            handled = [t["at"] for t in timeline if t["message"] == entries[0]["wire"]]
+            assert handled and entries[2]["at"] >= min(handled), (entries, handled)
+            assert entries[2]["status"] == "rejected" and LATE in entries[2]["error"]
+        assert (await emulator.session(agent.upstream_id))["config"]["system_prompt"] == ""
+        await _record_is_truth(cp, emulator, agent, sid)
+    finally:
+        await agent.close()

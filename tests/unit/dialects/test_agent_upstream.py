@@ -142,3 +142,67 @@ def test_an_upstream_that_applies_the_rest_ends_a_partly_refused_update_with_its
     up.next_to_send()
     up.on_error("invalid_value", "system_prompt", "bad")
     assert up.on_updated(_echo(up)).status == "rejected"
+
+
+def test_an_answer_owed_to_a_timed_out_update_comes_before_the_outstanding_ones() -> None:
+    """In order: after ``ours`` timed out, the first answer touching its path is its own,
+    even when the update now outstanding touches the same path (it was sent later)."""
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    later = _update("ours", {"system_prompt": "A", "input": {"keyterms": ["k"]}})
+    up.submit(ours)
+    up.next_to_send()
+    assert up.expire(ours) and list(up.owed) == [ours]
+    up.submit(later)
+    assert up.next_to_send() is later
+    verdict = up.on_error("invalid_value", "system_prompt", "bad")
+    assert (verdict.update, verdict.status, verdict.late) == (ours, "rejected", True)
+    assert up.outstanding is later and not up.owed
+    verdict = up.on_error("invalid_value", "system_prompt", "bad")  # its own answer
+    assert (verdict.update, verdict.status, verdict.late) == (later, "rejected", False)
+
+
+def test_a_no_param_error_while_an_answer_is_owed_is_never_pinned_on_the_outstanding() -> None:
+    up = _ready()
+    up.client_other()  # a tool.result, unanswered: it may draw a param-less error
+    ours = _update("ours", {"system_prompt": "A"})
+    later = _update("ours", {"system_prompt": "B"})
+    up.submit(ours)
+    up.next_to_send()
+    up.expire(ours)
+    up.submit(later)
+    up.next_to_send()
+    verdict = up.on_error("invalid_config", None, "rejected (fault)")
+    assert verdict.status is None and up.outstanding is later and later.doubts
+    verdict = up.on_updated(_echo(up, system_prompt="B"))  # the outstanding's: owed no more
+    assert (verdict.update, verdict.status) == (later, "acked") and not up.owed
+
+
+def test_a_no_param_error_is_the_owed_answer_when_nothing_else_could_have_drawn_it() -> None:
+    up = _ready()
+    ours = _update("ours", {"system_prompt": "A"})
+    later = _update("ours", {"system_prompt": "B"})
+    up.submit(ours)
+    up.next_to_send()
+    up.expire(ours)
+    up.submit(later)
+    up.next_to_send()
+    verdict = up.on_error("invalid_config", None, "rejected (fault)")
+    assert (verdict.update, verdict.status, verdict.late) == (ours, "rejected", True)
+    assert up.outstanding is later and not later.doubts and not up.owed
+
+
+def test_an_update_that_may_have_had_its_answer_is_not_owed_one_after_its_timeout() -> None:
+    """Differential seed 18: the param-less error that may have been its answer went to the
+    client; after its timeout nothing is owed, so the next update's own answer stays its."""
+    up = _ready()
+    up.client_other()
+    ours = _update("ours", {"system_prompt": "A"})
+    up.submit(ours)
+    up.next_to_send()
+    assert up.on_error("invalid_config", None, "rejected (fault)").status is None
+    assert up.expire(ours) and not up.owed
+    later = _update("ours", {"system_prompt": "B"})
+    up.submit(later)
+    up.next_to_send()
+    assert up.on_updated(_echo(up, system_prompt="B")).update is later
