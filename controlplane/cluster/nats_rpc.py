@@ -28,11 +28,12 @@ from controlplane.cluster.nats_bus import NatsConnection, subject_token, transla
 from controlplane.errors import Unavailable
 from controlplane.signing import SIGNATURE_HEADER, EventSigner
 
-__all__ = ["MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "RpcHandler"]
+__all__ = ["MAX_DEPTH", "MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "RpcHandler"]
 
 log = logging.getLogger(__name__)
 
 SENT_AT: Final = "sent_at"  # a signed request's wall-clock time (Unix seconds)
+MAX_DEPTH: Final = 32  # levels of a request body, as the REST API's (api.inputs.MAX_DEPTH)
 MAX_REQUEST_AGE_S: Final = 60.0  # a signed request further from now than this is refused
 
 RpcHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -152,12 +153,27 @@ def _error(status: int, code: str, message: str) -> dict[str, Any]:
 
 
 def _request(data: bytes) -> dict[str, Any]:
-    """A request body: a JSON object, else ValueError (anyone who may publish on the subject
-    can send anything, a 5,000-deep array included)."""
+    """A request body: a JSON object at most ``MAX_DEPTH`` levels deep, else ValueError naming
+    the limit (anyone who may publish on the subject can send anything, a 5,000-deep array
+    included; the REST API's limit, ``api.inputs.MAX_DEPTH``)."""
     try:
         payload = json.loads(data)
+        too_deep = _deeper_than(payload, MAX_DEPTH)
     except RecursionError:
-        raise ValueError("request is nested too deeply") from None
+        too_deep = True
+    if too_deep:
+        raise ValueError(f"request is nested deeper than {MAX_DEPTH} levels")
     if not isinstance(payload, dict):
         raise ValueError("request must be a JSON object")
     return payload
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests more than ``limit`` levels (no recursion)."""
+    level: list[Any] = [value]
+    for _ in range(limit + 1):
+        level = [v for item in level if isinstance(item, dict | list)
+                 for v in (item.values() if isinstance(item, dict) else item)]  # fmt: skip
+        if not level:
+            return False
+    return True

@@ -186,7 +186,9 @@ async def test_hostile_owner_requests_get_a_400_answer_and_the_next_request_is_s
     nc = await nats.connect(cluster.nats_url)
     try:
         subject = f"{cluster.subject_prefix}.node.node-a.session"
-        for body, message in ((b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        deep = b'{"id":' * 40 + b'"x"' + b"}" * 40  # decodes (under the recursion limit)
+        for body, message in ((b"[" * 5000 + b"]" * 5000, "nested deeper than 32 levels"),
+                              (deep, "nested deeper than 32 levels"),
                               (b"[1]", "must be a JSON object"), (b"\xff", "")):  # fmt: skip
             reply = json.loads((await nc.request(subject, body, timeout=5)).data)
             assert reply["error"]["status"] == 400, reply
