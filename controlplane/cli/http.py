@@ -148,7 +148,8 @@ class ControlPlaneClient:
             raise Unreachable(f"cannot reach control plane at {where}: {text}") from None
         except TimeoutError:
             raise Unreachable(
-                f"cannot reach control plane at {where}: no answer within {self.timeout_s:g}s"
+                f"cannot reach control plane at {where}: no answer within {self.timeout_s:g}s "
+                "(--timeout raises it: a whole-log audit verify of a large log takes longer)"
             ) from None
         except OSError as exc:
             text = exc.strerror or type(exc).__name__
