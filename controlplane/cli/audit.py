@@ -43,7 +43,7 @@ from controlplane.audit.sources import (
 )
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, client_for
-from controlplane.cli.output import out, utc_instant
+from controlplane.cli.output import Ticker, out, utc_instant
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings, add_flags, flag_values
@@ -201,16 +201,20 @@ def verify_command(
         answer.pop("next", None)
         return answer
     if source == "local":
-        trail = local_trail(args.data_dir, args.id)
-        answer = verify_answer(trail, args.id, pinned)
+        with Ticker(f"audit verify: reading {args.data_dir / 'audit'}"):
+            trail = local_trail(args.data_dir, args.id)
+        with Ticker(f"audit verify: recomputing {len(trail.groups)} session chain(s)"):
+            answer = verify_answer(trail, args.id, pinned)
         if getattr(args, "allow_missing_checkpoints", False):
             return answer
         grace = getattr(args, "checkpoint_grace_s", None)
         grace = CHECKPOINT_GRACE_S if grace is None else grace
         evidence = checkpoint_evidence(args.data_dir)
         return require_checkpoints(answer, trail, evidence, now=time.time(), grace_s=grace)
-    trail = nats_trail(nats_settings(args), args.id)
-    return verify_answer(trail, args.id, pinned)
+    with Ticker(f"audit verify: reading {args.nats_audit_stream or 'CP_AUDIT'}"):
+        trail = nats_trail(nats_settings(args), args.id)
+    with Ticker(f"audit verify: recomputing {len(trail.groups)} session chain(s)"):
+        return verify_answer(trail, args.id, pinned)
 
 
 def at_command(

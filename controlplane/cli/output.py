@@ -7,6 +7,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TextIO
@@ -18,6 +19,7 @@ from controlplane.cli.http import ApiError, CliError
 __all__ = [
     "Column",
     "Progress",
+    "Ticker",
     "labels_text",
     "listing",
     "out",
@@ -134,3 +136,28 @@ class Progress:
         self._next = now + self._every
         print(f"controlplane: {self._what}: {done} of {total} [{now - self._start:.1f}s]",
               file=self._stream or sys.stderr, flush=True)  # fmt: skip
+
+
+class Ticker:
+    """``with Ticker("audit verify: reading data/audit"):`` — while the block runs, a line on
+    stderr every ``every`` seconds (``controlplane: <what>... [4.0s]``); a short block prints
+    nothing. For one long step that cannot count its items (reading, hashing)."""
+
+    def __init__(self, what: str, *, every: float = 2.0, stream: TextIO | None = None) -> None:
+        self._what, self._every, self._stream = what, every, stream
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cli-ticker", daemon=True)
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self._every):
+            print(f"controlplane: {self._what}... [{time.monotonic() - start:.1f}s]",
+                  file=self._stream or sys.stderr, flush=True)  # fmt: skip
+
+    def __enter__(self) -> Ticker:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()

@@ -4,9 +4,11 @@ says how far it got on stderr every 2 s; it was silent for as long as it took.""
 from __future__ import annotations
 
 import io
+import threading
+import time
 from typing import Any
 
-from controlplane.cli.output import Progress
+from controlplane.cli.output import Progress, Ticker
 from controlplane.cli.status import status_rows
 
 
@@ -62,3 +64,18 @@ def test_sessions_status_reports_each_session_before_reading_its_log() -> None:
                        progress=progress)  # fmt: skip
     assert [r["status"] for r in rows] == ["UNVERIFIED"] * 3
     assert seen == [(0, 3, []), (1, 3, ["s0"]), (2, 3, ["s0", "s1"])]
+
+
+def test_a_long_step_ticks_and_a_short_one_is_quiet() -> None:
+    # audit verify --data-dir over 100,000 entries was ~8 s without a word
+    err = io.StringIO()
+    with Ticker("audit verify: reading data/audit", every=0.05, stream=err):
+        pass
+    assert err.getvalue() == ""
+    with Ticker("audit verify: reading data/audit", every=0.05, stream=err):
+        time.sleep(0.3)
+    lines = err.getvalue().splitlines()
+    assert lines, "a 0.3 s step with a 0.05 s tick said nothing"
+    assert all(line.startswith("controlplane: audit verify: reading data/audit... [")
+               for line in lines)  # fmt: skip
+    assert not [t for t in threading.enumerate() if t.name == "cli-ticker"]
