@@ -11,8 +11,10 @@ AT = "2026-01-01T00:00:00Z"
 
 
 def event(version: int, role: str | None, actor: str = "x:abc", **doc: object) -> PolicyEvent:
-    body = {"id": "p", "version": version, "set": {"prompt": f"v{version}"}, **doc}
-    return PolicyEvent("policy.published", body, actor, AT, role=role)
+    body: dict[str, object] = {"id": "p", "version": version, "set": {"prompt": f"v{version}"}}
+    if "experimenter" in (role, actor.partition(":")[0]):  # what an experimenter may publish
+        body["experiment"] = {"key": "p", "variants": [{"name": "a", "weight": 100, "set": {}}]}
+    return PolicyEvent("policy.published", {**body, **doc}, actor, AT, role=role)
 
 
 def test_the_creator_owns_the_policy_and_a_higher_role_takes_it_over() -> None:
@@ -47,6 +49,16 @@ def test_events_without_a_role_use_the_actor_prefix_else_keep_the_owner() -> Non
     fresh = PolicyStore()
     fresh.apply(event(1, None, actor="ops-tool"))
     assert fresh.owner_role("p") is Role.COMPLIANCE
+
+
+def test_an_event_its_role_may_not_publish_changes_nothing() -> None:
+    store = PolicyStore()
+    plain = PolicyEvent("policy.published", {"id": "p", "version": 1, "set": {"prompt": "x"}},
+                        "experimenter:abc", AT, role="experimenter")  # fmt: skip
+    assert store.apply(plain) is None  # not an experiment
+    assert store.apply(event(1, "experimenter", lock=["prompt"])) is None  # a lock
+    assert store.owner_role("p") is None
+    assert store.apply(event(1, "experimenter")) is not None
 
 
 def test_the_role_round_trips_on_the_wire() -> None:
