@@ -9,7 +9,8 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
   answer, when the upstream answers the connect itself (Voice Agent: ``session.ready``), is
   ``connect`` v1 ``acked`` (acknowledged), ``rejected`` (``session.error``: no upstream
   session runs it; said) or ``unverified`` (no answer, or an echo that does not carry the
-  connect's values; said).
+  connect's values; said). A ``connect`` v1 ``acked`` with a delta answers a
+  ``session.resume``: the resumed session's configuration, applied from then on.
 - a push (``policy``, ``relabel``, ``rollback``, ``retire``, ``connect`` v2+) recorded
   ``sent``: its config is ``apply(config, delta)``. When a later entry of the same version
   answers it (``acked`` / ``rejected`` / ``unverified``), the session acknowledges pushes and
@@ -269,6 +270,14 @@ class _Rebuild:
     def _answer(self, row: Mapping[str, Any], status: str) -> None:
         version = row.get("version")
         held = self.pending.pop(version, None)
+        if held is None and _is_connect(row) and status == "acked" and row.get("delta"):
+            # the Voice Agent's session.ready to a session.resume: the resumed session's
+            # configuration, as the upstream echoed it (the connect recorded none)
+            self.config = apply(self.config, row["delta"])
+            self.check(row, self.config)
+            self.establish(row, "the resumed session's configuration, as the upstream's "
+                           f"session.ready echoed it (seq {row['seq']})")  # fmt: skip
+            return
         if held is None and _is_connect(row):  # the Voice Agent's session.ready
             self.check(row, self.config)
             if status != "acked":

@@ -32,6 +32,7 @@ from controlplane.push.actions import (
     Queued,
     Ready,
     Reconnect,
+    Resumed,
     ToClient,
     ToUpstream,
     TurnBoundary,
@@ -134,6 +135,8 @@ class ProxyPump:
                                       late=action.late)  # fmt: skip
             elif isinstance(action, LateAnswer):
                 port.late_answer(ls, action.push, action.ack)
+            elif isinstance(action, Resumed):
+                await port.resumed(ls, action.config)
             elif isinstance(action, Reconnect):
                 try:
                     first: Any = port.reconnect(ls, action.message)

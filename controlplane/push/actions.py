@@ -2,7 +2,8 @@
 
 Socket writes (:class:`ToUpstream`, :class:`ToClient`, :class:`CloseClient`) and the service
 calls of ``controlplane.service.sessions.SessionPort`` (:class:`Acknowledge`,
-:class:`ConnectAnswer`, :class:`LateAnswer`, :class:`Reconnect`, :class:`ClientChange`,
+:class:`ConnectAnswer`, :class:`LateAnswer`, :class:`Reconnect`, :class:`Resumed`,
+:class:`ClientChange`,
 :class:`Ready`, :class:`TurnBoundary`, :class:`Kick`, :class:`Written`, :class:`Queued`,
 :class:`Count`).
 The machines (``controlplane.push.agent_acks``, ``controlplane.edges.proxy``) return lists of
@@ -35,6 +36,7 @@ __all__ = [
     "Queued",
     "Ready",
     "Reconnect",
+    "Resumed",
     "ToClient",
     "ToUpstream",
     "TurnBoundary",
@@ -105,6 +107,14 @@ class Reconnect:
 
 
 @value
+class Resumed:
+    """The upstream's ``session.ready`` to the client's ``session.resume``: the resumed
+    session runs ``config`` (the ``session`` object it echoes), ``SessionPort.resumed``."""
+
+    config: dict[str, Any]
+
+
+@value
 class ClientChange:
     """The client's own update went, was refused, or was answered
     (``SessionPort.client_update``)."""
@@ -158,6 +168,7 @@ Action = (
     | ConnectAnswer
     | LateAnswer
     | Reconnect
+    | Resumed
     | ClientChange
     | Ready
     | TurnBoundary

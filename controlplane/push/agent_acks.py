@@ -56,6 +56,7 @@ from controlplane.push.actions import (
     LateAnswer,
     Queued,
     Reconnect,
+    Resumed,
     ToClient,
     ToUpstream,
     Written,
@@ -105,7 +106,10 @@ class AgentAcks:
     attributed. ``push_state``: the session's push state once attached (read only: whether an
     answer or a queued update still concerns the push in flight)."""
 
-    __slots__ = ("_armed", "_connect", "_late", "ack_timeout", "model", "push_state", "refused")
+    __slots__ = (
+        "_armed", "_connect", "_late", "_resume", "ack_timeout", "model", "push_state",
+        "refused",
+    )  # fmt: skip
 
     def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
         self.model = AgentUpstream(applies_rest=applies_rest)
@@ -118,6 +122,7 @@ class AgentAcks:
         # the connect recorded unverified for want of an answer in time: its late answer
         # (session.ready, or a session.error refusing it) is still recorded
         self._late: tuple[Update, tuple[PolicyRef, ...], int] | None = None
+        self._resume: Update | None = None  # a session.resume, until session.ready
         self.refused = False  # the upstream refused the first message: no upstream session
 
     # -- what goes upstream ---------------------------------------------------------------
@@ -138,6 +143,8 @@ class AgentAcks:
         self._arm(update, now)
         if refs is not None:
             self._connect = (update, refs, version)
+        elif message.get("type") == "session.resume":
+            self._resume = update
         return [ToUpstream(json.dumps(message))]
 
     def push(self, push: Push, wire: dict[str, Any], now: float) -> list[Action]:
@@ -188,7 +195,11 @@ class AgentAcks:
         verdict = self.model.on_ready(echo)
         self._armed = None
         actions: list[Action] = []
-        if verdict.status == "acked" and verdict.update is not None:
+        if self._resume is not None and verdict.update in (self._resume, None):
+            self._resume = None  # the resumed session's config: what session.ready echoes
+            if echo:
+                actions.append(Resumed(echo))
+        elif verdict.status == "acked" and verdict.update is not None:
             actions.extend(self._connect_answer(verdict.update, _connect_outcome(verdict.update,
                                                                                 echo)))  # fmt: skip
         elif (late := self._late) is not None:  # the connect timed out: answered late

@@ -21,6 +21,9 @@ The gateway (``controlplane.edges.gateway_pump``) and the control channel
   the chain stays append-only, the push state, the session's versions and the rollout
   status follow (docs/audit.md, "late answers"). A connect answered late is
   ``connect_answered(..., late=True)``, recorded the same way;
+- ``resumed(ls, config)``: the upstream's ``session.ready`` to a ``session.resume``: the
+  resumed session runs ``config`` (its echo), which becomes the record's (``connect`` v1
+  ``acked`` with the delta from the connect's empty config) and the push state's base;
 - ``reconnect(ls, message)``: the client's next ``session.update`` after a refused connect,
   a new connect (logged ``connect`` ``sent``, next config version);
 - ``ready``, ``turn_boundary``, ``kick``, ``written`` / ``queued`` (the push's frame went, or
@@ -49,10 +52,12 @@ from controlplane.push.protocol import Push, Status
 from controlplane.push.rollout_status import mark_policies
 from policies.delta import apply as apply_delta
 from policies.delta import diff
+from policies.fields import Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
 from sessions.config_at import LATE_ANSWER
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
+from sessions.dialects.voice_agent_v1_upstream import canonical_view
 
 __all__ = ["LATE_ANSWER", "EngineSessions", "RejectCounter", "SessionPort"]
 
@@ -75,6 +80,8 @@ class SessionPort(Protocol):
     ) -> None: ...
 
     def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None: ...
+
+    async def resumed(self, ls: LiveSession, config: dict[str, Any]) -> None: ...
 
     def reconnect(
         self, ls: LiveSession, message: dict[str, Any]
@@ -222,6 +229,23 @@ class EngineSessions:
         if push.version == state.sent_version and state.in_flight is None:
             mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
         engine.sync_session(ls)
+
+    async def resumed(self, ls: LiveSession, config: dict[str, Any]) -> None:
+        """The client resumed an upstream session (``session.resume``): what it runs is what
+        ``session.ready`` echoes (``config``), not the empty config the connect recorded.
+        Logged ``connect`` v1 ``acked`` with that delta (config-at applies it: docs/audit.md);
+        it becomes the push state's base. Its fields that no policy sets now are the
+        client's own (it resumed them), so no push clears them; the policies' current values
+        are pushed where they differ (the pending push, sent on ``Kick``)."""
+        running = canonical_view(config)
+        before, engine = ls.push.base, self._engine
+        policies = self._policies_for(ls)
+        owned = engine.resolve(ls.session, policies).provenance
+        client: Delta = {f: v for f, v in running.items() if f not in owned}
+        ls.push.base = running
+        engine.record(ls, cause="connect", status="acked", delta=diff(before, running),
+                      wire=None, version=1, refs=(), config=running, exposes=False)  # fmt: skip
+        await engine.client_update(ls, client, policies)
 
     def _charge_connect(
         self, ls: LiveSession, refs: tuple[PolicyRef, ...], version: int,

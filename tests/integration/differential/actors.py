@@ -103,6 +103,16 @@ class GatewayAgent(Actor):
         self.upstream_id = str(ready["session_id"])
         self.reader = asyncio.get_running_loop().create_task(self._read(self.ws, self.received))
 
+    async def open_resume(self, ws_base: str, upstream_id: str) -> None:
+        """Resume the upstream session ``upstream_id`` (its connection dropped) through the
+        gateway, as a client does on a new socket."""
+        self.ws = await websockets.connect(ws_base + "/v1/ws", additional_headers=AGENT_KEY)
+        await self.ws.send(json.dumps({"type": "session.resume", "session_id": upstream_id}))
+        ready = json.loads(await asyncio.wait_for(self.ws.recv(), ANSWER_TIMEOUT_S))
+        assert ready["type"] == "session.ready", ready
+        self.upstream_id = str(ready["session_id"])
+        self.reader = asyncio.get_running_loop().create_task(self._read(self.ws, self.received))
+
     async def update(self, session: dict[str, Any]) -> None:
         assert self.ws is not None
         self.sent_updates += 1

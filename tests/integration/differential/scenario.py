@@ -304,4 +304,7 @@ def _late_or_gone(rng: random.Random, actors: list[tuple[str, str, str]], active
     name, kind, _ = rng.choice([a for a in actors if a[2] == "gateway"])
     # the client leaves, or the upstream drops the connection right after handling our push
     # (emulator fault drop_after_messages: its answer may never come)
-    return Op("gone", name, {"policy": _pushed_to(rng, kind, pid), "drop": rng.random() < 0.5})
+    drop = rng.random() < 0.5  # resumed by the client (Voice Agent) on a new socket, or not
+    body = {"policy": _pushed_to(rng, kind, pid), "drop": drop, "resume": drop and kind ==
+            "voice-agent-v1" and rng.random() < 0.6}  # fmt: skip
+    return Op("gone", name, body)

@@ -95,6 +95,8 @@ class Run:
     # live state); born: when each session (by key) opened, for the timeline check
     gone: dict[str, Actor] = field(default_factory=dict)
     born: dict[str, float] = field(default_factory=dict)
+    # gone sessions whose upstream session a new one resumed: checked up to their end only
+    ended: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.replicas = self.replicas or [self.cp]
@@ -193,10 +195,12 @@ class Run:
             else:
                 await self.emulator.faults(actor.upstream_id, {"latency_ms": 0})
 
-    async def leave(self, name: str, doc: dict[str, Any], drop: bool) -> None:
+    async def leave(self, name: str, doc: dict[str, Any], drop: bool, resume: bool) -> None:
         """A gateway client closes its socket right after a publish reached its session, or
         (``drop``) the upstream drops the connection right after handling that push (the push
-        possibly unanswered); a new session of the same spec takes its place."""
+        possibly unanswered); a new session of the same spec takes its place (``resume``, a
+        Voice Agent one: the client resumes the dropped upstream session through the
+        gateway)."""
         actor, home = self.actors[name], self.home[name]
         if drop:
             await self.emulator.faults(actor.upstream_id, {"drop_after_messages": 1})
@@ -215,7 +219,15 @@ class Run:
         key = f"{name}~{len(self.gone)}"
         self.gone[key], self.born[key] = actor, self.born[name]
         self.initial[key] = self.initial[name]
-        fresh = self.actors[name] = await self._open_one(name)
+        if resume and isinstance(actor, GatewayAgent):
+            self.ended[key] = time.time()
+            fresh: Actor = GatewayAgent(name, actor.kind, actor.model, actor.via)
+            await fresh.open_resume(self.home[name].ws_base, actor.upstream_id)
+            fresh.session_id = self.home[name].live_by_upstream(actor.upstream_id)
+            self.born[name] = time.time()
+            self.actors[name] = fresh
+        else:
+            fresh = self.actors[name] = await self._open_one(name)
         self.initial[name] = (await self.emulator.session(fresh.upstream_id))["config"]
 
     # -- operations ---------------------------------------------------------------------
@@ -261,7 +273,8 @@ class Run:
         elif op.kind == "late_push":
             await self.late_push(self.actors[op.target or ""], op.body)
         elif op.kind == "gone":
-            await self.leave(op.target or "", op.body["policy"], bool(op.body.get("drop")))
+            await self.leave(op.target or "", op.body["policy"], bool(op.body.get("drop")),
+                             bool(op.body.get("resume")))  # fmt: skip
         elif op.kind == "control_update":
             actor = self.actors[op.target or ""]
             assert isinstance(actor, ControlApp)
@@ -330,6 +343,8 @@ class Run:
         """Invariant 1 at a quiescent instant, for every session."""
         problems: list[str] = []
         for name, actor in self.all_sessions():
+            if name in self.ended:
+                continue  # (its upstream session goes on, resumed by another session)
             upstream = await self.emulator.session(actor.upstream_id)
             truth = emulator_view(actor.kind, actor.model, upstream["config"])
             recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
@@ -361,7 +376,8 @@ class Run:
             upstream = await self.emulator.session(actor.upstream_id)
             timeline = [e for e in upstream["timeline"] if e.get("config") is not None]
             ats = [float(e["at"]) for e in timeline]
-            windows = [w for w in self.windows if w[0] >= self.born[name]]  # (its own session's)
+            end = self.ended.get(name, float("inf"))  # (its own session's windows)
+            windows = [w for w in self.windows if w[0] >= self.born[name] and w[1] <= end]
             for lo, hi in rng.sample(windows, k=min(SAMPLES, len(windows))):
                 at = rng.uniform(lo, hi)
                 i = bisect.bisect_right(ats, at)

@@ -232,3 +232,46 @@ async def test_an_answer_owed_to_a_timed_out_push_is_never_taken_for_the_next_on
         await _record_is_truth(cp, emulator, agent, sid)
     finally:
         await agent.close()
+
+
+async def test_a_resumed_session_is_recorded_on_what_the_upstream_resumed(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The client's session.resume after its upstream connection dropped: the record starts
+    from what the resumed upstream session runs (session.ready's echo: the client's own
+    earlier updates included), not from defaults; a policy's current value is pushed where
+    it differs, and the client's own fields are kept (was: config-at said the defaults while
+    the upstream ran system_prompt 'mine', keyterms ['x'], max_silence 1800)."""
+    cp = cp_quick
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    resumed = GatewayAgent("a1", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        upstream_id = agent.upstream_id
+        await agent.update({"system_prompt": "mine", "input": {"keyterms": ["x"]}})
+        await eventually(lambda: agent.answered)
+        await emulator.faults(upstream_id, {"drop_after_messages": 1})
+        await agent.update({"input": {"turn_detection": {"max_silence": 1800}}})
+        old = cp.live_by_upstream(upstream_id)
+        await eventually(lambda: old not in cp.service.engine.live)
+        await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"min_turn_silence_ms": 240}})  # fmt: skip
+        await resumed.open_resume(cp.ws_base, upstream_id)
+        sid = resumed.session_id = cp.live_by_upstream(upstream_id)
+
+        async def pushed() -> list[dict[str, Any]] | None:
+            log = await cp.log(sid)
+            return log if [e["status"] for e in log][-2:] == ["sent", "acked"] else None
+
+        log = await eventually(pushed)
+        assert _statuses(log)[:2] == [("connect", "sent", 1), ("connect", "acked", 1)]
+        assert log[1]["delta"]["system_prompt"] == "mine"
+        assert log[-1]["delta"] == {"min_turn_silence_ms": 240}  # only the policy's change
+        config = (await emulator.session(upstream_id))["config"]
+        assert config["system_prompt"] == "mine" and config["input"]["keyterms"] == ["x"]
+        assert config["input"]["turn_detection"]["min_silence"] == 240
+        answer = await _record_is_truth(cp, emulator, resumed, sid)
+        assert answer["config"]["max_turn_silence_ms"] == 1800
+    finally:
+        await agent.close()
+        await resumed.close()
