@@ -38,6 +38,7 @@ __all__ = [
     "Role",
     "TokenStore",
     "actor_for",
+    "authenticate_for",
     "check_publish_allowed",
     "generate_admin_token",
     "install_tokens",
@@ -171,6 +172,18 @@ def install_tokens(app: web.Application, settings: Settings) -> TokenStore:
     return app[TOKENS]
 
 
+def authenticate_for(request: web.Request, authorization: str | None, role: Role) -> Principal:
+    """The request's principal; an Unauthorized (401) also names the role the route needs."""
+    try:
+        return request.config_dict[TOKENS].authenticate(authorization)
+    except Unauthorized as exc:
+        raise Unauthorized(
+            f"{exc.message} ({request.method} {request.path} requires a token of role "
+            f"{role.label} or higher)",
+            details={**exc.details, "required_role": role.label},
+        ) from None
+
+
 def require(role: Role, handler: Handler) -> Handler:
     """Wrap ``handler``: authenticate the bearer token and demand at least ``role``.
 
@@ -179,7 +192,7 @@ def require(role: Role, handler: Handler) -> Handler:
 
     @functools.wraps(handler)
     async def guarded(request: web.Request) -> web.StreamResponse:
-        principal = request.config_dict[TOKENS].authenticate(request.headers.get("Authorization"))
+        principal = authenticate_for(request, request.headers.get("Authorization"), role)
         if principal.role < role:
             raise Forbidden(
                 f"{request.method} {request.path} requires role {role.label} or higher; "

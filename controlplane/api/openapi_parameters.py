@@ -167,7 +167,10 @@ RESPONSES: dict[str, Any] = {
         "content": {JSON: {"schema": ref("Error")}, "text/plain": _PROTOCOL_ERROR},
     },
     "Unauthorized": {
-        **_response("unauthorized: missing, malformed or unknown bearer token"),
+        **_response(
+            "unauthorized: missing, malformed or unknown bearer token; details.reason, "
+            "details.required_role (the route's minimum role)"
+        ),
         "headers": {"WWW-Authenticate": {"schema": {"type": "string"}}},
     },
     "Forbidden": _response(

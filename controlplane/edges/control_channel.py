@@ -52,7 +52,7 @@ from typing import Any, Final
 from aiohttp import WSMsgType, web
 from aiohttp.http import WebSocketWriter
 
-from controlplane.api.auth import TOKENS, TokenStore
+from controlplane.api.auth import TOKENS, TokenStore, authenticate_for
 from controlplane.edges.admission import (
     FIRST_MESSAGE_CLOSE,
     ConnectionSlots,
@@ -210,7 +210,7 @@ class ControlChannel:
         header = request.headers.get("Authorization")
         if header is None and "token" in request.query:
             header = "Bearer " + request.query["token"]
-        principal = request.config_dict[TOKENS].authenticate(header)  # Unauthorized (401)
+        principal = authenticate_for(request, header, REGISTER_ROLE)  # Unauthorized (401)
         if principal.role < REGISTER_ROLE:
             raise Forbidden(
                 f"the control channel requires role {REGISTER_ROLE.label} or higher to register "
