@@ -79,6 +79,8 @@ PUBLISH_RATE: float = _number("LT_PUBLISH_RATE", str(PRESET["rate"]), 0, 1000)
 PROMPT_CHARS: int = _number("LT_PROMPT_CHARS", "165", 0, PROMPT_MAX_CHARS, whole=True)
 KEYTERMS: int = _number("LT_KEYTERMS", "0", 0, KEYTERMS_MAX, whole=True)
 AUDIO = _env("LT_AUDIO", "turns")
+if AUDIO not in ("turns", "silence"):  # anything else ran as "turns" without a word
+    raise SystemExit(f"LT_AUDIO={AUDIO!r}: choose turns or silence")
 MODEL = _env("LT_STREAMING_MODEL", STREAMING_MODEL)
 CONVERGENCE_TIMEOUT_S: float = _number("LT_CONVERGENCE_TIMEOUT_S", "10", 0.1, 3600)
 KEEP_POLICY = _env("LT_KEEP_POLICY", "0").lower() in ("1", "true", "yes")

@@ -114,7 +114,8 @@ def test_an_unreachable_nats_is_said_once_then_named_with_its_limit(tmp_path: Pa
     ("setting", "words"),
     [("LT_PUBLISH_RATE=abc", "must be a number from 0 to 1000"),
      ("LT_PROMPT_CHARS=5000", "must be a whole number from 0 to 1750"),
-     ("LT_SESSION_S=8-2", "must be seconds (0: held) or a range LOW-HIGH, 0 <= LOW <= HIGH")],
+     ("LT_SESSION_S=8-2", "must be seconds (0: held) or a range LOW-HIGH, 0 <= LOW <= HIGH"),
+     ("LT_AUDIO=tone", "choose turns or silence")],
 )  # fmt: skip
 def test_a_bad_load_test_setting_stops_locust_naming_it(
     tmp_path: Path, setting: str, words: str
