@@ -236,6 +236,9 @@ def parse_yaml(raw: bytes) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        if (exc.problem or "").startswith("but found another document"):  # a '---'
+            message = f"request body holds more than one YAML document (the second starts{where})"
+            raise BadRequest(f"{message}: one policy per request", code="bad_yaml") from None
         raise BadRequest(
             f"request body is not valid YAML: {exc.problem or exc.context}{where}", code="bad_yaml"
         ) from None

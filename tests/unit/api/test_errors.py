@@ -104,7 +104,7 @@ async def test_yaml_policy_is_accepted(client: Client, fake: FakeControlPlane) -
         ("a: &x [1]\nb: *x\n", "aliases"),
         ("id: a\nid: b\n", "duplicate key"),
         ("1: a\n", "must be a string"),
-        ("id: a\n---\nid: b\n", "not valid YAML"),
+        ("id: a\n---\nid: b\n", "more than one YAML document (the second starts at line 2"),
         ("id: !!python/object:os.system x\n", "not valid YAML"),
         ("[" * 5000, "nested too deeply (limit 32 levels)"),
         ("a: " + "[" * 40 + "]" * 40 + "\n", "deeper than 32 levels"),
