@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from controlplane.cli import history as policy_history
 from controlplane.cli import rollout as cli_rollout
-from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.cli.http import ApiError, CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
 from controlplane.cli.output import Column, listing, out, short, table, when, yaml_text
 from controlplane.signing import add_sign_command
@@ -41,8 +41,30 @@ _POLICY_COLUMNS: Sequence[Column] = (
 )
 
 
+def _send(path: str, send: Callable[[bytes, str], dict[str, Any]]) -> dict[str, Any]:
+    """``send`` the file; a parse refusal says which parser the file went to and why."""
+    data, content_type = _read_document(path)
+    try:
+        return send(data, content_type)
+    except ApiError as exc:
+        if exc.code not in ("bad_json", "bad_yaml"):
+            raise
+        name = "stdin" if path == "-" else path
+        suffix = Path(path).suffix.lower()
+        if content_type == "application/json":
+            sent, why = (
+                "JSON",
+                "its name ends in .json" if suffix == ".json" else "it starts with {",
+            )
+        else:
+            sent, why = "YAML", (f"its name ends in {suffix}" if suffix in (".yaml", ".yml")
+                                 else "not a .json file and no leading {")  # fmt: skip
+        raise ApiError(exc.status, exc.code, f"{exc.server_message} ({name} was sent as {sent}: "
+                       f"{why})", exc.details) from None  # fmt: skip
+
+
 def _policy_apply(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    result = client.apply_policy(*_read_document(args.file))
+    result = _send(args.file, client.apply_policy)
     event = f" (event {result['event_id']})" if result.get("event_id") else ""
     if result.get("unchanged"):
         text = (f"policy {result.get('id')} unchanged: identical to the current version "
@@ -101,7 +123,7 @@ def _policy_show(args: argparse.Namespace, client: ControlPlaneClient) -> int:
 
 
 def _policy_preview(args: argparse.Namespace, client: ControlPlaneClient) -> int:
-    p = client.preview_policy(*_read_document(args.file))
+    p = _send(args.file, client.preview_policy)
 
     def human() -> str:
         lines = [

@@ -78,6 +78,23 @@ async def test_policy_apply_yaml_file(
     no_tokens(out, err)
 
 
+async def test_a_file_the_server_cannot_parse_says_which_parser_it_went_to(
+    server: Server, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a YAML policy saved as .json was "not valid JSON: Expecting value at line 1 column 1"
+    auth = ("--url", server.url, "--token", TOKENS["compliance"])
+    (tmp_path / "eu.json").write_text(POLICY_YAML)
+    assert await cli("policy", "apply", "-f", str(tmp_path / "eu.json"), *auth) == 1
+    err = capsys.readouterr().err
+    assert "bad_json (HTTP 400): request body is not valid JSON" in err
+    assert f"({tmp_path / 'eu.json'} was sent as JSON: its name ends in .json)" in err
+    (tmp_path / "eu.txt").write_text("id: [unclosed\n")
+    assert await cli("policy", "preview", "-f", str(tmp_path / "eu.txt"), *auth) == 1
+    err = capsys.readouterr().err
+    assert f"({tmp_path / 'eu.txt'} was sent as YAML: not a .json file and no leading {{)" in err
+    assert server.fake.calls == []
+
+
 async def test_policy_apply_json_from_stdin_with_env_settings(
     server: Server, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
