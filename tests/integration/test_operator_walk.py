@@ -3,9 +3,12 @@ wrong and which setting or limit, exit 1 or 2, never a traceback."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -165,3 +168,46 @@ def test_an_answer_that_is_not_the_control_planes_says_so(tmp_path: Path) -> Non
         server.server_close()
         thread.join()
     _one_clear_line(done, 1, "(HTTP 501)", f"{url} is not a control plane", "--url")
+
+
+PLACEHOLDERS = {"ID": "x", "A": "1", "B": "2", "N": "1", "S": "1", "SESSION": "x", "KEY": "k",
+                "TIME": "2026-01-01T00:00:00Z", "T": "2026-01-01T00:00:00Z", "URL": "http://x:1",
+                "FILE": "f.yaml", "DIR": "d", "F": "f", "PEM": "p.pem", "TEXT": "t"}  # fmt: skip
+
+
+def _doc_commands() -> list[tuple[str, str]]:
+    """Every ``controlplane …`` command the docs show, in backticks or on a code line."""
+    root = Path(__file__).resolve().parents[2]
+    paths = [*sorted((root / "docs").glob("*.md")), root / "README.md",
+             root / "deploy" / "helm" / "controlplane" / "README.md"]  # fmt: skip
+    found = []
+    for path in paths:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            snippets = re.findall(r"`((?:\.venv/bin/)?controlplane [^`]+)`", line)
+            bare = re.sub(r"^\s*\$ ", "", line).strip()
+            if re.match(r"(\.venv/bin/)?controlplane \w", bare):
+                snippets.append(bare)
+            for snippet in snippets:
+                found.append((f"{path.name}:{number}", snippet))
+    return found
+
+
+def test_every_controlplane_command_in_the_docs_parses() -> None:
+    # the deploy.md runbook said `controlplane policy rollback <id>`, which needs --to N
+    from controlplane.cli.main import build_parser
+
+    parser, checked = build_parser(), 0
+    for where, snippet in _doc_commands():
+        command = re.split(r"\s+#|\s\|\s|\s>\s|\s&", snippet)[0].strip().rstrip("\\").strip()
+        argv = shlex.split(re.sub(r"^\.venv/bin/", "", command))[1:]
+        if len(argv) <= 2 or any(ch in command for ch in "[(…"):
+            continue  # a mention ("`policy sign`") or a synopsis with [optional] parts
+        argv = [PLACEHOLDERS.get(a, "x" if re.fullmatch(r"<[^>]+>", a) else a) for a in argv]
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            try:
+                parser.parse_args(argv)
+            except SystemExit as exc:
+                assert not exc.code, f"{where}: {snippet}\n{err.getvalue()}"
+        checked += 1
+    assert checked > 50
