@@ -192,6 +192,12 @@ def _doc_commands() -> list[tuple[str, str]]:
     return found
 
 
+def _placeholder(arg: str) -> str:
+    if not re.fullmatch(r"<[^>]+>", arg):
+        return arg
+    return "1" if "version" in arg else "x"  # <version> is a number, <id> a name
+
+
 def test_every_controlplane_command_in_the_docs_parses() -> None:
     # the deploy.md runbook said `controlplane policy rollback <id>`, which needs --to N
     from controlplane.cli.main import build_parser
@@ -202,7 +208,7 @@ def test_every_controlplane_command_in_the_docs_parses() -> None:
         argv = shlex.split(re.sub(r"^\.venv/bin/", "", command))[1:]
         if len(argv) <= 2 or any(ch in command for ch in "[(…"):
             continue  # a mention ("`policy sign`") or a synopsis with [optional] parts
-        argv = [PLACEHOLDERS.get(a, "x" if re.fullmatch(r"<[^>]+>", a) else a) for a in argv]
+        argv = [PLACEHOLDERS.get(a, _placeholder(a)) for a in argv]
         err = io.StringIO()
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
             try:
