@@ -37,7 +37,7 @@ from sessions.model import Session
 from sessions.registry import Registry
 from sessions.versionlog.core import LogEntry, VersionLog
 
-__all__ = ["SessionRecords"]
+__all__ = ["SessionRecords", "public"]
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class SessionRecords:
         if upstream_id is not None:  # at most one session: found by its index, not a scan
             found = await self._find(await self.resolve_session_id(upstream_id))
             match = found is not None and found.upstream_id == upstream_id and keep(found)
-            return ([found.to_dict()] if match and found is not None else []), None
+            return ([public(found)] if match and found is not None else []), None
         with backend("listing sessions"):
             page = await self._registry.list(
                 keep, include_ended=state == "ended", limit=limit, cursor=cursor
@@ -100,14 +100,14 @@ class SessionRecords:
         items = []
         for s in page.items:
             live = self._engine.live.get(s.id)
-            items.append((live.session if live else s).to_dict())
+            items.append(public(live.session if live else s))
         return items, page.next
 
     async def get_session(self, session_id: str) -> dict[str, Any]:
         session = await self._find(await self.resolve_session_id(session_id))
         if session is None:
             raise NotFound(f"no session {session_id!r}", code="session_not_found")
-        return session.to_dict()
+        return public(session)
 
     async def _find(self, session_id: str) -> Session | None:
         live = self._engine.live.get(session_id)
@@ -263,3 +263,13 @@ class SessionRecords:
 
     async def _rpc_log(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         return await self.session_log(str(payload["session_id"]), local_only=True)
+
+
+def public(session: Session) -> dict[str, Any]:
+    """A session as the REST API shows it: a Streaming v3 session's ``versions.acked`` is
+    null (the protocol acknowledges nothing: no version is ever claimed acknowledged; the
+    push state's own counter stays internal)."""
+    body = session.to_dict()
+    if session.kind == "streaming-v3":
+        body["versions"]["acked"] = None
+    return body

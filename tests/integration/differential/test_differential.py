@@ -371,8 +371,17 @@ class Run:
             await self.fail(f"after step {step}:\n  " + "\n  ".join(problems))
 
     async def check_timelines(self, rng: random.Random) -> None:
-        """Invariant 2: config-at at sampled quiescent instants = the emulator's timeline."""
+        """Invariant 2: config-at at sampled quiescent instants = the emulator's timeline;
+        and a Streaming v3 session is never acknowledged (no ``acked`` entry or version)."""
         for name, actor in self.all_sessions():
+            if actor.kind == "streaming-v3":
+                replica = self.any_cp()
+                acked = [e["seq"] for e in await replica.log(actor.session_id)
+                         if e["status"] == "acked"]  # fmt: skip
+                versions = (await replica.session(actor.session_id))["versions"]
+                if acked or versions["acked"] is not None:
+                    await self.fail(f"{name} (Streaming v3) acknowledged: entries {acked}, "
+                                    f"versions {versions}")  # fmt: skip
             upstream = await self.emulator.session(actor.upstream_id)
             timeline = [e for e in upstream["timeline"] if e.get("config") is not None]
             ats = [float(e["at"]) for e in timeline]
