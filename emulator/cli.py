@@ -92,7 +92,11 @@ def settings_from_args(args: argparse.Namespace) -> EmulatorSettings:
     if args.api_keys:
         overrides["api_keys"] = frozenset(args.api_keys)
     if args.faults:
-        overrides["faults"] = parse_faults(json.loads(args.faults))
+        try:
+            document = json.loads(args.faults)
+        except ValueError as exc:
+            raise InvalidSetting("faults", f"--faults is not JSON: {exc}") from None
+        overrides["faults"] = parse_faults(document)
     try:
         return EmulatorSettings.from_env(**overrides)
     except TypeError as exc:  # unknown --set name
@@ -185,11 +189,17 @@ def _run(args: argparse.Namespace) -> int:
     raise_nofile_limit()
     tune_collector()
     try:
-        import uvloop
-
-        uvloop.run(run(settings))
-    except ImportError:  # pragma: no cover - uvloop is a Linux dependency
-        asyncio.run(run(settings))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a Linux dependency
+            asyncio.run(run(settings))
+        else:
+            uvloop.run(run(settings))
+    except OSError as exc:  # the port taken, an address no interface has: one line, exit 1
+        problem = exc.strerror or str(exc)
+        print(f"emulator: cannot listen on {settings.listen} (--listen): {problem}",
+              file=sys.stderr)  # fmt: skip
+        return 1
     return 0
 
 

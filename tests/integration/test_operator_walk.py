@@ -217,3 +217,20 @@ def test_every_controlplane_command_in_the_docs_parses() -> None:
                 assert not exc.code, f"{where}: {snippet}\n{err.getvalue()}"
         checked += 1
     assert checked > 50
+
+
+@pytest.mark.timeout(60)
+def test_the_emulator_on_a_port_in_use_or_with_bad_faults_says_so_in_one_line(
+    tmp_path: Path,
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _run(tmp_path, "emulator", "--listen", f"127.0.0.1:{port}")
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert f"emulator: cannot listen on 127.0.0.1:{port} (--listen):" in done.stderr
+    assert "address already in use" in done.stderr
+    done = _run(tmp_path, "emulator", "--faults", "{latency_ms: 5}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "--faults is not JSON: Expecting property name" in done.stderr
