@@ -54,6 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"controlplane: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C in any command: the documented 130, no traceback
+        print("controlplane: interrupted", file=sys.stderr)
+        return 130
     return code
 
 

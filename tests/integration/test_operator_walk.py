@@ -9,10 +9,12 @@ import io
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -234,3 +236,20 @@ def test_the_emulator_on_a_port_in_use_or_with_bad_faults_says_so_in_one_line(
     done = _run(tmp_path, "emulator", "--faults", "{latency_ms: 5}")
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert "--faults is not JSON: Expecting property name" in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_ctrl_c_in_any_command_exits_130_without_a_traceback(tmp_path: Path) -> None:
+    # was: a KeyboardInterrupt traceback (e.g. audit verify --data-dir over a large log)
+    with socket.socket() as silent:  # accepts, never answers: the command waits
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+        proc = subprocess.Popen([EXE, "policy", "ls", "--url", url], env=env, cwd=tmp_path,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+        time.sleep(1.5)  # parsed and waiting for the answer
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.strip().endswith("controlplane: interrupted"), err
