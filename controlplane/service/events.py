@@ -102,6 +102,7 @@ class PolicyEvents:
             current = self._store.current_version(event.policy_id)
             self._waiters.reached(event.policy_id, max(current, event.version))
             return "ignored"
+        _log_change(event)
         try:
             await self._reconcile_change(change, event.cause, received)
         finally:
@@ -219,3 +220,14 @@ class PolicySets:
 def _runs(ls: LiveSession, policy_id: str, version: int) -> bool:
     status = ls.policy_status.get(policy_id)
     return status is not None and status[0] == version and status[2] in DELIVERED
+
+
+def _log_change(event: PolicyEvent) -> None:
+    """One line per policy change this replica applies: what an operator greps the service's
+    log for (who changed which policy when; the guard acts as ``guard:<node>``), the reason
+    quoted as the document gave it."""
+    done = "retired" if event.type == "policy.retired" else "published"
+    done = "rolled back" if event.cause == "rollback" else done
+    reason = event.policy.get("reason")
+    log.info("policy %s version %d %s by %s%s", event.policy_id, event.version, done,
+             event.actor, f", reason {reason!r}" if isinstance(reason, str) else "")  # fmt: skip
