@@ -5,18 +5,22 @@ decides what is asked and turns replies back into results or errors.
 
 With a policy signing key (``controlplane.signing``) a request is signed like a policy event,
 over its subject instead of a ``Nats-Msg-Id`` (``Cp-Signature: v1=HMAC(key, subject + "\n" +
-body)``), and carries ``sent_at`` (Unix seconds): a replica answers only requests signed by a
-key it holds, for its own subject, sent within ``MAX_REQUEST_AGE_S``; anything else gets 403
-``forbidden`` and runs nothing (a relabel moves a session in or out of a policy's ``match``,
+body)``), and carries ``sent_at`` (Unix seconds) and a random ``nonce``: a replica answers
+only requests signed by a key it holds, for its own subject, sent within
+``MAX_REQUEST_AGE_S`` and not answered before (a replay within the window); anything else gets
+403 ``forbidden`` and runs nothing (a relabel moves a session in or out of a policy's ``match``,
 so NATS publish rights alone must not do it where publish rights alone make no policy).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
+import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -33,6 +37,7 @@ __all__ = ["MAX_DEPTH", "MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "RpcHandler"]
 log = logging.getLogger(__name__)
 
 SENT_AT: Final = "sent_at"  # a signed request's wall-clock time (Unix seconds)
+NONCE: Final = "nonce"  # makes every signed request unique: a second one is a replay
 MAX_DEPTH: Final = 32  # levels of a request body, as the REST API's (api.inputs.MAX_DEPTH)
 MAX_REQUEST_AGE_S: Final = 60.0  # a signed request further from now than this is refused
 
@@ -49,6 +54,9 @@ class NatsRpc:
         settings = conn.settings
         self._signer = EventSigner(settings.policy_signing_key, settings.policy_signing_key_file)
         self._wall = wall
+        # signed requests answered within the freshness window: (forget at, digest)
+        self._seen: set[bytes] = set()
+        self._seen_order: deque[tuple[float, bytes]] = deque()
 
     def subject(self, node: str, action: str) -> str:
         return f"{self._prefix}{subject_token(node)}.{subject_token(action)}"
@@ -70,6 +78,7 @@ class NatsRpc:
                     reply = _error(400, "bad_request", str(exc))
                 else:
                     payload.pop(SENT_AT, None)
+                    payload.pop(NONCE, None)
                     reply = await handler(action, payload)
             data = json.dumps(reply, separators=(",", ":")).encode()
             if len(data) > self._conn.client.max_payload:  # e.g. a very long session log
@@ -92,7 +101,7 @@ class NatsRpc:
         does not answer."""
         subject = self.subject(node, action)
         if self._signer.enabled:
-            payload = {**payload, SENT_AT: self._wall()}
+            payload = {**payload, SENT_AT: self._wall(), NONCE: uuid.uuid4().hex}
         data = json.dumps(payload, separators=(",", ":")).encode()
         headers = self._signer.headers(subject, data) or None
         timeout = self._conn.settings.nats_request_timeout_s
@@ -143,8 +152,21 @@ class NatsRpc:
             return None  # signed by a key holder: answered 400 as before
         if isinstance(sent, bool) or not isinstance(sent, int | float):
             return f"signed, but no numeric {SENT_AT!r}"
-        if not abs(self._wall() - sent) <= MAX_REQUEST_AGE_S:  # (NaN too)
+        now = self._wall()
+        if not abs(now - sent) <= MAX_REQUEST_AGE_S:  # (NaN too)
             return f"signed, but not sent within the last {MAX_REQUEST_AGE_S:g}s ({SENT_AT!r})"
+        return self._replayed(hashlib.sha256(msg.subject.encode() + b"\n" + data).digest(), now)
+
+    def _replayed(self, digest: bytes, now: float) -> str | None:
+        """A signed request seen within the window is a replay; this one is remembered until
+        no copy of it can be fresh any more."""
+        order, seen = self._seen_order, self._seen
+        while order and order[0][0] < now:
+            seen.discard(order.popleft()[1])
+        if digest in seen:
+            return "a replay of a request already answered"
+        seen.add(digest)
+        order.append((now + 2 * MAX_REQUEST_AGE_S, digest))
         return None
 
 

@@ -2,7 +2,7 @@
 NATS + Redis cluster. With a policy signing key, NATS publish rights alone no longer relabel a
 session (a relabel moves a session in or out of a compliance policy's ``match``): a request
 must be signed by the key, for that subject, and be fresh. Unsigned, wrong-key, re-addressed,
-stale and tampered requests are refused with 403 and change nothing; the replicas' own
+stale, tampered and replayed requests are refused with 403 and change nothing; the replicas' own
 requests (``PATCH`` on one replica for a session on the other) still work. Without a key the
 subjects are the authority, as docs/distributed.md says (tested by test_cluster.py).
 """
@@ -99,6 +99,16 @@ async def test_with_a_signing_key_only_signed_fresh_owner_requests_relabel_a_ses
 
         await eventually(vip_prompt)
         assert len(await a.log(sid)) >= 1  # the log read through A (signed) works too
+
+        # a key holder's valid request runs once; the same bytes again are a replay
+        gold = {**relabel, "labels": {"tier": "gold"}, "sent_at": time.time(), "nonce": "n1"}
+        assert (await _ask(cluster, "node-b", "relabel", gold, key=KEY))["result"]["labels"] == {
+            "tier": "gold"}  # fmt: skip
+        await a.call("PATCH", f"/v1/sessions/{sid}/labels", body={"labels": {"tier": "vip"}},
+                     expect=200)  # fmt: skip
+        replay = await _ask(cluster, "node-b", "relabel", gold, key=KEY)
+        assert replay["error"]["status"] == 403 and "replay" in replay["error"]["message"]
+        assert b.service.engine.live[sid].session.labels == {"tier": "vip"}
     text = caplog.text
     assert "owner request" in text and "refused" in text
     for secret in (KEY, WRONG):
