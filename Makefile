@@ -4,6 +4,9 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make serve` / `make emulator` need the service alone: not the ~500 MB of test, load and
+# framework extras (`make install`, `make test` add them)
+SERVE_STAMP := $(VENV)/.installed-service
 
 .PHONY: install serve emulator test lint types imports check bench clean
 
@@ -13,12 +16,18 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev,load,frameworks]'
 	touch $(STAMP)
 
+$(SERVE_STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $(SERVE_STAMP)
+
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/controlplane serve
 
-emulator: $(STAMP)
+emulator: $(SERVE_STAMP)
 	$(BIN)/controlplane emulator
 
 test: $(STAMP)

@@ -114,3 +114,17 @@ def test_the_readme_first_call_recipe_works(
     assert status.returncode == 0, status.stderr
     (row,) = json.loads(status.stdout)
     assert (row["policy"], row["version"], row["status"]) == ("eu-disclosure", 1, "UNVERIFIED")
+
+
+def test_make_serve_installs_the_service_without_the_test_extras() -> None:
+    # `make serve` on a fresh machine installed dev + load + frameworks (~500 MB: numba,
+    # onnxruntime, livekit's FFI, playwright) to run one process that needs none of them
+    makefile = (ROOT / "Makefile").read_text()
+    serve = re.search(r"^serve: (\S+)$", makefile, re.M)
+    emulator = re.search(r"^emulator: (\S+)$", makefile, re.M)
+    assert serve and emulator and serve.group(1) == emulator.group(1)
+    stamp = serve.group(1).replace("$", r"\$").replace("(", r"\(").replace(")", r"\)")
+    recipe = re.search(rf"^{stamp}: .*\n((?:\t.*\n)+)", makefile, re.M)
+    assert recipe, makefile
+    installs = [line for line in recipe.group(1).splitlines() if "pip install" in line]
+    assert installs[-1].strip().endswith("pip install --quiet -e ."), installs
