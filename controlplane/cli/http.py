@@ -81,6 +81,20 @@ def redact_url(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=host))
 
 
+def _checked_token(token: str | None) -> str | None:
+    """The token without surrounding whitespace (a token file's newline, a CRLF file's \\r);
+    CliError for one that cannot be a header value, never quoting it (urllib's error did)."""
+    if token is None:
+        return None
+    token = token.strip()
+    if token[:7].lower() == "bearer ":
+        raise CliError("--token / CONTROLPLANE_TOKEN is the token alone, without 'Bearer '", 2)
+    if not token or any(not 0x21 <= ord(c) <= 0x7E for c in token):
+        raise CliError("--token / CONTROLPLANE_TOKEN is empty or holds a space, a control or a "
+                       "non-ASCII character (the token is not printed)", 2)  # fmt: skip
+    return token
+
+
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Redirects are errors: following one would carry the token to another URL."""
 
@@ -106,7 +120,7 @@ class ControlPlaneClient:
             )  # fmt: skip
         self.url = url.rstrip("/")
         self.timeout_s = timeout_s
-        self._token = token
+        self._token = _checked_token(token)
         self._opener = urllib.request.build_opener(_NoRedirect())
 
     def __repr__(self) -> str:  # never the token

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port
+from tests.support.servers import free_port, wait_port
 
 EXE = str(Path(sys.executable).parent / "controlplane")
 
@@ -253,3 +253,30 @@ def test_ctrl_c_in_any_command_exits_130_without_a_traceback(tmp_path: Path) -> 
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().endswith("controlplane: interrupted"), err
+
+
+def test_a_token_read_from_a_crlf_file_works_and_a_bad_one_is_never_printed(
+    tmp_path: Path,
+) -> None:
+    # a token file saved with CRLF gave "controlplane: Invalid header value b'Bearer <token>\r'"
+    secret = "operator-walk-token-0123456789"
+    port = free_port()
+    server = subprocess.Popen([EXE, "serve", "--listen", f"127.0.0.1:{port}"], cwd=tmp_path,
+                              env={**_clean_env(), "CONTROLPLANE_TOKENS": f"admin:{secret}"},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_port(port, timeout=20)
+        url = f"http://127.0.0.1:{port}"
+        done = _run(tmp_path, "policy", "ls", "--url", url, CONTROLPLANE_TOKEN=f"{secret}\r\n")
+        assert done.returncode == 0 and done.stdout.strip() == "(none)", done.stderr
+        for bad in (f"{secret}\rx", f"Bearer {secret}", f"{secret[:5]} {secret[5:]}"):
+            done = _run(tmp_path, "policy", "ls", "--url", url, CONTROLPLANE_TOKEN=bad)
+            _one_clear_line(done, 2, "--token / CONTROLPLANE_TOKEN")
+            assert secret[:8] not in done.stderr + done.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=15)
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
