@@ -439,6 +439,10 @@ def test_sleep_action_pre_stop(chart: Any) -> None:
             },
             "maxReplicas",
         ),
+        (
+            {"extraEnv": [{"name": "CONTROLPLANE_TOKENS", "value": "admin:plain-text"}]},
+            "extraEnv CONTROLPLANE_TOKENS has a plain value",
+        ),
     ],
     ids=[
         "replicas-without-shared-state",
@@ -447,6 +451,7 @@ def test_sleep_action_pre_stop(chart: Any) -> None:
         "redis-subchart-not-vendored",
         "grace-shorter-than-drain",
         "hpa-min-above-max",
+        "plain-secret-in-extra-env",
     ],
 )
 def test_render_refuses_unsafe_combinations(
@@ -455,6 +460,17 @@ def test_render_refuses_unsafe_combinations(
     with pytest.raises(helm.HelmRenderError) as refused:
         chart.render(values, name=RELEASE, namespace=NAMESPACE)
     assert needle in str(refused.value)
+
+
+def test_a_secret_in_extra_env_from_a_secret_ref_renders(chart: Any) -> None:
+    ref = {"secretKeyRef": {"name": "signing", "key": "key"}}
+    extra = [{"name": "CONTROLPLANE_POLICY_SIGNING_KEY", "valueFrom": ref},
+             {"name": "CONTROLPLANE_ACK_TIMEOUT_S", "value": "3"}]  # fmt: skip
+    objects = parse_manifests(chart.render({"extraEnv": extra}, name=RELEASE,
+                                           namespace=NAMESPACE))  # fmt: skip
+    env = container_env(objects)
+    assert env["CONTROLPLANE_POLICY_SIGNING_KEY"]["valueFrom"] == ref
+    assert env["CONTROLPLANE_ACK_TIMEOUT_S"]["value"] == "3"
 
 
 def test_external_urls_from_secrets_and_plain_values(chart: Any) -> None:

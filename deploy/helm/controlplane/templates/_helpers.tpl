@@ -134,4 +134,9 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- if lt (include "controlplane.gracePeriod" . | int) (include "controlplane.minGracePeriod" . | int) -}}
 {{- fail (printf "shutdown.terminationGracePeriodSeconds (%v) is shorter than preStopSleepSeconds + drainSeconds + closeMarginSeconds (%s): the kubelet would SIGKILL live sessions mid-drain" .Values.shutdown.terminationGracePeriodSeconds (include "controlplane.minGracePeriod" .)) -}}
 {{- end -}}
+{{- range .Values.extraEnv -}}
+{{- if and (has .name (list "CONTROLPLANE_TOKENS" "CONTROLPLANE_POLICY_SIGNING_KEY")) (hasKey . "value") -}}
+{{- fail (printf "extraEnv %s has a plain value: the secret would be readable in the Deployment by anyone who may read it; use auth.tokens / auth.existingSecret (tokens), or valueFrom.secretKeyRef" .name) -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
