@@ -13,10 +13,10 @@ from controlplane.cli import history as policy_history
 from controlplane.cli import rollout as cli_rollout
 from controlplane.cli.http import ApiError, CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, positive, seconds
-from controlplane.cli.output import Column, listing, out, short, table, when, yaml_text
+from controlplane.cli.output import Column, listing, out, table, when, yaml_text
 from controlplane.signing import add_sign_command
 
-__all__ = ["register"]
+__all__ = ["preview_breakdown", "register"]
 
 
 def _read_document(path: str) -> tuple[bytes, str]:
@@ -130,9 +130,7 @@ def _policy_preview(args: argparse.Namespace, client: ControlPlaneClient) -> int
             f"policy {p.get('id')} version {p.get('version')} would change "
             f"{p.get('changed')} of {p.get('targeted')} targeted session(s)"
         ]
-        for name in ("by_kind", "by_variant"):
-            if p.get(name):
-                lines.append(f"{name.replace('_', ' ')}: {short(p[name], 200)}")
+        lines += preview_breakdown(p)
         samples = p.get("samples") or []
         if samples:
             rows = [(s.get("session_id"), s.get("delta")) for s in samples]
@@ -238,3 +236,19 @@ def register(sub: Any) -> None:
     ):
         add_command(policy, action, _policy_wave(action, done), what).add_argument("id")
     add_sign_command(policy)  # offline: signs an event for a raw NATS publisher
+
+
+def preview_breakdown(answer: Mapping[str, Any]) -> list[str]:
+    """``by kind: streaming-v3 3 of 5 change, voice-agent-v1 0 of 2`` and ``by variant:
+    control 3, warm 4 targeted`` (the raw JSON objects were printed before)."""
+    lines = []
+    kinds = answer.get("by_kind") or {}
+    if isinstance(kinds, Mapping) and kinds:
+        parts = [f"{kind} {c.get('changed')} of {c.get('targeted')}"
+                 for kind, c in sorted(kinds.items()) if isinstance(c, Mapping)]  # fmt: skip
+        lines.append(f"by kind (changed of targeted): {', '.join(parts)}")
+    variants = answer.get("by_variant") or {}
+    if isinstance(variants, Mapping) and variants:
+        parts = [f"{name} {count}" for name, count in sorted(variants.items())]
+        lines.append(f"by variant (targeted): {', '.join(parts)}")
+    return lines
