@@ -60,6 +60,7 @@ __all__ = [
     "at_command",
     "at_text",
     "export_entries",
+    "file_trail",
     "local_trail",
     "nats_trail",
     "parse_time",
@@ -184,9 +185,34 @@ def _raw_b64(key: Ed25519PublicKey) -> str:
 
 
 def _source(args: argparse.Namespace) -> str:
-    if args.data_dir is not None and args.nats_url is not None:
-        raise CliError("pass either --data-dir or --nats-url", 2)
+    given = [flag for flag, value in (("--data-dir", args.data_dir), ("--nats-url", args.nats_url),
+             ("--file", getattr(args, "file", None))) if value is not None]  # fmt: skip
+    if len(given) > 1:
+        raise CliError(f"pass one of {', '.join(given)}", 2)
+    if getattr(args, "file", None) is not None:
+        return "file"
     return "local" if args.data_dir is not None else "nats" if args.nats_url else "server"
+
+
+def file_trail(path: Path, session_id: str | None) -> Trail:
+    """The entries of an ``audit export`` file (JSON lines as they were hashed), per session;
+    no checkpoints (the export leaves them out)."""
+    try:
+        lines = path.read_bytes().splitlines()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        row = _row(line)
+        if not row.get("session_id"):
+            raise CliError(f"{path}:{number} is not an audit entry (a JSON object with a "
+                           "session_id): not an `audit export` file?")  # fmt: skip
+        groups.setdefault(str(row["session_id"]), []).append(row)
+    if session_id is not None:
+        groups = {session_id: groups.get(session_id, [])}
+    return Trail(f"file {path}", groups, [])
 
 
 def verify_command(
@@ -200,6 +226,8 @@ def verify_command(
         answer = client(args).verify_audit(args.id, public_keys=keys)
         answer.pop("next", None)
         return answer
+    if source == "file":
+        return verify_answer(file_trail(args.file, args.id), args.id, pinned)
     if source == "local":
         with Ticker(f"audit verify: reading {args.data_dir / 'audit'}"):
             trail = local_trail(args.data_dir, args.id)
@@ -443,6 +471,11 @@ def register(sub: Any) -> None:
         "--checkpoint-grace-s", type=float, metavar="S",
         help="with --data-dir: entries younger than this may await their checkpoint "
         "(default 60; the writer checkpoints every 10 s by default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--file", type=Path, metavar="FILE",
+        help="recompute the chains of an `audit export` JSONL file (one call's proof), offline; "
+        "it holds no checkpoints, so a cut-off end of a session is not detectable from it",
     )  # fmt: skip
     p.set_defaults(func=_audit_verify)
     p = add_command(audit, "at", None, "the configuration in effect for a session at an "

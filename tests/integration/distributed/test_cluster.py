@@ -156,6 +156,16 @@ async def test_audit_verifies_from_cp_audit_alone_after_redis_is_flushed(
     assert code == 0
     exported = [json.loads(line) for line in target.read_text().splitlines()]
     assert exported == local
+    # the auditor proves the exported call offline: its chain recomputes; an edit is caught
+    capsys.readouterr()
+    code = await asyncio.to_thread(_cli, "audit", "verify", "--file", str(target), "--json")
+    assert code == 0
+    [report] = json.loads(capsys.readouterr().out)["items"]
+    assert (report["session_id"], report["ok"], report["count"]) == (sid, True, len(local))
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(target.read_text().replace('"v1"', '"v9"', 1))
+    assert await asyncio.to_thread(_cli, "audit", "verify", "--file", str(edited)) == 1
+    assert f"BROKEN  {sid}" in capsys.readouterr().out
     # a time range selects by the entries' own timestamps
     first, last = local[0]["at"], local[-1]["at"]
     code = await asyncio.to_thread(
