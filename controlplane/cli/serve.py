@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import fcntl
 import gc
 import ipaddress
 import logging
@@ -90,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
               f"data dir {settings.data_dir}, {_mode(settings)})")  # fmt: skip
     try:
         _prepare_data_dir(settings.data_dir)
+        _lock = _lock_data_dir(settings.data_dir)  # held until the process exits
         app = build_app(settings)
         app[DRAIN_ON_SIGNALS] = True
         web.run_app(  # the banner once the socket listens, not before
@@ -104,6 +106,29 @@ def run(args: argparse.Namespace) -> int:
               flush=True)  # fmt: skip
         return 1
     return 0
+
+
+def _lock_data_dir(path: Path) -> int:
+    """An exclusive lock on ``<data-dir>/.controlplane.lock`` for this process's life: two
+    services on one data directory would interleave their writes to one version log (broken
+    hash chains) and one policy store. OSError naming the holder when another has it."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
+        os.close(fd)
+        raise OSError(
+            errno.EBUSY,
+            f"--data-dir {path} (CONTROLPLANE_DATA_DIR) is in use by "
+            f"another controlplane (pid {holder}): give each its own",
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+LOCK_FILE = ".controlplane.lock"
 
 
 def _prepare_data_dir(path: Path) -> None:

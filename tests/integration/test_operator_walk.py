@@ -295,3 +295,36 @@ def test_every_error_code_the_rest_api_answers_is_in_docs_api_md() -> None:
     channel = (root / "docs" / "control-channel.md").read_text()
     missing = {c for c in codes if f"`{c}`" not in api and f"`{c}`" not in channel}
     assert len(codes) > 20 and missing == set(), "name these in docs/api.md's errors"
+
+
+@pytest.mark.timeout(90)
+def test_a_second_service_on_the_same_data_dir_is_refused_until_the_first_is_gone(
+    tmp_path: Path,
+) -> None:
+    # two `serve` on one data dir both started and appended to one version log
+    env = {**_clean_env(), "CONTROLPLANE_TOKENS": "admin:operator-walk-token-0123456789",
+           "CONTROLPLANE_DATA_DIR": str(tmp_path / "data")}  # fmt: skip
+    port = free_port()
+    first = _serve(tmp_path, port, env)
+    try:
+        wait_port(port, timeout=20)
+        done = _run(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}",
+                    CONTROLPLANE_DATA_DIR=str(tmp_path / "data"))  # fmt: skip
+        _one_clear_line(done, 1, "--data-dir", "in use by another controlplane",
+                        f"(pid {first.pid})")  # fmt: skip
+    finally:
+        first.kill()  # SIGKILL: the kernel releases the lock, the stale file stays
+        first.wait(timeout=15)
+    port = free_port()
+    second = _serve(tmp_path, port, env)
+    try:
+        wait_port(port, timeout=20)
+        assert second.poll() is None
+    finally:
+        second.terminate()
+        second.wait(timeout=15)
+
+
+def _serve(cwd: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([EXE, "serve", "--listen", f"127.0.0.1:{port}"], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
