@@ -55,6 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR_CLOSE = 1011
+DRAIN_POLL_S = 0.01  # how often a leaving session looks whether its answers came
 
 
 class UpstreamTransport:
@@ -191,6 +192,8 @@ class ProxyPump:
                 await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
         finally:
             if not upstream.closed:
+                await self._drain(reader)
+            if not upstream.closed:
                 code = ws.close_code if ws.close_code and ws.close_code != 1006 else 1000
                 with contextlib.suppress(Exception):
                     await upstream.close(code=code)
@@ -201,6 +204,21 @@ class ProxyPump:
             if reader.done() and not reader.cancelled() and cause == "client_closed":
                 cause = "upstream_closed"
         return cause
+
+    async def _drain(self, reader: asyncio.Task[None]) -> None:
+        """The client left while an update of the session waits for its answer (Voice Agent:
+        ours, or the client's own, possibly applied upstream already): the upstream leg stays
+        open until the answers came, at most one acknowledgement timeout, so that the record
+        says what the upstream did rather than "the session ended before it answered"."""
+        acks = self.machine.acks
+        if acks is None:
+            return
+        acks.leaving = True  # what waits in the queue is not sent any more
+        model, limit = acks.model, self.now() + acks.ack_timeout
+        while (model.outstanding is not None or model.owed) and self.now() < limit:
+            if reader.done():  # the upstream closed: no answer can come
+                return
+            await asyncio.sleep(DRAIN_POLL_S)
 
     async def _from_upstream(self) -> None:
         ws, upstream = self.ws, self.upstream

@@ -107,8 +107,8 @@ class AgentAcks:
     answer or a queued update still concerns the push in flight)."""
 
     __slots__ = (
-        "_armed", "_connect", "_late", "_resume", "ack_timeout", "model", "push_state",
-        "refused",
+        "_armed", "_connect", "_late", "_resume", "ack_timeout", "leaving", "model",
+        "push_state", "refused",
     )  # fmt: skip
 
     def __init__(self, *, ack_timeout: float, applies_rest: bool = False) -> None:
@@ -123,6 +123,8 @@ class AgentAcks:
         # (session.ready, or a session.error refusing it) is still recorded
         self._late: tuple[Update, tuple[PolicyRef, ...], int] | None = None
         self._resume: Update | None = None  # a session.resume, until session.ready
+        # the client left: answers to what went are still awaited, nothing more is sent
+        self.leaving = False
         self.refused = False  # the upstream refused the first message: no upstream session
 
     # -- what goes upstream ---------------------------------------------------------------
@@ -173,8 +175,9 @@ class AgentAcks:
         return [ToUpstream(text)]
 
     def _next(self, now: float) -> list[Action]:
-        """The queued update that goes now, if no other is outstanding."""
-        while (update := self.model.next_to_send()) is not None:
+        """The queued update that goes now, if no other is outstanding (none once the client
+        left: ``leaving``)."""
+        while not self.leaving and (update := self.model.next_to_send()) is not None:
             if update.owner == "ours" and not self._in_flight(update):
                 self.model.withdraw(update)  # its outcome was recorded meanwhile (timeout)
                 continue

@@ -276,3 +276,25 @@ async def test_a_resumed_session_is_recorded_on_what_the_upstream_resumed(
     finally:
         await agent.close()
         await resumed.close()
+
+
+async def test_a_push_unanswered_when_the_client_leaves_is_recorded_as_answered(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The client leaves right after our push went (the upstream answers it 300 ms later):
+    the upstream leg waits for that answer (at most the acknowledgement timeout) before it
+    closes, so the record says acked, as the upstream ran it (was: unverified, "the session
+    ended before the upstream answered", config-at without the push)."""
+    cp = cp_quick
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    await agent.open(cp.ws_base, "tier=gold")
+    sid = agent.session_id = cp.live_by_upstream(agent.upstream_id)
+    await emulator.faults(agent.upstream_id, {"latency_ms": 300})
+    await cp.publish({"id": "tone", "set": {"system_prompt": "Bye."}})
+    await agent.close()
+    await eventually(lambda: sid not in cp.service.engine.live)
+    log = [e for e in await cp.log(sid) if e["cause"] == "policy"]
+    assert [e["status"] for e in log] == ["sent", "acked"], log
+    assert (await emulator.session(agent.upstream_id))["config"]["system_prompt"] == "Bye."
+    answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}", expect=200)
+    assert answer["config"]["system_prompt"] == "Bye." and answer["rebuild"]["verified"]
