@@ -64,7 +64,12 @@ from controlplane.audit.batches import (
 )
 from controlplane.audit.reader import dedupe
 from controlplane.audit.shipper import AuditLine
-from controlplane.cluster.nats_bus import NatsConnection, ensure_stream, subject_token
+from controlplane.cluster.nats_bus import (
+    NatsConnection,
+    ensure_stream,
+    subject_token,
+    translate,
+)
 from controlplane.errors import Unavailable
 
 __all__ = ["NatsAuditStream", "ReadCost"]
@@ -135,7 +140,7 @@ class NatsAuditStream:
         try:
             await ensure_stream(self._conn.js, self.stream_config())
         except nats.errors.Error as exc:
-            raise Unavailable(f"NATS: cannot set up stream {self.stream}: {exc}") from exc
+            raise translate(f"setting up stream {self.stream}", exc) from exc
         self._ensured = True
 
     # -- AuditTransport ------------------------------------------------------------------
@@ -212,7 +217,7 @@ class NatsAuditStream:
         except nats.js.errors.NotFoundError:
             return False  # no such message (or no stream yet: no trail either)
         except nats.errors.Error as exc:
-            raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+            raise translate(f"reading {self.stream}", exc) from exc
         return True
 
     async def read(
@@ -290,7 +295,7 @@ class NatsAuditStream:
             try:
                 msgs = await asyncio.gather(*(js.get_msg(self.stream, seq) for seq in part))
             except nats.errors.Error as exc:
-                raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+                raise translate(f"reading {self.stream}", exc) from exc
             self.read_cost.batches_fetched += len(msgs)
             for seq, lines in await asyncio.to_thread(self._decode_raw, part, msgs):
                 each(seq, lines)
@@ -364,7 +369,7 @@ class NatsAuditStream:
         except nats.js.errors.NotFoundError as exc:
             raise Unavailable(f"NATS: stream {self.stream} does not exist") from exc
         except nats.errors.Error as exc:
-            raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+            raise translate(f"reading {self.stream}", exc) from exc
         try:
             info = await sub.consumer_info()
             remaining = info.num_pending
@@ -384,7 +389,7 @@ class NatsAuditStream:
                     await after_fetch()
                 remaining = msgs[-1].metadata.num_pending
         except nats.errors.Error as exc:
-            raise Unavailable(f"NATS: reading {self.stream} failed: {exc}") from exc
+            raise translate(f"reading {self.stream}", exc) from exc
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

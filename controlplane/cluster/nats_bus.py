@@ -145,7 +145,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def translate(what: str, exc: Exception) -> ControlPlaneError:
-    return Unavailable(f"NATS: {what} failed: {exc or type(exc).__name__}", code="nats_unavailable")
+    why = str(exc) or type(exc).__name__
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError):
+        why = "JetStream is not enabled on this NATS server (run nats-server -js)"  # its 503
+    return Unavailable(f"NATS: {what} failed: {why}", code="nats_unavailable")
 
 
 class NatsPolicyBus:

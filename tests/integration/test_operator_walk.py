@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.servers import free_port, wait_port
+from tests.support.servers import free_port, nats_binary, wait_port
 
 EXE = str(Path(sys.executable).parent / "controlplane")
 
@@ -328,3 +328,21 @@ def test_a_second_service_on_the_same_data_dir_is_refused_until_the_first_is_gon
 def _serve(cwd: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen([EXE, "serve", "--listen", f"127.0.0.1:{port}"], cwd=cwd, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+@pytest.mark.timeout(90)
+def test_a_nats_server_without_jetstream_is_named_as_such(tmp_path: Path) -> None:
+    # was: "nats: ServiceUnavailableError: code=None err_code=None description='None'"
+    port = free_port()
+    nats = subprocess.Popen([nats_binary(), "-p", str(port), "-a", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        wait_port(port, timeout=20)
+        url = f"nats://127.0.0.1:{port}"
+        done = _run(tmp_path, "serve", "--listen", f"127.0.0.1:{free_port()}", "--nats-url", url)
+        _one_clear_line(done, 1, "cannot start", "JetStream is not enabled", "nats-server -js")
+        done = _run(tmp_path, "audit", "verify", "--nats-url", url)
+        _one_clear_line(done, 1, "reading CP_AUDIT", "JetStream is not enabled")
+    finally:
+        nats.terminate()
+        nats.wait(timeout=15)
