@@ -323,7 +323,7 @@ class ControlChannel:
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
             elif isinstance(action, LateAnswer):
-                port.late_answer(ls, action.push, action.ack)
+                await port.late_answer(ls, action.push, action.ack)
             elif isinstance(action, ClientChange):
                 await port.client_update(ls, action.update)
             elif isinstance(action, TurnBoundary):

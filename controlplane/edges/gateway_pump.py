@@ -135,7 +135,7 @@ class ProxyPump:
                 port.connect_answered(ls, action.ack, action.refs, action.version,
                                       late=action.late)  # fmt: skip
             elif isinstance(action, LateAnswer):
-                port.late_answer(ls, action.push, action.ack)
+                await port.late_answer(ls, action.push, action.ack)
             elif isinstance(action, Resumed):
                 await port.resumed(ls, action.config)
             elif isinstance(action, Reconnect):

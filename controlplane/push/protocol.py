@@ -309,11 +309,27 @@ class PushState:
         # the push's delta on what the upstream runs *now*: a client update answered while
         # the push waited its turn (one session.update outstanding) is part of it
         base = _apply(self.base, push.delta)
-        self.base = push.config if base == push.config else base  # (shared config objects)
+        if base == push.config:
+            self.base = push.config  # (shared config objects)
+        else:
+            self.base = base
+            self._resync()
         if status == "acked":
             self.acked_version = push.version
         self.last_status = status
         return Outcome(push, status, None, now - self.in_flight_at)
+
+    def _resync(self) -> None:
+        """The base moved off the desired config with nothing more to send (an earlier push
+        answered late, after a newer one was taken without it): a new version brings the
+        upstream back to the desired config."""
+        if (
+            self.in_flight is None
+            and self.desired_version == self.sent_version
+            and (self._sendable())
+        ):
+            self.desired_version += 1
+            self._unsent.append(self.desired_version)
 
     def rejected(
         self, code: str, message: str, now: float, fields: frozenset[str] | None = None
@@ -389,8 +405,13 @@ class PushState:
             return  # (not late: the caller acknowledges it)
         if self.unanswered is push:
             self.unanswered = None  # answered once
+        for name in refused:  # refused values are never sent again (as ``rejected``)
+            self.quarantine.add((name, push.delta[name]))
+        if refused:
+            self.quarantined.add(push.version)
         base = _apply(self.base, applied)
         self.base = push.config if base == push.config else base  # (shared config objects)
+        self._resync()
         if not refused and status == "acked":
             self.acked_version = max(self.acked_version, push.version)
         if push.version == self.sent_version and self.in_flight is None:

@@ -79,7 +79,7 @@ class SessionPort(Protocol):
         late: bool = False,
     ) -> None: ...
 
-    def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None: ...
+    async def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None: ...
 
     async def resumed(self, ls: LiveSession, config: dict[str, Any]) -> None: ...
 
@@ -200,7 +200,7 @@ class EngineSessions:
         if status == "rejected" and isinstance(ack, PushRejected) and ack.fields:
             self._charge_connect(ls, refs, version, ack.fields)
 
-    def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None:
+    async def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None:
         """The upstream answered ``push`` after its outcome was recorded (no acknowledgement
         in time): a later entry of its version with the real status, the error saying it came
         late. Applied (wholly or in part): the push state's base, versions and state follow.
@@ -229,6 +229,7 @@ class EngineSessions:
         if push.version == state.sent_version and state.in_flight is None:
             mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
         engine.sync_session(ls)
+        await engine.kick(ls)  # (a newer push taken without it: the desired config again)
 
     async def resumed(self, ls: LiveSession, config: dict[str, Any]) -> None:
         """The client resumed an upstream session (``session.resume``): what it runs is what

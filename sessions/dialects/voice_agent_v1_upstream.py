@@ -212,9 +212,9 @@ class AgentUpstream:
             self.config = echo
         owed = self.owed[0] if self.owed else None
         if owed is not None and _mismatch(owed, echo) is None:  # answered in order: late
-            if update is not None and update.owner != "first":
-                self._expect(update, keep_seq=True)  # it goes on from the echoed config
-            return self._late(owed, self._answered(owed, echo))
+            verdict = self._late(owed, self._answered(owed, echo))
+            self._reexpect()  # what went after it goes on from the echoed config
+            return verdict
         if update is not None and update.owner != "first" and _mismatch(update, echo) is None:
             return self._answered(update, echo)
         for old in reversed(self.ended):
@@ -274,6 +274,19 @@ class AgentUpstream:
                        verdict.params, late=True)  # fmt: skip
 
     # -- internals --------------------------------------------------------------------------
+    def _reexpect(self) -> None:
+        """An update answered late applied: the updates sent after it (still owed, then the
+        outstanding one) expected the config before it; they go on from the echo, in order."""
+        later = list(self.owed)
+        if self.outstanding is not None and self.outstanding.owner != "first":
+            later.append(self.outstanding)
+        known = self.config
+        for update in later:
+            self._expect(update, keep_seq=True)
+            if update.expected is not None:
+                self.config = update.expected  # (the next one goes on from this one's)
+        self.config = known
+
     def _expect(self, update: Update, *, keep_seq: bool = False) -> None:
         assert self.config is not None
         body = update.message.get("session", {})

@@ -38,13 +38,14 @@ import pytest
 
 from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.live import LiveSession
+from sessions.exposures import exposure_problem
 from tests.integration.differential.actors import (
     Actor,
     ControlApp,
     GatewayAgent,
     GatewayStreaming,
 )
-from tests.integration.differential.scenario import Op, disabled_classes, next_op
+from tests.integration.differential.scenario import POLICY_IDS, Op, disabled_classes, next_op
 from tests.integration.differential.views import diff_views, emulator_view, recorded_view
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator
 
@@ -361,6 +362,19 @@ class Run:
             for field_name, (ours, theirs) in diff_views(running, truth).items():
                 problems.append(f"{name} running.{field_name}: modelled {ours!r}, "
                                 f"upstream runs {theirs!r}")  # fmt: skip
+            # GET /v1/sessions/{id} on its own replica (another one reads the registry, synced
+            # in batches every 0.25 s)
+            shown = await self.home[name].session(actor.session_id)
+            if shown["state"] == "synced":  # it says the upstream runs its effective config,
+                # but for fields the client set itself (an update overriding an unlocked
+                # policy field is not fought at once: docs/policies.md, Defaults)
+                effective = recorded_view(actor.kind, actor.model, shown["effective_config"])
+                own = set(shown["client_config"])
+                for field_name, (ours, theirs) in diff_views(effective, truth).items():
+                    if field_name in own:
+                        continue
+                    problems.append(f"{name} synced, effective_config.{field_name} {ours!r}, "
+                                    f"upstream runs {theirs!r}")  # fmt: skip
             if isinstance(actor, GatewayAgent):  # its own answers, each message answered
                 kinds = [m["type"] for m in actor.answers()]
                 updated, errors = kinds.count("session.updated"), kinds.count("session.error")
@@ -369,6 +383,24 @@ class Run:
                                     f"session.updated, {errors} session.error")  # fmt: skip
         if problems:
             await self.fail(f"after step {step}:\n  " + "\n  ".join(problems))
+
+    async def check_exposures(self) -> None:
+        """Every experiment exposure is backed by the session's log: the entry it names has
+        its hash, names the variant, and runs it (``sessions.exposures.exposure_problem``)."""
+        replica = self.any_cp()
+        for key in (f"exp-{pid}" for pid in POLICY_IDS):
+            async with replica.http.get(
+                f"{replica.base}/v1/experiments/{key}/assignments",
+                headers={"Authorization": f"Bearer {ADMIN}"},
+            ) as r:
+                if r.status == 404:
+                    continue  # (never published)
+                assert r.status == 200, await r.text()
+                rows = (await r.json())["items"]
+            for row in rows:
+                problem = exposure_problem(row, await replica.log(row["session_id"]))
+                if problem is not None:
+                    await self.fail(f"exposure of {row['session_id']} in {key}: {problem}")
 
     async def check_timelines(self, rng: random.Random) -> None:
         """Invariant 2: config-at at sampled quiescent instants = the emulator's timeline;
@@ -429,6 +461,7 @@ async def run_scenario(run: Run, steps: int) -> None:
             await run.check_now(quiet_from, step)
         run.windows.append((quiet_from, time.time()))
         await run.check_timelines(rng)
+        await run.check_exposures()
         kinds = collections.Counter(op.split(" ")[0] for op in run.history)
         print(f"differential seed {run.seed}: operations {dict(sorted(kinds.items()))}")
     finally:

@@ -217,7 +217,11 @@ async def test_an_answer_owed_to_a_timed_out_push_is_never_taken_for_the_next_on
         async def settled() -> list[dict[str, Any]] | None:
             log = [e for e in await cp.log(sid) if e["cause"] == "policy"]
             by = {v: [e["status"] for e in log if e["version"] == v] for v in (2, 3)}
-            return log if len(by[2]) == 3 and len(by[3]) == 3 else None
+            ls = cp.service.engine.live[sid]
+            link = ls.transport.link  # type: ignore[attr-defined]
+            idle = ls.push.in_flight is None and link.model.outstanding is None
+            done = idle and not link.model.owed and len(by[2]) == len(by[3]) == 3
+            return log if done else None
 
         log = await eventually(settled, timeout=8)
         v2 = [(e["status"], e["error"]) for e in log if e["version"] == 2]
@@ -298,3 +302,44 @@ async def test_a_push_unanswered_when_the_client_leaves_is_recorded_as_answered(
     assert (await emulator.session(agent.upstream_id))["config"]["system_prompt"] == "Bye."
     answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}", expect=200)
     assert answer["config"]["system_prompt"] == "Bye." and answer["rebuild"]["verified"]
+
+
+async def test_a_late_answer_behind_a_newer_push_is_undone_where_no_longer_wanted(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """Version 2 times out; version 3 (the policy no longer sets max_turn_silence_ms) is
+    taken without it; then version 2's late answer shows the upstream applied it after all.
+    The session must not stay "synced" on a field no policy wants: a new version clears it
+    (differential seed 1234: synced, effective_config without the field, upstream 1400)."""
+    cp = cp_quick
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        sid = agent.session_id = cp.live_by_upstream(agent.upstream_id)
+        await emulator.faults(agent.upstream_id, {"latency_ms": LATENCY_MS})
+        doc = {"id": "tone", "match": {"kind": ["voice-agent-v1"]}}
+        await cp.publish({**doc, "set": {"system_prompt": "A", "max_turn_silence_ms": 1400}})
+
+        def timed_out() -> bool:
+            return cp.service.engine.live[sid].push.last_status == "unverified"
+
+        await eventually(timed_out)
+        await cp.publish({**doc, "set": {"system_prompt": "B"}})
+        await asyncio.sleep(3 * LATENCY_MS / 1000)
+        await emulator.faults(agent.upstream_id, {"latency_ms": 0})
+
+        async def settled() -> dict[str, Any] | None:
+            session = await cp.session(sid)
+            ls = cp.service.engine.live[sid]
+            link = ls.transport.link  # type: ignore[attr-defined]
+            idle = link.model.outstanding is None and not link.model.owed
+            return session if idle and session["state"] == "synced" else None
+
+        session = await eventually(settled, timeout=8)
+        config = (await emulator.session(agent.upstream_id))["config"]
+        assert config["system_prompt"] == "B", config
+        assert config["input"]["turn_detection"]["max_silence"] != 1400, config
+        assert "max_turn_silence_ms" not in session["effective_config"]
+        await _record_is_truth(cp, emulator, agent, sid)
+    finally:
+        await agent.close()

@@ -206,3 +206,24 @@ def test_an_update_that_may_have_had_its_answer_is_not_owed_one_after_its_timeou
     up.submit(later)
     up.next_to_send()
     assert up.on_updated(_echo(up, system_prompt="B")).update is later
+
+
+def test_updates_sent_before_a_late_answer_go_on_from_its_echo() -> None:
+    """Both timed out before the first was answered: the second's expectation was the
+    config without the first; once the first's echo shows it applied, the second's answer
+    (the first's change kept) is recognised as its own."""
+    up = _ready()
+    first = _update("ours", {"system_prompt": "A", "input": {"keyterms": ["k"]}})
+    second = _update("ours", {"system_prompt": "B"})
+    up.submit(first)
+    up.next_to_send()
+    up.expire(first)
+    up.submit(second)
+    up.next_to_send()
+    up.expire(second)
+    assert list(up.owed) == [first, second]
+    input_ = {**START["input"], "keyterms": ["k"]}
+    assert up.on_updated(_echo(up, system_prompt="A", input=input_)).update is first
+    verdict = up.on_updated(_echo(up, system_prompt="B", input=input_))
+    assert (verdict.update, verdict.status, verdict.late) == (second, "acked", True)
+    assert not up.owed
