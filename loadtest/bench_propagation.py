@@ -41,11 +41,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clients import ClientPool, ws_url
 from launch import (
     Proc,
+    cpu_bound_ms,
     new_token,
     process_usage,
     start_baseline,
     start_controlplane,
     start_emulator,
+    thread_cpu,
     workdir,
 )
 from loopback import emulator_receipts, http_json, raise_nofile, scrape
@@ -214,7 +216,7 @@ def real_run(
                     args.profile / f"propagation-{args.variant}-{args.sessions}-{k}.txt"
                 )
                 spy = start_pyspy(cp.pid, profiles[-1])
-            cpu0 = process_usage(cp.pid)[1]
+            cpu0, loop0, clients0 = process_usage(cp.pid)[1], thread_cpu(cp.pid), pool.cpu_s()
             published = time.time()
             status, body = http_json(cp.http + "/v1/policies", method="POST", body=doc, token=token)
             answered = time.time()
@@ -247,6 +249,8 @@ def real_run(
                     "post_ms": round((answered - published) * 1000, 1),
                     "server_convergence_ms": round(conv_sum * 1000, 1),
                     "cp_cpu_s": round(process_usage(cp.pid)[1] - cpu0, 3),
+                    "cp_loop_cpu_s": round(thread_cpu(cp.pid) - loop0, 3),
+                    "clients_cpu_s": round(pool.cpu_s() - clients0, 3),
                     "frame_bytes": len(sample or ""),
                     "sample": sample,
                 }
@@ -292,10 +296,12 @@ def floor_run(
                 repeats = []
                 for _ in range(args.floor_repeats):  # cheap: the median repeat is the floor
                     pool.call("arm", {"marker": mark})
+                    cpu0, clients0 = process_usage(floor.pid)[1], pool.cpu_s()
                     published = time.time()
                     trigger.send(frame)
                     server = json.loads(trigger.recv(timeout=args.timeout))
                     got = pool.call("collect", {"timeout": args.timeout})
+                    cpu = process_usage(floor.pid)[1] - cpu0, pool.cpu_s() - clients0
                     lat = [t - published for g in got for t in g["times"]]
                     repeats.append(
                         {
@@ -303,6 +309,8 @@ def floor_run(
                             "first_ms": _first_ms(lat),
                             "received": len(lat),
                             "server_broadcast_ms": round(server["elapsed_s"] * 1000, 1),
+                            "cp_cpu_s": round(cpu[0], 3),  # (the floor server's)
+                            "clients_cpu_s": round(cpu[1], 3),
                             "kib_per_conn": round(per_conn, 2),
                         }
                     )
@@ -422,6 +430,8 @@ def measure_run(
             }
             for key in ("p50_ms", "p99_ms", "max_ms"):
                 row[f"ratio_{key[:-3]}"] = round(r[key] / f[key], 2) if f[key] else None
+            for side, m in (("real", r), ("floor", f)):  # the CPU both cores had to give
+                row[f"{side}_cpu_bound_ms"] = cpu_bound_ms(m["cp_cpu_s"], m["clients_cpu_s"])
             failures += (r["received"] != args.sessions) + (f["received"] != args.sessions)
             failures += real["open_errors"]
             rows.append(row)
@@ -436,7 +446,8 @@ SUMMARY_KEYS = (
     "real_server_convergence_ms", "real_cp_cpu_s", "floor_first_ms", "floor_p50_ms",
     "floor_p99_ms", "floor_max_ms", "floor_server_broadcast_ms", "ratio_p50", "ratio_p99",
     "ratio_max", "open_s", "open_per_s", "open_cpu_us_per_session", "cp_rss_mib",
-    "kib_per_session", "floor_kib_per_conn",
+    "kib_per_session", "floor_kib_per_conn", "real_cp_loop_cpu_s", "real_clients_cpu_s",
+    "real_cpu_bound_ms", "floor_cp_cpu_s", "floor_clients_cpu_s", "floor_cpu_bound_ms",
 )  # fmt: skip
 
 

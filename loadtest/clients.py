@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import json
 import multiprocessing as mp
+import os
 import sys
 import time
 import traceback
@@ -384,6 +385,14 @@ class ClientPool:
 
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
+
+    def cpu_s(self) -> float:
+        """CPU seconds (user+system) the client processes used so far."""
+        ticks = 0
+        for pid in self.pids():
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        return ticks / os.sysconf("SC_CLK_TCK")
 
     def split(self, total: int) -> list[int]:
         base, extra = divmod(total, self.size)

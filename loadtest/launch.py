@@ -30,12 +30,14 @@ __all__ = [
     "RUN_CLI",
     "SOURCE",
     "Proc",
+    "cpu_bound_ms",
     "new_token",
     "process_usage",
     "source_revision",
     "start_baseline",
     "start_controlplane",
     "start_emulator",
+    "thread_cpu",
     "workdir",
 ]
 
@@ -257,3 +259,15 @@ def process_usage(pid: int) -> tuple[float, float]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return rss_kib, (int(fields[11]) + int(fields[12])) / ticks
+
+
+def thread_cpu(pid: int) -> float:
+    """CPU seconds (user+system) of the process's main thread (serve: its event loop)."""
+    fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_bound_ms(server_s: float, clients_s: float) -> float:
+    """The shortest a publish -> last frame could take if the server's and the clients' CPU
+    (publish -> last receipt) kept every core busy: (server + clients) / cores."""
+    return round((server_s + clients_s) / (os.cpu_count() or 1) * 1000, 1)
