@@ -37,6 +37,11 @@ def test_propagation_bench_small(variant: str) -> None:
     assert m["failures"] == 0
     assert 0 < m["real_max_ms"] < 5000 and 0 < m["floor_max_ms"] < 5000
     assert m["ratio_max"] > 0
+    # where a publish's CPU goes (docs/benchmarks.md, session 9): serve, its loop thread, the
+    # clients, the floor server, and the bound they set on two shared cores
+    for key in ("real_cp_cpu_s", "real_cp_loop_cpu_s", "real_clients_cpu_s", "floor_cp_cpu_s",
+                "floor_clients_cpu_s", "real_cpu_bound_ms", "floor_cpu_bound_ms"):  # fmt: skip
+        assert m[key] >= 0, key
 
 
 @pytest.mark.timeout(90)
