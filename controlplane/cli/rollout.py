@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Final, TextIO
 
-from controlplane.cli.http import CliError, ControlPlaneClient
+from controlplane.cli.http import ApiError, CliError, ControlPlaneClient
 from controlplane.cli.output import utc_instant
 
 __all__ = [
@@ -118,7 +118,9 @@ def progress(body: Mapping[str, Any], version: int | None = None) -> Progress:
         outcome = "halted"  # the guard stopped it (or rolled it back, or retired the policy)
     elif state == "halted" and version is None:
         outcome = "halted"
-    elif current != target or state == "retired" or body.get("status") == "retired":
+    elif version is None and state == "retired" and isinstance(halt, Mapping):
+        outcome = "halted"  # --watch after the guard halted the version and retired the policy
+    elif current != target or (version is not None and "retired" in (state, body.get("status"))):
         outcome = "superseded"
     elif elsewhere == 0 and sums["pending"] == 0 and sums["sent"] == 0:
         outcome = "rejected" if sums["rejected"] else "converged"
@@ -290,6 +292,8 @@ def watch(
                               f"{interval_s:g}s", file=sys.stderr)  # fmt: skip
                         streaming = False
                 except CliError as exc:
+                    if isinstance(exc, ApiError) and exc.status in (401, 403, 404):
+                        raise  # polling would be refused the same way: say it once
                     print(f"rollout stream unavailable ({exc}); polling every {interval_s:g}s",
                           file=sys.stderr)  # fmt: skip
                     streaming = False

@@ -49,3 +49,13 @@ async def test_follow_prints_each_entry_as_it_is_written_until_the_session_ends(
     assert printed == await _entries(cp, sid)  # every entry once, in order, as stored
     assert [e["cause"] for e in printed][:1] == ["connect"] and len(printed) >= 3
     assert f"controlplane: session {sid} ended" in err
+
+
+async def test_watching_an_unknown_policy_says_so_once(
+    cp: ControlPlaneUnderTest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # was: "rollout stream unavailable (policy_not_found …); polling every 1s", then the error
+    argv = ["policy", "rollout", "nope", "--watch", "--url", cp.base, "--token", ADMIN]
+    assert await asyncio.to_thread(main, argv) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["controlplane: policy_not_found (HTTP 404): no policy 'nope'"]

@@ -39,6 +39,15 @@ def test_in_flight_rejected_halted_and_superseded() -> None:
     assert progress(rolled, 1).outcome == "halted"
     assert progress(rolled).outcome == "converged"  # --watch follows the rollback version
     assert progress(body(3, row(3, acknowledged=5)), 2).outcome == "superseded"
+    # --watch of a policy the guard retired (exit 4, docs/cli.md); it said superseded (6, a
+    # --wait code) -- and one retired by hand ends when the retirement is delivered
+    guard_retired = body(2, row(1, guard_failures=3), state="retired", halt={"version": 1})
+    assert progress(guard_retired).outcome == "halted"
+    assert progress(guard_retired, 1).outcome == "halted"
+    retired = body(2, row(1, acknowledged=4), state="retired")
+    assert progress(retired).outcome is None  # its sessions still count under version 1
+    assert progress(body(2, row(2, acknowledged=4), state="retired")).outcome == "converged"
+    assert progress(retired, 1).outcome == "superseded"  # --wait on version 1
     variants = body(1, {**row(1, acknowledged=2), "variant": "a"},
                     {**row(1, unverified=3), "variant": "b"})  # fmt: skip
     p = progress(variants, 1)
