@@ -515,6 +515,17 @@ def test_notes_tell_how_to_reach_the_service(
     assert "deregistration delay to at least 620s, preStop + drain" in notes
 
 
+def test_notes_warn_when_the_image_is_the_example_placeholder(chart: Any) -> None:
+    # the chart README's embedded install used the default image, which no node can pull
+    notes = chart.render({}, name=RELEASE, namespace=NAMESPACE)["controlplane/templates/NOTES.txt"]
+    assert "WARNING: image.repository is the example registry.example.com/" in notes
+    mine = {"image": {"repository": "ghcr.io/acme/controlplane", "tag": "0.1.0"}}
+    notes = chart.render(mine, name=RELEASE, namespace=NAMESPACE)[
+        "controlplane/templates/NOTES.txt"
+    ]
+    assert "WARNING" not in notes
+
+
 def test_production_values_file_is_the_documented_shape() -> None:
     values = yaml.safe_load(PRODUCTION_VALUES.read_text(encoding="utf-8"))
     assert values["replicaCount"] == 3
