@@ -118,7 +118,7 @@ def _no_constants(name: str) -> Any:
 
 def parse_json(raw: bytes) -> Any:
     """JSON text -> value; 400 ``bad_json`` naming the position (no NaN, no duplicate keys)."""
-    text = _decode(raw, "bad_json")
+    text = _decode(raw, "bad_json").removeprefix("\ufeff")  # a BOM, as YAML bodies allow it
     if not text.strip():
         raise BadRequest("request body is empty; expected a JSON object", code="bad_json")
     try:

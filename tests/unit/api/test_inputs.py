@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.api.inputs import parse_json, parse_yaml
 from controlplane.api.labels import parse_labels_patch, parse_selector
 from controlplane.api.routes import ASSIGNMENT_COLUMNS, assignments_csv
 from controlplane.errors import BadRequest
@@ -88,3 +89,12 @@ def test_assignments_csv_has_header_documented_columns_and_extras() -> None:
 
 def test_assignments_csv_of_nothing_is_just_the_header() -> None:
     assert assignments_csv([]) == ",".join(ASSIGNMENT_COLUMNS) + "\r\n"
+
+
+def test_a_json_body_may_start_with_a_byte_order_mark_like_a_yaml_one() -> None:
+    # a policy saved as JSON by a Windows editor: "Unexpected UTF-8 BOM (decode using utf-8-sig)"
+    bom = "\ufeff".encode()
+    assert parse_json(bom + b'{"id": "a"}') == {"id": "a"}
+    assert parse_yaml(bom + b"id: a\n") == {"id": "a"}
+    with pytest.raises(BadRequest, match="empty"):
+        parse_json(bom)
