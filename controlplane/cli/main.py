@@ -13,6 +13,7 @@ rollout --watch: 3 rejected on some session, 4 halted by the guard, 5 --timeout 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import sys
 from collections.abc import Sequence
 
@@ -30,6 +31,7 @@ __all__ = ["build_parser", "main"]
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="controlplane", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"controlplane {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     register_serve(sub)
     register_emulator(sub)
@@ -38,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     experiments_commands.register(sub)
     audit_commands.register(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (what a bug report and the image tag name)."""
+    try:
+        return importlib.metadata.version("voice-controlplane")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

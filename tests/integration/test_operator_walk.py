@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -248,9 +247,11 @@ def test_ctrl_c_in_any_command_exits_130_without_a_traceback(tmp_path: Path) -> 
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
         proc = subprocess.Popen([EXE, "policy", "ls", "--url", url], env=env, cwd=tmp_path,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
-        time.sleep(1.5)  # parsed and waiting for the answer
+        silent.settimeout(30)
+        connection, _ = silent.accept()  # it connected: parsed, and waiting for the answer
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=20)
+        connection.close()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().endswith("controlplane: interrupted"), err
 
@@ -346,3 +347,13 @@ def test_a_nats_server_without_jetstream_is_named_as_such(tmp_path: Path) -> Non
     finally:
         nats.terminate()
         nats.wait(timeout=15)
+
+
+def test_controlplane_version_names_the_installed_release(tmp_path: Path) -> None:
+    # a bug report or an image tag check had no way to ask ("the following arguments are
+    # required: command")
+    import importlib.metadata
+
+    done = _run(tmp_path, "--version")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"controlplane {importlib.metadata.version('voice-controlplane')}"
