@@ -17,7 +17,7 @@ from typing import Any
 
 from controlplane.cluster.ports import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
-from controlplane.errors import BadRequest, Conflict, NotFound, Unavailable, ValidationFailed
+from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
 from controlplane.intake.authority import acting_role, check_locks, check_owner
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
@@ -113,8 +113,8 @@ class Publisher:
         target = self._store.version(policy_id, to_version)
         guard = role is None
         role = acting_role(self._store, policy_id, role, "roll back", target.policy)
-        if target.retired:
-            raise BadRequest(
+        if target.retired:  # a state of the policy, not a malformed request: 409
+            raise Conflict(
                 f"version {to_version} of {policy_id!r} is a retirement; roll back to a "
                 "published version",
                 code="not_a_published_version",

@@ -83,3 +83,17 @@ async def test_relabel_re_resolves_and_pushes_the_delta(cp: ControlPlaneUnderTes
                       expect=200)  # fmt: skip
         push = await asyncio.wait_for(anext(app.pushes()), 5)
         assert push.message == {"type": "session.update", "session": {"input": {"keyterms": []}}}
+
+
+async def test_rolling_back_to_a_retirement_is_a_conflict_and_changes_nothing(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    # A schema-valid request that the policy's state refuses: 409 (as retiring twice), not
+    # 400 (the OpenAPI fuzz's positive-data check found the 400: the body is well formed).
+    await cp.publish({"id": "tone", "set": {"system_prompt": "first"}})
+    await cp.call("DELETE", "/v1/policies/tone?reason=over", expect=200)
+    err = await cp.call("POST", "/v1/policies/tone/rollback", body={"to": 2}, expect=409)
+    assert err["error"]["code"] == "not_a_published_version"
+    assert "version 2 of 'tone' is a retirement" in err["error"]["message"]
+    versions = await cp.call("GET", "/v1/policies/tone/versions", expect=200)
+    assert [v["version"] for v in versions["items"]] == [1, 2]
