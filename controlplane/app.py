@@ -156,8 +156,11 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
                 await dist.stop_serving()
             await service.close()
         finally:
-            if dist is not None:
-                await dist.close()  # after the log's last flush: the last ship
+            try:
+                if dist is not None:
+                    await dist.close()  # after the log's last flush: the last ship
+            finally:
+                await registry.close()  # after the last ship's claim fence
             for http in http_holder:
                 await http.close()
             if token_labels is not None:

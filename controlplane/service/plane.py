@@ -170,7 +170,8 @@ class ControlPlane:
         await self.engine.close()
         await self.experiments.close()
         await self.versionlog.close()
-        await self.registry.close()
+        # the registry is closed by the composition root, after the audit shipper's last pass
+        # (its claim fence reads the registry: a closed client would reopen a connection)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {"started": self._started, "draining": self.draining}

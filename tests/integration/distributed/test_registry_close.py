@@ -124,3 +124,33 @@ async def test_a_replica_stopping_while_redis_is_down_names_the_ends_it_could_no
         assert all(sid in named[0] for sid in ids[:20]) and " ..." in named[0]
     finally:
         await fleet.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stopped_replica_leaves_no_connection_to_redis(
+    redis_cluster: Cluster, own_redis: ServerProcess
+) -> None:
+    """The audit shipper's last pass (on stop, after the log's last flush) asks the claim fence,
+    which reads the registry: the registry used to be closed before it, so that read opened
+    a new connection on the closed client that nothing closed (a leaked socket per replica
+    stop, seen as 'unclosed Connection' warnings at the end of the test run)."""
+    probe = Redis.from_url(own_redis.url)
+    try:
+        a = await redis_cluster.start("node-a")
+        async with a.client(labels={"wave": "stop"}) as app:
+            assert app.session_id is not None
+        await a.stop()
+
+        me = str(await probe.client_id())
+
+        async def others() -> int:
+            return sum(1 for c in await probe.client_list() if c["id"] != me)
+
+        left = await others()
+        deadline = time.monotonic() + 5
+        while left and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            left = await others()
+        assert left == 0, [(c["name"], c["cmd"], c["age"]) for c in await probe.client_list()]
+    finally:
+        await probe.aclose()
