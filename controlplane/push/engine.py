@@ -426,16 +426,21 @@ class PushEngine:
                 if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
                     self._finish(ls, ls.push.wire_failed(push, "session ended before the write"))
                 continue
+            # a worker's write waits for a congested socket to drain: the timer starts once written
+            held = ls.worker is not None and ls.transport.congested()
             if ls.transport.acknowledging:
                 if ls.push.in_flight is not push:
                     continue  # its outcome was recorded meanwhile (e.g. the session ended)
-                ls.push.written(push, self._clock.monotonic())  # its timer starts now
+                ls.push.queued(push) if held else ls.push.written(push, self._clock.monotonic())
                 self._timers.track(ls)
             try:
                 await ls.transport.write(push, frame.message, frame.text)
             except (ConnectionError, RuntimeError, OSError) as exc:
                 self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
                 continue
+            if held and ls.push.in_flight is push:
+                ls.push.written(push, self._clock.monotonic())  # its timer starts now
+                self._timers.track(ls)
             if push.event_at is not None:
                 self._tally.latencies.append(self._clock.monotonic() - push.event_at)
 

@@ -94,3 +94,55 @@ async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded
         await eventually(lambda: slow_ls.worker is None, timeout=30)
     finally:
         await fleet.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_waiting_for_a_congested_socket_ends_in_one_recorded_state(
+    cluster: Cluster,
+) -> None:
+    """The worker's push waits for the app's socket to drain, longer than the acknowledgement
+    timeout and then the send timeout: it was never written, so it ends ``rejected`` "send
+    timed out" — once. Its acknowledgement timer used to start before the wait: the log said
+    ``unverified`` "no acknowledgement" first, then ``rejected``: two ends for one push."""
+    a = await cluster.start("node-a", ack_timeout_s=0.5, send_timeout_s=2.0)
+    fleet = Fleet(a.ws_base)
+    try:
+        slow = await fleet.app("silent", labels={"who": "slow"})
+        slow_ls = a.service.engine.live[slow.session_id]
+        assert isinstance(slow_ls.transport, ControlTransport)
+        raw = slow_ls.transport._raw
+        assert raw is not None
+        raw.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
+        )
+        assert slow.task is not None and slow.client._ws is not None
+        slow.task.cancel()  # the app stops reading
+        slow.client._ws.transport.pause_reading()
+        slow.client._ws.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024
+        )
+        big = "x" * 19_000
+        for n in range(40):  # acknowledged blindly until the socket is congested
+            await a.publish({"id": "slow-only", "set": {"system_prompt": f"{n} {big}"}})
+            await eventually(lambda: slow_ls.push.in_flight is not None or slow_ls.worker)
+            if slow_ls.worker is not None:
+                break
+            in_flight = slow_ls.push.in_flight
+            assert in_flight is not None
+            await slow.client.applied(in_flight.version)
+            await eventually(lambda: slow_ls.push.in_flight is None or slow_ls.worker)
+        assert slow_ls.worker is not None, raw.transport.get_write_buffer_size()
+        await eventually(lambda: slow_ls.worker is None, timeout=10)  # send timed out
+        entries = await a.log(str(slow.session_id))
+        ends: dict[int, list[str]] = {}
+        for e in entries:
+            if e["status"] != "sent":
+                ends.setdefault(e["version"], []).append(f"{e['status']} {e.get('error')}")
+        timed_out = [
+            v for v, statuses in ends.items() if any("send timed out" in s for s in statuses)
+        ]
+        assert timed_out, ends
+        for version in timed_out:
+            assert len(ends[version]) == 1, (version, ends[version])
+    finally:
+        await fleet.close()
