@@ -30,6 +30,10 @@ __all__ = ["Publisher"]
 
 log = logging.getLogger(__name__)
 
+# a publish without a version that loses a race for the next one (another replica took it)
+# takes the next free version again, as a publish on one replica would: last writer wins
+PUBLISH_ATTEMPTS = 3
+
 
 class Publisher:
     def __init__(
@@ -59,6 +63,19 @@ class Publisher:
         self._require_accepting()
         parsed = parse_policy(doc)
         check_owner(self._store, parsed.id, role, "publish")
+        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+            try:
+                return await self._publish_once(parsed, actor=actor, role=role)
+            except Conflict as exc:  # another replica published this id first
+                if parsed.version is not None or exc.code != "version_conflict":
+                    raise
+                if attempt == PUBLISH_ATTEMPTS:
+                    lost = f"{attempt} attempts lost to concurrent publishes of this policy"
+                    raise Conflict(f"{exc.message} ({lost})", details=exc.details) from exc
+        raise AssertionError("unreachable")
+
+    async def _publish_once(self, parsed: Policy, *, actor: str, role: Role) -> dict[str, Any]:
+        """One attempt; without a version in the document it takes the next one free."""
         same = self._store.unchanged(parsed)
         if same is not None:  # identical to the current version: no new version
             return {"id": same.policy.id, "version": same.version, "unchanged": True,

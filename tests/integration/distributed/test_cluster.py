@@ -180,3 +180,23 @@ async def test_audit_verifies_from_cp_audit_alone_after_redis_is_flushed(
     capsys.readouterr()
     assert await asyncio.to_thread(_cli, "audit", "verify", *nats_args) == 0
     assert f"ok      {sid}" in capsys.readouterr().out
+
+
+async def test_publishes_without_a_version_racing_on_two_replicas_all_land(
+    cluster: Cluster,
+) -> None:
+    """Two replicas publish the same policy id at the same moment, neither naming a version:
+    both are accepted, one after the other (last writer wins, as on one replica). The loser
+    used to get 409 'publish version 2 or omit version' although it had omitted it (found by
+    the differential test, seed 99, distributed)."""
+    a = await cluster.start("node-a")
+    b = await cluster.start("node-b")
+    answers: list[dict[str, Any]] = []
+    for n in range(6):
+        answers += await asyncio.gather(
+            a.publish({"id": "raced", "set": {"system_prompt": f"a {n}"}}),
+            b.publish({"id": "raced", "set": {"system_prompt": f"b {n}"}}),
+        )
+    assert sorted(r["version"] for r in answers) == list(range(1, 13))
+    listed = await a.call("GET", "/v1/policies/raced/versions", expect=200)
+    assert [v["version"] for v in listed["items"]] == list(range(1, 13))
