@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -150,14 +151,20 @@ def cp_settings(emulator: Emulator, tmp_path: Path) -> Callable[..., Settings]:
     return make
 
 
-@pytest.fixture
-async def cp(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
-    settings = cp_settings()
+@contextlib.asynccontextmanager
+async def serving(settings: Settings) -> AsyncIterator[ControlPlaneUnderTest]:
+    """The control plane on ``settings``, served on a free port until the block ends."""
     app = build_app(settings)
     runner, port = await _serve(app)
     async with aiohttp.ClientSession() as http:
         yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
     await runner.cleanup()
+
+
+@pytest.fixture
+async def cp(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
+    async with serving(cp_settings()) as cp:
+        yield cp
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.05) -> Any:

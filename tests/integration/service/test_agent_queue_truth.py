@@ -25,6 +25,7 @@ from tests.integration.service.conftest import (
     Emulator,
     _serve,
     eventually,
+    serving,
 )
 
 HEADERS = {"Authorization": "Bearer test-key"}
@@ -40,12 +41,8 @@ TONE = {
 
 @pytest.fixture
 async def cp_slow(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
-    settings = cp_settings(ack_timeout_s=ACK_TIMEOUT_S)
-    app = build_app(settings)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
-    await runner.cleanup()
+    async with serving(cp_settings(ack_timeout_s=ACK_TIMEOUT_S)) as cp:
+        yield cp
 
 
 async def _open(cp: ControlPlaneUnderTest) -> tuple[Any, str, str]:

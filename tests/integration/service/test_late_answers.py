@@ -16,10 +16,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import aiohttp
 import pytest
 
-from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
 from tests.integration.differential.actors import Actor, ControlApp, GatewayAgent
 from tests.integration.differential.views import diff_views, emulator_view, recorded_view
@@ -27,8 +25,8 @@ from tests.integration.service.conftest import (
     ADMIN,
     ControlPlaneUnderTest,
     Emulator,
-    _serve,
     eventually,
+    serving,
 )
 
 ACK_TIMEOUT_S = 0.4
@@ -39,12 +37,8 @@ LATE = "answered after the acknowledgement timeout"
 
 @pytest.fixture
 async def cp_quick(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
-    settings = cp_settings(ack_timeout_s=ACK_TIMEOUT_S)
-    app = build_app(settings)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
-    await runner.cleanup()
+    async with serving(cp_settings(ack_timeout_s=ACK_TIMEOUT_S)) as cp:
+        yield cp
 
 
 async def _default_latency(emulator: Emulator, ms: float) -> None:
