@@ -63,16 +63,15 @@ class Publisher:
         self._require_accepting()
         parsed = parse_policy(doc)
         check_owner(self._store, parsed.id, role, "publish")
-        for attempt in range(1, PUBLISH_ATTEMPTS + 1):
+        for _ in range(PUBLISH_ATTEMPTS):
             try:
                 return await self._publish_once(parsed, actor=actor, role=role)
             except Conflict as exc:  # another replica published this id first
                 if parsed.version is not None or exc.code != "version_conflict":
                     raise
-                if attempt == PUBLISH_ATTEMPTS:
-                    lost = f"{attempt} attempts lost to concurrent publishes of this policy"
-                    raise Conflict(f"{exc.message} ({lost})", details=exc.details) from exc
-        raise AssertionError("unreachable")
+                last = exc
+        lost = f"{PUBLISH_ATTEMPTS} attempts lost to concurrent publishes of this policy"
+        raise Conflict(f"{last.message} ({lost})", details=last.details) from last
 
     async def _publish_once(self, parsed: Policy, *, actor: str, role: Role) -> dict[str, Any]:
         """One attempt; without a version in the document it takes the next one free."""
