@@ -37,27 +37,20 @@ async def _write_log(data_dir: Path) -> None:
 async def test_a_whole_log_verify_leaves_the_event_loop_serving(
     stack: Stack, cp_settings: Callable[..., Settings]
 ) -> None:
+    """Measured in CPU time per thread, not in wall time: the loop thread's CPU during the
+    request (the server's handler and this test's client share it) against every other
+    thread's (the worker threads reading and hashing). On a loaded machine the wall-clock gaps
+    of the loop say more about the scheduler than about who hashes (the loop's longest gap
+    against the request's duration failed there); CPU seconds stay where they were spent."""
     await _write_log(cp_settings().data_dir)
     cp = await stack.start()
-    worst = 0.0
-    done = asyncio.Event()
-
-    async def ticker() -> None:  # what every live session's relay sees: the loop's gaps
-        nonlocal worst
-        last = time.monotonic()
-        while not done.is_set():
-            await asyncio.sleep(0.01)
-            now = time.monotonic()
-            worst, last = max(worst, now - last), now
-
-    tick = asyncio.create_task(ticker())
-    started = time.monotonic()
+    await cp.call("GET", "/healthz", expect=200)  # the first request's one-off costs, before
+    loop_started, all_started = time.thread_time(), time.process_time()
     answer = await cp.call("GET", "/v1/audit/verify", expect=200)
-    took = time.monotonic() - started
-    done.set()
-    await tick
+    on_loop = time.thread_time() - loop_started
+    off_loop = time.process_time() - all_started - on_loop
     assert answer["ok"] is True and len(answer["items"]) == SESSIONS
     assert sum(item["count"] for item in answer["items"]) == SESSIONS * PER_SESSION
-    # on the loop, the longest gap was the whole hashing: ~0.35 s of a ~0.55 s request here
-    # (0.63 of it); off the loop ~0.05 s (0.09 of it)
-    assert worst < took / 3, (worst, took)
+    # the hashing of 30,000 entries is most of the request's CPU: on the loop it was 0.27 s
+    # of the loop thread against 0.21 s of the others (the file read); off it 0.02 vs 0.49
+    assert on_loop < off_loop / 2, (on_loop, off_loop)

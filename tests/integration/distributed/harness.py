@@ -1,6 +1,7 @@
 """Helpers of the signing, readiness and NATS-restart tests: ``controlplane serve`` processes
 with extra flags whose output goes through a pipe (so a file-size limit put on the process
-cannot break its logging), signed raw publishing, reads of a whole stream, ``/readyz``.
+cannot break its logging), signed raw publishing, reads of a whole stream, ``/readyz``; a
+checkpointed version log shipped to a test's own ``CP_AUDIT`` stream and verified from it.
 """
 
 from __future__ import annotations
@@ -10,26 +11,39 @@ import subprocess
 import threading
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import nats
+import pytest
 
+from controlplane import cli
 from controlplane.audit.batches import unpack
+from controlplane.audit.shipper import AuditShipper
+from controlplane.cluster.nats_audit import NatsAuditStream
+from controlplane.cluster.nats_bus import NatsConnection
+from controlplane.metrics import Metrics
 from controlplane.signing import SIGNATURE_HEADER, signature
+from sessions.checkpoints import CheckpointSigner
+from sessions.clock import Clock
+from sessions.versionlog.file import Checkpointing, FileVersionLog
 from tests.integration.distributed.conftest import EXE, Cluster
 from tests.support.servers import free_port, wait_port
 
 __all__ = [
     "Spawned",
     "Stored",
+    "checkpointed_log",
     "get",
     "publish_signed",
     "ready",
+    "shipper",
     "spawn",
     "stream_events",
+    "verify_stream",
 ]
 
 
@@ -90,6 +104,40 @@ async def stream_events(nats_url: str, stream: str) -> list[Stored]:
         await nc.close()
 
 
+def checkpointed_log(
+    root: Path, clock: Clock, signer: CheckpointSigner, node: str
+) -> FileVersionLog:
+    """A version log under ``root`` whose checkpoints are written only when the test asks
+    (``checkpoint()``, ``close()``), flushed only when it asks, without fsync."""
+    ck = Checkpointing(signer, node, every_entries=10**9, interval_s=3600)
+    return FileVersionLog(root, clock, fsync=False, flush_interval_s=None, checkpointing=ck)
+
+
+async def _flushed() -> None:
+    return None  # the test flushed (and closed) the log itself
+
+
+def shipper(root: Path, conn: NatsConnection) -> AuditShipper:
+    """The shipper of the log under ``root`` to ``conn``'s ``CP_AUDIT`` stream, its cursor
+    next to ``root`` (a later shipper of the same log continues from it)."""
+    return AuditShipper(root, root.parent / "cursor.json", NatsAuditStream(conn),
+                        flush=_flushed, metrics=Metrics())  # fmt: skip
+
+
+def verify_stream(
+    nats_url: str, stream: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> dict[str, Any]:
+    """``controlplane audit verify --json`` of the whole stream, as a fresh process reads it
+    (every trail, every checkpoint): its answer, the exit code asserted 0."""
+    capsys.readouterr()
+    code = cli.main(["audit", "verify", "--json", "--nats-url", nats_url,
+                     "--nats-audit-stream", stream, "--nats-subject-prefix", prefix])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0, out[-2000:]
+    answer: dict[str, Any] = json.loads(out)
+    return answer
+
+
 async def get(http: aiohttp.ClientSession, url: str, token: str | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     async with http.get(url, headers=headers) as resp:
@@ -126,9 +174,17 @@ class Spawned:
             self.proc.stdout.close()
 
 
-def spawn(cluster: Cluster, node: str, *args: str, env: dict[str, str] | None = None) -> Spawned:
+def spawn(
+    cluster: Cluster,
+    node: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wrap: Sequence[str] = (),
+) -> Spawned:
     """``controlplane serve`` on the cluster's NATS, Redis and streams, with extra flags and
-    environment. Its output is pumped from a pipe into ``<root>/<node>.log`` by this process."""
+    environment, run by the command ``wrap`` when given (it must exec its arguments: the
+    process is the replica). Its output is pumped from a pipe into ``<root>/<node>.log`` by
+    this process."""
     port = free_port()
     full = cluster.serve_env(node, port)
     full.update({
@@ -138,7 +194,7 @@ def spawn(cluster: Cluster, node: str, *args: str, env: dict[str, str] | None = 
     full.update(env or {})
     log_path = cluster.root / f"{node}.log"
     proc = subprocess.Popen(
-        [EXE, "serve", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        [*wrap, EXE, "serve", *args], env=full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
     )
     assert proc.stdout is not None
     out = proc.stdout

@@ -11,27 +11,23 @@ from the stream by a fresh process after the writer restarted and went on checkp
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane import cli
-from controlplane.audit.shipper import AuditShipper
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings
 from controlplane.edges.control_session import ID_MAX
-from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner, verify_checkpoints
 from sessions.clock import FakeClock
-from sessions.versionlog.file import Checkpointing, FileVersionLog
+from sessions.versionlog.file import FileVersionLog
+from tests.integration.distributed.harness import checkpointed_log, shipper, verify_stream
 from tests.support.servers import ServerProcess, free_port, nats_binary
 
 SESSIONS = 20_000  # one pass: ~1.16 MB of checkpoint batch compressed, over one message
@@ -39,34 +35,19 @@ SIGNER = CheckpointSigner(Ed25519PrivateKey.generate())
 
 
 def _log(root: Path, clock: FakeClock) -> FileVersionLog:
-    ck = Checkpointing(SIGNER, "node-big", every_entries=10**9, interval_s=3600)
-    return FileVersionLog(root, clock, fsync=False, flush_interval_s=None, checkpointing=ck)
+    return checkpointed_log(root, clock, SIGNER, "node-big")
 
 
 async def _ship(root: Path, settings: Settings) -> None:
     conn = NatsConnection(settings, name="test shipper")
     await conn.connect()
     try:
-        shipper = AuditShipper(root, root.parent / "cursor.json", NatsAuditStream(conn),
-                               flush=_noop, metrics=Metrics())  # fmt: skip
-        await shipper.start()  # from the persisted cursor
-        await shipper.close(final_timeout_s=60)
-        assert shipper.backlog_bytes == 0
+        ship = shipper(root, conn)
+        await ship.start()  # from the persisted cursor
+        await ship.close(final_timeout_s=60)
+        assert ship.backlog_bytes == 0
     finally:
         await conn.close()
-
-
-async def _noop() -> None:
-    return None
-
-
-def _verify(opts: list[str], capsys: Any) -> dict[str, Any]:
-    capsys.readouterr()
-    code = cli.main(["audit", "verify", "--json", *opts])
-    out = capsys.readouterr().out
-    assert code == 0, out[-2000:]
-    answer: dict[str, Any] = json.loads(out)
-    return answer
 
 
 @pytest.mark.timeout(180)
@@ -115,9 +96,7 @@ async def test_a_checkpoint_over_one_message_splits_and_verifies_after_a_restart
         assert sum(sizes) > nc.max_payload, sizes
 
         # read back by a fresh process: the whole chain, every head covered
-        opts = ["--nats-url", nats_url, "--nats-audit-stream", stream,
-                "--nats-subject-prefix", prefix]  # fmt: skip
-        answer = await asyncio.to_thread(_verify, opts, capsys)
+        answer = await asyncio.to_thread(verify_stream, nats_url, stream, prefix, capsys)
         assert answer["source"] == "CP_AUDIT" and answer["ok"] is True
         assert answer["checkpoints"]["ok"] is True
         assert answer["checkpoints"]["count"] == SESSIONS // 2000 + 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections import Counter
 from typing import Any
 
@@ -33,15 +32,6 @@ BAD = [
     "[" * 5000 + "]" * 5000,
     '{"type": "failed", "version": 1e400}',
 ]
-
-
-async def _latest(app: App, version: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        push = await app.next_push(max(0.01, deadline - time.monotonic()))
-        if push is not None and push.version >= version:
-            return True
-    return False
 
 
 @pytest.mark.timeout(180)
@@ -88,7 +78,7 @@ async def test_a_flood_of_malformed_frames_gets_errors_and_changes_nothing_else(
             await a.publish({"id": "everyone", "match": {"labels": {"who": "fleet"}},
                              "set": {"system_prompt": f"round {n}"}})  # fmt: skip
             version = a.service.engine.live[apps[0].session_id].push.desired_version
-            got = await asyncio.gather(*(_latest(app, version, 10.0) for app in apps))
+            got = await asyncio.gather(*(app.got(version, 10.0) for app in apps))
             assert all(got), f"round {n}: {got.count(False)} of 500 never got v{version}"
         await asyncio.wait_for(flooding, 120)
         await asyncio.wait_for(reading, 120)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
 
 import pytest
 
@@ -22,16 +21,6 @@ from tests.integration.service.conftest import eventually
 from tests.integration.service.fleet import App, Fleet
 
 N = 1000
-
-
-async def _latest(app: App, version: int, timeout: float) -> bool:
-    """Whether the app got a push of ``version`` (or later) within ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        push = await app.next_push(max(0.01, deadline - time.monotonic()))
-        if push is not None and push.version >= version:
-            return True
-    return False
 
 
 @pytest.mark.timeout(240)
@@ -80,7 +69,7 @@ async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded
             prompt = f"round {round_} " + "y" * 17_000  # > aiohttp's 16 KiB write limit
             await a.publish({"id": "everyone", "set": {"system_prompt": prompt}})
             version = a.service.engine.live[apps[0].session_id].push.desired_version
-            got = await asyncio.gather(*(_latest(app, version, 10.0) for app in apps))
+            got = await asyncio.gather(*(app.got(version, 10.0) for app in apps))
             if slow_ls.worker is None and slow_ls.push.in_flight is not None:
                 await slow.client.applied(slow_ls.push.in_flight.version)  # written: acked
             assert all(got), f"round {round_}: {got.count(False)} of {N} never got v{version}"

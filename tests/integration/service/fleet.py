@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +57,15 @@ class App:
             return await asyncio.wait_for(self.pushes.get(), timeout)
         except TimeoutError:
             return None
+
+    async def got(self, version: int, timeout: float) -> bool:
+        """Whether the app gets a push of ``version`` (or later) within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            push = await self.next_push(max(0.01, deadline - time.monotonic()))
+            if push is not None and push.version >= version:
+                return True
+        return False
 
 
 @dataclass

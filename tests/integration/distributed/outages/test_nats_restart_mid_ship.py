@@ -12,43 +12,25 @@ survives the restart, and readers drop any exact duplicate that would not. ``aud
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import uuid
 from pathlib import Path
-from typing import Any
 
 import nats
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from controlplane import cli
-from controlplane.audit.shipper import AuditShipper
 from controlplane.cluster.nats_audit import NatsAuditStream
 from controlplane.cluster.nats_bus import NatsConnection
 from controlplane.config import Settings
 from controlplane.errors import Unavailable
-from controlplane.metrics import Metrics
 from sessions.checkpoints import CheckpointSigner
 from sessions.clock import FakeClock
-from sessions.versionlog.file import Checkpointing, FileVersionLog
+from tests.integration.distributed.harness import checkpointed_log, shipper, verify_stream
 from tests.support.servers import ServerProcess
 
 SESSIONS = 8000
-
-
-async def _noop() -> None:
-    return None
-
-
-def _verify(opts: list[str], capsys: Any) -> dict[str, Any]:
-    capsys.readouterr()
-    code = cli.main(["audit", "verify", "--json", *opts])
-    out = capsys.readouterr().out
-    assert code == 0, out[-2000:]
-    answer: dict[str, Any] = json.loads(out)
-    return answer
 
 
 @pytest.mark.timeout(180)
@@ -62,9 +44,7 @@ async def test_a_pass_cut_by_a_nats_crash_is_shipped_whole_after_the_restart(
                         nats_request_timeout_s=2.0)  # fmt: skip
     root = tmp_path / "audit"
     signer = CheckpointSigner(Ed25519PrivateKey.generate())
-    log = FileVersionLog(root, FakeClock(1_790_000_000.0), fsync=False, flush_interval_s=None,
-                         checkpointing=Checkpointing(signer, "node-a", every_entries=10**9,
-                                                     interval_s=3600))  # fmt: skip
+    log = checkpointed_log(root, FakeClock(1_790_000_000.0), signer, "node-a")
     await log.start()
     ids = [f"cps_{uuid.uuid4().hex}" for _ in range(SESSIONS)]
     for version in (1, 2):
@@ -78,12 +58,11 @@ async def test_a_pass_cut_by_a_nats_crash_is_shipped_whole_after_the_restart(
 
     conn = NatsConnection(settings, name="test shipper")
     await conn.connect()
-    shipper = AuditShipper(root, tmp_path / "cursor.json", NatsAuditStream(conn), flush=_noop,
-                           metrics=Metrics())  # fmt: skip
+    ship = shipper(root, conn)
     probe = await nats.connect(own_nats.url)
     try:
         await NatsAuditStream(conn).ensure()
-        shipping = asyncio.create_task(shipper.ship_pending())
+        shipping = asyncio.create_task(ship.ship_pending())
         while True:  # some of the pass stored, not all of it
             stored = (await probe.jetstream().stream_info(stream)).state.messages
             if stored >= SESSIONS // 4 or shipping.done():
@@ -95,16 +74,16 @@ async def test_a_pass_cut_by_a_nats_crash_is_shipped_whole_after_the_restart(
         os.kill(own_nats.proc.pid, signal.SIGKILL)
         with pytest.raises(Unavailable):
             await shipping
-        assert shipper.backlog_bytes > 0  # the cursor did not move: the chunk waits on disk
+        assert ship.backlog_bytes > 0  # the cursor did not move: the chunk waits on disk
         own_nats.proc.wait(timeout=10)
         await asyncio.to_thread(own_nats.start)  # same port, same store
         for _ in range(60):  # the shipper loop's retries, by hand
             try:
-                await shipper.ship_pending()
+                await ship.ship_pending()
                 break
             except Unavailable:
                 await asyncio.sleep(0.5)
-        assert shipper.backlog_bytes == 0
+        assert ship.backlog_bytes == 0
     finally:
         await conn.close()
 
@@ -115,9 +94,7 @@ async def test_a_pass_cut_by_a_nats_crash_is_shipped_whole_after_the_restart(
         assert len(anchors.state.subjects or {}) == SESSIONS  # each session's anchor, once
         assert all(n == 1 for n in (anchors.state.subjects or {}).values())
         assert info.state.messages < SESSIONS + 20, info.state  # anchors + a few batches
-        opts = ["--nats-url", own_nats.url, "--nats-audit-stream", stream,
-                "--nats-subject-prefix", prefix]  # fmt: skip
-        answer = await asyncio.to_thread(_verify, opts, capsys)
+        answer = await asyncio.to_thread(verify_stream, own_nats.url, stream, prefix, capsys)
         assert answer["ok"] is True and answer["checkpoints"]["ok"] is True
         items = answer["items"]
         assert sorted(item["session_id"] for item in items) == sorted(ids)
