@@ -229,7 +229,12 @@ def merge_exposures(
     rows: list[dict[str, Any]], exposures: Mapping[tuple[int, str], Exposure], policy: Policy
 ) -> list[dict[str, Any]]:
     """The assignment rows (live and ended sessions, current iteration) with their exposure
-    columns, plus a row per exposure no longer among them (left, or an earlier iteration)."""
+    columns, plus a row per exposure no longer among them (left, or an earlier iteration).
+
+    An exposed session is counted in the variant it was first exposed to (the summary's
+    counts): its row's ``variant``, ``policy``, ``version`` and ``digest`` are the
+    exposure's, the ones its ``exposed_seq`` entry names; ``assigned_variant`` is the variant
+    its current assignment gives (different when a weight change moved it since)."""
     exp = policy.experiment
     iteration = 1 if exp is None else exp.iteration
     out: dict[tuple[str, int], dict[str, Any]] = {}
@@ -239,14 +244,18 @@ def merge_exposures(
             "iteration": iteration, "first_assigned_at": row.get("assigned_at"),
             "exposed_at": None, "left_at": None,
         }  # fmt: skip
-        merged = {**extra, **row, "iteration": iteration}
+        merged = {**extra, **row, "iteration": iteration, "assigned_variant": row.get("variant")}
         for name in ("first_assigned_at", "exposed_at", "left_at", "ended_at", "exposed_seq",
                      "exposed_hash", "left_seq"):  # fmt: skip
             merged[name] = extra.get(name)
+        if found is not None and found.exposed_at is not None:
+            for name in ("variant", "policy", "version", "digest"):
+                merged[name] = extra[name]
         merged.setdefault("upstream_session_id", None)
         merged.setdefault("labels", {})
         out[(row["session_id"], iteration)] = merged
     for (it, session_id), found in exposures.items():
         if (session_id, it) not in out:
-            out[(session_id, it)] = export_row(found)  # left, ended, or held by another replica
+            # left, ended, or held by another replica (no current assignment known here)
+            out[(session_id, it)] = {**export_row(found), "assigned_variant": None}
     return [out[k] for k in sorted(out)]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +102,16 @@ async def screenshot(page: Page, name: str) -> None:
 async def acking_clients(
     cp: ControlPlaneUnderTest, n: int, labels: Mapping[str, str], *, delay_s: float = 0.0,
     config: Mapping[str, Any] | None = None, refuse: bool = False,
+    session_ids: Sequence[str] = (),
 ) -> AsyncIterator[list[ControlClient]]:  # fmt: skip
-    """``n`` control-channel sessions that acknowledge every push (after ``delay_s``), or
-    with ``refuse`` report every push refused by the upstream."""
+    """``n`` control-channel sessions (and one per id of ``session_ids``) that acknowledge
+    every push (after ``delay_s``), or with ``refuse`` report every push refused by the
+    upstream."""
     clients = [
         ControlClient(cp.ws_base + "/v1/control", token=ADMIN, kind="voice-agent-v1",
-                      model="voice-agent", labels=dict(labels), config=dict(config or {}))
-        for _ in range(n)
+                      model="voice-agent", labels=dict(labels), config=dict(config or {}),
+                      session_id=sid)
+        for sid in [*([None] * n), *session_ids]
     ]  # fmt: skip
 
     async def ack(client: ControlClient) -> None:

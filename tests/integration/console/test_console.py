@@ -5,12 +5,14 @@ sees no mutating control. One browser and one control plane for the module."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import websockets
 from playwright.async_api import Page, expect
 
 from controlplane.cli.history import diff_documents
+from policies.bucketing import bucket
 from tests.integration.console.conftest import acking_clients, screenshot
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 
@@ -250,6 +252,52 @@ async def test_experiment_page_shows_variant_shares_and_the_srm_verdict(
         await expect(verdict).to_have_attribute("data-mismatch", "false")
         await expect(verdict).to_have_attribute("data-verdict", "too few")
         await screenshot(page, "experiment")
+
+
+async def test_experiment_page_counts_a_moved_session_in_the_arm_it_was_exposed_to(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    """A weight change moves sessions from control to warm after they were exposed: the
+    page's exposures over time count each in its first arm, exactly as the summary does."""
+
+    def ids_in(lo: float, hi: float, n: int) -> list[str]:
+        found = (f"moves-{i}" for i in range(10_000))
+        return [s for s in found if lo <= bucket("moves", "moves", s) < hi][:n]
+
+    def doc(control: int) -> dict[str, Any]:
+        variants = [{"name": "control", "weight": control, "set": {}},
+                    {"name": "warm", "weight": 100 - control,
+                     "set": {"keyterms": ["welcome"]}}]  # fmt: skip
+        return {"id": "moves", "match": {"labels": {"team": "moves"}},
+                "experiment": {"key": "moves", "variants": variants}}  # fmt: skip
+
+    ids = [*ids_in(0.0, 0.2, 1), *ids_in(0.2, 0.5, 3), *ids_in(0.5, 1.0, 1)]
+    async with acking_clients(stack, 0, {"team": "moves"}, session_ids=ids):
+        await stack.publish(doc(50))
+
+        async def exposed() -> bool:
+            summary = await stack.call("GET", "/v1/experiments/moves", expect=200)
+            return bool(summary["exposed"] == len(ids))
+
+        await eventually(exposed)
+        await stack.publish(doc(20))  # three control sessions move to warm
+
+        async def moved() -> bool:  # each of them runs warm now
+            arms = []
+            for sid in ids:
+                shown = await stack.session(sid)
+                arms += [r["variant"] for r in shown["applied"] if shown["state"] == "synced"]
+            return arms.count("warm") == 4
+
+        await eventually(moved)
+        summary = await stack.call("GET", "/v1/experiments/moves", expect=200)
+        assert [v["exposed"] for v in summary["variants"]] == [4, 1]
+        await page.goto(f"{stack.base}/ui/experiments/moves#token=tok-viewer")
+        for v in summary["variants"]:
+            one = page.locator(f'[data-testid=exposure-series][data-variant="{v["name"]}"]')
+            await expect(one).to_have_attribute("data-count", str(v["exposed"]))
+            share = page.locator(f'[data-testid=variant-share][data-variant="{v["name"]}"]')
+            await expect(share).to_have_attribute("data-exposed", str(v["exposed"]))
 
 
 async def test_a_halted_rollout_shows_its_reason_on_the_policy_page_and_the_overview(

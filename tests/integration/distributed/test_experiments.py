@@ -42,3 +42,45 @@ async def test_exposures_of_both_replicas_are_counted_by_either(cluster: Cluster
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+async def test_a_caller_keeps_its_variant_across_reconnects_to_either_replica(
+    cluster: Cluster,
+) -> None:
+    """bucket_by a label (caller_id): each caller's next call, on the other replica, is in the
+    same arm; both replicas' exports agree, call by call, with what each session ran."""
+    a = await cluster.start("node-a", srm_min_exposures=1)
+    b = await cluster.start("node-b", srm_min_exposures=1)
+    doc = _doc()
+    doc["experiment"]["bucket_by"] = "caller_id"
+    await a.publish(doc)
+    callers = [f"+1555000{n:04d}" for n in range(8)]
+    arms: dict[str, list[str]] = {c: [] for c in callers}
+    for first, second in ((a, b), (b, a)):
+        for n, caller in enumerate(callers):
+            replica = first if n % 2 else second
+            sid = f"call-{caller[1:]}-{len(arms[caller])}"
+            async with replica.client(session_id=sid, labels={"caller_id": caller}) as app:
+                task = asyncio.create_task(_apply_pushes(app))
+                try:
+
+                    async def exposed(r: Replica = replica, s: str = sid) -> str | None:
+                        rows = (await r.call("GET", f"/v1/experiments/{KEY}/assignments",
+                                             expect=200))["items"]  # fmt: skip
+                        row = next((x for x in rows if x["session_id"] == s), None)
+                        return None if row is None or not row["exposed_at"] else row["variant"]
+
+                    arms[caller].append(await eventually(exposed, timeout=10))
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+    assert all(len(set(v)) == 1 for v in arms.values()), arms
+    assert {v[0] for v in arms.values()} == {"control", "warm"}  # both arms are in use
+    for replica in (a, b):
+        rows = (await replica.call("GET", f"/v1/experiments/{KEY}/assignments",
+                                   expect=200))["items"]  # fmt: skip
+        by_caller: dict[str, set[str]] = {}
+        for row in rows:
+            by_caller.setdefault(row["labels"]["caller_id"], set()).add(row["variant"])
+        assert by_caller == {c: {v[0]} for c, v in arms.items()}

@@ -1,0 +1,251 @@
+"""Experiments as an A/B experimenter checks them: the export, `experiments verify` and the
+summary agree after a weight change moves sessions; a variant the upstream refused is never
+exposed; a variant crossing a compliance lock is refused at publish (docs/experiments.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import math
+import random
+from typing import Any
+
+import pytest
+
+from controlplane.cli.main import main
+from controlplane.edges.client import ControlClient
+from policies.bucketing import bucket, pick_variant
+from sessions.exposures import exposure_problem
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
+from tests.integration.service.test_experiments import KEY, _exposed, _sessions, _summary
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _weights(control: float, warm: float, **exp: Any) -> dict[str, Any]:
+    variants = [
+        {"name": "control", "weight": control, "set": {}},
+        {"name": "warm", "weight": warm, "set": {"keyterms": ["welcome"]}},
+    ]
+    return {
+        "id": KEY,
+        "match": {"kind": ["voice-agent-v1"]},
+        "experiment": {"key": KEY, "variants": variants, **exp},
+    }
+
+
+def _ids_in(lo: float, hi: float, n: int, key: str = KEY) -> list[str]:
+    """``n`` session ids whose bucket for experiment ``key`` lies in ``[lo, hi)``."""
+    out, i = [], 0
+    while len(out) < n:
+        sid = f"{key}-b{i}"
+        i += 1
+        if lo <= bucket(key, key, sid) < hi:
+            out.append(sid)
+    return out
+
+
+async def _rows(cp: ControlPlaneUnderTest, key: str = KEY) -> dict[str, dict[str, Any]]:
+    body = await cp.call("GET", f"/v1/experiments/{key}/assignments", expect=200)
+    return {r["session_id"]: r for r in body["items"]}
+
+
+async def _cli(cp: ControlPlaneUnderTest, capsys: Any, *args: str) -> tuple[int, Any]:
+    capsys.readouterr()
+    argv = [*args, "--url", cp.base, "--token", "tok-viewer", "--json"]
+    code = await asyncio.to_thread(main, argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+async def test_a_session_a_weight_change_moves_stays_counted_in_its_exposed_variant_everywhere(
+    cp: ControlPlaneUnderTest, capsys: Any
+) -> None:
+    stay = _ids_in(0.0, 0.2, 2)  # control under 50/50 and under 20/80
+    moved = _ids_in(0.2, 0.5, 3)  # control under 50/50, warm under 20/80
+    warm = _ids_in(0.5, 1.0, 2)
+    async with _sessions(cp, [*stay, *moved, *warm]):
+        await cp.publish(_weights(50, 50))
+        await _exposed(cp, 7)
+        await cp.publish(_weights(20, 80))  # the moved sessions are pushed warm's keyterms
+
+        async def pushed() -> bool:
+            for sid in moved:
+                entries = await cp.log(sid)
+                if not any(
+                    e["status"] == "acked" and e["version"] > 1 and e["delta"] for e in entries
+                ):
+                    return False
+            return True
+
+        await eventually(pushed, timeout=10)
+        summary = await _summary(cp)
+        assert [(v["name"], v["exposed"]) for v in summary["variants"]] == [
+            ("control", 5),
+            ("warm", 2),
+        ]  # fmt: skip  (first exposures: a session keeps its)
+        rows = await _rows(cp)
+        for sid in moved:  # counted where it was first exposed, its current arm beside it
+            assert rows[sid]["variant"] == "control" and rows[sid]["assigned_variant"] == "warm"
+            assert rows[sid]["version"] == 1
+            assert exposure_problem(rows[sid], await cp.log(sid)) is None
+        assert rows[stay[0]]["variant"] == rows[stay[0]]["assigned_variant"] == "control"
+        # the export counts the same exposures per variant as the summary (the console's
+        # "exposures over time" counts these rows)
+        counted = collections.Counter(r["variant"] for r in rows.values() if r["exposed_at"])
+        assert counted == {v["name"]: v["exposed"] for v in summary["variants"]}
+        code, report = await _cli(cp, capsys, "experiments", "verify", KEY)
+        assert (code, report["ok"], report["checked"]) == (0, True, 7), report
+
+
+async def test_an_experimenter_variant_setting_a_compliance_locked_field_is_refused_at_publish(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    await cp.publish(
+        {
+            "id": "disclosure",
+            "match": {"kind": ["voice-agent-v1"]},
+            "set": {"system_prompt": "This call is recorded."},
+            "lock": ["system_prompt"],
+        },
+        token="tok-compliance",
+    )
+    doc = {
+        "id": "pitch",
+        "match": {"kind": ["voice-agent-v1"]},
+        "experiment": {
+            "key": "pitch",
+            "variants": [
+                {"name": "control", "weight": 50, "set": {}},
+                {"name": "bold", "weight": 50, "set": {"system_prompt": "Sell hard."}},
+            ],
+        },
+    }
+    body = await cp.call("POST", "/v1/policies", body=doc, token="tok-experimenter", expect=409)
+    assert body["error"]["code"] == "field_locked"
+    assert body["error"]["details"]["field"] == "system_prompt"
+    assert body["error"]["details"]["policy"] == "disclosure"
+    await cp.call("GET", "/v1/experiments/pitch", expect=404)  # nothing was created
+
+
+async def test_stopping_an_experiment_mid_fan_out_leaves_one_coherent_state_per_session(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """The experiment is retired while its fan-out is still under way (Voice Agent apps: a
+    session runs a configuration once its app reports it applied): every session is
+    either exposed (backed by its log) and then left, or never ran a variant (no running
+    entry names one, and its row, if any, does not say it is still in)."""
+    ids = [f"stop-{n}" for n in range(60)]
+    async with _sessions(cp, ids):
+        publish = asyncio.create_task(cp.publish(_weights(50, 50)))
+        await asyncio.sleep(0)
+        await publish
+        await cp.call("DELETE", f"/v1/policies/{KEY}", expect=200)
+
+        async def settled() -> bool:
+            return all(
+                ls.push.in_flight is None and ls.push.desired_version == ls.push.sent_version
+                for ls in cp.service.engine.live.values()
+            )
+
+        await eventually(settled, timeout=10)
+        await asyncio.sleep(0.3)
+        rows = await _rows(cp)
+        summary = await _summary(cp)
+        problems = []
+        for sid in ids:
+            log = await cp.log(sid)
+            ran = [
+                e["seq"]
+                for e in log
+                if e["status"] in ("acked", "unchanged")
+                and any(p["id"] == KEY and p["variant"] for p in e["policies"])
+            ]
+            row = rows.get(sid)
+            if row is not None and row["exposed_at"] is not None:
+                if (problem := exposure_problem(row, log)) is not None:
+                    problems.append(f"{sid}: {problem}")
+                if row["left_at"] is None or row["state"] != "left":
+                    problems.append(f"{sid}: exposed, not left after the retire: {row}")
+            else:
+                if ran:
+                    problems.append(f"{sid}: entries {ran} ran a variant, no exposure: {row}")
+                if row is not None and row["state"] != "left":
+                    problems.append(f"{sid}: never exposed, row says {row['state']!r}: {row}")
+        assert not problems, "\n".join(problems)
+        exposed = sum(1 for r in rows.values() if r["exposed_at"] is not None)
+        assert summary["exposed"] == exposed
+
+
+async def test_a_seeded_three_way_split_is_honoured_and_the_report_counts_only_exposed(
+    cp: ControlPlaneUnderTest, capsys: Any
+) -> None:
+    """150 sessions (ids drawn from a fixed seed: the outcome is deterministic) split 20/30/50;
+    every fifth app never answers its push, so its session is assigned, never exposed (the
+    control arm changes nothing: exposed at once). The summary, the CLI and the export count
+    exactly the exposed sessions of each arm; the SRM p-value is the chi-squared one (two
+    degrees of freedom: p = exp(-X²/2)); the assignment itself follows the weights."""
+    rng = random.Random(20261207)
+    ids = [f"ab-{rng.getrandbits(64):016x}" for _ in range(150)]
+    silent = set(ids[::5])
+    names, weights = ["control", "short", "long"], [20, 30, 50]
+    doc = {
+        "id": "split",
+        "match": {"kind": ["voice-agent-v1"]},
+        "experiment": {
+            "key": "split",
+            "variants": [
+                {"name": "control", "weight": 20, "set": {}},
+                {"name": "short", "weight": 30, "set": {"keyterms": ["short"]}},
+                {"name": "long", "weight": 50, "set": {"keyterms": ["long", "longer"]}},
+            ],
+        },
+    }
+    arm = {
+        sid: names[pick_variant([w * 1000 for w in weights], bucket("split", "split", sid))]
+        for sid in ids
+    }
+    assigned = collections.Counter(arm.values())
+    expected = collections.Counter(arm[s] for s in ids if arm[s] == "control" or s not in silent)
+    # the assignment honours the weights (deterministic for this seed; p far above 0.001)
+    x2 = sum(
+        (assigned[n] - 150 * w / 100) ** 2 / (150 * w / 100)
+        for n, w in zip(names, weights, strict=True)
+    )
+    assert math.exp(-x2 / 2) > 0.05, assigned
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(_sessions(cp, [s for s in ids if s not in silent]))
+        for sid in silent:  # registered, never answering
+            await stack.enter_async_context(
+                ControlClient(
+                    cp.ws_base + "/v1/control",
+                    token=ADMIN,
+                    kind="voice-agent-v1",
+                    model="voice-agent",
+                    session_id=sid,
+                )
+            )
+        await cp.publish(doc)
+        await _exposed(cp, sum(expected.values()), key="split")
+        await asyncio.sleep(3.5)  # the silent apps' pushes end `unverified` (ack timeout 3 s)
+        summary = await _summary(cp, "split")
+        got = {v["name"]: v["exposed"] for v in summary["variants"]}
+        assert got == {n: expected[n] for n in names}
+        total = sum(expected.values())
+        x2 = sum(
+            (expected[n] - total * w / 100) ** 2 / (total * w / 100)
+            for n, w in zip(names, weights, strict=True)
+        )
+        assert summary["srm"]["statistic"] == pytest.approx(x2)
+        assert summary["srm"]["p_value"] == pytest.approx(math.exp(-x2 / 2))
+        for v, w in zip(summary["variants"], weights, strict=True):
+            assert v["expected_exposed"] == pytest.approx(total * w / 100)
+            assert v["exposed_share"] == pytest.approx(expected[v["name"]] / total)
+        code, shown = await _cli(cp, capsys, "experiments", "show", "split")
+        assert code == 0 and shown == summary | {"srm": shown["srm"]}
+        rows = await _rows(cp, "split")
+        assert len(rows) == 150  # every assignment is exported, exposed or not
+        exposed_rows = collections.Counter(r["variant"] for r in rows.values() if r["exposed_at"])
+        assert exposed_rows == expected
+        assert all(rows[s]["variant"] == arm[s] for s in ids)
