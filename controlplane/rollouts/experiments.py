@@ -5,8 +5,10 @@ of a session (but a client's own update) names the policy versions in effect and
 the session now *runs* that configuration (``exposes``: ``sent`` on a Streaming v3 gateway
 session, ``acked`` / an app's ``applied``, an ``unchanged`` entry, a connect already on the
 values). The first such entry naming an experiment's variant exposes the session to it,
-once per (session, experiment key, iteration); a later running entry that no longer names the
-experiment's policy sets ``left_at`` (cleared if the session comes back). Rows go to the
+once per (session, experiment key, iteration), unless the push holds back a value of that
+policy (``PushState.held``: quarantined, the upstream refused it); a later running entry
+that no longer names the experiment's policy sets ``left_at`` (cleared if the session comes
+back). Rows go to the
 :class:`sessions.exposures.ExposureStore` in batches from a flush task, like the registry
 sync: the fan-out only touches a dict per session that has experiment refs.
 """
@@ -89,6 +91,11 @@ class ExperimentBook:
         if rows is None:
             rows = self._live[sid] = {}
         named: set[str] = set()
+        # a policy whose value the push holds back (quarantined: the upstream refused it) is
+        # not running on this session: no exposure to its variant from this entry
+        held = ls.push.held if exposes else ()
+        owners = ls.push.desired_owners
+        withheld = {owners[name].id for name in held if name in owners}
         for ref in refs:
             if ref.variant is None:
                 continue
@@ -108,7 +115,7 @@ class ExperimentBook:
                     labels=s.labels,  # (replaced on a relabel, never changed in place)
                 )  # fmt: skip
                 self._changed[row.key] = row
-            if not exposes:
+            if not exposes or ref.id in withheld:
                 continue
             if row.exposed_at is None:
                 row.exposed_at = now

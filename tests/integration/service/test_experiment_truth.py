@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import random
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -97,6 +98,81 @@ async def test_a_session_a_weight_change_moves_stays_counted_in_its_exposed_vari
         assert counted == {v["name"]: v["exposed"] for v in summary["variants"]}
         code, report = await _cli(cp, capsys, "experiments", "verify", KEY)
         assert (code, report["ok"], report["checked"]) == (0, True, 7), report
+
+
+@contextlib.asynccontextmanager
+async def _refusing(cp: ControlPlaneUnderTest, sid: str, field: str) -> AsyncIterator[list[int]]:
+    """A Voice Agent control-channel app whose upstream refuses every push touching
+    ``field`` (a top-level ``session`` key; it reports ``failed`` naming it) and applies
+    every other push."""
+    refused: list[int] = []
+    app = ControlClient(
+        cp.ws_base + "/v1/control",
+        token=ADMIN,
+        kind="voice-agent-v1",
+        model="voice-agent",
+        session_id=sid,
+    )
+
+    async def run() -> None:
+        async for push in app.pushes():
+            if field in push.message.get("session", {}):
+                refused.append(push.version)
+                await app.failed(push.version, "invalid_value: not this prompt", [field])
+            else:
+                await app.applied(push.version)
+
+    async with app:
+        task = asyncio.create_task(run())
+        try:
+            yield refused
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def test_a_variant_the_upstream_refused_is_never_exposed_even_once_other_fields_apply(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    doc = {
+        "id": "pitch",
+        "match": {"kind": ["voice-agent-v1"]},
+        "experiment": {
+            "key": "pitch",
+            "variants": [
+                {"name": "bold", "weight": 100, "set": {"system_prompt": "Sell hard."}},
+                {"name": "control", "weight": 0, "set": {}},
+            ],
+        },
+    }
+    async with _refusing(cp, "refuses-pitch", "system_prompt") as refused:
+        await cp.publish(doc)
+        await eventually(lambda: refused)
+        # another policy's change applies; the refused prompt stays held back (quarantined)
+        await cp.publish(
+            {"id": "terms", "match": {"kind": ["voice-agent-v1"]}, "set": {"keyterms": ["Acme"]}}
+        )
+
+        async def terms_applied() -> list[dict[str, Any]] | None:
+            entries = await cp.log("refuses-pitch")
+            done = [
+                e
+                for e in entries
+                if e["status"] in ("acked", "unchanged")
+                and any(p["id"] == "terms" for p in e["policies"])
+            ]
+            return entries if done else None
+
+        entries = await eventually(terms_applied, timeout=10)
+        running = await cp.call(
+            "GET", f"/v1/sessions/refuses-pitch/config-at?at={entries[-1]['at']}", expect=200
+        )
+        assert "system_prompt" not in running["config"]  # the session never ran "bold"
+        summary = await _summary(cp, "pitch")
+        assert summary["exposed"] == 0, summary
+        row = (await _rows(cp, "pitch"))["refuses-pitch"]
+        assert row["exposed_at"] is None and row["first_assigned_at"] is not None
 
 
 async def test_an_experimenter_variant_setting_a_compliance_locked_field_is_refused_at_publish(
