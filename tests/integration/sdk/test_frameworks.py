@@ -26,6 +26,7 @@ import aiohttp
 import pytest
 
 from tests.integration.sdk.test_upstream_ids import _cli_json
+from tests.integration.sdk.truth import record_problems, settle
 from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
 
 pytestmark = pytest.mark.timeout(60)
@@ -191,3 +192,68 @@ async def test_livekit_assemblyai_plugin_through_the_gateway_by_base_url(
             await stream.aclose()
             consumer.cancel()
             await asyncio.gather(consumer, return_exceptions=True)
+
+
+async def test_livekit_own_agent_context_updates_racing_pushes_keep_the_record_true(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """LiveKit pushes the agent's replies as ``UpdateConfiguration{agent_context}`` itself
+    (``update_options``); a policy pushes ``agent_context`` and keyterms too. Racing, then
+    against a lock: the record equals what the emulator runs after each step, and the
+    plugin's stream never fails."""
+    rtc = need("livekit.rtc", "livekit-plugins-assemblyai")
+    plugin = need("livekit.plugins.assemblyai", "livekit-plugins-assemblyai")
+    context = {
+        "id": "context",
+        "match": {"labels": {"app": "lk"}},
+        "set": {"agent_context": "Agent: how can I help?", "keyterms": ["Acme"]},
+    }
+    await cp.publish(context)
+    async with aiohttp.ClientSession() as http:
+        stt = plugin.STT(api_key="test-key", base_url=f"{cp.ws_base}/labels/app=lk",
+                         http_session=http)  # fmt: skip
+        stream = stt.stream()
+        consumer = asyncio.create_task(_drain(stream))
+        feeder = asyncio.create_task(_feed(stream, rtc))
+        try:
+            await eventually(lambda: stream.session_id, timeout=5)
+            upstream_id = stream.session_id
+
+            async def truthful(step: str) -> None:
+                await settle(cp, emulator, upstream_id)
+                problems = await record_problems(cp, emulator, upstream_id)
+                assert not problems, f"after {step}: {problems}"
+
+            await truthful("connect")
+            for n in range(3):  # the plugin's own update and a push, unsynchronised
+                stream.update_options(agent_context=f"Agent: reply {n}.", keyterms_prompt=["Own"])
+                await cp.publish({**context, "set": {"agent_context": f"Policy context {n}.",
+                                                     "keyterms": [f"Term{n}"]}})  # fmt: skip
+                await truthful(f"race {n}")
+            await cp.publish({"id": "lock", "match": {"labels": {"app": "lk"}}, "priority": 10,
+                              "set": {"keyterms": ["Locked"]}, "lock": ["keyterms"]},
+                             token="tok-compliance")  # fmt: skip
+            stream.update_options(agent_context="Agent: bye.", keyterms_prompt=["Nope"])
+            await truthful("a locked update")
+            config = (await emulator.session(upstream_id))["config"]
+            assert config["keyterms_prompt"] == ["Locked"]
+            assert config["agent_context"] == "Agent: bye."
+            assert not consumer.done() and not feeder.done()
+        finally:
+            feeder.cancel()
+            stream.end_input()
+            await stream.aclose()
+            consumer.cancel()
+            await asyncio.gather(consumer, feeder, return_exceptions=True)
+
+
+async def _drain(stream: Any) -> None:
+    async for _event in stream:
+        pass
+
+
+async def _feed(stream: Any, rtc: ModuleType) -> None:
+    frame = rtc.AudioFrame(b"\x00\x00" * 1600, 16000, 1, 1600)
+    while True:
+        stream.push_frame(frame)
+        await asyncio.sleep(0.1)
