@@ -16,15 +16,36 @@ its publisher's role (``role``), so every replica's store derives the same owner
 without one (an operator's tool on the policy stream) keeps the owner (compliance for a new id).
 
 A policy's *rank* (``Policy.rank``, used by resolution for locks) is its owner role's value.
+
+Teams (docs/security.md#teams): a token acts for a team (``role@team:TOKEN`` in the token
+configuration; a token without one is its own team, ``token:<sha256[:8]>``), and may be
+granted others (``role@team+other:TOKEN``). A policy's *owner team* is the team that created
+it (or took it over with a higher role). At the owner role, below admin, only the owner team
+(or a token granted it) may change the policy; another team needs a higher role
+(:func:`owner_refusal`). Each policy event carries the team it acts for (``team``).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from enum import IntEnum
-from typing import Any
+from typing import Any, Final
 
-__all__ = ["ROLE_NAMES", "Role", "event_role", "publish_refusal"]
+__all__ = [
+    "ROLE_NAMES",
+    "TEAM_NAME",
+    "Role",
+    "Team",
+    "event_role",
+    "owner_refusal",
+    "parse_grant",
+    "publish_refusal",
+]
+
+# a configured team name; a token without one is ``token:<hex>``, which no name can spell
+TEAM_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class Role(IntEnum):
@@ -82,4 +103,49 @@ def publish_refusal(role: Role, doc: Mapping[str, Any]) -> str | None:
         return "this document has no 'experiment' block"
     if doc.get("lock"):
         return "this document has a 'lock'"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Team:
+    """The team a token acts for (``name``: recorded as the owner team of what it creates)
+    and the other teams it was granted (``grants``: it may change their policies as theirs)."""
+
+    name: str
+    grants: frozenset[str] = frozenset()
+
+    def acting_for(self, owner_team: str | None) -> str:
+        """The team a change of a policy owned by ``owner_team`` is made for: that team when
+        this token was granted it, else the token's own."""
+        return owner_team if owner_team is not None and owner_team in self.grants else self.name
+
+
+def parse_grant(value: str) -> tuple[Role, tuple[str, ...]]:
+    """A token entry's ``role`` or ``role@team[+team...]`` -> (role, teams); ValueError never
+    quotes the value (in a reversed entry it is the token)."""
+    name, at, teams = value.partition("@")
+    role = Role.parse(name) if name.strip().lower() in ROLE_NAMES else None
+    if role is None:
+        raise ValueError(f"unknown role (roles: {', '.join(ROLE_NAMES)})")
+    names = tuple(t.strip() for t in teams.split("+")) if at else ()
+    if not all(TEAM_NAME.fullmatch(t) for t in names):
+        raise ValueError("a team name is 1-63 letters, digits, '.', '_' or '-' (role@team)")
+    return role, names
+
+
+def owner_refusal(
+    role: Role | None, team: str | None, owner: Role | None, owner_team: str | None
+) -> tuple[str, Role] | None:
+    """Why ``role`` acting for ``team`` may not change a policy owned by role ``owner`` and
+    team ``owner_team``, with the role it would need; None: it may. Below the owner role:
+    refused. At the owner role below admin, for another team (or none): refused. A higher
+    role, admin, no role (an operator's tool), no owner or no owner team: allowed."""
+    if role is None or owner is None:
+        return None
+    if role < owner:
+        return f"role {role.label} is below the owner role {owner.label}", owner
+    if role == owner < Role.ADMIN and owner_team is not None and team != owner_team:
+        needed = Role(owner + 1)
+        return (f"it is owned by team {owner_team!r} (role {owner.label}); team {team!r} needs "
+                f"role {needed.label} or a token granted team {owner_team!r}"), needed  # fmt: skip
     return None

@@ -51,6 +51,9 @@ class Session:
     ended_at: float | None = None
     end_cause: str | None = None
     upstream_id: str | None = None
+    # the team of the token that registered it (control channel; None: the gateway). It
+    # stays with the id for the life of its record: another team may not re-register it
+    registered_by: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SESSION_KINDS:
@@ -82,6 +85,7 @@ class Session:
             ended_at=self.ended_at,
             end_cause=self.end_cause,
             upstream_id=self.upstream_id,
+            registered_by=self.registered_by,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -107,6 +111,7 @@ class Session:
             "ended_at": self.ended_at,
             "end_cause": self.end_cause,
             "upstream_id": self.upstream_id,
+            "registered_by": self.registered_by,
         }
 
     @classmethod
@@ -135,6 +140,7 @@ class Session:
             ended_at=None if raw.get("ended_at") is None else float(raw["ended_at"]),
             end_cause=raw.get("end_cause"),
             upstream_id=raw.get("upstream_id"),
+            registered_by=raw.get("registered_by"),
         )
 
 

@@ -9,6 +9,11 @@ Kubernetes secret can rotate without a restart. A presented token is hashed and 
 Routes declare their minimum role in the route table (``controlplane.api.routes.ROUTES``);
 :func:`require` wraps a handler with the check. The audit actor is ``"<role>:<sha256[:6]>"``:
 the token itself never leaves this module, in a response or in a log line.
+
+A token's entry may name its team (``role@team:TOKEN``, and teams it is granted:
+``role@team+other:TOKEN``); a token without one is its own team ``token:<sha256[:8]>``
+(``controlplane.roles.Team``, docs/security.md#teams). Policies are owned by team at their
+owner role (``controlplane.intake.authority.check_owner``).
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from aiohttp.typedefs import Handler
 
 from controlplane.config import Settings
 from controlplane.errors import Forbidden, Unauthorized
-from controlplane.roles import Role, publish_refusal
+from controlplane.roles import Role, Team, parse_grant, publish_refusal
 from sessions.clock import Clock, SystemClock
 
 __all__ = [
@@ -42,6 +47,7 @@ __all__ = [
     "check_publish_allowed",
     "generate_admin_token",
     "install_tokens",
+    "own_team",
     "require",
 ]
 
@@ -52,12 +58,14 @@ MAX_TOKEN_CHARS: Final = 4096
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who made the request: a role and the audit actor string (never the token); ``digest``
-    (the token's SHA-256) lets a long-lived connection ask whether it was revoked since."""
+    """Who made the request: a role, the audit actor string (never the token) and the team
+    it acts for; ``digest`` (the token's SHA-256) lets a long-lived connection ask whether it
+    was revoked since."""
 
     role: Role
     actor: str
     digest: bytes = field(default=b"", repr=False, compare=False)
+    team: Team = field(default_factory=lambda: Team("token:unknown"), compare=False)
 
 
 def _digest(token: str) -> bytes:
@@ -67,6 +75,18 @@ def _digest(token: str) -> bytes:
 def actor_for(role: Role, token: str) -> str:
     """``"<role>:<first 6 hex chars of sha256(token)>"`` — stable, and safe to log."""
     return f"{role.label}:{_digest(token).hex()[:6]}"
+
+
+def own_team(digest: bytes) -> str:
+    """The team of a token configured without one: ``token:<first 8 hex chars of its
+    SHA-256>`` (a configured team name cannot contain ':')."""
+    return f"token:{digest.hex()[:8]}"
+
+
+def _team(digest: bytes, teams: tuple[str, ...]) -> Team:
+    if not teams:
+        return Team(own_team(digest))
+    return Team(teams[0], frozenset(teams[1:]))
 
 
 def generate_admin_token() -> str:
@@ -84,7 +104,7 @@ class TokenStore:
         self._settings = settings
         self._ttl_s = ttl_s
         self._clock = clock or SystemClock()
-        self._entries: tuple[tuple[bytes, Role], ...] = ()
+        self._entries: tuple[tuple[bytes, Role, Team], ...] = ()
         self._signature: _FileSignature = None
         self._checked_at: float | None = None
         self._refresh(force=True)
@@ -115,7 +135,12 @@ class TokenStore:
             log.warning("tokens file %s unreadable, keeping the previous tokens: %s", path, exc)
             return
         self._signature = signature
-        self._entries = tuple((_digest(token), Role.parse(role)) for token, role in tokens.items())
+        entries = []
+        for token, grant in tokens.items():
+            digest = _digest(token)
+            role, teams = parse_grant(grant)
+            entries.append((digest, role, _team(digest, teams)))
+        self._entries = tuple(entries)
 
     def _load(self, signature: _FileSignature) -> Mapping[str, str]:
         if signature is None:  # no file configured, or removed: only the environment's tokens
@@ -140,13 +165,14 @@ class TokenStore:
             )
         self._refresh()
         presented = _digest(token[:MAX_TOKEN_CHARS])
-        found: Role | None = None
-        for digest, role in self._entries:  # no early exit: every entry is compared
+        found: tuple[Role, Team] | None = None
+        for digest, role, team in self._entries:  # no early exit: every entry is compared
             if hmac.compare_digest(presented, digest):
-                found = role
+                found = (role, team)
         if found is None or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("unknown or revoked token", details={"reason": "invalid_token"})
-        return Principal(found, actor_for(found, token), presented)
+        role, team = found
+        return Principal(role, actor_for(role, token), presented, team)
 
     def role_now(self, digest: bytes) -> Role | None:
         """The role the token with this digest (``Principal.digest``) has now (the tokens
@@ -155,7 +181,7 @@ class TokenStore:
         also ends them."""
         self._refresh()
         found: Role | None = None
-        for known, role in self._entries:  # no early exit, as authenticate
+        for known, role, _ in self._entries:  # no early exit, as authenticate
             if hmac.compare_digest(digest, known):
                 found = role
         return found

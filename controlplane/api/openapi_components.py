@@ -77,6 +77,14 @@ SCHEMAS: dict[str, Any] = {
             "event_id": {"type": "string"},
             "role": {"type": "string", "description": "the role that published this version"},
             "owner_role": {"type": "string", "description": "the policy's owner role"},
+            "team": {
+                "type": ["string", "null"],
+                "description": "the team this version was published for (null: none named)",
+            },
+            "owner_team": {
+                "type": ["string", "null"],
+                "description": "the policy's owner team (docs/security.md#teams)",
+            },
             "digest": {"type": "string", "description": "sha256 of the canonical document"},
             "policy": {"type": "object", "description": "this version's document"},
             "before": {"type": ["object", "null"], "description": "document in effect before"},

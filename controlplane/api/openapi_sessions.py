@@ -27,6 +27,12 @@ SESSION_SCHEMAS: dict[str, Any] = {
                 "description": "the upstream's session id (Begin.id, Voice Agent session_id), "
                 "once the upstream answered; accepted wherever a session id is",
             },
+            "registered_by": {
+                "type": ["string", "null"],
+                "description": "the team of the token that registered the session on the "
+                "control channel (null: a gateway session); only that team may register its "
+                "id again",
+            },
         },
     },
     "LogEntry": {**OBJ, "description": "a version log entry (DESIGN.md §4)"},

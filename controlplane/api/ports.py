@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from controlplane.roles import Role
+from controlplane.roles import Role, Team
 
 __all__ = ["ControlPlaneAPI"]
 
@@ -22,10 +22,10 @@ class ControlPlaneAPI(Protocol):
         """(ready, named checks) for /readyz."""
         ...
 
-    # ``role``: the caller's token role; ownership and lock checks use it
-    # (docs/policies.md#ownership, #locks)
+    # ``role``: the caller's token role, ``team`` its team; ownership and lock checks use them
+    # (docs/policies.md#ownership, #locks, docs/security.md#teams)
     async def publish_policy(
-        self, doc: Mapping[str, Any], *, actor: str, role: Role
+        self, doc: Mapping[str, Any], *, actor: str, role: Role, team: Team | None = None
     ) -> dict[str, Any]:
         """Validate, version, publish; answers {"id", "version", "event_id", "warnings"} once
         stored.
@@ -35,15 +35,18 @@ class ControlPlaneAPI(Protocol):
         """
         ...
 
-    async def preview_policy(self, doc: Mapping[str, Any], *, role: Role) -> dict[str, Any]:
+    async def preview_policy(
+        self, doc: Mapping[str, Any], *, role: Role, team: Team | None = None
+    ) -> dict[str, Any]:
         """Which live sessions would change: {"id", "version", "targeted", "changed",
         "by_kind": {...}, "by_variant": {...}, "samples": [{"session_id", "delta", "wire"}],
         "warnings": [...]}; the same ownership and lock refusals as publishing."""
         ...
 
     async def retire_policy(
-        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None
-    ) -> dict[str, Any]: ...
+        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None,
+        team: Team | None = None,
+    ) -> dict[str, Any]: ...  # fmt: skip
 
     async def rollback_policy(
         self,
@@ -53,10 +56,11 @@ class ControlPlaneAPI(Protocol):
         actor: str,
         role: Role,
         reason: str | None = None,
+        team: Team | None = None,
     ) -> dict[str, Any]: ...
 
     async def wave_action(
-        self, policy_id: str, action: str, *, actor: str, role: Role
+        self, policy_id: str, action: str, *, actor: str, role: Role, team: Team | None = None
     ) -> dict[str, Any]:
         """``promote`` / ``pause`` / ``resume`` the current version's waves: {"id",
         "version", "waves"}; 409 when the version has no waves or the step cannot happen."""

@@ -261,7 +261,9 @@ class _Handlers:
         doc = await self.documents.read(request)
         principal = request[PRINCIPAL]
         check_publish_allowed(principal, doc)
-        result = await self._service.publish_policy(doc, actor=principal.actor, role=principal.role)
+        result = await self._service.publish_policy(
+            doc, actor=principal.actor, role=principal.role, team=principal.team
+        )
         headers = {}
         if isinstance(result.get("id"), str):
             headers["Location"] = f"/v1/policies/{result['id']}"
@@ -273,7 +275,9 @@ class _Handlers:
         doc = await self.documents.read(request)
         principal = request[PRINCIPAL]
         check_publish_allowed(principal, doc)  # previewed under the publish rules of its role
-        return web.json_response(await self._service.preview_policy(doc, role=principal.role))
+        return web.json_response(
+            await self._service.preview_policy(doc, role=principal.role, team=principal.team)
+        )
 
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("include_retired",))
@@ -291,7 +295,11 @@ class _Handlers:
         principal = request[PRINCIPAL]
         return web.json_response(
             await self._service.retire_policy(
-                policy_id, actor=principal.actor, role=principal.role, reason=reason
+                policy_id,
+                actor=principal.actor,
+                role=principal.role,
+                reason=reason,
+                team=principal.team,
             )
         )
 
@@ -322,7 +330,12 @@ class _Handlers:
         principal = request[PRINCIPAL]
         return web.json_response(
             await self._service.rollback_policy(
-                policy_id, to_version, actor=principal.actor, role=principal.role, reason=reason
+                policy_id,
+                to_version,
+                actor=principal.actor,
+                role=principal.role,
+                reason=reason,
+                team=principal.team,
             )
         )
 
@@ -341,7 +354,11 @@ class _Handlers:
         principal = request[PRINCIPAL]
         return web.json_response(
             await self._service.wave_action(
-                policy_id, action, actor=principal.actor, role=principal.role
+                policy_id,
+                action,
+                actor=principal.actor,
+                role=principal.role,
+                team=principal.team,
             )
         )
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from controlplane.roles import parse_grant
+
 __all__ = [
     "ENV_PREFIX",
     "ROLES",
@@ -343,7 +345,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 
 
 def parse_tokens(value: str) -> dict[str, str]:
-    """``role:token,role:token`` -> {token: role}; raises ValueError (never echoing the token)."""
+    """``role:token,role@team:token`` -> {token: role or role@team}; raises ValueError (never
+    echoing the token). ``role@team[+team...]``: the team the token acts for and the teams it
+    is granted (controlplane.roles.parse_grant, docs/security.md#teams)."""
     tokens: dict[str, str] = {}
     for i, item in enumerate(part.strip() for part in value.replace("\n", ",").split(",")):
         if not item or item.startswith("#"):
@@ -353,10 +357,14 @@ def parse_tokens(value: str) -> dict[str, str]:
         token = token.strip()
         if not sep or not token:
             raise ValueError(f"token entry {i + 1} must be role:token")
-        if role not in ROLES:  # never quoted: in a reversed entry (token:role) it is the token
+        if role.partition("@")[0] not in ROLES:  # never quoted: reversed, it is the token
             hint = " (reversed? write role:token)" if token in ROLES else ""
             raise ValueError(
                 f"token entry {i + 1} has an unknown role{hint}; roles: {', '.join(ROLES)}"
             )
+        try:
+            parse_grant(role)
+        except ValueError as exc:
+            raise ValueError(f"token entry {i + 1}: {exc}") from None
         tokens[token] = role
     return tokens

@@ -131,12 +131,12 @@ class Settings:
         parse=_tokens,
         secret=True,
         help="comma-separated role:token pairs (roles viewer, app, experimenter, compliance, "
-        "admin); environment only, never printed",
+        "admin; role@team:token names the token's team); environment only, never printed",
     )
     tokens_file: Path | None = setting(
         None,
         group=AUTH,
-        help="file of role:token lines, re-read when it changes; with "
+        help="file of role:token (or role@team:token) lines, re-read when it changes; with "
         "CONTROLPLANE_TOKENS too, both count",
     )
     credential_labels_file: Path | None = setting(

@@ -2,7 +2,9 @@
 docs/policies.md#locks). Called by the service before it publishes a policy event.
 
 - :func:`check_owner`: a role below the policy's owner role may not publish, preview, roll
-  back or retire it (403 ``policy_owned``).
+  back, retire or step its waves (403 ``policy_owned``); nor may another team at the owner
+  role, below admin, without a grant of the owner team (403 ``policy_owned`` naming the owner
+  team and the role needed: docs/security.md#teams).
 - :func:`acting_role`: the role a retire or rollback acts with; below compliance only
   experiment policies without a lock (403 ``forbidden``); the rollout guard acts as the owner.
 - :func:`check_locks`: a version that would set a field locked by a higher role's active
@@ -16,16 +18,41 @@ from typing import Any
 
 from controlplane.errors import Conflict, Forbidden
 from controlplane.intake.store import PolicyStore
-from controlplane.roles import Role, publish_refusal
+from controlplane.roles import Role, Team, owner_refusal, publish_refusal
 from policies.authority import LockClash, lock_clashes
 from policies.model import Policy
 
-__all__ = ["acting_role", "check_locks", "check_owner"]
+__all__ = ["acting_role", "acting_team", "check_locks", "check_owner"]
 
 
-def check_owner(store: PolicyStore, policy_id: str, role: Role, action: str) -> None:
-    """403 ``policy_owned`` when ``role`` is below the role owning ``policy_id``."""
+def acting_team(store: PolicyStore, policy_id: str, team: Team | None) -> str | None:
+    """The team a change of ``policy_id`` is made for (its event's ``team``): the owner team
+    when ``team`` was granted it, else the token's own; None (an internal caller, the rollout
+    guard, automatic wave steps): the owner team."""
+    owner_team = store.owner_team(policy_id)
+    return owner_team if team is None else team.acting_for(owner_team)
+
+
+def check_owner(
+    store: PolicyStore, policy_id: str, role: Role, action: str, team: Team | None = None
+) -> None:
+    """403 ``policy_owned`` when ``role`` is below the role owning ``policy_id``, or at that
+    role (below admin) acts for another team than the owner team (``team`` None: an internal
+    caller, checked by role only)."""
     owner = store.owner_role(policy_id)
+    owner_team = store.owner_team(policy_id)
+    acting = acting_team(store, policy_id, team)
+    refused = owner_refusal(role, acting, owner, owner_team)
+    if refused is not None and owner is not None and role == owner:
+        needed = refused[1]
+        raise Forbidden(
+            f"policy {policy_id!r} is owned by team {owner_team!r} (role {owner.label}); team "
+            f"{acting!r} may not {action} it: that needs role {needed.label} or higher, or a "
+            f"token granted team {owner_team!r}",
+            code="policy_owned",
+            details={"id": policy_id, "owner_role": owner.label, "owner_team": owner_team,
+                     "role": role.label, "team": acting, "required_role": needed.label},
+        )  # fmt: skip
     if owner is not None and role < owner:
         raise Forbidden(
             f"policy {policy_id!r} is owned by role {owner.label}; role {role.label} may not "
@@ -37,13 +64,15 @@ def check_owner(store: PolicyStore, policy_id: str, role: Role, action: str) -> 
 
 
 def acting_role(
-    store: PolicyStore, policy_id: str, role: Role | None, action: str, policy: Policy
-) -> Role:
+    store: PolicyStore, policy_id: str, role: Role | None, action: str, policy: Policy,
+    team: Team | None = None,
+) -> Role:  # fmt: skip
     """The role a retire or rollback of ``policy`` (the version retired, or rolled back to)
-    acts with: ``role`` once checked; the owner's when ``role`` is None (the rollout guard)."""
+    acts with: ``role`` once checked (with ``team``); the owner's when ``role`` is None (the
+    rollout guard)."""
     if role is None:
         return store.owner_role(policy_id) or Role.ADMIN
-    check_owner(store, policy_id, role, action)
+    check_owner(store, policy_id, role, action, team)
     reason = publish_refusal(role, policy.document())
     if reason is not None:
         raise Forbidden(

@@ -20,6 +20,11 @@ store derives a policy's owner role from it (docs/policies.md#ownership). Option
 wire: events without it are attributed to the role prefix of ``actor``, else (an operator's
 tool) keep the policy's owner (controlplane.roles.event_role).
 
+Contract addition (session 10, docs/security.md#teams): ``team``, the team the publisher acts
+for (a configured team name, or ``token:<hex>`` for a token without one). Every replica's store
+derives a policy's owner team from it; at the owner role below admin an event for another
+team (or without one) is refused. Optional on the wire: guard and operator events carry none.
+
 Contract addition (issue #21, progressive waves, docs/policies.md#waves): ``policy.wave``
 events (cause ``wave``, ``Nats-Msg-Id: <id>:<version>:wave:<seq>``) move the current version
 through its ``rollout.waves``; they carry the version's document and a ``wave`` object
@@ -99,6 +104,8 @@ class PolicyEvent:
     role: str | None = None
     # policy.wave only: the wave step (docs/policies.md#waves)
     wave: Mapping[str, Any] | None = None
+    # the team the publisher acts for (docs/security.md#teams); None: no team claimed
+    team: str | None = None
 
     @property
     def policy_id(self) -> str:
@@ -136,6 +143,8 @@ class PolicyEvent:
             out["role"] = self.role
         if self.wave is not None:
             out["wave"] = dict(self.wave)
+        if self.team is not None:
+            out["team"] = self.team
         return out
 
     @classmethod
@@ -178,8 +187,11 @@ class PolicyEvent:
                                      and len(role) <= 32):  # fmt: skip
             raise ValueError("role must be a role name")
         wave = _wave(raw.get("wave"), kind)
+        team = raw.get("team")
+        if team is not None and not (isinstance(team, str) and 0 < len(team) <= 64):
+            raise ValueError("team must be a team name (1-64 characters)")
         return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
-                   None if halt is None else dict(halt), role, wave)  # fmt: skip
+                   None if halt is None else dict(halt), role, wave, team)  # fmt: skip
 
 
 def _wave(wave: object, kind: str) -> dict[str, Any] | None:

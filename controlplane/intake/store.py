@@ -23,6 +23,10 @@ does one its role may not publish (below compliance: only experiment policies wi
 lock, ``roles.publish_refusal``); one without a role (an operator's tool on the stream)
 keeps the owner (compliance for a new id). Each
 stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
+Teams (docs/security.md#teams): a policy's owner team is the ``team`` of the event that
+created it or raised its owner role (or, for a policy without one, of the first event at the
+owner role that names one); at the owner role below admin, an event for another team (or for
+none) changes nothing either (``roles.owner_refusal``).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
-from controlplane.roles import Role, event_role, publish_refusal
+from controlplane.roles import Role, event_role, owner_refusal, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
 from policies.model import Policy, parse_policy
@@ -55,6 +59,7 @@ class PolicyRecord:
     policy: Policy
     event: PolicyEvent
     retired: bool
+    owner_team: str | None = None  # the policy's owner team as of this version
 
     @property
     def version(self) -> int:
@@ -88,6 +93,8 @@ class PolicyRecord:
             "actor": self.event.actor,
             "role": self.role.label,
             "owner_role": self.owner_role.label,
+            "team": self.event.team,
+            "owner_team": self.owner_team,
             "at": self.event.published_at,
             "published_at": self.event.published_at,
             "reason": self.policy.reason,
@@ -253,9 +260,8 @@ class PolicyStore:
             return False
         if event.policy_id in self._halted or step.get("seq") != state.seq + 1:
             return False
-        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
-        if role is not None and owner is not None and role < owner:
-            return False  # a role below the owner's (docs/policies.md#ownership)
+        if self.refusal(event) is not None:
+            return False  # a role below the owner's, or another team (docs/security.md#teams)
         action = step.get("action")
         if action in ("advance", "promote"):
             return not state.complete and step.get("index") == state.index + 1
@@ -329,6 +335,22 @@ class PolicyStore:
         history = self._history.get(policy_id)
         return history[-1].owner_role if history else None
 
+    def owner_team(self, policy_id: str) -> str | None:
+        """The team owning ``policy_id`` (None: no such policy, or no team owns it)."""
+        history = self._history.get(policy_id)
+        return history[-1].owner_team if history else None
+
+    def refusal(self, event: PolicyEvent) -> str | None:
+        """Why the event's role and team may not change its policy (``roles.owner_refusal``),
+        logged; None: they may."""
+        policy_id = event.policy_id
+        found = owner_refusal(event_role(event.role, event.actor), event.team,
+                              self.owner_role(policy_id), self.owner_team(policy_id))  # fmt: skip
+        if found is None:
+            return None
+        log.warning("policy event %s refused: %s", event.msg_id, found[0])
+        return found[0]
+
     def active_policy(self, policy_id: str) -> Policy | None:
         return self._active.get(policy_id)
 
@@ -393,11 +415,9 @@ class PolicyStore:
         above the current one and its role is not below the policy's owner role."""
         if event.version <= self.current_version(event.policy_id):
             return False
-        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
-        if role is not None and owner is not None and role < owner:
-            log.warning("policy event %s refused: role %s is below the owner role %s",
-                        event.msg_id, role.label, owner.label)  # fmt: skip
+        if self.refusal(event) is not None:
             return False
+        role = event_role(event.role, event.actor)
         refusal = None if role is None else publish_refusal(role, event.policy)
         if refusal is not None:  # what the REST API refuses that role (roles.publish_refusal)
             log.warning("policy event %s refused: %s", event.msg_id, refusal)
@@ -411,11 +431,14 @@ class PolicyStore:
         if policy.version is None or not self.accepts(event):
             return None
         role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
+        team = self.owner_team(policy.id)
+        if role is not None and (owner is None or role > owner or team is None):
+            team = event.team  # created, taken over by a higher role, or adopted by a team
         if role is None:  # an operator's tool: the owner stays (compliance for a new id)
             role = owner or Role.COMPLIANCE
         policy = policy.with_rank(int(max(role, owner or role)))
         retired = event.type == "policy.retired"
-        record = PolicyRecord(policy, event, retired)
+        record = PolicyRecord(policy, event, retired, team)
         self._history.setdefault(policy.id, []).append(record)
         before = self._active.get(policy.id)
         fallback = self._halted.pop(policy.id, None)  # a new version ends the halt
@@ -442,12 +465,7 @@ class PolicyStore:
         policy = self._active.get(event.policy_id)
         if policy is None or policy.version != event.version or event.policy_id in self._halted:
             return False
-        role, owner = event_role(event.role, event.actor), self.owner_role(event.policy_id)
-        if role is not None and owner is not None and role < owner:
-            log.warning("policy event %s refused: role %s is below the owner role %s",
-                        event.msg_id, role.label, owner.label)  # fmt: skip
-            return False
-        return True
+        return self.refusal(event) is None
 
     def halt(self, event: PolicyEvent) -> Halt | None:
         """Apply a ``policy.halted`` event; None when :meth:`halt_accepts` says no."""

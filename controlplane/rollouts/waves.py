@@ -167,7 +167,9 @@ class Waves:
         return done
 
     # -- by hand -------------------------------------------------------------------------
-    async def by_hand(self, policy_id: str, action: str, *, actor: str, role: Role) -> None:
+    async def by_hand(
+        self, policy_id: str, action: str, *, actor: str, role: Role, team: str | None = None
+    ) -> None:
         """Publish a promote / pause / resume step of the policy's current version; 409 when
         it cannot happen (no waves, halted, last wave reached, already paused / running)."""
         latest = self._store.latest(policy_id)
@@ -195,7 +197,7 @@ class Waves:
                 details={"id": policy_id, "version": latest.version, "index": state.index},
             )
         seq = state.seq + 1
-        if not await self._step(state, action, actor, role):
+        if not await self._step(state, action, actor, role, team):
             raise Conflict(
                 f"policy {policy_id!r} version {latest.version} changed meanwhile; retry",
                 details={"id": policy_id, "version": latest.version},
@@ -210,13 +212,18 @@ class Waves:
                 break
             await asyncio.sleep(0.01)
 
-    async def _step(self, state: WaveState, action: str, actor: str, role: Role | None) -> bool:
+    async def _step(
+        self, state: WaveState, action: str, actor: str, role: Role | None,
+        team: str | None = None,
+    ) -> bool:  # fmt: skip
+        """``role`` None: an automatic step, for the owner (role and team)."""
         index = state.index + 1 if action in ("advance", "promote") else state.index
         step = {"seq": state.seq + 1, "action": action, "index": index, "paused": state.paused}
         owner = self._store.owner_role(state.policy.id)
         event = PolicyEvent(
             "policy.wave", state.policy.document(), actor, rfc3339(self._clock.now()),
             cause="wave", role=(role or owner or Role.ADMIN).label, wave=step,
+            team=team if role is not None else self._store.owner_team(state.policy.id),
         )  # fmt: skip
         try:
             await self._bus.publish(event)

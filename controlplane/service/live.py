@@ -2,7 +2,9 @@
 
 ``new_session`` resolves a new session's effective config; ``attach`` holds it live, claims
 its id cluster-wide (the registry) and records its ``connect`` entry (nothing of a session
-that could not be recorded stays live or registered); ``detach`` ends it.
+that could not be recorded stays live or registered); ``detach`` ends it. A client-chosen id
+keeps the team that first registered it (``Session.registered_by``) for the life of its
+record: another team's registration of it is refused (``session_exists``).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class LiveSessions:
 
     def new_session(
         self, *, kind: str, model: str, labels: Mapping[str, str], client_config: Config,
-        session_id: str | None = None,
+        session_id: str | None = None, registered_by: str | None = None,
     ) -> tuple[Session, Effective]:  # fmt: skip
         now = self._clock.now()
         session = Session(
@@ -73,6 +75,7 @@ class LiveSessions:
             client_config=dict(client_config), effective_config={}, provenance={}, applied=(),
             desired_version=0, sent_version=0, acked_version=0, state=SessionState.PENDING,
             created_at=now, updated_at=now, ended_at=None, end_cause=None, upstream_id=None,
+            registered_by=registered_by,
         )  # fmt: skip
         return session, self._engine.resolve(session, self._store.for_session(session.id, labels))
 
@@ -94,6 +97,7 @@ class LiveSessions:
         self._refuse_live(session.id)
         if chosen_id:
             await self._refuse_foreign_trail(session.id)
+            await self._refuse_other_team(session)
             self._refuse_live(session.id)  # registered here while we waited
         starts_effective = running == effective.config
         answers_connect = getattr(transport, "answers_connect", False)
@@ -162,6 +166,30 @@ class LiveSessions:
             raise Conflict(f"session id {session_id!r} already has a durable audit trail; "
                            "a session id is used once", code="session_exists",
                            details={"session_id": session_id})  # fmt: skip
+
+    async def _refuse_other_team(self, session: Session) -> None:
+        """An id whose record (live or ended) another team registered is refused: the owner
+        of a session id sticks for the life of its record. An id still claimed whose record is
+        gone (dropped from the retained ended sessions) is refused too: a session id is used
+        once, and its owner can no longer be told."""
+        with backend("checking the session id"):
+            try:
+                earlier: Session | None = await self._registry.get(session.id)
+            except UnknownSession:
+                earlier = None
+            holder = None if earlier is not None else (
+                await self._registry.holders([session.id]))[0]  # fmt: skip
+        if earlier is None and holder is None:
+            return
+        if earlier is not None and earlier.registered_by == session.registered_by:
+            return  # the same team continues its own session's chain
+        why = ("was registered by another app (another team's token); a session id keeps its "
+               "owner for the life of its record") if earlier is not None else (
+               "is still claimed but its record is gone, so its owner cannot be told; a session "
+               "id is used once")  # fmt: skip
+        raise Conflict(f"session id {session.id!r} {why}: register with a new id, or leave "
+                       "session_id out", code="session_exists",
+                       details={"session_id": session.id})  # fmt: skip
 
     async def detach(self, ls: LiveSession, cause: str) -> None:
         unsynced = self._engine.unsynced(ls)

@@ -5,7 +5,8 @@ puts one event on the bus and returns once this replica applied it (read-your-wr
 by ``publish_apply_wait_s``). It never applies the event itself: the bus delivers it to the
 event handler (``controlplane.service.events``), here as on every other replica.
 ``role`` is the caller's (the REST token's); internal callers act as admin; ``None`` is the
-rollout guard acting for the policy's owner.
+rollout guard acting for the policy's owner. ``team`` is the token's team (docs/security.md
+#teams); ``None`` (internal callers, the guard) acts for the owner team.
 """
 
 from __future__ import annotations
@@ -18,10 +19,10 @@ from typing import Any
 from controlplane.cluster.ports import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
 from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from controlplane.intake.authority import acting_role, check_locks, check_owner
+from controlplane.intake.authority import acting_role, acting_team, check_locks, check_owner
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
-from controlplane.roles import Role
+from controlplane.roles import Role, Team, owner_refusal
 from controlplane.rollouts.waves import Waves, wave_status
 from policies.model import Policy, parse_policy
 from sessions.clock import Clock
@@ -58,14 +59,15 @@ class Publisher:
         self._draining = draining
 
     async def publish_policy(
-        self, doc: Mapping[str, Any], *, actor: str, role: Role = Role.ADMIN
-    ) -> dict[str, Any]:
+        self, doc: Mapping[str, Any], *, actor: str, role: Role = Role.ADMIN,
+        team: Team | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         self._require_accepting()
         parsed = parse_policy(doc)
-        check_owner(self._store, parsed.id, role, "publish")
+        check_owner(self._store, parsed.id, role, "publish", team)
         for _ in range(PUBLISH_ATTEMPTS):
             try:
-                return await self._publish_once(parsed, actor=actor, role=role)
+                return await self._publish_once(parsed, actor=actor, role=role, team=team)
             except Conflict as exc:  # another replica published this id first
                 if parsed.version is not None or exc.code != "version_conflict":
                     raise
@@ -73,7 +75,9 @@ class Publisher:
         lost = f"{PUBLISH_ATTEMPTS} attempts lost to concurrent publishes of this policy"
         raise Conflict(f"{last.message} ({lost})", details=last.details) from last
 
-    async def _publish_once(self, parsed: Policy, *, actor: str, role: Role) -> dict[str, Any]:
+    async def _publish_once(
+        self, parsed: Policy, *, actor: str, role: Role, team: Team | None
+    ) -> dict[str, Any]:
         """One attempt; without a version in the document it takes the next one free."""
         same = self._store.unchanged(parsed)
         if same is not None:  # identical to the current version: no new version
@@ -92,7 +96,7 @@ class Publisher:
                 )
             policy = policy.with_version(stored + 1)
         warnings = check_locks(self._store, policy, role)
-        result = await self.publish(policy, "policy.published", actor, "policy", role)
+        result = await self.publish(policy, "policy.published", actor, "policy", role, team)
         result["warnings"] = warnings
         return result
 
@@ -103,17 +107,18 @@ class Publisher:
         actor: str,
         role: Role | None = Role.ADMIN,
         reason: str | None = None,
+        team: Team | None = None,
     ) -> dict[str, Any]:
         """``role`` None: the rollout guard, acting for the policy's owner."""
         self._require_accepting()
         latest = self._store.latest(policy_id)
-        role = acting_role(self._store, policy_id, role, "retire", latest.policy)
+        role = acting_role(self._store, policy_id, role, "retire", latest.policy, team)
         if latest.retired:
             raise Conflict(f"policy {policy_id!r} is already retired", code="already_retired")
         self._require_reason(latest.policy, reason, "retire")
         version = max(latest.version, await self._stored_version(policy_id)) + 1
         policy = latest.policy.with_version(version).with_reason(reason)
-        return await self.publish(policy, "policy.retired", actor, "retire", role)
+        return await self.publish(policy, "policy.retired", actor, "retire", role, team)
 
     async def rollback_policy(
         self,
@@ -123,12 +128,13 @@ class Publisher:
         actor: str,
         role: Role | None = Role.ADMIN,
         reason: str | None = None,
+        team: Team | None = None,
     ) -> dict[str, Any]:
         """``role`` None: the rollout guard, acting for the policy's owner (no lock check)."""
         self._require_accepting()
         target = self._store.version(policy_id, to_version)
         guard = role is None
-        role = acting_role(self._store, policy_id, role, "roll back", target.policy)
+        role = acting_role(self._store, policy_id, role, "roll back", target.policy, team)
         if target.retired:  # a state of the policy, not a malformed request: 409
             raise Conflict(
                 f"version {to_version} of {policy_id!r} is a retirement; roll back to a "
@@ -141,7 +147,7 @@ class Publisher:
                       await self._stored_version(policy_id))  # fmt: skip
         policy = target.policy.with_version(current + 1).with_reason(reason)
         warnings = [] if guard else check_locks(self._store, policy, role)
-        result = await self.publish(policy, "policy.published", actor, "rollback", role)
+        result = await self.publish(policy, "policy.published", actor, "rollback", role, team)
         result["rolled_back_to"] = to_version
         result["warnings"] = warnings
         return result
@@ -158,20 +164,23 @@ class Publisher:
                                        reason=reason)  # fmt: skip
 
     async def wave_action(
-        self, policy_id: str, action: str, *, actor: str, role: Role = Role.ADMIN
-    ) -> dict[str, Any]:
+        self, policy_id: str, action: str, *, actor: str, role: Role = Role.ADMIN,
+        team: Team | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """``promote`` / ``pause`` / ``resume`` the current version's waves (docs/policies.md
-        #waves); experimenters only on experiment policies they own, like a rollback."""
+        #waves); experimenters only on experiment policies their team owns, like a rollback."""
         self._require_accepting()
         latest = self._store.latest(policy_id)
-        acting_role(self._store, policy_id, role, action, latest.policy)
-        await self._waves.by_hand(policy_id, action, actor=actor, role=role)
+        acting_role(self._store, policy_id, role, action, latest.policy, team)
+        await self._waves.by_hand(policy_id, action, actor=actor, role=role,
+                                  team=acting_team(self._store, policy_id, team))  # fmt: skip
         return {"id": policy_id, "version": latest.version,
                 "waves": wave_status(self._store, policy_id)}  # fmt: skip
 
     async def publish(
-        self, policy: Policy, kind: str, actor: str, cause: str, role: Role
-    ) -> dict[str, Any]:
+        self, policy: Policy, kind: str, actor: str, cause: str, role: Role,
+        team: Team | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         """Put one event on the bus and wait (bounded) until this replica applied it."""
         event = PolicyEvent(
             kind,  # type: ignore[arg-type]
@@ -180,10 +189,11 @@ class Publisher:
             rfc3339(self._clock.now()),
             cause=cause,
             role=role.label,
+            team=acting_team(self._store, policy.id, team),
         )
         await self._bus.publish(event)
         assert policy.version is not None
-        await self._applied_here(policy.id, policy.version, role)
+        await self._applied_here(policy.id, policy.version, role, event.team)
         with contextlib.suppress(NotFound):  # not applied here yet: nothing to compare
             if self._store.version(policy.id, policy.version).event.event_id != event.event_id:
                 raise Conflict(
@@ -194,7 +204,7 @@ class Publisher:
         if self._store.current_version(policy.id) < policy.version:
             # a higher role took the id over while this publish was in flight: every
             # replica's store refuses the event (docs/policies.md#ownership)
-            check_owner(self._store, policy.id, role, "publish")
+            check_owner(self._store, policy.id, role, "publish", team)
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
                 "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
 
@@ -219,11 +229,14 @@ class Publisher:
             return 0
         return await self._cluster.versions.last_version(policy_id) or 0
 
-    async def _applied_here(self, policy_id: str, version: int, role: Role) -> None:
+    async def _applied_here(
+        self, policy_id: str, version: int, role: Role, team: str | None
+    ) -> None:
         """Read-your-writes: wait (bounded) until this replica applied what it published (not
-        for an event the store refuses for its role: a takeover raced the owner check)."""
-        owner = self._store.owner_role(policy_id)
-        if owner is not None and role < owner:
+        for an event the store refuses for its role or team: a takeover raced the owner
+        check)."""
+        owner, owner_team = self._store.owner_role(policy_id), self._store.owner_team(policy_id)
+        if owner_refusal(role, team, owner, owner_team) is not None:
             return
         if self._store.current_version(policy_id) < version:
             wait_s = self._settings.publish_apply_wait_s

@@ -10,7 +10,7 @@ from controlplane.errors import BadRequest, NotFound
 from controlplane.intake.authority import check_locks, check_owner
 from controlplane.intake.store import PolicyStore
 from controlplane.push.engine import PushEngine
-from controlplane.roles import Role
+from controlplane.roles import Role, Team
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.counts import local_counts, rollout_body
 from controlplane.rollouts.experiments import ExperimentBook, merge_exposures
@@ -61,12 +61,12 @@ class PolicyQueries:
         return page, str(page[-1]["version"]) if len(records) > limit else None
 
     async def preview_policy(
-        self, doc: Mapping[str, Any], *, role: Role = Role.ADMIN
+        self, doc: Mapping[str, Any], *, role: Role = Role.ADMIN, team: Team | None = None
     ) -> dict[str, Any]:
-        """What publishing ``doc`` as ``role`` would do: the same ownership (403) and lock
-        (409) checks, then the live sessions it would change, locks winning."""
+        """What publishing ``doc`` as ``role`` of ``team`` would do: the same ownership (403)
+        and lock (409) checks, then the live sessions it would change, locks winning."""
         policy = parse_policy(doc)
-        check_owner(self._store, policy.id, role, "publish")
+        check_owner(self._store, policy.id, role, "publish", team)
         policy = policy.with_version(self._store.current_version(policy.id) + 1)
         warnings = check_locks(self._store, policy, role)
         policy = policy.with_rank(int(max(role, self._store.owner_role(policy.id) or role)))

@@ -1,8 +1,9 @@
 """Policy events from a role below the policy's owner change nothing, whatever their type
 (docs/security.md, docs/policies.md#ownership): a ``policy.halted`` event naming an
 experimenter (or a viewer) cannot halt a compliance policy's version, on the real service
-and its bus, and nothing of it reaches the embedded policy files. The rollout guard's own
-halts (no role: they act for the owner) and a halt by the owner's role still apply.
+and its bus, and nothing of it reaches the embedded policy files; nor does one at the
+owner's role for another team (or for none: docs/security.md#teams). The rollout guard's own
+halts (no role: they act for the owner) and a halt by the owner's role and team still apply.
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ DISCLOSURE = {
 }  # fmt: skip
 
 
-def _halt(doc: dict[str, Any], role: str | None, actor: str) -> PolicyEvent:
+def _halt(
+    doc: dict[str, Any], role: str | None, actor: str, team: str | None = None
+) -> PolicyEvent:
     return PolicyEvent(
         "policy.halted", doc, actor, rfc3339(0), cause="guard", role=role,
-        halt={"reason": "forged", "on_breach": "halt"},
+        halt={"reason": "forged", "on_breach": "halt"}, team=team,
     )  # fmt: skip
 
 
@@ -43,8 +46,11 @@ async def test_a_halt_event_from_a_role_below_the_owner_changes_nothing(
     store = cp.service.store
     doc = store.latest("eu-disclosure").policy.document()
     files_before = await _halt_files(cp)
-    # with a role, and with only the actor's role prefix (events before the role field)
-    for event in (_halt(doc, role, f"{role}:1a2b3c"), _halt(doc, None, f"{role}:1a2b3c")):
+    # with a role, and with only the actor's role prefix (events before the role field); the
+    # owner's role for another team, or for none
+    for event in (_halt(doc, role, f"{role}:1a2b3c"), _halt(doc, None, f"{role}:1a2b3c"),
+                  _halt(doc, "compliance", "compliance:1a2b3c", team="another-team"),
+                  _halt(doc, "compliance", "compliance:1a2b3c")):  # fmt: skip
         await cp.service.bus.publish(event)
         assert store.halted("eu-disclosure") is None
         rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
@@ -63,7 +69,8 @@ async def test_a_halt_event_from_the_guard_or_the_owner_role_applies(
     await cp.publish({**DISCLOSURE, "set": {"prompt": "v1"}}, token=COMPLIANCE)
     await cp.publish(DISCLOSURE, token=COMPLIANCE)
     doc = cp.service.store.latest("eu-disclosure").policy.document()
-    await cp.service.bus.publish(_halt(doc, role, actor))
+    team = None if role is None else cp.service.store.owner_team("eu-disclosure")
+    await cp.service.bus.publish(_halt(doc, role, actor, team))
     rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
     assert rollout["state"] == "halted"
     assert await _halt_files(cp) == ["2.halted.json"]  # stored before it applied
@@ -80,7 +87,8 @@ async def test_a_wave_step_from_a_role_below_the_owner_changes_nothing(
     await cp.publish(waves, token=COMPLIANCE)
     doc = cp.service.store.latest("eu-disclosure").policy.document()
     step = PolicyEvent("policy.wave", doc, f"{role}:1a2b3c", rfc3339(0), cause="wave",
-                       role=role, wave={"seq": 1, "action": "promote", "index": 1})  # fmt: skip
+                       role=role, wave={"seq": 1, "action": "promote", "index": 1},
+                       team=cp.service.store.owner_team("eu-disclosure"))  # fmt: skip
     await cp.service.bus.publish(step)
     rollout = await cp.call("GET", "/v1/policies/eu-disclosure/rollout", expect=200)
     assert rollout["waves"]["index"] == (1 if applies else 0), rollout["waves"]

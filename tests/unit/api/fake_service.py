@@ -17,7 +17,7 @@ from controlplane.api.ports import ControlPlaneAPI
 from controlplane.api.routes import add_routes
 from controlplane.config import Settings
 from controlplane.errors import BadRequest, Conflict, NotFound
-from controlplane.roles import Role
+from controlplane.roles import Role, Team
 from policies.errors import PolicyValidationError, Violation
 
 __all__ = ["TOKENS", "FakeControlPlane", "serve_fake", "session", "settings_with_tokens"]
@@ -105,7 +105,7 @@ class FakeControlPlane:
         return self.ready, {"bus": "ok" if self.ready else "down", "registry": "ok"}
 
     async def publish_policy(
-        self, doc: Mapping[str, Any], *, actor: str, role: Role
+        self, doc: Mapping[str, Any], *, actor: str, role: Role, team: Team | None = None
     ) -> dict[str, Any]:
         self._record("publish_policy", dict(doc), actor)
         policy_id = doc.get("id")
@@ -134,7 +134,9 @@ class FakeControlPlane:
         self.retired.discard(policy_id)
         return {"id": policy_id, "version": version, "event_id": f"{policy_id}:{version}"}
 
-    async def preview_policy(self, doc: Mapping[str, Any], *, role: Role) -> dict[str, Any]:
+    async def preview_policy(
+        self, doc: Mapping[str, Any], *, role: Role, team: Team | None = None
+    ) -> dict[str, Any]:
         self._record("preview_policy", dict(doc))
         return {
             "id": doc.get("id"),
@@ -147,15 +149,16 @@ class FakeControlPlane:
         }
 
     async def retire_policy(
-        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None
-    ) -> dict[str, Any]:
+        self, policy_id: str, *, actor: str, role: Role, reason: str | None = None,
+        team: Team | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
         self._record("retire_policy", policy_id, actor, *([reason] if reason else []))
         latest = self._latest(policy_id)
         self.retired.add(policy_id)
         return {"id": policy_id, "version": latest["version"], "event_id": "retire-1"}
 
     async def wave_action(
-        self, policy_id: str, action: str, *, actor: str, role: Role
+        self, policy_id: str, action: str, *, actor: str, role: Role, team: Team | None = None
     ) -> dict[str, Any]:
         self._record("wave_action", policy_id, action, actor)
         return {"id": policy_id, "version": 1, "waves": None}
@@ -168,6 +171,7 @@ class FakeControlPlane:
         actor: str,
         role: Role,
         reason: str | None = None,
+        team: Team | None = None,
     ) -> dict[str, Any]:
         self._record("rollback_policy", policy_id, to_version, actor, *([reason] if reason else []))
         history = self.versions.get(policy_id)

@@ -1,0 +1,150 @@
+"""Ownership by team (docs/security.md#teams), through the real REST API: at a policy's owner
+role, below admin, only its owner team (or a token granted that team) may publish, preview,
+retire, roll back or step its waves; another team gets 403 ``policy_owned`` naming the owner
+team and the role it would need. A refusal changes nothing; an accepted change records its
+actor and team in the history."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from controlplane.config import Settings
+from tests.integration.service.conftest import ControlPlaneUnderTest, serving
+
+TOKENS = {
+    "tok-growth-a": "experimenter@growth",
+    "tok-growth-b": "experimenter@growth",
+    "tok-search": "experimenter@search",
+    "tok-lead": "experimenter@search+growth",  # granted team growth
+    "tok-solo-1": "experimenter",  # no team: each is its own
+    "tok-solo-2": "experimenter",
+    "tok-legal": "compliance@legal",
+    "tok-risk": "compliance@risk",
+    "tok-admin": "admin",
+}
+
+
+@pytest.fixture
+async def cp(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
+    async with serving(cp_settings(tokens=TOKENS)) as cp:
+        yield cp
+
+
+def experiment(policy_id: str, prompt: str, **extra: Any) -> dict[str, Any]:
+    return {"id": policy_id, "match": {"labels": {"tenant": policy_id}},
+            "experiment": {"key": policy_id, "variants": [
+                {"name": "a", "weight": 50, "set": {"system_prompt": f"{prompt} A"}},
+                {"name": "b", "weight": 50, "set": {"system_prompt": f"{prompt} B"}}]},
+            **extra}  # fmt: skip
+
+
+async def versions(cp: ControlPlaneUnderTest, policy_id: str) -> list[dict[str, Any]]:
+    body = await cp.call("GET", f"/v1/policies/{policy_id}/versions", expect=200)
+    return list(body["items"])
+
+
+async def refused(
+    cp: ControlPlaneUnderTest, method: str, path: str, token: str, body: Any = None
+) -> dict[str, Any]:
+    answer = await cp.call(method, path, token=token, body=body, expect=403)
+    error = dict(answer["error"])
+    assert error["code"] == "policy_owned", error
+    return error
+
+
+async def test_another_team_may_not_change_an_experiment_and_a_refusal_changes_nothing(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    await cp.publish(experiment("exp", "v1"), token="tok-growth-a")
+    await cp.publish(experiment("exp", "v2"), token="tok-growth-a")
+    before = await versions(cp, "exp")
+    assert [(v["team"], v["owner_team"], v["owner_role"]) for v in before] == [
+        ("growth", "growth", "experimenter")] * 2  # fmt: skip
+
+    attempts = [
+        ("POST", "/v1/policies", experiment("exp", "theirs")),
+        ("POST", "/v1/policies/preview", experiment("exp", "theirs")),
+        ("DELETE", "/v1/policies/exp", None),
+        ("POST", "/v1/policies/exp/rollback", {"to": 1}),
+        ("POST", "/v1/policies/exp/pause", None),
+    ]
+    for method, path, body in attempts:
+        error = await refused(cp, method, path, "tok-search", body)
+        expected = {
+            "id": "exp",
+            "owner_role": "experimenter",
+            "owner_team": "growth",
+            "role": "experimenter",
+            "team": "search",
+            "required_role": "compliance",
+        }
+        assert error["details"] == expected, path
+        assert "team 'growth'" in error["message"] and "compliance" in error["message"], path
+    assert await versions(cp, "exp") == before  # nothing changed
+    assert (await cp.call("GET", "/v1/policies/exp", expect=200))["status"] == "active"
+
+
+async def test_the_owner_team_a_granted_token_and_a_higher_role_may_and_are_recorded(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    await cp.publish(experiment("exp", "v1"), token="tok-growth-a")
+    # another token of the same team
+    await cp.publish(experiment("exp", "v2"), token="tok-growth-b")
+    # a token of team search granted team growth acts for growth
+    await cp.call("POST", "/v1/policies/exp/rollback", token="tok-lead",
+                  body={"to": 1}, expect=200)  # fmt: skip
+    history = await versions(cp, "exp")
+    assert [(v["version"], v["team"], v["owner_team"]) for v in history] == [
+        (1, "growth", "growth"),
+        (2, "growth", "growth"),
+        (3, "growth", "growth"),
+    ]
+    actors = [v["actor"] for v in history]
+    assert actors[0] != actors[1] != actors[2] and all(
+        a.startswith("experimenter:") for a in actors)  # fmt: skip
+    # a higher role of any team takes it over: its team owns it from then on
+    await cp.call("DELETE", "/v1/policies/exp", token="tok-legal", expect=200)
+    last = (await versions(cp, "exp"))[-1]
+    assert (last["action"], last["role"], last["owner_role"], last["owner_team"]) == (
+        "retire",
+        "compliance",
+        "compliance",
+        "legal",
+    )
+    assert last["actor"].startswith("compliance:")
+    error = await refused(cp, "POST", "/v1/policies", "tok-growth-a", experiment("exp", "v4"))
+    assert error["details"]["owner_role"] == "compliance"  # below the owner role now
+
+
+async def test_tokens_without_a_team_are_each_their_own_team(cp: ControlPlaneUnderTest) -> None:
+    await cp.publish(experiment("solo", "v1"), token="tok-solo-1")
+    (first,) = await versions(cp, "solo")
+    assert first["owner_team"].startswith("token:") and first["owner_team"] == first["team"]
+    error = await refused(cp, "DELETE", "/v1/policies/solo", "tok-solo-2")
+    assert error["details"]["owner_team"] == first["owner_team"]
+    assert error["details"]["team"].startswith("token:")
+    assert error["details"]["team"] != first["owner_team"]
+    await cp.call("DELETE", "/v1/policies/solo", token="tok-solo-1", expect=200)
+
+
+async def test_a_lock_policy_of_one_compliance_team_needs_admin_from_another(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    lock = {"id": "disclosure", "match": {}, "set": {"system_prompt": "Say you are an AI."},
+            "lock": ["system_prompt"]}  # fmt: skip
+    await cp.publish(lock, token="tok-legal")
+    for method, path, body in (
+        ("POST", "/v1/policies", {**lock, "lock": []}),
+        ("DELETE", "/v1/policies/disclosure", None),
+    ):
+        error = await refused(cp, method, path, "tok-risk", body)
+        assert (error["details"]["owner_team"], error["details"]["required_role"]) == (
+            "legal",
+            "admin",
+        )
+    assert len(await versions(cp, "disclosure")) == 1
+    await cp.publish({**lock, "set": {"system_prompt": "Say you are a bot."}}, token="tok-legal")
+    await cp.call("DELETE", "/v1/policies/disclosure", token="tok-admin", expect=200)
