@@ -54,6 +54,7 @@ from sessions.clock import SystemClock
 from sessions.versionlog.file import FileVersionLog
 
 __all__ = [
+    "FILE_ORIGIN",
     "add_audit_options",
     "add_export",
     "add_nats_options",
@@ -70,6 +71,9 @@ __all__ = [
 ]
 
 
+FILE_ORIGIN = ("not proven: whoever edits an export can recompute its chain; prove it against "
+               "the signed trail (audit verify ID --public-key with --data-dir, --nats-url or "
+               "the server)")  # fmt: skip
 _NATS_SETTINGS = ("nats_url", "nats_creds", "nats_nkey", "nats_audit_stream", "nats_subject_prefix")
 
 
@@ -227,7 +231,11 @@ def verify_command(
         answer.pop("next", None)
         return answer
     if source == "file":
-        return verify_answer(file_trail(args.file, args.id), args.id, pinned)
+        if pinned:  # an export has no signed checkpoint: a pin would authenticate nothing
+            raise CliError("--public-key with --file: an export holds no signed checkpoint, "
+                           f"so no key proves its origin; {FILE_ORIGIN}", 2)  # fmt: skip
+        answer = verify_answer(file_trail(args.file, args.id), args.id, None)
+        return {**answer, "origin": FILE_ORIGIN}
     if source == "local":
         with Ticker(f"audit verify: reading {args.data_dir / 'audit'}"):
             trail = local_trail(args.data_dir, args.id)
@@ -307,6 +315,8 @@ def verify_text(answer: dict[str, Any]) -> str:
         summary += f"; {count} checkpoint(s), {len(problems)} bad"
     else:
         lines.append("no checkpoints: deletion of a session's newest entries is not detectable")
+    if answer.get("origin"):
+        lines.append(f"origin: {answer['origin']}")
     lines.append(summary)
     return "\n".join(lines)
 
