@@ -285,9 +285,11 @@ async def test_events_stored_before_signing_was_turned_on_apply_up_to_the_given_
     async def settled() -> bool:
         counts = [await r.metric("controlplane_policy_events_total", result="unsigned")
                   for r in (strict, migrated)]  # fmt: skip
-        # "new" is on another subject: its delivery may trail old:3's refusal
+        # "new" is on another subject: its delivery may trail old:3's refusal; and the
+        # replica without a key applies old:3 on its own cadence (nothing above waited for it)
         applied = [r.service.store.current_version("new") for r in (strict, migrated)]
-        return counts == [3, 1] and applied == [1, 1]
+        unkeyed = before.service.store.current_version("old")
+        return counts == [3, 1] and applied == [1, 1] and unkeyed == 3
 
     await eventually(settled)
     assert (await migrated.call("GET", "/v1/policies/old", expect=200))["version"] == 2
