@@ -23,7 +23,8 @@ part after the colon, and a signature under it counts only where the caller's
 ``scope_allows(role)`` says so (policy events: the role the event claims is that role or
 below, controlplane.cluster.nats_bus); a match under scoped keys alone is refused
 ``role_above_key``. Unscoped keys (the replicas') count everywhere. Role names are checked
-by the settings (this module knows none).
+by the settings (this module knows none). A scope may also name teams, ``<role>@<team>:<key>``
+(docs/security.md#teams): such a key signs only events acting for one of them.
 
 Secrets never leave this module: ``SigningKeys`` prints as ``<2 keys>``, errors say which key
 entry is wrong, never its text, and comparisons are constant-time (``hmac.compare_digest``).
@@ -64,7 +65,8 @@ ENV_KEY_FILE: Final = "CONTROLPLANE_POLICY_SIGNING_KEY_FILE"
 MAX_HEADER_CHARS: Final = 4096  # a few signatures; anything longer is refused unread
 
 Refusal = Literal["unsigned", "bad_signature", "role_above_key"]
-_SCOPE: Final = re.compile(r"[a-z]{1,16}")  # ``<role>:<key>``: a scoped key (module docstring)
+# ``<role>:<key>`` or ``<role>@<team>[+<team>...]:<key>``: a scoped key (module docstring)
+_SCOPE: Final = re.compile(r"[a-z]{1,16}(@[^:]{0,256})?")  # the settings check team names
 
 
 class SigningKeys:

@@ -54,7 +54,7 @@ from controlplane.intake.bus import (
     decode_event,
 )
 from controlplane.metrics import Metrics
-from controlplane.roles import Role, event_role
+from controlplane.roles import event_role, parse_grant
 from controlplane.signing import EventSigner, Refusal
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
@@ -85,21 +85,23 @@ _REFUSED: Final[dict[Refusal, str]] = {
     "unsigned": "no Cp-Signature header (policy signing is on)",
     "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
     "role_above_key": "signed only by keys scoped to a role below the role the event claims "
-    "(or it claims none)",
+    "(or it claims none), or to teams it does not act for",
 }
 _SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:")
 
 
 def _scope_allows(event: PolicyEvent) -> Callable[[str], bool]:
     """A key scoped to a role signs events claiming that role or a lower one (never an event
-    without a role: an operator's tool needs an unscoped key; controlplane.signing)."""
+    without a role: an operator's tool needs an unscoped key; controlplane.signing); scoped
+    to teams too (``role@team``), only events acting for one of them (docs/security.md#teams)."""
     claimed = event_role(event.role, event.actor)
 
     def allows(scope: str) -> bool:
         try:
-            return claimed is not None and claimed <= Role.parse(scope)
+            role, teams = parse_grant(scope)
         except ValueError:  # not a role (the settings refuse it at start)
             return False
+        return claimed is not None and claimed <= role and (not teams or event.team in teams)
 
     return allows
 

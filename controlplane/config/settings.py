@@ -27,6 +27,7 @@ from controlplane.config.schema import (
     setting,
 )
 from controlplane.labels import parse_credential_labels
+from controlplane.roles import parse_grant
 from controlplane.signing import SigningKeys
 from controlplane.tls import tls_context
 from sessions.checkpoints import load_private_key
@@ -65,10 +66,15 @@ def _check_scopes(keys: SigningKeys, source: str) -> None:
     """A scoped key (``<role>:<key>``) names a role, and the first key (the one replicas sign
     with) is unscoped: a replica's events may claim any role (controlplane.signing)."""
     for i, scope in enumerate(keys.scopes):
-        if scope is not None and scope not in ROLES:
+        if scope is not None and scope.partition("@")[0] not in ROLES:
             # (not quoted: with a colon in a key, the text before it is part of the key)
             raise ValueError(f"{source}: key {i + 1} is scoped to an unknown role (roles: "
                              f"{', '.join(ROLES)})")  # fmt: skip
+        if scope is not None:
+            try:
+                parse_grant(scope)  # role@team+team: team names (docs/security.md#teams)
+            except ValueError as exc:
+                raise ValueError(f"{source}: key {i + 1}: {exc}") from None
     if keys.scopes[0] is not None:
         raise ValueError(f"{source}: key 1 is scoped to a role; the first key signs the "
                          "replicas' events: put scoped keys after an unscoped one")  # fmt: skip

@@ -4,7 +4,8 @@ real NATS. Such a key can ship an experiment from a pipeline, but an event it si
 a higher role, or no role, is refused (``result="role_above_key"``), and what it may sign
 still obeys the experimenter's rules on every replica's store: no ``lock``, no non-experiment
 policy, nothing owned by compliance (published, halted). It never signs an owner request.
-Unscoped keys (the replicas') keep full authority.
+Unscoped keys (the replicas') keep full authority. A key scoped to teams too
+(``experimenter@growth:KEY``) signs only events acting for one of them.
 """
 
 from __future__ import annotations
@@ -109,11 +110,33 @@ async def test_a_key_scoped_to_experimenter_signs_experiments_and_nothing_above(
         assert secret not in caplog.text
 
 
+async def test_a_key_scoped_to_a_team_signs_only_what_acts_for_that_team(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    a = await cluster.start("node-a", policy_signing_key=SigningKeys.parse(
+        f"{REPLICA},experimenter@growth:{EXP}"))  # fmt: skip
+    for policy_id, team in (("theirs", "search"), ("nobody", None), ("ours", "growth")):
+        extra = {} if team is None else {"team": team}
+        body = _body({**UPSELL, "id": policy_id}, "experimenter", **extra)
+        await publish_signed(cluster, policy_id, body, msg_id=f"{policy_id}:1", key=EXP)
+
+    async def ours_applied() -> bool:
+        body = await a.call("GET", "/v1/policies/ours")
+        return isinstance(body, dict) and body.get("owner_team") == "growth"
+
+    await eventually(ours_applied)  # published after the two refused ones
+    for policy_id in ("theirs", "nobody"):
+        await a.call("GET", f"/v1/policies/{policy_id}", expect=404)
+    assert await a.metric("controlplane_policy_events_total", result="role_above_key") == 2
+
+
 @pytest.mark.parametrize(
     ("keys", "problem"),
     [
         (f"experimenter:{EXP},{REPLICA}", "key 1 is scoped"),
         (f"{REPLICA},root:{EXP}", "key 2 is scoped to an unknown role"),
+        (f"{REPLICA},experimenter@a b:{EXP}", "key 2: a team name"),
+        (f"{REPLICA},experimenter@x+:{EXP}", "key 2: a team name"),
     ],
 )
 def test_a_scoped_first_key_or_an_unknown_scope_is_refused_at_start(
