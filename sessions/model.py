@@ -54,11 +54,19 @@ class Session:
     # the team of the token that registered it (control channel; None: the gateway). It
     # stays with the id for the life of its record: another team may not re-register it
     registered_by: str | None = None
+    # the session whose call this one continues (a Voice Agent session.resume through the
+    # gateway): bucketing by session id (rollout %, waves, experiments) uses its id
+    bucket_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in SESSION_KINDS:
             raise ValueError(f"unknown session kind {self.kind!r} (known: {SESSION_KINDS})")
         self.state = SessionState(self.state)
+
+    @property
+    def bucket_key(self) -> str:
+        """What ``bucket_by: session_id`` hashes: the id of the call's first session."""
+        return self.bucket_id or self.id
 
     @property
     def live(self) -> bool:
@@ -86,6 +94,7 @@ class Session:
             end_cause=self.end_cause,
             upstream_id=self.upstream_id,
             registered_by=self.registered_by,
+            bucket_id=self.bucket_id,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -112,6 +121,7 @@ class Session:
             "end_cause": self.end_cause,
             "upstream_id": self.upstream_id,
             "registered_by": self.registered_by,
+            "bucket_id": self.bucket_id,
         }
 
     @classmethod
@@ -141,6 +151,7 @@ class Session:
             end_cause=raw.get("end_cause"),
             upstream_id=raw.get("upstream_id"),
             registered_by=raw.get("registered_by"),
+            bucket_id=raw.get("bucket_id"),
         )
 
 

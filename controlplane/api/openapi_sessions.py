@@ -33,6 +33,11 @@ SESSION_SCHEMAS: dict[str, Any] = {
                 "control channel (null: a gateway session); only that team may register its "
                 "id again",
             },
+            "bucket_id": {
+                "type": ["string", "null"],
+                "description": "the session whose call this one continues (a Voice Agent "
+                "session.resume through the gateway): bucket_by session_id hashes its id",
+            },
         },
     },
     "LogEntry": {**OBJ, "description": "a version log entry (DESIGN.md §4)"},

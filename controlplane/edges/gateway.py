@@ -42,6 +42,7 @@ from controlplane.edges.gateway_pump import (
     send_upstream,
 )
 from controlplane.edges.proxy import ProxySession, agent_error
+from controlplane.errors import ControlPlaneError
 from controlplane.labels import (
     CredentialLabels,
     LabelConflict,
@@ -227,15 +228,22 @@ class Gateway:
                 await ws.close(code=1008, message=b"invalid first message")
                 return ws
             resume = message.get("type") == "session.resume"
+            call: str | None = None  # a resumed call keeps its bucketing (experiments, %)
             if resume:
                 model, client_config, forward = VOICE_AGENT_V1.name, {}, message
                 model = "voice-agent"
+                resumed = message.get("session_id")
+                if isinstance(resumed, str) and resumed:
+                    try:
+                        call = await self.service.call_of(resumed)  # None: never ours
+                    except ControlPlaneError as exc:  # the registry is down: a new bucket
+                        log.warning("resume of %s bucketed anew: %s", resumed, exc)
             else:
                 info = VOICE_AGENT_V1.parse_first_update(message)
                 model, client_config = info.model, dict(info.client_config)
             session, effective = self.service.new_session(
                 kind=VOICE_AGENT_V1.name, model=model, labels=labels,
-                client_config=client_config,
+                client_config=client_config, bucket_id=call,
             )  # fmt: skip
             skipped: Mapping[str, str] = {}
             if not resume:

@@ -129,7 +129,7 @@ class PushEngine:
         return resolve(
             session.client_config,
             policies,
-            Target(session.id, session.kind, session.model, session.labels),
+            Target(session.bucket_key, session.kind, session.model, session.labels),
         )
 
     def attach(self, ls: LiveSession, effective: Effective) -> None:

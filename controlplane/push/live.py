@@ -83,5 +83,7 @@ class LiveSession:
         s, memo = self.session, self.resolved_from
         labels, client = s.labels, s.client_config
         if memo is None or memo.target.labels is not labels or memo.client_config is not client:
-            memo = self.resolved_from = Inputs.of(Target(s.id, s.kind, s.model, labels), client)
+            memo = self.resolved_from = Inputs.of(
+                Target(s.bucket_key, s.kind, s.model, labels), client
+            )
         return memo

@@ -30,7 +30,7 @@ def assignments_of(ls: LiveSession, policies: Mapping[str, Policy]) -> list[dict
             continue
         exp = policy.experiment
         value = (
-            ls.session.id
+            ls.session.bucket_key
             if exp.bucket_by == "session_id"
             else ls.session.labels.get(exp.bucket_by, "")
         )

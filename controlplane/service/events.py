@@ -193,7 +193,7 @@ class PolicySets:
     def for_session(self, ls: LiveSession) -> list[Policy]:
         if not self._store.has_halts:
             self._pinned.clear()  # every halt ended (a newer version, or retired)
-            return self._store.for_session(ls.session.id, ls.session.labels)
+            return self._store.for_session(ls.session.bucket_key, ls.session.labels)
         return self._store.resolution_set(self.pins(ls), self._outside(ls))
 
     def groups(self, sessions: Iterable[LiveSession]) -> list[Group]:

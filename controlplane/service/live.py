@@ -67,7 +67,10 @@ class LiveSessions:
     def new_session(
         self, *, kind: str, model: str, labels: Mapping[str, str], client_config: Config,
         session_id: str | None = None, registered_by: str | None = None,
+        bucket_id: str | None = None,
     ) -> tuple[Session, Effective]:  # fmt: skip
+        """A new session record (not held yet: ``attach``) and its effective config.
+        ``bucket_id``: the session whose call it continues (a resume), bucketed as that one."""
         now = self._clock.now()
         session = Session(
             id=session_id or "cps_" + uuid.uuid4().hex,
@@ -76,8 +79,10 @@ class LiveSessions:
             desired_version=0, sent_version=0, acked_version=0, state=SessionState.PENDING,
             created_at=now, updated_at=now, ended_at=None, end_cause=None, upstream_id=None,
             registered_by=registered_by,
+            bucket_id=bucket_id,
         )  # fmt: skip
-        return session, self._engine.resolve(session, self._store.for_session(session.id, labels))
+        policies = self._store.for_session(session.bucket_key, labels)
+        return session, self._engine.resolve(session, policies)
 
     async def attach(
         self,

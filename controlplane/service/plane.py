@@ -147,6 +147,7 @@ class ControlPlane:
         self.config_at = self.records.config_at
         self.relabel_session = self.records.relabel_session
         self.new_session = self.live.new_session
+        self.call_of = self.records.call_of
         self.attach = self.live.attach
         self.detach = self.live.detach
 

@@ -128,6 +128,15 @@ class SessionRecords:
             found = await self._registry.find_upstream(ref)
         return ref if found is None else found
 
+    async def call_of(self, upstream_id: str) -> str | None:
+        """The bucketing id of the call whose upstream session is ``upstream_id`` (the id of
+        its first session: ``Session.bucket_key``), or None when no session ran it. A
+        Voice Agent ``session.resume`` continues that call (docs/experiments.md)."""
+        found = await self._find(await self.resolve_session_id(upstream_id))
+        if found is None or found.upstream_id != upstream_id:
+            return None
+        return found.bucket_key
+
     async def _recorded(self, session_id: str) -> Session | None:
         """The registry's record (None: unknown); registry failures answer 503."""
         with backend("reading the session registry"):

@@ -10,6 +10,7 @@ from typing import Any
 from controlplane.edges.client import ControlClient
 from tests.integration.distributed.conftest import Cluster, Replica
 from tests.integration.service.conftest import eventually
+from tests.integration.service.test_experiment_truth import RESUME_DOC, _agent
 from tests.integration.service.test_experiments import KEY, _apply_pushes, _doc, _ids
 
 
@@ -84,3 +85,37 @@ async def test_a_caller_keeps_its_variant_across_reconnects_to_either_replica(
         for row in rows:
             by_caller.setdefault(row["labels"]["caller_id"], set()).add(row["variant"])
         assert by_caller == {c: {v[0]} for c, v in arms.items()}
+
+
+async def test_a_voice_agent_call_resumed_on_the_other_replica_keeps_its_arm(
+    cluster: Cluster,
+) -> None:
+    """bucket_by session_id: the upstream connection of calls held by replica a drops; each
+    call resumes through replica b (a new session there, found by its upstream id in the
+    shared registry): none switches arms."""
+    a = await cluster.start("node-a")
+    b = await cluster.start("node-b")
+    await a.publish(RESUME_DOC)
+    await eventually(lambda: b.service.store.active_policy("pitch") is not None)
+    calls: dict[str, str] = {}
+    sockets = []
+    for _ in range(6):
+        ws, upstream_id = await _agent(a, {"type": "session.update", "session": {}})
+        sockets.append(ws)
+        prompt = (await cluster.emulator.session(upstream_id))["config"]["system_prompt"]
+        calls[upstream_id] = prompt
+        await cluster.emulator.faults(upstream_id, {"drop_after_messages": 1})
+    await a.publish({"id": "terms", "match": {"kind": ["voice-agent-v1"]},
+                     "set": {"keyterms": ["Acme"]}})  # fmt: skip
+    await eventually(lambda: not a.service.engine.live, timeout=10)
+    for ws in sockets:
+        await ws.close()
+    resumed = [
+        (await _agent(b, {"type": "session.resume", "session_id": upstream_id}))[0]
+        for upstream_id in calls
+    ]
+    await asyncio.sleep(1.0)
+    now = {u: (await cluster.emulator.session(u))["config"]["system_prompt"] for u in calls}
+    for ws in resumed:
+        await ws.close()
+    assert now == calls

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import websockets
 
 from controlplane.cli.main import main
 from controlplane.edges.client import ControlClient
 from policies.bucketing import bucket, pick_variant
 from sessions.exposures import exposure_problem
-from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
 from tests.integration.service.test_experiments import KEY, _exposed, _sessions, _summary
 
 pytestmark = pytest.mark.timeout(60)
@@ -325,3 +326,64 @@ async def test_a_seeded_three_way_split_is_honoured_and_the_report_counts_only_e
         exposed_rows = collections.Counter(r["variant"] for r in rows.values() if r["exposed_at"])
         assert exposed_rows == expected
         assert all(rows[s]["variant"] == arm[s] for s in ids)
+
+
+AGENT_KEY = {"Authorization": "Bearer test-key"}
+RESUME_DOC = {
+    "id": "pitch",
+    "match": {"kind": ["voice-agent-v1"]},
+    "experiment": {
+        "key": "pitch",
+        "variants": [
+            {"name": "calm", "weight": 50, "set": {"system_prompt": "Be calm."}},
+            {"name": "bold", "weight": 50, "set": {"system_prompt": "Be bold."}},
+        ],
+    },
+}
+
+
+async def _agent(cp: ControlPlaneUnderTest, first: dict[str, Any]) -> tuple[Any, str]:
+    ws = await websockets.connect(cp.ws_base + "/v1/ws", additional_headers=AGENT_KEY)
+    await ws.send(json.dumps(first))
+    while True:
+        message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        if message["type"] == "session.ready":
+            return ws, str(message["session_id"])
+
+
+async def test_a_resumed_voice_agent_call_keeps_its_variant(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """bucket_by session_id: a call whose upstream connection dropped and that the client
+    resumes through the gateway (a new control-plane session of the same upstream session)
+    stays in the arm it was in; the upstream never switches arms mid-call."""
+    await cp.publish(RESUME_DOC)
+    calls: dict[str, str] = {}  # upstream id -> the prompt it started with
+    sockets = []
+    for _ in range(8):
+        ws, upstream_id = await _agent(cp, {"type": "session.update", "session": {}})
+        sockets.append(ws)
+        calls[upstream_id] = (await emulator.session(upstream_id))["config"]["system_prompt"]
+    assert set(calls.values()) == {"Be calm.", "Be bold."}
+    for upstream_id in calls:  # each upstream connection drops at the next message
+        await emulator.faults(upstream_id, {"drop_after_messages": 1})
+    await cp.publish(
+        {"id": "terms", "match": {"kind": ["voice-agent-v1"]}, "set": {"keyterms": ["Acme"]}}
+    )
+    await eventually(lambda: not cp.service.engine.live, timeout=10)
+    for ws in sockets:
+        await ws.close()
+    resumed = []
+    for upstream_id in calls:
+        ws, again = await _agent(cp, {"type": "session.resume", "session_id": upstream_id})
+        assert again == upstream_id
+        resumed.append(ws)
+    await asyncio.sleep(1.0)  # any push the resumed sessions get has gone by now
+    switched = {}
+    for upstream_id, prompt in calls.items():
+        now = (await emulator.session(upstream_id))["config"]["system_prompt"]
+        if now != prompt:
+            switched[upstream_id] = (prompt, now)
+    for ws in resumed:
+        await ws.close()
+    assert switched == {}, f"resumed calls switched arms mid-call: {switched}"
