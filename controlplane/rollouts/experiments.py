@@ -7,8 +7,8 @@ session, ``acked`` / an app's ``applied``, an ``unchanged`` entry, a connect alr
 values). The first such entry naming an experiment's variant exposes the session to it,
 once per (session, experiment key, iteration), unless the push holds back a value of that
 policy (``PushState.held``: quarantined, the upstream refused it); a later running entry
-that no longer names the experiment's policy sets ``left_at`` (cleared if the session comes
-back). Rows go to the
+that no longer names the experiment's policy sets ``left_at`` on its row, exposed or only
+assigned (cleared if the session comes back). Rows go to the
 :class:`sessions.exposures.ExposureStore` in batches from a flush task, like the registry
 sync: the fan-out only touches a dict per session that has experiment refs.
 """
@@ -115,6 +115,9 @@ class ExperimentBook:
                     labels=s.labels,  # (replaced on a relabel, never changed in place)
                 )  # fmt: skip
                 self._changed[row.key] = row
+            elif row.exposed_at is None and row.left_at is not None:
+                row.left_at = row.left_seq = None  # assigned again (never exposed yet)
+                self._changed[row.key] = row
             if not exposes or ref.id in withheld:
                 continue
             if row.exposed_at is None:
@@ -129,7 +132,7 @@ class ExperimentBook:
                 self._changed[row.key] = row
         if exposes:
             for row in rows.values():
-                if row.exposed_at is not None and row.left_at is None and row.policy not in named:
+                if row.left_at is None and row.policy not in named:  # (exposed or only assigned)
                     row.left_at = now
                     tail = self._tail(sid)
                     row.left_seq = None if tail is None else tail[0]

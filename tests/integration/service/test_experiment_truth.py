@@ -176,6 +176,31 @@ async def test_a_variant_the_upstream_refused_is_never_exposed_even_once_other_f
         assert row["exposed_at"] is None and row["first_assigned_at"] is not None
 
 
+async def test_a_session_assigned_but_never_exposed_is_not_left_in_the_experiment_when_it_stops(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """Its variant was refused (assigned, never exposed); the experiment is retired: its
+    export row says it left (not ``live``, as if it still ran the experiment)."""
+    doc = {"id": "pitch", "match": {"kind": ["voice-agent-v1"]},
+           "experiment": {"key": "pitch", "variants": [
+               {"name": "bold", "weight": 100, "set": {"system_prompt": "Sell hard."}},
+               {"name": "control", "weight": 0, "set": {}}]}}  # fmt: skip
+    async with _refusing(cp, "assigned-only", "system_prompt") as refused:
+        await cp.publish(doc)
+        await eventually(lambda: refused)
+        row = (await _rows(cp, "pitch"))["assigned-only"]
+        assert row["exposed_at"] is None and row["state"] != "left"
+        await cp.call("DELETE", "/v1/policies/pitch", expect=200)
+
+        async def left() -> dict[str, Any] | None:
+            found = (await _rows(cp, "pitch")).get("assigned-only")
+            return found if found is not None and found["state"] == "left" else None
+
+        row = await eventually(left, timeout=5)
+        assert row["exposed_at"] is None and row["left_at"] is not None
+        assert (await _summary(cp, "pitch"))["exposed"] == 0
+
+
 async def test_an_experimenter_variant_setting_a_compliance_locked_field_is_refused_at_publish(
     cp: ControlPlaneUnderTest,
 ) -> None:
