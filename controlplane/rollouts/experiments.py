@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
+from controlplane.errors import NotFound
 from controlplane.intake.bus import rfc3339
+from controlplane.intake.store import PolicyRecord
 from controlplane.metrics import Metrics
 from controlplane.push.live import LiveSession
 from controlplane.rollouts.srm import SRM_THRESHOLD, srm_check
@@ -48,6 +50,7 @@ class ExperimentBook:
         min_exposures: int,
         live: Mapping[str, LiveSession],
         tail: Callable[[str], tuple[int, str] | None],
+        history: Callable[[str], Sequence[PolicyRecord]] | None = None,
     ) -> None:
         self.store = store
         self._sessions = live  # the engine's live sessions (for upstream ids)
@@ -55,6 +58,7 @@ class ExperimentBook:
         self._clock = clock
         self._metrics = metrics
         self._policy = policy  # the active policy of an id
+        self._history = history  # every stored version of an id (NotFound: none)
         self.min_exposures = min_exposures
         # live sessions' rows: session id -> (experiment key, iteration) -> row
         self._live: dict[str, dict[tuple[str, int], Exposure]] = {}
@@ -99,7 +103,7 @@ class ExperimentBook:
         for ref in refs:
             if ref.variant is None:
                 continue
-            policy = self._policy(ref.id)
+            policy = self._version(ref)
             exp = None if policy is None else policy.experiment
             if exp is None:
                 continue
@@ -137,6 +141,22 @@ class ExperimentBook:
                     tail = self._tail(sid)
                     row.left_seq = None if tail is None else tail[0]
                     self._changed[row.key] = row
+
+    def _version(self, ref: PolicyRef) -> Policy | None:
+        """The policy version an entry names: the active one, else (an answer to a push of
+        an earlier version, e.g. acknowledged after the experiment was stopped) its stored
+        version, so the session that ran it is exposed to what it ran."""
+        active = self._policy(ref.id)
+        if (active is not None and active.version == ref.version) or self._history is None:
+            return active
+        try:
+            records = self._history(ref.id)
+        except NotFound:
+            return None
+        for record in reversed(records):
+            if record.policy.version == ref.version:
+                return record.policy
+        return None
 
     def ended(self, ls: LiveSession) -> None:
         """The session ended: its rows stay in the store, with the upstream id if now known."""

@@ -89,7 +89,7 @@ class ControlPlane:
             self.cluster.exposures or FileExposureStore(None),
             clock=clock, metrics=metrics,
             policy=self.store.active_policy, min_exposures=settings.srm_min_exposures,
-            live=self.engine.live, tail=versionlog.tail,
+            live=self.engine.live, tail=versionlog.tail, history=self.store.history,
         )  # fmt: skip
         self.engine.on_record = self.experiments.observe
         waiters = VersionWaiters()  # publishes waiting for this replica to apply

@@ -231,18 +231,51 @@ async def test_an_experimenter_variant_setting_a_compliance_locked_field_is_refu
     await cp.call("GET", "/v1/experiments/pitch", expect=404)  # nothing was created
 
 
+@contextlib.asynccontextmanager
+async def _slow_apps(
+    cp: ControlPlaneUnderTest, delays: dict[str, float], refuse: set[str]
+) -> AsyncIterator[None]:
+    """Voice Agent control-channel apps answering each push after their own delay:
+    ``applied``, or ``failed`` for the sessions in ``refuse``."""
+
+    async def run(app: ControlClient, sid: str) -> None:
+        async for push in app.pushes():
+            await asyncio.sleep(delays[sid])
+            if sid in refuse:
+                await app.failed(push.version, "invalid_value: refused")
+            else:
+                await app.applied(push.version)
+
+    async with contextlib.AsyncExitStack() as stack:
+        tasks = []
+        for sid in delays:
+            app = ControlClient(cp.ws_base + "/v1/control", token=ADMIN, kind="voice-agent-v1",
+                                model="voice-agent", session_id=sid)  # fmt: skip
+            await stack.enter_async_context(app)
+            tasks.append(asyncio.create_task(run(app, sid)))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def test_stopping_an_experiment_mid_fan_out_leaves_one_coherent_state_per_session(
     cp: ControlPlaneUnderTest,
 ) -> None:
-    """The experiment is retired while its fan-out is still under way (Voice Agent apps: a
-    session runs a configuration once its app reports it applied): every session is
-    either exposed (backed by its log) and then left, or never ran a variant (no running
-    entry names one, and its row, if any, does not say it is still in)."""
-    ids = [f"stop-{n}" for n in range(60)]
-    async with _sessions(cp, ids):
-        publish = asyncio.create_task(cp.publish(_weights(50, 50)))
-        await asyncio.sleep(0)
-        await publish
+    """The experiment is retired while its pushes are still under way (Voice Agent apps: a
+    session runs a configuration once its app reports it applied; each app answers after
+    its own delay, up to 0.8 s, and every seventh refuses): every session is either exposed
+    (backed by its log) and then left, or never ran a variant (no running entry names one,
+    and its row, if any, does not say it is still in). The mix is checked to be a real race:
+    some warm sessions exposed, some never."""
+    ids = [f"stop-{n}" for n in range(120)]
+    rng = random.Random(7)
+    delays = {sid: rng.uniform(0.0, 0.8) for sid in ids}
+    async with _slow_apps(cp, delays, refuse=set(ids[::7])):
+        await cp.publish(_weights(50, 50))
+        await asyncio.sleep(0.3)  # some apps answered, most not yet
         await cp.call("DELETE", f"/v1/policies/{KEY}", expect=200)
 
         async def settled() -> bool:
@@ -278,6 +311,9 @@ async def test_stopping_an_experiment_mid_fan_out_leaves_one_coherent_state_per_
         assert not problems, "\n".join(problems)
         exposed = sum(1 for r in rows.values() if r["exposed_at"] is not None)
         assert summary["exposed"] == exposed
+        warm = collections.Counter(bool(r["exposed_at"]) for r in rows.values()
+                                   if r["variant"] == "warm")  # fmt: skip
+        assert warm[True] and warm[False], f"no race: {warm}"
 
 
 async def test_a_seeded_three_way_split_is_honoured_and_the_report_counts_only_exposed(
