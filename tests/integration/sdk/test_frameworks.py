@@ -257,3 +257,102 @@ async def _feed(stream: Any, rtc: ModuleType) -> None:
     while True:
         stream.push_frame(frame)
         await asyncio.sleep(0.1)
+
+
+async def test_livekit_reconnecting_after_its_upstream_dropped_mid_push_leaves_two_true_records(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The upstream connection drops right after it handled a push (no close frame); the
+    plugin reconnects by itself (a new upstream session). The ended session's record says
+    what its upstream ran until the drop, the new one's what it runs now (the policy merged
+    into its connect)."""
+    rtc = need("livekit.rtc", "livekit-plugins-assemblyai")
+    plugin = need("livekit.plugins.assemblyai", "livekit-plugins-assemblyai")
+    doc = {"id": "terms", "match": {"labels": {"app": "lk2"}}, "set": {"keyterms": ["One"]}}
+    await cp.publish(doc)
+    async with aiohttp.ClientSession() as http:
+        stt = plugin.STT(api_key="test-key", base_url=f"{cp.ws_base}/labels/app=lk2",
+                         http_session=http)  # fmt: skip
+        stream = stt.stream()
+        consumer = asyncio.create_task(_drain(stream))
+        feeder = asyncio.create_task(_feed(stream, rtc))
+        try:
+            await eventually(lambda: stream.session_id, timeout=5)
+            first = stream.session_id
+            await emulator.faults(first, {"drop_after_messages": 1})
+            await cp.publish({**doc, "set": {"keyterms": ["Two"]}})
+            await eventually(lambda: stream.session_id not in (None, first), timeout=15)
+            second = stream.session_id
+            assert (await cp.session(first))["state"] == "ended"
+            for upstream_id in (first, second):
+                await settle(cp, emulator, upstream_id)
+                problems = await record_problems(cp, emulator, upstream_id)
+                assert not problems, (upstream_id, problems, await cp.log(upstream_id))
+            config = (await emulator.session(second))["config"]
+            assert config["keyterms_prompt"] == ["Two"]
+        finally:
+            feeder.cancel()
+            stream.end_input()
+            await stream.aclose()
+            consumer.cancel()
+            await asyncio.gather(consumer, feeder, return_exceptions=True)
+
+
+async def test_pipecat_session_record_equals_the_upstream_through_mid_stream_pushes(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """Audio flowing through pipecat's AssemblyAI service while prompt, keyterms, turn
+    silences and agent context are pushed (pipecat also sends its own ForceEndpoint): the
+    record equals what the emulator runs after each push, through its end."""
+    stt_module = need("pipecat.services.assemblyai.stt", "pipecat-ai")
+    pipeline_module = need("pipecat.pipeline.pipeline", "pipecat-ai")
+    worker_module = need("pipecat.pipeline.worker", "pipecat-ai")
+    runner_module = need("pipecat.workers.runner", "pipecat-ai")
+    frames = need("pipecat.frames.frames", "pipecat-ai")
+    loguru = need("loguru", "pipecat-ai")
+    match = {"labels": {"app": "pc2"}}
+    await cp.publish({"id": "pc", "match": match, "set": {"keyterms": ["Start"]}})
+    begins: list[str] = []
+    sink = loguru.logger.add(_begin_sink(begins), level="DEBUG")
+    stt = stt_module.AssemblyAISTTService(
+        api_key="test-key", api_endpoint_base_url=f"{cp.ws_base}/labels/app=pc2/v3/ws",
+        sample_rate=16000,
+    )  # fmt: skip
+    worker = worker_module.PipelineWorker(
+        pipeline_module.Pipeline([stt]),
+        params=worker_module.PipelineParams(audio_in_sample_rate=16000),
+        enable_rtvi=False, idle_timeout_secs=None,
+    )  # fmt: skip
+    runner = runner_module.WorkerRunner(handle_sigint=False)
+    await runner.add_workers(worker)
+    run = asyncio.create_task(runner.run())
+
+    async def feed() -> None:
+        while True:
+            await worker.queue_frame(frames.InputAudioRawFrame(
+                audio=b"\x00\x00" * 1600, sample_rate=16000, num_channels=1))  # fmt: skip
+            await asyncio.sleep(0.1)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        await eventually(lambda: begins, timeout=10)
+        upstream_id = begins[0]
+        pushes = [
+            {"prompt": "Transcribe the caller.", "keyterms": ["Second"]},
+            {"min_turn_silence_ms": 240, "max_turn_silence_ms": 1800},
+            {"agent_context": "Agent: your order number?", "keyterms": ["Third"]},
+        ]
+        for n, values in enumerate(pushes):
+            await cp.publish({"id": f"pc{n}", "match": match, "set": values, "priority": n + 1})
+            await settle(cp, emulator, upstream_id)
+            problems = await record_problems(cp, emulator, upstream_id)
+            assert not problems, f"after push {n}: {problems}"
+    finally:
+        feeder.cancel()
+        await asyncio.gather(feeder, return_exceptions=True)
+        await worker.queue_frame(frames.EndFrame())
+        await asyncio.wait_for(run, 15)
+        loguru.logger.remove(sink)
+    await eventually(lambda: cp.service.engine.live == {}, timeout=5)
+    problems = await record_problems(cp, emulator, upstream_id)
+    assert not problems, f"after the end: {problems}"
