@@ -5,12 +5,14 @@ A policy version *breaches* its guard when, over every replica, more than
 seconds, and it targets at least ``min_sessions``. A failure is a push of that version that
 the upstream (or the control-channel app) refused, or that a Voice Agent session did not
 acknowledge within the acknowledgement timeout. Streaming v3 cannot acknowledge, so a
-streaming push is never a failure for not being acknowledged (nor a success).
+streaming push is never a failure for not being acknowledged (nor a success). A timeout
+whose answer comes late is retracted while the window still holds it (no halt decided yet):
+applied, it was no failure; refused, the refusal counts instead (``RolloutGuard.retract``).
 
 - ``GuardSpec``: a version's effective guard, its ``guard`` block over the deployment's
   ``CONTROLPLANE_GUARD_*`` defaults; ``breached(targeted, failed)`` is the rule.
 - ``FailureWindow``: failure times per (policy, version, variant), sans-I/O (times passed in),
-  bounded per key.
+  bounded per key, each tagged with its push (session, version) for a retraction.
 - ``RolloutGuard``: this replica's one guard task. ``failed(refs)`` counts (never awaits);
   the task checks the versions with failures in their window, at once and then every
   ``check_interval_s`` while any remain (other replicas' counts arrive on their own cadence),
@@ -22,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -34,7 +37,9 @@ from policies.model import Policy
 from policies.provenance import PolicyRef
 from sessions.clock import Clock
 
-__all__ = ["MAX_FAILURES_KEPT", "FailureWindow", "GuardPorts", "GuardSpec", "RolloutGuard"]
+__all__ = [
+    "MAX_FAILURES_KEPT", "FailureWindow", "GuardPorts", "GuardSpec", "RolloutGuard", "Tag",
+]  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ MAX_FAILURES_KEPT: Final = 100_000  # per (policy, version, variant): a bound, n
 _BATCH_S: Final = 0.02  # let a burst of failures land before one check reads them all
 
 Key = tuple[str, int, str | None]
+# which push failed: (session id, config version); None for a failure nothing may retract
+Tag = tuple[str, int] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,21 +92,50 @@ class GuardSpec:
 
 
 class FailureWindow:
-    """Monotonic failure times per (policy id, version, variant)."""
+    """Monotonic failure times per (policy id, version, variant), each with the ``Tag`` of
+    the push that failed: one failure per push (a second one with its tag is not counted), and
+    a timeout answered late is retracted (``retract``, O(1))."""
 
     def __init__(self, max_kept: int = MAX_FAILURES_KEPT) -> None:
-        self._times: dict[Key, deque[float]] = {}
+        # key -> entry id -> (time, tag), oldest first; ids index the tagged ones
+        self._times: dict[Key, OrderedDict[int, tuple[float, Tag]]] = {}
+        self._tagged: dict[tuple[Key, Tag], int] = {}
+        self._ids = itertools.count()
         self._max = max_kept
 
     def __bool__(self) -> bool:
         return bool(self._times)
 
-    def add(self, ref: PolicyRef, at: float) -> None:
+    def add(self, ref: PolicyRef, at: float, tag: Tag = None) -> None:
         key = (ref.id, ref.version, ref.variant)
-        times = self._times.get(key)
-        if times is None:
-            times = self._times[key] = deque(maxlen=self._max)
-        times.append(at)
+        entries = self._times.get(key)
+        if entries is None:
+            entries = self._times[key] = OrderedDict()
+        elif tag is not None and self._tagged.get((key, tag)) in entries:
+            return  # one failure per push: counted already
+        entry = next(self._ids)
+        entries[entry] = (at, tag)
+        if tag is not None:
+            self._tagged[(key, tag)] = entry
+        if len(entries) > self._max:
+            self._pop_oldest(key, entries)
+
+    def retract(self, ref: PolicyRef, tag: Tag) -> bool:
+        """Forget the failure of ``ref`` tagged ``tag``, if the window still holds it: False
+        when it does not (pruned, forgotten at a halt, or never counted)."""
+        key = (ref.id, ref.version, ref.variant)
+        entry = self._tagged.pop((key, tag), None) if tag is not None else None
+        entries = self._times.get(key)
+        if entry is None or entries is None or entries.pop(entry, None) is None:
+            return False
+        if not entries:
+            del self._times[key]
+        return True
+
+    def _pop_oldest(self, key: Key, entries: OrderedDict[int, tuple[float, Tag]]) -> None:
+        entry, (_, tag) = entries.popitem(last=False)
+        if tag is not None and self._tagged.get((key, tag)) == entry:
+            del self._tagged[(key, tag)]
 
     def versions(self) -> list[tuple[str, int]]:
         return sorted({(pid, version) for pid, version, _ in self._times})
@@ -108,11 +144,11 @@ class FailureWindow:
         """Forget failures of that version before ``since``; how many remain."""
         left = 0
         for key in [k for k in self._times if k[0] == policy_id and k[1] == version]:
-            times = self._times[key]
-            while times and times[0] < since:
-                times.popleft()
-            if times:
-                left += len(times)
+            entries = self._times[key]
+            while entries and next(iter(entries.values()))[0] < since:
+                self._pop_oldest(key, entries)
+            if entries:
+                left += len(entries)
             else:
                 del self._times[key]
         return left
@@ -120,7 +156,9 @@ class FailureWindow:
     def forget(self, policy_id: str, keep_version: int | None = None) -> None:
         """Drop the policy's failures (except those of ``keep_version``)."""
         for key in [k for k in self._times if k[0] == policy_id and k[1] != keep_version]:
-            del self._times[key]
+            entries = self._times.pop(key)
+            while entries:
+                self._pop_oldest(key, entries)
 
     def rows(self, only: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rollout rows (``controlplane.rollouts.counts``) carrying only ``guard_failures``."""
@@ -160,18 +198,25 @@ class RolloutGuard:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
-    def failed(self, refs: Iterable[PolicyRef]) -> None:
-        """Count one failure against each of ``refs`` that is guarded right now."""
+    def failed(self, refs: Iterable[PolicyRef], tag: Tag = None) -> None:
+        """Count one failure against each of ``refs`` that is guarded right now (``tag``: the
+        push's, for :meth:`retract`)."""
         now = self._clock.monotonic()
         counted = False
         for ref in refs:
             guarded = self._ports.guarded(ref.id)
             if guarded is None or guarded[0] != ref.version or not guarded[1].enabled:
                 continue
-            self.window.add(ref, now)
+            self.window.add(ref, now, tag)
             counted = True
         if counted:
             self._wake.set()
+
+    def retract(self, refs: Iterable[PolicyRef], tag: Tag) -> int:
+        """A failure counted for the push ``tag`` did not happen after all (a timeout answered
+        late): uncounted for each of ``refs`` while its window still holds it. A halt already
+        decided stands (its failures were forgotten then). How many were retracted."""
+        return sum(self.window.retract(ref, tag) for ref in refs)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-guard")

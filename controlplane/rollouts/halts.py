@@ -40,6 +40,7 @@ from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push
 from controlplane.rollouts.counts import local_counts, version_totals
 from controlplane.rollouts.guard import GuardSpec, RolloutGuard
+from policies.provenance import PolicyRef
 from sessions.clock import Clock
 
 __all__ = ["Halts"]
@@ -47,6 +48,13 @@ __all__ = ["Halts"]
 log = logging.getLogger(__name__)
 
 Rollback = Callable[[str, int | None], Awaitable[Any]]  # (policy id, version or None: retire)
+
+
+def _charged(ls: LiveSession, push: Push, fields: tuple[str, ...]) -> set[PolicyRef]:
+    """The policy versions of ``push`` that owned ``fields`` (none: every field of the push)
+    when it was taken."""
+    owners = push.owners or ls.session.provenance
+    return {owners[f] for f in fields or push.delta if f in owners}.intersection(push.refs)
 
 
 class Halts:
@@ -96,11 +104,21 @@ class Halts:
         if reason == "timeout" and ls.session.kind != "voice-agent-v1":
             return  # Streaming v3 cannot acknowledge: silence is not a failure
         try:
-            owners = push.owners or ls.session.provenance
-            charged = {owners[f] for f in fields or push.delta if f in owners}
-            self.guard.failed(charged.intersection(push.refs))
+            self.guard.failed(_charged(ls, push, fields), (ls.session.id, push.version))
         except Exception:  # the push path must never fail because of the guard
             log.exception("rollout guard: counting a failure of session %s", ls.session.id)
+
+    def answered_late(self, ls: LiveSession, push: Push, refused: tuple[str, ...]) -> None:
+        """``push`` timed out (counted, on a Voice Agent session) and its answer came after
+        all: the timeout is retracted while the guard's window still holds it (a halt already
+        decided stands); ``refused``: the fields the late answer refused, counted as a
+        refusal in time would have been (docs/policies.md#guard)."""
+        try:
+            retracted = self.guard.retract(_charged(ls, push, ()), (ls.session.id, push.version))
+            if refused and (retracted or ls.session.kind != "voice-agent-v1"):
+                self.guard.failed(_charged(ls, push, refused), (ls.session.id, push.version))
+        except Exception:  # the push path must never fail because of the guard
+            log.exception("rollout guard: a late answer of session %s", ls.session.id)
 
     # -- GuardPorts ----------------------------------------------------------------------
     def guarded(self, policy_id: str) -> tuple[int, GuardSpec] | None:

@@ -59,7 +59,7 @@ from sessions.config_at import LATE_ANSWER
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_upstream import canonical_view
 
-__all__ = ["LATE_ANSWER", "EngineSessions", "RejectCounter", "SessionPort"]
+__all__ = ["LATE_ANSWER", "EngineSessions", "LateCharges", "RejectCounter", "SessionPort"]
 
 
 class SessionPort(Protocol):
@@ -100,6 +100,13 @@ class SessionPort(Protocol):
     def count(self, ls: LiveSession, reason: str) -> None: ...
 
 
+class LateCharges(Protocol):
+    """The rollout guard's side of a late answer (``Halts.answered_late``): the timeout it
+    counted for ``push`` retracted, the fields the answer ``refused`` counted instead."""
+
+    def __call__(self, ls: LiveSession, push: Push, refused: tuple[str, ...]) -> None: ...
+
+
 class RejectCounter(Protocol):
     """Counts a refused client frame by session kind and reason (the ``rejects`` metric)."""
 
@@ -115,29 +122,36 @@ class _Plane(Protocol):
     @property
     def metrics(self) -> Any: ...
 
+    @property
+    def halts(self) -> Any: ...
+
     def policies_for(self, ls: LiveSession) -> list[Policy]: ...
 
 
 class EngineSessions:
     """:class:`SessionPort` over the push engine."""
 
-    __slots__ = ("_count", "_engine", "_policies_for")
+    __slots__ = ("_count", "_engine", "_late", "_policies_for")
 
     def __init__(
         self,
         engine: PushEngine,
         policies_for: Callable[[LiveSession], list[Policy]],
         count: RejectCounter,
+        late: LateCharges | None = None,
     ) -> None:
         self._engine = engine
         self._policies_for = policies_for
         self._count = count
+        self._late = late
 
     @classmethod
     def of(cls, plane: _Plane) -> EngineSessions:
-        """The port of a control plane (its engine, policies and ``rejects`` metric)."""
+        """The port of a control plane (its engine, policies, ``rejects`` metric and rollout
+        guard)."""
         rejects = plane.metrics.rejects
-        return cls(plane.engine, plane.policies_for, lambda k, r: rejects.labels(k, r).inc())
+        return cls(plane.engine, plane.policies_for, lambda k, r: rejects.labels(k, r).inc(),
+                   plane.halts.answered_late)  # fmt: skip
 
     async def client_update(self, ls: LiveSession, update: ClientUpdate) -> None:
         engine = self._engine
@@ -204,7 +218,8 @@ class EngineSessions:
         """The upstream answered ``push`` after its outcome was recorded (no acknowledgement
         in time): a later entry of its version with the real status, the error saying it came
         late. Applied (wholly or in part): the push state's base, versions and state follow.
-        An unverifiable answer adds nothing; the rollout guard already counted the timeout."""
+        The rollout guard retracts the timeout it counted (while its window holds it) and
+        counts what the answer refused. An unverifiable answer adds nothing."""
         if isinstance(ack, PushUnverified):
             return
         state, engine = ls.push, self._engine
@@ -228,6 +243,8 @@ class EngineSessions:
                       config=config)  # fmt: skip
         if push.version == state.sent_version and state.in_flight is None:
             mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
+        if self._late is not None:
+            self._late(ls, push, refused)
         engine.sync_session(ls)
         await engine.kick(ls)  # (a newer push taken without it: the desired config again)
 
