@@ -81,6 +81,23 @@ def test_failure_window_prunes_by_time_and_reports_rows() -> None:
     assert not window
 
 
+def test_a_tagged_failure_counts_once_and_is_retracted_while_the_window_holds_it() -> None:
+    window = FailureWindow(max_kept=3)
+    a = PolicyRef("p", 2)
+    window.add(a, 1.0, ("s1", 2))
+    window.add(a, 1.5, ("s1", 2))  # the same push again: one failure per push
+    window.add(a, 2.0, ("s2", 2))
+    assert window.rows("p")["p"][0]["guard_failures"] == 2
+    assert window.retract(a, ("s1", 2)) and not window.retract(a, ("s1", 2))
+    assert not window.retract(a, ("s9", 2)) and not window.retract(PolicyRef("p", 3), ("s2", 2))
+    assert window.rows("p")["p"][0]["guard_failures"] == 1
+    assert window.prune("p", 2, since=3.0) == 0  # pruned: nothing left to retract
+    assert not window.retract(a, ("s2", 2)) and not window
+    for at, tag in ((1.0, ("s1", 3)), (2.0, ("s2", 3)), (3.0, ("s3", 3)), (4.0, ("s4", 3))):
+        window.add(a, at, tag)  # bounded: the oldest (s1) falls out, its tag with it
+    assert not window.retract(a, ("s1", 3)) and window.retract(a, ("s4", 3))
+
+
 @dataclass
 class Ports:
     """Fake GuardPorts: one guarded policy ``p`` at ``version``, fixed cluster totals."""
