@@ -64,6 +64,7 @@ from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE, IMMUTABLE_
 __all__ = [
     "AUDIO_ONLY_ERRORS",
     "NOT_AN_UPDATE_ERRORS",
+    "OWED_MAX",
     "AgentUpstream",
     "Owner",
     "Update",
@@ -74,6 +75,7 @@ __all__ = [
 AUDIO_ONLY_ERRORS: Final = frozenset({"invalid_audio", "audio_rate_violation"})
 NOT_AN_UPDATE_ERRORS: Final = AUDIO_ONLY_ERRORS | {"invalid_format"}
 RECENT: Final = 4  # ended updates kept for late answers
+OWED_MAX: Final = 64  # timed-out updates still owed their answer (beyond: the order is lost)
 MAX_QUEUED: Final = 64
 
 Owner = Literal["first", "ours", "client"]
@@ -148,7 +150,10 @@ class AgentUpstream:
         self.queue: deque[Update] = deque()
         self.ended: deque[Update] = deque(maxlen=RECENT)
         # updates that timed out and are still owed their answer, oldest first (in order)
-        self.owed: deque[Update] = deque(maxlen=RECENT)
+        self.owed: deque[Update] = deque()
+        # more updates timed out than ``owed`` keeps: which answer is whose is lost until an
+        # update is answered in time (no param-less error is pinned by order meanwhile)
+        self.order_lost = False
         self.client_seq = 0  # client messages (not updates, not audio) sent upstream
         self.answered_seq = 0  # every client message up to this one has been answered
 
@@ -192,6 +197,9 @@ class AgentUpstream:
         self._end(update, answered=False)
         if update.owner != "first" and not update.doubts:  # (an answer that may have been
             self.owed.append(update)  # its own came already: not owed, nothing is pinned)
+            if len(self.owed) > OWED_MAX:
+                self.owed.clear()
+                self.order_lost = True
         return True
 
     # -- answers ----------------------------------------------------------------------------
@@ -246,11 +254,23 @@ class AgentUpstream:
                 if _related(param, old):
                     return Verdict(old.owner != "ours", old, late=True)
             return Verdict(True)
+        if self.order_lost:
+            owed = None  # (an older update's answer may come first: nothing is certain)
         if owed is not None and owed.after_seq <= self.answered_seq:  # in order: nothing
             return self._late(owed, self._refused(owed, code, None, message))  # else before it
+        if owed is not None:  # the oldest owed update's answer, or a client message's sent
+            # before it (in order: nothing sent after it): that update is owed no more (a later
+            # echo matching it is not pinned on it first; it stays unverified, the doubt said)
+            self.owed.popleft()
+            owed.doubts.append(f"session.error {code} ({message}) without a param came after "
+                               "its timeout while another client message was unanswered: it "
+                               "may have been its answer")  # fmt: skip
+            return Verdict(True)
         if update is None:
             return Verdict(True)
-        if update.owner == "first" or (self.client_seq <= self.answered_seq and owed is None):
+        if update.owner == "first" or (
+            self.client_seq <= self.answered_seq and owed is None and not self.order_lost
+        ):
             return self._refused(update, code, None, message)
         # another client message may have drawn it: it goes to the client either way, and
         # the update stays outstanding: its session.updated proves the error was not its
@@ -340,6 +360,7 @@ class AgentUpstream:
             self.answered_seq = max(self.answered_seq, update.after_seq)
             if update.owner != "first" and update not in self.owed:
                 self.owed.clear()  # (sent before it: answered, or never will be)
+                self.order_lost = False
         if update.owner != "first" and update not in self.ended:
             self.ended.append(update)
 

@@ -6,7 +6,7 @@ import copy
 from typing import Any
 
 from sessions.dialects.voice_agent_v1_config import TABLE_SETTINGS, default_config
-from sessions.dialects.voice_agent_v1_upstream import AgentUpstream, Update
+from sessions.dialects.voice_agent_v1_upstream import OWED_MAX, AgentUpstream, Update
 
 START = default_config(TABLE_SETTINGS)
 
@@ -173,9 +173,52 @@ def test_a_no_param_error_while_an_answer_is_owed_is_never_pinned_on_the_outstan
     up.submit(later)
     up.next_to_send()
     verdict = up.on_error("invalid_config", None, "rejected (fault)")
-    assert verdict.status is None and up.outstanding is later and later.doubts
-    verdict = up.on_updated(_echo(up, system_prompt="B"))  # the outstanding's: owed no more
+    assert verdict.status is None and verdict.forward and up.outstanding is later
+    # the tool.result's answer or the owed update's (in order: never the outstanding one's):
+    # that update is owed no more, its doubt said; the outstanding one is not in doubt
+    assert ours.doubts and not later.doubts and not up.owed
+    verdict = up.on_updated(_echo(up, system_prompt="B"))  # the outstanding's
     assert (verdict.update, verdict.status) == (later, "acked") and not up.owed
+
+
+def test_an_owed_update_whose_answer_may_have_gone_to_the_client_is_owed_no_more() -> None:
+    """A push refused by a param-less error that came while a client message was unanswered
+    (the error went to the client): the next push asking for the same config applied, and
+    its echo is its own, never the refused push's "late" acknowledgement (the property test
+    with timeouts found it: the refused push was recorded acked)."""
+    up = _ready()
+    up.client_other()  # a tool.result: it may draw a param-less error, or nothing
+    ours = _update("ours", {"system_prompt": "A"})
+    again = _update("ours", {"system_prompt": "A"})  # (the engine re-sends the same fields)
+    up.submit(ours)
+    up.next_to_send()
+    up.expire(ours)
+    up.submit(again)
+    up.next_to_send()
+    assert up.owed[0] is ours
+    verdict = up.on_error("invalid_config", None, "rejected (fault)")  # ours's, or the tool's
+    assert verdict.forward and verdict.status is None and not up.owed and ours.doubts
+    verdict = up.on_updated(_echo(up, system_prompt="A"))
+    assert (verdict.update, verdict.status, verdict.late) == (again, "acked", False)
+
+
+def test_more_timeouts_than_owed_keeps_pin_nothing_by_order() -> None:
+    """Past OWED_MAX timed-out updates the order of their answers is lost: a param-less error
+    is pinned on no update (it would have been on the oldest kept, not the oldest sent)."""
+    up = _ready()
+    updates = [_update("ours", {"system_prompt": f"v{i}"}) for i in range(OWED_MAX + 1)]
+    for update in updates:
+        up.submit(update)
+        up.next_to_send()
+        up.expire(update)
+    assert up.order_lost and not up.owed
+    last = _update("ours", {"system_prompt": "last"})
+    up.submit(last)
+    up.next_to_send()
+    verdict = up.on_error("invalid_config", None, "rejected (fault)")
+    assert verdict.status is None and up.outstanding is last and last.doubts
+    verdict = up.on_updated(_echo(up, system_prompt="last"))  # answered in time: order back
+    assert (verdict.update, verdict.status) == (last, "acked") and not up.order_lost
 
 
 def test_a_no_param_error_is_the_owed_answer_when_nothing_else_could_have_drawn_it() -> None:

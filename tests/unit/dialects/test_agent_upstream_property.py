@@ -27,7 +27,7 @@ from sessions.dialects.voice_agent_v1_config import (
     resolve_formats,
     validate,
 )
-from sessions.dialects.voice_agent_v1_upstream import AgentUpstream, Update
+from sessions.dialects.voice_agent_v1_upstream import AgentUpstream, Update, canonical_view
 
 BODIES: list[dict[str, Any]] = [
     {"system_prompt": "A"},
@@ -126,4 +126,73 @@ def test_attributed_answers_belong_to_their_update(steps: list[tuple[str, int, b
                 assert verdict.forward is not ours, (answer, cause, verdict)
             if verdict.status in ("acked", "rejected"):
                 assert verdict.update is cause, (answer, cause, verdict)
+            pump()
+
+
+STEPS_WITH_TIMEOUTS = st.lists(
+    st.tuples(
+        # no "message" (a client message drawing a param-less error): with one of those
+        # unanswered, which update a later answer belongs to is ambiguous after a timeout
+        # (docs/architecture.md, known limits)
+        st.sampled_from(["ours", "client", "tool", "deliver", "deliver", "timeout"]),
+        st.integers(0, len(BODIES) - 1),
+        st.booleans(),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(STEPS_WITH_TIMEOUTS)
+def test_answers_after_a_timeout_still_belong_to_their_update(
+    steps: list[tuple[str, int, bool]],
+) -> None:
+    """The same, with acknowledgement timeouts: the outstanding update may end unanswered at
+    any step (``expire``) and its answer comes later, in order. An answer the model pins on
+    an update (``acked`` / ``rejected``, in time or late) was caused by that very update, or
+    (``acked``) by another that expected the same canonical config (no echo tells them apart;
+    the record's config is true either way);
+    docs/architecture.md, "Owed answers first": an update whose answer may have gone to the
+    client is owed no more."""
+    upstream = Upstream()
+    model = AgentUpstream()
+    model.first({"type": "session.update", "session": {}})
+    model.on_ready(upstream.config)
+    faults: dict[int, bool] = {}
+
+    def pump() -> None:
+        while (update := model.next_to_send()) is not None:
+            upstream.receive(update, update.message, faults.get(id(update), False))
+            return
+
+    for action, index, fault in steps:
+        if action in ("ours", "client"):
+            update = Update(action, {"type": "session.update", "session": BODIES[index]})
+            faults[id(update)] = fault
+            model.submit(update)
+            pump()
+        elif action == "tool":
+            model.client_other()
+            upstream.receive("client-other", {"type": "tool.result"}, False)
+        elif action == "message":
+            model.client_other()
+            upstream.receive("client-other", {"type": "conversation.message"}, False)
+        elif action == "timeout":
+            if model.outstanding is not None:
+                model.expire(model.outstanding)
+            pump()
+        elif upstream.answers:
+            answer, cause = upstream.answers.popleft()
+            if answer["type"] == "session.updated":
+                verdict = model.on_updated(answer["config"])
+            else:
+                verdict = model.on_error(answer["code"], answer.get("param"), answer["message"])
+            if verdict.status in ("acked", "rejected") and verdict.update is not cause:
+                # an echo cannot tell apart two updates that expect the very same config: the
+                # one pinned runs what it asked for all the same (no config is claimed that
+                # does not run); anything else is a false attribution
+                assert verdict.status == "acked" and isinstance(cause, Update), (answer, verdict)
+                pinned = verdict.update
+                assert pinned is not None and pinned.expected is not None, (answer, verdict)
+                assert canonical_view(pinned.expected) == canonical_view(answer["config"])
             pump()
