@@ -17,6 +17,7 @@ __all__ = [
     "AGENT_REJECTIONS",
     "BURSTS",
     "CLIENT_ERRORS",
+    "CLIENT_RACING_PUSHES",
     "CLIENT_UPDATES",
     "CONTROL_UPDATES",
     "DISCONNECTS",
@@ -27,6 +28,7 @@ __all__ = [
     "RELABELS",
     "RETIRES",
     "ROLLBACKS",
+    "SAME_POLICY_RACES",
     "SPLITS",
     "STREAMING_REJECTIONS",
     "Op",
@@ -58,6 +60,9 @@ AGENT_CLIENT_RACING_PUSHES: Final = True
 BURSTS: Final = True  # several operations at once, unsynchronised: interleavings on the wire
 # two publishes in one burst (one fan-out may coalesce them: controlplane/push/coalescing.py)
 RACING_PUBLISHES: Final = True
+SAME_POLICY_RACES: Final = True  # ... of the same policy id (two versions racing)
+# a burst's client updates start 0-30 ms after its policy change (inside the fan-out)
+CLIENT_RACING_PUSHES: Final = True
 # an answer after the acknowledgement timeout: a Voice Agent upstream slower than the timeout
 # (gateway), a control-channel app reporting late (both kinds); a policy change may come
 # while the push is unanswered
@@ -73,7 +78,8 @@ _CLASSES: Final = {
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
     "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
-    "RACING_PUBLISHES": RACING_PUBLISHES, "LATE_ANSWERS": LATE_ANSWERS,
+    "RACING_PUBLISHES": RACING_PUBLISHES, "SAME_POLICY_RACES": SAME_POLICY_RACES,
+    "CLIENT_RACING_PUSHES": CLIENT_RACING_PUSHES, "LATE_ANSWERS": LATE_ANSWERS,
     "DISCONNECTS": DISCONNECTS,
 }  # fmt: skip
 
@@ -99,11 +105,13 @@ class Op:
     kind: str  # publish | retire | client_update | control_update | fault
     target: str | None  # actor name
     body: dict[str, Any]
+    after_ms: int = 0  # in a burst: starts this long after the others
 
     def describe(self) -> str:
         if self.kind == "burst":
             return "burst [" + " | ".join(op.describe() for op in self.body["ops"]) + "]"
-        return f"{self.kind} {self.target or ''} {self.body}".strip()
+        after = f" +{self.after_ms}ms" if self.after_ms else ""
+        return f"{self.kind} {self.target or ''} {self.body}{after}".strip()
 
 
 def value(rng: random.Random, name: str) -> Any:
@@ -204,14 +212,25 @@ def next_op(rng: random.Random, actors: list[tuple[str, str, str]], active: set[
             op = _one(rng, actors, active, policy=policy, alone=False)
             ops.append(op)
         if RACING_PUBLISHES and ops[0].kind == "publish" and rng.random() < 0.4:
-            # a second publish, unsynchronised with the first, of another policy (two of one
-            # policy on two replicas: the loser gets 409 version_conflict, see the report)
+            # a second publish, unsynchronised with the first: of another policy (one fan-out
+            # may coalesce them), or of the SAME policy (SAME_POLICY_RACES: two versions of
+            # one id racing; the last to land wins, on two replicas too: 55bb551)
+            before = set(active)
             second = _policy(rng, active)
-            if second.body["id"] == ops[0].body["id"]:
+            same = SAME_POLICY_RACES and rng.random() < 0.5
+            if same:
+                active.intersection_update(before | {ops[0].body["id"]})  # (never published)
+                second.body["id"] = ops[0].body["id"]
+            elif second.body["id"] == ops[0].body["id"]:
                 others = [p for p in POLICY_IDS if p != second.body["id"]]
                 second.body["id"] = rng.choice(others)
                 active.add(second.body["id"])
             ops.append(second)
+        if CLIENT_RACING_PUSHES and any(o.kind in _POLICY_OPS for o in ops):
+            # the clients' own updates land a few ms after the policy change was asked for:
+            # inside its fan-out's write window more often than at once
+            ops = [Op(o.kind, o.target, o.body, rng.choice((0, 5, 15, 30)))
+                   if o.kind in (*_CLIENT_OPS, "control_update") else o for o in ops]  # fmt: skip
         if not AGENT_CLIENT_RACING_PUSHES and any(o.kind in _POLICY_OPS for o in ops):
             agents = {a[0] for a in actors if a[1] == "voice-agent-v1" and a[2] == "gateway"}
             ops = [o for o in ops if not (o.target in agents and o.kind in _CLIENT_OPS)]

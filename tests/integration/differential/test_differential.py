@@ -235,6 +235,8 @@ class Run:
     async def apply(self, op: Op, *, record: bool = True) -> None:
         if record:
             self.history.append(op.describe())
+        if op.after_ms:
+            await asyncio.sleep(op.after_ms / 1000)
         if op.kind == "burst":
             await asyncio.gather(*(self.apply(sub, record=False) for sub in op.body["ops"]))
         elif op.kind == "publish":
