@@ -18,10 +18,10 @@ without one (an operator's tool on the policy stream) keeps the owner (complianc
 A policy's *rank* (``Policy.rank``, used by resolution for locks) is its owner role's value.
 
 Teams (docs/security.md#teams): a token acts for a team (``role@team:TOKEN`` in the token
-configuration; a token without one is its own team, ``token:<sha256[:8]>``), and may be
-granted others (``role@team+other:TOKEN``). A policy's *owner team* is the team that created
-it (or took it over with a higher role). At the owner role, below admin, only the owner team
-(or a token granted it) may change the policy; another team needs a higher role
+configuration; a token without one, and an event without ``team``, acts for ``default``), and
+may be granted others (``role@team+other:TOKEN``). A policy's *owner team* is the team that
+created it (or took it over with a higher role). At the owner role, below admin, only the
+owner team (or a token granted it) may change the policy; another team needs a higher role
 (:func:`owner_refusal`). Each policy event carries the team it acts for (``team``).
 """
 
@@ -34,6 +34,7 @@ from enum import IntEnum
 from typing import Any, Final
 
 __all__ = [
+    "DEFAULT_TEAM",
     "ROLE_NAMES",
     "TEAM_NAME",
     "Role",
@@ -44,8 +45,9 @@ __all__ = [
     "publish_refusal",
 ]
 
-# a configured team name; a token without one is ``token:<hex>``, which no name can spell
+# a configured team name (``default`` included: the team of every token configured without one)
 TEAM_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+DEFAULT_TEAM: Final = "default"  # tokens without a team, events without ``team``
 
 
 class Role(IntEnum):
@@ -138,13 +140,15 @@ def owner_refusal(
 ) -> tuple[str, Role] | None:
     """Why ``role`` acting for ``team`` may not change a policy owned by role ``owner`` and
     team ``owner_team``, with the role it would need; None: it may. Below the owner role:
-    refused. At the owner role below admin, for another team (or none): refused. A higher
-    role, admin, no role (an operator's tool), no owner or no owner team: allowed."""
+    refused. At the owner role below admin, for another team: refused (no team, either side,
+    is :data:`DEFAULT_TEAM`). A higher role, admin, no role (an operator's tool) or no owner
+    (a new policy id): allowed."""
     if role is None or owner is None:
         return None
     if role < owner:
         return f"role {role.label} is below the owner role {owner.label}", owner
-    if role == owner < Role.ADMIN and owner_team is not None and team != owner_team:
+    team, owner_team = team or DEFAULT_TEAM, owner_team or DEFAULT_TEAM
+    if role == owner < Role.ADMIN and team != owner_team:
         needed = Role(owner + 1)
         return (f"it is owned by team {owner_team!r} (role {owner.label}); team {team!r} needs "
                 f"role {needed.label} or a token granted team {owner_team!r}"), needed  # fmt: skip

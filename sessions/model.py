@@ -51,8 +51,9 @@ class Session:
     ended_at: float | None = None
     end_cause: str | None = None
     upstream_id: str | None = None
-    # the team of the token that registered it (control channel; None: the gateway). It
-    # stays with the id for the life of its record: another team may not re-register it
+    # the app that registered it on the control channel (its token's team, else the token's
+    # digest prefix; None: the gateway). It stays with the id for the life of its record:
+    # another app may not re-register it
     registered_by: str | None = None
     # the session whose call this one continues (a Voice Agent session.resume through the
     # gateway): bucketing by session id (rollout %, waves, experiments) uses its id

@@ -11,9 +11,11 @@ Routes declare their minimum role in the route table (``controlplane.api.routes.
 the token itself never leaves this module, in a response or in a log line.
 
 A token's entry may name its team (``role@team:TOKEN``, and teams it is granted:
-``role@team+other:TOKEN``); a token without one is its own team ``token:<sha256[:8]>``
+``role@team+other:TOKEN``); a token without one acts for team ``default``
 (``controlplane.roles.Team``, docs/security.md#teams). Policies are owned by team at their
-owner role (``controlplane.intake.authority.check_owner``).
+owner role (``controlplane.intake.authority.check_owner``). On the control channel an app is
+identified by its configured team, else by its token (``Principal.app``: ``token:<sha256[:8]>``),
+which a session id it registered keeps.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from aiohttp.typedefs import Handler
 
 from controlplane.config import Settings
 from controlplane.errors import Forbidden, Unauthorized
-from controlplane.roles import Role, Team, parse_grant, publish_refusal
+from controlplane.roles import DEFAULT_TEAM, Role, Team, parse_grant, publish_refusal
 from sessions.clock import Clock, SystemClock
 
 __all__ = [
@@ -43,11 +45,11 @@ __all__ = [
     "Role",
     "TokenStore",
     "actor_for",
+    "app_identity",
     "authenticate_for",
     "check_publish_allowed",
     "generate_admin_token",
     "install_tokens",
-    "own_team",
     "require",
 ]
 
@@ -60,12 +62,14 @@ MAX_TOKEN_CHARS: Final = 4096
 class Principal:
     """Who made the request: a role, the audit actor string (never the token) and the team
     it acts for; ``digest`` (the token's SHA-256) lets a long-lived connection ask whether it
-    was revoked since."""
+    was revoked since; ``app``: its identity as a control-channel app (its configured team,
+    else ``token:<sha256[:8]>``)."""
 
     role: Role
     actor: str
     digest: bytes = field(default=b"", repr=False, compare=False)
-    team: Team = field(default_factory=lambda: Team("token:unknown"), compare=False)
+    team: Team = field(default_factory=lambda: Team(DEFAULT_TEAM), compare=False)
+    app: str = field(default="", compare=False)
 
 
 def _digest(token: str) -> bytes:
@@ -77,15 +81,15 @@ def actor_for(role: Role, token: str) -> str:
     return f"{role.label}:{_digest(token).hex()[:6]}"
 
 
-def own_team(digest: bytes) -> str:
-    """The team of a token configured without one: ``token:<first 8 hex chars of its
-    SHA-256>`` (a configured team name cannot contain ':')."""
-    return f"token:{digest.hex()[:8]}"
+def app_identity(digest: bytes, teams: tuple[str, ...]) -> str:
+    """A control-channel app's identity: its configured team, else ``token:<first 8 hex
+    chars of its SHA-256>`` (a configured team name cannot contain ':')."""
+    return teams[0] if teams else f"token:{digest.hex()[:8]}"
 
 
-def _team(digest: bytes, teams: tuple[str, ...]) -> Team:
+def _team(teams: tuple[str, ...]) -> Team:
     if not teams:
-        return Team(own_team(digest))
+        return Team(DEFAULT_TEAM)
     return Team(teams[0], frozenset(teams[1:]))
 
 
@@ -104,7 +108,7 @@ class TokenStore:
         self._settings = settings
         self._ttl_s = ttl_s
         self._clock = clock or SystemClock()
-        self._entries: tuple[tuple[bytes, Role, Team], ...] = ()
+        self._entries: tuple[tuple[bytes, Role, Team, str], ...] = ()
         self._signature: _FileSignature = None
         self._checked_at: float | None = None
         self._refresh(force=True)
@@ -139,7 +143,7 @@ class TokenStore:
         for token, grant in tokens.items():
             digest = _digest(token)
             role, teams = parse_grant(grant)
-            entries.append((digest, role, _team(digest, teams)))
+            entries.append((digest, role, _team(teams), app_identity(digest, teams)))
         self._entries = tuple(entries)
 
     def _load(self, signature: _FileSignature) -> Mapping[str, str]:
@@ -165,14 +169,14 @@ class TokenStore:
             )
         self._refresh()
         presented = _digest(token[:MAX_TOKEN_CHARS])
-        found: tuple[Role, Team] | None = None
-        for digest, role, team in self._entries:  # no early exit: every entry is compared
+        found: tuple[Role, Team, str] | None = None
+        for digest, role, team, app in self._entries:  # no early exit: every entry compared
             if hmac.compare_digest(presented, digest):
-                found = (role, team)
+                found = (role, team, app)
         if found is None or len(token) > MAX_TOKEN_CHARS:
             raise Unauthorized("unknown or revoked token", details={"reason": "invalid_token"})
-        role, team = found
-        return Principal(role, actor_for(role, token), presented, team)
+        role, team, app = found
+        return Principal(role, actor_for(role, token), presented, team, app)
 
     def role_now(self, digest: bytes) -> Role | None:
         """The role the token with this digest (``Principal.digest``) has now (the tokens
@@ -181,7 +185,7 @@ class TokenStore:
         also ends them."""
         self._refresh()
         found: Role | None = None
-        for known, role, _ in self._entries:  # no early exit, as authenticate
+        for known, role, _, _ in self._entries:  # no early exit, as authenticate
             if hmac.compare_digest(digest, known):
                 found = role
         return found

@@ -29,9 +29,9 @@ SESSION_SCHEMAS: dict[str, Any] = {
             },
             "registered_by": {
                 "type": ["string", "null"],
-                "description": "the team of the token that registered the session on the "
-                "control channel (null: a gateway session); only that team may register its "
-                "id again",
+                "description": "the app that registered the session on the control channel: "
+                "its token's team, else token:<sha256 prefix> (null: a gateway session); only "
+                "that app may register its id again",
             },
             "bucket_id": {
                 "type": ["string", "null"],

@@ -234,7 +234,7 @@ class ControlChannel:
             )
         ls: LiveSession | None = None
         try:
-            ls = await self._register(ws, principal.team.name)
+            ls = await self._register(ws, principal.app)
             if ls is None:
                 return ws
             await self._welcome(ws, ls)
@@ -262,10 +262,10 @@ class ControlChannel:
                 await self.service.detach(ls, "control_closed")
         return ws
 
-    async def _register(self, ws: web.WebSocketResponse, team: str) -> LiveSession | None:
+    async def _register(self, ws: web.WebSocketResponse, app: str) -> LiveSession | None:
         """The attached session, or None when registration was refused (closed with 1008, or
-        by aiohttp with 1009 for an oversize frame). ``team``: the token's, recorded as the
-        session's ``registered_by`` (an id keeps it: docs/security.md#control-channel)."""
+        by aiohttp with 1009 for an oversize frame). ``app``: the token's app identity, recorded
+        as the session's ``registered_by`` (an id keeps it: docs/security.md#teams)."""
         timeout = self.service.settings.first_message_timeout_s
         msg = await first_frame(ws, timeout, close_code=FIRST_MESSAGE_CLOSE, error=json.dumps(
             {"type": "error", "code": "register_timeout",
@@ -283,7 +283,7 @@ class ControlChannel:
             kind, model, labels, config, session_id = registration(raw)
             session, effective = self.service.new_session(
                 kind=kind, model=model, labels=labels, client_config=config,
-                session_id=session_id, registered_by=team,
+                session_id=session_id, registered_by=app,
             )  # fmt: skip
             transport = ControlTransport(ws, session.id)
             ls = await self.service.attach(

@@ -24,9 +24,9 @@ lock, ``roles.publish_refusal``); one without a role (an operator's tool on the 
 keeps the owner (compliance for a new id). Each
 stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
 Teams (docs/security.md#teams): a policy's owner team is the ``team`` of the event that
-created it or raised its owner role (or, for a policy without one, of the first event at the
-owner role that names one); at the owner role below admin, an event for another team (or for
-none) changes nothing either (``roles.owner_refusal``).
+created it or raised its owner role (``default`` for an event without one: tokens configured
+without a team, replicas and policies from before teams); at the owner role below admin, an
+event for another team changes nothing either (``roles.owner_refusal``).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
-from controlplane.roles import Role, event_role, owner_refusal, publish_refusal
+from controlplane.roles import DEFAULT_TEAM, Role, event_role, owner_refusal, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
 from policies.model import Policy, parse_policy
@@ -59,7 +59,7 @@ class PolicyRecord:
     policy: Policy
     event: PolicyEvent
     retired: bool
-    owner_team: str | None = None  # the policy's owner team as of this version
+    owner_team: str = DEFAULT_TEAM  # the policy's owner team as of this version
 
     @property
     def version(self) -> int:
@@ -336,7 +336,7 @@ class PolicyStore:
         return history[-1].owner_role if history else None
 
     def owner_team(self, policy_id: str) -> str | None:
-        """The team owning ``policy_id`` (None: no such policy, or no team owns it)."""
+        """The team owning ``policy_id`` (None: no such policy)."""
         history = self._history.get(policy_id)
         return history[-1].owner_team if history else None
 
@@ -431,9 +431,9 @@ class PolicyStore:
         if policy.version is None or not self.accepts(event):
             return None
         role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
-        team = self.owner_team(policy.id)
-        if role is not None and (owner is None or role > owner or team is None):
-            team = event.team  # created, taken over by a higher role, or adopted by a team
+        team = self.owner_team(policy.id) or DEFAULT_TEAM  # an operator's tool keeps it
+        if role is not None and (owner is None or role > owner):
+            team = event.team or DEFAULT_TEAM  # created, or taken over by a higher role
         if role is None:  # an operator's tool: the owner stays (compliance for a new id)
             role = owner or Role.COMPLIANCE
         policy = policy.with_rank(int(max(role, owner or role)))

@@ -3,7 +3,7 @@
 ``new_session`` resolves a new session's effective config; ``attach`` holds it live, claims
 its id cluster-wide (the registry) and records its ``connect`` entry (nothing of a session
 that could not be recorded stays live or registered); ``detach`` ends it. A client-chosen id
-keeps the team that first registered it (``Session.registered_by``) for the life of its
+keeps the app that first registered it (``Session.registered_by``) for the life of its
 record: another team's registration of it is refused (``session_exists``).
 """
 
@@ -102,7 +102,7 @@ class LiveSessions:
         self._refuse_live(session.id)
         if chosen_id:
             await self._refuse_foreign_trail(session.id)
-            await self._refuse_other_team(session)
+            await self._refuse_other_app(session)
             self._refuse_live(session.id)  # registered here while we waited
         starts_effective = running == effective.config
         answers_connect = getattr(transport, "answers_connect", False)
@@ -172,8 +172,8 @@ class LiveSessions:
                            "a session id is used once", code="session_exists",
                            details={"session_id": session_id})  # fmt: skip
 
-    async def _refuse_other_team(self, session: Session) -> None:
-        """An id whose record (live or ended) another team registered is refused: the owner
+    async def _refuse_other_app(self, session: Session) -> None:
+        """An id whose record (live or ended) another app registered is refused: the owner
         of a session id sticks for the life of its record. An id still claimed whose record is
         gone (dropped from the retained ended sessions) is refused too: a session id is used
         once, and its owner can no longer be told."""
@@ -187,11 +187,13 @@ class LiveSessions:
         if earlier is None and holder is None:
             return
         if earlier is not None and earlier.registered_by == session.registered_by:
-            return  # the same team continues its own session's chain
-        why = ("was registered by another app (another team's token); a session id keeps its "
-               "owner for the life of its record") if earlier is not None else (
-               "is still claimed but its record is gone, so its owner cannot be told; a session "
-               "id is used once")  # fmt: skip
+            return  # the same app continues its own session's chain
+        why = (
+            "was registered by another app (another team's, or another team-less token); a "
+            "session id keeps its owner for the life of its record" if earlier is not None
+            else "is still claimed but its record is gone, so its owner cannot be told; a "
+            "session id is used once"
+        )  # fmt: skip
         raise Conflict(f"session id {session.id!r} {why}: register with a new id, or leave "
                        "session_id out", code="session_exists",
                        details={"session_id": session.id})  # fmt: skip

@@ -19,7 +19,7 @@ TOKENS = {
     "tok-growth-b": "experimenter@growth",
     "tok-search": "experimenter@search",
     "tok-lead": "experimenter@search+growth",  # granted team growth
-    "tok-solo-1": "experimenter",  # no team: each is its own
+    "tok-solo-1": "experimenter",  # no team: team "default"
     "tok-solo-2": "experimenter",
     "tok-legal": "compliance@legal",
     "tok-risk": "compliance@risk",
@@ -119,14 +119,18 @@ async def test_the_owner_team_a_granted_token_and_a_higher_role_may_and_are_reco
     assert error["details"]["owner_role"] == "compliance"  # below the owner role now
 
 
-async def test_tokens_without_a_team_are_each_their_own_team(cp: ControlPlaneUnderTest) -> None:
+async def test_tokens_without_a_team_share_the_default_team(cp: ControlPlaneUnderTest) -> None:
+    """Existing configurations keep working: team-less tokens (and rotating one) manage what
+    they own together, as before teams; a named team cannot touch it, nor they a team's."""
     await cp.publish(experiment("solo", "v1"), token="tok-solo-1")
     (first,) = await versions(cp, "solo")
-    assert first["owner_team"].startswith("token:") and first["owner_team"] == first["team"]
-    error = await refused(cp, "DELETE", "/v1/policies/solo", "tok-solo-2")
-    assert error["details"]["owner_team"] == first["owner_team"]
-    assert error["details"]["team"].startswith("token:")
-    assert error["details"]["team"] != first["owner_team"]
+    assert (first["team"], first["owner_team"]) == ("default", "default")
+    await cp.publish(experiment("solo", "v2"), token="tok-solo-2")
+    error = await refused(cp, "DELETE", "/v1/policies/solo", "tok-growth-a")
+    assert (error["details"]["owner_team"], error["details"]["team"]) == ("default", "growth")
+    await cp.publish(experiment("exp", "v1"), token="tok-growth-a")
+    error = await refused(cp, "DELETE", "/v1/policies/exp", "tok-solo-1")
+    assert (error["details"]["owner_team"], error["details"]["team"]) == ("growth", "default")
     await cp.call("DELETE", "/v1/policies/solo", token="tok-solo-1", expect=200)
 
 

@@ -32,7 +32,7 @@ def test_the_creating_team_owns_the_policy_and_another_team_changes_nothing() ->
     store.apply(event(1, "experimenter", "growth"))
     assert store.owner_team("p") == "growth"
     assert store.apply(event(2, "experimenter", "search")) is None  # another team
-    assert store.apply(event(2, "experimenter", None)) is None  # no team named
+    assert store.apply(event(2, "experimenter", None)) is None  # no team: "default"
     assert store.apply(event(2, "experimenter", "growth", "policy.retired")) is not None
     assert store.latest("p").as_dict()["owner_team"] == "growth"
 
@@ -48,16 +48,17 @@ def test_a_higher_role_takes_the_team_over_and_admin_is_never_refused() -> None:
     assert store.owner_team("p") == "ops"
 
 
-def test_operator_events_keep_the_team_and_an_unowned_policy_is_adopted() -> None:
+def test_events_without_a_team_act_for_the_default_team_and_operators_keep_it() -> None:
     store = PolicyStore()
-    store.apply(event(1, "experimenter", None))  # published before teams existed
-    assert store.owner_team("p") is None
-    store.apply(event(2, None, None))  # an operator's tool: trusted, keeps the owner
-    assert store.owner_team("p") is None
-    store.apply(event(3, "experimenter", "growth"))  # the first team to change it adopts it
-    assert store.owner_team("p") == "growth"
-    assert store.apply(event(4, None, None)) is not None
-    assert store.owner_team("p") == "growth"
+    store.apply(event(1, "experimenter", None))  # a token without a team, or before teams
+    assert store.owner_team("p") == "default"
+    assert store.apply(event(2, "experimenter", "default")) is not None  # the same team
+    assert store.apply(event(3, "experimenter", "growth")) is None  # no adoption by a team
+    store.apply(event(3, None, None))  # an operator's tool: trusted, keeps the owner
+    assert store.owner_team("p") == "default"
+    fresh = PolicyStore()
+    fresh.apply(event(1, None, None))
+    assert (fresh.owner_role("p"), fresh.owner_team("p")) == (Role.COMPLIANCE, "default")
 
 
 def test_a_halt_or_wave_step_for_another_team_changes_nothing() -> None:
