@@ -1,13 +1,15 @@
 """The push engine: resolves effective configs, drives each session's PushState, writes
 frames, records every push in the version log, reports what it did to a ``PushObserver``.
 
-Hot path (DESIGN.md §6): one plain loop over the targeted sessions resolves, diffs, encodes
-(once per distinct frame: ``frames``) and appends each session's ``sent`` entry
-(``recording``); the frames go once their entries are durable, pipelined (``write_ahead``).
-No task per session per push: a congested or slow session gets an on-demand worker (bounded
-by a global concurrency cap) and latest-wins coalescing. One sweeper task handles
-acknowledgement timeouts and next-turn deadlines (``timers``); one more writes the live
-sessions' records to the registry in batches (``registry_sync``).
+Hot path (DESIGN.md §6): one plain loop over the targeted sessions resolves, diffs (the
+fan-out: ``fanout``), then takes, encodes (once per distinct frame) and appends each
+session's ``sent`` entry (the send path: ``sending``); the frames go once their entries are
+durable, pipelined (``write_ahead``). No task per session per push: a congested or slow
+session gets an on-demand worker (bounded by a global concurrency cap) and latest-wins
+coalescing. One sweeper task handles acknowledgement timeouts and next-turn deadlines
+(``timers``); one more writes the live sessions' records to the registry in batches
+(``registry_sync``). The engine itself: sessions attached and detached, policy changes
+handed to the fan-out, the upstream's answers.
 """
 
 from __future__ import annotations
@@ -22,15 +24,15 @@ from typing import Any
 from controlplane.config import Settings
 from controlplane.push.acks import PushPartlyApplied, PushRejected
 from controlplane.push.fanout import FanOut
-from controlplane.push.frames import Frame, FrameCache, FrameEncoder, skipped_note
 from controlplane.push.live import LiveSession
 from controlplane.push.observer import NO_OBSERVER, PushObserver, Tally
-from controlplane.push.protocol import Outcome, Push, Status
+from controlplane.push.protocol import Push, Status
 from controlplane.push.recording import ExposureHook, Recorder
 from controlplane.push.registry_sync import RegistrySync
-from controlplane.push.rollout_status import live_counts, mark_policies
+from controlplane.push.rollout_status import live_counts
+from controlplane.push.sending import Sender
 from controlplane.push.timers import SWEEP_INTERVAL_S, Timers
-from controlplane.push.write_ahead import Outgoing, flush_before_frames
+from controlplane.push.write_ahead import Outgoing
 from controlplane.tasks import raise_if_cancelled
 from policies.delta import apply as apply_delta
 from policies.fields import Config, Delta
@@ -39,7 +41,7 @@ from policies.provenance import PolicyRef
 from policies.resolve import Effective, resolve
 from policies.selectors import Target
 from sessions.clock import Clock
-from sessions.model import Session, SessionState
+from sessions.model import Session
 from sessions.registry import Registry
 from sessions.versionlog.core import Canonical, VersionLog
 
@@ -53,8 +55,6 @@ REGISTRY_SYNC_INTERVAL_S = 0.25
 # scan of 50,000 sessions took 50-140 ms: every 0.25 s it was a quarter of a fan-out's
 # samples at 19,500 sessions and slowed attaches more than linearly; docs/benchmarks.md).
 GAUGE_LOOP_SHARE = 0.02
-
-_STATES = {state.value: state for state in SessionState}
 
 
 class PushEngine:
@@ -74,19 +74,21 @@ class PushEngine:
         self.live: dict[str, LiveSession] = {}
         self._timers = Timers(settings.ack_timeout_s)
         self._registry = RegistrySync(registry)
-        self._workers = asyncio.Semaphore(settings.push_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing = False
         # set by the service (controlplane.rollouts.halts): a push the upstream refused ("rejected",
         # with the fields it refused) or did not acknowledge in time ("timeout", with every
         # field of the push); called synchronously, must not raise
         self.on_failure: Callable[[LiveSession, Push, str, tuple[str, ...]], None] | None = None
         # per-push observations, batched: one observer call per fan-out (or sweep)
-        self._tally = Tally()
-        self._recorder = Recorder(versionlog, observer, self._tally)
-        self._frames = FrameEncoder()
+        tally = Tally()
+        self._recorder = Recorder(versionlog, observer, tally)
+        self._sender = Sender(
+            settings=settings, clock=clock, versionlog=versionlog, observer=observer,
+            live=self.live, recorder=self._recorder, tally=tally, timers=self._timers,
+            registry=self._registry,
+        )  # fmt: skip
         self._fanout = FanOut(
-            self, clock=clock, versionlog=versionlog, recorder=self._recorder,
+            self._sender, clock=clock, versionlog=versionlog, recorder=self._recorder,
             observer=observer, quiet_s=settings.fanout_quiet_s,
             max_delay_s=settings.fanout_max_delay_s, frames_per_s=settings.fanout_frames_per_s,
         )  # fmt: skip
@@ -113,7 +115,7 @@ class PushEngine:
             self._tasks.add(task)
 
     async def close(self) -> None:
-        self._closing = True
+        self._sender.closing = True
         await self._fanout.close()
         tasks = list(self._tasks) + [ls.worker for ls in self.live.values() if ls.worker]
         for task in tasks:
@@ -151,7 +153,7 @@ class PushEngine:
             outcome = ls.push.abandoned("session ended before the upstream answered")
             if outcome is not None:  # its answer can no longer come: still one terminal entry
                 with contextlib.suppress(Exception):  # record() logs and counts a failure
-                    self._finish(ls, outcome)
+                    self._sender.finish(ls, outcome)
             self._timers.forget(ls)
             self._registry.forget(ls)
             if ls.worker is not None:
@@ -247,8 +249,8 @@ class PushEngine:
             self._clock.monotonic(), "acked" if status == "acked" else "unverified"
         )
         if outcome is not None:
-            self._finish(ls, outcome)
-            await self._drive(ls)
+            self._sender.finish(ls, outcome)
+            await self._sender.drive(ls)
 
     def upstream_queued(self, ls: LiveSession, push: Push) -> None:
         """The transport holds ``push`` behind another update (Voice Agent: one
@@ -283,191 +285,40 @@ class PushEngine:
             return
         if outcome.fields:  # (a partial refusal of none of the push's fields is an ack)
             self._observer.rejected(ls.session.kind, code)
-        self._finish(ls, outcome)
+        self._sender.finish(ls, outcome)
         if outcome.fields and self.on_failure is not None:
             self.on_failure(ls, outcome.push, "rejected", outcome.fields)
-        await self._drive(ls)
+        await self._sender.drive(ls)
 
     async def upstream_unverified(self, ls: LiveSession, reason: str) -> None:
         """An answer that cannot be attributed to the in-flight push with certainty: the push
         ends ``unverified`` with ``reason`` (never a guessed ``acked`` or ``rejected``)."""
         outcome = ls.push.unattributed(reason)
         if outcome is not None:
-            self._finish(ls, outcome)
-            await self._drive(ls)
+            self._sender.finish(ls, outcome)
+            await self._sender.drive(ls)
 
     async def turn_boundary(self, ls: LiveSession) -> None:
         ls.push.turn_boundary()
-        await self._drive(ls)
+        await self._sender.drive(ls)
 
     async def kick(self, ls: LiveSession) -> None:
         """Send whatever is pending (e.g. once the upstream session is ready)."""
-        await self._drive(ls)
+        await self._sender.drive(ls)
 
     # -- internals -----------------------------------------------------------------------
     def adopt(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
-        s = ls.session
-        # shared, never changed in place (an Effective is a value; a fan-out's sessions with
-        # equal inputs share one)
-        s.effective_config = effective.config
-        s.provenance = effective.provenance
-        s.applied = effective.applied
-        ls.locks = effective.locks
-        ls.push.desired_owners = effective.provenance  # who owns each field of a push
-        if sync:
-            self.sync_session(ls)
+        """The session's new resolution on its record (``Sender.adopt``)."""
+        self._sender.adopt(ls, effective, sync=sync)
 
     def sync_session(self, ls: LiveSession) -> None:
-        s, p = ls.session, ls.push
-        s.desired_version = p.desired_version
-        s.sent_version = p.sent_version
-        s.acked_version = p.acked_version
-        s.state = _STATES[p.state]
-        s.updated_at = self._clock.now()
-        self._registry.mark(ls)
-        self._timers.track(ls)
-
-    async def _drive(self, ls: LiveSession) -> None:
-        """Write what is due now (logged, then sent), or hand the session to a worker."""
-        outgoing: list[Outgoing] = []
-        self.queue(ls, {}, outgoing)
-        await self._send_all(outgoing)
-
-    def queue(self, ls: LiveSession, cache: FrameCache, outgoing: list[Outgoing]) -> bool:
-        """Take what is due now and log it, its frame queued on ``outgoing`` for the caller
-        (a fan-out's ``WriteAhead``, a sweep's ``_send_all``), or hand the session to a
-        worker; True when a push was taken here (``_log_push`` synced the session). No
-        await: a fan-out calls it for every session."""
-        if ls.worker is not None or self._closing:
-            return False
-        if ls.transport.congested():
-            self._start_worker(ls)
-            return False
-        push = ls.push.take(self._clock.monotonic())
-        if push is None:
-            return False
-        frame = self._log_push(ls, push, cache)
-        if frame is not None:
-            outgoing.append((ls, push, frame))
-        return True
-
-    def _start_worker(self, ls: LiveSession) -> None:
-        task = asyncio.get_running_loop().create_task(
-            self._worker(ls), name=f"push-worker-{ls.session.id}"
-        )
-        ls.worker = task
-
-    async def _worker(self, ls: LiveSession) -> None:
-        try:
-            while ls.session.id in self.live:
-                async with self._workers:
-                    push = ls.push.take(self._clock.monotonic())
-                    if push is None:
-                        return
-                    try:
-                        await asyncio.wait_for(self._write(ls, push), self._settings.send_timeout_s)
-                    except TimeoutError:
-                        self._finish(ls, ls.push.wire_failed(push, "send timed out"))
-                        return
-        finally:
-            ls.worker = None
-
-    async def _write(self, ls: LiveSession, push: Push) -> None:
-        """Log the push's ``sent`` entry, make it durable, then send its frame (a worker)."""
-        frame = self._log_push(ls, push, {})
-        if frame is not None:
-            await self._send_all([(ls, push, frame)])
-
-    def _log_push(self, ls: LiveSession, push: Push, cache: FrameCache) -> Frame | None:
-        """Append the push's ``sent`` entry and sync the session; the frame to send after the
-        entry is durable (write-ahead), or None when there is nothing to send (no delta, or
-        every field skipped by the dialect: recorded here)."""
-        if push.superseded:
-            self._tally.superseded += len(push.superseded)
-        if not push.delta:  # nothing to send (what remains is quarantined, or reverted)
-            self._recorder.unchanged(ls, push.cause, push.refs, push)
-            self.sync_session(ls)
-            mark_policies(ls, push, "unchanged")
-            return None
-        frame = self._frames.frame(ls.dialect, ls.session.model, push.delta, cache)
-        if frame.text is None or frame.message is None:
-            outcome = ls.push.nothing_to_send(push)
-            self._finish(ls, outcome, skipped=dict(frame.encoded.skipped))
-            return None
-        # frame.delta equals push.delta, already encoded for the log (as is the message)
-        self._recorder.record(ls, cause=push.cause, status="sent", delta=frame.delta,
-                              wire=frame.wire, error=frame.note, version=push.version,
-                              refs=push.refs, config=push.config)  # fmt: skip
-        if ls.transport.acknowledging:
-            mark_policies(ls, push, "sent")
-            # no acknowledgement timer until the frame is written (send_frames): a write-ahead
-            # commit slower than the timeout must not end the push before its frame goes
-            ls.push.queued(push)
-        else:
-            # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
-            self._tally.count_push(ls.session.kind, "sent")
-            mark_policies(ls, push, "unverified")
-        self.sync_session(ls)
-        return frame
-
-    async def _send_all(self, outgoing: list[Outgoing]) -> None:
-        """Make the entries of ``outgoing`` durable (one group commit), then write its frames
-        (``write_ahead``)."""
-        if not outgoing:
-            return
-        await flush_before_frames(self._log, len(outgoing))
-        await self.send_frames(outgoing)
-
-    async def send_frames(self, outgoing: list[Outgoing]) -> None:
-        """Write the frames of logged pushes (whose entries the caller made durable)."""
-        for ls, push, frame in outgoing:
-            assert frame.message is not None and frame.text is not None
-            if self.live.get(ls.session.id) is not ls:
-                if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
-                    self._finish(ls, ls.push.wire_failed(push, "session ended before the write"))
-                continue
-            # a worker's write waits for a congested socket to drain: the timer starts once written
-            held = ls.worker is not None and ls.transport.congested()
-            if ls.transport.acknowledging:
-                if ls.push.in_flight is not push:
-                    continue  # its outcome was recorded meanwhile (e.g. the session ended)
-                ls.push.queued(push) if held else ls.push.written(push, self._clock.monotonic())
-                self._timers.track(ls)
-            try:
-                await ls.transport.write(push, frame.message, frame.text)
-            except (ConnectionError, RuntimeError, OSError) as exc:
-                self._finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
-                continue
-            if held and ls.push.in_flight is push:
-                ls.push.written(push, self._clock.monotonic())  # its timer starts now
-                self._timers.track(ls)
-            if push.event_at is not None:
-                self._tally.latencies.append(self._clock.monotonic() - push.event_at)
-
-    def _finish(
-        self, ls: LiveSession, outcome: Outcome, skipped: dict[str, str] | None = None
-    ) -> None:
-        push = outcome.push
-        if outcome.status == "acked" and outcome.latency is not None:
-            self._observer.apply_latency(outcome.latency)
-        error = outcome.error
-        if skipped:
-            error = skipped_note(skipped)
-        # applied (acked, or confirmed by a control-channel app): what the upstream runs now,
-        # the push's delta on the base (PushState.acked); else the pushed config as sent
-        applied = outcome.status == "acked" or (outcome.status == "unverified" and not error)
-        delta = push.delta if outcome.applied is None else outcome.applied
-        self.record(ls, cause=push.cause, status=outcome.status, delta=delta,
-                    wire=None, error=error, version=push.version, refs=push.refs,
-                    config=ls.push.base if applied else push.config)  # fmt: skip
-        self._tally.count_push(ls.session.kind, outcome.status)
-        mark_policies(ls, push, outcome.status, outcome.fields)
-        self.sync_session(ls)
+        """The session's push state changed: its record and timers follow."""
+        self._sender.sync_session(ls)
 
     def flush_metrics(self) -> None:
         """Hand the batched per-push observations to the observer (after a fan-out, on every
         sweep, and before ``/metrics`` renders)."""
-        self._tally.flush(self._observer)
+        self._sender.flush_metrics()
 
     async def _sweep(self) -> None:
         while True:
@@ -477,12 +328,12 @@ class PushEngine:
             try:
                 for ls, outcome in self._timers.due(self._clock.monotonic()):
                     if outcome is not None:  # no acknowledgement in time
-                        self._finish(ls, outcome)
+                        self._sender.finish(ls, outcome)
                         if self.on_failure is not None:
                             self.on_failure(ls, outcome.push, "timeout", tuple(outcome.push.delta))
-                    self.queue(ls, {}, outgoing)
+                    self._sender.queue(ls, {}, outgoing)
             finally:
-                await self._send_all(outgoing)
+                await self._sender.send_all(outgoing)
 
     async def _sync(self) -> None:
         export_at = 0.0

@@ -1,0 +1,239 @@
+"""The push engine's send path: each session's due push taken, logged and written.
+
+``Sender.queue`` takes what a session may send now (``PushState.take``), appends its ``sent``
+entry (``recording``; the frame encoded once per distinct frame: ``frames``) and queues the
+frame for the caller, which writes it once the entry is durable (``write_ahead``). No task
+per session per push: a congested socket gets an on-demand worker (bounded by a global cap)
+and latest-wins coalescing. ``finish`` records a push's terminal entry. The session's record
+and timers follow every step (``sync_session``: the registry marks, the timers).
+
+``Sender`` is the fan-out's ``Pusher`` (``fanout``); the ``PushEngine`` (``engine``) owns
+it and calls it for the upstream's answers, the sweeper and a session's own pushes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+
+from controlplane.config import Settings
+from controlplane.push.frames import Frame, FrameCache, FrameEncoder, skipped_note
+from controlplane.push.live import LiveSession
+from controlplane.push.observer import PushObserver, Tally
+from controlplane.push.protocol import Outcome, Push
+from controlplane.push.recording import Recorder
+from controlplane.push.registry_sync import RegistrySync
+from controlplane.push.rollout_status import mark_policies
+from controlplane.push.timers import Timers
+from controlplane.push.write_ahead import Outgoing, flush_before_frames
+from policies.resolve import Effective
+from sessions.clock import Clock
+from sessions.model import SessionState
+from sessions.versionlog.core import VersionLog
+
+__all__ = ["Sender"]
+
+_STATES = {state.value: state for state in SessionState}
+
+
+class Sender:
+    """Takes, logs and writes the sessions' pushes (``PushEngine``'s send path)."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        clock: Clock,
+        versionlog: VersionLog,
+        observer: PushObserver,
+        live: Mapping[str, LiveSession],
+        recorder: Recorder,
+        tally: Tally,
+        timers: Timers,
+        registry: RegistrySync,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._log = versionlog
+        self._observer = observer
+        self._live = live
+        self._recorder = recorder
+        self._tally = tally
+        self._timers = timers
+        self._registry = registry
+        self._frames = FrameEncoder()
+        self._workers = asyncio.Semaphore(settings.push_concurrency)
+        self.closing = False  # the engine closes: no new push is taken
+
+    @property
+    def live(self) -> Mapping[str, LiveSession]:
+        return self._live
+
+    # -- a session's record --------------------------------------------------------------
+    def adopt(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
+        s = ls.session
+        # shared, never changed in place (an Effective is a value; a fan-out's sessions with
+        # equal inputs share one)
+        s.effective_config = effective.config
+        s.provenance = effective.provenance
+        s.applied = effective.applied
+        ls.locks = effective.locks
+        ls.push.desired_owners = effective.provenance  # who owns each field of a push
+        if sync:
+            self.sync_session(ls)
+
+    def sync_session(self, ls: LiveSession) -> None:
+        s, p = ls.session, ls.push
+        s.desired_version = p.desired_version
+        s.sent_version = p.sent_version
+        s.acked_version = p.acked_version
+        s.state = _STATES[p.state]
+        s.updated_at = self._clock.now()
+        self._registry.mark(ls)
+        self._timers.track(ls)
+
+    def flush_metrics(self) -> None:
+        """Hand the batched per-push observations to the observer (after a fan-out, on every
+        sweep, and before ``/metrics`` renders)."""
+        self._tally.flush(self._observer)
+
+    # -- taking and logging --------------------------------------------------------------
+    async def drive(self, ls: LiveSession) -> None:
+        """Write what is due now (logged, then sent), or hand the session to a worker."""
+        outgoing: list[Outgoing] = []
+        self.queue(ls, {}, outgoing)
+        await self.send_all(outgoing)
+
+    def queue(self, ls: LiveSession, cache: FrameCache, outgoing: list[Outgoing]) -> bool:
+        """Take what is due now and log it, its frame queued on ``outgoing`` for the caller
+        (a fan-out's ``WriteAhead``, a sweep's ``send_all``), or hand the session to a
+        worker; True when a push was taken here (``_log_push`` synced the session). No
+        await: a fan-out calls it for every session."""
+        if ls.worker is not None or self.closing:
+            return False
+        if ls.transport.congested():
+            self._start_worker(ls)
+            return False
+        push = ls.push.take(self._clock.monotonic())
+        if push is None:
+            return False
+        frame = self._log_push(ls, push, cache)
+        if frame is not None:
+            outgoing.append((ls, push, frame))
+        return True
+
+    def _start_worker(self, ls: LiveSession) -> None:
+        task = asyncio.get_running_loop().create_task(
+            self._worker(ls), name=f"push-worker-{ls.session.id}"
+        )
+        ls.worker = task
+
+    async def _worker(self, ls: LiveSession) -> None:
+        try:
+            while ls.session.id in self._live:
+                async with self._workers:
+                    push = ls.push.take(self._clock.monotonic())
+                    if push is None:
+                        return
+                    try:
+                        await asyncio.wait_for(self._write(ls, push), self._settings.send_timeout_s)
+                    except TimeoutError:
+                        self.finish(ls, ls.push.wire_failed(push, "send timed out"))
+                        return
+        finally:
+            ls.worker = None
+
+    async def _write(self, ls: LiveSession, push: Push) -> None:
+        """Log the push's ``sent`` entry, make it durable, then send its frame (a worker)."""
+        frame = self._log_push(ls, push, {})
+        if frame is not None:
+            await self.send_all([(ls, push, frame)])
+
+    def _log_push(self, ls: LiveSession, push: Push, cache: FrameCache) -> Frame | None:
+        """Append the push's ``sent`` entry and sync the session; the frame to send after the
+        entry is durable (write-ahead), or None when there is nothing to send (no delta, or
+        every field skipped by the dialect: recorded here)."""
+        if push.superseded:
+            self._tally.superseded += len(push.superseded)
+        if not push.delta:  # nothing to send (what remains is quarantined, or reverted)
+            self._recorder.unchanged(ls, push.cause, push.refs, push)
+            self.sync_session(ls)
+            mark_policies(ls, push, "unchanged")
+            return None
+        frame = self._frames.frame(ls.dialect, ls.session.model, push.delta, cache)
+        if frame.text is None or frame.message is None:
+            outcome = ls.push.nothing_to_send(push)
+            self.finish(ls, outcome, skipped=dict(frame.encoded.skipped))
+            return None
+        # frame.delta equals push.delta, already encoded for the log (as is the message)
+        self._recorder.record(ls, cause=push.cause, status="sent", delta=frame.delta,
+                              wire=frame.wire, error=frame.note, version=push.version,
+                              refs=push.refs, config=push.config)  # fmt: skip
+        if ls.transport.acknowledging:
+            mark_policies(ls, push, "sent")
+            # no acknowledgement timer until the frame is written (send_frames): a write-ahead
+            # commit slower than the timeout must not end the push before its frame goes
+            ls.push.queued(push)
+        else:
+            # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
+            self._tally.count_push(ls.session.kind, "sent")
+            mark_policies(ls, push, "unverified")
+        self.sync_session(ls)
+        return frame
+
+    # -- writing -------------------------------------------------------------------------
+    async def send_all(self, outgoing: list[Outgoing]) -> None:
+        """Make the entries of ``outgoing`` durable (one group commit), then write its frames
+        (``write_ahead``)."""
+        if not outgoing:
+            return
+        await flush_before_frames(self._log, len(outgoing))
+        await self.send_frames(outgoing)
+
+    async def send_frames(self, outgoing: list[Outgoing]) -> None:
+        """Write the frames of logged pushes (whose entries the caller made durable)."""
+        for ls, push, frame in outgoing:
+            assert frame.message is not None and frame.text is not None
+            if self._live.get(ls.session.id) is not ls:
+                if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
+                    self.finish(ls, ls.push.wire_failed(push, "session ended before the write"))
+                continue
+            # a worker's write waits for a congested socket to drain: the timer starts once written
+            held = ls.worker is not None and ls.transport.congested()
+            if ls.transport.acknowledging:
+                if ls.push.in_flight is not push:
+                    continue  # its outcome was recorded meanwhile (e.g. the session ended)
+                ls.push.queued(push) if held else ls.push.written(push, self._clock.monotonic())
+                self._timers.track(ls)
+            try:
+                await ls.transport.write(push, frame.message, frame.text)
+            except (ConnectionError, RuntimeError, OSError) as exc:
+                self.finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
+                continue
+            if held and ls.push.in_flight is push:
+                ls.push.written(push, self._clock.monotonic())  # its timer starts now
+                self._timers.track(ls)
+            if push.event_at is not None:
+                self._tally.latencies.append(self._clock.monotonic() - push.event_at)
+
+    # -- outcomes ------------------------------------------------------------------------
+    def finish(
+        self, ls: LiveSession, outcome: Outcome, skipped: dict[str, str] | None = None
+    ) -> None:
+        """Record a push's terminal entry (acked, rejected, unverified, failed on the wire)."""
+        push = outcome.push
+        if outcome.status == "acked" and outcome.latency is not None:
+            self._observer.apply_latency(outcome.latency)
+        error = outcome.error
+        if skipped:
+            error = skipped_note(skipped)
+        # applied (acked, or confirmed by a control-channel app): what the upstream runs now,
+        # the push's delta on the base (PushState.acked); else the pushed config as sent
+        applied = outcome.status == "acked" or (outcome.status == "unverified" and not error)
+        delta = push.delta if outcome.applied is None else outcome.applied
+        self._recorder.record(ls, cause=push.cause, status=outcome.status, delta=delta,
+                              wire=None, error=error, version=push.version, refs=push.refs,
+                              config=ls.push.base if applied else push.config)  # fmt: skip
+        self._tally.count_push(ls.session.kind, outcome.status)
+        mark_policies(ls, push, outcome.status, outcome.fields)
+        self.sync_session(ls)
