@@ -29,6 +29,7 @@ from controlplane.push.live import LiveSession
 from controlplane.rollouts.srm import SRM_THRESHOLD, srm_check
 from policies.model import Policy
 from policies.provenance import PolicyRef
+from policies.sections import Variant
 from sessions.clock import Clock
 from sessions.exposures import Exposure, ExposureStore
 
@@ -124,6 +125,8 @@ class ExperimentBook:
                 self._changed[row.key] = row
             if not exposes or ref.id in withheld:
                 continue
+            if row.exposed_at is None and _overridden(ls, refs, ref, exp.variants):
+                continue  # another policy's value (a lock) runs in its variant's place
             if row.exposed_at is None:
                 row.exposed_at = now
                 row.exposed_seq, row.exposed_hash = self._tail(sid) or (None, None)
@@ -233,6 +236,25 @@ class ExperimentBook:
     async def exposures(self, key: str) -> dict[tuple[int, str], Exposure]:
         await self.flush()
         return {(r.iteration, r.session_id): r for r in await self.store.rows(key)}
+
+
+def _overridden(
+    ls: LiveSession, refs: tuple[PolicyRef, ...], ref: PolicyRef, variants: Sequence[Variant]
+) -> bool:
+    """Whether a field the session's variant sets is not in effect from the variant's policy
+    (a higher role's lock, or a higher-priority policy, wins it): the session does not run
+    its variant's configuration, so it is not exposed to it. Judged on the session's current
+    resolution (its provenance) when the entry is about it (``refs`` are the session's
+    applied policies); an answer to an earlier push ran what that push carried."""
+    variant = next((v for v in variants if v.name == ref.variant), None)
+    if variant is None or not variant.set or refs != ls.session.applied:
+        return False
+    provenance = ls.session.provenance
+    for name in variant.set:
+        owner = provenance.get(name)
+        if owner is None or owner.id != ref.id:
+            return True
+    return False
 
 
 def export_row(row: Exposure) -> dict[str, Any]:

@@ -176,6 +176,44 @@ async def test_a_variant_the_upstream_refused_is_never_exposed_even_once_other_f
         assert row["exposed_at"] is None and row["first_assigned_at"] is not None
 
 
+async def test_a_variant_a_later_compliance_lock_overrides_is_not_exposed_so_srm_sees_it(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """An experimenter's variant sets the system prompt; compliance then locks it (accepted:
+    a higher role). Sessions joining afterwards in that variant run the compliance prompt,
+    never the variant's: not exposed (only assigned), so the exposed split is skewed and the
+    SRM check can say so; sessions exposed before the lock keep their exposure."""
+    bold = {"name": "bold", "weight": 50, "set": {"system_prompt": "Sell hard."}}
+    doc = {"id": "pitch", "match": {"kind": ["voice-agent-v1"]},
+           "experiment": {"key": "pitch", "variants": [
+               {"name": "control", "weight": 50, "set": {}}, bold]}}  # fmt: skip
+    await cp.publish(doc, token="tok-experimenter")
+    before = [*_ids_in(0.0, 0.5, 2, "pitch"), *_ids_in(0.5, 1.0, 2, "pitch")]
+    after = [*_ids_in(0.0, 0.5, 5, "pitch")[2:], *_ids_in(0.5, 1.0, 5, "pitch")[2:]]
+    async with _sessions(cp, before):
+        await _exposed(cp, 4, key="pitch")
+        await cp.publish({"id": "disclosure", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"system_prompt": "This call is recorded."},
+                          "lock": ["system_prompt"]}, token="tok-compliance")  # fmt: skip
+        async with _sessions(cp, after):
+            await eventually(lambda: all(
+                cp.service.engine.live[s].push.in_flight is None for s in after
+                if s in cp.service.engine.live) and len(cp.service.engine.live) == 10)  # fmt: skip
+            await asyncio.sleep(0.3)
+            for sid in after[3:]:  # the lock's prompt runs, not the variant's
+                shown = await cp.session(sid)
+                assert shown["effective_config"]["system_prompt"] == "This call is recorded."
+                assert any(r["variant"] == "bold" for r in shown["applied"])
+            summary = await _summary(cp, "pitch")
+            assert {v["name"]: v["exposed"] for v in summary["variants"]} == {
+                "control": 5,
+                "bold": 2,
+            }
+            rows = await _rows(cp, "pitch")
+            assert all(rows[s]["exposed_at"] is None for s in after[3:])
+            assert all(rows[s]["exposed_at"] is not None for s in before)
+
+
 async def test_a_session_assigned_but_never_exposed_is_not_left_in_the_experiment_when_it_stops(
     cp: ControlPlaneUnderTest,
 ) -> None:
