@@ -12,7 +12,11 @@ applied, it was no failure; refused, the refusal counts instead (``RolloutGuard.
 - ``GuardSpec``: a version's effective guard, its ``guard`` block over the deployment's
   ``CONTROLPLANE_GUARD_*`` defaults; ``breached(targeted, failed)`` is the rule.
 - ``FailureWindow``: failure times per (policy, version, variant), sans-I/O (times passed in),
-  bounded per key, each tagged with its push (session, version) for a retraction.
+  bounded per key, each tagged with its push (session, version) for a retraction. It counts
+  SESSIONS: a session that failed several pushes of the version (its own updates re-pushing a
+  policy's value, a re-registered id) is one failure while any of them is in the window, so
+  the ratio is of sessions and one app cannot multiply its reports
+  (docs/security.md#control-channel-v1control).
 - ``RolloutGuard``: this replica's one guard task. ``failed(refs)`` counts (never awaits);
   the task checks the versions with failures in their window, at once and then every
   ``check_interval_s`` while any remain (other replicas' counts arrive on their own cadence),
@@ -94,12 +98,16 @@ class GuardSpec:
 class FailureWindow:
     """Monotonic failure times per (policy id, version, variant), each with the ``Tag`` of
     the push that failed: one failure per push (a second one with its tag is not counted), and
-    a timeout answered late is retracted (``retract``, O(1))."""
+    a timeout answered late is retracted (``retract``, O(1)). ``count`` (and the rows) counts
+    distinct sessions among the tagged failures, plus each untagged one."""
 
     def __init__(self, max_kept: int = MAX_FAILURES_KEPT) -> None:
         # key -> entry id -> (time, tag), oldest first; ids index the tagged ones
         self._times: dict[Key, OrderedDict[int, tuple[float, Tag]]] = {}
         self._tagged: dict[tuple[Key, Tag], int] = {}
+        # key -> session id -> its failures in the window (a session counts once); untagged
+        self._sessions: dict[Key, dict[str, int]] = {}
+        self._untagged: dict[Key, int] = {}
         self._ids = itertools.count()
         self._max = max_kept
 
@@ -117,8 +125,30 @@ class FailureWindow:
         entries[entry] = (at, tag)
         if tag is not None:
             self._tagged[(key, tag)] = entry
+            sessions = self._sessions.setdefault(key, {})
+            sessions[tag[0]] = sessions.get(tag[0], 0) + 1
+        else:
+            self._untagged[key] = self._untagged.get(key, 0) + 1
         if len(entries) > self._max:
             self._pop_oldest(key, entries)
+
+    def count(self, key: Key) -> int:
+        """Failures of ``key`` in the window: distinct sessions, plus untagged failures."""
+        return len(self._sessions.get(key, ())) + self._untagged.get(key, 0)
+
+    def _dropped(self, key: Key, tag: Tag) -> None:
+        """One failure of ``key`` left the window: its session counts once less."""
+        if tag is None:
+            left = self._untagged.pop(key, 1) - 1
+            if left:
+                self._untagged[key] = left
+            return
+        sessions = self._sessions.get(key, {})
+        left = sessions.pop(tag[0], 1) - 1
+        if left:
+            sessions[tag[0]] = left
+        elif not sessions:
+            self._sessions.pop(key, None)
 
     def retract(self, ref: PolicyRef, tag: Tag) -> bool:
         """Forget the failure of ``ref`` tagged ``tag``, if the window still holds it: False
@@ -128,12 +158,14 @@ class FailureWindow:
         entries = self._times.get(key)
         if entry is None or entries is None or entries.pop(entry, None) is None:
             return False
+        self._dropped(key, tag)
         if not entries:
             del self._times[key]
         return True
 
     def _pop_oldest(self, key: Key, entries: OrderedDict[int, tuple[float, Tag]]) -> None:
         entry, (_, tag) = entries.popitem(last=False)
+        self._dropped(key, tag)
         if tag is not None and self._tagged.get((key, tag)) == entry:
             del self._tagged[(key, tag)]
 
@@ -148,7 +180,7 @@ class FailureWindow:
             while entries and next(iter(entries.values()))[0] < since:
                 self._pop_oldest(key, entries)
             if entries:
-                left += len(entries)
+                left += self.count(key)
             else:
                 del self._times[key]
         return left
@@ -163,12 +195,11 @@ class FailureWindow:
     def rows(self, only: str | None = None) -> dict[str, list[dict[str, Any]]]:
         """Rollout rows (``controlplane.rollouts.counts``) carrying only ``guard_failures``."""
         out: dict[str, list[dict[str, Any]]] = {}
-        for (pid, version, variant), times in sorted(
-            self._times.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2] or "")
-        ):
+        for key in sorted(self._times, key=lambda k: (k[0], k[1], k[2] or "")):
+            pid, version, variant = key
             if only is None or pid == only:
                 out.setdefault(pid, []).append(
-                    {"version": version, "variant": variant, "guard_failures": len(times)}
+                    {"version": version, "variant": variant, "guard_failures": self.count(key)}
                 )
         return out
 

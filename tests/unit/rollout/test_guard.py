@@ -98,6 +98,26 @@ def test_a_tagged_failure_counts_once_and_is_retracted_while_the_window_holds_it
     assert not window.retract(a, ("s1", 3)) and window.retract(a, ("s4", 3))
 
 
+def test_a_session_counts_once_however_many_of_its_pushes_fail() -> None:
+    window = FailureWindow(max_kept=10)
+    a = PolicyRef("p", 2)
+    window.add(a, 1.0, ("s1", 2))
+    window.add(a, 2.0, ("s1", 3))  # another push of the same session and policy version
+    window.add(a, 3.0, ("s1", 2))  # a re-registered id's first push again
+    assert window.rows("p")["p"][0]["guard_failures"] == 1
+    window.add(a, 3.5, None)  # an untagged failure counts on its own
+    window.add(a, 4.0, ("s2", 2))
+    assert window.rows("p")["p"][0]["guard_failures"] == 3
+    # retracting one of s1's pushes leaves its other failure counting
+    assert window.retract(a, ("s1", 2))
+    assert window.rows("p")["p"][0]["guard_failures"] == 3
+    assert window.retract(a, ("s1", 3))
+    assert window.rows("p")["p"][0]["guard_failures"] == 2
+    assert window.prune("p", 2, since=3.8) == 1  # s2 remains
+    window.forget("p")
+    assert not window and window.count(("p", 2, None)) == 0
+
+
 @dataclass
 class Ports:
     """Fake GuardPorts: one guarded policy ``p`` at ``version``, fixed cluster totals."""
