@@ -45,7 +45,9 @@ class Sdk:
 
 
 @contextlib.asynccontextmanager
-async def streaming_sdk(cp: ControlPlaneUnderTest, path: str = "") -> AsyncIterator[Sdk]:
+async def streaming_sdk(
+    cp: ControlPlaneUnderTest, path: str = "", model: str = "universal-3-5-pro"
+) -> AsyncIterator[Sdk]:
     """The SDK connected through the gateway (``path``: e.g. ``/labels/region=eu``), sending
     100 ms of audio every 100 ms until the block ends (then it terminates the session)."""
     client = AsyncRealTimeTranscriber(
@@ -58,7 +60,7 @@ async def streaming_sdk(cp: ControlPlaneUnderTest, path: str = "") -> AsyncItera
             client.on(kind, lambda _c, _e, k=kind: sdk.events.append(k.value))
     client.on(RealTimeEvents.Warning, lambda _c, e: sdk.warnings.append(e))
     client.on(RealTimeEvents.Error, lambda _c, e: sdk.errors.append(e))
-    await client.connect(RealTimeParameters(sample_rate=16000, speech_model="universal-3-5-pro"))
+    await client.connect(RealTimeParameters(sample_rate=16000, speech_model=model))
 
     async def audio() -> None:
         while True:
@@ -193,3 +195,25 @@ async def test_the_sdk_terminating_while_a_push_goes_out_leaves_a_truthful_recor
         problems = await record_problems(cp, emulator, sdk.upstream_id)
         assert not problems, (n, problems, await cp.log(sdk.upstream_id))
         assert sdk.errors == []
+
+
+async def test_on_a_model_without_prompts_the_skipped_fields_and_the_sdk_own_are_true(
+    cp: ControlPlaneUnderTest, emulator: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    """universal-streaming-english takes no prompt: a policy's prompt is skipped (never
+    sent), its keyterms pushed; the SDK's own prompt draws the upstream's Warning (relayed
+    as the protocol defines it) and changes nothing. The record equals the upstream."""
+    caplog.set_level(logging.DEBUG)
+    async with streaming_sdk(cp, model="universal-streaming-english") as sdk:
+        await cp.publish({"id": "p", "set": {"prompt": "Transcribe.", "keyterms": ["Acme"]}})
+        await _truthful(cp, emulator, sdk, "a push with a field the model cannot take")
+        updates = await emulator.updates(sdk.upstream_id)
+        assert updates == [{"type": "UpdateConfiguration", "keyterms_prompt": ["Acme"]}]
+        entries = [e for e in await cp.log(sdk.upstream_id) if e["cause"] == "policy"]
+        assert entries[-1]["status"] == "sent" and "prompt" not in entries[-1]["wire"]
+        assert entries[-1]["error"].startswith("skipped prompt: ")  # said, with the reason
+        await sdk.client.set_params(RealTimeSessionParameters(prompt="Mine", vad_threshold=0.7))
+        await eventually(lambda: sdk.warnings)
+        await _truthful(cp, emulator, sdk, "the SDK's own prompt on a model without prompts")
+        assert (await emulator.session(sdk.upstream_id))["config"]["vad_threshold"] == 0.7
+        assert sdk.errors == [] and _unknown_frames(caplog) == []
