@@ -155,6 +155,7 @@ class PushEngine:
                 with contextlib.suppress(Exception):  # record() logs and counts a failure
                     self._sender.finish(ls, outcome)
             self._timers.forget(ls)
+            self._sender.owed.forget(ls)
             self._registry.forget(ls)
             if ls.worker is not None:
                 ls.worker.cancel()
@@ -326,6 +327,7 @@ class PushEngine:
             self.flush_metrics()
             outgoing: list[Outgoing] = []
             try:
+                self._sender.resend_owed(outgoing)  # pushes that never reached their session
                 for ls, outcome in self._timers.due(self._clock.monotonic()):
                     if outcome is not None:  # no acknowledgement in time
                         self._sender.finish(ls, outcome)

@@ -65,6 +65,9 @@ class Pusher(Protocol):
     async def send_frames(self, outgoing: list[Outgoing]) -> None:
         """Write the frames of logged pushes whose entries are durable."""
 
+    def refuse(self, outgoing: list[Outgoing], error: Exception) -> None:
+        """Logged pushes whose entries could not be made durable: not sent, each ended."""
+
     def flush_metrics(self) -> None: ...
 
 
@@ -227,7 +230,7 @@ class FanOut:
         self._observer.fanout("immediate")
         changed = 0
         cache: FrameCache = {}
-        ahead = WriteAhead(self._log, pusher.send_frames)
+        ahead = WriteAhead(self._log, pusher.send_frames, pusher.refuse)
         outgoing = ahead.outgoing  # logged; each sent once its entry is durable
         written_at = None
         collecting = gc.isenabled()
@@ -325,7 +328,7 @@ class FanOut:
             if n <= 0:
                 return False
         cache: FrameCache = {}
-        ahead = WriteAhead(self._log, pusher.send_frames)
+        ahead = WriteAhead(self._log, pusher.send_frames, pusher.refuse)
         outgoing = ahead.outgoing  # logged; each sent once its entry is durable
         error: Exception | None = None
         collecting = gc.isenabled()

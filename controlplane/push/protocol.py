@@ -116,6 +116,8 @@ class PushState:
     # the last push that ended without an answer in time (``timed_out``, ``unattributed``):
     # a report about it that comes late is still recorded (``late_answer``)
     unanswered: Push | None = None
+    # no acknowledgements: the base before the last push was taken as running (``take``)
+    _before: Config | None = None
 
     @classmethod
     def start(
@@ -252,6 +254,7 @@ class PushState:
             self.in_flight_at = now
             self.waiting = False
         else:
+            self._before = self.base  # (``wire_failed``: what runs if the frame never goes)
             self.base = push.config
             self.last_status = "unverified"
         return push
@@ -284,9 +287,13 @@ class PushState:
             self.in_flight_at = now
 
     def wire_failed(self, push: Push, error: str) -> Outcome:
-        """Writing the frame failed (socket gone): nothing reached the upstream."""
+        """Writing the frame failed (socket gone, or not attempted): nothing reached the
+        upstream. A dialect without acknowledgements took the push as running when it was
+        taken: its base goes back to what ran before (when nothing was taken since)."""
         if self.in_flight is push:
             self.in_flight = None
+        elif not self.acknowledging and self.base is push.config and self._before is not None:
+            self.base = self._before
         self.quarantined.add(push.version)
         self.last_status = "rejected"
         return Outcome(push, "rejected", error)
@@ -318,6 +325,15 @@ class PushState:
             self.acked_version = push.version
         self.last_status = status
         return Outcome(push, status, None, now - self.in_flight_at)
+
+    def resend(self) -> bool:
+        """The last push never reached the upstream (``wire_failed``; ``controlplane.push.owed``)
+        and nothing newer is pending: a new version carries what the upstream still misses.
+        True when one was queued (False: something is in flight or pending already, or
+        nothing is missing)."""
+        before = self.desired_version
+        self._resync()
+        return self.desired_version > before
 
     def _resync(self) -> None:
         """The base moved off the desired config with nothing more to send (an earlier push

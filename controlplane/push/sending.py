@@ -5,7 +5,10 @@ entry (``recording``; the frame encoded once per distinct frame: ``frames``) and
 frame for the caller, which writes it once the entry is durable (``write_ahead``). No task
 per session per push: a congested socket gets an on-demand worker (bounded by a global cap)
 and latest-wins coalescing. ``finish`` records a push's terminal entry. The session's record
-and timers follow every step (``sync_session``: the registry marks, the timers).
+and timers follow every step (``sync_session``: the registry marks, the timers). A push that
+never reached its session (its write timed out on a congested socket; its entry could not be
+written, so its frame was refused: ``refuse``) leaves the session ``owed``, re-sent by the
+sweeper once the socket drains and the log writes again (``resend_owed``).
 
 ``Sender`` is the fan-out's ``Pusher`` (``fanout``); the ``PushEngine`` (``engine``) owns
 it and calls it for the upstream's answers, the sweeper and a session's own pushes.
@@ -20,6 +23,7 @@ from controlplane.config import Settings
 from controlplane.push.frames import Frame, FrameCache, FrameEncoder, skipped_note
 from controlplane.push.live import LiveSession
 from controlplane.push.observer import PushObserver, Tally
+from controlplane.push.owed import Owed
 from controlplane.push.protocol import Outcome, Push
 from controlplane.push.recording import Recorder
 from controlplane.push.registry_sync import RegistrySync
@@ -64,6 +68,7 @@ class Sender:
         self._frames = FrameEncoder()
         self._workers = asyncio.Semaphore(settings.push_concurrency)
         self.closing = False  # the engine closes: no new push is taken
+        self.owed = Owed()  # sessions a push never reached (send timed out, log unwritable)
 
     @property
     def live(self) -> Mapping[str, LiveSession]:
@@ -137,8 +142,9 @@ class Sender:
                         return
                     try:
                         await asyncio.wait_for(self._write(ls, push), self._settings.send_timeout_s)
-                    except TimeoutError:
+                    except TimeoutError:  # never written: re-sent once the socket drains
                         self.finish(ls, ls.push.wire_failed(push, "send timed out"))
+                        self.owed.add(ls, "socket")
                         return
         finally:
             ls.worker = None
@@ -187,8 +193,33 @@ class Sender:
         (``write_ahead``)."""
         if not outgoing:
             return
-        await flush_before_frames(self._log, len(outgoing))
+        error = await flush_before_frames(self._log, len(outgoing))
+        if error is not None:
+            self.refuse(outgoing, error)
+            return
         await self.send_frames(outgoing)
+
+    def refuse(self, outgoing: list[Outgoing], error: Exception) -> None:
+        """Logged pushes whose entries could not be made durable: their frames are not sent
+        (none leaves unrecorded); each ends ``rejected``, its session ``owed``."""
+        reason = f"not sent: the version log could not be written ({error})"
+        for ls, push, _ in outgoing:
+            if self._live.get(ls.session.id) is not ls:
+                if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
+                    self.finish(ls, ls.push.wire_failed(push, "session ended before the write"))
+                continue
+            if ls.transport.acknowledging and ls.push.in_flight is not push:
+                continue  # its outcome was recorded meanwhile
+            self.finish(ls, ls.push.wire_failed(push, reason))
+            self.owed.add(ls, "log")
+
+    def resend_owed(self, outgoing: list[Outgoing]) -> None:
+        """Queue on ``outgoing`` what the owed sessions whose cause is gone still miss (a
+        sweep's): a new version each (``PushState.resend``)."""
+        writable = self._log.write_failing_since is None
+        for ls in self.owed.due(writable, lambda ls: self._live.get(ls.session.id) is ls):
+            if ls.push.resend():
+                self.queue(ls, {}, outgoing)
 
     async def send_frames(self, outgoing: list[Outgoing]) -> None:
         """Write the frames of logged pushes (whose entries the caller made durable)."""

@@ -93,6 +93,9 @@ class VersionLog(Protocol):
     @property
     def pending(self) -> int: ...
 
+    @property
+    def write_failing_since(self) -> float | None: ...  # first failure of writes failing now
+
     async def flush(self) -> None: ...
 
     def submit(self) -> Submitted | None: ...
@@ -107,9 +110,7 @@ class VersionLog(Protocol):
 
     def forget(self, session_id: str) -> None: ...
 
-    def tail(self, session_id: str) -> tuple[int, str] | None:
-        """``(seq, hash)`` of the session's last appended entry (None: none here)."""
-        ...
+    def tail(self, session_id: str) -> tuple[int, str] | None: ...  # last (seq, hash) here
 
     async def start(self) -> None: ...
 

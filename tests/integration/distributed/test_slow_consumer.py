@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 
 import pytest
 
@@ -133,5 +134,80 @@ async def test_a_push_waiting_for_a_congested_socket_ends_in_one_recorded_state(
         assert timed_out, ends
         for version in timed_out:
             assert len(ends[version]) == 1, (version, ends[version])
+    finally:
+        await fleet.close()
+
+
+@pytest.mark.timeout(120)
+async def test_a_push_that_timed_out_on_a_congested_socket_is_sent_once_the_app_reads_again(
+    cluster: Cluster,
+) -> None:
+    """The push that ended ``rejected`` "send timed out" never reached the app, and no other
+    change comes: once the app reads again (its socket drains) it gets the version it is
+    owed — the config of the last publish — without another publish, recorded once: one
+    ``sent`` and one ending per version. It used to wait for the next policy change."""
+    a = await cluster.start("node-a", ack_timeout_s=10.0, send_timeout_s=2.0)
+    fleet = Fleet(a.ws_base)
+    try:
+        slow = await fleet.app("silent", labels={"who": "slow"})
+        slow_ls = a.service.engine.live[slow.session_id]
+        assert isinstance(slow_ls.transport, ControlTransport)
+        raw = slow_ls.transport._raw
+        assert raw is not None
+        raw.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
+        )
+        ws = slow.client._ws
+        assert slow.task is not None and ws is not None
+        slow.task.cancel()  # the app stops reading
+        ws.transport.pause_reading()
+        ws.transport.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024
+        )
+        big = "x" * 19_000
+        prompt = ""
+        for n in range(40):  # acknowledged blindly until the socket is congested
+            prompt = f"{n} {big}"
+            await a.publish({"id": "slow-only", "set": {"system_prompt": prompt}})
+            await eventually(lambda: slow_ls.push.in_flight is not None or slow_ls.worker)
+            if slow_ls.worker is not None:
+                break
+            in_flight = slow_ls.push.in_flight
+            assert in_flight is not None
+            await slow.client.applied(in_flight.version)
+            await eventually(lambda: slow_ls.push.in_flight is None or slow_ls.worker)
+        assert slow_ls.worker is not None, raw.transport.get_write_buffer_size()
+        timed_out = slow_ls.push.sent_version  # the worker's push, waiting for the app
+        await eventually(lambda: slow_ls.worker is None, timeout=10)  # send timed out
+        assert slow_ls.push.base.get("system_prompt") != prompt  # the app does not run it
+
+        slow.mode = "hold"  # the app reads again (acknowledging what it got earlier is done)
+        slow.task = asyncio.get_running_loop().create_task(slow.run(), name="fleet-app")
+        ws.transport.resume_reading()
+        deadline = time.monotonic() + 20
+        owed = None
+        while owed is None and (left := deadline - time.monotonic()) > 0:
+            push = await slow.next_push(left)
+            assert push is not None, "the app never got the version it is owed"
+            if push.version > timed_out:
+                owed = push
+        assert owed is not None
+        assert owed.message["session"] == {"system_prompt": prompt}
+        await slow.client.applied(owed.version)
+        await eventually(lambda: slow_ls.push.acked_version == owed.version, timeout=10)
+        assert slow_ls.push.base.get("system_prompt") == prompt
+
+        entries = await a.log(str(slow.session_id))
+        ends: dict[int, list[str]] = {}
+        sent: dict[int, int] = {}
+        for e in entries:
+            if e["status"] == "sent":
+                sent[e["version"]] = sent.get(e["version"], 0) + 1
+            else:
+                ends.setdefault(e["version"], []).append(f"{e['status']} {e.get('error')}")
+        assert ends[timed_out] == ["rejected send timed out"], ends[timed_out]
+        assert ends[owed.version] == ["acked None"], entries[-3:]
+        assert all(n == 1 for n in sent.values()) and set(sent) - {1} <= set(ends), (sent, ends)
+        assert max(e["version"] for e in entries) == owed.version  # nothing more was sent
     finally:
         await fleet.close()

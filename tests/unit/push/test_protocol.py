@@ -238,3 +238,36 @@ def test_nothing_left_to_send_after_the_quarantine_is_an_empty_push() -> None:
     assert push is not None and push.delta == {} and push.held == ("prompt",)
     assert push.superseded == (push.version - 1,)
     assert s.in_flight is None and s.state == "rejected"
+
+
+def test_a_push_that_never_went_is_owed_as_a_new_version() -> None:
+    """``wire_failed`` (send timed out, or refused before sending): nothing reached the
+    upstream, so ``resend`` queues what it still misses as a new version; the failed
+    version is never re-pushed. Nothing is owed once a newer push carried it."""
+    s = agent({"prompt": "a"})
+    s.want({"prompt": "b"}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None and push.version == 2
+    outcome = s.wire_failed(push, "send timed out")
+    assert outcome.status == "rejected" and s.base == {"prompt": "a"}
+    assert s.take(0.0) is None  # nothing pending by itself
+    assert s.resend() is True
+    again = s.take(0.0)
+    assert again is not None and again.version == 3 and again.delta == {"prompt": "b"}
+    assert s.resend() is False  # in flight already
+    s.acked(1.0)
+    assert s.resend() is False and s.state == "synced"  # nothing missing
+
+
+def test_a_streaming_push_that_never_went_leaves_the_base_as_it_was() -> None:
+    """Without acknowledgements a push counts as running when it is taken; if its frame
+    never went (``wire_failed``), the base goes back, and what it carried is owed."""
+    s = streaming()
+    s.want({"prompt": "b"}, REF, "policy")
+    push = s.take(0.0)
+    assert push is not None and s.base == {"prompt": "b"}
+    s.wire_failed(push, "not sent: the version log could not be written")
+    assert s.base == {}
+    assert s.resend() is True
+    again = s.take(0.0)
+    assert again is not None and again.delta == {"prompt": "b"}

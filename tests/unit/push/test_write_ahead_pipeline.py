@@ -144,7 +144,7 @@ async def test_finish_sends_the_last_frames_before_anything_else_runs(tmp_path: 
             ahead.outgoing.append(i)  # type: ignore[arg-type]  # send() only names them
 
     try:
-        ahead = WriteAhead(versionlog, send)
+        ahead = WriteAhead(versionlog, send, _never_refused)
         queue(ahead, CHUNK)
         await ahead.step()  # starts the first write
         concurrent.futures.wait([versionlog._submitted[-1].future], timeout=5)
@@ -155,5 +155,56 @@ async def test_finish_sends_the_last_frames_before_anything_else_runs(tmp_path: 
         await ahead.finish()
         assert order[CHUNK : CHUNK + 5] == [f"frame {i}" for i in range(CHUNK, CHUNK + 5)]
         assert versionlog.pending == 0
+    finally:
+        await versionlog.close()
+
+
+def _never_refused(chunk: list[Any], error: Exception) -> None:
+    raise AssertionError(f"refused {len(chunk)} frames: {error}")
+
+
+async def test_frames_whose_entries_could_not_be_written_are_refused_not_sent(
+    tmp_path: Path,
+) -> None:
+    """A chunk made durable sends its frames; the write of the next one fails (a real OS
+    error: the next day's file is a directory, EISDIR): its frames are handed to ``refuse``
+    with the error, never to ``send``, and their entries stay buffered for the retry."""
+    clock = FakeClock()
+    versionlog = FileVersionLog(tmp_path / "audit", clock, flush_interval_s=None)
+    await versionlog.start()
+    sent: list[Any] = []
+    refused: list[tuple[list[Any], Exception]] = []
+
+    async def send(chunk: list[Any]) -> None:
+        sent.extend(chunk)
+
+    def queue(ahead: WriteAhead, n: int) -> None:
+        for _ in range(n):
+            i = len(ahead.outgoing)
+            versionlog.append(f"s{i}", version=1, cause="connect", status="sent", config={})
+            ahead.outgoing.append(i)  # type: ignore[arg-type]  # send() only names them
+
+    try:
+        ahead = WriteAhead(versionlog, send, lambda chunk, exc: refused.append((chunk, exc)))
+        queue(ahead, CHUNK)
+        await ahead.step()  # starts the first write
+        concurrent.futures.wait([versionlog._submitted[-1].future], timeout=5)
+        await ahead.step()  # durable: its frames go
+        assert sent == list(range(CHUNK))
+        clock.advance(86_400)  # the next write opens the next day's file: a directory
+        blocked = tmp_path / "audit" / time.strftime("versionlog-%Y-%m-%d.jsonl",
+                                                     time.gmtime(clock.now()))  # fmt: skip
+        blocked.mkdir()
+        queue(ahead, 2 * CHUNK + 5)
+        await ahead.step()
+        await ahead.finish()
+        assert sent == list(range(CHUNK))  # nothing whose entry is not on disk
+        [(chunk, error)] = refused
+        assert chunk == list(range(CHUNK, 3 * CHUNK + 5))
+        assert "Is a directory" in str(error)
+        assert versionlog.pending == 2 * CHUNK + 5  # kept, in order, for the retry
+        blocked.rmdir()
+        await versionlog.flush()
+        assert versionlog.pending == 0 and versionlog.write_failing_since is None
     finally:
         await versionlog.close()

@@ -3,11 +3,13 @@ check and why, when the policy consumer stalls (nats-server paused with SIGSTOP,
 stuck) or audit appends fail (the replica's file-size limit lowered under its version log:
 real EFBIG from the kernel, even as root), and 200 again once the fault is gone, without a
 restart of the replica. No audit entry is lost: entries appended during the failure are
-written after it, in order, and the chain verifies locally and in ``CP_AUDIT``."""
+written after it, in order, and the chain verifies locally and in ``CP_AUDIT``; no push goes
+whose entry could not be written (refused, then re-sent once the log writes again)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -89,6 +91,14 @@ async def test_a_stuck_policy_handler_makes_readyz_503_until_it_finishes(cluster
     await eventually(lambda: _ready(a), timeout=5)
 
 
+async def _refused(replica: Replica, sid: str) -> dict[str, Any] | None:
+    """The session's push that ended "not sent" (the version log could not be written)."""
+    for e in await replica.log(sid):
+        if e["status"] == "rejected" and str(e.get("error")).startswith("not sent: the version"):
+            return dict(e)
+    return None
+
+
 def _fsize(pid: int, soft: int) -> tuple[int, int]:
     old = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (soft, old[1]))
@@ -135,21 +145,35 @@ async def test_failing_audit_writes_make_readyz_503_and_no_entry_is_lost(
             size = await eventually(on_disk)
             old = _fsize(proc.proc.pid, size)  # the file cannot grow: every write fails (EFBIG)
             try:
-                during = [await publish_and_apply(p) for p in ("during 1", "during 2")]
+                await replica.publish({"id": "tone", "set": {"system_prompt": "during"}})
                 checks = await eventually(lambda: _unready(replica), timeout=STALL_S + 5)
                 assert checks["audit_log"] is False
                 reason = checks["failing"]["audit_log"]
                 assert "version log writes failing" in reason and "File too large" in reason
+                # its entry could not be written: the push was not sent (nothing unrecorded)
+                with contextlib.suppress(TimeoutError):
+                    unsent = await asyncio.wait_for(anext(pushes), 1.0)
+                    raise AssertionError(f"sent while its entry could not be written: {unsent}")
                 assert files[0].stat().st_size == size  # nothing half-written
             finally:
                 resource.prlimit(proc.proc.pid, resource.RLIMIT_FSIZE, old)
             await eventually(lambda: _ready(replica), timeout=5)
+            refused = await eventually(lambda: _refused(replica, sid), timeout=10)
+            assert "File too large" in refused["error"]
+            # owed: the refused config comes as a new version once the log writes again
+            pushes = app.pushes()  # (the cancelled wait ended the previous iterator)
+            push = await asyncio.wait_for(anext(pushes), 10)
+            assert push.message["session"] == {"system_prompt": "during"}
+            assert push.version > refused["version"]
+            await app.applied(push.version)
+            during = [push.version]
             after = await publish_and_apply("after")
 
         entries = await replica.log(sid)
         assert [e["seq"] for e in entries] == list(range(1, len(entries) + 1))
         statuses = {(e["version"], e["status"]) for e in entries}
-        for version in (*during, after):  # pushed while the disk refused: every entry is there
+        assert {(refused["version"], "sent"), (refused["version"], "rejected")} <= statuses
+        for version in (*during, after):  # re-sent after the outage, then the next one
             assert {(version, "sent"), (version, "acked")} <= statuses
         rows = [json.loads(ln) for f in files for ln in f.read_bytes().splitlines()]
         mine = [r for r in rows if r.get("session_id") == sid]  # not checkpoints, if any
