@@ -5,8 +5,11 @@ connection and the policy stream; this one owns the audit stream's settings, the
 shipping of version-log lines and the readers behind ``audit verify/export --nats-url``).
 
 Stream: file storage, limits retention with ``max_age`` = ``audit_max_age_days`` (default 400
-days), discard old, every subject under ``<prefix>.audit.``. Since issue #23 (the NATS work of
-a publish must not grow with its sessions) entries travel in batches:
+days), discard **new**, every subject under ``<prefix>.audit.``: a size or message cap an
+operator sets refuses new lines once reached (the shipper keeps them on disk, ``/readyz``
+says so) instead of deleting the oldest entries of the trail; age still expires them. Since
+issue #23 (the NATS work of a publish must not grow with its sessions) entries travel in
+batches:
 
 - ``<prefix>.audit.<session token>`` (``nats_bus.subject_token``): the session's **first**
   entry (seq 1, the connect with its config) alone, exactly as the local JSONL file holds it,
@@ -127,7 +130,7 @@ class NatsAuditStream:
             subjects=[self._prefix + ">"],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
+            discard=api.DiscardPolicy.NEW,  # a cap refuses new lines, never deletes old ones
             max_age=s.audit_max_age_days * DAY_S,
             max_msgs=-1,
             max_bytes=-1,

@@ -150,6 +150,8 @@ def translate(what: str, exc: Exception) -> ControlPlaneError:
     why = str(exc) or type(exc).__name__
     if isinstance(exc, nats.js.errors.ServiceUnavailableError | nats.errors.NoRespondersError):
         why = "JetStream is not enabled on this NATS server (run nats-server -js)"  # its 503
+        if isinstance(exc, nats.js.errors.APIError) and exc.description:  # a stream at its cap
+            why = f"JetStream refused it: {exc.description}"  # e.g. "maximum bytes exceeded"
     return Unavailable(f"NATS: {what} failed: {why}", code="nats_unavailable")
 
 
@@ -190,7 +192,7 @@ class NatsPolicyBus:
             subjects=[self._prefix + ">"],
             storage=api.StorageType.FILE,
             retention=api.RetentionPolicy.LIMITS,
-            discard=api.DiscardPolicy.OLD,
+            discard=api.DiscardPolicy.NEW,  # a cap refuses publishes, never deletes versions
             max_age=0,  # every version is kept: history, rollback and replay need them
             max_msgs=-1,
             max_bytes=-1,
