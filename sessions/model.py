@@ -40,6 +40,10 @@ class Session:
     node: str = ""
     client_config: Mapping[str, Value] = field(default_factory=dict)  # replaced, likewise
     effective_config: Config = field(default_factory=dict)
+    # what the upstream runs as far as the control plane knows (the push state's base):
+    # acknowledged pushes and answered client updates; Streaming v3: what was sent (no
+    # acknowledgement exists). None: not known (a record written before this field existed)
+    running_config: Config | None = None
     provenance: Mapping[str, PolicyRef] = field(default_factory=dict)
     applied: tuple[PolicyRef, ...] = ()
     desired_version: int = 0
@@ -83,6 +87,7 @@ class Session:
             node=self.node,
             client_config=dict(self.client_config),
             effective_config=dict(self.effective_config),
+            running_config=None if self.running_config is None else dict(self.running_config),
             provenance=dict(self.provenance),
             applied=self.applied,
             desired_version=self.desired_version,
@@ -109,6 +114,9 @@ class Session:
             "state": str(self.state),
             "client_config": to_json(self.client_config),
             "effective_config": to_json(self.effective_config),
+            "running_config": (
+                None if self.running_config is None else to_json(self.running_config)
+            ),
             "provenance": {name: ref.as_dict() for name, ref in self.provenance.items()},
             "applied": [ref.as_dict() for ref in self.applied],
             "versions": {
@@ -137,6 +145,9 @@ class Session:
             node=str(raw.get("node", "")),
             client_config=_config_in(raw.get("client_config", {})),
             effective_config=_config_in(raw.get("effective_config", {})),
+            running_config=(
+                None if raw.get("running_config") is None else _config_in(raw["running_config"])
+            ),
             provenance={
                 str(name): PolicyRef.from_dict(ref)
                 for name, ref in raw.get("provenance", {}).items()

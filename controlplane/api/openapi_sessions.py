@@ -20,7 +20,23 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "state": {"type": "string"},
             "node": {"type": ["string", "null"]},
-            "effective_config": {"type": "object"},
+            "client_config": {
+                "type": "object",
+                "description": "the fields the client set itself (its connect and updates)",
+            },
+            "effective_config": {
+                "type": "object",
+                "description": "what the policies want the session to run (canonical fields)",
+            },
+            "running_config": {
+                "type": ["object", "null"],
+                "description": "what the upstream runs as the record knows it (canonical "
+                "fields; absent: the upstream's default): pushes acknowledged, client updates "
+                "answered; Streaming v3 and control-channel apps: as sent or reported (no "
+                "acknowledgement exists). It differs from effective_config while a push is "
+                "pending or in doubt, a value is quarantined, or the client overrides an "
+                "unlocked policy field (not fought at once); null: not known",
+            },
             "versions": {"type": "object"},
             "upstream_id": {
                 "type": ["string", "null"],

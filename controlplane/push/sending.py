@@ -92,6 +92,7 @@ class Sender:
         s.desired_version = p.desired_version
         s.sent_version = p.sent_version
         s.acked_version = p.acked_version
+        s.running_config = p.base  # what the upstream runs (GET, every replica: registry)
         s.state = _STATES[p.state]
         s.updated_at = self._clock.now()
         self._registry.mark(ls)

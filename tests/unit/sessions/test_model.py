@@ -27,6 +27,7 @@ def full_session() -> Session:
             "max_turn_silence_ms": 2500,
             "vad_threshold": 0.5,
         },
+        running_config={"prompt": "client", "keyterms": ("acme", "gdpr")},
         provenance={"prompt": ref, "system_prompt": variant},
         applied=(ref, variant),
         desired_version=7,
@@ -46,6 +47,8 @@ def test_to_dict_shape_is_json_native() -> None:
     assert raw["versions"] == {"desired": 7, "sent": 6, "acked": 5}
     assert raw["state"] == "pending"
     assert raw["effective_config"]["keyterms"] == ["acme", "gdpr"]
+    assert raw["running_config"] == {"prompt": "client", "keyterms": ["acme", "gdpr"]}
+    assert Session(id="old", kind="streaming-v3", model="m").to_dict()["running_config"] is None
     assert raw["applied"][1] == {"id": "upsell-q4", "version": 2, "variant": "enterprise-pitch"}
     assert raw["provenance"]["prompt"] == {"id": "eu-disclosure", "version": 4, "variant": None}
     for field in ("desired_version", "sent_version", "acked_version"):
@@ -65,6 +68,7 @@ def test_round_trip_through_json_is_exact(session: Session) -> None:
     back = Session.from_dict(json.loads(json.dumps(session.to_dict())))
     assert back == session
     assert type(back.effective_config.get("keyterms", ())) is tuple
+    assert type((back.running_config or {}).get("keyterms", ())) is tuple
     assert type(back.state) is SessionState
     assert all(type(ref) is PolicyRef for ref in back.applied)
 
@@ -81,6 +85,8 @@ def test_copy_is_independent() -> None:
     twin = session.copy()
     twin.labels["region"] = "us-east-1"
     twin.effective_config["prompt"] = "changed"
+    assert twin.running_config is not None
+    twin.running_config["prompt"] = "changed"
     twin.provenance.clear()
     assert session == full_session()
 
