@@ -25,6 +25,9 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
   ``client`` ``acked`` (Voice Agent: logged when the upstream's ``session.updated`` is
   attributed to it, ``delta`` its effect): the same. ``client`` ``rejected`` / ``unverified``:
   nothing changed.
+- ``upstream`` ``unverified`` (Streaming v3: a ``Warning`` no update explains): nothing
+  changes; the note says the config is in doubt (which update the upstream did not apply, the
+  protocol cannot say).
 - ``unchanged``: the policy versions of the session's config version ``version`` changed, the
   configuration did not (nothing sent). The config stays; the entry's ``policies`` are the
   answer's policies whenever that config version is (or later becomes) the one in effect and
@@ -154,7 +157,7 @@ class _Rebuild:
         # version -> seqs of the answers to pushes (client entries share version numbers)
         self.answers: dict[Any, list[Mapping[str, Any]]] = {}
         for r in rows:
-            if r.get("cause") != "client" and r.get("status") in _ANSWERS:
+            if r.get("cause") not in ("client", "upstream") and r.get("status") in _ANSWERS:
                 self.answers.setdefault(r.get("version"), []).append(r)
         first = rows[0]
         self.config: dict[str, Any] = dict(first["config"])
@@ -221,6 +224,9 @@ class _Rebuild:
                                f"(the upstream's answer is seq {ready[0]['seq']})")  # fmt: skip
             else:
                 self.establish(row, self._unanswered("connect parameters"))
+        elif cause == "upstream":  # (a Streaming v3 Warning no update explains)
+            self.check(row, self.config)
+            self.note(row, f"{row.get('error')}; the config is kept as recorded, in doubt")
         elif cause == "client":
             if status in ("sent", "acked"):
                 self.config = apply(self.config, delta)

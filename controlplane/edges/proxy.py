@@ -240,6 +240,14 @@ class ProxySession:
         if isinstance(event, base.Acked | base.Rejected) and acks is not None:
             assert isinstance(parsed, dict)
             return acks.answer(parsed, data, now)  # attributed: forwarded or consumed
+        streaming = self.streaming
+        if (
+            streaming is not None
+            and isinstance(parsed, dict)
+            and parsed.get("type") == "Warning"
+            and not streaming.upstream_warning()  # unpredicted: which update, nobody knows
+        ):
+            return [ToClient(data), ClientChange(_doubt(parsed))]
         return [ToClient(data)]
 
     def push(self, push: Push, wire: dict[str, Any], text: str, now: float) -> list[Action]:
@@ -271,6 +279,19 @@ class ProxySession:
     def close(self) -> list[Action]:
         """The session ended (what is still outstanding is settled)."""
         return [] if self.acks is None else self.acks.close()
+
+
+def _doubt(warning: dict[str, Any]) -> ClientUpdate:
+    """A Streaming v3 ``Warning`` the upstream's config model did not predict: the upstream
+    did not apply some earlier update (ours or the client's) wholly as recorded, and the
+    protocol has no correlation to say which: logged ``upstream`` ``unverified`` with the
+    warning (docs/audit.md, "Streaming v3 warnings"); nothing else changes."""
+    code, text = warning.get("warning_code"), str(warning.get("warning") or "")[:500]
+    error = (
+        f"the upstream's Warning {code}: {text!r}: an earlier update may not have "
+        "been applied as recorded (Streaming v3 has no correlation: which one is unknown)"
+    )
+    return ClientUpdate("unverified", {}, dict(warning), error, cause="upstream")
 
 
 def agent_error(code: str, message: str, param: str | None = None) -> str:

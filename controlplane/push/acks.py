@@ -103,6 +103,10 @@ class ClientUpdate:
     wire: dict[str, Any] | None
     error: str | None = None
     refusal: ClientRefusal | None = None
+    # ``upstream``: not the client's update but the upstream's news about an earlier update
+    # it did not apply as recorded (a Streaming v3 ``Warning`` the model did not predict):
+    # logged ``unverified`` with the warning, nothing adopted
+    cause: Literal["client", "upstream"] = "client"
 
     @property
     def adopted(self) -> bool:

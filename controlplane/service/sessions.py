@@ -35,6 +35,7 @@ touches the engine or the push state.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -128,6 +129,21 @@ class _Plane(Protocol):
     def policies_for(self, ls: LiveSession) -> list[Policy]: ...
 
 
+def _after_written_push(ls: LiveSession, delta: Delta) -> None:
+    """A client update adopted while our push is written but unanswered goes upstream AFTER
+    it (a control-channel app forwards what it received in order, and its own update after
+    ``update_result``; the gateway never lets the two overlap: a push waiting behind the
+    client's update is ``waiting``): the push's answer applies only the fields the client's
+    update did not set, so the in-flight push is narrowed to those (differential seeds 22,
+    26: the record said the push's value, the upstream ran the client's)."""
+    push = ls.push.in_flight
+    if push is None or ls.push.waiting:
+        return
+    kept = {f: v for f, v in push.delta.items() if f not in delta}
+    if len(kept) != len(push.delta):
+        ls.push.in_flight = dataclasses.replace(push, delta=kept)
+
+
 class EngineSessions:
     """:class:`SessionPort` over the push engine."""
 
@@ -162,10 +178,12 @@ class EngineSessions:
             if refusal.counted is not None:
                 self._count(ls.session.kind, refusal.counted)
         if update.adopted:
+            _after_written_push(ls, update.delta)
             await engine.client_update(ls, update.delta, self._policies_for(ls))
         if update.logged:
-            engine.record(ls, cause="client", status=update.status, delta=update.delta,
-                          wire=update.wire, error=update.error)  # fmt: skip
+            engine.record(ls, cause=update.cause, status=update.status, delta=update.delta,
+                          wire=update.wire, error=update.error,
+                          exposes=False if update.cause == "upstream" else None)  # fmt: skip
 
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None:
         engine = self._engine

@@ -93,7 +93,7 @@ class StreamingUpstream:
     never starts); updates then change nothing here.
     """
 
-    __slots__ = ("_config", "_pushed", "settings")
+    __slots__ = ("_config", "_pushed", "settings", "warnings_due")
 
     def __init__(
         self, query: Mapping[str, str], settings: StreamingSettings = TABLE_SETTINGS
@@ -105,6 +105,9 @@ class StreamingUpstream:
         # session, not a merge): they carry canonical fields only, never a preset, so applying
         # them one by one equals applying their union once, when the config is next read
         self._pushed: dict[str, Any] = {}
+        # the upstream's own Warnings the model predicts and has not seen yet (a U3-only field
+        # in a client update on another model: stripped with a Warning); ours never draw one
+        self.warnings_due = 0
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -192,4 +195,14 @@ class StreamingUpstream:
         }
         delta: dict[str, Value | None] = {n: after.get(n) for n in ordered_fields(names)}
         self._config = result.config
+        self.warnings_due += len(result.stripped)
         return ClientEffect(forward, delta, stripped, locked, warning, refused=refused)
+
+    def upstream_warning(self) -> bool:
+        """The upstream sent a ``Warning``: True when the model predicted it (a field it strips
+        itself), False when it did not (the upstream did not apply an update as the model
+        says: which one, the protocol cannot tell)."""
+        if self.warnings_due:
+            self.warnings_due -= 1
+            return True
+        return False

@@ -66,7 +66,7 @@ log = logging.getLogger(__name__)
 # without yielding to it (the write runs on a thread), ``asyncio.wrap_future`` awaits it.
 Submitted: TypeAlias = concurrent.futures.Future[None]
 
-CAUSES: Final = ("connect", "policy", "relabel", "client", "rollback", "retire")
+CAUSES: Final = ("connect", "policy", "relabel", "client", "rollback", "retire", "upstream")
 STATUSES: Final = ("sent", "acked", "rejected", "skipped", "unverified", "unchanged")
 _CAUSE_SET: Final = frozenset(CAUSES)
 _STATUS_SET: Final = frozenset(STATUSES)

@@ -48,9 +48,11 @@ SPLITS: Final = True  # policies with a rollout percentage or an A/B experiment 
 AGENT_PUSH_REJECTIONS: Final = True
 # emulator faults on voice-agent sessions that any message may meet, the clients' own included
 AGENT_REJECTIONS: Final = True
-# emulator faults on streaming sessions (a Warning that drops or strips an update). OFF: the
-# gateway records such a client update as applied (no correlation exists; board, 23:45)
-STREAMING_REJECTIONS: Final = False
+# emulator faults on streaming sessions (a Warning that drops or strips an update, ours or the
+# client's). No correlation exists: the record cannot know which update; it says so (an
+# `upstream` `unverified` entry, docs/audit.md): the checks accept a mismatch only on a field
+# the record says it may have wrong (views.doubted)
+STREAMING_REJECTIONS: Final = True
 CONTROL_UPDATES: Final = True  # control-channel apps' own `update`s
 # agent client messages that draw a session.error (tool.result, an immutable field)
 CLIENT_ERRORS: Final = True
@@ -284,9 +286,9 @@ def _one(
                        "max_turn_silence_ms": value(rng, "max_turn_silence_ms")}}  # fmt: skip
         active.add(pid)
         return Op("push_rejection", name, {"fault": fault, "policy": doc})
-    faultable = [a for a in actors
-                 if (a[1] == "voice-agent-v1" and AGENT_REJECTIONS and a[2] == "gateway")
-                 or (a[1] == "streaming-v3" and STREAMING_REJECTIONS)]  # fmt: skip
+    faultable = [a for a in actors if a[2] == "gateway"
+                 and ((a[1] == "voice-agent-v1" and AGENT_REJECTIONS)
+                      or (a[1] == "streaming-v3" and STREAMING_REJECTIONS))]  # fmt: skip
     if faultable:
         name, kind, _ = rng.choice(faultable)
         return _fault(rng, name, kind)

@@ -45,8 +45,14 @@ from tests.integration.differential.actors import (
     GatewayAgent,
     GatewayStreaming,
 )
-from tests.integration.differential.scenario import POLICY_IDS, Op, disabled_classes, next_op
-from tests.integration.differential.views import diff_views, emulator_view, recorded_view
+from tests.integration.differential.scenario import (
+    POLICY_IDS,
+    STREAMING_REJECTIONS,
+    Op,
+    disabled_classes,
+    next_op,
+)
+from tests.integration.differential.views import diff_views, doubted, emulator_view, recorded_view
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator
 
 DEFAULT_SEEDS = (7, 1234)
@@ -350,10 +356,12 @@ class Run:
                 continue  # (its upstream session goes on, resumed by another session)
             upstream = await self.emulator.session(actor.upstream_id)
             truth = emulator_view(actor.kind, actor.model, upstream["config"])
+            said = await self.said(actor)
             recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
-            for field_name, (ours, theirs) in diff_views(recorded, truth).items():
+            for field_name, (ours, theirs) in diff_views(recorded, truth, said).items():
                 problems.append(f"{name} config-at.{field_name}: recorded {ours!r}, "
                                 f"upstream runs {theirs!r}")  # fmt: skip
+            problems += await self.check_view(name, actor, truth, said)
             if name in self.gone:
                 continue  # (no live state: its client left)
             ls = self.home[name].service.engine.live.get(actor.session_id)
@@ -361,22 +369,9 @@ class Run:
                 problems.append(f"{name}: not live in the control plane")
                 continue
             running = recorded_view(actor.kind, actor.model, ls.push.base)
-            for field_name, (ours, theirs) in diff_views(running, truth).items():
+            for field_name, (ours, theirs) in diff_views(running, truth, said).items():
                 problems.append(f"{name} running.{field_name}: modelled {ours!r}, "
                                 f"upstream runs {theirs!r}")  # fmt: skip
-            # GET /v1/sessions/{id} on its own replica (another one reads the registry, synced
-            # in batches every 0.25 s)
-            shown = await self.home[name].session(actor.session_id)
-            if shown["state"] == "synced":  # it says the upstream runs its effective config,
-                # but for fields the client set itself (an update overriding an unlocked
-                # policy field is not fought at once: docs/policies.md, Defaults)
-                effective = recorded_view(actor.kind, actor.model, shown["effective_config"])
-                own = set(shown["client_config"])
-                for field_name, (ours, theirs) in diff_views(effective, truth).items():
-                    if field_name in own:
-                        continue
-                    problems.append(f"{name} synced, effective_config.{field_name} {ours!r}, "
-                                    f"upstream runs {theirs!r}")  # fmt: skip
             if isinstance(actor, GatewayAgent):  # its own answers, each message answered
                 kinds = [m["type"] for m in actor.answers()]
                 updated, errors = kinds.count("session.updated"), kinds.count("session.error")
@@ -385,6 +380,48 @@ class Run:
                                     f"session.updated, {errors} session.error")  # fmt: skip
         if problems:
             await self.fail(f"after step {step}:\n  " + "\n  ".join(problems))
+
+    async def said(self, actor: Actor, at: float | None = None) -> set[str]:
+        """The fields a Streaming v3 session's record says it may have wrong (``doubted``)."""
+        if actor.kind != "streaming-v3" or not STREAMING_REJECTIONS:
+            return set()
+        return doubted(await self.any_cp().log(actor.session_id), at)
+
+    async def check_view(
+        self, name: str, actor: Actor, truth: dict[str, Any], said: set[str]
+    ) -> list[str]:
+        """``GET /v1/sessions/{id}`` of every session (ended ones too): its ``running_config``
+        is what the upstream runs, on its own replica and (the registry, synced in batches
+        every 0.25 s) on every other one; ``synced`` means it runs ``effective_config`` but
+        for fields the client set itself (an update overriding an unlocked policy field is
+        not fought at once: docs/api.md)."""
+        problems: list[str] = []
+        home = self.home[actor.name]  # (a session whose client left: its spec's replica)
+        shown = await home.session(actor.session_id)
+        if shown.get("running_config") is None:
+            return [f"{name}: GET shows no running_config"]
+        running = recorded_view(actor.kind, actor.model, shown["running_config"])
+        for field_name, (ours, theirs) in diff_views(running, truth, said).items():
+            problems.append(f"{name} GET running_config.{field_name}: {ours!r}, "
+                            f"upstream runs {theirs!r}")  # fmt: skip
+        if shown["state"] == "synced":
+            effective = recorded_view(actor.kind, actor.model, shown["effective_config"])
+            own = set(shown["client_config"])
+            for field_name, (ours, theirs) in diff_views(effective, running).items():
+                if field_name not in own:
+                    problems.append(f"{name} synced, effective_config.{field_name} {ours!r}, "
+                                    f"running {theirs!r}")  # fmt: skip
+        for other in (r for r in self.replicas if r is not home):
+            deadline = time.monotonic() + 1.0  # a few registry syncs
+            while (seen := (await other.session(actor.session_id)).get("running_config")) != (
+                shown["running_config"]
+            ):
+                if time.monotonic() > deadline:
+                    problems.append(f"{name}: another replica shows running_config {seen}, "
+                                    f"its own {shown['running_config']}")  # fmt: skip
+                    break
+                await asyncio.sleep(POLL_S)
+        return problems
 
     async def check_exposures(self) -> None:
         """Every experiment exposure is backed by the session's log: the entry it names has
@@ -427,7 +464,7 @@ class Run:
                 config = timeline[i - 1]["config"] if i else self.initial[name]
                 truth = emulator_view(actor.kind, actor.model, config)
                 recorded = recorded_view(actor.kind, actor.model, await self.config_at(actor, at))
-                diffs = diff_views(recorded, truth)
+                diffs = diff_views(recorded, truth, await self.said(actor, at))
                 if diffs:
                     await self.fail(f"{name} config-at {at} vs the emulator's timeline: {diffs}")
 

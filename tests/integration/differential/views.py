@@ -22,7 +22,9 @@ from sessions.dialects.streaming_v3_table import CANONICAL_TO_WIRE as STREAMING_
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE as AGENT_WIRE
 
-__all__ = ["View", "diff_views", "emulator_view", "recorded_view", "runnable_fields"]
+__all__ = [
+    "View", "diff_views", "doubted", "emulator_view", "recorded_view", "runnable_fields",
+]  # fmt: skip
 
 View = dict[str, Any]
 STREAMING = "streaming-v3"
@@ -82,10 +84,35 @@ def recorded_view(kind: str, model: str, config: Mapping[str, Any]) -> View:
     return view
 
 
-def diff_views(recorded: View, upstream: View) -> dict[str, tuple[Any, Any]]:
-    """Fields whose values differ: name → (control plane, emulator)."""
+def diff_views(
+    recorded: View, upstream: View, said: set[str] | frozenset[str] = frozenset()
+) -> dict[str, tuple[Any, Any]]:
+    """Fields whose values differ: name → (control plane, emulator); ``said``: fields the
+    record says it may have wrong (``doubted``), not counted."""
     return {
         k: (recorded.get(k), upstream.get(k))
         for k in sorted(set(recorded) | set(upstream))
-        if recorded.get(k) != upstream.get(k)
+        if recorded.get(k) != upstream.get(k) and k not in said
     }
+
+
+def doubted(log: list[Mapping[str, Any]], at: float | None = None) -> set[str]:
+    """The fields the record says it may have wrong at ``at`` (default: now): a Streaming v3
+    ``Warning`` no update explains (an ``upstream`` ``unverified`` entry) came after the last
+    entry that set the field (the protocol cannot say which update the upstream did not apply;
+    docs/audit.md). A mismatch on any other field is the record being silently wrong."""
+    last: dict[str, float] = {}
+    doubts: list[float] = []
+    for entry in log:
+        if at is not None and float(entry["at"]) > at:
+            break
+        if entry["cause"] == "upstream":
+            doubts.append(float(entry["seq"]))
+        elif entry["status"] in ("sent", "acked", "skipped") or (
+            entry["status"] == "unverified" and not entry.get("error")
+        ):
+            for name in entry.get("delta") or {}:
+                last[name] = float(entry["seq"])
+    if not doubts:
+        return set()
+    return {name for name in STREAMING_WIRE if last.get(name, 0.0) < doubts[-1]}

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
-from tests.integration.differential.actors import GatewayAgent, GatewayStreaming
+from tests.integration.differential.actors import ControlApp, GatewayAgent, GatewayStreaming
 from tests.integration.differential.views import diff_views, emulator_view, recorded_view
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
 
 
 async def test_a_client_override_shows_in_running_config_not_effective_config(
@@ -69,3 +70,34 @@ async def test_streaming_running_config_is_what_was_sent(
         assert body["versions"]["acked"] is None  # (never claimed acknowledged)
     finally:
         await stream.close()
+
+
+async def test_an_app_update_after_a_written_push_wins_over_its_late_report(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """Control channel: the app got our push, forwarded it upstream, and before it reported
+    ``applied`` it changed the same field itself (accepted, then sent upstream after the push):
+    the upstream runs the app's value, and so must the record once the push is reported
+    (differential seeds 22/26: the report re-applied the push's value over it)."""
+    app = ControlApp("ca", "voice-agent-v1", "voice-agent", "control")
+    try:
+        await app.open(f"ws://127.0.0.1:{emulator.port}", cp.ws_base, ADMIN, {"tier": "gold"})
+        sid = app.session_id
+        app.report_delay_s = 0.4  # the push stays unanswered meanwhile
+        await cp.publish({"id": "turns", "match": {"kind": ["voice-agent-v1"]},
+                          "set": {"min_turn_silence_ms": 400}})  # fmt: skip
+        await eventually(lambda: app.pending > 0)  # the push reached the app
+        await app.update({"min_turn_silence_ms": 240})
+        await eventually(lambda: not app.busy)
+        await asyncio.sleep(0.05)
+        truth = emulator_view(app.kind, app.model,
+                              (await emulator.session(app.upstream_id))["config"])  # fmt: skip
+        assert truth["min_turn_silence_ms"] == 240
+        answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()!r}",
+                               expect=200)  # fmt: skip
+        assert answer["rebuild"]["verified"] is True, answer
+        assert diff_views(recorded_view(app.kind, app.model, answer["config"]), truth) == {}
+        body = await cp.session(sid)
+        assert diff_views(recorded_view(app.kind, app.model, body["running_config"]), truth) == {}
+    finally:
+        await app.close()

@@ -1,0 +1,70 @@
+"""Streaming v3 ``Warning``s through the gateway (docs/audit.md, "Streaming v3 warnings"): the
+protocol has no acknowledgement and no correlation, so when the upstream refuses an update
+with a ``Warning`` the record cannot know which update it was. It must not stay silently
+wrong: a ``Warning`` the upstream's config model did not predict is logged as an ``upstream``
+``unverified`` entry naming it (``config-at`` carries it as a note), never an ``acked``; a
+``Warning`` the model predicts (a U3-only field stripped on another model) is already in the
+record's effect and adds nothing. Real sockets, the emulator's faults."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.integration.differential.actors import GatewayStreaming
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+
+
+async def _upstream_entries(cp: ControlPlaneUnderTest, sid: str) -> list[dict[str, Any]]:
+    return [e for e in await cp.log(sid) if e["cause"] == "upstream"]
+
+
+async def test_a_warning_refusing_our_push_is_recorded_as_a_doubt(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    stream = GatewayStreaming("s0", "streaming-v3", "universal-3-5-pro", "gateway")
+    try:
+        await stream.open(cp.ws_base, "tier=gold")
+        sid = stream.session_id = cp.live_by_upstream(stream.upstream_id)
+        refuse = {"reject_next_update": {"style": "warning", "message": "not now"}}
+        await emulator.faults(stream.upstream_id, refuse)
+        await cp.publish({"id": "terms", "match": {"kind": ["streaming-v3"]},
+                          "set": {"keyterms": ["acme"]}})  # fmt: skip
+        [doubt] = await eventually(lambda: _upstream_entries(cp, sid))
+        assert doubt["status"] == "unverified" and "not now" in doubt["error"], doubt
+        assert "may not have been applied" in doubt["error"]
+        truth = (await emulator.session(stream.upstream_id))["config"]
+        assert not truth.get("keyterms_prompt")  # the upstream dropped our push
+        answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()!r}",
+                               expect=200)  # fmt: skip
+        assert answer["rebuild"]["verified"] is True, answer
+        assert any("in doubt" in note for note in answer["notes"]), answer["notes"]
+        log = await cp.log(sid)
+        assert not [e for e in log if e["status"] == "acked"]  # never acknowledged
+    finally:
+        await stream.close()
+
+
+async def test_a_warning_the_model_predicts_adds_no_doubt(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """``prompt`` on Universal-Streaming is stripped by the upstream with a ``Warning``: the
+    model strips it too (the record's delta never carried it), so nothing is in doubt."""
+    stream = GatewayStreaming("s2", "streaming-v3", "universal-streaming-english", "gateway")
+    try:
+        await stream.open(cp.ws_base, "tier=gold")
+        sid = stream.session_id = cp.live_by_upstream(stream.upstream_id)
+        await stream.update({"prompt": "U3 only", "max_turn_silence": 2200})
+
+        def warned() -> bool:
+            return any(m.get("type") == "Warning" for m in stream.received)
+
+        await eventually(warned)
+        await eventually(lambda: _has_client_entry(cp, sid))
+        assert await _upstream_entries(cp, sid) == []
+    finally:
+        await stream.close()
+
+
+async def _has_client_entry(cp: ControlPlaneUnderTest, sid: str) -> bool:
+    return any(e["cause"] == "client" for e in await cp.log(sid))
