@@ -1,6 +1,7 @@
 """What a real client's session looks like on the record, checked against the emulator's
-ground truth (``/_emulator/sessions/{id}``): ``config-at`` now, the session object (a
-``synced`` session runs its ``effective_config`` but for the client's own fields), and on
+ground truth (``/_emulator/sessions/{id}``): ``config-at`` now, the session object (its
+``running_config``; a ``synced`` session runs its ``effective_config`` but for the client's
+own fields), and on
 Streaming v3 no acknowledgement ever claimed. Shared by the SDK and framework tests."""
 
 from __future__ import annotations
@@ -52,6 +53,10 @@ async def record_problems(
     recorded = recorded_view(kind, model, answer["config"])
     for name, (ours, theirs) in diff_views(recorded, truth).items():
         problems.append(f"config-at.{name}: recorded {ours!r}, upstream runs {theirs!r}")
+    running = shown.get("running_config")
+    if running is not None:  # what the record says the upstream runs now
+        for name, (ours, theirs) in diff_views(recorded_view(kind, model, running), truth).items():
+            problems.append(f"running_config.{name}: {ours!r}, upstream runs {theirs!r}")
     if shown["state"] == "synced":
         effective = recorded_view(kind, model, shown["effective_config"])
         own = set(shown.get("client_config") or {})
