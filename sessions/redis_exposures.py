@@ -4,10 +4,14 @@ Keys (``p`` = prefix, default ``cp:``)::
 
     p exposures:<experiment>         hash: "<iteration>/<session id>" -> JSON row
     p exposure-counts:<experiment>   hash: "<iteration>/<variant>" -> exposed sessions
+    p exposed:<experiment>           hash: "<iteration>/<session id>" -> variant (counted)
 
 ``save`` writes a whole batch in one pipeline (one round trip per flush, never per session);
-a row is only ever written by the replica holding its session, so an upsert is safe. Redis
-errors become ``BackendUnavailable`` here and nowhere else.
+a row is only ever written by the replica holding its session, so an upsert is safe. A count
+is idempotent: an exposure is counted only when its ``exposed`` mark is new (one script per
+experiment in the pipeline), so the flush's retry of a batch Redis already applied (a save
+that raised after Redis ran it) counts nothing twice. Redis errors become
+``BackendUnavailable`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -29,6 +33,17 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
+# KEYS: the experiment's marks, its counts; ARGV: (mark field, variant, count field) triples
+_COUNT_ONCE = """
+for i = 1, #ARGV, 3 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    redis.call('HINCRBY', KEYS[2], ARGV[i + 2], 1)
+  end
+end
+return 0
+"""
+
+
 class RedisExposureStore:
     def __init__(self, url: str, *, prefix: str = "cp:") -> None:
         self._client: Redis = redis_client(url)
@@ -48,12 +63,16 @@ class RedisExposureStore:
                         f"{row.iteration}/{row.session_id}",
                         json.dumps(row.document(), separators=(",", ":")),
                     )
+                marks: dict[str, list[str]] = {}
                 for row in exposed:
-                    pipe.hincrby(
-                        f"{self._p}exposure-counts:{row.experiment}",
+                    marks.setdefault(row.experiment, []).extend((
+                        f"{row.iteration}/{row.session_id}", row.variant,
                         f"{row.iteration}/{row.variant}",
-                        1,
-                    )
+                    ))  # fmt: skip
+                for experiment, args in marks.items():  # (the script is a few dozen bytes)
+                    marked = f"{self._p}exposed:{experiment}"
+                    pipe.eval(_COUNT_ONCE, 2, marked, f"{self._p}exposure-counts:{experiment}",
+                              *args)  # fmt: skip
                 await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailable(f"redis exposures: save failed: {exc}") from exc

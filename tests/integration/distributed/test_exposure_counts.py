@@ -1,0 +1,34 @@
+"""Experiment exposure counts in Redis stay exact when a save is retried (real redis-server).
+
+The exposure flush (``controlplane.rollouts.experiments``) re-saves a batch whose save raised,
+and a save can raise after Redis applied it (the connection dropped before the replies were
+read: a failover, a network cut). The counts the experiment's summary and its SRM check read
+(``counts``) were ``HINCRBY``s: the retry counted every exposure of the batch again. Each
+exposure is counted once per session and iteration now, however often its batch is written.
+"""
+
+from __future__ import annotations
+
+from sessions.exposures import Exposure
+from sessions.redis_exposures import RedisExposureStore
+from tests.support.servers import ServerProcess
+
+
+def _exposure(sid: str, variant: str) -> Exposure:
+    return Exposure(experiment="tone-test", iteration=1, session_id=sid, variant=variant,
+                    policy="tone", version=1, digest=None, first_assigned_at=1.0,
+                    exposed_at=2.0, exposed_seq=2, exposed_hash="h" * 64)  # fmt: skip
+
+
+async def test_a_batch_saved_again_counts_each_exposure_once(own_redis: ServerProcess) -> None:
+    store = RedisExposureStore(own_redis.url, prefix="exp:")
+    try:
+        rows = [_exposure(f"s{i}", "a" if i % 2 else "b") for i in range(10)]
+        await store.save(rows, rows)
+        await store.save(rows, rows)  # the flush's retry of a batch Redis did apply
+        assert await store.counts("tone-test", 1) == {"a": 5, "b": 5}
+        later = [_exposure("s10", "a")]
+        await store.save(later, later)
+        assert await store.counts("tone-test", 1) == {"a": 6, "b": 5}
+    finally:
+        await store.close()
