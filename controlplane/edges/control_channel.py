@@ -105,7 +105,7 @@ class ControlTransport:
     waits (``write``). A socket that negotiated compression, or anything but aiohttp's
     server socket, gets ``send_str``."""
 
-    __slots__ = ("_head", "_prefix", "_raw", "ws")
+    __slots__ = ("_head", "_prefix", "_raw", "_transport", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
@@ -116,24 +116,25 @@ class ControlTransport:
         writer = getattr(ws, "_writer", None)  # (set by prepare(), before registration)
         # aiohttp's writer of an uncompressed socket: its frames are built here
         self._raw = writer if isinstance(writer, WebSocketWriter) and not writer.compress else None
+        # its transport (the writer's for the socket's lifetime)
+        self._transport = None if self._raw is None else self._raw.transport
 
     def congested(self) -> bool:
-        raw = self._raw
-        if raw is None:
+        transport = self._transport
+        if transport is None:
             return write_buffer_size(self.ws) > CONGESTED_BYTES
         try:
-            return raw.transport.get_write_buffer_size() > CONGESTED_BYTES
+            return transport.get_write_buffer_size() > CONGESTED_BYTES
         except (AttributeError, RuntimeError):
             return False
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
-        ws, raw = self.ws, self._raw
+        ws, raw, transport = self.ws, self._raw, self._transport
         if ws.closed:
             raise ConnectionError("control channel is closed")
-        if raw is None:
+        if raw is None or transport is None:
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
-        transport = raw.transport
         if transport.get_write_buffer_size() > CONGESTED_BYTES and raw.protocol.writing_paused:
             # a worker's write (a fan-out writes inline only to a socket that is not
             # congested): wait for the app to read before adding a frame. Never after the
@@ -144,11 +145,12 @@ class ControlTransport:
             await raw.protocol._drain_helper()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
-        frame = _text_frame(self._head, push.version, text)
-        transport.write(frame)
+        transport.write(_text_frame(self._head, push.version, text))
 
 
-_TAIL: list[tuple[str, bytes]] = [("", b"")]  # the last message's bytes (a fan-out shares it)
+# the last message's bytes and the last version's digits (a fan-out's sessions share them)
+_TAIL: list[tuple[str, bytes]] = [("", b"")]
+_VERSION: list[tuple[int, bytes]] = [(0, b"0")]
 _LEN7 = struct.Struct("!BB").pack
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
@@ -156,17 +158,21 @@ _LEN64 = struct.Struct("!BBQ").pack
 
 def _text_frame(head: bytes, version: int, text: str) -> bytes:
     """One unmasked, uncompressed WebSocket text frame (RFC 6455 §5.2) of
-    ``{head}{version},"message":{text}}``."""
+    ``{head}{version},"message":{text}}``, joined once."""
     last = _TAIL[0]
     if last[0] is not text:
         last = _TAIL[0] = (text, (',"message":' + text + "}").encode())
-    payload = b"".join((head, str(version).encode(), last[1]))
-    n = len(payload)
+    digits = _VERSION[0]
+    if digits[0] != version:
+        digits = _VERSION[0] = (version, b"%d" % version)
+    n = len(head) + len(digits[1]) + len(last[1])
     if n < 126:
-        return _LEN7(0x81, n) + payload
-    if n < 65536:
-        return _LEN16(0x81, 126, n) + payload
-    return _LEN64(0x81, 127, n) + payload
+        header = _LEN7(0x81, n)
+    elif n < 65536:
+        header = _LEN16(0x81, 126, n)
+    else:
+        header = _LEN64(0x81, 127, n)
+    return b"".join((header, head, digits[1], last[1]))
 
 
 class ControlChannel:

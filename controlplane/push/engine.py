@@ -310,7 +310,7 @@ class PushEngine:
     # -- internals -----------------------------------------------------------------------
     def adopt(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
         """The session's new resolution on its record (``Sender.adopt``)."""
-        self._sender.adopt(ls, effective, sync=sync)
+        self._sender.adopt(ls, effective, sync)
 
     def sync_session(self, ls: LiveSession) -> None:
         """The session's push state changed: its record and timers follow."""

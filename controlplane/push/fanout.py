@@ -53,7 +53,7 @@ class Pusher(Protocol):
     @property
     def live(self) -> Mapping[str, LiveSession]: ...
 
-    def adopt(self, ls: LiveSession, effective: Effective, *, sync: bool) -> None:
+    def adopt(self, ls: LiveSession, effective: Effective, sync: bool) -> None:
         """The session's new resolution (its record; synced unless ``sync`` is False)."""
 
     def queue(self, ls: LiveSession, cache: FrameCache, outgoing: list[Outgoing]) -> bool:
@@ -249,6 +249,7 @@ class FanOut:
                 await ahead.finish()
                 written_at = self._clock.monotonic()
             finally:
+                outgoing.clear()  # (freed before the collector runs again: not traversed)
                 if collecting:
                     gc.enable()
                 pusher.flush_metrics()
@@ -293,7 +294,7 @@ class FanOut:
         )
         before = s.applied
         # a session walked at once is synced once, by its push (not twice)
-        self._pusher.adopt(ls, effective, sync=m.sync or version is None)
+        self._pusher.adopt(ls, effective, m.sync or version is None)
         update_policy_status(ls, effective, pending=version is not None)
         if version is None:
             if effective.applied is not before and effective.applied != before:
@@ -350,9 +351,11 @@ class FanOut:
         except Exception as exc:  # the callers waiting get it (the event counts an error)
             error = exc
         finally:
+            sent = len(outgoing)
+            outgoing.clear()  # (freed before the collector runs again: not traversed)
             if collecting:
                 gc.enable()
-            pacer.spend(len(outgoing))
+            pacer.spend(sent)
             pusher.flush_metrics()
         self._settle(self._clock.monotonic(), error)
         return True

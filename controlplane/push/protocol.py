@@ -217,29 +217,38 @@ class PushState:
 
     def take(self, now: float) -> Push | None:
         """The push to write now, or None. Marks it sent (and in flight when acknowledging)."""
-        if not self.can_send(now):
-            return None
         version = self.desired_version
+        if not (  # (can_send, inlined: a fan-out takes every session's push)
+            self.ready
+            and self.in_flight is None
+            and version > self.sent_version
+            and (self.hold_deadline is None or now >= self.hold_deadline)
+        ):
+            return None
         unsent = self._unsent
         if len(unsent) == 1 and unsent[0] == version:
             superseded: tuple[int, ...] = ()  # the common case, without a generator
         else:
             superseded = tuple(v for v in unsent if v != version)
         unsent.clear()
-        delta, config = _diff(self.base, self.desired), self.desired
+        config, base, last = self.desired, self.base, _diff
+        if config is last.desired and (base is last.base or base == last.base):
+            delta, last.base = last.delta, base  # (_diff's memo, inlined)
+        else:
+            delta = _diff(base, config)
         held: tuple[str, ...] = ()
         if self.quarantine and delta:
             delta, config, held = self._without_quarantined(delta)
-        push = Push(
-            version=version,
-            delta=delta,
-            config=config,
-            refs=self.desired_refs,
-            cause=self.desired_cause,
-            superseded=superseded,
-            event_at=self._event_at,
-            owners=self.desired_owners,
-            held=held,
+        push = Push(  # (in field order: positional, one per session of a fan-out)
+            version,
+            delta,
+            config,
+            self.desired_refs,
+            self.desired_cause,
+            superseded,
+            self._event_at,
+            self.desired_owners,
+            held,
         )
         self._event_at = None
         self.hold_deadline = None

@@ -70,22 +70,20 @@ class Recorder:
                 conf = memo[1]
             else:
                 last = self._last_config  # the sessions of a fan-out share configs (Resolver)
-                if last is not None and last[0] is cfg:
-                    conf = last[1]
-                else:
-                    conf = canonical(cfg)
-                    self._last_config = (cfg, conf)
-                ls.logged_config = (cfg, conf)
-            self._log.add(
+                if last is None or last[0] is not cfg:
+                    last = self._last_config = (cfg, canonical(cfg))
+                conf = last[1]
+                ls.logged_config = last  # (one pair for them all: no object per session)
+            self._log.add_entry(
                 ls.session.id,
-                version=ls.push.desired_version if version is None else version,
-                cause=cause,
-                policies=ls.session.applied if refs is None else refs,
-                delta=delta,
-                wire=wire,
-                status=status,
-                error=error,
-                config=conf,
+                ls.push.desired_version if version is None else version,
+                cause,
+                ls.session.applied if refs is None else refs,
+                delta,
+                wire,
+                status,
+                error,
+                conf,
             )
         except Exception:
             self._observer.log_append_failed()

@@ -75,7 +75,7 @@ class Sender:
         return self._live
 
     # -- a session's record --------------------------------------------------------------
-    def adopt(self, ls: LiveSession, effective: Effective, *, sync: bool = True) -> None:
+    def adopt(self, ls: LiveSession, effective: Effective, sync: bool = True) -> None:
         s = ls.session
         # shared, never changed in place (an Effective is a value; a fan-out's sessions with
         # equal inputs share one)
@@ -224,29 +224,41 @@ class Sender:
 
     async def send_frames(self, outgoing: list[Outgoing]) -> None:
         """Write the frames of logged pushes (whose entries the caller made durable)."""
-        for ls, push, frame in outgoing:
-            assert frame.message is not None and frame.text is not None
-            if self._live.get(ls.session.id) is not ls:
-                if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)
-                    self.finish(ls, ls.push.wire_failed(push, "session ended before the write"))
-                continue
-            # a worker's write waits for a congested socket to drain: the timer starts once written
-            held = ls.worker is not None and ls.transport.congested()
-            if ls.transport.acknowledging:
-                if ls.push.in_flight is not push:
-                    continue  # its outcome was recorded meanwhile (e.g. the session ended)
-                ls.push.queued(push) if held else ls.push.written(push, self._clock.monotonic())
-                self._timers.track(ls)
-            try:
-                await ls.transport.write(push, frame.message, frame.text)
-            except (ConnectionError, RuntimeError, OSError) as exc:
-                self.finish(ls, ls.push.wire_failed(push, f"write failed: {exc}"))
-                continue
-            if held and ls.push.in_flight is push:
-                ls.push.written(push, self._clock.monotonic())  # its timer starts now
-                self._timers.track(ls)
-            if push.event_at is not None:
-                self._tally.latencies.append(self._clock.monotonic() - push.event_at)
+        live, clock, timers = self._live, self._clock, self._timers
+        latencies = self._tally.latencies
+        written: list[LiveSession] = []  # their timers are filed together (Timers.track_all)
+        try:
+            for ls, push, frame in outgoing:
+                assert frame.message is not None and frame.text is not None
+                transport, state = ls.transport, ls.push
+                if live.get(ls.session.id) is not ls:
+                    if not transport.acknowledging:  # (acknowledging: detach recorded it)
+                        self.finish(ls, state.wire_failed(push, "session ended before the write"))
+                    continue
+                # a worker's write waits for a congested socket to drain: the timer starts
+                # once written
+                held = ls.worker is not None and transport.congested()
+                if transport.acknowledging:
+                    if state.in_flight is not push:
+                        continue  # its outcome was recorded meanwhile (e.g. the session ended)
+                    if held:
+                        state.queued(push)
+                        timers.track(ls)
+                    else:
+                        state.written(push, clock.monotonic())
+                        written.append(ls)
+                try:
+                    await transport.write(push, frame.message, frame.text)
+                except (ConnectionError, RuntimeError, OSError) as exc:
+                    self.finish(ls, state.wire_failed(push, f"write failed: {exc}"))
+                    continue
+                if held and state.in_flight is push:
+                    state.written(push, clock.monotonic())  # its timer starts now
+                    timers.track(ls)
+                if push.event_at is not None:
+                    latencies.append(clock.monotonic() - push.event_at)
+        finally:
+            timers.track_all(written)
 
     # -- outcomes ------------------------------------------------------------------------
     def finish(

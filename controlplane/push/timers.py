@@ -7,6 +7,11 @@ passed: right after a fan-out every session awaits an acknowledgement, and a swe
 of them every 50 ms was a third of a core at 50,000 sessions (docs/benchmarks.md). A session
 is filed under its ``next_deadline``; a filing that no longer matches the session's current
 deadline (re-tracked, forgotten) is dropped when it comes up.
+
+``track_all`` files the sessions whose frames one write-ahead chunk just wrote as one group:
+one heap entry under the group's latest deadline (its last write's), so each member is due
+at most the chunk's write time (milliseconds) after its own deadline, instead of a heap entry
+per session of a fan-out.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ class Timers:
     def __init__(self, ack_timeout_s: float) -> None:
         self.ack_timeout_s = ack_timeout_s
         self._filed: dict[LiveSession, float] = {}  # watched session -> its deadline
-        self._heap: list[tuple[float, int, LiveSession]] = []  # (deadline, order, session)
+        # (deadline, order, session or a group of sessions filed together: ``track_all``)
+        self._heap: list[tuple[float, int, LiveSession | list[LiveSession]]] = []
         self._order = itertools.count()  # ties: first filed, first due (sessions don't compare)
 
     def __len__(self) -> int:
@@ -45,6 +51,26 @@ class Timers:
             self._filed[ls] = deadline
             heapq.heappush(self._heap, (deadline, next(self._order), ls))
 
+    def track_all(self, sessions: list[LiveSession]) -> None:
+        """``track`` each of ``sessions`` (a chunk of a fan-out, just written), those that
+        need a timer filed together under the latest of their deadlines."""
+        timeout, filed = self.ack_timeout_s, self._filed
+        group: list[LiveSession] = []
+        latest = None
+        for ls in sessions:
+            deadline = ls.push.next_deadline(timeout)
+            if deadline is None:
+                filed.pop(ls, None)
+                continue
+            group.append(ls)
+            if latest is None or deadline > latest:
+                latest = deadline
+        if latest is None:
+            return
+        for ls in group:
+            filed[ls] = latest
+        heapq.heappush(self._heap, (latest, next(self._order), group))
+
     def forget(self, ls: LiveSession) -> None:
         self._filed.pop(ls, None)
 
@@ -58,10 +84,11 @@ class Timers:
         heap, filed = self._heap, self._filed
         ready: list[LiveSession] = []
         while heap and heap[0][0] <= now:
-            deadline, _, ls = heapq.heappop(heap)
-            if filed.get(ls) == deadline:  # else a stale filing
-                del filed[ls]
-                ready.append(ls)
+            deadline, _, filing = heapq.heappop(heap)
+            for ls in filing if isinstance(filing, list) else (filing,):
+                if filed.get(ls) == deadline:  # else a stale filing
+                    del filed[ls]
+                    ready.append(ls)
         timeout = self.ack_timeout_s
         for ls in ready:
             outcome = ls.push.timed_out(now, timeout)

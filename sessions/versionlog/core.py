@@ -90,6 +90,21 @@ class VersionLog(Protocol):
         config: Mapping[str, Any] | Canonical,
     ) -> None: ...
 
+    def add_entry(
+        self,
+        session_id: str,
+        version: int,
+        cause: str,
+        policies: Iterable[PolicyRef | Mapping[str, Any]],
+        delta: Mapping[str, Any] | Canonical | None,
+        wire: Mapping[str, Any] | Canonical | None,
+        status: str,
+        error: str | None,
+        config: Mapping[str, Any] | Canonical,
+    ) -> None:
+        """``add`` with every member given in order (the push engine's per-session call)."""
+        ...
+
     @property
     def pending(self) -> int: ...
 
@@ -148,6 +163,7 @@ class Pending:
 
 
 _SCALARS: Final = frozenset({str, int, float, bool, type(None)})
+_NO_TAIL: Final = (0, GENESIS)  # a session's tail before its first entry
 
 
 def _plain(value: Any) -> Any:
@@ -238,6 +254,8 @@ class BufferedVersionLog:
         self._last_policies: tuple[tuple[PolicyRef, ...], Canonical] | None = None
         self._last_hash: tuple[Canonical, str] | None = None
         self._template: tuple[Any, ...] | None = None  # add()'s last reusable EntryTemplate
+        # whether entries may be appended now (else ``_check_appendable`` raises why not)
+        self._appendable = True
         # health for /readyz: set while writes fail, cleared by the next successful write
         self.write_failing_since: float | None = None  # clock.monotonic() of the first failure
         self.last_write_error: str | None = None
@@ -286,6 +304,22 @@ class BufferedVersionLog:
         wire and config objects, the same tuple of ``PolicyRef``: a fan-out's sessions)
         reuse one ``EntryTemplate``, checked and encoded once.
         """
+        self.add_entry(session_id, version, cause, policies, delta, wire, status, error, config)
+
+    def add_entry(
+        self,
+        session_id: str,
+        version: int,
+        cause: str,
+        policies: Iterable[PolicyRef | Mapping[str, Any]],
+        delta: Mapping[str, Any] | Canonical | None,
+        wire: Mapping[str, Any] | Canonical | None,
+        status: str,
+        error: str | None,
+        config: Mapping[str, Any] | Canonical,
+    ) -> None:
+        """``add`` with every member given in order (positional: a keyword call of nine
+        members costs the fan-out a little per session)."""
         memo = self._template
         if (
             memo is not None
@@ -301,12 +335,14 @@ class BufferedVersionLog:
         else:
             template = self._new_template(cause, policies, delta, wire, status, error, config,
                                           version)  # fmt: skip
-        self._check_appendable()
-        seq, prev = self._tails.get(session_id, (0, GENESIS))
+        if not self._appendable:
+            self._check_appendable()
+        tails = self._tails
+        seq, prev = tails.get(session_id, _NO_TAIL)
         seq += 1
         sid = str(session_id)
         digest, line = template.seal(float(self._clock.now()), prev, seq, sid, int(version))
-        self._tails[session_id] = (seq, digest)
+        tails[session_id] = (seq, digest)
         self._buffer.append(Pending(sid, seq, digest, line))
 
     def _new_template(

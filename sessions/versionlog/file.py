@@ -114,6 +114,7 @@ class FileVersionLog(BufferedVersionLog):
         self._dir = Path(directory)
         self._fsync = fsync
         self._loaded = False
+        self._appendable = False  # (until start(): _check_appendable says why)
         self._day: str | None = None  # UTC day of the file being written
         self._fd: int | None = None
         self._size = 0  # of the open file (_write_sync: the one writer thread's, in order)
@@ -146,6 +147,7 @@ class FileVersionLog(BufferedVersionLog):
             if self._ck is not None:
                 await asyncio.to_thread(self._load_checkpoints, self._ck)
             self._loaded = True
+            self._appendable = True
         await super().start()
         if self._ck is not None and self._ck_task is None:
             self._ck_stopping = False
@@ -253,7 +255,7 @@ class FileVersionLog(BufferedVersionLog):
     def _written(self, batch: list[Pending], day: str) -> None:
         name = self._path(day).name
         changed = self._ck_changed if self._ck is not None else None
-        files_of = self._files_of
+        files_of, tails = self._files_of, self._tails
         for item in batch:
             sid = item.session_id
             files = files_of.get(sid)
@@ -262,7 +264,11 @@ class FileVersionLog(BufferedVersionLog):
             elif name not in files:
                 files.add(name)
             if changed is not None:
-                changed[sid] = (item.seq, item.hash)
+                tail = tails.get(sid)
+                if tail is not None and tail[1] is item.hash and tail[0] == item.seq:
+                    changed[sid] = tail  # the very same head: shared, nothing new to collect
+                else:
+                    changed[sid] = (item.seq, item.hash)
         if self._ck is not None:
             self._ck_since += len(batch)
             if self._ck_since >= self._ck.every_entries:

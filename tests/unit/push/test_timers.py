@@ -108,3 +108,25 @@ def test_each_due_session_is_yielded_once_per_sweep_even_when_filed_again() -> N
         timers.track(ls)  # ...and syncs the session: filed again under 10
     assert seen == sessions
     assert list(timers.due(9.9)) == [] and len(timers) == 3
+
+
+def test_a_chunk_filed_together_comes_due_at_its_latest_deadline_once_per_member() -> None:
+    """``track_all``: one filing for the sessions a write-ahead chunk just wrote, under the
+    latest of their deadlines; a member acknowledged or re-tracked meanwhile leaves it."""
+    timers = Timers(TIMEOUT)
+    chunk = [_live(i) for i in range(4)]
+    for i, ls in enumerate(chunk):
+        _sent(ls, at=0.001 * i)  # written one after another: deadlines 5.000 .. 5.003
+    idle = _live(9)  # nothing in flight: no timer, not filed
+    timers.track_all([*chunk, idle])
+    assert len(timers) == 4
+    assert chunk[0].push.acked(1.0) is not None
+    timers.track(chunk[0])  # acknowledged: no timer any more
+    assert chunk[1].push.acked(1.0) is not None
+    _sent(chunk[1], at=2.0, prompt="y")  # its next push: filed alone under 7
+    timers.track(chunk[1])
+    assert list(timers.due(5.002)) == []  # not before the chunk's latest deadline
+    due = list(timers.due(5.003))
+    assert [ls for ls, _ in due] == chunk[2:]
+    assert all(o is not None and o.status == "unverified" for _, o in due)
+    assert [ls for ls, _ in timers.due(7.0)] == [chunk[1]] and len(timers) == 0
