@@ -40,6 +40,7 @@ __all__ = [
     "config_hash",
     "seal",
     "seqs_text",
+    "session_text",
     "verify_entries",
 ]
 
@@ -153,7 +154,7 @@ class EntryTemplate:
     ``cause``/``status`` must be known (ASCII) words and ``config_hash`` a hex digest;
     ``config`` is the connect entry's optional member."""
 
-    __slots__ = ("_head", "_status", "_tail")
+    __slots__ = ("_head", "_status", "_tail", "_version")
 
     def __init__(
         self,
@@ -177,22 +178,33 @@ class EntryTemplate:
         )).encode()  # fmt: skip
         self._status = (',"status":"' + status + '","version":').encode()
         self._tail = (',"wire":' + ("null" if wire is None else wire.text)).encode()  # no "}"
+        self._version = (0, b"0")  # the last version and its digits (a run shares it)
 
     def seal(
         self, at: float, prev_hash: str, seq: int, session_id: str, version: int
     ) -> tuple[str, bytes]:
         """The hash and the stored line of this template's entry for one session: the same
         bytes as ``seal`` of the equivalent body (property-tested)."""
+        return self.seal_encoded(at, prev_hash, seq, session_text(session_id), version)
+
+    def seal_encoded(
+        self, at: float, prev_hash: str, seq: int, session_id_text: bytes, version: int
+    ) -> tuple[str, bytes]:
+        """``seal`` with the session id already encoded as its JSON string
+        (``session_text``: a log encodes each session's id once, not once per entry)."""
         if not math.isfinite(at):
             raise ValueError(f"Out of range float values are not JSON compliant: {at!r}")
         # Hot path (one call per session of a fan-out): the members shared by the run are
         # UTF-8 already, the body is joined once, the hash is fed the pieces (no concatenated
         # copy) from a copy of an empty context (a new one costs OpenSSL a digest fetch).
+        digits = self._version
+        if digits[0] != version:
+            digits = self._version = (version, b"%d" % version)
         prev = prev_hash.encode()
         body = b"".join((
             b'{"at":', float.__repr__(at).encode(), self._head, prev,
-            b'","seq":%d,"session_id":' % seq, _encode_text(session_id).encode(),
-            self._status, b"%d" % version, self._tail,
+            b'","seq":%d,"session_id":' % seq, session_id_text,
+            self._status, digits[1], self._tail,
         ))  # fmt: skip
         h = _SHA256.copy()
         h.update(prev)
@@ -200,6 +212,11 @@ class EntryTemplate:
         h.update(b"}")
         digest = h.hexdigest()
         return digest, b'%b,"hash":"%b"}\n' % (body, digest.encode())
+
+
+def session_text(session_id: str) -> bytes:
+    """A session id as the entry's JSON string member (UTF-8)."""
+    return _encode_text(session_id).encode()
 
 
 def _hash_of(row: Mapping[str, Any]) -> str | None:

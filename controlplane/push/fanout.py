@@ -289,13 +289,12 @@ class FanOut:
             hold = m.now + next_turn[1]
         elif next_turn is not None and next_turn[0] in ls.policy_status:
             hold = m.now + next_turn[1]  # retired / no longer targeted: revert on the turn
-        version = ls.push.want(
-            effective.config, effective.applied, m.cause, hold_until=hold, event_at=m.event_at
-        )
+        # (positional: one call per session of a fan-out)
+        version = ls.push.want(effective.config, effective.applied, m.cause, hold, m.event_at)
         before = s.applied
         # a session walked at once is synced once, by its push (not twice)
         self._pusher.adopt(ls, effective, m.sync or version is None)
-        update_policy_status(ls, effective, pending=version is not None)
+        update_policy_status(ls, effective, version is not None)
         if version is None:
             if effective.applied is not before and effective.applied != before:
                 self._recorder.unchanged(ls, m.cause, effective.applied)

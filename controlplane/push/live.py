@@ -68,6 +68,8 @@ class LiveSession:
     worker: asyncio.Task[None] | None = None
     # the last config logged and its encoding (configs are replaced, never changed in place)
     logged_config: tuple[Config, Canonical] | None = None
+    # the session id as the version log's entries spell it (encoded once: ``session_text``)
+    id_text: bytes | None = None
     # what the session resolves from, keyed once (labels and client config are replaced on
     # change, never changed in place: `inputs()` compares them by identity)
     resolved_from: Inputs | None = None

@@ -168,7 +168,6 @@ class PushState:
         config: Config,
         refs: tuple[PolicyRef, ...],
         cause: str,
-        *,
         hold_until: float | None = None,
         event_at: float | None = None,
     ) -> int | None:

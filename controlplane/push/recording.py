@@ -18,7 +18,7 @@ from controlplane.push.observer import PushObserver, Tally
 from controlplane.push.protocol import Push
 from policies.fields import Config, Delta
 from policies.provenance import PolicyRef
-from sessions.versionlog.core import Canonical, VersionLog, canonical
+from sessions.versionlog.core import Canonical, VersionLog, canonical, session_text
 
 __all__ = ["ExposureHook", "Recorder"]
 
@@ -101,6 +101,39 @@ class Recorder:
                 )  # (the last: an app's `applied` for a Streaming v3 session)
             try:
                 hook(ls, ls.session.applied if refs is None else refs, exposes)
+            except Exception:
+                log.exception("experiment exposure hook failed for session %s", ls.session.id)
+
+    def sent(self, ls: LiveSession, push: Push, delta: Canonical, wire: Canonical | None,
+             note: str | None) -> None:  # fmt: skip
+        """The ``sent`` entry of ``push`` (its frame's encodings: ``delta``, ``wire``, the
+        skipped-fields ``note``): ``record`` for a fan-out's one entry per session, positional
+        and without the choices a ``sent`` entry never needs."""
+        cfg = push.config
+        try:
+            memo = ls.logged_config
+            if memo is not None and memo[0] is cfg:
+                conf = memo[1]
+            else:
+                last = self._last_config  # the sessions of a fan-out share configs (Resolver)
+                if last is None or last[0] is not cfg:
+                    last = self._last_config = (cfg, canonical(cfg))
+                conf = last[1]
+                ls.logged_config = last
+            text = ls.id_text
+            if text is None:
+                text = ls.id_text = session_text(ls.session.id)
+            self._log.add_entry(ls.session.id, push.version, push.cause, push.refs, delta, wire,
+                                "sent", note, conf, text)  # fmt: skip
+        except Exception:
+            self._observer.log_append_failed()
+            log.exception("version-log append failed for session %s", ls.session.id)
+            raise
+        self._tally.appended += 1
+        hook = self.on_record
+        if hook is not None and push.cause != "client":
+            try:  # a sent push is running once sent only where no answer exists (Streaming v3)
+                hook(ls, push.refs, not ls.transport.acknowledging)
             except Exception:
                 log.exception("experiment exposure hook failed for session %s", ls.session.id)
 

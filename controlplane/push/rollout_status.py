@@ -79,9 +79,10 @@ def live_counts(
     counts: dict[tuple[str, str], int] = {}
     versions: dict[tuple[str, str], int] = {}
     for ls in live:
-        key = (ls.session.kind, ls.session.state.value)
+        s = ls.session
+        key = (s.kind, s.state)  # (a StrEnum: equal to its value, and as cheap to hash)
         counts[key] = counts.get(key, 0) + 1
-        acknowledging = ls.session.kind == "voice-agent-v1"  # the dialect, not the socket
+        acknowledging = s.kind == "voice-agent-v1"  # the dialect, not the socket
         for policy_id, (number, _, status) in ls.policy_status.items():
             if status in RUNNING or (status == "unverified" and not acknowledging):
                 vkey = (policy_id, str(number))

@@ -87,7 +87,9 @@ class Sender:
         if sync:
             self.sync_session(ls)
 
-    def sync_session(self, ls: LiveSession) -> None:
+    def sync_session(self, ls: LiveSession, timer: bool = True) -> None:
+        """The session's record follows its push state (the registry writes it on its next
+        sync), and its timer (``timer``: unless the caller files it itself)."""
         s, p = ls.session, ls.push
         s.desired_version = p.desired_version
         s.sent_version = p.sent_version
@@ -96,7 +98,8 @@ class Sender:
         s.state = _STATES[p.state]
         s.updated_at = self._clock.now()
         self._registry.mark(ls)
-        self._timers.track(ls)
+        if timer:
+            self._timers.track(ls)
 
     def flush_metrics(self) -> None:
         """Hand the batched per-push observations to the observer (after a fan-out, on every
@@ -173,19 +176,19 @@ class Sender:
             self.finish(ls, outcome, skipped=dict(frame.encoded.skipped))
             return None
         # frame.delta equals push.delta, already encoded for the log (as is the message)
-        self._recorder.record(ls, cause=push.cause, status="sent", delta=frame.delta,
-                              wire=frame.wire, error=frame.note, version=push.version,
-                              refs=push.refs, config=push.config)  # fmt: skip
+        self._recorder.sent(ls, push, frame.delta, frame.wire, frame.note)
         if ls.transport.acknowledging:
             mark_policies(ls, push, "sent")
             # no acknowledgement timer until the frame is written (send_frames): a write-ahead
             # commit slower than the timeout must not end the push before its frame goes
             ls.push.queued(push)
+            self.sync_session(ls, False)
+            self._timers.forget(ls)  # (what track() does for a push waiting to be written)
         else:
             # Streaming v3 has no acknowledgement: the entry stays "sent", never "acked".
             self._tally.count_push(ls.session.kind, "sent")
             mark_policies(ls, push, "unverified")
-        self.sync_session(ls)
+            self.sync_session(ls)
         return frame
 
     # -- writing -------------------------------------------------------------------------

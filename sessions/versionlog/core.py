@@ -35,7 +35,17 @@ from sessions.versionchain import (
     canonical_json,
     config_hash,
     seal,
+    session_text,
     verify_entries,
+)
+from sessions.versionlog.members import (
+    POLICY_MEMO,
+    REDACTED,
+    SECRET_WIRE_KEYS,
+    as_canonical,
+    canonical,
+    policy_member,
+    redacted,
 )
 
 __all__ = [
@@ -57,6 +67,7 @@ __all__ = [
     "parse_entries",
     "redacted",
     "reseal",
+    "session_text",
     "verify_entries",
 ]
 
@@ -101,8 +112,10 @@ class VersionLog(Protocol):
         status: str,
         error: str | None,
         config: Mapping[str, Any] | Canonical,
+        session_id_text: bytes | None = None,
     ) -> None:
-        """``add`` with every member given in order (the push engine's per-session call)."""
+        """``add`` with every member given in order (the push engine's per-session call);
+        ``session_id_text``: ``session_text(session_id)``, when the caller keeps it."""
         ...
 
     @property
@@ -162,64 +175,7 @@ class Pending:
         )  # fmt: skip
 
 
-_SCALARS: Final = frozenset({str, int, float, bool, type(None)})
 _NO_TAIL: Final = (0, GENESIS)  # a session's tail before its first entry
-
-
-def _plain(value: Any) -> Any:
-    """A JSON-native deep copy: tuples become lists, mappings dicts (hot path: kept lean)."""
-    if type(value) in _SCALARS:
-        return value
-    if isinstance(value, list | tuple):
-        return [v if type(v) in _SCALARS else _plain(v) for v in value]
-    if isinstance(value, Mapping):
-        return {str(k): v if type(v) in _SCALARS else _plain(v) for k, v in value.items()}
-    for base in (str, int, float):  # subclasses (StrEnum, IntEnum): store the plain value
-        if isinstance(value, base):
-            return base(value)
-    raise TypeError(f"not JSON-able in a log entry: {type(value).__name__}")
-
-
-def canonical(value: Mapping[str, Any] | Sequence[Any]) -> Canonical:
-    """A JSON-native copy of ``value`` with its canonical JSON, to log many times."""
-    return Canonical.of_plain(_plain(value))
-
-
-def _canonical(value: Mapping[str, Any] | Canonical) -> Canonical:
-    return value if isinstance(value, Canonical) else canonical(value)
-
-
-# credentials a client may put in its own upstream config, which the record keeps as REDACTED
-# (docs/security.md "Secrets"): Streaming v3 ``webhook_auth_header_value`` and ``token``,
-# Voice Agent ``session.webhook.secret`` and ``session.llm[].api_key``, at any depth
-SECRET_WIRE_KEYS: Final = frozenset({"webhook_auth_header_value", "token", "secret", "api_key"})
-REDACTED: Final = "***"
-
-
-def redacted(value: Any) -> Any:
-    """``value`` (a wire message) with every non-null value under ``SECRET_WIRE_KEYS``
-    replaced by ``REDACTED``; the same object when it holds none (a copy otherwise)."""
-    if isinstance(value, Mapping):
-        out = {k: REDACTED if k in SECRET_WIRE_KEYS and v is not None else redacted(v)
-               for k, v in value.items()}  # fmt: skip
-        same = all(out[k] is v for k, v in value.items())
-        return value if same else out
-    if isinstance(value, list | tuple):
-        items = [redacted(v) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    return value
-
-
-_POLICY_MEMO: Final = 256
-
-
-def _policy(ref: PolicyRef | Mapping[str, Any]) -> dict[str, Any]:
-    if isinstance(ref, PolicyRef):
-        return ref.as_dict()
-    out = {"id": str(ref["id"]), "version": int(ref["version"]), "variant": ref.get("variant")}
-    if ref.get("digest") is not None:
-        out["digest"] = str(ref["digest"])
-    return out
 
 
 def reseal(items: Iterable[Pending], session_id: str, tail: tuple[int, str]) -> tuple[int, str]:
@@ -317,9 +273,11 @@ class BufferedVersionLog:
         status: str,
         error: str | None,
         config: Mapping[str, Any] | Canonical,
+        session_id_text: bytes | None = None,
     ) -> None:
         """``add`` with every member given in order (positional: a keyword call of nine
-        members costs the fan-out a little per session)."""
+        members costs the fan-out a little per session); ``session_id_text``: the session
+        id as its JSON string (``session_text``), when the caller keeps it."""
         memo = self._template
         if (
             memo is not None
@@ -341,7 +299,10 @@ class BufferedVersionLog:
         seq, prev = tails.get(session_id, _NO_TAIL)
         seq += 1
         sid = str(session_id)
-        digest, line = template.seal(float(self._clock.now()), prev, seq, sid, int(version))
+        if session_id_text is None:
+            session_id_text = session_text(sid)
+        digest, line = template.seal_encoded(float(self._clock.now()), prev, seq,
+                                             session_id_text, int(version))  # fmt: skip
         tails[session_id] = (seq, digest)
         self._buffer.append(Pending(sid, seq, digest, line))
 
@@ -369,13 +330,13 @@ class BufferedVersionLog:
             cause=cause,
             config=conf if starting else None,
             config_hash=self._config_hash(conf),
-            delta=None if delta is None else _canonical(delta),
+            delta=None if delta is None else as_canonical(delta),
             error=error,
             policies=self._policies(policies),
             status=status,
             wire=None
             if wire is None
-            else _canonical(wire if isinstance(wire, Canonical) else redacted(wire)),
+            else as_canonical(wire if isinstance(wire, Canonical) else redacted(wire)),
         )
         # reused only for values that cannot change: Canonical members, PolicyRef tuples
         # (and never for connect entries, whose config member depends on the version)
@@ -409,13 +370,13 @@ class BufferedVersionLog:
         if type(policies) is tuple and all(type(p) is PolicyRef for p in policies):
             found = self._policy_texts.get(policies)
             if found is None:
-                if len(self._policy_texts) >= _POLICY_MEMO:
+                if len(self._policy_texts) >= POLICY_MEMO:
                     self._policy_texts.clear()
                 found = Canonical.of_plain([p.as_dict() for p in policies])
                 self._policy_texts[policies] = found
             self._last_policies = (policies, found)
             return found
-        return Canonical.of_plain([_policy(p) for p in policies])
+        return Canonical.of_plain([policy_member(p) for p in policies])
 
     @property
     def pending(self) -> int:
