@@ -67,6 +67,10 @@ class ExperimentBook:
         self._exposed: list[Exposure] = []
         self._task: asyncio.Task[None] | None = None
         self._plain: tuple[PolicyRef, ...] | None = None  # the last refs naming no variant
+        # exposures of sessions whose upstream session has not started yet (a gateway
+        # Streaming v3 connect before Begin): session id -> row key -> (at, seq, hash, ref);
+        # made when it starts, dropped when it ends first (the upstream refused the connect)
+        self._pending: dict[str, dict[tuple[str, int], tuple[float, Any, Any, PolicyRef]]] = {}
 
     async def start(self) -> None:
         await self.store.start()
@@ -95,6 +99,9 @@ class ExperimentBook:
         now = self._clock.now()
         if rows is None:
             rows = self._live[sid] = {}
+        started = _started(ls)
+        if started and sid in self._pending:
+            self._settle(ls, rows)  # (its connect's exposure comes first)
         named: set[str] = set()
         # a policy whose value the push holds back (quarantined: the upstream refused it) is
         # not running on this session: no exposure to its variant from this entry
@@ -127,6 +134,12 @@ class ExperimentBook:
                 continue
             if row.exposed_at is None and _overridden(ls, refs, ref, exp.variants):
                 continue  # another policy's value (a lock) runs in its variant's place
+            if row.exposed_at is None and not started:
+                pending = self._pending.setdefault(sid, {})
+                if row.key[:2] not in pending:
+                    seq, entry_hash = self._tail(sid) or (None, None)
+                    pending[row.key[:2]] = (now, seq, entry_hash, ref)
+                continue
             if row.exposed_at is None:
                 row.exposed_at = now
                 row.exposed_seq, row.exposed_hash = self._tail(sid) or (None, None)
@@ -161,8 +174,28 @@ class ExperimentBook:
                 return record.policy
         return None
 
+    def _settle(self, ls: LiveSession, rows: dict[tuple[str, int], Exposure]) -> None:
+        """The session's upstream session started: its pending exposures are made, each as
+        of the entry that ran its variant."""
+        for key, (at, seq, entry_hash, ref) in self._pending.pop(ls.session.id, {}).items():
+            row = rows.get(key)
+            if row is None or row.exposed_at is not None:
+                continue
+            row.exposed_at, row.exposed_seq, row.exposed_hash = at, seq, entry_hash
+            row.variant, row.policy, row.version = ref.variant or row.variant, ref.id, ref.version
+            row.digest = ref.digest
+            self._changed[row.key] = row
+            self._exposed.append(row)
+
     def ended(self, ls: LiveSession) -> None:
-        """The session ended: its rows stay in the store, with the upstream id if now known."""
+        """The session ended: its rows stay in the store, with the upstream id if now known.
+        A pending exposure is made if its upstream session started, else dropped (it never
+        ran: the upstream refused the connect)."""
+        if ls.session.id in self._pending:
+            if _started(ls):
+                self._settle(ls, self._live.get(ls.session.id, {}))
+            else:
+                del self._pending[ls.session.id]
         rows = self._live.pop(ls.session.id, None)
         now = self._clock.now()
         for row in (rows or {}).values():
@@ -181,6 +214,10 @@ class ExperimentBook:
                 log.warning("exposure flush failed; retrying: %s", exc)
 
     async def flush(self) -> None:
+        for sid in [s for s in self._pending if s in self._sessions]:
+            waiting = self._sessions[sid]
+            if _started(waiting):
+                self._settle(waiting, self._live.get(sid, {}))
         if not self._changed and not self._exposed:
             return
         changed, exposed = self._changed, self._exposed
@@ -236,6 +273,13 @@ class ExperimentBook:
     async def exposures(self, key: str) -> dict[tuple[int, str], Exposure]:
         await self.flush()
         return {(r.iteration, r.session_id): r for r in await self.store.rows(key)}
+
+
+def _started(ls: LiveSession) -> bool:
+    """Whether the session's upstream session runs: always, but for a gateway Streaming v3
+    leg (the transport that models the upstream's config) before its ``Begin``
+    (``PushState.ready``): an ``Error`` instead refuses the connect, nothing ran."""
+    return ls.push.ready or getattr(ls.transport, "model", None) is None
 
 
 def _overridden(

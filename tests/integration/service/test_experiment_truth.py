@@ -486,3 +486,42 @@ async def test_a_resumed_voice_agent_call_keeps_its_variant(
     for ws in resumed:
         await ws.close()
     assert switched == {}, f"resumed calls switched arms mid-call: {switched}"
+
+
+async def test_a_streaming_connect_the_upstream_refuses_exposes_nobody(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """A Streaming v3 gateway session starts on its variant (merged into the connect); the
+    upstream refuses the connect (``Error``, no ``Begin``): no upstream session ever ran the
+    variant, so nobody is exposed. The accepted connect is exposed once ``Begin`` came, as
+    of its connect entry."""
+    doc = {"id": "sx", "match": {"kind": ["streaming-v3"]},
+           "experiment": {"key": "sx", "variants": [
+               {"name": "warm", "weight": 100, "set": {"keyterms": ["welcome"]}},
+               {"name": "control", "weight": 0, "set": {}}]}}  # fmt: skip
+    await cp.publish(doc)
+    headers = {"Authorization": "test-key"}
+    with pytest.raises(websockets.ConnectionClosedError) as refused:
+        async with websockets.connect(
+            cp.ws_base + "/v3/ws?sample_rate=16000&speech_model=bogus-model",
+            additional_headers=headers,
+        ) as ws:
+            error = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert error["type"] == "Error"
+            await asyncio.wait_for(ws.recv(), 5)
+    assert refused.value.rcvd is not None and refused.value.rcvd.code == 3006
+    async with websockets.connect(
+        cp.ws_base + "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro",
+        additional_headers=headers,
+    ) as ws:
+        begin = json.loads(await asyncio.wait_for(ws.recv(), 5))
+        sid = cp.live_by_upstream(begin["id"])
+        summary = await _exposed(cp, 1, key="sx")
+    await eventually(lambda: not cp.service.engine.live)
+    await asyncio.sleep(0.6)  # a flush later: still the one exposure
+    summary = await _summary(cp, "sx")
+    assert summary["exposed"] == 1 and summary["variants"][0]["exposed"] == 1
+    rows = await _rows(cp, "sx")
+    assert [s for s, r in rows.items() if r["exposed_at"]] == [sid]
+    connect = (await cp.log(sid))[0]
+    assert (rows[sid]["exposed_seq"], connect["cause"]) == (connect["seq"], "connect")
