@@ -58,6 +58,7 @@ from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.live import LiveSession
 from controlplane.service.plane import ControlPlane
 from controlplane.service.sessions import EngineSessions, SessionPort
+from policies.fields import Config
 from sessions.dialects.streaming_v3 import STREAMING_V3
 from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
 from sessions.dialects.streaming_v3_upstream import StreamingUpstream
@@ -229,6 +230,7 @@ class Gateway:
                 return ws
             resume = message.get("type") == "session.resume"
             call: str | None = None  # a resumed call keeps its bucketing (experiments, %)
+            leftovers: Config | None = None  # its earlier session's policy values
             if resume:
                 model, client_config, forward = VOICE_AGENT_V1.name, {}, message
                 model = "voice-agent"
@@ -236,6 +238,8 @@ class Gateway:
                 if isinstance(resumed, str) and resumed:
                     try:
                         call = await self.service.call_of(resumed)  # None: never ours
+                        if call is not None:
+                            leftovers = _leftovers(await self.service.get_session(resumed))
                     except ControlPlaneError as exc:  # the registry is down: a new bucket
                         log.warning("resume of %s bucketed anew: %s", resumed, exc)
             else:
@@ -281,10 +285,16 @@ class Gateway:
                     running=running, connect_wire=wire,
                 )  # fmt: skip
                 link.push_state = ls.push
+                if leftovers is not None:
+                    self.sessions.resuming(ls, leftovers)
             except Exception:
                 await _abort(ws, upstream, session.id)
                 return ws
-            await self._proxy(ws, upstream, ls, transport)
+            try:
+                await self._proxy(ws, upstream, ls, transport)
+            finally:
+                if leftovers is not None:
+                    self.sessions.resuming(ls, None)  # (answered or not: forgotten)
         except DialectError as exc:
             await _agent_error(ws, "invalid_config", str(exc))
             await ws.close(code=1008)
@@ -378,3 +388,15 @@ async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> No
 def _http_error(status: int, code: str, message: str) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": {}}}
     return web.json_response(body, status=status)
+
+
+def _leftovers(earlier: Mapping[str, Any]) -> Config:
+    """The values policies set in the earlier session of a resumed call, as it ended (its
+    record's effective config, the fields a policy owned): a resumed session running one of
+    them runs a policy's leftover, not the client's own value."""
+    owned = earlier.get("provenance") or {}
+    return {
+        name: tuple(value) if isinstance(value, list) else value
+        for name, value in (earlier.get("effective_config") or {}).items()
+        if name in owned
+    }

@@ -53,7 +53,7 @@ from controlplane.push.protocol import Push, Status
 from controlplane.push.rollout_status import mark_policies
 from policies.delta import apply as apply_delta
 from policies.delta import diff
-from policies.fields import Delta
+from policies.fields import Config, Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
 from sessions.config_at import LATE_ANSWER
@@ -83,6 +83,8 @@ class SessionPort(Protocol):
     async def late_answer(self, ls: LiveSession, push: Push, ack: PushAck) -> None: ...
 
     async def resumed(self, ls: LiveSession, config: dict[str, Any]) -> None: ...
+
+    def resuming(self, ls: LiveSession, leftovers: Config | None) -> None: ...
 
     def reconnect(
         self, ls: LiveSession, message: dict[str, Any]
@@ -129,6 +131,9 @@ class _Plane(Protocol):
     def policies_for(self, ls: LiveSession) -> list[Policy]: ...
 
 
+_NONE: Any = object()  # (no value: never equal to a running one)
+
+
 def _after_written_push(ls: LiveSession, delta: Delta) -> None:
     """A client update adopted while our push is written but unanswered goes upstream AFTER
     it (a control-channel app forwards what it received in order, and its own update after
@@ -147,7 +152,7 @@ def _after_written_push(ls: LiveSession, delta: Delta) -> None:
 class EngineSessions:
     """:class:`SessionPort` over the push engine."""
 
-    __slots__ = ("_count", "_engine", "_late", "_policies_for")
+    __slots__ = ("_count", "_engine", "_late", "_leftovers", "_policies_for")
 
     def __init__(
         self,
@@ -160,6 +165,8 @@ class EngineSessions:
         self._policies_for = policies_for
         self._count = count
         self._late = late
+        # resumed sessions awaiting session.ready: their earlier session's policy values
+        self._leftovers: dict[str, Config] = {}
 
     @classmethod
     def of(cls, plane: _Plane) -> EngineSessions:
@@ -271,17 +278,34 @@ class EngineSessions:
         ``session.ready`` echoes (``config``), not the empty config the connect recorded.
         Logged ``connect`` v1 ``acked`` with that delta (config-at applies it: docs/audit.md);
         it becomes the push state's base. Its fields that no policy sets now are the
-        client's own (it resumed them), so no push clears them; the policies' current values
-        are pushed where they differ (the pending push, sent on ``Kick``)."""
+        client's own (it resumed them), so no push clears them, except a value a policy set
+        in the call's earlier session (``resuming``: a leftover of a policy since retired or
+        changed, which the session would have lost had it not dropped: cleared); the
+        policies' current values are pushed where they differ (the pending push, on
+        ``Kick``)."""
         running = canonical_view(config)
         before, engine = ls.push.base, self._engine
         policies = self._policies_for(ls)
         owned = engine.resolve(ls.session, policies).provenance
-        client: Delta = {f: v for f, v in running.items() if f not in owned}
+        leftovers = self._leftovers.pop(ls.session.id, {})
+        client: Delta = {f: v for f, v in running.items()
+                         if f not in owned and leftovers.get(f, _NONE) != v}  # fmt: skip
         ls.push.base = running
         engine.record(ls, cause="connect", status="acked", delta=diff(before, running),
                       wire=None, version=1, refs=(), config=running, exposes=False)  # fmt: skip
         await engine.client_update(ls, client, policies)
+        if ls.push.resend():  # (a leftover to clear, nothing pending yet: sent on Kick)
+            engine.sync_session(ls)
+
+    def resuming(self, ls: LiveSession, leftovers: Config | None) -> None:
+        """``ls`` resumes a call whose earlier session ended with ``leftovers`` (the values its
+        policies set then; None: forget them): at ``resumed`` a field running one of them
+        that no policy sets now is a policy's leftover, not the client's own (cleared as a
+        retirement would have; docs/audit.md)."""
+        if leftovers is None:
+            self._leftovers.pop(ls.session.id, None)
+        else:
+            self._leftovers[ls.session.id] = leftovers
 
     def _charge_connect(
         self, ls: LiveSession, refs: tuple[PolicyRef, ...], version: int,

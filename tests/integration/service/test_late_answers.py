@@ -337,3 +337,47 @@ async def test_a_late_answer_behind_a_newer_push_is_undone_where_no_longer_wante
         await _record_is_truth(cp, emulator, agent, sid)
     finally:
         await agent.close()
+
+
+async def test_a_resumed_call_loses_a_retired_policys_value_and_keeps_the_clients(
+    cp_quick: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """Resumed after a drop, during which the policy that set system_prompt was retired: the
+    resumed session runs that policy's value (session.ready's echo), but it is not the
+    client's own (the earlier session's record says a policy set it), so it is cleared as
+    the retirement would have cleared it; the client's own values (recorded, or sent just
+    before the drop) stay. Was: every field no policy sets was taken as the client's own
+    (client_config said system_prompt 'Policy A' for good)."""
+    cp = cp_quick
+    await cp.publish({"id": "tone", "match": {"kind": ["voice-agent-v1"]},
+                      "set": {"system_prompt": "Policy A"}})  # fmt: skip
+    agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")
+    resumed = GatewayAgent("a1", "voice-agent-v1", "voice-agent", "gateway")
+    try:
+        await agent.open(cp.ws_base, "tier=gold")
+        upstream_id = agent.upstream_id
+        await agent.update({"input": {"keyterms": ["x"]}})
+        await eventually(lambda: agent.answered)
+        await emulator.faults(upstream_id, {"drop_after_messages": 1})
+        await agent.update({"input": {"turn_detection": {"max_silence": 1800}}})
+        old = cp.live_by_upstream(upstream_id)
+        await eventually(lambda: old not in cp.service.engine.live)
+        await cp.call("DELETE", "/v1/policies/tone", expect=200)
+        await resumed.open_resume(cp.ws_base, upstream_id)
+        sid = resumed.session_id = cp.live_by_upstream(upstream_id)
+
+        async def cleared() -> dict[str, Any] | None:
+            config = (await emulator.session(upstream_id))["config"]
+            return config if not config.get("system_prompt") else None
+
+        config = await eventually(cleared)
+        assert config["input"]["keyterms"] == ["x"]
+        assert config["input"]["turn_detection"]["max_silence"] == 1800
+        await eventually(lambda: not cp.service.engine.live[sid].push.in_flight)
+        await _record_is_truth(cp, emulator, resumed, sid)
+        body = await cp.session(sid)
+        assert "system_prompt" not in body["client_config"], body["client_config"]
+        assert body["client_config"]["keyterms"] == ["x"]
+    finally:
+        await agent.close()
+        await resumed.close()
