@@ -62,7 +62,16 @@ SESSION_SCHEMAS: dict[str, Any] = {
         "required": ["session_id", "variant"],
         "properties": {
             "session_id": {"type": "string"},
-            "variant": {"type": "string"},
+            "variant": {
+                "type": "string",
+                "description": "the arm the session is counted in: the one it was first "
+                "exposed to (the entry exposed_seq names), else its current assignment",
+            },
+            "assigned_variant": {
+                "type": ["string", "null"],
+                "description": "the arm its current assignment gives (a weight change may "
+                "have moved it since its exposure); null: not live on this replica",
+            },
             "iteration": {"type": "integer", "minimum": 1},
             "first_assigned_at": {"type": ["string", "null"], "format": "date-time"},
             "exposed_at": {
