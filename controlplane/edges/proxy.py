@@ -245,7 +245,7 @@ class ProxySession:
             streaming is not None
             and isinstance(parsed, dict)
             and parsed.get("type") == "Warning"
-            and not streaming.upstream_warning()  # unpredicted: which update, nobody knows
+            and not streaming.upstream_warning(str(parsed.get("warning") or ""))
         ):
             return [ToClient(data), ClientChange(_doubt(parsed))]
         return [ToClient(data)]

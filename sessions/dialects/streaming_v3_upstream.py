@@ -17,6 +17,7 @@ runs) and a ``Warning`` for the client naming what was stripped and why.
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -105,9 +106,10 @@ class StreamingUpstream:
         # session, not a merge): they carry canonical fields only, never a preset, so applying
         # them one by one equals applying their union once, when the config is next read
         self._pushed: dict[str, Any] = {}
-        # the upstream's own Warnings the model predicts and has not seen yet (a U3-only field
-        # in a client update on another model: stripped with a Warning); ours never draw one
-        self.warnings_due = 0
+        # the upstream's own Warnings the model predicts and has not seen yet, by the field
+        # each names (a U3-only field in a client update on another model: stripped with a
+        # Warning); ours never draw one
+        self.warnings_due: list[str] = []
 
     @property
     def config(self) -> dict[str, Any] | None:
@@ -195,14 +197,17 @@ class StreamingUpstream:
         }
         delta: dict[str, Value | None] = {n: after.get(n) for n in ordered_fields(names)}
         self._config = result.config
-        self.warnings_due += len(result.stripped)
+        self.warnings_due.extend(result.stripped)
         return ClientEffect(forward, delta, stripped, locked, warning, refused=refused)
 
-    def upstream_warning(self) -> bool:
-        """The upstream sent a ``Warning``: True when the model predicted it (a field it strips
-        itself), False when it did not (the upstream did not apply an update as the model
-        says: which one, the protocol cannot tell)."""
-        if self.warnings_due:
-            self.warnings_due -= 1
-            return True
+    def upstream_warning(self, text: str) -> bool:
+        """The upstream sent a ``Warning`` (``text``): True when the model predicted it (it
+        names a field the model strips itself), False when it did not (the upstream did not
+        apply an update as the model says: which one, the protocol cannot tell). A Warning
+        that names no predicted field is never taken for a predicted one (differential
+        distributed seed 4: a dropped update's Warning was taken for its strip warning)."""
+        for i, name in enumerate(self.warnings_due):
+            if re.search(rf"\b{re.escape(name)}\b", text):  # (prompt, not keyterms_prompt)
+                del self.warnings_due[i]
+                return True
         return False

@@ -101,3 +101,16 @@ def test_a_number_beyond_any_float_is_refused_like_the_upstream_refuses_it() -> 
 def test_an_empty_update_is_forwarded_untouched() -> None:
     effect = StreamingUpstream(U3).client_update({"type": "UpdateConfiguration"}, {})
     assert effect.forward == {"type": "UpdateConfiguration"} and effect.warning is None
+
+
+def test_only_a_warning_naming_a_field_the_model_strips_is_predicted() -> None:
+    """The upstream strips a U3-only field on another model with a Warning naming it: that
+    one is predicted. Any other Warning (a dropped update, a field refused) is not, even
+    while a strip warning is still due (distributed differential seed 4)."""
+    up = StreamingUpstream({"speech_model": "universal-streaming-english", "sample_rate": "16000"})
+    up.client_update({"type": "UpdateConfiguration", "prompt": "u3 only", "vad_threshold": 0.6}, {})
+    assert up.warnings_due == ["prompt"]
+    assert not up.upstream_warning("UpdateConfiguration rejected")
+    assert not up.upstream_warning("keyterms_prompt was rejected and ignored (3010)")
+    assert up.upstream_warning("prompt is not supported by model universal-streaming-english")
+    assert up.warnings_due == [] and not up.upstream_warning("prompt ignored again")
