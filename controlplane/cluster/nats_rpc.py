@@ -10,10 +10,14 @@ only requests signed by a key it holds, for its own subject, sent within
 ``MAX_REQUEST_AGE_S`` and not answered before (a replay within the window); anything else gets
 403 ``forbidden`` and runs nothing (a relabel moves a session in or out of a policy's ``match``,
 so NATS publish rights alone must not do it where publish rights alone make no policy).
+Its REPLY is signed the same way, over the requester's inbox subject: the requester takes the
+first reply signed by a replica's key and ignores the others, so a NATS user that sees the
+request (subscribe rights) cannot answer first with a forged session log or relabel result.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import json
@@ -87,8 +91,9 @@ class NatsRpc:
                     "message": f"the answer to {action} exceeds the NATS message size limit",
                 }}).encode()  # fmt: skip
             if msg.reply:
+                headers = self._signer.headers(msg.reply, data) or None
                 with contextlib.suppress(nats.errors.Error):
-                    await msg.respond(data)
+                    await self._conn.client.publish(msg.reply, data, headers=headers)
 
         try:
             wildcard = f"{self._prefix}{subject_token(node)}.*"
@@ -106,7 +111,10 @@ class NatsRpc:
         headers = self._signer.headers(subject, data) or None
         timeout = self._conn.settings.nats_request_timeout_s
         try:
-            msg = await self._conn.client.request(subject, data, timeout, headers=headers)
+            if self._signer.enabled:
+                msg = await self._signed_reply(subject, data, headers, timeout)
+            else:
+                msg = await self._conn.client.request(subject, data, timeout, headers=headers)
         except nats.errors.NoRespondersError:
             raise Unavailable(
                 f"replica {node!r} that holds this session does not answer (no responders)",
@@ -131,6 +139,31 @@ class NatsRpc:
         sub, self._sub = self._sub, None
         if sub is not None:
             with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _signed_reply(
+        self, subject: str, data: bytes, headers: dict[str, str] | None, wait_s: float
+    ) -> Msg:
+        """The first reply on a fresh inbox signed (over that inbox) by a key held here, not
+        by a scoped key; others are logged and ignored. Raises as ``Client.request`` does."""
+        client = self._conn.client
+        inbox = client.new_inbox()
+        sub = await client.subscribe(inbox)
+        try:
+            await client.publish(subject, data, reply=inbox, headers=headers)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wait_s
+            while True:
+                msg = await sub.next_msg(timeout=max(0.001, deadline - loop.time()))
+                if (msg.headers or {}).get("Status") == "503" and not msg.data:
+                    raise nats.errors.NoRespondersError
+                why = self._signer.check(msg.headers, msg.data or b"", msg_id=inbox)
+                if why is None:
+                    return msg
+                log.warning("reply to the owner request on %s ignored: not signed by a "
+                            "replica's key (%s)", subject, why)  # fmt: skip
+        finally:
+            with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
     def _refusal(self, msg: Msg) -> str | None:

@@ -113,3 +113,35 @@ async def test_with_a_signing_key_only_signed_fresh_owner_requests_relabel_a_ses
     assert "owner request" in text and "refused" in text
     for secret in (KEY, WRONG):
         assert secret not in text
+
+
+async def test_with_a_signing_key_a_forged_reply_to_an_owner_request_is_ignored(
+    cluster: Cluster,  # noqa: F811
+    caplog: Any,
+) -> None:
+    """A NATS user that sees owner requests (subscribe rights on ``<prefix>.node.>``) answers
+    node-a's log request for node-b's session first, with a forged log: node-a takes the reply
+    signed by a replica's key (node-b's, the real log) and ignores the forgery."""
+    keys = SigningKeys.parse(KEY)
+    a = await cluster.start("node-a", policy_signing_key=keys)
+    b = await cluster.start("node-b", policy_signing_key=keys)
+    forged = [{"seq": 1, "session_id": "forged", "status": "acked", "cause": "forged"}]
+    impostor = await cluster.nats()
+    answered: list[str] = []
+
+    async def answer_first(msg: Any) -> None:
+        answered.append(msg.subject)
+        await impostor.publish(msg.reply, json.dumps({"result": forged}).encode())
+
+    await impostor.subscribe(f"{cluster.subject_prefix}.node.node-b.log", cb=answer_first)
+    try:
+        async with b.client(labels={"tier": "basic"}) as app:
+            sid = app.session_id
+            assert sid is not None
+            entries = await a.log(sid)  # read through node-a: an owner request to node-b
+            assert answered  # the impostor saw the request and answered
+            assert entries and all(e.get("session_id") == sid for e in entries), entries
+            assert entries == await b.log(sid)
+    finally:
+        await impostor.close()
+    assert "not signed by a replica's key" in caplog.text
