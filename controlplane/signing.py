@@ -18,12 +18,13 @@ at least ``MIN_KEY_BYTES`` long, comma- or newline-separated: the first key sign
 verifies (rotation: add the new key second, roll out, move it first, roll out, drop the old).
 A key file is re-read when it changes (a Kubernetes Secret update needs no restart).
 
-A key written ``<role>:<key>`` (a lowercase word, then ``:``) is *scoped*: the HMAC key is the
+A key written ``<role>:<key>`` (a word of letters, then ``:``) is *scoped*: the HMAC key is the
 part after the colon, and a signature under it counts only where the caller's
 ``scope_allows(role)`` says so (policy events: the role the event claims is that role or
 below, controlplane.cluster.nats_bus); a match under scoped keys alone is refused
 ``role_above_key``. Unscoped keys (the replicas') count everywhere. Role names are checked
-by the settings (this module knows none). A scope may also name teams, ``<role>@<team>:<key>``
+by the settings (this module knows none; a misspelt scope, ``Experimenter:``, is refused
+there, never taken for an unscoped key). A scope may also name teams, ``<role>@<team>:<key>``
 (docs/security.md#teams): such a key signs only events acting for one of them.
 
 Secrets never leave this module: ``SigningKeys`` prints as ``<2 keys>``, errors say which key
@@ -66,7 +67,7 @@ MAX_HEADER_CHARS: Final = 4096  # a few signatures; anything longer is refused u
 
 Refusal = Literal["unsigned", "bad_signature", "role_above_key"]
 # ``<role>:<key>`` or ``<role>@<team>[+<team>...]:<key>``: a scoped key (module docstring)
-_SCOPE: Final = re.compile(r"[a-z]{1,16}(@[^:]{0,256})?")  # the settings check team names
+_SCOPE: Final = re.compile(r"[A-Za-z]{1,16}(@[^:]{0,256})?")  # the settings check names
 
 
 class SigningKeys:

@@ -135,6 +135,8 @@ async def test_a_key_scoped_to_a_team_signs_only_what_acts_for_that_team(
     [
         (f"experimenter:{EXP},{REPLICA}", "key 1 is scoped"),
         (f"{REPLICA},root:{EXP}", "key 2 is scoped to an unknown role"),
+        # a misspelt scope was an UNSCOPED (replica, any role) key: now refused at start
+        (f"{REPLICA},Experimenter:{EXP}", "key 2 is scoped to an unknown role"),
         (f"{REPLICA},experimenter@a b:{EXP}", "key 2: a team name"),
         (f"{REPLICA},experimenter@x+:{EXP}", "key 2: a team name"),
     ],
