@@ -231,7 +231,7 @@ def real_run(
                     "post_ms": round((answered - published) * 1000, 1),
                     "server_convergence_ms": round(conv_sum * 1000, 1),
                     "cp_cpu_s": round(process_usage(cp.pid)[1] - cpu0, 3),
-                    "cp_loop_cpu_s": round(thread_cpu(cp.pid) - loop0, 3),
+                    "cp_loop_cpu_s": round(thread_cpu(cp.pid) - loop0, 4),
                     "clients_cpu_s": round(pool.cpu_s() - clients0, 3),
                     "frame_bytes": len(sample or ""),
                     "sample": sample,

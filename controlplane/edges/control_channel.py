@@ -50,7 +50,6 @@ import struct
 from typing import Any, Final
 
 from aiohttp import WSMsgType, web
-from aiohttp.http import WebSocketWriter
 
 from controlplane.api.auth import TOKENS, TokenStore, authenticate_for
 from controlplane.edges.admission import (
@@ -99,25 +98,31 @@ TOKEN_RECHECK_S: Final = 2.0  # open connections' tokens checked again (the stor
 class ControlTransport:
     """A control channel as a push ``Transport``. A push frame is written the way
     ``websockets.broadcast`` writes: its bytes built here (the session's prefix, the version,
-    the message encoded once per distinct frame) and handed to the socket's transport at once,
-    without aiohttp's per-frame coroutines; flow control: a write to a congested socket (a
-    worker's) first waits for the transport to resume the writer, an inline write never
-    waits (``write``). A socket that negotiated compression, or anything but aiohttp's
-    server socket, gets ``send_str``."""
+    the message encoded once per distinct frame) and handed to the connection's transport
+    (``request.transport``, public) at once, without aiohttp's per-frame coroutines; flow
+    control: a write to a congested socket (a worker's) first waits for the transport to
+    resume the writer, an inline write never waits (``write``). A socket that negotiated
+    compression (``ws.compress``), or one built without its request, gets ``send_str``.
 
-    __slots__ = ("_head", "_prefix", "_raw", "_transport", "ws")
+    The one private call: the worker's wait for a paused writer, ``BaseProtocol.
+    _drain_helper()`` of ``request.protocol`` (aiohttp has no public drain for a WebSocket:
+    ``StreamResponse.drain()`` is deprecated): why aiohttp is pinned (pyproject.toml)."""
+
+    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
-    def __init__(self, ws: web.WebSocketResponse, session_id: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, session_id: str, request: web.BaseRequest | None = None
+    ) -> None:
         self.ws = ws
         self._prefix = '{"type":"push","session_id":' + json.dumps(session_id) + ',"version":'
         self._head = self._prefix.encode()
-        writer = getattr(ws, "_writer", None)  # (set by prepare(), before registration)
-        # aiohttp's writer of an uncompressed socket: its frames are built here
-        self._raw = writer if isinstance(writer, WebSocketWriter) and not writer.compress else None
-        # its transport (the writer's for the socket's lifetime)
-        self._transport = None if self._raw is None else self._raw.transport
+        # the connection's transport and protocol (the socket's, for its whole life)
+        self._transport = None if request is None else request.transport
+        self._protocol = None if request is None else request.protocol
+        # frames built here: an uncompressed socket (after prepare(): what was negotiated)
+        self._raw = self._transport is not None and not ws.compress
 
     def congested(self) -> bool:
         transport = self._transport
@@ -129,20 +134,20 @@ class ControlTransport:
             return False
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
-        ws, raw, transport = self.ws, self._raw, self._transport
+        ws, transport, protocol = self.ws, self._transport, self._protocol
         if ws.closed:
             raise ConnectionError("control channel is closed")
-        if raw is None or transport is None:
+        if not self._raw or transport is None or protocol is None:
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
-        if transport.get_write_buffer_size() > CONGESTED_BYTES and raw.protocol.writing_paused:
+        if transport.get_write_buffer_size() > CONGESTED_BYTES and protocol.writing_paused:
             # a worker's write (a fan-out writes inline only to a socket that is not
             # congested): wait for the app to read before adding a frame. Never after the
             # write: a fan-out's inline write that fills the buffer past asyncio's high-water
             # mark waited there for the app, and one app that stopped reading stalled the
             # fan-out of every session behind it (test_slow_consumer). So an app's unsent
             # bytes stay under CONGESTED_BYTES + one frame, and only its own worker waits.
-            await raw.protocol._drain_helper()
+            await protocol._drain_helper()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
         transport.write(_text_frame(self._head, push.version, text))
@@ -240,7 +245,7 @@ class ControlChannel:
             )
         ls: LiveSession | None = None
         try:
-            ls = await self._register(ws, principal.app)
+            ls = await self._register(request, ws, principal.app)
             if ls is None:
                 return ws
             await self._welcome(ws, ls)
@@ -268,7 +273,9 @@ class ControlChannel:
                 await self.service.detach(ls, "control_closed")
         return ws
 
-    async def _register(self, ws: web.WebSocketResponse, app: str) -> LiveSession | None:
+    async def _register(
+        self, request: web.Request, ws: web.WebSocketResponse, app: str
+    ) -> LiveSession | None:
         """The attached session, or None when registration was refused (closed with 1008, or
         by aiohttp with 1009 for an oversize frame). ``app``: the token's app identity, recorded
         as the session's ``registered_by`` (an id keeps it: docs/security.md#teams)."""
@@ -291,7 +298,7 @@ class ControlChannel:
                 kind=kind, model=model, labels=labels, client_config=config,
                 session_id=session_id, registered_by=app,
             )  # fmt: skip
-            transport = ControlTransport(ws, session.id)
+            transport = ControlTransport(ws, session.id, request)
             ls = await self.service.attach(
                 session, effective, transport=transport, dialect=dialect_for(kind),
                 running=config, connect_wire=None, chosen_id=session_id is not None,

@@ -111,7 +111,7 @@ async def test_frames_to_an_app_that_stops_reading_wait_for_the_socket_to_drain(
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:  # a small kernel buffer: the writer pauses after little data
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
-        await ready.put(ControlTransport(ws, "slow"))
+        await ready.put(ControlTransport(ws, "slow", request))
         async for _ in ws:  # until the app closes
             pass
         return ws
