@@ -567,3 +567,15 @@ def test_subchart_wiring_when_nats_and_redis_are_vendored(tmp_path: Path) -> Non
         f"redis://:$(REDIS_PASSWORD)@{RELEASE}-redis-master:6379/0"
     )
     assert one(objects, "Deployment")["spec"]["replicas"] == 3
+
+
+def test_tokens_may_name_a_team(chart: Any) -> None:
+    tokens = [{"role": "experimenter", "team": "growth+search", "token": "e" * 24},
+              {"role": "admin", "token": "a" * 24}]  # fmt: skip
+    objects = parse_manifests(chart.render({"auth": {"tokens": tokens}}, name=RELEASE,
+                                           namespace=NAMESPACE))  # fmt: skip
+    text = base64.b64decode(one(objects, "Secret")["data"]["tokens"]).decode()
+    assert parse_tokens(text) == {"e" * 24: "experimenter@growth+search", "a" * 24: "admin"}
+    bad = [{"role": "experimenter", "team": "no spaces", "token": "e" * 24}]
+    with pytest.raises(helm.HelmValuesError):
+        chart.render({"auth": {"tokens": bad}}, name=RELEASE, namespace=NAMESPACE)
