@@ -34,7 +34,6 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Callable
 from typing import Any, Final
 
 import nats
@@ -44,6 +43,14 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
 from controlplane.cluster.nats_connection import NatsConnection, redact
+from controlplane.cluster.policy_feed import (
+    REFUSED,
+    RefusalLog,
+    name_safe,
+    scope_allows,
+    subject_token,
+    version_conflict,
+)
 from controlplane.errors import Conflict, ControlPlaneError, Unavailable
 from controlplane.health import FeedWatch
 from controlplane.intake.bus import (
@@ -54,8 +61,7 @@ from controlplane.intake.bus import (
     decode_event,
 )
 from controlplane.metrics import Metrics
-from controlplane.roles import event_role, parse_grant
-from controlplane.signing import EventSigner, Refusal
+from controlplane.signing import EventSigner
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
 
@@ -79,43 +85,6 @@ RETRY_MAX_S: Final = 10.0
 POLICY_DUPLICATE_WINDOW_S: Final = 24 * 3600.0
 MAX_POLICY_BYTES: Final = MAX_EVENT_BYTES
 DECODE_INLINE_BYTES: Final = 64 * 1024  # larger event bodies are decoded in a thread
-REFUSAL_LOG_BURST: Final = 20  # refused events logged one by one per window ...
-REFUSAL_LOG_WINDOW_S: Final = 10.0  # ... the rest summed up (_RefusalLog)
-_REFUSED: Final[dict[Refusal, str]] = {
-    "unsigned": "no Cp-Signature header (policy signing is on)",
-    "bad_signature": "Cp-Signature does not match its body and Nats-Msg-Id under any key",
-    "role_above_key": "signed only by keys scoped to a role below the role the event claims "
-    "(or it claims none), or to teams it does not act for",
-}
-_SAFE: Final = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_:")
-
-
-def _scope_allows(event: PolicyEvent) -> Callable[[str], bool]:
-    """A key scoped to a role signs events claiming that role or a lower one (never an event
-    without a role: an operator's tool needs an unscoped key; controlplane.signing); scoped
-    to teams too (``role@team``), only events acting for one of them (docs/security.md#teams)."""
-    claimed = event_role(event.role, event.actor)
-
-    def allows(scope: str) -> bool:
-        try:
-            role, teams = parse_grant(scope)
-        except ValueError:  # not a role (the settings refuse it at start)
-            return False
-        return claimed is not None and claimed <= role and (not teams or event.team in teams)
-
-    return allows
-
-
-def subject_token(value: str) -> str:
-    """A subject-safe token: bytes outside ``[A-Za-z0-9_:-]`` become ``%XX`` (so ``.``, ``*``,
-    ``>`` and spaces can never split or widen a subject; ids like ``cps_…`` stay as they are)."""
-    if all(c in _SAFE for c in value) and value:
-        return value
-    return "".join(chr(b) if chr(b) in _SAFE else f"%{b:02X}" for b in value.encode()) or "%"
-
-
-def _name_safe(value: str) -> str:
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in value)[:40]
 
 
 async def ensure_stream(js: JetStreamContext, config: api.StreamConfig) -> api.StreamInfo:
@@ -175,7 +144,7 @@ class NatsPolicyBus:
         self.replayed = False  # the stream as it was at start has been applied
         self._signer = EventSigner(s.policy_signing_key, s.policy_signing_key_file)
         self._unsigned_through = s.policy_unsigned_through_seq  # stored before signing began
-        self._refusals = _RefusalLog(clock or SystemClock())
+        self._refusals = RefusalLog(clock or SystemClock())
         self.watch = FeedWatch(
             clock or SystemClock(), s.readiness_stall_s, lambda: conn.connected,
             lag_s=s.readiness_lag_s,
@@ -206,7 +175,7 @@ class NatsPolicyBus:
         ack_wait = s.policy_ack_wait_s
         backoff = [ack_wait * 2**i for i in range(min(s.policy_max_deliver - 1, 4))]
         return api.ConsumerConfig(
-            name=f"cp-{_name_safe(self._node)}-{uuid.uuid4().hex[:12]}",
+            name=f"cp-{name_safe(self._node)}-{uuid.uuid4().hex[:12]}",
             description=f"policy events for replica {self._node}",
             deliver_policy=(
                 api.DeliverPolicy.ALL if start_seq is None else api.DeliverPolicy.BY_START_SEQUENCE
@@ -281,9 +250,9 @@ class NatsPolicyBus:
             last_seq, last_version = await self._last(subject)
             if event.type in ("policy.halted", "policy.wave"):  # of the version stored last
                 if last_version != event.version:
-                    raise _conflict(event, last_version or 0)
+                    raise version_conflict(event, last_version or 0)
             elif last_version is not None and last_version >= event.version:
-                raise _conflict(event, last_version)
+                raise version_conflict(event, last_version)
             headers = {
                 "Nats-Msg-Id": event.msg_id,
                 "Nats-Expected-Last-Subject-Sequence": str(last_seq),
@@ -302,7 +271,7 @@ class NatsPolicyBus:
         except (nats.errors.Error, OSError) as exc:
             raise translate(f"publish of {event.msg_id}", exc) from exc
         if ack.duplicate:
-            raise _conflict(event, event.version)
+            raise version_conflict(event, event.version)
 
     async def last_version(self, policy_id: str) -> int | None:
         """The version of the last event stored for this policy (None: none, or unreadable)."""
@@ -413,14 +382,14 @@ class NatsPolicyBus:
         except UndecodableEvent as exc:  # acked: counted once, never redelivered
             kind, problem = exc.type, str(exc)
         refusal = None if seq <= self._unsigned_through else self._signer.check(
-            msg.headers, data, scope_allows=None if event is None else _scope_allows(event)
+            msg.headers, data, scope_allows=None if event is None else scope_allows(event)
         )  # fmt: skip
         if refusal is not None:  # acked: a forged or unsigned event is never redelivered
             self._metrics.policy_events.labels(kind, refusal).inc()
             msg_id = (msg.headers or {}).get("Nats-Msg-Id", "")[:200]
             if self._refusals.allow():
                 log.warning("policy event at %s seq %d (Nats-Msg-Id %r) refused: %s",
-                            msg.subject, seq, msg_id, _REFUSED[refusal])  # fmt: skip
+                            msg.subject, seq, msg_id, REFUSED[refusal])  # fmt: skip
         elif problem is not None:
             self._metrics.policy_events.labels(kind, "invalid").inc()
             if self._refusals.allow():
@@ -460,41 +429,3 @@ class NatsPolicyBus:
                 event.type,
             )
         return event
-
-
-class _RefusalLog:
-    """Refused events are logged one by one up to ``REFUSAL_LOG_BURST`` per
-    ``REFUSAL_LOG_WINDOW_S``; beyond that they are only counted (the metric counts them all)
-    and summed up in one line: a hostile stream of a million events must not write a million
-    log lines on every start-up replay."""
-
-    def __init__(self, clock: Clock) -> None:
-        self._clock = clock
-        self._since: float | None = None
-        self._logged = 0
-        self._quiet = 0
-
-    def allow(self) -> bool:
-        now = self._clock.monotonic()
-        if self._since is None or now - self._since >= REFUSAL_LOG_WINDOW_S:
-            self.flush()
-            self._since = now
-        if self._logged < REFUSAL_LOG_BURST:
-            self._logged += 1
-            return True
-        self._quiet += 1
-        return False
-
-    def flush(self) -> None:
-        if self._quiet:
-            log.warning("%d more policy events refused (reasons not logged one by one; "
-                        "counted in controlplane_policy_events_total)", self._quiet)  # fmt: skip
-        self._since, self._logged, self._quiet = None, 0, 0
-
-
-def _conflict(event: PolicyEvent, current: int) -> Conflict:
-    return Conflict(
-        f"policy {event.policy_id!r} version {event.version} is not above the current "
-        f"version {current}; publish version {current + 1} or omit version",
-        details={"id": event.policy_id, "version": event.version, "current": current},
-    )
