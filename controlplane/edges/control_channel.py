@@ -66,6 +66,7 @@ from controlplane.edges.control_session import (
     error_frame,
     registration,
 )
+from controlplane.edges.unsent import Unsent, text_frame
 from controlplane.errors import ControlPlaneError, Forbidden
 from controlplane.push.actions import (
     Acknowledge,
@@ -108,7 +109,7 @@ class ControlTransport:
     _drain_helper()`` of ``request.protocol`` (aiohttp has no public drain for a WebSocket:
     ``StreamResponse.drain()`` is deprecated): why aiohttp is pinned (pyproject.toml)."""
 
-    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "ws")
+    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "unsent", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
@@ -123,6 +124,8 @@ class ControlTransport:
         self._protocol = None if request is None else request.protocol
         # frames built here: an uncompressed socket (after prepare(): what was negotiated)
         self._raw = self._transport is not None and not ws.compress
+        # its unsent bytes, capped (edges.unsent); None: compressed, aiohttp's flow control
+        self.unsent = Unsent(self._transport, session_id) if self._raw else None
 
     def congested(self) -> bool:
         transport = self._transport
@@ -150,7 +153,26 @@ class ControlTransport:
             await protocol._drain_helper()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
-        transport.write(_text_frame(self._head, push.version, text))
+        frame = _text_frame(self._head, push.version, text)
+        if self.unsent is not None and not self.unsent.fits(len(frame)):
+            raise ConnectionError(self.unsent.close_over(len(frame)))
+        transport.write(frame)
+
+    async def answer(self, text: str) -> None:
+        """A frame the app's own message asked for (an answer, an error, a heartbeat),
+        written at once: never waiting for the app to read (``edges.unsent``); dropped once
+        the connection is closing (over the cap, the connection is closed instead)."""
+        transport, unsent = self._transport, self.unsent
+        if transport is None or unsent is None:
+            await self.ws.send_str(text)
+            return
+        frame = text_frame(text.encode())
+        if transport.is_closing():
+            return
+        if not unsent.fits(len(frame)):
+            unsent.close_over(len(frame))
+            return
+        transport.write(frame)
 
 
 # the last message's bytes and the last version's digits (a fan-out's sessions share them)
@@ -327,13 +349,15 @@ class ControlChannel:
     async def _run(self, ws: web.WebSocketResponse, ls: LiveSession, actions: list[Action]) -> None:
         """Execute the machine's actions in order: frames to the app, reports to the port."""
         port = self.sessions
+        transport = ls.transport
+        send = transport.answer if isinstance(transport, ControlTransport) else ws.send_str
         for action in actions:
             if isinstance(action, ToClient):
                 if not action.quiet:
-                    await ws.send_str(action.text)
+                    await send(action.text)
                     continue
                 with contextlib.suppress(Exception):
-                    await ws.send_str(action.text)
+                    await send(action.text)
             elif isinstance(action, Acknowledge):
                 await port.acknowledge(ls, action.ack)
             elif isinstance(action, LateAnswer):

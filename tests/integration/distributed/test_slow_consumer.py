@@ -24,6 +24,16 @@ from tests.integration.service.fleet import App, Fleet
 N = 1000
 
 
+class _Raw:
+    """The server side of an app's socket: the connection's transport and protocol."""
+
+    def __init__(self, transport: object) -> None:
+        assert isinstance(transport, ControlTransport)
+        assert transport._transport is not None and transport._protocol is not None
+        self.transport = transport._transport
+        self.protocol = transport._protocol
+
+
 @pytest.mark.timeout(240)
 async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded(
     cluster: Cluster,
@@ -34,8 +44,7 @@ async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded
         slow = await fleet.app("silent", labels={"who": "slow"})
         slow_ls = a.service.engine.live[slow.session_id]
         assert isinstance(slow_ls.transport, ControlTransport)
-        raw = slow_ls.transport._raw
-        assert raw is not None
+        raw = _Raw(slow_ls.transport)
         server_sock = raw.transport.get_extra_info("socket")
         server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
         assert slow.task is not None
@@ -100,8 +109,7 @@ async def test_a_push_waiting_for_a_congested_socket_ends_in_one_recorded_state(
         slow = await fleet.app("silent", labels={"who": "slow"})
         slow_ls = a.service.engine.live[slow.session_id]
         assert isinstance(slow_ls.transport, ControlTransport)
-        raw = slow_ls.transport._raw
-        assert raw is not None
+        raw = _Raw(slow_ls.transport)
         raw.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
         )
@@ -152,8 +160,7 @@ async def test_a_push_that_timed_out_on_a_congested_socket_is_sent_once_the_app_
         slow = await fleet.app("silent", labels={"who": "slow"})
         slow_ls = a.service.engine.live[slow.session_id]
         assert isinstance(slow_ls.transport, ControlTransport)
-        raw = slow_ls.transport._raw
-        assert raw is not None
+        raw = _Raw(slow_ls.transport)
         raw.transport.get_extra_info("socket").setsockopt(
             socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
         )
