@@ -135,7 +135,11 @@ class PushEngine:
         )
 
     def attach(self, ls: LiveSession, effective: Effective) -> None:
+        held = self.live.get(ls.session.id)
+        if held is not None and held is not ls:
+            held.attached = False
         self.live[ls.session.id] = ls
+        ls.attached = True
         ls.inputs()  # keyed now, not in the first fan-out that reaches the session
         self.adopt(ls, effective)
         # runs them from the start (merged into the connect), or gets a connect push
@@ -150,6 +154,7 @@ class PushEngine:
     def detach(self, session_id: str) -> LiveSession | None:
         ls = self.live.pop(session_id, None)
         if ls is not None:
+            ls.attached = False
             outcome = ls.push.abandoned("session ended before the upstream answered")
             if outcome is not None:  # its answer can no longer come: still one terminal entry
                 with contextlib.suppress(Exception):  # record() logs and counts a failure

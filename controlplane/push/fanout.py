@@ -96,7 +96,6 @@ class _Marking:
     next_turn: tuple[str, float] | None
     now: float
     sync: bool  # the session's record follows now (held: its walk comes later)
-    live: Mapping[str, LiveSession]
     # the last selector key and whether it is selected: sessions with the same kind, model
     # and labels share one interned key (``Inputs.key``), and a fan-out's targets mostly do
     selected: list[object] = field(default_factory=lambda: [None, False])
@@ -177,7 +176,7 @@ class FanOut:
         held = key is not None and self._debounce.arrive(key, now, event_at)
         marking = _Marking(
             self.generation, Resolver(policies), _selectors(relevant), cause, event_at,
-            next_turn, now, sync=held, live=self._pusher.live,
+            next_turn, now, sync=held,
         )  # fmt: skip
         if held:
             self._start_releaser()  # (even when it changes nothing here: the hold must end)
@@ -267,7 +266,7 @@ class FanOut:
         True when it has a new version to write. A session resolved by a newer event
         meanwhile (``LiveSession.marked``) is left to that one."""
         s = ls.session
-        if m.live.get(s.id) is not ls or ls.marked > m.generation:
+        if not ls.attached or ls.marked > m.generation:  # (attached: the engine holds it)
             return False
         inputs = ls.inputs()
         select_one, selects = m.selects
@@ -321,7 +320,6 @@ class FanOut:
         """Walk the sessions queued now (paced: as many as may go now); False when none
         may go yet."""
         pusher, queue, pacer = self._pusher, self._queue, self._pacer
-        live = pusher.live
         n = len(queue)
         if pacer.paced:
             n = min(n, pacer.available(self._clock.monotonic()))
@@ -339,7 +337,7 @@ class FanOut:
                     ls = queue.pop()
                     if ls is None:
                         break
-                    if live.get(ls.session.id) is not ls:
+                    if not ls.attached:
                         continue  # ended while an earlier chunk's frames were written
                     if not pusher.queue(ls, cache, outgoing):
                         pusher.sync_session(ls)

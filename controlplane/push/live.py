@@ -76,6 +76,10 @@ class LiveSession:
     # the generation of the last policy event that resolved the session (push.fanout): an
     # older event's fan-out still walking skips it
     marked: int = 0
+    # whether the engine holds it now (``PushEngine.live[id] is self``: attach sets it, detach
+    # or another session attached under the same id clears it); the fan-out asks it per
+    # session instead of looking the id up in the engine's dict
+    attached: bool = False
 
     @property
     def target(self) -> Target:

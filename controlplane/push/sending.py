@@ -227,14 +227,14 @@ class Sender:
 
     async def send_frames(self, outgoing: list[Outgoing]) -> None:
         """Write the frames of logged pushes (whose entries the caller made durable)."""
-        live, clock, timers = self._live, self._clock, self._timers
+        clock, timers = self._clock, self._timers
         latencies = self._tally.latencies
         written: list[LiveSession] = []  # their timers are filed together (Timers.track_all)
         try:
             for ls, push, frame in outgoing:
                 assert frame.message is not None and frame.text is not None
                 transport, state = ls.transport, ls.push
-                if live.get(ls.session.id) is not ls:
+                if not ls.attached:  # (live[ls.session.id] is not ls: ended meanwhile)
                     if not transport.acknowledging:  # (acknowledging: detach recorded it)
                         self.finish(ls, state.wire_failed(push, "session ended before the write"))
                     continue
