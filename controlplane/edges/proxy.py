@@ -20,7 +20,10 @@ the actions they return (``controlplane.push.actions``), in order. Events:
 - ``upstream_text``: an upstream text frame, forwarded to the client except the Voice Agent
   answers to our own pushes (``controlplane.push.agent_acks`` attributes them);
   readiness and turn boundaries are reported to the service.
-- ``push``: the push engine writes one of our pushes.
+- ``push``: the push engine writes one of our pushes. After the client's Streaming v3
+  ``Terminate`` went upstream, the upstream runs nothing more (it answers ``Termination`` and
+  closes): a push is refused (``ConnectionError``: the engine records it ``rejected`` "write
+  failed", never running), and later client frames go upstream unrecorded.
 - ``on_timer``: an update's acknowledgement deadline passed (Voice Agent).
 - ``close``: the session ended.
 
@@ -61,7 +64,7 @@ from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
-__all__ = ["RESUME_AFTER_REFUSAL", "ProxySession", "agent_error"]
+__all__ = ["RESUME_AFTER_REFUSAL", "TERMINATED", "ProxySession", "agent_error"]
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +74,16 @@ RESUME_AFTER_REFUSAL = (
 )
 
 
+TERMINATED = (
+    "the client ended the session (Terminate went upstream): the upstream applies no more updates"
+)
+
+
 class ProxySession:
     """One proxied session (see the module docstring). ``streaming``: the Streaming v3
     upstream's config model; ``acks``: the Voice Agent leg (one update outstanding)."""
 
-    __slots__ = ("acks", "dialect", "ls", "rates", "streaming")
+    __slots__ = ("acks", "dialect", "ls", "rates", "streaming", "terminated")
 
     def __init__(
         self,
@@ -90,6 +98,7 @@ class ProxySession:
         self.rates = rates
         self.streaming = streaming
         self.acks = acks
+        self.terminated = False  # Streaming v3: the client's Terminate went upstream
 
     # -- the client's frames -----------------------------------------------------------------
     def client_text(self, data: str, now: float) -> list[Action]:
@@ -102,6 +111,11 @@ class ProxySession:
         acks = self.acks
         if not isinstance(message, dict):
             return [ToUpstream(data)] if acks is None else acks.client_other(data)
+        if self.terminated:  # the upstream ends the session: nothing it gets now runs
+            return [ToUpstream(data)]
+        if self.streaming is not None and message.get("type") == "Terminate":
+            self.terminated = True
+            return [ToUpstream(data)]
         if acks is not None and acks.refused and message.get("type") == "session.update":
             # the upstream refused the first message and takes this one as a first: a new
             # connect, the policies' values merged in (as into the first; no lock refusal)
@@ -251,7 +265,10 @@ class ProxySession:
         return [ToClient(data)]
 
     def push(self, push: Push, wire: dict[str, Any], text: str, now: float) -> list[Action]:
-        """The engine writes ``push`` (``wire``, encoded as ``text``)."""
+        """The engine writes ``push`` (``wire``, encoded as ``text``); refused (raises
+        ``ConnectionError``) once the client's ``Terminate`` went upstream."""
+        if self.terminated:
+            raise ConnectionError(TERMINATED)
         if self.acks is not None:  # sent when no other session.update is outstanding
             return self.acks.push(push, wire, now)
         if self.streaming is not None:

@@ -197,6 +197,34 @@ async def test_the_sdk_terminating_while_a_push_goes_out_leaves_a_truthful_recor
         assert sdk.errors == []
 
 
+async def test_a_push_after_the_sdk_terminate_went_upstream_is_rejected_not_running(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The SDK's ``Terminate`` is on its way (the upstream handles each control message
+    300 ms late): a push written after it reaches an upstream that applies nothing more. It
+    is recorded ``rejected`` (never running) and the ended record equals the upstream's last
+    config. (Was: recorded ``sent`` and in config-at, the upstream never ran it.)"""
+    async with streaming_sdk(cp) as sdk:
+        await cp.publish({"id": "late", "set": {"keyterms": ["Before"]}})
+        await _truthful(cp, emulator, sdk, "the first push")
+        await emulator.faults(sdk.upstream_id, {"latency_ms": 300})
+        closing = asyncio.create_task(sdk.client.disconnect(terminate=True))
+        await asyncio.sleep(0.05)  # the Terminate went upstream (handled 300 ms later)
+        await cp.publish({"id": "late", "set": {"keyterms": ["After"]}})
+        await closing
+
+    async def ended() -> bool:
+        return (await cp.session(sdk.upstream_id))["state"] == "ended"
+
+    await eventually(ended)
+    await settle(cp, emulator, sdk.upstream_id)
+    assert await record_problems(cp, emulator, sdk.upstream_id) == []
+    last = [e for e in await cp.log(sdk.upstream_id) if e["version"] == 3]
+    assert [e["status"] for e in last] == ["sent", "rejected"], last
+    assert "Terminate" in last[-1]["error"]
+    assert (await emulator.session(sdk.upstream_id))["config"]["keyterms_prompt"] == ["Before"]
+
+
 async def test_on_a_model_without_prompts_the_skipped_fields_and_the_sdk_own_are_true(
     cp: ControlPlaneUnderTest, emulator: Emulator, caplog: pytest.LogCaptureFixture
 ) -> None:

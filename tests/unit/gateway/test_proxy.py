@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from controlplane.edges.admission import RATE_LIMIT_CLOSE, UpdateRates
 from controlplane.edges.proxy import RESUME_AFTER_REFUSAL, ProxySession, agent_error
 from controlplane.push.acks import ClientRefusal, ClientUpdate, PushApplied
@@ -180,6 +182,18 @@ def test_a_streaming_push_goes_upstream_and_updates_the_upstreams_model() -> Non
     push = Push(2, {"keyterms": ("b",)}, {}, (), "policy", (), None, {})
     assert machine.push(push, wire, json.dumps(wire), 0) == [ToUpstream(json.dumps(wire))]
     assert machine.streaming is not None and machine.streaming.view()["keyterms"] == ("b",)
+
+
+def test_after_the_clients_terminate_a_push_is_refused_and_client_frames_go_unrecorded() -> None:
+    machine = streaming()
+    assert machine.client_text('{"type": "Terminate"}', 0) == [ToUpstream('{"type": "Terminate"}')]
+    wire = {"type": "UpdateConfiguration", "keyterms_prompt": ["b"]}
+    push = Push(2, {"keyterms": ("b",)}, {}, (), "policy", (), None, {})
+    with pytest.raises(ConnectionError, match="Terminate"):
+        machine.push(push, wire, json.dumps(wire), 0)
+    assert machine.streaming is not None and machine.streaming.view().get("keyterms") is None
+    late = json.dumps({"type": "UpdateConfiguration", "keyterms_prompt": ["c"]})
+    assert machine.client_text(late, 0) == [ToUpstream(late)]  # the upstream runs none of it
 
 
 def test_the_echo_of_our_agent_push_is_consumed_and_acknowledged() -> None:
