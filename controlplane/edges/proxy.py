@@ -68,6 +68,8 @@ __all__ = ["RESUME_AFTER_REFUSAL", "TERMINATED", "ProxySession", "agent_error"]
 
 log = logging.getLogger(__name__)
 
+INVALID_MESSAGE = STREAMING_CLOSE["invalid_message"]  # an Error about a message (3006)
+
 RESUME_AFTER_REFUSAL = (
     "session.resume after a refused first message is not supported through the control "
     "plane: send a session.update, or resume on a new connection"
@@ -255,12 +257,7 @@ class ProxySession:
             assert isinstance(parsed, dict)
             return acks.answer(parsed, data, now)  # attributed: forwarded or consumed
         streaming = self.streaming
-        if (
-            streaming is not None
-            and isinstance(parsed, dict)
-            and parsed.get("type") == "Warning"
-            and not streaming.upstream_warning(str(parsed.get("warning") or ""))
-        ):
+        if streaming is not None and isinstance(parsed, dict) and _unpredicted(streaming, parsed):
             return [ToClient(data), ClientChange(_doubt(parsed))]
         return [ToClient(data)]
 
@@ -298,14 +295,27 @@ class ProxySession:
         return [] if self.acks is None else self.acks.close()
 
 
+def _unpredicted(model: StreamingUpstream, parsed: dict[str, Any]) -> bool:
+    """A Streaming v3 ``Warning``, or ``Error`` about a message (code 3006, then the upstream
+    closes), that the upstream's config model did not predict: some earlier update was not
+    applied as recorded."""
+    if parsed.get("type") == "Warning":
+        return not model.upstream_warning(str(parsed.get("warning") or ""))
+    if parsed.get("type") == "Error" and parsed.get("error_code") == INVALID_MESSAGE:
+        return not model.upstream_error()
+    return False
+
+
 def _doubt(warning: dict[str, Any]) -> ClientUpdate:
-    """A Streaming v3 ``Warning`` the upstream's config model did not predict: the upstream
-    did not apply some earlier update (ours or the client's) wholly as recorded, and the
-    protocol has no correlation to say which: logged ``upstream`` ``unverified`` with the
-    warning (docs/audit.md, "Streaming v3 warnings"); nothing else changes."""
-    code, text = warning.get("warning_code"), str(warning.get("warning") or "")[:500]
+    """A Streaming v3 ``Warning`` (or ``Error``) the upstream's config model did not predict:
+    the upstream did not apply some earlier update (ours or the client's) wholly as recorded,
+    and the protocol has no correlation to say which: logged ``upstream`` ``unverified`` with
+    the frame (docs/audit.md, "Streaming v3 warnings"); nothing else changes."""
+    kind = str(warning.get("type"))
+    code = warning.get("warning_code", warning.get("error_code"))
+    text = str(warning.get("warning") or warning.get("error") or "")[:500]
     error = (
-        f"the upstream's Warning {code}: {text!r}: an earlier update may not have "
+        f"the upstream's {kind} {code}: {text!r}: an earlier update may not have "
         "been applied as recorded (Streaming v3 has no correlation: which one is unknown)"
     )
     return ClientUpdate("unverified", {}, dict(warning), error, cause="upstream")

@@ -39,6 +39,7 @@ from sessions.dialects.streaming_v3_table import (
 
 __all__ = ["IMPLICIT_PARAMS", "ClientEffect", "StreamingUpstream", "canonical_view"]
 
+ERROR_DUE: Final = "\x00error"  # (in ``warnings_due``: a client update the upstream refuses)
 # Update parameters that change canonical fields they do not name (a preset).
 IMPLICIT_PARAMS: Final = ("mode",)
 
@@ -189,7 +190,8 @@ class StreamingUpstream:
         forward: dict[str, Any] | None = out if set(out) - {"type"} or not stripped else None
         if forward is None:
             return ClientEffect(None, {}, stripped, locked, warning, refused=refused)
-        if result.rejection is not None:
+        if result.rejection is not None:  # (the upstream answers Error, then closes)
+            self.warnings_due.append(ERROR_DUE)
             return ClientEffect(forward, {}, stripped, locked, warning, True, refused)
         after = canonical_view(result.config)
         names = set(_named(result.applied)) | {
@@ -199,6 +201,15 @@ class StreamingUpstream:
         self._config = result.config
         self.warnings_due.extend(result.stripped)
         return ClientEffect(forward, delta, stripped, locked, warning, refused=refused)
+
+    def upstream_error(self) -> bool:
+        """The upstream sent an ``Error`` about a message (then it closes): True when the model
+        predicted it (a client update it refuses), False when not (an update of ours or the
+        client's refused for a reason the model does not know: which one, nobody can tell)."""
+        if ERROR_DUE in self.warnings_due:
+            self.warnings_due.remove(ERROR_DUE)
+            return True
+        return False
 
     def upstream_warning(self, text: str) -> bool:
         """The upstream sent a ``Warning`` (``text``): True when the model predicted it (it

@@ -68,3 +68,27 @@ async def test_a_warning_the_model_predicts_adds_no_doubt(
 
 async def _has_client_entry(cp: ControlPlaneUnderTest, sid: str) -> bool:
     return any(e["cause"] == "client" for e in await cp.log(sid))
+
+
+async def test_an_error_refusing_our_push_is_recorded_as_a_doubt_before_the_end(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """The upstream refuses an update with ``Error`` 3006 and closes: the record says the
+    last updates may not have run (was: the push recorded ``sent``, config-at claiming it ran
+    until the end; found by sdk-exp with the Python SDK)."""
+    stream = GatewayStreaming("s0", "streaming-v3", "universal-3-5-pro", "gateway")
+    try:
+        await stream.open(cp.ws_base, "tier=gold")
+        sid = stream.session_id = cp.live_by_upstream(stream.upstream_id)
+        await emulator.faults(stream.upstream_id, {"reject_next_update": {"style": "error"}})
+        await cp.publish({"id": "terms", "match": {"kind": ["streaming-v3"]},
+                          "set": {"keyterms": ["acme"]}})  # fmt: skip
+
+        async def ended() -> bool:
+            return (await cp.session(sid))["state"] == "ended"
+
+        await eventually(ended)
+        [doubt] = await _upstream_entries(cp, sid)
+        assert doubt["status"] == "unverified" and "Error 3006" in doubt["error"], doubt
+    finally:
+        await stream.close()
