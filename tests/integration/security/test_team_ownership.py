@@ -152,3 +152,18 @@ async def test_a_lock_policy_of_one_compliance_team_needs_admin_from_another(
     assert len(await versions(cp, "disclosure")) == 1
     await cp.publish({**lock, "set": {"system_prompt": "Say you are a bot."}}, token="tok-legal")
     await cp.call("DELETE", "/v1/policies/disclosure", token="tok-admin", expect=200)
+
+
+async def test_the_owner_team_holds_after_a_restart(cp_settings: Callable[..., Settings]) -> None:
+    """The embedded store rebuilds the owner team from its stored events' ``team``."""
+    settings = cp_settings(tokens=TOKENS)
+    for run in range(2):
+        async with serving(settings) as cp:
+            if run == 0:
+                await cp.publish(experiment("exp", "v1"), token="tok-growth-a")
+                continue
+            policy = await cp.call("GET", "/v1/policies/exp", expect=200)
+            assert (policy["owner_team"], policy["owner_role"]) == ("growth", "experimenter")
+            error = await refused(cp, "DELETE", "/v1/policies/exp", "tok-search")
+            assert error["details"]["owner_team"] == "growth"
+            await cp.call("DELETE", "/v1/policies/exp", token="tok-growth-b", expect=200)
