@@ -38,11 +38,12 @@ from typing import Any
 
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
 from controlplane.edges.admission import RATE_LIMIT_CLOSE, UpdateRates
-from controlplane.push.acks import ClientRefusal, ClientUpdate
+from controlplane.push.acks import ClientRefusal, ClientUpdate, PushRejected
 from controlplane.push.actions import (
     Action,
     ClientChange,
     CloseClient,
+    ConnectAnswer,
     Count,
     Kick,
     Ready,
@@ -85,7 +86,7 @@ class ProxySession:
     """One proxied session (see the module docstring). ``streaming``: the Streaming v3
     upstream's config model; ``acks``: the Voice Agent leg (one update outstanding)."""
 
-    __slots__ = ("acks", "dialect", "ls", "rates", "streaming", "terminated")
+    __slots__ = ("acks", "connect_refs", "dialect", "ls", "rates", "streaming", "terminated")
 
     def __init__(
         self,
@@ -101,6 +102,7 @@ class ProxySession:
         self.streaming = streaming
         self.acks = acks
         self.terminated = False  # Streaming v3: the client's Terminate went upstream
+        self.connect_refs = ls.session.applied  # the policy versions the connect carries
 
     # -- the client's frames -----------------------------------------------------------------
     def client_text(self, data: str, now: float) -> list[Action]:
@@ -257,8 +259,11 @@ class ProxySession:
             assert isinstance(parsed, dict)
             return acks.answer(parsed, data, now)  # attributed: forwarded or consumed
         streaming = self.streaming
-        if streaming is not None and isinstance(parsed, dict) and _unpredicted(streaming, parsed):
-            return [ToClient(data), ClientChange(_doubt(parsed))]
+        if streaming is not None and isinstance(parsed, dict):
+            if parsed.get("type") == "Error" and not self.ls.push.ready:  # (no Begin yet)
+                return [ConnectAnswer(_connect_refused(parsed), self.connect_refs), ToClient(data)]
+            if _unpredicted(streaming, parsed):
+                return [ToClient(data), ClientChange(_doubt(parsed))]
         return [ToClient(data)]
 
     def push(self, push: Push, wire: dict[str, Any], text: str, now: float) -> list[Action]:
@@ -293,6 +298,13 @@ class ProxySession:
     def close(self) -> list[Action]:
         """The session ended (what is still outstanding is settled)."""
         return [] if self.acks is None else self.acks.close()
+
+
+def _connect_refused(error: dict[str, Any]) -> PushRejected:
+    """A Streaming v3 ``Error`` before ``Begin``: the upstream refused the connect (a bad
+    ``speech_model``, say); no upstream session ran its parameters (``connect`` ``rejected``,
+    as a Voice Agent connect's ``session.error``)."""
+    return PushRejected(str(error.get("error_code")), str(error.get("error") or "")[:500])
 
 
 def _unpredicted(model: StreamingUpstream, parsed: dict[str, Any]) -> bool:

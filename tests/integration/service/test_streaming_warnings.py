@@ -8,8 +8,13 @@ record's effect and adds nothing. Real sockets, the emulator's faults."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
+
+import pytest
+import websockets
 
 from tests.integration.differential.actors import GatewayStreaming
 from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
@@ -92,3 +97,34 @@ async def test_an_error_refusing_our_push_is_recorded_as_a_doubt_before_the_end(
         assert doubt["status"] == "unverified" and "Error 3006" in doubt["error"], doubt
     finally:
         await stream.close()
+
+
+async def test_a_connect_the_upstream_refuses_is_recorded_rejected(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """An ``Error`` before ``Begin`` (a speech_model the upstream does not know): no upstream
+    session ever ran the connect's parameters, and the record says so (``connect`` v1
+    ``rejected``, as a Voice Agent connect's ``session.error``); was: ``connect`` ``sent``
+    alone, config-at claiming the parameters ran until the end (sdk-exp's finding)."""
+    await cp.publish({"id": "terms", "match": {"kind": ["streaming-v3"]},
+                      "set": {"keyterms": ["acme"]}})  # fmt: skip
+    with pytest.raises(websockets.ConnectionClosedError):
+        async with websockets.connect(
+            cp.ws_base + "/v3/ws?sample_rate=16000&speech_model=bogus-model",
+            additional_headers={"Authorization": "test-key"},
+        ) as ws:
+            assert json.loads(await asyncio.wait_for(ws.recv(), 5))["type"] == "Error"
+            await asyncio.wait_for(ws.recv(), 5)
+
+    async def ended() -> list[dict[str, Any]]:
+        return list((await cp.call("GET", "/v1/sessions?state=ended", expect=200))["items"])
+
+    [session] = await eventually(ended)
+    log = await cp.log(session["id"])
+    assert [(e["cause"], e["status"], e["version"]) for e in log] == [
+        ("connect", "sent", 1), ("connect", "rejected", 1)]  # fmt: skip
+    assert log[1]["error"].startswith("3006"), log[1]
+    answer = await cp.call(
+        "GET", f"/v1/sessions/{session['id']}/config-at?at={time.time()!r}", expect=200
+    )
+    assert "refused by the upstream" in answer["established_by"]["meaning"], answer
