@@ -63,8 +63,10 @@ export function mount(main, { id }) {
             ["labels", Object.entries(s.labels || {}).map(([k, val]) => `${k}=${val}`).join(", ") || "—"],
             ["versions", `desired ${v.desired ?? "—"} · sent ${v.sent ?? "—"} · acked ${v.acked ?? "—"}`]]
             .map(([k, val]) => el("tr", {}, el("th", {}, k), el("td", { class: "mono" }, val))))),
-        el("div", { class: "panel" }, el("div", { class: "muted" }, "effective configuration"),
-          el("pre", { "data-testid": "effective-config" }, json(s.effective_config)))));
+        el("div", { class: "panel" }, el("div", { class: "muted" }, "effective configuration (what the policies want)"),
+          el("pre", { "data-testid": "effective-config" }, json(s.effective_config)),
+          el("div", { class: "muted" }, "running upstream (as the record knows it)"),
+          el("pre", { "data-testid": "running-config" }, s.running_config == null ? "unknown" : json(s.running_config)))));
       for (let page = 0; page < 20; page++) {
         const cursor = lastSeq ? `&cursor=seq-${lastSeq}` : "";
         const body = await api(`/v1/sessions/${encodeURIComponent(canonical)}/log?limit=1000${cursor}`);

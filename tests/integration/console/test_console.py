@@ -111,6 +111,8 @@ async def test_session_timeline_shows_the_push_live(
         assert client.session_id is not None
         await page.goto(f"{stack.base}/ui/sessions/{client.session_id}#token=tok-compliance")
         await expect(page.get_by_test_id("session-id")).to_have_text(client.session_id)
+        # what runs upstream next to what the policies want (running_config)
+        await expect(page.get_by_test_id("running-config")).to_contain_text("hi")
         entries = page.get_by_test_id("timeline-entry")
         await expect(entries).to_have_count(1)  # the connect entry
         doc = {"id": "timeline", "match": {"labels": {"team": "timeline"}}}
