@@ -66,7 +66,7 @@ from controlplane.edges.control_session import (
     error_frame,
     registration,
 )
-from controlplane.edges.unsent import Unsent, text_frame
+from controlplane.edges.unsent import MAX_UNSENT_BYTES, Unsent, text_frame
 from controlplane.errors import ControlPlaneError, Forbidden
 from controlplane.push.actions import (
     Acknowledge,
@@ -143,7 +143,8 @@ class ControlTransport:
         if not self._raw or transport is None or protocol is None:
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
-        if transport.get_write_buffer_size() > CONGESTED_BYTES and protocol.writing_paused:
+        buffered = transport.get_write_buffer_size()
+        if buffered > CONGESTED_BYTES and protocol.writing_paused:
             # a worker's write (a fan-out writes inline only to a socket that is not
             # congested): wait for the app to read before adding a frame. Never after the
             # write: a fan-out's inline write that fills the buffer past asyncio's high-water
@@ -151,11 +152,14 @@ class ControlTransport:
             # fan-out of every session behind it (test_slow_consumer). So an app's unsent
             # bytes stay under CONGESTED_BYTES + one frame, and only its own worker waits.
             await protocol._drain_helper()
+            buffered = transport.get_write_buffer_size()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
         frame = _text_frame(self._head, push.version, text)
-        if self.unsent is not None and not self.unsent.fits(len(frame)):
-            raise ConnectionError(self.unsent.close_over(len(frame)))
+        unsent = self.unsent  # (asked only when the frame may not fit, not once per push)
+        over = unsent is not None and buffered + len(frame) > MAX_UNSENT_BYTES
+        if over and unsent is not None and not unsent.fits(len(frame)):
+            raise ConnectionError(unsent.close_over(len(frame)))
         transport.write(frame)
 
     async def answer(self, text: str) -> None:
