@@ -459,11 +459,13 @@ async def test_a_resumed_voice_agent_call_keeps_its_variant(
     await cp.publish(RESUME_DOC)
     calls: dict[str, str] = {}  # upstream id -> the prompt it started with
     sockets = []
-    for _ in range(8):
+    # session ids are random: open calls until each arm holds at least 3 (8 calls alone
+    # were all in one arm once in 128 runs)
+    while min(list(calls.values()).count(p) for p in ("Be calm.", "Be bold.")) < 3:
+        assert len(calls) < 40, f"the split put {len(calls)} calls in one arm: {calls}"
         ws, upstream_id = await _agent(cp, {"type": "session.update", "session": {}})
         sockets.append(ws)
         calls[upstream_id] = (await emulator.session(upstream_id))["config"]["system_prompt"]
-    assert set(calls.values()) == {"Be calm.", "Be bold."}
     for upstream_id in calls:  # each upstream connection drops at the next message
         await emulator.faults(upstream_id, {"drop_after_messages": 1})
     await cp.publish(
