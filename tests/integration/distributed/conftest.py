@@ -252,6 +252,19 @@ def own_redis() -> Iterator[ServerProcess]:
 
 
 @pytest.fixture
+async def redis_cluster(
+    nats_url: str, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
+) -> AsyncIterator[Cluster]:
+    """Replicas on the suite's NATS and this test's own Redis (which it may kill or restart)."""
+    async with aiohttp.ClientSession() as http:
+        c = Cluster(nats_url, own_redis.url, emulator, tmp_path, http)
+        try:
+            yield c
+        finally:
+            await c.close()
+
+
+@pytest.fixture
 async def own_cluster(
     own_nats: ServerProcess, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
 ) -> AsyncIterator[Cluster]:

@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -336,18 +334,6 @@ async def test_a_replica_killed_mid_push_its_clients_resume_on_the_other_on_the_
 
 
 # -- 2. redis-server restarted (empty) while sessions register, end and get pushes --------
-@pytest.fixture
-async def redis_cluster(
-    nats_url: str, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
-) -> AsyncIterator[Cluster]:
-    async with aiohttp.ClientSession() as http:
-        c = Cluster(nats_url, own_redis.url, emulator, tmp_path, http)
-        try:
-            yield c
-        finally:
-            await c.close()
-
-
 N_APPS = 60
 N_ENDING = 20
 
