@@ -207,6 +207,7 @@ class Sender:
         """Logged pushes whose entries could not be made durable: their frames are not sent
         (none leaves unrecorded); each ends ``rejected``, its session ``owed``."""
         reason = f"not sent: the version log could not be written ({error})"
+        self._observer.log_append_failed()  # (audit_append_failures_total: the alert pages)
         for ls, push, _ in outgoing:
             if self._live.get(ls.session.id) is not ls:
                 if not ls.transport.acknowledging:  # (acknowledging: detach recorded it)

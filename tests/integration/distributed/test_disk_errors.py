@@ -121,6 +121,8 @@ async def test_a_full_disk_mid_fan_out_sends_nothing_unrecorded_and_owed_session
                 assert (app.session_id, version, "sent") in on_disk, (app.session_id, version)
         refused = [app for app, version in zip(apps, got, strict=True) if version is None]
         assert refused, "the disk filled after the whole fan-out was written"
+        # the audit alert's metric counts it (docs/deploy.md#controlplaneauditappendfailures)
+        assert await replica.metric("controlplane_audit_append_failures_total") >= 1
         checks = await eventually(lambda: _not_ready(replica), timeout=10)
         assert checks["audit_log"] is False
         assert "No space left on device" in checks["failing"]["audit_log"]
