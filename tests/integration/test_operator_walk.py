@@ -237,6 +237,14 @@ def test_the_emulator_on_a_port_in_use_or_with_bad_faults_says_so_in_one_line(
     assert "--faults is not JSON: Expecting property name" in done.stderr
 
 
+# Ctrl-C in a terminal: SIGINT at its default disposition. A shell starts background jobs (a CI
+# run under `cmd &`, nohup) with SIGINT *ignored*, children inherit that, and Python then
+# installs no KeyboardInterrupt handler: the command rightly ignores the signal and the test
+# waited for it. So the command starts with SIGINT back at its default, as from a terminal.
+_SIGINT_DEFAULT = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                   "os.execv(sys.argv[1], sys.argv[1:])")  # fmt: skip
+
+
 @pytest.mark.timeout(60)
 def test_ctrl_c_in_any_command_exits_130_without_a_traceback(tmp_path: Path) -> None:
     # was: a KeyboardInterrupt traceback (e.g. audit verify --data-dir over a large log)
@@ -245,13 +253,18 @@ def test_ctrl_c_in_any_command_exits_130_without_a_traceback(tmp_path: Path) -> 
         silent.listen()
         url = f"http://127.0.0.1:{silent.getsockname()[1]}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
-        proc = subprocess.Popen([EXE, "policy", "ls", "--url", url], env=env, cwd=tmp_path,
-                                stderr=subprocess.PIPE, text=True)  # fmt: skip
-        silent.settimeout(30)
-        connection, _ = silent.accept()  # it connected: parsed, and waiting for the answer
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=20)
-        connection.close()
+        argv = [sys.executable, "-c", _SIGINT_DEFAULT, EXE, "policy", "ls", "--url", url]
+        proc = subprocess.Popen(argv, env=env, cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+        try:
+            silent.settimeout(30)
+            connection, _ = silent.accept()  # it connected: parsed, and waiting for the answer
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=20)
+            connection.close()
+        finally:
+            if proc.poll() is None:  # (no pipe or process left behind for the next test)
+                proc.kill()
+            proc.communicate()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().endswith("controlplane: interrupted"), err
 
