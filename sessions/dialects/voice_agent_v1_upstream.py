@@ -290,6 +290,8 @@ class AgentUpstream:
             if self.owed.popleft() is owed:
                 break
         self.answered_seq = max(self.answered_seq, owed.after_seq)
+        if verdict.status == "rejected":  # the updates sent after it expected it applied:
+            self._reexpect()  # they go on from what runs (found by the property test)
         return Verdict(verdict.forward, verdict.update, verdict.status, verdict.reason,
                        verdict.params, late=True)  # fmt: skip
 
