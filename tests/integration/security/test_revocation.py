@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
+from controlplane.edges.control_channel import TOKEN_RECHECK_S
 from tests.integration.security.conftest import ControlPlaneFactory
 from tests.integration.service.conftest import eventually
 
@@ -69,3 +72,56 @@ async def test_revoking_a_token_ends_its_control_channel_and_rollout_stream(
         assert json.loads((await kept.receive(timeout=5)).data)["type"] in ("heartbeat", "push")
         await kept.close()
         await leaked.close()
+
+
+def _small_receive_buffer(addr_info: Any) -> socket.socket:
+    """A client socket that takes little before its app reads (SO_RCVBUF 4 KiB)."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    return sock
+
+
+async def test_an_app_that_does_not_read_holds_up_no_other_revocation(
+    cp_factory: ControlPlaneFactory, tmp_path: Path
+) -> None:
+    """Two revoked tokens: the first one's app stopped reading and the server holds more of
+    its frames than aiohttp's flow control lets a send add to (pushes of a 20,000-character
+    prompt); the second's app reads. Each connection ends within a recheck and a few
+    seconds: nothing in a revocation waits for an app to read (a guard: the concern was
+    raised this session, checked, and holds today; a watcher that awaited the deaf app's
+    drain or close answer would never end the second connection)."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("app:tok-deaf-app\napp:tok-other-app\n")
+    async with cp_factory(tokens_file=tokens) as cp:
+        url = cp.ws_base + "/v1/control"
+        connector = aiohttp.TCPConnector(socket_factory=_small_receive_buffer)
+        async with aiohttp.ClientSession(connector=connector) as deaf_http:
+            deaf = await deaf_http.ws_connect(url, headers={"Authorization": "Bearer tok-deaf-app"})
+            other = await cp.http.ws_connect(url, headers={"Authorization": "Bearer tok-other-app"})
+            deaf_sid, other_sid = await _registered(deaf), await _registered(other)
+            for n in range(30):  # the deaf app reads none of these
+                prompt = f"{n:05d}" + "x" * 19_990
+                await cp.publish({"id": "big", "set": {"system_prompt": prompt}})
+            while True:  # the other app reads them all
+                if '"00029xxx' in (await other.receive(timeout=10)).data:
+                    break
+            tokens.write_text("# both revoked\n")
+            os.utime(tokens, ns=(7, 7))
+            budget = TOKEN_RECHECK_S + 4  # a recheck, the store's re-read, a loaded machine
+            frames = []
+            while True:  # the deaf app is never read: only the other one
+                msg = await other.receive(timeout=budget)
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    break
+                frames.append(json.loads(msg.data))
+            assert frames and frames[-1]["code"] == "token_revoked", frames[-3:]
+            assert other.close_code == 1008
+
+            async def both_ended() -> bool:
+                states = [(await cp.session(sid))["state"] for sid in (deaf_sid, other_sid)]
+                return states == ["ended", "ended"]
+
+            await eventually(both_ended, timeout=budget)
+            await deaf.close()
+            await other.close()
