@@ -149,3 +149,17 @@ def test_burst_bench_small() -> None:
     assert m["coalescing_on_newest"] == 20
     assert m["coalescing_frames_per_session"] < 5  # five versions, coalesced
     assert 0 < m["coalescing_isolated_p50_ms"] < 5000
+
+
+@pytest.mark.timeout(90)
+def test_fanout_cost_bench_small() -> None:
+    """Every session of every publish got its frame through the real ControlTransport."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "loadtest" / "bench_fanout_cost.py"), "--sessions", "50",
+         "--publishes", "2"],
+        capture_output=True, text=True, timeout=80, cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
+    row = json.loads(done.stdout.splitlines()[-1])
+    assert row["frames"] == row["expected_frames"] == 100, row
+    assert len(row["loop_cpu_us_per_session"]) == 2 and min(row["loop_cpu_us_per_session"]) > 0
