@@ -21,21 +21,9 @@ import pytest
 from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
 from tests.integration.distributed.harness import spawn, stream_events
 from tests.integration.service.conftest import eventually
-from tests.integration.service.fleet import App, Fleet
+from tests.integration.service.fleet import Fleet
 
 FROZEN_S = 20.0
-
-
-async def _prompt(app: App, prompt: str, timeout: float) -> int | None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (left := deadline - loop.time()) > 0:
-        push = await app.next_push(left)
-        if push is None:
-            return None
-        if push.message.get("session") == {"system_prompt": prompt}:
-            return push.version
-    return None
 
 
 @pytest.mark.timeout(120)
@@ -68,14 +56,16 @@ async def test_a_replica_frozen_20_s_catches_up_and_puts_its_sessions_back(
 
             await eventually(ended, timeout=TTL_S * 6)
             await b.publish({"id": "tone", "set": {"system_prompt": "while frozen"}})
-            got_b = await asyncio.gather(*(_prompt(app, "while frozen", 10) for app in apps_b))
+            got_b = await asyncio.gather(
+                *(app.version_of_prompt("while frozen", 10) for app in apps_b)
+            )
             assert all(got_b)
             await asyncio.sleep(frozen_at + FROZEN_S - asyncio.get_running_loop().time())
         finally:
             os.kill(proc.proc.pid, signal.SIGCONT)
 
         # it catches up: the event it missed, pushed to every session it holds
-        got_a = await asyncio.gather(*(_prompt(app, "while frozen", 15) for app in apps_a))
+        got_a = await asyncio.gather(*(app.version_of_prompt("while frozen", 15) for app in apps_a))
         assert all(got_a), got_a
 
         # and its sessions are live again in the registry, with their current versions
@@ -92,7 +82,9 @@ async def test_a_replica_frozen_20_s_catches_up_and_puts_its_sessions_back(
 
         # a policy change after the freeze reaches both replicas' sessions
         await b.publish({"id": "tone", "set": {"system_prompt": "after"}})
-        after = await asyncio.gather(*(_prompt(app, "after", 10) for app in apps_a + apps_b))
+        after = await asyncio.gather(
+            *(app.version_of_prompt("after", 10) for app in apps_a + apps_b)
+        )
         assert all(after), after
 
         # every entry it wrote is in CP_AUDIT once, and each trail verifies there

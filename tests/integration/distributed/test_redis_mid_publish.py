@@ -20,22 +20,10 @@ import pytest
 from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
 from tests.integration.distributed.test_faults import cp_audit_rows, listed, local_rows
 from tests.integration.service.conftest import eventually
-from tests.integration.service.fleet import App, Fleet
+from tests.integration.service.fleet import Fleet
 from tests.support.servers import ServerProcess
 
 APPS = 30  # per replica
-
-
-async def _prompt(app: App, prompt: str, timeout: float) -> int | None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (left := deadline - loop.time()) > 0:
-        push = await app.next_push(left)
-        if push is None:
-            return None
-        if push.message.get("session") == {"system_prompt": prompt}:
-            return push.version
-    return None
 
 
 @pytest.mark.timeout(120)
@@ -55,10 +43,10 @@ async def test_redis_killed_mid_publish_with_sessions_on_two_replicas(
         os.kill(own_redis.proc.pid, signal.SIGKILL)  # while the publish fans out
         await publishing
         own_redis.proc.wait(timeout=10)
-        got = await asyncio.gather(*(_prompt(app, "v1", 10) for app in apps))
+        got = await asyncio.gather(*(app.version_of_prompt("v1", 10) for app in apps))
         assert all(got), got.count(None)
         await b.publish({"id": "tone", "set": {"system_prompt": "v2"}})  # Redis still down
-        got = await asyncio.gather(*(_prompt(app, "v2", 10) for app in apps))
+        got = await asyncio.gather(*(app.version_of_prompt("v2", 10) for app in apps))
         assert all(got), got.count(None)
 
         await asyncio.to_thread(own_redis.start)  # same port, no data

@@ -67,6 +67,18 @@ class App:
                 return True
         return False
 
+    async def version_of_prompt(self, prompt: str, timeout: float) -> int | None:
+        """The version of the first push within ``timeout`` that sets the agent's
+        ``system_prompt`` to ``prompt`` alone (None: none came)."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            push = await self.next_push(left)
+            if push is None:
+                return None
+            if push.message.get("session") == {"system_prompt": prompt}:
+                return push.version
+        return None
+
 
 @dataclass
 class Fleet:
