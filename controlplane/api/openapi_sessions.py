@@ -35,7 +35,8 @@ SESSION_SCHEMAS: dict[str, Any] = {
                 "answered; Streaming v3 and control-channel apps: as sent or reported (no "
                 "acknowledgement exists). It differs from effective_config while a push is "
                 "pending or in doubt, a value is quarantined, or the client overrides an "
-                "unlocked policy field (not fought at once); null: not known",
+                "unlocked policy field (not fought at once); null: nothing (the upstream "
+                "refused the connect: no upstream session runs), or a record from before it",
             },
             "versions": {"type": "object"},
             "upstream_id": {

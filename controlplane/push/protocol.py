@@ -118,6 +118,7 @@ class PushState:
     unanswered: Push | None = None
     # no acknowledgements: the base before the last push was taken as running (``take``)
     _before: Config | None = None
+    refused_connect: bool = False  # the upstream refused the connect: no upstream session runs
 
     @classmethod
     def start(
@@ -147,6 +148,7 @@ class PushState:
         upstream before it): ``acked``, ``rejected`` or ``unverified``."""
         if status == "acked":
             self.acked_version = max(self.acked_version, version)
+        self.refused_connect = status == "rejected"
         self.last_status = status
 
     def restart(self, config: Config, refs: tuple[PolicyRef, ...]) -> int:
@@ -160,6 +162,7 @@ class PushState:
         self._unsent.clear()
         self._event_at = self.hold_deadline = self.last_status = None
         self.held = ()
+        self.refused_connect = False
         return version
 
     # -- inputs --------------------------------------------------------------------------

@@ -94,7 +94,8 @@ class Sender:
         s.desired_version = p.desired_version
         s.sent_version = p.sent_version
         s.acked_version = p.acked_version
-        s.running_config = p.base  # what the upstream runs (GET, every replica: registry)
+        # what the upstream runs (GET, every replica: registry); None: nothing (connect refused)
+        s.running_config = None if p.refused_connect else p.base
         s.state = _STATES[p.state]
         s.updated_at = self._clock.now()
         self._registry.mark(ls)

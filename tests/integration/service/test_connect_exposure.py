@@ -134,6 +134,7 @@ async def test_a_voice_agent_connect_the_upstream_refuses_is_rejected_then_the_r
         [row] = (await _assignments(cp)).values()  # assigned by its connect, not exposed
         assert row["session_id"] == sid and row["exposed_at"] is None
         assert (await cp.session(sid))["versions"]["acked"] == 0
+        assert (await cp.session(sid))["running_config"] is None  # no upstream session runs
         answer = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={time.time()}",
                                expect=200)  # fmt: skip
         assert "refused by the upstream" in answer["established_by"]["meaning"]
@@ -155,6 +156,7 @@ async def test_a_voice_agent_connect_the_upstream_refuses_is_rejected_then_the_r
         session = await cp.session(sid)
         assert session["versions"] == {"desired": 2, "sent": 2, "acked": 2}
         assert session["state"] == "synced"
+        assert session["running_config"]["system_prompt"] == "Be kind."  # the retry runs
         totals = await _totals(cp)
         assert (totals["targeted"], totals["acknowledged"], totals["rejected"]) == (1, 1, 0)
         agent = GatewayAgent("a0", "voice-agent-v1", "voice-agent", "gateway")

@@ -124,6 +124,7 @@ async def test_a_connect_the_upstream_refuses_is_recorded_rejected(
     assert [(e["cause"], e["status"], e["version"]) for e in log] == [
         ("connect", "sent", 1), ("connect", "rejected", 1)]  # fmt: skip
     assert log[1]["error"].startswith("3006"), log[1]
+    assert session["running_config"] is None  # no upstream session ran the parameters
     answer = await cp.call(
         "GET", f"/v1/sessions/{session['id']}/config-at?at={time.time()!r}", expect=200
     )
