@@ -15,10 +15,7 @@ import os
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -27,7 +24,7 @@ from sessions.group_commit import GroupClosed
 from sessions.model import SessionState
 from sessions.redis_registry import RedisRegistry
 from tests.contract.test_registry_contract import session
-from tests.integration.distributed.conftest import Cluster, Emulator
+from tests.integration.distributed.conftest import Cluster
 from tests.integration.service.conftest import eventually
 from tests.integration.service.fleet import Fleet
 from tests.support.servers import ServerProcess
@@ -87,18 +84,6 @@ async def test_close_against_a_hung_redis_is_bounded_and_names_the_ends_not_writ
         assert await probe.zcard("cp:sessions:live") == len(ids)
     finally:
         await probe.aclose()
-
-
-@pytest.fixture
-async def redis_cluster(
-    nats_url: str, own_redis: ServerProcess, emulator: Emulator, tmp_path: Path
-) -> AsyncIterator[Cluster]:
-    async with aiohttp.ClientSession() as http:
-        c = Cluster(nats_url, own_redis.url, emulator, tmp_path, http)
-        try:
-            yield c
-        finally:
-            await c.close()
 
 
 @pytest.mark.timeout(90)
