@@ -16,8 +16,8 @@ import time
 import pytest
 
 from controlplane.edges.control_channel import ControlTransport
-from controlplane.push.live import CONGESTED_BYTES
-from tests.integration.distributed.conftest import Cluster
+from controlplane.push.live import CONGESTED_BYTES, LiveSession
+from tests.integration.distributed.conftest import Cluster, Replica
 from tests.integration.service.conftest import eventually
 from tests.integration.service.fleet import App, Fleet
 
@@ -32,6 +32,38 @@ class _Raw:
         assert transport._transport is not None and transport._protocol is not None
         self.transport = transport._transport
         self.protocol = transport._protocol
+
+
+async def _congested(a: Replica, fleet: Fleet) -> tuple[App, LiveSession, str]:
+    """An app that stops reading (small kernel buffers on both sides) while versions of a
+    ~19,000-character prompt are published to it alone, acknowledged blindly until its socket
+    is congested and a worker waits to write the last one: the app, its live session and the
+    last prompt published."""
+    slow = await fleet.app("silent", labels={"who": "slow"})
+    slow_ls = a.service.engine.live[slow.session_id]
+    raw = _Raw(slow_ls.transport)
+    raw.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
+    )
+    ws = slow.client._ws
+    assert slow.task is not None and ws is not None
+    slow.task.cancel()  # the app stops reading
+    ws.transport.pause_reading()
+    ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    big = "x" * 19_000
+    prompt = ""
+    for n in range(40):  # acknowledged blindly until the socket is congested
+        prompt = f"{n} {big}"
+        await a.publish({"id": "slow-only", "set": {"system_prompt": prompt}})
+        await eventually(lambda: slow_ls.push.in_flight is not None or slow_ls.worker)
+        if slow_ls.worker is not None:
+            break
+        in_flight = slow_ls.push.in_flight
+        assert in_flight is not None
+        await slow.client.applied(in_flight.version)
+        await eventually(lambda: slow_ls.push.in_flight is None or slow_ls.worker)
+    assert slow_ls.worker is not None, raw.transport.get_write_buffer_size()
+    return slow, slow_ls, prompt
 
 
 @pytest.mark.timeout(240)
@@ -106,30 +138,7 @@ async def test_a_push_waiting_for_a_congested_socket_ends_in_one_recorded_state(
     a = await cluster.start("node-a", ack_timeout_s=0.5, send_timeout_s=2.0)
     fleet = Fleet(a.ws_base)
     try:
-        slow = await fleet.app("silent", labels={"who": "slow"})
-        slow_ls = a.service.engine.live[slow.session_id]
-        assert isinstance(slow_ls.transport, ControlTransport)
-        raw = _Raw(slow_ls.transport)
-        raw.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
-        )
-        assert slow.task is not None and slow.client._ws is not None
-        slow.task.cancel()  # the app stops reading
-        slow.client._ws.transport.pause_reading()
-        slow.client._ws.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024
-        )
-        big = "x" * 19_000
-        for n in range(40):  # acknowledged blindly until the socket is congested
-            await a.publish({"id": "slow-only", "set": {"system_prompt": f"{n} {big}"}})
-            await eventually(lambda: slow_ls.push.in_flight is not None or slow_ls.worker)
-            if slow_ls.worker is not None:
-                break
-            in_flight = slow_ls.push.in_flight
-            assert in_flight is not None
-            await slow.client.applied(in_flight.version)
-            await eventually(lambda: slow_ls.push.in_flight is None or slow_ls.worker)
-        assert slow_ls.worker is not None, raw.transport.get_write_buffer_size()
+        slow, slow_ls, _ = await _congested(a, fleet)
         await eventually(lambda: slow_ls.worker is None, timeout=10)  # send timed out
         entries = await a.log(str(slow.session_id))
         ends: dict[int, list[str]] = {}
@@ -157,33 +166,9 @@ async def test_a_push_that_timed_out_on_a_congested_socket_is_sent_once_the_app_
     a = await cluster.start("node-a", ack_timeout_s=10.0, send_timeout_s=2.0)
     fleet = Fleet(a.ws_base)
     try:
-        slow = await fleet.app("silent", labels={"who": "slow"})
-        slow_ls = a.service.engine.live[slow.session_id]
-        assert isinstance(slow_ls.transport, ControlTransport)
-        raw = _Raw(slow_ls.transport)
-        raw.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
-        )
+        slow, slow_ls, prompt = await _congested(a, fleet)
         ws = slow.client._ws
-        assert slow.task is not None and ws is not None
-        slow.task.cancel()  # the app stops reading
-        ws.transport.pause_reading()
-        ws.transport.get_extra_info("socket").setsockopt(
-            socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024
-        )
-        big = "x" * 19_000
-        prompt = ""
-        for n in range(40):  # acknowledged blindly until the socket is congested
-            prompt = f"{n} {big}"
-            await a.publish({"id": "slow-only", "set": {"system_prompt": prompt}})
-            await eventually(lambda: slow_ls.push.in_flight is not None or slow_ls.worker)
-            if slow_ls.worker is not None:
-                break
-            in_flight = slow_ls.push.in_flight
-            assert in_flight is not None
-            await slow.client.applied(in_flight.version)
-            await eventually(lambda: slow_ls.push.in_flight is None or slow_ls.worker)
-        assert slow_ls.worker is not None, raw.transport.get_write_buffer_size()
+        assert ws is not None
         timed_out = slow_ls.push.sent_version  # the worker's push, waiting for the app
         await eventually(lambda: slow_ls.worker is None, timeout=10)  # send timed out
         assert slow_ls.push.base.get("system_prompt") != prompt  # the app does not run it
