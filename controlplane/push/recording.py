@@ -63,17 +63,7 @@ class Recorder:
         takes effect (experiment exposures, ``on_record``); None: decided by the status."""
         # config_hash: what the upstream runs once this entry takes effect (default: the push
         # state's base, e.g. after a client's own update; `audit at` checks it)
-        cfg = ls.push.base if config is None else config
         try:
-            memo = ls.logged_config
-            if memo is not None and memo[0] is cfg:  # the `sent` entry's config, now `acked`
-                conf = memo[1]
-            else:
-                last = self._last_config  # the sessions of a fan-out share configs (Resolver)
-                if last is None or last[0] is not cfg:
-                    last = self._last_config = (cfg, canonical(cfg))
-                conf = last[1]
-                ls.logged_config = last  # (one pair for them all: no object per session)
             self._log.add_entry(
                 ls.session.id,
                 ls.push.desired_version if version is None else version,
@@ -83,7 +73,7 @@ class Recorder:
                 wire,
                 status,
                 error,
-                conf,
+                self._encoded(ls, ls.push.base if config is None else config),
             )
         except Exception:
             self._observer.log_append_failed()
@@ -104,22 +94,26 @@ class Recorder:
             except Exception:
                 log.exception("experiment exposure hook failed for session %s", ls.session.id)
 
+    def _encoded(self, ls: LiveSession, cfg: Config) -> Canonical:
+        """``cfg`` encoded for an entry, once per distinct config object: the session's last
+        logged one (the `sent` entry's config, now `acked`), else the recorder's last (a
+        fan-out's sessions share configs: Resolver), one pair for them all."""
+        memo = ls.logged_config
+        if memo is not None and memo[0] is cfg:
+            return memo[1]
+        last = self._last_config
+        if last is None or last[0] is not cfg:
+            last = self._last_config = (cfg, canonical(cfg))
+        ls.logged_config = last  # (no object per session)
+        return last[1]
+
     def sent(self, ls: LiveSession, push: Push, delta: Canonical, wire: Canonical | None,
              note: str | None) -> None:  # fmt: skip
         """The ``sent`` entry of ``push`` (its frame's encodings: ``delta``, ``wire``, the
         skipped-fields ``note``): ``record`` for a fan-out's one entry per session, positional
         and without the choices a ``sent`` entry never needs."""
-        cfg = push.config
         try:
-            memo = ls.logged_config
-            if memo is not None and memo[0] is cfg:
-                conf = memo[1]
-            else:
-                last = self._last_config  # the sessions of a fan-out share configs (Resolver)
-                if last is None or last[0] is not cfg:
-                    last = self._last_config = (cfg, canonical(cfg))
-                conf = last[1]
-                ls.logged_config = last
+            conf = self._encoded(ls, push.config)
             text = ls.id_text
             if text is None:
                 text = ls.id_text = session_text(ls.session.id)
