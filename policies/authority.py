@@ -15,6 +15,12 @@ sticky per session, so some sessions are in both):
   labels; whether any does depends on live labels.
 
 The containment test is conservative: when it cannot prove containment it answers ``labels``.
+
+Teams (docs/security.md#locks-and-teams): a lock bound to its owner team (``Policy.team``, set
+below admin) holds against the other teams of its own rank too: a version of another team at
+that rank that would set the field crosses it like a lower rank's, and one that would LOCK the
+field too (``LockClash.locks``) is a clash wherever both may meet (``labels`` included): two
+teams never share a field's lock, which resolution would settle by priority.
 """
 
 from __future__ import annotations
@@ -33,14 +39,23 @@ Overlap = Literal["none", "certain", "labels"]
 
 @dataclass(frozen=True, slots=True)
 class LockClash:
-    """``policy`` (version ``version``, owner rank ``rank``) locks ``field``, which the new
-    version sets on sessions it also covers; ``certain`` unless that depends on live labels."""
+    """``policy`` (version ``version``, owner rank ``rank``, lock bound to team ``team``)
+    locks ``field``, which the new version sets (or, ``locks``, locks too: only another team
+    of the same rank) on sessions it also covers; ``certain`` unless that depends on live
+    labels."""
 
     field: str
     policy: str
     version: int
     rank: int
     certain: bool
+    team: str | None = None
+    locks: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """Whether publishing is refused (409): certain, or a second team's lock."""
+        return self.certain or self.locks
 
 
 def set_fields(policy: Policy) -> set[str]:
@@ -53,26 +68,34 @@ def set_fields(policy: Policy) -> set[str]:
     return names
 
 
-def lock_clashes(policy: Policy, rank: int, active: Iterable[Policy]) -> list[LockClash]:
-    """The locks of higher-ranked ``active`` policies that ``policy`` (owned at ``rank``) would
-    cross, sorted by field (canonical order), then locking policy id. ``policy``'s own id is
-    skipped (its earlier versions are replaced, not crossed)."""
+def lock_clashes(
+    policy: Policy, rank: int, active: Iterable[Policy], team: str | None = None
+) -> list[LockClash]:
+    """The locks of ``active`` policies that ``policy`` (owned at ``rank`` by ``team``) would
+    cross: those of a higher rank, and those of its rank bound to another team; sorted by
+    field (canonical order), then locking policy id. ``policy``'s own id is skipped (its
+    earlier versions are replaced, not crossed)."""
     sets = set_fields(policy)
+    own_locks = set(policy.lock)
     out: list[LockClash] = []
-    if not sets:
+    if not sets and not own_locks:
         return out
     for other in active:
-        if other.id == policy.id or other.rank <= rank or not other.lock:
+        if other.id == policy.id or other.rank < rank or not other.lock:
             continue
+        if other.rank == rank and (other.team is None or other.team == team):
+            continue  # the same rank: only another team's bound lock holds
         crossed = sets.intersection(other.lock)
-        if not crossed:
+        relocked = own_locks.intersection(other.lock) if other.rank == rank else set()
+        if not crossed and not relocked:
             continue
         kind = overlap(policy.match, other.match)
         if kind == "none":
             continue
         assert other.version is not None
-        for name in crossed:
-            out.append(LockClash(name, other.id, other.version, other.rank, kind == "certain"))
+        for name in crossed | relocked:
+            out.append(LockClash(name, other.id, other.version, other.rank, kind == "certain",
+                                 other.team, name in relocked))  # fmt: skip
     order = {name: index for index, name in enumerate(FIELDS)}
     out.sort(key=lambda c: (order.get(c.field, len(order)), c.policy))
     return out

@@ -84,13 +84,16 @@ class PolicyPlan:
     ``defaults``: the policy's ``defaults`` (the same for every variant).
     ``version`` is ``None`` for an unpublished document, which the resolver refuses.
     ``rank``: the authority of the role that owns the policy (:meth:`Policy.with_rank`); a
-    lock holds against every policy of a lower rank (docs/policies.md#locks).
+    lock holds against every policy of a lower rank (docs/policies.md#locks), and, when
+    ``team`` is set (its owner team, below admin), against that rank's policies of other teams
+    too (docs/security.md#locks-and-teams).
     """
 
     id: str
     version: int | None
     precedence: tuple[int, str]
     rank: int
+    team: str | None
     match: Match
     lock: tuple[str, ...]
     rollout_units: int | None
@@ -130,6 +133,8 @@ class Policy(BaseModel):
     # the owning role's authority: not part of the document (a publisher cannot claim it);
     # set by the policy store from the policy event (docs/policies.md#locks)
     _rank: int = PrivateAttr(default=0)
+    # the owner team a lock of this policy binds its rank's other teams for (None: not bound)
+    _team: str | None = PrivateAttr(default=None)
 
     @field_validator("lock")
     @classmethod
@@ -208,12 +213,19 @@ class Policy(BaseModel):
         """The owning role's authority (0 unless set by :meth:`with_rank`)."""
         return self._rank
 
-    def with_rank(self, rank: int) -> Policy:
-        """This policy owned by a role of authority ``rank``; the document is unchanged."""
-        if rank == self._rank:
+    @property
+    def team(self) -> str | None:
+        """The owner team its locks bind other teams of its rank for (None: no team binds)."""
+        return self._team
+
+    def with_rank(self, rank: int, team: str | None = None) -> Policy:
+        """This policy owned by a role of authority ``rank`` and, for locks, team ``team``
+        (None: its locks bind only lower ranks); the document is unchanged."""
+        if rank == self._rank and team == self._team:
             return self
         copy = self.model_copy()
         copy._rank = rank
+        copy._team = team
         copy.__dict__.pop("plan", None)
         return copy
 
@@ -261,6 +273,7 @@ def _make_plan(policy: Policy) -> PolicyPlan:
         version=policy.version,
         precedence=(-policy.priority, policy.id),
         rank=policy.rank,
+        team=policy.team,
         match=policy.match,
         lock=policy.lock,
         rollout_units=_units(rollout),

@@ -14,9 +14,12 @@ Precedence: applying policies are ordered by ``priority`` descending, ties broke
 ascending (byte order; ids are ASCII). The first policy in that order that sets a field owns it
 (``provenance``), except that locks are a ceiling: a field locked by an applying policy of
 owner rank ``r`` (``PolicyPlan.rank``, the authority of the role that owns it) cannot be set by
-an applying policy of a lower rank, whatever its priority. Between locks on one field the
-higher rank wins, then priority, then id (``locks``); the field then goes to the first policy,
-in priority order, among those of at least the lock's rank (docs/policies.md#locks).
+an applying policy of a lower rank, whatever its priority; nor, when the lock is bound to its
+owner team (``PolicyPlan.team``: below admin), by a policy of rank ``r`` of another team
+(docs/security.md#locks-and-teams). Between locks on one field the higher rank wins, then
+priority, then id (``locks``; publishing refuses a second team's lock, so same-rank locks of
+two teams are only met in policies stored before that); the field then goes to the first
+policy, in priority order, among those the lock lets set it (docs/policies.md#locks).
 
 ``defaults`` fill only what is left: a field no applying policy sets (under the same
 ceiling) takes the first default in precedence order, and only in a session whose client
@@ -145,40 +148,53 @@ def overlay(plans: Iterable[PolicyPlan], target: Target) -> Overlay:
     for plan in plans:
         hit = _applies(plan, target)
         if hit is not None:
-            hits.append((plan.precedence, plan.rank, plan.lock, hit[0], hit[1], plan.defaults))
+            hits.append(
+                (plan.precedence, plan.rank, plan.team, plan.lock, hit[0], hit[1], plan.defaults)
+            )
             locking = locking or bool(plan.lock)
             defaulting = defaulting or bool(plan.defaults)
     hits.sort(key=_first)
     values: dict[str, Value] = {}
     provenance: dict[str, PolicyRef] = {}
     locks: dict[str, PolicyRef] = {}
-    applied = tuple(hit[3] for hit in hits)
+    applied = tuple(hit[4] for hit in hits)
     if not locking and not defaulting:
-        for _, _, _, ref, set_values, _ in hits:
+        for _, _, _, _, ref, set_values, _ in hits:
             for name, value in set_values.items():
                 if name not in provenance:
                     provenance[name] = ref
                     values[name] = value
         return Overlay(values, provenance, locks, applied)
     # locks first: per field the highest rank, then (hits being in precedence order) priority
-    ceiling: dict[str, int] = {}
-    for _, rank, lock, ref, _, _ in hits:
+    ceiling: dict[str, tuple[int, str | None]] = {}
+    for _, rank, team, lock, ref, _, _ in hits:
         for name in lock:
-            if rank > ceiling.get(name, -1):
-                ceiling[name] = rank
+            held = ceiling.get(name)
+            if held is None or rank > held[0]:
+                ceiling[name] = (rank, team)
                 locks[name] = ref
-    for _, rank, _, ref, set_values, _ in hits:
+    for _, rank, team, _, ref, set_values, _ in hits:
         for name, value in set_values.items():
-            if name not in provenance and rank >= ceiling.get(name, rank):
+            if name not in provenance and _may_set(rank, team, ceiling.get(name)):
                 provenance[name] = ref
                 values[name] = value
     # defaults: fields no policy sets; the first in precedence order under the lock ceiling
     defaults: dict[str, tuple[Value, PolicyRef]] = {}
-    for _, rank, _, ref, _, given in hits:
+    for _, rank, team, _, ref, _, given in hits:
         for name, value in given.items():
-            if name not in provenance and name not in defaults and rank >= ceiling.get(name, rank):
+            if (name not in provenance and name not in defaults
+                    and _may_set(rank, team, ceiling.get(name))):  # fmt: skip
                 defaults[name] = (value, ref)
     return Overlay(values, provenance, locks, applied, defaults)
+
+
+def _may_set(rank: int, team: str | None, held: tuple[int, str | None] | None) -> bool:
+    """Whether a policy of ``rank`` owned by ``team`` may set a field whose lock is ``held``
+    (rank, bound team; None: unlocked): a higher rank may; the lock's rank only when the lock
+    binds no team or it is the lock's team."""
+    if held is None or rank > held[0]:
+        return True
+    return rank == held[0] and (held[1] is None or team == held[1])
 
 
 class Resolver:
@@ -297,7 +313,13 @@ def _decision(plan: PolicyPlan, target: Target) -> PolicyRef | None:
 
 
 _Hit = tuple[
-    tuple[int, str], int, tuple[str, ...], PolicyRef, Mapping[str, Value], Mapping[str, Value]
+    tuple[int, str],
+    int,
+    str | None,
+    tuple[str, ...],
+    PolicyRef,
+    Mapping[str, Value],
+    Mapping[str, Value],
 ]
 
 

@@ -9,7 +9,9 @@ docs/policies.md#locks). Called by the service before it publishes a policy even
   experiment policies without a lock (403 ``forbidden``); the rollout guard acts as the owner.
 - :func:`check_locks`: a version that would set a field locked by a higher role's active
   policy on sessions both surely target is refused (409 ``field_locked``); clashes that depend
-  on live labels come back as warnings (resolution gives the lock owner the field there).
+  on live labels come back as warnings (resolution gives the lock owner the field there). A
+  lock of another team at the version's owner role holds the same way, and that field may not
+  be locked by a second team at all (``controlplane.intake.team_locks``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 
 from controlplane.errors import Conflict, Forbidden
 from controlplane.intake.store import PolicyStore
+from controlplane.intake.team_locks import owner_after, team_clashes
 from controlplane.roles import Role, Team, owner_refusal, publish_refusal
-from policies.authority import LockClash, lock_clashes
+from policies.authority import LockClash
 from policies.model import Policy
 
 __all__ = ["acting_role", "acting_team", "check_locks", "check_owner"]
@@ -83,23 +86,40 @@ def acting_role(
     return role
 
 
-def check_locks(store: PolicyStore, policy: Policy, role: Role) -> list[dict[str, Any]]:
-    """The lock warnings of publishing ``policy`` as ``role``; 409 ``field_locked`` when it
-    would set a locked field on sessions that surely carry both policies."""
-    items = [_clash(c) for c in lock_clashes(policy, int(role), store.active())]
-    certain = [item for item in items if item["certain"]]
-    if certain:
-        first = certain[0]
+def check_locks(
+    store: PolicyStore, policy: Policy, role: Role, team: Team | None = None
+) -> list[dict[str, Any]]:
+    """The lock warnings of publishing ``policy`` as ``role`` for ``team``; 409
+    ``field_locked`` when it would set a field a higher role locks on sessions that surely
+    carry both policies, or cross a lock another team of its owner role holds (set it there,
+    or lock it too wherever both may meet: docs/security.md#locks-and-teams)."""
+    rank, owner_team = owner_after(store, policy.id, role, acting_team(store, policy.id, team))
+    clashes = team_clashes(policy, rank, owner_team, store.active())
+    items = [_clash(c) for c in clashes]
+    refused = [item for clash, item in zip(clashes, items, strict=True) if clash.refused]
+    if refused:
+        first = refused[0]
+        verb = "lock" if first["locks"] else "set"
+        details = {"field": first["field"], "policy": first["policy"],
+                   "version": first["version"], "owner_role": first["owner_role"],
+                   "role": role.label, "conflicts": refused}  # fmt: skip
+        if first["owner_role"] == rank.label:  # another team of the same role
+            details.update(owner_team=first["owner_team"], team=owner_team)
+            holder = (f"policy {first['policy']!r} version {first['version']} (role "
+                      f"{first['owner_role']}, team {first['owner_team']!r})")  # fmt: skip
+            why = (f"only its team's policies (or an admin's) may {verb} it; team "
+                   f"{owner_team!r} needs role admin, or a token granted team "
+                   f"{first['owner_team']!r}")  # fmt: skip
+        else:
+            holder = (f"policy {first['policy']!r} version {first['version']} (role "
+                      f"{first['owner_role']})")  # fmt: skip
+            why = f"a {role.label} policy may not set it there, whatever its priority"
         raise Conflict(
-            f"policy {policy.id!r} sets field {first['field']!r}, which policy "
-            f"{first['policy']!r} version {first['version']} (role {first['owner_role']}) "
-            f"locks on sessions this policy targets; a {role.label} policy may not set it "
-            "there, whatever its priority",
+            f"policy {policy.id!r} {'locks' if first['locks'] else 'sets'} field "
+            f"{first['field']!r}, which {holder} locks on sessions this policy targets; {why}",
             code="field_locked",
-            details={"field": first["field"], "policy": first["policy"],
-                     "version": first["version"], "owner_role": first["owner_role"],
-                     "role": role.label, "conflicts": certain},
-        )  # fmt: skip
+            details=details,
+        )
     return items
 
 
@@ -107,10 +127,10 @@ def _clash(clash: LockClash) -> dict[str, Any]:
     owner = Role(clash.rank).label
     message = (
         f"field {clash.field!r} is locked by policy {clash.policy!r} version {clash.version} "
-        f"(role {owner})"
+        f"(role {owner}" + (f", team {clash.team!r})" if clash.team is not None else ")")
     )
-    if not clash.certain:
+    if not clash.refused:
         message += " on sessions carrying both policies' labels; the lock wins there"
     return {"code": "locked_field", "field": clash.field, "policy": clash.policy,
-            "version": clash.version, "owner_role": owner, "certain": clash.certain,
-            "message": message}  # fmt: skip
+            "version": clash.version, "owner_role": owner, "owner_team": clash.team,
+            "certain": clash.certain, "locks": clash.locks, "message": message}  # fmt: skip

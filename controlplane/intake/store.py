@@ -26,7 +26,8 @@ stored version carries its owner's rank (``Policy.rank``), which resolution uses
 Teams (docs/security.md#teams): a policy's owner team is the ``team`` of the event that
 created it or raised its owner role (``default`` for an event without one: tokens configured
 without a team, replicas and policies from before teams); at the owner role below admin, an
-event for another team changes nothing either (``roles.owner_refusal``).
+event for another team changes nothing either (``roles.owner_refusal``), nor one crossing a
+lock bound to another team of its rank (``controlplane.intake.team_locks``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
+from controlplane.intake.team_locks import lock_refusal, lock_team, owner_after
 from controlplane.roles import DEFAULT_TEAM, Role, event_role, owner_refusal, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
@@ -410,9 +412,11 @@ class PolicyStore:
             )
         return policy
 
-    def accepts(self, event: PolicyEvent) -> bool:
-        """Whether :meth:`apply` would store this published/retired event: its version is
-        above the current one and its role is not below the policy's owner role."""
+    def accepts(self, event: PolicyEvent, policy: Policy | None = None) -> bool:
+        """Whether :meth:`apply` would store this published/retired event (``policy``: its
+        parsed document, when at hand): its version is above the current one, its role is not
+        below the policy's owner role (nor another team at it) and it crosses no other team's
+        lock (``lock_refusal``)."""
         if event.version <= self.current_version(event.policy_id):
             return False
         if self.refusal(event) is not None:
@@ -422,21 +426,17 @@ class PolicyStore:
         if refusal is not None:  # what the REST API refuses that role (roles.publish_refusal)
             log.warning("policy event %s refused: %s", event.msg_id, refusal)
             return False
-        return True
+        policy = parse_policy(event.policy) if policy is None else policy
+        return lock_refusal(self, event, policy) is None
 
     def apply(self, event: PolicyEvent) -> Change | None:
         """Apply a validated event; None when it is a duplicate, a regression or comes from a
         role below the owner's."""
         policy = parse_policy(event.policy)
-        if policy.version is None or not self.accepts(event):
+        if policy.version is None or not self.accepts(event, policy):
             return None
-        role, owner = event_role(event.role, event.actor), self.owner_role(policy.id)
-        team = self.owner_team(policy.id) or DEFAULT_TEAM  # an operator's tool keeps it
-        if role is not None and (owner is None or role > owner):
-            team = event.team or DEFAULT_TEAM  # created, or taken over by a higher role
-        if role is None:  # an operator's tool: the owner stays (compliance for a new id)
-            role = owner or Role.COMPLIANCE
-        policy = policy.with_rank(int(max(role, owner or role)))
+        role, team = owner_after(self, policy.id, event_role(event.role, event.actor), event.team)
+        policy = policy.with_rank(int(role), lock_team(role, team))
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired, team)
         self._history.setdefault(policy.id, []).append(record)

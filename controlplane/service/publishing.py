@@ -22,6 +22,7 @@ from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFaile
 from controlplane.intake.authority import acting_role, acting_team, check_locks, check_owner
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
+from controlplane.intake.team_locks import lock_refusal
 from controlplane.roles import Role, Team, owner_refusal
 from controlplane.rollouts.waves import Waves, wave_status
 from policies.model import Policy, parse_policy
@@ -95,7 +96,7 @@ class Publisher:
                     details={"id": policy.id, "version": policy.version, "current": stored},
                 )
             policy = policy.with_version(stored + 1)
-        warnings = check_locks(self._store, policy, role)
+        warnings = check_locks(self._store, policy, role, team)
         result = await self.publish(policy, "policy.published", actor, "policy", role, team)
         result["warnings"] = warnings
         return result
@@ -146,7 +147,7 @@ class Publisher:
         current = max(self._store.current_version(policy_id),
                       await self._stored_version(policy_id))  # fmt: skip
         policy = target.policy.with_version(current + 1).with_reason(reason)
-        warnings = [] if guard else check_locks(self._store, policy, role)
+        warnings = [] if guard else check_locks(self._store, policy, role, team)
         result = await self.publish(policy, "policy.published", actor, "rollback", role, team)
         result["rolled_back_to"] = to_version
         result["warnings"] = warnings
@@ -202,9 +203,12 @@ class Publisher:
                     details={"id": policy.id, "version": policy.version},
                 )
         if self._store.current_version(policy.id) < policy.version:
-            # a higher role took the id over while this publish was in flight: every
-            # replica's store refuses the event (docs/policies.md#ownership)
+            # a higher role took the id over, or another team locked a field this version
+            # sets, while this publish was in flight: every replica's store refuses the event
+            # (docs/policies.md#ownership, docs/security.md#locks-and-teams)
             check_owner(self._store, policy.id, role, "publish", team)
+            if lock_refusal(self._store, event, policy) is not None:
+                check_locks(self._store, policy, role, team)  # 409 naming the lock's holder
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
                 "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
 

@@ -7,8 +7,9 @@ from typing import Any
 
 from controlplane.cluster.ports import ClusterPorts
 from controlplane.errors import BadRequest, NotFound
-from controlplane.intake.authority import check_locks, check_owner
+from controlplane.intake.authority import acting_team, check_locks, check_owner
 from controlplane.intake.store import PolicyStore
+from controlplane.intake.team_locks import lock_team, owner_after
 from controlplane.push.engine import PushEngine
 from controlplane.roles import Role, Team
 from controlplane.rollouts.assignments import AssignmentBook
@@ -68,8 +69,10 @@ class PolicyQueries:
         policy = parse_policy(doc)
         check_owner(self._store, policy.id, role, "publish", team)
         policy = policy.with_version(self._store.current_version(policy.id) + 1)
-        warnings = check_locks(self._store, policy, role)
-        policy = policy.with_rank(int(max(role, self._store.owner_role(policy.id) or role)))
+        warnings = check_locks(self._store, policy, role, team)
+        rank, owner_team = owner_after(self._store, policy.id, role,
+                                       acting_team(self._store, policy.id, team))  # fmt: skip
+        policy = policy.with_rank(int(rank), lock_team(rank, owner_team))
         policies = [p for p in self._store.active() if p.id != policy.id] + [policy]
         answer = preview(policy, policies, self._engine.live.values(), self._engine.resolve)
         answer["warnings"] = warnings
