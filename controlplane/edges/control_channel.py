@@ -109,7 +109,7 @@ class ControlTransport:
     _drain_helper()`` of ``request.protocol`` (aiohttp has no public drain for a WebSocket:
     ``StreamResponse.drain()`` is deprecated): why aiohttp is pinned (pyproject.toml)."""
 
-    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "unsent", "ws")
+    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "handed", "unsent", "ws")
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
@@ -126,6 +126,10 @@ class ControlTransport:
         self._raw = self._transport is not None and not ws.compress
         # its unsent bytes, capped (edges.unsent); None: compressed, aiohttp's flow control
         self.unsent = Unsent(self._transport, session_id) if self._raw else None
+        # send_str's last push: aiohttp writes its frame, THEN may wait for the drain, so a
+        # worker's write given up after that may have reached the app (push.sending). The
+        # raw path waits BEFORE it writes and never after: given up, nothing was written.
+        self.handed: Push | None = None
 
     def congested(self) -> bool:
         transport = self._transport
@@ -141,6 +145,7 @@ class ControlTransport:
         if ws.closed:
             raise ConnectionError("control channel is closed")
         if not self._raw or transport is None or protocol is None:
+            self.handed = push
             await ws.send_str(f'{self._prefix}{push.version},"message":{text}}}')
             return
         buffered = transport.get_write_buffer_size()

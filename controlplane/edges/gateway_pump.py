@@ -61,7 +61,7 @@ DRAIN_POLL_S = 0.01  # how often a leaving session looks whether its answers cam
 class UpstreamTransport:
     """Where the engine writes a gateway session's pushes (through its machine)."""
 
-    __slots__ = ("acknowledging", "answers_connect", "link", "model", "pump", "ws")
+    __slots__ = ("acknowledging", "answers_connect", "handed", "link", "model", "pump", "ws")
 
     def __init__(
         self,
@@ -80,6 +80,9 @@ class UpstreamTransport:
         # SessionPort.connect_answered logs it
         self.answers_connect = answers_connect
         self.pump: ProxyPump | None = None
+        # the last push whose frame was handed to the socket (``write``): a write given up
+        # after that (send timed out) may still reach the upstream (``push.sending``)
+        self.handed: Push | None = None
 
     def congested(self) -> bool:
         return write_buffer_size(self.ws) > CONGESTED_BYTES
@@ -88,7 +91,15 @@ class UpstreamTransport:
         pump = self.pump
         if self.ws.closed or pump is None:
             raise ConnectionError("upstream socket is closed")
-        await pump.run(pump.machine.push(push, wire, text, pump.now()))
+        machine = pump.machine
+        actions = machine.push(push, wire, text, pump.now())
+        if machine.acks is None or any(isinstance(a, Written) and a.push is push for a in actions):
+            # its frame goes now (Voice Agent: not queued behind another update): its bytes
+            # are handed to the socket by the first await of ``run`` (the ToUpstream's
+            # send_str writes the frame, THEN waits for the drain), so a write cancelled from
+            # here on (send timed out) may have reached the upstream
+            self.handed = push
+        await pump.run(actions)
 
 
 class ProxyPump:

@@ -5,7 +5,11 @@ else would move the session until the next policy change. Two causes that pass b
 themselves:
 
 - ``socket``: its write waited for a congested socket longer than ``send_timeout_s`` (the app
-  stopped reading) and was given up before a byte of it was written ("send timed out");
+  stopped reading) and was given up before its frame was handed to the socket ("send timed
+  out"). A write given up AFTER the transport handed the frame over (aiohttp's ``send_str``
+  writes, then waits for the drain: ``transport.handed``) is not owed: the frame reaches the
+  upstream once it reads, so it is in doubt (``unverified``), never re-sent
+  (``sending.Sender._gave_up``);
 - ``log``: its version-log entry could not be made durable (disk full, an I/O error, a
   read-only file system), so its frame was not sent: no frame leaves unrecorded
   (``controlplane.push.write_ahead``).

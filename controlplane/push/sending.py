@@ -147,12 +147,37 @@ class Sender:
                         return
                     try:
                         await asyncio.wait_for(self._write(ls, push), self._settings.send_timeout_s)
-                    except TimeoutError:  # never written: re-sent once the socket drains
-                        self.finish(ls, ls.push.wire_failed(push, "send timed out"))
-                        self.owed.add(ls, "socket")
+                    except TimeoutError:
+                        self._gave_up(ls, push)
                         return
         finally:
             ls.worker = None
+
+    def _gave_up(self, ls: LiveSession, push: Push) -> None:
+        """A worker's write of ``push`` did not complete within ``send_timeout_s``. Never
+        handed to the socket (it waited for its entry to be durable, or for the socket to
+        drain): nothing reached the upstream, it ends ``rejected`` "send timed out" and the
+        session is owed it (re-sent once the socket drains: ``owed``). Handed (the transport
+        wrote its bytes, then waited for the drain: ``transport.handed``): it reaches the
+        upstream once it reads, so it is IN DOUBT, never ``rejected``, and never re-sent (the
+        upstream would get it twice): an acknowledging session's push ends ``unverified``
+        (base unchanged; its answer, when it comes, is recorded late: ``late_answer``); a
+        Streaming v3 push keeps its ``sent`` entry, as every one (docs/audit.md)."""
+        state = ls.push
+        if getattr(ls.transport, "handed", None) is not push:
+            self.finish(ls, state.wire_failed(push, "send timed out"))
+            self.owed.add(ls, "socket")
+            return
+        if state.in_flight is not push:
+            return  # not acknowledging (``sent`` stands), or answered meanwhile (recorded)
+        timeout = self._settings.send_timeout_s
+        outcome = state.unattributed(
+            f"send timed out after {timeout:g}s with its frame handed to the socket: it "
+            "reaches the upstream once the upstream reads (in doubt; an answer is recorded "
+            "late)"
+        )
+        if outcome is not None:
+            self.finish(ls, outcome)
 
     async def _write(self, ls: LiveSession, push: Push) -> None:
         """Log the push's ``sent`` entry, make it durable, then send its frame (a worker)."""
