@@ -51,6 +51,7 @@ __all__ = [
     "generate_admin_token",
     "install_tokens",
     "require",
+    "shown_app",
 ]
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,18 @@ def app_identity(digest: bytes, teams: tuple[str, ...]) -> str:
     """A control-channel app's identity: its configured team, else ``token:<first 8 hex
     chars of its SHA-256>`` (a configured team name cannot contain ':')."""
     return teams[0] if teams else f"token:{digest.hex()[:8]}"
+
+
+TOKEN_APP: Final = "token"  # what a role below compliance sees of a team-less token's identity
+
+
+def shown_app(identity: str | None, role: Role) -> str | None:
+    """``registered_by`` as ``role`` may see it: a team name as is; a team-less token's
+    identity (``token:<sha256[:8]>``, derived from the secret) only to compliance and admin,
+    who tell apps apart in an audit; ``token`` to every other role (docs/security.md#teams)."""
+    if identity is None or role >= Role.COMPLIANCE or not identity.startswith("token:"):
+        return identity
+    return TOKEN_APP
 
 
 def _team(teams: tuple[str, ...]) -> Team:

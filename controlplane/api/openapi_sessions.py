@@ -47,8 +47,9 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "registered_by": {
                 "type": ["string", "null"],
                 "description": "the app that registered the session on the control channel: "
-                "its token's team, else token:<sha256 prefix> (null: a gateway session); only "
-                "that app may register its id again",
+                "its token's team, else (a token without a team) token:<sha256 prefix> to "
+                "compliance and admin and 'token' to other roles (null: a gateway session); "
+                "only that app may register its id again",
             },
             "bucket_id": {
                 "type": ["string", "null"],

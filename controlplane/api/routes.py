@@ -18,7 +18,14 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from controlplane.api.auth import PRINCIPAL, Role, check_publish_allowed, install_tokens, require
+from controlplane.api.auth import (
+    PRINCIPAL,
+    Role,
+    check_publish_allowed,
+    install_tokens,
+    require,
+    shown_app,
+)
 from controlplane.api.documents import DocumentReader
 from controlplane.api.errors import error_middleware, install_log_redaction
 from controlplane.api.events import rollout_stream
@@ -112,6 +119,13 @@ ASSIGNMENT_COLUMNS: Final = (
     "upstream_session_id",
     "labels",
 )
+
+
+def _shown(session: dict[str, Any], role: Role) -> dict[str, Any]:
+    """A session object as ``role`` may see it (``auth.shown_app``: ``registered_by``)."""
+    app = session.get("registered_by")
+    shown = shown_app(app, role) if isinstance(app, str) else app
+    return session if shown == app else {**session, "registered_by": shown}
 
 
 def _items(items: list[dict[str, Any]], next_cursor: str | None = None) -> web.Response:
@@ -213,12 +227,14 @@ class _Handlers:
             selector=selector, kind=kind, state=state, limit=limit, cursor=cursor,
             upstream_id=upstream_id,
         )  # fmt: skip
-        return _items(items, next_cursor)
+        role = request[PRINCIPAL].role
+        return _items([_shown(item, role) for item in items], next_cursor)
 
     async def get_session(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         session_id = path_param(request, "session_id")
-        return web.json_response(await self._service.get_session(session_id))
+        body = await self._service.get_session(session_id)
+        return web.json_response(_shown(body, request[PRINCIPAL].role))
 
     async def relabel_session(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())

@@ -5,6 +5,8 @@ the owner team may, through any of its tokens. Real sockets, real REST."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -20,6 +22,9 @@ TOKENS = {
     "tok-solo-1": "app",  # no team: each its own
     "tok-solo-2": "app",
     "tok-admin": "admin",
+    "tok-viewer": "viewer",
+    "tok-experimenter": "experimenter",
+    "tok-compliance": "compliance",
 }
 
 
@@ -79,3 +84,24 @@ async def test_app_tokens_without_a_team_are_different_owners(cp: ControlPlaneUn
     assert refused.value.code == "session_exists"
     async with client(cp, "tok-solo-1", "call-2"):
         pass
+
+
+async def test_a_team_less_apps_identity_is_shown_only_to_compliance_and_admin(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """``registered_by`` of a team-less token is derived from the token (``token:<sha256
+    prefix>``): roles below compliance see ``token``, in the session and in the list; a team
+    name is shown to every role (docs/security.md#teams)."""
+    async with client(cp, "tok-solo-1", "call-3"), client(cp, "tok-alpha-1", "call-4"):
+        for token in ("tok-viewer", "tok-solo-2", "tok-experimenter"):
+            one = await cp.call("GET", "/v1/sessions/call-3", token=token, expect=200)
+            listed = await cp.call("GET", "/v1/sessions", token=token, expect=200)
+            shown = {i["id"]: i["registered_by"] for i in listed["items"]}
+            expected = ("token", {"call-3": "token", "call-4": "alpha"})
+            assert (one["registered_by"], shown) == expected, token
+            digest = hashlib.sha256(b"tok-solo-1").hexdigest()
+            assert digest[:6] not in json.dumps([one, listed]), token
+        for token in ("tok-compliance", "tok-admin"):
+            one = await cp.call("GET", "/v1/sessions/call-3", token=token, expect=200)
+            expected = "token:" + hashlib.sha256(b"tok-solo-1").hexdigest()[:8]
+            assert one["registered_by"] == expected, token
