@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 from controlplane.api.inputs import FrameNotJson, UnsafeFrame, parse_frame
@@ -60,6 +61,7 @@ from policies.provenance import PolicyRef
 from sessions.dialects import base
 from sessions.dialects.base import Dialect
 from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
+from sessions.dialects.streaming_v3_table import CANONICAL_TO_WIRE as STREAMING_WIRE
 from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
 from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
@@ -302,9 +304,17 @@ class ProxySession:
 
 def _connect_refused(error: dict[str, Any]) -> PushRejected:
     """A Streaming v3 ``Error`` before ``Begin``: the upstream refused the connect (a bad
-    ``speech_model``, say); no upstream session ran its parameters (``connect`` ``rejected``,
-    as a Voice Agent connect's ``session.error``)."""
-    return PushRejected(str(error.get("error_code")), str(error.get("error") or "")[:500])
+    ``speech_model``, a value over the upstream's limit, say); no upstream session ran its
+    parameters (``connect`` ``rejected``, as a Voice Agent connect's ``session.error``). The
+    fields it names (a query parameter named in its text, as a Voice Agent ``param``) are the
+    refused ones: the rollout guard charges the policy versions owning them."""
+    text = str(error.get("error") or "")[:500]
+    named = frozenset(
+        name
+        for name, (wire, _) in STREAMING_WIRE.items()
+        if re.search(rf"(?<![\w.]){re.escape(wire)}(?![\w.])", text)
+    )
+    return PushRejected(str(error.get("error_code")), text, named or None)
 
 
 def _unpredicted(model: StreamingUpstream, parsed: dict[str, Any]) -> bool:

@@ -230,9 +230,12 @@ class EngineSessions:
         engine.record(ls, cause="connect", status=status, delta={}, wire=None, error=error,
                       version=version, refs=refs)  # fmt: skip
         engine.connect_answered(ls, version, status)
-        answered = ("sent", "unverified") if late else ("sent",)
+        # `sent` since the connect went (a Voice Agent connect: LiveSessions.attach,
+        # reconnect); `unchanged`: merged into a Streaming v3 connect, taken as running from
+        # the start (no acknowledgement), until its refusal says none runs
+        answered = ("sent", "unchanged", "unverified") if late else ("sent", "unchanged")
         statuses = ls.policy_status
-        for ref in refs:  # `sent` since the connect went (LiveSessions.attach, reconnect)
+        for ref in refs:
             current = statuses.get(ref.id)
             if current in [(ref.version, ref.variant, was) for was in answered]:
                 statuses[ref.id] = (ref.version, ref.variant, status)
