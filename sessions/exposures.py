@@ -11,6 +11,13 @@ never a round trip per session), to a store shared by the replicas that answer s
 
 The proof of an exposure is the session's hash-chained version log (docs/experiments.md):
 these rows are an index over it, written by the same call that appends the entry.
+
+Counts are per **call** (``call_id``: the session's ``bucket_key``, the call's first session
+id; a Voice Agent call resumed through the gateway is a second session of the same call, in
+the same arm): the first exposure of a call in an iteration counts, in its variant, and adds
+one to the exposures-over-time histogram (``BIN_S`` bins); a resumed session's exposure keeps
+its own row, counted nowhere. The store decides, once, which exposure counts (``save`` returns
+them), so the summary, the SRM check and the chart read the same increments at any size.
 """
 
 from __future__ import annotations
@@ -20,16 +27,25 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 __all__ = [
+    "BIN_S",
     "RUNNING_STATUSES",
     "Exposure",
     "ExposureStore",
     "FileExposureStore",
-    "counts_of",
+    "counted_keys",
     "exposure_problem",
+    "time_bin",
 ]
+
+BIN_S: Final = 60  # the exposures-over-time histogram's bin, seconds
+
+
+def time_bin(at: float) -> int:
+    """The start (Unix seconds) of the histogram bin holding instant ``at``."""
+    return int(at // BIN_S) * BIN_S
 
 
 @dataclass(slots=True)
@@ -53,10 +69,20 @@ class Exposure:
     kind: str = ""
     model: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
+    call_id: str = ""  # the call's first session id (bucket_key); "": the session itself
 
     @property
     def key(self) -> tuple[str, int, str]:
         return (self.experiment, self.iteration, self.session_id)
+
+    @property
+    def call(self) -> str:
+        return self.call_id or self.session_id
+
+    @property
+    def mark(self) -> tuple[str, int, str]:
+        """What is counted once: the call, per experiment and iteration."""
+        return (self.experiment, self.iteration, self.call)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -69,6 +95,7 @@ class Exposure:
             "left_seq": self.left_seq,
             "upstream_session_id": self.upstream_session_id,
             "kind": self.kind, "model": self.model, "labels": dict(self.labels),
+            "call_id": self.call,
         }  # fmt: skip
 
     @classmethod
@@ -99,29 +126,45 @@ class Exposure:
             upstream_session_id=None if upstream is None else str(upstream),
             kind=str(raw.get("kind", "")), model=str(raw.get("model", "")),
             labels={str(k): str(v) for k, v in dict(raw.get("labels") or {}).items()},
+            call_id=str(raw.get("call_id") or raw["session_id"]),
         )  # fmt: skip
 
 
-def counts_of(rows: Iterable[Exposure], iteration: int) -> dict[str, int]:
-    """Exposed sessions per variant at ``iteration`` (sessions that left still count)."""
-    out: dict[str, int] = {}
+def _order(row: Exposure) -> tuple[float, str]:
+    return (row.exposed_at if row.exposed_at is not None else float("inf"), row.session_id)
+
+
+def counted_keys(rows: Iterable[Exposure]) -> set[tuple[str, int, str]]:
+    """The keys of the rows that count: per (experiment, iteration, call), its earliest
+    exposure (ties: the lower session id). Sessions that left still count."""
+    first: dict[tuple[str, int, str], Exposure] = {}
     for row in rows:
-        if row.iteration == iteration and row.exposed_at is not None:
-            out[row.variant] = out.get(row.variant, 0) + 1
-    return out
+        if row.exposed_at is None:
+            continue
+        seen = first.get(row.mark)
+        if seen is None or _order(row) < _order(seen):
+            first[row.mark] = row
+    return {row.key for row in first.values()}
 
 
 class ExposureStore(Protocol):
     async def start(self) -> None: ...
 
-    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> None:
+    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
         """Upsert ``rows`` (whole rows; the holding replica is their only writer) and count
-        ``exposed`` (rows exposed for the first time, a subset of ``rows``)."""
+        ``exposed`` (rows exposed for the first time, a subset of ``rows``) whose call is not
+        counted yet in that iteration; answer the rows it counted."""
         ...
 
     async def rows(self, experiment: str) -> list[Exposure]: ...
 
-    async def counts(self, experiment: str, iteration: int) -> dict[str, int]: ...
+    async def counts(self, experiment: str, iteration: int) -> dict[str, int]:
+        """Counted exposures (calls) per variant."""
+        ...
+
+    async def timeline(self, experiment: str, iteration: int) -> dict[str, dict[int, int]]:
+        """Counted exposures per variant per ``BIN_S`` bin (its start, Unix seconds)."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -133,6 +176,8 @@ class FileExposureStore:
         self._path = path
         self._rows: dict[tuple[str, int, str], Exposure] = {}
         self._counts: dict[tuple[str, int, str], int] = {}
+        self._marks: set[tuple[str, int, str]] = set()  # the counted calls
+        self._times: dict[tuple[str, int, str], dict[int, int]] = {}
 
     async def start(self) -> None:
         if self._path is None or not self._path.exists():
@@ -146,20 +191,29 @@ class FileExposureStore:
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line (crash mid-append): the row is written again
             self._rows[row.key] = row
-        for row in self._rows.values():
-            if row.exposed_at is not None:
-                ckey = (row.experiment, row.iteration, row.variant)
-                self._counts[ckey] = self._counts.get(ckey, 0) + 1
+        counted = counted_keys(self._rows.values())
+        for row in sorted(self._rows.values(), key=_order):
+            if row.key in counted:
+                self._count(row)
 
-    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> None:
+    def _count(self, row: Exposure) -> bool:
+        if row.mark in self._marks:
+            return False  # a resumed session of a counted call, or a batch saved again
+        self._marks.add(row.mark)
+        ckey = (row.experiment, row.iteration, row.variant)
+        self._counts[ckey] = self._counts.get(ckey, 0) + 1
+        bins = self._times.setdefault(ckey, {})
+        at = time_bin(row.exposed_at if row.exposed_at is not None else row.first_assigned_at)
+        bins[at] = bins.get(at, 0) + 1
+        return True
+
+    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
         if self._path is not None and rows:
             text = "".join(json.dumps(r.document(), separators=(",", ":")) + "\n" for r in rows)
             await asyncio.to_thread(self._append, self._path, text)
         for row in rows:
             self._rows[row.key] = row
-        for row in exposed:
-            ckey = (row.experiment, row.iteration, row.variant)
-            self._counts[ckey] = self._counts.get(ckey, 0) + 1
+        return [row for row in exposed if self._count(row)]
 
     @staticmethod
     def _append(path: Path, text: str) -> None:
@@ -175,6 +229,13 @@ class FileExposureStore:
         return {
             variant: n
             for (key, it, variant), n in self._counts.items()
+            if key == experiment and it == iteration
+        }
+
+    async def timeline(self, experiment: str, iteration: int) -> dict[str, dict[int, int]]:
+        return {
+            variant: dict(bins)
+            for (key, it, variant), bins in self._times.items()
             if key == experiment and it == iteration
         }
 

@@ -3,15 +3,18 @@
 Keys (``p`` = prefix, default ``cp:``)::
 
     p exposures:<experiment>         hash: "<iteration>/<session id>" -> JSON row
-    p exposure-counts:<experiment>   hash: "<iteration>/<variant>" -> exposed sessions
-    p exposed:<experiment>           hash: "<iteration>/<session id>" -> variant (counted)
+    p exposure-counts:<experiment>   hash: "<iteration>/<variant>" -> exposed calls
+    p exposed:<experiment>           hash: "<iteration>/<call id>" -> variant (counted)
+    p exposure-times:<experiment>    hash: "<iteration>/<bin start>/<variant>" -> exposed calls
 
 ``save`` writes a whole batch in one pipeline (one round trip per flush, never per session);
 a row is only ever written by the replica holding its session, so an upsert is safe. A count
-is idempotent: an exposure is counted only when its ``exposed`` mark is new (one script per
-experiment in the pipeline), so the flush's retry of a batch Redis already applied (a save
-that raised after Redis ran it) counts nothing twice. Redis errors become
-``BackendUnavailable`` here and nowhere else.
+is idempotent and per call: an exposure is counted (and binned) only when its call's
+``exposed`` mark is new (one script per experiment in the pipeline), so the flush's retry of
+a batch Redis already applied (a save that raised after Redis ran it) counts nothing twice,
+and a resumed session of a counted call (same call id) counts nothing. Marks written before
+calls were counted name the session id, which is its call's id for a call's first session.
+Redis errors become ``BackendUnavailable`` here and nowhere else.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sessions.errors import BackendUnavailable
-from sessions.exposures import Exposure
+from sessions.exposures import Exposure, time_bin
 from sessions.redis_registry import redis_client
 
 __all__ = ["RedisExposureStore"]
@@ -33,14 +36,20 @@ def _text(raw: bytes | str) -> str:
     return raw.decode() if isinstance(raw, bytes) else raw
 
 
-# KEYS: the experiment's marks, its counts; ARGV: (mark field, variant, count field) triples
+# KEYS: the experiment's marks, counts, time bins; ARGV: (mark field, variant, count field,
+# bin field) per exposure; answers 1 per exposure it counted, else 0
 _COUNT_ONCE = """
-for i = 1, #ARGV, 3 do
+local counted = {}
+for i = 1, #ARGV, 4 do
   if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
     redis.call('HINCRBY', KEYS[2], ARGV[i + 2], 1)
+    redis.call('HINCRBY', KEYS[3], ARGV[i + 3], 1)
+    counted[#counted + 1] = 1
+  else
+    counted[#counted + 1] = 0
   end
 end
-return 0
+return counted
 """
 
 
@@ -52,9 +61,18 @@ class RedisExposureStore:
     async def start(self) -> None:
         return None
 
-    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> None:
+    async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
         if not rows and not exposed:
-            return
+            return []
+        marks: dict[str, list[str]] = {}
+        batches: dict[str, list[Exposure]] = {}
+        for row in exposed:
+            at = row.exposed_at if row.exposed_at is not None else row.first_assigned_at
+            marks.setdefault(row.experiment, []).extend((
+                f"{row.iteration}/{row.call}", row.variant, f"{row.iteration}/{row.variant}",
+                f"{row.iteration}/{time_bin(at)}/{row.variant}",
+            ))  # fmt: skip
+            batches.setdefault(row.experiment, []).append(row)
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for row in rows:
@@ -63,19 +81,17 @@ class RedisExposureStore:
                         f"{row.iteration}/{row.session_id}",
                         json.dumps(row.document(), separators=(",", ":")),
                     )
-                marks: dict[str, list[str]] = {}
-                for row in exposed:
-                    marks.setdefault(row.experiment, []).extend((
-                        f"{row.iteration}/{row.session_id}", row.variant,
-                        f"{row.iteration}/{row.variant}",
-                    ))  # fmt: skip
                 for experiment, args in marks.items():  # (the script is a few dozen bytes)
-                    marked = f"{self._p}exposed:{experiment}"
-                    pipe.eval(_COUNT_ONCE, 2, marked, f"{self._p}exposure-counts:{experiment}",
-                              *args)  # fmt: skip
-                await pipe.execute()
+                    pipe.eval(_COUNT_ONCE, 3, f"{self._p}exposed:{experiment}",
+                              f"{self._p}exposure-counts:{experiment}",
+                              f"{self._p}exposure-times:{experiment}", *args)  # fmt: skip
+                answers = await pipe.execute()
         except RedisError as exc:
             raise BackendUnavailable(f"redis exposures: save failed: {exc}") from exc
+        counted: list[Exposure] = []
+        for experiment, flags in zip(batches, answers[len(rows) :], strict=True):
+            counted += [row for row, flag in zip(batches[experiment], flags, strict=True) if flag]
+        return counted
 
     async def rows(self, experiment: str) -> list[Exposure]:
         try:
@@ -94,6 +110,20 @@ class RedisExposureStore:
             it, _, variant = _text(k).partition("/")
             if it == str(iteration):
                 out[variant] = int(_text(v))
+        return out
+
+    async def timeline(self, experiment: str, iteration: int) -> dict[str, dict[int, int]]:
+        try:
+            raw = await self._client.hgetall(f"{self._p}exposure-times:{experiment}")
+        except RedisError as exc:
+            raise BackendUnavailable(f"redis exposures: read failed: {exc}") from exc
+        out: dict[str, dict[int, int]] = {}
+        for k, v in raw.items():
+            it, _, rest = _text(k).partition("/")
+            start, _, variant = rest.partition("/")
+            if it == str(iteration) and start.lstrip("-").isdigit():
+                bins = out.setdefault(variant, {})
+                bins[int(start)] = bins.get(int(start), 0) + int(_text(v))
         return out
 
     async def close(self) -> None:

@@ -260,6 +260,17 @@ _PATHS: dict[str, Any] = {
             ("resume", "Resume them; the current wave's interval starts again"),
         )
     },
+    "/v1/experiments/{key}/timeline": {
+        "get": _op(
+            "experiment_timeline",
+            "Counted exposures over time per variant, aggregated server-side (the summary's "
+            "counts in time bins; any experiment size)",
+            _V,
+            json_content(ref("ExperimentTimeline"), "the experiment's current iteration"),
+            errors=(400, 404),
+            params=("ExperimentKey",),
+        )
+    },
     "/v1/experiments/{key}/assignments": {
         "get": _op(
             "experiment_assignments",

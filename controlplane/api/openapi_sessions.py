@@ -89,6 +89,15 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "upstream_session_id": {"type": ["string", "null"]},
             "labels": {"type": "object", "additionalProperties": {"type": "string"}},
             "state": {"type": "string"},
+            "call_id": {
+                "type": ["string", "null"],
+                "description": "the call's first session id (a resumed session: the one "
+                "it resumes); exposures are counted once per call",
+            },
+            "counted": {
+                "type": "boolean",
+                "description": "the summary counts this row (its call's first exposure)",
+            },
         },
     },
     "ExperimentVariant": {
@@ -128,6 +137,59 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "exposed": {"type": "integer", "minimum": 0},
             "variants": {"type": "array", "items": ref("ExperimentVariant")},
             "srm": ref("Srm"),
+        },
+    },
+    "ExperimentTimeline": {
+        "type": "object",
+        "required": ["experiment", "iteration", "bin_s", "exposed", "binned", "variants", "bins"],
+        "properties": {
+            "experiment": {"type": "string"},
+            "iteration": {"type": "integer", "minimum": 1},
+            "policy": {"type": "string"},
+            "version": {"type": ["integer", "null"]},
+            "bin_s": {"type": "integer", "minimum": 60, "description": "bin width, seconds"},
+            "exposed": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "counted exposures (calls), as the summary's",
+            },
+            "binned": {
+                "type": "integer",
+                "minimum": 0,
+                "description": "the ones the bins "
+                "hold (fewer only for exposures counted before bins were kept)",
+            },
+            "variants": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["name", "exposed", "binned"],
+                    "properties": {
+                        "name": {"type": "string"},
+                        "exposed": {"type": "integer", "minimum": 0},
+                        "binned": {"type": "integer", "minimum": 0},
+                        "first": {"type": ["string", "null"], "format": "date-time"},
+                        "latest": {"type": ["string", "null"], "format": "date-time"},
+                    },
+                },
+            },
+            "bins": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["at", "variant", "exposed", "cumulative"],
+                    "properties": {
+                        "at": {
+                            "type": "string",
+                            "format": "date-time",
+                            "description": "the bin's start",
+                        },
+                        "variant": {"type": "string"},
+                        "exposed": {"type": "integer", "minimum": 1},
+                        "cumulative": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
         },
     },
     "VerifyReport": {

@@ -112,6 +112,11 @@ class ControlPlaneAPI(Protocol):
         """{"experiment", "iteration", "variants": [...], "exposed", "srm": {...}}."""
         ...
 
+    async def experiment_timeline(self, key: str) -> dict[str, Any]:
+        """{"experiment", "iteration", "bin_s", "exposed", "binned", "variants", "bins"}:
+        counted exposures over time (docs/experiments.md#exposures-over-time)."""
+        ...
+
     async def verify_audit(
         self, session_id: str | None = None, *, public_keys: Sequence[str] = ()
     ) -> dict[str, Any]:

@@ -90,6 +90,7 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("POST", "/v1/policies/{policy_id}/resume", "resume_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/experiments/{key}", "experiment_summary", Role.VIEWER),
     RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
+    RouteSpec("GET", "/v1/experiments/{key}/timeline", "experiment_timeline", Role.VIEWER),
     RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
     RouteSpec("GET", "/readyz", "readyz", None),
     RouteSpec("GET", "/openapi.json", "openapi", None),
@@ -383,6 +384,12 @@ class _Handlers:
     async def experiment_summary(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         return web.json_response(await self._service.experiment_summary(path_param(request, "key")))
+
+    async def experiment_timeline(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        return web.json_response(
+            await self._service.experiment_timeline(path_param(request, "key"))
+        )
 
     async def experiment_assignments(self, request: web.Request) -> web.StreamResponse:
         """Every row, or with ``limit`` a page of that many (JSON ``next`` / CSV header

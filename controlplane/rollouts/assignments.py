@@ -41,7 +41,7 @@ def assignments_of(ls: LiveSession, policies: Mapping[str, Policy]) -> list[dict
             "bucket": round(bucket(exp.key, exp.effective_salt, value), 8),
             "kind": ls.session.kind, "model": ls.session.model,
             "assigned_at": rfc3339(ls.session.created_at),
-            "state": ls.session.state.value,
+            "state": ls.session.state.value, "call_id": ls.session.bucket_key,
         })  # fmt: skip
     return rows
 

@@ -31,13 +31,22 @@ from policies.model import Policy
 from policies.provenance import PolicyRef
 from policies.sections import Variant
 from sessions.clock import Clock
-from sessions.exposures import Exposure, ExposureStore
+from sessions.exposures import BIN_S, Exposure, ExposureStore, counted_keys
 
-__all__ = ["FLUSH_INTERVAL_S", "ExperimentBook", "export_row", "merge_exposures"]
+__all__ = [
+    "EXPORT_COLUMNS",
+    "FLUSH_INTERVAL_S",
+    "MAX_BINS",
+    "ExperimentBook",
+    "export_row",
+    "merge_exposures",
+    "timeline_body",
+]
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S: Final = 0.5
+MAX_BINS: Final = 720  # the timeline's bins at most (a wider span gets wider bins)
 
 
 class ExperimentBook:
@@ -125,6 +134,7 @@ class ExperimentBook:
                     digest=ref.digest, first_assigned_at=now,
                     upstream_session_id=s.upstream_id, kind=s.kind, model=s.model,
                     labels=s.labels,  # (replaced on a relabel, never changed in place)
+                    call_id=s.bucket_key,  # (a resumed session: its call's first session)
                 )  # fmt: skip
                 self._changed[row.key] = row
             elif row.exposed_at is None and row.left_at is not None:
@@ -228,14 +238,14 @@ class ExperimentBook:
                 if ls is not None:
                     row.upstream_session_id = ls.session.upstream_id
         try:
-            await self.store.save(list(changed.values()), exposed)
+            counted = await self.store.save(list(changed.values()), exposed)
         except BaseException:
             for key, row in changed.items():
                 self._changed.setdefault(key, row)
             self._exposed[:0] = exposed
             raise
         counts: dict[tuple[str, str], int] = {}
-        for row in exposed:
+        for row in counted:  # (a resumed session of a counted call: not again)
             ckey = (row.experiment, row.variant)
             counts[ckey] = counts.get(ckey, 0) + 1
         for (experiment, variant), n in counts.items():
@@ -274,6 +284,54 @@ class ExperimentBook:
         await self.flush()
         return {(r.iteration, r.session_id): r for r in await self.store.rows(key)}
 
+    async def timeline(self, policy: Policy) -> dict[str, Any]:
+        """The current iteration's counted exposures over time, per variant: the store's
+        histogram (the same increments as the summary's counts), at most ``MAX_BINS`` bins."""
+        exp = policy.experiment
+        assert exp is not None
+        await self.flush()
+        counts = await self.store.counts(exp.key, exp.iteration)
+        bins = await self.store.timeline(exp.key, exp.iteration)
+        names = [v.name for v in exp.variants]
+        names += sorted((set(counts) | set(bins)) - set(names))
+        return {"experiment": exp.key, "iteration": exp.iteration, "policy": policy.id,
+                "version": policy.version, **timeline_body(names, counts, bins)}  # fmt: skip
+
+
+def timeline_body(
+    names: Sequence[str], counts: Mapping[str, int], bins: Mapping[str, Mapping[int, int]]
+) -> dict[str, Any]:
+    """``bin_s``, ``exposed`` (the counts, as the summary's), ``binned`` (what the bins hold:
+    less only for exposures counted before the store kept bins), per variant the same three
+    and its first/last bin, and ``bins``: ``{"at", "variant", "exposed", "cumulative"}`` per
+    non-empty (bin, variant), by time then variant (``at``: the bin's start)."""
+    starts = [t for per in bins.values() for t in per]
+    bin_s = BIN_S
+    if starts:
+        span = (max(starts) - min(starts)) // BIN_S + 1
+        bin_s = BIN_S * -(-span // MAX_BINS)  # (ceil: at most MAX_BINS bins)
+    t0 = min(starts) if starts else 0
+    variants, rows = [], []
+    for name in names:
+        merged: dict[int, int] = {}
+        for t, n in (bins.get(name) or {}).items():
+            start = t0 + (t - t0) // bin_s * bin_s
+            merged[start] = merged.get(start, 0) + n
+        total = 0
+        for start in sorted(merged):
+            total += merged[start]
+            rows.append({"at": rfc3339(start), "variant": name, "exposed": merged[start],
+                         "cumulative": total})  # fmt: skip
+        variants.append({
+            "name": name, "exposed": int(counts.get(name, 0)), "binned": total,
+            "first": rfc3339(min(merged)) if merged else None,
+            "latest": rfc3339(max(merged) + bin_s) if merged else None,
+        })  # fmt: skip
+    rows.sort(key=lambda r: (r["at"], names.index(r["variant"])))
+    return {"bin_s": bin_s, "exposed": sum(v["exposed"] for v in variants),
+            "binned": sum(v["binned"] for v in variants), "variants": variants,
+            "bins": rows}  # fmt: skip
+
 
 def _started(ls: LiveSession) -> bool:
     """Whether the session's upstream session runs: always, but for a gateway Streaming v3
@@ -301,6 +359,17 @@ def _overridden(
     return False
 
 
+# every export row has every column (null when unknown), in this order: the documented ones,
+# then the others by name, so CSV pages share one header and JSON rows one set of keys
+EXPORT_COLUMNS: Final = (
+    "session_id", "policy", "version", "variant", "bucket_by", "bucket_value", "kind", "model",
+    "assigned_at", "state", "iteration", "first_assigned_at", "exposed_at", "left_at",
+    "upstream_session_id", "labels",
+    "assigned_variant", "bucket", "call_id", "counted", "digest", "ended_at", "experiment",
+    "exposed_hash", "exposed_seq", "left_seq",
+)  # fmt: skip
+
+
 def export_row(row: Exposure) -> dict[str, Any]:
     """An assignment export row of a session no longer in the experiment (or no longer live)."""
 
@@ -315,7 +384,7 @@ def export_row(row: Exposure) -> dict[str, Any]:
         "first_assigned_at": at(row.first_assigned_at), "exposed_at": at(row.exposed_at),
         "left_at": at(row.left_at), "ended_at": at(row.ended_at),
         "exposed_seq": row.exposed_seq, "exposed_hash": row.exposed_hash,
-        "left_seq": row.left_seq,
+        "left_seq": row.left_seq, "call_id": row.call,
         "state": "left" if row.left_at is not None else
                  "ended" if row.ended_at is not None else "live",
     }  # fmt: skip
@@ -325,14 +394,18 @@ def merge_exposures(
     rows: list[dict[str, Any]], exposures: Mapping[tuple[int, str], Exposure], policy: Policy
 ) -> list[dict[str, Any]]:
     """The assignment rows (live and ended sessions, current iteration) with their exposure
-    columns, plus a row per exposure no longer among them (left, or an earlier iteration).
+    columns, plus a row per exposure no longer among them (left, or an earlier iteration);
+    every row with every column of ``EXPORT_COLUMNS``.
 
     An exposed session is counted in the variant it was first exposed to (the summary's
     counts): its row's ``variant``, ``policy``, ``version`` and ``digest`` are the
     exposure's, the ones its ``exposed_seq`` entry names; ``assigned_variant`` is the variant
-    its current assignment gives (different when a weight change moved it since)."""
+    its current assignment gives (different when a weight change moved it since). ``counted``
+    is true on the row of its call's first exposure (``call_id``): a resumed session of an
+    exposed call has its own exposure row, not counted again."""
     exp = policy.experiment
     iteration = 1 if exp is None else exp.iteration
+    counted = counted_keys(exposures.values())
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for row in rows:
         found = exposures.get((iteration, row["session_id"]))
@@ -347,11 +420,18 @@ def merge_exposures(
         if found is not None and found.exposed_at is not None:
             for name in ("variant", "policy", "version", "digest"):
                 merged[name] = extra[name]
-        merged.setdefault("upstream_session_id", None)
-        merged.setdefault("labels", {})
+        merged["counted"] = found is not None and found.key in counted
         out[(row["session_id"], iteration)] = merged
     for (it, session_id), found in exposures.items():
         if (session_id, it) not in out:
             # left, ended, or held by another replica (no current assignment known here)
-            out[(session_id, it)] = {**export_row(found), "assigned_variant": None}
-    return [out[k] for k in sorted(out)]
+            out[(session_id, it)] = {**export_row(found), "assigned_variant": None,
+                                     "counted": found.key in counted}  # fmt: skip
+    return [_columns(out[k]) for k in sorted(out)]
+
+
+def _columns(row: dict[str, Any]) -> dict[str, Any]:
+    full = {name: row.get(name) for name in EXPORT_COLUMNS}
+    if full["labels"] is None:
+        full["labels"] = {}
+    return full

@@ -140,6 +140,7 @@ class ControlPlane:
         self.rollout_counts = self.queries.rollout_counts
         self.experiment_summary = self.queries.experiment_summary
         self.experiment_assignments = self.queries.experiment_assignments
+        self.experiment_timeline = self.queries.experiment_timeline
         self.list_sessions = self.records.list_sessions
         self.get_session = self.records.get_session
         self.session_log = self.records.session_log

@@ -113,6 +113,9 @@ class PolicyQueries:
     async def experiment_summary(self, key: str) -> dict[str, Any]:
         return await self._experiments.summary(self._experiment_policy(key))
 
+    async def experiment_timeline(self, key: str) -> dict[str, Any]:
+        return await self._experiments.timeline(self._experiment_policy(key))
+
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         """Every assignment of experiment ``key`` over its whole history: live and ended
         sessions, and sessions that left it (exposure rows), in (session id, iteration) order."""

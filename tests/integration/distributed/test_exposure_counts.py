@@ -32,3 +32,29 @@ async def test_a_batch_saved_again_counts_each_exposure_once(own_redis: ServerPr
         assert await store.counts("tone-test", 1) == {"a": 6, "b": 5}
     finally:
         await store.close()
+
+
+async def test_a_resumed_session_of_a_counted_call_counts_nothing_and_bins_follow_counts(
+    own_redis: ServerProcess,
+) -> None:
+    """Counts are per call (``call_id``), on every replica: the resumed session's exposure is
+    saved (its row) but not counted, and the time bins hold exactly the counted ones."""
+    store = RedisExposureStore(own_redis.url, prefix="exp:")
+    try:
+        first = _exposure("s1", "a")
+        other = _exposure("s2", "b")
+        other.exposed_at = 200.0  # (another minute)
+        assert await store.save([first, other], [first, other]) == [first, other]
+        resumed = _exposure("s3", "a")
+        resumed.call_id = "s1"  # a resume of s1's call (possibly on another replica)
+        assert await store.save([resumed], [resumed]) == []
+        assert await store.save([first], [first]) == []  # a retried batch: nothing again
+        assert await store.counts("tone-test", 1) == {"a": 1, "b": 1}
+        assert await store.timeline("tone-test", 1) == {"a": {0: 1}, "b": {180: 1}}
+        assert {r.session_id: r.call for r in await store.rows("tone-test")} == {
+            "s1": "s1",
+            "s2": "s2",
+            "s3": "s1",
+        }
+    finally:
+        await store.close()

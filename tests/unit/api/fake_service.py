@@ -342,6 +342,26 @@ class FakeControlPlane:
                 "digest": None, "bucket_by": "session_id", "exposed": 2, "variants": variants,
                 "srm": srm}  # fmt: skip
 
+    async def experiment_timeline(self, key: str) -> dict[str, Any]:
+        self._record("experiment_timeline", key)
+        if key != "upsell-q4":
+            raise NotFound(f"no experiment {key!r}")
+        variants = [{"name": "control", "exposed": 1, "binned": 1, "first": "2026-01-31T12:00:00Z",
+                     "latest": "2026-01-31T12:01:00Z"}]  # fmt: skip
+        bins = [{"at": "2026-01-31T12:00:00Z", "variant": "control", "exposed": 1,
+                 "cumulative": 1}]  # fmt: skip
+        return {
+            "experiment": key,
+            "iteration": 1,
+            "policy": "upsell",
+            "version": 3,
+            "bin_s": 60,
+            "exposed": 1,
+            "binned": 1,
+            "variants": variants,
+            "bins": bins,
+        }
+
     async def experiment_assignments(self, key: str) -> list[dict[str, Any]]:
         self._record("experiment_assignments", key)
         if key != "upsell-q4":

@@ -43,6 +43,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "resume_policy": ("/v1/policies/eu-disclosure/resume", None),
     "experiment_assignments": ("/v1/experiments/upsell-q4/assignments", None),
     "experiment_summary": ("/v1/experiments/upsell-q4", None),
+    "experiment_timeline": ("/v1/experiments/upsell-q4/timeline", None),
     "verify_audit": ("/v1/audit/verify", None),
     "readyz": ("/readyz", None),
     "openapi": ("/openapi.json", None),

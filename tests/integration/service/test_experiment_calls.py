@@ -1,0 +1,94 @@
+"""Exposures are counted per call (docs/experiments.md#exposures): a Voice Agent call resumed
+through the gateway (``session.resume``, real sockets to the emulator) is a second session of
+the same call, in the same arm; it keeps its own exposure row (its entry proves it), and the
+summary, the SRM check, the timeline, the metric, the export's ``counted`` column, the CLI and
+a restart all count the call once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from typing import Any
+
+import pytest
+
+from sessions.exposures import FileExposureStore
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from tests.integration.service.test_experiment_truth import _agent, _cli, _rows
+from tests.integration.service.test_experiments import _exposed, _summary
+
+pytestmark = pytest.mark.timeout(60)
+
+DOC = {
+    "id": "calls",
+    "match": {"kind": ["voice-agent-v1"]},
+    "experiment": {
+        "key": "calls",
+        "variants": [
+            {"name": "calm", "weight": 100, "set": {"system_prompt": "Be calm."}},
+            {"name": "bold", "weight": 0, "set": {"system_prompt": "Be bold."}},
+        ],
+    },
+}
+
+
+async def _metric(cp: ControlPlaneUnderTest) -> float:
+    text = await cp.call("GET", "/metrics", expect=200)
+    found = re.search(
+        r'controlplane_experiment_exposures_total\{experiment="calls",variant="calm"\} (\S+)', text
+    )
+    return float(found.group(1)) if found else 0.0
+
+
+async def test_a_resumed_call_is_exposed_twice_and_counted_once_everywhere(
+    cp: ControlPlaneUnderTest, emulator: Emulator, capsys: Any
+) -> None:
+    await cp.publish(DOC)
+    ws, upstream_id = await _agent(cp, {"type": "session.update", "session": {}})
+    first = cp.live_by_upstream(upstream_id)
+    await _exposed(cp, 1, key="calls")
+    await emulator.faults(upstream_id, {"drop_after_messages": 1})  # drops at the next message
+    await cp.publish(
+        {"id": "terms", "match": {"kind": ["voice-agent-v1"]}, "set": {"keyterms": ["Acme"]}}
+    )
+    await eventually(lambda: not cp.service.engine.live, timeout=10)
+    await ws.close()
+    resumed, again = await _agent(cp, {"type": "session.resume", "session_id": upstream_id})
+    assert again == upstream_id
+    second = cp.live_by_upstream(upstream_id)
+    assert second != first
+
+    async def both_exposed() -> dict[str, dict[str, Any]] | None:
+        rows = await _rows(cp, "calls")
+        return rows if sum(1 for r in rows.values() if r["exposed_at"]) == 2 else None
+
+    rows = await eventually(both_exposed, timeout=10)
+    await resumed.close()
+    # the same call, the same arm, each session's exposure backed by its own log entry
+    assert {sid: (r["call_id"], r["variant"]) for sid, r in rows.items()} == {
+        first: (first, "calm"),
+        second: (first, "calm"),
+    }
+    assert {sid: r["counted"] for sid, r in rows.items()} == {first: True, second: False}
+    await asyncio.sleep(0.6)  # a flush later: still one
+    summary = await _summary(cp, "calls")
+    assert summary["exposed"] == 1 and summary["variants"][0]["exposed"] == 1
+    timeline = await cp.call("GET", "/v1/experiments/calls/timeline", expect=200)
+    assert (timeline["exposed"], timeline["binned"]) == (1, 1)
+    assert [b["cumulative"] for b in timeline["bins"]] == [1]
+    assert await _metric(cp) == 1.0
+    counted = [r for r in rows.values() if r["counted"]]
+    assert len(counted) == summary["exposed"]  # the export's counted rows are the summary's
+    code, report = await _cli(cp, capsys, "experiments", "verify", "calls")
+    assert (code, report["checked"], report["problems"]) == (0, 2, [])
+    code, shown = await _cli(cp, capsys, "experiments", "show", "calls")
+    assert code == 0 and shown["exposed"] == 1
+    # what a restart rebuilds from the rows on disk counts the call once too
+    store = FileExposureStore(cp.data_dir / "experiments" / "exposures.jsonl")
+    await store.start()
+    assert await store.counts("calls", 1) == {"calm": 1}
+    assert sum(sum(b.values()) for b in (await store.timeline("calls", 1)).values()) == 1
+    raw = [json.loads(line) for line in (cp.data_dir / "experiments" / "exposures.jsonl")
+           .read_text().splitlines()]  # fmt: skip
+    assert {r["call_id"] for r in raw} == {first}
