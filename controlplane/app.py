@@ -18,6 +18,7 @@ from typing import Final
 import aiohttp
 from aiohttp import web
 
+from controlplane.api.limits import ReadLimits
 from controlplane.api.routes import add_routes
 from controlplane.audit.keys import checkpointing
 from controlplane.cluster.ports import ClusterPorts
@@ -93,7 +94,10 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
         dist.upkeep.counts = service.rollout_counts
         dist.upkeep.on_rejoin = service.engine.resync_registry
     app[SERVICE] = service
-    add_routes(app, service, settings)
+    limits = ReadLimits(clock, burst=settings.expensive_read_burst,
+                        rate_per_s=settings.expensive_read_rate_per_s,
+                        counted=lambda route: metrics.rate_limited.labels(route).inc())  # fmt: skip
+    add_routes(app, service, settings, limits=limits)
     add_console_routes(app)  # the web console at /ui/ (docs/console.md)
 
     async def healthz(_: web.Request) -> web.Response:

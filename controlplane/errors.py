@@ -10,6 +10,7 @@ Tree::
     ├── NotFound (404, not_found)              unknown session, policy, version, experiment
     ├── Conflict (409, version_conflict)       version regression or duplicate
     ├── PayloadTooLarge (413, payload_too_large)
+    ├── TooManyRequests (429, rate_limited)    a token over a per-token limit; retry after
     └── Unavailable (503, unavailable)         not ready, shutting down, backend down; retryable
 
 ``retryable`` is True only for Unavailable. Secrets never go into messages or details.
@@ -26,6 +27,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "TooManyRequests",
     "Unauthorized",
     "Unavailable",
     "ValidationFailed",
@@ -82,6 +84,13 @@ class Conflict(ControlPlaneError):
 class PayloadTooLarge(ControlPlaneError):
     status = 413
     default_code = "payload_too_large"
+
+
+class TooManyRequests(ControlPlaneError):
+    """``details.retry_after_s`` becomes the ``Retry-After`` header."""
+
+    status = 429
+    default_code = "rate_limited"
 
 
 class Unavailable(ControlPlaneError):

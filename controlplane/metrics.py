@@ -181,6 +181,12 @@ class Metrics:
             ["experiment"],
             registry=r,
         )
+        self.rate_limited = Counter(
+            p + "rate_limited_total",
+            "REST requests refused 429 by a per-token limit (docs/security.md#rate-limits)",
+            ["route"],
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
 
     def render(self) -> bytes:

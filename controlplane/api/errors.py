@@ -32,7 +32,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.typedefs import Handler
 
-from controlplane.errors import ControlPlaneError, Unauthorized, Unavailable
+from controlplane.errors import ControlPlaneError, TooManyRequests, Unauthorized, Unavailable
 from policies.errors import PolicyValidationError
 
 __all__ = [
@@ -90,7 +90,7 @@ def _from_control_plane(exc: ControlPlaneError) -> web.Response:
     headers: dict[str, str] = {}
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    elif isinstance(exc, Unavailable):
+    elif isinstance(exc, Unavailable | TooManyRequests):
         headers["Retry-After"] = str(exc.details.get("retry_after_s", 1))
     return web.json_response(exc.as_body(), status=exc.status, headers=headers or None)
 

@@ -30,6 +30,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "Conflict",
         413: "PayloadTooLarge",
         422: "InvalidPolicy",
+        429: "RateLimited",
         500: "Internal",
         503: "Unavailable",
     }
@@ -122,7 +123,7 @@ _PATHS: dict[str, Any] = {
             "The session's version log, in seq order, paginated (next: seq-N)",
             _V,
             json_content(ref("LogList"), "entries"),
-            errors=(400, 404),
+            errors=(429, 400, 404),
             params=(*_S, "Limit", "LogCursor"),
         )
     },
@@ -132,7 +133,7 @@ _PATHS: dict[str, Any] = {
             "The configuration in effect at an instant, rebuilt from the log, with evidence",
             _C,
             json_content(ref("ConfigAt"), "the configuration and its evidence"),
-            errors=(400, 404, 409, 503),
+            errors=(429, 400, 404, 409, 503),
             params=(*_S, "At", "PublicKey"),
         )
     },
@@ -267,7 +268,7 @@ _PATHS: dict[str, Any] = {
             "counts in time bins; any experiment size)",
             _V,
             json_content(ref("ExperimentTimeline"), "the experiment's current iteration"),
-            errors=(400, 404),
+            errors=(429, 400, 404),
             params=("ExperimentKey",),
         )
     },
@@ -285,7 +286,7 @@ _PATHS: dict[str, Any] = {
                     "text/csv": {"schema": {"type": "string"}},
                 },
             },
-            errors=(400, 404),
+            errors=(429, 400, 404),
             params=("ExperimentKey", "Format", "Limit", "Cursor"),
         )
     },
@@ -295,7 +296,7 @@ _PATHS: dict[str, Any] = {
             "Recompute the hash chains (every session, or one) and the signed checkpoints",
             _C,
             json_content(ref("VerifyResult"), "one report per session, and the checkpoints"),
-            errors=(400, 404, 503),
+            errors=(429, 400, 404, 503),
             params=("AuditSession", "PublicKey"),
         )
     },

@@ -209,4 +209,8 @@ RESPONSES: dict[str, Any] = {
     ),
     "Internal": _response("internal: generic message and details.ref; see the server log"),
     "Unavailable": _response("unavailable: not ready or a backend is down; retry"),
+    "RateLimited": _response(
+        "rate_limited: this token's expensive reads are over their limit (details.burst, "
+        "details.rate_per_s); retry after the Retry-After header's seconds"
+    ),
 }

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from controlplane.api.auth import (
     PRINCIPAL,
@@ -45,12 +46,14 @@ from controlplane.api.inputs import (
     single,
 )
 from controlplane.api.labels import parse_labels_patch, parse_selector
+from controlplane.api.limits import ReadLimits
 from controlplane.api.openapi import openapi_document
 from controlplane.api.ports import ControlPlaneAPI
 from controlplane.audit.sources import parse_instant
 from controlplane.config import Settings
 from controlplane.errors import BadRequest
 from policies.limits import RESERVED_IDS
+from sessions.clock import SystemClock
 
 __all__ = ["ASSIGNMENT_COLUMNS", "ROUTES", "RouteSpec", "add_routes", "assignments_csv"]
 
@@ -59,20 +62,24 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
-    """One REST route; ``role`` None means no authentication."""
+    """One REST route; ``role`` None means no authentication; ``expensive``: a read limited
+    per token (``controlplane.api.limits``)."""
 
     method: str
     path: str
     handler: str  # method name on the handler object; also the OpenAPI operationId
     role: Role | None
+    expensive: bool = False
 
 
 ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("GET", "/v1/sessions", "list_sessions", Role.VIEWER),
     RouteSpec("GET", "/v1/sessions/{session_id}", "get_session", Role.VIEWER),
     RouteSpec("PATCH", "/v1/sessions/{session_id}/labels", "relabel_session", Role.COMPLIANCE),
-    RouteSpec("GET", "/v1/sessions/{session_id}/log", "session_log", Role.VIEWER),
-    RouteSpec("GET", "/v1/sessions/{session_id}/config-at", "config_at", Role.COMPLIANCE),
+    RouteSpec("GET", "/v1/sessions/{session_id}/log", "session_log", Role.VIEWER, expensive=True),
+    RouteSpec(
+        "GET", "/v1/sessions/{session_id}/config-at", "config_at", Role.COMPLIANCE, expensive=True
+    ),
     RouteSpec("POST", "/v1/policies", "publish_policy", Role.EXPERIMENTER),
     RouteSpec("POST", "/v1/policies/preview", "preview_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/policies", "list_policies", Role.VIEWER),
@@ -89,9 +96,17 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("POST", "/v1/policies/{policy_id}/pause", "pause_policy", Role.EXPERIMENTER),
     RouteSpec("POST", "/v1/policies/{policy_id}/resume", "resume_policy", Role.EXPERIMENTER),
     RouteSpec("GET", "/v1/experiments/{key}", "experiment_summary", Role.VIEWER),
-    RouteSpec("GET", "/v1/experiments/{key}/assignments", "experiment_assignments", Role.VIEWER),
-    RouteSpec("GET", "/v1/experiments/{key}/timeline", "experiment_timeline", Role.VIEWER),
-    RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE),
+    RouteSpec(
+        "GET",
+        "/v1/experiments/{key}/assignments",
+        "experiment_assignments",
+        Role.VIEWER,
+        expensive=True,
+    ),
+    RouteSpec(
+        "GET", "/v1/experiments/{key}/timeline", "experiment_timeline", Role.VIEWER, expensive=True
+    ),
+    RouteSpec("GET", "/v1/audit/verify", "verify_audit", Role.COMPLIANCE, expensive=True),
     RouteSpec("GET", "/readyz", "readyz", None),
     RouteSpec("GET", "/openapi.json", "openapi", None),
 )
@@ -120,6 +135,16 @@ ASSIGNMENT_COLUMNS: Final = (
     "upstream_session_id",
     "labels",
 )
+
+
+def _limited(limits: ReadLimits, route: str, handler: Handler) -> Handler:
+    """``handler`` after one read of the authenticated token's bucket (429 when empty)."""
+
+    async def limited(request: web.Request) -> web.StreamResponse:
+        limits.take(request[PRINCIPAL].digest, route)
+        return await handler(request)
+
+    return limited
 
 
 def _shown(session: dict[str, Any], role: Role) -> dict[str, Any]:
@@ -440,8 +465,10 @@ def add_routes(
     settings: Settings,
     *,
     max_body_bytes: int = MAX_BODY_BYTES,
+    limits: ReadLimits | None = None,
 ) -> None:
-    """Mount every route of :data:`ROUTES` on ``app``.
+    """Mount every route of :data:`ROUTES` on ``app``; the expensive reads through ``limits``
+    (default: from ``settings``, uncounted).
 
     Also installs, once each, :func:`~controlplane.api.errors.error_middleware` (outermost),
     the token store built from ``settings`` and the redaction of aiohttp's own protocol-error
@@ -458,8 +485,13 @@ def add_routes(
         handlers.documents.close()
 
     app.on_cleanup.append(stop_document_workers)
+    if limits is None:
+        limits = ReadLimits(SystemClock(), burst=settings.expensive_read_burst,
+                            rate_per_s=settings.expensive_read_rate_per_s)  # fmt: skip
     for spec in ROUTES:
         handler = getattr(handlers, spec.handler)
+        if spec.expensive:
+            handler = _limited(limits, spec.handler, handler)
         if spec.role is not None:
             handler = require(spec.role, handler)
         path = spec.path.replace("{policy_id}", POLICY_ID_SEGMENT)

@@ -191,6 +191,13 @@ class Settings:
     client_update_rate_per_s: float = setting(
         1.0, group=ADMISSION, gt=0, help="... and per second sustained"
     )
+    expensive_read_burst: int = setting(
+        600, group=ADMISSION, ge=1, help="expensive REST reads (session log, config-at, audit "
+        "verify, assignment export) a token may make at once; more get 429",
+    )  # fmt: skip
+    expensive_read_rate_per_s: float = setting(
+        20.0, group=ADMISSION, ge=0, help="... and per second sustained (0: no limit)"
+    )
     # --- push ---------------------------------------------------------------------------------
     push_concurrency: int = setting(256, group=PUSH, ge=1, help="pushes written at once")
     ack_timeout_s: float = setting(
