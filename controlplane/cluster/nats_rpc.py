@@ -7,7 +7,9 @@ With a policy signing key (``controlplane.signing``) a request is signed like a 
 over its subject instead of a ``Nats-Msg-Id`` (``Cp-Signature: v1=HMAC(key, subject + "\n" +
 body)``), and carries ``sent_at`` (Unix seconds) and a random ``nonce``: a replica answers
 only requests signed by a key it holds, for its own subject, sent within
-``MAX_REQUEST_AGE_S`` and not answered before (a replay within the window); anything else gets
+``MAX_REQUEST_AGE_S`` and not answered before (a replay within the window: remembered in
+memory and, with ``nonces`` (Redis in distributed mode), across the replica's restarts, so
+bytes captured before a restart are still a replay after it); anything else gets
 403 ``forbidden`` and runs nothing (a relabel moves a session in or out of a policy's ``match``,
 so NATS publish rights alone must not do it where publish rights alone make no policy).
 Its REPLY is signed the same way, over the requester's inbox subject: the requester takes the
@@ -26,7 +28,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import nats.errors
 from nats.aio.msg import Msg
@@ -35,8 +37,9 @@ from nats.aio.subscription import Subscription
 from controlplane.cluster.nats_bus import NatsConnection, subject_token, translate
 from controlplane.errors import Unavailable
 from controlplane.signing import SIGNATURE_HEADER, EventSigner
+from sessions.errors import BackendUnavailable
 
-__all__ = ["MAX_DEPTH", "MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "RpcHandler"]
+__all__ = ["MAX_DEPTH", "MAX_REQUEST_AGE_S", "SENT_AT", "NatsRpc", "Nonces", "RpcHandler"]
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +51,23 @@ MAX_REQUEST_AGE_S: Final = 60.0  # a signed request further from now than this i
 RpcHandler = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
+class Nonces(Protocol):
+    """Seen-once marks that outlive this process (``sessions.redis_nonces.RedisNonces``)."""
+
+    async def first(self, digest: str, ttl_s: float) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
 class NatsRpc:
     """Request/reply between replicas on ``<prefix>.node.<node>.<action>``."""
 
-    def __init__(self, conn: NatsConnection, *, wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, conn: NatsConnection, *, wall: Callable[[], float] = time.time,
+        nonces: Nonces | None = None,
+    ) -> None:  # fmt: skip
         self._conn = conn
+        self._nonces = nonces
         self._prefix = f"{conn.settings.nats_subject_prefix}.node."
         self._sub: Subscription | None = None
         settings = conn.settings
@@ -70,20 +85,7 @@ class NatsRpc:
 
         async def on_request(msg: Msg) -> None:
             action = msg.subject.rsplit(".", 1)[-1]
-            refusal = self._refusal(msg)
-            reply: dict[str, Any]
-            if refusal is not None:
-                log.warning("owner request on %s refused: %s", msg.subject, refusal)
-                reply = _error(403, "forbidden", f"owner request refused: {refusal}")
-            else:
-                try:
-                    payload = _request(msg.data)
-                except ValueError as exc:
-                    reply = _error(400, "bad_request", str(exc))
-                else:
-                    payload.pop(SENT_AT, None)
-                    payload.pop(NONCE, None)
-                    reply = await handler(action, payload)
+            reply = await self._answer(msg, action, handler)
             data = json.dumps(reply, separators=(",", ":")).encode()
             if len(data) > self._conn.client.max_payload:  # e.g. a very long session log
                 data = json.dumps({"error": {
@@ -100,6 +102,26 @@ class NatsRpc:
             self._sub = await self._conn.client.subscribe(wildcard, cb=on_request)
         except nats.errors.Error as exc:
             raise translate("subscribing to owner requests", exc) from exc
+
+    async def _answer(self, msg: Msg, action: str, handler: RpcHandler) -> dict[str, Any]:
+        """The reply to one request: refused (403), not checkable (503: its replay check is
+        down, fail closed), malformed (400), else the handler's."""
+        try:
+            refusal = await self._refusal(msg)
+        except BackendUnavailable as exc:
+            log.warning("owner request on %s not run: %s", msg.subject, exc)
+            return _error(503, "backend_unavailable",
+                          "owner request not run: its replay check is unavailable")  # fmt: skip
+        if refusal is not None:
+            log.warning("owner request on %s refused: %s", msg.subject, refusal)
+            return _error(403, "forbidden", f"owner request refused: {refusal}")
+        try:
+            payload = _request(msg.data)
+        except ValueError as exc:
+            return _error(400, "bad_request", str(exc))
+        payload.pop(SENT_AT, None)
+        payload.pop(NONCE, None)
+        return await handler(action, payload)
 
     async def request(self, node: str, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """One request to ``node`` (signed with a signing key); Unavailable (503) when it
@@ -140,6 +162,9 @@ class NatsRpc:
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+        if self._nonces is not None:
+            with contextlib.suppress(BackendUnavailable):
+                await self._nonces.close()
 
     async def _signed_reply(
         self, subject: str, data: bytes, headers: dict[str, str] | None, wait_s: float
@@ -166,7 +191,7 @@ class NatsRpc:
             with contextlib.suppress(nats.errors.Error):
                 await sub.unsubscribe()
 
-    def _refusal(self, msg: Msg) -> str | None:
+    async def _refusal(self, msg: Msg) -> str | None:
         """Why a request may not run (None: it may): with a signing key, it must be signed
         for this subject and sent within ``MAX_REQUEST_AGE_S`` (never the signature's text)."""
         if not self._signer.enabled:
@@ -188,7 +213,13 @@ class NatsRpc:
         now = self._wall()
         if not abs(now - sent) <= MAX_REQUEST_AGE_S:  # (NaN too)
             return f"signed, but not sent within the last {MAX_REQUEST_AGE_S:g}s ({SENT_AT!r})"
-        return self._replayed(hashlib.sha256(msg.subject.encode() + b"\n" + data).digest(), now)
+        digest = hashlib.sha256(msg.subject.encode() + b"\n" + data).digest()
+        replayed = self._replayed(digest, now)
+        if replayed is not None or self._nonces is None:
+            return replayed
+        if not await self._nonces.first(digest.hex(), 2 * MAX_REQUEST_AGE_S):
+            return "a replay of a request already answered (before this replica restarted)"
+        return None
 
     def _replayed(self, digest: bytes, now: float) -> str | None:
         """A signed request seen within the window is a replay; this one is remembered until

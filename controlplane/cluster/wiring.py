@@ -31,6 +31,7 @@ from controlplane.metrics import Metrics
 from sessions.clock import Clock
 from sessions.redis_exposures import RedisExposureStore
 from sessions.redis_nodestats import RedisNodeStats
+from sessions.redis_nonces import RedisNonces
 from sessions.redis_registry import RedisRegistry
 from sessions.registry import MemoryRegistry, Registry
 from sessions.versionlog.core import VersionLog
@@ -115,7 +116,8 @@ class Distributed:
         router = upkeep = None
         if settings.redis_url:
             ports.exposures = RedisExposureStore(settings.redis_url, prefix=settings.redis_prefix)
-            router = ports.router = OwnerRouter(NatsRpc(nats), node)
+            nonces = RedisNonces(settings.redis_url, prefix=settings.redis_prefix)
+            router = ports.router = OwnerRouter(NatsRpc(nats, nonces=nonces), node)
             stats = RedisNodeStats(
                 settings.redis_url, ttl_s=settings.session_ttl_s, prefix=settings.redis_prefix,
                 pool_size=settings.redis_pool_size, pool_timeout_s=settings.redis_pool_timeout_s,

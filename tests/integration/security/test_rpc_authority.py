@@ -145,3 +145,45 @@ async def test_with_a_signing_key_a_forged_reply_to_an_owner_request_is_ignored(
     finally:
         await impostor.close()
     assert "not signed by a replica's key" in caplog.text
+
+
+async def test_a_captured_owner_request_replayed_after_the_replica_restarts_is_refused(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """A NATS user that sees owner requests captures node-a's signed relabel of node-b's
+    session; node-b restarts (its in-memory replay window is gone) and the app registers its
+    session id again there; the captured bytes, replayed within their 60 s, are refused
+    (the seen mark is in Redis) and change nothing."""
+    keys = SigningKeys.parse(KEY)
+    a = await cluster.start("node-a", policy_signing_key=keys)
+    b = await cluster.start("node-b", policy_signing_key=keys)
+    spy = await cluster.nats()
+    captured: list[tuple[str, bytes, dict[str, str]]] = []
+
+    async def capture(msg: Any) -> None:
+        captured.append((msg.subject, msg.data, dict(msg.headers or {})))
+
+    await spy.subscribe(f"{cluster.subject_prefix}.node.node-b.relabel", cb=capture)
+    try:
+        async with b.client(labels={"tier": "basic"}) as app:
+            sid = app.session_id
+            assert sid is not None
+            await a.call("PATCH", f"/v1/sessions/{sid}/labels",
+                         body={"labels": {"tier": "vip"}}, expect=200)  # fmt: skip
+            await eventually(lambda: len(captured) == 1)
+        await b.stop()
+        b = await cluster.start("node-b", policy_signing_key=keys)
+        async with b.client(session_id=sid, labels={"tier": "basic"}) as again:
+            assert again.session_id == sid
+            subject, data, headers = captured[0]
+            msg = await spy.request(subject, data, timeout=5, headers=headers)
+            reply = json.loads(msg.data)
+            assert reply.get("error", {}).get("status") == 403, reply
+            assert "replay" in reply["error"]["message"]
+            assert b.service.engine.live[sid].session.labels == {"tier": "basic"}
+            # the replicas' own requests still work after the restart
+            body = await a.call("PATCH", f"/v1/sessions/{sid}/labels",
+                                body={"labels": {"tier": "gold"}}, expect=200)  # fmt: skip
+            assert body["labels"] == {"tier": "gold"}
+    finally:
+        await spy.close()
