@@ -56,6 +56,7 @@ from controlplane.labels import (
 )
 from controlplane.push.agent_acks import AgentAcks
 from controlplane.push.live import LiveSession
+from controlplane.service.live import NOT_CONNECTED
 from controlplane.service.plane import ControlPlane
 from controlplane.service.sessions import EngineSessions, SessionPort
 from policies.fields import Config
@@ -73,6 +74,7 @@ FORWARDED_HEADERS = ("Authorization", "AssemblyAI-Version", "User-Agent")
 LABELS_HEADER = "X-Session-Labels"
 LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
 SECRET_QUERY = frozenset({"token"})
+NOT_RECORDED = "version_log_unwritable"  # the end cause of a connect refused before the dial
 
 
 class Gateway:
@@ -162,33 +164,46 @@ class Gateway:
         )  # fmt: skip
         merged, skipped = STREAMING_V3.merge_connect_query(query, effective.config, info.model)
         url = self.settings.upstream_streaming_url + "?" + urlencode(merged)
-        try:
-            upstream = await self._connect_upstream(url, request)
-        except aiohttp.WSServerHandshakeError as exc:
-            return _http_error(exc.status, "upstream_rejected",
-                               f"upstream refused the connection (HTTP {exc.status})")  # fmt: skip
-        except (aiohttp.ClientError, OSError) as exc:
-            log.warning("streaming upstream unreachable: %s", exc)
-            return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
-        ws = self._client_ws()
-        try:
-            if _gone(request):
-                raise ConnectionResetError("client left")
-            await ws.prepare(request)
-        except ConnectionResetError:
-            return await self._client_gone(upstream, STREAMING_V3.name)
-        transport = UpstreamTransport(upstream, False, StreamingUpstream(merged))
+        transport = UpstreamTransport(None, False, StreamingUpstream(merged))
         wire = {"connect": {k: v for k, v in merged.items() if k not in SECRET_QUERY}}
         if skipped:
             wire["skipped"] = dict(skipped)
-        try:
+        ws = self._client_ws()
+        try:  # write-ahead: the connect entry durable before the dial (service.live)
             ls = await self.service.attach(
                 session, effective, transport=transport, dialect=STREAMING_V3,
                 running=effective.config, connect_wire=wire,
             )  # fmt: skip
         except Exception:
-            await _abort(ws, upstream, session.id)
+            if await _upgraded(ws, request):
+                await _abort(ws, None, session.id)
             return ws
+        refused = await self.service.connect_durable(ls)
+        if refused is not None:
+            await self.service.not_connected(ls, refused, NOT_RECORDED)
+            if await _upgraded(ws, request):
+                await _refuse(ws, refused, agent=False)
+            return ws
+        try:
+            upstream = await self._connect_upstream(url, request)
+        except aiohttp.WSServerHandshakeError as exc:
+            why = f"upstream refused the connection (HTTP {exc.status})"
+            await self.service.not_connected(ls, f"{NOT_CONNECTED}: {why}", "upstream_refused")
+            return _http_error(exc.status, "upstream_rejected", why)
+        except (aiohttp.ClientError, OSError) as exc:
+            log.warning("streaming upstream unreachable: %s", exc)
+            await self.service.not_connected(
+                ls, f"{NOT_CONNECTED}: cannot reach the upstream ({exc})", "upstream_unreachable"
+            )
+            return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
+        transport.ws = upstream
+        try:
+            if _gone(request):
+                raise ConnectionResetError("client left")
+            await ws.prepare(request)
+        except ConnectionResetError:  # (the upstream session began: its connect went)
+            await self.service.detach(ls, "client_closed")
+            return await self._client_gone(upstream, STREAMING_V3.name)
         await self._proxy(ws, upstream, ls, transport, first_deadline=True)
         return ws
 
@@ -252,43 +267,62 @@ class Gateway:
             skipped: Mapping[str, str] = {}
             if not resume:
                 forward, skipped = VOICE_AGENT_V1.merge_first_update(message, effective.config)
-            try:
-                upstream = await self._connect_upstream(self.settings.upstream_agent_url, request)
-            except aiohttp.WSServerHandshakeError as exc:
-                code = "unauthorized" if exc.status in (401, 403) else "internal_error"
-                await _agent_error(ws, code, f"upstream refused the connection (HTTP {exc.status})")
-                await ws.close(code=1008 if code == "unauthorized" else 1011)
-                return ws
-            except (aiohttp.ClientError, OSError):
-                await _agent_error(ws, "internal_error", "cannot reach the upstream")
-                await ws.close(code=1011)
-                return ws
-            if _gone(request):
-                return await self._client_gone(upstream, VOICE_AGENT_V1.name)
             link = AgentAcks(
                 ack_timeout=self.settings.ack_timeout_s,
                 applies_rest=self.settings.agent_partial_updates == "apply_rest",
             )
-            transport = UpstreamTransport(upstream, True, link=link, answers_connect=not resume)
+            transport = UpstreamTransport(None, True, link=link, answers_connect=not resume)
             wire: dict[str, Any] = {"first_message": forward}
             if skipped:
                 wire["skipped"] = dict(skipped)
             running = {} if resume else effective.config
+            try:  # write-ahead: the connect entry durable before the dial (service.live)
+                ls = await self.service.attach(
+                    session, effective, transport=transport, dialect=VOICE_AGENT_V1,
+                    running=running, connect_wire=wire,
+                )  # fmt: skip
+                link.push_state = ls.push
+            except Exception:
+                await _abort(ws, None, session.id)
+                return ws
+            refused = await self.service.connect_durable(ls)
+            if refused is not None:
+                await self.service.not_connected(ls, refused, NOT_RECORDED)
+                await _refuse(ws, refused, agent=True)
+                return ws
+            try:
+                upstream = await self._connect_upstream(self.settings.upstream_agent_url, request)
+            except aiohttp.WSServerHandshakeError as exc:
+                code = "unauthorized" if exc.status in (401, 403) else "internal_error"
+                why = f"upstream refused the connection (HTTP {exc.status})"
+                await self.service.not_connected(ls, f"{NOT_CONNECTED}: {why}", "upstream_refused")
+                await _agent_error(ws, code, why)
+                await ws.close(code=1008 if code == "unauthorized" else 1011)
+                return ws
+            except (aiohttp.ClientError, OSError) as exc:
+                await self.service.not_connected(
+                    ls, f"{NOT_CONNECTED}: cannot reach the upstream ({exc})",
+                    "upstream_unreachable")  # fmt: skip
+                await _agent_error(ws, "internal_error", "cannot reach the upstream")
+                await ws.close(code=1011)
+                return ws
+            if _gone(request):  # (nothing went upstream: the first message is still here)
+                await self.service.not_connected(
+                    ls, f"{NOT_CONNECTED}: the client left during the upstream handshake",
+                    "client_closed")  # fmt: skip
+                return await self._client_gone(upstream, VOICE_AGENT_V1.name)
+            transport.ws = upstream
             try:
                 now = asyncio.get_running_loop().time()
                 # a connect session.update carries the effective config (running): its
                 # answer (session.ready) is logged `connect acked`, the session's exposure
                 refs = None if resume else effective.applied
                 await send_upstream(upstream, link.first(forward, now, refs))
-                ls = await self.service.attach(
-                    session, effective, transport=transport, dialect=VOICE_AGENT_V1,
-                    running=running, connect_wire=wire,
-                )  # fmt: skip
-                link.push_state = ls.push
                 if leftovers is not None:
                     self.sessions.resuming(ls, leftovers)
             except Exception:
                 await _abort(ws, upstream, session.id)
+                await self.service.detach(ls, "internal_error")
                 return ws
             try:
                 await self._proxy(ws, upstream, ls, transport)
@@ -368,14 +402,38 @@ def _gone(request: web.Request) -> bool:
     return transport is None or transport.is_closing()
 
 
+async def _upgraded(ws: web.WebSocketResponse, request: web.Request) -> bool:
+    """The client's socket upgraded, to tell it why it is refused (SDKs surface close
+    reasons, not HTTP bodies); False when the client is gone."""
+    try:
+        await ws.prepare(request)
+    except ConnectionResetError:
+        return False
+    return True
+
+
+async def _refuse(ws: web.WebSocketResponse, reason: str, *, agent: bool) -> None:
+    """A connect refused before the dial (its entry could not be made durable): the dialect's
+    error naming why, then close 1011 with the reason."""
+    with contextlib.suppress(Exception):
+        if agent:
+            await _agent_error(ws, "internal_error", reason)
+        else:
+            error = {"type": "Error", "error_code": INTERNAL_ERROR_CLOSE, "error": reason}
+            await ws.send_str(json.dumps(error))
+    with contextlib.suppress(Exception):
+        await ws.close(code=INTERNAL_ERROR_CLOSE, message=close_reason(reason))
+
+
 async def _abort(
-    ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse, session_id: str
+    ws: web.WebSocketResponse, upstream: aiohttp.ClientWebSocketResponse | None, session_id: str
 ) -> None:
     """A session that could not start (a bug of ours, or the registry down): logged, both
     legs closed (1011 to the client), nothing left open."""
     log.exception("gateway session %s could not start; closing it", session_id)
-    with contextlib.suppress(Exception):
-        await upstream.close()
+    if upstream is not None:
+        with contextlib.suppress(Exception):
+            await upstream.close()
     with contextlib.suppress(Exception):
         await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
 

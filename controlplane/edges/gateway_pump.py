@@ -65,14 +65,14 @@ class UpstreamTransport:
 
     def __init__(
         self,
-        ws: aiohttp.ClientWebSocketResponse,
+        ws: aiohttp.ClientWebSocketResponse | None,
         acknowledging: bool,
         model: StreamingUpstream | None = None,
         link: AgentAcks | None = None,
         *,
         answers_connect: bool = False,
     ) -> None:
-        self.ws = ws
+        self.ws = ws  # None until the upstream is dialled (after the connect is durable)
         self.acknowledging = acknowledging
         self.model = model  # Streaming v3: what the upstream runs, frame by frame
         self.link = link  # Voice Agent: one update outstanding, answers attributed
@@ -85,11 +85,11 @@ class UpstreamTransport:
         self.handed: Push | None = None
 
     def congested(self) -> bool:
-        return write_buffer_size(self.ws) > CONGESTED_BYTES
+        return self.ws is not None and write_buffer_size(self.ws) > CONGESTED_BYTES
 
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
         pump = self.pump
-        if self.ws.closed or pump is None:
+        if self.ws is None or self.ws.closed or pump is None:
             raise ConnectionError("upstream socket is closed")
         machine = pump.machine
         actions = machine.push(push, wire, text, pump.now())

@@ -2,9 +2,17 @@
 
 ``new_session`` resolves a new session's effective config; ``attach`` holds it live, claims
 its id cluster-wide (the registry) and records its ``connect`` entry (nothing of a session
-that could not be recorded stays live or registered); ``detach`` ends it. A client-chosen id
-keeps the app that first registered it (``Session.registered_by``) for the life of its
-record: another team's registration of it is refused (``session_exists``).
+that could not be recorded stays live or registered); ``detach`` ends it.
+
+A gateway connect is write-ahead, like a push: the gateway attaches the session, then
+``connect_durable`` makes its ``connect`` ``sent`` entry durable (one group commit) BEFORE the
+upstream is dialled, so a crash in between never leaves a call the upstream ran with no
+record. A connect whose entry could not be written is not dialled; a connect that never
+reached an upstream session (log unwritable, dial refused or failed, client gone) ends with a
+``connect`` v1 ``rejected`` entry saying why (``not_connected``), and the session ends.
+
+A client-chosen id keeps the app that first registered it (``Session.registered_by``) for
+the life of its record: another team's registration of it is refused (``session_exists``).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from controlplane.cluster.ports import ClusterPorts
 from controlplane.config import Settings
 from controlplane.errors import Conflict
 from controlplane.intake.store import PolicyStore
+from controlplane.metrics import Metrics
 from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession, Transport
 from controlplane.push.protocol import PushState
@@ -34,10 +43,13 @@ from sessions.dialects.base import Dialect
 from sessions.errors import SessionIdTaken, UnknownSession
 from sessions.model import Session, SessionState
 from sessions.registry import Registry
+from sessions.versionlog.core import VersionLog
 
-__all__ = ["LiveSessions"]
+__all__ = ["NOT_CONNECTED", "LiveSessions"]
 
 log = logging.getLogger(__name__)
+
+NOT_CONNECTED = "not connected"  # the error of a connect that reached no upstream session
 
 
 class LiveSessions:
@@ -53,8 +65,12 @@ class LiveSessions:
         cluster: ClusterPorts,
         assignments: AssignmentBook,
         experiments: ExperimentBook,
+        versionlog: VersionLog,
+        metrics: Metrics,
     ) -> None:
         self._node_id = settings.node_id
+        self._versionlog = versionlog
+        self._metrics = metrics
         self._clock = clock
         self._registry = registry
         self._store = store
@@ -151,6 +167,30 @@ class LiveSessions:
                 await self._registry.end(session.id, cause="attach_failed", at=self._clock.now())
             raise
         return ls
+
+    async def connect_durable(self, ls: LiveSession) -> str | None:
+        """Write-ahead of a gateway connect: the session's ``connect`` entry (appended by
+        ``attach``) made durable before the upstream is dialled. None when it is; else why the
+        connect must not go (the caller refuses it: ``not_connected``); the failure counts in
+        ``audit_append_failures_total`` (the audit alert) and ``/readyz`` names it."""
+        try:
+            await self._versionlog.flush()
+        except Exception as exc:
+            self._metrics.audit_append_failures.inc()
+            log.warning("gateway session %s not connected: its connect entry could not be "
+                        "written: %s", ls.session.id, exc)  # fmt: skip
+            return f"{NOT_CONNECTED}: the version log could not be written ({exc})"
+        return None
+
+    async def not_connected(self, ls: LiveSession, error: str, cause: str) -> None:
+        """A gateway connect recorded ``sent`` that reached no upstream session (its entry
+        not durable, the dial refused or failed, the client gone first): its ``connect`` v1
+        ends ``rejected`` with ``error`` (nothing runs: ``running_config`` null), then the
+        session ends with ``cause``."""
+        self._engine.record(ls, cause="connect", status="rejected", delta={}, wire=None,
+                            error=error, version=1, exposes=False)  # fmt: skip
+        self._engine.connect_answered(ls, 1, "rejected")
+        await self.detach(ls, cause)
 
     def _refuse_live(self, session_id: str) -> None:
         if session_id in self._engine.live:

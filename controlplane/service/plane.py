@@ -125,7 +125,7 @@ class ControlPlane:
         self.live = LiveSessions(
             settings, clock=clock, registry=registry, store=self.store, engine=self.engine,
             sets=self.sets, cluster=self.cluster, assignments=self.assignments,
-            experiments=self.experiments,
+            experiments=self.experiments, versionlog=versionlog, metrics=metrics,
         )  # fmt: skip
         # the API (controlplane.api.ports.ControlPlaneAPI) and the edges, part by part
         self.publish_policy = self.publisher.publish_policy
@@ -151,6 +151,8 @@ class ControlPlane:
         self.call_of = self.records.call_of
         self.attach = self.live.attach
         self.detach = self.live.detach
+        self.connect_durable = self.live.connect_durable
+        self.not_connected = self.live.not_connected
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:

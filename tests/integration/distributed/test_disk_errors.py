@@ -26,41 +26,16 @@ from typing import Any
 import pytest
 
 from tests.integration.distributed.conftest import Cluster, Replica
+from tests.integration.distributed.disks import TMPFS_BYTES
+from tests.integration.distributed.disks import fill as _fill
+from tests.integration.distributed.disks import on_tmpfs as _on_tmpfs
+from tests.integration.distributed.disks import rows as _rows
 from tests.integration.distributed.harness import get, ready, spawn
 from tests.integration.service.conftest import eventually
 from tests.integration.service.fleet import App, Fleet
 
 N = 600
-TMPFS_BYTES = 8 * 1024 * 1024
 TERMINAL = ("acked", "rejected", "unverified", "skipped")
-
-
-def _on_tmpfs(data_dir: Path) -> list[str]:
-    """The command that runs ``serve`` with a fresh tmpfs of ``TMPFS_BYTES`` over its data
-    dir, in a mount namespace of its own (``$0`` the mount point, ``$@`` the serve command)."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    script = f'mount -t tmpfs -o size={TMPFS_BYTES} tmpfs "$0" && exec "$@"'
-    return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", script,
-            str(data_dir)]  # fmt: skip
-
-
-def _rows(view: Path) -> list[dict[str, Any]]:
-    rows = []
-    for path in sorted((view / "audit").glob("versionlog-*.jsonl")):
-        rows += [json.loads(line) for line in path.read_bytes().splitlines()]
-    return rows
-
-
-def _fill(view: Path, keep: int) -> Path:
-    """A file taking all the free space of the file system under ``view`` but ``keep`` bytes."""
-    st = os.statvfs(view)
-    size = st.f_bavail * st.f_frsize - keep
-    filler = view / "filler"
-    with filler.open("wb") as f:
-        block = b"\0" * (1 << 20)
-        while size > 0:
-            size -= f.write(block[: min(size, len(block))])
-    return filler
 
 
 async def _prompt_push(app: App, prompt: str, after: int, timeout: float) -> int | None:

@@ -83,7 +83,7 @@ async def test_python_sdk_retries_leave_no_upstream_session_open(
     assert _gone(cp, "streaming-v3") == 3
 
 
-async def test_agent_client_leaving_during_the_upstream_handshake_starts_no_session(
+async def test_agent_client_leaving_during_the_upstream_handshake_starts_no_upstream_session(
     cp: ControlPlaneUnderTest, emulator: Emulator
 ) -> None:
     await _slow_handshake(emulator, 600)
@@ -97,5 +97,12 @@ async def test_agent_client_leaving_during_the_upstream_handshake_starts_no_sess
     # the upstream connection was closed before the first session.update: no upstream session
     assert await _upstream_sessions(emulator) == []
     assert cp.service.engine.live == {}
-    assert await cp.call("GET", "/v1/sessions?state=ended", expect=200) == {
-        "items": [], "next": None}  # fmt: skip
+    # write-ahead: the connect entry was durable before the dial, so the record keeps the
+    # attempt, ended: its connect never went upstream (`rejected`, saying why)
+    ended = await cp.call("GET", "/v1/sessions?state=ended", expect=200)
+    [session] = ended["items"]
+    assert session["end_cause"] == "client_closed"
+    entries = await cp.log(session["id"])
+    assert [(e["cause"], e["version"], e["status"]) for e in entries] == [
+        ("connect", 1, "sent"), ("connect", 1, "rejected")]  # fmt: skip
+    assert entries[1]["error"] == "not connected: the client left during the upstream handshake"
