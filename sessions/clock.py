@@ -41,3 +41,7 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         self._wall += seconds
         self._mono += seconds
+
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock steps (NTP, a VM resumed, an operator): the monotonic one does not."""
+        self._wall += seconds

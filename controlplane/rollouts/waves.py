@@ -7,8 +7,11 @@ event on the policy bus, so every replica (and, in embedded mode, the policy fil
 the same steps in the same order:
 
 - **advance**: each replica's ``Waves`` task looks, every ``TICK_S`` at most, for versions
-  whose current wave started ``wave_interval_s`` ago (the injected clock's wall time against
-  the step's ``published_at``), not paused, not halted. It asks the rollout guard's ports for
+  whose current wave started ``wave_interval_s`` ago (the step's ``published_at``, a wall
+  time every replica shares, against the injected clock's wall time when the replica learns
+  the step; from then on the wait runs on its monotonic clock, so a wall clock stepping
+  forward or back does not advance a wave early or stall it: ``_due``), not paused, not
+  halted. It asks the rollout guard's ports for
   the version's cluster-wide totals: while the guard holds it publishes the next step
   (``seq`` = last + 1: replicas deciding together publish the same ``Nats-Msg-Id``, JetStream
   keeps one, the others get 409 and do nothing); when the guard is breached it asks for the
@@ -101,6 +104,8 @@ class Waves:
         self._apply_wait_s = apply_wait_s
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        # (policy, version, started_at, interval) -> monotonic time its next wave is due
+        self._due_at: dict[tuple[str, int, float, float], float] = {}
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="rollout-waves")
@@ -127,10 +132,25 @@ class Waves:
                 log.warning("rollout waves: check failed, retrying: %s", exc)
 
     def _sleep_s(self) -> float:
-        due = [s.started_at + _interval(s) for s in self._running()]
-        if not due:
+        left = [self._due(s) for s in self._running()]
+        if not left:
             return _MAX_SLEEP_S
-        return min(_MAX_SLEEP_S, max(TICK_S, min(due) - self._clock.now()))
+        return min(_MAX_SLEEP_S, max(TICK_S, min(left)))
+
+    def _due(self, state: WaveState) -> float:
+        """Seconds until ``state``'s next wave is due. Its start is a wall time (the step
+        event's, shared by every replica), turned into this replica's monotonic time once,
+        when first asked: a wall clock that steps later (NTP, a VM resumed) neither promotes
+        a wave before its interval has passed nor stalls one for the size of the step."""
+        interval = _interval(state)
+        key = (state.policy.id, state.policy.version or 0, state.started_at, interval)
+        mono = self._clock.monotonic()
+        due = self._due_at.get(key)
+        if due is None:
+            if len(self._due_at) > 1024:  # (steps long taken: forgotten)
+                self._due_at.clear()
+            due = self._due_at[key] = mono + (state.started_at + interval - self._clock.now())
+        return due - mono
 
     def _running(self) -> list[WaveState]:
         return [
@@ -142,9 +162,8 @@ class Waves:
     async def check(self) -> list[tuple[str, int, str]]:
         """Advance (or stall) every version whose wave is due; what it did, per version."""
         done = []
-        now = self._clock.now()
         for state in self._running():
-            if now < state.started_at + _interval(state):
+            if self._due(state) > 0:
                 continue
             policy_id, version = state.policy.id, state.policy.version or 0
             guarded = self._halts.guarded(policy_id)

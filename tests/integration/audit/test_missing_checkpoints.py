@@ -34,7 +34,8 @@ class HourAgoClock:
 
 
 class ShiftedClock:
-    """Real time, shifted by ``shift`` seconds (wall only): the test moves it ahead."""
+    """Real time, shifted by ``shift`` seconds: the test moves it ahead. Both clocks move
+    (time passing); a wall clock that steps alone is no alarm (test_clock_jumps)."""
 
     def __init__(self) -> None:
         self.shift = 0.0
@@ -43,7 +44,7 @@ class ShiftedClock:
         return time.time() + self.shift
 
     def monotonic(self) -> float:
-        return time.monotonic()
+        return time.monotonic() + self.shift
 
 
 def _verify(root: Path, capsys: Any, *extra: str) -> tuple[int, str]:
