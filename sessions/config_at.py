@@ -34,6 +34,13 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
   the entry is newer than the one whose policies it would replace: the push's ``sent`` entry
   when an answer established the config, else the establishing entry (``policies_by``).
 
+**Doubts.** An entry at or before the instant that leaves the upstream's configuration
+unknown is listed in ``doubts`` (``in_doubt`` true): an ``upstream`` ``unverified`` entry, and
+an answer to a push or to the connect recorded ``unverified`` with an error (no answer within
+the acknowledgement timeout); a later answer of that version at or before the instant (a late
+``acked``, applied or ``rejected``) resolves the push's doubt. The rebuilt ``config`` is then
+what the record holds, not a proof of what ran: a reader must never take it as applied.
+
 ``config_hash`` records the config the upstream runs once the entry takes effect (the pushed
 config for pushes; for client updates and the Voice Agent ``connect`` acknowledgement the
 upstream's config, which differs from the effective config while a client overrides an
@@ -60,6 +67,7 @@ LATE_ANSWER = "answered after the acknowledgement timeout (recorded unverified b
 
 _ANSWERS: Final = frozenset({"acked", "rejected", "unverified"})
 _ENTRY_KEYS: Final = ("seq", "at", "cause", "status", "version", "hash", "config_hash", "error")
+_DOUBT_KEYS: Final = ("seq", "at", "cause", "status", "version", "error")
 
 
 @dataclass
@@ -76,6 +84,7 @@ class ConfigAt:
     failures: list[dict[str, Any]] = field(default_factory=list)  # {"seq", "problem"}
     pending: list[dict[str, Any]] = field(default_factory=list)  # sent, answered after `at`
     notes: list[str] = field(default_factory=list)
+    doubts: list[dict[str, Any]] = field(default_factory=list)  # entries leaving it unknown
     last_seq: int = 0  # the last entry at or before `at`
     log_seq: int = 0  # the last entry of the log
 
@@ -101,6 +110,8 @@ class ConfigAt:
                 "log_entries": self.log_seq,
             },
             "notes": self.notes,
+            "in_doubt": bool(self.doubts),
+            "doubts": self.doubts,
         }
 
 
@@ -170,6 +181,7 @@ class _Rebuild:
         self.sent: Mapping[str, Any] | None = None
         self.meaning = ""
         self.named: dict[Any, Mapping[str, Any]] = {}  # config version -> last `unchanged`
+        self.doubts: dict[Any, Mapping[str, Any]] = {}  # key -> the entry leaving it unknown
 
     def check(self, row: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         self.result.checked += 1
@@ -200,6 +212,8 @@ class _Rebuild:
                 f"entries after seq {self.result.last_seq} are later than the asked instant"
             )
         res = self.result
+        doubted = sorted(self.doubts.values(), key=lambda r: int(r["seq"]))
+        res.doubts = [{k: row.get(k) for k in _DOUBT_KEYS} for row in doubted]
         res.config = self.config
         named = self.named.get(self.established.get("version"))
         pushed = self.sent if self.sent is not None else self.established  # took its refs
@@ -226,6 +240,7 @@ class _Rebuild:
                 self.establish(row, self._unanswered("connect parameters"))
         elif cause == "upstream":  # (a Streaming v3 Warning no update explains)
             self.check(row, self.config)
+            self.doubts[("upstream", row["seq"])] = row
             self.note(row, f"{row.get('error')}; the config is kept as recorded, in doubt")
         elif cause == "client":
             if status in ("sent", "acked"):
@@ -258,6 +273,7 @@ class _Rebuild:
                 self.establish(self.rows[0], "connect parameters, refused by the upstream "
                                f"(seq {row['seq']}): no upstream session runs them")  # fmt: skip
         elif status == "rejected":
+            self.doubts.pop(("push", version), None)  # (a late refusal: known not applied)
             candidate, _ = self.pending.pop(version, (apply(self.config, delta), None))
             self.check(row, candidate)
             self.note(row, f"version {version} was rejected ({row.get('error')}): the previous "
@@ -288,6 +304,9 @@ class _Rebuild:
             self.check(row, self.config)
             if status != "acked":
                 self.note(row, f"the connect is unverified: {row.get('error')}")
+                self.doubts[("connect", 1)] = row
+            else:
+                self.doubts.pop(("connect", 1), None)
             if self.established is not self.rows[0]:
                 return
             if status == "acked":
@@ -308,6 +327,10 @@ class _Rebuild:
             if config_hash(now) == row.get("config_hash"):
                 candidate = now
         self.check(row, candidate)
+        if status == "acked" or applied:
+            self.doubts.pop(("push", version), None)  # (a late answer resolves it)
+        else:
+            self.doubts[("push", version)] = row
         if status == "acked":
             self.config = candidate
             self.establish(row, f"acknowledged by the upstream (version {version})", sent)

@@ -260,6 +260,16 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "pending": {"type": "array", "items": {"type": "object"}},
             "rebuild": {"type": "object", "description": "config_hash checks of every step"},
             "notes": {"type": "array", "items": {"type": "string"}},
+            "in_doubt": {
+                "type": "boolean",
+                "description": "an entry at or before the instant leaves what the upstream "
+                "runs unknown (doubts): config is the record's, not proof it ran",
+            },
+            "doubts": {
+                "type": "array",
+                "items": {"type": "object"},
+                "description": "those entries: seq, at, cause, status, version, error",
+            },
             "chain": {"type": "object"},
             "checkpoint": {"type": "object"},
             "verified": {

@@ -377,6 +377,13 @@ def at_text(a: dict[str, Any]) -> str:
     lines.append("checkpoints: " + ("ok" if ck.get("checkpoints_ok") else "BAD: " + str(
         (ck.get("first_bad") or {}).get("problem"))) + f"; signatures {_keys(ck)}")  # fmt: skip
     lines += [f"note: {n}" for n in a.get("notes") or []]
+    doubts = a.get("doubts") or []
+    if doubts:  # the record cannot say what ran: never read the config above as applied
+        lines.append(f"IN DOUBT: the upstream may not run this config ({len(doubts)} entr"
+                     f"{'y' if len(doubts) == 1 else 'ies'} leave it unknown)")  # fmt: skip
+        lines += [f"  seq {d.get('seq')} at {_when(d.get('at'))}: {d.get('cause')}/"
+                  f"{d.get('status')}, version {d.get('version')}: {d.get('error')}"
+                  for d in doubts]  # fmt: skip
     lines.append("VERIFIED" if a.get("verified") else "NOT VERIFIED")
     return "\n".join(lines)
 

@@ -7,14 +7,49 @@ function policyRefs(refs) {
   return (refs || []).map((p) => `${p.id} v${p.version}${p.variant ? ` (${p.variant})` : ""}`).join(", ");
 }
 
+// an entry after which what the upstream runs is unknown (config-at's doubts): an `upstream`
+// doubt, or an answer recorded `unverified` with an error other than a late answer's
+const LATE = "answered after the acknowledgement timeout";
+const inDoubt = (e) => e.cause === "upstream"
+  || (e.status === "unverified" && Boolean(e.error) && !String(e.error).startsWith(LATE));
+
 function entryItem(e) {
   return el("li", { "data-testid": "timeline-entry", "data-seq": e.seq, "data-status": e.status,
     "data-version": e.version, "data-cause": e.cause },
     el("div", { class: "head" }, el("b", {}, `#${e.seq}`), el("span", { class: "muted" }, when(e.at)),
       el("span", {}, `v${e.version}`), badge(e.status), el("span", {}, `cause ${e.cause}`),
-      e.policies && e.policies.length ? el("span", { class: "muted" }, policyRefs(e.policies)) : null),
+      e.policies && e.policies.length ? el("span", { class: "muted" }, policyRefs(e.policies)) : null,
+      inDoubt(e) ? el("span", { "data-testid": "timeline-doubt" }, badge("in doubt", "unverified")) : null),
     e.error ? el("div", { class: "error" }, typeof e.error === "string" ? e.error : json(e.error)) : null,
     e.delta && Object.keys(e.delta).length ? el("pre", { "data-testid": "timeline-delta" }, json(e.delta)) : null);
+}
+
+const entryText = (e) => `#${e.seq ?? "?"} ${e.cause}/${e.status} v${e.version}`;
+
+/** The answer of GET …/config-at as `controlplane audit at` prints it: the configuration, the
+ *  entry that established it and what that means (never "acknowledged" unless it was), the
+ *  pushes in flight, the doubts (entries that leave what the upstream runs unknown), notes. */
+function configAt(body) {
+  const est = body.established_by || {};
+  const doubts = body.doubts || [];
+  return el("div", { class: "panel" },
+    el("p", {}, "audit chain ", el("span", { "data-testid": "config-at-verified", "data-verified": String(body.verified) },
+      badge(body.verified ? "verified" : "NOT VERIFIED", body.verified ? "acked" : "rejected")),
+    body.policies ? ` · ${policyRefs(body.policies)}` : ""),
+    doubts.length ? el("div", { class: "error", "data-testid": "config-at-in-doubt", "data-count": doubts.length },
+      badge("in doubt", "unverified"), " the upstream may not run this configuration: ",
+      doubts.map((d) => el("div", { "data-testid": "config-at-doubt", "data-seq": d.seq, "data-cause": d.cause,
+        "data-status": d.status }, `${entryText(d)} at ${when(d.at)}: ${d.error ?? ""}`))) : null,
+    el("pre", { "data-testid": "config-at-config" }, json(body.config)),
+    el("p", { "data-testid": "config-at-established", "data-seq": est.seq, "data-status": est.status,
+      "data-cause": est.cause }, `established by ${entryText(est)} at ${when(est.at)}: `,
+      el("span", { "data-testid": "config-at-meaning" }, est.meaning || "")),
+    body.sent_by ? el("p", { class: "muted" }, `sent at #${body.sent_by.seq} (${when(body.sent_by.at)})`) : null,
+    (body.pending || []).map((p) => el("p", { "data-testid": "config-at-pending", "data-version": p.version },
+      `in flight at that instant: version ${p.version} sent at #${(p.sent || {}).seq}, then `
+      + (p.answer ? `${p.answer.status} at #${p.answer.seq} (${when(p.answer.at)})` : "no answer recorded"))),
+    body.notes && body.notes.length ? el("ul", { class: "muted" }, body.notes.map((n) =>
+      el("li", { "data-testid": "config-at-note" }, n))) : null);
 }
 
 export function mount(main, { id }) {
@@ -38,13 +73,7 @@ export function mount(main, { id }) {
     result.replaceChildren(el("p", { class: "muted" }, "…"));
     try {
       const body = await api(`/v1/sessions/${encodeURIComponent(canonical || id)}/config-at?at=${encodeURIComponent(at.value.trim())}`);
-      result.replaceChildren(el("div", { class: "panel" },
-        el("p", {}, "verified ", el("span", { "data-testid": "config-at-verified", "data-verified": String(body.verified) },
-          badge(body.verified ? "acked" : "rejected"), " ", String(body.verified)),
-        body.established_by ? ` · established by entry #${body.established_by.seq ?? "?"}` : "",
-        body.policies ? ` · ${policyRefs(body.policies)}` : ""),
-        el("pre", { "data-testid": "config-at-config" }, json(body.config)),
-        body.notes && body.notes.length ? el("p", { class: "muted" }, body.notes.join(" ")) : null));
+      result.replaceChildren(configAt(body));
     } catch (err) {
       result.replaceChildren(el("p", { class: "error", "data-testid": "config-at-error" }, err.message));
     }

@@ -29,6 +29,7 @@ from tests.integration.service.conftest import (
     ADMIN,
     TOKENS,
     ControlPlaneUnderTest,
+    Emulator,
     _serve,
 )
 
@@ -55,10 +56,21 @@ async def browser() -> AsyncIterator[Browser]:
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[ControlPlaneUnderTest]:
-    emulator_runner, emulator_port = await _serve(
-        build_emulator(EmulatorSettings(pacing_tolerance_ms=5000.0))
-    )
+async def emulator() -> AsyncIterator[Emulator]:
+    """The stack's upstream (its inspection and faults API)."""
+    runner, port = await _serve(build_emulator(EmulatorSettings(pacing_tolerance_ms=5000.0)))
+    try:
+        async with aiohttp.ClientSession() as http:
+            yield Emulator(port, http)
+    finally:
+        await runner.cleanup()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def stack(
+    tmp_path_factory: pytest.TempPathFactory, emulator: Emulator
+) -> AsyncIterator[ControlPlaneUnderTest]:
+    emulator_port = emulator.port
     settings = Settings(
         listen="127.0.0.1:0",
         upstream_streaming_url=f"ws://127.0.0.1:{emulator_port}/v3/ws",
@@ -76,7 +88,6 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Contr
             yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
     finally:
         await runner.cleanup()
-        await emulator_runner.cleanup()
 
 
 @pytest_asyncio.fixture(loop_scope="module")

@@ -11,7 +11,7 @@ import pytest
 from policies.delta import apply
 from sessions.audit_trail import config_at_report
 from sessions.clock import FakeClock
-from sessions.config_at import config_at
+from sessions.config_at import LATE_ANSWER, config_at
 from sessions.errors import NotRebuildable, UnknownSession
 from sessions.versionchain import canonical_json
 from sessions.versionlog.memory import MemoryVersionLog
@@ -249,3 +249,34 @@ async def test_a_voice_agent_connect_refused_or_unconfirmed_is_said_never_acknow
     answer = config_at("s", await other.rows(), late)
     assert answer.verified and "acknowledged" not in answer.status
     assert "did not confirm them (seq 2: no session.ready within 5s)" in answer.status
+
+
+async def test_doubts_list_what_leaves_the_running_config_unknown_until_an_answer_resolves_it(
+    rec: Recorder,
+) -> None:
+    """An ack timeout (``unverified`` with an error) and an ``upstream`` doubt put the answer
+    in doubt (``doubts``: the config is the record's, not proof it ran); a late answer of the
+    timed-out version resolves its doubt; an ``upstream`` doubt stays."""
+    base = {"system_prompt": "a"}
+    rec.add(version=1, cause="connect", status="sent", config=base)
+    b = {"system_prompt": "b"}
+    rec.add(version=2, cause="policy", status="sent", delta=b, config=b)
+    timeout = rec.add(version=2, cause="policy", status="unverified", delta=b, config=base,
+                      error="no acknowledgement within 5s")  # fmt: skip
+    late = rec.add(version=2, cause="policy", status="acked", delta=b, config=b,
+                   error=LATE_ANSWER + ": session.updated")  # fmt: skip
+    warned = rec.add(version=2, cause="upstream", status="unverified", config=b,
+                     error="the upstream's Warning 3010: 'not now'")  # fmt: skip
+    rows = await rec.rows()
+
+    assert config_at("s", rows, timeout - 0.5).to_dict()["in_doubt"] is False
+    doubted = config_at("s", rows, timeout).to_dict()
+    assert doubted["in_doubt"] is True and doubted["config"] == base
+    assert [(d["seq"], d["cause"], d["status"]) for d in doubted["doubts"]] == [
+        (3, "policy", "unverified")
+    ]
+    resolved = config_at("s", rows, late).to_dict()
+    assert (resolved["in_doubt"], resolved["doubts"], resolved["config"]) == (False, [], b)
+    after = config_at("s", rows, warned).to_dict()
+    assert [(d["seq"], d["cause"]) for d in after["doubts"]] == [(5, "upstream")]
+    assert "Warning 3010" in after["doubts"][0]["error"]

@@ -1,0 +1,114 @@
+"""The console as a compliance reviewer reads it (docs/console.md): for one call, the
+configuration in effect at an instant, with its proof, is what ``controlplane audit at``
+says for the same call and instant, and an entry that leaves what the upstream runs unknown
+(an ``upstream`` ``unverified`` doubt) never reads as applied or acknowledged.
+
+A real SDK session: the AssemblyAI Python SDK's Streaming v3 client through the gateway to the
+emulator, whose faults make the upstream drop our second push with a ``Warning``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import time
+from typing import Any
+
+import pytest
+from assemblyai.streaming.v3 import (
+    AsyncRealTimeTranscriber,
+    BeginEvent,
+    RealTimeEvents,
+    RealTimeParameters,
+    RealTimeTranscriberOptions,
+)
+from playwright.async_api import Page, expect
+
+from controlplane import cli
+from tests.integration.console.conftest import screenshot
+from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+def _cli_at(cp: ControlPlaneUnderTest, session: str, at: float) -> tuple[int, Any, str]:
+    """``controlplane audit at`` (JSON, then text) as the compliance role, for one call."""
+    answers = []
+    for extra in (["--json"], []):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            code = cli.main(["audit", "at", session, repr(at), "--url", cp.base,
+                             "--token", "tok-compliance", *extra])  # fmt: skip
+        answers.append((code, out.getvalue()))
+    (code, as_json), (_, text) = answers
+    return code, json.loads(as_json), text
+
+
+async def test_config_at_in_the_console_equals_audit_at_and_a_doubt_never_reads_as_applied(
+    stack: ControlPlaneUnderTest, emulator: Emulator, page: Page
+) -> None:
+    doc = {"id": "audited", "match": {"labels": {"team": "audit"}}}
+    client = AsyncRealTimeTranscriber(RealTimeTranscriberOptions(
+        api_key="test-key", api_host=f"{stack.ws_base}/labels/team=audit"))  # fmt: skip
+    begins: list[BeginEvent] = []
+    client.on(RealTimeEvents.Begin, lambda _c, event: begins.append(event))
+    await client.connect(RealTimeParameters(sample_rate=16000,
+                                            speech_model="universal-3-5-pro"))  # fmt: skip
+    try:
+        await eventually(lambda: begins)
+        upstream_id = begins[0].id
+        await stack.publish({**doc, "set": {"keyterms": ["Acme"]}})
+
+        async def log_has(cause: str, version: int) -> bool:
+            return any(e["cause"] == cause and e["policies"] and e["policies"][0]["version"]
+                       == version for e in await stack.log(upstream_id))  # fmt: skip
+
+        await eventually(lambda: log_has("policy", 1))
+        refuse = {"reject_next_update": {"style": "warning", "message": "not now"}}
+        await emulator.faults(upstream_id, refuse)
+        await stack.publish({**doc, "set": {"keyterms": ["Beta"]}})
+
+        async def doubted() -> list[dict[str, Any]]:
+            return [e for e in await stack.log(upstream_id) if e["cause"] == "upstream"]
+
+        [doubt] = await eventually(doubted)
+        truth = (await emulator.session(upstream_id))["config"]
+        assert "Beta" not in json.dumps(truth)  # the upstream dropped our second push
+        at = time.time() + 0.5
+        code, said, text = await asyncio.to_thread(_cli_at, stack, upstream_id, at)
+        assert code == 0, text
+        assert said["config"]["keyterms"] == ["Beta"]  # the record's config: not proof it ran
+        assert said["in_doubt"] is True and [d["seq"] for d in said["doubts"]] == [doubt["seq"]]
+        assert "IN DOUBT" in text and f"seq {doubt['seq']}" in text
+
+        await page.goto(f"{stack.base}/ui/sessions/{upstream_id}#token=tok-compliance")
+        await expect(page.get_by_test_id("session-id")).to_have_text(said["session_id"])
+        entry = page.locator(f'[data-testid=timeline-entry][data-seq="{doubt["seq"]}"]')
+        await expect(entry).to_have_attribute("data-status", "unverified")
+        await expect(entry).to_have_attribute("data-cause", "upstream")
+        await expect(entry.get_by_test_id("timeline-doubt")).to_have_text("in doubt")
+        await page.get_by_test_id("config-at-input").fill(repr(at))
+        await page.get_by_test_id("config-at-show").click()
+        shown = json.loads(await page.get_by_test_id("config-at-config").inner_text())
+        assert shown == said["config"]
+        est = said["established_by"]
+        established = page.get_by_test_id("config-at-established")
+        for name in ("seq", "status", "cause"):
+            await expect(established).to_have_attribute(f"data-{name}", str(est[name]))
+        await expect(page.get_by_test_id("config-at-meaning")).to_have_text(est["meaning"])
+        doubts = page.get_by_test_id("config-at-doubt")
+        await expect(doubts).to_have_count(len(said["doubts"]))
+        assert await doubts.first.get_attribute("data-seq") == str(doubt["seq"])
+        await expect(page.get_by_test_id("config-at-in-doubt")).to_be_visible()
+        await expect(page.get_by_test_id("config-at-verified")).to_have_attribute(
+            "data-verified", str(said["verified"]).lower()
+        )
+        # nothing in the answer says acknowledged: Streaming v3 has no acknowledgement
+        badges = await page.locator("[data-testid=config-at-result] .badge").all_inner_texts()
+        assert "acked" not in badges and "in doubt" in badges, badges
+        notes = await page.get_by_test_id("config-at-note").all_inner_texts()
+        assert notes == said["notes"]
+        await screenshot(page, "session-doubt")
+    finally:
+        await client.disconnect(terminate=True)
