@@ -44,6 +44,10 @@ class Session:
     # acknowledged pushes and answered client updates; Streaming v3: what was sent (no
     # acknowledgement exists). None: not known (a record written before this field existed)
     running_config: Config | None = None
+    # canonical fields ``running_config`` may have wrong (Streaming v3 through the gateway: an
+    # upstream Warning no update explains came after the last update that set them; a later
+    # update setting a field ends its doubt): the state is not ``synced`` while any is
+    in_doubt: tuple[str, ...] = ()
     provenance: Mapping[str, PolicyRef] = field(default_factory=dict)
     applied: tuple[PolicyRef, ...] = ()
     desired_version: int = 0
@@ -88,6 +92,7 @@ class Session:
             client_config=dict(self.client_config),
             effective_config=dict(self.effective_config),
             running_config=None if self.running_config is None else dict(self.running_config),
+            in_doubt=self.in_doubt,
             provenance=dict(self.provenance),
             applied=self.applied,
             desired_version=self.desired_version,
@@ -117,6 +122,7 @@ class Session:
             "running_config": (
                 None if self.running_config is None else to_json(self.running_config)
             ),
+            "in_doubt": list(self.in_doubt),
             "provenance": {name: ref.as_dict() for name, ref in self.provenance.items()},
             "applied": [ref.as_dict() for ref in self.applied],
             "versions": {
@@ -148,6 +154,7 @@ class Session:
             running_config=(
                 None if raw.get("running_config") is None else _config_in(raw["running_config"])
             ),
+            in_doubt=tuple(str(name) for name in raw.get("in_doubt") or ()),
             provenance={
                 str(name): PolicyRef.from_dict(ref)
                 for name, ref in raw.get("provenance", {}).items()

@@ -38,6 +38,16 @@ SESSION_SCHEMAS: dict[str, Any] = {
                 "unlocked policy field (not fought at once); null: nothing (the upstream "
                 "refused the connect: no upstream session runs), or a record from before it",
             },
+            "in_doubt": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "canonical fields running_config may have wrong: Streaming v3 "
+                "through the gateway, an upstream Warning (or Error) that no update explains "
+                "came after the last update that set them (the protocol cannot say which "
+                "update the upstream did not apply); a later update setting a field ends its "
+                "doubt. While any is in doubt the state is unverified, never synced. Empty "
+                'otherwise (docs/audit.md, "Streaming v3 warnings")',
+            },
             "versions": {"type": "object"},
             "upstream_id": {
                 "type": ["string", "null"],

@@ -59,7 +59,7 @@ from controlplane.push.protocol import Push
 from policies.fields import Delta
 from policies.provenance import PolicyRef
 from sessions.dialects import base
-from sessions.dialects.base import Dialect
+from sessions.dialects.base import Dialect, ordered_fields
 from sessions.dialects.streaming_v3 import UPDATE_TYPE as STREAMING_UPDATE
 from sessions.dialects.streaming_v3_table import CANONICAL_TO_WIRE as STREAMING_WIRE
 from sessions.dialects.streaming_v3_table import CLOSE as STREAMING_CLOSE
@@ -88,7 +88,10 @@ class ProxySession:
     """One proxied session (see the module docstring). ``streaming``: the Streaming v3
     upstream's config model; ``acks``: the Voice Agent leg (one update outstanding)."""
 
-    __slots__ = ("acks", "connect_refs", "dialect", "ls", "rates", "streaming", "terminated")
+    __slots__ = (
+        "acks", "carried", "connect_refs", "dialect", "doubt", "ls", "rates", "streaming",
+        "terminated",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -105,6 +108,11 @@ class ProxySession:
         self.acks = acks
         self.terminated = False  # Streaming v3: the client's Terminate went upstream
         self.connect_refs = ls.session.applied  # the policy versions the connect carries
+        # Streaming v3: the canonical fields an update (ours or the client's) has set on this
+        # connection, and those in doubt (``_doubt``: set by an unpredicted Warning, each
+        # ended by a later update setting it)
+        self.carried: set[str] = set()
+        self.doubt: set[str] = set()
 
     # -- the client's frames -----------------------------------------------------------------
     def client_text(self, data: str, now: float) -> list[Action]:
@@ -200,13 +208,24 @@ class ProxySession:
             error = "; ".join(effect.stripped.values())
             refusal = ClientRefusal(dict(effect.refused), message, error)
         forwarded = effect.delta if effect.forward is not None else {}
-        update = ClientUpdate("sent", forwarded, effect.forward, refusal=refusal)
-        actions: list[Action] = [ClientChange(update)] if refusal or update.logged else []
+        update = ClientUpdate("sent", forwarded, effect.forward, refusal=refusal,
+                              in_doubt=self._settles(forwarded))  # fmt: skip
+        changes = refusal or update.logged or update.in_doubt is not None
+        actions: list[Action] = [ClientChange(update)] if changes else []
         if effect.forward is not None:
             actions.append(ToUpstream(data if not effect.stripped else json.dumps(effect.forward)))
         if effect.warning is not None:
             actions.append(ToClient(json.dumps(effect.warning), quiet=True))
         return actions
+
+    def _settles(self, fields: Delta) -> frozenset[str] | None:
+        """An update setting ``fields`` goes upstream (Streaming v3): they are carried, and no
+        longer in doubt; the fields still in doubt when that changed them (else None)."""
+        self.carried.update(fields)
+        if not self.doubt.intersection(fields):
+            return None
+        self.doubt.difference_update(fields)
+        return frozenset(self.doubt)
 
     def _over_rate(self) -> list[Action]:
         """Empty when this client update is within the session's rate; else the refusal: the
@@ -265,7 +284,8 @@ class ProxySession:
             if parsed.get("type") == "Error" and not self.ls.push.ready:  # (no Begin yet)
                 return [ConnectAnswer(_connect_refused(parsed), self.connect_refs), ToClient(data)]
             if _unpredicted(streaming, parsed):
-                return [ToClient(data), ClientChange(_doubt(parsed))]
+                self.doubt = set(self.carried)
+                return [ToClient(data), ClientChange(_doubt(parsed, frozenset(self.doubt)))]
         return [ToClient(data)]
 
     def push(self, push: Push, wire: dict[str, Any], text: str, now: float) -> list[Action]:
@@ -277,6 +297,12 @@ class ProxySession:
             return self.acks.push(push, wire, now)
         if self.streaming is not None:
             self.streaming.pushed(wire)
+            went = {f: v for f, v in push.delta.items() if f in STREAMING_WIRE
+                    and STREAMING_WIRE[f][0] in wire}  # fmt: skip
+            settled = self._settles(went)  # (a field the model skips never goes)
+            if settled is not None:  # (after the frame: the doubt ends once it went)
+                return [ToUpstream(text), ClientChange(ClientUpdate("sent", {}, None,
+                                                                    in_doubt=settled))]  # fmt: skip
         return [ToUpstream(text)]
 
     def reconnected(
@@ -328,19 +354,24 @@ def _unpredicted(model: StreamingUpstream, parsed: dict[str, Any]) -> bool:
     return False
 
 
-def _doubt(warning: dict[str, Any]) -> ClientUpdate:
+def _doubt(warning: dict[str, Any], fields: frozenset[str]) -> ClientUpdate:
     """A Streaming v3 ``Warning`` (or ``Error``) the upstream's config model did not predict:
     the upstream did not apply some earlier update (ours or the client's) wholly as recorded,
     and the protocol has no correlation to say which: logged ``upstream`` ``unverified`` with
-    the frame (docs/audit.md, "Streaming v3 warnings"); nothing else changes."""
+    the frame (docs/audit.md, "Streaming v3 warnings"); ``fields``, every field an update set
+    on this connection so far, are in doubt (the session's ``in_doubt``) until an update sets
+    each again; nothing else changes."""
     kind = str(warning.get("type"))
     code = warning.get("warning_code", warning.get("error_code"))
     text = str(warning.get("warning") or warning.get("error") or "")[:500]
+    doubted = ", ".join(ordered_fields(fields)) or "none (no update set a field yet)"
     error = (
         f"the upstream's {kind} {code}: {text!r}: an earlier update may not have "
-        "been applied as recorded (Streaming v3 has no correlation: which one is unknown)"
+        "been applied as recorded (Streaming v3 has no correlation: which one is unknown); "
+        f"in doubt: {doubted}"
     )
-    return ClientUpdate("unverified", {}, dict(warning), error, cause="upstream")
+    return ClientUpdate("unverified", {}, dict(warning), error, cause="upstream",
+                        in_doubt=fields)  # fmt: skip
 
 
 def agent_error(code: str, message: str, param: str | None = None) -> str:

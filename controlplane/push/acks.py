@@ -107,6 +107,10 @@ class ClientUpdate:
     # it did not apply as recorded (a Streaming v3 ``Warning`` the model did not predict):
     # logged ``unverified`` with the warning, nothing adopted
     cause: Literal["client", "upstream"] = "client"
+    # Streaming v3 through the gateway: the canonical fields in doubt once this is recorded
+    # (the session's ``in_doubt``; None: unchanged). An ``upstream`` doubt sets them; a later
+    # update setting a field (ours or the client's) ends its doubt
+    in_doubt: frozenset[str] | None = None
 
     @property
     def adopted(self) -> bool:

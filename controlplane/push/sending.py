@@ -97,6 +97,8 @@ class Sender:
         # what the upstream runs (GET, every replica: registry); None: nothing (connect refused)
         s.running_config = None if p.refused_connect else p.base
         s.state = _STATES[p.state]
+        if s.in_doubt and s.state is SessionState.SYNCED:  # (Streaming v3: a Warning's doubt)
+            s.state = SessionState.UNVERIFIED
         s.updated_at = self._clock.now()
         self._registry.mark(ls)
         if timer:

@@ -57,6 +57,7 @@ from policies.fields import Config, Delta
 from policies.model import Policy
 from policies.provenance import PolicyRef
 from sessions.config_at import LATE_ANSWER
+from sessions.dialects.base import ordered_fields
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_upstream import canonical_view
 
@@ -191,6 +192,9 @@ class EngineSessions:
             engine.record(ls, cause=update.cause, status=update.status, delta=update.delta,
                           wire=update.wire, error=update.error,
                           exposes=False if update.cause == "upstream" else None)  # fmt: skip
+        if update.in_doubt is not None and set(update.in_doubt) != set(ls.session.in_doubt):
+            ls.session.in_doubt = tuple(ordered_fields(update.in_doubt))
+            engine.sync_session(ls)  # (the state: not synced while a field is in doubt)
 
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None:
         engine = self._engine

@@ -21,6 +21,7 @@ import websockets
 
 from controlplane.config import Settings
 from controlplane.edges.gateway import UpstreamTransport
+from tests.integration.differential.actors import GatewayStreaming
 from tests.integration.service.conftest import (
     ControlPlaneUnderTest,
     Emulator,
@@ -132,3 +133,45 @@ async def test_a_timed_out_write_already_handed_to_the_socket_is_in_doubt_not_re
 async def _runs(emulator: Emulator, upstream_id: str, prompt: str) -> bool:
     config = (await emulator.session(upstream_id))["config"]
     return bool(config.get("system_prompt") == prompt)
+
+
+async def test_a_streaming_doubt_shows_in_the_session_view_until_an_update_sets_the_field(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """An unpredicted Streaming v3 ``Warning`` (the upstream dropped the client's update):
+    the session view names the fields in doubt and is not ``synced`` (was: ``synced``,
+    running_config claiming the dropped value, nothing said); the client's next update
+    setting the field ends the doubt, the view then equal to what the upstream runs."""
+    stream = GatewayStreaming("s0", "streaming-v3", "universal-3-5-pro", "gateway")
+    try:
+        await stream.open(cp.ws_base, "tier=gold")
+        sid = stream.session_id = cp.live_by_upstream(stream.upstream_id)
+        shown = await cp.session(sid)
+        assert (shown["state"], shown["in_doubt"]) == ("synced", [])
+        refuse = {"reject_next_update": {"style": "warning", "message": "not now"}}
+        await emulator.faults(stream.upstream_id, refuse)
+        await stream.update({"max_turn_silence": 2200})
+        await eventually(lambda: _doubted(cp, sid), timeout=5)
+        shown = await cp.session(sid)
+        assert (shown["state"], shown["in_doubt"]) == ("unverified", ["max_turn_silence_ms"])
+        truth = (await emulator.session(stream.upstream_id))["config"]
+        assert truth["max_turn_silence"] != 2200  # dropped: the record says it may be wrong
+        [doubt] = [e for e in await cp.log(sid) if e["cause"] == "upstream"]
+        assert doubt["error"].endswith("in doubt: max_turn_silence_ms"), doubt
+        await stream.update({"max_turn_silence": 2300})  # (the fault is spent: applied)
+        await eventually(lambda: _settled(cp, sid), timeout=5)
+        shown = await cp.session(sid)
+        truth = (await emulator.session(stream.upstream_id))["config"]
+        assert truth["max_turn_silence"] == 2300
+        assert shown["running_config"]["max_turn_silence_ms"] == 2300
+        assert (shown["state"], shown["in_doubt"]) == ("synced", [])
+    finally:
+        await stream.close()
+
+
+async def _doubted(cp: ControlPlaneUnderTest, sid: str) -> bool:
+    return any(e["cause"] == "upstream" for e in await cp.log(sid))
+
+
+async def _settled(cp: ControlPlaneUnderTest, sid: str) -> bool:
+    return (await cp.session(sid))["in_doubt"] == []

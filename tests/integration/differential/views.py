@@ -98,21 +98,20 @@ def diff_views(
 
 def doubted(log: list[Mapping[str, Any]], at: float | None = None) -> set[str]:
     """The fields the record says it may have wrong at ``at`` (default: now): a Streaming v3
-    ``Warning`` no update explains (an ``upstream`` ``unverified`` entry) came after the last
-    entry that set the field (the protocol cannot say which update the upstream did not apply;
-    docs/audit.md). A mismatch on any other field is the record being silently wrong."""
-    last: dict[str, float] = {}
-    doubts: list[float] = []
+    ``Warning`` no update explains (an ``upstream`` ``unverified`` entry) names the fields in
+    doubt (``in doubt: a, b``: every field an update had set on the connection), each until a
+    later entry sets it again (the protocol cannot say which update the upstream did not
+    apply; docs/audit.md). A mismatch on any other field is the record being silently wrong
+    (the session view's ``in_doubt`` says the same for the present: ``check_view``)."""
+    doubt: set[str] = set()
     for entry in log:
         if at is not None and float(entry["at"]) > at:
             break
         if entry["cause"] == "upstream":
-            doubts.append(float(entry["seq"]))
+            named = str(entry.get("error") or "").rpartition("in doubt: ")[2]
+            doubt = set() if named.startswith("none") else set(named.split(", "))
         elif entry["status"] in ("sent", "acked", "skipped") or (
             entry["status"] == "unverified" and not entry.get("error")
         ):
-            for name in entry.get("delta") or {}:
-                last[name] = float(entry["seq"])
-    if not doubts:
-        return set()
-    return {name for name in STREAMING_WIRE if last.get(name, 0.0) < doubts[-1]}
+            doubt.difference_update(entry.get("delta") or {})
+    return doubt
