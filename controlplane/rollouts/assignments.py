@@ -35,7 +35,8 @@ def assignments_of(ls: LiveSession, policies: Mapping[str, Policy]) -> list[dict
             else ls.session.labels.get(exp.bucket_by, "")
         )
         rows.append({
-            "experiment": exp.key, "session_id": ls.session.id, "policy": ref.id,
+            "experiment": exp.key, "iteration": exp.iteration, "session_id": ls.session.id,
+            "policy": ref.id,
             "version": ref.version, "variant": ref.variant, "bucket_by": exp.bucket_by,
             "bucket_value": value,
             "bucket": round(bucket(exp.key, exp.effective_salt, value), 8),

@@ -404,10 +404,12 @@ def merge_exposures(
     is true on the row of its call's first exposure (``call_id``): a resumed session of an
     exposed call has its own exposure row, not counted again."""
     exp = policy.experiment
-    iteration = 1 if exp is None else exp.iteration
+    current = 1 if exp is None else exp.iteration
     counted = counted_keys(exposures.values())
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for row in rows:
+        # (an ended session's row keeps the iteration it was assigned in)
+        iteration = int(row.get("iteration") or current)
         found = exposures.get((iteration, row["session_id"]))
         extra = export_row(found) if found is not None else {
             "iteration": iteration, "first_assigned_at": row.get("assigned_at"),
