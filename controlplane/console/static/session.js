@@ -95,6 +95,9 @@ export function mount(main, { id }) {
         el("div", { class: "panel" }, el("div", { class: "muted" }, "effective configuration (what the policies want)"),
           el("pre", { "data-testid": "effective-config" }, json(s.effective_config)),
           el("div", { class: "muted" }, "running upstream (as the record knows it)"),
+          (s.in_doubt || []).length ? el("div", { class: "error", "data-testid": "running-in-doubt",
+            "data-fields": s.in_doubt.join(",") }, badge("in doubt", "unverified"),
+            ` the upstream may not run these as recorded: ${s.in_doubt.join(", ")}`) : null,
           el("pre", { "data-testid": "running-config" }, s.running_config == null ? "unknown" : json(s.running_config)))));
       for (let page = 0; page < 20; page++) {
         const cursor = lastSeq ? `&cursor=seq-${lastSeq}` : "";

@@ -88,6 +88,12 @@ async def test_config_at_in_the_console_equals_audit_at_and_a_doubt_never_reads_
         await expect(entry).to_have_attribute("data-status", "unverified")
         await expect(entry).to_have_attribute("data-cause", "upstream")
         await expect(entry.get_by_test_id("timeline-doubt")).to_have_text("in doubt")
+        # what runs, as the record knows it, says which fields it may have wrong
+        session = await stack.session(upstream_id)
+        assert session["in_doubt"] == ["keyterms"], session
+        await expect(page.get_by_test_id("running-in-doubt")).to_have_attribute(
+            "data-fields", ",".join(session["in_doubt"])
+        )
         await page.get_by_test_id("config-at-input").fill(repr(at))
         await page.get_by_test_id("config-at-show").click()
         shown = json.loads(await page.get_by_test_id("config-at-config").inner_text())
