@@ -20,12 +20,12 @@ from typing import Any
 
 from controlplane.errors import Conflict, Forbidden
 from controlplane.intake.store import PolicyStore
-from controlplane.intake.team_locks import owner_after, team_clashes
+from controlplane.intake.team_locks import key_holder, owner_after, team_clashes
 from controlplane.roles import Role, Team, owner_refusal, publish_refusal
 from policies.authority import LockClash
 from policies.model import Policy
 
-__all__ = ["acting_role", "acting_team", "check_locks", "check_owner"]
+__all__ = ["acting_role", "acting_team", "check_key", "check_locks", "check_owner"]
 
 
 def acting_team(store: PolicyStore, policy_id: str, team: Team | None) -> str | None:
@@ -84,6 +84,24 @@ def acting_role(
             details={"required_role": Role.COMPLIANCE.label, "role": role.label},
         )
     return role
+
+
+def check_key(store: PolicyStore, policy: Policy, role: Role, team: Team | None = None) -> None:
+    """403 ``policy_owned`` when ``policy`` would run an experiment key another policy id
+    ran that ``role`` acting for ``team`` may not change (docs/security.md#teams)."""
+    acting = acting_team(store, policy.id, team)
+    held = key_holder(store, policy, role, acting, team.grants if team else frozenset())
+    if held is not None:
+        raise Forbidden(
+            f"experiment {held.key!r} is run by policy {held.policy!r} (team "
+            f"{held.owner_team!r}, role {held.owner_role.label}); team {acting!r} may not run "
+            f"it in policy {policy.id!r}: that needs role {held.needed.label} or higher, or a "
+            f"token granted team {held.owner_team!r}; use another experiment key",
+            code="policy_owned",
+            details={"id": held.policy, "experiment": held.key, "owner_role": held.owner_role.label,
+                     "owner_team": held.owner_team, "role": role.label, "team": acting,
+                     "required_role": held.needed.label},
+        )  # fmt: skip
 
 
 def check_locks(

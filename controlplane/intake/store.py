@@ -41,7 +41,7 @@ from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
-from controlplane.intake.team_locks import lock_refusal, lock_team, owner_after
+from controlplane.intake.team_locks import key_refusal, lock_refusal, lock_team, owner_after
 from controlplane.roles import DEFAULT_TEAM, Role, event_role, owner_refusal, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
@@ -195,6 +195,7 @@ class PolicyStore:
         self._halts: dict[tuple[str, int], Halt] = {}  # every halt ever applied
         self._halted: dict[str, Policy | None] = {}  # halted active policy id -> fallback
         self._waves: dict[str, WaveState] = {}  # active versions with rollout.waves
+        self._keys: dict[str, set[str]] = {}  # experiment key -> every policy id that ran it
 
     # -- reads ---------------------------------------------------------------------------
     def active(self) -> list[Policy]:
@@ -342,6 +343,10 @@ class PolicyStore:
         history = self._history.get(policy_id)
         return history[-1].owner_team if history else None
 
+    def key_holders(self, key: str) -> frozenset[str]:
+        """Every policy id that ran experiment ``key`` in some version."""
+        return frozenset(self._keys.get(key, ()))
+
     def refusal(self, event: PolicyEvent) -> str | None:
         """Why the event's role and team may not change its policy (``roles.owner_refusal``),
         logged; None: they may."""
@@ -427,7 +432,9 @@ class PolicyStore:
             log.warning("policy event %s refused: %s", event.msg_id, refusal)
             return False
         policy = parse_policy(event.policy) if policy is None else policy
-        return lock_refusal(self, event, policy) is None
+        return (
+            lock_refusal(self, event, policy) is None and key_refusal(self, event, policy) is None
+        )
 
     def apply(self, event: PolicyEvent) -> Change | None:
         """Apply a validated event; None when it is a duplicate, a regression or comes from a
@@ -440,6 +447,8 @@ class PolicyStore:
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired, team)
         self._history.setdefault(policy.id, []).append(record)
+        if policy.experiment is not None:
+            self._keys.setdefault(policy.experiment.key, set()).add(policy.id)
         before = self._active.get(policy.id)
         fallback = self._halted.pop(policy.id, None)  # a new version ends the halt
         previous_waves = self._waves.pop(policy.id, None)

@@ -1,23 +1,41 @@
-"""Locks and teams (docs/security.md#locks-and-teams): below admin, a policy's locks are bound
-to its owner team, so another team of the same role can neither set a field it locks (on
-sessions both policies surely target) nor lock that field too (wherever both may meet: two
-teams never share a field's lock, which resolution would settle by priority). An admin's lock
-binds every lower role and no team. Used by the policy store (every replica refuses such an
-event alike) and, through it, by the REST checks (``controlplane.intake.authority``).
+"""Locks and experiment keys across teams (docs/security.md#locks-and-teams).
+
+Below admin, a policy's locks are bound to its owner team: another team of the same role can
+neither set a field it locks (on sessions both policies surely target) nor lock that field too
+(wherever both may meet: two teams never share a field's lock, which resolution would settle
+by priority). An admin's lock binds every lower role and no team.
+
+An experiment key belongs to the policy ids that ran it: another policy id may run it only if
+its role and team could change them (``key_holder``): a team cannot count its sessions into
+another team's experiment (exposures, summary, export and SRM are per key).
+
+Used by the policy store (every replica refuses such an event alike) and, through it, by the
+REST checks (``controlplane.intake.authority``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from controlplane.intake.bus import PolicyEvent
-from controlplane.roles import DEFAULT_TEAM, Role, event_role
+from controlplane.roles import DEFAULT_TEAM, Role, event_role, owner_refusal
 from policies.authority import LockClash, lock_clashes
 from policies.model import Policy
 
-__all__ = ["Owners", "lock_refusal", "lock_team", "owner_after", "team_clashes", "team_refusal"]
+__all__ = [
+    "KeyHolder",
+    "Owners",
+    "key_holder",
+    "key_refusal",
+    "lock_refusal",
+    "lock_team",
+    "owner_after",
+    "team_clashes",
+    "team_refusal",
+]
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +48,8 @@ class Owners(Protocol):
     def owner_team(self, policy_id: str) -> str | None: ...
 
     def active(self) -> list[Policy]: ...
+
+    def key_holders(self, key: str) -> frozenset[str]: ...
 
 
 def owner_after(
@@ -80,3 +100,48 @@ def team_refusal(clashes: Iterable[LockClash], rank: Role, team: str) -> LockCla
         if clash.rank == rank and clash.refused:
             return clash
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class KeyHolder:
+    """Another policy id that ran the experiment key a version would use, which its role and
+    team may not act on (``roles.owner_refusal``: ``why``, and the role ``needed``)."""
+
+    policy: str
+    key: str
+    owner_role: Role
+    owner_team: str
+    why: str
+    needed: Role
+
+
+def key_holder(
+    store: Owners, policy: Policy, role: Role | None, team: str | None,
+    grants: frozenset[str] = frozenset(),
+) -> KeyHolder | None:  # fmt: skip
+    """An experiment key belongs to the policies that ran it: a version of another policy id
+    may run it only when its role and team could change those (a team cannot count its
+    sessions into another team's experiment: exposures, summary and export are per key)."""
+    if policy.experiment is None:
+        return None
+    key = policy.experiment.key
+    for other in sorted(store.key_holders(key) - {policy.id}):
+        owner, owner_team = store.owner_role(other), store.owner_team(other) or DEFAULT_TEAM
+        acting = owner_team if owner_team in grants else team  # a token granted its team
+        found = owner_refusal(role, acting, owner, owner_team)
+        if found is not None and owner is not None:
+            return KeyHolder(other, key, owner, owner_team, found[0], found[1])
+    return None
+
+
+def key_refusal(store: Owners, event: PolicyEvent, policy: Policy) -> str | None:
+    """Why the store may not take a published event: its experiment key is another team's
+    (``key_holder``), logged; None: it may."""
+    if event.type != "policy.published":
+        return None
+    held = key_holder(store, policy, event_role(event.role, event.actor), event.team)
+    if held is None:
+        return None
+    why = f"experiment {held.key!r} is run by policy {held.policy!r}: {held.why}"
+    log.warning("policy event %s refused: %s", event.msg_id, why)
+    return why

@@ -19,10 +19,16 @@ from typing import Any
 from controlplane.cluster.ports import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
 from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
-from controlplane.intake.authority import acting_role, acting_team, check_locks, check_owner
+from controlplane.intake.authority import (
+    acting_role,
+    acting_team,
+    check_key,
+    check_locks,
+    check_owner,
+)
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
-from controlplane.intake.team_locks import lock_refusal
+from controlplane.intake.team_locks import key_refusal, lock_refusal
 from controlplane.roles import Role, Team, owner_refusal
 from controlplane.rollouts.waves import Waves, wave_status
 from policies.model import Policy, parse_policy
@@ -96,6 +102,7 @@ class Publisher:
                     details={"id": policy.id, "version": policy.version, "current": stored},
                 )
             policy = policy.with_version(stored + 1)
+        check_key(self._store, policy, role, team)
         warnings = check_locks(self._store, policy, role, team)
         result = await self.publish(policy, "policy.published", actor, "policy", role, team)
         result["warnings"] = warnings
@@ -147,6 +154,8 @@ class Publisher:
         current = max(self._store.current_version(policy_id),
                       await self._stored_version(policy_id))  # fmt: skip
         policy = target.policy.with_version(current + 1).with_reason(reason)
+        if not guard:
+            check_key(self._store, policy, role, team)
         warnings = [] if guard else check_locks(self._store, policy, role, team)
         result = await self.publish(policy, "policy.published", actor, "rollback", role, team)
         result["rolled_back_to"] = to_version
@@ -207,6 +216,8 @@ class Publisher:
             # sets, while this publish was in flight: every replica's store refuses the event
             # (docs/policies.md#ownership, docs/security.md#locks-and-teams)
             check_owner(self._store, policy.id, role, "publish", team)
+            if key_refusal(self._store, event, policy) is not None:
+                check_key(self._store, policy, role, team)  # 403 naming the key's policy
             if lock_refusal(self._store, event, policy) is not None:
                 check_locks(self._store, policy, role, team)  # 409 naming the lock's holder
         return {"id": policy.id, "version": policy.version, "event_id": event.event_id,

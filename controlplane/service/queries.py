@@ -7,7 +7,7 @@ from typing import Any
 
 from controlplane.cluster.ports import ClusterPorts
 from controlplane.errors import BadRequest, NotFound
-from controlplane.intake.authority import acting_team, check_locks, check_owner
+from controlplane.intake.authority import acting_team, check_key, check_locks, check_owner
 from controlplane.intake.store import PolicyStore
 from controlplane.intake.team_locks import lock_team, owner_after
 from controlplane.push.engine import PushEngine
@@ -69,6 +69,7 @@ class PolicyQueries:
         policy = parse_policy(doc)
         check_owner(self._store, policy.id, role, "publish", team)
         policy = policy.with_version(self._store.current_version(policy.id) + 1)
+        check_key(self._store, policy, role, team)
         warnings = check_locks(self._store, policy, role, team)
         rank, owner_team = owner_after(self._store, policy.id, role,
                                        acting_team(self._store, policy.id, team))  # fmt: skip

@@ -6,12 +6,15 @@ actor and team in the history."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from controlplane.config import Settings
+from controlplane.intake.bus import PolicyEvent, rfc3339
 from tests.integration.service.conftest import ControlPlaneUnderTest, serving
 
 TOKENS = {
@@ -167,3 +170,35 @@ async def test_the_owner_team_holds_after_a_restart(cp_settings: Callable[..., S
             error = await refused(cp, "DELETE", "/v1/policies/exp", "tok-search")
             assert error["details"]["owner_team"] == "growth"
             await cp.call("DELETE", "/v1/policies/exp", token="tok-growth-b", expect=200)
+
+
+async def test_another_team_may_not_run_an_experiment_key_of_another_team(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """Exposures, the summary (and its SRM) and the export are per experiment key: a policy of
+    team search running team growth's key would count search's sessions into growth's
+    experiment. Refused on every path (REST publish and preview, a policy event on the bus);
+    the owner team, a token granted it and a higher role may."""
+    await cp.publish(experiment("checkout", "v1"), token="tok-growth-a")
+    variants = [{"name": "a", "weight": 100, "set": {"system_prompt": "X"}}]
+    theirs = experiment("evil", "x", match={"labels": {"tenant": "evil"}},
+                        experiment={"key": "checkout", "variants": variants})  # fmt: skip
+    for path in ("/v1/policies", "/v1/policies/preview"):
+        error = await refused(cp, "POST", path, "tok-search", theirs)
+        assert error["details"] == {
+            "id": "checkout", "experiment": "checkout", "owner_role": "experimenter",
+            "owner_team": "growth", "role": "experimenter", "team": "search",
+            "required_role": "compliance",
+        }, path  # fmt: skip
+        assert "another experiment key" in error["message"]
+    event = PolicyEvent("policy.published", {**theirs, "version": 1}, "experimenter:0a0b0c",
+                        rfc3339(time.time()), role="experimenter", team="search")  # fmt: skip
+    await cp.service.bus.publish(event)
+    await asyncio.sleep(0.2)
+    await cp.call("GET", "/v1/policies/evil", expect=404)
+    # a key of its own is fine; the owner team, a granted token, a higher role may share it
+    await cp.publish({**theirs, "experiment": {**theirs["experiment"], "key": "search-own"}},
+                     token="tok-search")  # fmt: skip
+    await cp.publish({**theirs, "id": "growth-2"}, token="tok-growth-b")
+    await cp.publish({**theirs, "id": "lead-2"}, token="tok-lead")
+    await cp.publish({**theirs, "id": "legal-2"}, token="tok-legal")
