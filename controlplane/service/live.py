@@ -17,6 +17,7 @@ the life of its record: another team's registration of it is refused (``session_
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -173,8 +174,18 @@ class LiveSessions:
         ``attach``) made durable before the upstream is dialled. None when it is; else why the
         connect must not go (the caller refuses it: ``not_connected``); the failure counts in
         ``audit_append_failures_total`` (the audit alert) and ``/readyz`` names it."""
+        versionlog = self._versionlog
         try:
-            await self._versionlog.flush()
+            # a group commit: concurrent connects share the write started first (a flush()
+            # each would queue behind one another and behind a checkpoint being written)
+            write = versionlog.submit()
+            if write is None:  # (a backend that writes on flush() only)
+                await versionlog.flush()
+            else:
+                waiter = asyncio.wrap_future(write)
+                await asyncio.wait([waiter])
+                if waiter.cancelled() or waiter.exception() is not None:
+                    await versionlog.flush()  # accounts for the failed write; raises why
         except Exception as exc:
             self._metrics.audit_append_failures.inc()
             log.warning("gateway session %s not connected: its connect entry could not be "
