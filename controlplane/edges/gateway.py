@@ -42,7 +42,7 @@ from controlplane.edges.gateway_pump import (
     send_upstream,
 )
 from controlplane.edges.proxy import ProxySession, agent_error
-from controlplane.errors import ControlPlaneError
+from controlplane.errors import ControlPlaneError, Unavailable
 from controlplane.labels import (
     CredentialLabels,
     LabelConflict,
@@ -174,6 +174,11 @@ class Gateway:
                 session, effective, transport=transport, dialect=STREAMING_V3,
                 running=effective.config, connect_wire=wire,
             )  # fmt: skip
+        except Unavailable as exc:  # the registry is down: nothing dialled, retry later
+            log.warning("streaming session %s not started: %s", session.id, exc)
+            if await _upgraded(ws, request):
+                await _refuse(ws, f"{NOT_CONNECTED}: {exc}", agent=False)
+            return ws
         except Exception:
             if await _upgraded(ws, request):
                 await _abort(ws, None, session.id)
@@ -282,6 +287,10 @@ class Gateway:
                     running=running, connect_wire=wire,
                 )  # fmt: skip
                 link.push_state = ls.push
+            except Unavailable as exc:  # the registry is down: nothing dialled, retry later
+                log.warning("voice agent session %s not started: %s", session.id, exc)
+                await _refuse(ws, f"{NOT_CONNECTED}: {exc}", agent=True)
+                return ws
             except Exception:
                 await _abort(ws, None, session.id)
                 return ws
@@ -413,8 +422,9 @@ async def _upgraded(ws: web.WebSocketResponse, request: web.Request) -> bool:
 
 
 async def _refuse(ws: web.WebSocketResponse, reason: str, *, agent: bool) -> None:
-    """A connect refused before the dial (its entry could not be made durable): the dialect's
-    error naming why, then close 1011 with the reason."""
+    """A connect refused before the dial (its entry could not be made durable, or the
+    registry could not claim its id): the dialect's error naming why, then close 1011 with
+    the reason."""
     with contextlib.suppress(Exception):
         if agent:
             await _agent_error(ws, "internal_error", reason)
