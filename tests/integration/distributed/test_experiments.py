@@ -116,6 +116,22 @@ async def test_a_voice_agent_call_resumed_on_the_other_replica_keeps_its_arm(
     ]
     await asyncio.sleep(1.0)
     now = {u: (await cluster.emulator.session(u))["config"]["system_prompt"] for u in calls}
+
+    async def both_sessions_exposed() -> list[dict[str, Any]] | None:
+        rows = (await a.call("GET", "/v1/experiments/pitch/assignments", expect=200))["items"]
+        exposed = [r for r in rows if r["exposed_at"]]
+        return exposed if len(exposed) == 2 * len(calls) else None
+
+    exposed = await eventually(both_sessions_exposed, timeout=10)
     for ws in resumed:
         await ws.close()
     assert now == calls
+    # counted per call, whichever replica holds which session: each call once, in its arm
+    assert len({r["call_id"] for r in exposed}) == len(calls)
+    assert sum(r["counted"] for r in exposed) == len(calls)
+    for replica in (a, b):
+        summary = await replica.call("GET", "/v1/experiments/pitch", expect=200)
+        assert summary["exposed"] == len(calls), summary
+        arms = {v["name"]: v["exposed"] for v in summary["variants"]}
+        prompts = {"calm": "Be calm.", "bold": "Be bold."}
+        assert arms == {n: list(calls.values()).count(p) for n, p in prompts.items()}
