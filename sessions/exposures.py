@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from sessions.config_at import LATE_ANSWER
+
 __all__ = [
     "BIN_S",
     "RUNNING_STATUSES",
@@ -250,8 +252,10 @@ def exposure_problem(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]
     """Why the exposure ``row`` (an export row) is not backed by the session's version log
     ``entries`` (verified by ``audit verify``), or None: the entry at ``exposed_seq`` has the
     recorded hash, names the experiment's policy version and variant, with a status that runs
-    it; none before it names that variant with such a status (for ``sent``/``unverified``,
-    which expose only on some transports, the entry is taken on the row's word)."""
+    it and a cause that can (not a client's own update, not an ``upstream`` doubt; an
+    ``unverified`` answer only without an error, or a late answer); none before it names that
+    variant with such a status (for ``sent``/``unverified``, which expose only on some
+    transports, the entry is taken on the row's word)."""
     seq = row.get("exposed_seq")
     if seq is None:
         return "no exposure recorded" if row.get("exposed_at") else None
@@ -267,4 +271,9 @@ def exposure_problem(row: Mapping[str, Any], entries: Sequence[Mapping[str, Any]
         return f"log entry {seq} does not name {want[0]} variant {want[1]}"
     if at.get("status") not in RUNNING_STATUSES:
         return f"log entry {seq} has status {at.get('status')!r}: not a configuration run"
+    if at.get("cause") in ("client", "upstream"):  # a client's own update, a doubt
+        return f"log entry {seq} has cause {at.get('cause')!r}: it never exposes"
+    error = at.get("error")
+    if at.get("status") == "unverified" and error and not str(error).startswith(LATE_ANSWER):
+        return f"log entry {seq} is unverified ({error}): not known to run"
     return None

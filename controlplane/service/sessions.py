@@ -270,9 +270,11 @@ class EngineSessions:
                 if applied else f"{ack.code}: {ack.reason}")  # fmt: skip
         state.late_answer(push, applied, refused, status)
         config = state.base if applied else apply_delta(state.base, push.delta)
+        # exposes: applied late, the session runs it from here (a Streaming v3 app's late
+        # `applied` is `unverified` with the late note: the status alone would not say so)
         engine.record(ls, cause=push.cause, status=status, delta=applied or push.delta,
                       wire=None, error=error, version=push.version, refs=push.refs,
-                      config=config)  # fmt: skip
+                      config=config, exposes=bool(applied))  # fmt: skip
         if push.version == state.sent_version and state.in_flight is None:
             mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
         if self._late is not None:

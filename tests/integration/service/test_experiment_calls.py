@@ -13,8 +13,15 @@ from typing import Any
 
 import pytest
 
+from controlplane.edges.client import ControlClient
 from sessions.exposures import FileExposureStore
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from tests.integration.service.conftest import (
+    ADMIN,
+    ControlPlaneUnderTest,
+    Emulator,
+    eventually,
+    serving,
+)
 from tests.integration.service.test_experiment_truth import _agent, _cli, _rows
 from tests.integration.service.test_experiments import _exposed, _summary
 
@@ -92,3 +99,48 @@ async def test_a_resumed_call_is_exposed_twice_and_counted_once_everywhere(
     raw = [json.loads(line) for line in (cp.data_dir / "experiments" / "exposures.jsonl")
            .read_text().splitlines()]  # fmt: skip
     assert {r["call_id"] for r in raw} == {first}
+
+
+@pytest.mark.parametrize("kind", ["streaming-v3", "voice-agent-v1"])
+async def test_a_variant_applied_after_the_ack_timeout_is_exposed_when_the_late_answer_comes(
+    cp_settings: Any, kind: str
+) -> None:
+    """A control-channel app reports ``applied`` after the acknowledgement timeout: the record
+    says the session runs the variant from that late entry on (config-at applies it), so the
+    session is exposed as of it, on either dialect (Streaming v3's late answer is
+    ``unverified`` with the late-answer note, a Voice Agent's ``acked``)."""
+    doc = {"id": "late", "match": {"kind": [kind]},
+           "experiment": {"key": "late", "variants": [
+               {"name": "warm", "weight": 100, "set": {"keyterms": ["welcome"]}},
+               {"name": "control", "weight": 0, "set": {}}]}}  # fmt: skip
+    model = "universal-3-5-pro" if kind == "streaming-v3" else "voice-agent"
+    async with serving(cp_settings(ack_timeout_s=0.3)) as cp:
+        async with ControlClient(cp.ws_base + "/v1/control", token=ADMIN, kind=kind,
+                                 model=model) as app:  # fmt: skip
+            await cp.publish(doc)
+            push = await asyncio.wait_for(anext(app.pushes()), 5)
+            sid = app.session_id or ""
+
+            async def timed_out() -> bool:
+                return any(e["status"] == "unverified" and e["error"] for e in await cp.log(sid))
+
+            await eventually(timed_out)
+            assert (await _summary(cp, "late"))["exposed"] == 0  # not known to run it yet
+            await app.applied(push.version)
+
+            async def late_entry() -> dict[str, Any] | None:
+                log = await cp.log(sid)
+                return (
+                    log[-1]
+                    if "after the acknowledgement timeout" in str(log[-1]["error"])
+                    else None
+                )
+
+            entry = await eventually(late_entry)
+            summary = await _exposed(cp, 1, key="late")
+            assert summary["variants"][0]["exposed"] == 1
+            [row] = (await _rows(cp, "late")).values()
+            assert (row["exposed_seq"], row["exposed_hash"]) == (entry["seq"], entry["hash"])
+            at = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={entry['at'] + 0.001!r}",
+                               expect=200)  # fmt: skip
+            assert at["config"]["keyterms"] == ["welcome"]  # the record: it runs the variant
