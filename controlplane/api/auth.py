@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -51,7 +52,10 @@ __all__ = [
     "generate_admin_token",
     "install_tokens",
     "require",
+    "shown_actor",
     "shown_app",
+    "shown_rollout",
+    "shown_session",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +102,41 @@ def shown_app(identity: str | None, role: Role) -> str | None:
     if identity is None or role >= Role.COMPLIANCE or not identity.startswith("token:"):
         return identity
     return TOKEN_APP
+
+
+def shown_session(session: dict[str, Any], role: Role) -> dict[str, Any]:
+    """A session object as ``role`` may see it (:func:`shown_app`: ``registered_by``)."""
+    app = session.get("registered_by")
+    shown = shown_app(app, role) if isinstance(app, str) else app
+    return session if shown == app else {**session, "registered_by": shown}
+
+
+_ACTOR: Final = re.compile(r"(viewer|app|experimenter|compliance|admin):[0-9a-f]{6}")
+
+
+def shown_actor(record: dict[str, Any], role: Role) -> dict[str, Any]:
+    """``record`` (a policy version, a halt, a wave step) as ``role`` may see its ``actor``:
+    ``<role>:<sha256[:6]>`` is derived from the publisher's token, so below compliance only
+    its role is shown (``experimenter``); other actors (``guard:<node>``) as they are."""
+    actor = record.get("actor")
+    if role >= Role.COMPLIANCE or not isinstance(actor, str) or not _ACTOR.fullmatch(actor):
+        return record
+    return {**record, "actor": actor.partition(":")[0]}
+
+
+def shown_rollout(body: dict[str, Any], role: Role) -> dict[str, Any]:
+    """A rollout status as ``role`` may see it: its halt's and wave steps' actors
+    (:func:`shown_actor`)."""
+    if role >= Role.COMPLIANCE:
+        return body
+    out = dict(body)
+    if isinstance(out.get("halt"), dict):
+        out["halt"] = shown_actor(out["halt"], role)
+    waves = out.get("waves")
+    if isinstance(waves, dict) and isinstance(waves.get("steps"), list):
+        steps = [shown_actor(s, role) if isinstance(s, dict) else s for s in waves["steps"]]
+        out["waves"] = {**waves, "steps": steps}
+    return out
 
 
 def _team(teams: tuple[str, ...]) -> Team:

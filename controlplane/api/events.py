@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
-from controlplane.api.auth import PRINCIPAL, TOKENS, Role
+from controlplane.api.auth import PRINCIPAL, TOKENS, Role, shown_rollout
 from controlplane.api.ports import ControlPlaneAPI
 from controlplane.errors import ControlPlaneError, NotFound
 
@@ -61,7 +61,7 @@ async def rollout_stream(
     try:
         while not service.draining:
             if body != last:
-                await send(_event("rollout", body))
+                await send(_event("rollout", shown_rollout(body, principal.role)))
                 last, quiet_since = body, loop.time()
             elif loop.time() - quiet_since >= HEARTBEAT_S:
                 await send(b": heartbeat\n\n")

@@ -17,10 +17,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from controlplane.api.auth import PRINCIPAL
 from controlplane.errors import TooManyRequests
 from sessions.clock import Clock
 
-__all__ = ["ReadLimits"]
+__all__ = ["ReadLimits", "limited"]
 
 
 class ReadLimits:
@@ -59,3 +63,14 @@ class ReadLimits:
             details={"route": route, "burst": self.burst, "rate_per_s": self.rate_per_s,
                      "retry_after_s": wait_s},
         )  # fmt: skip
+
+
+def limited(limits: ReadLimits, route: str, handler: Handler) -> Handler:
+    """``handler`` after one read of the authenticated token's bucket (429 when empty); wrap
+    it inside ``auth.require`` (the principal must be known)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        limits.take(request[PRINCIPAL].digest, route)
+        return await handler(request)
+
+    return guarded

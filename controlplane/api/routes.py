@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from controlplane.api.auth import (
     PRINCIPAL,
@@ -25,7 +24,9 @@ from controlplane.api.auth import (
     check_publish_allowed,
     install_tokens,
     require,
-    shown_app,
+    shown_actor,
+    shown_rollout,
+    shown_session,
 )
 from controlplane.api.documents import DocumentReader
 from controlplane.api.errors import error_middleware, install_log_redaction
@@ -46,7 +47,7 @@ from controlplane.api.inputs import (
     single,
 )
 from controlplane.api.labels import parse_labels_patch, parse_selector
-from controlplane.api.limits import ReadLimits
+from controlplane.api.limits import ReadLimits, limited
 from controlplane.api.openapi import openapi_document
 from controlplane.api.ports import ControlPlaneAPI
 from controlplane.audit.sources import parse_instant
@@ -135,23 +136,6 @@ ASSIGNMENT_COLUMNS: Final = (
     "upstream_session_id",
     "labels",
 )
-
-
-def _limited(limits: ReadLimits, route: str, handler: Handler) -> Handler:
-    """``handler`` after one read of the authenticated token's bucket (429 when empty)."""
-
-    async def limited(request: web.Request) -> web.StreamResponse:
-        limits.take(request[PRINCIPAL].digest, route)
-        return await handler(request)
-
-    return limited
-
-
-def _shown(session: dict[str, Any], role: Role) -> dict[str, Any]:
-    """A session object as ``role`` may see it (``auth.shown_app``: ``registered_by``)."""
-    app = session.get("registered_by")
-    shown = shown_app(app, role) if isinstance(app, str) else app
-    return session if shown == app else {**session, "registered_by": shown}
 
 
 def _items(items: list[dict[str, Any]], next_cursor: str | None = None) -> web.Response:
@@ -254,13 +238,13 @@ class _Handlers:
             upstream_id=upstream_id,
         )  # fmt: skip
         role = request[PRINCIPAL].role
-        return _items([_shown(item, role) for item in items], next_cursor)
+        return _items([shown_session(item, role) for item in items], next_cursor)
 
     async def get_session(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         session_id = path_param(request, "session_id")
         body = await self._service.get_session(session_id)
-        return web.json_response(_shown(body, request[PRINCIPAL].role))
+        return web.json_response(shown_session(body, request[PRINCIPAL].role))
 
     async def relabel_session(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
@@ -324,11 +308,14 @@ class _Handlers:
     async def list_policies(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("include_retired",))
         include = parse_bool("include_retired", single(request.query, "include_retired"))
-        return _items(self._service.list_policies(include_retired=include))
+        role = request[PRINCIPAL].role
+        items = self._service.list_policies(include_retired=include)
+        return _items([shown_actor(item, role) for item in items])
 
     async def get_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
-        return web.json_response(self._service.get_policy(path_param(request, "policy_id")))
+        body = self._service.get_policy(path_param(request, "policy_id"))
+        return web.json_response(shown_actor(body, request[PRINCIPAL].role))
 
     async def retire_policy(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ("reason",))
@@ -352,12 +339,14 @@ class _Handlers:
             path_param(request, "policy_id"), limit=parse_limit(single(q, "limit")),
             cursor=parse_cursor(single(q, "cursor")),
         )  # fmt: skip
-        return _items(items, next_cursor)
+        role = request[PRINCIPAL].role
+        return _items([shown_actor(item, role) for item in items], next_cursor)
 
     async def rollout_status(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
         policy_id = path_param(request, "policy_id")
-        return web.json_response(await self._service.rollout_status(policy_id))
+        body = await self._service.rollout_status(policy_id)
+        return web.json_response(shown_rollout(body, request[PRINCIPAL].role))
 
     async def rollout_stream(self, request: web.Request) -> web.StreamResponse:
         check_query(request.query, ())
@@ -491,7 +480,7 @@ def add_routes(
     for spec in ROUTES:
         handler = getattr(handlers, spec.handler)
         if spec.expensive:
-            handler = _limited(limits, spec.handler, handler)
+            handler = limited(limits, spec.handler, handler)
         if spec.role is not None:
             handler = require(spec.role, handler)
         path = spec.path.replace("{policy_id}", POLICY_ID_SEGMENT)

@@ -118,7 +118,7 @@ async def test_policy_ls_table_and_json(server: Server, capsys: pytest.CaptureFi
         "active",
         "100",
         "2026-09-21T14:13:20.500Z",
-        "compliance:abcdef",
+        "compliance",  # a viewer sees the actor's role, not its token digest (security.md)
     ]
     assert out[0].index("VERSION") == out[1].index("2 ")  # aligned columns
     assert await cli("policy", "ls", "--all", "--json", *auth) == 0
