@@ -21,9 +21,11 @@ wire: events without it are attributed to the role prefix of ``actor``, else (an
 tool) keep the policy's owner (controlplane.roles.event_role).
 
 Contract addition (session 10, docs/security.md#teams): ``team``, the team the publisher acts
-for (a configured team name, or ``token:<hex>`` for a token without one). Every replica's store
-derives a policy's owner team from it; at the owner role below admin an event for another
-team (or without one) is refused. Optional on the wire: guard and operator events carry none.
+for (a configured team name; ``default`` for a token without one, and for an event without
+``team``). Every replica's store derives a policy's owner team from it; at the owner role
+below admin an event for another team is refused, and so is one crossing a lock bound to
+another team of its role or running another team's experiment key (session 11,
+controlplane.intake.team_locks). Optional on the wire: guard and operator events carry none.
 
 Contract addition (issue #21, progressive waves, docs/policies.md#waves): ``policy.wave``
 events (cause ``wave``, ``Nats-Msg-Id: <id>:<version>:wave:<seq>``) move the current version
