@@ -20,6 +20,7 @@ import websockets
 from controlplane import cli
 from controlplane.config import Settings
 from controlplane.intake.bus import PolicyEvent, rfc3339
+from tests.integration.distributed.conftest import Cluster, cluster  # noqa: F401
 from tests.integration.service.conftest import (
     ControlPlaneUnderTest,
     Emulator,
@@ -150,3 +151,29 @@ async def test_another_team_may_not_set_or_lock_the_field_on_any_path_and_nothin
     voice = {**RISK, "match": {"kind": ["voice-agent-v1"]}}
     assert (await cp.call("POST", "/v1/policies", token="tok-risk", body=voice,
                           expect=201))["warnings"] == []  # fmt: skip
+
+
+async def test_every_replica_refuses_an_event_crossing_another_teams_lock(
+    cluster: Cluster,  # noqa: F811
+) -> None:
+    """Distributed: an event on the policy stream (another tool, an older replica) from team
+    risk setting legal's locked field is refused by both replicas; legal's own event applies."""
+    tokens = {**TOKENS, "tok-legal": "compliance@legal"}
+    a = await cluster.start("node-a", tokens=tokens)
+    b = await cluster.start("node-b", tokens=tokens)
+    await a.call("POST", "/v1/policies", token="tok-legal", body=LEGAL, expect=201)
+    now = rfc3339(time.time())
+    risk = PolicyEvent("policy.published", {**RISK, "version": 1}, "compliance:0a0b0c", now,
+                       role="compliance", team="risk")  # fmt: skip
+    await cluster.publish_raw("risk-turns", risk.to_json(), msg_id="risk-turns:1")
+    mine = PolicyEvent("policy.published", {**RISK, "id": "legal-fast", "version": 1},
+                       "compliance:0a0b0c", now, role="compliance", team="legal")  # fmt: skip
+    await cluster.publish_raw("legal-fast", mine.to_json(), msg_id="legal-fast:1")
+    for replica in (a, b):
+
+        async def applied(replica: Any = replica) -> bool:
+            body = await replica.call("GET", "/v1/policies/legal-fast")
+            return "version" in body
+
+        assert await eventually(applied)
+        await replica.call("GET", "/v1/policies/risk-turns", expect=404)
