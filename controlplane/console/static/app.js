@@ -66,17 +66,20 @@ export async function stream(path, onEvent, signal) {
   }
 }
 
-/** Every item of a paginated list (`{items, next}`), following `next` up to `maxPages`. */
+/** Every item of a paginated list (`{items, next}`), following `next` up to `maxPages`;
+ *  `items.truncated` is true when more pages remained (a page must then say so). */
 export async function apiAll(path, maxPages = 20) {
   const items = [];
+  items.truncated = false;
   let cursor = null;
   for (let n = 0; n < maxPages; n++) {
     const sep = path.includes("?") ? "&" : "?";
     const body = await api(cursor === null ? path : `${path}${sep}cursor=${encodeURIComponent(cursor)}`);
     items.push(...body.items);
-    if (body.next === null || body.next === undefined) break;
+    if (body.next === null || body.next === undefined) return items;
     cursor = body.next;
   }
+  items.truncated = true;
   return items;
 }
 

@@ -5,6 +5,7 @@ import { rolloutBar, settledPercent } from "./policy.js";
 
 const MAX_POLICIES = 50; // rollout calls per refresh
 const MAX_CHANGES = 10; // recent changes shown, and version-history calls per refresh
+const MAX_SESSION_PAGES = 5; // GET /v1/sessions pages of 1,000 per refresh: beyond, the page says so
 
 /** The latest change records across policies (publish, rollback, retire; halts from the
  *  rollouts already read), newest first. */
@@ -64,7 +65,7 @@ export function mount(main) {
           el("td", {}, el("a", { href: `/ui/policies/${encodeURIComponent(c.id)}` }, c.id)),
           el("td", {}, `v${c.version}`), el("td", { class: "mono" }, c.actor || ""), el("td", {}, c.reason || ""))))
         : el("p", { class: "muted" }, "No change yet."));
-      const live = await apiAll("/v1/sessions?limit=1000", 5);
+      const live = await apiAll(`/v1/sessions?limit=1000`, MAX_SESSION_PAGES);
       const counts = new Map();
       const states = new Set();
       for (const s of live) {
@@ -74,14 +75,19 @@ export function mount(main) {
         counts.set(s.kind, row);
       }
       const cols = [...states].sort();
+      // newest first (created_at), of the sessions read
+      const newest = live.slice().sort((a, b) => (b.created_at ?? 0) - (a.created_at ?? 0)).slice(0, 20);
       sessions.replaceChildren(live.length ? el("div", {},
-        el("table", { "data-testid": "sessions-by-kind" },
+        live.truncated ? el("p", { class: "error", "data-testid": "sessions-truncated", "data-read": live.length },
+          `Counted from the first ${live.length} live sessions only: more exist, so these figures are lower bounds `
+          + "(GET /v1/sessions pages through all of them).") : null,
+        el("table", { "data-testid": "sessions-by-kind", "data-complete": String(!live.truncated) },
           el("tr", {}, el("th", {}, "kind"), cols.map((c) => el("th", { class: "num" }, c)), el("th", { class: "num" }, "total")),
           [...counts.entries()].sort().map(([kind, row]) => el("tr", { "data-kind": kind },
             el("td", {}, kind), cols.map((c) => el("td", { class: "num", "data-state": c }, row.get(c) || 0)),
             el("td", { class: "num" }, [...row.values()].reduce((a, b) => a + b, 0))))),
-        el("h2", {}, "Recent sessions"),
-        el("table", {}, live.slice(-20).reverse().map((s) => el("tr", {},
+        el("h2", {}, live.truncated ? "Recent sessions (newest of those read)" : "Recent sessions"),
+        el("table", {}, newest.map((s) => el("tr", { "data-testid": "recent-session", "data-session": s.id },
           el("td", {}, el("a", { class: "mono", href: `/ui/sessions/${encodeURIComponent(s.id)}` }, s.id)),
           el("td", {}, s.kind), el("td", {}, badge(s.state)), el("td", { class: "mono" }, s.upstream_id || "")))))
         : el("p", { class: "muted" }, "No live session."));

@@ -1,4 +1,5 @@
-"""The experiment page at any size and per call, in a real Chromium (docs/console.md).
+"""The console at any size, in a real Chromium (docs/console.md): the experiment page and the
+overview.
 
 The exposures-over-time chart is the server's aggregate (``GET /v1/experiments/{key}/timeline``:
 the summary's counts in time bins): 25,000 exposures, more than the 20 pages of 1,000
@@ -14,6 +15,7 @@ import pytest
 from playwright.async_api import Page, expect
 
 from sessions.exposures import BIN_S, Exposure
+from sessions.model import Session
 from tests.integration.console.conftest import screenshot
 from tests.integration.service.conftest import ControlPlaneUnderTest
 
@@ -81,3 +83,29 @@ async def test_a_25000_exposure_experiment_charts_every_exposure_from_the_server
     assert heights["warm"] == pytest.approx(120 - 120 * 10_000 / 15_000, abs=0.1)
     assert paged == [], f"the page read the assignments export: {paged[:3]}"
     await screenshot(page, "experiment-large")
+
+
+async def test_the_overview_says_when_it_counted_only_the_first_5000_live_sessions(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    """5,001 live sessions: the overview reads five pages of 1,000 per refresh, so its counts
+    by kind are lower bounds; it says so (it once showed 5,000 as the total), and its recent
+    sessions are the newest of those read, newest first (they were the last 20 by id)."""
+    now = time.time()
+    created = {f"seed-{i:05d}": now - 10_000 + ((i * 7919) % 5001) for i in range(5001)}
+    for sid, at in created.items():
+        await stack.service.registry.register(Session(
+            id=sid, kind="streaming-v3", model="universal-3-5-pro", node="node-a",
+            created_at=at, updated_at=at,
+        ))  # fmt: skip
+    await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+    note = page.get_by_test_id("sessions-truncated")
+    await expect(note).to_have_attribute("data-read", "5000")
+    await expect(page.get_by_test_id("sessions-by-kind")).to_have_attribute(
+        "data-complete", "false"
+    )
+    shown = [await r.get_attribute("data-session") for r in
+             await page.get_by_test_id("recent-session").all()]  # fmt: skip
+    assert len(shown) == 20
+    stamps = [created[s] for s in shown if s is not None]
+    assert stamps == sorted(stamps, reverse=True), "recent sessions are not newest first"
