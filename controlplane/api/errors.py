@@ -8,6 +8,7 @@ raised                                      status  code
 ``controlplane.errors.ControlPlaneError``   own     own (``bad_request``, ``bad_json``, ...)
 ``policies.errors.PolicyValidationError``   422     ``invalid_policy`` (``details.violations``)
 aiohttp ``HTTPException`` (>= 400)          own     ``not_found``, ``method_not_allowed``, ...
+``sessions.errors.BackendUnavailable``      503     ``backend_unavailable`` (a disk, Redis)
 anything else                               500     ``internal`` (generic message + ``ref``)
 =========================================  ======  ===========================================
 
@@ -34,6 +35,7 @@ from aiohttp.typedefs import Handler
 
 from controlplane.errors import ControlPlaneError, TooManyRequests, Unauthorized, Unavailable
 from policies.errors import PolicyValidationError
+from sessions.errors import BackendUnavailable
 
 __all__ = [
     "HTTP_CODES",
@@ -141,6 +143,9 @@ def _to_response(request: web.Request, exc: Exception) -> web.Response:
         return _from_policy(exc)
     if isinstance(exc, web.HTTPException):
         return _from_http(request, exc)
+    if isinstance(exc, BackendUnavailable):  # e.g. a read that flushes the log first while
+        log.warning("%s %s: %s", request.method, request.path, exc)  # the disk is full
+        return _from_control_plane(Unavailable(str(exc), code="backend_unavailable"))
     return _internal(request)
 
 

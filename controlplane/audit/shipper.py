@@ -65,6 +65,7 @@ from typing import Final, Protocol
 from controlplane.metrics import Metrics
 from controlplane.tasks import raise_if_cancelled, stop_task
 from sessions.clock import Clock, SystemClock
+from sessions.errors import BackendUnavailable
 
 __all__ = ["AuditFence", "AuditLine", "AuditShipper", "AuditTransport", "ShipPacer"]
 
@@ -173,6 +174,7 @@ class AuditShipper:
         self._interval = interval_s
         self._batch = batch_lines  # lines per transport call (None: a whole chunk)
         self._cursor = _Cursor()
+        self._disk_warned = False  # said once that the local disk fails while shipping
         self._ck_cursor = _Cursor()  # the checkpoint files' own cursor
         self._ck_shipped_at = -math.inf  # clock.monotonic() when checkpoints last shipped
         self._task: asyncio.Task[None] | None = None
@@ -230,7 +232,15 @@ class AuditShipper:
         shipped. ``paced`` (the loop): checkpoints at most every ``CHECKPOINT_SHIP_S``
         (module docstring)."""
         async with self._lock:
-            await self._flush()
+            try:
+                await self._flush()
+                self._disk_warned = False
+            except BackendUnavailable as exc:
+                # the local disk fails (full, read-only, I/O errors): what its files hold was
+                # written by writes that succeeded (fdatasync'd; a failed write is cut off and
+                # every write was accounted for by this flush), so it ships all the same —
+                # the remote copy matters most while the local disk is failing
+                self._disk_failing(exc)
             # right after the flush, before anything awaits; checkpoints first (docstring)
             ck_sizes = self._durable_sizes(CHECKPOINT_GLOB, self._ck_cursor)
             sizes = self._durable_sizes(FILE_GLOB, self._cursor)
@@ -270,7 +280,16 @@ class AuditShipper:
                 self._ck_cursor = _Cursor(name, end)
             else:
                 self._cursor = _Cursor(name, end)
-            await asyncio.to_thread(self._save_cursor)
+            try:
+                await asyncio.to_thread(self._save_cursor)
+            except OSError as exc:  # the disk: the cursor goes on in memory (a restart
+                self._disk_failing(exc)  # re-ships from the last saved one: deduplicated)
+
+    def _disk_failing(self, exc: Exception) -> None:
+        if not self._disk_warned:
+            log.warning("audit shipping goes on from what the local disk holds (the local "
+                        "disk is failing: %s)", exc)  # fmt: skip
+        self._disk_warned = True
 
     async def _ship(self, lines: Sequence[AuditLine]) -> None:
         try:

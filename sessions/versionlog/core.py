@@ -448,11 +448,14 @@ class BufferedVersionLog:
             if self._stopping.is_set():
                 return
             if self.pending:
+                first = self.write_failing_since is None  # (a failure starts an outage)
                 try:
                     await self.flush()
                 except Exception as exc:  # kept for the next tick; the error is visible here
-                    self.flush_failures += 1
-                    log.warning("version log flush failed (%d pending): %s", self.pending, exc)
+                    self.flush_failures += 1  # said at its start, then once a minute or so
+                    log.log(logging.WARNING if first or self.flush_failures % 1200 == 0
+                            else logging.DEBUG, "version log flush failed (%d pending): %s",
+                            self.pending, exc)  # fmt: skip
 
     async def close(self) -> None:
         """Stop the flusher, flush the rest (raises if that fails), release resources."""
