@@ -10,7 +10,7 @@ from typing import Any
 
 from controlplane.cli.http import ControlPlaneClient
 from controlplane.cli.options import add_command
-from controlplane.cli.output import Progress, listing, out, table
+from controlplane.cli.output import Column, Progress, listing, out, table
 from sessions.exposures import exposure_problem
 
 __all__ = ["register", "srm_line", "summary_text", "verify_report", "verify_text"]
@@ -92,8 +92,11 @@ def _assignments(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     if args.csv:
         sys.stdout.write(client.assignments_csv(args.key))
         return 0
-    keys = ("session_id", "policy", "version", "variant", "exposed_at", "left_at", "state")
-    listing(args, client.assignments(args.key), [(k.upper(), k) for k in keys])
+    keys = ("session_id", "call_id", "policy", "version", "variant", "exposed_at")
+    columns: list[Column] = [(k.upper(), k) for k in keys]
+    columns.append(("COUNTED", lambda row: "yes" if row.get("counted") else "no"))  # per call
+    columns += [("LEFT_AT", "left_at"), ("STATE", "state")]
+    listing(args, client.assignments(args.key), columns)
     return 0
 
 

@@ -35,6 +35,10 @@ async def test_exposures_of_both_replicas_are_counted_by_either(cluster: Cluster
             summary = await eventually(lambda r=replica: everyone(r), timeout=10)
             assert [v["exposed"] for v in summary["variants"]] == [4, 4]
             assert summary["srm"]["mismatch"] is False
+            # the chart's aggregate (Redis time bins) holds the same counts on either replica
+            timeline = await replica.call("GET", f"/v1/experiments/{KEY}/timeline", expect=200)
+            assert (timeline["exposed"], timeline["binned"]) == (8, 8)
+            assert [v["binned"] for v in timeline["variants"]] == [4, 4]
         rows = (await b.call("GET", f"/v1/experiments/{KEY}/assignments", expect=200))["items"]
         exposed = {r["session_id"] for r in rows if r["exposed_at"] is not None}
         assert exposed == set(ids)

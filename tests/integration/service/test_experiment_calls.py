@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.cli.main import main
 from controlplane.edges.client import ControlClient
 from sessions.exposures import FileExposureStore
 from tests.integration.service.conftest import (
@@ -91,6 +92,12 @@ async def test_a_resumed_call_is_exposed_twice_and_counted_once_everywhere(
     assert (code, report["checked"], report["problems"]) == (0, 2, [])
     code, shown = await _cli(cp, capsys, "experiments", "show", "calls")
     assert code == 0 and shown["exposed"] == 1
+    capsys.readouterr()
+    argv = ["experiments", "assignments", "calls", "--url", cp.base, "--token", "tok-viewer"]
+    assert await asyncio.to_thread(main, argv) == 0
+    head, *lines = capsys.readouterr().out.splitlines()
+    col = head.split().index("COUNTED")
+    assert {line.split()[0]: line.split()[col] for line in lines} == {first: "yes", second: "no"}
     # what a restart rebuilds from the rows on disk counts the call once too
     store = FileExposureStore(cp.data_dir / "experiments" / "exposures.jsonl")
     await store.start()
