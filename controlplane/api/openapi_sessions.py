@@ -120,6 +120,11 @@ SESSION_SCHEMAS: dict[str, Any] = {
             "exposed": {"type": "integer", "minimum": 0},
             "exposed_share": {"type": "number", "minimum": 0, "maximum": 1},
             "expected_exposed": {"type": "number", "minimum": 0},
+            "removed": {
+                "type": "boolean",
+                "description": "true: a variant this version no longer declares, exposed "
+                "earlier in the iteration (weight 0: the split is broken)",
+            },
         },
     },
     "Srm": {

@@ -257,22 +257,28 @@ class ExperimentBook:
         assert exp is not None
         await self.flush()
         counts = await self.store.counts(exp.key, exp.iteration)
-        observed = [counts.get(v.name, 0) for v in exp.variants]
-        shares = [float(v.weight) / 100 for v in exp.variants]
+        # a variant this version no longer declares (renamed or removed mid-iteration) keeps
+        # its exposures: listed with weight 0 (the split is broken: the SRM check says so)
+        gone = sorted(set(counts) - {v.name for v in exp.variants})
+        names = [v.name for v in exp.variants] + gone
+        observed = [counts.get(name, 0) for name in names]
+        shares = [float(v.weight) / 100 for v in exp.variants] + [0.0] * len(gone)
+        weights = [float(v.weight) for v in exp.variants] + [0.0] * len(gone)
         total = sum(observed)
         srm = srm_check(observed, shares, min_exposures=self.min_exposures,
                         threshold=SRM_THRESHOLD)  # fmt: skip
         self._metrics.experiment_srm_p_value.labels(exp.key).set(srm.p_value)
         variants = [
             {
-                "name": v.name,
-                "weight": float(v.weight),
+                "name": name,
+                "weight": weight,
                 "expected_share": share,
                 "exposed": n,
                 "exposed_share": (n / total) if total else 0.0,
                 "expected_exposed": total * share,
+                **({"removed": True} if name in gone else {}),
             }
-            for v, share, n in zip(exp.variants, shares, observed, strict=True)
+            for name, weight, share, n in zip(names, weights, shares, observed, strict=True)
         ]
         return {
             "experiment": exp.key, "iteration": exp.iteration, "policy": policy.id,

@@ -93,7 +93,8 @@ export function mount(main, { key }) {
         el("tr", {}, ["variant", "weight", "expected", "exposed", "share", ""].map((h) => el("th", {}, h))),
         (s.variants || []).map((v) => el("tr", { "data-testid": "variant-share", "data-variant": v.name,
           "data-exposed": v.exposed, "data-share": v.exposed_share ?? "" },
-          el("td", {}, v.name), el("td", { class: "num" }, v.weight), el("td", { class: "num" }, pct(v.expected_share)),
+          el("td", {}, v.name, v.removed ? el("span", { class: "muted", "data-testid": "variant-removed" },
+            " (no longer declared: weight 0)") : null), el("td", { class: "num" }, v.weight), el("td", { class: "num" }, pct(v.expected_share)),
           el("td", { class: "num" }, v.exposed), el("td", { class: "num" }, pct(v.exposed_share)),
           el("td", {}, el("div", { class: "bar" }, el("span", { class: "s-acknowledged",
             style: `width:${100 * (v.exposed_share || 0)}%` })))))));

@@ -106,3 +106,33 @@ async def test_a_session_that_ended_in_iteration_1_is_no_assignment_of_iteration
     by_iteration = {(r["session_id"], r["iteration"]): r for r in rows}
     assert set(by_iteration) == {(sid, 1) for sid in ids}, sorted(by_iteration)
     assert all(r["exposed_at"] and r["state"] == "ended" for r in rows)
+
+
+async def test_a_variant_renamed_mid_iteration_keeps_its_exposures_in_the_summary(
+    cp: ControlPlaneUnderTest,
+) -> None:
+    """A new version renames ``warm`` to ``warm2`` in the same iteration: the sessions exposed
+    to ``warm`` stay counted there (their first exposure); the summary once dropped them (its
+    total was only the declared variants', below the export's counted rows, and the SRM check
+    never saw the broken split). Now listed as removed, weight 0: a mismatch outright."""
+    ids = _ids(KEY, control=2, warm=2)
+    async with _sessions(cp, ids):
+        await cp.publish(_doc())
+        await _exposed(cp, 4)
+        renamed = _doc()
+        renamed["experiment"]["variants"][1]["name"] = "warm2"
+        await cp.publish(renamed)
+
+        async def moved() -> bool:
+            rows = (await cp.call("GET", URL, expect=200))["items"]
+            return sum(1 for r in rows if r["assigned_variant"] == "warm2") == 2
+
+        await eventually(moved, timeout=10)
+        summary = await cp.call("GET", f"/v1/experiments/{KEY}", expect=200)
+        rows = (await cp.call("GET", URL, expect=200))["items"]
+    counted = [r for r in rows if r["counted"]]
+    assert summary["exposed"] == len(counted) == 4
+    by_name = {v["name"]: v for v in summary["variants"]}
+    assert {n: v["exposed"] for n, v in by_name.items()} == {"control": 2, "warm2": 0, "warm": 2}
+    assert by_name["warm"]["removed"] is True and by_name["warm"]["weight"] == 0
+    assert summary["srm"]["p_value"] == 0.0  # exposures in a variant of weight 0
