@@ -44,6 +44,9 @@ class PushApplied:
     control-channel app confirms a Streaming v3 push (written, never acknowledgeable)."""
 
     status: Literal["acked", "unverified"] = "acked"
+    # an acknowledgement the answer cannot prove is this push's own (Voice Agent: an echo an
+    # earlier timed-out update expects too): said in the entry; what it asked runs either way
+    note: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

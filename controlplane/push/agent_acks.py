@@ -64,6 +64,7 @@ from controlplane.push.actions import (
 from controlplane.push.protocol import Push, PushState
 from policies.fields import Delta
 from policies.provenance import PolicyRef
+from sessions.config_at import LATE_ANSWER
 from sessions.dialects.base import ordered_fields
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE
@@ -271,7 +272,7 @@ class AgentAcks:
 
     def _push_outcome(self, update: Update, verdict: Verdict, parsed: dict[str, Any]) -> PushAck:
         if verdict.status == "acked":
-            return PushApplied()
+            return PushApplied(note=verdict.reason)  # (a reason: an ambiguous echo)
         if verdict.status not in ("rejected", "partial"):
             return PushUnverified(verdict.reason or "unattributed answer")
         fields: set[str] = set()
@@ -300,6 +301,10 @@ class AgentAcks:
         note = None  # refused in part: the rest applied, the delta is what the echo shows
         if verdict.status == "partial":
             note = f"refused in part ({verdict.reason}); the rest applied"
+        if verdict.status == "acked" and verdict.reason:  # (an ambiguous echo: said)
+            note = verdict.reason
+        if verdict.late:  # (its outcome was recorded before: no answer in time, or unsure)
+            note = "; ".join(filter(None, (LATE_ANSWER, note)))
         before = canonical_view(update.before or {})
         after = canonical_view(self.model.config or {})
         names = set(asked) | {n for n in set(before) | set(after) if before.get(n) != after.get(n)}

@@ -26,7 +26,7 @@ from controlplane.push.acks import PushPartlyApplied, PushRejected
 from controlplane.push.fanout import FanOut
 from controlplane.push.live import LiveSession
 from controlplane.push.observer import NO_OBSERVER, PushObserver, Tally
-from controlplane.push.protocol import Push, Status
+from controlplane.push.protocol import Outcome, Push, Status
 from controlplane.push.recording import ExposureHook, Recorder
 from controlplane.push.registry_sync import RegistrySync
 from controlplane.push.rollout_status import live_counts
@@ -248,13 +248,18 @@ class PushEngine:
         self.adopt(ls, effective)
 
     # -- the upstream's answers ----------------------------------------------------------
-    async def upstream_acked(self, ls: LiveSession, *, status: str = "acked") -> None:
+    async def upstream_acked(
+        self, ls: LiveSession, *, status: str = "acked", note: str | None = None
+    ) -> None:
         """The in-flight push was acknowledged (``status="unverified"`` when a control-channel
-        app confirms a streaming push it forwarded: applied, but not acknowledgeable)."""
+        app confirms a streaming push it forwarded: applied, but not acknowledgeable);
+        ``note``: said in its entry (an ambiguous acknowledgement: ``PushApplied.note``)."""
         outcome = ls.push.acked(
             self._clock.monotonic(), "acked" if status == "acked" else "unverified"
         )
         if outcome is not None:
+            if note is not None and outcome.status == "acked":
+                outcome = Outcome(outcome.push, "acked", note, outcome.latency)
             self._sender.finish(ls, outcome)
             await self._sender.drive(ls)
 

@@ -199,7 +199,7 @@ class EngineSessions:
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None:
         engine = self._engine
         if isinstance(ack, PushApplied):
-            await engine.upstream_acked(ls, status=ack.status)
+            await engine.upstream_acked(ls, status=ack.status, note=ack.note)
         elif isinstance(ack, PushRejected | PushPartlyApplied):
             await engine.upstream_refused(ls, ack)
         elif isinstance(ack, PushUnverified):

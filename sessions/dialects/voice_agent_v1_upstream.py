@@ -62,6 +62,7 @@ from sessions.dialects.voice_agent_v1_config import (
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE, IMMUTABLE_PATHS
 
 __all__ = [
+    "AMBIGUOUS",
     "AUDIO_ONLY_ERRORS",
     "NOT_AN_UPDATE_ERRORS",
     "OWED_MAX",
@@ -75,6 +76,8 @@ __all__ = [
 AUDIO_ONLY_ERRORS: Final = frozenset({"invalid_audio", "audio_rate_violation"})
 NOT_AN_UPDATE_ERRORS: Final = AUDIO_ONLY_ERRORS | {"invalid_format"}
 RECENT: Final = 4  # ended updates kept for late answers
+# an acknowledgement whose echo an earlier timed-out update expects too (``_twin``)
+AMBIGUOUS: Final = "acknowledged by an echo whose update cannot be told"
 OWED_MAX: Final = 64  # timed-out updates still owed their answer (beyond: the order is lost)
 MAX_QUEUED: Final = 64
 
@@ -112,6 +115,10 @@ class Update:
     after_seq: int = 0  # client messages sent before it
     errors: list[tuple[str, str | None, str]] = field(default_factory=list)
     doubts: list[str] = field(default_factory=list)  # answers that may have been its own
+    # timed out (``expire``) and not answered since: its answer may still come
+    unanswered: bool = False
+    # acknowledged by an echo an earlier timed-out update (this) expects too (``_twin``)
+    twin: Update | None = None
 
     @property
     def text(self) -> str:
@@ -195,6 +202,7 @@ class AgentUpstream:
         if self.outstanding is not update:
             return False
         self._end(update, answered=False)
+        update.unanswered = True
         if update.owner != "first" and not update.doubts:  # (an answer that may have been
             self.owed.append(update)  # its own came already: not owed, nothing is pinned)
             if len(self.owed) > OWED_MAX:
@@ -224,12 +232,19 @@ class AgentUpstream:
             self._reexpect()  # what went after it goes on from the echoed config
             return verdict
         if update is not None and update.owner != "first" and _mismatch(update, echo) is None:
+            ambiguous = self._twin(update, echo)
+            if ambiguous is not None:
+                return ambiguous
             return self._answered(update, echo)
         for old in reversed(self.ended):
             if _mismatch(old, echo) is None:
                 if update is not None and update.owner != "first":
                     self._expect(update, keep_seq=True)  # it goes on from the echoed config
-                return Verdict(old.owner != "ours", old, "acked", late=True)
+                answered, twin, old.twin = old, old.twin, None
+                if twin is not None and twin.unanswered and _mismatch(twin, echo) is None:
+                    answered = twin  # the first echo was the earlier update's, in order (_twin)
+                answered.unanswered = False
+                return Verdict(answered.owner != "ours", answered, "acked", late=True)
         if update is None or update.owner == "first":
             return Verdict(True)  # nothing could have asked for it: not ours to keep
         reason = (
@@ -252,6 +267,7 @@ class AgentUpstream:
                 return self._refused(update, code, param, message)
             for old in reversed(self.ended):
                 if _related(param, old):
+                    old.unanswered = False
                     return Verdict(old.owner != "ours", old, late=True)
             return Verdict(True)
         if self.order_lost:
@@ -283,9 +299,35 @@ class AgentUpstream:
         )
         return Verdict(True, update)
 
+    def _twin(self, update: Update, echo: dict[str, Any]) -> Verdict | None:
+        """An echo the outstanding ``update`` expects that an earlier update, timed out and
+        not owed (an answer that may have been its own came: ``doubts``), expects too: by
+        order it is that update's answer if its own has not come yet, else this one's, and
+        nothing tells which. The configuration it shows runs either way: ``update`` ends
+        ``acked`` (what it asked runs), the reason saying the answer is ambiguous; when a
+        second such echo comes, the first was the earlier update's (it answers first) and
+        this one is ``update``'s: it is recorded as the earlier update's late answer, never a
+        second one of ``update``'s (``twin``). None: no such earlier update."""
+        for old in self.ended:
+            if old is not update and old.unanswered and _mismatch(old, echo) is None:
+                verdict = self._answered(update, echo)
+                if verdict.status != "acked":
+                    return verdict
+                update.twin = old
+                reason = (
+                    f"{AMBIGUOUS}: an earlier update ({_describe(old)}) that timed out "
+                    "unanswered expects this echo too, and the upstream answers in order: it "
+                    f"is that update's answer unless an earlier answer "
+                    f"({'; '.join(old.doubts) or 'none attributed'}) was its own; what "
+                    "both asked runs either way"
+                )
+                return Verdict(verdict.forward, update, "acked", reason)
+        return None
+
     def _late(self, owed: Update, verdict: Verdict) -> Verdict:
         """``verdict`` ends ``owed`` (an update that timed out), answered late: no longer owed,
         nor anything sent before it."""
+        owed.unanswered = False
         while self.owed:
             if self.owed.popleft() is owed:
                 break
@@ -388,8 +430,15 @@ def _mismatch(update: Update, echo: Mapping[str, Any]) -> str | None:
         got, want = _get(echo, path), _get(update.expected, path)
         if got != want:
             shown = "absent" if got is MISSING else json.dumps(got)[:80]
-            return f"{path} is {shown}, expected {json.dumps(want)[:80]}"
+            wanted = "absent" if want is MISSING else json.dumps(want)[:80]
+            return f"{path} is {shown}, expected {wanted}"
     return None
+
+
+def _describe(update: Update) -> str:
+    if update.owner == "ours":
+        return f"our push, version {update.version}"
+    return "the client's"
 
 
 def _covered(path: str, refused: tuple[str, ...]) -> bool:

@@ -13,18 +13,24 @@ import asyncio
 import contextlib
 import json
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import websockets
 
 from controlplane.config import Settings
 from controlplane.edges.gateway import UpstreamTransport
+from emulator.server import build_app as build_emulator
+from emulator.settings import EmulatorSettings
 from tests.integration.differential.actors import GatewayStreaming
 from tests.integration.service.conftest import (
+    TOKENS,
     ControlPlaneUnderTest,
     Emulator,
+    _serve,
     eventually,
     serving,
 )
@@ -39,9 +45,26 @@ TERMS = [f"{i:02d}" + "\U0001f600" * 48 for i in range(100)]
 
 
 @pytest.fixture
-async def slow_cp(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
-    async with serving(cp_settings(send_timeout_s=SEND_TIMEOUT_S, ack_timeout_s=10.0)) as cp:
-        yield cp
+async def slow(tmp_path: Path) -> AsyncIterator[tuple[ControlPlaneUnderTest, Emulator]]:
+    """A control plane giving up a worker's write after SEND_TIMEOUT_S, on an emulator whose
+    sockets have a small kernel receive buffer (set on the listening socket, inherited by
+    the accepted ones): a slow upstream's window, not megabytes of loopback autotuning."""
+    em_runner, em_port = await _serve(build_emulator(EmulatorSettings(pacing_tolerance_ms=5e3)))
+    for site in em_runner.sites:
+        server = site._server  # type: ignore[attr-defined]
+        for sock in server.sockets:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 32 * 1024)
+    settings = Settings(
+        listen="127.0.0.1:0", data_dir=tmp_path / "data", node_id="node-a", tokens=TOKENS,
+        upstream_streaming_url=f"ws://127.0.0.1:{em_port}/v3/ws",
+        upstream_agent_url=f"ws://127.0.0.1:{em_port}/v1/ws",
+        ack_timeout_s=10.0, send_timeout_s=SEND_TIMEOUT_S, shutdown_grace_s=0.5,
+    )  # fmt: skip
+    try:
+        async with serving(settings) as cp, aiohttp.ClientSession() as http:
+            yield cp, Emulator(em_port, http)
+    finally:
+        await em_runner.cleanup()
 
 
 async def _entries(cp: ControlPlaneUnderTest, sid: str, **match: Any) -> list[dict[str, Any]]:
@@ -50,9 +73,9 @@ async def _entries(cp: ControlPlaneUnderTest, sid: str, **match: Any) -> list[di
 
 @pytest.mark.timeout(90)
 async def test_a_timed_out_write_already_handed_to_the_socket_is_in_doubt_not_rejected(
-    slow_cp: ControlPlaneUnderTest, emulator: Emulator
+    slow: tuple[ControlPlaneUnderTest, Emulator],
 ) -> None:
-    cp, fleet = slow_cp, Fleet(slow_cp.ws_base)
+    (cp, emulator), fleet = slow, Fleet(slow[0].ws_base)
     loop = asyncio.get_running_loop()
     agent = await fleet.agent("team=slow")
     sid = cp.live_by_upstream(agent.upstream_id)
@@ -95,14 +118,14 @@ async def test_a_timed_out_write_already_handed_to_the_socket_is_in_doubt_not_re
 
     reader = loop.create_task(drain_client(), name="reader-slow")
     try:
-        for n in range(4):  # the fan-out may find the socket drained for an instant: again
+        for n in range(6):  # the fan-out may find the socket drained for an instant: again
             version, prompt = await attempt(n)
             gave_up = [e for e in await _entries(cp, sid, version=version)
                        if "send timed out" in str(e.get("error"))]  # fmt: skip
             if gave_up:
                 break
         assert gave_up, (
-            "no worker's write timed out in 4 attempts",
+            "no worker's write timed out in 6 attempts",
             [(e["version"], e["status"], e["error"]) for e in await cp.log(sid)],
         )
         # the upstream reads the frame it was handed and applies it
@@ -175,3 +198,51 @@ async def _doubted(cp: ControlPlaneUnderTest, sid: str) -> bool:
 
 async def _settled(cp: ControlPlaneUnderTest, sid: str) -> bool:
     return (await cp.session(sid))["in_doubt"] == []
+
+
+async def test_an_echo_two_updates_expect_is_not_pinned_on_the_later_one(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """Voice Agent, upstream slower than the acknowledgement timeout: the client's
+    ``conversation.message`` draws a ``param``-less ``session.error`` while our push is
+    outstanding (it may be the push's answer: the push ends ``unverified``, not owed), then
+    the client's own ``session.update`` asking the same value goes. The push's late echo
+    matches both: by order it is the push's if the error was the message's, the client's if
+    the error was the push's. The record says so (the client's update ``acked``: what it asked
+    runs either way; its entry says whose answer it is cannot be told), and the second echo
+    is the push's late answer, not a second acknowledgement of the client's update (was:
+    the client's ``acked`` twice, the push ``unverified`` for good though applied)."""
+    fleet = Fleet(cp.ws_base)
+    try:
+        agent = await fleet.agent("team=twin")
+        sid = cp.live_by_upstream(agent.upstream_id)
+        await emulator.faults(agent.upstream_id, {"latency_ms": 700})  # 0.7 s a message
+        await agent.ws.send(json.dumps({"type": "conversation.message", "role": "bogus",
+                                        "content": "x"}))  # fmt: skip
+        await asyncio.sleep(0.05)
+        await cp.publish({"id": "twin", "match": {"labels": {"team": ["twin"]}},
+                          "set": {"system_prompt": "Be twin."}})  # fmt: skip
+        await asyncio.sleep(0.2)
+        await agent.ws.send(json.dumps({"type": "session.update",
+                                        "session": {"system_prompt": "Be twin."}}))  # fmt: skip
+
+        async def client_answers() -> list[dict[str, Any]]:
+            return [e for e in await cp.log(sid)
+                    if e["cause"] == "client" and e["status"] != "sent"]  # fmt: skip
+
+        answers = await eventually(client_answers, timeout=10)
+        await asyncio.sleep(1.5)  # the client update's own echo comes
+        answers = await client_answers()
+        # the first echo: what the client asked runs, whose answer it is is said unknown
+        assert [a["status"] for a in answers] == ["acked"], answers  # (was: acked twice)
+        assert "cannot be told" in answers[0]["error"], answers[0]
+        # the second echo proves the first was our push's (answered in order): late
+        pushes = [(e["status"], e["error"] or "") for e in await cp.log(sid)
+                  if e["cause"] == "policy" and e["status"] != "sent"]  # fmt: skip
+        assert [s for s, _ in pushes] == ["unverified", "acked"], pushes
+        assert pushes[1][1].startswith("answered after"), pushes
+        upstream = await emulator.session(agent.upstream_id)
+        assert upstream["config"]["system_prompt"] == "Be twin."
+        assert (await cp.session(sid))["running_config"]["system_prompt"] == "Be twin."
+    finally:
+        await fleet.close()
