@@ -39,6 +39,7 @@ __all__ = [
     "FileExposureStore",
     "counted_keys",
     "exposure_problem",
+    "keep_first",
     "time_bin",
 ]
 
@@ -149,13 +150,35 @@ def counted_keys(rows: Iterable[Exposure]) -> set[tuple[str, int, str]]:
     return {row.key for row in first.values()}
 
 
+_FIRST_EXPOSURE = ("exposed_at", "exposed_seq", "exposed_hash", "variant", "policy", "version",
+                   "digest")  # fmt: skip
+
+
+def keep_first(row: Exposure, stored: Exposure | None) -> Exposure:
+    """``row`` completed with what ``stored`` (the same key's row as stored) proves earlier:
+    its first assignment and its first exposure stand. A session id registered again after
+    its session ended (a control-channel app reconnecting) is a new live session whose row
+    starts unexposed: written as it is, it replaced the first exposure (kept for ever, with
+    the entry that proves it) by the later one. Updates ``row`` in place (the caller's live
+    row then carries the first exposure too) and answers it."""
+    if stored is None or stored is row:
+        return row
+    row.first_assigned_at = min(row.first_assigned_at, stored.first_assigned_at)
+    if stored.exposed_at is not None and (row.exposed_at is None
+                                          or stored.exposed_at < row.exposed_at):  # fmt: skip
+        for name in _FIRST_EXPOSURE:
+            setattr(row, name, getattr(stored, name))
+    return row
+
+
 class ExposureStore(Protocol):
     async def start(self) -> None: ...
 
     async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
-        """Upsert ``rows`` (whole rows; the holding replica is their only writer) and count
-        ``exposed`` (rows exposed for the first time, a subset of ``rows``) whose call is not
-        counted yet in that iteration; answer the rows it counted."""
+        """Upsert ``rows`` (whole rows; the holding replica is their only writer; each
+        completed by ``keep_first`` with the stored row of its key) and count ``exposed``
+        (rows exposed for the first time, a subset of ``rows``) whose call is not counted yet
+        in that iteration; answer the rows it counted."""
         ...
 
     async def rows(self, experiment: str) -> list[Exposure]: ...
@@ -210,6 +233,8 @@ class FileExposureStore:
         return True
 
     async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
+        for row in rows:
+            keep_first(row, self._rows.get(row.key))
         if self._path is not None and rows:
             text = "".join(json.dumps(r.document(), separators=(",", ":")) + "\n" for r in rows)
             await asyncio.to_thread(self._append, self._path, text)

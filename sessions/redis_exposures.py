@@ -7,8 +7,10 @@ Keys (``p`` = prefix, default ``cp:``)::
     p exposed:<experiment>           hash: "<iteration>/<call id>" -> variant (counted)
     p exposure-times:<experiment>    hash: "<iteration>/<bin start>/<variant>" -> exposed calls
 
-``save`` writes a whole batch in one pipeline (one round trip per flush, never per session);
-a row is only ever written by the replica holding its session, so an upsert is safe. A count
+``save`` reads the batch's stored rows (one HMGET per experiment, one round trip) so a
+session id registered again keeps its first exposure (``keep_first``), then writes the whole
+batch in one pipeline: two round trips per flush, never one per session. A row is only ever
+written by the replica holding its session, so an upsert is safe. A count
 is idempotent and per call: an exposure is counted (and binned) only when its call's
 ``exposed`` mark is new (one script per experiment in the pipeline), so the flush's retry of
 a batch Redis already applied (a save that raised after Redis ran it) counts nothing twice,
@@ -26,7 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from sessions.errors import BackendUnavailable
-from sessions.exposures import Exposure, time_bin
+from sessions.exposures import Exposure, keep_first, time_bin
 from sessions.redis_registry import redis_client
 
 __all__ = ["RedisExposureStore"]
@@ -74,6 +76,7 @@ class RedisExposureStore:
             ))  # fmt: skip
             batches.setdefault(row.experiment, []).append(row)
         try:
+            await self._keep_first(rows)
             async with self._client.pipeline(transaction=False) as pipe:
                 for row in rows:
                     pipe.hset(
@@ -92,6 +95,22 @@ class RedisExposureStore:
         for experiment, flags in zip(batches, answers[len(rows) :], strict=True):
             counted += [row for row, flag in zip(batches[experiment], flags, strict=True) if flag]
         return counted
+
+    async def _keep_first(self, rows: Sequence[Exposure]) -> None:
+        """The batch's rows completed with their stored rows (one HMGET per experiment, in
+        one round trip): a session id registered again keeps its first exposure."""
+        batches: dict[str, list[Exposure]] = {}
+        for row in rows:
+            batches.setdefault(row.experiment, []).append(row)
+        async with self._client.pipeline(transaction=False) as pipe:
+            for experiment, batch in batches.items():
+                pipe.hmget(f"{self._p}exposures:{experiment}",
+                           [f"{r.iteration}/{r.session_id}" for r in batch])  # fmt: skip
+            stored = await pipe.execute()
+        for batch, found in zip(batches.values(), stored, strict=True):
+            for row, raw in zip(batch, found, strict=True):
+                if raw is not None:
+                    keep_first(row, Exposure.from_document(json.loads(_text(raw))))
 
     async def rows(self, experiment: str) -> list[Exposure]:
         try:

@@ -58,3 +58,28 @@ async def test_a_resumed_session_of_a_counted_call_counts_nothing_and_bins_follo
         }
     finally:
         await store.close()
+
+
+async def test_a_session_id_registered_again_keeps_its_first_exposure_in_redis(
+    own_redis: ServerProcess,
+) -> None:
+    """The row of a session id registered again (possibly on another replica) starts
+    unexposed and is exposed later: the stored first exposure stands."""
+    store = RedisExposureStore(own_redis.url, prefix="exp:")
+    try:
+        first = _exposure("s1", "a")
+        await store.save([first], [first])
+        again = _exposure("s1", "a")
+        again.first_assigned_at, again.exposed_at = 50.0, None  # its new connection
+        again.exposed_seq = again.exposed_hash = None
+        await store.save([again], [])
+        [row] = await store.rows("tone-test")
+        assert (row.first_assigned_at, row.exposed_at, row.exposed_seq) == (1.0, 2.0, 2)
+        assert again.exposed_at == 2.0  # the caller's live row carries it too
+        later = _exposure("s1", "a")
+        later.exposed_at, later.exposed_seq = 60.0, 9
+        assert await store.save([later], [later]) == []  # counted once
+        [row] = await store.rows("tone-test")
+        assert (row.exposed_at, row.exposed_seq) == (2.0, 2)
+    finally:
+        await store.close()

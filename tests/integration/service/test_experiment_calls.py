@@ -24,7 +24,14 @@ from tests.integration.service.conftest import (
     serving,
 )
 from tests.integration.service.test_experiment_truth import _agent, _cli, _rows
-from tests.integration.service.test_experiments import _exposed, _summary
+from tests.integration.service.test_experiments import (
+    KEY,
+    _doc,
+    _exposed,
+    _ids,
+    _sessions,
+    _summary,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -151,3 +158,34 @@ async def test_a_variant_applied_after_the_ack_timeout_is_exposed_when_the_late_
             at = await cp.call("GET", f"/v1/sessions/{sid}/config-at?at={entry['at'] + 0.001!r}",
                                expect=200)  # fmt: skip
             assert at["config"]["keyterms"] == ["welcome"]  # the record: it runs the variant
+
+
+async def test_a_session_id_registered_again_keeps_its_first_exposure(
+    cp: ControlPlaneUnderTest, capsys: Any
+) -> None:
+    """A control-channel app reconnects after its session ended and registers the same
+    session id (same bucket, same arm, the same hash chain continued): its exposure row is
+    kept for ever with the entry that first exposed it; the new connection's exposure once
+    replaced it (exposed_at and exposed_seq of the second connection, the first lost)."""
+    ids = _ids(KEY, control=0, warm=1)
+    await cp.publish(_doc())
+    async with _sessions(cp, ids):
+        await _exposed(cp, 1)
+    await eventually(lambda: not cp.service.engine.live, timeout=10)
+    [first] = (await cp.call("GET", f"/v1/experiments/{KEY}/assignments", expect=200))["items"]
+    async with _sessions(cp, ids):
+
+        async def reconnected_ran_it() -> bool:
+            log = await cp.log(ids[0])
+            return sum(1 for e in log if e["status"] == "acked") == 2
+
+        await eventually(reconnected_ran_it)
+        await asyncio.sleep(0.6)  # a flush later
+        [again] = (await cp.call("GET", f"/v1/experiments/{KEY}/assignments",
+                                 expect=200))["items"]  # fmt: skip
+    assert again["state"] != "ended"
+    for name in ("exposed_at", "exposed_seq", "exposed_hash", "first_assigned_at", "variant"):
+        assert again[name] == first[name], (name, first[name], again[name])
+    assert again["counted"] is True and (await _summary(cp))["exposed"] == 1
+    code, report = await _cli(cp, capsys, "experiments", "verify", KEY)
+    assert (code, report["problems"]) == (0, [])
