@@ -27,7 +27,7 @@ def summary_text(summary: dict[str, Any], table: Table) -> str:
     ]  # fmt: skip
     head = (f"experiment {summary.get('experiment')} (iteration {summary.get('iteration')}, "
             f"policy {summary.get('policy')}@{summary.get('version')}): "
-            f"{summary.get('exposed')} exposed")  # fmt: skip
+            f"{summary.get('exposed')} exposed (calls)")  # fmt: skip
     body = table(["VARIANT", "WEIGHT", "EXPECTED", "EXPOSED", "SHARE"], rows)
     return f"{head}\n{body}\n{srm_line(srm, summary.get('exposed'))}"
 

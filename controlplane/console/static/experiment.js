@@ -74,7 +74,7 @@ export function mount(main, { key }) {
       head.replaceChildren(el("h1", {}, "Experiment ", el("span", { class: "mono" }, s.experiment)),
         el("p", { class: "muted" }, `iteration ${s.iteration} · policy `,
           el("a", { href: `/ui/policies/${encodeURIComponent(s.policy)}` }, `${s.policy} v${s.version}`),
-          ` · ${s.exposed} exposed · bucketed by ${s.bucket_by}`));
+          ` · ${s.exposed} exposed (calls) · bucketed by ${s.bucket_by}`));
       const srm = s.srm || {};
       // a verdict needs volume: below min_exposures the check declares no mismatch (experiments.md)
       const enough = srm.min_exposures === undefined || s.exposed >= srm.min_exposures;
