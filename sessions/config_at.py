@@ -35,7 +35,8 @@ is checked against the entry's ``config_hash``: that check is the evidence. Rule
   when an answer established the config, else the establishing entry (``policies_by``).
 
 **Doubts.** An entry at or before the instant that leaves the upstream's configuration
-unknown is listed in ``doubts`` (``in_doubt`` true): an ``upstream`` ``unverified`` entry, and
+unknown is listed in ``doubts`` (``in_doubt`` true): an ``upstream`` ``unverified`` entry
+(until later entries set every field it names again: the session view's ``in_doubt``), and
 an answer to a push or to the connect recorded ``unverified`` with an error (no answer within
 the acknowledgement timeout); a later answer of that version at or before the instant (a late
 ``acked``, applied or ``rejected``) resolves the push's doubt. The rebuilt ``config`` is then
@@ -119,6 +120,16 @@ def _entry(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: row.get(k) for k in _ENTRY_KEYS}
 
 
+def _doubted_fields(row: Mapping[str, Any]) -> set[str] | None:
+    """The fields an ``upstream`` doubt entry names ("…; in doubt: a, b"; "none …": none);
+    None for an entry written before they were named."""
+    error = str(row.get("error") or "")
+    if "; in doubt: " not in error:
+        return None
+    named = error.rpartition("; in doubt: ")[2]
+    return set() if named.startswith("none") else set(named.split(", "))
+
+
 def _is_connect(row: Mapping[str, Any]) -> bool:
     return row.get("cause") == "connect" and row.get("version") == 1
 
@@ -182,6 +193,8 @@ class _Rebuild:
         self.meaning = ""
         self.named: dict[Any, Mapping[str, Any]] = {}  # config version -> last `unchanged`
         self.doubts: dict[Any, Mapping[str, Any]] = {}  # key -> the entry leaving it unknown
+        # an upstream doubt's fields still in doubt (None: not named, an older entry)
+        self.doubted: dict[Any, set[str] | None] = {}
 
     def check(self, row: Mapping[str, Any], config: Mapping[str, Any]) -> None:
         self.result.checked += 1
@@ -240,11 +253,15 @@ class _Rebuild:
                 self.establish(row, self._unanswered("connect parameters"))
         elif cause == "upstream":  # (a Streaming v3 Warning no update explains)
             self.check(row, self.config)
-            self.doubts[("upstream", row["seq"])] = row
+            named = _doubted_fields(row)
+            if named is None or named:  # (an old entry naming none: in doubt for good)
+                self.doubts[("upstream", row["seq"])] = row
+                self.doubted[("upstream", row["seq"])] = named
             self.note(row, f"{row.get('error')}; the config is kept as recorded, in doubt")
         elif cause == "client":
             if status in ("sent", "acked"):
                 self.config = apply(self.config, delta)
+                self._settle(delta)
                 self.check(row, self.config)
                 self.establish(row, "the client's own update, forwarded to the upstream"
                                if status == "sent" else
@@ -262,6 +279,7 @@ class _Rebuild:
                 self.pending[version] = (candidate, row)
             else:
                 self.config = candidate
+                self._settle(delta)
                 self.establish(row, self._unanswered("pushed"))
         elif status in ("acked", "unverified"):
             self._answer(row, status)
@@ -329,6 +347,7 @@ class _Rebuild:
         self.check(row, candidate)
         if status == "acked" or applied:
             self.doubts.pop(("push", version), None)  # (a late answer resolves it)
+            self._settle(row.get("delta") or {})
         else:
             self.doubts[("push", version)] = row
         if status == "acked":
@@ -341,6 +360,17 @@ class _Rebuild:
         else:
             self.note(row, f"version {version}: {row.get('error')}; the previous config is "
                       "kept (the upstream may or may not have applied it)")  # fmt: skip
+
+    def _settle(self, fields: Mapping[str, Any]) -> None:
+        """An update setting ``fields`` took effect: an ``upstream`` doubt ends once every
+        field it named was set again (what the session view's ``in_doubt`` says)."""
+        for key, named in list(self.doubted.items()):
+            if named is None:
+                continue
+            named.difference_update(fields)
+            if not named:
+                del self.doubted[key]
+                self.doubts.pop(key, None)
 
     def _unanswered(self, what: str) -> str:
         if self.acknowledging:

@@ -29,11 +29,13 @@ __all__ = [
     "RETIRES",
     "ROLLBACKS",
     "SAME_POLICY_RACES",
+    "SLOW_UPSTREAMS",
     "SPLITS",
     "STREAMING_REJECTIONS",
     "Op",
     "disabled_classes",
     "next_op",
+    "slow_step",
 ]
 
 # -- interleaving classes (True = exercised) ------------------------------------------------
@@ -72,12 +74,19 @@ LATE_ANSWERS: Final = True
 # a gateway session gone mid-push (the client closed its socket right after a publish, or the
 # upstream dropped the connection after handling the push), then a new session
 DISCONNECTS: Final = True
+# some steps run with one gateway Voice Agent session's upstream slowed to near the
+# acknowledgement timeout (emulator latency 0.6-1.4 x ACK_TIMEOUT_S per message): answers race
+# the timeout, land just after it (late) or just before, with pushes and client updates
+# queued behind them. Drawn from a generator of its own (``slow_step``): the operations of a
+# seed are the same with the class on or off
+SLOW_UPSTREAMS: Final = True
 
 _CLASSES: Final = {
     "CLIENT_UPDATES": CLIENT_UPDATES, "PRESETS": PRESETS, "LOCKS": LOCKS, "RETIRES": RETIRES,
     "ROLLBACKS": ROLLBACKS, "RELABELS": RELABELS, "SPLITS": SPLITS,
     "AGENT_PUSH_REJECTIONS": AGENT_PUSH_REJECTIONS, "AGENT_REJECTIONS": AGENT_REJECTIONS,
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
+    "SLOW_UPSTREAMS": SLOW_UPSTREAMS,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
     "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
     "RACING_PUBLISHES": RACING_PUBLISHES, "SAME_POLICY_RACES": SAME_POLICY_RACES,
@@ -329,3 +338,17 @@ def _late_or_gone(rng: random.Random, actors: list[tuple[str, str, str]], active
     body = {"policy": _pushed_to(rng, kind, pid), "drop": drop, "resume": drop and kind ==
             "voice-agent-v1" and rng.random() < 0.6}  # fmt: skip
     return Op("gone", name, body)
+
+
+SLOW_SHARE: Final = 0.12  # of the steps
+
+
+def slow_step(rng: random.Random, actors: list[tuple[str, str, str]]) -> tuple[str, float] | None:
+    """With SLOW_UPSTREAMS, sometimes (``SLOW_SHARE``) a gateway Voice Agent session whose
+    upstream is slowed for this step, and by how much (a factor of the acknowledgement
+    timeout, 0.6-1.4); ``rng`` is the runner's own generator for it (never the operations')."""
+    roll, factor = rng.random(), round(rng.uniform(0.6, 1.4), 2)
+    agents = [a[0] for a in actors if a[1] == "voice-agent-v1" and a[2] == "gateway"]
+    if not SLOW_UPSTREAMS or roll >= SLOW_SHARE or not agents:
+        return None
+    return rng.choice(agents), factor

@@ -51,6 +51,7 @@ from tests.integration.differential.scenario import (
     Op,
     disabled_classes,
     next_op,
+    slow_step,
 )
 from tests.integration.differential.views import diff_views, doubted, emulator_view, recorded_view
 from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator
@@ -317,19 +318,31 @@ class Run:
             body = await resp.json()
         return int(body["total"]["control_messages"])
 
-    async def quiesce(self) -> float:
+    async def slow_down(self, slow: tuple[str, float] | None) -> str | None:
+        """SLOW_UPSTREAMS: the session's upstream handles each message ``factor`` x the
+        acknowledgement timeout late during this step (recorded in the history); its upstream
+        id (the runner clears the latency once the step settled)."""
+        if slow is None:
+            return None
+        name, factor = slow
+        upstream = self.actors[name].upstream_id
+        self.history.append(f"slow {name} x{factor}")
+        await self.emulator.faults(upstream, {"latency_ms": factor * ACK_TIMEOUT_S * 1000})
+        return upstream
+
+    async def quiesce(self, timeout_s: float = QUIESCE_TIMEOUT_S) -> float:
         """Wait until nothing moves: no push in flight or due, no app waiting for an answer,
         every gateway Voice Agent client answered at least once per message (a message the
         gateway holds behind an update whose answer it cannot attribute waits for that update's
         acknowledgement timeout), the emulator's message count unchanged for QUIET_POLLS polls.
         Returns that instant."""
-        deadline = time.monotonic() + QUIESCE_TIMEOUT_S
+        deadline = time.monotonic() + timeout_s
         last: int | None = None
         quiet = 0
         while quiet < QUIET_POLLS:
             if time.monotonic() > deadline:
                 await self.fail("no quiescence within "
-                          f"{QUIESCE_TIMEOUT_S} s (a push or an answer never came)")  # fmt: skip
+                          f"{timeout_s} s (a push or an answer never came)")  # fmt: skip
             await asyncio.sleep(POLL_S)
             count = await self._emulator_messages()
             settled = (self._engine_settled()
@@ -501,11 +514,16 @@ async def run_scenario(run: Run, steps: int) -> None:
         await run.check_now(quiet_from, 0)
         active: set[str] = set()
         names = [(n, a.kind, a.via) for n, a in run.actors.items()]
+        slow_rng = random.Random(run.seed ^ 0x510)  # (SLOW_UPSTREAMS: not the operations')
         for step in range(1, steps + 1):
             op = next_op(rng, names, active)
+            slow = slow_step(slow_rng, names)
             run.windows.append((quiet_from, time.time()))
+            upstream = await run.slow_down(slow)
             await run.apply(op)
-            quiet_from = await run.quiesce()
+            quiet_from = await run.quiesce(QUIESCE_TIMEOUT_S * (2 if slow else 1))
+            if upstream is not None:
+                await run.emulator.faults(upstream, {"latency_ms": 0})
             await run.check_now(quiet_from, step)
         run.windows.append((quiet_from, time.time()))
         await run.check_timelines(rng)

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,7 @@ async def test_a_streaming_doubt_shows_in_the_session_view_until_an_update_sets_
         assert truth["max_turn_silence"] != 2200  # dropped: the record says it may be wrong
         [doubt] = [e for e in await cp.log(sid) if e["cause"] == "upstream"]
         assert doubt["error"].endswith("in doubt: max_turn_silence_ms"), doubt
+        assert (await _config_at_now(cp, sid))["in_doubt"] is True  # (audit at says it too)
         await stream.update({"max_turn_silence": 2300})  # (the fault is spent: applied)
         await eventually(lambda: _settled(cp, sid), timeout=5)
         shown = await cp.session(sid)
@@ -188,8 +190,15 @@ async def test_a_streaming_doubt_shows_in_the_session_view_until_an_update_sets_
         assert truth["max_turn_silence"] == 2300
         assert shown["running_config"]["max_turn_silence_ms"] == 2300
         assert (shown["state"], shown["in_doubt"]) == ("synced", [])
+        answer = await _config_at_now(cp, sid)
+        assert (answer["in_doubt"], answer["doubts"]) == (False, []), answer
     finally:
         await stream.close()
+
+
+async def _config_at_now(cp: ControlPlaneUnderTest, sid: str) -> dict[str, Any]:
+    path = f"/v1/sessions/{sid}/config-at?at={time.time()!r}"
+    return dict(await cp.call("GET", path, expect=200))
 
 
 async def _doubted(cp: ControlPlaneUnderTest, sid: str) -> bool:
