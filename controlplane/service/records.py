@@ -222,10 +222,44 @@ class SessionRecords:
     async def config_at(
         self, session_id: str, at: float, *, public_keys: Sequence[str] = ()
     ) -> dict[str, Any]:
+        """By an upstream id, the session of that call running at ``at``: a Voice Agent call
+        resumed through the gateway is several sessions sharing it (the id's index names the
+        latest), so an instant before the latest one began is answered by the call's session
+        that began last before it (docs/api.md, config-at)."""
         trusted = parse_public_keys(public_keys)
-        session_id = await self.resolve_session_id(session_id)
+        ref, session_id = session_id, await self.resolve_session_id(session_id)
         trail = await self._audit_trail(session_id)
-        return await asyncio.to_thread(config_at_answer, trail, session_id, at, trusted)
+        try:
+            return await asyncio.to_thread(config_at_answer, trail, session_id, at, trusted)
+        except NotFound as exc:
+            if exc.code != "before_session" or ref == session_id:
+                raise
+            earlier = await self._call_session_at(ref, at)
+            if earlier is None or earlier == session_id:
+                raise
+        trail = await self._audit_trail(earlier)
+        return await asyncio.to_thread(config_at_answer, trail, earlier, at, trusted)
+
+    async def _call_session_at(self, upstream_id: str, at: float) -> str | None:
+        """The session with upstream id ``upstream_id`` created last at or before ``at`` (a
+        registry scan: only for an audit question about a resumed call's earlier part)."""
+        best: Session | None = None
+        cursor: str | None = None
+
+        def of_call(s: Session) -> bool:
+            return s.upstream_id == upstream_id
+
+        while True:
+            with backend("listing sessions"):
+                page = await self._registry.list(
+                    of_call, include_ended=True, limit=1000, cursor=cursor
+                )
+            for s in page.items:
+                if s.created_at <= at and (best is None or s.created_at > best.created_at):
+                    best = s
+            if page.next is None:
+                return None if best is None else best.id
+            cursor = page.next
 
     async def _audit_trail(self, session_id: str | None) -> Trail:
         """Another replica's session from the durable audit stream, else the local log."""
