@@ -29,10 +29,13 @@ const entryText = (e) => `#${e.seq ?? "?"} ${e.cause}/${e.status} v${e.version}`
 /** The answer of GET …/config-at as `controlplane audit at` prints it: the configuration, the
  *  entry that established it and what that means (never "acknowledged" unless it was), the
  *  pushes in flight, the doubts (entries that leave what the upstream runs unknown), notes. */
-function configAt(body) {
+function configAt(body, shown) {
   const est = body.established_by || {};
   const doubts = body.doubts || [];
   return el("div", { class: "panel" },
+    el("p", { "data-testid": "config-at-session", "data-session": body.session_id },
+      body.session_id === shown ? `session ${body.session_id}`
+        : el("b", {}, `the call's earlier session ${body.session_id} (this session began later)`)),
     el("p", {}, "audit chain ", el("span", { "data-testid": "config-at-verified", "data-verified": String(body.verified) },
       badge(body.verified ? "verified" : "NOT VERIFIED", body.verified ? "acked" : "rejected")),
     body.policies ? ` · ${policyRefs(body.policies)}` : ""),
@@ -72,8 +75,10 @@ export function mount(main, { id }) {
   show.addEventListener("click", async () => {
     result.replaceChildren(el("p", { class: "muted" }, "…"));
     try {
-      const body = await api(`/v1/sessions/${encodeURIComponent(canonical || id)}/config-at?at=${encodeURIComponent(at.value.trim())}`);
-      result.replaceChildren(configAt(body));
+      // asked by the page's id, as `audit at ID` is: by an upstream id, a resumed call's
+      // earlier session answers the instants before this one began
+      const body = await api(`/v1/sessions/${encodeURIComponent(id)}/config-at?at=${encodeURIComponent(at.value.trim())}`);
+      result.replaceChildren(configAt(body, canonical));
     } catch (err) {
       result.replaceChildren(el("p", { class: "error", "data-testid": "config-at-error" }, err.message));
     }

@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import pytest
+import websockets
 from assemblyai.streaming.v3 import (
     AsyncRealTimeTranscriber,
     BeginEvent,
@@ -118,3 +119,52 @@ async def test_config_at_in_the_console_equals_audit_at_and_a_doubt_never_reads_
         await screenshot(page, "session-doubt")
     finally:
         await client.disconnect(terminate=True)
+
+
+async def test_a_resumed_calls_page_answers_an_earlier_instant_from_its_first_session(
+    stack: ControlPlaneUnderTest, emulator: Emulator, page: Page
+) -> None:
+    """Opened by the call's upstream id, the page shows the latest session of a resumed Voice
+    Agent call; an instant during its first session is answered from that session (as
+    ``audit at UPSTREAM_ID``), and the page says which session answered."""
+    doc = {"id": "resumed", "match": {"labels": {"team": "resume"}}}
+    headers = {"Authorization": "Bearer test-key", "X-Session-Labels": "team=resume"}
+
+    async def call(first: dict[str, Any]) -> tuple[Any, str]:
+        ws = await websockets.connect(stack.ws_base + "/v1/ws", additional_headers=headers)
+        await ws.send(json.dumps(first))
+        while True:
+            message = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            if message["type"] == "session.ready":
+                return ws, str(message["session_id"])
+
+    ws, upstream_id = await call({"type": "session.update", "session": {}})
+    first = stack.live_by_upstream(upstream_id)
+    await stack.publish({**doc, "set": {"keyterms": ["Alpha"]}})
+
+    async def acked() -> float | None:
+        log = await stack.log(first)
+        return next((e["at"] for e in log if e["status"] == "acked" and e["cause"] == "policy"),
+                    None)  # fmt: skip
+
+    during_first = await eventually(acked) + 0.01
+    await emulator.faults(upstream_id, {"drop_after_messages": 1})
+    await stack.publish({**doc, "set": {"keyterms": ["Beta"]}})
+    await eventually(lambda: first not in stack.service.engine.live, timeout=10)
+    await ws.close()
+    resumed, _ = await call({"type": "session.resume", "session_id": upstream_id})
+    try:
+        second = stack.live_by_upstream(upstream_id)
+        await page.goto(f"{stack.base}/ui/sessions/{upstream_id}#token=tok-compliance")
+        await expect(page.get_by_test_id("session-id")).to_have_text(second)
+        await page.get_by_test_id("config-at-input").fill(repr(during_first))
+        await page.get_by_test_id("config-at-show").click()
+        await expect(page.get_by_test_id("config-at-session")).to_have_attribute(
+            "data-session", first
+        )
+        shown = json.loads(await page.get_by_test_id("config-at-config").inner_text())
+        _, said, _ = await asyncio.to_thread(_cli_at, stack, upstream_id, during_first)
+        assert said["session_id"] == first and shown == said["config"]
+        assert shown["keyterms"] == ["Alpha"]
+    finally:
+        await resumed.close()
