@@ -51,8 +51,28 @@ function configAt(body, shown) {
     (body.pending || []).map((p) => el("p", { "data-testid": "config-at-pending", "data-version": p.version },
       `in flight at that instant: version ${p.version} sent at #${(p.sent || {}).seq}, then `
       + (p.answer ? `${p.answer.status} at #${p.answer.seq} (${when(p.answer.at)})` : "no answer recorded"))),
+    proof(body),
     body.notes && body.notes.length ? el("ul", { class: "muted" }, body.notes.map((n) =>
       el("li", { "data-testid": "config-at-note" }, n))) : null);
+}
+
+/** The proof behind the answer, as `audit at` prints it: the rebuild's config_hash checks, the
+ *  hash chain, and whether a signed checkpoint covers the establishing entry yet. */
+function proof(body) {
+  const rebuild = body.rebuild || {};
+  const chain = body.chain || {};
+  const ck = body.checkpoint || {};
+  const failures = rebuild.failures || [];
+  return el("ul", { "data-testid": "config-at-proof" },
+    el("li", { "data-testid": "config-at-rebuild", "data-checked": rebuild.checked ?? "",
+      "data-failures": failures.length },
+      `rebuild: seq 1 to seq ${rebuild.entries_replayed ?? "?"}, ${rebuild.checked ?? 0} config_hash check(s), `
+      + (failures.length ? `${failures.length} FAILED` : "all passed")),
+    el("li", { "data-testid": "config-at-chain", "data-ok": String(Boolean(chain.ok)) },
+      chain.ok ? "hash chain: ok" : `hash chain: BROKEN at seq ${chain.first_bad_seq}: ${chain.problem}`),
+    el("li", { "data-testid": "config-at-checkpoint", "data-covered": String(Boolean(ck.covered)) },
+      ck.covered ? `covered by signed checkpoint ${ck.node} #${ck.seq} (commits to seq ${ck.committed_seq})`
+        : "NOT covered by a signed checkpoint yet"));
 }
 
 export function mount(main, { id }) {

@@ -116,6 +116,20 @@ async def test_config_at_in_the_console_equals_audit_at_and_a_doubt_never_reads_
         assert "acked" not in badges and "in doubt" in badges, badges
         notes = await page.get_by_test_id("config-at-note").all_inner_texts()
         assert notes == said["notes"]
+        # the proof, as audit at prints it: rebuild checks, the chain, checkpoint coverage
+        rebuild = page.get_by_test_id("config-at-rebuild")
+        await expect(rebuild).to_have_attribute("data-checked", str(said["rebuild"]["checked"]))
+        await expect(rebuild).to_have_attribute(
+            "data-failures", str(len(said["rebuild"]["failures"]))
+        )
+        await expect(page.get_by_test_id("config-at-chain")).to_have_attribute(
+            "data-ok", str(said["chain"]["ok"]).lower()
+        )
+        await expect(page.get_by_test_id("config-at-checkpoint")).to_have_attribute(
+            "data-covered", str(bool(said["checkpoint"].get("covered"))).lower()
+        )
+        covered = "is covered by checkpoint" in text
+        assert covered == bool(said["checkpoint"].get("covered"))
         await screenshot(page, "session-doubt")
     finally:
         await client.disconnect(terminate=True)
