@@ -171,7 +171,8 @@ class Metrics:
         )
         self.experiment_exposures = Counter(
             p + "experiment_exposures_total",
-            "Sessions exposed to an experiment variant (first run of its configuration)",
+            "Calls exposed to an experiment variant (first run of its configuration; "
+            "a resumed call counts once)",
             ["experiment", "variant"],
             registry=r,
         )
