@@ -30,11 +30,32 @@ COPY policies ./policies
 COPY emulator ./emulator
 
 # All runtime dependencies ship manylinux wheels for CPython 3.11 (aiohttp, uvloop,
-# pydantic-core, ...), so no compiler is needed; --only-binary keeps it that way.
+# pydantic-core, ...), so installing needs no compiler; --only-binary keeps it that way.
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install --only-binary=:all: /wheels/*.whl \
+ && /opt/venv/bin/pip install --only-binary=:all: /wheels/*.whl
+
+# The compiled build (docs/architecture.md, "The compiled build"): the fan-out's per-session
+# modules (sessions/native.py) compiled by mypyc against the installed dependencies, copied
+# next to the installed sources with their manifest; the compiler, mypy and pip stay in this
+# stage. `controlplane --help` imports the package: sessions.native.guard() refuses a build
+# that does not match the sources it was built from, so a bad copy fails the image build.
+# (--build-arg CONTROLPLANE_PURE=1: no compiled build, the sources run.)
+ARG CONTROLPLANE_PURE=0
+COPY build_native.py ./
+RUN if [ "$CONTROLPLANE_PURE" != 1 ]; then \
+        apt-get update && apt-get install --yes --no-install-recommends gcc libc6-dev \
+     && /opt/venv/bin/pip install --only-binary=:all: mypy==2.4.1 \
+     && /opt/venv/bin/python build_native.py --require \
+     && site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
+     && find controlplane sessions -name '*.so' -exec cp --parents {} "$site"/ \; \
+     && cp controlplane_native__mypyc.*.so "$site"/ \
+     && cp sessions/native-build.json "$site"/sessions/ \
+     && /opt/venv/bin/pip uninstall --yes mypy ast-serialize librt pathspec; \
+    fi \
  && /opt/venv/bin/pip uninstall --yes pip \
- && /opt/venv/bin/controlplane --help > /dev/null
+ && /opt/venv/bin/controlplane --help > /dev/null \
+ && /opt/venv/bin/python -c 'from sessions import native; import controlplane.app; \
+        loaded = native.compiled_modules(); print("compiled:", sum(loaded.values()), "of", len(loaded))'
 
 # ---------------------------------------------------------------------------------------
 # runtime: slim base, the venv, a non-root user; no compilers, no pip, no build tools

@@ -8,7 +8,13 @@ STAMP := $(VENV)/.installed
 # framework extras (`make install`, `make test` add them)
 SERVE_STAMP := $(VENV)/.installed-service
 
-.PHONY: install serve emulator test lint types imports check bench clean
+# The compiled build (mypyc: the fan-out's per-session modules listed in sessions/native.py):
+# `build_native.py` rebuilds it when a source changed and does nothing otherwise, so `make
+# test` and `make serve` never run a stale one; without mypyc or a C compiler, or with
+# CONTROLPLANE_PURE=1, the sources run (docs/architecture.md, "The compiled build").
+NATIVE := $(BIN)/python build_native.py --quiet
+
+.PHONY: install native serve emulator test lint types imports check bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,14 +29,21 @@ $(SERVE_STAMP): pyproject.toml
 	touch $(SERVE_STAMP)
 
 install: $(STAMP)
+	$(NATIVE)
+
+native: $(STAMP)
+	$(NATIVE)
 
 serve: $(SERVE_STAMP)
+	$(NATIVE)
 	$(BIN)/controlplane serve
 
 emulator: $(SERVE_STAMP)
+	$(NATIVE)
 	$(BIN)/controlplane emulator
 
 test: $(STAMP)
+	$(NATIVE)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
@@ -47,6 +60,7 @@ check: lint types imports test
 
 # A few minutes on 2 cores; docs/benchmarks.md has the full sizes and the recorded figures.
 bench: $(STAMP)
+	$(NATIVE)
 	$(BIN)/python loadtest/bench_emulator_idle.py --sessions 2000
 	$(BIN)/python loadtest/bench_propagation.py --variant control --sessions 5000 --runs 3
 	$(BIN)/python loadtest/bench_propagation.py --variant gateway --sessions 1000 --runs 3
@@ -57,4 +71,5 @@ bench: $(STAMP)
 	$(BIN)/python loadtest/bench_audio_latency.py --sessions 100 --seconds 10 --runs 1
 
 clean:
+	-$(PY) build_native.py --clean
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

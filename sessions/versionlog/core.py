@@ -23,6 +23,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol, TypeAlias
 
+from mypy_extensions import mypyc_attr
+
 from policies.provenance import PolicyRef
 from sessions.clock import Clock
 from sessions.errors import VersionLogError
@@ -192,6 +194,8 @@ def reseal(items: Iterable[Pending], session_id: str, tail: tuple[int, str]) -> 
     return seq, digest
 
 
+# compiled (sessions.native); backends, and tests' fault-injecting logs, derive from it
+@mypyc_attr(allow_interpreted_subclasses=True)
 class BufferedVersionLog:
     """Chaining, buffering, group commit and the background flusher; backends add storage."""
 

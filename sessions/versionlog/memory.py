@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from sessions.clock import Clock
 from sessions.versionchain import LogEntry, VerifyReport, verify_entries
 from sessions.versionlog.core import BufferedVersionLog, Pending, parse_entries
@@ -13,6 +15,7 @@ from sessions.versionlog.core import BufferedVersionLog, Pending, parse_entries
 __all__ = ["MemoryVersionLog"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (compiled: tests derive fault-injecting logs)
 class MemoryVersionLog(BufferedVersionLog):
     """In-process log for tests and demos. ``storage`` holds the flushed rows (plain dicts
     exactly as a durable backend would hold them), per session, in append order."""

@@ -155,6 +155,7 @@ def is_ignored(path: str) -> bool:
         "emulator/server.py",
         "emulator/assets/x.wav",
         "controlplane/py.typed",
+        "build_native.py",  # the image compiles its own build (docs/architecture.md)
     ],
 )
 def test_build_context_keeps_what_the_wheel_needs(path: str) -> None:
@@ -173,6 +174,9 @@ def test_build_context_keeps_what_the_wheel_needs(path: str) -> None:
         "controlplane/__pycache__/cli.cpython-311.pyc",
         ".mypy_cache/3.11/x.json",
         "loadtest/locustfile.py",
+        # a compiled build of the host's (the image builds its own)
+        "controlplane/push/protocol.cpython-311-x86_64-linux-gnu.so",
+        "sessions/native-build.json",
     ],
 )
 def test_build_context_leaves_out_local_state(path: str) -> None:

@@ -1,0 +1,99 @@
+"""The compiled build (``sessions.native``, ``build_native.py``): when it exists, the listed
+modules are the ones loaded; a build whose sources changed is refused, never run;
+``CONTROLPLANE_PURE=1`` runs the sources.
+
+``.ci/run`` sets ``CONTROLPLANE_EXPECT_COMPILED=1``: there a missing build fails (a build that
+silently did not happen would otherwise leave the suite testing the sources only).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from sessions import native
+
+
+def test_with_a_build_every_listed_module_runs_compiled_and_without_one_none_does() -> None:
+    for module in native.COMPILED:
+        importlib.import_module(module)
+    loaded = native.compiled_modules()
+    assert sorted(loaded) == sorted(native.COMPILED)
+    built = native.manifest()
+    if os.environ.get(native.PURE_ENV) == "1":
+        assert not any(loaded.values()), loaded  # asked for the sources: every one of them
+        return
+    if os.environ.get("CONTROLPLANE_EXPECT_COMPILED") == "1":
+        assert built is not None, "CONTROLPLANE_EXPECT_COMPILED=1 but nothing is built"
+    if built is None:
+        assert not any(loaded.values()), loaded
+    else:
+        assert sorted(built["modules"]) == sorted(native.COMPILED)
+        interpreted = [m for m, compiled in loaded.items() if not compiled]
+        assert interpreted == [], f"built, but loaded from source: {interpreted}"
+
+
+def _fake_tree(tmp_path: Path, source: str, built_from: str) -> Path:
+    """A checkout with ``sessions.native`` and one compiled module ``sessions.fake`` whose
+    extension is garbage (loading it would fail loudly) and whose build recorded
+    ``built_from`` as its source."""
+    pkg = tmp_path / "sessions"
+    pkg.mkdir()
+    shutil.copy(native.__file__, pkg / "native.py")
+    (pkg / "__init__.py").write_text("from sessions.native import guard\n\nguard()\n")
+    (pkg / "fake.py").write_text(source)
+    native.extension_path("sessions.fake", tmp_path).write_bytes(b"not an extension")
+    digest = hashlib.sha256(built_from.encode()).hexdigest()
+    manifest = {
+        "python": sys.implementation.cache_tag,
+        "modules": {"sessions.fake": "sessions/fake.so"},
+        "sources": {"sessions/fake.py": digest},
+    }
+    (pkg / native.MANIFEST.name).write_text(json.dumps(manifest))
+    return tmp_path
+
+
+def _run(root: Path, code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if k != native.PURE_ENV}
+    return subprocess.run([sys.executable, "-c", code], cwd=root, text=True, capture_output=True,
+                          env={**environ, "PYTHONPATH": str(root), **env}, timeout=30,
+                          check=False)  # fmt: skip
+
+
+def test_a_build_whose_source_changed_is_refused_with_the_file_and_the_fix(
+    tmp_path: Path,
+) -> None:
+    root = _fake_tree(tmp_path, "VALUE = 2\n", built_from="VALUE = 1\n")
+    assert native.problems(root, compiled=()) == ["sessions/fake.py changed since the build"]
+    done = _run(root, "import sessions.fake")
+    assert done.returncode != 0
+    assert "StaleBuild" in done.stderr
+    assert "sessions/fake.py changed since the build" in done.stderr
+    assert "make native" in done.stderr and "CONTROLPLANE_PURE=1" in done.stderr
+
+
+def test_pure_runs_the_sources_even_with_a_build(tmp_path: Path) -> None:
+    root = _fake_tree(tmp_path, "VALUE = 2\n", built_from="VALUE = 1\n")
+    done = _run(root, "import sessions.fake as f; print(f.VALUE, f.__file__)",
+                CONTROLPLANE_PURE="1")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    value, path = done.stdout.split()
+    assert value == "2" and path.endswith("fake.py")
+
+
+def test_an_unchanged_build_passes_and_a_half_removed_one_does_not(tmp_path: Path) -> None:
+    root = _fake_tree(tmp_path, "VALUE = 1\n", built_from="VALUE = 1\n")
+    assert native.problems(root, compiled=()) == []
+    native.extension_path("sessions.fake", root).unlink()
+    assert native.problems(root, compiled=()) == ["sessions.fake: compiled extension missing"]
+    native.extension_path("sessions.fake", root).write_bytes(b"x")
+    (root / "sessions" / native.MANIFEST.name).unlink()
+    assert native.problems(root, compiled=("sessions.fake",)) == [
+        "sessions.fake: compiled extension without a build manifest"
+    ]
