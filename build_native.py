@@ -118,7 +118,7 @@ def _toolchain() -> str | None:
 
 def build() -> None:
     from mypyc.build import mypycify
-    from setuptools import Distribution
+    from setuptools import Distribution  # type: ignore[import-untyped]
 
     os.chdir(ROOT)  # mypy reads its settings from pyproject.toml
     paths = [native.source_path(m, ROOT).relative_to(ROOT).as_posix() for m in native.COMPILED]
@@ -126,9 +126,9 @@ def build() -> None:
                           target_dir="build/native")  # fmt: skip
     dist = Distribution({"name": GROUP, "ext_modules": extensions})
     command = dist.get_command_obj("build_ext")
-    command.inplace = True  # type: ignore[attr-defined]
-    command.build_temp = "build/native/temp"  # type: ignore[attr-defined]
-    command.parallel = os.cpu_count() or 1  # type: ignore[attr-defined]
+    command.inplace = True  # (next to the sources)
+    command.build_temp = "build/native/temp"
+    command.parallel = os.cpu_count() or 1
     dist.run_command("build_ext")
 
 

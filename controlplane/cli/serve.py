@@ -28,6 +28,7 @@ from controlplane.cluster.nats_bus import redact
 from controlplane.config import Settings, SettingsError, add_flags, flag_values, parse_listen
 from controlplane.errors import ControlPlaneError
 from controlplane.tls import tls_context
+from sessions import native
 
 __all__ = ["register", "run", "settings_from_args"]
 
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         app = build_app(settings)
         app[DRAIN_ON_SIGNALS] = True
         web.run_app(  # the banner once the socket listens, not before
-            app, host=host, port=port, print=lambda _: print(banner, flush=True),
+            app, host=host, port=port, print=lambda _: print(f"{banner}, {_build()}", flush=True),
             ssl_context=tls, shutdown_timeout=settings.shutdown_grace_s + 5.0, access_log=None,
         )  # fmt: skip
     except ControlPlaneError as exc:  # e.g. NATS unreachable at start: say so, no traceback
@@ -174,6 +175,14 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 # 50,000: more than linear), 0–1 with 10,000 (loadtest/bench_scale_inproc.py,
 # docs/benchmarks.md). A young pass over 10,000 objects takes well under a millisecond.
 GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def _build() -> str:
+    """Whether the fan-out's per-session modules run compiled (docs/architecture.md, "The
+    compiled build"): asked once the app is built (they are imported then)."""
+    loaded = native.compiled_modules()
+    compiled = sum(loaded.values())
+    return f"{compiled} of {len(loaded)} modules compiled" if compiled else "interpreted"
 
 
 def _mode(settings: Settings) -> str:

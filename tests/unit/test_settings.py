@@ -21,6 +21,8 @@ CHART = ROOT / "deploy" / "helm" / "controlplane"
 DOCS += [CHART / "README.md", CHART / "values.yaml", *sorted((CHART / "templates").glob("*.yaml"))]
 # variables of the client commands (controlplane/cli/main.py), not of serve
 CLIENT_VARIABLES = {"CONTROLPLANE_URL", "CONTROLPLANE_TOKEN"}
+# variables of the compiled build (sessions/native.py, build_native.py, .ci/run), not of serve
+CLIENT_VARIABLES |= {"CONTROLPLANE_PURE", "CONTROLPLANE_EXPECT_COMPILED"}
 ENV = {spec.env: spec for spec in SETTINGS}
 FLAGS = {spec.flag: spec for spec in SETTINGS if spec.flag}
 
@@ -200,6 +202,7 @@ def test_every_setting_is_read_somewhere() -> None:
 # placeholder spelling of a boolean's pair; docs/loadtest.md and benchmarks.md quote the
 # benchmark scripts' own flags and are not checked
 FOREIGN_FLAGS = {"--build-arg", "--no-templates", "--checks", "--name", "--no-name"}
+FOREIGN_FLAGS |= {"--require", "--clean"}  # build_native.py's (the compiled build)
 
 
 def _all_flags(parser: argparse.ArgumentParser) -> set[str]:
