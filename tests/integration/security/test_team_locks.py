@@ -95,6 +95,10 @@ async def test_another_compliance_teams_higher_priority_policy_stored_earlier_do
         assert await eventually(converged)
         async with websockets.connect(cp.ws_base + CONNECT, additional_headers=HEADERS) as ws:
             assert await _silence_everywhere(cp, emulator, await _begin(ws)) == (2500,) * 3
+        # risk may change its policy, but not roll it back to the version that sets the field
+        await cp.publish({**RISK, "set": {"vad_threshold": 0.5}}, token="tok-risk")
+        error = await _locked(cp, "/v1/policies/risk-turns/rollback", {"to": 1})
+        assert (error["details"]["owner_team"], error["details"]["team"]) == ("legal", "risk")
         # legal's own policies (any of its tokens) and an admin's may still set it
         mine = {**RISK, "id": "legal-fast", "set": {"max_turn_silence_ms": 1800}}
         await cp.publish(mine, token="tok-legal-2")
