@@ -1,15 +1,13 @@
 """The per-session version log: the ``VersionLog`` protocol, buffering and group commit.
 
-Entries, canonical JSON and the hash chain are in ``sessions.versionchain``; the backends are
-``sessions.versionlog.memory``, ``sessions.versionlog.file`` (JSONL) and
-``sessions.versionlog.redis_log``. This module re-exports the chain's names, so
-``from sessions.versionlog.core import X`` serves them.
+Entries, canonical JSON and the hash chain are in ``sessions.versionchain`` (re-exported
+here); the backends are ``memory``, ``file`` (JSONL) and ``redis_log`` in ``sessions.versionlog``.
 
 ``append()`` is synchronous: it chains the entry from an in-memory tail per session and
 buffers the write, so the push hot path never awaits I/O. ``flush()`` makes everything
 appended so far durable in one batch (group commit); on failure it raises and keeps the batch
-for the next attempt, and a flush that is cancelled still finishes its write. ``start()``
-runs a background flusher (every ``flush_interval_s``); ``close()`` stops it and flushes.
+for the next attempt, and a flush that is cancelled still finishes its write. ``start()`` runs
+a background flusher (every ``flush_interval_s``); ``close()`` stops it and flushes.
 """
 
 from __future__ import annotations
@@ -194,8 +192,7 @@ def reseal(items: Iterable[Pending], session_id: str, tail: tuple[int, str]) -> 
     return seq, digest
 
 
-# compiled (sessions.native); backends, and tests' fault-injecting logs, derive from it
-@mypyc_attr(allow_interpreted_subclasses=True)
+@mypyc_attr(allow_interpreted_subclasses=True)  # (compiled: backends and test logs derive)
 class BufferedVersionLog:
     """Chaining, buffering, group commit and the background flusher; backends add storage."""
 
