@@ -92,7 +92,7 @@ _PATHS: dict[str, Any] = {
             "List live sessions",
             _V,
             json_content(ref("SessionList"), "a page of sessions"),
-            errors=(400,),
+            errors=(400, 429),
             params=("Selector", "Kind", "State", "Limit", "Cursor", "UpstreamId"),
         )
     },

@@ -214,8 +214,9 @@ def _wants_csv(request: web.Request) -> bool:
 class _Handlers:
     """Route handlers bound to one service."""
 
-    def __init__(self, service: ControlPlaneAPI, max_body_bytes: int) -> None:
+    def __init__(self, service: ControlPlaneAPI, max_body_bytes: int, limits: ReadLimits) -> None:
         self._service = service
+        self._limits = limits
         self._max_body = max_body_bytes
         self.documents = DocumentReader(max_body_bytes)
         self._openapi = openapi_document()
@@ -233,6 +234,8 @@ class _Handlers:
         upstream_id = single(q, "upstream_id")
         if upstream_id is not None:
             upstream_id = opaque_id("query parameter 'upstream_id'", upstream_id)
+        elif selector or kind is not None or state is not None:  # a filter may walk the index
+            self._limits.take(request[PRINCIPAL].digest, "list_sessions")
         items, next_cursor = await self._service.list_sessions(
             selector=selector, kind=kind, state=state, limit=limit, cursor=cursor,
             upstream_id=upstream_id,
@@ -468,15 +471,15 @@ def add_routes(
     if error_middleware not in app.middlewares:
         app.middlewares.insert(0, error_middleware)
     install_tokens(app, settings)
-    handlers = _Handlers(service, max_body_bytes)
+    if limits is None:
+        limits = ReadLimits(SystemClock(), burst=settings.expensive_read_burst,
+                            rate_per_s=settings.expensive_read_rate_per_s)  # fmt: skip
+    handlers = _Handlers(service, max_body_bytes, limits)
 
     async def stop_document_workers(_: web.Application) -> None:
         handlers.documents.close()
 
     app.on_cleanup.append(stop_document_workers)
-    if limits is None:
-        limits = ReadLimits(SystemClock(), burst=settings.expensive_read_burst,
-                            rate_per_s=settings.expensive_read_rate_per_s)  # fmt: skip
     for spec in ROUTES:
         handler = getattr(handlers, spec.handler)
         if spec.expensive:

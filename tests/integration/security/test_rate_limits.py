@@ -41,7 +41,7 @@ async def _limited(cp: ControlPlaneUnderTest) -> float:
 async def test_a_token_polling_a_session_log_past_its_burst_gets_429_naming_the_limit(
     cp_settings: Callable[..., Settings],
 ) -> None:
-    settings = cp_settings(tokens=TOKENS, expensive_read_burst=3, expensive_read_rate_per_s=4.0)
+    settings = cp_settings(tokens=TOKENS, expensive_read_burst=3, expensive_read_rate_per_s=0.5)
     async with serving(settings) as cp:
         app = ControlClient(cp.ws_base + "/v1/control", token="tok-app", kind="voice-agent-v1",
                             model="voice-agent", labels={"tenant": "acme"})  # fmt: skip
@@ -51,11 +51,11 @@ async def test_a_token_polling_a_session_log_past_its_burst_gets_429_naming_the_
                 assert (await _get(cp, log, "tok-viewer"))[0] == 200
             status, headers, text = await _get(cp, log, "tok-viewer")
             assert status == 429, text
-            assert headers["Retry-After"] == "1"
+            assert headers["Retry-After"] == "2"
             error = json.loads(text)["error"]
             assert error["code"] == "rate_limited"
-            assert error["details"] == {"route": "session_log", "burst": 3, "rate_per_s": 4.0,
-                                        "retry_after_s": 1}  # fmt: skip
+            assert error["details"] == {"route": "session_log", "burst": 3, "rate_per_s": 0.5,
+                                        "retry_after_s": 2}  # fmt: skip
             assert "expensive_read_burst" in error["message"] and "at most 3" in error["message"]
             assert await _limited(cp) == 1.0
             # one bucket per token: another viewer, and the other expensive routes' tokens
@@ -66,10 +66,12 @@ async def test_a_token_polling_a_session_log_past_its_burst_gets_429_naming_the_
             export = "/v1/experiments/any/assignments"
             assert (await _get(cp, export, "tok-viewer"))[0] == 429
             assert (await _get(cp, "/v1/audit/verify", "tok-viewer"))[0] == 403  # role first
-            # cheap reads are never limited
+            # cheap reads are never limited; a filtered list (it may walk the index) is
             for _ in range(10):
                 assert (await _get(cp, f"/v1/sessions/{app.session_id}", "tok-viewer"))[0] == 200
-            await asyncio.sleep(0.3)  # 4 per second: one read back
+                assert (await _get(cp, "/v1/sessions?limit=5", "tok-viewer"))[0] == 200
+            assert (await _get(cp, "/v1/sessions?selector=tenant=x", "tok-viewer"))[0] == 429
+            await asyncio.sleep(2.1)  # one read every 2 s: one read back
             assert (await _get(cp, log, "tok-viewer"))[0] == 200
             assert (await _get(cp, log, "tok-viewer"))[0] == 429
             assert await _limited(cp) == 2.0  # session_log's (the export's is its own)
