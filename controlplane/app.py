@@ -219,9 +219,11 @@ async def drain(
     for ws in remaining:
         with contextlib.suppress(Exception):
             await ws.close(code=RESTART_CLOSE_CODE, message=b"control plane restarting")
-    with contextlib.suppress(Exception):
+    try:
         await service.versionlog.flush()
-    log.warning("drained: audit log flushed")
+        log.warning("drained: audit log flushed")
+    except Exception as exc:  # (the disk failing: the log's close says what it could not)
+        log.error("drained: the audit log could not be flushed: %s", exc)
 
 
 def _second_signal_closes_now(

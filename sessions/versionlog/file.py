@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from mypy_extensions import mypyc_attr
 
 from sessions.audit_trail import TrailReport, verify_trail
 from sessions.checkpoints import CheckpointSigner, make_checkpoints
@@ -95,7 +94,6 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()  # read by _drain from the thread's future; not reported twice
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)  # (compiled: tests derive fault-injecting logs)
 class FileVersionLog(BufferedVersionLog):
     """Append-only JSONL files under ``directory`` (layout in the module docstring).
 
@@ -198,13 +196,26 @@ class FileVersionLog(BufferedVersionLog):
                 pass
 
     async def close(self) -> None:
-        """Stop the checkpoint task, then flush and write the last checkpoint (``close``)."""
+        """Stop the checkpoint task, then flush and write the last checkpoint (``close``).
+        Entries the disk will not take (full, read-only, failing) are logged whole at ERROR,
+        in order, instead: the process log keeps what the disk could not (appended to the
+        log file as they are, their chains continue)."""
         task, self._ck_task = self._ck_task, None
         if task is not None:
             self._ck_stopping = True
             self._ck_due.set()
             await task
-        await super().close()
+        try:
+            await super().close()
+        except BackendUnavailable as exc:
+            unwritten = [item.line.decode().rstrip("\n") for item in self._buffer]
+            log.error("version log: %d entries could not be written at shutdown (%s); each "
+                      "is logged next, in order, after 'unwritten entry:' (append them to %s)",
+                      len(unwritten), exc, self._path(self._write_day or "<day>"))  # fmt: skip
+            for line in unwritten:
+                log.error("unwritten entry: %s", line)
+            self._buffer.clear()
+            await self._close_storage()
 
     def _check_appendable(self) -> None:
         if not self._loaded:

@@ -16,6 +16,7 @@ metric say so; nothing written before the error is lost.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 from typing import Any
 
@@ -140,3 +141,53 @@ async def _settled(replica: Replica, app: App) -> list[dict[str, Any]] | None:
 
 async def _is_ready(replica: Replica) -> bool:
     return (await ready(replica.http, replica.base))[0]
+
+
+@pytest.mark.timeout(180)
+async def test_a_replica_stopped_on_a_failed_disk_logs_the_entries_it_could_not_write(
+    cluster: Cluster,
+) -> None:
+    """No repair: the replica is stopped while its disk is read-only (what an operator does
+    when the disk is gone). The entries waiting in memory (the refused pushes' `sent` and
+    `rejected "not sent"`) cannot reach the disk: its log gives each, whole and in order,
+    so the record survives in the process log and its chains continue from the disk's."""
+    data_dir = cluster.settings("node-f").data_dir
+    image = await asyncio.to_thread(ext4_image, cluster.root / "node-f.img")
+    proc = await asyncio.to_thread(spawn, cluster, "node-f", wrap=on_ext4(data_dir, image))
+    cluster.procs.append(proc.proc)  # type: ignore[arg-type]
+    pid = proc.proc.pid
+    view = view_of(pid, data_dir)
+    port = int(proc.base.rsplit(":", 1)[1])
+    replica = Replica(port, cluster.http, None, proc.data_dir)  # type: ignore[arg-type]
+    fleet = Fleet(replica.ws_base)
+    try:
+        apps = await fleet.open_apps(20, "ack")
+        await replica.publish({"id": "tone", "set": {"system_prompt": "before"}})
+        assert all(await asyncio.gather(*(_prompt_push(a, "before", 20) for a in apps)))
+
+        async def acked_on_disk() -> bool:
+            acked = {r["session_id"] for r in rows(view) if r["status"] == "acked"}
+            return acked >= {app.session_id for app in apps}
+
+        await eventually(acked_on_disk, timeout=20)
+        await asyncio.to_thread(fs_error, pid, data_dir)
+        await replica.publish({"id": "tone", "set": {"system_prompt": "during"}})
+        got = await asyncio.gather(*(_prompt_push(app, "during", 4) for app in apps))
+        assert got.count(None) == len(apps)
+        on_disk = rows(view)  # (readable still; gone with the process's mount namespace)
+    finally:
+        await fleet.close()
+        await asyncio.to_thread(proc.stop)
+    out = proc.log()
+    assert "Traceback" not in out
+    unwritten = [json.loads(line.split("unwritten entry: ", 1)[1])
+                 for line in out.splitlines() if "unwritten entry: {" in line]  # fmt: skip
+    assert unwritten, out[-3000:]
+    for app in apps:
+        disk = [r for r in on_disk if r["session_id"] == app.session_id]
+        rest = [r for r in unwritten if r["session_id"] == app.session_id]
+        assert [r["status"] for r in rest][-2:] == ["sent", "rejected"], rest
+        chain = disk + rest  # the record, the disk's part then the process log's
+        assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1)), chain
+        for before, after in itertools.pairwise(chain):
+            assert after["prev_hash"] == before["hash"], (before, after)
