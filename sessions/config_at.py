@@ -285,11 +285,16 @@ class _Rebuild:
             self._answer(row, status)
         elif status == "rejected" and _is_connect(row) and version not in self.pending:
             self.check(row, self.config)  # the Voice Agent's session.error to the connect
-            self.note(row, f"the upstream refused the connect ({row.get('error')}): no "
-                      "upstream session runs its parameters")  # fmt: skip
+            # (or a gateway connect that reached no upstream: "not connected: ...")
+            never = str(row.get("error") or "").startswith("not connected:")
+            who = "never reached an upstream session" if never else "refused by the upstream"
+            said = "the connect never reached an upstream session" if never else (
+                "the upstream refused the connect")  # fmt: skip
+            self.note(row, f"{said} ({row.get('error')}): no upstream session runs its "
+                      "parameters")  # fmt: skip
             if self.established is self.rows[0]:
-                self.establish(self.rows[0], "connect parameters, refused by the upstream "
-                               f"(seq {row['seq']}): no upstream session runs them")  # fmt: skip
+                self.establish(self.rows[0], f"connect parameters, {who} (seq {row['seq']}): "
+                               "no upstream session runs them")  # fmt: skip
         elif status == "rejected":
             self.doubts.pop(("push", version), None)  # (a late refusal: known not applied)
             candidate, _ = self.pending.pop(version, (apply(self.config, delta), None))

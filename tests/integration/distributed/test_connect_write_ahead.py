@@ -174,6 +174,11 @@ async def test_a_full_disk_refuses_gateway_connects_before_the_dial_with_a_clear
                 ("connect", 1, "sent"), ("connect", 1, "rejected")], entries  # fmt: skip
             assert entries[1]["error"].startswith(NOT_WRITTEN), entries
             assert session["running_config"] is None, session
+            at = entries[1]["at"] + 0.001
+            answer = await replica.call("GET", f"/v1/sessions/{session['id']}/config-at?at={at}",
+                                        expect=200)  # fmt: skip
+            meaning = answer["established_by"]["meaning"]
+            assert "never reached an upstream session" in meaning, answer
         verified = await replica.call("GET", "/v1/audit/verify", expect=200)
         assert verified["ok"] is True
     finally:
