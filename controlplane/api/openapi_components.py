@@ -16,7 +16,9 @@ from policies.limits import MAX_VERSION, REASON_MAX_CHARS
 __all__ = ["SCHEMAS"]
 
 # the counters of a rollout row (controlplane.rollouts.counts.COUNTERS)
-_COUNTERS = "targeted pending sent acknowledged unverified rejected unchanged guard_failures"
+_COUNTERS = (
+    "targeted pending sent acknowledged unverified rejected unchanged guard_failures in_doubt"
+)
 _COUNTS: dict[str, Any] = {name: {"type": "integer", "minimum": 0} for name in _COUNTERS.split()}
 _ROLLOUT_COUNTS = {"type": "object", "properties": _COUNTS}
 

@@ -4,7 +4,8 @@ over replicas (each replica publishes its counts; ``GET /v1/policies/{id}/rollou
 
 Counts document (what a replica publishes, JSON): ``{policy_id: [row, ...]}`` where a row is
 ``{"version", "variant", "targeted", "pending", "sent", "acknowledged", "unverified",
-"rejected", "unchanged", "guard_failures"}``. ``guard_failures`` are the rejections and
+"rejected", "unchanged", "guard_failures", "in_doubt"}`` (``in_doubt``: the part of
+``unverified`` a Voice Agent answer never confirmed). ``guard_failures`` are the rejections and
 acknowledgement timeouts the rollout guard counts in its window (``controlplane.rollouts.guard``); a
 row may carry only them (its sessions ended). The guard's decision reads the same sum.
 """
@@ -20,8 +21,13 @@ __all__ = ["COUNTERS", "local_counts", "rollout_body", "version_totals"]
 
 COUNTERS = (
     "targeted", "pending", "sent", "acknowledged", "unverified", "rejected", "unchanged",
-    "guard_failures",
+    "guard_failures", "in_doubt",
 )  # fmt: skip
+# ``in_doubt`` is a part of ``unverified`` (never added to ``targeted``'s sum): the sessions of
+# a dialect that acknowledges (Voice Agent) whose push ended with no answer confirming it (no
+# answer in time, an answer that cannot be attributed, a write given up after its frame was
+# handed to the socket). The rest of ``unverified`` is Streaming v3: written, or applied as a
+# control app reported; the protocol has no acknowledgement to wait for
 
 _COLUMN = {
     "pending": "pending",
@@ -54,7 +60,10 @@ def local_counts(
             if row is None:
                 row = per[(version, variant)] = _row(version, variant)
             row["targeted"] += 1
-            row[_COLUMN.get(status, "pending")] += 1
+            column = _COLUMN.get(status, "pending")
+            row[column] += 1
+            if column == "unverified" and ls.session.kind == "voice-agent-v1":
+                row["in_doubt"] += 1  # (a part of unverified: COUNTERS)
     return {pid: list(per.values()) for pid, per in rows.items()}
 
 

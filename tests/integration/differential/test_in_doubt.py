@@ -255,3 +255,36 @@ async def test_an_echo_two_updates_expect_is_not_pinned_on_the_later_one(
         assert (await cp.session(sid))["running_config"]["system_prompt"] == "Be twin."
     finally:
         await fleet.close()
+
+
+async def test_rollout_status_counts_an_unconfirmed_voice_agent_push_in_doubt(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """A Voice Agent push no answer confirmed in time is ``unverified`` AND ``in_doubt`` in
+    the rollout rows (never read as rolled out; a Streaming v3 write is ``unverified`` only);
+    its late answer moves it to ``acknowledged``."""
+    fleet = Fleet(cp.ws_base)
+    try:
+        agent = await fleet.agent("team=doubt")
+        await emulator.faults(agent.upstream_id, {"latency_ms": 1600})  # past the 1 s timeout
+        await cp.publish({"id": "slow", "match": {"labels": {"team": ["doubt"]}},
+                          "set": {"system_prompt": "Be slow."}})  # fmt: skip
+
+        async def totals() -> dict[str, int]:
+            body = await cp.call("GET", "/v1/policies/slow/rollout", expect=200)
+            return dict(body["totals"])
+
+        async def timed_out() -> bool:
+            return (await totals())["unverified"] == 1
+
+        await eventually(timed_out, timeout=5)
+        now = await totals()
+        assert (now["unverified"], now["in_doubt"], now["acknowledged"]) == (1, 1, 0), now
+
+        async def answered() -> bool:
+            return (await totals())["acknowledged"] == 1
+
+        await eventually(answered, timeout=5)  # the late answer
+        assert (await totals())["in_doubt"] == 0
+    finally:
+        await fleet.close()
