@@ -40,8 +40,9 @@ export function mount(main) {
         shown.map((p, i) => {
           const r = rollouts[i];
           const rows = r.versions.filter((row) => row.version === r.version);
-          const cur = { targeted: 0, pending: 0, sent: 0, acknowledged: 0, unverified: 0, rejected: 0, unchanged: 0 };
-          for (const row of rows) for (const k of Object.keys(cur)) cur[k] += row[k];
+          const cur = { targeted: 0, pending: 0, sent: 0, acknowledged: 0, unverified: 0, rejected: 0, unchanged: 0,
+            in_doubt: 0 };
+          for (const row of rows) for (const k of Object.keys(cur)) cur[k] += row[k] || 0;
           const pct = settledPercent(cur);
           return el("tr", { "data-testid": "policy-row", "data-policy": p.id },
             el("td", {}, el("a", { href: `/ui/policies/${encodeURIComponent(p.id)}` }, p.id)),

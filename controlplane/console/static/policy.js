@@ -12,12 +12,14 @@ export const COLUMNS = [
   ["rejected", "rejected", "rollout-rejected"],
   ["pending", "pending", "rollout-pending"],
 ];
-// final and not failed: what "rolled out" means in the progress figure
+// final and not failed: what "rolled out" means in the progress figure; `in_doubt` (the part
+// of `unverified` no answer confirmed on a dialect that acknowledges) is not rolled out
 const SETTLED = ["acknowledged", "unverified", "unchanged"];
 
 export function settledPercent(row) {
   if (!row.targeted) return null;
-  return Math.floor((100 * SETTLED.reduce((s, k) => s + row[k], 0)) / row.targeted);
+  const settled = SETTLED.reduce((s, k) => s + row[k], 0) - (row.in_doubt || 0);
+  return Math.floor((100 * settled) / row.targeted);
 }
 
 export function rolloutBar(row, testid) {
@@ -25,7 +27,7 @@ export function rolloutBar(row, testid) {
 }
 
 function sumRows(rows) {
-  const total = { targeted: 0, guard_failures: 0 };
+  const total = { targeted: 0, guard_failures: 0, in_doubt: 0 };
   for (const [key] of COLUMNS) total[key] = 0;
   for (const row of rows) for (const key of Object.keys(total)) total[key] += row[key] || 0;
   return total;
@@ -107,6 +109,7 @@ export function mount(main, { id }) {
         { "data-percent": pct === null ? "" : pct }),
       figure("targeted", current.targeted, "rollout-targeted"),
       ...COLUMNS.map(([key, label, testid]) => figure(label, current[key], testid)),
+      figure("in doubt (of unverified)", current.in_doubt, "rollout-in-doubt"),
       figure("guard failures", current.guard_failures, "rollout-guard-failures"),
       el("div", { class: "figure", style: "flex:1" }, el("div", { class: "label" },
         `v${body.version} · ${current.targeted} live sessions targeted`), rolloutBar(current, "rollout-bar")));

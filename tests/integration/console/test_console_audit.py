@@ -27,8 +27,9 @@ from assemblyai.streaming.v3 import (
 from playwright.async_api import Page, expect
 
 from controlplane import cli
-from tests.integration.console.conftest import screenshot
-from tests.integration.service.conftest import ControlPlaneUnderTest, Emulator, eventually
+from controlplane.edges.client import ControlClient
+from tests.integration.console.conftest import acking_clients, screenshot
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, Emulator, eventually
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -182,3 +183,34 @@ async def test_a_resumed_calls_page_answers_an_earlier_instant_from_its_first_se
         assert shown["keyterms"] == ["Alpha"]
     finally:
         await resumed.close()
+
+
+async def test_a_push_no_answer_confirmed_is_not_rolled_out_on_the_policy_page(
+    stack: ControlPlaneUnderTest, page: Page
+) -> None:
+    """Two Voice Agent apps acknowledge a push, two never answer: after the acknowledgement
+    timeout those two are 'unverified' and in doubt (rollout 'in_doubt'); the page counts them
+    in its unverified figure but not as rolled out (it showed 100 %)."""
+    labels = {"team": "doubted"}
+    silent = [ControlClient(stack.ws_base + "/v1/control", token=ADMIN, kind="voice-agent-v1",
+                            model="voice-agent", labels=labels) for _ in range(2)]  # fmt: skip
+    async with acking_clients(stack, 2, labels), contextlib.AsyncExitStack() as apps:
+        for app in silent:
+            await apps.enter_async_context(app)
+        await stack.publish({"id": "doubted", "match": {"labels": labels},
+                             "set": {"system_prompt": "d"}})  # fmt: skip
+
+        async def timed_out() -> dict[str, Any] | None:
+            body = await stack.call("GET", "/v1/policies/doubted/rollout", expect=200)
+            totals: dict[str, Any] = body["totals"]
+            return totals if totals["in_doubt"] == 2 and totals["acknowledged"] == 2 else None
+
+        totals = await eventually(timed_out, timeout=10)
+        assert totals["unverified"] == 2
+        await page.goto(f"{stack.base}/ui/policies/doubted#token=tok-viewer")
+        await expect(page.get_by_test_id("rollout-unverified")).to_have_text("2")
+        await expect(page.get_by_test_id("rollout-in-doubt")).to_have_text("2")
+        await expect(page.get_by_test_id("rollout-percent")).to_have_attribute("data-percent", "50")
+        await page.goto(f"{stack.base}/ui/#token=tok-viewer")
+        row = page.locator('[data-testid=policy-row][data-policy="doubted"]')
+        await expect(row.get_by_test_id("policy-percent")).to_have_text("50 % of 4")
