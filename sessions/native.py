@@ -175,6 +175,30 @@ def guard() -> None:
             "sources: `CONTROLPLANE_PURE=1` in the environment, or remove the build with "
             "`.venv/bin/python build_native.py --clean`"
         )
+    _load_group()
+
+
+def _load_group(root: Path = ROOT) -> None:
+    """Load the build's shared library (``<group>__mypyc``, at the root of the checkout: every
+    compiled module's extension imports it) by its path. The root is on ``sys.path`` only when
+    Python runs from it or ``PYTHONPATH`` names it; the installed package (an editable install)
+    maps the packages alone, so ``controlplane serve`` started anywhere else failed with
+    ``No module named 'controlplane_native__mypyc'``."""
+    found = manifest(root / "sessions" / MANIFEST.name)
+    if not found or not found.get("group"):
+        return
+    name = f"{found['group']}__mypyc"
+    if name in sys.modules:
+        return
+    path = root / (name + _SUFFIX)
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None or not path.exists():
+        raise StaleBuild(f"the compiled build's shared library {path.name} is missing: "
+                         "rebuild it with `make native`, or run the sources with "
+                         "`CONTROLPLANE_PURE=1`")  # fmt: skip
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
 
 
 def compiled_modules() -> dict[str, bool]:

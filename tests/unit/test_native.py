@@ -97,3 +97,26 @@ def test_an_unchanged_build_passes_and_a_half_removed_one_does_not(tmp_path: Pat
     assert native.problems(root, compiled=("sessions.fake",)) == [
         "sessions.fake: compiled extension without a build manifest"
     ]
+
+
+def test_the_installed_command_runs_from_any_directory_without_pythonpath(
+    tmp_path: Path,
+) -> None:
+    """What ``controlplane serve`` does in a container, a test's subprocess or an operator's
+    shell: Python started outside the checkout, the package found through the install alone.
+    Every compiled module's extension imports the build's shared library, which lives at the
+    checkout's root (not a package): it must load all the same (it failed with
+    ``No module named 'controlplane_native__mypyc'``)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", native.PURE_ENV)}
+    code = (
+        "import importlib, json; from sessions import native\n"
+        "[importlib.import_module(m) for m in native.COMPILED]\n"
+        "print(json.dumps(native.compiled_modules()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, text=True,
+                          capture_output=True, env=environ, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    loaded = json.loads(done.stdout)
+    assert sorted(loaded) == sorted(native.COMPILED)
+    # compiled exactly when a build exists (CI: CONTROLPLANE_EXPECT_COMPILED=1 builds it)
+    assert set(loaded.values()) == {native.manifest() is not None}, loaded
