@@ -20,5 +20,7 @@ ACK_TIMEOUT_S = 1.0  # test_differential.ACK_TIMEOUT_S
 
 @pytest.fixture
 async def cp(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
-    async with serving(cp_settings(ack_timeout_s=ACK_TIMEOUT_S)) as cp:
+    # (no per-token limit on expensive reads: the test reads every session's log and
+    # config-at after every step, as an auditor's instrument, not as load)
+    async with serving(cp_settings(ack_timeout_s=ACK_TIMEOUT_S, expensive_read_rate_per_s=0)) as cp:
         yield cp

@@ -29,7 +29,9 @@ STEPS = int(os.environ.get("DIFF_STEPS", "20"))
 async def test_two_replicas_record_what_the_upstream_runs(
     seed: int, cluster: Cluster, capsys: Any
 ) -> None:
-    a = await cluster.start("node-a", ack_timeout_s=ACK_TIMEOUT_S)
-    b = await cluster.start("node-b", ack_timeout_s=ACK_TIMEOUT_S)
+    # (no per-token limit on expensive reads: the test's log and config-at reads after every
+    # step are an auditor's instrument, not load)
+    a = await cluster.start("node-a", ack_timeout_s=ACK_TIMEOUT_S, expensive_read_rate_per_s=0)
+    b = await cluster.start("node-b", ack_timeout_s=ACK_TIMEOUT_S, expensive_read_rate_per_s=0)
     with capsys.disabled():
         await run_scenario(Run(seed, a, cluster.emulator, replicas=[a, b]), STEPS)
