@@ -39,18 +39,19 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
 # next to the installed sources with their manifest; the compiler, mypy and pip stay in this
 # stage. `controlplane --help` imports the package: sessions.native.guard() refuses a build
 # that does not match the sources it was built from, so a bad copy fails the image build.
-# (--build-arg CONTROLPLANE_PURE=1: no compiled build, the sources run.)
+# (--build-arg CONTROLPLANE_PURE=1: no compiled build, the sources run.) mypy and the stubs the
+# compiled modules' imports need (yaml, via policies.documents) are pyproject's dev pins.
 ARG CONTROLPLANE_PURE=0
 COPY build_native.py ./
 RUN if [ "$CONTROLPLANE_PURE" != 1 ]; then \
         apt-get update && apt-get install --yes --no-install-recommends gcc libc6-dev \
-     && /opt/venv/bin/pip install --only-binary=:all: mypy==2.4.1 \
+     && /opt/venv/bin/pip install --only-binary=:all: mypy==2.4.1 types-PyYAML==6.0.12.20261113 \
      && /opt/venv/bin/python build_native.py --require \
      && site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
      && find controlplane sessions -name '*.so' -exec cp --parents {} "$site"/ \; \
      && cp controlplane_native__mypyc.*.so "$site"/ \
      && cp sessions/native-build.json "$site"/sessions/ \
-     && /opt/venv/bin/pip uninstall --yes mypy ast-serialize librt pathspec; \
+     && /opt/venv/bin/pip uninstall --yes mypy ast-serialize librt pathspec types-PyYAML; \
     fi \
  && /opt/venv/bin/pip uninstall --yes pip \
  && /opt/venv/bin/controlplane --help > /dev/null \

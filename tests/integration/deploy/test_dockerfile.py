@@ -191,3 +191,17 @@ def test_every_packaged_package_is_in_the_build_context() -> None:
         package = include.rstrip("*").rstrip(".")
         assert not is_ignored(f"{package}/__init__.py"), package
         assert package in sources, f"builder does not COPY {package}"
+
+
+def test_the_builder_compiles_with_the_pins_the_suite_is_checked_with() -> None:
+    """The compiled build (docs/architecture.md) type-checks the compiled modules and what
+    they import: the image's mypy and stubs are pyproject's dev pins, so a build that passes
+    `make types` and the suite builds the same in the image."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    dev = set(project["project"]["optional-dependencies"]["dev"])
+    _, stages = parse_dockerfile()
+    runs = " ".join(stages[0].of("RUN"))
+    assert "build_native.py --require" in runs
+    pins = set(re.findall(r"\b((?:mypy|types-[A-Za-z]+)==[\w.]+)", runs))
+    assert {p.split("==")[0] for p in pins} >= {"mypy", "types-PyYAML"}, pins
+    assert pins <= dev, f"not pyproject's dev pins: {pins - dev}"
