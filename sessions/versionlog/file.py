@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from mypy_extensions import mypyc_attr
 
 from sessions.audit_trail import TrailReport, verify_trail
 from sessions.checkpoints import CheckpointSigner, make_checkpoints
@@ -94,6 +95,7 @@ def _retrieve(future: asyncio.Future[None]) -> None:
         future.exception()  # read by _drain from the thread's future; not reported twice
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (compiled: tests derive fault-injecting logs)
 class FileVersionLog(BufferedVersionLog):
     """Append-only JSONL files under ``directory`` (layout in the module docstring).
 

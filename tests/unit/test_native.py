@@ -8,6 +8,7 @@ silently did not happen would otherwise leave the suite testing the sources only
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
 import json
@@ -121,3 +122,47 @@ def test_the_installed_command_runs_from_any_directory_without_pythonpath(
     # compiled exactly when the installed tree has a build (CI: the checkout itself, built;
     # a worktree sharing another checkout's environment imports that one's)
     assert set(loaded.values()) == {built}, loaded
+
+
+def _allows_interpreted_subclasses(node: ast.ClassDef) -> bool:
+    for deco in node.decorator_list:
+        if isinstance(deco, ast.Call) and getattr(deco.func, "id", None) == "mypyc_attr":
+            for kw in deco.keywords:
+                if kw.arg == "allow_interpreted_subclasses":
+                    return isinstance(kw.value, ast.Constant) and kw.value.value is True
+    return False
+
+
+def test_a_compiled_class_that_interpreted_code_derives_from_allows_it() -> None:
+    """Interpreted code (tests' fault-injecting logs, modules not in the build) may derive from
+    a compiled class only if the class says so: otherwise the compiled build fails with
+    'interpreted classes cannot inherit from compiled' where the sources run fine. Checked on
+    the sources, so it fails in a pure run too (a merge once dropped FileVersionLog's
+    decorator; only CI's compiled suite noticed)."""
+    compiled: dict[str, ast.ClassDef] = {}
+    for module in native.COMPILED:
+        tree = ast.parse(native.source_path(module).read_text(encoding="utf-8"))
+        compiled.update({n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)})
+    sources = set(map(native.source_path, native.COMPILED))
+    roots = [native.ROOT / d for d in ("controlplane", "sessions", "policies", "emulator", "tests")]
+    derived: dict[str, set[str]] = {}
+    for path in (p for root in roots for p in root.rglob("*.py")):
+        if path in sources:
+            continue
+        classes = [
+            n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(n, ast.ClassDef)
+        ]  # fmt: skip
+        local = {n.name for n in classes}  # (a class of the same name defined here is not it)
+        for node in classes:
+            for base in node.bases:
+                name = base.id if isinstance(base, ast.Name) else getattr(base, "attr", None)
+                if name in compiled and name not in local:
+                    derived.setdefault(name, set()).add(str(path.relative_to(native.ROOT)))
+    assert "FileVersionLog" in derived  # (the tests' fault-injecting logs: the check sees them)
+    refused = {
+        name: sorted(where)
+        for name, where in derived.items()
+        if not _allows_interpreted_subclasses(compiled[name])
+    }
+    assert refused == {}, refused
