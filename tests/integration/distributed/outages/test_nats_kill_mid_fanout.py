@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from controlplane.audit.reader import dedupe
 from tests.integration.distributed.conftest import Cluster, Replica
 from tests.integration.distributed.harness import ready
 from tests.integration.distributed.test_faults import cp_audit_rows, local_rows
@@ -111,10 +112,15 @@ async def test_nats_killed_mid_fan_out_on_three_replicas_loses_nothing(
             local = local_rows(replica.settings.data_dir)
 
             async def shipped(replica: Replica = replica, local: Any = local) -> bool:
+                # as readers take the stream: a chunk whose PubAck the kill lost is shipped
+                # again, and an exact duplicate JetStream's window did not catch is dropped
                 durable = await cp_audit_rows(replica)
-                return all(durable.get(sid) == rows for sid, rows in local.items())
+                missing = [sid for sid, rows in local.items()
+                           if dedupe(durable.get(sid, [])) != rows]  # fmt: skip
+                assert not missing, (len(missing), missing[:3])
+                return True
 
-            await eventually(shipped, timeout=30, interval=0.5)
+            await eventually(shipped, timeout=60, interval=0.5)
     finally:
         for fleet in fleets:
             await fleet.close()
