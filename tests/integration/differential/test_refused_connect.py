@@ -17,15 +17,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import websockets
 
-from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
-from tests.integration.service.conftest import TOKENS, ControlPlaneUnderTest, _serve, eventually
+from tests.integration.service.conftest import (
+    TOKENS,
+    ControlPlaneUnderTest,
+    _serve,
+    eventually,
+    serving,
+)
 
 STREAMING = "/v3/ws?sample_rate=16000&speech_model=universal-3-5-pro"
 GUARD = {"min_sessions": 1, "max_failure_ratio": 0.0}
@@ -41,11 +45,8 @@ async def strict(tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
         upstream_agent_url=f"ws://127.0.0.1:{em_port}/v1/ws",
         ack_timeout_s=3.0, shutdown_grace_s=0.5,
     )  # fmt: skip
-    app = build_app(settings)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
-    await runner.cleanup()
+    async with serving(settings) as cp:
+        yield cp
     await em_runner.cleanup()
 
 

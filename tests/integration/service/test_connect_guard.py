@@ -15,11 +15,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 import websockets
 
-from controlplane.app import SERVICE, build_app
 from controlplane.config import Settings
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
@@ -28,6 +26,7 @@ from tests.integration.service.conftest import (
     ControlPlaneUnderTest,
     _serve,
     eventually,
+    serving,
 )
 
 HEADERS = {"Authorization": "Bearer test-key"}
@@ -44,11 +43,8 @@ async def strict(tmp_path: Path) -> AsyncIterator[ControlPlaneUnderTest]:
         upstream_agent_url=f"ws://127.0.0.1:{em_port}/v1/ws",
         ack_timeout_s=3.0, shutdown_grace_s=0.5,
     )  # fmt: skip
-    app = build_app(settings)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
-    await runner.cleanup()
+    async with serving(settings) as cp:
+        yield cp
     await em_runner.cleanup()
 
 
