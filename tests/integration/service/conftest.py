@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from controlplane.config import Settings
 from controlplane.service.plane import ControlPlane
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
+from sessions.clock import FakeClock
 
 TOKENS = {
     "tok-viewer": "viewer",
@@ -158,6 +160,20 @@ async def serving(settings: Settings) -> AsyncIterator[ControlPlaneUnderTest]:
     runner, port = await _serve(app)
     async with aiohttp.ClientSession() as http:
         yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir)
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def clocked_cp(
+    cp_settings: Callable[..., Settings],
+) -> AsyncIterator[tuple[ControlPlaneUnderTest, FakeClock]]:
+    """A control plane on a FakeClock: waves advance only when the test moves the time."""
+    clock = FakeClock(start=time.time())
+    settings = cp_settings()
+    app = build_app(settings, clock=clock)
+    runner, port = await _serve(app)
+    async with aiohttp.ClientSession() as http:
+        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir), clock
     await runner.cleanup()
 
 

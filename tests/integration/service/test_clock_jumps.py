@@ -13,31 +13,13 @@ log's entries keep their chain and order either way (docs/reliability.md, "Clock
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
 
-import aiohttp
 import pytest
 
-from controlplane.app import SERVICE, build_app
-from controlplane.config import Settings
 from sessions.clock import FakeClock
-from tests.integration.service.conftest import ControlPlaneUnderTest, _serve
+from tests.integration.service.conftest import ControlPlaneUnderTest
 from tests.integration.service.fleet import Fleet
 from tests.integration.service.test_waves import V1, got_v2, open_groups, rollout, v2
-
-
-@pytest.fixture
-async def clocked_cp(
-    cp_settings: Callable[..., Settings],
-) -> AsyncIterator[tuple[ControlPlaneUnderTest, FakeClock]]:
-    clock = FakeClock(start=time.time())
-    settings = cp_settings()
-    app = build_app(settings, clock=clock)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir), clock
-    await runner.cleanup()
 
 
 @pytest.mark.parametrize("step_s", [3600.0, -3600.0])

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
 
-import aiohttp
 import pytest
 
 from controlplane import cli
-from controlplane.app import SERVICE, build_app
-from controlplane.config import Settings
 from controlplane.intake.bus import rfc3339
 from policies.bucketing import bucket
 from sessions.clock import FakeClock
-from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, _serve, eventually
+from tests.integration.service.conftest import ADMIN, ControlPlaneUnderTest, eventually
 from tests.integration.service.fleet import App, Fleet, metric
 
 POLICY = "wv"
@@ -215,20 +211,6 @@ async def test_promote_pause_and_resume_through_rest_and_cli_with_role_checks(
     none = await cp.call("POST", "/v1/policies/plain/promote", expect=409)
     assert none["error"]["code"] == "no_waves"
     assert (await cp.call("GET", "/v1/policies/plain/rollout", expect=200))["waves"] is None
-
-
-@pytest.fixture
-async def clocked_cp(
-    cp_settings: Callable[..., Settings],
-) -> AsyncIterator[tuple[ControlPlaneUnderTest, FakeClock]]:
-    """A control plane on a FakeClock: waves advance only when the test moves the time."""
-    clock = FakeClock(start=time.time())
-    settings = cp_settings()
-    app = build_app(settings, clock=clock)
-    runner, port = await _serve(app)
-    async with aiohttp.ClientSession() as http:
-        yield ControlPlaneUnderTest(port, http, app[SERVICE], settings.data_dir), clock
-    await runner.cleanup()
 
 
 async def test_waves_advance_by_the_injected_clock(
