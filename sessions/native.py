@@ -77,6 +77,9 @@ PURE_ENV: Final = "CONTROLPLANE_PURE"
 _SUFFIX: Final = importlib.machinery.EXTENSION_SUFFIXES[0]  # e.g. .cpython-311-x86_64-linux-gnu.so
 
 
+_checked = False  # guard() found the build (or its absence) matching the sources
+
+
 class StaleBuild(ImportError):
     """A compiled module does not match its source: refused (``guard``)."""
 
@@ -157,8 +160,10 @@ class _Sources(importlib.abc.MetaPathFinder):
 
 def guard() -> None:
     """Refuse a stale compiled build (``StaleBuild``), or run the sources with
-    ``CONTROLPLANE_PURE=1``. Called once by ``sessions/__init__`` and ``controlplane/__init__``."""
-    if any(isinstance(f, _Sources) for f in sys.meta_path):
+    ``CONTROLPLANE_PURE=1``. Called by ``sessions/__init__`` and ``controlplane/__init__``;
+    the check (a hash of every recorded source) runs once per process."""
+    global _checked
+    if _checked or any(isinstance(f, _Sources) for f in sys.meta_path):
         return
     if os.environ.get(PURE_ENV) == "1":
         built = manifest() or {}
@@ -176,6 +181,7 @@ def guard() -> None:
             "`.venv/bin/python build_native.py --clean`"
         )
     _load_group()
+    _checked = True
 
 
 def _load_group(root: Path = ROOT) -> None:
