@@ -172,6 +172,20 @@ def local_rows(data_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return rows
 
 
+async def all_shipped(cluster: Cluster, replicas: list[tuple[Replica, str]]) -> None:
+    """Each replica's local log (flushed first) reaches ``CP_AUDIT`` whole, row for row."""
+    for replica, node in replicas:
+        assert replica.service is not None
+        await replica.service.versionlog.flush()
+        local = local_rows(cluster.root / node)
+
+        async def shipped(replica: Replica = replica, local: Any = local) -> bool:
+            durable = await cp_audit_rows(replica)
+            return all(durable.get(sid) == rows for sid, rows in local.items())
+
+        await eventually(shipped, timeout=15, interval=0.2)
+
+
 # -- 1. SIGKILL of a replica while it pushes ---------------------------------------------
 N_AGENT = 150
 N_STREAMING = 50

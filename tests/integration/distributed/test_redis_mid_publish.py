@@ -13,12 +13,11 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from typing import Any
 
 import pytest
 
 from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
-from tests.integration.distributed.test_faults import cp_audit_rows, listed, local_rows
+from tests.integration.distributed.test_faults import all_shipped, listed
 from tests.integration.service.conftest import eventually
 from tests.integration.service.fleet import Fleet
 from tests.support.servers import ServerProcess
@@ -65,16 +64,7 @@ async def test_redis_killed_mid_publish_with_sessions_on_two_replicas(
         await asyncio.sleep(TTL_S * 1.5)  # and nobody ended them as lost
         assert set(await listed(b)) == ids
 
-        for replica, node in ((a, "node-a"), (b, "node-b")):
-            assert replica.service is not None
-            await replica.service.versionlog.flush()
-            local = local_rows(cluster.root / node)
-
-            async def shipped(replica: Replica = replica, local: Any = local) -> bool:
-                durable = await cp_audit_rows(replica)
-                return all(durable.get(sid) == rows for sid, rows in local.items())
-
-            await eventually(shipped, timeout=15, interval=0.2)
+        await all_shipped(cluster, [(a, "node-a"), (b, "node-b")])
     finally:
         await on_a.close()
         await on_b.close()

@@ -22,14 +22,13 @@ from typing import Any
 import pytest
 import websockets
 
-from tests.integration.distributed.conftest import TTL_S, Cluster, Replica
+from tests.integration.distributed.conftest import TTL_S, Cluster
 from tests.integration.distributed.test_faults import (
     AGENT_KEY,
     GatewayClient,
+    all_shipped,
     bounded,
-    cp_audit_rows,
     listed,
-    local_rows,
     open_agent,
 )
 from tests.integration.service.conftest import eventually
@@ -138,16 +137,7 @@ async def test_redis_restarted_empty_while_calls_move_between_replicas(
         await asyncio.sleep(TTL_S * 1.5)  # and nobody ends B's sessions as lost
         assert set(await listed(a)) == set(engine.live)
 
-        for replica, node in ((a, "node-a"), (b, "node-b")):
-            assert replica.service is not None
-            await replica.service.versionlog.flush()
-            local = local_rows(cluster.root / node)
-
-            async def shipped(replica: Replica = replica, local: Any = local) -> bool:
-                durable = await cp_audit_rows(replica)
-                return all(durable.get(sid) == rows for sid, rows in local.items())
-
-            await eventually(shipped, timeout=15, interval=0.2)
+        await all_shipped(cluster, [(a, "node-a"), (b, "node-b")])
     finally:
         for c in clients:
             await c.close()
