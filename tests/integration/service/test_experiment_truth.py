@@ -196,10 +196,17 @@ async def test_a_variant_a_later_compliance_lock_overrides_is_not_exposed_so_srm
                           "set": {"system_prompt": "This call is recorded."},
                           "lock": ["system_prompt"]}, token="tok-compliance")  # fmt: skip
         async with _sessions(cp, after):
-            await eventually(lambda: all(
-                cp.service.engine.live[s].push.in_flight is None for s in after
-                if s in cp.service.engine.live) and len(cp.service.engine.live) == 10)  # fmt: skip
-            await asyncio.sleep(0.3)
+
+            async def answered() -> bool:  # every later session applied its first push
+                for sid in after:
+                    entries = await cp.log(sid)
+                    if not any(e["status"] in ("acked", "unchanged")
+                               and any(p["id"] == "pitch" for p in e["policies"])
+                               for e in entries):  # fmt: skip
+                        return False
+                return True
+
+            await eventually(answered, timeout=15)
             for sid in after[3:]:  # the lock's prompt runs, not the variant's
                 shown = await cp.session(sid)
                 assert shown["effective_config"]["system_prompt"] == "This call is recorded."
