@@ -17,7 +17,10 @@ id; a Voice Agent call resumed through the gateway is a second session of the sa
 the same arm): the first exposure of a call in an iteration counts, in its variant, and adds
 one to the exposures-over-time histogram (``BIN_S`` bins); a resumed session's exposure keeps
 its own row, counted nowhere. The store decides, once, which exposure counts (``save`` returns
-them), so the summary, the SRM check and the chart read the same increments at any size.
+them), so the summary, the SRM check and the chart read the same increments at any size, and
+keeps that decision with the rows (``Exposure.counted``, as ``rows`` answers them): the export's
+``counted`` column is the store's decision, never re-made by another rule (two sessions of one
+call exposed at nearly the same moment on two replicas are saved in either order).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ __all__ = [
     "ExposureStore",
     "FileExposureStore",
     "counted_keys",
+    "decide",
     "exposure_problem",
     "keep_first",
     "time_bin",
@@ -73,6 +77,9 @@ class Exposure:
     model: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)
     call_id: str = ""  # the call's first session id (bucket_key); "": the session itself
+    # the store counted this exposure (its call's counted one); None: not known (a row the
+    # store wrote before it kept its decision: ``decide`` tells it from the exposures)
+    counted: bool | None = None
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -98,7 +105,7 @@ class Exposure:
             "left_seq": self.left_seq,
             "upstream_session_id": self.upstream_session_id,
             "kind": self.kind, "model": self.model, "labels": dict(self.labels),
-            "call_id": self.call,
+            "call_id": self.call, "counted": self.counted,
         }  # fmt: skip
 
     @classmethod
@@ -116,6 +123,7 @@ class Exposure:
             return None if value is None else str(value)
 
         digest, upstream = raw.get("digest"), raw.get("upstream_session_id")
+        counted = raw.get("counted")
         return cls(
             experiment=str(raw["experiment"]), iteration=int(raw["iteration"]),
             session_id=str(raw["session_id"]), variant=str(raw["variant"]),
@@ -130,6 +138,7 @@ class Exposure:
             kind=str(raw.get("kind", "")), model=str(raw.get("model", "")),
             labels={str(k): str(v) for k, v in dict(raw.get("labels") or {}).items()},
             call_id=str(raw.get("call_id") or raw["session_id"]),
+            counted=None if counted is None else bool(counted),
         )  # fmt: skip
 
 
@@ -150,8 +159,21 @@ def counted_keys(rows: Iterable[Exposure]) -> set[tuple[str, int, str]]:
     return {row.key for row in first.values()}
 
 
+def decide(rows: Iterable[Exposure]) -> None:
+    """Set ``counted`` on the rows whose store did not record its decision (None: written
+    before stores kept it): a call with a row recorded counted keeps it; a call without one
+    counts its earliest exposure among those rows (``counted_keys``, the rule they were
+    counted by then)."""
+    rows = list(rows)
+    decided = {row.mark for row in rows if row.counted}
+    unknown = [row for row in rows if row.counted is None]
+    first = counted_keys(row for row in unknown if row.mark not in decided)
+    for row in unknown:
+        row.counted = row.key in first
+
+
 _FIRST_EXPOSURE = ("exposed_at", "exposed_seq", "exposed_hash", "variant", "policy", "version",
-                   "digest")  # fmt: skip
+                   "digest", "counted")  # fmt: skip
 
 
 def keep_first(row: Exposure, stored: Exposure | None) -> Exposure:
@@ -216,9 +238,9 @@ class FileExposureStore:
             except (ValueError, KeyError, TypeError):
                 continue  # a torn last line (crash mid-append): the row is written again
             self._rows[row.key] = row
-        counted = counted_keys(self._rows.values())
-        for row in sorted(self._rows.values(), key=_order):
-            if row.key in counted:
+        decide(self._rows.values())
+        for row in self._rows.values():
+            if row.counted:
                 self._count(row)
 
     def _count(self, row: Exposure) -> bool:
@@ -235,12 +257,26 @@ class FileExposureStore:
     async def save(self, rows: Sequence[Exposure], exposed: Sequence[Exposure]) -> list[Exposure]:
         for row in rows:
             keep_first(row, self._rows.get(row.key))
+        # decided before the rows are written, so each line says whether its row counts (the
+        # decision read back at start, not re-made by another rule)
+        counted: list[Exposure] = []
+        marks: set[tuple[str, int, str]] = set()
+        for row in exposed:
+            if row.mark not in self._marks and row.mark not in marks:
+                marks.add(row.mark)
+                counted.append(row)
+                row.counted = True
+        for row in rows:
+            if row.counted is None:
+                row.counted = False
         if self._path is not None and rows:
             text = "".join(json.dumps(r.document(), separators=(",", ":")) + "\n" for r in rows)
             await asyncio.to_thread(self._append, self._path, text)
         for row in rows:
             self._rows[row.key] = row
-        return [row for row in exposed if self._count(row)]
+        for row in counted:
+            self._count(row)
+        return counted
 
     @staticmethod
     def _append(path: Path, text: str) -> None:

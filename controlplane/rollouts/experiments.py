@@ -31,7 +31,7 @@ from policies.model import Policy
 from policies.provenance import PolicyRef
 from policies.sections import Variant
 from sessions.clock import Clock
-from sessions.exposures import BIN_S, Exposure, ExposureStore, counted_keys
+from sessions.exposures import BIN_S, Exposure, ExposureStore
 
 __all__ = [
     "EXPORT_COLUMNS",
@@ -408,10 +408,10 @@ def merge_exposures(
     exposure's, the ones its ``exposed_seq`` entry names; ``assigned_variant`` is the variant
     its current assignment gives (different when a weight change moved it since). ``counted``
     is true on the row of its call's first exposure (``call_id``): a resumed session of an
-    exposed call has its own exposure row, not counted again."""
+    exposed call has its own exposure row, not counted again. The store decided which
+    (``Exposure.counted``): this never re-decides by another rule."""
     exp = policy.experiment
     current = 1 if exp is None else exp.iteration
-    counted = counted_keys(exposures.values())
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for row in rows:
         # (an ended session's row keeps the iteration it was assigned in)
@@ -428,13 +428,13 @@ def merge_exposures(
         if found is not None and found.exposed_at is not None:
             for name in ("variant", "policy", "version", "digest"):
                 merged[name] = extra[name]
-        merged["counted"] = found is not None and found.key in counted
+        merged["counted"] = found is not None and bool(found.counted)
         out[(row["session_id"], iteration)] = merged
     for (it, session_id), found in exposures.items():
         if (session_id, it) not in out:
             # left, ended, or held by another replica (no current assignment known here)
             out[(session_id, it)] = {**export_row(found), "assigned_variant": None,
-                                     "counted": found.key in counted}  # fmt: skip
+                                     "counted": bool(found.counted)}  # fmt: skip
     return [_columns(out[k]) for k in sorted(out)]
 
 
