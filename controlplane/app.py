@@ -36,6 +36,7 @@ from controlplane.metrics import Metrics, PushMetrics
 from controlplane.service.plane import ControlPlane
 from sessions.clock import Clock, SystemClock
 from sessions.exposures import FileExposureStore
+from sessions.redis_rates import RedisBuckets
 from sessions.redis_tokens import RedisTokenLabels
 from sessions.versionlog.file import FileVersionLog
 
@@ -94,9 +95,14 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
         dist.upkeep.counts = service.rollout_counts
         dist.upkeep.on_rejoin = service.engine.resync_registry
     app[SERVICE] = service
+    # expensive-read buckets: shared by every replica through Redis (docs/security.md#rate-limits)
+    buckets = None
+    if dist is not None and settings.redis_url:
+        buckets = RedisBuckets(settings.redis_url, prefix=settings.redis_prefix)
     limits = ReadLimits(clock, burst=settings.expensive_read_burst,
                         rate_per_s=settings.expensive_read_rate_per_s,
-                        counted=lambda route: metrics.rate_limited.labels(route).inc())  # fmt: skip
+                        counted=lambda route: metrics.rate_limited.labels(route).inc(),
+                        shared=buckets, fallback=metrics.rate_limit_fallback.inc)  # fmt: skip
     add_routes(app, service, settings, limits=limits)
     add_console_routes(app)  # the web console at /ui/ (docs/console.md)
 
@@ -170,6 +176,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
             if token_labels is not None:
                 with contextlib.suppress(Exception):
                     await token_labels.close()
+            if buckets is not None:
+                with contextlib.suppress(Exception):
+                    await buckets.close()
 
     app.on_startup.append(on_startup)
     app.on_shutdown.append(on_shutdown)

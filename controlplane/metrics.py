@@ -188,6 +188,12 @@ class Metrics:
             ["route"],
             registry=r,
         )
+        self.rate_limit_fallback = Counter(
+            p + "rate_limit_fallback_total",
+            "Expensive reads limited by this replica's own bucket while the shared (Redis) "
+            "one did not answer (docs/security.md#rate-limits)",
+            registry=r,
+        )
         self.ready = Gauge(p + "ready", "1 when this replica reports ready", registry=r)
 
     def render(self) -> bytes:

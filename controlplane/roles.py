@@ -37,17 +37,47 @@ __all__ = [
     "DEFAULT_TEAM",
     "ROLE_NAMES",
     "TEAM_NAME",
+    "TEAM_RULE",
     "Role",
     "Team",
+    "canonical_app",
+    "canonical_team",
     "event_role",
     "owner_refusal",
     "parse_grant",
     "publish_refusal",
 ]
 
-# a configured team name (``default`` included: the team of every token configured without one)
+# a team name as written (``default`` included: the team of every token configured without
+# one); ASCII only, so no look-alike letter, space or control character can make a second team
 TEAM_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+TEAM_RULE: Final = (
+    "a team name is 1-63 ASCII letters, digits, '.', '_' or '-', starting with a letter or "
+    "digit (case does not matter: read in lower case)"
+)
 DEFAULT_TEAM: Final = "default"  # tokens without a team, events without ``team``
+
+
+def canonical_team(value: object) -> str:
+    """The one spelling of a team name, wherever a team enters (the token configuration,
+    signing-key scopes, policy events, stored events replayed): :data:`TEAM_NAME`, in lower
+    case, so ``Legal`` and ``legal`` are one team (docs/security.md#team-names). Anything else
+    (a space, a look-alike letter, too long) raises ValueError, never quoting the value."""
+    if not isinstance(value, str) or not value.isascii() or not TEAM_NAME.fullmatch(value):
+        raise ValueError(TEAM_RULE)
+    return value.lower()
+
+
+def canonical_app(identity: str | None) -> str | None:
+    """A stored control-channel app identity (``Session.registered_by``) in today's spelling:
+    a team name in lower case (records from before canonical team names kept the configured
+    case); a team-less token's ``token:<sha256[:8]>`` and anything else as it is."""
+    if identity is None or identity.startswith("token:"):
+        return identity
+    try:
+        return canonical_team(identity)
+    except ValueError:
+        return identity
 
 
 class Role(IntEnum):
@@ -123,16 +153,18 @@ class Team:
 
 
 def parse_grant(value: str) -> tuple[Role, tuple[str, ...]]:
-    """A token entry's ``role`` or ``role@team[+team...]`` -> (role, teams); ValueError never
-    quotes the value (in a reversed entry it is the token)."""
+    """A token entry's ``role`` or ``role@team[+team...]`` -> (role, canonical teams:
+    :func:`canonical_team`); ValueError never quotes the value (in a reversed entry it is the
+    token)."""
     name, at, teams = value.partition("@")
     role = Role.parse(name) if name.strip().lower() in ROLE_NAMES else None
     if role is None:
         raise ValueError(f"unknown role (roles: {', '.join(ROLE_NAMES)})")
-    names = tuple(t.strip() for t in teams.split("+")) if at else ()
-    if not all(TEAM_NAME.fullmatch(t) for t in names):
-        raise ValueError("a team name is 1-63 letters, digits, '.', '_' or '-' (role@team)")
-    return role, names
+    try:
+        names = tuple(canonical_team(t.strip()) for t in teams.split("+")) if at else ()
+    except ValueError:
+        raise ValueError(f"{TEAM_RULE} (role@team)") from None
+    return role, tuple(dict.fromkeys(names))  # ``a+A``: one team
 
 
 def owner_refusal(

@@ -235,7 +235,7 @@ class _Handlers:
         if upstream_id is not None:
             upstream_id = opaque_id("query parameter 'upstream_id'", upstream_id)
         elif selector or kind is not None or state is not None:  # a filter may walk the index
-            self._limits.take(request[PRINCIPAL].digest, "list_sessions")
+            await self._limits.take(request[PRINCIPAL].digest, "list_sessions")
         items, next_cursor = await self._service.list_sessions(
             selector=selector, kind=kind, state=state, limit=limit, cursor=cursor,
             upstream_id=upstream_id,

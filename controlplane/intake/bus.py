@@ -26,6 +26,9 @@ for (a configured team name; ``default`` for a token without one, and for an eve
 below admin an event for another team is refused, and so is one crossing a lock bound to
 another team of its role or running another team's experiment key (session 11,
 controlplane.intake.team_locks). Optional on the wire: guard and operator events carry none.
+Session 12: ``team`` follows the one team-name rule (``roles.canonical_team``: ASCII name,
+read in lower case); an event with any other ``team`` (a space, a look-alike letter) is
+undecodable, so never applied.
 
 Contract addition (issue #21, progressive waves, docs/policies.md#waves): ``policy.wave``
 events (cause ``wave``, ``Nats-Msg-Id: <id>:<version>:wave:<seq>``) move the current version
@@ -48,6 +51,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Protocol
 
 from controlplane.errors import Unavailable
+from controlplane.roles import canonical_team
 from controlplane.tasks import raise_if_cancelled, stop_task
 from policies.documents import text_violations
 from policies.limits import MAX_VERSION
@@ -106,8 +110,13 @@ class PolicyEvent:
     role: str | None = None
     # policy.wave only: the wave step (docs/policies.md#waves)
     wave: Mapping[str, Any] | None = None
-    # the team the publisher acts for (docs/security.md#teams); None: no team claimed
+    # the team the publisher acts for (docs/security.md#teams); None: no team claimed.
+    # Always in its canonical spelling (``roles.canonical_team``: lower case), however built
     team: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.team is not None:  # one team however an event spells it (ValueError if none)
+            object.__setattr__(self, "team", canonical_team(self.team))
 
     @property
     def policy_id(self) -> str:
@@ -190,8 +199,11 @@ class PolicyEvent:
             raise ValueError("role must be a role name")
         wave = _wave(raw.get("wave"), kind)
         team = raw.get("team")
-        if team is not None and not (isinstance(team, str) and 0 < len(team) <= 64):
-            raise ValueError("team must be a team name (1-64 characters)")
+        if team is not None:
+            try:
+                team = canonical_team(team)
+            except ValueError as exc:
+                raise ValueError(f"team: {exc}") from None
         return cls(kind, dict(policy), str(actor), str(published_at), str(event_id), str(cause),
                    None if halt is None else dict(halt), role, wave, team)  # fmt: skip
 

@@ -32,6 +32,7 @@ from controlplane.metrics import Metrics
 from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession, Transport
 from controlplane.push.protocol import PushState
+from controlplane.roles import canonical_app
 from controlplane.rollouts.assignments import AssignmentBook
 from controlplane.rollouts.experiments import ExperimentBook
 from controlplane.service.backend import backend
@@ -237,7 +238,7 @@ class LiveSessions:
                 await self._registry.holders([session.id]))[0]  # fmt: skip
         if earlier is None and holder is None:
             return
-        if earlier is not None and earlier.registered_by == session.registered_by:
+        if earlier is not None and canonical_app(earlier.registered_by) == session.registered_by:
             return  # the same app continues its own session's chain
         why = (
             "was registered by another app (another team's, or another team-less token); a "
