@@ -67,9 +67,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
     )
     metrics = Metrics()
     registry = build_registry(settings, clock)
-    versionlog = FileVersionLog(
-        settings.data_dir / "audit", clock, checkpointing=checkpointing(settings)
-    )
+    versionlog = FileVersionLog(settings.data_dir / "audit", clock,
+                                checkpointing=checkpointing(settings),
+                                spill_dir=settings.audit_spill_dir)  # fmt: skip
     dist = None
     bus: PolicyBus = InProcessBus()
     if settings.nats_url:

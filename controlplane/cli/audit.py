@@ -1,6 +1,7 @@
 """The auditor's commands: ``controlplane audit verify`` and ``audit at`` (through a server,
 offline from ``--data-dir``, or from the durable stream ``CP_AUDIT`` with ``--nats-url``: no
-control plane running and nothing from Redis), and ``audit export`` from ``CP_AUDIT``.
+control plane running and nothing from Redis), ``audit export`` from ``CP_AUDIT``, and
+``audit recover``: entries a replica spilled at shutdown appended to its data dir's log.
 
 ``verify`` recomputes each session's hash chain and checks the signed checkpoints
 (``sessions.checkpoints``): signatures under the trusted key(s), the checkpoints' own chain,
@@ -41,6 +42,7 @@ from controlplane.audit.sources import (
     verify_answer,
 )
 from controlplane.cli.audit_text import at_text, verify_text
+from controlplane.cli.datadir import DataDirLock
 from controlplane.cli.http import CliError, ControlPlaneClient
 from controlplane.cli.options import add_command, client_for
 from controlplane.cli.output import Ticker, out
@@ -52,12 +54,14 @@ from sessions.audit_trail import group_rows
 from sessions.checkpoints import load_public_key
 from sessions.clock import SystemClock
 from sessions.versionlog.file import FileVersionLog
+from sessions.versionlog.spill import RecoverError, recover
 
 __all__ = [
     "FILE_ORIGIN",
     "add_audit_options",
     "add_export",
     "add_nats_options",
+    "add_recover",
     "at_command",
     "at_text",
     "export_entries",
@@ -353,6 +357,47 @@ def _audit_at(args: argparse.Namespace) -> int:
     return 0 if answer.get("verified") else 1
 
 
+def _audit_recover(args: argparse.Namespace) -> int:
+    """Append spill files (``sessions.versionlog.spill``) to ``<data-dir>/audit``, each all
+    or nothing, under the data dir's lock (a replica running there refuses it)."""
+    try:
+        lock = DataDirLock(args.data_dir)
+    except OSError as exc:
+        raise CliError(f"cannot recover: {exc.strerror or exc}") from None
+    answers = []
+    try:
+        for path in args.files:
+            try:
+                done = recover(args.data_dir / "audit", path, time.time())
+            except RecoverError as exc:
+                raise CliError(f"cannot recover: {exc}") from None
+            except OSError as exc:
+                raise CliError(f"cannot recover {path}: {exc.strerror or exc}") from None
+            answers.append({"file": str(path), "entries": done.entries,
+                            "sessions": done.sessions, "appended_to": str(done.file),
+                            "already_in_log": done.present})  # fmt: skip
+            if not args.as_json:
+                print(f"{path}: appended {done.entries} entries of {done.sessions} sessions "
+                      f"to {done.file} ({done.present} were in the log already)")  # fmt: skip
+    finally:
+        lock.close()
+    if args.as_json:
+        print(json.dumps({"recovered": answers}, indent=2))
+    return 0
+
+
+def add_recover(audit: Any) -> None:
+    text = ("append entries a replica kept in --audit-spill-dir (its disk refused them at "
+            "shutdown) to the version log of --data-dir, checked to continue each chain; run "
+            "with the replica stopped")  # fmt: skip
+    p = audit.add_parser("recover", help=text, description=text)
+    p.add_argument("files", nargs="+", type=Path, metavar="SPILL_FILE",
+                   help="unwritten-*.jsonl, appended in the order given")  # fmt: skip
+    p.add_argument("--data-dir", type=Path, required=True, help="the replica's data dir")
+    p.add_argument("--json", dest="as_json", action="store_true", help="JSON output")
+    p.set_defaults(func=_audit_recover)
+
+
 def register(sub: Any) -> None:
     audit = sub.add_parser("audit", help="the per-session version log").add_subparsers(
         dest="action", required=True
@@ -384,3 +429,4 @@ def register(sub: Any) -> None:
     add_audit_options(p)
     p.set_defaults(func=_audit_at)
     add_export(audit)
+    add_recover(audit)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
-import fcntl
 import gc
 import ipaddress
 import logging
@@ -24,6 +23,7 @@ from aiohttp import web
 
 from controlplane.api.auth import generate_admin_token
 from controlplane.app import DRAIN_ON_SIGNALS, build_app
+from controlplane.cli.datadir import DataDirLock, keep_locked
 from controlplane.cluster.nats_bus import redact
 from controlplane.config import Settings, SettingsError, add_flags, flag_values, parse_listen
 from controlplane.errors import ControlPlaneError
@@ -92,8 +92,9 @@ def run(args: argparse.Namespace) -> int:
               f"data dir {settings.data_dir}, {_mode(settings)})")  # fmt: skip
     try:
         _prepare_data_dir(settings.data_dir)
-        _lock = _lock_data_dir(settings.data_dir)  # held until the process exits
+        lock = DataDirLock(settings.data_dir)  # held until the process exits
         app = build_app(settings)
+        app.cleanup_ctx.append(keep_locked(lock))  # (it follows a disk remounted under it)
         app[DRAIN_ON_SIGNALS] = True
         web.run_app(  # the banner once the socket listens, not before
             app, host=host, port=port, print=lambda _: print(f"{banner}, {_build()}", flush=True),
@@ -107,29 +108,6 @@ def run(args: argparse.Namespace) -> int:
               flush=True)  # fmt: skip
         return 1
     return 0
-
-
-def _lock_data_dir(path: Path) -> int:
-    """An exclusive lock on ``<data-dir>/.controlplane.lock`` for this process's life: two
-    services on one data directory would interleave their writes to one version log (broken
-    hash chains) and one policy store. OSError naming the holder when another has it."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 64).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise OSError(
-            errno.EBUSY,
-            f"--data-dir {path} (CONTROLPLANE_DATA_DIR) is in use by "
-            f"another controlplane (pid {holder}): give each its own",
-        ) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
-
-
-LOCK_FILE = ".controlplane.lock"
 
 
 def _prepare_data_dir(path: Path) -> None:

@@ -351,6 +351,12 @@ class Settings:
         ge=0,
         help="an entry-count checkpoint waits this long after the previous one (a burst is one)",
     )
+    audit_spill_dir: Path | None = setting(
+        None,
+        group=AUDIT,
+        help="a directory on another disk: entries the data dir's disk refuses at shutdown are "
+        "kept there for `controlplane audit recover` (default: logged at ERROR)",
+    )
     # --- rollouts and guard (docs/policies.md#guard) ------------------------------------------
     rollout_sync_interval_s: float = setting(
         1.0, group=ROLLOUTS, gt=0, help="how often a replica publishes its rollout counts"

@@ -61,6 +61,7 @@ from sessions.versionlog.jsonl import (
     scan_files,
     write_lines,
 )
+from sessions.versionlog.spill import keep_unwritten
 
 __all__ = ["Checkpointing", "FileVersionLog"]
 
@@ -111,9 +112,11 @@ class FileVersionLog(BufferedVersionLog):
         fsync: bool = True,
         flush_interval_s: float | None = 0.05,
         checkpointing: Checkpointing | None = None,
+        spill_dir: Path | None = None,
     ) -> None:
         super().__init__(clock, flush_interval_s=flush_interval_s)
         self._dir = Path(directory)
+        self._spill_dir = spill_dir  # where close() keeps what the disk would not take
         self._fsync = fsync
         self._loaded = False
         self._appendable = False  # (until start(): _check_appendable says why)
@@ -199,9 +202,9 @@ class FileVersionLog(BufferedVersionLog):
 
     async def close(self) -> None:
         """Stop the checkpoint task, then flush and write the last checkpoint (``close``).
-        Entries the disk will not take (full, read-only, failing) are logged whole at ERROR,
-        in order, instead: the process log keeps what the disk could not (appended to the
-        log file as they are, their chains continue)."""
+        Entries the disk will not take (full, read-only, failing) go to ``spill_dir`` (a second
+        disk; ``controlplane audit recover`` appends them) or, without one or when it fails
+        too, are logged whole at ERROR, in order (``sessions.versionlog.spill``)."""
         task, self._ck_task = self._ck_task, None
         if task is not None:
             self._ck_stopping = True
@@ -210,12 +213,9 @@ class FileVersionLog(BufferedVersionLog):
         try:
             await super().close()
         except BackendUnavailable as exc:
-            unwritten = [item.line.decode().rstrip("\n") for item in self._buffer]
-            log.error("version log: %d entries could not be written at shutdown (%s); each "
-                      "is logged next, in order, after 'unwritten entry:' (append them to %s)",
-                      len(unwritten), exc, self._path(self._write_day or "<day>"))  # fmt: skip
-            for line in unwritten:
-                log.error("unwritten entry: %s", line)
+            await asyncio.to_thread(keep_unwritten, self._spill_dir, [i.line for i in self._buffer],
+                                    str(exc), self._path(self._write_day or "<day>"),
+                                    self._clock.now())  # fmt: skip
             self._buffer.clear()
             await self._close_storage()
 

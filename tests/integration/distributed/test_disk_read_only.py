@@ -16,15 +16,20 @@ metric say so; nothing written before the error is lost.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import itertools
 import json
+import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import websockets
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.distributed.conftest import Cluster, Replica
+from controlplane.cli.datadir import LOCK_FILE
+from tests.integration.distributed.conftest import EXE, Cluster, Replica
 from tests.integration.distributed.disks import (
     ext4_image,
     fs_error,
@@ -105,6 +110,8 @@ async def test_a_disk_remounted_read_only_refuses_pushes_until_repaired_and_lose
         await asyncio.to_thread(remount_repaired, pid, data_dir, image)  # writable again
         assert not mount_source(pid, data_dir)[1]
         await eventually(lambda: _is_ready(replica), timeout=20)
+        # the data dir's lock follows the repaired disk: a second replica is refused there
+        await eventually(lambda: _locked_by(view, pid), timeout=10)
         caught_up = await asyncio.gather(*(_prompt_push(app, during, 20) for app in apps))
         assert all(caught_up), caught_up.count(None)  # re-sent without another publish
 
@@ -137,6 +144,18 @@ async def _settled(replica: Replica, app: App) -> list[dict[str, Any]] | None:
     ended = {e["version"] for e in entries if e["status"] in TERMINAL}
     sent = {e["version"] for e in entries if e["status"] == "sent" and e["version"] > 1}
     return entries if sent <= ended else None
+
+
+async def _locked_by(view: Path, pid: int) -> bool:
+    """The lock file at the data dir is held (``flock``), by ``pid`` as it says."""
+    fd = os.open(view / LOCK_FILE, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 64).decode().strip() == str(pid)
+    finally:
+        os.close(fd)  # (a lock taken here goes with it)
+    return False
 
 
 async def _is_ready(replica: Replica) -> bool:
@@ -191,3 +210,88 @@ async def test_a_replica_stopped_on_a_failed_disk_logs_the_entries_it_could_not_
         assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1)), chain
         for before, after in itertools.pairwise(chain):
             assert after["prev_hash"] == before["hash"], (before, after)
+
+
+@pytest.mark.timeout(240)
+async def test_entries_a_dead_disk_refused_are_spilled_and_recovered_into_the_log(
+    cluster: Cluster,
+) -> None:
+    """With ``audit_spill_dir`` on another disk, a replica stopped on its failed disk keeps the
+    entries waiting in memory in a spill file there (not only in the process log); after the
+    repair (``e2fsck``), ``controlplane audit recover`` appends them to the data dir's log,
+    each chain verified first: the log then holds every entry, the replica restarted on it
+    verifies, and a second recovery of the same file is refused with nothing appended."""
+    data_dir = cluster.settings("node-g").data_dir
+    image = await asyncio.to_thread(ext4_image, cluster.root / "node-g.img")
+    spill_dir = cluster.root / "spill"  # (the test's own file system: another disk)
+    env = {"CONTROLPLANE_AUDIT_SPILL_DIR": str(spill_dir)}
+    proc = await asyncio.to_thread(spawn, cluster, "node-g", env=env,
+                                   wrap=on_ext4(data_dir, image))  # fmt: skip
+    cluster.procs.append(proc.proc)  # type: ignore[arg-type]
+    pid = proc.proc.pid
+    view = view_of(pid, data_dir)
+    replica = Replica(int(proc.base.rsplit(":", 1)[1]), cluster.http, None, proc.data_dir)  # type: ignore[arg-type]
+    fleet = Fleet(replica.ws_base)
+    try:
+        apps = await fleet.open_apps(10, "ack")
+        await replica.publish({"id": "tone", "set": {"system_prompt": "before"}})
+        assert all(await asyncio.gather(*(_prompt_push(a, "before", 20) for a in apps)))
+
+        async def acked_on_disk() -> bool:
+            acked = {r["session_id"] for r in rows(view) if r["status"] == "acked"}
+            return acked >= {app.session_id for app in apps}
+
+        await eventually(acked_on_disk, timeout=20)
+        await asyncio.to_thread(fs_error, pid, data_dir)
+        await replica.publish({"id": "tone", "set": {"system_prompt": "during"}})
+        got = await asyncio.gather(*(_prompt_push(app, "during", 4) for app in apps))
+        assert got.count(None) == len(apps)
+        on_disk = rows(view)
+    finally:
+        await fleet.close()
+        await asyncio.to_thread(proc.stop)
+    out = proc.log()
+    assert "Traceback" not in out and "unwritten entry:" not in out, out[-3000:]
+    [spilled] = sorted(spill_dir.glob("unwritten-*.jsonl"))
+    assert f"kept in {spilled}" in out, out[-3000:]
+    kept = [json.loads(line) for line in spilled.read_bytes().splitlines()]
+    assert {r["session_id"] for r in kept} == {app.session_id for app in apps}
+
+    # the repair: the image checked; recovery runs with the data dir mounted again
+    await asyncio.to_thread(_fsck, image)
+    recover = [*on_ext4(data_dir, image), EXE, "audit", "recover", "--data-dir", str(data_dir),
+               str(spilled)]  # fmt: skip
+    done = await asyncio.to_thread(_run, recover)
+    assert done.returncode == 0, done.stderr
+    assert f"entries of {len(apps)} sessions" in done.stdout, done.stdout
+    again = await asyncio.to_thread(_run, recover)  # the same file twice: refused
+    assert again.returncode == 1 and "in the log already" in again.stderr, again
+
+    proc = await asyncio.to_thread(spawn, cluster, "node-g", env=env,
+                                   wrap=on_ext4(data_dir, image))  # fmt: skip
+    cluster.procs.append(proc.proc)  # type: ignore[arg-type]
+    replica = Replica(int(proc.base.rsplit(":", 1)[1]), cluster.http, None, proc.data_dir)  # type: ignore[arg-type]
+    try:
+        after = rows(view_of(proc.proc.pid, data_dir))
+        # once each (a write whose fdatasync failed may have reached the disk: not twice)
+        assert len({(r["session_id"], r["seq"]) for r in after}) == len(after)
+        assert {r["hash"] for r in on_disk + kept} <= {r["hash"] for r in after}
+        for app in apps:
+            chain = [r for r in after if r["session_id"] == app.session_id]
+            assert [r["status"] for r in chain][-2:] == ["sent", "rejected"], chain
+            assert [r["seq"] for r in chain] == list(range(1, len(chain) + 1)), chain
+        verified = await replica.call("GET", "/v1/audit/verify", expect=200)
+        assert verified["ok"] is True, verified
+    finally:
+        await asyncio.to_thread(proc.stop)
+
+
+def _fsck(image: Path) -> None:
+    done = subprocess.run(["e2fsck", "-f", "-y", str(image)], check=False, capture_output=True,
+                          text=True, timeout=60)  # fmt: skip
+    assert done.returncode in (0, 1), done  # 1: errors corrected
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTROLPLANE_")}
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=60, env=env)
