@@ -234,6 +234,18 @@ _PATHS: dict[str, Any] = {
             body=_object_body("Rollback"),
         )
     },
+    "/v1/policies/{policy_id}/transfer": {
+        "post": _op(
+            "transfer_policy",
+            "Hand a policy id (its locks, its experiment key) to another team: its current "
+            "document as the next version, the owner role kept (docs/security.md#transfers)",
+            "admin",
+            json_content(ref("Published"), "transferred"),
+            errors=(400, 404, 409, 413, 503),
+            params=_P,
+            body=_object_body("Transfer"),
+        )
+    },
     "/v1/experiments/{key}": {
         "get": _op(
             "experiment_summary",

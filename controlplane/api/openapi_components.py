@@ -70,8 +70,8 @@ SCHEMAS: dict[str, Any] = {
             "id": {"type": "string"},
             "version": {"type": "integer"},
             "status": {"enum": ["active", "retired"]},
-            "cause": {"enum": ["policy", "rollback", "retire", "guard"]},
-            "action": {"enum": ["publish", "rollback", "retire"]},
+            "cause": {"enum": ["policy", "rollback", "retire", "guard", "transfer"]},
+            "action": {"enum": ["publish", "rollback", "retire", "transfer"]},
             "actor": {"type": "string", "description": "<role>:<token digest prefix>"},
             "at": {"type": "string", "description": "RFC 3339"},
             "published_at": {"type": "string", "description": "same as at"},
@@ -107,6 +107,9 @@ SCHEMAS: dict[str, Any] = {
             },
             "digest": {"type": "string"},
             "rolled_back_to": {"type": "integer"},
+            "owner_role": {"type": "string", "description": "transfer: the owner role (kept)"},
+            "owner_team": {"type": "string", "description": "transfer: the new owner team"},
+            "previous_owner_team": {"type": "string", "description": "transfer: the team before"},
             "warnings": {
                 "type": "array",
                 "items": ref("LockWarning"),
@@ -228,6 +231,19 @@ SCHEMAS: dict[str, Any] = {
         },
     },
     **SESSION_SCHEMAS,
+    "Transfer": {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["team", "reason"],
+        "properties": {
+            "team": {
+                "type": "string",
+                "maxLength": 63,
+                "description": "the new owner team (ASCII, read in lower case)",
+            },
+            "reason": {"type": "string", "minLength": 1, "maxLength": REASON_MAX_CHARS},
+        },
+    },
     "Rollback": {
         "type": "object",
         "additionalProperties": False,

@@ -59,6 +59,12 @@ class ControlPlaneAPI(Protocol):
         team: Team | None = None,
     ) -> dict[str, Any]: ...
 
+    async def transfer_policy(
+        self, policy_id: str, team: str, *, actor: str, role: Role, reason: str
+    ) -> dict[str, Any]:
+        """An admin hands the policy id to ``team`` (docs/security.md#transfers)."""
+        ...
+
     async def wave_action(
         self, policy_id: str, action: str, *, actor: str, role: Role, team: Team | None = None
     ) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from controlplane.api.errors import error_middleware, install_log_redaction
 from controlplane.api.events import rollout_stream
 from controlplane.api.inputs import (
     MAX_BODY_BYTES,
+    check_fields,
     check_query,
     opaque_id,
     parse_bool,
@@ -96,6 +97,8 @@ ROUTES: Final[tuple[RouteSpec, ...]] = (
     RouteSpec("POST", "/v1/policies/{policy_id}/promote", "promote_policy", Role.EXPERIMENTER),
     RouteSpec("POST", "/v1/policies/{policy_id}/pause", "pause_policy", Role.EXPERIMENTER),
     RouteSpec("POST", "/v1/policies/{policy_id}/resume", "resume_policy", Role.EXPERIMENTER),
+    # an admin hands a policy id to another team (docs/security.md#transfers)
+    RouteSpec("POST", "/v1/policies/{policy_id}/transfer", "transfer_policy", Role.ADMIN),
     RouteSpec("GET", "/v1/experiments/{key}", "experiment_summary", Role.VIEWER),
     RouteSpec(
         "GET",
@@ -119,23 +122,10 @@ POLICY_ID_SEGMENT: Final = (
 )
 
 ASSIGNMENT_COLUMNS: Final = (
-    "session_id",
-    "policy",
-    "version",
-    "variant",
-    "bucket_by",
-    "bucket_value",
-    "kind",
-    "model",
-    "assigned_at",
-    "state",
-    "iteration",
-    "first_assigned_at",
-    "exposed_at",
-    "left_at",
-    "upstream_session_id",
-    "labels",
-)
+    "session_id", "policy", "version", "variant", "bucket_by", "bucket_value", "kind", "model",
+    "assigned_at", "state", "iteration", "first_assigned_at", "exposed_at", "left_at",
+    "upstream_session_id", "labels",
+)  # fmt: skip
 
 
 def _items(items: list[dict[str, Any]], next_cursor: str | None = None) -> web.Response:
@@ -372,6 +362,18 @@ class _Handlers:
                 team=principal.team,
             )
         )
+
+    async def transfer_policy(self, request: web.Request) -> web.StreamResponse:
+        check_query(request.query, ())
+        body = await read_json_object(request, self._max_body)
+        check_fields(body, ("team", "reason"))
+        team, reason = body.get("team"), parse_reason(body.get("reason"), where='"reason"')
+        if not isinstance(team, str) or reason is None:
+            raise BadRequest('a transfer needs "team" (the new owner team) and a "reason"')
+        principal = request[PRINCIPAL]
+        return web.json_response(await self._service.transfer_policy(
+            path_param(request, "policy_id"), team, actor=principal.actor, role=principal.role,
+            reason=reason))  # fmt: skip
 
     async def promote_policy(self, request: web.Request) -> web.StreamResponse:
         return await self._wave_action(request, "promote")

@@ -224,6 +224,14 @@ class ControlPlaneClient:
         )
         return result
 
+    def transfer_policy(self, policy_id: str, team: str, *, reason: str) -> dict[str, Any]:
+        """An admin hands the policy id to ``team`` (docs/security.md#transfers)."""
+        body = json.dumps({"team": team, "reason": reason}).encode()
+        result: dict[str, Any] = self._json(
+            "POST", "v1", "policies", policy_id, "transfer", body=body
+        )
+        return result
+
     def retire_policy(self, policy_id: str, *, reason: str | None = None) -> dict[str, Any]:
         query = {} if reason is None else {"reason": reason}
         result: dict[str, Any] = self._json("DELETE", "v1", "policies", policy_id, query=query)

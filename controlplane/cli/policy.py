@@ -155,6 +155,15 @@ def _policy_rollback(args: argparse.Namespace, client: ControlPlaneClient) -> in
     return 0
 
 
+def _policy_transfer(args: argparse.Namespace, client: ControlPlaneClient) -> int:
+    result = client.transfer_policy(args.id, args.team, reason=args.reason)
+    out(args, result, lambda: (
+        f"transferred policy {args.id} from team {result.get('previous_owner_team')} to team "
+        f"{result.get('owner_team')} (role {result.get('owner_role')} kept): now version "
+        f"{result.get('version')}"))  # fmt: skip
+    return 0
+
+
 def _policy_retire(args: argparse.Namespace, client: ControlPlaneClient) -> int:
     result = client.retire_policy(args.id, reason=args.reason)
     out(args, result, lambda: f"retired policy {args.id}")
@@ -217,6 +226,11 @@ def register(sub: Any) -> None:
     p = add_command(policy, "retire", _policy_retire, "retire a policy")
     p.add_argument("id")
     p.add_argument("--reason", help="why: kept in the change record")
+    p = add_command(policy, "transfer", _policy_transfer, "hand a policy (its locks, its "
+                    "experiment key) to another team; admin only")  # fmt: skip
+    p.add_argument("id")
+    p.add_argument("--team", required=True, help="the new owner team")
+    p.add_argument("--reason", required=True, help="why: kept in the change record")
     p = add_command(policy, "history", _policy_history, "every version's change record")
     p.add_argument("id")
     p = add_command(policy, "diff", _policy_diff, "what changed between two versions")

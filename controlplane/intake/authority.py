@@ -12,20 +12,30 @@ docs/policies.md#locks). Called by the service before it publishes a policy even
   on live labels come back as warnings (resolution gives the lock owner the field there). A
   lock of another team at the version's owner role holds the same way, and that field may not
   be locked by a second team at all (``controlplane.intake.team_locks``).
+- :func:`check_transfer`: an admin handing a policy id to another team (docs/security.md
+  #transfers): 409 when it cannot be (admin-owned, already that team's, halted or mid-waves)
+  or when the new team's ownership would cross another team's lock (``field_locked``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from controlplane.errors import Conflict, Forbidden
+from controlplane.errors import Conflict, Forbidden, NotFound
 from controlplane.intake.store import PolicyStore
-from controlplane.intake.team_locks import key_holder, owner_after, team_clashes
+from controlplane.intake.team_locks import key_holder, owner_after, team_clashes, transfer_problem
 from controlplane.roles import Role, Team, owner_refusal, publish_refusal
 from policies.authority import LockClash
 from policies.model import Policy
 
-__all__ = ["acting_role", "acting_team", "check_key", "check_locks", "check_owner"]
+__all__ = [
+    "acting_role",
+    "acting_team",
+    "check_key",
+    "check_locks",
+    "check_owner",
+    "check_transfer",
+]
 
 
 def acting_team(store: PolicyStore, policy_id: str, team: Team | None) -> str | None:
@@ -104,14 +114,33 @@ def check_key(store: PolicyStore, policy: Policy, role: Role, team: Team | None 
         )  # fmt: skip
 
 
+def check_transfer(store: PolicyStore, policy: Policy, team: str) -> None:
+    """404 / 409 when ``policy`` (its current document, next version) cannot be handed to
+    ``team`` (``team_locks.transfer_problem``), or 409 ``field_locked`` when, owned by
+    ``team`` at its owner role, it would cross another team's lock."""
+    found = transfer_problem(store, policy.id, team)
+    if found is not None:
+        why, code = found
+        if code == "policy_not_found":
+            raise NotFound(why, code=code)
+        raise Conflict(why, code=code, details={"id": policy.id, "team": team})
+    owner = store.owner_role(policy.id)
+    assert owner is not None
+    if not store.latest(policy.id).retired:  # a retired policy locks and sets nothing
+        check_locks(store, policy, owner, Team(team), transfer=True)
+
+
 def check_locks(
-    store: PolicyStore, policy: Policy, role: Role, team: Team | None = None
-) -> list[dict[str, Any]]:
+    store: PolicyStore, policy: Policy, role: Role, team: Team | None = None, *,
+    transfer: bool = False,
+) -> list[dict[str, Any]]:  # fmt: skip
     """The lock warnings of publishing ``policy`` as ``role`` for ``team``; 409
     ``field_locked`` when it would set a field a higher role locks on sessions that surely
     carry both policies, or cross a lock another team of its owner role holds (set it there,
-    or lock it too wherever both may meet: docs/security.md#locks-and-teams)."""
-    rank, owner_team = owner_after(store, policy.id, role, acting_team(store, policy.id, team))
+    or lock it too wherever both may meet: docs/security.md#locks-and-teams). ``transfer``:
+    as the policy handed to ``team`` at its owner role."""
+    acting = team.name if transfer and team is not None else acting_team(store, policy.id, team)
+    rank, owner_team = owner_after(store, policy.id, role, acting, transfer=transfer)
     clashes = team_clashes(policy, rank, owner_team, store.active())
     items = [_clash(c) for c in clashes]
     refused = [item for clash, item in zip(clashes, items, strict=True) if clash.refused]

@@ -26,6 +26,10 @@ for (a configured team name; ``default`` for a token without one, and for an eve
 below admin an event for another team is refused, and so is one crossing a lock bound to
 another team of its role or running another team's experiment key (session 11,
 controlplane.intake.team_locks). Optional on the wire: guard and operator events carry none.
+Contract addition (session 12, docs/security.md#transfers): cause ``transfer``, an admin
+handing a policy id to another team: the current document again (same content, next version,
+``policy.retired`` when the policy is retired), ``role`` admin, ``team`` the new owner team;
+the owner role stays. Every replica's store checks it (``intake.team_locks.transfer_refusal``).
 Session 12: ``team`` follows the one team-name rule (``roles.canonical_team``: ASCII name,
 read in lower case); an event with any other ``team`` (a space, a look-alike letter) is
 undecodable, so never applied.
@@ -81,7 +85,7 @@ EventType = Literal["policy.published", "policy.retired", "policy.halted", "poli
 EVENT_TYPES: tuple[str, ...] = (
     "policy.published", "policy.retired", "policy.halted", "policy.wave",
 )  # fmt: skip
-CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard", "wave")
+CAUSES: tuple[str, ...] = ("policy", "rollback", "retire", "guard", "wave", "transfer")
 WAVE_ACTIONS: tuple[str, ...] = ("advance", "promote", "pause", "resume")
 EventHandler = Callable[["PolicyEvent"], Awaitable[None]]
 MAX_EVENT_BYTES = 1024 * 1024  # the policy stream's max_msg_size
@@ -103,7 +107,7 @@ class PolicyEvent:
     actor: str
     published_at: str
     event_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    cause: str = "policy"  # policy | rollback | retire | guard (our extension, optional)
+    cause: str = "policy"  # policy | rollback | retire | guard | wave | transfer (optional)
     # policy.halted only: why the rollout guard stopped this version (docs/policies.md#guard)
     halt: Mapping[str, Any] | None = None
     # the publisher's role name (issue #18); None on events published before the field

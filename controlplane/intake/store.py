@@ -16,32 +16,33 @@ the current wave resolves the policy's *previous* version (its fallback when pub
 like a session a halt does not pin: ``outside_waves`` names those policies for one session,
 ``resolution_set(pins, outside)`` gives its set.
 
-Ownership (docs/policies.md#ownership): each event names its publisher's role; a policy's owner
-role is the highest role among its events (its creator's, raised by a higher role's publish).
-An event from a role below the owner changes nothing (every replica refuses it alike), nor
-does one its role may not publish (below compliance: only experiment policies without a
-lock, ``roles.publish_refusal``); one without a role (an operator's tool on the stream)
-keeps the owner (compliance for a new id). Each
-stored version carries its owner's rank (``Policy.rank``), which resolution uses for locks.
-Teams (docs/security.md#teams): a policy's owner team is the ``team`` of the event that
-created it or raised its owner role (``default`` for an event without one: tokens configured
-without a team, replicas and policies from before teams); at the owner role below admin, an
-event for another team changes nothing either (``roles.owner_refusal``), nor one crossing a
-lock bound to another team of its rank (``controlplane.intake.team_locks``).
+Ownership (docs/policies.md#ownership, docs/security.md#teams): a policy's owner role is the
+highest role among its events, its owner team the ``team`` of the event that created it or
+raised that role (``default`` for none), or of an admin's ``transfer``. An event below the owner
+role, or at it below admin for another team, changes nothing (``roles.owner_refusal``), nor one
+its role may not publish (``roles.publish_refusal``) or crossing another team's lock, experiment
+key or transfer rule (``controlplane.intake.team_locks``); one without a role (an operator's
+tool) keeps the owner. Each stored version carries its owner's rank (``Policy.rank``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Literal
 
 from controlplane.errors import Conflict, NotFound
 from controlplane.intake.bus import PolicyEvent
-from controlplane.intake.team_locks import key_refusal, lock_refusal, lock_team, owner_after
+from controlplane.intake.team_locks import (
+    key_refusal,
+    lock_refusal,
+    lock_team,
+    owner_after,
+    transfer_refusal,
+)
 from controlplane.roles import DEFAULT_TEAM, Role, event_role, owner_refusal, publish_refusal
 from policies.bucketing import bucket, percent_to_units, units_in_rollout
 from policies.limits import BUCKET_BY_SESSION
@@ -80,7 +81,9 @@ class PolicyRecord:
 
     @property
     def action(self) -> str:
-        """``publish``, ``rollback`` or ``retire``: what made this version."""
+        """``publish``, ``rollback``, ``retire`` or ``transfer``: what made this version."""
+        if self.event.cause == "transfer":  # an admin handed the id to another team
+            return "transfer"
         if self.retired:
             return "retire"
         return "rollback" if self.event.cause == "rollback" else "publish"
@@ -432,9 +435,8 @@ class PolicyStore:
             log.warning("policy event %s refused: %s", event.msg_id, refusal)
             return False
         policy = parse_policy(event.policy) if policy is None else policy
-        return (
-            lock_refusal(self, event, policy) is None and key_refusal(self, event, policy) is None
-        )
+        return all(check(self, event, policy) is None
+                   for check in (transfer_refusal, lock_refusal, key_refusal))  # fmt: skip
 
     def apply(self, event: PolicyEvent) -> Change | None:
         """Apply a validated event; None when it is a duplicate, a regression or comes from a
@@ -442,7 +444,8 @@ class PolicyStore:
         policy = parse_policy(event.policy)
         if policy.version is None or not self.accepts(event, policy):
             return None
-        role, team = owner_after(self, policy.id, event_role(event.role, event.actor), event.team)
+        role, team = owner_after(self, policy.id, event_role(event.role, event.actor),
+                                 event.team, transfer=event.cause == "transfer")  # fmt: skip
         policy = policy.with_rank(int(role), lock_team(role, team))
         retired = event.type == "policy.retired"
         record = PolicyRecord(policy, event, retired, team)
@@ -463,6 +466,8 @@ class PolicyStore:
                 self._waves[policy.id] = WaveState(
                     policy, None if earlier is None else earlier.policy, event_time(event)
                 )
+                if event.cause == "transfer" and previous_waves is not None:  # complete: stays
+                    self._waves[policy.id] = replace(previous_waves, policy=policy)
         if previous_waves is not None and fallback is None and before is not None:
             fallback = previous_waves.previous  # sessions outside its wave ran that one
         return Change(policy.id, before, after, record, fallback)

@@ -9,6 +9,11 @@ An experiment key belongs to the policy ids that ran it: another policy id may r
 its role and team could change them (``key_holder``): a team cannot count its sessions into
 another team's experiment (exposures, summary, export and SRM are per key).
 
+A transfer (docs/security.md#transfers: cause ``transfer``) is an admin handing a policy id,
+and with it its locks and experiment key, to another team; the owner role stays
+(``transfer_refusal`` says which events may: admin, a policy owned below admin by another
+team, the current document unchanged, not halted nor mid-waves).
+
 Used by the policy store (every replica refuses such an event alike) and, through it, by the
 REST checks (``controlplane.intake.authority``).
 """
@@ -28,6 +33,8 @@ from policies.model import Policy
 __all__ = [
     "KeyHolder",
     "Owners",
+    "Rollout",
+    "Stored",
     "key_holder",
     "key_refusal",
     "lock_refusal",
@@ -35,9 +42,28 @@ __all__ = [
     "owner_after",
     "team_clashes",
     "team_refusal",
+    "transfer_problem",
+    "transfer_refusal",
 ]
 
 log = logging.getLogger(__name__)
+
+
+class Stored(Protocol):
+    """A stored version (``controlplane.intake.store.PolicyRecord``)."""
+
+    @property
+    def policy(self) -> Policy: ...
+
+    @property
+    def retired(self) -> bool: ...
+
+
+class Rollout(Protocol):
+    """A version's waves (``controlplane.intake.store.WaveState``)."""
+
+    @property
+    def complete(self) -> bool: ...
 
 
 class Owners(Protocol):
@@ -51,17 +77,69 @@ class Owners(Protocol):
 
     def key_holders(self, key: str) -> frozenset[str]: ...
 
+    def latest(self, policy_id: str) -> Stored: ...
+
+    def halted(self, policy_id: str) -> object | None: ...
+
+    def waves(self, policy_id: str) -> Rollout | None: ...
+
 
 def owner_after(
-    store: Owners, policy_id: str, role: Role | None, team: str | None
+    store: Owners, policy_id: str, role: Role | None, team: str | None, *, transfer: bool = False
 ) -> tuple[Role, str]:
     """The owner (role, team) of ``policy_id`` once ``role`` acting for ``team`` publishes
     it: a new id or a higher role takes it (its team), else the owner stays; no role (an
-    operator's tool) keeps it (compliance and ``default`` for a new id)."""
+    operator's tool) keeps it (compliance and ``default`` for a new id). ``transfer``: the
+    owner role stays and ``team`` owns it."""
     owner = store.owner_role(policy_id)
+    if transfer and owner is not None:
+        return owner, team or DEFAULT_TEAM
     if role is not None and (owner is None or role > owner):
         return role, team or DEFAULT_TEAM
     return owner or Role.COMPLIANCE, store.owner_team(policy_id) or DEFAULT_TEAM
+
+
+def transfer_problem(store: Owners, policy_id: str, team: str) -> tuple[str, str] | None:
+    """Why ``policy_id`` cannot be handed to ``team`` now, with an error code; None: it can
+    (the caller checks the role: admin only, and the locks the new team would cross)."""
+    owner = store.owner_role(policy_id)
+    if owner is None:
+        return f"there is no policy {policy_id!r}", "policy_not_found"
+    if owner >= Role.ADMIN:
+        why = (f"policy {policy_id!r} is owned by role admin: its locks bind no team and "
+               "every admin may change it; there is nothing to transfer")  # fmt: skip
+        return why, "not_transferable"
+    owner_team = store.owner_team(policy_id) or DEFAULT_TEAM
+    if owner_team == team:
+        return f"policy {policy_id!r} is already owned by team {team!r}", "already_owned"
+    waves = store.waves(policy_id)
+    if store.halted(policy_id) is not None or (waves is not None and not waves.complete):
+        why = (f"policy {policy_id!r} is halted or short of its last wave: roll it back, "
+               "retire it or finish its waves before transferring it")  # fmt: skip
+        return why, "rollout_in_progress"
+    return None
+
+
+def transfer_refusal(store: Owners, event: PolicyEvent, policy: Policy) -> str | None:
+    """Why the store may not take a ``transfer`` event (logged); None: it may, or it is not
+    one. Only an admin's; to a team (not the owner team) of a policy owned below admin; the
+    current version's document (content and state) again; not halted nor mid-waves."""
+    if event.cause != "transfer":
+        return None
+    why = None
+    if event_role(event.role, event.actor) != Role.ADMIN or event.team is None:
+        why = "a transfer needs role admin and the team it hands the policy to"
+    else:
+        found = transfer_problem(store, policy.id, event.team)
+        why = None if found is None else found[0]
+    if why is None:
+        latest = store.latest(policy.id)
+        retired = event.type == "policy.retired"
+        if latest.retired != retired or latest.policy.content() != policy.content():
+            why = "a transfer changes the owner team only: it carries the current document"
+    if why is not None:
+        log.warning("policy event %s refused: %s", event.msg_id, why)
+    return why
 
 
 def lock_refusal(store: Owners, event: PolicyEvent, policy: Policy) -> str | None:
@@ -69,7 +147,8 @@ def lock_refusal(store: Owners, event: PolicyEvent, policy: Policy) -> str | Non
     of the owner rank (logged); None: it may (retirements always may)."""
     if event.type != "policy.published":
         return None
-    rank, team = owner_after(store, policy.id, event_role(event.role, event.actor), event.team)
+    rank, team = owner_after(store, policy.id, event_role(event.role, event.actor), event.team,
+                             transfer=event.cause == "transfer")  # fmt: skip
     clash = team_refusal(team_clashes(policy, rank, team, store.active()), rank, team)
     if clash is None:
         return None

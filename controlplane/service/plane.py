@@ -132,6 +132,7 @@ class ControlPlane:
         self.retire_policy = self.publisher.retire_policy
         self.rollback_policy = self.publisher.rollback_policy
         self.wave_action = self.publisher.wave_action
+        self.transfer_policy = self.publisher.transfer_policy
         self.list_policies = self.queries.list_policies
         self.get_policy = self.queries.get_policy
         self.policy_versions = self.queries.policy_versions

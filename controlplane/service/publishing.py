@@ -18,18 +18,26 @@ from typing import Any
 
 from controlplane.cluster.ports import ClusterPorts, VersionWaiters
 from controlplane.config import Settings
-from controlplane.errors import Conflict, NotFound, Unavailable, ValidationFailed
+from controlplane.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    Unavailable,
+    ValidationFailed,
+)
 from controlplane.intake.authority import (
     acting_role,
     acting_team,
     check_key,
     check_locks,
     check_owner,
+    check_transfer,
 )
 from controlplane.intake.bus import PolicyBus, PolicyEvent, rfc3339
 from controlplane.intake.store import PolicyStore
 from controlplane.intake.team_locks import key_refusal, lock_refusal
-from controlplane.roles import Role, Team, owner_refusal
+from controlplane.roles import Role, Team, canonical_team, owner_refusal
 from controlplane.rollouts.waves import Waves, wave_status
 from policies.model import Policy, parse_policy
 from sessions.clock import Clock
@@ -186,6 +194,36 @@ class Publisher:
                                   team=acting_team(self._store, policy_id, team))  # fmt: skip
         return {"id": policy_id, "version": latest.version,
                 "waves": wave_status(self._store, policy_id)}  # fmt: skip
+
+    async def transfer_policy(
+        self, policy_id: str, team: str, *, actor: str, role: Role, reason: str
+    ) -> dict[str, Any]:
+        """An admin hands ``policy_id`` (its locks, its experiment key) to ``team``: its
+        current document again as the next version (cause ``transfer``; retired stays
+        retired), the owner role unchanged (docs/security.md#transfers)."""
+        self._require_accepting()
+        if role < Role.ADMIN:  # the route requires admin; internal callers must too
+            raise Forbidden("transferring a policy to another team needs role admin",
+                            details={"required_role": "admin", "role": role.label})  # fmt: skip
+        try:
+            team = canonical_team(team)
+        except ValueError as exc:
+            raise BadRequest(f'"team": {exc}', details={"field": "team"}) from None
+        latest = self._store.latest(policy_id)
+        version = max(latest.version, await self._stored_version(policy_id)) + 1
+        policy = latest.policy.with_version(version).with_reason(reason)
+        check_transfer(self._store, policy, team)
+        before = latest.owner_team
+        kind = "policy.retired" if latest.retired else "policy.published"
+        result = await self.publish(policy, kind, actor, "transfer", role, Team(team))
+        if self._store.owner_team(policy_id) != team:  # refused here (a race): say why
+            check_transfer(self._store, policy, team)
+            raise Conflict(f"policy {policy_id!r} was changed while transferring; try again",
+                           details={"id": policy_id, "team": team})  # fmt: skip
+        log.warning("policy %s v%d transferred from team %r to team %r (role %s) by %s: %s",
+                    policy_id, version, before, team, latest.owner_role, actor, reason)  # fmt: skip
+        return {**result, "owner_role": latest.owner_role.label, "owner_team": team,
+                "previous_owner_team": before}  # fmt: skip
 
     async def publish(
         self, policy: Policy, kind: str, actor: str, cause: str, role: Role,

@@ -163,6 +163,12 @@ class FakeControlPlane:
         self._record("wave_action", policy_id, action, actor)
         return {"id": policy_id, "version": 1, "waves": None}
 
+    async def transfer_policy(
+        self, policy_id: str, team: str, *, actor: str, role: Role, reason: str
+    ) -> dict[str, Any]:
+        self._record("transfer_policy", policy_id, team, actor, reason)
+        return {"id": policy_id, "version": 2, "owner_team": team}
+
     async def rollback_policy(
         self,
         policy_id: str,

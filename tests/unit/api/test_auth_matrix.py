@@ -38,6 +38,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "rollout_status": ("/v1/policies/eu-disclosure/rollout", None),
     "rollout_stream": ("/v1/policies/eu-disclosure/rollout/stream", None),
     "rollback_policy": ("/v1/policies/eu-disclosure/rollback", {"to": 1}),
+    "transfer_policy": ("/v1/policies/eu-disclosure/transfer", {"team": "risk", "reason": "r"}),
     "promote_policy": ("/v1/policies/eu-disclosure/promote", None),
     "pause_policy": ("/v1/policies/eu-disclosure/pause", None),
     "resume_policy": ("/v1/policies/eu-disclosure/resume", None),
