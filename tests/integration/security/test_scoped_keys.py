@@ -140,6 +140,7 @@ async def test_a_key_scoped_to_a_team_signs_only_what_acts_for_that_team(
         (f"{REPLICA},experimenter@a b:{EXP}", "key 2: a team name"),
         (f"{REPLICA},experimenter@x+:{EXP}", "key 2: a team name"),
     ],
+    ids=lambda v: v.replace(EXP, "EXP").replace(REPLICA, "REPLICA"),  # the same in every process
 )
 def test_a_scoped_first_key_or_an_unknown_scope_is_refused_at_start(
     keys: str, problem: str, tmp_path: Path

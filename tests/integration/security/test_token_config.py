@@ -26,6 +26,7 @@ EXE = str(Path(sys.executable).parent / "controlplane")
 @pytest.mark.parametrize(
     "entries",
     [f"{TOKEN}:admin", f"admin:ok-token,{TOKEN}:viewer", f"{TOKEN}", f" {TOKEN} : compliance"],
+    ids=lambda v: v.replace(TOKEN, "TOKEN"),  # the same ids in every process (pytest-xdist)
 )
 def test_a_token_entry_in_the_wrong_order_is_refused_without_printing_the_token(
     entries: str,

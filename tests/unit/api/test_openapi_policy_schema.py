@@ -37,7 +37,18 @@ INVALID: Final = "invalid"
 CROSS: Final = "cross-field"
 # rules of the model that relate two values of the document; JSON Schema cannot check them
 CROSS_FIELD: Final = frozenset({"conflict", "unique", "weights_sum", "min_le_max"})
-DELETE: Final = object()
+
+
+class _Delete:
+    """The marker for "remove this key"; its repr names it, so test ids are the same in every
+    process (pytest-xdist's workers must collect the same ids: ``object()``'s repr is its
+    address)."""
+
+    def __repr__(self) -> str:
+        return "DELETE"
+
+
+DELETE: Final = _Delete()
 
 Path = tuple[str | int, ...]
 
