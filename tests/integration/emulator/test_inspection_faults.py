@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 
@@ -14,6 +13,7 @@ from sessions.dialects.voice_agent_v1_table import CLOSE as VA_CLOSE
 from tests.integration.emulator.agent_client import expect, open_agent, send
 from tests.integration.emulator.conftest import Emulator, StartEmulator
 from tests.integration.emulator.streaming_client import drain, open_stream
+from tests.integration.service.conftest import eventually
 
 FIRST = {"type": "session.update", "session": {"system_prompt": "hi"}}
 
@@ -68,9 +68,13 @@ async def test_timeline_memory_is_bounded(start_emulator: StartEmulator) -> None
     assert detail["timeline"][-1]["seq"] == 9
     async with open_stream(emu.ws) as ws:
         await ws.recv()
-    await asyncio.sleep(0.05)
-    status, _ = await emu.request("GET", f"/_emulator/sessions/{begin['id']}")
-    assert status == 404  # forgotten: only one closed session is kept
+
+    async def forgotten() -> bool:  # only one closed session is kept: once the second closed
+        status, _ = await emu.request("GET", f"/_emulator/sessions/{begin['id']}")
+        assert status == 404, status
+        return True
+
+    await eventually(forgotten)
 
 
 async def test_agent_reject_next_update_and_fail_fields(emulator: Emulator) -> None:
@@ -138,9 +142,12 @@ async def test_drop_after_messages_makes_the_agent_session_resumable(emulator: E
     except ConnectionClosed:
         pass
     assert ws.close_code == 1006
-    await asyncio.sleep(0.05)
-    detail = await emulator.session(ready["session_id"])
-    assert detail["state"] == "suspended"
+
+    async def suspended() -> bool:  # the emulator notices its own abort's EOF
+        assert (await emulator.session(ready["session_id"]))["state"] == "suspended"
+        return True
+
+    await eventually(suspended)
     await emulator.post("/_emulator/faults", {"drop_after_messages": None})
     async with open_agent(emulator.ws) as again:
         await send(again, {"type": "session.resume", "session_id": ready["session_id"]})

@@ -19,6 +19,7 @@ from tests.integration.emulator.agent_client import (
     until,
 )
 from tests.integration.emulator.conftest import Emulator, StartEmulator
+from tests.integration.service.conftest import eventually
 
 FIRST = {
     "type": "session.update",
@@ -152,9 +153,12 @@ async def test_resume_within_the_window_restores_the_session(emulator: Emulator)
     await expect(ws)
     ws.transport.abort()  # network drop: no close frame, no session.end
     await ws.wait_closed()
-    await asyncio.sleep(0.05)
-    listed = await emulator.get("/_emulator/sessions?state=suspended")
-    assert [s["id"] for s in listed["items"]] == [ready["session_id"]]
+
+    async def suspended() -> list[Any]:  # the emulator notices the drop (its socket's EOF)
+        return [s["id"] for s in (await emulator.get("/_emulator/sessions?state=suspended"))
+                ["items"]]  # fmt: skip
+
+    assert await eventually(suspended) == [ready["session_id"]]
 
     async with open_agent(emulator.ws) as again:
         await send(again, {"type": "session.resume", "session_id": ready["session_id"]})

@@ -40,14 +40,14 @@ async def _call(cp: ControlPlaneUnderTest) -> tuple[Any, str]:
 
 
 async def _quiet(cp: ControlPlaneUnderTest) -> None:
-    """Every live session's push answered (or given up), then a flush."""
+    """Every live session's push answered (or given up): the next step of the scenario starts
+    after the fan-out (what the exposures say is waited for where it is read)."""
 
     def settled() -> bool:
         states = [ls.push for ls in cp.service.engine.live.values()]
         return all(p.in_flight is None and p.desired_version == p.sent_version for p in states)
 
     await eventually(settled, timeout=10)
-    await asyncio.sleep(0.6)
 
 
 async def test_exposures_match_what_the_upstream_ran_through_ramp_lock_stop_and_restart(
@@ -84,13 +84,20 @@ async def test_exposures_match_what_the_upstream_ran_through_ramp_lock_stop_and_
         at = [e["at"] for e in timeline if (e.get("config") or {}).get("system_prompt") == WARM]
         if at:
             ran_warm[upstream] = min(at)
-    rows = await _rows(cp, "tone")
-    by_upstream = {r["upstream_session_id"]: r for r in rows.values()}
-    exposed_warm = {u for u, r in by_upstream.items() if r["exposed_at"] and r["variant"] == "warm"}
-    assert exposed_warm == set(ran_warm), (
-        sorted(exposed_warm - set(ran_warm)),
-        sorted(set(ran_warm) - exposed_warm),
-    )
+
+    async def flushed() -> tuple[dict[str, Any], dict[str, Any], set[str]]:
+        # the exposure rows as REST reads them once the book has flushed (every 0.5 s)
+        rows = await _rows(cp, "tone")
+        by_upstream = {r["upstream_session_id"]: r for r in rows.values()}
+        exposed_warm = {u for u, r in by_upstream.items()
+                        if r["exposed_at"] and r["variant"] == "warm"}  # fmt: skip
+        assert exposed_warm == set(ran_warm), (
+            sorted(exposed_warm - set(ran_warm)),
+            sorted(set(ran_warm) - exposed_warm),
+        )
+        return rows, by_upstream, exposed_warm
+
+    rows, by_upstream, exposed_warm = await eventually(flushed, timeout=10)
     assert ran_warm, "no call ran the warm arm: the scenario tests nothing"
     for upstream in exposed_warm:  # exposed once the upstream ran it, never before
         row = by_upstream[upstream]

@@ -330,32 +330,36 @@ async def test_stopping_an_experiment_mid_fan_out_leaves_one_coherent_state_per_
             )
 
         await eventually(settled, timeout=10)
-        await asyncio.sleep(0.3)
-        rows = await _rows(cp)
-        summary = await _summary(cp)
-        problems = []
-        for sid in ids:
-            log = await cp.log(sid)
-            ran = [
-                e["seq"]
-                for e in log
-                if e["status"] in ("acked", "unchanged")
-                and any(p["id"] == KEY and p["variant"] for p in e["policies"])
-            ]
-            row = rows.get(sid)
-            if row is not None and row["exposed_at"] is not None:
-                if (problem := exposure_problem(row, log)) is not None:
-                    problems.append(f"{sid}: {problem}")
-                if row["left_at"] is None or row["state"] != "left":
-                    problems.append(f"{sid}: exposed, not left after the retire: {row}")
-            else:
-                if ran:
-                    problems.append(f"{sid}: entries {ran} ran a variant, no exposure: {row}")
-                if row is not None and row["state"] != "left":
-                    problems.append(f"{sid}: never exposed, row says {row['state']!r}: {row}")
-        assert not problems, "\n".join(problems)
-        exposed = sum(1 for r in rows.values() if r["exposed_at"] is not None)
-        assert summary["exposed"] == exposed
+
+        async def coherent() -> dict[str, Any]:  # as REST reads it once the book flushed
+            rows = await _rows(cp)
+            summary = await _summary(cp)
+            problems = []
+            for sid in ids:
+                log = await cp.log(sid)
+                ran = [
+                    e["seq"]
+                    for e in log
+                    if e["status"] in ("acked", "unchanged")
+                    and any(p["id"] == KEY and p["variant"] for p in e["policies"])
+                ]
+                row = rows.get(sid)
+                if row is not None and row["exposed_at"] is not None:
+                    if (problem := exposure_problem(row, log)) is not None:
+                        problems.append(f"{sid}: {problem}")
+                    if row["left_at"] is None or row["state"] != "left":
+                        problems.append(f"{sid}: exposed, not left after the retire: {row}")
+                else:
+                    if ran:
+                        problems.append(f"{sid}: entries {ran} ran a variant, no exposure: {row}")
+                    if row is not None and row["state"] != "left":
+                        problems.append(f"{sid}: never exposed, row says {row['state']!r}: {row}")
+            assert not problems, "\n".join(problems)
+            exposed = sum(1 for r in rows.values() if r["exposed_at"] is not None)
+            assert summary["exposed"] == exposed
+            return rows
+
+        rows = await eventually(coherent, timeout=10)
         warm = collections.Counter(bool(r["exposed_at"]) for r in rows.values()
                                    if r["variant"] == "warm")  # fmt: skip
         assert warm[True] and warm[False], f"no race: {warm}"

@@ -89,7 +89,12 @@ async def test_an_app_update_after_a_written_push_wins_over_its_late_report(
         await eventually(lambda: app.pending > 0)  # the push reached the app
         await app.update({"min_turn_silence_ms": 240})
         await eventually(lambda: not app.busy)
-        await asyncio.sleep(0.05)
+
+        async def reported() -> bool:  # the app's late report is in the record
+            return any(e["cause"] == "policy" and e["status"] != "sent"
+                       for e in await cp.log(sid))  # fmt: skip
+
+        await eventually(reported)
         truth = emulator_view(app.kind, app.model,
                               (await emulator.session(app.upstream_id))["config"])  # fmt: skip
         assert truth["min_turn_silence_ms"] == 240
