@@ -136,7 +136,9 @@ def build_app(settings: Settings, *, clock: Clock | None = None) -> web.Applicat
             # one upstream socket per gateway session: no pool limit (the default is 100)
             http = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, connect=10),
+                timeout=aiohttp.ClientTimeout(
+                    total=None, connect=settings.upstream_connect_timeout_s
+                ),
             )
             http_holder.append(http)
             gateway.http = http

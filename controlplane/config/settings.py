@@ -174,6 +174,11 @@ class Settings:
     max_client_message_bytes: int = setting(
         1024 * 1024, group=UPSTREAMS, ge=1, help="largest gateway client frame; larger close 1009"
     )
+    upstream_connect_timeout_s: float = setting(
+        10.0, group=UPSTREAMS, gt=0, le=120,
+        help="how long a gateway session's upstream TCP/TLS connect may take; then the client "
+        "is refused 502 (Streaming) or internal_error (Voice Agent)",
+    )  # fmt: skip
     # --- admission (controlplane.edges.admission) ---------------------------------------------
     first_message_timeout_s: float = setting(
         10.0,

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlencode
@@ -66,7 +67,7 @@ from sessions.dialects.streaming_v3_upstream import StreamingUpstream
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.errors import DialectError
 
-__all__ = ["Gateway", "UpstreamTransport", "parse_labels"]
+__all__ = ["Gateway", "UpstreamTransport", "parse_labels", "unreachable"]
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ FORWARDED_HEADERS = ("Authorization", "AssemblyAI-Version", "User-Agent")
 LABELS_HEADER = "X-Session-Labels"
 LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
 SECRET_QUERY = frozenset({"token"})
+_QUERY = re.compile(r"\?[^\s'\"<>()\[\]]*")  # a URL's query in an error's text
 NOT_RECORDED = "version_log_unwritable"  # the end cause of a connect refused before the dial
 
 
@@ -196,10 +198,9 @@ class Gateway:
             await self.service.not_connected(ls, f"{NOT_CONNECTED}: {why}", "upstream_refused")
             return _http_error(exc.status, "upstream_rejected", why)
         except (aiohttp.ClientError, OSError) as exc:
-            log.warning("streaming upstream unreachable: %s", exc)
-            await self.service.not_connected(
-                ls, f"{NOT_CONNECTED}: cannot reach the upstream ({exc})", "upstream_unreachable"
-            )
+            why = f"cannot reach the upstream ({unreachable(exc)})"
+            log.warning("streaming session %s: %s", session.id, why)
+            await self.service.not_connected(ls, f"{NOT_CONNECTED}: {why}", "upstream_unreachable")
             return _http_error(502, "upstream_unreachable", "cannot reach the upstream")
         transport.ws = upstream
         try:
@@ -310,7 +311,7 @@ class Gateway:
                 return ws
             except (aiohttp.ClientError, OSError) as exc:
                 await self.service.not_connected(
-                    ls, f"{NOT_CONNECTED}: cannot reach the upstream ({exc})",
+                    ls, f"{NOT_CONNECTED}: cannot reach the upstream ({unreachable(exc)})",
                     "upstream_unreachable")  # fmt: skip
                 await _agent_error(ws, "internal_error", "cannot reach the upstream")
                 await ws.close(code=1011)
@@ -456,6 +457,13 @@ async def _agent_error(ws: web.WebSocketResponse, code: str, message: str) -> No
 def _http_error(status: int, code: str, message: str) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": {}}}
     return web.json_response(body, status=status)
+
+
+def unreachable(exc: BaseException) -> str:
+    """A failed upstream dial said without any URL's query: a client's temporary ``token``
+    rides in the Streaming URL, and aiohttp's connect timeout names the whole URL
+    (docs/security.md#secrets)."""
+    return _QUERY.sub("?***", str(exc))
 
 
 def _leftovers(earlier: Mapping[str, Any]) -> Config:
