@@ -55,6 +55,10 @@ REGISTRY_SYNC_INTERVAL_S = 0.25
 # scan of 50,000 sessions took 50-140 ms: every 0.25 s it was a quarter of a fan-out's
 # samples at 19,500 sessions and slowed attaches more than linearly; docs/benchmarks.md).
 GAUGE_LOOP_SHARE = 0.02
+# A sweep this late (the process was stopped, SIGSTOP or a paused VM, or its loop blocked)
+# judges no timeout until a sweep interval passes on time: the answers that came meanwhile
+# wait unread in the sockets, and the timers would otherwise fire before they are read
+STALL_S = 1.0
 
 
 class PushEngine:
@@ -333,7 +337,7 @@ class PushEngine:
 
     async def _sweep(self) -> None:
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
+            await self._sweep_sleep()
             self.flush_metrics()
             outgoing: list[Outgoing] = []
             try:
@@ -346,6 +350,17 @@ class PushEngine:
                     self._sender.queue(ls, {}, outgoing)
             finally:
                 await self._sender.send_all(outgoing)
+
+    @staticmethod
+    async def _sweep_sleep() -> None:
+        """One sweep interval, longer after a stall (``STALL_S``): until an interval passes
+        on time, the loop having read what its sockets held (the loop's time, not the
+        clock's: tests fake it)."""
+        while True:
+            started = time.monotonic()
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            if time.monotonic() - started < STALL_S:
+                return
 
     async def _sync(self) -> None:
         export_at = 0.0
