@@ -6,6 +6,10 @@ A fault document (JSON) has these optional keys; ``null`` clears one:
 - ``handshake_delay_ms``: wait this long before answering the WebSocket upgrade of a new
   session (a slow upstream handshake; only meaningful as a global default, ``POST
   /_emulator/faults``). A client that gives up meanwhile opens no session.
+- ``stop_reading``: ``true``: the session stops reading its socket (its handler takes no
+  frame and runs no timer until the knob is cleared; aiohttp stops reading the socket once
+  its own queue is full, then the kernel buffers fill and the peer's writes wait): an
+  upstream that stops reading (frozen, overloaded). ``false``/``null``: it reads on.
 - ``drop_after_messages``: after handling N more control (non-audio) messages, drop the TCP
   connection without a close frame (the client sees 1006; a voice-agent session becomes
   resumable).
@@ -48,6 +52,7 @@ class FaultSpec:
     latency_ms: float = 0.0
     handshake_delay_ms: float = 0.0
     drop_after_messages: int | None = None
+    stop_reading: bool = False
     reject_next_update: RejectSpec | None = None
     fail_fields: Mapping[str, str | int] = field(default_factory=lambda: MappingProxyType({}))
 
@@ -56,6 +61,7 @@ class FaultSpec:
             "latency_ms": self.latency_ms,
             "handshake_delay_ms": self.handshake_delay_ms,
             "drop_after_messages": self.drop_after_messages,
+            "stop_reading": self.stop_reading,
             "reject_next_update": (
                 self.reject_next_update.to_dict() if self.reject_next_update else None
             ),
@@ -79,7 +85,7 @@ def parse_faults(doc: object, base: FaultSpec | None = None) -> FaultSpec:
     spec = base or FaultSpec()
     known = {
         "latency_ms", "handshake_delay_ms", "drop_after_messages", "reject_next_update",
-        "fail_fields",
+        "fail_fields", "stop_reading",
     }  # fmt: skip
     unknown = sorted(set(doc) - known)
     if unknown:
@@ -95,6 +101,11 @@ def parse_faults(doc: object, base: FaultSpec | None = None) -> FaultSpec:
         if value is not None and value < 0:
             raise InvalidFaults("drop_after_messages", "must be >= 0")
         spec = replace(spec, drop_after_messages=value)
+    if "stop_reading" in doc:
+        value = doc["stop_reading"]
+        if value is not None and not isinstance(value, bool):
+            raise InvalidFaults("stop_reading", "must be true, false or null")
+        spec = replace(spec, stop_reading=bool(value))
     if "reject_next_update" in doc:
         spec = replace(spec, reject_next_update=_parse_reject(doc["reject_next_update"]))
     if "fail_fields" in doc:

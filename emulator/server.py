@@ -40,6 +40,7 @@ __all__ = ["STATE", "EmulatorState", "build_app"]
 
 AGENT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # base64 JSON audio frames; no documented limit
 _GOING_AWAY = 1001
+STOPPED_POLL_S = 0.01  # how often a session that stopped reading looks whether to read on
 
 
 @dataclass
@@ -168,8 +169,13 @@ async def _pump(
     clock: Clock,
     audio: Any = None,
 ) -> _Outcome:
-    """Feed frames and timers to ``machine`` until either side closes."""
+    """Feed frames and timers to ``machine`` until either side closes (nothing while the
+    session's ``stop_reading`` fault holds)."""
     while True:
+        knobs = faults or getattr(machine, "faults", None) or _NO_FAULTS
+        if knobs.spec.stop_reading and not ws.closed:  # (closed: shutting down, read the end)
+            await asyncio.sleep(STOPPED_POLL_S)
+            continue
         now = clock.monotonic()
         deadline = machine.next_deadline()
         if deadline is not None and deadline <= now:
@@ -183,7 +189,7 @@ async def _pump(
         except TimeoutError:
             continue
         if msg.type is WSMsgType.TEXT:
-            latency = (faults or getattr(machine, "faults", None) or _NO_FAULTS).latency_s
+            latency = knobs.latency_s
             if latency:
                 await asyncio.sleep(latency)
             actions = machine.receive_text(msg.data, clock.monotonic())

@@ -6,6 +6,18 @@
 :class:`UpstreamTransport`, an acknowledgement deadline through one timer; each event's
 actions are executed in order — writes to the two sockets, and the service's
 ``SessionPort`` calls. Time is the event loop's monotonic clock (the timer's own).
+
+A text frame for the upstream is written at once, never waiting for the upstream to read
+(``ProxyPump.to_upstream``: built here, masked, handed to the leg's transport, as the
+control channel's raw path): aiohttp's ``send_str`` writes a frame and THEN waits for the
+drain when the leg is paused past its writer limit, with no timeout, so one upstream that
+stopped reading held up every later session of a fan-out (and a connection lost during that
+wait was recorded ``rejected`` though the frame may have left). Flow control: a fan-out
+writes inline only to a leg that is not congested (``UpstreamTransport.congested``); a
+congested leg's pushes go to the session's worker, which waits for the leg to resume BEFORE
+it writes, never after (given up meanwhile, nothing was sent: ``push.sending``); the
+client's own frames wait for a paused leg after they are relayed (the client's relay only).
+So a leg's unsent bytes stay under ``CONGESTED_BYTES`` plus one frame per writer.
 """
 
 from __future__ import annotations
@@ -13,6 +25,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
+import struct
 from typing import Any
 
 import aiohttp
@@ -49,13 +63,15 @@ __all__ = [
     "INTERNAL_ERROR_CLOSE",
     "ProxyPump",
     "UpstreamTransport",
+    "masked_text_frame",
     "send_upstream",
 ]
 
 log = logging.getLogger(__name__)
 
 INTERNAL_ERROR_CLOSE = 1011
-DRAIN_POLL_S = 0.01  # how often a leaving session looks whether its answers came
+DRAIN_POLL_S = 0.01  # how often a leaving session looks whether its answers came (and a
+MAX_DRAIN_POLL_S = 0.1  # write waiting for a paused leg whether it resumed, backing off)
 
 
 class UpstreamTransport:
@@ -90,16 +106,27 @@ class UpstreamTransport:
     async def write(self, push: Push, wire: dict[str, Any], text: str) -> None:
         pump = self.pump
         if self.ws is None or self.ws.closed or pump is None:
-            raise ConnectionError("upstream socket is closed")
+            raise ConnectionError("not sent: the upstream socket is closed")
+        if pump.ls.worker is not None:
+            # a worker's write (a fan-out writes inline only to a leg that is not congested):
+            # it waits for the upstream to read BEFORE its frame goes; given up meanwhile
+            # (send timed out), nothing was sent
+            await pump.writable(CONGESTED_BYTES)
+            if self.ws.closed:
+                raise ConnectionError("not sent: the upstream socket is closed")
         machine = pump.machine
         actions = machine.push(push, wire, text, pump.now())
-        if machine.acks is None or any(isinstance(a, Written) and a.push is push for a in actions):
-            # its frame goes now (Voice Agent: not queued behind another update): its bytes
-            # are handed to the socket by the first await of ``run`` (the ToUpstream's
-            # send_str writes the frame, THEN waits for the drain), so a write cancelled from
-            # here on (send timed out) may have reached the upstream
-            self.handed = push
-        await pump.run(actions)
+        goes = machine.acks is None or any(
+            isinstance(a, Written) and a.push is push for a in actions
+        )  # (Voice Agent: not queued behind another update)
+        frames = pump.frames_out
+        try:
+            await pump.run(actions)
+        finally:
+            if goes and pump.frames_out > frames:
+                # its frame was handed to the socket: whatever happens from here on (the
+                # connection lost, the write given up), it may have reached the upstream
+                self.handed = push
 
 
 class ProxyPump:
@@ -122,6 +149,12 @@ class ProxyPump:
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        # the leg's asyncio transport and aiohttp protocol (the client socket's, for its life;
+        # aiohttp has no public accessor: why it is pinned, pyproject.toml)
+        writer = getattr(upstream, "_writer", None)
+        self._leg: asyncio.WriteTransport | None = getattr(writer, "transport", None)
+        self._leg_protocol: Any = getattr(writer, "protocol", None)
+        self.frames_out = 0  # text frames handed to the upstream leg (``to_upstream``)
 
     def now(self) -> float:
         return self._loop.time()
@@ -131,7 +164,7 @@ class ProxyPump:
         ls, port = self.ls, self.port
         for action in actions:
             if isinstance(action, ToUpstream):
-                await self.upstream.send_str(action.text)
+                self.to_upstream(action.text)
             elif isinstance(action, ToClient):
                 if not action.quiet:
                     await self.ws.send_str(action.text)
@@ -173,6 +206,32 @@ class ProxyPump:
         if self.machine.acks is not None:
             self._arm()
 
+    def to_upstream(self, text: str) -> None:
+        """One text frame for the upstream, handed to the leg's transport at once: never
+        waiting for the upstream to read (module docstring). Raises ``ConnectionError`` when
+        the leg is closed: then no byte of it was written."""
+        leg = self._leg
+        if self.upstream.closed or leg is None or leg.is_closing():
+            raise ConnectionError("not sent: the upstream connection is closed")
+        leg.write(masked_text_frame(text.encode()))
+        self.frames_out += 1
+
+    async def writable(self, limit: int = 0) -> None:
+        """Wait while the leg's transport is paused (its unsent bytes past asyncio's
+        high-water mark) and holds more than ``limit`` bytes: until the upstream read enough
+        (the transport resumed), or the connection is lost. Polled (public state only):
+        aiohttp's drain waiter is one future per connection, and a waiter cancelled on it (a
+        worker's write given up) cancelled every other one (the client's relay)."""
+        leg, protocol = self._leg, self._leg_protocol
+        if leg is None or protocol is None:
+            return
+        pause = DRAIN_POLL_S
+        while protocol.writing_paused and not leg.is_closing():
+            if leg.get_write_buffer_size() <= limit:
+                return
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, MAX_DRAIN_POLL_S)
+
     async def relay(self, frames: FirstFrames) -> str:
         """Relays until either side closes; the session's end cause. ``frames``: the client's
         (on ``/v3/ws`` the first, audio included, must come within the first-message
@@ -190,6 +249,7 @@ class ProxyPump:
                     await upstream.send_bytes(msg.data)
                 elif msg.type == WSMsgType.TEXT:
                     await self.run(self.machine.client_text(msg.data, self.now()))
+                    await self.writable()  # the client's frames wait for a slow upstream
             if frames.silent:
                 cause = "first_message_timeout"
             elif reader.done():
@@ -303,6 +363,28 @@ class ProxyPump:
         for task in list(self._tasks):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+_LEN7 = struct.Struct("!BB").pack
+_LEN16 = struct.Struct("!BBH").pack
+_LEN64 = struct.Struct("!BBQ").pack
+_MASK = random.Random()  # (aiohttp's choice for a client's masking keys)
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """One final, uncompressed WebSocket text frame of ``payload`` from a client: masked with
+    a fresh key (RFC 6455 §5.3). The gateway's upstream legs never negotiate compression."""
+    n = len(payload)
+    if n < 126:
+        header = _LEN7(0x81, 0x80 | n)
+    elif n < 65536:
+        header = _LEN16(0x81, 0x80 | 126, n)
+    else:
+        header = _LEN64(0x81, 0x80 | 127, n)
+    key = _MASK.getrandbits(32).to_bytes(4, "little")
+    mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
+    body = (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+    return b"".join((header, key, body))
 
 
 async def send_upstream(upstream: aiohttp.ClientWebSocketResponse, actions: list[Action]) -> None:
