@@ -9,7 +9,8 @@ A fault document (JSON) has these optional keys; ``null`` clears one:
 - ``stop_reading``: ``true``: the session stops reading its socket (its handler takes no
   frame and runs no timer until the knob is cleared; aiohttp stops reading the socket once
   its own queue is full, then the kernel buffers fill and the peer's writes wait): an
-  upstream that stops reading (frozen, overloaded). ``false``/``null``: it reads on.
+  upstream that stops reading (frozen, overloaded); set on a live session, its socket stops
+  reading at once. ``false``/``null``: it reads on.
 - ``drop_after_messages``: after handling N more control (non-audio) messages, drop the TCP
   connection without a close frame (the client sees 1006; a voice-agent session becomes
   resumable).

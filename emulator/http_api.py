@@ -50,6 +50,8 @@ class EmulatorState(Protocol):
 
     async def close_session(self, session_id: str, code: int, reason: str) -> bool: ...
 
+    def reading(self, session_id: str, on: bool) -> None: ...
+
 
 def _error(status: int, code: str, message: str, **details: Any) -> web.Response:
     body = {"error": {"code": code, "message": message, "details": details}}
@@ -161,10 +163,13 @@ def add_routes(router: web.UrlDispatcher, state: Callable[[web.Request], Emulato
         if record.state == "closed":
             return _error(409, "session_closed", "the session is closed", id=record.id)
         try:
-            spec = parse_faults(await _body(request), record.faults.spec)
+            doc = await _body(request)
+            spec = parse_faults(doc, record.faults.spec)
         except InvalidFaults as exc:
             return _error(400, "invalid_faults", str(exc), field=exc.field)
         record.faults.set(spec)
+        if isinstance(doc, dict) and "stop_reading" in doc:  # at once, not after a frame
+            state(request).reading(record.id, not spec.stop_reading)
         return _json({"id": record.id, "faults": record.faults.to_dict()})
 
     async def close_session(request: web.Request) -> web.Response:

@@ -92,6 +92,18 @@ class EmulatorState:
         outcome = await _execute(live.ws, live.request, live.machine.server_close(code, reason))
         return outcome is not None
 
+    def reading(self, session_id: str, on: bool) -> None:
+        """The session's socket stops reading at once (``on`` False: its ``stop_reading``
+        fault; the frame its handler waits for does not come) or reads again."""
+        live = self.live.get(session_id)
+        protocol = None if live is None else live.request.protocol
+        if protocol is None:
+            return
+        if on:
+            protocol.resume_reading()
+        else:
+            protocol.pause_reading()
+
     def sweep(self) -> None:
         """Forget suspended voice-agent sessions whose resume window has passed."""
         now = self.clock.monotonic()

@@ -31,11 +31,13 @@ __all__ = [
     "SAME_POLICY_RACES",
     "SLOW_UPSTREAMS",
     "SPLITS",
+    "STALLED_UPSTREAMS",
     "STREAMING_REJECTIONS",
     "Op",
     "disabled_classes",
     "next_op",
     "slow_step",
+    "stall_step",
 ]
 
 # -- interleaving classes (True = exercised) ------------------------------------------------
@@ -80,13 +82,23 @@ DISCONNECTS: Final = True
 # queued behind them. Drawn from a generator of its own (``slow_step``): the operations of a
 # seed are the same with the class on or off
 SLOW_UPSTREAMS: Final = True
+# some steps end with one gateway session's upstream that stops reading (the emulator's
+# ``stop_reading``) while a policy reaches it and the other sessions: the others must settle
+# without it (a fan-out never waits for one upstream); then it reads again (its push answered
+# late, or a Streaming v3 one applied late) or, for a Voice Agent session, its connection is
+# cut while the frame waits in the buffers (the push in doubt, never ``rejected``; a new
+# session takes its place). Streaming v3 sessions are never cut: a frame lost with its
+# connection stays ``sent`` (Streaming v3 has no answer to tell; docs/audit.md). Drawn from a
+# generator of its own (``stall_step``): a seed's operations are the same with it on or off
+STALLED_UPSTREAMS: Final = True
+STALL_SHARE: Final = 0.1
 
 _CLASSES: Final = {
     "CLIENT_UPDATES": CLIENT_UPDATES, "PRESETS": PRESETS, "LOCKS": LOCKS, "RETIRES": RETIRES,
     "ROLLBACKS": ROLLBACKS, "RELABELS": RELABELS, "SPLITS": SPLITS,
     "AGENT_PUSH_REJECTIONS": AGENT_PUSH_REJECTIONS, "AGENT_REJECTIONS": AGENT_REJECTIONS,
     "STREAMING_REJECTIONS": STREAMING_REJECTIONS, "CONTROL_UPDATES": CONTROL_UPDATES,
-    "SLOW_UPSTREAMS": SLOW_UPSTREAMS,
+    "SLOW_UPSTREAMS": SLOW_UPSTREAMS, "STALLED_UPSTREAMS": STALLED_UPSTREAMS,
     "CLIENT_ERRORS": CLIENT_ERRORS, "BURSTS": BURSTS,
     "AGENT_CLIENT_RACING_PUSHES": AGENT_CLIENT_RACING_PUSHES,
     "RACING_PUBLISHES": RACING_PUBLISHES, "SAME_POLICY_RACES": SAME_POLICY_RACES,
@@ -352,3 +364,21 @@ def slow_step(rng: random.Random, actors: list[tuple[str, str, str]]) -> tuple[s
     if not SLOW_UPSTREAMS or roll >= SLOW_SHARE or not agents:
         return None
     return rng.choice(agents), factor
+
+
+def stall_step(rng: random.Random, actors: list[tuple[str, str, str]]) -> Op | None:
+    """With STALLED_UPSTREAMS, sometimes (``STALL_SHARE``) a ``stall`` to run after the step's
+    operation: a gateway session whose upstream stops reading while a policy for its kind
+    goes out, for ``hold_s`` (a factor of the acknowledgement timeout), then reads again or
+    (``cut``, Voice Agent only) has its connection cut; ``rng`` is the runner's own."""
+    roll, hold, cut = rng.random(), round(rng.uniform(0.3, 1.6), 2), rng.random() < 0.4
+    gateway = [a for a in actors if a[2] == "gateway"]
+    if not STALLED_UPSTREAMS or roll >= STALL_SHARE or not gateway:
+        return None
+    name, kind, _ = rng.choice(gateway)
+    fields = ("system_prompt",) if kind == "voice-agent-v1" else ("keyterms", "max_turn_silence_ms")
+    field = rng.choice(fields)
+    doc = {"id": "stall", "priority": 5, "match": {"kind": [kind]},
+           "set": {field: value(rng, field)}}  # fmt: skip
+    return Op("stall", name, {"policy": doc, "hold": hold,
+                              "cut": cut and kind == "voice-agent-v1"})  # fmt: skip

@@ -98,7 +98,6 @@ async def _stall(stalling: Stalling, agent: Agent, sid: str) -> Any:
     transport, protocol = _leg(stalling.cp, sid)
     transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
     await stalling.emulator.faults(agent.upstream_id, {"stop_reading": True})
-    await asyncio.sleep(0.05)  # (the emulator's pending read takes one more frame)
     for _ in range(400):  # bounded: 16 KiB frames until the leg is paused
         if protocol.writing_paused:
             break

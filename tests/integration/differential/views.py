@@ -17,13 +17,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sessions.config_at import LATE_ANSWER
 from sessions.dialects.streaming_v3 import STREAMING_V3
 from sessions.dialects.streaming_v3_table import CANONICAL_TO_WIRE as STREAMING_WIRE
 from sessions.dialects.voice_agent_v1 import VOICE_AGENT_V1
 from sessions.dialects.voice_agent_v1_table import CANONICAL_TO_WIRE as AGENT_WIRE
 
 __all__ = [
-    "View", "diff_views", "doubted", "emulator_view", "recorded_view", "runnable_fields",
+    "View", "agent_doubted", "diff_views", "doubted", "emulator_view", "recorded_view",
+    "runnable_fields",
 ]  # fmt: skip
 
 View = dict[str, Any]
@@ -115,3 +117,32 @@ def doubted(log: list[Mapping[str, Any]], at: float | None = None) -> set[str]:
         ):
             doubt.difference_update(entry.get("delta") or {})
     return doubt
+
+
+def agent_doubted(log: list[Mapping[str, Any]], at: float | None = None) -> set[str]:
+    """The fields the record says it may have wrong at ``at`` (default: now) on an
+    acknowledging session: a push that ended ``unverified`` with no answer (its acknowledgement
+    timed out, or the session ended first, its frame already handed to the socket: in doubt,
+    docs/audit.md) leaves the fields it carried unknown (``config-at`` lists it in ``doubts``)
+    until its late answer, or a later acknowledged entry setting them. A mismatch on any other
+    field is the record being silently wrong."""
+    pending: dict[Any, set[str]] = {}  # push version -> its fields, in doubt
+    for entry in log:
+        if at is not None and float(entry["at"]) > at:
+            break
+        status, error = entry["status"], str(entry.get("error") or "")
+        fields = set(entry.get("delta") or {})
+        if (
+            entry["cause"] == "policy"
+            and status == "unverified"
+            and error
+            and not (error.startswith(LATE_ANSWER))
+        ):
+            pending[entry["version"]] = fields
+            continue
+        if entry["cause"] == "policy" and status != "sent":
+            pending.pop(entry["version"], None)  # (its late answer)
+        if status == "acked" or (status == "unverified" and not error):
+            for doubt in pending.values():
+                doubt.difference_update(fields)
+    return set().union(*pending.values()) if pending else set()
