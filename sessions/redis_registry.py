@@ -10,7 +10,10 @@ Key layout (``p`` = prefix, default ``cp:``)::
     p sessions:all            zset, score 0: live + retained ended ids (include_ended listing)
     p sessions:ended          zset scored by ended_at: trim order for retained ended sessions
     p sessions:owner          hash: live id -> owner node
-    p sessions:upstream       hash: upstream id -> session id (live + retained ended)
+    p sessions:upstream       hash: upstream id -> session id (live + retained ended): the
+                              session that last learnt it (a resumed call's latest); written
+                              by register, and by the first update of a session carrying
+                              it, only while that session is live
     p nodes                   set of nodes that own (or owned) sessions or sent heartbeats
     p node:<node>:alive       heartbeat, SET ... PX ttl (Redis is the one clock for liveness)
     p node:<node>:sessions    set of live ids the node owns
@@ -115,6 +118,16 @@ return false
 """
 
 # KEYS: node alive key, node sessions set, nodes set. ARGV: node.
+# KEYS: owner hash, upstream hash; ARGV: (upstream id, session id) pairs. An update's index
+# entry only for a session still live (owned): an ended one's never points the index back
+_MAP_LIVE_LUA: Final = """
+for i = 1, #ARGV, 2 do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i + 1]) == 1 then
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  end
+end
+return 0
+"""
 _PRUNE_NODE_LUA: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 and redis.call('SCARD', KEYS[2]) == 0 then
   return redis.call('SREM', KEYS[3], ARGV[1])
@@ -173,6 +186,11 @@ class RedisRegistry:
                                     name="redis-update")  # fmt: skip
         self._live_key, self._ended_key, self._claim_key = k.live, k.ended, k.claim
         self._alive_key, self._owned_key = k.alive, k.owned
+        # session id -> the upstream id its index entry was written for here: an update
+        # writes it once (when the session learns it), never again: a later update of a call's
+        # earlier session (still live here while the call resumed on another replica, or
+        # delayed behind a Redis outage) pointed the index back at it
+        self._mapped: dict[str, str] = {}
 
     async def register(self, session: Session) -> None:
         """Claim the id and store the session. Concurrent registrations are written together
@@ -251,6 +269,7 @@ class RedisRegistry:
         pipe.hset(self._owner_h, sid, node)
         if session.upstream_id:
             pipe.hset(self._upstream_h, session.upstream_id, sid)
+            self._mapped[sid] = session.upstream_id
         pipe.sadd(self._owned_key(node), sid)
         pipe.sadd(self._nodes, node)
         pipe.set(self._alive_key(node), repr(self._clock.now()), px=self._ttl_ms)
@@ -264,7 +283,7 @@ class RedisRegistry:
 
     async def _update_batch(self, batch: builtins.list[_Update]) -> builtins.list[bool]:
         records = {sid: record for sid, record, _ in batch}  # the last one of an id wins
-        upstream = {str(up): sid for sid, _, up in batch if up}
+        upstream = {str(up): sid for sid, _, up in batch if up and self._mapped.get(sid) != up}
         with _translate("update"):
             skipped = set(await self._write(records, upstream))
         return [sid in skipped for sid, _, _ in batch]  # skipped: unknown or ended
@@ -277,7 +296,8 @@ class RedisRegistry:
             check_storable(session)
         records = {s.id: _dump(s) for s in batch}  # the last one of an id wins, as in order
         # an id learnt after register (Begin, session.ready)
-        upstream = {str(s.upstream_id): s.id for s in batch if s.upstream_id}
+        upstream = {str(s.upstream_id): s.id for s in batch
+                    if s.upstream_id and self._mapped.get(s.id) != s.upstream_id}  # fmt: skip
         with _translate("update_many"):
             gone = set(await self._write(records, upstream))
         return [s.id for s in batch if s.id in gone]
@@ -289,15 +309,20 @@ class RedisRegistry:
             pipe.hmget(self._owner_h, ids)
             pipe.hset(self._records_h, mapping=records)  # type: ignore[arg-type]
             if upstream:
-                pipe.hset(self._upstream_h, mapping=upstream)  # type: ignore[arg-type]
+                pipe.eval(_MAP_LIVE_LUA, 2, self._owner_h, self._upstream_h,
+                          *(x for pair in upstream.items() for x in pair))  # fmt: skip
             owners = (await pipe.execute())[0]
         skipped = [sid for sid, owner in zip(ids, owners, strict=True) if owner is None]
+        for up, sid in upstream.items():  # (a skipped one's was not written: again next time)
+            if sid not in skipped:
+                self._mapped[sid] = up
         if skipped:  # unknown or ended: their record must not stay
             await self._client.hdel(self._records_h, *skipped)
         return skipped
 
     async def end(self, session_id: str, *, cause: str, at: float) -> Session:
         """Concurrent ends are written together (``RedisEnds``: one transaction per batch)."""
+        self._mapped.pop(session_id, None)
         with _translate("end"):
             session = await self._ends.end(session_id, cause=cause, at=at)
         if session is None:
