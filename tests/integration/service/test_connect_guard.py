@@ -105,7 +105,13 @@ async def test_a_connect_refused_for_the_clients_own_field_charges_no_policy(
     ws, error = await _refused_connect(cp, {"input": {"voice_focus": "mid-field"}})
     try:
         assert error["param"] == "input.voice_focus", error
-        await asyncio.sleep(0.3)  # the guard checks right after a failure
+
+        async def recorded() -> bool:  # the connect's record says refused
+            body = await cp.call("GET", "/v1/policies/tone/rollout", expect=200)
+            return bool(body["totals"]["rejected"] >= 1)
+
+        await eventually(recorded)
+        await asyncio.sleep(0.3)  # the guard checks right after a failure: it must not halt
         assert await _state(cp, "tone") == "active"
         body = await cp.call("GET", "/v1/policies/tone/rollout", expect=200)
         assert body["totals"]["rejected"] == 1, body  # the connect's record says refused
