@@ -180,9 +180,13 @@ async def test_a_session_id_registered_again_keeps_its_first_exposure(
             return sum(1 for e in log if e["status"] == "acked") == 2
 
         await eventually(reconnected_ran_it)
-        await asyncio.sleep(0.6)  # a flush later
-        [again] = (await cp.call("GET", f"/v1/experiments/{KEY}/assignments",
-                                 expect=200))["items"]  # fmt: skip
+
+        async def flushed() -> dict[str, Any] | None:  # the book wrote the reconnection's row
+            [row] = (await cp.call("GET", f"/v1/experiments/{KEY}/assignments",
+                                   expect=200))["items"]  # fmt: skip
+            return row if row["state"] != "ended" else None
+
+        again = await eventually(flushed)
     assert again["state"] != "ended"
     for name in ("exposed_at", "exposed_seq", "exposed_hash", "first_assigned_at", "variant"):
         assert again[name] == first[name], (name, first[name], again[name])
