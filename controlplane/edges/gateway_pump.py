@@ -369,6 +369,7 @@ _LEN7 = struct.Struct("!BB").pack
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
 _MASK = random.Random()  # (aiohttp's choice for a client's masking keys)
+_XOR = [bytes(a ^ b for a in range(256)) for b in range(256)]  # _XOR[k][a] == a ^ k
 
 
 def masked_text_frame(payload: bytes) -> bytes:
@@ -382,8 +383,9 @@ def masked_text_frame(payload: bytes) -> bytes:
     else:
         header = _LEN64(0x81, 0x80 | 127, n)
     key = _MASK.getrandbits(32).to_bytes(4, "little")
-    mask = int.from_bytes((key * ((n >> 2) + 1))[:n], "little")
-    body = (int.from_bytes(payload, "little") ^ mask).to_bytes(n, "little")
+    body = bytearray(payload)
+    for i in range(4):  # byte i of every 4 XOR key[i] (a translation table per key byte)
+        body[i::4] = body[i::4].translate(_XOR[key[i]])
     return b"".join((header, key, body))
 
 
