@@ -181,6 +181,23 @@ class Sender:
         if outcome is not None:
             self.finish(ls, outcome)
 
+    def _lost_after_handing(self, ls: LiveSession, push: Push, exc: BaseException) -> None:
+        """The write of ``push`` failed AFTER its frame was handed to the socket (the
+        connection lost while aiohttp's ``send_str`` waited for the drain: a compressed
+        control channel): some or all of its bytes may have left, so it is in doubt, never
+        ``rejected``; the session ends with its connection (docs/audit.md, "Writes given
+        up"). An acknowledging session's push ends ``unverified``; a Streaming v3 push keeps
+        its ``sent`` entry."""
+        state = ls.push
+        if state.in_flight is not push:
+            return  # not acknowledging (``sent`` stands), or answered meanwhile (recorded)
+        outcome = state.unattributed(
+            f"the connection was lost after its frame was handed to the socket ({exc}): it "
+            "may have reached the upstream (in doubt)"
+        )
+        if outcome is not None:
+            self.finish(ls, outcome)
+
     async def _write(self, ls: LiveSession, push: Push) -> None:
         """Log the push's ``sent`` entry, make it durable, then send its frame (a worker)."""
         frame = self._log_push(ls, push, {})
@@ -282,7 +299,10 @@ class Sender:
                 try:
                     await transport.write(push, frame.message, frame.text)
                 except (ConnectionError, RuntimeError, OSError) as exc:
-                    self.finish(ls, state.wire_failed(push, f"write failed: {exc}"))
+                    if getattr(transport, "handed", None) is push:
+                        self._lost_after_handing(ls, push, exc)
+                    else:  # nothing of its frame was written
+                        self.finish(ls, state.wire_failed(push, f"write failed: {exc}"))
                     continue
                 if held and state.in_flight is push:
                     state.written(push, clock.monotonic())  # its timer starts now

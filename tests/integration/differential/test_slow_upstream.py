@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,14 @@ import websockets
 from aiohttp import web
 
 from controlplane.config import Settings
+from controlplane.edges.control_transport import ControlTransport
 from controlplane.edges.gateway import UpstreamTransport
 from controlplane.push.live import CONGESTED_BYTES
 from emulator.server import STATE
 from emulator.server import build_app as build_emulator
 from emulator.settings import EmulatorSettings
 from tests.integration.service.conftest import (
+    ADMIN,
     TOKENS,
     ControlPlaneUnderTest,
     Emulator,
@@ -230,3 +233,73 @@ async def _settled(cp: ControlPlaneUnderTest, sid: str, prompt: str) -> bool:
 
 async def _statuses(cp: ControlPlaneUnderTest, sid: str, version: int, n: int) -> bool:
     return len(await _entries(cp, sid, version)) >= n
+
+
+@pytest.fixture
+async def deflating(cp_settings: Callable[..., Settings]) -> AsyncIterator[ControlPlaneUnderTest]:
+    """A control plane whose control channels negotiate permessage-deflate: their push frames
+    go through aiohttp's ``send_str``, which writes a frame, THEN may wait for the drain."""
+    async with serving(cp_settings(websocket_compression=True, ack_timeout_s=30.0)) as cp:
+        yield cp
+
+
+def _noise(rng: random.Random, n: int) -> str:
+    """``n`` random astral characters: a prompt deflate cannot shrink much."""
+    return "".join(chr(rng.randint(0x10000, 0x10FFFF)) for _ in range(n))
+
+
+@pytest.mark.timeout(60)
+async def test_a_compressed_control_channel_cut_while_its_push_drains_is_in_doubt(
+    deflating: ControlPlaneUnderTest,
+) -> None:
+    """A compressed control channel's app stops reading; its pushes (acknowledged blindly)
+    fill the socket until ``send_str`` hands one over and waits for the drain; the connection
+    is cut meanwhile. Its bytes may have reached the app: the push is in doubt
+    (``unverified``), never ``rejected`` "write failed" (was)."""
+    cp, rng = deflating, random.Random(5)
+    publishing: asyncio.Task[Any] | None = None
+    async with websockets.connect(
+        cp.ws_base + "/v1/control", additional_headers={"Authorization": f"Bearer {ADMIN}"},
+        compression="deflate", max_size=None,
+    ) as ws:  # fmt: skip
+        try:
+            await ws.send(json.dumps({"type": "register", "kind": "voice-agent-v1",
+                                      "model": "voice-agent", "session_id": "z"}))  # fmt: skip
+            assert json.loads(await ws.recv())["type"] == "registered"
+            ls = cp.service.engine.live["z"]
+            assert isinstance(ls.transport, ControlTransport) and ls.transport.unsent is None
+            server = ls.transport.ws._writer.transport
+            server.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024
+            )
+            ws.transport.pause_reading()  # the app stops reading
+            ws.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024
+            )
+            for _ in range(8):  # bounded: acknowledged blindly until a write waits
+                doc = {"id": "z", "match": {"kind": ["voice-agent-v1"]}, "set": {
+                    "system_prompt": _noise(rng, 20_000),
+                    "keyterms": [_noise(rng, 50) for _ in range(100)]}}  # fmt: skip
+                publishing = asyncio.create_task(cp.publish(doc))
+                await eventually(lambda: ls.push.in_flight is not None and not ls.push.waiting)
+                push = ls.push.in_flight
+                assert push is not None
+                await asyncio.sleep(0.3)
+                if not publishing.done():  # its send_str waits for the drain
+                    break
+                await ws.send(json.dumps({"type": "applied", "version": push.version}))
+                await eventually(lambda: ls.push.in_flight is None)
+            assert publishing is not None and not publishing.done()
+            assert ls.transport.handed is push and server.get_write_buffer_size() > 0
+            ws.transport.abort()  # the connection is cut
+            await asyncio.wait_for(publishing, 10)
+            await eventually(lambda: "z" not in cp.service.engine.live, timeout=10)
+            await eventually(lambda: _statuses(cp, "z", push.version, 2), timeout=5)
+            ends = [e for e in await _entries(cp, "z", push.version) if e["status"] != "sent"]
+            assert [e["status"] for e in ends] == ["unverified"], ends  # one, in doubt
+            assert ends[0]["error"].startswith("the connection was lost after its frame was "
+                                               "handed to the socket"), ends  # fmt: skip
+        finally:
+            if publishing is not None:
+                publishing.cancel()
+                await asyncio.gather(publishing, return_exceptions=True)
