@@ -181,12 +181,9 @@ class Settings:
     )  # fmt: skip
     # --- admission (controlplane.edges.admission) ---------------------------------------------
     first_message_timeout_s: float = setting(
-        10.0,
-        group=ADMISSION,
-        gt=0,
-        le=60,
+        10.0, group=ADMISSION, gt=0, le=60,
         help="a socket's first frame (register, session.update, audio) must come within this",
-    )
+    )  # fmt: skip
     max_connections: int = setting(
         20_000, group=ADMISSION, ge=1, help="gateway + control sockets per replica; more get 503"
     )
@@ -225,12 +222,9 @@ class Settings:
         1.0, group=PUSH, ge=0, le=600, help="debounce: the longest a policy event waits (seconds)"
     )
     fanout_frames_per_s: float = setting(
-        0.0,
-        group=PUSH,
-        ge=0,
-        le=1_000_000,
+        0.0, group=PUSH, ge=0, le=1_000_000,
         help="policy push frames per second per replica (0 = unpaced)",
-    )
+    )  # fmt: skip
     # --- registry (Redis) ---------------------------------------------------------------------
     redis_url: str | None = setting(
         None,
@@ -242,11 +236,9 @@ class Settings:
         50, group=REGISTRY, ge=2, help="connections per Redis client; busy ones are waited for"
     )
     redis_pool_timeout_s: float = setting(
-        10.0,
-        group=REGISTRY,
-        gt=0,
+        10.0, group=REGISTRY, gt=0,
         help="how long a command waits for a free Redis connection (then 503)",
-    )
+    )  # fmt: skip
     heartbeat_interval_s: float = setting(
         5.0, group=REGISTRY, gt=0, help="replica heartbeat period; below the session TTL"
     )
