@@ -87,7 +87,14 @@ async def test_checkpoints_travel_with_the_trail_and_tampering_in_the_stream_is_
             push = await asyncio.wait_for(anext(pushes), 5)
             await app.applied(push.version)
             await eventually(lambda n=n: _acked(a, sid, n))  # type: ignore[misc]
-            await asyncio.sleep(0.3)  # a checkpoint after each version
+
+            async def checkpointed() -> bool:  # a checkpoint after each version (every 0.2 s)
+                seqs = len(await a.log(sid))
+                body = await a.call("GET", f"/v1/audit/verify?session={sid}", expect=200)
+                covered = body["items"][0]["covered_seq"] if body["items"] else None
+                return (covered or 0) >= seqs
+
+            await eventually(checkpointed)
             moments.append(time.time())
     local = await a.log(sid)
     await a.stop()  # the last checkpoint, shipped at close
