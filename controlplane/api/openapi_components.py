@@ -107,9 +107,14 @@ SCHEMAS: dict[str, Any] = {
             },
             "digest": {"type": "string"},
             "rolled_back_to": {"type": "integer"},
-            "owner_role": {"type": "string", "description": "transfer: the owner role (kept)"},
-            "owner_team": {"type": "string", "description": "transfer: the new owner team"},
-            "previous_owner_team": {"type": "string", "description": "transfer: the team before"},
+            "owner_role": {
+                "type": "string",
+                "description": "only when this version changed the owner (a higher role's "
+                "takeover, a transfer): the owner role now",
+            },
+            "owner_team": {"type": "string", "description": "... the owner team now"},
+            "previous_owner_role": {"type": "string", "description": "... the owner role before"},
+            "previous_owner_team": {"type": "string", "description": "... the owner team before"},
             "warnings": {
                 "type": "array",
                 "items": ref("LockWarning"),
@@ -238,10 +243,10 @@ SCHEMAS: dict[str, Any] = {
         "properties": {
             "team": {
                 "type": "string",
-                "maxLength": 63,
+                "pattern": "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$",
                 "description": "the new owner team (ASCII, read in lower case)",
             },
-            "reason": {"type": "string", "minLength": 1, "maxLength": REASON_MAX_CHARS},
+            "reason": {"type": "string", "pattern": "\\S", "maxLength": REASON_MAX_CHARS},
         },
     },
     "Rollback": {

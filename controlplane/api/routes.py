@@ -370,6 +370,7 @@ class _Handlers:
         team, reason = body.get("team"), parse_reason(body.get("reason"), where='"reason"')
         if not isinstance(team, str) or reason is None:
             raise BadRequest('a transfer needs "team" (the new owner team) and a "reason"')
+        team = team.strip()  # as in the token configuration
         principal = request[PRINCIPAL]
         return web.json_response(await self._service.transfer_policy(
             path_param(request, "policy_id"), team, actor=principal.actor, role=principal.role,

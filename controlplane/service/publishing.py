@@ -222,8 +222,7 @@ class Publisher:
                            details={"id": policy_id, "team": team})  # fmt: skip
         log.warning("policy %s v%d transferred from team %r to team %r (role %s) by %s: %s",
                     policy_id, version, before, team, latest.owner_role, actor, reason)  # fmt: skip
-        return {**result, "owner_role": latest.owner_role.label, "owner_team": team,
-                "previous_owner_team": before}  # fmt: skip
+        return result
 
     async def publish(
         self, policy: Policy, kind: str, actor: str, cause: str, role: Role,
@@ -239,6 +238,7 @@ class Publisher:
             role=role.label,
             team=acting_team(self._store, policy.id, team),
         )
+        owner = self._store.owner_role(policy.id), self._store.owner_team(policy.id)
         await self._bus.publish(event)
         assert policy.version is not None
         await self._applied_here(policy.id, policy.version, role, event.team)
@@ -258,8 +258,27 @@ class Publisher:
                 check_key(self._store, policy, role, team)  # 403 naming the key's policy
             if lock_refusal(self._store, event, policy) is not None:
                 check_locks(self._store, policy, role, team)  # 409 naming the lock's holder
-        return {"id": policy.id, "version": policy.version, "event_id": event.event_id,
-                "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
+        result = {"id": policy.id, "version": policy.version, "event_id": event.event_id,
+                  "type": kind, "unchanged": False, "digest": policy.digest}  # fmt: skip
+        return result | self._owner_change(policy.id, policy.version, owner, actor, cause)
+
+    def _owner_change(
+        self, policy_id: str, version: int, before: tuple[Role | None, str | None], actor: str,
+        cause: str,
+    ) -> dict[str, Any]:  # fmt: skip
+        """No silent takeover (docs/security.md#transfers): when this version changed the
+        policy's owner (a higher role's publish, rollback or retirement; a transfer), the
+        answer says so and the replica logs it; {} when the owner stayed (or it is new)."""
+        role, team = self._store.owner_role(policy_id), self._store.owner_team(policy_id)
+        was_role, was_team = before
+        if was_role is None or role is None or (role, team) == before:
+            return {}
+        if cause != "transfer":  # (transfer_policy logs its own line, with the reason)
+            log.warning("policy %s v%d taken over by %s: owner role %s team %r, was role %s "
+                        "team %r", policy_id, version, actor, role, team, was_role,
+                        was_team)  # fmt: skip
+        return {"owner_role": role.label, "owner_team": team,
+                "previous_owner_role": was_role.label, "previous_owner_team": was_team}  # fmt: skip
 
     def _require_accepting(self) -> None:
         if self._draining():

@@ -205,3 +205,22 @@ async def test_a_transfer_on_one_replica_is_every_replicas(cluster: Cluster) -> 
     await b.call("POST", "/v1/policies", token="tok-risk", expect=201,
                  body={**LOCK, "set": {"max_turn_silence_ms": 2000}})  # fmt: skip
     await b.call("POST", "/v1/policies", token="tok-legal", body=RISK, expect=409)
+
+
+async def test_a_takeover_by_a_higher_role_is_announced_never_silent(
+    cp: ControlPlaneUnderTest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A higher role's publish (or rollback, or retirement) takes a policy over: the answer
+    names the owner before and after, and the replica logs it with the actor."""
+    await cp.publish(LOCK, token="tok-legal")
+    same = await cp.publish({**LOCK, "set": {"max_turn_silence_ms": 2400}}, token="tok-legal")
+    assert "previous_owner_role" not in same  # the owner stayed: nothing to announce
+    with caplog.at_level(logging.WARNING, logger="controlplane.service.publishing"):
+        taken = await cp.publish({**LOCK, "set": {"max_turn_silence_ms": 2300}})  # admin
+    assert (taken["owner_role"], taken["owner_team"]) == ("admin", "default")
+    assert (taken["previous_owner_role"], taken["previous_owner_team"]) == ("compliance", "legal")
+    said = [r.getMessage() for r in caplog.records if "taken over" in r.getMessage()]
+    assert len(said) == 1 and "was role compliance team 'legal'" in said[0], said
+    await cp.publish(experiment("exp", "k"), token="tok-growth")
+    retired = await cp.call("DELETE", "/v1/policies/exp", token="tok-legal", expect=200)
+    assert retired["previous_owner_role"] == "experimenter" and retired["owner_team"] == "legal"
