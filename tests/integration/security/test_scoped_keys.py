@@ -113,9 +113,11 @@ async def test_a_key_scoped_to_experimenter_signs_experiments_and_nothing_above(
 async def test_a_key_scoped_to_a_team_signs_only_what_acts_for_that_team(
     cluster: Cluster,  # noqa: F811
 ) -> None:
+    # (a team is one name whatever its case, in the key's scope and in the event: test_team_names)
     a = await cluster.start("node-a", policy_signing_key=SigningKeys.parse(
-        f"{REPLICA},experimenter@growth:{EXP}"))  # fmt: skip
-    for policy_id, team in (("theirs", "search"), ("nobody", None), ("ours", "growth")):
+        f"{REPLICA},experimenter@Growth:{EXP}"))  # fmt: skip
+    for policy_id, team in (("theirs", "search"), ("nobody", None), ("ours-too", "GROWTH"),
+                            ("ours", "growth")):  # fmt: skip
         extra = {} if team is None else {"team": team}
         body = _body({**UPSELL, "id": policy_id}, "experimenter", **extra)
         await publish_signed(cluster, policy_id, body, msg_id=f"{policy_id}:1", key=EXP)
@@ -125,6 +127,7 @@ async def test_a_key_scoped_to_a_team_signs_only_what_acts_for_that_team(
         return isinstance(body, dict) and body.get("owner_team") == "growth"
 
     await eventually(ours_applied)  # published after the two refused ones
+    assert (await a.call("GET", "/v1/policies/ours-too"))["owner_team"] == "growth"
     for policy_id in ("theirs", "nobody"):
         await a.call("GET", f"/v1/policies/{policy_id}", expect=404)
     assert await a.metric("controlplane_policy_events_total", result="role_above_key") == 2
