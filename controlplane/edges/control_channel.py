@@ -107,6 +107,9 @@ class ControlChannel:
         self.sessions: SessionPort = EngineSessions.of(service)
         # open connections by their token's digest: a revoked token ends its connections
         self._by_token: dict[bytes, set[web.WebSocketResponse]] = {}
+        # an attached session's transport: every data frame to its app goes through it (a
+        # compressed socket's one compressor: ``ControlTransport``)
+        self._transports: dict[web.WebSocketResponse, ControlTransport] = {}
         self._token_watch: asyncio.Task[None] | None = None
 
     def add_routes(self, app: web.Application) -> None:
@@ -129,7 +132,9 @@ class ControlChannel:
                     continue
                 log.warning("closing %d control channel connection(s): their token is revoked "
                             "or below role %s now", len(sockets), REGISTER_ROLE)  # fmt: skip
-                await asyncio.gather(*(_revoke(ws) for ws in list(sockets)))
+                await asyncio.gather(
+                    *(_revoke(ws, self._transports.get(ws)) for ws in list(sockets))
+                )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         header = request.headers.get("Authorization")
@@ -162,6 +167,8 @@ class ControlChannel:
             ls = await self._register(request, ws, principal.app)
             if ls is None:
                 return ws
+            if isinstance(ls.transport, ControlTransport):
+                self._transports[ws] = ls.transport
             await self._welcome(ws, ls)
             machine = ControlSession(ls, self.update_rates)
             clock = self.service.clock
@@ -177,6 +184,7 @@ class ControlChannel:
                 await ws.close(code=INTERNAL_ERROR_CLOSE, message=b"internal error")
         finally:
             self.connections.discard(ws)
+            self._transports.pop(ws, None)
             same_token = self._by_token.get(principal.digest)
             if same_token is not None:
                 same_token.discard(ws)
@@ -230,7 +238,9 @@ class ControlChannel:
     async def _welcome(self, ws: web.WebSocketResponse, ls: LiveSession) -> None:
         """``registered``, then the first push when the app's config is not the effective one."""
         session = ls.session
-        await ws.send_str(json.dumps({
+        transport = ls.transport
+        send = transport.answer if isinstance(transport, ControlTransport) else ws.send_str
+        await send(json.dumps({
             "type": "registered", "session_id": session.id, "version": ls.push.desired_version,
             "effective_config": to_json(session.effective_config),
             "locks": {f: r.as_dict() for f, r in ls.locks.items()},
@@ -262,9 +272,15 @@ class ControlChannel:
                 port.count(ls, action.reason)
 
 
-async def _revoke(ws: web.WebSocketResponse) -> None:
-    await _send_error(ws, "token_revoked", "this connection's token was revoked (or no longer "
-                      f"has role {REGISTER_ROLE.label}); reconnect with a valid token")  # fmt: skip
+async def _revoke(ws: web.WebSocketResponse, transport: ControlTransport | None) -> None:
+    code = "token_revoked"
+    message = ("this connection's token was revoked (or no longer has role "
+               f"{REGISTER_ROLE.label}); reconnect with a valid token")  # fmt: skip
+    if transport is None:
+        await _send_error(ws, code, message)
+    else:  # (a compressed socket: its transport's compressor, never aiohttp's)
+        with contextlib.suppress(Exception):
+            await transport.answer(error_frame(code, message))
     with contextlib.suppress(Exception):
         await ws.close(code=1008, message=b"token revoked")
 

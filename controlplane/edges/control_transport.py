@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import ws_ext_parse
 
 from controlplane.edges.unsent import MAX_UNSENT_BYTES, Unsent, text_frame
 from controlplane.push.live import CONGESTED_BYTES, write_buffer_size
@@ -26,13 +28,20 @@ class ControlTransport:
     (``request.transport``, public) at once, without aiohttp's per-frame coroutines; flow
     control: a write to a congested socket (a worker's) first waits for the transport to
     resume the writer, an inline write never waits (``write``). A socket that negotiated
-    compression (``ws.compress``), or one built without its request, gets ``send_str``.
+    permessage-deflate (``ws.compress``) gets the same frames compressed here (``_deflate``,
+    RFC 7692: the socket's one compressor, with the negotiated window and context takeover),
+    written the same way: every data frame of that connection goes through this transport
+    (pushes, answers, the welcome, errors), never aiohttp's own compressor. One built
+    without its request gets ``send_str``.
 
     The one private call: the worker's wait for a paused writer, ``BaseProtocol.
     _drain_helper()`` of ``request.protocol`` (aiohttp has no public drain for a WebSocket:
     ``StreamResponse.drain()`` is deprecated): why aiohttp is pinned (pyproject.toml)."""
 
-    __slots__ = ("_head", "_prefix", "_protocol", "_raw", "_transport", "handed", "unsent", "ws")
+    __slots__ = (
+        "_deflate", "_flush", "_head", "_prefix", "_protocol", "_raw", "_transport", "handed",
+        "unsent", "ws",
+    )  # fmt: skip
     acknowledging = True
     runs_at_connect = True  # the app already runs the config it registered with (exposures)
 
@@ -45,13 +54,27 @@ class ControlTransport:
         # the connection's transport and protocol (the socket's, for its whole life)
         self._transport = None if request is None else request.transport
         self._protocol = None if request is None else request.protocol
-        # frames built here: an uncompressed socket (after prepare(): what was negotiated)
-        self._raw = self._transport is not None and not ws.compress
-        # its unsent bytes, capped (edges.unsent); None: compressed, aiohttp's flow control
+        # frames built here (after prepare(): what was negotiated)
+        self._raw = self._transport is not None
+        # a compressed socket's compressor (None: uncompressed), as aiohttp's writer would
+        # make it: level 1, the negotiated window bits, and no context kept between messages
+        # when the app asked for server_no_context_takeover (aiohttp's own parse of the
+        # header it answered). Its one compressor: a frame compressed here is written.
+        self._deflate: Any = None
+        self._flush = zlib.Z_SYNC_FLUSH
+        if request is not None and self._raw and ws.compress:
+            _, notakeover = ws_ext_parse(
+                request.headers.get(hdrs.SEC_WEBSOCKET_EXTENSIONS), isserver=True
+            )
+            self._deflate = zlib.compressobj(1, zlib.DEFLATED, -int(ws.compress))
+            if notakeover:
+                self._flush = zlib.Z_FULL_FLUSH
+        # its unsent bytes, capped (edges.unsent)
         self.unsent = Unsent(self._transport, session_id) if self._raw else None
-        # send_str's last push: aiohttp writes its frame, THEN may wait for the drain, so a
-        # worker's write given up after that may have reached the app (push.sending). The
-        # raw path waits BEFORE it writes and never after: given up, nothing was written.
+        # send_str's last push (a socket built without its request): aiohttp writes its
+        # frame, THEN may wait for the drain, so a worker's write given up after that may
+        # have reached the app (push.sending). The raw path waits BEFORE it writes and never
+        # after: given up, nothing was written.
         self.handed: Push | None = None
 
     def congested(self) -> bool:
@@ -83,7 +106,10 @@ class ControlTransport:
             buffered = transport.get_write_buffer_size()
         if transport.is_closing():
             raise ConnectionError("control channel is closing")
-        frame = _text_frame(self._head, push.version, text)
+        if self._deflate is None:
+            frame = _text_frame(self._head, push.version, text)
+        else:
+            frame = self._deflated(_payload(self._head, push.version, text))
         unsent = self.unsent  # (asked only when the frame may not fit, not once per push)
         over = unsent is not None and buffered + len(frame) > MAX_UNSENT_BYTES
         if over and unsent is not None and not unsent.fits(len(frame)):
@@ -98,13 +124,26 @@ class ControlTransport:
         if transport is None or unsent is None:
             await self.ws.send_str(text)
             return
-        frame = text_frame(text.encode())
         if transport.is_closing():
             return
+        if self._deflate is None:
+            frame = text_frame(text.encode())
+        else:
+            frame = self._deflated(text.encode())
         if not unsent.fits(len(frame)):
             unsent.close_over(len(frame))
             return
         transport.write(frame)
+
+    def _deflated(self, payload: bytes) -> bytes:
+        """One compressed text frame of ``payload`` (RFC 7692 §7.2.1: RSV1, the deflate
+        output flushed and its 00 00 ff ff tail removed). The compressor's context moves on:
+        call it only for a frame that is then written."""
+        deflate = self._deflate
+        data = deflate.compress(payload) + deflate.flush(self._flush)
+        if data.endswith(b"\x00\x00\xff\xff"):
+            data = data[:-4]
+        return text_frame(data, 0xC1)
 
 
 # the last message's bytes and the last version's digits (a fan-out's sessions share them)
@@ -113,6 +152,17 @@ _VERSION: list[tuple[int, bytes]] = [(0, b"0")]
 _LEN7 = struct.Struct("!BB").pack
 _LEN16 = struct.Struct("!BBH").pack
 _LEN64 = struct.Struct("!BBQ").pack
+
+
+def _payload(head: bytes, version: int, text: str) -> bytes:
+    """``{head}{version},"message":{text}}`` (a compressed frame's payload)."""
+    last = _TAIL[0]
+    if last[0] is not text:
+        last = _TAIL[0] = (text, (',"message":' + text + "}").encode())
+    digits = _VERSION[0]
+    if digits[0] != version:
+        digits = _VERSION[0] = (version, b"%d" % version)
+    return b"".join((head, digits[1], last[1]))
 
 
 def _text_frame(head: bytes, version: int, text: str) -> bytes:

@@ -12,7 +12,8 @@ then, which frees its buffers.
 
 Nothing waits for the app: an answer is written at once, without aiohttp's flow-control wait
 (which blocked the connection's handler, so a not-reading app's own reports stopped being
-read). A socket that negotiated compression keeps aiohttp's ``send_str``.
+read). A socket that negotiated compression gets the same, its frames compressed by
+``ControlTransport``.
 """
 
 from __future__ import annotations
