@@ -83,9 +83,10 @@ class ReadLimits:
                 allowed, left = await self._shared.take(digest, burst=self.burst,
                                                         rate_per_s=self.rate_per_s)  # fmt: skip
             except BackendUnavailable as exc:
+                if self._local_until is None:  # once per outage (retried every RETRY_SHARED_S)
+                    log.warning("expensive-read limits: Redis unavailable, each replica limits "
+                                "on its own (per replica) until it answers: %s", exc)  # fmt: skip
                 self._local_until = self._clock.monotonic() + RETRY_SHARED_S
-                log.warning("expensive-read limits: Redis unavailable, each replica limits "
-                            "on its own (per replica) until it answers: %s", exc)  # fmt: skip
             else:
                 if self._local_until is not None:
                     self._local_until = None
