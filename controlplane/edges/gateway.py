@@ -76,6 +76,7 @@ LABELS_HEADER = "X-Session-Labels"
 LABELS_QUERY = "cp_labels"  # for browser clients that cannot set headers; never forwarded
 SECRET_QUERY = frozenset({"token"})
 _QUERY = re.compile(r"\?[^\s'\"<>()\[\]]*")  # a URL's query in an error's text
+_USERINFO = re.compile(r"//[^/@\s'\"]*@")  # ... and its user:password
 NOT_RECORDED = "version_log_unwritable"  # the end cause of a connect refused before the dial
 
 
@@ -460,10 +461,10 @@ def _http_error(status: int, code: str, message: str) -> web.Response:
 
 
 def unreachable(exc: BaseException) -> str:
-    """A failed upstream dial said without any URL's query: a client's temporary ``token``
-    rides in the Streaming URL, and aiohttp's connect timeout names the whole URL
-    (docs/security.md#secrets)."""
-    return _QUERY.sub("?***", str(exc))
+    """A failed upstream dial said without any URL's query or user:password: a client's
+    temporary ``token`` rides in the Streaming URL, and aiohttp's connect timeout names the
+    whole URL (docs/security.md#secrets)."""
+    return _USERINFO.sub("//***@", _QUERY.sub("?***", str(exc)))
 
 
 def _leftovers(earlier: Mapping[str, Any]) -> Config:

@@ -17,6 +17,7 @@ import aiohttp
 import pytest
 
 from controlplane.config import Settings
+from controlplane.edges.gateway import unreachable
 from tests.integration.service.conftest import eventually, serving
 
 TEMP_TOKEN = "tmp-" + secrets.token_hex(16)
@@ -77,3 +78,13 @@ async def test_a_timed_out_dial_keeps_the_clients_temporary_token_out_of_logs_an
     assert "cannot reach the upstream" in logged
     for where, text in (("entry", str(entry)), ("data dir", on_disk), ("log", logged)):
         assert TEMP_TOKEN not in text, where
+
+
+def test_a_dial_error_is_said_without_a_query_or_user_password() -> None:
+    exc = aiohttp.ConnectionTimeoutError(
+        "Connection timeout to host wss://user:pa55@upstream:443/v3/ws?a=1&token=T0K (x)"
+    )
+    assert unreachable(exc) == "Connection timeout to host wss://***@upstream:443/v3/ws?*** (x)"
+    assert unreachable(OSError("[Errno 111] Connect call failed ('127.0.0.1', 1)")) == (
+        "[Errno 111] Connect call failed ('127.0.0.1', 1)"
+    )
