@@ -11,6 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from assemblyai.streaming.v3 import (
@@ -208,8 +209,11 @@ async def test_a_push_after_the_sdk_terminate_went_upstream_is_rejected_not_runn
         await cp.publish({"id": "late", "set": {"keyterms": ["Before"]}})
         await _truthful(cp, emulator, sdk, "the first push")
         await emulator.faults(sdk.upstream_id, {"latency_ms": 300})
+        live = cp.service.engine.live[cp.live_by_upstream(sdk.upstream_id)]
+        pump: Any = live.transport.pump  # type: ignore[attr-defined]  # the gateway relay
         closing = asyncio.create_task(sdk.client.disconnect(terminate=True))
-        await asyncio.sleep(0.05)  # the Terminate went upstream (handled 300 ms later)
+        # the Terminate went upstream (handled 300 ms later): the gateway's machine took it
+        await eventually(lambda: pump.machine.terminated, timeout=5, interval=0.005)
         await cp.publish({"id": "late", "set": {"keyterms": ["After"]}})
         await closing
 
