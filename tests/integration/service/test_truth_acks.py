@@ -27,6 +27,15 @@ async def _recv_type(ws: Any, kind: str, timeout: float = 5.0) -> dict[str, Any]
             return dict(msg)
 
 
+def _client_update_outstanding(cp: ControlPlaneUnderTest, session_id: str) -> bool:
+    """The gateway sent the client's session.update upstream and awaits its answer (the
+    session's upstream leg holds it as the one outstanding update)."""
+    ls = cp.service.engine.live.get(session_id)
+    link: Any = getattr(ls.transport, "link", None) if ls is not None else None
+    outstanding = link.model.outstanding if link is not None else None
+    return outstanding is not None and outstanding.owner == "client"
+
+
 async def _open(cp: ControlPlaneUnderTest) -> tuple[Any, str, str]:
     ws = await websockets.connect(cp.ws_base + "/v1/ws", additional_headers=HEADERS)
     await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Hi."}}))
@@ -189,7 +198,7 @@ async def test_a_client_update_unanswered_when_the_client_leaves_is_still_answer
     ws, upstream_id, session_id = await _open(cp)
     await emulator.faults(upstream_id, {"latency_ms": 1500})
     await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Mine."}}))
-    await asyncio.sleep(0.2)
+    await eventually(lambda: _client_update_outstanding(cp, session_id))  # it went upstream
     await ws.close()
 
     async def ended() -> list[Any]:
@@ -207,7 +216,8 @@ async def test_a_client_update_answered_while_our_push_waited_stays_in_the_recor
     try:
         await emulator.faults(upstream_id, {"latency_ms": 300})
         await ws.send(json.dumps({"type": "session.update", "session": {"system_prompt": "Mine."}}))
-        await asyncio.sleep(0.05)  # the client's update is outstanding: our push waits its turn
+        # the client's update is outstanding: our push waits its turn
+        await eventually(lambda: _client_update_outstanding(cp, session_id))
         await cp.publish({"id": "turns", "match": {"kind": ["voice-agent-v1"]},
                           "set": {"max_turn_silence_ms": 2200}})  # fmt: skip
         entries = await eventually(lambda: _policy_entries(cp, session_id), timeout=8)
