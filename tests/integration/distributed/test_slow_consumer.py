@@ -70,7 +70,9 @@ async def _congested(a: Replica, fleet: Fleet) -> tuple[App, LiveSession, str]:
 async def test_an_app_that_never_reads_stalls_no_other_session_and_stays_bounded(
     cluster: Cluster,
 ) -> None:
-    a = await cluster.start("node-a", rollout_sync_interval_s=300.0)
+    # (send_timeout_s: the slow app's worker waits for it all test long; at the default 5 s,
+    # under load, 14 rounds outlasted it: the push timed out, no worker left to assert on)
+    a = await cluster.start("node-a", rollout_sync_interval_s=300.0, send_timeout_s=120.0)
     fleet = Fleet(a.ws_base)
     try:
         slow = await fleet.app("silent", labels={"who": "slow"})
