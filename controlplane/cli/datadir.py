@@ -41,9 +41,10 @@ class DataDirLock:
         self.fd = self._take()
         self._refused: str | None = None  # why the last re-take failed (said once)
 
-    def _take(self) -> int:
+    def _take(self, create: bool = True) -> int:
         """The lock, or OSError naming the holder when another process has it."""
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        fd = os.open(self.path / LOCK_FILE, flags, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -73,8 +74,8 @@ class DataDirLock:
         Never raises: a data dir still unwritable (the disk not back yet) is tried again."""
         if not self.moved():
             return True
-        try:
-            fd = self._take()
+        try:  # (never created here: a bare mount point while the disk is off is no data dir)
+            fd = self._take(create=False)
         except OSError as exc:
             text = str(exc)
             if text != self._refused:
