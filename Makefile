@@ -45,13 +45,15 @@ emulator: $(SERVE_STAMP)
 # The suite mostly waits (servers, sockets, subprocesses): two pytest-xdist workers, each
 # taking whole test files (--dist loadfile: a file's module fixtures, e.g. the JS SDK's `npm
 # ci` or the console's Chromium, run in one worker); each worker starts its own NATS and Redis.
-# `make test TEST_WORKERS=0` runs it in one process; PYTEST_ARGS adds options.
+# Then the fault tests marked `alone` (tests/conftest.py), one at a time in one process.
+# `make test TEST_WORKERS=0` runs the first part in one process; PYTEST_ARGS adds options.
 TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 test: $(STAMP)
 	$(NATIVE)
-	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone" $(PYTEST_ARGS)
+	$(BIN)/pytest -q -m alone $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
