@@ -42,18 +42,23 @@ emulator: $(SERVE_STAMP)
 	$(NATIVE)
 	$(BIN)/controlplane emulator
 
-# The suite mostly waits (servers, sockets, subprocesses): two pytest-xdist workers, each
-# taking whole test files (--dist loadfile: a file's module fixtures, e.g. the JS SDK's `npm
-# ci` or the console's Chromium, run in one worker); each worker starts its own NATS and Redis.
-# Then the fault tests marked `alone` (tests/conftest.py), one at a time in one process.
-# `make test TEST_WORKERS=0` runs the first part in one process; PYTEST_ARGS adds options.
-TEST_WORKERS ?= 2
+# `make test` runs the suite in one process. TEST_WORKERS=2 runs it on two pytest-xdist
+# workers, each taking whole test files (--dist loadfile: a file's module fixtures, e.g. the JS
+# SDK's `npm ci` or the console's Chromium, run in one worker; each worker starts its own NATS
+# and Redis), then the fault tests marked `alone` (tests/conftest.py) one at a time. Not the
+# default yet: on this shared 2-core machine under a load of 5-9 a few distributed fault tests
+# failed beside a second worker. PYTEST_ARGS adds options.
+TEST_WORKERS ?= 0
 PYTEST_ARGS ?=
 
 test: $(STAMP)
 	$(NATIVE)
+ifeq ($(TEST_WORKERS),0)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+else
 	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not alone" $(PYTEST_ARGS)
 	$(BIN)/pytest -q -m alone $(PYTEST_ARGS)
+endif
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
