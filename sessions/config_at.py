@@ -39,7 +39,9 @@ unknown is listed in ``doubts`` (``in_doubt`` true): an ``upstream`` ``unverifie
 (until later entries set every field it names again: the session view's ``in_doubt``), and
 an answer to a push or to the connect recorded ``unverified`` with an error (no answer within
 the acknowledgement timeout); a later answer of that version at or before the instant (a late
-``acked``, applied or ``rejected``) resolves the push's doubt. The rebuilt ``config`` is then
+``acked``, applied or ``rejected``) resolves the push's doubt, and so do later applied updates
+setting every field of its delta again (the session view's ``in_doubt``; a push sent but not
+yet answered resolves nothing). The rebuilt ``config`` is then
 what the record holds, not a proof of what ran: a reader must never take it as applied.
 
 ``config_hash`` records the config the upstream runs once the entry takes effect (the pushed
@@ -279,7 +281,8 @@ class _Rebuild:
                 self.pending[version] = (candidate, row)
             else:
                 self.config = candidate
-                self._settle(delta)
+                if not self.acknowledging:  # (acknowledging: in flight, doubts stay until answered)
+                    self._settle(delta)
                 self.establish(row, self._unanswered("pushed"))
         elif status in ("acked", "unverified"):
             self._answer(row, status)
@@ -297,6 +300,7 @@ class _Rebuild:
                                "no upstream session runs them")  # fmt: skip
         elif status == "rejected":
             self.doubts.pop(("push", version), None)  # (a late refusal: known not applied)
+            self.doubted.pop(("push", version), None)
             candidate, _ = self.pending.pop(version, (apply(self.config, delta), None))
             self.check(row, candidate)
             self.note(row, f"version {version} was rejected ({row.get('error')}): the previous "
@@ -352,9 +356,12 @@ class _Rebuild:
         self.check(row, candidate)
         if status == "acked" or applied:
             self.doubts.pop(("push", version), None)  # (a late answer resolves it)
+            self.doubted.pop(("push", version), None)
             self._settle(row.get("delta") or {})
         else:
             self.doubts[("push", version)] = row
+            if row.get("delta"):  # (until later updates set each of its fields again)
+                self.doubted[("push", version)] = set(row["delta"])
         if status == "acked":
             self.config = candidate
             self.establish(row, f"acknowledged by the upstream (version {version})", sent)

@@ -80,6 +80,10 @@ class LiveSession:
     # or another session attached under the same id clears it); the fan-out asks it per
     # session instead of looking the id up in the engine's dict
     attached: bool = False
+    # acknowledging sessions: the fields of each push (by version) that ended ``unverified``
+    # with no answer confirmed, still in doubt (``sending.follow_doubts``: the session's
+    # ``in_doubt``, as config-at's ``doubts``)
+    doubted: dict[int, set[str]] = field(default_factory=dict)
 
     @property
     def target(self) -> Target:

@@ -17,7 +17,7 @@ it and calls it for the upstream's answers, the sweeper and a session's own push
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from controlplane.config import Settings
 from controlplane.push.frames import Frame, FrameCache, FrameEncoder, skipped_note
@@ -32,12 +32,46 @@ from controlplane.push.timers import Timers
 from controlplane.push.write_ahead import Outgoing, flush_before_frames
 from policies.resolve import Effective
 from sessions.clock import Clock
+from sessions.dialects.base import ordered_fields
 from sessions.model import SessionState
 from sessions.versionlog.core import VersionLog
 
-__all__ = ["Sender"]
+__all__ = ["Sender", "follow_doubts"]
 
 _STATES = {state.value: state for state in SessionState}
+
+
+def follow_doubts(
+    ls: LiveSession,
+    *,
+    doubted: tuple[int, Collection[str]] | None = None,
+    answered: int | None = None,
+    settled: Collection[str] = (),
+) -> bool:
+    """An acknowledging session's doubts follow its record (docs/audit.md, "Writes given
+    up"): ``doubted`` (version, fields): a push that ended ``unverified`` with no answer
+    confirmed leaves its fields in doubt; ``answered``: that version's late answer resolves
+    its doubt; ``settled``: fields an applied update set (an acknowledged push, a client
+    update acknowledged) are known again. The session's ``in_doubt`` is what remains, as
+    config-at's ``doubts`` say. True when it changed (the caller syncs the session)."""
+    doubts = ls.doubted
+    if answered is not None:
+        doubts.pop(answered, None)
+    if settled:
+        for version, fields in list(doubts.items()):
+            fields.difference_update(settled)
+            if not fields:
+                del doubts[version]
+    if doubted is not None and doubted[1]:
+        doubts[doubted[0]] = set(doubted[1])
+    union: set[str] = set()
+    for fields in doubts.values():
+        union |= fields
+    s = ls.session
+    if union == set(s.in_doubt):
+        return False
+    s.in_doubt = tuple(ordered_fields(union))
+    return True
 
 
 class Sender:
@@ -332,4 +366,9 @@ class Sender:
                               config=ls.push.base if applied else push.config)  # fmt: skip
         self._tally.count_push(ls.session.kind, outcome.status)
         mark_policies(ls, push, outcome.status, outcome.fields)
+        if ls.transport.acknowledging and not skipped:  # (Streaming v3: the gateway's doubts)
+            if applied:
+                follow_doubts(ls, settled=delta.keys())
+            elif outcome.status == "unverified":  # no answer confirmed: in doubt
+                follow_doubts(ls, doubted=(push.version, delta.keys()))
         self.sync_session(ls)

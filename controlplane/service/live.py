@@ -251,9 +251,11 @@ class LiveSessions:
                        details={"session_id": session.id})  # fmt: skip
 
     async def detach(self, ls: LiveSession, cause: str) -> None:
-        unsynced = self._engine.unsynced(ls)
+        unsynced, doubts = self._engine.unsynced(ls), ls.session.in_doubt
         if self._engine.detach(ls.session.id) is None:
             return
+        # a push the session's end left unanswered is in doubt (sending.follow_doubts)
+        unsynced = unsynced or ls.session.in_doubt != doubts
         self._assignments.ended(ls, {p.id: p for p in self._sets.for_session(ls)})
         self._experiments.ended(ls)
         now = self._clock.now()

@@ -51,6 +51,7 @@ from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push, Status
 from controlplane.push.rollout_status import mark_policies
+from controlplane.push.sending import follow_doubts
 from policies.delta import apply as apply_delta
 from policies.delta import diff
 from policies.fields import Config, Delta
@@ -195,6 +196,9 @@ class EngineSessions:
         if update.in_doubt is not None and set(update.in_doubt) != set(ls.session.in_doubt):
             ls.session.in_doubt = tuple(ordered_fields(update.in_doubt))
             engine.sync_session(ls)  # (the state: not synced while a field is in doubt)
+        elif (ls.transport.acknowledging and update.logged and update.status in ("sent", "acked")
+              and follow_doubts(ls, settled=update.delta.keys())):  # fmt: skip
+            engine.sync_session(ls)  # (the client's update set fields an unanswered push left)
 
     async def acknowledge(self, ls: LiveSession, ack: PushAck) -> None:
         engine = self._engine
@@ -279,6 +283,8 @@ class EngineSessions:
             mark_policies(ls, push, status, refused)  # (a later push: its own status stands)
         if self._late is not None:
             self._late(ls, push, refused)
+        # its doubt ends (config-at: the late answer resolves it); what it applied is known
+        follow_doubts(ls, answered=push.version, settled=applied.keys())
         engine.sync_session(ls)
         await engine.kick(ls)  # (a newer push taken without it: the desired config again)
 

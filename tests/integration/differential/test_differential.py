@@ -482,8 +482,11 @@ class Run:
         if not in_doubt <= said:
             problems.append(f"{name}: GET in_doubt {sorted(in_doubt)}, the log's doubt "
                             f"{sorted(said)}")  # fmt: skip
-        # (a Voice Agent push in doubt: the view's state says unverified, its in_doubt lists
-        # Streaming v3 doubts only; config-at lists the push in ``doubts``)
+        # (a push of an acknowledging session left unanswered: the view's in_doubt names
+        # its fields, as config-at's ``doubts``: the log's doubt exactly)
+        if actor.kind != "streaming-v3" and not said <= in_doubt:
+            problems.append(f"{name}: GET in_doubt {sorted(in_doubt)}, config-at's doubts "
+                            f"leave {sorted(said)} unknown")  # fmt: skip
         tolerated = in_doubt | (said if actor.kind != "streaming-v3" else set())
         for field_name, (ours, theirs) in diff_views(running, truth, tolerated).items():
             problems.append(f"{name} GET running_config.{field_name}: {ours!r}, "

@@ -147,3 +147,76 @@ async def test_rollout_status_counts_an_unconfirmed_voice_agent_push_in_doubt(
         assert (await totals())["in_doubt"] == 0
     finally:
         await fleet.close()
+
+
+async def _doubted_fields(cp: ControlPlaneUnderTest, sid: str) -> list[str]:
+    """The fields config-at's ``doubts`` (now) leave unknown: each push doubt's delta."""
+    seqs = {d["seq"] for d in (await _config_at_now(cp, sid))["doubts"]}
+    return sorted({f for e in await cp.log(sid) if e["seq"] in seqs for f in e["delta"]})
+
+
+async def test_an_unanswered_voice_agent_push_is_in_doubt_in_the_session_view_as_config_at(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """A Voice Agent push no answer confirmed in time: the session view's ``in_doubt`` names
+    its fields, the same as config-at's ``doubts`` (was: ``in_doubt: []`` while config-at and
+    the rollout said in doubt); its late answer ends the doubt in both."""
+    fleet = Fleet(cp.ws_base)
+    try:
+        agent = await fleet.agent("team=viewdoubt")
+        sid = cp.live_by_upstream(agent.upstream_id)
+        await emulator.faults(agent.upstream_id, {"latency_ms": 1600})  # past the 1 s timeout
+        await cp.publish({"id": "vd", "match": {"labels": {"team": ["viewdoubt"]}},
+                          "set": {"system_prompt": "Be in doubt."}})  # fmt: skip
+
+        async def timed_out() -> bool:
+            return any(e["status"] == "unverified" for e in await cp.log(sid))
+
+        await eventually(timed_out, timeout=5)
+        shown, answer = await cp.session(sid), await _config_at_now(cp, sid)
+        assert answer["in_doubt"] is True
+        assert await _doubted_fields(cp, sid) == ["system_prompt"]
+        assert (shown["state"], shown["in_doubt"]) == ("unverified", ["system_prompt"]), shown
+        assert shown["running_config"].get("system_prompt") != "Be in doubt."
+
+        async def answered() -> bool:
+            return any(e["status"] == "acked" and e["cause"] == "policy"
+                       for e in await cp.log(sid))  # fmt: skip
+
+        await eventually(answered, timeout=5)  # the late answer
+        await eventually(lambda: _settled(cp, sid), timeout=5)
+        shown, answer = await cp.session(sid), await _config_at_now(cp, sid)
+        assert (answer["in_doubt"], answer["doubts"]) == (False, []), answer
+        assert (shown["state"], shown["in_doubt"]) == ("synced", []), shown
+        assert shown["running_config"]["system_prompt"] == "Be in doubt."
+    finally:
+        await fleet.close()
+
+
+async def test_an_ended_sessions_unanswered_push_stays_in_doubt_in_its_view(
+    cp: ControlPlaneUnderTest, emulator: Emulator
+) -> None:
+    """A push that ended unanswered when its session's client left (the upstream stopped
+    reading: its frame may still run): the ended session's view keeps its fields in doubt
+    (the registry record), as config-at does (was: ``in_doubt: []``, the old value shown)."""
+    fleet = Fleet(cp.ws_base)
+    try:
+        gone = await fleet.agent("team=gone")
+        sid = cp.live_by_upstream(gone.upstream_id)
+        await emulator.faults(gone.upstream_id, {"stop_reading": True})
+        await cp.publish({"id": "gone", "match": {"labels": {"team": ["gone"]}},
+                          "set": {"system_prompt": "Never answered."}})  # fmt: skip
+        ls = cp.service.engine.live[sid]
+        await eventually(lambda: ls.push.in_flight is not None and not ls.push.waiting)
+        await gone.ws.close()  # the session ends before the upstream answers
+        await eventually(lambda: sid not in cp.service.engine.live, timeout=10)
+
+        async def ended() -> bool:
+            return (await cp.session(sid))["state"] == "ended"
+
+        await eventually(ended, timeout=5)
+        shown = await cp.session(sid)
+        assert await _doubted_fields(cp, sid) == ["system_prompt"]
+        assert shown["in_doubt"] == ["system_prompt"], shown
+    finally:
+        await fleet.close()

@@ -132,15 +132,14 @@ def agent_doubted(log: list[Mapping[str, Any]], at: float | None = None) -> set[
             break
         status, error = entry["status"], str(entry.get("error") or "")
         fields = set(entry.get("delta") or {})
-        if (
-            entry["cause"] == "policy"
-            and status == "unverified"
-            and error
-            and not (error.startswith(LATE_ANSWER))
-        ):
+        # a push of any cause (policy, relabel, rollback, retire, a reconnect's connect v2+)
+        push = entry["cause"] not in ("client", "upstream") and (
+            entry["cause"] != "connect" or entry["version"] != 1
+        )
+        if push and status == "unverified" and error and not (error.startswith(LATE_ANSWER)):
             pending[entry["version"]] = fields
             continue
-        if entry["cause"] == "policy" and status != "sent":
+        if push and status != "sent":
             pending.pop(entry["version"], None)  # (its late answer)
         if status == "acked" or (status == "unverified" and not error):
             for doubt in pending.values():

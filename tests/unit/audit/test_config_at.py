@@ -280,3 +280,30 @@ async def test_doubts_list_what_leaves_the_running_config_unknown_until_an_answe
     after = config_at("s", rows, warned).to_dict()
     assert [(d["seq"], d["cause"]) for d in after["doubts"]] == [(5, "upstream")]
     assert "Warning 3010" in after["doubts"][0]["error"]
+
+
+async def test_a_timed_out_pushs_doubt_ends_once_later_acked_pushes_set_its_fields(
+    rec: Recorder,
+) -> None:
+    """A push doubt (no answer in time) ends field by field as later applied updates set its
+    fields again (the session view's ``in_doubt`` says the same); a push merely sent, not yet
+    answered, ends none."""
+    base: dict[str, Any] = {"system_prompt": "a", "keyterms": ["x"]}
+    rec.add(version=1, cause="connect", status="sent", config=base)
+    b = {"system_prompt": "b", "keyterms": ["y"]}
+    rec.add(version=2, cause="policy", status="sent", delta=b, config=apply(base, b))
+    timeout = rec.add(version=2, cause="policy", status="unverified", delta=b, config=base,
+                      error="no acknowledgement within 5s")  # fmt: skip
+    c = {"system_prompt": "c"}
+    in_flight = rec.add(version=3, cause="policy", status="sent", delta=c, config=apply(base, c))
+    acked = rec.add(version=3, cause="policy", status="acked", delta=c, config=apply(base, c))
+    d = {"keyterms": ["z"]}
+    done = rec.add(version=4, cause="policy", status="acked", delta=d,
+                   config=apply(apply(base, c), d))  # fmt: skip
+    rows = await rec.rows()
+
+    assert config_at("s", rows, timeout).to_dict()["in_doubt"] is True
+    assert config_at("s", rows, in_flight).to_dict()["in_doubt"] is True
+    half = config_at("s", rows, acked).to_dict()  # (keyterms still in doubt)
+    assert [(d["seq"], d["status"]) for d in half["doubts"]] == [(3, "unverified")]
+    assert (config_at("s", rows, done).to_dict()["doubts"]) == []

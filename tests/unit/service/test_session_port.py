@@ -20,6 +20,7 @@ from controlplane.push.acks import (
 from controlplane.push.engine import PushEngine
 from controlplane.push.live import LiveSession
 from controlplane.push.protocol import Push, PushState
+from controlplane.push.sending import follow_doubts
 from controlplane.service.sessions import EngineSessions
 from policies.provenance import PolicyRef
 from sessions.clock import FakeClock
@@ -120,3 +121,27 @@ async def test_an_acknowledgement_ends_the_push_in_flight(
     [*_, last] = await port.entries()
     assert (last[0], last[1]) == ("policy", status)
     assert (ls.push.acked_version == push.version) == (status == "acked")
+
+
+async def test_an_unanswered_push_leaves_its_fields_in_doubt_until_answered_or_set(
+    port: _Port,
+) -> None:
+    """The session view's ``in_doubt`` follows config-at's doubts: a push ending
+    ``unverified`` (no answer confirmed) names its fields; a later applied update settles
+    the fields it sets, and only those; a late answer ends its version's doubt."""
+    ls = port.session()
+    port.engine.mark_ready(ls)
+    ls.push.want({"keyterms": ("k",), "prompt": "p"}, REF, "policy")
+    push = ls.push.take(0.0)
+    assert push is not None
+    await port.port.acknowledge(ls, PushUnverified("no answer matched"))
+    assert set(ls.session.in_doubt) == {"keyterms", "prompt"}
+    assert ls.session.state.value == "unverified"
+    assert follow_doubts(ls, doubted=(push.version + 1, {"speak_prompt"}))
+    assert follow_doubts(ls, settled={"prompt"})  # (a later acknowledged push set it)
+    assert set(ls.session.in_doubt) == {"keyterms", "speak_prompt"}
+    assert not follow_doubts(ls, settled={"other"})
+    assert follow_doubts(ls, answered=push.version)  # (its late answer)
+    assert ls.session.in_doubt == ("speak_prompt",)
+    await port.port.client_update(ls, ClientUpdate("acked", {"speak_prompt": "x"}, None))
+    assert ls.session.in_doubt == () and ls.doubted == {}
