@@ -152,12 +152,27 @@ class NatsAuditStream:
         failed (the caller retries the whole chunk: ``Nats-Msg-Id`` makes that idempotent).
         Each session's first entry (seq 1) is its own message on the session's subject (the
         anchor); every other entry goes into this node's batches, checkpoints into their
-        node's checkpoint batches (module docstring)."""
+        node's checkpoint batches (module docstring).
+
+        Order: a failed attempt may leave some of its messages stored and others not (after
+        a NATS restart: a batch stored, an anchor not); its retry stores the missing ones
+        after those. So the anchors are stored (every PubAck) before any batch is published,
+        and each batch before the next: a stored batch never precedes a line of its own
+        chunk that comes before it in the log (a session's entry 2 before its entry 1 reads
+        as a broken chain)."""
         if not self._conn.connected:  # nothing buffered in the client: the disk is the buffer
             raise Unavailable("not connected to NATS", code="nats_unavailable")
         if not self._ensured:
             await self.ensure()
-        messages = await asyncio.to_thread(self._messages, lines, self._cap())
+        anchors, batches = await asyncio.to_thread(self._messages, lines, self._cap())
+        if anchors:
+            await self._publish(anchors, len(lines))
+        for batch in batches:
+            await self._publish([batch], len(lines))
+
+    async def _publish(self, messages: Sequence[Message], entries: int) -> None:
+        """Publish these messages at once and wait for every PubAck (``entries``: the
+        chunk's, for the error)."""
         js = self._conn.js
         futures: list[asyncio.Future[api.PubAck]] = []
         try:
@@ -169,7 +184,7 @@ class NatsAuditStream:
             async with asyncio.timeout(self._conn.settings.nats_request_timeout_s):
                 results = await asyncio.gather(*futures, return_exceptions=True)
         except (TimeoutError, nats.errors.Error, OSError) as exc:
-            raise Unavailable(f"NATS: shipping {len(lines)} audit entries failed: {exc!r}") from exc
+            raise Unavailable(f"NATS: shipping {entries} audit entries failed: {exc!r}") from exc
         finally:
             for future in futures:
                 future.cancel()  # no-op when done; frees the client's slot when not
@@ -178,7 +193,7 @@ class NatsAuditStream:
             if any(isinstance(r, nats.js.errors.NoStreamResponseError) for r in failed):
                 self._ensured = False  # the stream is gone: recreate it on the next attempt
             raise Unavailable(f"NATS: {len(failed)} of {len(messages)} audit messages "
-                              f"({len(lines)} entries) were not stored: {failed[0]!r}")  # fmt: skip
+                              f"({entries} entries) were not stored: {failed[0]!r}")  # fmt: skip
 
     def _cap(self) -> int:
         """The largest batch payload: under the server's max_payload and the stream's limit,
@@ -186,10 +201,13 @@ class NatsAuditStream:
         limit = min(self._conn.client.max_payload or MAX_ENTRY_BYTES, MAX_ENTRY_BYTES)
         return max(limit - HEADER_ROOM, 1024)
 
-    def _messages(self, lines: Sequence[AuditLine], cap: int) -> list[Message]:
-        """(subject, payload, headers) of every message of a chunk, in order (worker thread:
-        compression)."""
+    def _messages(
+        self, lines: Sequence[AuditLine], cap: int
+    ) -> tuple[list[Message], list[Message]]:
+        """(subject, payload, headers) of every message of a chunk: the anchors, then the
+        batches in order (worker thread: compression)."""
         out: list[Message] = []
+        batches: list[Message] = []
         batched: dict[str, list[AuditLine]] = {}  # subject -> lines, in order
         for line in lines:
             if line.node is not None:
@@ -208,8 +226,8 @@ class NatsAuditStream:
                 if group[0].node is None:  # entries: the index of their sessions
                     ids = {ln.session_id for ln in group[start:end]}
                     headers[FILTER_HEADER] = session_filter(ids)
-                out.append((subject, payload, headers))
-        return out
+                batches.append((subject, payload, headers))
+        return out, batches
 
     # -- readers -------------------------------------------------------------------------
     async def has_trail(self, session_id: str) -> bool:

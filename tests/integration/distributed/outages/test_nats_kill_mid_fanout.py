@@ -50,6 +50,31 @@ async def _publish(replica: Replica, prompt: str) -> int:
         await asyncio.sleep(0.2)
 
 
+def _brief(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row.get("seq"), row.get("version"), row.get("cause"), row.get("status"),
+            str(row.get("hash"))[:8])  # fmt: skip
+
+
+def _how_differ(sid: str, local: list[dict[str, Any]], durable: list[dict[str, Any]]) -> str:
+    """How one session's CP_AUDIT rows (as stored, then deduplicated as readers do) differ
+    from its local rows: first differing index, both rows there, rows missing or extra."""
+    kept = dedupe(durable)
+    first = next((i for i, (a, b) in enumerate(zip(local, kept, strict=False)) if a != b),
+                 min(len(local), len(kept)))  # fmt: skip
+    keys = {(r.get("seq"), r.get("hash")) for r in kept}
+    lost = [_brief(r) for r in local if (r.get("seq"), r.get("hash")) not in keys]
+    mine = {(r.get("seq"), r.get("hash")) for r in local}
+    extra = [_brief(r) for r in kept if (r.get("seq"), r.get("hash")) not in mine]
+
+    def at(rows: list[dict[str, Any]]) -> tuple[Any, ...] | None:
+        return _brief(rows[first]) if first < len(rows) else None
+
+    return (f"{sid}: {len(local)} local, {len(durable)} stored ({len(kept)} deduplicated); "
+            f"first difference at {first}: local {at(local)} stored {at(kept)}; local rows "
+            f"not stored {lost[:5]}; stored rows not local {extra[:5]}; stored seqs "
+            f"{[r.get('seq') for r in durable]}")  # fmt: skip
+
+
 async def _prompts(app: App, last: str, timeout: float) -> list[tuple[int, str]]:
     """Every push (version, prompt) the app gets until it gets ``last``."""
     seen: list[tuple[int, str]] = []
@@ -134,7 +159,9 @@ async def test_nats_killed_mid_fan_out_on_three_replicas_loses_nothing(
                 durable = await cp_audit_rows(replica)
                 missing = [sid for sid, rows in local.items()
                            if dedupe(durable.get(sid, [])) != rows]  # fmt: skip
-                assert not missing, (len(missing), missing[:3])
+                assert not missing, f"{len(missing)} session(s) differ: " + "; ".join(
+                    _how_differ(sid, local[sid], durable.get(sid, [])) for sid in missing[:3]
+                )
                 return True
 
             await eventually(shipped, timeout=60, interval=0.5)
