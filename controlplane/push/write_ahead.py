@@ -144,7 +144,11 @@ class WriteAhead:
                 # BLOCK_S gets the ordinary asynchronous wait.
                 concurrent.futures.wait([write], timeout=BLOCK_S)
             if not write.done():
-                await asyncio.wait([asyncio.wrap_future(write)])
+                waiter = asyncio.wrap_future(write)
+                # a failed write is read from ``write`` below (or by a later flush); its
+                # copy here must not be reported "Future exception was never retrieved"
+                waiter.add_done_callback(_retrieve)
+                await asyncio.wait([waiter])
             if self._failed or not _durable(write):
                 self._failed = True
             else:
@@ -169,6 +173,11 @@ class WriteAhead:
         if upto > self._sent:
             chunk, self._sent = self.outgoing[self._sent : upto], upto
             await self._send(chunk)
+
+
+def _retrieve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.cancelled():
+        waiter.exception()
 
 
 def _durable(write: Submitted) -> bool:

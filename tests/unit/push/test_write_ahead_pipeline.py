@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import errno
+import gc
 import json
+import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -20,7 +24,7 @@ from controlplane.config import Settings
 from controlplane.intake.bus import InProcessBus
 from controlplane.metrics import Metrics
 from controlplane.push.protocol import Push
-from controlplane.push.write_ahead import CHUNK, WriteAhead
+from controlplane.push.write_ahead import BLOCK_S, CHUNK, WriteAhead
 from controlplane.service.plane import ControlPlane
 from sessions.clock import FakeClock
 from sessions.dialects import dialect_for
@@ -208,3 +212,62 @@ async def test_frames_whose_entries_could_not_be_written_are_refused_not_sent(
         assert versionlog.pending == 0 and versionlog.write_failing_since is None
     finally:
         await versionlog.close()
+
+
+class _SlowReadOnly(FileVersionLog):
+    """Once armed, a write that takes longer than ``BLOCK_S`` and then fails as a read-only
+    file system does (``EROFS``)."""
+
+    armed = False
+
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
+        if self.armed:
+            time.sleep(4 * BLOCK_S)
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        super()._write_sync(day, lines)
+
+
+async def test_a_slow_failed_write_is_refused_and_leaves_no_unretrieved_future(
+    tmp_path: Path,
+) -> None:
+    """``finish()`` waits for a write slower than ``BLOCK_S`` asynchronously; when that write
+    fails, the frames are refused and the awaited copy of its future is retrieved: the loop
+    reports no "Future exception was never retrieved" (a Traceback in a replica's log whose
+    disk turned read-only, tests/integration/distributed/test_disk_read_only.py)."""
+    versionlog = _SlowReadOnly(tmp_path / "audit", FakeClock(), flush_interval_s=None)
+    await versionlog.start()
+    reported: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    refused: list[tuple[list[Any], Exception]] = []
+    try:
+        ahead = WriteAhead(versionlog, _never_sent, lambda c, exc: refused.append((c, exc)))
+        for i in range(5):
+            versionlog.append(f"s{i}", version=1, cause="connect", status="sent", config={})
+            ahead.outgoing.append(i)  # type: ignore[arg-type]  # refuse() only names them
+        versionlog.armed = True
+        quiet = logging.getLogger("controlplane.push.write_ahead")
+        quiet.disabled = True  # (pytest would keep its warning's record, and the error, alive)
+        try:
+            await ahead.finish()
+        finally:
+            quiet.disabled = False
+        [(chunk, error)] = refused
+        assert chunk == list(range(5)) and "Read-only file system" in str(error)
+        # the failed write's future is in a reference cycle with its error (the traceback
+        # holds the worker's frame): collected, not freed, once nothing else holds the error
+        del ahead, chunk, error
+        refused.clear()
+        gc.collect()
+        await asyncio.sleep(0)  # (the handler is called from the future's __del__)
+        assert [c.get("message") for c in reported] == []
+        versionlog.armed = False
+        await versionlog.flush()
+        assert versionlog.pending == 0
+    finally:
+        loop.set_exception_handler(None)
+        await versionlog.close()
+
+
+async def _never_sent(chunk: list[Any]) -> None:
+    raise AssertionError(f"sent {len(chunk)} frames whose entries are not durable")
