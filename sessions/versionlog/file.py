@@ -8,7 +8,8 @@ member (the Redis backend stores the same line). A write is one ``write`` of a b
 lines plus one ``fdatasync`` on this log's single writer thread, so writes land in the order
 they were started: ``submit()`` starts one without waiting (a fan-out pipelines its chunks
 through it), ``flush()`` starts one for the rest and waits for all. A failed write is
-truncated away so the retry never duplicates lines; the writes queued behind it are not
+truncated away so the retry never duplicates lines (where the truncate fails too, a read-only
+file system, the retry cuts what of it reached the disk); the writes queued behind it are not
 attempted, and all their entries go back to the buffer, in order. ``start()`` reads every
 file to rebuild the tails, so chains continue across restarts (cost: one pass over all
 files). A torn last line (a crash in the middle of a write, never acknowledged) is cut off,
@@ -123,6 +124,7 @@ class FileVersionLog(BufferedVersionLog):
         self._day: str | None = None  # UTC day of the file being written
         self._fd: int | None = None
         self._size = 0  # of the open file (_write_sync: the one writer thread's, in order)
+        self._known_end: tuple[str, int] | None = None  # (day, its file's end): _write_sync
         self._files_of: dict[str, set[str]] = {}  # session -> files holding its entries
         # writes started and not yet accounted for, oldest first (one writer thread: in order)
         self._submitted: collections.deque[_Submission] = collections.deque()
@@ -307,18 +309,27 @@ class FileVersionLog(BufferedVersionLog):
                 finally:
                     os.close(dir_fd)
         fd, size = self._fd, self._size
+        known = self._known_end  # beyond its end: a failed write's lines reached the disk
+        if known is not None and known[0] == day and size > known[1]:
+            log.warning("version log: cut %d bytes of a failed write", size - known[1])
+            os.ftruncate(fd, known[1])  # (the retry below writes them once)
+            self._size = size = known[1]
         # The file's size is tracked, not asked for per write: each system call made here
         # is one more hand-over of the GIL between this thread and the event loop in the
         # middle of a fan-out (docs/benchmarks.md, session 8). One writer thread appends.
         try:
-            self._size = size + write_lines(fd, lines)
+            end = size + write_lines(fd, lines)
             if self._fsync:
                 os.fdatasync(fd)
         except OSError:
+            # read-only, the truncate fails and the lines may reach the disk all the same
+            # (fdatasync says EIO once the journal aborted, even for a committed transaction)
+            self._known_end = (day, size)
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # no half batch on disk: the retry writes it whole
             self._close_fd()
             raise
+        self._size, self._known_end = end, (day, end)
 
     def _close_fd(self) -> None:
         if self._fd is not None:

@@ -457,6 +457,50 @@ async def test_file_a_failed_write_holds_back_the_writes_queued_behind_it(
         await log.close()
 
 
+class _ReadOnlyAfterWrite(FileVersionLog):
+    """Once armed, the next write's lines reach the file, then it fails as on ext4 turned
+    read-only mid-write: ``fdatasync`` says EIO (the journal aborted, though the transaction
+    had committed) and the truncate fails (EROFS), so the lines stay; the file is closed."""
+
+    armed = False
+
+    def _write_sync(self, day: str, lines: list[bytes]) -> None:
+        if not self.armed:
+            super()._write_sync(day, lines)
+            return
+        self.armed = False
+        with self._path(day).open("ab") as f:
+            f.write(b"".join(lines))
+        self._close_fd()
+        raise OSError(5, "Input/output error")
+
+
+async def test_file_a_failed_write_whose_lines_reached_the_disk_is_written_once(
+    tmp_path: Path,
+) -> None:
+    """A write reported failed may be on disk after all (ext4 after a disk error: fdatasync
+    EIO, the truncate refused): the retry cuts those lines and writes the entries once, so no
+    entry is in the file twice (two terminal entries of one push)."""
+    log = _ReadOnlyAfterWrite(tmp_path, FakeClock(), fsync=True, flush_interval_s=None)
+    await log.start()
+    try:
+        a = [append(log, "s1", 1), append(log, "s2", 1)]
+        await log.flush()
+        b = [append(log, "s1", 2), append(log, "s2", 2)]
+        log.armed = True
+        with pytest.raises(BackendUnavailable, match="Input/output error"):
+            await log.flush()
+        assert len(_lines(tmp_path)) == 4 and log.pending == 2  # on disk, yet not durable
+        c = [append(log, "s1", 3)]
+        await log.flush()
+        assert [(r["session_id"], r["seq"]) for r in _lines(tmp_path)] == [
+            (e.session_id, e.seq) for e in a + b + c
+        ]
+        assert all(r.ok for r in await log.verify())
+    finally:
+        await log.close()
+
+
 async def test_file_append_requires_start(tmp_path: Path) -> None:
     log = FileVersionLog(tmp_path, FakeClock())
     with pytest.raises(VersionLogError, match="start"):
