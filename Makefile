@@ -42,13 +42,14 @@ emulator: $(SERVE_STAMP)
 	$(NATIVE)
 	$(BIN)/controlplane emulator
 
-# `make test` runs the suite in one process. TEST_WORKERS=2 runs it on two pytest-xdist
-# workers, each taking whole test files (--dist loadfile: a file's module fixtures, e.g. the JS
-# SDK's `npm ci` or the console's Chromium, run in one worker; each worker starts its own NATS
-# and Redis), then the fault tests marked `alone` (tests/conftest.py) one at a time. Not the
-# default yet: on this shared 2-core machine under a load of 5-9 a few distributed fault tests
-# failed beside a second worker. PYTEST_ARGS adds options.
-TEST_WORKERS ?= 0
+# `make test` runs the suite on two pytest-xdist workers, each taking whole test files
+# (--dist loadfile: a file's module fixtures, e.g. the JS SDK's `npm ci` or the console's
+# Chromium, run in one worker; each worker starts its own NATS and Redis), then the fault
+# tests marked `alone` (tests/conftest.py: timed against the machine) one at a time; on a
+# quiet 2-core machine ~10 min against ~15 min in one process. TEST_WORKERS=0 runs everything
+# in one process (a machine already busy with other work: a few distributed fault tests
+# failed beside a second worker at a load of 5-9). PYTEST_ARGS adds options.
+TEST_WORKERS ?= 2
 PYTEST_ARGS ?=
 
 test: $(STAMP)
